@@ -1,0 +1,4 @@
+//! # trellis-health
+//!
+//! **Not yet implemented**: this crate is reserved in the workspace; see the
+//! architecture notes for what it will hold.
