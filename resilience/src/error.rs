@@ -60,7 +60,11 @@ pub struct BulkheadFull {
 
 impl fmt::Display for BulkheadFull {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bulkhead full ({} concurrent calls)", self.max_concurrent)
+        write!(
+            f,
+            "bulkhead full ({} concurrent calls)",
+            self.max_concurrent
+        )
     }
 }
 impl std::error::Error for BulkheadFull {}
@@ -291,7 +295,9 @@ mod tests {
             name: "inventory".into(),
             retry_after: None,
         });
-        assert!(matches!(Error::classify(open), Error::CircuitOpen { ref name, .. } if &**name == "inventory"));
+        assert!(
+            matches!(Error::classify(open), Error::CircuitOpen { ref name, .. } if &**name == "inventory")
+        );
         let full: BoxError = Box::new(BulkheadFull { max_concurrent: 3 });
         assert!(matches!(
             Error::classify(full),

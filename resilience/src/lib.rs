@@ -5,6 +5,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
+//! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -19,6 +20,7 @@
 //!
 //! MSRV: 1.88.
 
+pub mod config;
 pub mod error;
 
 pub use error::{BoxError, Error};
