@@ -5,6 +5,10 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
+//! | [`bulkhead`] | a cap on concurrent calls with a bounded wait |
+//! | [`timeout`] | a per-call deadline with a typed error |
+//! | [`fallback`] | answer selected failures from a fallback service |
+//! | [`fault`] | inject latency, errors and aborts, re-tunable at run time |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
@@ -20,7 +24,11 @@
 //!
 //! MSRV: 1.88.
 
+pub mod bulkhead;
 pub mod config;
 pub mod error;
+pub mod fallback;
+pub mod fault;
+pub mod timeout;
 
 pub use error::{BoxError, Error};
