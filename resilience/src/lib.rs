@@ -9,6 +9,7 @@
 //! | [`timeout`] | a per-call deadline with a typed error |
 //! | [`fallback`] | answer selected failures from a fallback service |
 //! | [`fault`] | inject latency, errors and aborts, re-tunable at run time |
+//! | `http` | HTTP answers for errors: 503, 429 with `Retry-After`, 504 (feature `http`) |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
@@ -29,6 +30,8 @@ pub mod config;
 pub mod error;
 pub mod fallback;
 pub mod fault;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod timeout;
 
 pub use error::{BoxError, Error};
