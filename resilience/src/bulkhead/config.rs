@@ -30,21 +30,13 @@ impl Default for BulkheadConfig {
 }
 
 impl BulkheadConfig {
-    /// Checks the configuration: `max_concurrent` must be at least one and
-    /// no more than tokio's semaphore allows.
+    /// Checks the configuration: `max_concurrent` must be at least one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::new(
                 "bulkhead",
                 "max_concurrent",
                 "must be at least 1",
-            ));
-        }
-        if self.max_concurrent > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::new(
-                "bulkhead",
-                "max_concurrent",
-                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
             ));
         }
         Ok(())

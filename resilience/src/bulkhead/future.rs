@@ -8,29 +8,19 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 use tower_service::Service;
 
-use super::layer::Shared;
+use super::layer::{Permit, Shared};
 use crate::error::{BoxError, BulkheadFull};
 
-type Acquire = Pin<
-    Box<
-        dyn Future<
-                Output = Result<
-                    Result<OwnedSemaphorePermit, tokio::sync::AcquireError>,
-                    tokio::time::error::Elapsed,
-                >,
-            > + Send,
-    >,
->;
+type Acquire = Pin<Box<dyn Future<Output = Result<Permit, tokio::time::error::Elapsed>> + Send>>;
 
 /// Counts a call as waiting for as long as it lives.
 struct WaitingGuard(Arc<Shared>);
 
 impl WaitingGuard {
     fn new(shared: Arc<Shared>) -> Self {
-        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        shared.waiting.fetch_add(1, Ordering::SeqCst);
         WaitingGuard(shared)
     }
 }
@@ -63,7 +53,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             // Released on drop, when the call ends or is cancelled.
-            permit: OwnedSemaphorePermit,
+            permit: Permit,
         },
         Waiting {
             acquire: Acquire,
@@ -74,7 +64,7 @@ pin_project! {
         Readying {
             service: Option<S>,
             request: Option<Request>,
-            permit: Option<OwnedSemaphorePermit>,
+            permit: Option<Permit>,
         },
         Rejected {
             error: Option<BulkheadFull>,
@@ -86,16 +76,17 @@ impl<S, Request> ResponseFuture<S, Request>
 where
     S: Service<Request>,
 {
-    pub(super) fn called(future: S::Future, permit: OwnedSemaphorePermit) -> Self {
+    pub(super) fn called(future: S::Future, permit: Permit) -> Self {
         ResponseFuture {
             state: State::Called { future, permit },
         }
     }
 
     pub(super) fn waiting(service: S, request: Request, shared: Arc<Shared>) -> Self {
+        // Boxed: only calls that find the bulkhead full get here.
         let acquire = Box::pin(tokio::time::timeout(
             shared.max_wait,
-            Arc::clone(&shared.semaphore).acquire_owned(),
+            Arc::clone(&shared).acquire(),
         ));
         ResponseFuture {
             state: State::Waiting {
@@ -134,7 +125,7 @@ where
                     request,
                     guard,
                 } => match ready!(acquire.as_mut().poll(cx)) {
-                    Ok(Ok(permit)) => {
+                    Ok(permit) => {
                         let next = State::Readying {
                             service: service.take(),
                             request: request.take(),
@@ -142,8 +133,7 @@ where
                         };
                         this.state.set(next);
                     }
-                    // Timed out, or the semaphore was closed (it never is).
-                    _ => {
+                    Err(_elapsed) => {
                         let shared = &guard.0;
                         tracing::debug!(
                             bulkhead = %shared.name,

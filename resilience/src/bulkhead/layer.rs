@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tower_layer::Layer;
 
 use super::{Bulkhead, BulkheadConfig};
@@ -12,8 +12,13 @@ use crate::config::ConfigError;
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) name: Arc<str>,
-    pub(super) semaphore: Arc<Semaphore>,
+    /// Calls holding a slot. A plain counter, not a semaphore: tokio's
+    /// semaphore takes a mutex on every release, and the happy path here is
+    /// one compare-and-swap to enter and one subtraction to leave.
+    pub(super) in_flight: AtomicUsize,
     pub(super) max_concurrent: usize,
+    /// Wakes a waiting call when a slot frees up; only used when calls wait.
+    pub(super) slot_freed: Notify,
     pub(super) max_wait: Duration,
     /// Calls currently waiting for a slot; only touched on the slow path.
     pub(super) waiting: AtomicUsize,
@@ -57,8 +62,9 @@ impl BulkheadLayer {
         Ok(BulkheadLayer {
             shared: Arc::new(Shared {
                 name: config.name.into(),
-                semaphore: Arc::new(Semaphore::new(config.max_concurrent)),
+                in_flight: AtomicUsize::new(0),
                 max_concurrent: config.max_concurrent,
+                slot_freed: Notify::new(),
                 max_wait: config.max_wait,
                 waiting: AtomicUsize::new(0),
                 #[cfg(feature = "metrics")]
@@ -69,12 +75,14 @@ impl BulkheadLayer {
 
     /// Calls running now.
     pub fn in_flight(&self) -> usize {
-        self.shared.max_concurrent - self.shared.semaphore.available_permits()
+        self.shared.in_flight.load(Ordering::Relaxed)
     }
 
     /// Free slots now.
     pub fn available(&self) -> usize {
-        self.shared.semaphore.available_permits()
+        self.shared
+            .max_concurrent
+            .saturating_sub(self.shared.in_flight.load(Ordering::Relaxed))
     }
 
     /// Calls waiting for a slot now.
@@ -104,5 +112,59 @@ impl<S> Layer<S> for BulkheadLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         Bulkhead::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+impl Shared {
+    /// Takes a slot if one is free, without waiting.
+    #[inline]
+    pub(super) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let mut current = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if current >= self.max_concurrent {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Permit(Arc::clone(self))),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Waits for a slot. Not strictly first-come-first-served: a new call
+    /// that finds a free slot takes it even while others wait, as with a
+    /// non-fair semaphore; waiters are bounded by `max_wait` instead.
+    pub(super) async fn acquire(self: Arc<Self>) -> Permit {
+        loop {
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            // Register before trying, so a release between the try and the
+            // wait is not missed.
+            freed.as_mut().enable();
+            if let Some(permit) = self.try_acquire() {
+                return permit;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// A slot in the bulkhead, given back on drop.
+#[derive(Debug)]
+pub(super) struct Permit(Arc<Shared>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+        // SeqCst pairs with the waiter's increment of `waiting` before it
+        // tries: either it sees our decrement, or we see it waiting.
+        if self.0.waiting.load(Ordering::SeqCst) > 0 {
+            self.0.slot_freed.notify_one();
+        }
     }
 }

@@ -43,7 +43,7 @@ struct Occupancy(Arc<Shared>);
 
 impl Collector for Occupancy {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let in_flight = self.0.max_concurrent - self.0.semaphore.available_permits();
+        let in_flight = self.0.in_flight.load(Ordering::Relaxed);
         let gauge = ConstGauge::new(in_flight as i64);
         let metric = encoder.encode_descriptor(
             "trellis_resilience_bulkhead_in_flight",

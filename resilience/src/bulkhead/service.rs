@@ -1,7 +1,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::TryAcquireError;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -51,9 +50,9 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match Arc::clone(&self.shared.semaphore).try_acquire_owned() {
-            Ok(permit) => ResponseFuture::called(self.inner.call(request), permit),
-            Err(TryAcquireError::NoPermits) if !self.shared.max_wait.is_zero() => {
+        match self.shared.try_acquire() {
+            Some(permit) => ResponseFuture::called(self.inner.call(request), permit),
+            None if !self.shared.max_wait.is_zero() => {
                 // The slow path: wait for a slot, then call a clone of the
                 // inner service. The clone is the one that is not ready; the
                 // ready one goes into the future (tower-service docs), which
@@ -62,7 +61,7 @@ where
                 let ready = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(ready, request, Arc::clone(&self.shared))
             }
-            Err(_) => {
+            None => {
                 let rejection = BulkheadFull {
                     max_concurrent: self.shared.max_concurrent,
                 };

@@ -35,8 +35,9 @@ pin_project! {
             abort: bool,
         },
         Delayed {
-            #[pin]
-            sleep: Sleep,
+            // Boxed: latency is the rare path, and an inline `Sleep` would
+            // make every pass-through future several times larger.
+            sleep: Pin<Box<Sleep>>,
             service: Option<S>,
             request: Option<Request>,
             abort: bool,
@@ -63,7 +64,7 @@ where
     pub(super) fn delayed(service: S, request: Request, delay: Duration, abort: bool) -> Self {
         ResponseFuture {
             state: State::Delayed {
-                sleep: tokio::time::sleep(delay),
+                sleep: Box::pin(tokio::time::sleep(delay)),
                 service: Some(service),
                 request: Some(request),
                 abort,
@@ -103,7 +104,7 @@ where
                     request,
                     abort,
                 } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     let next = State::Readying {
                         service: service.take(),
                         request: request.take(),

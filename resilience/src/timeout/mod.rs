@@ -1,6 +1,7 @@
 //! Timeout: a per-call deadline with a typed error.
 //!
-//! Every call gets `timeout` to finish; past it, the inner future is dropped
+//! Every call gets `timeout` to finish, counted from the moment it first
+//! yields (a call that completes at once never reads the clock); past it, the inner future is dropped
 //! (cancelling the call) and the caller gets
 //! [`Elapsed`](crate::error::Elapsed), which [`Error::classify`] turns into
 //! [`Error::Timeout`]. The deadline covers the call only, not the wait for
