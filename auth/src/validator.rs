@@ -258,9 +258,10 @@ pub(crate) struct Checked {
     kid: Option<String>,
 }
 
-impl<T> Validator<T> {
+impl Validator {
     /// Starts a builder over a key source: a [`KeySet`] or an `Arc` of any
-    /// [`KeyProvider`] (e.g. a JWKS cache).
+    /// [`KeyProvider`] (e.g. a JWKS cache). The claims type is chosen at
+    /// [`ValidatorBuilder::build`].
     pub fn builder(keys: impl IntoKeyProvider) -> ValidatorBuilder {
         ValidatorBuilder {
             keys: keys.into_key_provider(),
@@ -274,6 +275,9 @@ impl<T> Validator<T> {
         }
     }
 
+}
+
+impl<T> Validator<T> {
     /// The allowed algorithms.
     pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
         self.inner.validations.iter().map(|(a, _)| *a)
