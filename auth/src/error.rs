@@ -199,7 +199,9 @@ impl Error {
             K::InvalidIssuer => Self::InvalidIssuer,
             K::InvalidAudience => Self::InvalidAudience,
             K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
-                Self::AlgorithmNotAllowed { alg: String::from("?") }
+                Self::AlgorithmNotAllowed {
+                    alg: String::from("?"),
+                }
             }
             K::MissingRequiredClaim(c) => Self::MissingClaim { claim: c.clone() },
             K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => {

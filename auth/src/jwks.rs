@@ -71,12 +71,20 @@ impl HttpJwksFetcher {
     /// # let _ = f;
     /// ```
     pub fn new(uri: &str) -> Result<Self> {
-        let uri: http::Uri = uri.parse().map_err(|e| Error::Config(format!("jwks uri: {e}")))?;
+        let uri: http::Uri = uri
+            .parse()
+            .map_err(|e| Error::Config(format!("jwks uri: {e}")))?;
         if uri.scheme_str() != Some("http") {
-            return Err(Error::Config("HttpJwksFetcher speaks plain http only".into()));
+            return Err(Error::Config(
+                "HttpJwksFetcher speaks plain http only".into(),
+            ));
         }
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Self { client, uri, max_body: 256 * 1024 })
+        Ok(Self {
+            client,
+            uri,
+            max_body: 256 * 1024,
+        })
     }
 }
 
@@ -91,8 +99,11 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 impl JwksFetcher for HttpJwksFetcher {
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(async move {
-            let resp =
-                self.client.get(self.uri.clone()).await.map_err(|e| Error::JwksFetch(e.to_string()))?;
+            let resp = self
+                .client
+                .get(self.uri.clone())
+                .await
+                .map_err(|e| Error::JwksFetch(e.to_string()))?;
             if !resp.status().is_success() {
                 return Err(Error::JwksFetch(format!("status {}", resp.status())));
             }
@@ -172,7 +183,9 @@ impl JwksConfig {
 
 #[derive(Debug)]
 struct State {
-    last_attempt: Option<Instant>,
+    // Last refresh triggered by an unknown kid: only those are rate-limited,
+    // so a scheduled refresh never delays picking up a freshly rotated key.
+    last_kid_refresh: Option<Instant>,
     inflight: bool,
     last_ok: bool,
     ttl: Duration,
@@ -237,7 +250,12 @@ impl JwksKeys {
             fetcher: Box::new(fetcher),
             config,
             current: ArcSwap::from_pointee(KeySet::new()),
-            state: Mutex::new(State { last_attempt: None, inflight: false, last_ok: false, ttl }),
+            state: Mutex::new(State {
+                last_kid_refresh: None,
+                inflight: false,
+                last_ok: false,
+                ttl,
+            }),
             done,
             fetches: AtomicU64::new(0),
         })
@@ -276,7 +294,6 @@ impl JwksKeys {
                 false
             } else {
                 st.inflight = true;
-                st.last_attempt = Some(Instant::now());
                 true
             }
         };
@@ -296,11 +313,12 @@ impl JwksKeys {
     async fn run_refresh(&self) -> Result<()> {
         let _guard = InflightGuard(self);
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let result = match tokio::time::timeout(self.config.fetch_timeout, self.fetcher.fetch()).await {
-            Err(_) => Err(Error::JwksTimeout(self.config.fetch_timeout)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(doc)) => self.install(&doc),
-        };
+        let result =
+            match tokio::time::timeout(self.config.fetch_timeout, self.fetcher.fetch()).await {
+                Err(_) => Err(Error::JwksTimeout(self.config.fetch_timeout)),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(doc)) => self.install(&doc),
+            };
         let mut st = self.lock();
         st.last_ok = result.is_ok();
         if let Ok(ttl) = &result {
@@ -321,8 +339,8 @@ impl JwksKeys {
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let parsed: Doc =
-            serde_json::from_slice(&doc.body).map_err(|e| Error::JwksFetch(format!("json: {e}")))?;
+        let parsed: Doc = serde_json::from_slice(&doc.body)
+            .map_err(|e| Error::JwksFetch(format!("json: {e}")))?;
         let jwks = JwkSet {
             keys: parsed
                 .keys
@@ -384,15 +402,14 @@ impl KeyProvider for JwksKeys {
             let now = Instant::now();
             if st.inflight {
                 false
-            } else if st
-                .last_attempt
-                .is_some_and(|t| now.saturating_duration_since(t) < self.config.min_refresh_interval)
-            {
+            } else if st.last_kid_refresh.is_some_and(|t| {
+                now.saturating_duration_since(t) < self.config.min_refresh_interval
+            }) {
                 tracing::debug!(kid, "unknown kid; jwks refresh rate-limited");
                 return None;
             } else {
                 st.inflight = true;
-                st.last_attempt = Some(now);
+                st.last_kid_refresh = Some(now);
                 true
             }
         };

@@ -53,7 +53,11 @@ impl VerificationKey {
                 key.family()
             )));
         }
-        Ok(Self { kid, algorithm, key })
+        Ok(Self {
+            kid,
+            algorithm,
+            key,
+        })
     }
 
     /// Loads a public key in PEM (RSA, EC or Ed25519 according to `algorithm`).
@@ -78,7 +82,9 @@ impl VerificationKey {
     pub fn from_jwk(jwk: &Jwk) -> Result<Self> {
         let inferred = match &jwk.algorithm {
             AlgorithmParameters::OctetKey(_) => {
-                return Err(Error::InvalidKey("symmetric keys are not accepted from a JWKS".into()));
+                return Err(Error::InvalidKey(
+                    "symmetric keys are not accepted from a JWKS".into(),
+                ));
             }
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(p) => match p.curve {

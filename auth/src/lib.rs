@@ -12,12 +12,12 @@ mod revocation;
 pub mod scope;
 mod validator;
 
+#[cfg(feature = "axum")]
+mod extract;
 #[cfg(feature = "jwks")]
 pub mod jwks;
 #[cfg(feature = "mtls")]
 pub mod mtls;
-#[cfg(feature = "axum")]
-mod extract;
 
 pub use claims::{ClaimLookup, Claims, OneOrMany};
 pub use error::{BearerError, Error, Result};
@@ -25,8 +25,12 @@ pub use jwt::{JwtAuth, JwtAuthLayer};
 pub use keys::{KeyProvider, KeySet, RefreshFuture, VerificationKey};
 pub use response::{AuthRejection, rejection_response};
 pub use revocation::{RevocationCheck, RevocationList, TokenRef};
-pub use scope::{NamedClaim, RequireScopes, RequireScopesLayer, RolesClaim, ScopeClaim, ScopeSource};
-pub use validator::{DEFAULT_ALGORITHMS, DEFAULT_MAX_TOKEN_LEN, IntoKeyProvider, Validator, ValidatorBuilder};
+pub use scope::{
+    NamedClaim, RequireScopes, RequireScopesLayer, RolesClaim, ScopeClaim, ScopeSource,
+};
+pub use validator::{
+    DEFAULT_ALGORITHMS, DEFAULT_MAX_TOKEN_LEN, IntoKeyProvider, Validator, ValidatorBuilder,
+};
 
 /// Re-export of the `jsonwebtoken` crate this one is built on (for
 /// `Algorithm`, `DecodingKey`, `EncodingKey`, `Header`, JWK types).

@@ -49,7 +49,9 @@ pub fn rejection_response<B: Default>(err: Error, realm: &str) -> Response<B> {
 }
 
 fn escape(s: &str) -> String {
-    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
 }
 
 /// The reason a request was rejected, left in the rejection response's

@@ -64,13 +64,19 @@ struct Lists {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl RevocationList {
     /// An empty list holding at most `capacity` jtis and `capacity` subjects.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::new(Lists::default()) }
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Lists::default()),
+        }
     }
 
     /// Revokes the token `jti`, remembered until `expires_at` (Unix seconds).
@@ -80,7 +86,12 @@ impl RevocationList {
             let now = now_secs();
             l.jtis.retain(|_, exp| *exp > now);
             if l.jtis.len() >= self.capacity {
-                if let Some(k) = l.jtis.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
+                if let Some(k) = l
+                    .jtis
+                    .iter()
+                    .min_by_key(|(_, e)| **e)
+                    .map(|(k, _)| k.clone())
+                {
                     l.jtis.remove(&k);
                 }
             }
@@ -93,7 +104,12 @@ impl RevocationList {
     pub fn revoke_subject(&self, sub: &str, issued_before: u64) {
         let mut l = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if l.subjects.len() >= self.capacity && !l.subjects.contains_key(sub) {
-            if let Some(k) = l.subjects.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
+            if let Some(k) = l
+                .subjects
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(k, _)| k.clone())
+            {
                 l.subjects.remove(&k);
             }
         }

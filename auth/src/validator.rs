@@ -16,7 +16,8 @@ use crate::revocation::RevocationCheck;
 
 /// Algorithms accepted when the builder is not told otherwise: asymmetric
 /// only. HS256 is accepted only when listed explicitly.
-pub const DEFAULT_ALGORITHMS: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+pub const DEFAULT_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
 
 /// Default bound on the token length (8 KiB), checked before any decoding.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -31,14 +32,25 @@ pub struct Validator<T = ()> {
 
 impl<T> Clone for Validator<T> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), _claims: PhantomData }
+        Self {
+            inner: self.inner.clone(),
+            _claims: PhantomData,
+        }
     }
 }
 
 impl<T> std::fmt::Debug for Validator<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")
-            .field("algorithms", &self.inner.validations.iter().map(|(a, _)| a).collect::<Vec<_>>())
+            .field(
+                "algorithms",
+                &self
+                    .inner
+                    .validations
+                    .iter()
+                    .map(|(a, _)| a)
+                    .collect::<Vec<_>>(),
+            )
             .field("max_token_len", &self.inner.max_len)
             .finish_non_exhaustive()
     }
@@ -274,7 +286,6 @@ impl Validator {
             revocation: None,
         }
     }
-
 }
 
 impl<T> Validator<T> {
@@ -285,7 +296,10 @@ impl<T> Validator<T> {
 
     pub(crate) fn check_header(&self, token: &str) -> Result<Checked> {
         if token.len() > self.inner.max_len {
-            return Err(Error::TooLarge { len: token.len(), max: self.inner.max_len });
+            return Err(Error::TooLarge {
+                len: token.len(),
+                max: self.inner.max_len,
+            });
         }
         let header_b64 = match token.split_once('.') {
             Some((h, rest)) if rest.bytes().filter(|b| *b == b'.').count() == 1 => h,
@@ -340,11 +354,15 @@ impl<T: DeserializeOwned> Validator<T> {
         let keys = self.inner.keys.keys();
         let key = keys
             .get(checked.kid.as_deref())
-            .ok_or_else(|| Error::UnknownKid { kid: checked.kid.clone() })?;
+            .ok_or_else(|| Error::UnknownKid {
+                kid: checked.kid.clone(),
+            })?;
         if key.algorithm() != checked.alg {
             // The key is bound to one algorithm; a header naming another
             // (HS256 against an RSA key, say) is refused before any crypto.
-            return Err(Error::AlgorithmNotAllowed { alg: format!("{:?}", checked.alg) });
+            return Err(Error::AlgorithmNotAllowed {
+                alg: format!("{:?}", checked.alg),
+            });
         }
         let validation = self
             .inner
@@ -352,7 +370,9 @@ impl<T: DeserializeOwned> Validator<T> {
             .iter()
             .find(|(a, _)| *a == checked.alg)
             .map(|(_, v)| v)
-            .ok_or_else(|| Error::AlgorithmNotAllowed { alg: format!("{:?}", checked.alg) })?;
+            .ok_or_else(|| Error::AlgorithmNotAllowed {
+                alg: format!("{:?}", checked.alg),
+            })?;
         let data = jsonwebtoken::decode::<Claims<T>>(token, key.decoding_key(), validation)
             .map_err(Error::from_jwt)?;
         if let Some(rev) = &self.inner.revocation {

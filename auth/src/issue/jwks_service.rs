@@ -63,7 +63,10 @@ impl<B> Service<Request<B>> for JwksService {
                 return ready(Ok(r));
             }
         };
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", self.max_age)) {
             resp.headers_mut().insert(header::CACHE_CONTROL, v);
         }

@@ -38,11 +38,16 @@ impl SigningKey {
             AlgorithmFamily::Hmac => return Err(Error::InvalidKey("use SigningKey::hmac".into())),
         }
         .map_err(|e| Error::InvalidKey(e.to_string()))?;
-        let mut jwk =
-            Jwk::from_encoding_key(&key, algorithm).map_err(|e| Error::InvalidKey(e.to_string()))?;
+        let mut jwk = Jwk::from_encoding_key(&key, algorithm)
+            .map_err(|e| Error::InvalidKey(e.to_string()))?;
         jwk.common.key_id = Some(kid.to_owned());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        Ok(Self { kid: kid.to_owned(), algorithm, key, public: Some(jwk) })
+        Ok(Self {
+            kid: kid.to_owned(),
+            algorithm,
+            key,
+            public: Some(jwk),
+        })
     }
 
     /// An HMAC (HS256) key. It is never published in the JWKS; only
@@ -124,7 +129,10 @@ impl KeyRing {
     /// the longest access-token lifetime plus the verifiers' leeway.
     pub fn new(active: SigningKey, retain_for: Duration) -> Self {
         Self {
-            ring: RwLock::new(Ring { active: Arc::new(active), retired: Vec::new() }),
+            ring: RwLock::new(Ring {
+                active: Arc::new(active),
+                retired: Vec::new(),
+            }),
             retain_for,
             max_retired: 16,
         }
@@ -165,7 +173,12 @@ impl KeyRing {
     pub fn jwks_at(&self, now: SystemTime) -> JwkSet {
         let ring = self.read();
         let keys = std::iter::once(&ring.active)
-            .chain(ring.retired.iter().filter(|(_, until)| *until > now).map(|(k, _)| k))
+            .chain(
+                ring.retired
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(k, _)| k),
+            )
             .filter_map(|k| k.public.clone())
             .collect();
         JwkSet { keys }
@@ -176,9 +189,12 @@ impl KeyRing {
         let now = SystemTime::now();
         let ring = self.read();
         let mut set = KeySet::new();
-        for k in std::iter::once(&ring.active)
-            .chain(ring.retired.iter().filter(|(_, until)| *until > now).map(|(k, _)| k))
-        {
+        for k in std::iter::once(&ring.active).chain(
+            ring.retired
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(k, _)| k),
+        ) {
             set.insert(k.verification_key()?);
         }
         Ok(set)
@@ -224,7 +240,12 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     /// Issues as `issuer`, tokens living `ttl`.
     pub fn new(ring: Arc<KeyRing>, issuer: &str, ttl: Duration) -> Self {
-        Self { ring, issuer: issuer.to_owned(), audience: Vec::new(), ttl }
+        Self {
+            ring,
+            issuer: issuer.to_owned(),
+            audience: Vec::new(),
+            ttl,
+        }
     }
 
     /// Adds an audience to every token.
@@ -236,8 +257,16 @@ impl TokenIssuer {
 
     /// Issues a token for `subject` with `scopes` and the application's own
     /// claims (`()` for none; a struct serializing to a map otherwise).
-    pub fn issue<T: Serialize>(&self, subject: &str, scopes: &[&str], custom: T) -> Result<AccessToken> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    pub fn issue<T: Serialize>(
+        &self,
+        subject: &str,
+        scopes: &[&str],
+        custom: T,
+    ) -> Result<AccessToken> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let exp = now + self.ttl.as_secs();
         let jti = super::random_token(16);
         let claims = Claims {
@@ -257,6 +286,10 @@ impl TokenIssuer {
             custom,
         };
         let token = self.ring.active().sign(&claims)?;
-        Ok(AccessToken { token, jti, expires_at: exp })
+        Ok(AccessToken {
+            token,
+            jti,
+            expires_at: exp,
+        })
     }
 }

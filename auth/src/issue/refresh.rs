@@ -65,7 +65,11 @@ pub enum Consumed {
 /// exchanges of one token must not both see `Fresh`.
 pub trait RefreshTokenStore: Send + Sync + 'static {
     /// Stores a new active token.
-    fn insert(&self, hash: TokenHash, record: RefreshTokenRecord) -> impl Future<Output = Result<()>> + Send;
+    fn insert(
+        &self,
+        hash: TokenHash,
+        record: RefreshTokenRecord,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Atomically marks the token used and reports what it was.
     fn consume(&self, hash: &TokenHash) -> impl Future<Output = Result<Consumed>> + Send;
     /// Revokes every token of `family`.
@@ -90,7 +94,10 @@ struct Mem {
 impl InMemoryRefreshTokenStore {
     /// A store of at most `capacity` tokens.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::new(Mem::default()) }
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Mem::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
@@ -129,7 +136,10 @@ impl RefreshTokenStore for InMemoryRefreshTokenStore {
                 return Err(Error::Store("refresh token store full".into()));
             }
         }
-        m.families.entry(record.family.clone()).or_default().push(hash);
+        m.families
+            .entry(record.family.clone())
+            .or_default()
+            .push(hash);
         m.tokens.insert(hash, record);
         Ok(())
     }
@@ -213,11 +223,20 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// Issues the first token of a new family (at login).
     pub async fn issue(&self, subject: &str, scopes: &[&str]) -> Result<RefreshToken> {
         let family = super::random_token(16);
-        self.issue_in(family, subject.to_owned(), scopes.iter().map(|s| (*s).to_owned()).collect())
-            .await
+        self.issue_in(
+            family,
+            subject.to_owned(),
+            scopes.iter().map(|s| (*s).to_owned()).collect(),
+        )
+        .await
     }
 
-    async fn issue_in(&self, family: String, subject: String, scopes: Vec<String>) -> Result<RefreshToken> {
+    async fn issue_in(
+        &self,
+        family: String,
+        subject: String,
+        scopes: Vec<String>,
+    ) -> Result<RefreshToken> {
         let token = super::random_token(32);
         let expires_at = SystemTime::now() + self.ttl;
         let record = RefreshTokenRecord {
@@ -228,7 +247,11 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
             status: RefreshStatus::Active,
         };
         self.store.insert(TokenHash::of(&token), record).await?;
-        Ok(RefreshToken { token, family, expires_at })
+        Ok(RefreshToken {
+            token,
+            family,
+            expires_at,
+        })
     }
 
     /// Exchanges `presented` for a new token of the same family and returns
@@ -247,7 +270,9 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
                 if rec.expires_at <= SystemTime::now() {
                     return Err(Error::InvalidRefreshToken);
                 }
-                let next = self.issue_in(rec.family.clone(), rec.subject.clone(), rec.scopes.clone()).await?;
+                let next = self
+                    .issue_in(rec.family.clone(), rec.subject.clone(), rec.scopes.clone())
+                    .await?;
                 Ok((next, rec))
             }
             Consumed::Reused(rec) => {

@@ -32,13 +32,19 @@ pin_project! {
 
 impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(fut: F) -> Self {
-        Self { kind: Kind::Inner { fut } }
+        Self {
+            kind: Kind::Inner { fut },
+        }
     }
     pub(crate) fn reject(resp: Response<B>) -> Self {
-        Self { kind: Kind::Reject { resp: Some(resp) } }
+        Self {
+            kind: Kind::Reject { resp: Some(resp) },
+        }
     }
     pub(crate) fn refresh(fut: BoxedResponse<B, E>) -> Self {
-        Self { kind: Kind::Refresh { fut } }
+        Self {
+            kind: Kind::Refresh { fut },
+        }
     }
 }
 

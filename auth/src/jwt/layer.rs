@@ -28,7 +28,10 @@ pub struct JwtAuthLayer<T = ()> {
 
 impl<T> Clone for JwtAuthLayer<T> {
     fn clone(&self) -> Self {
-        Self { validator: self.validator.clone(), realm: self.realm.clone() }
+        Self {
+            validator: self.validator.clone(),
+            realm: self.realm.clone(),
+        }
     }
 }
 
@@ -44,7 +47,10 @@ impl<T> std::fmt::Debug for JwtAuthLayer<T> {
 impl<T> JwtAuthLayer<T> {
     /// A layer validating with `validator`, realm `"trellis"`.
     pub fn new(validator: Validator<T>) -> Self {
-        Self { validator, realm: Arc::from("trellis") }
+        Self {
+            validator,
+            realm: Arc::from("trellis"),
+        }
     }
 
     /// Sets the realm named in `WWW-Authenticate` challenges.

@@ -19,19 +19,30 @@ pub struct JwtAuth<S, T = ()> {
 
 impl<S: Clone, T> Clone for JwtAuth<S, T> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), validator: self.validator.clone(), realm: self.realm.clone() }
+        Self {
+            inner: self.inner.clone(),
+            validator: self.validator.clone(),
+            realm: self.realm.clone(),
+        }
     }
 }
 
 impl<S: std::fmt::Debug, T> std::fmt::Debug for JwtAuth<S, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtAuth").field("inner", &self.inner).field("realm", &self.realm).finish()
+        f.debug_struct("JwtAuth")
+            .field("inner", &self.inner)
+            .field("realm", &self.realm)
+            .finish()
     }
 }
 
 impl<S, T> JwtAuth<S, T> {
     pub(crate) fn new(inner: S, validator: Validator<T>, realm: Arc<str>) -> Self {
-        Self { inner, validator, realm }
+        Self {
+            inner,
+            validator,
+            realm,
+        }
     }
 
     /// The inner service.
@@ -54,7 +65,9 @@ impl<S, T> JwtAuth<S, T> {
 /// case-insensitive, RFC 7235 §2.1).
 pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Error> {
     let value = headers.get(header::AUTHORIZATION).ok_or(Error::Missing)?;
-    let value = value.to_str().map_err(|_| Error::Malformed("non-ascii authorization".into()))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Error::Malformed("non-ascii authorization".into()))?;
     let (scheme, token) = value.split_once(' ').ok_or(Error::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Error::Missing);
@@ -86,9 +99,7 @@ where
         let outcome = bearer_token(req.headers()).and_then(|token| {
             let checked = self.validator.check_header(token)?;
             match self.validator.validate_checked(token, &checked) {
-                Err(Error::UnknownKid { kid: Some(kid) }) => {
-                    Ok(Err((kid, token.to_owned())))
-                }
+                Err(Error::UnknownKid { kid: Some(kid) }) => Ok(Err((kid, token.to_owned()))),
                 other => other.map(Ok),
             }
         });

@@ -25,10 +25,14 @@ pin_project! {
 
 impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn inner(fut: F) -> Self {
-        Self { kind: Kind::Inner { fut } }
+        Self {
+            kind: Kind::Inner { fut },
+        }
     }
     pub(crate) fn reject(resp: Response<B>) -> Self {
-        Self { kind: Kind::Reject { resp: Some(resp) } }
+        Self {
+            kind: Kind::Reject { resp: Some(resp) },
+        }
     }
 }
 

@@ -125,6 +125,9 @@ impl<S, T, X: Clone> Layer<S> for RequireScopesLayer<T, X> {
     type Service = RequireScopes<S, T, X>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequireScopes { inner, config: self.clone() }
+        RequireScopes {
+            inner,
+            config: self.clone(),
+        }
     }
 }

@@ -17,13 +17,19 @@ pub struct RequireScopes<S, T, X> {
 
 impl<S: Clone, T, X: Clone> Clone for RequireScopes<S, T, X> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), config: self.config.clone() }
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
     }
 }
 
 impl<S: std::fmt::Debug, T, X: std::fmt::Debug> std::fmt::Debug for RequireScopes<S, T, X> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequireScopes").field("inner", &self.inner).field("config", &self.config).finish()
+        f.debug_struct("RequireScopes")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -67,7 +73,13 @@ where
                 } else {
                     c.required.iter().all(|s| c.source.grants(claims, s))
                 };
-                if ok { Ok(()) } else { Err(Error::InsufficientScope { required: c.required.to_vec() }) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Error::InsufficientScope {
+                        required: c.required.to_vec(),
+                    })
+                }
             }
         };
         match verdict {
