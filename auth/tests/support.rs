@@ -1,5 +1,5 @@
 //! Shared helpers for trellis-auth's integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::convert::Infallible;
 

@@ -13,11 +13,12 @@ use super::{NamedClaim, RequireScopes, RolesClaim, ScopeClaim, ScopeSource};
 /// ```
 /// use trellis_auth::RequireScopesLayer;
 /// // every listed scope from the `scope` claim
-/// let write: RequireScopesLayer = RequireScopesLayer::all(["orders:write"]);
+/// let write = RequireScopesLayer::all(["orders:write"]);
 /// // any of the roles
-/// let admin: RequireScopesLayer<(), _> = RequireScopesLayer::any(["admin", "ops"]).roles();
-/// // a claim of your own (T: ClaimLookup)
-/// let perms = RequireScopesLayer::<serde_json::Map<String, serde_json::Value>>::all(["refund"])
+/// let admin = RequireScopesLayer::any(["admin", "ops"]).roles();
+/// // a claim of your own claims type (which implements ClaimLookup)
+/// let perms = RequireScopesLayer::all(["refund"])
+///     .claims::<serde_json::Map<String, serde_json::Value>>()
 ///     .from_claim("permissions");
 /// # let _ = (write, admin, perms);
 /// ```
@@ -51,8 +52,9 @@ impl<T, X: std::fmt::Debug> std::fmt::Debug for RequireScopesLayer<T, X> {
     }
 }
 
-impl<T> RequireScopesLayer<T, ScopeClaim> {
-    /// Requires every one of `scopes` in the `scope` claim.
+impl RequireScopesLayer {
+    /// Requires every one of `scopes` in the `scope` claim. The claims type
+    /// is `Claims<()>`; switch with [`claims`](Self::claims).
     pub fn all<I, S>(scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -86,6 +88,18 @@ impl<T> RequireScopesLayer<T, ScopeClaim> {
 }
 
 impl<T, X> RequireScopesLayer<T, X> {
+    /// Reads `Claims<U>` (the type the [`JwtAuthLayer`](crate::JwtAuthLayer)
+    /// validated into) instead of `Claims<T>`.
+    pub fn claims<U>(self) -> RequireScopesLayer<U, X> {
+        RequireScopesLayer {
+            required: self.required,
+            any: self.any,
+            source: self.source,
+            realm: self.realm,
+            _claims: PhantomData,
+        }
+    }
+
     /// Looks in the `roles` claim instead.
     pub fn roles(self) -> RequireScopesLayer<T, RolesClaim>
     where

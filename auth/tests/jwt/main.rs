@@ -473,7 +473,7 @@ async fn scopes_give_403_with_insufficient_scope() {
 
     // Without the JWT layer in front there are no claims: 401, not 403.
     let bare = ServiceBuilder::new()
-        .layer(RequireScopesLayer::<()>::all(["orders:read"]))
+        .layer(RequireScopesLayer::all(["orders:read"]))
         .service(service_fn(echo_sub::<()>))
         .oneshot(request(Some(&token)))
         .await
@@ -502,20 +502,24 @@ async fn roles_array_and_configured_claims_are_supported() {
             .layer(layer)
             .service(service_fn(echo_sub::<Dyn>))
     };
-    let ok = run(RequireScopesLayer::all(["refund"]).from_claim("permissions"))
-        .oneshot(request(Some(&token)))
-        .await
-        .unwrap();
+    let ok = run(RequireScopesLayer::all(["refund"])
+        .claims::<Dyn>()
+        .from_claim("permissions"))
+    .oneshot(request(Some(&token)))
+    .await
+    .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
-    let no = run(RequireScopesLayer::all(["delete"]).from_claim("permissions"))
-        .oneshot(request(Some(&token)))
-        .await
-        .unwrap();
+    let no = run(RequireScopesLayer::all(["delete"])
+        .claims::<Dyn>()
+        .from_claim("permissions"))
+    .oneshot(request(Some(&token)))
+    .await
+    .unwrap();
     assert_eq!(no.status(), StatusCode::FORBIDDEN);
 
     let roles = ServiceBuilder::new()
         .layer(JwtAuthLayer::new(v.clone()))
-        .layer(RequireScopesLayer::<Dyn>::all(["admin"]).roles())
+        .layer(RequireScopesLayer::all(["admin"]).claims::<Dyn>().roles())
         .service(service_fn(echo_sub::<Dyn>))
         .oneshot(request(Some(&token)))
         .await
@@ -523,7 +527,7 @@ async fn roles_array_and_configured_claims_are_supported() {
     assert_eq!(roles.status(), StatusCode::OK);
     let array_scope = ServiceBuilder::new()
         .layer(JwtAuthLayer::new(v))
-        .layer(RequireScopesLayer::<Dyn>::all(["a", "b"]))
+        .layer(RequireScopesLayer::all(["a", "b"]).claims::<Dyn>())
         .service(service_fn(echo_sub::<Dyn>))
         .oneshot(request(Some(&token)))
         .await
