@@ -39,10 +39,10 @@ pub fn rejection_response<B: Default>(err: Error, realm: &str) -> Response<B> {
     }
     let mut resp = Response::new(B::default());
     *resp.status_mut() = err.status();
-    if err.bearer_error() != BearerError::None || matches!(err, Error::Missing) {
-        if let Ok(v) = HeaderValue::from_str(&challenge) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
+    if (err.bearer_error() != BearerError::None || matches!(err, Error::Missing))
+        && let Ok(v) = HeaderValue::from_str(&challenge)
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     resp.extensions_mut().insert(AuthRejection(Arc::new(err)));
     resp

@@ -85,15 +85,14 @@ impl RevocationList {
         if l.jtis.len() >= self.capacity && !l.jtis.contains_key(jti) {
             let now = now_secs();
             l.jtis.retain(|_, exp| *exp > now);
-            if l.jtis.len() >= self.capacity {
-                if let Some(k) = l
+            if l.jtis.len() >= self.capacity
+                && let Some(k) = l
                     .jtis
                     .iter()
                     .min_by_key(|(_, e)| **e)
                     .map(|(k, _)| k.clone())
-                {
-                    l.jtis.remove(&k);
-                }
+            {
+                l.jtis.remove(&k);
             }
         }
         l.jtis.insert(jti.to_owned(), expires_at);
@@ -103,15 +102,15 @@ impl RevocationList {
     /// (Unix seconds); tokens without `iat` of that subject are revoked too.
     pub fn revoke_subject(&self, sub: &str, issued_before: u64) {
         let mut l = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if l.subjects.len() >= self.capacity && !l.subjects.contains_key(sub) {
-            if let Some(k) = l
+        if l.subjects.len() >= self.capacity
+            && !l.subjects.contains_key(sub)
+            && let Some(k) = l
                 .subjects
                 .iter()
                 .min_by_key(|(_, e)| **e)
                 .map(|(k, _)| k.clone())
-            {
-                l.subjects.remove(&k);
-            }
+        {
+            l.subjects.remove(&k);
         }
         l.subjects.insert(sub.to_owned(), issued_before);
     }
@@ -120,15 +119,15 @@ impl RevocationList {
 impl RevocationCheck for std::sync::Arc<RevocationList> {
     fn is_revoked(&self, token: &TokenRef<'_>) -> bool {
         let l = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(jti) = token.jti {
-            if l.jtis.contains_key(jti) {
-                return true;
-            }
+        if let Some(jti) = token.jti
+            && l.jtis.contains_key(jti)
+        {
+            return true;
         }
-        if let Some(sub) = token.sub {
-            if let Some(before) = l.subjects.get(sub) {
-                return token.iat.is_none_or(|iat| iat <= *before);
-            }
+        if let Some(sub) = token.sub
+            && let Some(before) = l.subjects.get(sub)
+        {
+            return token.iat.is_none_or(|iat| iat <= *before);
         }
         false
     }

@@ -375,10 +375,10 @@ impl<T: DeserializeOwned> Validator<T> {
             })?;
         let data = jsonwebtoken::decode::<Claims<T>>(token, key.decoding_key(), validation)
             .map_err(Error::from_jwt)?;
-        if let Some(rev) = &self.inner.revocation {
-            if rev.is_revoked(&data.claims.token_ref()) {
-                return Err(Error::Revoked);
-            }
+        if let Some(rev) = &self.inner.revocation
+            && rev.is_revoked(&data.claims.token_ref())
+        {
+            return Err(Error::Revoked);
         }
         Ok(data.claims)
     }
