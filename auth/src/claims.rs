@@ -32,6 +32,16 @@ impl OneOrMany {
         one.into_iter().flatten().chain(many.into_iter().flatten())
     }
 
+    /// Iterates the values without splitting a single string (for `aud`,
+    /// where a space is part of the value).
+    pub fn iter_values(&self) -> impl Iterator<Item = &str> + '_ {
+        let (one, many) = match self {
+            Self::One(s) => (Some(s.as_str()), None),
+            Self::Many(v) => (None, Some(v.iter().map(String::as_str))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
     /// Whether `value` is among the values.
     pub fn contains(&self, value: &str) -> bool {
         self.iter().any(|v| v == value)
@@ -70,13 +80,25 @@ pub struct Claims<T = ()> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<OneOrMany>,
     /// Expiry, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub exp: Option<u64>,
     /// Not before, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub nbf: Option<u64>,
     /// Issued at, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub iat: Option<u64>,
     /// Token id, the handle revocation works by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,5 +172,21 @@ impl<T> Claims<T> {
             sub: self.sub.as_deref(),
             iat: self.iat,
         }
+    }
+}
+
+/// NumericDate (RFC 7519 §2) may be fractional: accept integers and
+/// non-negative finite floats (floored), as jsonwebtoken does.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    match n {
+        None => Ok(None),
+        Some(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(u)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+            _ => Err(serde::de::Error::custom(
+                "NumericDate must be a non-negative number",
+            )),
+        },
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use serde::de::DeserializeOwned;
 
 use crate::claims::Claims;
@@ -42,24 +42,20 @@ impl<T> Clone for Validator<T> {
 impl<T> std::fmt::Debug for Validator<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")
-            .field(
-                "algorithms",
-                &self
-                    .inner
-                    .validations
-                    .iter()
-                    .map(|(a, _)| a)
-                    .collect::<Vec<_>>(),
-            )
+            .field("algorithms", &self.inner.algorithms)
             .field("max_token_len", &self.inner.max_len)
             .finish_non_exhaustive()
     }
 }
 
 struct Inner {
-    // One jsonwebtoken `Validation` per allowed algorithm, each allowing only
-    // that algorithm, so the header can never widen what is accepted.
-    validations: Vec<(Algorithm, Validation)>,
+    // The allow-list. The header can never widen it: each key is bound to
+    // one algorithm too.
+    algorithms: Vec<Algorithm>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: u64,
+    require_exp: bool,
     keys: Box<dyn KeyProvider>,
     max_len: usize,
     revocation: Option<Arc<dyn RevocationCheck>>,
@@ -199,35 +195,15 @@ impl ValidatorBuilder {
             return Err(Error::Config("max_token_len must be positive".into()));
         }
         crate::install_jwt_crypto();
-        let mut validations = Vec::with_capacity(self.algorithms.len());
-        for alg in self.algorithms {
-            if validations.iter().any(|(a, _)| *a == alg) {
-                continue;
-            }
-            let mut v = Validation::new(alg);
-            v.leeway = self.leeway.as_secs();
-            v.validate_nbf = true;
-            v.validate_exp = true;
-            let mut required = Vec::new();
-            if self.require_exp {
-                required.push("exp");
-            }
-            if !self.issuers.is_empty() {
-                v.set_issuer(&self.issuers);
-                required.push("iss");
-            }
-            if self.audiences.is_empty() {
-                v.validate_aud = false;
-            } else {
-                v.set_audience(&self.audiences);
-                required.push("aud");
-            }
-            v.set_required_spec_claims(&required);
-            validations.push((alg, v));
-        }
+        let mut algorithms = self.algorithms;
+        algorithms.dedup();
         Ok(Validator {
             inner: Arc::new(Inner {
-                validations,
+                algorithms,
+                issuers: self.issuers,
+                audiences: self.audiences,
+                leeway: self.leeway.as_secs(),
+                require_exp: self.require_exp,
                 keys: self.keys,
                 max_len: self.max_len,
                 revocation: self.revocation,
@@ -291,7 +267,7 @@ impl Validator {
 impl<T> Validator<T> {
     /// The allowed algorithms.
     pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
-        self.inner.validations.iter().map(|(a, _)| *a)
+        self.inner.algorithms.iter().copied()
     }
 
     pub(crate) fn check_header(&self, token: &str) -> Result<Checked> {
@@ -311,7 +287,7 @@ impl<T> Validator<T> {
         let raw: RawHeader =
             serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(format!("header: {e}")))?;
         let alg = parse_alg(&raw.alg)
-            .filter(|a| self.inner.validations.iter().any(|(x, _)| x == a))
+            .filter(|a| self.inner.algorithms.contains(a))
             .ok_or(Error::AlgorithmNotAllowed { alg: raw.alg })?;
         Ok(Checked { alg, kid: raw.kid })
     }
@@ -364,22 +340,76 @@ impl<T: DeserializeOwned> Validator<T> {
                 alg: format!("{:?}", checked.alg),
             });
         }
-        let validation = self
-            .inner
-            .validations
-            .iter()
-            .find(|(a, _)| *a == checked.alg)
-            .map(|(_, v)| v)
-            .ok_or_else(|| Error::AlgorithmNotAllowed {
-                alg: format!("{:?}", checked.alg),
-            })?;
-        let data = jsonwebtoken::decode::<Claims<T>>(token, key.decoding_key(), validation)
-            .map_err(Error::from_jwt)?;
+        // Signature first, over `header.payload`; only then is the payload
+        // decoded (once, straight into `Claims<T>`) and its claims checked.
+        let (message, signature) = token
+            .rsplit_once('.')
+            .ok_or_else(|| Error::Malformed("expected three segments".into()))?;
+        let verified = jsonwebtoken::crypto::verify(
+            signature,
+            message.as_bytes(),
+            key.decoding_key(),
+            checked.alg,
+        )
+        .map_err(Error::from_jwt)?;
+        if !verified {
+            return Err(Error::BadSignature);
+        }
+        let payload_b64 = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|e| Error::Malformed(format!("payload: {e}")))?;
+        let claims: Claims<T> = serde_json::from_slice(&payload)
+            .map_err(|e| Error::Malformed(format!("claims: {e}")))?;
+        self.check_claims(&claims, jsonwebtoken::get_current_timestamp())?;
         if let Some(rev) = &self.inner.revocation
-            && rev.is_revoked(&data.claims.token_ref())
+            && rev.is_revoked(&claims.token_ref())
         {
             return Err(Error::Revoked);
         }
-        Ok(data.claims)
+        Ok(claims)
+    }
+
+    /// The registered-claim checks, in jsonwebtoken's order: required claims,
+    /// `exp`, `nbf`, `iss`, `aud`.
+    fn check_claims(&self, c: &Claims<T>, now: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let missing = |claim: &str| Error::MissingClaim {
+            claim: claim.to_owned(),
+        };
+        if inner.require_exp && c.exp.is_none() {
+            return Err(missing("exp"));
+        }
+        if !inner.issuers.is_empty() && c.iss.is_none() {
+            return Err(missing("iss"));
+        }
+        if !inner.audiences.is_empty() && c.aud.is_none() {
+            return Err(missing("aud"));
+        }
+        if let Some(exp) = c.exp
+            && exp < now.saturating_sub(inner.leeway)
+        {
+            return Err(Error::Expired);
+        }
+        if let Some(nbf) = c.nbf
+            && nbf > now.saturating_add(inner.leeway)
+        {
+            return Err(Error::NotYetValid);
+        }
+        if let Some(iss) = &c.iss
+            && !inner.issuers.is_empty()
+            && !inner.issuers.iter().any(|i| i == iss)
+        {
+            return Err(Error::InvalidIssuer);
+        }
+        if let Some(aud) = &c.aud
+            && !inner.audiences.is_empty()
+            && !aud
+                .iter_values()
+                .any(|a| inner.audiences.iter().any(|x| x == a))
+        {
+            return Err(Error::InvalidAudience);
+        }
+        Ok(())
     }
 }

@@ -562,3 +562,125 @@ fn empty_allow_list_is_a_config_error() {
     let r = Validator::builder(ed_keys()).algorithms([]).build::<()>();
     assert!(matches!(r, Err(Error::Config(_))));
 }
+
+mod agrees_with_jsonwebtoken {
+    //! The validator checks registered claims itself (decoding the payload
+    //! once); this property pins it to jsonwebtoken's own `decode` with the
+    //! equivalent `Validation`, over tokens varying every checked claim.
+
+    use super::*;
+    use jsonwebtoken::Validation;
+    use jsonwebtoken::errors::ErrorKind;
+    use proptest::prelude::*;
+
+    fn offset() -> impl Strategy<Value = Option<i64>> {
+        // Whole minutes away from the leeway boundary, so a clock tick
+        // between the two decodes cannot flip an outcome.
+        prop::option::of(prop::sample::select(vec![
+            -7200i64, -600, -30, 0, 30, 600, 7200,
+        ]))
+    }
+
+    fn aud() -> impl Strategy<Value = Option<serde_json::Value>> {
+        prop::option::of(prop::sample::select(vec![
+            json!(AUD),
+            json!("payments"),
+            json!(["payments", AUD]),
+            json!(["payments"]),
+            json!([]),
+        ]))
+    }
+
+    fn outcome_of_jsonwebtoken(
+        r: Result<jsonwebtoken::TokenData<serde_json::Value>, jsonwebtoken::errors::Error>,
+    ) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(e) => match e.kind() {
+                ErrorKind::ExpiredSignature => "Expired",
+                ErrorKind::ImmatureSignature => "NotYetValid",
+                ErrorKind::InvalidIssuer => "InvalidIssuer",
+                ErrorKind::InvalidAudience => "InvalidAudience",
+                ErrorKind::MissingRequiredClaim(_) => "MissingClaim",
+                _ => "other",
+            },
+        }
+    }
+
+    fn outcome_of_ours(r: Result<trellis_auth::Claims<serde_json::Value>, Error>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(Error::Expired) => "Expired",
+            Err(Error::NotYetValid) => "NotYetValid",
+            Err(Error::InvalidIssuer) => "InvalidIssuer",
+            Err(Error::InvalidAudience) => "InvalidAudience",
+            Err(Error::MissingClaim { .. }) => "MissingClaim",
+            Err(_) => "other",
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn same_verdict(
+            exp in offset(),
+            nbf in offset(),
+            iss in prop::option::of(prop::sample::select(vec![ISS, "https://evil"])),
+            aud in aud(),
+            check_aud in any::<bool>(),
+            check_iss in any::<bool>(),
+        ) {
+            let now = now() as i64;
+            let mut c = serde_json::Map::new();
+            c.insert("sub".into(), json!("u"));
+            if let Some(e) = exp { c.insert("exp".into(), json!(now + e)); }
+            if let Some(n) = nbf { c.insert("nbf".into(), json!(now + n)); }
+            if let Some(i) = iss { c.insert("iss".into(), json!(i)); }
+            if let Some(a) = aud { c.insert("aud".into(), a); }
+            let claims = serde_json::Value::Object(c);
+            let secret = b"proptest secret";
+            let token = sign(Algorithm::HS256, Some("h"), &EncodingKey::from_secret(secret), &claims);
+
+            let keys = KeySet::new().with(
+                VerificationKey::new(Some("h".into()), Algorithm::HS256, DecodingKey::from_secret(secret)).unwrap());
+            let mut b = Validator::builder(keys).algorithms([Algorithm::HS256]).leeway(Duration::from_secs(60));
+            let mut v = Validation::new(Algorithm::HS256);
+            v.leeway = 60;
+            v.validate_nbf = true;
+            let mut required = vec!["exp"];
+            if check_iss { b = b.issuer(ISS); v.set_issuer(&[ISS]); required.push("iss"); }
+            if check_aud { b = b.audience(AUD); v.set_audience(&[AUD]); required.push("aud"); } else { v.validate_aud = false; }
+            v.set_required_spec_claims(&required);
+            let ours: Validator<serde_json::Value> = b.build().unwrap();
+
+            let theirs = outcome_of_jsonwebtoken(jsonwebtoken::decode(&token, &DecodingKey::from_secret(secret), &v));
+            let mine = outcome_of_ours(ours.validate(&token));
+            prop_assert_eq!(mine, theirs, "claims {}", claims);
+        }
+    }
+}
+
+#[tokio::test]
+async fn fractional_numeric_dates_are_accepted_and_negative_ones_are_malformed() {
+    let frac = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &ed_key(),
+        &claims(json!({"exp": (now() + 600) as f64 + 0.5})),
+    );
+    assert_eq!(
+        call(validator(), Some(&frac)).await.status(),
+        StatusCode::OK
+    );
+    let neg = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &ed_key(),
+        &claims(json!({"exp": -5})),
+    );
+    let resp = call(validator(), Some(&neg)).await;
+    assert!(matches!(
+        assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
+        Error::Malformed(_)
+    ));
+}
