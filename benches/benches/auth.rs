@@ -2,6 +2,8 @@
 //! through the tower service on a bare inner service) against a bare
 //! `jsonwebtoken::decode` of the same token, with the same key and the same
 //! validation settings. Goal: the layer adds under 5% to the decode itself.
+//! A third arm, `validator_core`, runs `Validator::validate` alone, so the
+//! tower/HTTP part of the layer's cost can be read separately.
 //!
 //! Run: `cargo bench -p trellis-benches --bench auth -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)]
@@ -113,7 +115,7 @@ fn jwt(c: &mut Criterion) {
             .leeway(Duration::from_secs(60))
             .build()
             .unwrap();
-        let mut svc = JwtAuthLayer::new(validator).layer(Bare);
+        let mut svc = JwtAuthLayer::new(validator.clone()).layer(Bare);
 
         // Sanity: both accept the token.
         jsonwebtoken::decode::<Claims>(&token, &case.dec, &validation).unwrap();
@@ -138,6 +140,10 @@ fn jwt(c: &mut Criterion) {
                 jsonwebtoken::decode::<Claims>(black_box(&token), &case.dec, &validation).unwrap()
             })
         });
+        // The same validation without tower/http: isolates what the layer
+        // itself (header extraction, extensions, response future) costs.
+        let core = validator.clone();
+        group.bench_function("validator_core", |b| b.iter(|| core.validate(black_box(&token)).unwrap()));
         group.bench_function("layer", |b| {
             b.iter_batched(
                 || {
