@@ -143,7 +143,9 @@ fn jwt(c: &mut Criterion) {
         // The same validation without tower/http: isolates what the layer
         // itself (header extraction, extensions, response future) costs.
         let core = validator.clone();
-        group.bench_function("validator_core", |b| b.iter(|| core.validate(black_box(&token)).unwrap()));
+        group.bench_function("validator_core", |b| {
+            b.iter(|| core.validate(black_box(&token)).unwrap())
+        });
         group.bench_function("layer", |b| {
             b.iter_batched(
                 || {

@@ -90,6 +90,7 @@ impl SigningKey {
 
     /// Signs `claims` with this key, `kid` in the header.
     pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String> {
+        crate::install_jwt_crypto();
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| Error::Signing(e.to_string()))
