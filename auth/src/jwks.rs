@@ -416,7 +416,10 @@ impl KeyProvider for JwksKeys {
         if lead {
             // Spawned, so the refresh finishes (and releases `inflight`) even
             // if the request that triggered it goes away.
-            let me = self.me.upgrade()?;
+            let Some(me) = self.me.upgrade() else {
+                self.lock().inflight = false;
+                return None;
+            };
             tokio::spawn(async move {
                 let _ = me.run_refresh().await;
             });

@@ -218,6 +218,12 @@ struct RawHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    // RFC 7515 §4.1.11: extensions a recipient must understand. We
+    // understand none, so any listed one makes the token unacceptable.
+    // Keys embedded in the header (`jwk`, `jku`, `x5u`, `x5c`) are ignored
+    // on purpose: the verifier's own key set is the only source of keys.
+    #[serde(default)]
+    crit: Option<Vec<String>>,
 }
 
 fn parse_alg(s: &str) -> Option<Algorithm> {
@@ -286,6 +292,11 @@ impl<T> Validator<T> {
             .map_err(|e| Error::Malformed(format!("header: {e}")))?;
         let raw: RawHeader =
             serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(format!("header: {e}")))?;
+        if raw.crit.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(Error::Malformed(
+                "unsupported critical header extension".into(),
+            ));
+        }
         let alg = parse_alg(&raw.alg)
             .filter(|a| self.inner.algorithms.contains(a))
             .ok_or(Error::AlgorithmNotAllowed { alg: raw.alg })?;

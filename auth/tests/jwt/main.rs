@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use rcgen::PublicKeyData;
 use serde_json::json;
 use support::*;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -682,5 +683,75 @@ async fn fractional_numeric_dates_are_accepted_and_negative_ones_are_malformed()
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
         Error::Malformed(_)
+    ));
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_extractor_reads_the_claims_and_rejects_without_the_layer() {
+    use axum::{Router, body::Body, routing::get};
+    async fn me(claims: trellis_auth::Claims) -> String {
+        claims.sub.unwrap_or_default()
+    }
+    let token = sign(Algorithm::EdDSA, Some("ed1"), &ed_key(), &claims(json!({})));
+    let get_me = |app: Router, token: Option<&str>| {
+        let mut b = http::Request::get("/me");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        app.oneshot(b.body(Body::empty()).unwrap())
+    };
+    let guarded = Router::new()
+        .route("/me", get(me))
+        .layer(JwtAuthLayer::new(validator()));
+    let resp = get_me(guarded.clone(), Some(&token)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"user-1");
+    assert_eq!(
+        get_me(guarded, None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A route not behind the layer: the extractor itself answers 401.
+    let open = Router::new().route("/me", get(me));
+    let resp = get_me(open, Some(&token)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().contains_key("www-authenticate"));
+}
+
+#[tokio::test]
+async fn keys_embedded_in_the_header_are_ignored_and_crit_is_refused() {
+    // An attacker signs with their own key and embeds it (jwk) in the header,
+    // naming our kid: the signature is checked with *our* key only.
+    let attacker = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let enc = EncodingKey::from_ed_der(&attacker.serialize_der());
+    let mut h = jsonwebtoken::Header::new(Algorithm::EdDSA);
+    h.kid = Some("ed1".into());
+    h.jwk = Some(
+        serde_json::from_value(
+            json!({"kty": "OKP", "crv": "Ed25519", "x": b64(attacker.public_key_raw())}),
+        )
+        .unwrap(),
+    );
+    h.jku = Some("http://evil.example/jwks.json".into());
+    let forged = jsonwebtoken::encode(&h, &claims(json!({})), &enc).unwrap();
+    let resp = call(validator(), Some(&forged)).await;
+    assert!(matches!(
+        assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
+        Error::BadSignature
+    ));
+
+    let header = b64(br#"{"alg":"EdDSA","kid":"ed1","crit":["exp-ext"],"exp-ext":1}"#);
+    let payload = b64(claims(json!({})).to_string().as_bytes());
+    let msg = format!("{header}.{payload}");
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &ed_key(), Algorithm::EdDSA).unwrap();
+    let resp = call(validator(), Some(&format!("{msg}.{sig}"))).await;
+    assert!(matches!(
+        assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
+        Error::Malformed(m) if m.contains("critical")
     ));
 }
