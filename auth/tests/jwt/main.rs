@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
-use rcgen::PublicKeyData;
 use serde_json::json;
 use support::*;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
