@@ -203,16 +203,42 @@ pub struct RefreshToken {
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct RefreshTokens<S> {
     store: S,
     ttl: Duration,
+    on_reuse: Option<ReuseHook>,
+}
+
+type ReuseHook = std::sync::Arc<dyn Fn(&RefreshTokenRecord) + Send + Sync>;
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RefreshTokens<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshTokens")
+            .field("store", &self.store)
+            .field("ttl", &self.ttl)
+            .field("on_reuse", &self.on_reuse.is_some())
+            .finish()
+    }
 }
 
 impl<S: RefreshTokenStore> RefreshTokens<S> {
     /// Tokens living `ttl`, kept in `store`.
     pub fn new(store: S, ttl: Duration) -> Self {
-        Self { store, ttl }
+        Self {
+            store,
+            ttl,
+            on_reuse: None,
+        }
+    }
+
+    /// Runs `hook` with the spent token's record when reuse is detected,
+    /// after the family is revoked: the place to also revoke the subject's
+    /// access tokens (e.g. [`RevocationList::revoke_subject`](crate::RevocationList::revoke_subject)),
+    /// since a thief may already hold one.
+    #[must_use]
+    pub fn on_reuse(mut self, hook: impl Fn(&RefreshTokenRecord) + Send + Sync + 'static) -> Self {
+        self.on_reuse = Some(std::sync::Arc::new(hook));
+        self
     }
 
     /// The store.
@@ -278,6 +304,9 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
             Consumed::Reused(rec) => {
                 tracing::warn!(family = %rec.family, subject = %rec.subject, "refresh token reuse; revoking family");
                 self.store.revoke_family(&rec.family).await?;
+                if let Some(hook) = &self.on_reuse {
+                    hook(&rec);
+                }
                 Err(Error::RefreshTokenReused)
             }
             Consumed::Revoked(_) => Err(Error::Revoked),

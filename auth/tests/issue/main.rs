@@ -259,3 +259,34 @@ async fn expired_refresh_tokens_are_refused_and_the_store_is_bounded() {
         Consumed::Fresh(_)
     ));
 }
+
+#[tokio::test]
+async fn reuse_hook_revokes_the_subjects_access_tokens_at_the_validation_layer() {
+    use trellis_auth::RevocationList;
+    let ring = ring();
+    let issuer = TokenIssuer::new(ring.clone(), ISS, Duration::from_secs(600));
+    let revoked = Arc::new(RevocationList::new(1000));
+    let list = revoked.clone();
+    let rt = refresh_tokens().on_reuse(move |rec| {
+        list.revoke_subject(&rec.subject, jsonwebtoken::get_current_timestamp());
+    });
+    let v: Validator = Validator::builder(ring.verification_keys().unwrap())
+        .revocation(revoked)
+        .build()
+        .unwrap();
+
+    let first = rt.issue("user-7", &[]).await.unwrap();
+    let access = issuer.issue("user-7", &[], ()).unwrap();
+    let bystander = issuer.issue("user-8", &[], ()).unwrap();
+    assert!(v.validate(&access.token).is_ok());
+    rt.rotate(&first.token).await.unwrap();
+    assert!(matches!(
+        rt.rotate(&first.token).await,
+        Err(Error::RefreshTokenReused)
+    ));
+    assert!(matches!(v.validate(&access.token), Err(Error::Revoked)));
+    assert!(
+        v.validate(&bystander.token).is_ok(),
+        "other subjects unaffected"
+    );
+}
