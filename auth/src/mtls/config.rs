@@ -7,7 +7,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{AllowList, AllowListVerifier, ReloadingCertResolver};
+use super::{AllowList, AllowListVerifier, ReloadingCertResolver, ServerIdentityVerifier};
 use crate::error::{Error, Result};
 
 /// The ring provider, explicitly: every config here is built with it.
@@ -93,6 +93,30 @@ pub fn client_config(files: &TlsFiles) -> Result<(ClientConfig, Arc<ReloadingCer
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(roots(&files.ca)?)
+        .with_client_cert_resolver(resolver.clone());
+    Ok((config, resolver))
+}
+
+/// Like [`client_config`], but the server is admitted by identity rather than
+/// by the hostname dialled: its chain must lead to `files.ca` and its
+/// certificate must name an identity on `servers` (e.g.
+/// `spiffe://trellis/orders`).
+pub fn client_config_for_identities(
+    files: &TlsFiles,
+    servers: AllowList,
+) -> Result<(ClientConfig, Arc<ReloadingCertResolver>)> {
+    let provider = provider();
+    let resolver = ReloadingCertResolver::new(&files.cert, &files.key, provider.clone())?;
+    let verifier = ServerIdentityVerifier::new(
+        Arc::new(roots(&files.ca)?),
+        Arc::new(servers),
+        provider.clone(),
+    );
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(resolver.clone());
     Ok((config, resolver))
 }

@@ -3,7 +3,8 @@
 //! which fails at run time when two providers are compiled in).
 //!
 //! - [`server_config`] / [`client_config`]: configs from PEM files
-//!   ([`TlsFiles`]).
+//!   ([`TlsFiles`]); [`client_config_for_identities`] admits the *server* by
+//!   identity too ([`ServerIdentityVerifier`]), for URI-only certificates.
 //! - [`AllowListVerifier`]: client certificates are verified against the CA
 //!   bundle ([`WebPkiClientVerifier`](rustls::server::WebPkiClientVerifier)),
 //!   *then* against an allow-list of service identities (URI SAN such as
@@ -60,7 +61,10 @@ mod reload;
 mod verifier;
 
 pub use acceptor::{AddPeerIdentity, MtlsAcceptor, PeerIdentityLayer};
-pub use config::{TlsFiles, client_config, load_certs, load_private_key, provider, server_config};
+pub use config::{
+    TlsFiles, client_config, client_config_for_identities, load_certs, load_private_key, provider,
+    server_config,
+};
 pub use identity::{AllowList, PeerIdentity, ServiceIdentity, identities_of};
 pub use reload::ReloadingCertResolver;
-pub use verifier::AllowListVerifier;
+pub use verifier::{AllowListVerifier, ServerIdentityVerifier};

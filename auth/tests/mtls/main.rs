@@ -23,6 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
+use trellis_auth::mtls::client_config_for_identities;
 use trellis_auth::mtls::{
     AllowList, MtlsAcceptor, PeerIdentity, PeerIdentityLayer, ServiceIdentity, TlsFiles,
     client_config, identities_of, provider, server_config,
@@ -404,4 +405,62 @@ fn identities_are_read_from_uri_and_dns_sans() {
         deny.first_allowed(&der),
         Err(trellis_auth::Error::IdentityNotAllowed)
     ));
+}
+
+#[tokio::test]
+async fn clients_can_admit_the_server_by_identity() {
+    let pki = Pki::new("server-id");
+    // A SPIFFE-style server certificate: the URI SAN is the identity; the
+    // DNS SAN does not match the name dialled ("orders.trellis").
+    let (server_files, _) = pki.files(
+        "orders",
+        "node-17.internal",
+        Some("spiffe://trellis/orders"),
+    );
+    let (config, _r) = server_config(&server_files, allow()).unwrap();
+    let (addr, _outcomes) = start_server(config).await;
+    let (client_files, _) = pki.files(
+        "payments",
+        "payments.trellis",
+        Some("spiffe://trellis/payments"),
+    );
+
+    let by_name = client_config(&client_files).unwrap().0;
+    assert!(
+        request_once(by_name, addr).await.is_err(),
+        "hostname check fails: no such DNS SAN"
+    );
+
+    let orders: AllowList = ["spiffe://trellis/orders"].into_iter().collect();
+    let by_identity = client_config_for_identities(&client_files, orders)
+        .unwrap()
+        .0;
+    assert_eq!(
+        request_once(by_identity, addr).await.unwrap(),
+        "spiffe://trellis/payments"
+    );
+
+    let other: AllowList = ["spiffe://trellis/inventory"].into_iter().collect();
+    let wrong = client_config_for_identities(&client_files, other)
+        .unwrap()
+        .0;
+    let err = request_once(wrong, addr).await.unwrap_err();
+    assert!(err.contains("ApplicationVerificationFailure"), "{err}");
+
+    // A server certificate of another CA with the right identity is refused too.
+    let rogue = Pki::new("rogue-server");
+    let (mut rogue_files, _) =
+        rogue.files("orders", "orders.trellis", Some("spiffe://trellis/orders"));
+    rogue_files.ca = server_files.ca.clone();
+    let (rogue_config, _r2) = server_config(&rogue_files, allow()).unwrap();
+    let (rogue_addr, _o) = start_server(rogue_config).await;
+    let orders: AllowList = ["spiffe://trellis/orders"].into_iter().collect();
+    let client = client_config_for_identities(&client_files, orders)
+        .unwrap()
+        .0;
+    let err = request_once(client, rogue_addr).await.unwrap_err();
+    assert!(
+        err.to_lowercase().contains("unknown") || err.contains("issuer"),
+        "{err}"
+    );
 }
