@@ -1,0 +1,223 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way trellis-auth rejects a token, a request or a configuration.
+///
+/// Token rejections map to an HTTP status and an RFC 6750 error code through
+/// [`Error::status`] and [`Error::bearer_error`]; the response body never says
+/// why a token failed (a signature failure and an unknown key look the same to
+/// the caller), only the logs do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request carried no `Authorization: Bearer` credentials.
+    #[error("no bearer token in the request")]
+    Missing,
+    /// The token is not three base64url segments of JSON, or its claims do
+    /// not deserialize into the expected type.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The token is longer than the configured bound; it was not decoded.
+    #[error("token of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Length of the presented token.
+        len: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// The `alg` in the header is not on the allow-list, is `none`, or does not
+    /// belong to the family of the key named by `kid`.
+    #[error("algorithm {alg:?} is not allowed")]
+    AlgorithmNotAllowed {
+        /// The algorithm the token asked for.
+        alg: String,
+    },
+    /// No key with this `kid` is known (after a refresh, where one was allowed).
+    #[error("unknown key id {kid:?}")]
+    UnknownKid {
+        /// The key id from the header (`None` when the header had none and
+        /// no single key could be chosen).
+        kid: Option<String>,
+    },
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("invalid issuer")]
+    InvalidIssuer,
+    /// `aud` does not name this service.
+    #[error("invalid audience")]
+    InvalidAudience,
+    /// A claim the configuration requires is absent.
+    #[error("missing required claim {claim:?}")]
+    MissingClaim {
+        /// The claim's name.
+        claim: String,
+    },
+    /// The revocation hook reported the token (or its subject) revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// The token is valid but lacks a scope or role the route requires.
+    #[error("insufficient scope: {required:?} required")]
+    InsufficientScope {
+        /// Every scope the route requires.
+        required: Vec<String>,
+    },
+    /// A refresh token that was already exchanged was presented again; its
+    /// whole family has been revoked.
+    #[error("refresh token reused: family revoked")]
+    RefreshTokenReused,
+    /// A refresh token is unknown, expired or revoked.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// A key could not be loaded or does not match its declared algorithm.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// The configuration is inconsistent (e.g. an empty algorithm allow-list).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Fetching a JWKS document failed; the last good keys stay in use.
+    #[error("jwks fetch failed: {0}")]
+    JwksFetch(String),
+    /// A JWKS fetch did not finish in time.
+    #[error("jwks fetch timed out after {0:?}")]
+    JwksTimeout(Duration),
+    /// Signing a token failed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+    /// A storage backend (refresh tokens) failed or is full.
+    #[error("store: {0}")]
+    Store(String),
+    /// Reading certificates, keys or other files failed.
+    #[error("io error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS configuration or handshake error.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The peer's certificate names no identity on the allow-list.
+    #[error("peer identity not allowed")]
+    IdentityNotAllowed,
+}
+
+/// RFC 6750 §3.1 error codes carried in `WWW-Authenticate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BearerError {
+    /// No error code: the request carried no credentials at all (RFC 6750 §3.1
+    /// says not to send an error code then).
+    None,
+    /// `invalid_request`.
+    InvalidRequest,
+    /// `invalid_token`.
+    InvalidToken,
+    /// `insufficient_scope`.
+    InsufficientScope,
+}
+
+impl BearerError {
+    /// The code as written in the header, if any.
+    pub const fn as_str(self) -> Option<&'static str> {
+        match self {
+            Self::None => None,
+            Self::InvalidRequest => Some("invalid_request"),
+            Self::InvalidToken => Some("invalid_token"),
+            Self::InsufficientScope => Some("insufficient_scope"),
+        }
+    }
+}
+
+impl Error {
+    /// The HTTP status a rejection maps to: 401 for a missing or bad token,
+    /// 403 for a valid token without the required scope, 500 for
+    /// configuration and backend failures.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_auth::Error;
+    /// assert_eq!(Error::Expired.status(), http::StatusCode::UNAUTHORIZED);
+    /// assert_eq!(
+    ///     Error::InsufficientScope { required: vec!["orders:write".into()] }.status(),
+    ///     http::StatusCode::FORBIDDEN
+    /// );
+    /// ```
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Missing
+            | Self::Malformed(_)
+            | Self::TooLarge { .. }
+            | Self::AlgorithmNotAllowed { .. }
+            | Self::UnknownKid { .. }
+            | Self::BadSignature
+            | Self::Expired
+            | Self::NotYetValid
+            | Self::InvalidIssuer
+            | Self::InvalidAudience
+            | Self::MissingClaim { .. }
+            | Self::Revoked
+            | Self::RefreshTokenReused
+            | Self::InvalidRefreshToken => http::StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } | Self::IdentityNotAllowed => {
+                http::StatusCode::FORBIDDEN
+            }
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The RFC 6750 error code for this rejection.
+    pub fn bearer_error(&self) -> BearerError {
+        match self {
+            Self::Missing => BearerError::None,
+            Self::InsufficientScope { .. } => BearerError::InsufficientScope,
+            e if e.status() == http::StatusCode::UNAUTHORIZED => BearerError::InvalidToken,
+            _ => BearerError::None,
+        }
+    }
+
+    pub(crate) fn from_jwt(err: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match err.kind() {
+            K::InvalidSignature => Self::BadSignature,
+            K::ExpiredSignature => Self::Expired,
+            K::ImmatureSignature => Self::NotYetValid,
+            K::InvalidIssuer => Self::InvalidIssuer,
+            K::InvalidAudience => Self::InvalidAudience,
+            K::InvalidAlgorithm | K::InvalidAlgorithmName | K::UnsupportedAlgorithm => {
+                Self::AlgorithmNotAllowed {
+                    alg: String::from("?"),
+                }
+            }
+            K::MissingRequiredClaim(c) => Self::MissingClaim { claim: c.clone() },
+            K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => {
+                // A key that cannot verify is a configuration problem on our
+                // side; to the caller it is indistinguishable from a bad
+                // signature, and the body says nothing either way.
+                tracing::warn!(error = %err, "verification key unusable");
+                Self::BadSignature
+            }
+            K::Base64(_)
+            | K::Json(_)
+            | K::Utf8(_)
+            | K::InvalidToken
+            | K::InvalidClaimFormat(_)
+            | K::InvalidSubject => Self::Malformed(err.to_string()),
+            _ => Self::Malformed(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header};
+use serde::Serialize;
+
+use crate::claims::{Claims, OneOrMany};
+use crate::error::{Error, Result};
+use crate::keys::{KeySet, VerificationKey};
+
+/// A private key bound to one algorithm and a `kid`.
+pub struct SigningKey {
+    kid: String,
+    algorithm: Algorithm,
+    key: EncodingKey,
+    public: Option<Jwk>,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Loads a PKCS#8 (or, for RSA, PKCS#1) private key in PEM for
+    /// `algorithm` and derives its public JWK.
+    pub fn from_pem(kid: &str, algorithm: Algorithm, pem: &[u8]) -> Result<Self> {
+        crate::install_jwt_crypto();
+        let key = match algorithm.family() {
+            AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(pem),
+            AlgorithmFamily::Ec => EncodingKey::from_ec_pem(pem),
+            AlgorithmFamily::Ed => EncodingKey::from_ed_pem(pem),
+            AlgorithmFamily::Hmac => return Err(Error::InvalidKey("use SigningKey::hmac".into())),
+        }
+        .map_err(|e| Error::InvalidKey(e.to_string()))?;
+        let mut jwk = Jwk::from_encoding_key(&key, algorithm)
+            .map_err(|e| Error::InvalidKey(e.to_string()))?;
+        jwk.common.key_id = Some(kid.to_owned());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        Ok(Self {
+            kid: kid.to_owned(),
+            algorithm,
+            key,
+            public: Some(jwk),
+        })
+    }
+
+    /// An HMAC (HS256) key. It is never published in the JWKS; only
+    /// services sharing the secret can verify its tokens.
+    pub fn hmac(kid: &str, secret: &[u8]) -> Self {
+        Self {
+            kid: kid.to_owned(),
+            algorithm: Algorithm::HS256,
+            key: EncodingKey::from_secret(secret),
+            public: None,
+        }
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The public JWK (`None` for HMAC keys).
+    pub fn public_jwk(&self) -> Option<&Jwk> {
+        self.public.as_ref()
+    }
+
+    /// The key that verifies this key's tokens.
+    pub fn verification_key(&self) -> Result<VerificationKey> {
+        match &self.public {
+            Some(jwk) => VerificationKey::from_jwk(jwk),
+            None => VerificationKey::new(
+                Some(self.kid.clone()),
+                self.algorithm,
+                DecodingKey::from_secret(self.key.as_bytes()),
+            ),
+        }
+    }
+
+    /// Signs `claims` with this key, `kid` in the header.
+    pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String> {
+        crate::install_jwt_crypto();
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| Error::Signing(e.to_string()))
+    }
+}
+
+#[derive(Debug)]
+struct Ring {
+    active: Arc<SigningKey>,
+    // Retired keys and the time after which no token they signed can still
+    // be valid, so they can leave the published JWKS.
+    retired: Vec<(Arc<SigningKey>, SystemTime)>,
+}
+
+/// The issuer's signing keys: one active, the retired ones kept (and
+/// published) until every token they signed has expired.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use trellis_auth::issue::{KeyRing, SigningKey};
+/// let ring = KeyRing::new(SigningKey::hmac("k1", b"one"), Duration::from_secs(900));
+/// ring.rotate(SigningKey::hmac("k2", b"two"));
+/// assert_eq!(ring.active().kid(), "k2");
+/// assert!(ring.verification_keys().unwrap().get(Some("k1")).is_some(), "k1 tokens still verify");
+/// ```
+#[derive(Debug)]
+pub struct KeyRing {
+    ring: RwLock<Ring>,
+    retain_for: Duration,
+    max_retired: usize,
+}
+
+impl KeyRing {
+    /// A ring whose retired keys stay `retain_for` after rotation: at least
+    /// the longest access-token lifetime plus the verifiers' leeway.
+    pub fn new(active: SigningKey, retain_for: Duration) -> Self {
+        Self {
+            ring: RwLock::new(Ring {
+                active: Arc::new(active),
+                retired: Vec::new(),
+            }),
+            retain_for,
+            max_retired: 16,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key new tokens are signed with.
+    pub fn active(&self) -> Arc<SigningKey> {
+        self.read().active.clone()
+    }
+
+    /// Makes `next` the active key; the previous one is retired now.
+    pub fn rotate(&self, next: SigningKey) {
+        self.rotate_at(next, SystemTime::now());
+    }
+
+    /// [`rotate`](Self::rotate) with an explicit clock reading.
+    pub fn rotate_at(&self, next: SigningKey, now: SystemTime) {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut ring.active, Arc::new(next));
+        ring.retired.push((old, now + self.retain_for));
+        ring.retired.retain(|(_, until)| *until > now);
+        // Bounded even under a rotation storm: the oldest go first.
+        let excess = ring.retired.len().saturating_sub(self.max_retired);
+        ring.retired.drain(..excess);
+    }
+
+    /// The public keys to publish: the active one and every retired key
+    /// whose tokens may still be valid.
+    pub fn jwks(&self) -> JwkSet {
+        self.jwks_at(SystemTime::now())
+    }
+
+    /// [`jwks`](Self::jwks) with an explicit clock reading.
+    pub fn jwks_at(&self, now: SystemTime) -> JwkSet {
+        let ring = self.read();
+        let keys = std::iter::once(&ring.active)
+            .chain(
+                ring.retired
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(k, _)| k),
+            )
+            .filter_map(|k| k.public.clone())
+            .collect();
+        JwkSet { keys }
+    }
+
+    /// Verification keys for in-process validation (HMAC keys included).
+    pub fn verification_keys(&self) -> Result<KeySet> {
+        let now = SystemTime::now();
+        let ring = self.read();
+        let mut set = KeySet::new();
+        for k in std::iter::once(&ring.active).chain(
+            ring.retired
+                .iter()
+                .filter(|(_, until)| *until > now)
+                .map(|(k, _)| k),
+        ) {
+            set.insert(k.verification_key()?);
+        }
+        Ok(set)
+    }
+}
+
+/// An issued access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// The compact JWT.
+    pub token: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `exp`, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Issues access tokens signed with a [`KeyRing`]'s active key.
+///
+/// # Examples
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use trellis_auth::issue::{KeyRing, SigningKey, TokenIssuer};
+/// use trellis_auth::{Claims, Validator};
+/// let ring = Arc::new(KeyRing::new(SigningKey::hmac("k1", b"secret"), Duration::from_secs(900)));
+/// let issuer = TokenIssuer::new(ring.clone(), "https://auth.trellis", Duration::from_secs(600)).audience("orders");
+/// let t = issuer.issue("user-1", &["orders:read"], ()).unwrap();
+/// let v: Validator = Validator::builder(ring.verification_keys().unwrap())
+///     .algorithms([jsonwebtoken::Algorithm::HS256])
+///     .issuer("https://auth.trellis").audience("orders").build().unwrap();
+/// let claims: Claims = v.validate(&t.token).unwrap();
+/// assert!(claims.has_scope("orders:read"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokenIssuer {
+    ring: Arc<KeyRing>,
+    issuer: String,
+    audience: Vec<String>,
+    ttl: Duration,
+}
+
+impl TokenIssuer {
+    /// Issues as `issuer`, tokens living `ttl`.
+    pub fn new(ring: Arc<KeyRing>, issuer: &str, ttl: Duration) -> Self {
+        Self {
+            ring,
+            issuer: issuer.to_owned(),
+            audience: Vec::new(),
+            ttl,
+        }
+    }
+
+    /// Adds an audience to every token.
+    #[must_use]
+    pub fn audience(mut self, aud: &str) -> Self {
+        self.audience.push(aud.to_owned());
+        self
+    }
+
+    /// Issues a token for `subject` with `scopes` and the application's own
+    /// claims (`()` for none; a struct serializing to a map otherwise).
+    pub fn issue<T: Serialize>(
+        &self,
+        subject: &str,
+        scopes: &[&str],
+        custom: T,
+    ) -> Result<AccessToken> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let exp = now + self.ttl.as_secs();
+        let jti = super::random_token(16);
+        let claims = Claims {
+            iss: Some(self.issuer.clone()),
+            sub: Some(subject.to_owned()),
+            aud: match self.audience.len() {
+                0 => None,
+                1 => Some(OneOrMany::One(self.audience[0].clone())),
+                _ => Some(OneOrMany::Many(self.audience.clone())),
+            },
+            exp: Some(exp),
+            nbf: Some(now),
+            iat: Some(now),
+            jti: Some(jti.clone()),
+            scope: (!scopes.is_empty()).then(|| OneOrMany::One(scopes.join(" "))),
+            roles: None,
+            custom,
+        };
+        let token = self.ring.active().sign(&claims)?;
+        Ok(AccessToken {
+            token,
+            jti,
+            expires_at: exp,
+        })
+    }
+}

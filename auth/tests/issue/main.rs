@@ -1,0 +1,292 @@
+//! Token issuing: rotating key ring, JWKS service, refresh tokens with
+//! rotation and reuse detection.
+
+#[path = "../support.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::JwkSet;
+use support::*;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use trellis_auth::issue::{
+    Consumed, InMemoryRefreshTokenStore, JwksService, KeyRing, RefreshStatus, RefreshTokenRecord,
+    RefreshTokenStore, RefreshTokens, SigningKey, TokenHash, TokenIssuer,
+};
+use trellis_auth::{Claims, Error, JwtAuthLayer, KeySet, Validator};
+
+fn ring() -> Arc<KeyRing> {
+    Arc::new(KeyRing::new(
+        SigningKey::from_pem("ed-1", Algorithm::EdDSA, ED_KEY).unwrap(),
+        Duration::from_secs(900),
+    ))
+}
+
+async fn jwks_from_service(ring: Arc<KeyRing>) -> JwkSet {
+    let resp = JwksService::new(ring)
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert!(
+        resp.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=300")
+    );
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn issued_tokens_validate_against_the_published_jwks() {
+    #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+    struct Tenant {
+        tenant: String,
+    }
+    let ring = ring();
+    let issuer = TokenIssuer::new(ring.clone(), ISS, Duration::from_secs(600)).audience(AUD);
+    let t = issuer
+        .issue(
+            "user-9",
+            &["orders:read", "orders:write"],
+            Tenant {
+                tenant: "acme".into(),
+            },
+        )
+        .unwrap();
+    let jwks = jwks_from_service(ring).await;
+    let v: Validator<Tenant> = Validator::builder(KeySet::from_jwks(&jwks, 16))
+        .issuer(ISS)
+        .audience(AUD)
+        .build()
+        .unwrap();
+    let c: Claims<Tenant> = v.validate(&t.token).unwrap();
+    assert_eq!(c.sub.as_deref(), Some("user-9"));
+    assert_eq!(c.jti.as_deref(), Some(t.jti.as_str()));
+    assert_eq!(c.exp, Some(t.expires_at));
+    assert!(c.has_scope("orders:write"));
+    assert_eq!(c.custom.tenant, "acme");
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_keys_published_until_their_tokens_expire() {
+    let ring = ring();
+    let issuer = TokenIssuer::new(ring.clone(), ISS, Duration::from_secs(600));
+    let old_token = issuer.issue("u", &[], ()).unwrap();
+    let t0 = SystemTime::now();
+    ring.rotate_at(
+        SigningKey::from_pem("ec-2", Algorithm::ES256, EC_KEY).unwrap(),
+        t0,
+    );
+    let new_token = issuer.issue("u", &[], ()).unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&new_token.token)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some("ec-2")
+    );
+
+    let kids = |set: JwkSet| {
+        set.keys
+            .iter()
+            .filter_map(|k| k.common.key_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kids(ring.jwks_at(t0)), ["ec-2", "ed-1"]);
+    assert_eq!(
+        kids(ring.jwks_at(t0 + Duration::from_secs(899))),
+        ["ec-2", "ed-1"]
+    );
+    assert_eq!(
+        kids(ring.jwks_at(t0 + Duration::from_secs(901))),
+        ["ec-2"],
+        "retired after retention"
+    );
+
+    // Both tokens verify through the layer with the published set.
+    let v: Validator = Validator::builder(KeySet::from_jwks(&jwks_from_service(ring).await, 16))
+        .build()
+        .unwrap();
+    for t in [&old_token.token, &new_token.token] {
+        let resp = ServiceBuilder::new()
+            .layer(JwtAuthLayer::new(v.clone()))
+            .service(service_fn(echo_sub::<()>))
+            .oneshot(request(Some(t)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.body(), "u");
+    }
+}
+
+#[tokio::test]
+async fn hmac_keys_are_never_published() {
+    let ring = Arc::new(KeyRing::new(
+        SigningKey::hmac("h", b"secret"),
+        Duration::from_secs(60),
+    ));
+    assert!(ring.jwks().keys.is_empty());
+    assert_eq!(jwks_from_service(ring.clone()).await.keys.len(), 0);
+    assert_eq!(ring.verification_keys().unwrap().len(), 1);
+}
+
+fn refresh_tokens() -> RefreshTokens<InMemoryRefreshTokenStore> {
+    RefreshTokens::new(
+        InMemoryRefreshTokenStore::new(1000),
+        Duration::from_secs(86_400),
+    )
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_are_stored_hashed() {
+    let rt = refresh_tokens();
+    let first = rt.issue("user-1", &["orders:read"]).await.unwrap();
+    let (second, rec) = rt.rotate(&first.token).await.unwrap();
+    assert_eq!(rec.subject, "user-1");
+    assert_eq!(rec.scopes, ["orders:read"]);
+    assert_eq!(second.family, first.family, "same family");
+    assert_ne!(second.token, first.token);
+    let (third, _) = rt.rotate(&second.token).await.unwrap();
+    assert_eq!(third.family, first.family);
+    // Keyed by SHA-256 only: the hash finds the token, the raw bytes do not.
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&third.token.as_bytes()[..32]);
+    assert_eq!(
+        rt.store().consume(&TokenHash(raw)).await.unwrap(),
+        Consumed::Unknown
+    );
+    assert!(matches!(
+        rt.store()
+            .consume(&TokenHash::of(&third.token))
+            .await
+            .unwrap(),
+        Consumed::Fresh(_)
+    ));
+    assert!(matches!(
+        rt.rotate("never-issued").await,
+        Err(Error::InvalidRefreshToken)
+    ));
+}
+
+#[tokio::test]
+async fn reusing_a_spent_refresh_token_revokes_the_whole_family() {
+    let rt = refresh_tokens();
+    let other_login = rt.issue("user-1", &[]).await.unwrap();
+    let first = rt.issue("user-1", &[]).await.unwrap();
+    let (second, _) = rt.rotate(&first.token).await.unwrap();
+    let (third, _) = rt.rotate(&second.token).await.unwrap();
+
+    // A thief replays `first`.
+    assert!(matches!(
+        rt.rotate(&first.token).await,
+        Err(Error::RefreshTokenReused)
+    ));
+    // The legitimate holder's current token is dead too.
+    assert!(matches!(rt.rotate(&third.token).await, Err(Error::Revoked)));
+    assert!(matches!(
+        rt.rotate(&second.token).await,
+        Err(Error::Revoked)
+    ));
+    // Another family of the same user is untouched.
+    assert!(rt.rotate(&other_login.token).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exchanges_of_one_token_yield_one_winner() {
+    let rt = Arc::new(refresh_tokens());
+    let first = rt.issue("user-1", &[]).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let rt = rt.clone();
+        let t = first.token.clone();
+        tasks.push(tokio::spawn(async move { rt.rotate(&t).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(Error::RefreshTokenReused | Error::Revoked) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (1, 15));
+}
+
+#[tokio::test]
+async fn expired_refresh_tokens_are_refused_and_the_store_is_bounded() {
+    let rt = RefreshTokens::new(InMemoryRefreshTokenStore::new(2), Duration::ZERO);
+    let t = rt.issue("u", &[]).await.unwrap();
+    assert!(matches!(
+        rt.rotate(&t.token).await,
+        Err(Error::InvalidRefreshToken)
+    ));
+
+    let live = RefreshTokens::new(InMemoryRefreshTokenStore::new(2), Duration::from_secs(60));
+    live.issue("u", &[]).await.unwrap();
+    live.issue("u", &[]).await.unwrap();
+    assert!(matches!(live.issue("u", &[]).await, Err(Error::Store(_))));
+    assert_eq!(live.store().len(), 2);
+
+    // Expired entries are purged to make room.
+    let store = InMemoryRefreshTokenStore::new(1);
+    let rec = |exp| RefreshTokenRecord {
+        family: "f".into(),
+        subject: "u".into(),
+        scopes: vec![],
+        expires_at: exp,
+        status: RefreshStatus::Active,
+    };
+    store
+        .insert(TokenHash::of("a"), rec(SystemTime::UNIX_EPOCH))
+        .await
+        .unwrap();
+    store
+        .insert(
+            TokenHash::of("b"),
+            rec(SystemTime::now() + Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.len(), 1);
+    assert!(matches!(
+        store.consume(&TokenHash::of("b")).await.unwrap(),
+        Consumed::Fresh(_)
+    ));
+}
+
+#[tokio::test]
+async fn reuse_hook_revokes_the_subjects_access_tokens_at_the_validation_layer() {
+    use trellis_auth::RevocationList;
+    let ring = ring();
+    let issuer = TokenIssuer::new(ring.clone(), ISS, Duration::from_secs(600));
+    let revoked = Arc::new(RevocationList::new(1000));
+    let list = revoked.clone();
+    let rt = refresh_tokens().on_reuse(move |rec| {
+        list.revoke_subject(&rec.subject, jsonwebtoken::get_current_timestamp());
+    });
+    let v: Validator = Validator::builder(ring.verification_keys().unwrap())
+        .revocation(revoked)
+        .build()
+        .unwrap();
+
+    let first = rt.issue("user-7", &[]).await.unwrap();
+    let access = issuer.issue("user-7", &[], ()).unwrap();
+    let bystander = issuer.issue("user-8", &[], ()).unwrap();
+    assert!(v.validate(&access.token).is_ok());
+    rt.rotate(&first.token).await.unwrap();
+    assert!(matches!(
+        rt.rotate(&first.token).await,
+        Err(Error::RefreshTokenReused)
+    ));
+    assert!(matches!(v.validate(&access.token), Err(Error::Revoked)));
+    assert!(
+        v.validate(&bystander.token).is_ok(),
+        "other subjects unaffected"
+    );
+}
