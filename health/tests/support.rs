@@ -41,14 +41,16 @@ pub async fn probe(
 }
 
 /// A counter of check invocations.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Counter(Arc<AtomicUsize>);
 
 impl Counter {
+    /// Count one invocation.
     pub fn hit(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Invocations so far.
     pub fn get(&self) -> usize {
         self.0.load(Ordering::SeqCst)
     }

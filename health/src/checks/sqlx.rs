@@ -11,6 +11,10 @@ use crate::check::{BoxError, HealthCheck};
 /// connection can be had (the database is down, or the pool is exhausted
 /// past its acquire timeout) as well as when the query fails.
 ///
+/// sqlx retries a refused connection until the pool's `acquire_timeout`
+/// (30 s by default): set it below the check's timeout, or the check
+/// reports only "timed out" instead of the pool's own error.
+///
 /// # Examples
 ///
 /// ```no_run
