@@ -239,7 +239,7 @@ impl GroupState {
 
 /// The health registry: named checks in groups, run in parallel with
 /// timeouts, results cached, served by the handlers in [`crate::service`]
-/// (and [`Health::router`] with the `axum` feature).
+/// (and `Health::router` with the `axum` feature).
 ///
 /// Cloning is cheap and every clone shares the checks, the cache and the
 /// shutdown switch.

@@ -2,10 +2,10 @@
 //!
 //! | Check | Feature | What it does |
 //! |---|---|---|
-//! | [`SqlxCheck`] (`PgCheck`, `SqliteCheck`) | `sqlx` (`postgres`, `sqlite`) | `SELECT 1` through the pool |
-//! | [`RedisCheck`], [`RedisClientCheck`] | `redis` | `PING`, expecting `PONG` |
-//! | [`NatsCheck`] | `nats` | connection state, then a flush round trip |
-//! | [`HttpCheck`] | `http-client` | `GET` a dependency's own readiness endpoint, 2xx is up |
+//! | `SqlxCheck` (`PgCheck`, `SqliteCheck`) | `sqlx` (`postgres`, `sqlite`) | `SELECT 1` through the pool |
+//! | `RedisCheck`, `RedisClientCheck` | `redis` | `PING`, expecting `PONG` |
+//! | `NatsCheck` | `nats` | connection state, then a flush round trip |
+//! | `HttpCheck` | `http-client` | `GET` a dependency's own readiness endpoint, 2xx is up |
 //!
 //! None of them sets a timeout of its own: the registry bounds every run by
 //! the check's [`timeout`](crate::Check::timeout).
