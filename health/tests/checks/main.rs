@@ -231,3 +231,56 @@ mod http_dependency {
         assert_down_quickly(&result, elapsed);
     }
 }
+
+/// The whole drain sequence over real TCP, observed by an `HttpCheck` the way
+/// a load balancer would: ready, then 503 on `/ready` while still serving
+/// `/live`, then gone once the drain is over.
+#[cfg(all(feature = "http-client", feature = "axum"))]
+#[tokio::test]
+async fn drain_sequence_seen_by_a_dependent_over_tcp() {
+    use trellis_health::checks::HttpCheck;
+
+    let health = Health::builder()
+        .check(Check::new("db", || async { Ok::<_, std::io::Error>(()) }))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sigterm, sigterm_rx) = tokio::sync::oneshot::channel::<()>();
+    let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_health = health.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, server_health.router::<()>())
+            .with_graceful_shutdown(async move {
+                let _ = sigterm_rx.await;
+                server_health.begin_shutdown();
+                let _ = drained_rx.await; // the drain period, ended by the test
+            })
+            .await
+    });
+    let ready = HttpCheck::new(format!("http://{address}/ready").parse().unwrap()).unwrap();
+    let live = HttpCheck::new(format!("http://{address}/live").parse().unwrap()).unwrap();
+
+    assert_eq!(run(ready.clone()).await.0.status, CheckStatus::Up);
+
+    sigterm.send(()).unwrap();
+    let (result, _) = run(ready.clone()).await;
+    assert_eq!(
+        result.error.as_deref(),
+        Some("dependency answered with HTTP status 503")
+    );
+    assert_eq!(
+        run(live.clone()).await.0.status,
+        CheckStatus::Up,
+        "still serving while draining"
+    );
+
+    drained.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let (result, elapsed) = run(ready).await;
+    assert_down_quickly(&result, elapsed);
+    assert_ne!(
+        result.error.as_deref(),
+        Some("dependency answered with HTTP status 503")
+    );
+}

@@ -508,3 +508,36 @@ async fn axum_router_serves_the_three_probes() {
     assert_eq!(status_of("/startup").await, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(status_of("/orders").await, StatusCode::OK);
 }
+
+/// The timeout is enforced outside the check's task: a check that blocks its
+/// thread (never yielding, so its own future could never time out) still
+/// cannot hold the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_blocking_its_thread_cannot_hold_the_probe() {
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = Arc::new(std::sync::Mutex::new(blocked));
+    let health = Health::builder()
+        .check(
+            Check::new("blocks", move || {
+                let blocked = Arc::clone(&blocked);
+                async move {
+                    // Blocks the worker thread until the test releases it.
+                    let _ = blocked.lock().unwrap().recv();
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .timeout(Duration::from_millis(50)),
+        )
+        .check(Check::new("fine", ok_check()))
+        .build()
+        .unwrap();
+
+    let report = health.check_group(Group::Readiness).await;
+    assert_eq!(report.status, Status::Down);
+    assert_eq!(
+        report.checks["blocks"].error.as_deref(),
+        Some("timed out after 50 ms")
+    );
+    assert_eq!(report.checks["fine"].status, CheckStatus::Up);
+    release.send(()).unwrap();
+}
