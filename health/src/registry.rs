@@ -299,7 +299,10 @@ impl Health {
     ///   passing result forever without running again.
     /// - Readiness reports down at once after [`Health::begin_shutdown`].
     ///
-    /// Must be called from within a Tokio runtime (the run is spawned).
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime: the run and each check are
+    /// spawned tasks.
     ///
     /// # Cancel safety
     ///
