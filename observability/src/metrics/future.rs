@@ -1,0 +1,102 @@
+//! Response future of the metrics layers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::Response;
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{ClientLabels, Inner, ServerLabels, Status};
+
+/// Which family a finished request is recorded in.
+#[derive(Debug)]
+pub(crate) enum Record {
+    Server {
+        method: &'static str,
+        route: Arc<str>,
+    },
+    Client {
+        method: &'static str,
+        server: Arc<str>,
+    },
+}
+
+/// Decrements the active-requests gauge when the request ends, however it
+/// ends (completed, failed or dropped).
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(pub(crate) Gauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pin_project! {
+    /// Records the request duration once the inner future yields the
+    /// response head (or an error).
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<State>,
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) metrics: Arc<Inner>,
+    pub(crate) record: Record,
+    pub(crate) start: Instant,
+    pub(crate) _active: ActiveGuard,
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, state: State) -> Self {
+        Self {
+            inner,
+            state: Some(state),
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Some(state) = this.state.take() {
+            let status = Status(result.as_ref().map_or(0, |r| r.status().as_u16()));
+            let elapsed = state.start.elapsed().as_secs_f64();
+            match state.record {
+                Record::Server { method, route } => state
+                    .metrics
+                    .server_duration
+                    .get_or_create(&ServerLabels {
+                        method,
+                        route,
+                        status,
+                    })
+                    .observe(elapsed),
+                Record::Client { method, server } => state
+                    .metrics
+                    .client_duration
+                    .get_or_create(&ClientLabels {
+                        method,
+                        server,
+                        status,
+                    })
+                    .observe(elapsed),
+            }
+        }
+        Poll::Ready(result)
+    }
+}

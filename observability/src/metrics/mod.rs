@@ -1,0 +1,304 @@
+//! HTTP RED metrics with OpenTelemetry semantic-convention names, exported
+//! through `prometheus-client`.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `http_server_request_duration_seconds` | histogram | `http_request_method`, `http_route`, `http_response_status_code` |
+//! | `http_server_active_requests` | gauge | `http_request_method` |
+//! | `http_client_request_duration_seconds` | histogram | `http_request_method`, `server_address`, `http_response_status_code` |
+//! | `http_client_active_requests` | gauge | `http_request_method` |
+//!
+//! Buckets are the conventions' advisory ones (5 ms to 10 s). Cardinality is
+//! bounded: methods outside the standard nine become `_OTHER`; the route is
+//! the matched *template* ([`RouteExtractor`](crate::RouteExtractor)), or
+//! `unmatched`; at most [`HttpMetricsBuilder::max_routes`] distinct routes
+//! (and as many server addresses) are kept, the rest fold into `_OTHER`.
+//! A request that fails without a response (inner service error) is
+//! recorded with an empty status code (absent, as the conventions say);
+//! a request dropped before it completes is not recorded but leaves the
+//! active-requests gauge.
+//!
+//! [`ProcessCollector`] adds process metrics read at scrape time, and
+//! [`MetricsService`] serves the registry as OpenMetrics text.
+
+mod client;
+pub mod future;
+mod handler;
+mod process;
+mod server;
+
+pub use client::{ClientMetrics, ClientMetricsLayer};
+pub use handler::{MetricsService, OPENMETRICS_CONTENT_TYPE, render};
+pub use process::ProcessCollector;
+pub use server::{ServerMetrics, ServerMetricsLayer};
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::http_util::{METHOD_LABELS, method_index};
+use crate::route::{DefaultRouteExtractor, RouteExtractor};
+
+/// Advisory buckets of `http.server.request.duration` /
+/// `http.client.request.duration`.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// The `http_route` label of a request no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// The label value that absorbs values beyond the cardinality cap.
+pub const OTHER: &str = "_OTHER";
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+type DurationFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// `http_response_status_code`; 0 means "no response" and encodes empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Status(u16);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ServerLabels {
+    method: &'static str,
+    route: Arc<str>,
+    status: Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClientLabels {
+    method: &'static str,
+    server: Arc<str>,
+    status: Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+fn encode_status(status: Status, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+    if status.0 == 0 {
+        ("http_response_status_code", "").encode(encoder.encode_label())
+    } else {
+        ("http_response_status_code", status.0).encode(encoder.encode_label())
+    }
+}
+
+impl EncodeLabelSet for ServerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("http_request_method", self.method).encode(encoder.encode_label())?;
+        ("http_route", &*self.route).encode(encoder.encode_label())?;
+        encode_status(self.status, encoder)
+    }
+}
+
+impl EncodeLabelSet for ClientLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("http_request_method", self.method).encode(encoder.encode_label())?;
+        ("server_address", &*self.server).encode(encoder.encode_label())?;
+        encode_status(self.status, encoder)
+    }
+}
+
+impl EncodeLabelSet for MethodLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("http_request_method", self.method).encode(encoder.encode_label())
+    }
+}
+
+/// The active-requests gauge family plus a per-method cache of its
+/// children, so the hot path skips the family's lock and hash after the
+/// first request of each method.
+#[derive(Debug, Default)]
+struct ActiveGauges {
+    family: Family<MethodLabels, Gauge>,
+    children: [OnceLock<Gauge>; 10],
+}
+
+impl ActiveGauges {
+    fn get(&self, method: &http::Method) -> Gauge {
+        let index = method_index(method);
+        self.children[index]
+            .get_or_init(|| {
+                self.family.get_or_create_owned(&MethodLabels {
+                    method: METHOD_LABELS[index],
+                })
+            })
+            .clone()
+    }
+}
+
+/// A bounded string interner: the first `max` distinct values get their own
+/// shared `Arc<str>`; later ones get `_OTHER`. Lookups of known values take
+/// a read lock and allocate nothing.
+#[derive(Debug)]
+struct Interner {
+    map: RwLock<HashMap<Box<str>, Arc<str>>>,
+    max: usize,
+    other: Arc<str>,
+}
+
+impl Interner {
+    fn new(max: usize) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            max,
+            other: Arc::from(OTHER),
+        }
+    }
+
+    fn intern(&self, value: &str) -> Arc<str> {
+        if let Some(v) = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(value)
+        {
+            return v.clone();
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get(value) {
+            return v.clone();
+        }
+        if map.len() >= self.max {
+            return self.other.clone();
+        }
+        let v: Arc<str> = Arc::from(value);
+        map.insert(Box::from(value), v.clone());
+        v
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    server_duration: DurationFamily<ServerLabels>,
+    server_active: ActiveGauges,
+    client_duration: DurationFamily<ClientLabels>,
+    client_active: ActiveGauges,
+    routes: Interner,
+    servers: Interner,
+    unmatched: Arc<str>,
+}
+
+/// The HTTP metric families, registered once in a [`Registry`]; hands out
+/// the server and client layers. Cheap to clone (shared state).
+///
+/// # Examples
+///
+/// ```
+/// use prometheus_client::registry::Registry;
+/// use trellis_observability::HttpMetrics;
+///
+/// let mut registry = Registry::default();
+/// let metrics = HttpMetrics::new(&mut registry);
+/// let server_layer = metrics.server_layer();
+/// let client_layer = metrics.client_layer();
+/// # let _ = (server_layer, client_layer);
+/// ```
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    inner: Arc<Inner>,
+}
+
+/// Options for [`HttpMetrics`].
+#[derive(Debug, Clone)]
+pub struct HttpMetricsBuilder {
+    max_routes: usize,
+}
+
+impl Default for HttpMetricsBuilder {
+    fn default() -> Self {
+        Self { max_routes: 1000 }
+    }
+}
+
+impl HttpMetricsBuilder {
+    /// Most distinct `http_route` (and `server_address`) values kept before
+    /// new ones fold into `_OTHER` (default 1000).
+    pub fn max_routes(&mut self, max: usize) -> &mut Self {
+        self.max_routes = max;
+        self
+    }
+
+    /// Registers the families in `registry`.
+    pub fn build(&self, registry: &mut Registry) -> HttpMetrics {
+        let inner = Inner {
+            server_duration: Family::new_with_constructor(duration_histogram),
+            server_active: ActiveGauges::default(),
+            client_duration: Family::new_with_constructor(duration_histogram),
+            client_active: ActiveGauges::default(),
+            routes: Interner::new(self.max_routes),
+            servers: Interner::new(self.max_routes),
+            unmatched: Arc::from(UNMATCHED_ROUTE),
+        };
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests.",
+            Unit::Seconds,
+            inner.server_duration.clone(),
+        );
+        registry.register(
+            "http_server_active_requests",
+            "Number of active HTTP server requests.",
+            inner.server_active.family.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests.",
+            Unit::Seconds,
+            inner.client_duration.clone(),
+        );
+        registry.register(
+            "http_client_active_requests",
+            "Number of active HTTP client requests.",
+            inner.client_active.family.clone(),
+        );
+        HttpMetrics {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// Registers the families in `registry` with default options.
+    pub fn new(registry: &mut Registry) -> Self {
+        HttpMetricsBuilder::default().build(registry)
+    }
+
+    /// Options (route cap).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let mut registry = prometheus_client::registry::Registry::default();
+    /// let metrics = trellis_observability::HttpMetrics::builder().max_routes(200).build(&mut registry);
+    /// # let _ = metrics;
+    /// ```
+    pub fn builder() -> HttpMetricsBuilder {
+        HttpMetricsBuilder::default()
+    }
+
+    /// Server layer taking routes from axum's `MatchedPath` or a
+    /// [`MatchedRoute`](crate::MatchedRoute).
+    pub fn server_layer(&self) -> ServerMetricsLayer<DefaultRouteExtractor> {
+        ServerMetricsLayer::new(self.clone(), DefaultRouteExtractor)
+    }
+
+    /// Server layer with a custom route extractor.
+    pub fn server_layer_with<R: RouteExtractor>(&self, extractor: R) -> ServerMetricsLayer<R> {
+        ServerMetricsLayer::new(self.clone(), extractor)
+    }
+
+    /// Client layer.
+    pub fn client_layer(&self) -> ClientMetricsLayer {
+        ClientMetricsLayer::new(self.clone())
+    }
+}
