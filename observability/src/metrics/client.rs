@@ -6,8 +6,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::HttpMetrics;
-use super::future::{ActiveGuard, Record, ResponseFuture, State};
-use crate::http_util::method_label;
+use super::future::{ActiveGuard, ResponseFuture, State};
+use crate::http_util::method_index;
 
 /// Records `http_client_request_duration_seconds` and
 /// `http_client_active_requests`, labelled by the request URI's host
@@ -93,7 +93,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let inner = &self.metrics.inner;
-        let method = method_label(req.method());
+        let method = method_index(req.method());
         let server = match req.uri().host() {
             Some(host) => inner.servers.intern(host),
             None => inner.servers.other.clone(),
@@ -101,8 +101,8 @@ where
         let active = inner.client_active.get(req.method());
         active.inc();
         let state = State {
-            metrics: inner.clone(),
-            record: Record::Client { method, server },
+            entry: server,
+            method,
             start,
             _active: ActiveGuard(active),
         };

@@ -10,20 +10,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{ClientLabels, Inner, ServerLabels, Status};
-
-/// Which family a finished request is recorded in.
-#[derive(Debug)]
-pub(crate) enum Record {
-    Server {
-        method: &'static str,
-        route: Arc<str>,
-    },
-    Client {
-        method: &'static str,
-        server: Arc<str>,
-    },
-}
+use super::LabelEntry;
 
 /// Decrements the active-requests gauge when the request ends, however it
 /// ends (completed, failed or dropped).
@@ -49,8 +36,10 @@ pin_project! {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) metrics: Arc<Inner>,
-    pub(crate) record: Record,
+    /// The route (server) or server address (client) being recorded.
+    pub(crate) entry: Arc<LabelEntry>,
+    /// `method_index` of the request method.
+    pub(crate) method: usize,
     pub(crate) start: Instant,
     pub(crate) _active: ActiveGuard,
 }
@@ -74,28 +63,10 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Some(state) = this.state.take() {
-            let status = Status(result.as_ref().map_or(0, |r| r.status().as_u16()));
-            let elapsed = state.start.elapsed().as_secs_f64();
-            match state.record {
-                Record::Server { method, route } => state
-                    .metrics
-                    .server_duration
-                    .get_or_create(&ServerLabels {
-                        method,
-                        route,
-                        status,
-                    })
-                    .observe(elapsed),
-                Record::Client { method, server } => state
-                    .metrics
-                    .client_duration
-                    .get_or_create(&ClientLabels {
-                        method,
-                        server,
-                        status,
-                    })
-                    .observe(elapsed),
-            }
+            let status = result.as_ref().map_or(0, |r| r.status().as_u16());
+            state
+                .entry
+                .observe(state.method, status, state.start.elapsed().as_secs_f64());
         }
         Poll::Ready(result)
     }

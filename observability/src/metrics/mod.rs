@@ -33,6 +33,7 @@ pub use process::ProcessCollector;
 pub use server::{ServerMetrics, ServerMetricsLayer};
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
@@ -136,26 +137,119 @@ impl ActiveGauges {
     }
 }
 
-/// A bounded string interner: the first `max` distinct values get their own
-/// shared `Arc<str>`; later ones get `_OTHER`. Lookups of known values take
-/// a read lock and allocate nothing.
-#[derive(Debug)]
-struct Interner {
-    map: RwLock<HashMap<Box<str>, Arc<str>>>,
-    max: usize,
-    other: Arc<str>,
+/// FxHash (rustc's hasher): route templates are short and come from the
+/// router, not from the caller, so a fast non-keyed hash is fine here; the
+/// map is capped, which bounds any collision games anyway.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
-impl Interner {
-    fn new(max: usize) -> Self {
-        Self {
-            map: RwLock::new(HashMap::new()),
-            max,
-            other: Arc::from(OTHER),
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
         }
     }
 
-    fn intern(&self, value: &str) -> Arc<str> {
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Which duration family a [`LabelEntry`] records into.
+#[derive(Debug, Clone)]
+enum Side {
+    Server(DurationFamily<ServerLabels>),
+    Client(DurationFamily<ClientLabels>),
+}
+
+/// One interned label value (a route or a server address) and the
+/// histogram children already created for it, per method and status.
+///
+/// Why: the family's own lookup hashes the whole label set with SipHash
+/// under its lock on every request; here a finished request takes an
+/// uncontended read lock and scans a handful of status codes.
+#[derive(Debug)]
+pub(crate) struct LabelEntry {
+    label: Arc<str>,
+    side: Side,
+    // Indexed by `method_index`; each holds (status, child) pairs. Status
+    // codes are 100..=999 (plus 0 for "no response"), so this is bounded.
+    by_method: [RwLock<Vec<(u16, Histogram)>>; METHOD_LABELS.len()],
+}
+
+impl LabelEntry {
+    fn new(label: &str, side: Side) -> Self {
+        Self {
+            label: Arc::from(label),
+            side,
+            by_method: Default::default(),
+        }
+    }
+
+    pub(crate) fn observe(&self, method: usize, status: u16, seconds: f64) {
+        let slot = &self.by_method[method];
+        {
+            let children = slot.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, h)) = children.iter().find(|(s, _)| *s == status) {
+                h.observe(seconds);
+                return;
+            }
+        }
+        let method_label = METHOD_LABELS[method];
+        let child = match &self.side {
+            Side::Server(family) => family.get_or_create_owned(&ServerLabels {
+                method: method_label,
+                route: self.label.clone(),
+                status: Status(status),
+            }),
+            Side::Client(family) => family.get_or_create_owned(&ClientLabels {
+                method: method_label,
+                server: self.label.clone(),
+                status: Status(status),
+            }),
+        };
+        child.observe(seconds);
+        let mut children = slot.write().unwrap_or_else(|e| e.into_inner());
+        if !children.iter().any(|(s, _)| *s == status) {
+            children.push((status, child));
+        }
+    }
+}
+
+/// A bounded interner of label values: the first `max` distinct values get
+/// their own [`LabelEntry`]; later ones share the `_OTHER` entry. Lookups of
+/// known values take a read lock and allocate nothing.
+#[derive(Debug)]
+struct Interner {
+    map: RwLock<HashMap<Box<str>, Arc<LabelEntry>, BuildHasherDefault<FxHasher>>>,
+    max: usize,
+    other: Arc<LabelEntry>,
+    side: Side,
+}
+
+impl Interner {
+    fn with_side(max: usize, side: Side) -> Self {
+        Self {
+            map: RwLock::new(HashMap::default()),
+            max,
+            other: Arc::new(LabelEntry::new(OTHER, side.clone())),
+            side,
+        }
+    }
+
+    fn intern(&self, value: &str) -> Arc<LabelEntry> {
         if let Some(v) = self
             .map
             .read()
@@ -171,7 +265,7 @@ impl Interner {
         if map.len() >= self.max {
             return self.other.clone();
         }
-        let v: Arc<str> = Arc::from(value);
+        let v = Arc::new(LabelEntry::new(value, self.side.clone()));
         map.insert(Box::from(value), v.clone());
         v
     }
@@ -185,7 +279,7 @@ pub(crate) struct Inner {
     client_active: ActiveGauges,
     routes: Interner,
     servers: Interner,
-    unmatched: Arc<str>,
+    unmatched: Arc<LabelEntry>,
 }
 
 /// The HTTP metric families, registered once in a [`Registry`]; hands out
@@ -230,14 +324,21 @@ impl HttpMetricsBuilder {
 
     /// Registers the families in `registry`.
     pub fn build(&self, registry: &mut Registry) -> HttpMetrics {
+        let server_duration: DurationFamily<ServerLabels> =
+            Family::new_with_constructor(duration_histogram);
+        let client_duration: DurationFamily<ClientLabels> =
+            Family::new_with_constructor(duration_histogram);
         let inner = Inner {
-            server_duration: Family::new_with_constructor(duration_histogram),
+            routes: Interner::with_side(self.max_routes, Side::Server(server_duration.clone())),
+            servers: Interner::with_side(self.max_routes, Side::Client(client_duration.clone())),
+            unmatched: Arc::new(LabelEntry::new(
+                UNMATCHED_ROUTE,
+                Side::Server(server_duration.clone()),
+            )),
+            server_duration,
             server_active: ActiveGauges::default(),
-            client_duration: Family::new_with_constructor(duration_histogram),
+            client_duration,
             client_active: ActiveGauges::default(),
-            routes: Interner::new(self.max_routes),
-            servers: Interner::new(self.max_routes),
-            unmatched: Arc::from(UNMATCHED_ROUTE),
         };
         registry.register_with_unit(
             "http_server_request_duration",
@@ -300,5 +401,50 @@ impl HttpMetrics {
     /// Client layer.
     pub fn client_layer(&self) -> ClientMetricsLayer {
         ClientMetricsLayer::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_first_observations_create_one_child_each_and_lose_nothing() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::new(&mut registry);
+        let entry = metrics.inner.routes.intern("/r");
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let entry = entry.clone();
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        let status = if (i + t) % 2 == 0 { 200 } else { 503 };
+                        entry.observe(0, status, 0.001);
+                    }
+                });
+            }
+        });
+        let text = crate::render(&registry).unwrap();
+        for status in ["200", "503"] {
+            let line = format!(
+                "http_server_request_duration_seconds_count{{http_request_method=\"GET\",http_route=\"/r\",http_response_status_code=\"{status}\"}} 2000"
+            );
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
+        for slot in &entry.by_method {
+            let children = slot.read().unwrap();
+            let mut statuses: Vec<u16> = children.iter().map(|(s, _)| *s).collect();
+            statuses.sort_unstable();
+            statuses.dedup();
+            assert_eq!(statuses.len(), children.len(), "no duplicate children");
+        }
+    }
+
+    #[test]
+    fn fx_hasher_spreads_similar_routes() {
+        use std::hash::BuildHasher as _;
+        let b = BuildHasherDefault::<FxHasher>::default();
+        assert_ne!(b.hash_one("/items/{id}"), b.hash_one("/items/{ic}"));
+        assert_ne!(b.hash_one("/a"), b.hash_one("/a/"));
     }
 }

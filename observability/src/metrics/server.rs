@@ -6,8 +6,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::HttpMetrics;
-use super::future::{ActiveGuard, Record, ResponseFuture, State};
-use crate::http_util::method_label;
+use super::future::{ActiveGuard, ResponseFuture, State};
+use crate::http_util::method_index;
 use crate::route::RouteExtractor;
 
 /// Records `http_server_request_duration_seconds` and
@@ -102,7 +102,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let inner = &self.metrics.inner;
-        let method = method_label(req.method());
+        let method = method_index(req.method());
         let route = match self.extractor.route(&req) {
             Some(route) => inner.routes.intern(route),
             None => inner.unmatched.clone(),
@@ -110,8 +110,8 @@ where
         let active = inner.server_active.get(req.method());
         active.inc();
         let state = State {
-            metrics: inner.clone(),
-            record: Record::Server { method, route },
+            entry: route,
+            method,
             start,
             _active: ActiveGuard(active),
         };
