@@ -1,12 +1,12 @@
+use quanta::Instant;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::HttpMetrics;
-use super::future::{ActiveGuard, ResponseFuture, State};
+use super::future::{ResponseFuture, State};
 use crate::http_util::method_index;
 
 /// Records `http_client_request_duration_seconds` and
@@ -98,14 +98,7 @@ where
             Some(host) => inner.servers.intern(host),
             None => inner.servers.other.clone(),
         };
-        let active = inner.client_active.get(req.method());
-        active.inc();
-        let state = State {
-            entry: server,
-            method,
-            start,
-            _active: ActiveGuard(active),
-        };
+        let state = State::start(server, method, start);
         ResponseFuture::new(self.inner.call(req), state)
     }
 }

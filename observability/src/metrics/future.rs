@@ -1,27 +1,15 @@
 //! Response future of the metrics layers.
 
+use quanta::Instant;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use http::Response;
 use pin_project_lite::pin_project;
-use prometheus_client::metrics::gauge::Gauge;
 
 use super::LabelEntry;
-
-/// Decrements the active-requests gauge when the request ends, however it
-/// ends (completed, failed or dropped).
-#[derive(Debug)]
-pub(crate) struct ActiveGuard(pub(crate) Gauge);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
 
 pin_project! {
     /// Records the request duration once the inner future yields the
@@ -41,7 +29,26 @@ pub(crate) struct State {
     /// `method_index` of the request method.
     pub(crate) method: usize,
     pub(crate) start: Instant,
-    pub(crate) _active: ActiveGuard,
+}
+
+impl State {
+    /// Counts the request as active until the state is dropped.
+    pub(crate) fn start(entry: Arc<LabelEntry>, method: usize, start: Instant) -> Self {
+        entry.active(method).inc();
+        Self {
+            entry,
+            method,
+            start,
+        }
+    }
+}
+
+/// Decrements the active-requests gauge when the request ends, however it
+/// ends (completed, failed or dropped).
+impl Drop for State {
+    fn drop(&mut self) {
+        self.entry.active(self.method).dec();
+    }
 }
 
 impl<F> ResponseFuture<F> {

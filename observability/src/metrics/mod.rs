@@ -42,7 +42,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::http_util::{METHOD_LABELS, method_index};
+use crate::http_util::METHOD_LABELS;
 use crate::route::{DefaultRouteExtractor, RouteExtractor};
 
 /// Advisory buckets of `http.server.request.duration` /
@@ -125,15 +125,12 @@ struct ActiveGauges {
 }
 
 impl ActiveGauges {
-    fn get(&self, method: &http::Method) -> Gauge {
-        let index = method_index(method);
-        self.children[index]
-            .get_or_init(|| {
-                self.family.get_or_create_owned(&MethodLabels {
-                    method: METHOD_LABELS[index],
-                })
+    fn get(&self, index: usize) -> &Gauge {
+        self.children[index].get_or_init(|| {
+            self.family.get_or_create_owned(&MethodLabels {
+                method: METHOD_LABELS[index],
             })
-            .clone()
+        })
     }
 }
 
@@ -170,8 +167,8 @@ impl Hasher for FxHasher {
 /// Which duration family a [`LabelEntry`] records into.
 #[derive(Debug, Clone)]
 enum Side {
-    Server(DurationFamily<ServerLabels>),
-    Client(DurationFamily<ClientLabels>),
+    Server(DurationFamily<ServerLabels>, Arc<ActiveGauges>),
+    Client(DurationFamily<ClientLabels>, Arc<ActiveGauges>),
 }
 
 /// One interned label value (a route or a server address) and the
@@ -198,6 +195,13 @@ impl LabelEntry {
         }
     }
 
+    /// The active-requests gauge of `method` on this entry's side.
+    pub(crate) fn active(&self, method: usize) -> &Gauge {
+        match &self.side {
+            Side::Server(_, active) | Side::Client(_, active) => active.get(method),
+        }
+    }
+
     pub(crate) fn observe(&self, method: usize, status: u16, seconds: f64) {
         let slot = &self.by_method[method];
         {
@@ -209,12 +213,12 @@ impl LabelEntry {
         }
         let method_label = METHOD_LABELS[method];
         let child = match &self.side {
-            Side::Server(family) => family.get_or_create_owned(&ServerLabels {
+            Side::Server(family, _) => family.get_or_create_owned(&ServerLabels {
                 method: method_label,
                 route: self.label.clone(),
                 status: Status(status),
             }),
-            Side::Client(family) => family.get_or_create_owned(&ClientLabels {
+            Side::Client(family, _) => family.get_or_create_owned(&ClientLabels {
                 method: method_label,
                 server: self.label.clone(),
                 status: Status(status),
@@ -274,9 +278,9 @@ impl Interner {
 #[derive(Debug)]
 pub(crate) struct Inner {
     server_duration: DurationFamily<ServerLabels>,
-    server_active: ActiveGauges,
+    server_active: Arc<ActiveGauges>,
     client_duration: DurationFamily<ClientLabels>,
-    client_active: ActiveGauges,
+    client_active: Arc<ActiveGauges>,
     routes: Interner,
     servers: Interner,
     unmatched: Arc<LabelEntry>,
@@ -328,17 +332,18 @@ impl HttpMetricsBuilder {
             Family::new_with_constructor(duration_histogram);
         let client_duration: DurationFamily<ClientLabels> =
             Family::new_with_constructor(duration_histogram);
+        let server_active = Arc::new(ActiveGauges::default());
+        let client_active = Arc::new(ActiveGauges::default());
+        let server_side = Side::Server(server_duration.clone(), server_active.clone());
+        let client_side = Side::Client(client_duration.clone(), client_active.clone());
         let inner = Inner {
-            routes: Interner::with_side(self.max_routes, Side::Server(server_duration.clone())),
-            servers: Interner::with_side(self.max_routes, Side::Client(client_duration.clone())),
-            unmatched: Arc::new(LabelEntry::new(
-                UNMATCHED_ROUTE,
-                Side::Server(server_duration.clone()),
-            )),
+            routes: Interner::with_side(self.max_routes, server_side.clone()),
+            servers: Interner::with_side(self.max_routes, client_side),
+            unmatched: Arc::new(LabelEntry::new(UNMATCHED_ROUTE, server_side)),
             server_duration,
-            server_active: ActiveGauges::default(),
+            server_active,
             client_duration,
-            client_active: ActiveGauges::default(),
+            client_active,
         };
         registry.register_with_unit(
             "http_server_request_duration",

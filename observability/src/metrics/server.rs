@@ -1,12 +1,12 @@
+use quanta::Instant;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::HttpMetrics;
-use super::future::{ActiveGuard, ResponseFuture, State};
+use super::future::{ResponseFuture, State};
 use crate::http_util::method_index;
 use crate::route::RouteExtractor;
 
@@ -107,14 +107,7 @@ where
             Some(route) => inner.routes.intern(route),
             None => inner.unmatched.clone(),
         };
-        let active = inner.server_active.get(req.method());
-        active.inc();
-        let state = State {
-            entry: route,
-            method,
-            start,
-            _active: ActiveGuard(active),
-        };
+        let state = State::start(route, method, start);
         ResponseFuture::new(self.inner.call(req), state)
     }
 }
