@@ -16,7 +16,7 @@
 //!
 //! - `otlp`: OTLP/HTTP (protobuf) span exporter, configured by the standard
 //!   `OTEL_EXPORTER_OTLP_*` variables, on by default when the feature is on
-//!   (`OTEL_TRACES_EXPORTER=none` or [`TelemetryBuilder::otlp`] turns it off).
+//!   (`OTEL_TRACES_EXPORTER=none` or `TelemetryBuilder::otlp(false)` turns it off).
 //!   It uses a blocking HTTP client on the batch processor's own thread, so
 //!   it needs no particular async runtime. Plain `http://` endpoints only.
 //! - `axum`: route templates from axum's `MatchedPath`.

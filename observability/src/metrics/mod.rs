@@ -10,7 +10,7 @@
 //!
 //! Buckets are the conventions' advisory ones (5 ms to 10 s). Cardinality is
 //! bounded: methods outside the standard nine become `_OTHER`; the route is
-//! the matched *template* ([`RouteExtractor`](crate::RouteExtractor)), or
+//! the matched *template* ([`RouteExtractor`]), or
 //! `unmatched`; at most [`HttpMetricsBuilder::max_routes`] distinct routes
 //! (and as many server addresses) are kept, the rest fold into `_OTHER`.
 //! A request that fails without a response (inner service error) is
