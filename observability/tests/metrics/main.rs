@@ -413,7 +413,13 @@ async fn active_requests_gauge_counts_in_flight_and_dropped_requests_leave_it() 
     let waiting = tokio::spawn(svc.clone().oneshot(Request::get("/wait").body(()).unwrap()));
     let mut hanging = Box::pin(svc.clone().oneshot(Request::get("/hang").body(()).unwrap()));
     assert!(futures_poll_once(&mut hanging).await.is_none());
-    tokio::task::yield_now().await;
+    // Let the spawned request start (bounded).
+    for _ in 0..1000 {
+        if gauge(&registry) == Some(2.0) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
     assert_eq!(gauge(&registry), Some(2.0));
 
     drop(hanging);
