@@ -109,12 +109,17 @@ where
             // Extraction parses headers: only pay for it when the span is live.
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
             let _ = span.set_parent(parent);
-            if let Some(route) = route::matched_route(req.extensions()) {
-                span.record("http.route", route);
-                span.record(
-                    "otel.name",
-                    format_args!("{} {}", method_label(req.method()), route),
-                );
+            // Span name per the HTTP conventions: "{method} {route}", or
+            // just "{method}" when no route template is known.
+            let method = method_label(req.method());
+            match route::matched_route(req.extensions()) {
+                Some(route) => {
+                    span.record("http.route", route);
+                    span.record("otel.name", format_args!("{method} {route}"));
+                }
+                None => {
+                    span.record("otel.name", method);
+                }
             }
             if let Some(id) = req.extensions().get::<RequestId>() {
                 span.record("request_id", id.as_str());

@@ -129,6 +129,8 @@ async fn trace_continues_through_a_real_http_call_into_a_second_service() {
     assert!(b_server.parent_span_is_remote);
 
     assert_eq!(attr(b_server, "http.route").unwrap().as_str(), "/pong");
+    assert_eq!(b_server.name, "GET /pong");
+    assert_eq!(a_client.name, "GET");
     assert_eq!(
         attr(b_server, "http.response.status_code")
             .unwrap()
@@ -230,6 +232,10 @@ async fn server_errors_mark_the_span_as_error() {
         matches!(spans[0].status, Status::Error { .. }),
         "{:?}",
         spans[0].status
+    );
+    assert_eq!(
+        spans[0].name, "GET",
+        "no route template: the name is the method"
     );
 }
 
