@@ -1,0 +1,306 @@
+//! One call that wires tracing, JSON logs and the OpenTelemetry tracer provider.
+
+use std::fmt;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
+use tracing::Dispatch;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+use crate::error::{Error, Result};
+use crate::json::JsonLogLayer;
+
+/// The instrumentation scope name of the tracer this crate creates.
+const SCOPE: &str = "trellis-observability";
+/// Filter used when neither the builder nor `RUST_LOG` says otherwise.
+const DEFAULT_FILTER: &str = "info";
+
+/// Entry point: `Telemetry::builder("orders")...init()`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use trellis_observability::Telemetry;
+///
+/// # fn main() -> Result<(), trellis_observability::Error> {
+/// // Keep the guard alive for the life of the process: dropping it flushes
+/// // and shuts the tracer provider down.
+/// let _guard = Telemetry::builder("orders").filter("info,orders=debug").json(true).init()?;
+/// tracing::info!("up");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Telemetry;
+
+impl Telemetry {
+    /// A builder for a service called `service_name` (the OpenTelemetry
+    /// `service.name`, unless `OTEL_SERVICE_NAME` overrides it).
+    pub fn builder(service_name: impl Into<String>) -> TelemetryBuilder {
+        TelemetryBuilder {
+            service_name: service_name.into(),
+            filter: None,
+            json: true,
+            writer: None,
+            provider: Some(SdkTracerProvider::builder()),
+            #[cfg(feature = "otlp")]
+            otlp: None,
+        }
+    }
+}
+
+/// Configures logs and traces; finish with [`init`](Self::init) (global) or
+/// [`build`](Self::build) (scoped, for tests and embedders).
+///
+/// What it sets up:
+/// - a tracing-subscriber [`Registry`](tracing_subscriber::Registry) with an
+///   [`EnvFilter`] (builder filter, else `RUST_LOG`, else `info`);
+/// - the `tracing-opentelemetry` layer over an [`SdkTracerProvider`] whose
+///   resource carries `service.name` (plus `OTEL_RESOURCE_ATTRIBUTES`), whose
+///   sampler honours `OTEL_TRACES_SAMPLER`, and which exports to the exporters
+///   given here and, with feature `otlp`, to OTLP/HTTP configured by
+///   `OTEL_EXPORTER_OTLP_*` (disabled by `OTEL_TRACES_EXPORTER=none`);
+/// - logs as JSON lines with `trace_id`/`span_id` ([`JsonLogLayer`]) or, with
+///   `json(false)`, tracing-subscriber's human-readable format.
+pub struct TelemetryBuilder {
+    service_name: String,
+    filter: Option<String>,
+    json: bool,
+    writer: Option<BoxMakeWriter>,
+    // Taken by `build`; `None` afterwards.
+    provider: Option<TracerProviderBuilder>,
+    #[cfg(feature = "otlp")]
+    otlp: Option<bool>,
+}
+
+impl fmt::Debug for TelemetryBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryBuilder")
+            .field("service_name", &self.service_name)
+            .field("filter", &self.filter)
+            .field("json", &self.json)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryBuilder {
+    /// Log/span filter in `EnvFilter` syntax (`"info,orders=debug"`).
+    /// Overrides `RUST_LOG`.
+    pub fn filter(&mut self, directives: impl Into<String>) -> &mut Self {
+        self.filter = Some(directives.into());
+        self
+    }
+
+    /// JSON lines (default) or human-readable logs.
+    pub fn json(&mut self, json: bool) -> &mut Self {
+        self.json = json;
+        self
+    }
+
+    /// Where log lines go (default: stdout).
+    pub fn writer<W>(&mut self, make_writer: W) -> &mut Self
+    where
+        W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
+        self.writer = Some(BoxMakeWriter::new(make_writer));
+        self
+    }
+
+    fn map_provider(
+        &mut self,
+        f: impl FnOnce(TracerProviderBuilder) -> TracerProviderBuilder,
+    ) -> &mut Self {
+        let builder = self.provider.take().unwrap_or_default();
+        self.provider = Some(f(builder));
+        self
+    }
+
+    /// Exports finished spans through a batch processor (its own thread).
+    pub fn span_exporter<E: SpanExporter + 'static>(&mut self, exporter: E) -> &mut Self {
+        self.map_provider(|b| b.with_batch_exporter(exporter))
+    }
+
+    /// Exports each span synchronously as it ends. Meant for tests (with
+    /// `opentelemetry_sdk::trace::InMemorySpanExporter`) and debugging.
+    pub fn simple_span_exporter<E: SpanExporter + 'static>(&mut self, exporter: E) -> &mut Self {
+        self.map_provider(|b| b.with_simple_exporter(exporter))
+    }
+
+    /// Turns the OTLP exporter on or off regardless of `OTEL_TRACES_EXPORTER`
+    /// (default: on unless that variable is `none`).
+    #[cfg(feature = "otlp")]
+    pub fn otlp(&mut self, enabled: bool) -> &mut Self {
+        self.otlp = Some(enabled);
+        self
+    }
+
+    fn env_filter(&self) -> Result<EnvFilter> {
+        let directives = match &self.filter {
+            Some(d) => d.clone(),
+            None => std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_FILTER.to_owned()),
+        };
+        EnvFilter::try_new(&directives)
+            .map_err(|source| Error::InvalidFilter { directives, source })
+    }
+
+    fn resource(&self) -> Resource {
+        let builder = Resource::builder();
+        // OTEL_SERVICE_NAME is the operator's override; the SDK's env
+        // detector has already applied it.
+        match std::env::var("OTEL_SERVICE_NAME") {
+            Ok(v) if !v.is_empty() => builder.build(),
+            _ => builder.with_service_name(self.service_name.clone()).build(),
+        }
+    }
+
+    /// Builds everything without installing it: returns a [`Dispatch`] to
+    /// install with `tracing::dispatcher::set_default` /
+    /// `set_global_default`, and the guard.
+    ///
+    /// The builder's exporters are consumed; a second `build` has none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_observability::Telemetry;
+    ///
+    /// let (dispatch, guard) = Telemetry::builder("test").filter("debug").build()?;
+    /// tracing::dispatcher::with_default(&dispatch, || tracing::debug!("scoped"));
+    /// guard.shutdown()?;
+    /// # Ok::<(), trellis_observability::Error>(())
+    /// ```
+    pub fn build(&mut self) -> Result<(Dispatch, TelemetryGuard)> {
+        let filter = self.env_filter()?;
+        let resource = self.resource();
+        #[allow(unused_mut)]
+        let mut builder = self
+            .provider
+            .take()
+            .unwrap_or_default()
+            .with_resource(resource);
+        #[cfg(feature = "otlp")]
+        {
+            let enabled = self.otlp.unwrap_or_else(|| {
+                !std::env::var("OTEL_TRACES_EXPORTER")
+                    .is_ok_and(|v| v.split(',').any(|e| e.trim() == "none"))
+            });
+            if enabled {
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .build()
+                    .map_err(|e| Error::Exporter(Box::new(e)))?;
+                builder = builder.with_batch_exporter(exporter);
+            }
+        }
+        let provider = builder.build();
+        let tracer = provider.tracer(SCOPE);
+
+        let writer = self
+            .writer
+            .take()
+            .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
+        let logs = if self.json {
+            JsonLogLayer::new(writer)
+                .with_service_name(self.service_name.clone())
+                .boxed()
+        } else {
+            tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(logs);
+        Ok((Dispatch::new(subscriber), TelemetryGuard::new(provider)))
+    }
+
+    /// Builds and installs globally: the tracing subscriber, the global
+    /// OpenTelemetry tracer provider and the W3C trace-context propagator.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let _guard = trellis_observability::Telemetry::builder("orders").init()?;
+    /// # Ok::<(), trellis_observability::Error>(())
+    /// ```
+    pub fn init(&mut self) -> Result<TelemetryGuard> {
+        let (dispatch, guard) = self.build()?;
+        tracing::dispatcher::set_global_default(dispatch).map_err(Error::SubscriberAlreadySet)?;
+        opentelemetry::global::set_tracer_provider(guard.provider.clone());
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        Ok(guard)
+    }
+}
+
+/// Flushes and shuts the tracer provider down when dropped (or explicitly
+/// with [`shutdown`](Self::shutdown), which reports errors).
+///
+/// Keep it alive for the life of the process (`let _guard = ...`, not
+/// `let _ = ...`, which drops it at once).
+#[derive(Debug)]
+#[must_use = "dropping the guard shuts the tracer provider down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+    shut_down: bool,
+}
+
+impl TelemetryGuard {
+    fn new(provider: SdkTracerProvider) -> Self {
+        Self {
+            provider,
+            shut_down: false,
+        }
+    }
+
+    /// The tracer provider, e.g. to make extra tracers.
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Exports every finished span now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_dispatch, guard) = trellis_observability::Telemetry::builder("t").build()?;
+    /// guard.force_flush()?;
+    /// # Ok::<(), trellis_observability::Error>(())
+    /// ```
+    pub fn force_flush(&self) -> Result<()> {
+        self.provider.force_flush().map_err(Error::Shutdown)
+    }
+
+    /// Flushes and shuts down, reporting failures that `Drop` has to ignore.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_dispatch, guard) = trellis_observability::Telemetry::builder("t").build()?;
+    /// guard.shutdown()?;
+    /// # Ok::<(), trellis_observability::Error>(())
+    /// ```
+    pub fn shutdown(mut self) -> Result<()> {
+        self.shut_down = true;
+        self.provider.shutdown().map_err(Error::Shutdown)
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if !self.shut_down {
+            self.shut_down = true;
+            // Nothing to report to from a destructor; `shutdown()` reports.
+            let _ = self.provider.shutdown();
+        }
+    }
+}

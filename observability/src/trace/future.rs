@@ -1,0 +1,60 @@
+//! Response futures of the trace layers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tracing::Span;
+
+pin_project! {
+    /// Polls the inner future inside the request's span and records the
+    /// outcome (`http.response.status_code`, `otel.status_code`) on it.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: Span,
+        // Server spans are errors on 5xx only; client spans on 4xx too
+        // (OpenTelemetry HTTP semantic conventions).
+        server: bool,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, span: Span, server: bool) -> Self {
+        Self {
+            inner,
+            span,
+            server,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = ready!(this.inner.poll(cx));
+        match &result {
+            Ok(res) => {
+                let status = res.status().as_u16();
+                this.span.record("http.response.status_code", status);
+                let threshold = if *this.server { 500 } else { 400 };
+                if status >= threshold {
+                    this.span.record("otel.status_code", "ERROR");
+                }
+            }
+            Err(_) => {
+                this.span.record("otel.status_code", "ERROR");
+            }
+        }
+        Poll::Ready(result)
+    }
+}
