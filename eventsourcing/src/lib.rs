@@ -1,4 +1,24 @@
 //! # trellis-eventsourcing
 //!
-//! **Not yet implemented**: this crate is reserved in the workspace; see the
-//! architecture notes for what it will hold.
+//! Event sourcing for Trellis services (placeholder docs, replaced below).
+
+pub mod aggregate;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod store;
+pub mod testing;
+
+pub use aggregate::Aggregate;
+pub use codec::{DomainEvent, EventCodec, UnknownEventPolicy, Upcasters};
+pub use error::{BoxError, DatabaseErrorKind, Error, ErrorKind, Result};
+pub use event::{
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent, StoredEvent, category,
+};
+pub use store::memory::MemoryStore;
+pub use store::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits};
+pub mod outbox;
+pub mod repository;
+pub mod subscription;
+pub use repository::{CommandOutcome, Loaded, Repository, SnapshotPolicy};
+pub use subscription::{Subscription, SubscriptionOptions};

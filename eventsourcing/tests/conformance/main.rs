@@ -1,0 +1,6 @@
+//! The conformance suite on every backend.
+
+#[path = "../support.rs"]
+mod support;
+
+mod memory;
