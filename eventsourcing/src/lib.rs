@@ -22,3 +22,5 @@ pub mod repository;
 pub mod subscription;
 pub use repository::{CommandOutcome, Loaded, Repository, SnapshotPolicy};
 pub use subscription::{Subscription, SubscriptionOptions};
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::SqliteEventStore;

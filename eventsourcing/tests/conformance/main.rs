@@ -4,3 +4,5 @@
 mod support;
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
