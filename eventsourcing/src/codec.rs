@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{self, DeserializeOwned, Visitor};
 use serde::Serialize;
+use serde::de::{self, DeserializeOwned, Visitor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -55,7 +55,11 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// This event's type name.
     fn event_type(&self) -> &'static str {
         let name = encode(self).map(|(t, _)| t).unwrap_or_default();
-        Self::event_types().iter().copied().find(|t| *t == name).unwrap_or("")
+        Self::event_types()
+            .iter()
+            .copied()
+            .find(|t| *t == name)
+            .unwrap_or("")
     }
 }
 
@@ -64,7 +68,10 @@ pub(crate) fn encode<E: Serialize>(event: &E) -> Result<(String, Value)> {
     match serde_json::to_value(event)? {
         Value::String(unit) => Ok((unit, Value::Null)),
         Value::Object(map) if map.len() == 1 => {
-            let (k, v) = map.into_iter().next().ok_or_else(|| Error::Corrupt("empty enum".into()))?;
+            let (k, v) = map
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Corrupt("empty enum".into()))?;
             Ok((k, v))
         }
         other => Err(Error::Corrupt(format!(
@@ -163,7 +170,9 @@ pub struct Upcasters {
 
 impl fmt::Debug for Upcasters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upcasters").field("registered", &self.map.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Upcasters")
+            .field("registered", &self.map.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -174,11 +183,17 @@ impl Upcasters {
     }
 
     /// Registers the step from `from_version` to `from_version + 1` for `event_type`.
-    pub fn register<F>(&mut self, event_type: impl Into<String>, from_version: u32, f: F) -> &mut Self
+    pub fn register<F>(
+        &mut self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        f: F,
+    ) -> &mut Self
     where
         F: Fn(Value) -> Result<Value> + Send + Sync + 'static,
     {
-        self.map.insert((event_type.into(), from_version), Arc::new(f));
+        self.map
+            .insert((event_type.into(), from_version), Arc::new(f));
         self
     }
 
@@ -193,7 +208,13 @@ impl Upcasters {
     }
 
     /// Brings `payload` from `version` to `current`.
-    pub fn upcast(&self, event_type: &str, mut version: u32, current: u32, mut payload: Value) -> Result<Value> {
+    pub fn upcast(
+        &self,
+        event_type: &str,
+        mut version: u32,
+        current: u32,
+        mut payload: Value,
+    ) -> Result<Value> {
         let found = version;
         let unsupported = move || Error::UnsupportedSchemaVersion {
             event_type: event_type.to_owned(),
@@ -204,7 +225,10 @@ impl Upcasters {
             return Err(unsupported());
         }
         while version < current {
-            let step = self.map.get(&(event_type.to_owned(), version)).ok_or_else(unsupported)?;
+            let step = self
+                .map
+                .get(&(event_type.to_owned(), version))
+                .ok_or_else(unsupported)?;
             payload = step(payload)?;
             version += 1;
         }
@@ -243,7 +267,11 @@ impl<E> fmt::Debug for EventCodec<E> {
 
 impl<E> Clone for EventCodec<E> {
     fn clone(&self) -> Self {
-        EventCodec { upcasters: self.upcasters.clone(), unknown: self.unknown, _marker: self._marker }
+        EventCodec {
+            upcasters: self.upcasters.clone(),
+            unknown: self.unknown,
+            _marker: self._marker,
+        }
     }
 }
 
@@ -256,7 +284,11 @@ impl<E: DomainEvent> Default for EventCodec<E> {
 impl<E: DomainEvent> EventCodec<E> {
     /// No upcasters; unknown types are errors.
     pub fn new() -> Self {
-        EventCodec { upcasters: Upcasters::new(), unknown: UnknownEventPolicy::Error, _marker: std::marker::PhantomData }
+        EventCodec {
+            upcasters: Upcasters::new(),
+            unknown: UnknownEventPolicy::Error,
+            _marker: std::marker::PhantomData,
+        }
     }
 
     /// Uses these upcasters.
@@ -287,7 +319,12 @@ impl<E: DomainEvent> EventCodec<E> {
             };
         }
         let current = E::schema_version(&event.event_type);
-        let payload = self.upcasters.upcast(&event.event_type, event.schema_version, current, event.payload.clone())?;
+        let payload = self.upcasters.upcast(
+            &event.event_type,
+            event.schema_version,
+            current,
+            event.payload.clone(),
+        )?;
         decode_variant(&event.event_type, payload).map(Some)
     }
 }
@@ -300,9 +337,13 @@ mod tests {
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     enum Ev {
-        Opened { owner: String },
+        Opened {
+            owner: String,
+        },
         #[serde(rename = "money-in")]
-        Deposited { cents: u64 },
+        Deposited {
+            cents: u64,
+        },
         Closed,
     }
     impl DomainEvent for Ev {
@@ -337,7 +378,9 @@ mod tests {
         let codec = EventCodec::<Ev>::new();
         for ev in [Ev::Opened { owner: "a".into() }, Ev::Closed] {
             let (t, p) = encode(&ev).unwrap();
-            let back = codec.decode(&stored(&t, Ev::schema_version(&t), p)).unwrap();
+            let back = codec
+                .decode(&stored(&t, Ev::schema_version(&t), p))
+                .unwrap();
             assert_eq!(back, Some(ev));
         }
     }
@@ -345,26 +388,50 @@ mod tests {
     #[test]
     fn upcasters_chain_old_payloads() {
         let mut up = Upcasters::new();
-        up.register("money-in", 1, |v| Ok(serde_json::json!({ "dollars": v["amount"] })));
+        up.register("money-in", 1, |v| {
+            Ok(serde_json::json!({ "dollars": v["amount"] }))
+        });
         up.register("money-in", 2, |v| {
             Ok(serde_json::json!({ "cents": v["dollars"].as_u64().unwrap_or(0) * 100 }))
         });
         let codec = EventCodec::<Ev>::new().with_upcasters(up);
-        let got = codec.decode(&stored("money-in", 1, serde_json::json!({"amount": 4}))).unwrap();
+        let got = codec
+            .decode(&stored("money-in", 1, serde_json::json!({"amount": 4})))
+            .unwrap();
         assert_eq!(got, Some(Ev::Deposited { cents: 400 }));
         // A version with no upcaster path is a typed error.
-        let err = EventCodec::<Ev>::new().decode(&stored("money-in", 2, serde_json::json!({}))).unwrap_err();
-        assert!(matches!(err, Error::UnsupportedSchemaVersion { found: 2, current: 3, .. }));
+        let err = EventCodec::<Ev>::new()
+            .decode(&stored("money-in", 2, serde_json::json!({})))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::UnsupportedSchemaVersion {
+                found: 2,
+                current: 3,
+                ..
+            }
+        ));
         // A version from the future too.
-        let err = EventCodec::<Ev>::new().decode(&stored("Closed", 9, Value::Null)).unwrap_err();
-        assert!(matches!(err, Error::UnsupportedSchemaVersion { found: 9, current: 1, .. }));
+        let err = EventCodec::<Ev>::new()
+            .decode(&stored("Closed", 9, Value::Null))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::UnsupportedSchemaVersion {
+                found: 9,
+                current: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn unknown_type_is_error_by_default_and_skippable() {
         let e = stored("Frozen", 1, Value::Null);
         let err = EventCodec::<Ev>::new().decode(&e).unwrap_err();
-        assert!(matches!(err, Error::UnknownEventType { ref event_type, position: 7 } if event_type == "Frozen"));
+        assert!(
+            matches!(err, Error::UnknownEventType { ref event_type, position: 7 } if event_type == "Frozen")
+        );
         let skip = EventCodec::<Ev>::new().with_unknown(UnknownEventPolicy::Skip);
         assert_eq!(skip.decode(&e).unwrap(), None);
     }

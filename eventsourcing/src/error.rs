@@ -200,7 +200,9 @@ impl Error {
 
     /// Wraps a publisher's error.
     pub fn publish(source: impl Into<BoxError>) -> Self {
-        Error::Publish { source: source.into() }
+        Error::Publish {
+            source: source.into(),
+        }
     }
 }
 
@@ -229,6 +231,9 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed => DatabaseErrorKind::Connection,
             _ => DatabaseErrorKind::Other,
         };
-        Error::Database { kind, source: Box::new(err) }
+        Error::Database {
+            kind,
+            source: Box::new(err),
+        }
     }
 }

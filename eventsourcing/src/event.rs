@@ -227,8 +227,16 @@ pub struct AppendRequest {
 
 impl AppendRequest {
     /// Builds a request.
-    pub fn new(stream_id: impl Into<String>, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
-        AppendRequest { stream_id: stream_id.into(), expected, events }
+    pub fn new(
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        AppendRequest {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
     }
 }
 
@@ -270,7 +278,10 @@ impl EventFilter {
 
     /// Events of streams in `category`.
     pub fn category(category: impl Into<String>) -> Self {
-        EventFilter { category: Some(category.into()), event_types: Vec::new() }
+        EventFilter {
+            category: Some(category.into()),
+            event_types: Vec::new(),
+        }
     }
 
     /// Events of the given types.
@@ -279,12 +290,17 @@ impl EventFilter {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        EventFilter { category: None, event_types: types.into_iter().map(Into::into).collect() }
+        EventFilter {
+            category: None,
+            event_types: types.into_iter().map(Into::into).collect(),
+        }
     }
 
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &StoredEvent) -> bool {
-        self.category.as_deref().is_none_or(|c| event.category() == c)
-            && (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
+        self.category
+            .as_deref()
+            .is_none_or(|c| event.category() == c)
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
     }
 }

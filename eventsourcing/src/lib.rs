@@ -13,7 +13,8 @@ pub use aggregate::Aggregate;
 pub use codec::{DomainEvent, EventCodec, UnknownEventPolicy, Upcasters};
 pub use error::{BoxError, DatabaseErrorKind, Error, ErrorKind, Result};
 pub use event::{
-    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent, StoredEvent, category,
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent,
+    StoredEvent, category,
 };
 pub use store::memory::MemoryStore;
 pub use store::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits};
@@ -21,6 +22,8 @@ pub mod outbox;
 pub mod repository;
 pub mod subscription;
 pub use repository::{CommandOutcome, Loaded, Repository, SnapshotPolicy};
-pub use subscription::{Subscription, SubscriptionOptions};
+#[cfg(feature = "postgres")]
+pub use store::postgres::PgEventStore;
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteEventStore;
+pub use subscription::{Subscription, SubscriptionOptions};

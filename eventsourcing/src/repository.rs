@@ -131,8 +131,10 @@ where
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
         let stream = A::stream_id(id);
         let (mut state, mut version, mut from_snapshot) = (A::default(), 0, false);
-        if self.policy != SnapshotPolicy::Never {
-            if let Some(snap) = self.store.load_snapshot(&stream).await? {
+        if self.policy != SnapshotPolicy::Never
+            && let Some(snap) = self.store.load_snapshot(&stream).await?
+        {
+            {
                 match self.decode_snapshot(snap) {
                     Some((s, v)) => (state, version, from_snapshot) = (s, v, true),
                     None => tracing::warn!(stream = %stream, "ignoring unusable snapshot"),
@@ -140,7 +142,10 @@ where
             }
         }
         loop {
-            let page = self.store.read_stream(&stream, version + 1, Direction::Forwards, self.page_size).await?;
+            let page = self
+                .store
+                .read_stream(&stream, version + 1, Direction::Forwards, self.page_size)
+                .await?;
             let n = page.len();
             for stored in &page {
                 if let Some(event) = self.codec.decode(stored)? {
@@ -152,14 +157,20 @@ where
                 break;
             }
         }
-        Ok(Loaded { state, version, from_snapshot })
+        Ok(Loaded {
+            state,
+            version,
+            from_snapshot,
+        })
     }
 
     fn decode_snapshot(&self, snap: Snapshot) -> Option<(A, u64)> {
         if snap.schema_version != A::SNAPSHOT_VERSION {
             return None;
         }
-        serde_json::from_value(snap.state).ok().map(|s| (s, snap.version))
+        serde_json::from_value(snap.state)
+            .ok()
+            .map(|s| (s, snap.version))
     }
 
     /// Runs `command` against aggregate `id` and appends its events.
@@ -167,7 +178,8 @@ where
     where
         A::Command: Clone,
     {
-        self.execute_with_metadata(id, command, Metadata::default()).await
+        self.execute_with_metadata(id, command, Metadata::default())
+            .await
     }
 
     /// Like [`Repository::execute`], stamping `metadata` on every event.
@@ -183,26 +195,45 @@ where
         let stream = A::stream_id(id);
         let mut attempt = 0;
         loop {
-            let Loaded { mut state, version, .. } = self.load(id).await?;
-            let events = state.handle(command.clone()).map_err(|e| Error::Rejected { source: Box::new(e) })?;
+            let Loaded {
+                mut state, version, ..
+            } = self.load(id).await?;
+            let events = state.handle(command.clone()).map_err(|e| Error::Rejected {
+                source: Box::new(e),
+            })?;
             if events.is_empty() {
-                return Ok(CommandOutcome { events, version, positions: Vec::new(), state });
+                return Ok(CommandOutcome {
+                    events,
+                    version,
+                    positions: Vec::new(),
+                    state,
+                });
             }
             let new_events = events
                 .iter()
                 .map(|e| NewEvent::from_domain(e).map(|n| n.with_metadata(metadata.clone())))
                 .collect::<Result<Vec<_>>>()?;
-            match self.store.append(&stream, ExpectedVersion::Exact(version), new_events).await {
+            match self
+                .store
+                .append(&stream, ExpectedVersion::Exact(version), new_events)
+                .await
+            {
                 Ok(result) => {
                     for e in &events {
                         state.apply(e);
                     }
-                    if let SnapshotPolicy::EveryNEvents(n) = self.policy {
-                        if n > 0 && result.version / n > version / n {
-                            self.save_snapshot(&stream, &state, result.version).await;
-                        }
+                    if let SnapshotPolicy::EveryNEvents(n) = self.policy
+                        && n > 0
+                        && result.version / n > version / n
+                    {
+                        self.save_snapshot(&stream, &state, result.version).await;
                     }
-                    return Ok(CommandOutcome { events, version: result.version, positions: result.positions, state });
+                    return Ok(CommandOutcome {
+                        events,
+                        version: result.version,
+                        positions: result.positions,
+                        state,
+                    });
                 }
                 Err(err) if err.is_conflict() && attempt < self.max_retries => {
                     attempt += 1;
@@ -216,7 +247,12 @@ where
     /// A failed snapshot write only costs a slower next load, so it is logged, not returned.
     async fn save_snapshot(&self, stream: &str, state: &A, version: u64) {
         let snapshot = match serde_json::to_value(state) {
-            Ok(state) => Snapshot { stream_id: stream.to_owned(), version, schema_version: A::SNAPSHOT_VERSION, state },
+            Ok(state) => Snapshot {
+                stream_id: stream.to_owned(),
+                version,
+                schema_version: A::SNAPSHOT_VERSION,
+                state,
+            },
             Err(err) => {
                 tracing::warn!(stream, %err, "snapshot serialization failed");
                 return;

@@ -117,7 +117,11 @@ impl Drop for Subscription {
     }
 }
 
-async fn run<S: EventStore>(store: S, options: SubscriptionOptions, tx: mpsc::Sender<Result<StoredEvent>>) {
+async fn run<S: EventStore>(
+    store: S,
+    options: SubscriptionOptions,
+    tx: mpsc::Sender<Result<StoredEvent>>,
+) {
     let mut head = store.watch_head();
     let mut after = options.after;
     let batch_size = options.batch_size.max(1);

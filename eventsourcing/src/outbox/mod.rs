@@ -53,7 +53,9 @@ pub struct BroadcastPublisher {
 impl BroadcastPublisher {
     /// A channel keeping up to `capacity` events per lagging receiver.
     pub fn new(capacity: usize) -> Self {
-        BroadcastPublisher { tx: broadcast::Sender::new(capacity.max(1)) }
+        BroadcastPublisher {
+            tx: broadcast::Sender::new(capacity.max(1)),
+        }
     }
 
     /// A new receiver of everything published from now on.
@@ -136,7 +138,9 @@ impl RelayHandle {
     /// Stops the relay and waits for it.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(true);
-        self.task.await.map_err(|e| Error::Corrupt(format!("relay task failed: {e}")))?
+        self.task
+            .await
+            .map_err(|e| Error::Corrupt(format!("relay task failed: {e}")))?
     }
 }
 
@@ -148,17 +152,29 @@ where
 {
     /// A relay from `store` to `publisher`, checkpointed in `checkpoints`.
     pub fn new(store: S, checkpoints: C, publisher: P, options: RelayOptions) -> Self {
-        OutboxRelay { store, checkpoints, publisher, options }
+        OutboxRelay {
+            store,
+            checkpoints,
+            publisher,
+            options,
+        }
     }
 
     /// Publishes at most one batch after the checkpoint; returns how many events.
     /// Fails if reading, publishing or checkpointing fails (nothing is skipped).
     pub async fn run_once(&self) -> Result<usize> {
         let after = self.checkpoints.load_checkpoint(&self.options.name).await?;
-        let batch = self.store.read_all(after, &EventFilter::all(), self.options.batch_size.max(1)).await?;
-        let Some(last) = batch.last().map(|e| e.global_position) else { return Ok(0) };
+        let batch = self
+            .store
+            .read_all(after, &EventFilter::all(), self.options.batch_size.max(1))
+            .await?;
+        let Some(last) = batch.last().map(|e| e.global_position) else {
+            return Ok(0);
+        };
         self.publisher.publish(&batch).await?;
-        self.checkpoints.save_checkpoint(&self.options.name, last).await?;
+        self.checkpoints
+            .save_checkpoint(&self.options.name, last)
+            .await?;
         Ok(batch.len())
     }
 
@@ -203,6 +219,9 @@ where
         S: Clone,
     {
         let (stop, rx) = watch::channel(false);
-        RelayHandle { stop, task: tokio::spawn(self.run(rx)) }
+        RelayHandle {
+            stop,
+            task: tokio::spawn(self.run(rx)),
+        }
     }
 }

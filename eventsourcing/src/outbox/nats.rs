@@ -24,7 +24,10 @@ pub struct NatsPublisher {
 impl NatsPublisher {
     /// Publishes through `jetstream` under subject prefix `prefix`.
     pub fn new(jetstream: Context, prefix: impl Into<String>) -> Self {
-        NatsPublisher { jetstream, prefix: prefix.into() }
+        NatsPublisher {
+            jetstream,
+            prefix: prefix.into(),
+        }
     }
 
     /// The subject an event goes to.
@@ -39,10 +42,16 @@ impl Publisher for NatsPublisher {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.to_string().as_str());
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                event.event_id.to_string().as_str(),
+            );
             headers.insert("Trellis-Stream", event.stream_id.as_str());
             headers.insert("Trellis-Event-Type", event.event_type.as_str());
-            headers.insert("Trellis-Position", event.global_position.to_string().as_str());
+            headers.insert(
+                "Trellis-Position",
+                event.global_position.to_string().as_str(),
+            );
             let body = serde_json::to_vec(event)?;
             let ack = self
                 .jetstream

@@ -7,9 +7,12 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::event::{AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent};
+use crate::event::{
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent,
+};
 use crate::store::{
-    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected, idempotent_result,
+    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
+    idempotent_result,
 };
 
 #[derive(Debug, Default)]
@@ -67,7 +70,11 @@ impl MemoryStore {
 
     /// An empty store with `limits`.
     pub fn with_limits(limits: StoreLimits) -> Self {
-        MemoryStore { inner: Arc::default(), head: Arc::new(watch::Sender::new(0)), limits }
+        MemoryStore {
+            inner: Arc::default(),
+            head: Arc::new(watch::Sender::new(0)),
+            limits,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -76,17 +83,27 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn append_locked(&self, inner: &mut Inner, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+    fn append_locked(
+        &self,
+        inner: &mut Inner,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<AppendResult>> {
         // Phase 1: decide every request without mutating anything.
         let mut repeats = Vec::with_capacity(requests.len());
         for r in &requests {
-            let found: Vec<StoredEvent> =
-                r.events.iter().filter_map(|e| inner.by_id.get(&e.event_id)).map(|&i| inner.events[i].clone()).collect();
+            let found: Vec<StoredEvent> = r
+                .events
+                .iter()
+                .filter_map(|e| inner.by_id.get(&e.event_id))
+                .map(|&i| inner.events[i].clone())
+                .collect();
             match idempotent_result(r, &found)? {
                 Some(done) => repeats.push(Some(done)),
                 None => {
-                    let (current, deleted) =
-                        inner.streams.get(&r.stream_id).map_or((0, false), |s| (s.events.len() as u64, s.deleted));
+                    let (current, deleted) = inner
+                        .streams
+                        .get(&r.stream_id)
+                        .map_or((0, false), |s| (s.events.len() as u64, s.deleted));
                     check_expected(&r.stream_id, r.expected, current, deleted)?;
                     repeats.push(None);
                 }
@@ -100,7 +117,10 @@ impl MemoryStore {
                 results.push(done);
                 continue;
             }
-            let base = inner.streams.get(&r.stream_id).map_or(0, |s| s.events.len() as u64);
+            let base = inner
+                .streams
+                .get(&r.stream_id)
+                .map_or(0, |s| s.events.len() as u64);
             let mut positions = Vec::with_capacity(r.events.len());
             for (i, e) in r.events.into_iter().enumerate() {
                 let index = inner.events.len();
@@ -119,9 +139,15 @@ impl MemoryStore {
                 positions.push(index as u64 + 1);
             }
             let stream = inner.streams.entry(r.stream_id.clone()).or_default();
-            stream.events.extend(positions.iter().map(|p| (*p - 1) as usize));
+            stream
+                .events
+                .extend(positions.iter().map(|p| (*p - 1) as usize));
             let version = stream.events.len() as u64;
-            results.push(AppendResult { stream_id: r.stream_id, version, positions });
+            results.push(AppendResult {
+                stream_id: r.stream_id,
+                version,
+                positions,
+            });
         }
         Ok(results)
     }
@@ -139,11 +165,21 @@ impl EventStore for MemoryStore {
         Ok(results)
     }
 
-    async fn read_stream(&self, stream_id: &str, from: u64, direction: Direction, max_count: usize) -> Result<Vec<StoredEvent>> {
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
         let inner = self.lock();
-        let Some(stream) = inner.streams.get(stream_id) else { return Ok(Vec::new()) };
+        let Some(stream) = inner.streams.get(stream_id) else {
+            return Ok(Vec::new());
+        };
         if stream.deleted {
-            return Err(Error::StreamDeleted { stream: stream_id.to_owned() });
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
         }
         let len = stream.events.len() as u64;
         let pick = |v: u64| inner.events[stream.events[(v - 1) as usize]].clone();
@@ -153,23 +189,41 @@ impl EventStore for MemoryStore {
                 if from == 0 {
                     Vec::new()
                 } else {
-                    (1..=from.min(len)).rev().take(max_count).map(pick).collect()
+                    (1..=from.min(len))
+                        .rev()
+                        .take(max_count)
+                        .map(pick)
+                        .collect()
                 }
             }
         })
     }
 
-    async fn read_all(&self, after: u64, filter: &EventFilter, max_count: usize) -> Result<Vec<StoredEvent>> {
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
         let inner = self.lock();
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(inner.events.len());
-        Ok(inner.events[start..].iter().filter(|e| filter.matches(e)).take(max_count).cloned().collect())
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(inner.events.len());
+        Ok(inner.events[start..]
+            .iter()
+            .filter(|e| filter.matches(e))
+            .take(max_count)
+            .cloned()
+            .collect())
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         let inner = self.lock();
         match inner.streams.get(stream_id) {
             None => Ok(0),
-            Some(s) if s.deleted => Err(Error::StreamDeleted { stream: stream_id.to_owned() }),
+            Some(s) if s.deleted => Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            }),
             Some(s) => Ok(s.events.len() as u64),
         }
     }
@@ -177,7 +231,12 @@ impl EventStore for MemoryStore {
     async fn tombstone(&self, stream_id: &str, expected: ExpectedVersion) -> Result<()> {
         let mut inner = self.lock();
         let stream = inner.streams.entry(stream_id.to_owned()).or_default();
-        check_expected(stream_id, expected, stream.events.len() as u64, stream.deleted)?;
+        check_expected(
+            stream_id,
+            expected,
+            stream.events.len() as u64,
+            stream.deleted,
+        )?;
         stream.deleted = true;
         inner.snapshots.remove(stream_id);
         Ok(())
@@ -194,7 +253,9 @@ impl SnapshotStore for MemoryStore {
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.lock().snapshots.insert(snapshot.stream_id.clone(), snapshot);
+        self.lock()
+            .snapshots
+            .insert(snapshot.stream_id.clone(), snapshot);
         Ok(())
     }
 }

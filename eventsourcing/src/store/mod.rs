@@ -18,13 +18,15 @@
 //!   after every lower one is visible. Rolled-back appends leave holes in the
 //!   numbering, never an event that appears behind a reader.
 
-use std::future::Future;
 use std::collections::HashSet;
+use std::future::Future;
 
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::event::{AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, NewEvent, StoredEvent};
+use crate::event::{
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, NewEvent, StoredEvent,
+};
 
 pub mod memory;
 #[cfg(feature = "postgres")]
@@ -44,7 +46,10 @@ pub struct StoreLimits {
 impl Default for StoreLimits {
     /// 1 MiB payloads, 1,000 events per append.
     fn default() -> Self {
-        StoreLimits { max_payload_bytes: 1 << 20, max_batch_size: 1000 }
+        StoreLimits {
+            max_payload_bytes: 1 << 20,
+            max_batch_size: 1000,
+        }
     }
 }
 
@@ -54,7 +59,10 @@ impl StoreLimits {
     pub fn check(&self, requests: &[AppendRequest]) -> Result<()> {
         let total: usize = requests.iter().map(|r| r.events.len()).sum();
         if total > self.max_batch_size {
-            return Err(Error::BatchTooLarge { size: total, max: self.max_batch_size });
+            return Err(Error::BatchTooLarge {
+                size: total,
+                max: self.max_batch_size,
+            });
         }
         let mut ids = HashSet::with_capacity(total);
         let mut streams = HashSet::with_capacity(requests.len());
@@ -65,10 +73,16 @@ impl StoreLimits {
             for e in &r.events {
                 let size = e.encoded_size();
                 if size > self.max_payload_bytes {
-                    return Err(Error::PayloadTooLarge { event_id: e.event_id, size, max: self.max_payload_bytes });
+                    return Err(Error::PayloadTooLarge {
+                        event_id: e.event_id,
+                        size,
+                        max: self.max_payload_bytes,
+                    });
                 }
                 if !ids.insert(e.event_id) {
-                    return Err(Error::DuplicateEventId { event_id: e.event_id });
+                    return Err(Error::DuplicateEventId {
+                        event_id: e.event_id,
+                    });
                 }
             }
         }
@@ -79,16 +93,27 @@ impl StoreLimits {
 /// Decides whether `request` repeats an earlier append, given the stored
 /// events that carry its event ids (in the request's order, missing ones
 /// omitted). `Ok(Some)` = an exact repeat: return the first result.
-pub(crate) fn idempotent_result(request: &AppendRequest, found: &[StoredEvent]) -> Result<Option<AppendResult>> {
-    let Some(first) = found.first() else { return Ok(None) };
+pub(crate) fn idempotent_result(
+    request: &AppendRequest,
+    found: &[StoredEvent],
+) -> Result<Option<AppendResult>> {
+    let Some(first) = found.first() else {
+        return Ok(None);
+    };
     let exact_repeat = found.len() == request.events.len()
-        && found.iter().zip(&request.events).enumerate().all(|(i, (s, n))| {
-            s.event_id == n.event_id
-                && s.stream_id == request.stream_id
-                && s.stream_version == first.stream_version + i as u64
-        });
+        && found
+            .iter()
+            .zip(&request.events)
+            .enumerate()
+            .all(|(i, (s, n))| {
+                s.event_id == n.event_id
+                    && s.stream_id == request.stream_id
+                    && s.stream_version == first.stream_version + i as u64
+            });
     if !exact_repeat {
-        return Err(Error::DuplicateEventId { event_id: first.event_id });
+        return Err(Error::DuplicateEventId {
+            event_id: first.event_id,
+        });
     }
     Ok(Some(AppendResult {
         stream_id: request.stream_id.clone(),
@@ -98,14 +123,25 @@ pub(crate) fn idempotent_result(request: &AppendRequest, found: &[StoredEvent]) 
 }
 
 /// Checks the expectation against the stream's current state.
-pub(crate) fn check_expected(stream: &str, expected: ExpectedVersion, current: u64, deleted: bool) -> Result<()> {
+pub(crate) fn check_expected(
+    stream: &str,
+    expected: ExpectedVersion,
+    current: u64,
+    deleted: bool,
+) -> Result<()> {
     if deleted {
-        return Err(Error::StreamDeleted { stream: stream.to_owned() });
+        return Err(Error::StreamDeleted {
+            stream: stream.to_owned(),
+        });
     }
     if expected.matches(current) {
         Ok(())
     } else {
-        Err(Error::Conflict { stream: stream.to_owned(), expected, actual: current })
+        Err(Error::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual: current,
+        })
     }
 }
 
@@ -121,7 +157,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// consecutive events of the same stream, is an idempotent repeat: it
     /// returns the first append's result and writes nothing. Limits are
     /// checked before anything is written.
-    fn append_many(&self, requests: Vec<AppendRequest>) -> impl Future<Output = Result<Vec<AppendResult>>> + Send;
+    fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> impl Future<Output = Result<Vec<AppendResult>>> + Send;
 
     /// Appends `events` to one stream. See [`EventStore::append_many`].
     fn append(
@@ -166,7 +205,11 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Soft-deletes a stream: its events stay in the global order, but the
     /// stream can no longer be read or appended to.
-    fn tombstone(&self, stream_id: &str, expected: ExpectedVersion) -> impl Future<Output = Result<()>> + Send;
+    fn tombstone(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// A watch of the highest global position this process knows of. It is a
     /// hint to wake subscriptions early; they poll as well, because another
@@ -190,7 +233,10 @@ pub struct Snapshot {
 /// Stores the latest snapshot per stream.
 pub trait SnapshotStore: Send + Sync + 'static {
     /// The latest snapshot of `stream_id`, if any.
-    fn load_snapshot(&self, stream_id: &str) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+    fn load_snapshot(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
     /// Replaces the snapshot of `snapshot.stream_id`.
     fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send;
 }
@@ -200,7 +246,8 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// The saved position of `name` (0 = none saved).
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Saves the position of `name`.
-    fn save_checkpoint(&self, name: &str, position: u64) -> impl Future<Output = Result<()>> + Send;
+    fn save_checkpoint(&self, name: &str, position: u64)
+    -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Direction helper for SQL backends: clamps `u64` to SQLite/PostgreSQL `BIGINT`.
@@ -218,4 +265,3 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 pub(crate) fn limit(max_count: usize) -> i64 {
     i64::try_from(max_count).unwrap_or(i64::MAX)
 }
-

@@ -14,24 +14,27 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{Row, Sqlite, Transaction};
 use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category, from_micros, to_micros,
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
+    from_micros, to_micros,
 };
 use crate::store::{
-    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected, idempotent_result, limit, to_i64,
-    to_u64,
+    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
+    idempotent_result, limit, to_i64, to_u64,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
 
-const COLUMNS: &str =
-    "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata";
+const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata";
 
 /// An event, snapshot and checkpoint store in one SQLite database.
 ///
@@ -71,7 +74,11 @@ impl SqliteEventStore {
     /// NORMAL`, a busy timeout and `create_if_missing` are applied on top.
     /// `in_memory` makes reads and writes share one connection (each
     /// connection to `:memory:` is its own database).
-    pub async fn open_with(options: SqliteConnectOptions, in_memory: bool, limits: StoreLimits) -> Result<Self> {
+    pub async fn open_with(
+        options: SqliteConnectOptions,
+        in_memory: bool,
+        limits: StoreLimits,
+    ) -> Result<Self> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -86,13 +93,22 @@ impl SqliteEventStore {
         let read = if in_memory {
             write.clone()
         } else {
-            SqlitePoolOptions::new().max_connections(4).connect_with(options).await?
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?
         };
         migrate(&write).await?;
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-            .fetch_one(&write)
-            .await?;
-        Ok(SqliteEventStore { write, read, head: Arc::new(watch::Sender::new(to_u64(head))), limits })
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
+                .fetch_one(&write)
+                .await?;
+        Ok(SqliteEventStore {
+            write,
+            read,
+            head: Arc::new(watch::Sender::new(to_u64(head))),
+            limits,
+        })
     }
 
     /// Replaces the limits.
@@ -107,17 +123,22 @@ impl SqliteEventStore {
         self.read.close().await;
     }
 
-    async fn append_tx(&self, tx: &mut Transaction<'static, Sqlite>, requests: &[AppendRequest]) -> Result<Vec<AppendResult>> {
+    async fn append_tx(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        requests: &[AppendRequest],
+    ) -> Result<Vec<AppendResult>> {
         let recorded_at = to_micros(crate::event::now());
         let mut results = Vec::with_capacity(requests.len());
         for r in requests {
             // Only when the first id is known can this be a repeat; a later
             // known id fails the UNIQUE(event_id) insert below instead.
             if let Some(first) = r.events.first() {
-                let known: Option<i64> = sqlx::query_scalar("SELECT 1 FROM es_events WHERE event_id = ?")
-                    .bind(first.event_id.to_string())
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                let known: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM es_events WHERE event_id = ?")
+                        .bind(first.event_id.to_string())
+                        .fetch_optional(&mut **tx)
+                        .await?;
                 if known.is_some() {
                     let found = find_ids(tx, r).await?;
                     if let Some(done) = idempotent_result(r, &found)? {
@@ -149,7 +170,9 @@ impl SqliteEventStore {
                 match inserted {
                     Ok(row) => positions.push(to_u64(row.try_get::<i64, _>(0)?)),
                     Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        return Err(Error::DuplicateEventId { event_id: e.event_id });
+                        return Err(Error::DuplicateEventId {
+                            event_id: e.event_id,
+                        });
                     }
                     Err(err) => return Err(err.into()),
                 }
@@ -165,7 +188,11 @@ impl SqliteEventStore {
                 .execute(&mut **tx)
                 .await?;
             }
-            results.push(AppendResult { stream_id: r.stream_id.clone(), version, positions });
+            results.push(AppendResult {
+                stream_id: r.stream_id.clone(),
+                version,
+                positions,
+            });
         }
         Ok(results)
     }
@@ -173,12 +200,19 @@ impl SqliteEventStore {
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version INTEGER PRIMARY KEY)").execute(&mut *tx).await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations").fetch_all(&mut *tx).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version INTEGER PRIMARY KEY)")
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
     for (version, sql) in MIGRATIONS {
         if !applied.contains(version) {
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO es_migrations (version) VALUES (?)").bind(version).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO es_migrations (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
         }
     }
     tx.commit().await?;
@@ -186,14 +220,18 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
 }
 
 async fn stream_state(tx: &mut Transaction<'static, Sqlite>, stream: &str) -> Result<(u64, bool)> {
-    let row: Option<(i64, i64)> = sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
-        .bind(stream)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_optional(&mut **tx)
+            .await?;
     Ok(row.map_or((0, false), |(v, d)| (to_u64(v), d != 0)))
 }
 
-async fn find_ids(tx: &mut Transaction<'static, Sqlite>, r: &AppendRequest) -> Result<Vec<StoredEvent>> {
+async fn find_ids(
+    tx: &mut Transaction<'static, Sqlite>,
+    r: &AppendRequest,
+) -> Result<Vec<StoredEvent>> {
     let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM es_events WHERE event_id IN (SELECT value FROM json_each(?))"
@@ -212,7 +250,9 @@ fn decode_row(row: &SqliteRow) -> Result<StoredEvent> {
     let payload: String = row.try_get("payload")?;
     let metadata: String = row.try_get("metadata")?;
     Ok(StoredEvent {
-        event_id: event_id.parse().map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
+        event_id: event_id
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
         stream_id: row.try_get("stream_id")?,
         stream_version: to_u64(row.try_get("stream_version")?),
         global_position: to_u64(row.try_get("global_position")?),
@@ -242,13 +282,22 @@ impl EventStore for SqliteEventStore {
         Ok(results)
     }
 
-    async fn read_stream(&self, stream_id: &str, from: u64, direction: Direction, max_count: usize) -> Result<Vec<StoredEvent>> {
-        let deleted: Option<i64> = sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
-            .bind(stream_id)
-            .fetch_optional(&self.read)
-            .await?;
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let deleted: Option<i64> =
+            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&self.read)
+                .await?;
         if deleted.unwrap_or(0) != 0 {
-            return Err(Error::StreamDeleted { stream: stream_id.to_owned() });
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
         }
         let sql = match direction {
             Direction::Forwards => {
@@ -260,11 +309,21 @@ impl EventStore for SqliteEventStore {
                  FROM es_events WHERE stream_id = ? AND stream_version <= ? ORDER BY stream_version DESC LIMIT ?"
             }
         };
-        let rows = sqlx::query(sql).bind(stream_id).bind(to_i64(from)).bind(limit(max_count)).fetch_all(&self.read).await?;
+        let rows = sqlx::query(sql)
+            .bind(stream_id)
+            .bind(to_i64(from))
+            .bind(limit(max_count))
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(decode_row).collect()
     }
 
-    async fn read_all(&self, after: u64, filter: &EventFilter, max_count: usize) -> Result<Vec<StoredEvent>> {
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
         let types = serde_json::to_string(&filter.event_types)?;
         let rows = sqlx::query(
             "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
@@ -285,13 +344,16 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        let row: Option<(i64, i64)> = sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
-            .bind(stream_id)
-            .fetch_optional(&self.read)
-            .await?;
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&self.read)
+                .await?;
         match row {
             None => Ok(0),
-            Some((_, d)) if d != 0 => Err(Error::StreamDeleted { stream: stream_id.to_owned() }),
+            Some((_, d)) if d != 0 => Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            }),
             Some((v, _)) => Ok(to_u64(v)),
         }
     }
@@ -308,7 +370,10 @@ impl EventStore for SqliteEventStore {
         .bind(to_i64(current))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = ?").bind(stream_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = ?")
+            .bind(stream_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -320,11 +385,12 @@ impl EventStore for SqliteEventStore {
 
 impl SnapshotStore for SqliteEventStore {
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
-        let row: Option<(i64, i64, String)> =
-            sqlx::query_as("SELECT version, schema_version, state FROM es_snapshots WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_optional(&self.read)
-                .await?;
+        let row: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT version, schema_version, state FROM es_snapshots WHERE stream_id = ?",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.read)
+        .await?;
         row.map(|(version, schema, state)| {
             Ok(Snapshot {
                 stream_id: stream_id.to_owned(),
@@ -353,10 +419,11 @@ impl SnapshotStore for SqliteEventStore {
 
 impl CheckpointStore for SqliteEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<u64> {
-        let pos: Option<i64> = sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.read)
-            .await?;
+        let pos: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
         Ok(pos.map_or(0, to_u64))
     }
 

@@ -67,7 +67,10 @@ impl<A: Aggregate> AggregateTest<A> {
     /// Handles `command`.
     pub fn when(self, command: A::Command) -> AggregateTestResult<A> {
         let result = self.state.handle(command);
-        AggregateTestResult { state: self.state, result }
+        AggregateTestResult {
+            state: self.state,
+            result,
+        }
     }
 }
 

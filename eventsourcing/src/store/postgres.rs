@@ -1,0 +1,529 @@
+//! PostgreSQL event store (feature `postgres`).
+//!
+//! Tables live in the connection's current schema (the first entry of
+//! `search_path`), created by embedded migrations when the store connects.
+//!
+//! **Global order**: every append takes `pg_advisory_xact_lock(7239,
+//! hashtext(current_schema()))` before it reads stream versions and assigns
+//! positions, and holds it until commit. PostgreSQL makes a committed
+//! transaction visible before releasing its locks, so when the next writer
+//! gets the lock every lower position is already visible: a reader of "all
+//! after P" can never see P+2 while P+1 is still in flight. The price is one
+//! writer at a time per schema (appends are short; batches amortise it).
+//!
+//! **Live notifications**: each append sends `pg_notify('trellis_es_' ||
+//! current_schema(), last_position)` on commit. [`EventStore::watch_head`]
+//! starts one `LISTEN` task that feeds the watch; subscriptions keep polling
+//! as the fallback for a lost listener connection.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::event::{
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
+    from_micros, to_micros,
+};
+use crate::store::{
+    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
+    idempotent_result, limit, to_i64, to_u64,
+};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+const SELECT: &str = "SELECT global_position, event_id::text AS event_id, stream_id, stream_version, event_type, \
+     schema_version, recorded_at, payload::text AS payload, metadata::text AS metadata FROM es_events";
+
+/// An event, snapshot and checkpoint store in PostgreSQL.
+///
+/// # Examples
+///
+/// ```no_run
+/// use trellis_eventsourcing::PgEventStore;
+/// # async fn f() -> trellis_eventsourcing::Result<()> {
+/// let store = PgEventStore::connect("postgres://postgres:postgres@127.0.0.1:5432/test").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgEventStore {
+    pool: PgPool,
+    channel: Arc<str>,
+    head: Arc<watch::Sender<u64>>,
+    listening: Arc<AtomicBool>,
+    limits: StoreLimits,
+}
+
+impl PgEventStore {
+    /// Connects to `url` with a pool of 10 connections and runs migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(options)
+            .await?;
+        Self::with_pool(pool).await
+    }
+
+    /// Uses an existing pool (its `search_path` picks the schema) and runs migrations.
+    pub async fn with_pool(pool: PgPool) -> Result<Self> {
+        migrate(&pool).await?;
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await?;
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
+                .fetch_one(&pool)
+                .await?;
+        Ok(PgEventStore {
+            pool,
+            channel: format!("trellis_es_{schema}").into(),
+            head: Arc::new(watch::Sender::new(to_u64(head))),
+            listening: Arc::new(AtomicBool::new(false)),
+            limits: StoreLimits::default(),
+        })
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn append_tx(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        requests: &[AppendRequest],
+    ) -> Result<Vec<AppendResult>> {
+        let recorded_at = to_micros(crate::event::now());
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            if let Some(first) = r.events.first() {
+                let known: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM es_events WHERE event_id = $1::uuid")
+                        .bind(first.event_id.to_string())
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if known.is_some() {
+                    let found = find_ids(tx, r).await?;
+                    if let Some(done) = idempotent_result(r, &found)? {
+                        results.push(done);
+                        continue;
+                    }
+                }
+            }
+            let (current, deleted) = stream_state(tx, &r.stream_id).await?;
+            check_expected(&r.stream_id, r.expected, current, deleted)?;
+            if r.events.is_empty() {
+                results.push(AppendResult {
+                    stream_id: r.stream_id.clone(),
+                    version: current,
+                    positions: Vec::new(),
+                });
+                continue;
+            }
+            let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+            let types: Vec<&str> = r.events.iter().map(|e| e.event_type.as_str()).collect();
+            let schemas: Vec<i32> = r
+                .events
+                .iter()
+                .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+                .collect();
+            let payloads: Vec<String> = r.events.iter().map(|e| e.payload.to_string()).collect();
+            let metas = r
+                .events
+                .iter()
+                .map(|e| serde_json::to_string(&e.metadata))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = sqlx::query(
+                "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, schema_version, recorded_at, payload, metadata) \
+                 SELECT e.id::uuid, $2, $3 + e.ord, $4, e.typ, e.sv, $5, e.payload::jsonb, e.meta::jsonb \
+                 FROM UNNEST($1::text[], $6::text[], $7::int4[], $8::text[], $9::text[]) WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
+                 ORDER BY e.ord \
+                 RETURNING stream_version, global_position",
+            )
+            .bind(&ids)
+            .bind(&r.stream_id)
+            .bind(to_i64(current))
+            .bind(category(&r.stream_id))
+            .bind(recorded_at)
+            .bind(&types)
+            .bind(&schemas)
+            .bind(&payloads)
+            .bind(&metas)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| DuplicateOr(e, r.events.iter().map(|e| e.event_id).collect()))
+            .map_err(Error::from)?;
+            let mut pairs = rows
+                .iter()
+                .map(|row| Ok((row.try_get::<i64, _>(0)?, to_u64(row.try_get::<i64, _>(1)?))))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            pairs.sort_unstable();
+            let version = current + r.events.len() as u64;
+            sqlx::query(
+                "INSERT INTO es_streams (stream_id, version, deleted) VALUES ($1, $2, FALSE) \
+                 ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version",
+            )
+            .bind(&r.stream_id)
+            .bind(to_i64(version))
+            .execute(&mut **tx)
+            .await?;
+            results.push(AppendResult {
+                stream_id: r.stream_id.clone(),
+                version,
+                positions: pairs.into_iter().map(|p| p.1).collect(),
+            });
+        }
+        Ok(results)
+    }
+}
+
+/// An insert error that may be a duplicate event id, with the ids to look up.
+struct DuplicateOr(sqlx::Error, Vec<uuid::Uuid>);
+
+impl From<DuplicateOr> for Error {
+    fn from(DuplicateOr(err, ids): DuplicateOr) -> Self {
+        // (stream, version) cannot collide under the append lock, so a unique
+        // violation here is an event id stored by an earlier append;
+        // `append_many` looks up which one.
+        match (&err, ids.first()) {
+            (sqlx::Error::Database(db), Some(first)) if db.is_unique_violation() => {
+                Error::DuplicateEventId { event_id: *first }
+            }
+            _ => Error::from(err),
+        }
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7240, hashtext(current_schema()))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version BIGINT PRIMARY KEY)")
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, sql) in MIGRATIONS {
+        if !applied.contains(version) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO es_migrations (version) VALUES ($1)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn stream_state(
+    tx: &mut Transaction<'static, Postgres>,
+    stream: &str,
+) -> Result<(u64, bool)> {
+    let row: Option<(i64, bool)> =
+        sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = $1")
+            .bind(stream)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.map_or((0, false), |(v, d)| (to_u64(v), d)))
+}
+
+async fn find_ids(conn: &mut sqlx::PgConnection, r: &AppendRequest) -> Result<Vec<StoredEvent>> {
+    let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE event_id = ANY($1::text[]::uuid[])"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut found = rows.iter().map(decode_row).collect::<Result<Vec<_>>>()?;
+    found.sort_by_key(|e| r.events.iter().position(|n| n.event_id == e.event_id));
+    Ok(found)
+}
+
+fn decode_row(row: &PgRow) -> Result<StoredEvent> {
+    let event_id: String = row.try_get("event_id")?;
+    let payload: String = row.try_get("payload")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(StoredEvent {
+        event_id: event_id
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: to_u64(row.try_get("stream_version")?),
+        global_position: to_u64(row.try_get("global_position")?),
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?).unwrap_or(0),
+        recorded_at: from_micros(row.try_get("recorded_at")?),
+        payload: serde_json::from_str(&payload)?,
+        metadata: serde_json::from_str(&metadata)?,
+    })
+}
+
+async fn listen(
+    pool: PgPool,
+    channel: Arc<str>,
+    head: Arc<watch::Sender<u64>>,
+    listening: Arc<AtomicBool>,
+) {
+    let listener = async {
+        let mut l = PgListener::connect_with(&pool).await?;
+        l.listen(&channel).await?;
+        Ok::<_, sqlx::Error>(l)
+    };
+    match listener.await {
+        Ok(mut l) => loop {
+            tokio::select! {
+                n = l.recv() => match n {
+                    Ok(n) => {
+                        if let Ok(pos) = n.payload().parse::<u64>() {
+                            head.send_if_modified(|h| if pos > *h { *h = pos; true } else { false });
+                        }
+                    }
+                    // Subscriptions keep polling meanwhile; PgListener reconnects on the next recv.
+                    Err(err) => {
+                        tracing::warn!(%err, "LISTEN connection failed; polling until it is back");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                () = head.closed() => break,
+            }
+        },
+        Err(err) => tracing::warn!(%err, "could not LISTEN; subscriptions fall back to polling"),
+    }
+    listening.store(false, Ordering::Release);
+}
+
+impl EventStore for PgEventStore {
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7239, hashtext(current_schema()))")
+            .execute(&mut *tx)
+            .await?;
+        let results = match self.append_tx(&mut tx, &requests).await {
+            Ok(r) => r,
+            Err(Error::DuplicateEventId { event_id }) => {
+                drop(tx);
+                // Name the id that really collided (the insert error does not say).
+                let ids: Vec<String> = requests
+                    .iter()
+                    .flat_map(|r| &r.events)
+                    .map(|e| e.event_id.to_string())
+                    .collect();
+                let known: Option<String> = sqlx::query_scalar(
+                    "SELECT event_id::text FROM es_events WHERE event_id = ANY($1::text[]::uuid[]) ORDER BY global_position LIMIT 1",
+                )
+                .bind(&ids)
+                .fetch_optional(&self.pool)
+                .await?;
+                let event_id = known.and_then(|k| k.parse().ok()).unwrap_or(event_id);
+                return Err(Error::DuplicateEventId { event_id });
+            }
+            Err(e) => return Err(e),
+        };
+        let last = results
+            .iter()
+            .flat_map(|r| r.positions.last())
+            .max()
+            .copied();
+        if let Some(last) = last {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&*self.channel)
+                .bind(last.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if let Some(max) = last {
+            self.head.send_if_modified(|h| {
+                if max > *h {
+                    *h = max;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Ok(results)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let deleted: Option<bool> =
+            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = $1")
+                .bind(stream_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if deleted == Some(true) {
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
+        }
+        let sql = match direction {
+            Direction::Forwards => format!(
+                "{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version ASC LIMIT $3"
+            ),
+            Direction::Backwards => format!(
+                "{SELECT} WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3"
+            ),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream_id)
+            .bind(to_i64(from))
+            .bind(limit(max_count))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT} WHERE global_position > $1 AND ($2::text IS NULL OR category = $2) \
+             AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) ORDER BY global_position ASC LIMIT $4"
+        )))
+        .bind(to_i64(after))
+        .bind(filter.category.as_deref())
+        .bind(&filter.event_types)
+        .bind(limit(max_count))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        let row: Option<(i64, bool)> =
+            sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = $1")
+                .bind(stream_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            None => Ok(0),
+            Some((_, true)) => Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            }),
+            Some((v, false)) => Ok(to_u64(v)),
+        }
+    }
+
+    async fn tombstone(&self, stream_id: &str, expected: ExpectedVersion) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7239, hashtext(current_schema()))")
+            .execute(&mut *tx)
+            .await?;
+        let (current, deleted) = stream_state(&mut tx, stream_id).await?;
+        check_expected(stream_id, expected, current, deleted)?;
+        sqlx::query(
+            "INSERT INTO es_streams (stream_id, version, deleted) VALUES ($1, $2, TRUE) \
+             ON CONFLICT (stream_id) DO UPDATE SET deleted = TRUE",
+        )
+        .bind(stream_id)
+        .bind(to_i64(current))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = $1")
+            .bind(stream_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        let rx = self.head.subscribe();
+        if !self.listening.swap(true, Ordering::AcqRel) {
+            tokio::spawn(listen(
+                self.pool.clone(),
+                self.channel.clone(),
+                self.head.clone(),
+                self.listening.clone(),
+            ));
+        }
+        rx
+    }
+}
+
+impl SnapshotStore for PgEventStore {
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        let row: Option<(i64, i32, String)> = sqlx::query_as(
+            "SELECT version, schema_version, state::text FROM es_snapshots WHERE stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(version, schema, state)| {
+            Ok(Snapshot {
+                stream_id: stream_id.to_owned(),
+                version: to_u64(version),
+                schema_version: u32::try_from(schema).unwrap_or(0),
+                state: serde_json::from_str(&state)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO es_snapshots (stream_id, version, schema_version, state) VALUES ($1, $2, $3, $4::jsonb) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, state = EXCLUDED.state",
+        )
+        .bind(&snapshot.stream_id)
+        .bind(to_i64(snapshot.version))
+        .bind(i32::try_from(snapshot.schema_version).unwrap_or(i32::MAX))
+        .bind(snapshot.state.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl CheckpointStore for PgEventStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<u64> {
+        let pos: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(pos.map_or(0, to_u64))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO es_checkpoints (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+        )
+        .bind(name)
+        .bind(to_i64(position))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
