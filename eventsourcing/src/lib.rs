@@ -1,6 +1,4 @@
-//! # trellis-eventsourcing
-//!
-//! Event sourcing for Trellis services (placeholder docs, replaced below).
+#![doc = include_str!("../README.md")]
 
 pub mod aggregate;
 pub mod codec;
