@@ -3,6 +3,11 @@
 //! Tables live in the connection's current schema (the first entry of
 //! `search_path`), created by embedded migrations when the store connects.
 //!
+//! **One round trip**: a single-stream append is one autocommit call of the
+//! `es_append` PL/pgSQL function (migration 2), which takes the lock, checks
+//! the expected version, inserts, updates the stream row and notifies; a
+//! multi-stream append calls it once per stream inside one transaction.
+//!
 //! **Global order**: every append takes `pg_advisory_xact_lock(7239,
 //! hashtext(current_schema()))` before it reads stream versions and assigns
 //! positions, and holds it until commit. PostgreSQL makes a committed
@@ -35,7 +40,13 @@ use crate::store::{
     idempotent_result, limit, to_i64, to_u64,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_append_function.sql"),
+    ),
+];
 
 const SELECT: &str = "SELECT global_position, event_id::text AS event_id, stream_id, stream_version, event_type, \
      schema_version, recorded_at, payload::text AS payload, metadata::text AS metadata FROM es_events";
@@ -105,91 +116,90 @@ impl PgEventStore {
         self.pool.close().await;
     }
 
-    async fn append_tx(
+    /// Appends one request through `es_append` on `conn` (inside the
+    /// caller's transaction, or as its own autocommit statement).
+    async fn append_one(
         &self,
-        tx: &mut Transaction<'static, Postgres>,
-        requests: &[AppendRequest],
-    ) -> Result<Vec<AppendResult>> {
-        let recorded_at = to_micros(crate::event::now());
+        conn: &mut sqlx::PgConnection,
+        r: &AppendRequest,
+    ) -> Result<AppendResult> {
+        let (kind, n) = match r.expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            ExpectedVersion::Exact(n) => (3, to_i64(n)),
+        };
+        let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+        let types: Vec<&str> = r.events.iter().map(|e| e.event_type.as_str()).collect();
+        let schemas: Vec<i32> = r
+            .events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect();
+        let payloads: Vec<String> = r.events.iter().map(|e| e.payload.to_string()).collect();
+        let metas = r
+            .events
+            .iter()
+            .map(|e| serde_json::to_string(&e.metadata))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (status, current, positions): (i32, i64, Option<Vec<i64>>) = sqlx::query_as(
+            "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
+             $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11)",
+        )
+        .bind(&r.stream_id)
+        .bind(category(&r.stream_id))
+        .bind(kind)
+        .bind(n)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&payloads)
+        .bind(&metas)
+        .bind(to_micros(crate::event::now()))
+        .bind(&*self.channel)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| DuplicateOr(e, r.events.iter().map(|e| e.event_id).collect()))
+        .map_err(Error::from)?;
+        match status {
+            0 => Ok(AppendResult {
+                stream_id: r.stream_id.clone(),
+                version: to_u64(current),
+                positions: positions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(to_u64)
+                    .collect(),
+            }),
+            1 => Err(Error::Conflict {
+                stream: r.stream_id.clone(),
+                expected: r.expected,
+                actual: to_u64(current),
+            }),
+            2 => {
+                let found = find_ids(conn, r).await?;
+                idempotent_result(r, &found)?
+                    .ok_or_else(|| Error::Corrupt("first event id vanished during append".into()))
+            }
+            3 => Err(Error::StreamDeleted {
+                stream: r.stream_id.clone(),
+            }),
+            other => Err(Error::Corrupt(format!("es_append returned status {other}"))),
+        }
+    }
+
+    async fn append_inner(&self, requests: &[AppendRequest]) -> Result<Vec<AppendResult>> {
+        if let [single] = requests {
+            // One statement in autocommit: one round trip.
+            let mut conn = self.pool.acquire().await?;
+            return Ok(vec![self.append_one(&mut conn, single).await?]);
+        }
+        let mut tx = self.pool.begin().await?;
         let mut results = Vec::with_capacity(requests.len());
         for r in requests {
-            if let Some(first) = r.events.first() {
-                let known: Option<i32> =
-                    sqlx::query_scalar("SELECT 1 FROM es_events WHERE event_id = $1::uuid")
-                        .bind(first.event_id.to_string())
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                if known.is_some() {
-                    let found = find_ids(tx, r).await?;
-                    if let Some(done) = idempotent_result(r, &found)? {
-                        results.push(done);
-                        continue;
-                    }
-                }
-            }
-            let (current, deleted) = stream_state(tx, &r.stream_id).await?;
-            check_expected(&r.stream_id, r.expected, current, deleted)?;
-            if r.events.is_empty() {
-                results.push(AppendResult {
-                    stream_id: r.stream_id.clone(),
-                    version: current,
-                    positions: Vec::new(),
-                });
-                continue;
-            }
-            let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
-            let types: Vec<&str> = r.events.iter().map(|e| e.event_type.as_str()).collect();
-            let schemas: Vec<i32> = r
-                .events
-                .iter()
-                .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-                .collect();
-            let payloads: Vec<String> = r.events.iter().map(|e| e.payload.to_string()).collect();
-            let metas = r
-                .events
-                .iter()
-                .map(|e| serde_json::to_string(&e.metadata))
-                .collect::<Result<Vec<_>, _>>()?;
-            let rows = sqlx::query(
-                "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, schema_version, recorded_at, payload, metadata) \
-                 SELECT e.id::uuid, $2, $3 + e.ord, $4, e.typ, e.sv, $5, e.payload::jsonb, e.meta::jsonb \
-                 FROM UNNEST($1::text[], $6::text[], $7::int4[], $8::text[], $9::text[]) WITH ORDINALITY AS e(id, typ, sv, payload, meta, ord) \
-                 ORDER BY e.ord \
-                 RETURNING stream_version, global_position",
-            )
-            .bind(&ids)
-            .bind(&r.stream_id)
-            .bind(to_i64(current))
-            .bind(category(&r.stream_id))
-            .bind(recorded_at)
-            .bind(&types)
-            .bind(&schemas)
-            .bind(&payloads)
-            .bind(&metas)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(|e| DuplicateOr(e, r.events.iter().map(|e| e.event_id).collect()))
-            .map_err(Error::from)?;
-            let mut pairs = rows
-                .iter()
-                .map(|row| Ok((row.try_get::<i64, _>(0)?, to_u64(row.try_get::<i64, _>(1)?))))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            pairs.sort_unstable();
-            let version = current + r.events.len() as u64;
-            sqlx::query(
-                "INSERT INTO es_streams (stream_id, version, deleted) VALUES ($1, $2, FALSE) \
-                 ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version",
-            )
-            .bind(&r.stream_id)
-            .bind(to_i64(version))
-            .execute(&mut **tx)
-            .await?;
-            results.push(AppendResult {
-                stream_id: r.stream_id.clone(),
-                version,
-                positions: pairs.into_iter().map(|p| p.1).collect(),
-            });
+            results.push(self.append_one(&mut tx, r).await?);
         }
+        tx.commit().await?;
         Ok(results)
     }
 }
@@ -316,14 +326,9 @@ async fn listen(
 impl EventStore for PgEventStore {
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(7239, hashtext(current_schema()))")
-            .execute(&mut *tx)
-            .await?;
-        let results = match self.append_tx(&mut tx, &requests).await {
+        let results = match self.append_inner(&requests).await {
             Ok(r) => r,
             Err(Error::DuplicateEventId { event_id }) => {
-                drop(tx);
                 // Name the id that really collided (the insert error does not say).
                 let ids: Vec<String> = requests
                     .iter()
@@ -331,7 +336,8 @@ impl EventStore for PgEventStore {
                     .map(|e| e.event_id.to_string())
                     .collect();
                 let known: Option<String> = sqlx::query_scalar(
-                    "SELECT event_id::text FROM es_events WHERE event_id = ANY($1::text[]::uuid[]) ORDER BY global_position LIMIT 1",
+                    "SELECT event_id::text FROM es_events WHERE event_id = ANY($1::text[]::uuid[]) \
+                     ORDER BY global_position LIMIT 1",
                 )
                 .bind(&ids)
                 .fetch_optional(&self.pool)
@@ -341,27 +347,18 @@ impl EventStore for PgEventStore {
             }
             Err(e) => return Err(e),
         };
-        let last = results
+        if let Some(max) = results
             .iter()
             .flat_map(|r| r.positions.last())
             .max()
-            .copied();
-        if let Some(last) = last {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&*self.channel)
-                .bind(last.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        if let Some(max) = last {
+            .copied()
+        {
             self.head.send_if_modified(|h| {
-                if max > *h {
+                let newer = max > *h;
+                if newer {
                     *h = max;
-                    true
-                } else {
-                    false
                 }
+                newer
             });
         }
         Ok(results)

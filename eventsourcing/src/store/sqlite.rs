@@ -131,24 +131,33 @@ impl SqliteEventStore {
         let recorded_at = to_micros(crate::event::now());
         let mut results = Vec::with_capacity(requests.len());
         for r in requests {
+            // One statement: is the first id known, and where is the stream?
             // Only when the first id is known can this be a repeat; a later
             // known id fails the UNIQUE(event_id) insert below instead.
-            if let Some(first) = r.events.first() {
-                let known: Option<i64> =
-                    sqlx::query_scalar("SELECT 1 FROM es_events WHERE event_id = ?")
-                        .bind(first.event_id.to_string())
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                if known.is_some() {
-                    let found = find_ids(tx, r).await?;
-                    if let Some(done) = idempotent_result(r, &found)? {
-                        results.push(done);
-                        continue;
-                    }
+            let first = r
+                .events
+                .first()
+                .map(|e| e.event_id.to_string())
+                .unwrap_or_default();
+            let (known, version, deleted): (i64, i64, i64) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM es_events WHERE event_id = ?), \
+                 COALESCE((SELECT version FROM es_streams WHERE stream_id = ?), 0), \
+                 COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?), 0)",
+            )
+            .bind(first)
+            .bind(&r.stream_id)
+            .bind(&r.stream_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            if known != 0 {
+                let found = find_ids(tx, r).await?;
+                if let Some(done) = idempotent_result(r, &found)? {
+                    results.push(done);
+                    continue;
                 }
             }
-            let (current, deleted) = stream_state(tx, &r.stream_id).await?;
-            check_expected(&r.stream_id, r.expected, current, deleted)?;
+            let current = to_u64(version);
+            check_expected(&r.stream_id, r.expected, current, deleted != 0)?;
             let cat = category(&r.stream_id);
             let mut positions = Vec::with_capacity(r.events.len());
             for (i, e) in r.events.iter().enumerate() {
