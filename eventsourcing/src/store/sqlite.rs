@@ -32,7 +32,16 @@ use crate::store::{
     idempotent_result, limit, to_i64, to_u64,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_stream_trigger.sql"),
+    ),
+];
+
+/// Rows per multi-row `INSERT` (9 parameters each, well under SQLite's limit).
+const ROWS_PER_INSERT: usize = 256;
 
 const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata";
 
@@ -160,43 +169,63 @@ impl SqliteEventStore {
             check_expected(&r.stream_id, r.expected, current, deleted != 0)?;
             let cat = category(&r.stream_id);
             let mut positions = Vec::with_capacity(r.events.len());
-            for (i, e) in r.events.iter().enumerate() {
-                let inserted = sqlx::query(
-                    "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, schema_version, recorded_at, payload, metadata) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING global_position",
-                )
-                .bind(e.event_id.to_string())
-                .bind(&r.stream_id)
-                .bind(to_i64(current + i as u64 + 1))
-                .bind(cat)
-                .bind(&e.event_type)
-                .bind(i64::from(e.schema_version))
-                .bind(recorded_at)
-                .bind(e.payload.to_string())
-                .bind(serde_json::to_string(&e.metadata)?)
-                .fetch_one(&mut **tx)
-                .await;
-                match inserted {
-                    Ok(row) => positions.push(to_u64(row.try_get::<i64, _>(0)?)),
+            for (chunk_no, chunk) in r.events.chunks(ROWS_PER_INSERT).enumerate() {
+                let first_version = current + (chunk_no * ROWS_PER_INSERT) as u64 + 1;
+                let mut sql = String::from(
+                    "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
+                     schema_version, recorded_at, payload, metadata) VALUES ",
+                );
+                for i in 0..chunk.len() {
+                    sql.push_str(if i == 0 {
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    } else {
+                        ", (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    });
+                }
+                // RETURNING order is unspecified in SQLite: sort by version.
+                sql.push_str(" RETURNING stream_version, global_position");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (i, e) in chunk.iter().enumerate() {
+                    q = q
+                        .bind(e.event_id.to_string())
+                        .bind(&r.stream_id)
+                        .bind(to_i64(first_version + i as u64))
+                        .bind(cat)
+                        .bind(&e.event_type)
+                        .bind(i64::from(e.schema_version))
+                        .bind(recorded_at)
+                        .bind(e.payload.to_string())
+                        .bind(serde_json::to_string(&e.metadata)?);
+                }
+                match q.fetch_all(&mut **tx).await {
+                    Ok(rows) => {
+                        let mut pairs = rows
+                            .iter()
+                            .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?)))
+                            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                        pairs.sort_unstable();
+                        positions.extend(pairs.into_iter().map(|(_, p)| to_u64(p)));
+                    }
                     Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                        return Err(Error::DuplicateEventId {
-                            event_id: e.event_id,
-                        });
+                        // (stream, version) cannot collide under the single
+                        // writer: an event id of this chunk is already stored.
+                        let ids: Vec<String> =
+                            chunk.iter().map(|e| e.event_id.to_string()).collect();
+                        let known: Option<String> = sqlx::query_scalar(
+                            "SELECT event_id FROM es_events WHERE event_id IN (SELECT value FROM json_each(?)) LIMIT 1",
+                        )
+                        .bind(serde_json::to_string(&ids)?)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        let event_id = known
+                            .and_then(|k| k.parse().ok())
+                            .unwrap_or(chunk[0].event_id);
+                        return Err(Error::DuplicateEventId { event_id });
                     }
                     Err(err) => return Err(err.into()),
                 }
             }
             let version = current + r.events.len() as u64;
-            if !r.events.is_empty() {
-                sqlx::query(
-                    "INSERT INTO es_streams (stream_id, version, deleted) VALUES (?, ?, 0) \
-                     ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-                )
-                .bind(&r.stream_id)
-                .bind(to_i64(version))
-                .execute(&mut **tx)
-                .await?;
-            }
             results.push(AppendResult {
                 stream_id: r.stream_id.clone(),
                 version,
