@@ -5,6 +5,11 @@
 //! loss — pass your own options with `synchronous = FULL` if that matters).
 //! The schema is created by embedded migrations when the store opens.
 //!
+//! **One statement per append**: a single-stream append is one autocommit
+//! `INSERT ... SELECT` whose `WHERE` holds the expected-version, tombstone and
+//! repeat checks; a trigger keeps `es_streams` in step. Multi-stream appends
+//! (and failed checks, to report why) use a `BEGIN IMMEDIATE` transaction.
+//!
 //! **Global order**: appends go through a write pool of exactly one
 //! connection and run in `BEGIN IMMEDIATE` transactions, so there is one
 //! writer at a time and positions (the rowid) are assigned and committed in
@@ -236,6 +241,105 @@ impl SqliteEventStore {
     }
 }
 
+impl SqliteEventStore {
+    /// The fast path for one stream: a single autocommit `INSERT ... SELECT`
+    /// whose `WHERE` holds the expected-version, tombstone and repeat checks,
+    /// so the check and the write are one atomic statement. Zero rows back
+    /// means a check failed; a follow-up read says which.
+    async fn append_single(&self, r: &AppendRequest) -> Result<AppendResult> {
+        let expected_sql = match r.expected {
+            ExpectedVersion::Any => "1",
+            ExpectedVersion::NoStream => "base.version = 0",
+            ExpectedVersion::StreamExists => "base.version > 0",
+            ExpectedVersion::Exact(_) => "base.version = ?",
+        };
+        let mut sql = String::from(
+            "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
+             schema_version, recorded_at, payload, metadata) \
+             SELECT v.column1, ?, base.version + v.column2, ?, v.column3, v.column4, ?, v.column5, v.column6 \
+             FROM (VALUES ",
+        );
+        for i in 0..r.events.len() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?)"
+            });
+        }
+        sql.push_str(
+            ") AS v, (SELECT COALESCE((SELECT version FROM es_streams WHERE stream_id = ?), 0) AS version, \
+             COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?), 0) AS deleted) AS base \
+             WHERE base.deleted = 0 AND ",
+        );
+        sql.push_str(expected_sql);
+        sql.push_str(
+            " AND NOT EXISTS (SELECT 1 FROM es_events WHERE event_id = ?) \
+             ORDER BY v.column2 RETURNING stream_version, global_position",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&r.stream_id)
+            .bind(category(&r.stream_id))
+            .bind(to_micros(crate::event::now()));
+        for (i, e) in r.events.iter().enumerate() {
+            q = q
+                .bind(e.event_id.to_string())
+                .bind(i as i64 + 1)
+                .bind(&e.event_type)
+                .bind(i64::from(e.schema_version))
+                .bind(e.payload.to_string())
+                .bind(serde_json::to_string(&e.metadata)?);
+        }
+        q = q.bind(&r.stream_id).bind(&r.stream_id);
+        if let ExpectedVersion::Exact(n) = r.expected {
+            q = q.bind(to_i64(n));
+        }
+        let first = r
+            .events
+            .first()
+            .map(|e| e.event_id.to_string())
+            .unwrap_or_default();
+        q = q.bind(first);
+        let rows = match q.fetch_all(&self.write).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                // A later event id of the batch is already stored.
+                let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+                let known: Option<String> = sqlx::query_scalar(
+                    "SELECT event_id FROM es_events WHERE event_id IN (SELECT value FROM json_each(?)) LIMIT 1",
+                )
+                .bind(serde_json::to_string(&ids)?)
+                .fetch_optional(&self.write)
+                .await?;
+                let event_id = known
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or(r.events[0].event_id);
+                return Err(Error::DuplicateEventId { event_id });
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if !rows.is_empty() {
+            let mut pairs = rows
+                .iter()
+                .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            pairs.sort_unstable();
+            return Ok(AppendResult {
+                stream_id: r.stream_id.clone(),
+                version: pairs.last().map_or(0, |p| to_u64(p.0)),
+                positions: pairs.into_iter().map(|(_, p)| to_u64(p)).collect(),
+            });
+        }
+        // A check failed: the general path (in one transaction) says which,
+        // or appends if the stream moved to a matching state meanwhile.
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = self.append_tx(&mut tx, std::slice::from_ref(r)).await?;
+        tx.commit().await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Corrupt("append returned no result".into()))
+    }
+}
+
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version INTEGER PRIMARY KEY)")
@@ -305,9 +409,17 @@ fn decode_row(row: &SqliteRow) -> Result<StoredEvent> {
 impl EventStore for SqliteEventStore {
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        let results = self.append_tx(&mut tx, &requests).await?;
-        tx.commit().await?;
+        let results = match requests.as_slice() {
+            [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
+                vec![self.append_single(single).await?]
+            }
+            _ => {
+                let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+                let results = self.append_tx(&mut tx, &requests).await?;
+                tx.commit().await?;
+                results
+            }
+        };
         if let Some(max) = results.iter().flat_map(|r| r.positions.last()).max() {
             self.head.send_if_modified(|h| {
                 let newer = *max > *h;
