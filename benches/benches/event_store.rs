@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use tokio::runtime::Runtime;
 use trellis_eventsourcing::{
-    Aggregate, DomainEvent, EventStore, ExpectedVersion, NewEvent, PgEventStore, Repository, SnapshotPolicy,
-    SqliteEventStore,
+    Aggregate, DomainEvent, EventStore, ExpectedVersion, NewEvent, PgEventStore, Repository,
+    SnapshotPolicy, SqliteEventStore,
 };
 
 const TASKS: usize = 8;
@@ -46,7 +48,12 @@ fn tmp_db(name: &str) -> String {
 
 /// The raw baseline: the same rows, a table with the same unique (stream, version) key.
 trait Raw: Clone + Send + Sync + 'static {
-    fn insert(&self, stream: String, first_version: u64, n: usize) -> impl Future<Output = ()> + Send;
+    fn insert(
+        &self,
+        stream: String,
+        first_version: u64,
+        n: usize,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 #[derive(Clone)]
@@ -59,7 +66,11 @@ impl RawSqlite {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("open");
         sqlx::raw_sql(
             "CREATE TABLE raw_events (global_position INTEGER PRIMARY KEY, event_id TEXT NOT NULL, stream_id TEXT NOT NULL, \
              stream_version INTEGER NOT NULL, event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, recorded_at INTEGER NOT NULL, \
@@ -122,14 +133,24 @@ impl Raw for RawPg {
 }
 
 fn events(n: usize) -> Vec<NewEvent> {
-    (0..n as u64).map(|i| NewEvent::new("OrderPlaced", payload(i))).collect()
+    (0..n as u64)
+        .map(|i| NewEvent::new("OrderPlaced", payload(i)))
+        .collect()
 }
 
 /// One event per append on one stream: `iters` sequential appends.
-async fn store_one<S: EventStore>(store: &S, stream: &str, version: &mut u64, iters: u64) -> Duration {
+async fn store_one<S: EventStore>(
+    store: &S,
+    stream: &str,
+    version: &mut u64,
+    iters: u64,
+) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
-        let r = store.append(stream, ExpectedVersion::Exact(*version), events(1)).await.expect("append");
+        let r = store
+            .append(stream, ExpectedVersion::Exact(*version), events(1))
+            .await
+            .expect("append");
         *version = r.version;
     }
     start.elapsed()
@@ -154,7 +175,10 @@ async fn store_batches<S: EventStore + Clone>(store: &S, round: &mut u64, iters:
             tokio::spawn(async move {
                 for i in 0..iters {
                     let stream = format!("order-{}", (t + TASKS * ((base + i) as usize)) % STREAMS);
-                    store.append(&stream, ExpectedVersion::Any, events(BATCH)).await.expect("append");
+                    store
+                        .append(&stream, ExpectedVersion::Any, events(BATCH))
+                        .await
+                        .expect("append");
                 }
             })
         })
@@ -167,7 +191,12 @@ async fn store_batches<S: EventStore + Clone>(store: &S, round: &mut u64, iters:
 }
 
 /// The raw baseline tracks versions per (task, stream) slot so keys never collide.
-async fn raw_batches<R: Raw>(raw: &R, versions: &Arc<Vec<std::sync::Mutex<u64>>>, round: &mut u64, iters: u64) -> Duration {
+async fn raw_batches<R: Raw>(
+    raw: &R,
+    versions: &Arc<Vec<std::sync::Mutex<u64>>>,
+    round: &mut u64,
+    iters: u64,
+) -> Duration {
     let start = Instant::now();
     let base = *round;
     let tasks: Vec<_> = (0..TASKS)
@@ -217,7 +246,10 @@ impl Aggregate for Cart {
     type Event = CartEvent;
     type Error = Never;
     fn handle(&self, (): ()) -> Result<Vec<CartEvent>, Never> {
-        Ok(vec![CartEvent::Added { sku: "SKU-1".into(), quantity: 1 }])
+        Ok(vec![CartEvent::Added {
+            sku: "SKU-1".into(),
+            quantity: 1,
+        }])
     }
     fn apply(&mut self, CartEvent::Added { quantity, .. }: &CartEvent) {
         self.items += u64::from(*quantity);
@@ -229,9 +261,18 @@ impl Aggregate for Cart {
 async fn seed_cart<S: EventStore + trellis_eventsourcing::SnapshotStore + Clone>(store: &S) {
     for chunk in 0..10 {
         let batch: Vec<NewEvent> = (0..1000)
-            .map(|i| NewEvent::from_domain(&CartEvent::Added { sku: format!("SKU-{i}"), quantity: 2 }).expect("encode"))
+            .map(|i| {
+                NewEvent::from_domain(&CartEvent::Added {
+                    sku: format!("SKU-{i}"),
+                    quantity: 2,
+                })
+                .expect("encode")
+            })
             .collect();
-        store.append("cart-big", ExpectedVersion::Exact(chunk * 1000), batch).await.expect("seed");
+        store
+            .append("cart-big", ExpectedVersion::Exact(chunk * 1000), batch)
+            .await
+            .expect("seed");
     }
     let repo = Repository::<Cart, S>::new(store.clone());
     let loaded = repo.load("big").await.expect("load");
@@ -290,7 +331,8 @@ where
             }
         })
     });
-    let versions: Arc<Vec<std::sync::Mutex<u64>>> = Arc::new((0..STREAMS).map(|_| std::sync::Mutex::new(0)).collect());
+    let versions: Arc<Vec<std::sync::Mutex<u64>>> =
+        Arc::new((0..STREAMS).map(|_| std::sync::Mutex::new(0)).collect());
     let raw_round = Arc::new(AtomicU64::new(0));
     g.bench_function("raw_sqlx", |b| {
         b.to_async(rt).iter_custom(|iters| {
@@ -308,7 +350,10 @@ where
     rt.block_on(seed_cart(&store));
     let mut g = c.benchmark_group(format!("event_store/{name}/load_10k"));
     g.sample_size(10);
-    for (label, policy) in [("no_snapshot", SnapshotPolicy::Never), ("snapshot", SnapshotPolicy::EveryNEvents(1000))] {
+    for (label, policy) in [
+        ("no_snapshot", SnapshotPolicy::Never),
+        ("snapshot", SnapshotPolicy::EveryNEvents(1000)),
+    ] {
         let repo = Repository::<Cart, S>::new(store.clone()).with_snapshot_policy(policy);
         g.bench_with_input(BenchmarkId::from_parameter(label), &repo, |b, repo| {
             b.to_async(rt).iter(|| async {
@@ -322,8 +367,14 @@ where
 }
 
 fn all(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let store = rt.block_on(SqliteEventStore::open(&tmp_db("trellis"))).expect("open sqlite store");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = rt
+        .block_on(SqliteEventStore::open(&tmp_db("trellis")))
+        .expect("open sqlite store");
     let raw = rt.block_on(RawSqlite::open());
     bench_backend(c, &rt, "sqlite", store, raw);
 
@@ -350,7 +401,9 @@ fn all(c: &mut Criterion) {
     });
     bench_backend(c, &rt, "postgres", store, raw);
     rt.block_on(async {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await;
     });
 }
 
