@@ -145,3 +145,78 @@ async fn relay_to_jetstream_survives_outage_restart_and_duplicates() {
     assert_eq!(seen, ids, "every event exactly once per id, in order");
     js.delete_stream(&stream_name).await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after_restart() {
+    let Some(url) = env_url("TRELLIS_TEST_NATS_URL") else {
+        return;
+    };
+    // A port nobody listens on: the "broker" is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let down_client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .expect("lazy client");
+    let mut down_js = jetstream::new(down_client);
+    down_js.set_timeout(Duration::from_millis(200));
+
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("trellis_es_{tag}");
+    let stream_name = format!("TRELLIS_ES_{tag}");
+    let store = MemoryStore::new();
+    let ids = append(&store, "order-7", 6).await;
+
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        NatsPublisher::new(down_js, prefix.clone()),
+        RelayOptions::default(),
+    );
+    for _ in 0..2 {
+        assert!(
+            matches!(relay.run_once().await, Err(Error::Publish { .. })),
+            "publishing to a dead broker fails"
+        );
+    }
+    assert_eq!(
+        store.load_checkpoint("outbox").await.expect("cp"),
+        0,
+        "nothing skipped"
+    );
+
+    // "Restart" against the real broker: continues from the checkpoint.
+    let client = async_nats::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_NATS_URL reachable");
+    let js = jetstream::new(client);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        NatsPublisher::new(js.clone(), prefix),
+        RelayOptions::default(),
+    );
+    assert_eq!(relay.run_once().await.expect("delivered"), 6);
+    let mut stream = js.get_stream(&stream_name).await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 6);
+    let mut seen = Vec::new();
+    for seq in 1..=6 {
+        let msg = stream.get_raw_message(seq).await.expect("message");
+        seen.push(
+            serde_json::from_slice::<StoredEvent>(&msg.payload)
+                .expect("json")
+                .event_id,
+        );
+    }
+    assert_eq!(seen, ids);
+    js.delete_stream(&stream_name).await.expect("cleanup");
+}
