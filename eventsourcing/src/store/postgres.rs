@@ -8,6 +8,14 @@
 //! the expected version, inserts, updates the stream row and notifies; a
 //! multi-stream append calls it once per stream inside one transaction.
 //!
+//! **Group commit**: appends from one store (and its clones) go through one
+//! writer task. When several are waiting, it runs them in one transaction,
+//! each multi-stream append inside a savepoint, so they share one lock
+//! acquisition and one commit. A check failure (conflict, tombstone) only
+//! fails its own append; an error that aborts the transaction makes the
+//! writer rerun each append of the group alone (safe: event ids make a
+//! repeated append idempotent).
+//!
 //! **Global order**: every append takes `pg_advisory_xact_lock(7239,
 //! hashtext(current_schema()))` before it reads stream versions and assigns
 //! positions, and holds it until commit. PostgreSQL makes a committed
@@ -28,7 +36,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::event::{
@@ -68,7 +76,20 @@ pub struct PgEventStore {
     head: Arc<watch::Sender<u64>>,
     listening: Arc<AtomicBool>,
     limits: StoreLimits,
+    /// Appends go through one writer task per store, which groups concurrent
+    /// appends into one transaction (group commit, see the module docs).
+    writer: mpsc::Sender<Job>,
 }
+
+/// One caller's append, waiting for the group writer.
+#[derive(Debug)]
+struct Job {
+    requests: Vec<AppendRequest>,
+    reply: oneshot::Sender<Result<Vec<AppendResult>>>,
+}
+
+/// Most appends folded into one transaction.
+const MAX_GROUP: usize = 64;
 
 impl PgEventStore {
     /// Connects to `url` with a pool of 10 connections and runs migrations.
@@ -91,9 +112,13 @@ impl PgEventStore {
             sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
                 .fetch_one(&pool)
                 .await?;
+        let channel: Arc<str> = format!("trellis_es_{schema}").into();
+        let (writer, jobs) = mpsc::channel(1024);
+        tokio::spawn(group_writer(pool.clone(), channel.clone(), jobs));
         Ok(PgEventStore {
             pool,
-            channel: format!("trellis_es_{schema}").into(),
+            writer,
+            channel,
             head: Arc::new(watch::Sender::new(to_u64(head))),
             listening: Arc::new(AtomicBool::new(false)),
             limits: StoreLimits::default(),
@@ -118,31 +143,44 @@ impl PgEventStore {
 
     /// Appends one request through `es_append` on `conn` (inside the
     /// caller's transaction, or as its own autocommit statement).
-    async fn append_one(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        r: &AppendRequest,
-    ) -> Result<AppendResult> {
-        let (kind, n) = match r.expected {
-            ExpectedVersion::Any => (0, 0),
-            ExpectedVersion::NoStream => (1, 0),
-            ExpectedVersion::StreamExists => (2, 0),
-            ExpectedVersion::Exact(n) => (3, to_i64(n)),
-        };
-        let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
-        let types: Vec<&str> = r.events.iter().map(|e| e.event_type.as_str()).collect();
-        let schemas: Vec<i32> = r
-            .events
-            .iter()
-            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-            .collect();
-        let payloads: Vec<String> = r.events.iter().map(|e| e.payload.to_string()).collect();
-        let metas = r
-            .events
-            .iter()
-            .map(|e| serde_json::to_string(&e.metadata))
-            .collect::<Result<Vec<_>, _>>()?;
-        let (status, current, positions): (i32, i64, Option<Vec<i64>>) = sqlx::query_as(
+    async fn append_inner(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Error::Corrupt("the append writer task stopped".into());
+        self.writer
+            .send(Job { requests, reply })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Appends one request through `es_append` on `conn` (inside the caller's
+/// transaction, or as its own autocommit statement).
+async fn append_one(
+    channel: &str,
+    conn: &mut sqlx::PgConnection,
+    r: &AppendRequest,
+) -> Result<AppendResult> {
+    let (kind, n) = match r.expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(n) => (3, to_i64(n)),
+    };
+    let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+    let types: Vec<&str> = r.events.iter().map(|e| e.event_type.as_str()).collect();
+    let schemas: Vec<i32> = r
+        .events
+        .iter()
+        .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+        .collect();
+    let payloads: Vec<String> = r.events.iter().map(|e| e.payload.to_string()).collect();
+    let metas = r
+        .events
+        .iter()
+        .map(|e| serde_json::to_string(&e.metadata))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (status, current, positions): (i32, i64, Option<Vec<i64>>) = sqlx::query_as(
             "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
              $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11)",
         )
@@ -156,51 +194,134 @@ impl PgEventStore {
         .bind(&payloads)
         .bind(&metas)
         .bind(to_micros(crate::event::now()))
-        .bind(&*self.channel)
+        .bind(channel)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| DuplicateOr(e, r.events.iter().map(|e| e.event_id).collect()))
         .map_err(Error::from)?;
-        match status {
-            0 => Ok(AppendResult {
-                stream_id: r.stream_id.clone(),
-                version: to_u64(current),
-                positions: positions
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(to_u64)
-                    .collect(),
-            }),
-            1 => Err(Error::Conflict {
-                stream: r.stream_id.clone(),
-                expected: r.expected,
-                actual: to_u64(current),
-            }),
-            2 => {
-                let found = find_ids(conn, r).await?;
-                idempotent_result(r, &found)?
-                    .ok_or_else(|| Error::Corrupt("first event id vanished during append".into()))
+    match status {
+        0 => Ok(AppendResult {
+            stream_id: r.stream_id.clone(),
+            version: to_u64(current),
+            positions: positions
+                .unwrap_or_default()
+                .into_iter()
+                .map(to_u64)
+                .collect(),
+        }),
+        1 => Err(Error::Conflict {
+            stream: r.stream_id.clone(),
+            expected: r.expected,
+            actual: to_u64(current),
+        }),
+        2 => {
+            let found = find_ids(conn, r).await?;
+            idempotent_result(r, &found)?
+                .ok_or_else(|| Error::Corrupt("first event id vanished during append".into()))
+        }
+        3 => Err(Error::StreamDeleted {
+            stream: r.stream_id.clone(),
+        }),
+        other => Err(Error::Corrupt(format!("es_append returned status {other}"))),
+    }
+}
+
+/// One append on its own: autocommit for one stream, a transaction for several.
+async fn append_alone(
+    pool: &PgPool,
+    channel: &str,
+    requests: &[AppendRequest],
+) -> Result<Vec<AppendResult>> {
+    if let [single] = requests {
+        let mut conn = pool.acquire().await?;
+        return Ok(vec![append_one(channel, &mut conn, single).await?]);
+    }
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(requests.len());
+    for r in requests {
+        results.push(append_one(channel, &mut tx, r).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// Several callers' appends in one transaction: one lock acquisition and one
+/// commit (one WAL flush) for all. A multi-stream append runs inside a
+/// savepoint so its failure undoes only its own streams. `Err` means the
+/// transaction as a whole failed (nothing of it is committed).
+async fn append_group(
+    pool: &PgPool,
+    channel: &str,
+    jobs: &[Job],
+) -> Result<Vec<Result<Vec<AppendResult>>>> {
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let savepoint = job.requests.len() > 1;
+        if savepoint {
+            sqlx::query("SAVEPOINT es_job").execute(&mut *tx).await?;
+        }
+        let mut results = Vec::with_capacity(job.requests.len());
+        let mut failed = None;
+        for r in &job.requests {
+            match append_one(channel, &mut tx, r).await {
+                Ok(res) => results.push(res),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
-            3 => Err(Error::StreamDeleted {
-                stream: r.stream_id.clone(),
-            }),
-            other => Err(Error::Corrupt(format!("es_append returned status {other}"))),
+        }
+        match failed {
+            None => {
+                if savepoint {
+                    sqlx::query("RELEASE SAVEPOINT es_job")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                out.push(Ok(results));
+            }
+            Some(e) if savepoint => {
+                sqlx::query("ROLLBACK TO SAVEPOINT es_job")
+                    .execute(&mut *tx)
+                    .await?;
+                out.push(Err(e));
+            }
+            Some(e) => {
+                // A check failure (conflict, tombstone, repeat) leaves the
+                // transaction usable; a raised error aborts it.
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+                out.push(Err(e));
+            }
         }
     }
+    tx.commit().await?;
+    Ok(out)
+}
 
-    async fn append_inner(&self, requests: &[AppendRequest]) -> Result<Vec<AppendResult>> {
-        if let [single] = requests {
-            // One statement in autocommit: one round trip.
-            let mut conn = self.pool.acquire().await?;
-            return Ok(vec![self.append_one(&mut conn, single).await?]);
+async fn group_writer(pool: PgPool, channel: Arc<str>, mut rx: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let batch = std::mem::take(&mut jobs);
+        if batch.len() > 1 {
+            match append_group(&pool, &channel, &batch).await {
+                Ok(results) => {
+                    for (job, result) in batch.into_iter().zip(results) {
+                        let _ = job.reply.send(result);
+                    }
+                    continue;
+                }
+                // The group rolled back: run each append alone. Event ids
+                // make this safe even if the commit's outcome is unknown.
+                Err(err) => {
+                    tracing::debug!(%err, "group append failed, retrying appends one by one")
+                }
+            }
         }
-        let mut tx = self.pool.begin().await?;
-        let mut results = Vec::with_capacity(requests.len());
-        for r in requests {
-            results.push(self.append_one(&mut tx, r).await?);
+        for job in batch {
+            let result = append_alone(&pool, &channel, &job.requests).await;
+            let _ = job.reply.send(result);
         }
-        tx.commit().await?;
-        Ok(results)
     }
 }
 
@@ -326,15 +447,16 @@ async fn listen(
 impl EventStore for PgEventStore {
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
-        let results = match self.append_inner(&requests).await {
+        let all_ids: Vec<String> = requests
+            .iter()
+            .flat_map(|r| &r.events)
+            .map(|e| e.event_id.to_string())
+            .collect();
+        let results = match self.append_inner(requests).await {
             Ok(r) => r,
             Err(Error::DuplicateEventId { event_id }) => {
                 // Name the id that really collided (the insert error does not say).
-                let ids: Vec<String> = requests
-                    .iter()
-                    .flat_map(|r| &r.events)
-                    .map(|e| e.event_id.to_string())
-                    .collect();
+                let ids = all_ids;
                 let known: Option<String> = sqlx::query_scalar(
                     "SELECT event_id::text FROM es_events WHERE event_id = ANY($1::text[]::uuid[]) \
                      ORDER BY global_position LIMIT 1",

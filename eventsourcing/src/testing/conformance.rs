@@ -59,6 +59,7 @@ where
     gap_free_global_order(new_store().await).await;
     read_all_filters(new_store().await).await;
     multi_stream_append_is_atomic(new_store().await).await;
+    concurrent_mixed_appends_stay_atomic(new_store().await).await;
     tombstoned_stream(new_store().await).await;
     limits_are_checked_before_writing(new_store().await).await;
     unknown_event_type(new_store().await).await;
@@ -546,6 +547,80 @@ pub async fn multi_stream_append_is_atomic<S: ConformanceStore>(store: S) {
             .len(),
         3
     );
+}
+
+/// Concurrent multi-stream appends that race on one stream, mixed with
+/// appends that fail on an already-stored event id: every append is all or
+/// nothing, whatever the backend groups together.
+pub async fn concurrent_mixed_appends_stay_atomic<S: ConformanceStore>(store: S) {
+    let stored = ev("Seed", 0);
+    store
+        .append("seed-1", ExpectedVersion::NoStream, vec![stored.clone()])
+        .await
+        .expect("seed");
+    let barrier = Arc::new(Barrier::new(8));
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let (store, barrier, stored) = (store.clone(), barrier.clone(), stored.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut wins = 0u64;
+            for round in 0..10u64 {
+                barrier.wait().await;
+                if t % 4 == 3 {
+                    // Fails on the second id: nothing of it may be written.
+                    let r = store
+                        .append(&format!("dup-{t}"), ExpectedVersion::Any, vec![ev("New", round), stored.clone()])
+                        .await;
+                    assert!(matches!(r, Err(Error::DuplicateEventId { event_id }) if event_id == stored.event_id), "{r:?}");
+                    continue;
+                }
+                let shared = store.stream_version("shared-1").await.expect("version");
+                let r = store
+                    .append_many(vec![
+                        AppendRequest::new(format!("own-{t}"), ExpectedVersion::Any, vec![ev("Mine", round)]),
+                        AppendRequest::new("shared-1", ExpectedVersion::Exact(shared), vec![ev("Shared", t)]),
+                    ])
+                    .await;
+                match r {
+                    Ok(_) => wins += 1,
+                    Err(Error::Conflict { ref stream, .. }) if stream == "shared-1" => {}
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            (t, wins)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        let (t, wins) = task.await.expect("task");
+        total += wins;
+        let own = store
+            .stream_version(&format!("own-{t}"))
+            .await
+            .expect("own");
+        assert_eq!(
+            own, wins,
+            "task {t}: own stream written exactly when the shared append won"
+        );
+        assert_eq!(
+            store
+                .stream_version(&format!("dup-{t}"))
+                .await
+                .expect("dup"),
+            0,
+            "failed append wrote nothing"
+        );
+    }
+    assert!(total >= 10, "at least one winner per round");
+    assert_eq!(
+        store.stream_version("shared-1").await.expect("shared"),
+        total
+    );
+    let all = store
+        .read_all(0, &EventFilter::all(), 10_000)
+        .await
+        .expect("all");
+    assert_eq!(all.len() as u64, 1 + 2 * total);
 }
 
 /// Tombstoned streams refuse reads and appends; their events stay in "all".
