@@ -8,8 +8,9 @@
 //!
 //! * **memory**: appends take one mutex; positions are assigned and published
 //!   under it.
-//! * **SQLite**: one writer at a time (`BEGIN IMMEDIATE` on a single-connection
-//!   write pool). Positions come from an `INTEGER PRIMARY KEY`, assigned and
+//! * **SQLite**: one writer at a time: every write goes through a write pool
+//!   of exactly one connection (single statements in autocommit, multi-statement
+//!   appends in `BEGIN IMMEDIATE`). Positions come from an `INTEGER PRIMARY KEY`, assigned and
 //!   committed by that writer in order.
 //! * **PostgreSQL**: every append takes one transaction-scoped advisory lock
 //!   (`pg_advisory_xact_lock`, keyed by the schema) before it assigns positions
