@@ -8,6 +8,9 @@
 //! which an event could be skipped or delivered twice; the backend's gap-free
 //! global order (see [`store`](crate::store)) does the rest. A slow consumer
 //! fills the channel and the reader waits: backpressure, no unbounded buffer.
+//! A filtered subscription reads the head position before each read, so a
+//! short batch lets it skip past non-matching events instead of rescanning
+//! them on every poll.
 
 use std::time::Duration;
 
@@ -125,11 +128,31 @@ async fn run<S: EventStore>(
     let mut head = store.watch_head();
     let mut after = options.after;
     let batch_size = options.batch_size.max(1);
+    let filtered = options.filter != EventFilter::all();
     loop {
         // Mark the head seen *before* reading, so an append that lands after
         // the read still wakes the wait below.
         head.borrow_and_update();
+        // A filtered read that comes back short has seen every match up to
+        // the head read before it, so the scan can resume from there instead
+        // of rescanning non-matching events on every poll.
+        let scanned_to = if filtered {
+            store.head_position().await.ok()
+        } else {
+            None
+        };
         match store.read_all(after, &options.filter, batch_size).await {
+            Ok(batch) if batch.len() < batch_size && scanned_to.is_some_and(|h| h > after) => {
+                for event in batch {
+                    after = after.max(event.global_position);
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                // Events appended after the head was read may be in the batch:
+                // never move back behind them.
+                after = after.max(scanned_to.unwrap_or(after));
+            }
             Ok(batch) if batch.is_empty() => {
                 tokio::select! {
                     changed = head.changed() => {

@@ -242,6 +242,10 @@ impl EventStore for MemoryStore {
         Ok(())
     }
 
+    async fn head_position(&self) -> Result<u64> {
+        Ok(self.lock().events.len() as u64)
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }

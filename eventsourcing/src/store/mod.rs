@@ -212,6 +212,10 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// The highest global position visible now (0 = empty store). Thanks to
+    /// the gap-free order, every event at or below it is visible too.
+    fn head_position(&self) -> impl Future<Output = Result<u64>> + Send;
+
     /// A watch of the highest global position this process knows of. It is a
     /// hint to wake subscriptions early; they poll as well, because another
     /// process may write without telling this one.

@@ -577,6 +577,14 @@ impl EventStore for PgEventStore {
         Ok(())
     }
 
+    async fn head_position(&self) -> Result<u64> {
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(to_u64(head))
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         let rx = self.head.subscribe();
         if !self.listening.swap(true, Ordering::AcqRel) {

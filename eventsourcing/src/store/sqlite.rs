@@ -528,6 +528,14 @@ impl EventStore for SqliteEventStore {
         Ok(())
     }
 
+    async fn head_position(&self) -> Result<u64> {
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(to_u64(head))
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }

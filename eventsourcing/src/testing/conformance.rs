@@ -164,6 +164,7 @@ pub async fn append_and_read_stream<S: ConformanceStore>(store: S) {
     );
     assert_eq!(store.stream_version("cart-1").await.expect("version"), 6);
     assert_eq!(store.stream_version("nope-1").await.expect("version"), 0);
+    assert_eq!(store.head_position().await.expect("head"), r2.positions[0]);
 }
 
 /// `Any`, `NoStream`, `StreamExists` and `Exact` with typed conflicts.
@@ -997,6 +998,71 @@ pub async fn subscription_exactly_once_across_switch<S: ConformanceStore>(store:
         .expect("open")
         .expect("ok");
     assert_eq!(first.event_id, ids[0]);
+
+    // A sparse event-type filter across the catch-up/live switch: exactly the
+    // matching events, once each, in order.
+    let mut wanted = Vec::new();
+    for i in 0..40u64 {
+        let e = ev(if i % 7 == 0 { "Wanted" } else { "Noise" }, i);
+        if i % 7 == 0 {
+            wanted.push(e.event_id);
+        }
+        store
+            .append("mix-1", ExpectedVersion::Any, vec![e])
+            .await
+            .expect("append");
+    }
+    let mut sparse = Subscription::start(
+        store.clone(),
+        SubscriptionOptions {
+            batch_size: 3,
+            ..SubscriptionOptions::default()
+                .filter(EventFilter::event_types(["Wanted"]))
+                .poll_interval(Duration::from_millis(20))
+        },
+    );
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut wanted = Vec::new();
+            for i in 40..80u64 {
+                let e = ev(if i % 7 == 0 { "Wanted" } else { "Noise" }, i);
+                if i % 7 == 0 {
+                    wanted.push(e.event_id);
+                }
+                store
+                    .append("mix-1", ExpectedVersion::Any, vec![e])
+                    .await
+                    .expect("append");
+            }
+            wanted
+        })
+    };
+    wanted.extend(writer.await.expect("writer"));
+    let mut got = Vec::new();
+    while got.len() < wanted.len() {
+        let e = tokio::time::timeout(Duration::from_secs(30), sparse.recv())
+            .await
+            .expect("delivers")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(e.event_type, "Wanted");
+        got.push(e.event_id);
+    }
+    assert_eq!(got, wanted);
+    store
+        .append("mix-1", ExpectedVersion::Any, vec![ev("Wanted", 999)])
+        .await
+        .expect("append");
+    let last = tokio::time::timeout(Duration::from_secs(30), sparse.recv())
+        .await
+        .expect("live")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(
+        last.payload["n"], 999,
+        "no duplicate before the next live event"
+    );
 }
 
 /// Checkpoints default to 0 and persist the last saved value.
