@@ -1,0 +1,276 @@
+//! An in-memory store for tests and examples.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent,
+};
+use crate::store::{
+    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
+    idempotent_result,
+};
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Indexes into `Inner::events`, by version - 1.
+    events: Vec<usize>,
+    deleted: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    events: Vec<StoredEvent>,
+    streams: HashMap<String, StreamState>,
+    by_id: HashMap<Uuid, usize>,
+    snapshots: HashMap<String, Snapshot>,
+    checkpoints: HashMap<String, u64>,
+}
+
+/// An event, snapshot and checkpoint store held in memory. Clones share the
+/// same data. It grows without bound: for tests and examples only.
+///
+/// Subscriptions are woken in-process through [`EventStore::watch_head`].
+///
+/// # Examples
+///
+/// ```
+/// use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let r = store
+///     .append("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("Placed", serde_json::json!({}))])
+///     .await?;
+/// assert_eq!((r.version, r.positions), (1, vec![1]));
+/// # Ok::<_, trellis_eventsourcing::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    head: Arc<watch::Sender<u64>>,
+    limits: StoreLimits,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store with default limits.
+    pub fn new() -> Self {
+        Self::with_limits(StoreLimits::default())
+    }
+
+    /// An empty store with `limits`.
+    pub fn with_limits(limits: StoreLimits) -> Self {
+        MemoryStore {
+            inner: Arc::default(),
+            head: Arc::new(watch::Sender::new(0)),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated:
+        // appends validate everything before the first mutation.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn append_locked(
+        &self,
+        inner: &mut Inner,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<AppendResult>> {
+        // Phase 1: decide every request without mutating anything.
+        let mut repeats = Vec::with_capacity(requests.len());
+        for r in &requests {
+            let found: Vec<StoredEvent> = r
+                .events
+                .iter()
+                .filter_map(|e| inner.by_id.get(&e.event_id))
+                .map(|&i| inner.events[i].clone())
+                .collect();
+            match idempotent_result(r, &found)? {
+                Some(done) => repeats.push(Some(done)),
+                None => {
+                    let (current, deleted) = inner
+                        .streams
+                        .get(&r.stream_id)
+                        .map_or((0, false), |s| (s.events.len() as u64, s.deleted));
+                    check_expected(&r.stream_id, r.expected, current, deleted)?;
+                    repeats.push(None);
+                }
+            }
+        }
+        // Phase 2: write.
+        let recorded_at = crate::event::now();
+        let mut results = Vec::with_capacity(requests.len());
+        for (r, repeat) in requests.into_iter().zip(repeats) {
+            if let Some(done) = repeat {
+                results.push(done);
+                continue;
+            }
+            let base = inner
+                .streams
+                .get(&r.stream_id)
+                .map_or(0, |s| s.events.len() as u64);
+            let mut positions = Vec::with_capacity(r.events.len());
+            for (i, e) in r.events.into_iter().enumerate() {
+                let index = inner.events.len();
+                inner.by_id.insert(e.event_id, index);
+                inner.events.push(StoredEvent {
+                    event_id: e.event_id,
+                    stream_id: r.stream_id.clone(),
+                    stream_version: base + i as u64 + 1,
+                    global_position: index as u64 + 1,
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    recorded_at,
+                    payload: e.payload,
+                    metadata: e.metadata,
+                });
+                positions.push(index as u64 + 1);
+            }
+            let stream = inner.streams.entry(r.stream_id.clone()).or_default();
+            stream
+                .events
+                .extend(positions.iter().map(|p| (*p - 1) as usize));
+            let version = stream.events.len() as u64;
+            results.push(AppendResult {
+                stream_id: r.stream_id,
+                version,
+                positions,
+            });
+        }
+        Ok(results)
+    }
+}
+
+impl EventStore for MemoryStore {
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let (results, head) = {
+            let mut inner = self.lock();
+            let results = self.append_locked(&mut inner, requests)?;
+            (results, inner.events.len() as u64)
+        };
+        self.head.send_replace(head);
+        Ok(results)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let inner = self.lock();
+        let Some(stream) = inner.streams.get(stream_id) else {
+            return Ok(Vec::new());
+        };
+        if stream.deleted {
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
+        }
+        let len = stream.events.len() as u64;
+        let pick = |v: u64| inner.events[stream.events[(v - 1) as usize]].clone();
+        Ok(match direction {
+            Direction::Forwards => (from.max(1)..=len).take(max_count).map(pick).collect(),
+            Direction::Backwards => {
+                if from == 0 {
+                    Vec::new()
+                } else {
+                    (1..=from.min(len))
+                        .rev()
+                        .take(max_count)
+                        .map(pick)
+                        .collect()
+                }
+            }
+        })
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let inner = self.lock();
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(inner.events.len());
+        Ok(inner.events[start..]
+            .iter()
+            .filter(|e| filter.matches(e))
+            .take(max_count)
+            .cloned()
+            .collect())
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        let inner = self.lock();
+        match inner.streams.get(stream_id) {
+            None => Ok(0),
+            Some(s) if s.deleted => Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            }),
+            Some(s) => Ok(s.events.len() as u64),
+        }
+    }
+
+    async fn tombstone(&self, stream_id: &str, expected: ExpectedVersion) -> Result<()> {
+        let mut inner = self.lock();
+        let stream = inner.streams.entry(stream_id.to_owned()).or_default();
+        check_expected(
+            stream_id,
+            expected,
+            stream.events.len() as u64,
+            stream.deleted,
+        )?;
+        stream.deleted = true;
+        inner.snapshots.remove(stream_id);
+        Ok(())
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        Ok(self.lock().events.len() as u64)
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+}
+
+impl SnapshotStore for MemoryStore {
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        Ok(self.lock().snapshots.get(stream_id).cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.lock()
+            .snapshots
+            .insert(snapshot.stream_id.clone(), snapshot);
+        Ok(())
+    }
+}
+
+impl CheckpointStore for MemoryStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<u64> {
+        Ok(self.lock().checkpoints.get(name).copied().unwrap_or(0))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        self.lock().checkpoints.insert(name.to_owned(), position);
+        Ok(())
+    }
+}

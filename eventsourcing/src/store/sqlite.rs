@@ -1,0 +1,598 @@
+//! SQLite event store (feature `sqlite`, the default).
+//!
+//! Bundled SQLite through sqlx, in WAL mode with `synchronous = NORMAL`
+//! (durable across process crashes; the last commits may be lost on power
+//! loss — pass your own options with `synchronous = FULL` if that matters).
+//! The schema is created by embedded migrations when the store opens.
+//!
+//! **One statement per append**: a single-stream append is one autocommit
+//! `INSERT ... SELECT` whose `WHERE` holds the expected-version, tombstone and
+//! repeat checks; a trigger keeps `es_streams` in step. Multi-stream appends
+//! (and failed checks, to report why) use a `BEGIN IMMEDIATE` transaction.
+//!
+//! **Global order**: appends go through a write pool of exactly one
+//! connection and run in `BEGIN IMMEDIATE` transactions, so there is one
+//! writer at a time and positions (the rowid) are assigned and committed in
+//! order; a reader can never see position P+1 before P. Reads use a separate
+//! pool (a single shared connection for `sqlite::memory:`).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::event::{
+    AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
+    from_micros, to_micros,
+};
+use crate::store::{
+    CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
+    idempotent_result, limit, to_i64, to_u64,
+};
+
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_stream_trigger.sql"),
+    ),
+];
+
+/// Rows per multi-row `INSERT` (9 parameters each, well under SQLite's limit).
+const ROWS_PER_INSERT: usize = 256;
+
+const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata";
+
+/// An event, snapshot and checkpoint store in one SQLite database.
+///
+/// # Examples
+///
+/// ```
+/// use trellis_eventsourcing::{EventStore, ExpectedVersion, NewEvent, SqliteEventStore};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = SqliteEventStore::open("sqlite::memory:").await?;
+/// let r = store.append("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("Placed", serde_json::json!({}))]).await?;
+/// assert_eq!(r.version, 1);
+/// # Ok::<_, trellis_eventsourcing::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteEventStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    head: Arc<watch::Sender<u64>>,
+    limits: StoreLimits,
+}
+
+impl SqliteEventStore {
+    /// Opens (creating if missing) `target`: a `sqlite:` URL (`sqlite::memory:`,
+    /// `sqlite://path/to.db`) or a plain file path. Runs migrations.
+    pub async fn open(target: &str) -> Result<Self> {
+        let options = if target.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(target)?
+        } else {
+            SqliteConnectOptions::new().filename(target)
+        };
+        let in_memory = target.contains(":memory:") || target.contains("mode=memory");
+        Self::open_with(options, in_memory, StoreLimits::default()).await
+    }
+
+    /// Opens with explicit connect options and limits. WAL, `synchronous =
+    /// NORMAL`, a busy timeout and `create_if_missing` are applied on top.
+    /// `in_memory` makes reads and writes share one connection (each
+    /// connection to `:memory:` is its own database).
+    pub async fn open_with(
+        options: SqliteConnectOptions,
+        in_memory: bool,
+        limits: StoreLimits,
+    ) -> Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let single = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+        let write = single.connect_with(options.clone()).await?;
+        let read = if in_memory {
+            write.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?
+        };
+        migrate(&write).await?;
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
+                .fetch_one(&write)
+                .await?;
+        Ok(SqliteEventStore {
+            write,
+            read,
+            head: Arc::new(watch::Sender::new(to_u64(head))),
+            limits,
+        })
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Closes both pools, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    async fn append_tx(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        requests: &[AppendRequest],
+    ) -> Result<Vec<AppendResult>> {
+        let recorded_at = to_micros(crate::event::now());
+        let mut results = Vec::with_capacity(requests.len());
+        for r in requests {
+            // One statement: is the first id known, and where is the stream?
+            // Only when the first id is known can this be a repeat; a later
+            // known id fails the UNIQUE(event_id) insert below instead.
+            let first = r
+                .events
+                .first()
+                .map(|e| e.event_id.to_string())
+                .unwrap_or_default();
+            let (known, version, deleted): (i64, i64, i64) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM es_events WHERE event_id = ?), \
+                 COALESCE((SELECT version FROM es_streams WHERE stream_id = ?), 0), \
+                 COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?), 0)",
+            )
+            .bind(first)
+            .bind(&r.stream_id)
+            .bind(&r.stream_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            if known != 0 {
+                let found = find_ids(tx, r).await?;
+                if let Some(done) = idempotent_result(r, &found)? {
+                    results.push(done);
+                    continue;
+                }
+            }
+            let current = to_u64(version);
+            check_expected(&r.stream_id, r.expected, current, deleted != 0)?;
+            let cat = category(&r.stream_id);
+            let mut positions = Vec::with_capacity(r.events.len());
+            for (chunk_no, chunk) in r.events.chunks(ROWS_PER_INSERT).enumerate() {
+                let first_version = current + (chunk_no * ROWS_PER_INSERT) as u64 + 1;
+                let mut sql = String::from(
+                    "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
+                     schema_version, recorded_at, payload, metadata) VALUES ",
+                );
+                for i in 0..chunk.len() {
+                    sql.push_str(if i == 0 {
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    } else {
+                        ", (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    });
+                }
+                // RETURNING order is unspecified in SQLite: sort by version.
+                sql.push_str(" RETURNING stream_version, global_position");
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (i, e) in chunk.iter().enumerate() {
+                    q = q
+                        .bind(e.event_id.to_string())
+                        .bind(&r.stream_id)
+                        .bind(to_i64(first_version + i as u64))
+                        .bind(cat)
+                        .bind(&e.event_type)
+                        .bind(i64::from(e.schema_version))
+                        .bind(recorded_at)
+                        .bind(e.payload.to_string())
+                        .bind(serde_json::to_string(&e.metadata)?);
+                }
+                match q.fetch_all(&mut **tx).await {
+                    Ok(rows) => {
+                        let mut pairs = rows
+                            .iter()
+                            .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?)))
+                            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                        pairs.sort_unstable();
+                        positions.extend(pairs.into_iter().map(|(_, p)| to_u64(p)));
+                    }
+                    Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                        // (stream, version) cannot collide under the single
+                        // writer: an event id of this chunk is already stored.
+                        let ids: Vec<String> =
+                            chunk.iter().map(|e| e.event_id.to_string()).collect();
+                        let known: Option<String> = sqlx::query_scalar(
+                            "SELECT event_id FROM es_events WHERE event_id IN (SELECT value FROM json_each(?)) LIMIT 1",
+                        )
+                        .bind(serde_json::to_string(&ids)?)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        let event_id = known
+                            .and_then(|k| k.parse().ok())
+                            .unwrap_or(chunk[0].event_id);
+                        return Err(Error::DuplicateEventId { event_id });
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            let version = current + r.events.len() as u64;
+            results.push(AppendResult {
+                stream_id: r.stream_id.clone(),
+                version,
+                positions,
+            });
+        }
+        Ok(results)
+    }
+}
+
+impl SqliteEventStore {
+    /// The fast path for one stream: a single autocommit `INSERT ... SELECT`
+    /// whose `WHERE` holds the expected-version, tombstone and repeat checks,
+    /// so the check and the write are one atomic statement. Zero rows back
+    /// means a check failed; a follow-up read says which.
+    async fn append_single(&self, r: &AppendRequest) -> Result<AppendResult> {
+        let expected_sql = match r.expected {
+            ExpectedVersion::Any => "1",
+            ExpectedVersion::NoStream => "base.version = 0",
+            ExpectedVersion::StreamExists => "base.version > 0",
+            ExpectedVersion::Exact(_) => "base.version = ?",
+        };
+        let mut sql = String::from(
+            "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
+             schema_version, recorded_at, payload, metadata) \
+             SELECT v.column1, ?, base.version + v.column2, ?, v.column3, v.column4, ?, v.column5, v.column6 \
+             FROM (VALUES ",
+        );
+        for i in 0..r.events.len() {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?, ?, ?)"
+            });
+        }
+        sql.push_str(
+            ") AS v, (SELECT COALESCE((SELECT version FROM es_streams WHERE stream_id = ?), 0) AS version, \
+             COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?), 0) AS deleted) AS base \
+             WHERE base.deleted = 0 AND ",
+        );
+        sql.push_str(expected_sql);
+        sql.push_str(
+            " AND NOT EXISTS (SELECT 1 FROM es_events WHERE event_id = ?) \
+             ORDER BY v.column2 RETURNING stream_version, global_position",
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&r.stream_id)
+            .bind(category(&r.stream_id))
+            .bind(to_micros(crate::event::now()));
+        for (i, e) in r.events.iter().enumerate() {
+            q = q
+                .bind(e.event_id.to_string())
+                .bind(i as i64 + 1)
+                .bind(&e.event_type)
+                .bind(i64::from(e.schema_version))
+                .bind(e.payload.to_string())
+                .bind(serde_json::to_string(&e.metadata)?);
+        }
+        q = q.bind(&r.stream_id).bind(&r.stream_id);
+        if let ExpectedVersion::Exact(n) = r.expected {
+            q = q.bind(to_i64(n));
+        }
+        let first = r
+            .events
+            .first()
+            .map(|e| e.event_id.to_string())
+            .unwrap_or_default();
+        q = q.bind(first);
+        let rows = match q.fetch_all(&self.write).await {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                // A later event id of the batch is already stored.
+                let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+                let known: Option<String> = sqlx::query_scalar(
+                    "SELECT event_id FROM es_events WHERE event_id IN (SELECT value FROM json_each(?)) LIMIT 1",
+                )
+                .bind(serde_json::to_string(&ids)?)
+                .fetch_optional(&self.write)
+                .await?;
+                let event_id = known
+                    .and_then(|k| k.parse().ok())
+                    .unwrap_or(r.events[0].event_id);
+                return Err(Error::DuplicateEventId { event_id });
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if !rows.is_empty() {
+            let mut pairs = rows
+                .iter()
+                .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            pairs.sort_unstable();
+            return Ok(AppendResult {
+                stream_id: r.stream_id.clone(),
+                version: pairs.last().map_or(0, |p| to_u64(p.0)),
+                positions: pairs.into_iter().map(|(_, p)| to_u64(p)).collect(),
+            });
+        }
+        // A check failed: the general path (in one transaction) says which,
+        // or appends if the stream moved to a matching state meanwhile.
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let mut results = self.append_tx(&mut tx, std::slice::from_ref(r)).await?;
+        tx.commit().await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Corrupt("append returned no result".into()))
+    }
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version INTEGER PRIMARY KEY)")
+        .execute(&mut *tx)
+        .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    for (version, sql) in MIGRATIONS {
+        if !applied.contains(version) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO es_migrations (version) VALUES (?)")
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn stream_state(tx: &mut Transaction<'static, Sqlite>, stream: &str) -> Result<(u64, bool)> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
+            .bind(stream)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(row.map_or((0, false), |(v, d)| (to_u64(v), d != 0)))
+}
+
+async fn find_ids(
+    tx: &mut Transaction<'static, Sqlite>,
+    r: &AppendRequest,
+) -> Result<Vec<StoredEvent>> {
+    let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM es_events WHERE event_id IN (SELECT value FROM json_each(?))"
+    )))
+    .bind(serde_json::to_string(&ids)?)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut found = rows.iter().map(decode_row).collect::<Result<Vec<_>>>()?;
+    // Request order, so `idempotent_result` can compare position by position.
+    found.sort_by_key(|e| r.events.iter().position(|n| n.event_id == e.event_id));
+    Ok(found)
+}
+
+fn decode_row(row: &SqliteRow) -> Result<StoredEvent> {
+    let event_id: String = row.try_get("event_id")?;
+    let payload: String = row.try_get("payload")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(StoredEvent {
+        event_id: event_id
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: to_u64(row.try_get("stream_version")?),
+        global_position: to_u64(row.try_get("global_position")?),
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(row.try_get::<i64, _>("schema_version")?).unwrap_or(0),
+        recorded_at: from_micros(row.try_get("recorded_at")?),
+        payload: serde_json::from_str(&payload)?,
+        metadata: serde_json::from_str(&metadata)?,
+    })
+}
+
+impl EventStore for SqliteEventStore {
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let results = match requests.as_slice() {
+            [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
+                vec![self.append_single(single).await?]
+            }
+            _ => {
+                let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+                let results = self.append_tx(&mut tx, &requests).await?;
+                tx.commit().await?;
+                results
+            }
+        };
+        if let Some(max) = results.iter().flat_map(|r| r.positions.last()).max() {
+            self.head.send_if_modified(|h| {
+                let newer = *max > *h;
+                if newer {
+                    *h = *max;
+                }
+                newer
+            });
+        }
+        Ok(results)
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: u64,
+        direction: Direction,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let deleted: Option<i64> =
+            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&self.read)
+                .await?;
+        if deleted.unwrap_or(0) != 0 {
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
+        }
+        let sql = match direction {
+            Direction::Forwards => {
+                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
+                 FROM es_events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version ASC LIMIT ?"
+            }
+            Direction::Backwards => {
+                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
+                 FROM es_events WHERE stream_id = ? AND stream_version <= ? ORDER BY stream_version DESC LIMIT ?"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(stream_id)
+            .bind(to_i64(from))
+            .bind(limit(max_count))
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let types = serde_json::to_string(&filter.event_types)?;
+        let rows = sqlx::query(
+            "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
+             FROM es_events WHERE global_position > ? \
+             AND (? IS NULL OR category = ?) \
+             AND (? = '[]' OR event_type IN (SELECT value FROM json_each(?))) \
+             ORDER BY global_position ASC LIMIT ?",
+        )
+        .bind(to_i64(after))
+        .bind(filter.category.as_deref())
+        .bind(filter.category.as_deref())
+        .bind(&types)
+        .bind(&types)
+        .bind(limit(max_count))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&self.read)
+                .await?;
+        match row {
+            None => Ok(0),
+            Some((_, d)) if d != 0 => Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            }),
+            Some((v, _)) => Ok(to_u64(v)),
+        }
+    }
+
+    async fn tombstone(&self, stream_id: &str, expected: ExpectedVersion) -> Result<()> {
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        let (current, deleted) = stream_state(&mut tx, stream_id).await?;
+        check_expected(stream_id, expected, current, deleted)?;
+        sqlx::query(
+            "INSERT INTO es_streams (stream_id, version, deleted) VALUES (?, ?, 1) \
+             ON CONFLICT (stream_id) DO UPDATE SET deleted = 1",
+        )
+        .bind(stream_id)
+        .bind(to_i64(current))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = ?")
+            .bind(stream_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(to_u64(head))
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+}
+
+impl SnapshotStore for SqliteEventStore {
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        let row: Option<(i64, i64, String)> = sqlx::query_as(
+            "SELECT version, schema_version, state FROM es_snapshots WHERE stream_id = ?",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|(version, schema, state)| {
+            Ok(Snapshot {
+                stream_id: stream_id.to_owned(),
+                version: to_u64(version),
+                schema_version: u32::try_from(schema).unwrap_or(0),
+                state: serde_json::from_str(&state)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO es_snapshots (stream_id, version, schema_version, state) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, schema_version = excluded.schema_version, state = excluded.state",
+        )
+        .bind(&snapshot.stream_id)
+        .bind(to_i64(snapshot.version))
+        .bind(i64::from(snapshot.schema_version))
+        .bind(snapshot.state.to_string())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+}
+
+impl CheckpointStore for SqliteEventStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<u64> {
+        let pos: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(pos.map_or(0, to_u64))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO es_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(to_i64(position))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! The relay against a real NATS JetStream (TRELLIS_TEST_NATS_URL).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use serde_json::json;
+use trellis_eventsourcing::outbox::nats::NatsPublisher;
+use trellis_eventsourcing::outbox::{OutboxRelay, Publisher, RelayOptions};
+use trellis_eventsourcing::{
+    CheckpointStore, Error, EventStore, ExpectedVersion, MemoryStore, NewEvent, StoredEvent,
+};
+
+use crate::support::env_url;
+
+/// Simulates a broker outage in front of the real publisher.
+#[derive(Clone)]
+struct Outage {
+    down: Arc<AtomicBool>,
+    inner: NatsPublisher,
+}
+
+impl Publisher for Outage {
+    async fn publish(&self, events: &[StoredEvent]) -> Result<(), Error> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::publish(std::io::Error::other("broker down")));
+        }
+        self.inner.publish(events).await
+    }
+}
+
+async fn append(store: &MemoryStore, stream: &str, n: u64) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let e = NewEvent::new("Placed", json!({ "i": i }));
+        ids.push(e.event_id);
+        store
+            .append(stream, ExpectedVersion::Any, vec![e])
+            .await
+            .expect("append");
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_jetstream_survives_outage_restart_and_duplicates() {
+    let Some(url) = env_url("TRELLIS_TEST_NATS_URL") else {
+        return;
+    };
+    let client = async_nats::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_NATS_URL reachable");
+    let js = jetstream::new(client);
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("trellis_es_{tag}");
+    let stream_name = format!("TRELLIS_ES_{tag}");
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+
+    let store = MemoryStore::new();
+    let down = Arc::new(AtomicBool::new(true));
+    let publisher = Outage {
+        down: down.clone(),
+        inner: NatsPublisher::new(js.clone(), prefix.clone()),
+    };
+    let options = RelayOptions {
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        poll_interval: Duration::from_millis(20),
+        ..RelayOptions::default()
+    };
+
+    // Broker down while appending: nothing is published, the checkpoint stays.
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        publisher.clone(),
+        options.clone(),
+    )
+    .spawn();
+    let mut ids = append(&store, "order-1", 10).await;
+    ids.extend(append(&store, "payment-1", 5).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.load_checkpoint("outbox").await.expect("cp"), 0);
+
+    // Broker back: everything arrives.
+    down.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.load_checkpoint("outbox").await.expect("cp") < 15 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await.expect("shutdown");
+
+    // Restart: appended while stopped, continues from the checkpoint.
+    ids.extend(append(&store, "order-2", 5).await);
+    let relay = OutboxRelay::new(store.clone(), store.clone(), publisher.clone(), options).spawn();
+    while store.load_checkpoint("outbox").await.expect("cp") < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "restarted relay did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.shutdown().await.expect("shutdown");
+
+    // A crash between publish and checkpoint republishes: JetStream drops the
+    // repeats by Nats-Msg-Id.
+    let again = store
+        .read_all(0, &Default::default(), 100)
+        .await
+        .expect("all");
+    publisher.inner.publish(&again).await.expect("republish");
+
+    let mut stream = js.get_stream(&stream_name).await.expect("stream");
+    let count = stream.info().await.expect("info").state.messages;
+    assert_eq!(count, 20, "each event id stored once");
+    let mut seen = Vec::new();
+    for seq in 1..=count {
+        let msg = stream.get_raw_message(seq).await.expect("message");
+        let event: StoredEvent = serde_json::from_slice(&msg.payload).expect("json body");
+        let msg_id = msg
+            .headers
+            .get("Nats-Msg-Id")
+            .expect("Nats-Msg-Id")
+            .as_str()
+            .to_owned();
+        assert_eq!(msg_id, event.event_id.to_string());
+        assert_eq!(
+            msg.subject.as_str(),
+            format!("{prefix}.{}", event.category())
+        );
+        seen.push(event.event_id);
+    }
+    assert_eq!(seen, ids, "every event exactly once per id, in order");
+    js.delete_stream(&stream_name).await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after_restart() {
+    let Some(url) = env_url("TRELLIS_TEST_NATS_URL") else {
+        return;
+    };
+    // A port nobody listens on: the "broker" is down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let down_client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .expect("lazy client");
+    let mut down_js = jetstream::new(down_client);
+    down_js.set_timeout(Duration::from_millis(200));
+
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("trellis_es_{tag}");
+    let stream_name = format!("TRELLIS_ES_{tag}");
+    let store = MemoryStore::new();
+    let ids = append(&store, "order-7", 6).await;
+
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        NatsPublisher::new(down_js, prefix.clone()),
+        RelayOptions::default(),
+    );
+    for _ in 0..2 {
+        assert!(
+            matches!(relay.run_once().await, Err(Error::Publish { .. })),
+            "publishing to a dead broker fails"
+        );
+    }
+    assert_eq!(
+        store.load_checkpoint("outbox").await.expect("cp"),
+        0,
+        "nothing skipped"
+    );
+
+    // "Restart" against the real broker: continues from the checkpoint.
+    let client = async_nats::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_NATS_URL reachable");
+    let js = jetstream::new(client);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: stream_name.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        NatsPublisher::new(js.clone(), prefix),
+        RelayOptions::default(),
+    );
+    assert_eq!(relay.run_once().await.expect("delivered"), 6);
+    let mut stream = js.get_stream(&stream_name).await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 6);
+    let mut seen = Vec::new();
+    for seq in 1..=6 {
+        let msg = stream.get_raw_message(seq).await.expect("message");
+        seen.push(
+            serde_json::from_slice::<StoredEvent>(&msg.payload)
+                .expect("json")
+                .event_id,
+        );
+    }
+    assert_eq!(seen, ids);
+    js.delete_stream(&stream_name).await.expect("cleanup");
+}
