@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
+//! | [`circuit_breaker`] | closed / open / half-open breaker with count, time and consecutive windows |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -20,7 +21,9 @@
 //!
 //! MSRV: 1.88.
 
+pub mod circuit_breaker;
 pub mod config;
 pub mod error;
 
+pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use error::{BoxError, Error};
