@@ -71,6 +71,13 @@ impl CircuitBreakerHandle {
             .force(CircuitState::Disabled, "disabled by hand");
     }
 
+    /// Moves to half-open now, with fresh trial permits, as if the wait in
+    /// open had passed (resilience4j's `transitionToHalfOpenState`).
+    pub fn half_open(&self) {
+        self.shared
+            .force(CircuitState::HalfOpen, "half-opened by hand");
+    }
+
     /// Back to closed with an empty window and the growing wait back at its
     /// start, from any state.
     pub fn reset(&self) {
