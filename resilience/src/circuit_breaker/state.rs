@@ -279,6 +279,11 @@ pub struct CircuitBreakerMetrics {
 
 /// What the service keeps per clone: the shared state plus a cache of the
 /// current window and name, so a call never takes the lock.
+///
+/// Aligned to its own cache lines: each call's future bumps this `Arc`'s
+/// count, and clones made one after the other (one per connection, one per
+/// thread) would otherwise share a line and bounce it between cores.
+#[repr(align(128))]
 pub(crate) struct Local<C> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) window: Arc<Window>,
