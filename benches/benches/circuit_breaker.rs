@@ -39,6 +39,24 @@ fn bare()
     service_fn(|x: u64| std::future::ready(Ok::<_, std::convert::Infallible>(x.wrapping_add(1))))
 }
 
+/// The error of [`flaky`]; a unit type so that failing allocates nothing.
+#[derive(Debug)]
+struct Flaky;
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("flaky")
+    }
+}
+
+impl std::error::Error for Flaky {}
+
+/// Fails one request in a hundred: the window then really moves (cursor,
+/// slot swaps, totals) instead of taking the all-success shortcut.
+fn flaky() -> impl Service<u64, Response = u64, Error = Flaky, Future: Send> + Clone + Send {
+    service_fn(|x: u64| std::future::ready(if x % 100 == 0 { Err(Flaky) } else { Ok(x) }))
+}
+
 fn trellis_breaker() -> CircuitBreakerLayer {
     CircuitBreakerLayer::builder()
         .name("bench")
@@ -60,6 +78,15 @@ fn closed_state(c: &mut Criterion) {
     let mut svc = tower::Layer::layer(&trellis_breaker(), bare());
     group.bench_function("trellis_count_window", |b| {
         b.iter(|| black_box(call_once(&mut svc, &mut cx, black_box(1))))
+    });
+
+    let mut svc = tower::Layer::layer(&trellis_breaker(), flaky());
+    let mut i = 0u64;
+    group.bench_function("trellis_count_window_1pct_failures", |b| {
+        b.iter(|| {
+            i = i.wrapping_add(1);
+            black_box(call_once(&mut svc, &mut cx, i))
+        })
     });
 
     // failsafe is not a tower layer: its synchronous `call` wraps the same
@@ -134,6 +161,13 @@ fn contention(c: &mut Criterion) {
         b.iter_custom(|iters| parallel(&svc, 1, iters))
     });
     group.bench_function("trellis_2_threads", |b| {
+        b.iter_custom(|iters| parallel(&svc, 2, iters))
+    });
+    let svc = tower::Layer::layer(&trellis_breaker(), flaky());
+    group.bench_function("trellis_1pct_failures_1_thread", |b| {
+        b.iter_custom(|iters| parallel(&svc, 1, iters))
+    });
+    group.bench_function("trellis_1pct_failures_2_threads", |b| {
         b.iter_custom(|iters| parallel(&svc, 2, iters))
     });
     group.finish();

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::config::SlidingWindow;
+use super::state::Padded;
 
 /// Outcome code of one recorded call: bit 0 "a call", bit 1 "failed",
 /// bit 2 "slow". Zero is an empty slot.
@@ -91,7 +92,9 @@ pub(crate) struct CountWindow {
     /// Next position; wraps at 2^32, which only changes which slot is
     /// overwritten next, never the totals.
     cursor: AtomicU32,
-    totals: AtomicU64,
+    /// Written only when an outcome changes them; on its own cache line so
+    /// that the all-success path can read it without bouncing.
+    totals: Padded<AtomicU64>,
 }
 
 impl CountWindow {
@@ -104,7 +107,7 @@ impl CountWindow {
             size,
             fastmod: (u64::MAX / u64::from(size)).wrapping_add(1),
             cursor: AtomicU32::new(0),
-            totals: AtomicU64::new(0),
+            totals: Padded(AtomicU64::new(0)),
         }
     }
 
@@ -121,6 +124,13 @@ impl CountWindow {
     /// replacing a success), so there is nothing to evaluate.
     #[inline]
     fn record(&self, code: u8) -> Option<Totals> {
+        // A full window of successes stays one whatever success is added, and
+        // which slot the next outcome overwrites does not matter while all
+        // slots are equal: skip the cursor, the only atomic two callers
+        // would fight over. Healthy steady state writes nothing shared.
+        if code == CALL && self.totals.0.load(Ordering::Acquire) == u64::from(self.size) {
+            return None;
+        }
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
         let slot = &self.slots[self.position(n)];
         // Reading first keeps the slot's cache line shared between cores
@@ -135,20 +145,21 @@ impl CountWindow {
         }
         let after = self
             .totals
+            .0
             .fetch_add(delta, Ordering::AcqRel)
             .wrapping_add(delta);
         Some(unpack3(after))
     }
 
     fn totals(&self) -> Totals {
-        unpack3(self.totals.load(Ordering::Acquire))
+        unpack3(self.totals.0.load(Ordering::Acquire))
     }
 
     fn clear(&self) {
         for slot in self.slots.iter() {
             let old = slot.swap(0, Ordering::AcqRel);
             if old != 0 {
-                self.totals.fetch_sub(contribution(old), Ordering::AcqRel);
+                self.totals.0.fetch_sub(contribution(old), Ordering::AcqRel);
             }
         }
         self.cursor.store(0, Ordering::Relaxed);
@@ -335,6 +346,9 @@ impl ConsecutiveWindow {
 }
 
 /// One of the three windows.
+// The count window is large because its hot atomics are padded to their own
+// cache lines on purpose; a window lives once per breaker, behind an `Arc`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Window {
     Count(CountWindow),
@@ -454,6 +468,26 @@ mod tests {
         assert_eq!(w.record(CALL), None);
         w.clear();
         assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn a_full_window_of_successes_skips_the_cursor_without_changing_the_order() {
+        let w = CountWindow::new(3);
+        for _ in 0..3 {
+            w.record(CALL);
+        }
+        let cursor = w.cursor.load(Ordering::Relaxed);
+        assert_eq!(w.record(CALL), None);
+        assert_eq!(w.cursor.load(Ordering::Relaxed), cursor, "skipped");
+        // The last three are now F, S, S: the failure stays for two more
+        // successes and leaves with the third.
+        w.record(CALL | FAILED);
+        w.record(CALL);
+        w.record(CALL);
+        assert_eq!(w.totals().failures, 1);
+        w.record(CALL);
+        assert_eq!(w.totals().failures, 0);
+        assert_eq!(w.totals().calls, 3);
     }
 
     #[test]
