@@ -54,7 +54,13 @@ impl std::error::Error for Flaky {}
 /// Fails one request in a hundred: the window then really moves (cursor,
 /// slot swaps, totals) instead of taking the all-success shortcut.
 fn flaky() -> impl Service<u64, Response = u64, Error = Flaky, Future: Send> + Clone + Send {
-    service_fn(|x: u64| std::future::ready(if x % 100 == 0 { Err(Flaky) } else { Ok(x) }))
+    service_fn(|x: u64| {
+        std::future::ready(if x.is_multiple_of(100) {
+            Err(Flaky)
+        } else {
+            Ok(x)
+        })
+    })
 }
 
 fn trellis_breaker() -> CircuitBreakerLayer {
