@@ -92,7 +92,8 @@ impl CircuitBreakerHandle {
     /// Replaces the configuration while the breaker runs, keeping its state
     /// (closed, open with its deadline, half-open with its trials) and its
     /// window's calls; a window of another kind or size starts empty. New
-    /// waits apply from the next opening.
+    /// waits apply from the next opening; a new number of half-open trial
+    /// calls restarts the trials of a half-open breaker.
     ///
     /// # Examples
     ///

@@ -679,9 +679,18 @@ impl Shared {
         if *control.name != *config.name {
             control.name = config.name.as_str().into();
         }
+        let restart_trials =
+            config.permitted_calls_in_half_open != control.config.permitted_calls_in_half_open;
         self.params.store(&config);
         control.config = config;
         self.generation.fetch_add(1, Ordering::AcqRel);
+        let current = self.state.0.load(Ordering::Acquire);
+        if restart_trials && current & STATE_MASK == HALF_OPEN {
+            // The trials under way were counted against the old number and
+            // might never reach the new one: start the trials over.
+            let notice = self.enter(&mut control, current, HALF_OPEN, "trials restarted");
+            debug_assert!(notice.is_none());
+        }
         Ok(())
     }
 

@@ -493,6 +493,30 @@ async fn replacing_the_configuration_keeps_the_state() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn fewer_trial_calls_at_runtime_restart_the_trials() {
+    let (mut svc, handle, _) = half_openable(3).await;
+    run(&mut svc, Call::Ok).await.unwrap();
+    run(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    handle
+        .replace_config(CircuitBreakerConfig {
+            permitted_calls_in_half_open: 1,
+            ..handle.config()
+        })
+        .unwrap();
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    // One trial now decides; a second concurrent one would be rejected.
+    let (gate, rx) = oneshot::channel();
+    let mut trial = svc.clone();
+    let trial = tokio::spawn(async move { run(&mut trial, Call::Gate(rx)).await });
+    tokio::task::yield_now().await;
+    open_error(run(&mut svc, Call::Ok).await);
+    gate.send(true).unwrap();
+    trial.await.unwrap().unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn listeners_and_watchers_see_every_transition() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
