@@ -44,11 +44,13 @@
 //! # Cost
 //!
 //! The closed state takes no lock and allocates nothing: admission is one
-//! atomic load, recording is one `fetch_add` on the window's cursor (plus
-//! one on its packed totals when an outcome changes them). With a count
+//! atomic load, recording is one `fetch_add` on the count window's cursor
+//! (plus one on its packed totals when an outcome changes them), and nothing
+//! shared at all while a full window holds only successes. With a count
 //! window and slow-call detection off it reads no clock at all; a time
 //! window reads it once per call, slow-call detection twice (start and end).
-//! Every transition goes through one mutex, off the hot path.
+//! Every transition goes through one mutex, off the hot path. Under two
+//! threads, see `benches/results/circuit_breaker.md`.
 //!
 //! # Examples
 //!
