@@ -18,6 +18,8 @@ enum Op {
 #[derive(Debug, Clone, Copy)]
 enum Mode {
     Count(u32),
+    /// A time window of this many seconds, one bucket per second.
+    Time(u64),
     Consecutive(u32),
 }
 
@@ -38,7 +40,8 @@ struct Model {
     wait: u64,
     now: u64,
     state: S,
-    window: VecDeque<bool>,
+    /// Outcomes in the window: (second of the call, failed).
+    window: VecDeque<(u64, bool)>,
     in_a_row: u32,
     open_until: u64,
     taken: u32,
@@ -70,13 +73,21 @@ impl Model {
                     };
                     match self.mode {
                         Mode::Count(size) => {
-                            self.window.push_back(fail);
+                            self.window.push_back((self.now, fail));
                             if self.window.len() > size as usize {
                                 self.window.pop_front();
                             }
-                            let calls = self.window.len() as u64;
-                            let failures = self.window.iter().filter(|f| **f).count() as u64;
+                            let (calls, failures) = self.expected_calls();
                             if calls >= u64::from(self.minimum.min(size))
+                                && failures * 100 >= self.threshold * calls
+                            {
+                                self.open();
+                            }
+                        }
+                        Mode::Time(_) => {
+                            self.window.push_back((self.now, fail));
+                            let (calls, failures) = self.expected_calls();
+                            if calls >= u64::from(self.minimum)
                                 && failures * 100 >= self.threshold * calls
                             {
                                 self.open();
@@ -133,11 +144,15 @@ impl Model {
         }
     }
 
-    fn expected_calls(&self) -> (u64, u64) {
+    fn expected_calls(&mut self) -> (u64, u64) {
+        if let Mode::Time(secs) = self.mode {
+            let now = self.now;
+            self.window.retain(|(at, _)| at + secs > now);
+        }
         match self.mode {
-            Mode::Count(_) => (
+            Mode::Count(_) | Mode::Time(_) => (
                 self.window.len() as u64,
-                self.window.iter().filter(|f| **f).count() as u64,
+                self.window.iter().filter(|(_, f)| *f).count() as u64,
             ),
             Mode::Consecutive(_) => (u64::from(self.in_a_row), u64::from(self.in_a_row)),
         }
@@ -156,6 +171,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn mode() -> impl Strategy<Value = Mode> {
     prop_oneof![
         (1u32..12).prop_map(Mode::Count),
+        (1u64..20).prop_map(Mode::Time),
         (1u32..5).prop_map(Mode::Consecutive),
     ]
 }
@@ -180,6 +196,10 @@ proptest! {
         runtime.block_on(async move {
             let window = match mode {
                 Mode::Count(size) => SlidingWindow::Count { size },
+                Mode::Time(secs) => SlidingWindow::Time {
+                    duration: Duration::from_secs(secs),
+                    buckets: None,
+                },
                 Mode::Consecutive(failures) => SlidingWindow::Consecutive { failures },
             };
             let (layer, handle) = build(CircuitBreakerConfig {
