@@ -264,6 +264,23 @@ async fn an_ignored_or_dropped_trial_gives_its_permit_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn readiness_polling_holds_no_trial_permit() {
+    let (svc, handle, _) = half_openable(1).await;
+    // Many idle clones (connections) poll readiness and never send.
+    let mut idle: Vec<Svc> = (0..10).map(|_| svc.clone()).collect();
+    for s in &mut idle {
+        s.ready().await.unwrap();
+    }
+    let mut caller = svc.clone();
+    run(&mut caller, Call::Ok).await.unwrap();
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "the one trial got through"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_wait_in_open_grows_exponentially_to_its_cap() {
     let (layer, handle) = build(CircuitBreakerConfig {
         wait_in_open: Duration::from_secs(1),
@@ -714,21 +731,24 @@ async fn cancelled_trial_calls_never_leak_permits() {
     for round in 0..20 {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(TASKS);
         let mut gates = Vec::new();
+        let mut cancels = Vec::new();
         let mut tasks = Vec::new();
         for _ in 0..TASKS {
             let (gate, rx) = oneshot::channel::<bool>();
             gates.push(gate);
+            let (cancel, cancelled) = oneshot::channel::<()>();
+            cancels.push(cancel);
             let mut svc = svc.clone();
             let done = done_tx.clone();
             tasks.push(tokio::spawn(async move {
                 let call = run(&mut svc, Call::Gate(rx));
                 let result = if round % 2 == 0 {
-                    call.await
+                    call.await // cancelled by abort below
                 } else {
-                    // Cancelled by a timeout rather than by abort.
-                    match tokio::time::timeout(Duration::from_millis(20), call).await {
-                        Ok(result) => result,
-                        Err(_) => return,
+                    // Cancelled by dropping the future inside the task.
+                    tokio::select! {
+                        result = call => result,
+                        _ = cancelled => return,
                     }
                 };
                 let _ = done.send(result.is_err()).await;
@@ -744,8 +764,11 @@ async fn cancelled_trial_calls_never_leak_permits() {
         }
         assert_eq!(handle.state(), CircuitState::HalfOpen);
         // Cancel the admitted trials while they are in flight.
-        for task in &tasks {
-            task.abort();
+        drop(cancels);
+        if round % 2 == 0 {
+            for task in &tasks {
+                task.abort();
+            }
         }
         for task in tasks {
             let _ = task.await;
