@@ -848,3 +848,64 @@ async fn concurrent_calls_in_the_closed_state() {
     assert_eq!(handle.state(), CircuitState::Open);
     assert!(rejected > 1_000, "{rejected} rejections");
 }
+
+/// Collects (level, message, breaker field) of every event.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<(tracing::Level, String, String)>>>);
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String, String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.0 = format!("{value:?}"),
+                    "breaker" => self.1 = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Fields(String::new(), String::new());
+        event.record(&mut fields);
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields.0, fields.1));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_and_rejections_are_traced() {
+    let events = Events::default();
+    let _guard = tracing::subscriber::set_default(events.clone());
+    let (layer, _handle) = build(config(4, 1, 50.0));
+    let (mut svc, _) = breaker(layer);
+    run(&mut svc, Call::Fail).await.unwrap_err();
+    open_error(run(&mut svc, Call::Ok).await);
+    let seen = events.0.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (
+                tracing::Level::INFO,
+                "circuit breaker state changed".to_owned(),
+                "test".to_owned()
+            ),
+            (
+                tracing::Level::DEBUG,
+                "circuit breaker rejected a call".to_owned(),
+                "test".to_owned()
+            ),
+        ]
+    );
+}
