@@ -86,6 +86,18 @@ fn closed_state(c: &mut Criterion) {
         b.iter(|| black_box(call_once(&mut svc, &mut cx, black_box(1))))
     });
 
+    // A time window needs "now": one clock read per call.
+    let time_window = CircuitBreakerLayer::builder()
+        .name("bench")
+        .time_window(Duration::from_secs(10))
+        .minimum_calls(100)
+        .build()
+        .expect("valid breaker configuration");
+    let mut svc = tower::Layer::layer(&time_window, bare());
+    group.bench_function("trellis_time_window", |b| {
+        b.iter(|| black_box(call_once(&mut svc, &mut cx, black_box(1))))
+    });
+
     let mut svc = tower::Layer::layer(&trellis_breaker(), flaky());
     let mut i = 0u64;
     group.bench_function("trellis_count_window_1pct_failures", |b| {
