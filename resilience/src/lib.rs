@@ -11,6 +11,7 @@
 //! | [`fault`] | inject latency, errors and aborts, re-tunable at run time |
 //! | `http` | HTTP answers for errors: 503, 429 with `Retry-After`, 504 (feature `http`) |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
+//! | [`circuit_breaker`] | closed / open / half-open breaker with count, time and consecutive windows |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -26,6 +27,7 @@
 //! MSRV: 1.88.
 
 pub mod bulkhead;
+pub mod circuit_breaker;
 pub mod config;
 pub mod error;
 pub mod fallback;
@@ -34,4 +36,5 @@ pub mod fault;
 pub mod http;
 pub mod timeout;
 
+pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use error::{BoxError, Error};
