@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
+//! | [`rate_limit`] | GCRA rate limiter: lock-free, one limit or one per key (bounded), or shared through Redis |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -22,5 +23,9 @@
 
 pub mod config;
 pub mod error;
+pub mod rate_limit;
 
 pub use error::{BoxError, Error};
+pub use rate_limit::{
+    KeyedRateLimitLayer, KeyedRateLimiter, RateLimitConfig, RateLimitLayer, RateLimiter,
+};
