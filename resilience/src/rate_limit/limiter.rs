@@ -18,8 +18,8 @@ pub(crate) struct Core {
     pub(crate) params: Params,
     /// Longest wait in nanoseconds (zero in reject mode).
     pub(crate) max_wait: u64,
-    /// Origin of the nanosecond timeline the TATs live on.
-    start: Instant,
+    /// The clock, and the origin of the nanosecond timeline the TATs live on.
+    clock: Clock,
     pub(crate) name: Arc<str>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: std::sync::OnceLock<super::metrics::Metrics>,
@@ -30,7 +30,7 @@ impl Core {
         Ok(Core {
             params: config.params()?,
             max_wait: config.max_wait_nanos(),
-            start: Instant::now(),
+            clock: Clock::new(),
             name: config.name.as_str().into(),
             #[cfg(feature = "metrics")]
             metrics: std::sync::OnceLock::new(),
@@ -40,7 +40,7 @@ impl Core {
     /// Nanoseconds since `start`: the one clock read of a check.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        nanos(Instant::now().saturating_duration_since(self.start))
+        self.clock.now()
     }
 
     /// Records the outcome of one acquisition (metrics, tracing) and turns it
@@ -72,9 +72,61 @@ impl Core {
     }
 }
 
+/// Where a limiter reads the time.
+///
+/// `Instant::now()` costs about 30 ns on the machines Trellis is measured on,
+/// more than the whole rest of a check, while the CPU's time-stamp counter
+/// (through `quanta`, calibrated against the monotonic clock) costs a few.
+/// Tests, though, must be driven by tokio's paused clock. So a limiter built
+/// while tokio's clock is paused (`#[tokio::test(start_paused = true)]`,
+/// `tokio::time::pause()`) reads `tokio::time::Instant`; any other limiter
+/// reads the fast counter. Both are monotonic.
+#[derive(Debug)]
+enum Clock {
+    Tokio(Instant),
+    Fast { clock: quanta::Clock, start: u64 },
+}
+
+impl Clock {
+    fn new() -> Clock {
+        if tokio_clock_is_paused() {
+            Clock::Tokio(Instant::now())
+        } else {
+            let clock = quanta::Clock::new();
+            let start = clock.raw();
+            Clock::Fast { clock, start }
+        }
+    }
+
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            Clock::Fast { clock, start } => clock.delta_as_nanos(*start, clock.raw()),
+            Clock::Tokio(start) => nanos(Instant::now().saturating_duration_since(*start)),
+        }
+    }
+}
+
+/// True when tokio's clock is paused in the current context: it stands
+/// still while the real clock moves on. Costs a few microseconds, once per
+/// limiter.
+fn tokio_clock_is_paused() -> bool {
+    let before = Instant::now();
+    let real = std::time::Instant::now();
+    while real.elapsed() < Duration::from_micros(5) {
+        std::hint::spin_loop();
+    }
+    Instant::now() == before
+}
+
 /// A rate limiter shared by every clone: `rate` calls per `period`, bursts
 /// of `burst`, decided by one lock-free GCRA cell (an `AtomicU64` updated with
 /// compare-and-swap; one clock read per call).
+///
+/// Built while tokio's clock is paused, it follows tokio's clock (so tests
+/// drive it with `tokio::time::advance`); otherwise it reads a cheaper
+/// monotonic counter (the CPU's time-stamp counter through `quanta`, or the
+/// OS clock where that is unavailable).
 ///
 /// Use it directly, or through [`RateLimitLayer`](super::RateLimitLayer).
 ///
@@ -174,5 +226,29 @@ impl RateLimiter {
     #[cfg(feature = "metrics")]
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         super::metrics::Metrics::register(&self.inner.core, registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_clock_outside_a_paused_runtime_and_it_moves() {
+        let clock = Clock::new();
+        assert!(matches!(clock, Clock::Fast { .. }));
+        let a = clock.now();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = clock.now();
+        assert!(b - a >= 1_000_000, "{a} -> {b}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_when_paused() {
+        let clock = Clock::new();
+        assert!(matches!(clock, Clock::Tokio(_)));
+        let a = clock.now();
+        tokio::time::advance(Duration::from_nanos(7)).await;
+        assert_eq!(clock.now() - a, 7);
     }
 }
