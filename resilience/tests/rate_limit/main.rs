@@ -747,3 +747,74 @@ async fn metrics_count_admitted_rejected_and_waits() {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
 }
+
+// -------------------------------------------------------------------- tracing
+
+/// A subscriber that keeps every event's level and fields as text.
+#[derive(Clone, Default)]
+struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Recorder {
+    /// Records this thread's events until the guard drops.
+    ///
+    /// NOTE: tracing caches each callsite's interest. With a single
+    /// registered dispatcher it asks only the registering thread's one, so a
+    /// test on another thread without a subscriber could switch a callsite
+    /// off for everyone; a second, never-dropped dispatcher prevents that.
+    fn install() -> (Recorder, tracing::subscriber::DefaultGuard) {
+        static KEEP: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEP.get_or_init(|| tracing::Dispatch::new(Recorder::default()));
+        let recorder = Recorder::default();
+        let guard = tracing::subscriber::set_default(recorder.clone());
+        (recorder, guard)
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Recorder {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(event.metadata().level().to_string());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejection_emits_a_tracing_event() {
+    let (recorder, _guard) = Recorder::install();
+    let limiter = RateLimiter::from_config(
+        RateLimitConfig::new(1, SECOND)
+            .with_burst(1)
+            .with_name("search"),
+    )
+    .unwrap();
+    limiter.check().unwrap();
+    assert!(recorder.events().is_empty(), "nothing to say on admission");
+    limiter.check().unwrap_err();
+    let events = recorder.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].starts_with("DEBUG"), "{events:?}");
+    assert!(events[0].contains("limiter=search"), "{events:?}");
+    assert!(events[0].contains("retry_after=1s"), "{events:?}");
+}

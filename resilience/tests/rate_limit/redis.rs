@@ -124,37 +124,47 @@ async fn keys_expire_when_idle_so_redis_memory_is_bounded() {
 #[tokio::test]
 async fn wait_mode_in_redis_waits_then_proceeds() {
     let Some(url) = redis_url() else { return };
-    let prefix = unique_prefix("wait");
-    let limit = RateLimitConfig::new(20, Duration::from_secs(1))
+    // 5 per second: the second call waits about 200 ms, then proceeds.
+    let limit = RateLimitConfig::new(5, Duration::from_secs(1))
         .with_burst(1)
-        .with_wait(Duration::from_millis(80));
-    let layer = RedisRateLimitLayer::from_config(config(&url, &prefix, limit), GlobalKey).unwrap();
-    let layer_limiter = layer.limiter().clone();
+        .with_wait(Duration::from_secs(1));
+    let layer =
+        RedisRateLimitLayer::from_config(config(&url, &unique_prefix("wait"), limit), GlobalKey)
+            .unwrap();
     let mut svc = tower::ServiceBuilder::new()
         .layer(layer)
         .service(service_fn(|x: u32| async move { Ok::<_, BoxError>(x) }));
     assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
     let start = std::time::Instant::now();
     assert_eq!(svc.ready().await.unwrap().call(2).await.unwrap(), 2);
-    // Server time: the wait is the interval (50 ms) less the time the first
-    // round trip took.
+    // Server time: the wait is 200 ms less the time since the first call.
+    let took = start.elapsed();
     assert!(
-        start.elapsed() >= Duration::from_millis(20),
-        "{:?}",
-        start.elapsed()
+        took >= Duration::from_millis(100) && took < PROMPT,
+        "{took:?}"
     );
-    // Now one reservation waits about 50 ms; the next would wait about
-    // 100 ms > 80 ms: rejected at once.
-    let limiter = layer_limiter;
-    let wait = limiter.acquire(&()).await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_mode_in_redis_rejects_beyond_max_wait() {
+    let Some(url) = redis_url() else { return };
+    // One per 10 s, waiting up to 15 s: the second call reserves a wait of
+    // about 10 s, the third would wait about 20 s and is rejected at once.
+    let limit = RateLimitConfig::new(1, Duration::from_secs(10))
+        .with_burst(1)
+        .with_wait(Duration::from_secs(15));
+    let limiter =
+        RedisRateLimiter::from_config(config(&url, &unique_prefix("maxwait"), limit)).unwrap();
+    assert_eq!(limiter.acquire(&7u32).await.unwrap(), Duration::ZERO);
+    let wait = limiter.acquire(&7u32).await.unwrap();
     assert!(
-        wait > Duration::ZERO && wait <= Duration::from_millis(50),
+        wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
         "{wait:?}"
     );
-    let limited = limiter.acquire(&()).await.unwrap_err();
+    let limited = limiter.acquire(&7u32).await.unwrap_err();
     assert!(
-        limited.retry_after > Duration::from_millis(80)
-            && limited.retry_after <= Duration::from_millis(100),
+        limited.retry_after > Duration::from_secs(19)
+            && limited.retry_after <= Duration::from_secs(20),
         "{limited:?}"
     );
 }
@@ -328,4 +338,28 @@ fn bad_redis_configuration_is_a_config_error() {
         RedisRateLimiter::from_config(zero_rate).unwrap_err().field,
         "rate"
     );
+}
+
+#[tokio::test]
+async fn redis_failure_is_reported_as_a_warning() {
+    let (recorder, _guard) = super::Recorder::install();
+    for (on_error, says) in [
+        (FailureMode::FailOpen, "failing open"),
+        (FailureMode::FailClosed, "failing closed"),
+    ] {
+        let mut config = config(
+            "redis://127.0.0.1:1",
+            "unused",
+            RateLimitConfig::new(1, Duration::from_secs(1)).with_name("edge"),
+        );
+        config.on_error = on_error;
+        let limiter = RedisRateLimiter::from_config(config).unwrap();
+        let _ = limiter.acquire(&"k").await;
+        let events = recorder.events();
+        let warning = events
+            .iter()
+            .find(|e| e.starts_with("WARN") && e.contains(says))
+            .unwrap_or_else(|| panic!("no `{says}` warning in {events:?}"));
+        assert!(warning.contains("limiter=edge"), "{warning}");
+    }
 }
