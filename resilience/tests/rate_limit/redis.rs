@@ -20,9 +20,25 @@ use trellis_resilience::rate_limit::{GlobalKey, RateLimitConfig};
 /// Calls must come back well within this, whatever Redis does.
 const PROMPT: Duration = Duration::from_secs(1);
 
-fn redis_url() -> Option<String> {
+/// The real Redis to test against: `None` (with a message) when
+/// `TRELLIS_TEST_REDIS_URL` is unset; a failed test when it is set but Redis
+/// does not answer PING.
+async fn redis_url() -> Option<String> {
     match std::env::var("TRELLIS_TEST_REDIS_URL") {
-        Ok(url) => Some(url),
+        Ok(url) => {
+            let reachable = tokio::time::timeout(PROMPT, async {
+                let stream = TcpStream::connect(host_port(&url)).await.ok()?;
+                drop(stream);
+                Some(raw_command(&url, &["PING"]).await)
+            })
+            .await;
+            match reachable {
+                Ok(Some(reply)) if reply.starts_with("+PONG") => Some(url),
+                other => panic!(
+                    "TRELLIS_TEST_REDIS_URL={url} is set but Redis does not answer: {other:?}"
+                ),
+            }
+        }
         Err(_) => {
             println!("skipped: TRELLIS_TEST_REDIS_URL not set");
             None
@@ -76,7 +92,7 @@ async fn raw_command(url: &str, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn two_instances_share_one_limit() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url().await else { return };
     let prefix = unique_prefix("shared");
     // 5 at once, then one a minute: nothing refills during the test.
     let limit = RateLimitConfig::new(1, Duration::from_secs(60)).with_burst(5);
@@ -109,7 +125,7 @@ async fn two_instances_share_one_limit() {
 
 #[tokio::test]
 async fn keys_expire_when_idle_so_redis_memory_is_bounded() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url().await else { return };
     let prefix = unique_prefix("ttl");
     let limit = RateLimitConfig::new(10, Duration::from_secs(1)).with_burst(3);
     let limiter = RedisRateLimiter::from_config(config(&url, &prefix, limit)).unwrap();
@@ -123,7 +139,7 @@ async fn keys_expire_when_idle_so_redis_memory_is_bounded() {
 
 #[tokio::test]
 async fn wait_mode_in_redis_waits_then_proceeds() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url().await else { return };
     // 5 per second: the second call waits about 200 ms, then proceeds.
     let limit = RateLimitConfig::new(5, Duration::from_secs(1))
         .with_burst(1)
@@ -147,7 +163,7 @@ async fn wait_mode_in_redis_waits_then_proceeds() {
 
 #[tokio::test]
 async fn wait_mode_in_redis_rejects_beyond_max_wait() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url().await else { return };
     // One per 10 s, waiting up to 15 s: the second call reserves a wait of
     // about 10 s, the third would wait about 20 s and is rejected at once.
     let limit = RateLimitConfig::new(1, Duration::from_secs(10))
@@ -279,7 +295,7 @@ impl Proxy {
 
 #[tokio::test]
 async fn redis_stopped_mid_test_gives_the_configured_behaviour() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_url().await else { return };
     for on_error in [FailureMode::FailClosed, FailureMode::FailOpen] {
         let proxy = Proxy::start(host_port(&url)).await;
         let prefix = unique_prefix("outage");
