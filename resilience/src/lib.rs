@@ -12,6 +12,7 @@
 //! | `http` | HTTP answers for errors: 503, 429 with `Retry-After`, 504 (feature `http`) |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
 //! | [`circuit_breaker`] | closed / open / half-open breaker with count, time and consecutive windows |
+//! | [`rate_limit`] | GCRA rate limiter: lock-free, one limit or one per key (bounded), or shared through Redis |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -35,6 +36,10 @@ pub mod fault;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod timeout;
+pub mod rate_limit;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use error::{BoxError, Error};
+pub use rate_limit::{
+    KeyedRateLimitLayer, KeyedRateLimiter, RateLimitConfig, RateLimitLayer, RateLimiter,
+};
