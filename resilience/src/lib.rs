@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
+//! | [`retry`] | retries with max attempts / elapsed time, jittered backoff, a shared retry budget, result predicates, an HTTP policy |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -22,5 +23,7 @@
 
 pub mod config;
 pub mod error;
+pub mod retry;
 
 pub use error::{BoxError, Error};
+pub use retry::{Backoff, RetryConfig, RetryLayer};
