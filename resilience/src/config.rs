@@ -85,11 +85,11 @@ pub mod duration {
         let nanos = duration.as_nanos();
         if nanos == 0 {
             "0s".to_owned()
-        } else if nanos % 1_000_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000_000) {
             format!("{}s", duration.as_secs())
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             format!("{}ms", duration.as_millis())
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             format!("{}us", duration.as_micros())
         } else {
             format!("{nanos}ns")
