@@ -17,7 +17,8 @@ use crate::error::{BoxError, RetriesExhausted, RetryStop};
 pin_project! {
     /// The [`Future`] of one call through [`Retry`](super::Retry): a state
     /// machine that calls, waits out the backoff, waits for the service to be
-    /// ready and calls again. No allocation happens per call.
+    /// ready and calls again. Nothing is allocated on the happy path; a call
+    /// that retries allocates its backoff timer once.
     ///
     /// # Cancel safety
     ///
@@ -42,6 +43,9 @@ pin_project! {
         previous_delay: Option<Duration>,
         // Read only when `max_elapsed` is set.
         started: Option<Instant>,
+        // Allocated on the first retry only and reset for later ones, so
+        // the future stays small (and cheap to move) on the happy path.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -51,7 +55,7 @@ pin_project! {
         // An attempt is in flight.
         Calling { #[pin] future: F },
         // Waiting out the backoff before the next attempt.
-        BackingOff { #[pin] sleep: Sleep },
+        BackingOff,
         // Waiting for the service to be ready for the next attempt.
         Readying,
     }
@@ -64,7 +68,7 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
             State::Calling { .. } => "calling",
-            State::BackingOff { .. } => "backing off",
+            State::BackingOff => "backing off",
             State::Readying => "readying",
         };
         f.debug_struct("ResponseFuture")
@@ -96,6 +100,7 @@ where
             attempts: 1,
             previous_delay: None,
             started,
+            sleep: None,
         }
     }
 }
@@ -211,13 +216,20 @@ where
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
-                        this.state.set(State::BackingOff {
-                            sleep: tokio::time::sleep(delay),
-                        });
+                        let deadline = Instant::now() + delay;
+                        match this.sleep.as_mut() {
+                            Some(sleep) => sleep.as_mut().reset(deadline),
+                            None => {
+                                *this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                            }
+                        }
+                        this.state.set(State::BackingOff);
                     }
                 }
-                StateProj::BackingOff { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::BackingOff => {
+                    if let Some(sleep) = this.sleep.as_mut() {
+                        ready!(sleep.as_mut().poll(cx));
+                    }
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
