@@ -22,7 +22,7 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) budget: Option<Arc<RetryBudget>>,
     #[cfg(feature = "metrics")]
-    pub(crate) metrics: std::sync::OnceLock<super::metrics::Metrics>,
+    pub(crate) metrics: std::sync::OnceLock<super::metrics::Series>,
 }
 
 impl Shared {
@@ -197,9 +197,11 @@ impl RetryBuilder {
 
 #[cfg(feature = "metrics")]
 impl<P> RetryLayer<P> {
-    /// Registers this layer's metrics (see `resilience/docs/retry.md`) in
-    /// `registry`, labelled with the layer's name. Services already made
-    /// by the layer report too. Registering twice keeps the first.
+    /// Registers the retry metric families (see `resilience/docs/retry.md`)
+    /// in `registry` and reports this layer's calls there, labelled with its
+    /// name. For several retry layers in one registry, create one
+    /// [`RetryMetrics`](super::RetryMetrics) and
+    /// [`attach_metrics`](Self::attach_metrics) each layer instead.
     ///
     /// # Examples
     ///
@@ -212,8 +214,14 @@ impl<P> RetryLayer<P> {
     /// layer.register_metrics(&mut registry);
     /// ```
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        self.shared.metrics.get_or_init(|| {
-            super::metrics::Metrics::register(&self.shared.settings.name, registry)
-        });
+        self.attach_metrics(&super::RetryMetrics::new(registry));
+    }
+
+    /// Reports this layer's calls (and those of every service it already
+    /// made) in `metrics`. The first attachment wins.
+    pub fn attach_metrics(&self, metrics: &super::RetryMetrics) {
+        self.shared
+            .metrics
+            .get_or_init(|| metrics.series(&self.shared.settings.name));
     }
 }

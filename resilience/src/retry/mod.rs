@@ -91,5 +91,7 @@ pub use backoff::{Backoff, BackoffKind, Delays, Jitter};
 pub use budget::{BudgetConfig, RetryBudget};
 pub use config::RetryConfig;
 pub use layer::{RetryBuilder, RetryLayer};
+#[cfg(feature = "metrics")]
+pub use metrics::RetryMetrics;
 pub use policy::{DefaultRetryPolicy, RetryDecision, RetryPolicy};
 pub use service::Retry;

@@ -566,3 +566,47 @@ async fn metrics_count_retries_and_exhaustion() {
         "{text}"
     );
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn several_layers_share_one_set_of_metric_families() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = trellis_resilience::retry::RetryMetrics::new(&mut registry);
+    let inner = Scripted::<&str>::new(vec![Err(reset)]);
+    let mut one_config = config(2, Backoff::none());
+    one_config.name = "one".into();
+    let mut two_config = RetryConfig {
+        budget: Some(BudgetConfig {
+            min_per_sec: 0,
+            ..BudgetConfig::default()
+        }),
+        ..config(2, Backoff::none())
+    };
+    two_config.name = "two".into();
+    let one = RetryLayer::from_config(one_config).unwrap();
+    let two = RetryLayer::from_config(two_config).unwrap();
+    let mut a = one.layer(inner.clone()); // made before attaching: still reports
+    one.attach_metrics(&metrics);
+    two.attach_metrics(&metrics);
+    let mut b = two.layer(inner.clone());
+    call(&mut a, 1).await.unwrap_err();
+    call(&mut b, 2).await.unwrap_err();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert_eq!(
+        text.matches("# TYPE trellis_resilience_retry_retries counter")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_resilience_retry_retries_total{name=\"one\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "trellis_resilience_retry_exhausted_total{name=\"two\",reason=\"budget_exhausted\"} 1"
+        ),
+        "{text}"
+    );
+}
