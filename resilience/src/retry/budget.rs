@@ -350,4 +350,76 @@ mod tests {
             assert_eq!(granted, 100);
         });
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Deposit,
+        Withdraw,
+        Advance(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Op::Deposit),
+            2 => Just(Op::Withdraw),
+            1 => (0u64..1500).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The lock-free slots agree with a naive model that keeps every
+        /// deposit and withdrawal with its time and sums the live ones.
+        #[test]
+        fn budget_matches_a_reference_model(
+            ops in proptest::collection::vec(op(), 1..200),
+            ratio_pct in 0u32..300,
+            min_per_sec in 0u32..3,
+            ttl_secs in 1u64..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let ratio = f64::from(ratio_pct) / 100.0;
+                let b = budget(ttl_secs, min_per_sec, ratio);
+                let slot_ms = ttl_secs * 100;
+                let reserve = i64::from(min_per_sec) * ttl_secs as i64 * 100;
+                let mut now_ms = 0u64;
+                let mut events: Vec<(u64, i64)> = Vec::new();
+                let live = |events: &Vec<(u64, i64)>, now_ms: u64| -> i64 {
+                    let current = now_ms / slot_ms;
+                    events
+                        .iter()
+                        .filter(|(at, _)| at / slot_ms + 9 >= current)
+                        .map(|(_, amount)| amount)
+                        .sum::<i64>()
+                        + reserve
+                };
+                for op in ops {
+                    match op {
+                        Op::Deposit => {
+                            b.deposit();
+                            events.push((now_ms, i64::from(ratio_pct)));
+                        }
+                        Op::Withdraw => {
+                            let expected = live(&events, now_ms) >= 100;
+                            proptest::prop_assert_eq!(b.withdraw(), expected, "at {} ms", now_ms);
+                            if expected {
+                                events.push((now_ms, -100));
+                            }
+                        }
+                        Op::Advance(ms) => {
+                            advance(Duration::from_millis(ms)).await;
+                            now_ms += ms;
+                        }
+                    }
+                    proptest::prop_assert_eq!(b.remaining(), (live(&events, now_ms).max(0) / 100) as u64);
+                }
+                Ok(())
+            })?;
+        }
+    }
 }

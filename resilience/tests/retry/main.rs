@@ -610,3 +610,41 @@ async fn several_layers_share_one_set_of_metric_families() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_backoff_stops_retrying() {
+    let inner = Scripted::<u32>::new(vec![Err(reset)]);
+    let mut service = RetryLayer::from_config(config(5, Backoff::fixed(Duration::from_secs(1))))
+        .unwrap()
+        .layer(inner.clone());
+    let pending = tokio::spawn({
+        let mut service = service.clone();
+        async move { call(&mut service, 1).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        inner.count(),
+        2,
+        "first attempt at 0 s, retry at 1 s, now backing off"
+    );
+    pending.abort();
+    assert!(pending.await.unwrap_err().is_cancelled());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(inner.count(), 2, "no attempt after the call was dropped");
+    // The service itself still works.
+    let error = exhausted(call(&mut service, 2).await.unwrap_err());
+    assert_eq!(error.attempts, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_error_while_retrying_is_returned() {
+    let layer = RetryLayer::from_config(config(3, Backoff::none())).unwrap();
+    let (mut service, mut handle) = tower_test::mock::spawn_layer::<u32, &str, _>(layer);
+    tokio_test::assert_ready_ok!(service.poll_ready());
+    let response = tokio::spawn(service.call(1));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_error(std::io::Error::other("flaky"));
+    handle.send_error(std::io::Error::other("service gone"));
+    let error = response.await.unwrap().unwrap_err();
+    assert_eq!(error.to_string(), "service gone");
+}
