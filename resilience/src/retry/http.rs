@@ -137,7 +137,8 @@ impl HttpRetryPolicy {
         }
     }
 
-    /// Also retries responses with `status`.
+    /// Also retries responses with `status` (100–611; larger non-standard
+    /// codes are ignored).
     pub fn with_status(mut self, status: StatusCode) -> Self {
         let index = usize::from(status.as_u16() - 100);
         if let Some(word) = self.statuses.get_mut(index / 64) {

@@ -36,7 +36,9 @@
 //!   `BudgetExhausted`. On a retryable **response** it returns that last
 //!   response.
 //! - Every retry emits a `debug` tracing event (attempt, delay); giving up a
-//!   `warn` event.
+//!   `warn` event. Behind feature `metrics`, `RetryLayer::register_metrics`
+//!   (or one shared `RetryMetrics` for several layers) counts retries and
+//!   give-ups by reason; the names are in `resilience/docs/retry.md`.
 //!
 //! The generic path needs `Request: Clone` (the policy's `clone_request`);
 //! the HTTP policy in `http` (feature `http`) buffers request bodies up to a
