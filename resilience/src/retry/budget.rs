@@ -144,9 +144,9 @@ fn unpack(word: u64) -> (u32, i32) {
 
 impl RetryBudget {
     /// Creates a budget; fails on a configuration that
-    /// [`BudgetConfig::validate`] rejects. Must be called inside a tokio
-    /// runtime context only if the clock is paused (tests); otherwise any
-    /// thread works.
+    /// [`BudgetConfig::validate`] rejects. Works on any thread; it reads
+    /// `tokio::time::Instant`, so under tokio's paused clock (tests) it
+    /// follows the paused time.
     pub fn new(config: BudgetConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let ttl_nanos = u64::try_from(config.ttl.as_nanos()).unwrap_or(u64::MAX);
