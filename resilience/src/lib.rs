@@ -13,6 +13,7 @@
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
 //! | [`circuit_breaker`] | closed / open / half-open breaker with count, time and consecutive windows |
 //! | [`rate_limit`] | GCRA rate limiter: lock-free, one limit or one per key (bounded), or shared through Redis |
+//! | [`retry`] | retries with max attempts / elapsed time, jittered backoff, a shared retry budget, result predicates, an HTTP policy |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
 //! `Service<Request>`, shares its state across clones, and reports rejections
@@ -37,9 +38,11 @@ pub mod fault;
 pub mod http;
 pub mod timeout;
 pub mod rate_limit;
+pub mod retry;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use error::{BoxError, Error};
 pub use rate_limit::{
     KeyedRateLimitLayer, KeyedRateLimiter, RateLimitConfig, RateLimitLayer, RateLimiter,
 };
+pub use retry::{Backoff, RetryConfig, RetryLayer};

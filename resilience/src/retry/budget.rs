@@ -1,0 +1,425 @@
+//! The retry budget: retries as a fraction of recent requests.
+//!
+//! # Why a budget beats a plain maximum of attempts
+//!
+//! `max_attempts = 3` looks harmless, but when a dependency goes down every
+//! call fails and every call is retried: the dependency now receives three
+//! times its normal load at the exact moment it is least able to take it,
+//! and each layer of services that retries multiplies that again (3 × 3 × 3
+//! through three hops). Retries turn a short outage into a long one.
+//!
+//! A budget bounds retries by the traffic itself: every request deposits a
+//! fraction of a retry (`ratio`, e.g. 0.2), every retry withdraws a whole
+//! one, and deposits expire after `ttl`. Under a full outage the extra load
+//! is at most `ratio` of the normal load (plus a small floor of
+//! `min_per_sec` retries per second, so that a quiet client can still retry
+//! at all), however many attempts each call would have been allowed. When
+//! only a few calls fail, which is when retries actually help, the budget
+//! has plenty to spend. The idea comes from Finagle and tower's `TpsBudget`;
+//! this implementation is ours and takes no lock.
+//!
+//! # How it counts
+//!
+//! The `ttl` window is split into ten slots. Each slot is one `AtomicU64`
+//! packing the slot's generation (which tenth of the timeline it belongs to)
+//! with its balance, so a slot left over from an earlier lap of the ring is
+//! recognized and reset with the same compare-and-swap that updates it:
+//! deposits and withdrawals never scan, never take a lock and never lose an
+//! update. A withdrawal sums the live slots and spends from the current
+//! one; two withdrawals racing across a slot boundary may overspend by one.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::config::ConfigError;
+
+/// Balance units per whole retry: ratios resolve to 1 %.
+const UNITS_PER_RETRY: i64 = 100;
+/// Slots the TTL window is split into.
+const SLOTS: usize = 10;
+
+/// The serde configuration of a [`RetryBudget`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use trellis_resilience::retry::BudgetConfig;
+///
+/// let config: BudgetConfig = toml::from_str("ttl = \"10s\"\nmin_per_sec = 5\nratio = 0.1").unwrap();
+/// assert_eq!(config.ttl, Duration::from_secs(10));
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// How long a request's deposit counts; between 1 s and 60 s.
+    #[serde(with = "crate::config::duration")]
+    pub ttl: Duration,
+    /// Retries allowed per second whatever the traffic, so quiet clients
+    /// can retry at all.
+    pub min_per_sec: u32,
+    /// Retries allowed per request, as a fraction: `0.2` = one retry per
+    /// five requests. Between `0.0` and `10.0` (0–1000 %).
+    pub ratio: f64,
+}
+
+impl Default for BudgetConfig {
+    /// 10 s window, 10 retries per second floor, 20 % of requests (tower's
+    /// and Finagle's defaults).
+    fn default() -> Self {
+        BudgetConfig {
+            ttl: Duration::from_secs(10),
+            min_per_sec: 10,
+            ratio: 0.2,
+        }
+    }
+}
+
+impl BudgetConfig {
+    /// Checks the window and the ratio.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ttl < Duration::from_secs(1) || self.ttl > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "retry",
+                "budget.ttl",
+                format!("must be between 1s and 60s, not {:?}", self.ttl),
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.ratio) {
+            return Err(ConfigError::new(
+                "retry",
+                "budget.ratio",
+                format!(
+                    "must be between 0.0 and 10.0 (0–1000 % of requests), not {}",
+                    self.ratio
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A retry budget shared by every clone of a retry service (and by any
+/// layer you hand the same `Arc` to). See the [module docs](self) for why
+/// budgets beat plain retry limits.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use trellis_resilience::retry::{BudgetConfig, RetryBudget};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let budget = RetryBudget::new(BudgetConfig { ttl: Duration::from_secs(1), min_per_sec: 0, ratio: 0.5 }).unwrap();
+/// budget.deposit();
+/// budget.deposit();
+/// assert!(budget.withdraw()); // two requests paid for one retry
+/// assert!(!budget.withdraw());
+/// # }
+/// ```
+pub struct RetryBudget {
+    /// Slot generation (high 32 bits) and balance (low 32 bits, signed).
+    slots: [AtomicU64; SLOTS],
+    /// Zero point of the slot timeline.
+    origin: Instant,
+    slot_nanos: u64,
+    /// The `min_per_sec` floor for a whole window, in units.
+    reserve: i64,
+    /// Units one request deposits.
+    deposit: i32,
+}
+
+fn pack(generation: u32, balance: i32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(balance as u32)
+}
+
+fn unpack(word: u64) -> (u32, i32) {
+    ((word >> 32) as u32, word as u32 as i32)
+}
+
+impl RetryBudget {
+    /// Creates a budget; fails on a configuration that
+    /// [`BudgetConfig::validate`] rejects. Works on any thread; it reads
+    /// `tokio::time::Instant`, so under tokio's paused clock (tests) it
+    /// follows the paused time.
+    pub fn new(config: BudgetConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let ttl_nanos = u64::try_from(config.ttl.as_nanos()).unwrap_or(u64::MAX);
+        let reserve = i64::from(config.min_per_sec)
+            .saturating_mul(config.ttl.as_secs() as i64)
+            .saturating_mul(UNITS_PER_RETRY);
+        Ok(RetryBudget {
+            slots: std::array::from_fn(|_| AtomicU64::new(pack(0, 0))),
+            origin: Instant::now(),
+            slot_nanos: (ttl_nanos / SLOTS as u64).max(1),
+            reserve,
+            deposit: (config.ratio * UNITS_PER_RETRY as f64).round() as i32,
+        })
+    }
+
+    fn generation(&self, now: Instant) -> u32 {
+        let since = now.saturating_duration_since(self.origin).as_nanos();
+        // Generations start at 1 so that a fresh (zeroed) slot is never live.
+        ((since / u128::from(self.slot_nanos)) as u32).wrapping_add(1)
+    }
+
+    /// Adds `amount` to the current slot, resetting it if it belongs to an
+    /// earlier lap. `floor`: refuse (return false) if the result would take
+    /// the total below zero, given the other slots' sum.
+    fn update(&self, generation: u32, amount: i32, others: Option<i64>) -> bool {
+        let slot = &self.slots[generation as usize % SLOTS];
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            let (slot_generation, balance) = unpack(current);
+            let balance = if slot_generation == generation {
+                balance
+            } else {
+                0
+            };
+            if let Some(others) = others
+                && others + i64::from(balance) + i64::from(amount) < 0
+            {
+                return false;
+            }
+            let next = pack(generation, balance.saturating_add(amount));
+            match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Records a request: it earns `ratio` of a retry for the next `ttl`.
+    pub fn deposit(&self) {
+        if self.deposit == 0 {
+            return;
+        }
+        let generation = self.generation(Instant::now());
+        self.update(generation, self.deposit, None);
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn withdraw(&self) -> bool {
+        let generation = self.generation(Instant::now());
+        let others = self.live_sum(generation, true) + self.reserve;
+        self.update(generation, -(UNITS_PER_RETRY as i32), Some(others))
+    }
+
+    /// Sum of the live slots' balances (excluding the current one if asked).
+    fn live_sum(&self, generation: u32, skip_current: bool) -> i64 {
+        let oldest = generation.saturating_sub(SLOTS as u32 - 1);
+        self.slots
+            .iter()
+            .map(|slot| unpack(slot.load(Ordering::Acquire)))
+            .filter(|&(g, _)| g >= oldest && g <= generation && !(skip_current && g == generation))
+            .map(|(_, balance)| i64::from(balance))
+            .sum()
+    }
+
+    /// How many whole retries could be spent right now.
+    pub fn remaining(&self) -> u64 {
+        let generation = self.generation(Instant::now());
+        let units = self.live_sum(generation, false) + self.reserve;
+        (units.max(0) / UNITS_PER_RETRY) as u64
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("remaining", &self.remaining())
+            .field("slot", &Duration::from_nanos(self.slot_nanos))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::time::advance;
+
+    fn budget(ttl_secs: u64, min_per_sec: u32, ratio: f64) -> RetryBudget {
+        RetryBudget::new(BudgetConfig {
+            ttl: Duration::from_secs(ttl_secs),
+            min_per_sec,
+            ratio,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_budget_refuses() {
+        let b = budget(1, 0, 1.0);
+        assert!(!b.withdraw());
+        assert_eq!(b.remaining(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_buy_retries_at_the_ratio() {
+        let b = budget(10, 0, 0.2);
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert_eq!(b.remaining(), 2);
+        assert!(b.withdraw());
+        assert!(b.withdraw());
+        assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_expire_after_the_ttl() {
+        let b = budget(1, 0, 1.0);
+        b.deposit();
+        advance(Duration::from_millis(850)).await;
+        assert_eq!(b.remaining(), 1, "still inside the window");
+        advance(Duration::from_millis(300)).await;
+        assert_eq!(b.remaining(), 0, "aged out");
+        assert!(!b.withdraw());
+        // A slot reused a lap later starts from zero, not from the stale balance.
+        advance(Duration::from_secs(3)).await;
+        b.deposit();
+        assert_eq!(b.remaining(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserve_gives_a_floor_per_window() {
+        let b = budget(2, 3, 0.0);
+        for _ in 0..6 {
+            assert!(b.withdraw());
+        }
+        assert!(!b.withdraw());
+        advance(Duration::from_secs(3)).await;
+        assert!(b.withdraw(), "the spent withdrawals aged out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratio_above_one_allows_several_retries_per_request() {
+        let b = budget(5, 0, 2.5);
+        b.deposit();
+        b.deposit();
+        assert_eq!(b.remaining(), 5);
+    }
+
+    #[test]
+    fn validate_bounds() {
+        let bad_ttl = BudgetConfig {
+            ttl: Duration::from_millis(500),
+            ..BudgetConfig::default()
+        };
+        assert_eq!(bad_ttl.validate().unwrap_err().field, "budget.ttl");
+        let bad_ratio = BudgetConfig {
+            ratio: 10.5,
+            ..BudgetConfig::default()
+        };
+        assert_eq!(bad_ratio.validate().unwrap_err().field, "budget.ratio");
+        let nan = BudgetConfig {
+            ratio: f64::NAN,
+            ..BudgetConfig::default()
+        };
+        assert!(nan.validate().is_err());
+    }
+
+    #[test]
+    fn concurrent_withdrawals_never_overspend_within_a_slot() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let b = Arc::new(budget(10, 0, 0.1));
+            for _ in 0..1000 {
+                b.deposit();
+            }
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let b = b.clone();
+                    tokio::spawn(async move { (0..100).filter(|_| b.withdraw()).count() })
+                })
+                .collect();
+            let mut granted = 0;
+            for t in tasks {
+                granted += t.await.unwrap();
+            }
+            assert_eq!(granted, 100);
+        });
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Deposit,
+        Withdraw,
+        Advance(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Op::Deposit),
+            2 => Just(Op::Withdraw),
+            1 => (0u64..1500).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The lock-free slots agree with a naive model that keeps every
+        /// deposit and withdrawal with its time and sums the live ones.
+        #[test]
+        fn budget_matches_a_reference_model(
+            ops in proptest::collection::vec(op(), 1..200),
+            ratio_pct in 0u32..300,
+            min_per_sec in 0u32..3,
+            ttl_secs in 1u64..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let ratio = f64::from(ratio_pct) / 100.0;
+                let b = budget(ttl_secs, min_per_sec, ratio);
+                let slot_ms = ttl_secs * 100;
+                let reserve = i64::from(min_per_sec) * ttl_secs as i64 * 100;
+                let mut now_ms = 0u64;
+                let mut events: Vec<(u64, i64)> = Vec::new();
+                let live = |events: &Vec<(u64, i64)>, now_ms: u64| -> i64 {
+                    let current = now_ms / slot_ms;
+                    events
+                        .iter()
+                        .filter(|(at, _)| at / slot_ms + 9 >= current)
+                        .map(|(_, amount)| amount)
+                        .sum::<i64>()
+                        + reserve
+                };
+                for op in ops {
+                    match op {
+                        Op::Deposit => {
+                            b.deposit();
+                            events.push((now_ms, i64::from(ratio_pct)));
+                        }
+                        Op::Withdraw => {
+                            let expected = live(&events, now_ms) >= 100;
+                            proptest::prop_assert_eq!(b.withdraw(), expected, "at {} ms", now_ms);
+                            if expected {
+                                events.push((now_ms, -100));
+                            }
+                        }
+                        Op::Advance(ms) => {
+                            advance(Duration::from_millis(ms)).await;
+                            now_ms += ms;
+                        }
+                    }
+                    proptest::prop_assert_eq!(b.remaining(), (live(&events, now_ms).max(0) / 100) as u64);
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
