@@ -13,6 +13,7 @@
 //! | [`config`] | build-time [`config::ConfigError`] and the duration format of serde configs |
 //! | [`circuit_breaker`] | closed / open / half-open breaker with count, time and consecutive windows |
 //! | [`rate_limit`] | GCRA rate limiter: lock-free, one limit or one per key (bounded), or shared through Redis |
+//! | [`policy`] | the five layers composed in the recommended order, from code, TOML or environment |
 //! | [`retry`] | retries with max attempts / elapsed time, jittered backoff, a shared retry budget, result predicates, an HTTP policy |
 //!
 //! Each middleware is a `Layer` + `Service` pair that wraps any
@@ -36,12 +37,14 @@ pub mod fallback;
 pub mod fault;
 #[cfg(feature = "http")]
 pub mod http;
-pub mod timeout;
+pub mod policy;
 pub mod rate_limit;
 pub mod retry;
+pub mod timeout;
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use error::{BoxError, Error};
+pub use policy::{PolicyConfig, ResiliencePolicy};
 pub use rate_limit::{
     KeyedRateLimitLayer, KeyedRateLimiter, RateLimitConfig, RateLimitLayer, RateLimiter,
 };

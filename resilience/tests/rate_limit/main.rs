@@ -232,7 +232,7 @@ async fn tasks_on_multi_thread_runtime_never_exceed_the_bound() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                     n += 1;
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }
