@@ -282,7 +282,12 @@ impl Error {
 /// True when a boxed error is a rejection by one of this crate's own layers
 /// (open circuit, rate limit, full bulkhead), without taking it apart.
 pub fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.is::<CircuitOpen>() || error.is::<RateLimited>() || error.is::<BulkheadFull>()
+    error.is::<CircuitOpen>()
+        || error.is::<RateLimited>()
+        || error.is::<BulkheadFull>()
+        || error
+            .downcast_ref::<Error>()
+            .is_some_and(Error::is_rejection)
 }
 
 #[cfg(test)]

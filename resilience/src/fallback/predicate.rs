@@ -28,13 +28,19 @@ where
     }
 }
 
-/// Falls back only when a circuit breaker is open (the default).
+/// Falls back only when a circuit breaker is open (the default). It
+/// recognises the breaker's rejection both as it travels between layers
+/// ([`CircuitOpen`]) and as the composed policy reports it
+/// ([`Error::CircuitOpen`](crate::Error::CircuitOpen)).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OnCircuitOpen;
 
 impl FallbackPredicate for OnCircuitOpen {
     fn should_fall_back(&self, error: &BoxError) -> bool {
         error.is::<CircuitOpen>()
+            || error
+                .downcast_ref::<crate::Error>()
+                .is_some_and(|e| matches!(e, crate::Error::CircuitOpen { .. }))
     }
 }
 

@@ -107,3 +107,17 @@ async fn a_failing_fallback_reports_its_own_error() {
         .unwrap_err();
     assert_eq!(error.to_string(), "fallback down");
 }
+
+#[tokio::test]
+async fn falls_back_on_the_policy_s_flat_circuit_open_error_too() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let flat = service_fn(|_: String| async {
+        Err::<String, Error>(Error::CircuitOpen {
+            name: "inventory".into(),
+            retry_after: None,
+        })
+    });
+    let mut svc = FallbackLayer::new(pending_validation(Arc::clone(&calls))).layer(flat);
+    assert!(svc.ready().await.unwrap().call("d".into()).await.is_ok());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
