@@ -49,3 +49,8 @@ pub use rate_limit::{
     KeyedRateLimitLayer, KeyedRateLimiter, RateLimitConfig, RateLimitLayer, RateLimiter,
 };
 pub use retry::{Backoff, RetryConfig, RetryLayer};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,125 @@
+//! The whole composed policy (five layers) beside a bare service and beside
+//! tower's four equivalent layers stacked by hand, in the same run.
+//!
+//! tower has no circuit breaker, so its stack is retry ▸ rate limit ▸
+//! timeout ▸ concurrency limit; ours adds the breaker and still has to cost
+//! no more. Every layer is in its happy state: nothing fails, nothing is
+//! limited.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+}
+
+fn drive<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for i in 0..iters {
+            let out = svc.ready().await.unwrap().call(i).await.unwrap();
+            std::hint::black_box(out);
+        }
+        start.elapsed()
+    })
+}
+
+fn bare() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone {
+    service_fn(|n: u64| std::future::ready(Ok::<_, Infallible>(n.wrapping_add(1))))
+}
+
+/// Retries every error up to 3 attempts, as our default policy does.
+#[derive(Clone)]
+struct Attempts(usize);
+
+impl<E> tower::retry::Policy<u64, u64, E> for Attempts {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _req: &mut u64, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        match result {
+            Ok(_) => None,
+            Err(_) if self.0 > 1 => {
+                self.0 -= 1;
+                Some(std::future::ready(()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+const ALL_FIVE: &str = r#"
+    name = "bench"
+    [retry]
+    max_attempts = 3
+    [circuit_breaker]
+    window = { type = "count", size = 100 }
+    [rate_limit]
+    rate = 1000000000
+    period = "1s"
+    burst = 1000000000
+    [timeout]
+    timeout = "1s"
+    [bulkhead]
+    max_concurrent = 64
+"#;
+
+fn policy(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("policy");
+
+    let mut svc = bare();
+    group.bench_function("bare service_fn", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut svc, iters))
+    });
+
+    // tower's RateLimit must be created inside the runtime (it arms a timer).
+    let mut tower_stack = rt.block_on(async {
+        ServiceBuilder::new()
+            .retry(Attempts(3))
+            .rate_limit(1_000_000_000, Duration::from_secs(1))
+            .timeout(Duration::from_secs(1))
+            .concurrency_limit(64)
+            .service(bare())
+    });
+    group.bench_function("tower: retry+rate_limit+timeout+concurrency_limit", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut tower_stack, iters))
+    });
+
+    let config = PolicyConfig::from_toml_str(ALL_FIVE).expect("policy config");
+    let mut ours = ResiliencePolicy::from_config(config.clone())
+        .expect("policy")
+        .layer(bare());
+    group.bench_function("trellis: ResiliencePolicy (5 layers, retry budget on)", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut ours, iters))
+    });
+
+    let mut no_budget = config;
+    if let Some(retry) = no_budget.retry.as_mut() {
+        retry.budget = None;
+    }
+    let mut ours = ResiliencePolicy::from_config(no_budget)
+        .expect("policy")
+        .layer(bare());
+    group.bench_function("trellis: ResiliencePolicy (5 layers, no retry budget)", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut ours, iters))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, policy);
+criterion_main!(benches);
