@@ -17,7 +17,9 @@ pub use log::memory::MemorySagaLog;
 pub use log::postgres::PgSagaLog;
 #[cfg(feature = "sqlite")]
 pub use log::sqlite::SqliteSagaLog;
-pub use log::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent};
+pub use log::{
+    HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
+};
 pub use orchestrator::{Orchestrator, idempotency_key};
 pub use retry::{ExponentialSchedule, RetrySchedule};
 pub use saga::{Saga, SagaState, Step, StepContext};

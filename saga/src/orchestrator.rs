@@ -8,7 +8,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::{Error, Result, StepError};
-use crate::log::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent};
+use crate::log::{
+    HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
+};
 use crate::retry::{ExponentialSchedule, RetrySchedule};
 use crate::saga::{Saga, SagaState, StepContext};
 
@@ -114,7 +116,12 @@ impl<L: SagaLog> Orchestrator<L> {
     /// [`Error::AlreadyExists`] when `id` was started before; storage and
     /// lease errors stop the run, leaving the saga in flight for
     /// [`recover`](Self::recover).
-    pub async fn start<S: SagaState>(&self, saga: &Saga<S>, id: &str, state: S) -> Result<SagaRecord> {
+    pub async fn start<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        id: &str,
+        state: S,
+    ) -> Result<SagaRecord> {
         let record = SagaRecord {
             id: id.to_owned(),
             name: saga.name.clone(),
@@ -151,7 +158,10 @@ impl<L: SagaLog> Orchestrator<L> {
     /// Resumes every in-flight saga of this definition, one after the
     /// other; each gets its own result (sagas leased elsewhere give
     /// [`Error::Leased`]).
-    pub async fn recover<S: SagaState>(&self, saga: &Saga<S>) -> Result<Vec<(String, Result<SagaRecord>)>> {
+    pub async fn recover<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+    ) -> Result<Vec<(String, Result<SagaRecord>)>> {
         let mut ids = Vec::new();
         for status in [SagaStatus::Running, SagaStatus::Compensating] {
             ids.extend(
@@ -181,7 +191,11 @@ impl<L: SagaLog> Orchestrator<L> {
         self.log.history(id).await
     }
 
-    async fn run_leased<S: SagaState>(&self, saga: &Saga<S>, record: SagaRecord) -> Result<SagaRecord> {
+    async fn run_leased<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        record: SagaRecord,
+    ) -> Result<SagaRecord> {
         let span = tracing::info_span!("saga", saga.id = %record.id, saga.name = %saga.name);
         let id = record.id.clone();
         let result = self.drive(saga, record).instrument(span).await;
@@ -205,7 +219,9 @@ impl<L: SagaLog> Orchestrator<L> {
             error: record.error.clone(),
             failed_step: record.failed_step.clone(),
         };
-        self.log.record(&record.id, self.lease(), entries, &update).await
+        self.log
+            .record(&record.id, self.lease(), entries, &update)
+            .await
     }
 
     /// Runs `fut`, renewing the lease every third of its lifetime.
@@ -231,8 +247,12 @@ impl<L: SagaLog> Orchestrator<L> {
         let len = saga.steps.len() as u32;
         match record.status {
             SagaStatus::Running if record.cursor >= len => record.status = SagaStatus::Completed,
-            SagaStatus::Running => entries.push(entry(saga, record.cursor, StepEvent::Started, 1, None)),
-            SagaStatus::Compensating if record.cursor == 0 => record.status = SagaStatus::Compensated,
+            SagaStatus::Running => {
+                entries.push(entry(saga, record.cursor, StepEvent::Started, 1, None))
+            }
+            SagaStatus::Compensating if record.cursor == 0 => {
+                record.status = SagaStatus::Compensated
+            }
             SagaStatus::Compensating => entries.push(entry(
                 saga,
                 record.cursor - 1,
@@ -244,7 +264,11 @@ impl<L: SagaLog> Orchestrator<L> {
         }
     }
 
-    async fn drive<S: SagaState>(&self, saga: &Saga<S>, mut record: SagaRecord) -> Result<SagaRecord> {
+    async fn drive<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        mut record: SagaRecord,
+    ) -> Result<SagaRecord> {
         let len = saga.steps.len() as u32;
         if record.name != saga.name || record.cursor > len {
             return Err(Error::DefinitionMismatch {
@@ -285,7 +309,13 @@ impl<L: SagaLog> Orchestrator<L> {
                     }
                     Err((error, attempt)) => {
                         tracing::warn!(%error, "saga step failed, compensating");
-                        entries.push(entry(saga, index, StepEvent::Failed, attempt, Some(error.to_string())));
+                        entries.push(entry(
+                            saga,
+                            index,
+                            StepEvent::Failed,
+                            attempt,
+                            Some(error.to_string()),
+                        ));
                         record.status = SagaStatus::Compensating;
                         record.error = Some(format!("step {} failed: {error}", step.name));
                         self.count_step("failed");
@@ -294,8 +324,7 @@ impl<L: SagaLog> Orchestrator<L> {
             } else {
                 let index = record.cursor - 1;
                 let step = &saga.steps[index as usize];
-                let span =
-                    tracing::info_span!("saga.step", step = index, step.name = %step.name, phase = "compensation");
+                let span = tracing::info_span!("saga.step", step = index, step.name = %step.name, phase = "compensation");
                 let done = self
                     .run_compensation(saga, &mut record, index, &state)
                     .instrument(span)
@@ -339,9 +368,9 @@ impl<L: SagaLog> Orchestrator<L> {
             let bounded = async move {
                 let timed = async {
                     match timeout {
-                        Some(t) => tokio::time::timeout(t, action)
-                            .await
-                            .unwrap_or_else(|_| Err(StepError::new(format!("step timed out after {t:?}")))),
+                        Some(t) => tokio::time::timeout(t, action).await.unwrap_or_else(|_| {
+                            Err(StepError::new(format!("step timed out after {t:?}")))
+                        }),
                         None => action.await,
                     }
                 };
@@ -354,7 +383,9 @@ impl<L: SagaLog> Orchestrator<L> {
             };
             match self.leased(id, bounded).await? {
                 Ok(next) => return Ok(Ok((next, attempt))),
-                Err(error) if error.message() == DEADLINE_EXCEEDED => return Ok(Err((error, attempt))),
+                Err(error) if error.message() == DEADLINE_EXCEEDED => {
+                    return Ok(Err((error, attempt)));
+                }
                 Err(error) => match step.retry.delay(attempt - 1) {
                     Some(delay) => {
                         tracing::debug!(%error, ?delay, attempt, "retrying saga step");
@@ -386,7 +417,11 @@ impl<L: SagaLog> Orchestrator<L> {
                 match timeout {
                     Some(t) => tokio::time::timeout(t, compensation)
                         .await
-                        .unwrap_or_else(|_| Err(StepError::new(format!("compensation timed out after {t:?}")))),
+                        .unwrap_or_else(|_| {
+                            Err(StepError::new(format!(
+                                "compensation timed out after {t:?}"
+                            )))
+                        }),
                     None => compensation.await,
                 }
             };
@@ -410,7 +445,10 @@ impl<L: SagaLog> Orchestrator<L> {
                 None => {
                     tracing::error!(%error, attempt, "compensation failed, saga needs attention");
                     record.status = SagaStatus::NeedsAttention;
-                    record.error = Some(format!("compensation of step {} failed: {error}", step.name));
+                    record.error = Some(format!(
+                        "compensation of step {} failed: {error}",
+                        step.name
+                    ));
                     record.failed_step = Some(step.name.clone());
                     self.write(record, &failed).await?;
                     return Ok(false);
@@ -427,7 +465,13 @@ impl<L: SagaLog> Orchestrator<L> {
     }
 }
 
-fn entry<S>(saga: &Saga<S>, step: u32, event: StepEvent, attempt: u32, error: Option<String>) -> NewEntry {
+fn entry<S>(
+    saga: &Saga<S>,
+    step: u32,
+    event: StepEvent,
+    attempt: u32,
+    error: Option<String>,
+) -> NewEntry {
     NewEntry {
         step,
         step_name: saga.steps[step as usize].name.clone(),

@@ -36,7 +36,8 @@ impl<T> SagaState for T where T: Serialize + DeserializeOwned + Clone + Send + S
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type ActionFn<S> = Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<S, StepError>> + Send + Sync>;
-type CompensationFn<S> = Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
+type CompensationFn<S> =
+    Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
 
 /// One step: an action, its compensation, a timeout and a retry schedule.
 pub struct Step<S> {

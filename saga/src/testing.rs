@@ -78,14 +78,21 @@ pub async fn create_and_load<L: SagaLog>(log: &L) {
 
 /// A second create of one id fails with `AlreadyExists`.
 pub async fn create_twice_is_already_exists<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0)).await.expect("create");
+    log.create(&record("a"), lease("o1", 0))
+        .await
+        .expect("create");
     let again = log.create(&record("a"), lease("o2", 0)).await;
-    assert!(matches!(again, Err(Error::AlreadyExists { ref id }) if id == "a"), "{again:?}");
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { ref id }) if id == "a"),
+        "{again:?}"
+    );
 }
 
 /// `record` appends entries in order (seq 1, 2, ...) and updates the row.
 pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0)).await.expect("create");
+    log.create(&record("a"), lease("o1", 0))
+        .await
+        .expect("create");
     let update = SagaUpdate {
         status: SagaStatus::Running,
         cursor: 1,
@@ -96,7 +103,10 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
     log.record(
         "a",
         lease("o1", 10),
-        &[new_entry(0, StepEvent::Succeeded, None), new_entry(1, StepEvent::Started, None)],
+        &[
+            new_entry(0, StepEvent::Succeeded, None),
+            new_entry(1, StepEvent::Started, None),
+        ],
         &update,
     )
     .await
@@ -108,9 +118,14 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
         error: Some("boom".to_owned()),
         failed_step: Some("step-0".to_owned()),
     };
-    log.record("a", lease("o1", 20), &[new_entry(0, StepEvent::CompensationFailed, Some("boom"))], &update)
-        .await
-        .expect("record");
+    log.record(
+        "a",
+        lease("o1", 20),
+        &[new_entry(0, StepEvent::CompensationFailed, Some("boom"))],
+        &update,
+    )
+    .await
+    .expect("record");
     let saga = log.load("a").await.expect("load").expect("present");
     assert_eq!(saga.status, SagaStatus::NeedsAttention);
     assert_eq!(saga.cursor, 1);
@@ -119,7 +134,10 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
     assert_eq!(saga.failed_step.as_deref(), Some("step-0"));
     assert_eq!(saga.deadline_ms, Some(42));
     let history = log.history("a").await.expect("history");
-    let summary: Vec<_> = history.iter().map(|e| (e.seq, e.step, e.event, e.error.clone())).collect();
+    let summary: Vec<_> = history
+        .iter()
+        .map(|e| (e.seq, e.step, e.event, e.error.clone()))
+        .collect();
     assert_eq!(
         summary,
         vec![
@@ -133,7 +151,9 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
 
 /// A writer that does not hold the lease writes nothing.
 pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0)).await.expect("create");
+    log.create(&record("a"), lease("o1", 0))
+        .await
+        .expect("create");
     // o2 takes the lease over after it expired.
     assert!(log.acquire("a", lease("o2", 5_000)).await.expect("acquire"));
     let update = SagaUpdate {
@@ -144,9 +164,17 @@ pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
         failed_step: None,
     };
     let lost = log
-        .record("a", lease("o1", 5_001), &[new_entry(0, StepEvent::Succeeded, None)], &update)
+        .record(
+            "a",
+            lease("o1", 5_001),
+            &[new_entry(0, StepEvent::Succeeded, None)],
+            &update,
+        )
         .await;
-    assert!(matches!(lost, Err(Error::LeaseLost { ref id }) if id == "a"), "{lost:?}");
+    assert!(
+        matches!(lost, Err(Error::LeaseLost { ref id }) if id == "a"),
+        "{lost:?}"
+    );
     assert_eq!(log.load("a").await.expect("load"), Some(record("a")));
     assert!(log.history("a").await.expect("history").is_empty());
 }
@@ -154,17 +182,25 @@ pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
 /// Another owner cannot take an unexpired lease; the holder renews it; an
 /// expired one is taken over.
 pub async fn lease_is_exclusive_until_expiry<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0)).await.expect("create"); // until 1000
+    log.create(&record("a"), lease("o1", 0))
+        .await
+        .expect("create"); // until 1000
     assert!(!log.acquire("a", lease("o2", 500)).await.expect("acquire"));
     assert!(log.acquire("a", lease("o1", 900)).await.expect("renew")); // until 1900
     assert!(!log.acquire("a", lease("o2", 1_500)).await.expect("acquire"));
-    assert!(log.acquire("a", lease("o2", 1_901)).await.expect("take over"));
+    assert!(
+        log.acquire("a", lease("o2", 1_901))
+            .await
+            .expect("take over")
+    );
     assert!(!log.acquire("a", lease("o1", 1_902)).await.expect("acquire"));
 }
 
 /// A released lease is free at once; release by a non-owner does nothing.
 pub async fn release_frees_the_lease<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0)).await.expect("create");
+    log.create(&record("a"), lease("o1", 0))
+        .await
+        .expect("create");
     log.release("a", "o2").await.expect("release");
     assert!(!log.acquire("a", lease("o2", 1)).await.expect("acquire"));
     log.release("a", "o1").await.expect("release");
@@ -174,7 +210,9 @@ pub async fn release_frees_the_lease<L: SagaLog>(log: &L) {
 /// `by_status` returns exactly the sagas with that status.
 pub async fn by_status_filters<L: SagaLog>(log: &L) {
     for id in ["a", "b", "c"] {
-        log.create(&record(id), lease("o1", 0)).await.expect("create");
+        log.create(&record(id), lease("o1", 0))
+            .await
+            .expect("create");
     }
     let update = SagaUpdate {
         status: SagaStatus::Compensated,
@@ -183,7 +221,9 @@ pub async fn by_status_filters<L: SagaLog>(log: &L) {
         error: Some("x".to_owned()),
         failed_step: None,
     };
-    log.record("b", lease("o1", 1), &[], &update).await.expect("record");
+    log.record("b", lease("o1", 1), &[], &update)
+        .await
+        .expect("record");
     let running: Vec<_> = log
         .by_status(SagaStatus::Running)
         .await
@@ -192,17 +232,28 @@ pub async fn by_status_filters<L: SagaLog>(log: &L) {
         .map(|r| r.id)
         .collect();
     assert_eq!(running, ["a", "c"]);
-    let compensated = log.by_status(SagaStatus::Compensated).await.expect("by_status");
+    let compensated = log
+        .by_status(SagaStatus::Compensated)
+        .await
+        .expect("by_status");
     assert_eq!(compensated.len(), 1);
     assert_eq!(compensated[0].id, "b");
-    assert!(log.by_status(SagaStatus::NeedsAttention).await.expect("by_status").is_empty());
+    assert!(
+        log.by_status(SagaStatus::NeedsAttention)
+            .await
+            .expect("by_status")
+            .is_empty()
+    );
 }
 
 /// Unknown ids: `load` is `None`, `acquire` and `record` are `NotFound`.
 pub async fn unknown_ids<L: SagaLog>(log: &L) {
     assert_eq!(log.load("nope").await.expect("load"), None);
     assert!(log.history("nope").await.expect("history").is_empty());
-    assert!(matches!(log.acquire("nope", lease("o1", 0)).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        log.acquire("nope", lease("o1", 0)).await,
+        Err(Error::NotFound { .. })
+    ));
     let update = SagaUpdate {
         status: SagaStatus::Running,
         cursor: 0,

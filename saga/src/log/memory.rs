@@ -49,7 +49,9 @@ impl MemorySagaLog {
 }
 
 fn free_for(row: &Row, lease: Lease<'_>) -> bool {
-    row.owner.as_deref() == Some(lease.owner) || row.owner.is_none() || row.lease_until < lease.now_ms
+    row.owner.as_deref() == Some(lease.owner)
+        || row.owner.is_none()
+        || row.lease_until < lease.now_ms
 }
 
 impl SagaLog for MemorySagaLog {
@@ -74,7 +76,9 @@ impl SagaLog for MemorySagaLog {
 
     async fn acquire(&self, id: &str, lease: Lease<'_>) -> Result<bool> {
         let mut rows = self.rows();
-        let row = rows.get_mut(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let row = rows
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         if !free_for(row, lease) {
             return Ok(false);
         }
@@ -102,7 +106,9 @@ impl SagaLog for MemorySagaLog {
         update: &SagaUpdate,
     ) -> Result<()> {
         let mut rows = self.rows();
-        let row = rows.get_mut(id).ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let row = rows
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         if row.owner.as_deref() != Some(lease.owner) {
             return Err(Error::LeaseLost { id: id.to_owned() });
         }

@@ -226,8 +226,6 @@ pub trait SagaLog: Send + Sync + 'static {
     fn history(&self, id: &str) -> impl Future<Output = Result<Vec<HistoryEntry>>> + Send;
 
     /// Every saga with this status, by id.
-    fn by_status(
-        &self,
-        status: SagaStatus,
-    ) -> impl Future<Output = Result<Vec<SagaRecord>>> + Send;
+    fn by_status(&self, status: SagaStatus)
+    -> impl Future<Output = Result<Vec<SagaRecord>>> + Send;
 }
