@@ -132,8 +132,12 @@ impl<L: SagaLog> Orchestrator<L> {
             failed_step: None,
             deadline_ms: saga.deadline.map(|d| now_ms().saturating_add(millis(d))),
         };
-        self.log.create(&record, self.lease()).await?;
-        self.run_leased(saga, record).await
+        // The insert carries the first step's start: one write.
+        let mut record = record;
+        let mut entries = Vec::new();
+        Self::settle(saga, &mut record, &mut entries);
+        self.log.create(&record, self.lease(), &entries).await?;
+        self.run_leased(saga, record, true).await
     }
 
     /// Takes the lease on saga `id` and runs it on from where the log says
@@ -152,7 +156,7 @@ impl<L: SagaLog> Orchestrator<L> {
             .load(id)
             .await?
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        self.run_leased(saga, record).await
+        self.run_leased(saga, record, false).await
     }
 
     /// Resumes every in-flight saga of this definition, one after the
@@ -195,12 +199,17 @@ impl<L: SagaLog> Orchestrator<L> {
         &self,
         saga: &Saga<S>,
         record: SagaRecord,
+        fresh: bool,
     ) -> Result<SagaRecord> {
         let span = tracing::info_span!("saga", saga.id = %record.id, saga.name = %saga.name);
         let id = record.id.clone();
-        let result = self.drive(saga, record).instrument(span).await;
-        if !matches!(result, Err(Error::LeaseLost { .. })) {
-            self.log.release(&id, &self.owner).await?;
+        let result = self.drive(saga, record, fresh).instrument(span).await;
+        // A final write frees the lease itself; release it only when the
+        // run stopped early (or found the saga already finished).
+        match &result {
+            Err(Error::LeaseLost { .. }) => {}
+            Ok(record) if !record.status.is_in_flight() && fresh => {}
+            _ => self.log.release(&id, &self.owner).await?,
         }
         #[cfg(feature = "metrics")]
         if let (Some(metrics), Ok(record)) = (&self.metrics, &result) {
@@ -268,6 +277,7 @@ impl<L: SagaLog> Orchestrator<L> {
         &self,
         saga: &Saga<S>,
         mut record: SagaRecord,
+        fresh: bool,
     ) -> Result<SagaRecord> {
         let len = saga.steps.len() as u32;
         if record.name != saga.name || record.cursor > len {
@@ -285,8 +295,10 @@ impl<L: SagaLog> Orchestrator<L> {
         // the previous outcome's write.
         let mut entries = Vec::new();
         let before = record.status;
-        Self::settle(saga, &mut record, &mut entries);
-        if before.is_in_flight() {
+        if !fresh {
+            Self::settle(saga, &mut record, &mut entries);
+        }
+        if before.is_in_flight() && !fresh {
             self.write(&mut record, &entries).await?;
         }
         while record.status.is_in_flight() {

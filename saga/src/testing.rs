@@ -71,17 +71,25 @@ fn new_entry(step: u32, event: StepEvent, error: Option<&str>) -> NewEntry {
 /// A created saga loads back unchanged.
 pub async fn create_and_load<L: SagaLog>(log: &L) {
     let saga = record("a");
-    log.create(&saga, lease("o1", 0)).await.expect("create");
+    log.create(
+        &saga,
+        lease("o1", 0),
+        &[new_entry(0, StepEvent::Started, None)],
+    )
+    .await
+    .expect("create");
     assert_eq!(log.load("a").await.expect("load"), Some(saga));
-    assert!(log.history("a").await.expect("history").is_empty());
+    let history = log.history("a").await.expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!((history[0].seq, history[0].event), (1, StepEvent::Started));
 }
 
 /// A second create of one id fails with `AlreadyExists`.
 pub async fn create_twice_is_already_exists<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0))
+    log.create(&record("a"), lease("o1", 0), &[])
         .await
         .expect("create");
-    let again = log.create(&record("a"), lease("o2", 0)).await;
+    let again = log.create(&record("a"), lease("o2", 0), &[]).await;
     assert!(
         matches!(again, Err(Error::AlreadyExists { ref id }) if id == "a"),
         "{again:?}"
@@ -90,7 +98,7 @@ pub async fn create_twice_is_already_exists<L: SagaLog>(log: &L) {
 
 /// `record` appends entries in order (seq 1, 2, ...) and updates the row.
 pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0))
+    log.create(&record("a"), lease("o1", 0), &[])
         .await
         .expect("create");
     let update = SagaUpdate {
@@ -147,11 +155,13 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
         ]
     );
     assert_eq!(history[0].step_name, "step-0");
+    // A final status frees the lease: another owner takes it at once.
+    assert!(log.acquire("a", lease("o2", 21)).await.expect("acquire"));
 }
 
 /// A writer that does not hold the lease writes nothing.
 pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0))
+    log.create(&record("a"), lease("o1", 0), &[])
         .await
         .expect("create");
     // o2 takes the lease over after it expired.
@@ -182,7 +192,7 @@ pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
 /// Another owner cannot take an unexpired lease; the holder renews it; an
 /// expired one is taken over.
 pub async fn lease_is_exclusive_until_expiry<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0))
+    log.create(&record("a"), lease("o1", 0), &[])
         .await
         .expect("create"); // until 1000
     assert!(!log.acquire("a", lease("o2", 500)).await.expect("acquire"));
@@ -198,7 +208,7 @@ pub async fn lease_is_exclusive_until_expiry<L: SagaLog>(log: &L) {
 
 /// A released lease is free at once; release by a non-owner does nothing.
 pub async fn release_frees_the_lease<L: SagaLog>(log: &L) {
-    log.create(&record("a"), lease("o1", 0))
+    log.create(&record("a"), lease("o1", 0), &[])
         .await
         .expect("create");
     log.release("a", "o2").await.expect("release");
@@ -210,7 +220,7 @@ pub async fn release_frees_the_lease<L: SagaLog>(log: &L) {
 /// `by_status` returns exactly the sagas with that status.
 pub async fn by_status_filters<L: SagaLog>(log: &L) {
     for id in ["a", "b", "c"] {
-        log.create(&record(id), lease("o1", 0))
+        log.create(&record(id), lease("o1", 0), &[])
             .await
             .expect("create");
     }

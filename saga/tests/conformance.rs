@@ -1,7 +1,6 @@
 //! The conformance suite on every backend.
 #![cfg(feature = "testing")]
 
-#[path = "support.rs"]
 mod support;
 
 use trellis_saga::{MemorySagaLog, testing};

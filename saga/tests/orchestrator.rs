@@ -1,6 +1,5 @@
 //! Orchestrator behaviour: order, compensation, retries, timeouts, deadline, leases.
 
-#[path = "support.rs"]
 mod support;
 
 use std::collections::HashMap;
@@ -373,6 +372,7 @@ async fn a_leased_saga_is_not_resumed_until_its_lease_expires() {
             now_ms: now,
             until_ms: now + 60_000,
         },
+        &[],
     )
     .await
     .unwrap();
@@ -393,6 +393,7 @@ async fn a_leased_saga_is_not_resumed_until_its_lease_expires() {
             now_ms: now - 3_600_000,
             until_ms: now - 3_000_000,
         },
+        &[],
     )
     .await
     .unwrap();
@@ -415,6 +416,7 @@ async fn two_orchestrators_never_run_one_saga_at_once<L: SagaLog + Clone>(log: L
                 now_ms: now - 10_000,
                 until_ms: now - 5_000,
             },
+            &[],
         )
         .await
         .unwrap();

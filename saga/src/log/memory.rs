@@ -48,6 +48,20 @@ impl MemorySagaLog {
     }
 }
 
+fn append(row: &mut Row, entries: &[NewEntry]) {
+    for entry in entries {
+        let seq = row.history.len() as i64 + 1;
+        row.history.push(HistoryEntry {
+            seq,
+            step: entry.step,
+            step_name: entry.step_name.clone(),
+            event: entry.event,
+            attempt: entry.attempt,
+            error: entry.error.clone(),
+        });
+    }
+}
+
 fn free_for(row: &Row, lease: Lease<'_>) -> bool {
     row.owner.as_deref() == Some(lease.owner)
         || row.owner.is_none()
@@ -55,22 +69,26 @@ fn free_for(row: &Row, lease: Lease<'_>) -> bool {
 }
 
 impl SagaLog for MemorySagaLog {
-    async fn create(&self, record: &SagaRecord, lease: Lease<'_>) -> Result<()> {
+    async fn create(
+        &self,
+        record: &SagaRecord,
+        lease: Lease<'_>,
+        entries: &[NewEntry],
+    ) -> Result<()> {
         let mut rows = self.rows();
         if rows.contains_key(&record.id) {
             return Err(Error::AlreadyExists {
                 id: record.id.clone(),
             });
         }
-        rows.insert(
-            record.id.clone(),
-            Row {
-                record: record.clone(),
-                history: Vec::new(),
-                owner: Some(lease.owner.to_owned()),
-                lease_until: lease.until_ms,
-            },
-        );
+        let mut row = Row {
+            record: record.clone(),
+            history: Vec::new(),
+            owner: Some(lease.owner.to_owned()),
+            lease_until: lease.until_ms,
+        };
+        append(&mut row, entries);
+        rows.insert(record.id.clone(), row);
         Ok(())
     }
 
@@ -112,23 +130,18 @@ impl SagaLog for MemorySagaLog {
         if row.owner.as_deref() != Some(lease.owner) {
             return Err(Error::LeaseLost { id: id.to_owned() });
         }
-        for entry in entries {
-            let seq = row.history.len() as i64 + 1;
-            row.history.push(HistoryEntry {
-                seq,
-                step: entry.step,
-                step_name: entry.step_name.clone(),
-                event: entry.event,
-                attempt: entry.attempt,
-                error: entry.error.clone(),
-            });
-        }
+        append(row, entries);
         row.record.status = update.status;
         row.record.cursor = update.cursor;
         row.record.state = update.state.clone();
         row.record.error = update.error.clone();
         row.record.failed_step = update.failed_step.clone();
-        row.lease_until = lease.until_ms;
+        if update.status.is_in_flight() {
+            row.lease_until = lease.until_ms;
+        } else {
+            row.owner = None;
+            row.lease_until = 0;
+        }
         Ok(())
     }
 

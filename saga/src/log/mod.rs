@@ -193,12 +193,14 @@ pub struct Lease<'a> {
 /// Durable storage of sagas; memory, SQLite and PostgreSQL implement it and
 /// pass [`testing`](crate::testing) (feature `testing`).
 pub trait SagaLog: Send + Sync + 'static {
-    /// Inserts a new saga, leased by `lease.owner`; [`Error::AlreadyExists`](crate::Error::AlreadyExists)
+    /// In one transaction: inserts a new saga leased by `lease.owner` and
+    /// its first history `entries`; [`Error::AlreadyExists`](crate::Error::AlreadyExists)
     /// if the id is taken.
     fn create(
         &self,
         record: &SagaRecord,
         lease: Lease<'_>,
+        entries: &[NewEntry],
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Takes or renews the lease atomically; `false` when another owner
@@ -209,7 +211,8 @@ pub trait SagaLog: Send + Sync + 'static {
     fn release(&self, id: &str, owner: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// In one transaction: appends `entries`, applies `update` and extends
-    /// the lease, only if `lease.owner` still holds it; otherwise
+    /// the lease (or frees it when `update.status` is final), only if
+    /// `lease.owner` still holds it; otherwise
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) and nothing is written.
     fn record(
         &self,

@@ -94,6 +94,33 @@ impl PgSagaLog {
         })
     }
 
+    async fn append(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        id: &str,
+        last: i64,
+        entries: &[NewEntry],
+    ) -> Result<()> {
+        for (n, entry) in entries.iter().enumerate() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {h} (saga_id, seq, step, step_name, event, attempt, error)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                h = self.history
+            )))
+            .bind(id)
+            .bind(last + 1 + n as i64)
+            .bind(i64::from(entry.step))
+            .bind(&entry.step_name)
+            .bind(entry.event.as_str())
+            .bind(i64::from(entry.attempt))
+            .bind(&entry.error)
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::storage)?;
+        }
+        Ok(())
+    }
+
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -122,8 +149,14 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 impl SagaLog for PgSagaLog {
-    async fn create(&self, record: &SagaRecord, lease: Lease<'_>) -> Result<()> {
+    async fn create(
+        &self,
+        record: &SagaRecord,
+        lease: Lease<'_>,
+        entries: &[NewEntry],
+    ) -> Result<()> {
         let state = serde_json::to_string(&record.state)?;
+        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
         let result = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {s} (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", s = self.sagas)))
         .bind(&record.id)
@@ -136,10 +169,13 @@ impl SagaLog for PgSagaLog {
         .bind(record.deadline_ms)
         .bind(lease.owner)
         .bind(lease.until_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.append(&mut tx, &record.id, 0, entries).await?;
+                tx.commit().await.map_err(Error::storage)
+            }
             Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
                 id: record.id.clone(),
             }),
@@ -191,15 +227,22 @@ impl SagaLog for PgSagaLog {
         update: &SagaUpdate,
     ) -> Result<()> {
         let state = serde_json::to_string(&update.state)?;
+        let lease_until = if update.status.is_in_flight() {
+            lease.until_ms
+        } else {
+            0
+        };
         let mut tx = self.pool.begin().await.map_err(Error::storage)?;
-        let done = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {s} SET status = $1, cursor = $2, state = $3, error = $4, failed_step = $5, lease_until = $6
-             WHERE id = $7 AND lease_owner = $8", s = self.sagas)))
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {s} SET status = $1, cursor = $2, state = $3, error = $4, failed_step = $5, lease_until = $6,
+                 lease_owner = CASE WHEN $7 THEN lease_owner ELSE NULL END
+             WHERE id = $8 AND lease_owner = $9", s = self.sagas)))
         .bind(update.status.as_str())
         .bind(i64::from(update.cursor))
         .bind(state)
         .bind(&update.error)
         .bind(&update.failed_step)
-        .bind(lease.until_ms)
+        .bind(lease_until)
+        .bind(update.status.is_in_flight())
         .bind(id)
         .bind(lease.owner)
         .execute(&mut *tx)
@@ -220,23 +263,7 @@ impl SagaLog for PgSagaLog {
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::storage)?;
-        for (n, entry) in entries.iter().enumerate() {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {h} (saga_id, seq, step, step_name, event, attempt, error)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                h = self.history
-            )))
-            .bind(id)
-            .bind(last + 1 + n as i64)
-            .bind(i64::from(entry.step))
-            .bind(&entry.step_name)
-            .bind(entry.event.as_str())
-            .bind(i64::from(entry.attempt))
-            .bind(&entry.error)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::storage)?;
-        }
+        self.append(&mut tx, id, last, entries).await?;
         tx.commit().await.map_err(Error::storage)
     }
 

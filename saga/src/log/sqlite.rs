@@ -86,6 +86,32 @@ impl SqliteSagaLog {
         Ok(SqliteSagaLog { pool })
     }
 
+    async fn append(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        id: &str,
+        last: i64,
+        entries: &[NewEntry],
+    ) -> Result<()> {
+        for (n, entry) in entries.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO trellis_saga_history (saga_id, seq, step, step_name, event, attempt, error)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(last + 1 + n as i64)
+            .bind(i64::from(entry.step))
+            .bind(&entry.step_name)
+            .bind(entry.event.as_str())
+            .bind(i64::from(entry.attempt))
+            .bind(&entry.error)
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::storage)?;
+        }
+        Ok(())
+    }
+
     /// The pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -114,8 +140,14 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 impl SagaLog for SqliteSagaLog {
-    async fn create(&self, record: &SagaRecord, lease: Lease<'_>) -> Result<()> {
+    async fn create(
+        &self,
+        record: &SagaRecord,
+        lease: Lease<'_>,
+        entries: &[NewEntry],
+    ) -> Result<()> {
         let state = serde_json::to_string(&record.state)?;
+        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
         let result = sqlx::query(
             "INSERT INTO trellis_sagas (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -130,10 +162,13 @@ impl SagaLog for SqliteSagaLog {
         .bind(record.deadline_ms)
         .bind(lease.owner)
         .bind(lease.until_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.append(&mut tx, &record.id, 0, entries).await?;
+                tx.commit().await.map_err(Error::storage)
+            }
             Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
                 id: record.id.clone(),
             }),
@@ -183,9 +218,15 @@ impl SagaLog for SqliteSagaLog {
         update: &SagaUpdate,
     ) -> Result<()> {
         let state = serde_json::to_string(&update.state)?;
+        let lease_until = if update.status.is_in_flight() {
+            lease.until_ms
+        } else {
+            0
+        };
         let mut tx = self.pool.begin().await.map_err(Error::storage)?;
         let done = sqlx::query(
-            "UPDATE trellis_sagas SET status = ?, cursor = ?, state = ?, error = ?, failed_step = ?, lease_until = ?
+            "UPDATE trellis_sagas SET status = ?, cursor = ?, state = ?, error = ?, failed_step = ?, lease_until = ?,
+                 lease_owner = CASE WHEN ? THEN lease_owner ELSE NULL END
              WHERE id = ? AND lease_owner = ?",
         )
         .bind(update.status.as_str())
@@ -193,7 +234,8 @@ impl SagaLog for SqliteSagaLog {
         .bind(state)
         .bind(&update.error)
         .bind(&update.failed_step)
-        .bind(lease.until_ms)
+        .bind(lease_until)
+        .bind(update.status.is_in_flight())
         .bind(id)
         .bind(lease.owner)
         .execute(&mut *tx)
@@ -213,22 +255,7 @@ impl SagaLog for SqliteSagaLog {
         .fetch_one(&mut *tx)
         .await
         .map_err(Error::storage)?;
-        for (n, entry) in entries.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO trellis_saga_history (saga_id, seq, step, step_name, event, attempt, error)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(last + 1 + n as i64)
-            .bind(i64::from(entry.step))
-            .bind(&entry.step_name)
-            .bind(entry.event.as_str())
-            .bind(i64::from(entry.attempt))
-            .bind(&entry.error)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::storage)?;
-        }
+        self.append(&mut tx, id, last, entries).await?;
         tx.commit().await.map_err(Error::storage)
     }
 

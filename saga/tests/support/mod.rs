@@ -17,6 +17,7 @@ pub fn sqlite_path(tag: &str) -> PathBuf {
     path
 }
 
+/// A fresh SQLite URL.
 pub fn sqlite_url(tag: &str) -> String {
     format!("sqlite://{}", sqlite_path(tag).display())
 }
@@ -38,6 +39,7 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
+/// A PostgreSQL log in a fresh schema.
 #[cfg(feature = "postgres")]
 pub async fn pg_log(url: &str, tag: &str) -> trellis_saga::PgSagaLog {
     let schema = pg_schema(tag);
