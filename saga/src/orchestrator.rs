@@ -212,10 +212,10 @@ impl<L: SagaLog> Orchestrator<L> {
             _ => self.log.release(&id, &self.owner).await?,
         }
         #[cfg(feature = "metrics")]
-        if let (Some(metrics), Ok(record)) = (&self.metrics, &result) {
-            if !record.status.is_in_flight() {
-                metrics.finished(record.status);
-            }
+        if let (Some(metrics), Ok(record)) = (&self.metrics, &result)
+            && !record.status.is_in_flight()
+        {
+            metrics.finished(record.status);
         }
         result
     }

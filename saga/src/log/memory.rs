@@ -107,11 +107,11 @@ impl SagaLog for MemorySagaLog {
 
     async fn release(&self, id: &str, owner: &str) -> Result<()> {
         let mut rows = self.rows();
-        if let Some(row) = rows.get_mut(id) {
-            if row.owner.as_deref() == Some(owner) {
-                row.owner = None;
-                row.lease_until = 0;
-            }
+        if let Some(row) = rows.get_mut(id)
+            && row.owner.as_deref() == Some(owner)
+        {
+            row.owner = None;
+            row.lease_until = 0;
         }
         Ok(())
     }
