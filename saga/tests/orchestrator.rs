@@ -516,3 +516,101 @@ async fn sqlite_log_runs_a_compensating_saga() {
     assert_eq!(orch.log().load("o1").await.unwrap().unwrap(), done);
     assert_eq!(orch.history("o1").await.unwrap().len(), 11);
 }
+
+/// Counts the log's write transactions.
+#[derive(Clone, Default)]
+struct CountingLog {
+    inner: MemorySagaLog,
+    writes: Arc<AtomicU32>,
+}
+
+impl SagaLog for CountingLog {
+    async fn create(
+        &self,
+        record: &SagaRecord,
+        lease: Lease<'_>,
+        entries: &[trellis_saga::NewEntry],
+    ) -> trellis_saga::Result<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(record, lease, entries).await
+    }
+    async fn acquire(&self, id: &str, lease: Lease<'_>) -> trellis_saga::Result<bool> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.acquire(id, lease).await
+    }
+    async fn release(&self, id: &str, owner: &str) -> trellis_saga::Result<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.release(id, owner).await
+    }
+    async fn record(
+        &self,
+        id: &str,
+        lease: Lease<'_>,
+        entries: &[trellis_saga::NewEntry],
+        update: &trellis_saga::SagaUpdate,
+    ) -> trellis_saga::Result<()> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.record(id, lease, entries, update).await
+    }
+    async fn load(&self, id: &str) -> trellis_saga::Result<Option<SagaRecord>> {
+        self.inner.load(id).await
+    }
+    async fn history(&self, id: &str) -> trellis_saga::Result<Vec<trellis_saga::HistoryEntry>> {
+        self.inner.history(id).await
+    }
+    async fn by_status(&self, status: SagaStatus) -> trellis_saga::Result<Vec<SagaRecord>> {
+        self.inner.by_status(status).await
+    }
+}
+
+#[tokio::test]
+async fn an_n_step_saga_costs_n_plus_one_log_writes() {
+    let fx = effects();
+    let log = CountingLog::default();
+    let orch = Orchestrator::new(log.clone(), "n");
+    let done = orch
+        .start(&saga(5, None, vec![], &fx), "o1", State::default())
+        .await
+        .unwrap();
+    assert_eq!(done.status, SagaStatus::Completed);
+    // create (+ start of step 0), then one per step (outcome + next start;
+    // the last one also frees the lease).
+    assert_eq!(log.writes.load(Ordering::SeqCst), 6);
+    assert_eq!(orch.history("o1").await.unwrap().len(), 10);
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_count_steps_and_finished_sagas() {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let fx = effects();
+    let orch = orchestrator().with_metrics(trellis_saga::metrics::SagaMetrics::new(&mut registry));
+    orch.start(&saga(2, None, vec![], &fx), "a", State::default())
+        .await
+        .unwrap();
+    orch.start(&saga(2, Some(1), vec![], &fx), "b", State::default())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("trellis_saga_finished_total{status=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_saga_finished_total{status=\"compensated\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_saga_steps_total{outcome=\"succeeded\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_saga_steps_total{outcome=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("trellis_saga_steps_total{outcome=\"compensated\"} 1"),
+        "{text}"
+    );
+}
