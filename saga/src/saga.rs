@@ -76,6 +76,79 @@ impl<S: SagaState> Step<S> {
         }
     }
 
+    /// A step whose action and compensation are tower services taking
+    /// `(state, context)`; each call clones the service and waits for it
+    /// to be ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::future::{Ready, ready};
+    /// use std::task::{Context, Poll};
+    /// use trellis_saga::{Step, StepContext, StepError};
+    ///
+    /// #[derive(Clone)]
+    /// struct Reserve;
+    ///
+    /// impl tower_service::Service<(u32, StepContext)> for Reserve {
+    ///     type Response = u32;
+    ///     type Error = StepError;
+    ///     type Future = Ready<Result<u32, StepError>>;
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), StepError>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, (n, _cx): (u32, StepContext)) -> Self::Future {
+    ///         ready(Ok(n + 1))
+    ///     }
+    /// }
+    ///
+    /// #[derive(Clone)]
+    /// struct Release;
+    ///
+    /// impl tower_service::Service<(u32, StepContext)> for Release {
+    ///     type Response = u32;
+    ///     type Error = StepError;
+    ///     type Future = Ready<Result<u32, StepError>>;
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), StepError>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, (n, _cx): (u32, StepContext)) -> Self::Future {
+    ///         ready(Ok(n))
+    ///     }
+    /// }
+    ///
+    /// let step = Step::from_services("reserve", Reserve, Release);
+    /// assert_eq!(step.name(), "reserve");
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus};
+    /// let saga = Saga::new("services").step(step);
+    /// let done = Orchestrator::new(MemorySagaLog::new(), "n").start(&saga, "s1", 41).await?;
+    /// assert_eq!(done.status, SagaStatus::Completed);
+    /// assert_eq!(done.state, 42);
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn from_services<A, C>(name: impl Into<String>, action: A, compensation: C) -> Self
+    where
+        A: tower_service::Service<(S, StepContext), Response = S> + Clone + Send + Sync + 'static,
+        A::Error: fmt::Display,
+        A::Future: Send + 'static,
+        C: tower_service::Service<(S, StepContext)> + Clone + Send + Sync + 'static,
+        C::Error: fmt::Display,
+        C::Future: Send + 'static,
+    {
+        Step::new(
+            name,
+            move |state, cx| call(action.clone(), (state, cx)),
+            move |state, cx| {
+                let done = call(compensation.clone(), (state, cx));
+                async move { done.await.map(|_| ()) }
+            },
+        )
+    }
+
     /// Each action attempt fails after `timeout`.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -92,6 +165,17 @@ impl<S: SagaState> Step<S> {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+async fn call<Svc, Req>(mut svc: Svc, request: Req) -> Result<Svc::Response, StepError>
+where
+    Svc: tower_service::Service<Req>,
+    Svc::Error: fmt::Display,
+{
+    std::future::poll_fn(|cx| svc.poll_ready(cx))
+        .await
+        .map_err(StepError::new)?;
+    svc.call(request).await.map_err(StepError::new)
 }
 
 /// A saga definition: a name, ordered steps, an optional deadline.
