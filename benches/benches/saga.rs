@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use trellis_saga::{Orchestrator, Saga, SqliteSagaLog, Step, StepContext, StepError};
 
 const STEPS: usize = 5;
@@ -35,7 +37,10 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn temp_db(tag: &str) -> String {
-    let path = std::env::temp_dir().join(format!("trellis-bench-saga-{}-{tag}.db", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "trellis-bench-saga-{}-{tag}.db",
+        std::process::id()
+    ));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
@@ -94,10 +99,16 @@ fn saga(pool: Option<SqlitePool>) -> Saga<State> {
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let ids = Arc::new(AtomicU64::new(0));
-    for (group_name, with_action) in [("saga_5_steps/sqlite_action", true), ("saga_5_steps/noop_action", false)] {
-        let pool = with_action.then(|| rt.block_on(downstream(&temp_db(&format!("down-{with_action}")))));
+    for (group_name, with_action) in [
+        ("saga_5_steps/sqlite_action", true),
+        ("saga_5_steps/noop_action", false),
+    ] {
+        let pool =
+            with_action.then(|| rt.block_on(downstream(&temp_db(&format!("down-{with_action}")))));
         let log = rt
-            .block_on(SqliteSagaLog::connect(&temp_db(&format!("log-{with_action}"))))
+            .block_on(SqliteSagaLog::connect(&temp_db(&format!(
+                "log-{with_action}"
+            ))))
             .expect("log");
         let orchestrator = Orchestrator::new(log, "bench");
         let definition = saga(pool.clone());
@@ -111,7 +122,9 @@ fn bench(c: &mut Criterion) {
                         let mut state = State::default();
                         for step in 0..STEPS {
                             if let Some(pool) = &pool {
-                                effect(pool, format!("bare-{n}/{step}/action")).await.expect("effect");
+                                effect(pool, format!("bare-{n}/{step}/action"))
+                                    .await
+                                    .expect("effect");
                             }
                             state.done += 1;
                         }
