@@ -614,3 +614,35 @@ async fn metrics_count_steps_and_finished_sagas() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_deadline_that_passed_while_down_compensates_on_recovery() {
+    let fx = effects();
+    let log = MemorySagaLog::new();
+    let now = now_ms();
+    // Step 0 done, step 1 next, deadline passed while no orchestrator ran.
+    let mut record = pending("o1");
+    record.cursor = 1;
+    record.deadline_ms = Some(now - 1);
+    log.create(
+        &record,
+        Lease {
+            owner: "dead",
+            now_ms: now - 10_000,
+            until_ms: now - 5_000,
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let orch = Orchestrator::new(log, "node-1");
+    let results = orch.recover(&saga(3, None, vec![], &fx)).await.unwrap();
+    assert_eq!(results.len(), 1);
+    let done = results[0].1.as_ref().unwrap();
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(
+        done.error.as_deref(),
+        Some("step s1 failed: saga deadline exceeded")
+    );
+    assert_eq!(taken(&fx), ["undo o1/0/compensation"]);
+}
