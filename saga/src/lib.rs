@@ -1,13 +1,25 @@
-//! # trellis-saga
-//!
-//! Durable saga orchestration for Trellis. **Not yet implemented**: this crate
-//! is reserved in the workspace and will hold
-//!
-//! - sagas defined in code as ordered steps, each an async action with its
-//!   compensation, over typed, persisted saga state;
-//! - a saga log (memory, SQLite, PostgreSQL) that records every step's start
-//!   and outcome, so that an orchestrator restarted after a crash resumes each
-//!   saga in flight with the same idempotency keys;
-//! - compensation in reverse order with retries (trellis-resilience's backoff
-//!   schedule), parking sagas that cannot be compensated as `NeedsAttention`;
-//! - leases so that two orchestrators never run one saga at once.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod log;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod orchestrator;
+mod retry;
+mod saga;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::{BoxError, Error, Result, StepError};
+pub use log::memory::MemorySagaLog;
+#[cfg(feature = "postgres")]
+pub use log::postgres::PgSagaLog;
+#[cfg(feature = "sqlite")]
+pub use log::sqlite::SqliteSagaLog;
+pub use log::{
+    HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
+};
+pub use orchestrator::{Orchestrator, idempotency_key};
+pub use retry::{ExponentialSchedule, RetrySchedule};
+pub use saga::{Saga, SagaState, Step, StepContext};

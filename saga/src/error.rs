@@ -1,0 +1,101 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// A boxed error from a storage backend.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the saga log and the orchestrator can fail with.
+///
+/// A step's own failure is not an `Error`: it drives the saga to
+/// compensation and is recorded in the saga's history.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The storage backend failed (connection, I/O, SQL).
+    #[error("saga log storage error")]
+    Storage(#[source] BoxError),
+    /// The saga state could not be (de)serialized.
+    #[error("saga state could not be (de)serialized")]
+    State(#[from] serde_json::Error),
+    /// No saga with this id is in the log.
+    #[error("saga {id} not found")]
+    NotFound {
+        /// The saga id.
+        id: String,
+    },
+    /// A saga with this id was already started.
+    #[error("saga {id} already exists")]
+    AlreadyExists {
+        /// The saga id.
+        id: String,
+    },
+    /// Another orchestrator holds an unexpired lease on the saga.
+    #[error("saga {id} is leased by another orchestrator")]
+    Leased {
+        /// The saga id.
+        id: String,
+    },
+    /// This orchestrator's lease was taken over while it ran the saga; it
+    /// stopped without writing, the new owner carries on.
+    #[error("lease on saga {id} was lost")]
+    LeaseLost {
+        /// The saga id.
+        id: String,
+    },
+    /// The logged saga was written by a definition with another name or
+    /// more steps than the one given.
+    #[error("saga {id} does not match definition {definition}")]
+    DefinitionMismatch {
+        /// The saga id.
+        id: String,
+        /// The definition's name.
+        definition: String,
+    },
+}
+
+impl Error {
+    /// Wraps a backend error.
+    pub fn storage(error: impl Into<BoxError>) -> Self {
+        Error::Storage(error.into())
+    }
+}
+
+/// Why a step's action or compensation failed: a message recorded in the
+/// saga's history.
+///
+/// # Examples
+///
+/// ```
+/// let error = trellis_saga::StepError::new("card declined");
+/// assert_eq!(error.to_string(), "card declined");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    message: String,
+}
+
+impl StepError {
+    /// A step error with this message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        StepError {
+            message: message.to_string(),
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StepError {}

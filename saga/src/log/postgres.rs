@@ -1,0 +1,325 @@
+//! A [`SagaLog`] on PostgreSQL (feature `postgres`).
+
+use sqlx::Row as _;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+
+use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
+use crate::error::{Error, Result};
+
+fn schema_sql(schema: &str) -> [String; 4] {
+    [
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".trellis_sagas (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                status TEXT NOT NULL,
+                cursor BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                error TEXT,
+                failed_step TEXT,
+                deadline_ms BIGINT,
+                lease_owner TEXT,
+                lease_until BIGINT NOT NULL DEFAULT 0
+            )"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".trellis_saga_history (
+                saga_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                step BIGINT NOT NULL,
+                step_name TEXT NOT NULL,
+                event TEXT NOT NULL,
+                attempt BIGINT NOT NULL,
+                error TEXT,
+                PRIMARY KEY (saga_id, seq)
+            )"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON \"{schema}\".trellis_sagas (status)"
+        ),
+    ]
+}
+
+/// A [`SagaLog`] in PostgreSQL, its tables in one schema (created if
+/// missing), so several logs can share a database.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn example() -> Result<(), trellis_saga::Error> {
+/// use trellis_saga::PgSagaLog;
+///
+/// let log = PgSagaLog::connect("postgres://postgres@127.0.0.1/app", "public").await?;
+/// # let _ = log;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgSagaLog {
+    pool: PgPool,
+    sagas: String,
+    history: String,
+}
+
+impl PgSagaLog {
+    /// Connects to `url` and creates the tables in `schema`.
+    pub async fn connect(url: &str, schema: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(url)
+            .await
+            .map_err(Error::storage)?;
+        Self::with_pool(pool, schema).await
+    }
+
+    /// Uses an existing pool and creates the tables in `schema`.
+    ///
+    /// # Panics
+    ///
+    /// If `schema` contains a double quote (contract misuse: it is an
+    /// identifier chosen by the program, not input).
+    pub async fn with_pool(pool: PgPool, schema: &str) -> Result<Self> {
+        assert!(!schema.contains('"'), "schema names must not contain '\"'");
+        for statement in schema_sql(schema) {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .map_err(Error::storage)?;
+        }
+        Ok(PgSagaLog {
+            pool,
+            sagas: format!("\"{schema}\".trellis_sagas"),
+            history: format!("\"{schema}\".trellis_saga_history"),
+        })
+    }
+
+    async fn append(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        id: &str,
+        last: i64,
+        entries: &[NewEntry],
+    ) -> Result<()> {
+        for (n, entry) in entries.iter().enumerate() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {h} (saga_id, seq, step, step_name, event, attempt, error)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                h = self.history
+            )))
+            .bind(id)
+            .bind(last + 1 + n as i64)
+            .bind(i64::from(entry.step))
+            .bind(&entry.step_name)
+            .bind(entry.event.as_str())
+            .bind(i64::from(entry.attempt))
+            .bind(&entry.error)
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::storage)?;
+        }
+        Ok(())
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn to_record(row: &PgRow) -> Result<SagaRecord> {
+    let status: String = row.try_get("status").map_err(Error::storage)?;
+    let state: String = row.try_get("state").map_err(Error::storage)?;
+    let cursor: i64 = row.try_get("cursor").map_err(Error::storage)?;
+    Ok(SagaRecord {
+        id: row.try_get("id").map_err(Error::storage)?,
+        name: row.try_get("name").map_err(Error::storage)?,
+        status: SagaStatus::parse(&status)
+            .ok_or_else(|| Error::storage(format!("unknown saga status {status:?}")))?,
+        cursor: u32::try_from(cursor).map_err(Error::storage)?,
+        state: serde_json::from_str(&state)?,
+        error: row.try_get("error").map_err(Error::storage)?,
+        failed_step: row.try_get("failed_step").map_err(Error::storage)?,
+        deadline_ms: row.try_get("deadline_ms").map_err(Error::storage)?,
+    })
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+impl SagaLog for PgSagaLog {
+    async fn create(
+        &self,
+        record: &SagaRecord,
+        lease: Lease<'_>,
+        entries: &[NewEntry],
+    ) -> Result<()> {
+        let state = serde_json::to_string(&record.state)?;
+        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
+        let result = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {s} (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", s = self.sagas)))
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.status.as_str())
+        .bind(i64::from(record.cursor))
+        .bind(state)
+        .bind(&record.error)
+        .bind(&record.failed_step)
+        .bind(record.deadline_ms)
+        .bind(lease.owner)
+        .bind(lease.until_ms)
+        .execute(&mut *tx)
+        .await;
+        match result {
+            Ok(_) => {
+                self.append(&mut tx, &record.id, 0, entries).await?;
+                tx.commit().await.map_err(Error::storage)
+            }
+            Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+                id: record.id.clone(),
+            }),
+            Err(e) => Err(Error::storage(e)),
+        }
+    }
+
+    async fn acquire(&self, id: &str, lease: Lease<'_>) -> Result<bool> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {s} SET lease_owner = $1, lease_until = $2
+             WHERE id = $3 AND (lease_owner IS NULL OR lease_until < $4 OR lease_owner = $5)",
+            s = self.sagas
+        )))
+        .bind(lease.owner)
+        .bind(lease.until_ms)
+        .bind(id)
+        .bind(lease.now_ms)
+        .bind(lease.owner)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        match self.load(id).await? {
+            Some(_) => Ok(false),
+            None => Err(Error::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    async fn release(&self, id: &str, owner: &str) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {s} SET lease_owner = NULL, lease_until = 0 WHERE id = $1 AND lease_owner = $2",
+            s = self.sagas
+        )))
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        id: &str,
+        lease: Lease<'_>,
+        entries: &[NewEntry],
+        update: &SagaUpdate,
+    ) -> Result<()> {
+        let state = serde_json::to_string(&update.state)?;
+        let lease_until = if update.status.is_in_flight() {
+            lease.until_ms
+        } else {
+            0
+        };
+        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {s} SET status = $1, cursor = $2, state = $3, error = $4, failed_step = $5, lease_until = $6,
+                 lease_owner = CASE WHEN $7 THEN lease_owner ELSE NULL END
+             WHERE id = $8 AND lease_owner = $9", s = self.sagas)))
+        .bind(update.status.as_str())
+        .bind(i64::from(update.cursor))
+        .bind(state)
+        .bind(&update.error)
+        .bind(&update.failed_step)
+        .bind(lease_until)
+        .bind(update.status.is_in_flight())
+        .bind(id)
+        .bind(lease.owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::storage)?;
+        if done.rows_affected() != 1 {
+            tx.rollback().await.map_err(Error::storage)?;
+            return match self.load(id).await? {
+                Some(_) => Err(Error::LeaseLost { id: id.to_owned() }),
+                None => Err(Error::NotFound { id: id.to_owned() }),
+            };
+        }
+        let last: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COALESCE(MAX(seq), 0) FROM {h} WHERE saga_id = $1",
+            h = self.history
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::storage)?;
+        self.append(&mut tx, id, last, entries).await?;
+        tx.commit().await.map_err(Error::storage)
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<SagaRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT * FROM {s} WHERE id = $1",
+            s = self.sagas
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        row.as_ref().map(to_record).transpose()
+    }
+
+    async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT seq, step, step_name, event, attempt, error FROM {h} WHERE saga_id = $1 ORDER BY seq", h = self.history)))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        rows.iter()
+            .map(|row| {
+                let event: String = row.try_get("event").map_err(Error::storage)?;
+                let step: i64 = row.try_get("step").map_err(Error::storage)?;
+                let attempt: i64 = row.try_get("attempt").map_err(Error::storage)?;
+                Ok(HistoryEntry {
+                    seq: row.try_get("seq").map_err(Error::storage)?,
+                    step: u32::try_from(step).map_err(Error::storage)?,
+                    step_name: row.try_get("step_name").map_err(Error::storage)?,
+                    event: StepEventParse::parse(&event)?,
+                    attempt: u32::try_from(attempt).map_err(Error::storage)?,
+                    error: row.try_get("error").map_err(Error::storage)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn by_status(&self, status: SagaStatus) -> Result<Vec<SagaRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT * FROM {s} WHERE status = $1 ORDER BY id",
+            s = self.sagas
+        )))
+        .bind(status.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        rows.iter().map(to_record).collect()
+    }
+}
+
+struct StepEventParse;
+
+impl StepEventParse {
+    fn parse(name: &str) -> Result<super::StepEvent> {
+        super::StepEvent::parse(name)
+            .ok_or_else(|| Error::storage(format!("unknown step event {name:?}")))
+    }
+}

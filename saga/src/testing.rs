@@ -1,0 +1,278 @@
+//! The conformance suite every [`SagaLog`] passes (feature `testing`).
+//!
+//! Each function takes a fresh, empty log and panics (with `assert!`) when
+//! the backend misbehaves. [`run_all`] runs them all against a factory.
+//!
+//! # Examples
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use trellis_saga::{MemorySagaLog, testing};
+//!
+//! testing::run_all(|| async { MemorySagaLog::new() }).await;
+//! # });
+//! ```
+
+use std::future::Future;
+
+use serde_json::json;
+
+use crate::error::Error;
+use crate::log::{Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent};
+
+/// Runs every conformance test, each on a fresh log from `factory`.
+pub async fn run_all<L, F, Fut>(factory: F)
+where
+    L: SagaLog,
+    F: Fn() -> Fut,
+    Fut: Future<Output = L>,
+{
+    create_and_load(&factory().await).await;
+    create_twice_is_already_exists(&factory().await).await;
+    record_appends_history_and_updates_row(&factory().await).await;
+    record_without_lease_is_lease_lost(&factory().await).await;
+    lease_is_exclusive_until_expiry(&factory().await).await;
+    release_frees_the_lease(&factory().await).await;
+    by_status_filters(&factory().await).await;
+    unknown_ids(&factory().await).await;
+}
+
+fn lease(owner: &str, now_ms: i64) -> Lease<'_> {
+    Lease {
+        owner,
+        now_ms,
+        until_ms: now_ms + 1_000,
+    }
+}
+
+fn record(id: &str) -> SagaRecord {
+    SagaRecord {
+        id: id.to_owned(),
+        name: "test-saga".to_owned(),
+        status: SagaStatus::Running,
+        cursor: 0,
+        state: json!({ "n": 1 }),
+        error: None,
+        failed_step: None,
+        deadline_ms: Some(42),
+    }
+}
+
+fn new_entry(step: u32, event: StepEvent, error: Option<&str>) -> NewEntry {
+    NewEntry {
+        step,
+        step_name: format!("step-{step}"),
+        event,
+        attempt: 1,
+        error: error.map(str::to_owned),
+    }
+}
+
+/// A created saga loads back unchanged.
+pub async fn create_and_load<L: SagaLog>(log: &L) {
+    let saga = record("a");
+    log.create(
+        &saga,
+        lease("o1", 0),
+        &[new_entry(0, StepEvent::Started, None)],
+    )
+    .await
+    .expect("create");
+    assert_eq!(log.load("a").await.expect("load"), Some(saga));
+    let history = log.history("a").await.expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!((history[0].seq, history[0].event), (1, StepEvent::Started));
+}
+
+/// A second create of one id fails with `AlreadyExists`.
+pub async fn create_twice_is_already_exists<L: SagaLog>(log: &L) {
+    log.create(&record("a"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    let again = log.create(&record("a"), lease("o2", 0), &[]).await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { ref id }) if id == "a"),
+        "{again:?}"
+    );
+}
+
+/// `record` appends entries in order (seq 1, 2, ...) and updates the row.
+pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
+    log.create(&record("a"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    let update = SagaUpdate {
+        status: SagaStatus::Running,
+        cursor: 1,
+        state: json!({ "n": 2 }),
+        error: None,
+        failed_step: None,
+    };
+    log.record(
+        "a",
+        lease("o1", 10),
+        &[
+            new_entry(0, StepEvent::Succeeded, None),
+            new_entry(1, StepEvent::Started, None),
+        ],
+        &update,
+    )
+    .await
+    .expect("record");
+    let update = SagaUpdate {
+        status: SagaStatus::NeedsAttention,
+        cursor: 1,
+        state: json!({ "n": 3 }),
+        error: Some("boom".to_owned()),
+        failed_step: Some("step-0".to_owned()),
+    };
+    log.record(
+        "a",
+        lease("o1", 20),
+        &[new_entry(0, StepEvent::CompensationFailed, Some("boom"))],
+        &update,
+    )
+    .await
+    .expect("record");
+    let saga = log.load("a").await.expect("load").expect("present");
+    assert_eq!(saga.status, SagaStatus::NeedsAttention);
+    assert_eq!(saga.cursor, 1);
+    assert_eq!(saga.state, json!({ "n": 3 }));
+    assert_eq!(saga.error.as_deref(), Some("boom"));
+    assert_eq!(saga.failed_step.as_deref(), Some("step-0"));
+    assert_eq!(saga.deadline_ms, Some(42));
+    let history = log.history("a").await.expect("history");
+    let summary: Vec<_> = history
+        .iter()
+        .map(|e| (e.seq, e.step, e.event, e.error.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, 0, StepEvent::Succeeded, None),
+            (2, 1, StepEvent::Started, None),
+            (3, 0, StepEvent::CompensationFailed, Some("boom".to_owned())),
+        ]
+    );
+    assert_eq!(history[0].step_name, "step-0");
+    // A final status frees the lease: another owner takes it at once.
+    assert!(log.acquire("a", lease("o2", 21)).await.expect("acquire"));
+}
+
+/// A writer that does not hold the lease writes nothing.
+pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
+    log.create(&record("a"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    // o2 takes the lease over after it expired.
+    assert!(log.acquire("a", lease("o2", 5_000)).await.expect("acquire"));
+    let update = SagaUpdate {
+        status: SagaStatus::Completed,
+        cursor: 3,
+        state: json!(null),
+        error: None,
+        failed_step: None,
+    };
+    let lost = log
+        .record(
+            "a",
+            lease("o1", 5_001),
+            &[new_entry(0, StepEvent::Succeeded, None)],
+            &update,
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(Error::LeaseLost { ref id }) if id == "a"),
+        "{lost:?}"
+    );
+    assert_eq!(log.load("a").await.expect("load"), Some(record("a")));
+    assert!(log.history("a").await.expect("history").is_empty());
+}
+
+/// Another owner cannot take an unexpired lease; the holder renews it; an
+/// expired one is taken over.
+pub async fn lease_is_exclusive_until_expiry<L: SagaLog>(log: &L) {
+    log.create(&record("a"), lease("o1", 0), &[])
+        .await
+        .expect("create"); // until 1000
+    assert!(!log.acquire("a", lease("o2", 500)).await.expect("acquire"));
+    assert!(log.acquire("a", lease("o1", 900)).await.expect("renew")); // until 1900
+    assert!(!log.acquire("a", lease("o2", 1_500)).await.expect("acquire"));
+    assert!(
+        log.acquire("a", lease("o2", 1_901))
+            .await
+            .expect("take over")
+    );
+    assert!(!log.acquire("a", lease("o1", 1_902)).await.expect("acquire"));
+}
+
+/// A released lease is free at once; release by a non-owner does nothing.
+pub async fn release_frees_the_lease<L: SagaLog>(log: &L) {
+    log.create(&record("a"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    log.release("a", "o2").await.expect("release");
+    assert!(!log.acquire("a", lease("o2", 1)).await.expect("acquire"));
+    log.release("a", "o1").await.expect("release");
+    assert!(log.acquire("a", lease("o2", 2)).await.expect("acquire"));
+}
+
+/// `by_status` returns exactly the sagas with that status.
+pub async fn by_status_filters<L: SagaLog>(log: &L) {
+    for id in ["a", "b", "c"] {
+        log.create(&record(id), lease("o1", 0), &[])
+            .await
+            .expect("create");
+    }
+    let update = SagaUpdate {
+        status: SagaStatus::Compensated,
+        cursor: 0,
+        state: json!({}),
+        error: Some("x".to_owned()),
+        failed_step: None,
+    };
+    log.record("b", lease("o1", 1), &[], &update)
+        .await
+        .expect("record");
+    let running: Vec<_> = log
+        .by_status(SagaStatus::Running)
+        .await
+        .expect("by_status")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(running, ["a", "c"]);
+    let compensated = log
+        .by_status(SagaStatus::Compensated)
+        .await
+        .expect("by_status");
+    assert_eq!(compensated.len(), 1);
+    assert_eq!(compensated[0].id, "b");
+    assert!(
+        log.by_status(SagaStatus::NeedsAttention)
+            .await
+            .expect("by_status")
+            .is_empty()
+    );
+}
+
+/// Unknown ids: `load` is `None`, `acquire` and `record` are `NotFound`.
+pub async fn unknown_ids<L: SagaLog>(log: &L) {
+    assert_eq!(log.load("nope").await.expect("load"), None);
+    assert!(log.history("nope").await.expect("history").is_empty());
+    assert!(matches!(
+        log.acquire("nope", lease("o1", 0)).await,
+        Err(Error::NotFound { .. })
+    ));
+    let update = SagaUpdate {
+        status: SagaStatus::Running,
+        cursor: 0,
+        state: json!({}),
+        error: None,
+        failed_step: None,
+    };
+    assert!(matches!(
+        log.record("nope", lease("o1", 0), &[], &update).await,
+        Err(Error::NotFound { .. })
+    ));
+}
