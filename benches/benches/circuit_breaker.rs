@@ -5,7 +5,7 @@
 //!
 //! Every service future here is ready at once, so each call is polled once
 //! with a no-op waker: what is measured is the breaker, not an executor.
-//! Results and the command: `benches/results/circuit_breaker.md`.
+//! Results and the command: `benches/README.md`.
 
 use std::future::Future;
 use std::hint::black_box;

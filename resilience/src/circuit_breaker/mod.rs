@@ -50,7 +50,7 @@
 //! window and slow-call detection off it reads no clock at all; a time
 //! window reads it once per call, slow-call detection twice (start and end).
 //! Every transition goes through one mutex, off the hot path. Under two
-//! threads, see `benches/results/circuit_breaker.md`.
+//! threads, see `benches/README.md`.
 //!
 //! # Examples
 //!
