@@ -1,0 +1,317 @@
+//! Command pipeline tests: validation, authorization, idempotency, tracing, repository.
+
+#[path = "../support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tower::{Service, ServiceExt};
+use trellis_cqrs::{
+    Command, CommandPipeline, CommandResult, Error, IdempotencyStore, Identity,
+    MemoryIdempotencyStore, SqliteIdempotencyStore, Validate, ValidationErrors,
+};
+use trellis_eventsourcing::{
+    Aggregate, DomainEvent, EventFilter, EventStore, MemoryStore, Repository,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AccountEvent {
+    Deposited { amount: u64 },
+}
+impl DomainEvent for AccountEvent {}
+
+#[derive(Debug, Clone)]
+struct Deposit {
+    amount: u64,
+    reference: String,
+}
+
+impl Validate for Deposit {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        if self.amount == 0 {
+            errors.add("amount", "too_small", "must be at least 1");
+        }
+        if self.reference.is_empty() {
+            errors.add("reference", "required", "must not be empty");
+        }
+        errors.into_result()
+    }
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("limit exceeded")]
+struct LimitExceeded;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Account {
+    balance: u64,
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = Deposit;
+    type Event = AccountEvent;
+    type Error = LimitExceeded;
+
+    fn handle(&self, c: Deposit) -> Result<Vec<AccountEvent>, LimitExceeded> {
+        if self.balance + c.amount > 1_000 {
+            return Err(LimitExceeded);
+        }
+        Ok(vec![AccountEvent::Deposited { amount: c.amount }])
+    }
+
+    fn apply(&mut self, e: &AccountEvent) {
+        let AccountEvent::Deposited { amount } = e;
+        self.balance += amount;
+    }
+}
+
+fn deposit(amount: u64) -> Command<Deposit> {
+    Command::new(
+        "1",
+        Deposit {
+            amount,
+            reference: "r".into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn valid_command_reaches_the_repository() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone())).build();
+    let result = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        result,
+        CommandResult {
+            version: 1,
+            positions: vec![1]
+        }
+    );
+    assert_eq!(result.last_position(), 1);
+    let events = store.read_all(0, &EventFilter::all(), 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].stream_id, "account-1");
+}
+
+#[tokio::test]
+async fn invalid_command_returns_field_errors_and_writes_nothing() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone())).build();
+    let bad = Command::new(
+        "1",
+        Deposit {
+            amount: 0,
+            reference: String::new(),
+        },
+    );
+    let err = pipeline.ready().await.unwrap().call(bad).await.unwrap_err();
+    let fields: Vec<&str> = err
+        .validation()
+        .expect("validation error")
+        .fields()
+        .collect();
+    assert_eq!(fields, ["amount", "reference"]);
+    assert_eq!(
+        serde_json::to_value(err.validation().unwrap()).unwrap()[0]["code"],
+        "too_small"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn authorization_hook_sees_the_caller() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .authorize(|who: Option<&Identity>, c: &Deposit| match who {
+            Some(i) if i.has_role("teller") || c.amount <= 10 => Ok(()),
+            Some(i) => Err(format!("{} may not deposit {}", i.subject, c.amount)),
+            None => Err("anonymous".to_owned()),
+        })
+        .build();
+    let anonymous = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(anonymous, Error::Forbidden { ref reason } if reason == "anonymous"));
+    let ada = Identity::new("ada");
+    let big = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(50).with_identity(ada.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(big, Error::Forbidden { ref reason } if reason == "ada may not deposit 50"));
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(50).with_identity(ada.with_role("teller")))
+        .await
+        .unwrap();
+    let events = store.read_all(0, &EventFilter::all(), 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata.actor.as_deref(), Some("ada"));
+}
+
+#[tokio::test]
+async fn aggregate_rejection_is_typed() {
+    let mut pipeline =
+        CommandPipeline::new(Repository::<Account, _>::new(MemoryStore::new())).build();
+    let err = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(2_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.rejection::<LimitExceeded>(), Some(&LimitExceeded));
+}
+
+async fn duplicate_returns_first_result<I: IdempotencyStore>(store_impl: I) {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .idempotency(store_impl)
+        .build();
+    let command = deposit(5);
+    let first = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(command.clone())
+        .await
+        .unwrap();
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(1))
+        .await
+        .unwrap();
+    let again = pipeline.ready().await.unwrap().call(command).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        2,
+        "the duplicate wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_command_returns_first_result_in_memory() {
+    duplicate_returns_first_result(MemoryIdempotencyStore::new(100)).await;
+}
+
+#[tokio::test]
+async fn duplicate_command_returns_first_result_in_sqlite() {
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let idem = SqliteIdempotencyStore::new(pool).await.unwrap();
+    duplicate_returns_first_result(idem.clone()).await;
+    let id = uuid::Uuid::now_v7();
+    let first = CommandResult {
+        version: 1,
+        positions: vec![3],
+    };
+    assert_eq!(idem.put(id, &first).await.unwrap(), first);
+    let second = CommandResult {
+        version: 9,
+        positions: vec![9],
+    };
+    assert_eq!(
+        idem.put(id, &second).await.unwrap(),
+        first,
+        "the first result wins"
+    );
+}
+
+#[tokio::test]
+async fn rejected_command_is_not_cached() {
+    let store = MemoryStore::new();
+    let idem = MemoryIdempotencyStore::new(10);
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .idempotency(idem.clone())
+        .build();
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(2_000))
+        .await
+        .unwrap_err();
+    assert!(idem.is_empty());
+}
+
+#[tokio::test]
+async fn memory_idempotency_store_is_bounded() {
+    let idem = MemoryIdempotencyStore::new(2);
+    let ids: Vec<_> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let r = CommandResult {
+            version: i as u64,
+            positions: vec![],
+        };
+        idem.put(*id, &r).await.unwrap();
+    }
+    assert_eq!(idem.len(), 2);
+    assert_eq!(idem.get(ids[0]).await.unwrap(), None, "oldest evicted");
+    assert!(idem.get(ids[2]).await.unwrap().is_some());
+}
+
+mod read_your_writes {
+    use super::*;
+    use trellis_cqrs::ProjectionRunner;
+
+    crate::counting_projection!(sqlx::Sqlite);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn command_position_is_awaited_on_the_projection() {
+        let store = MemoryStore::new();
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let handle = ProjectionRunner::new(
+            store.clone(),
+            pool.clone(),
+            CountingProjection::new("balances", "balances", crate::support::Plan::new()),
+        )
+        .spawn()
+        .await
+        .unwrap();
+        let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store)).build();
+        for amount in [3, 4] {
+            let result = pipeline
+                .ready()
+                .await
+                .unwrap()
+                .call(deposit(amount))
+                .await
+                .unwrap();
+            handle
+                .wait_for(result.last_position(), Duration::from_secs(20))
+                .await
+                .unwrap();
+            let total: i64 = sqlx::query_scalar("SELECT SUM(amount) FROM balances")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            // The seeded amount is the payload's "amount".
+            assert_eq!(total, if amount == 3 { 3 } else { 7 });
+        }
+    }
+}
