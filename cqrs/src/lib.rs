@@ -1,4 +1,8 @@
-#![doc = include_str!("../README.md")]
+#![cfg_attr(feature = "sqlite", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "Command pipeline and checkpointed projections for Trellis; see README.md (its example needs feature `sqlite`)."
+)]
 
 pub mod command;
 pub mod error;
