@@ -315,3 +315,73 @@ mod read_your_writes {
         }
     }
 }
+
+mod tracing_span {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// Records every span's name and fields, and every event's message.
+    #[derive(Default, Clone)]
+    struct Recorder {
+        spans: Arc<Mutex<Vec<String>>>,
+        events: Arc<Mutex<Vec<String>>>,
+    }
+
+    struct Fields(String);
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={:?}", field.name(), value));
+        }
+    }
+
+    impl Subscriber for Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let mut fields = Fields(span.metadata().name().to_owned());
+            span.record(&mut fields);
+            let mut spans = self.spans.lock().unwrap();
+            spans.push(fields.0);
+            Id::from_u64(spans.len() as u64)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.events.lock().unwrap().push(fields.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_command_gets_a_span_and_an_outcome() {
+        let recorder = Recorder::default();
+        let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(recorder.clone()));
+        let mut pipeline =
+            CommandPipeline::new(Repository::<Account, _>::new(MemoryStore::new())).build();
+        let command = deposit(5).with_identity(Identity::new("ada"));
+        let id = command.id;
+        pipeline.ready().await.unwrap().call(command).await.unwrap();
+        let spans = recorder.spans.lock().unwrap().clone();
+        let span = spans
+            .iter()
+            .find(|s| s.starts_with("command "))
+            .expect("a command span");
+        assert!(span.contains(&format!("command_id={id}")), "{span}");
+        assert!(span.contains("aggregate_id=1"), "{span}");
+        assert!(span.contains("actor=\"ada\""), "{span}");
+        let events = recorder.events.lock().unwrap().clone();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("command done") && e.contains("version=1")),
+            "{events:?}"
+        );
+    }
+}

@@ -383,3 +383,53 @@ mod wait {
         let _ = Error::Stopped(String::new());
     }
 }
+
+#[cfg(feature = "metrics")]
+mod metrics {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use trellis_cqrs::ProjectionRunner;
+    use trellis_cqrs::metrics::ProjectionMetrics;
+    use trellis_eventsourcing::MemoryStore;
+
+    crate::counting_projection!(sqlx::Sqlite);
+
+    fn render(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_and_handled_events_are_exported() {
+        let pool = crate::sqlite_pool().await.unwrap();
+        let store = MemoryStore::new();
+        crate::support::seed(&store, 12).await;
+        let mut registry = Registry::default();
+        let metrics = ProjectionMetrics::new(&mut registry);
+        let plan = crate::support::Plan::new();
+        plan.poison_at
+            .store(10, std::sync::atomic::Ordering::SeqCst);
+        let handle = ProjectionRunner::new(
+            store,
+            pool,
+            CountingProjection::new("metered", "metered_rm", plan),
+        )
+        .with_batch_size(5)
+        .with_retry(fast_retry(), 0)
+        .with_metrics(metrics)
+        .spawn()
+        .await
+        .unwrap();
+        assert!(handle.wait_for(12, LONG).await.is_err(), "parked at 10");
+        let text = render(&registry);
+        assert!(
+            text.contains("trellis_projection_events_handled_total{projection=\"metered\"} 9"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trellis_projection_lag{projection=\"metered\"} 3"),
+            "{text}"
+        );
+    }
+}
