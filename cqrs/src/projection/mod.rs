@@ -134,6 +134,30 @@ impl ProjectionStatus {
     pub fn lag(&self) -> u64 {
         self.head.saturating_sub(self.position)
     }
+
+    /// Seconds behind, approximately: zero when caught up, else the age of
+    /// the last applied event (`None` if none was applied since the start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use trellis_cqrs::{ProjectionState, ProjectionStatus};
+    /// let status = ProjectionStatus {
+    ///     name: "orders".into(),
+    ///     state: ProjectionState::Running,
+    ///     position: 10,
+    ///     head: 10,
+    ///     last_recorded_at: None,
+    /// };
+    /// assert_eq!((status.lag(), status.time_behind()), (0, Some(std::time::Duration::ZERO)));
+    /// ```
+    pub fn time_behind(&self) -> Option<Duration> {
+        if self.lag() == 0 {
+            return Some(Duration::ZERO);
+        }
+        self.last_recorded_at
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+    }
 }
 
 /// How a runner reads and retries.
