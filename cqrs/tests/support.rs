@@ -53,17 +53,27 @@ macro_rules! counting_projection {
             pub name: String,
             pub table: String,
             pub plan: std::sync::Arc<$crate::support::Plan>,
+            pub filter: trellis_eventsourcing::EventFilter,
         }
 
         impl CountingProjection {
             pub(crate) fn new(name: &str, table: &str, plan: std::sync::Arc<$crate::support::Plan>) -> Self {
-                CountingProjection { name: name.into(), table: table.into(), plan }
+                CountingProjection {
+                    name: name.into(),
+                    table: table.into(),
+                    plan,
+                    filter: trellis_eventsourcing::EventFilter::all(),
+                }
             }
         }
 
         impl trellis_cqrs::Projection<$db> for CountingProjection {
             fn name(&self) -> &str {
                 &self.name
+            }
+
+            fn filter(&self) -> trellis_eventsourcing::EventFilter {
+                self.filter.clone()
             }
 
             async fn setup(&self, pool: &sqlx::Pool<$db>) -> Result<(), trellis_cqrs::BoxError> {

@@ -15,7 +15,7 @@ fn fast_retry() -> Backoff {
 }
 
 macro_rules! backend_tests {
-    ($module:ident, $db:ty, $pool:path) => {
+    ($module:ident, $db:ty, $pool:path, $cleanup:path) => {
         mod $module {
             use super::*;
             use std::sync::atomic::Ordering;
@@ -77,6 +77,7 @@ macro_rules! backend_tests {
                 );
                 assert_eq!(count(&pool, "crash_rm").await, (50, 50));
                 assert_eq!(checkpoint(&pool, "crash").await, 50);
+                $cleanup(&pool).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,6 +109,7 @@ macro_rules! backend_tests {
                     .unwrap();
                 assert_eq!(handle.wait_for(30, LONG).await.unwrap(), 30);
                 assert_eq!(count(&pool, "dropped_rm").await, (30, 30));
+                $cleanup(&pool).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +156,7 @@ macro_rules! backend_tests {
                 assert_eq!(a.wait_for(30, LONG).await.unwrap(), 30);
                 assert_eq!(count(&pool, "a_rm").await, (30, 30));
                 assert_eq!(rows(&pool, "a_rm").await, rows(&pool, "b_rm").await);
+                $cleanup(&pool).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +204,7 @@ macro_rules! backend_tests {
                 assert_eq!(status.lag(), 4);
                 assert_eq!(checkpoint(&pool, "poisoned").await, 6);
                 assert_eq!(count(&pool, "poisoned_rm").await, (6, 6));
+                $cleanup(&pool).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +265,7 @@ macro_rules! backend_tests {
                 seed(&store, 5).await;
                 rebuild.wait_for(50, LONG).await.unwrap();
                 assert_eq!(count(&pool, active).await, (50, 50));
+                $cleanup(&pool).await;
             }
         }
     };
@@ -282,7 +287,23 @@ async fn sqlite_pool() -> Option<sqlx::SqlitePool> {
     Some(pool)
 }
 
-backend_tests!(sqlite, sqlx::Sqlite, crate::sqlite_pool);
+/// Removes the test's database file (and its WAL files).
+async fn sqlite_cleanup(pool: &sqlx::SqlitePool) {
+    let path = pool.connect_options().get_filename().to_owned();
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+backend_tests!(
+    sqlite,
+    sqlx::Sqlite,
+    crate::sqlite_pool,
+    crate::sqlite_cleanup
+);
 
 #[cfg(feature = "postgres")]
 async fn postgres_pool() -> Option<sqlx::PgPool> {
@@ -309,8 +330,28 @@ async fn postgres_pool() -> Option<sqlx::PgPool> {
     )
 }
 
+/// Drops the test's schema.
 #[cfg(feature = "postgres")]
-backend_tests!(postgres, sqlx::Postgres, crate::postgres_pool);
+async fn postgres_cleanup(pool: &sqlx::PgPool) {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(schema.starts_with("cqrs_test_"), "{schema}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+#[cfg(feature = "postgres")]
+backend_tests!(
+    postgres,
+    sqlx::Postgres,
+    crate::postgres_pool,
+    crate::postgres_cleanup
+);
 
 mod wait {
     use super::*;
@@ -327,7 +368,7 @@ mod wait {
         crate::support::seed(&store, 5).await;
         let handle = ProjectionRunner::new(
             store.clone(),
-            pool,
+            pool.clone(),
             CountingProjection::new("ryw", "ryw_rm", crate::support::Plan::new()),
         )
         .spawn()
@@ -358,6 +399,41 @@ mod wait {
             other => panic!("expected WaitTimeout, got {other:?}"),
         }
         let _ = Ordering::SeqCst;
+        crate::sqlite_cleanup(&pool).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn filtered_projection_checkpoints_past_other_events() {
+        use trellis_eventsourcing::{EventFilter, EventStore, ExpectedVersion, NewEvent};
+        let pool = crate::sqlite_pool().await.unwrap();
+        let store = MemoryStore::new();
+        crate::support::seed(&store, 5).await;
+        for _ in 0..5 {
+            store
+                .append(
+                    "other-1",
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("Noise", serde_json::json!({}))],
+                )
+                .await
+                .unwrap();
+        }
+        let mut projection =
+            CountingProjection::new("filtered", "filtered_rm", crate::support::Plan::new());
+        projection.filter = EventFilter::category("account");
+        let handle = ProjectionRunner::new(store, pool.clone(), projection)
+            .spawn()
+            .await
+            .unwrap();
+        // The checkpoint reaches the head although the last five events are filtered out.
+        assert_eq!(handle.wait_for(10, LONG).await.unwrap(), 10);
+        assert_eq!(handle.status().lag(), 0);
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM filtered_rm")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        crate::sqlite_cleanup(&pool).await;
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -366,7 +442,7 @@ mod wait {
         let store = MemoryStore::new();
         let handle = ProjectionRunner::new(
             store,
-            pool,
+            pool.clone(),
             CountingProjection::new("stopped", "stopped_rm", crate::support::Plan::new()),
         )
         .spawn()
@@ -381,6 +457,7 @@ mod wait {
             "the runner dropped its sender"
         );
         let _ = Error::Stopped(String::new());
+        crate::sqlite_cleanup(&pool).await;
     }
 }
 
@@ -412,7 +489,7 @@ mod metrics {
             .store(10, std::sync::atomic::Ordering::SeqCst);
         let handle = ProjectionRunner::new(
             store,
-            pool,
+            pool.clone(),
             CountingProjection::new("metered", "metered_rm", plan),
         )
         .with_batch_size(5)
@@ -431,5 +508,6 @@ mod metrics {
             text.contains("trellis_projection_lag{projection=\"metered\"} 3"),
             "{text}"
         );
+        crate::sqlite_cleanup(&pool).await;
     }
 }
