@@ -18,6 +18,8 @@ pub struct Plan {
     pub block_at: AtomicU64,
     pub reached: Notify,
     pub failed_once: AtomicBool,
+    /// How often the poison event was attempted.
+    pub poison_hits: AtomicU64,
 }
 
 impl Plan {
@@ -94,6 +96,7 @@ macro_rules! counting_projection {
                 use std::sync::atomic::Ordering;
                 let p = event.global_position;
                 if self.plan.poison_at.load(Ordering::SeqCst) == p {
+                    self.plan.poison_hits.fetch_add(1, Ordering::SeqCst);
                     return Err(format!("poison event at {p}").into());
                 }
                 let amount = event.payload["amount"].as_i64().unwrap_or(0);

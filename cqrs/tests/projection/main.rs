@@ -436,6 +436,74 @@ mod wait {
         crate::sqlite_cleanup(&pool).await;
     }
 
+    // Real clock: sqlx's pool timeouts would fire under tokio's auto-advancing
+    // paused clock while SQLite works on its own thread. Only the lower bound
+    // of the elapsed time is asserted, which real sleeps guarantee.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poison_event_is_retried_on_the_backoff_schedule_before_parking() {
+        let pool = crate::sqlite_pool().await.unwrap();
+        let store = MemoryStore::new();
+        crate::support::seed(&store, 3).await;
+        let plan = crate::support::Plan::new();
+        plan.poison_at.store(2, Ordering::SeqCst);
+        let started = tokio::time::Instant::now();
+        let handle = ProjectionRunner::new(
+            store,
+            pool.clone(),
+            CountingProjection::new("backoff", "backoff_rm", plan.clone()),
+        )
+        .with_retry(Backoff::fixed(Duration::from_millis(50)), 2)
+        .spawn()
+        .await
+        .unwrap();
+        let err = handle.wait_for(3, LONG).await.unwrap_err();
+        assert!(matches!(err, Error::Parked { position: 2, .. }), "{err:?}");
+        // Once inside the first batch (which then commits the event before it
+        // alone), then isolated: one attempt plus two retries, 50 ms apart.
+        assert_eq!(plan.poison_hits.load(Ordering::SeqCst), 4);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(handle.status().position, 1);
+        crate::sqlite_cleanup(&pool).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_on_the_sqlite_event_store() {
+        use trellis_eventsourcing::{EventStore, ExpectedVersion, NewEvent, SqliteEventStore};
+        let pool = crate::sqlite_pool().await.unwrap();
+        let store = SqliteEventStore::open("sqlite::memory:").await.unwrap();
+        let handle = ProjectionRunner::new(
+            store.clone(),
+            pool.clone(),
+            CountingProjection::new("es", "es_rm", crate::support::Plan::new()),
+        )
+        .with_batch_size(4)
+        .spawn()
+        .await
+        .unwrap();
+        let mut last = 0;
+        for i in 0..10 {
+            let r = store
+                .append(
+                    &format!("account-{}", i % 2),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new(
+                        "Deposited",
+                        serde_json::json!({ "amount": 1 }),
+                    )],
+                )
+                .await
+                .unwrap();
+            last = r.positions[0];
+        }
+        assert_eq!(handle.wait_for(last, LONG).await.unwrap(), 10);
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM es_rm")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 10);
+        crate::sqlite_cleanup(&pool).await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn wait_for_reports_a_stopped_projection() {
         let pool = crate::sqlite_pool().await.unwrap();
