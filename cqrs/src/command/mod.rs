@@ -18,12 +18,14 @@
 //! The services box their futures: a command costs a store round trip, which
 //! dwarfs one allocation per layer.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 use trellis_eventsourcing::{Aggregate, EventStore, Metadata, Repository, SnapshotStore};
@@ -352,18 +354,26 @@ where
 /// Deduplicates commands by [`Command::id`] through an [`IdempotencyStore`].
 ///
 /// Only successful results are stored: a rejected command may be retried.
-/// Two *concurrent* sends of one id may both run; the store keeps (and both
-/// callers get) the first result.
+/// Within one process, a duplicate that arrives while the first send is still
+/// running waits for it and returns its result (if the first fails, the
+/// duplicate runs itself). Across processes sharing a store, two concurrent
+/// sends may both run; the store keeps (and both callers get) the first result.
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer<I> {
     store: Arc<I>,
+    inflight: Inflight,
 }
+
+/// Commands running now, by id. Entries leave when their command ends, so the
+/// map is bounded by the number of in-flight commands.
+type Inflight = Arc<Mutex<HashMap<Uuid, watch::Receiver<Option<CommandResult>>>>>;
 
 impl<I> IdempotencyLayer<I> {
     /// A layer over `store`.
     pub fn new(store: I) -> Self {
         IdempotencyLayer {
             store: Arc::new(store),
+            inflight: Inflight::default(),
         }
     }
 }
@@ -374,6 +384,7 @@ impl<S, I> Layer<S> for IdempotencyLayer<I> {
         Idempotent {
             inner,
             store: self.store.clone(),
+            inflight: self.inflight.clone(),
         }
     }
 }
@@ -383,6 +394,7 @@ impl<S, I> Layer<S> for IdempotencyLayer<I> {
 pub struct Idempotent<S, I> {
     inner: S,
     store: Arc<I>,
+    inflight: Inflight,
 }
 
 impl<S: Clone, I> Clone for Idempotent<S, I> {
@@ -390,8 +402,27 @@ impl<S: Clone, I> Clone for Idempotent<S, I> {
         Idempotent {
             inner: self.inner.clone(),
             store: self.store.clone(),
+            inflight: self.inflight.clone(),
         }
     }
+}
+
+/// Removes its command from the in-flight map when the command ends (or its
+/// future is dropped); dropping `tx` without a value releases waiters.
+struct InflightGuard {
+    inflight: Inflight,
+    id: Uuid,
+    tx: watch::Sender<Option<CommandResult>>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        lock(&self.inflight).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<S, I, C> Service<Command<C>> for Idempotent<S, I>
@@ -416,14 +447,51 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
+        let inflight = self.inflight.clone();
         Box::pin(async move {
             let id = command.id;
+            let guard = loop {
+                if let Some(first) = store.get(id).await? {
+                    tracing::debug!(command_id = %id, "duplicate command, returning first result");
+                    return Ok(first);
+                }
+                let running = {
+                    let mut map = lock(&inflight);
+                    match map.get(&id) {
+                        Some(rx) => Err(rx.clone()),
+                        None => {
+                            let (tx, rx) = watch::channel(None);
+                            map.insert(id, rx);
+                            Ok(InflightGuard {
+                                inflight: inflight.clone(),
+                                id,
+                                tx,
+                            })
+                        }
+                    }
+                };
+                match running {
+                    Ok(guard) => break guard,
+                    Err(mut rx) => {
+                        if let Ok(first) = rx.wait_for(Option::is_some).await
+                            && let Some(first) = first.clone()
+                        {
+                            tracing::debug!(command_id = %id, "duplicate of a running command, returning its result");
+                            return Ok(first);
+                        }
+                        // The first send failed or was dropped: try again ourselves.
+                    }
+                }
+            };
+            // The first send may have finished between our lookup and our
+            // registration: its result is stored before it leaves the map.
             if let Some(first) = store.get(id).await? {
-                tracing::debug!(command_id = %id, "duplicate command, returning first result");
                 return Ok(first);
             }
             let result = inner.call(command).await?;
-            store.put(id, &result).await
+            let first = store.put(id, &result).await?;
+            guard.tx.send_replace(Some(first.clone()));
+            Ok(first)
         })
     }
 }

@@ -385,3 +385,98 @@ mod tracing_span {
         );
     }
 }
+
+mod concurrent_duplicates {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::sync::Notify;
+    use tower::Layer;
+    use trellis_cqrs::command::{CommandFuture, IdempotencyLayer};
+
+    /// Counts calls; each call waits for the gate, and fails if told to.
+    #[derive(Clone, Default)]
+    struct Slow {
+        calls: Arc<AtomicU64>,
+        gate: Arc<Notify>,
+        fail_first: bool,
+    }
+
+    impl Service<Command<u32>> for Slow {
+        type Response = CommandResult;
+        type Error = Error;
+        type Future = CommandFuture;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Command<u32>) -> CommandFuture {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let gate = self.gate.clone();
+            let fail = self.fail_first && n == 1;
+            Box::pin(async move {
+                gate.notified().await;
+                if fail {
+                    return Err(Error::Forbidden {
+                        reason: "first failed".into(),
+                    });
+                }
+                Ok(CommandResult {
+                    version: n,
+                    positions: vec![n],
+                })
+            })
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn run(fail_first: bool) -> (Result<CommandResult, Error>, CommandResult, u64) {
+        let inner = Slow {
+            fail_first,
+            ..Slow::default()
+        };
+        let (calls, gate) = (inner.calls.clone(), inner.gate.clone());
+        let svc = IdempotencyLayer::new(MemoryIdempotencyStore::new(10)).layer(inner);
+        let command = Command::new("1", 0u32);
+        let first = tokio::spawn(svc.clone().oneshot(command.clone()));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the first send is running");
+        let duplicate = tokio::spawn(svc.clone().oneshot(command));
+        settle().await;
+        gate.notify_one();
+        let first = first.await.unwrap();
+        settle().await;
+        if fail_first {
+            // The duplicate now runs itself; let it through.
+            gate.notify_one();
+        }
+        let duplicate = duplicate.await.unwrap().unwrap();
+        (first, duplicate, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_duplicate_of_a_running_command_waits_for_its_result() {
+        let (first, duplicate, calls) = run(false).await;
+        assert_eq!(first.unwrap(), duplicate);
+        assert_eq!(calls, 1, "the duplicate never reached the inner service");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_duplicate_runs_itself_when_the_first_fails() {
+        let (first, duplicate, calls) = run(true).await;
+        assert!(matches!(first, Err(Error::Forbidden { .. })));
+        assert_eq!(
+            duplicate,
+            CommandResult {
+                version: 2,
+                positions: vec![2]
+            }
+        );
+        assert_eq!(calls, 2);
+    }
+}
