@@ -11,6 +11,8 @@ pub mod metrics;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod projection;
 
+#[cfg(feature = "postgres")]
+pub use command::idempotency::PgIdempotencyStore;
 #[cfg(feature = "sqlite")]
 pub use command::idempotency::SqliteIdempotencyStore;
 pub use command::idempotency::{IdempotencyStore, MemoryIdempotencyStore};

@@ -2,7 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use tokio::sync::Notify;
 use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent};
@@ -138,5 +138,42 @@ pub fn fresh_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-#[allow(unused)]
-fn _unused(_: Ordering) {}
+#[cfg(feature = "postgres")]
+pub async fn postgres_pool() -> Option<sqlx::PgPool> {
+    use std::str::FromStr;
+    let url = postgres_url()?;
+    let schema = fresh_name("cqrs_test");
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_POSTGRES_URL unreachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    Some(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Drops the test's schema.
+#[cfg(feature = "postgres")]
+pub async fn postgres_cleanup(pool: &sqlx::PgPool) {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(schema.starts_with("cqrs_test_"), "{schema}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}

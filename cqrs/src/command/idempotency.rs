@@ -144,16 +144,13 @@ impl IdempotencyStore for SqliteIdempotencyStore {
     }
 
     async fn put(&self, command_id: Uuid, result: &CommandResult) -> Result<CommandResult> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         sqlx::query(
             "INSERT INTO cqrs_idempotency (command_id, result, recorded_at) VALUES (?, ?, ?) \
              ON CONFLICT (command_id) DO NOTHING",
         )
         .bind(command_id.to_string())
         .bind(serde_json::to_string(result)?)
-        .bind(now)
+        .bind(now_micros())
         .execute(&self.pool)
         .await?;
         Ok(self
@@ -161,4 +158,65 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             .await?
             .unwrap_or_else(|| result.clone()))
     }
+}
+
+/// Results in the PostgreSQL table `cqrs_idempotency(command_id, result, recorded_at)`
+/// of the pool's `search_path` schema.
+///
+/// Rows are never evicted by this type; prune old ones by `recorded_at`
+/// (microseconds since the epoch) on a schedule.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone)]
+pub struct PgIdempotencyStore {
+    pool: sqlx::PgPool,
+}
+
+#[cfg(feature = "postgres")]
+impl PgIdempotencyStore {
+    /// Uses `pool`, creating the table if missing.
+    pub async fn new(pool: sqlx::PgPool) -> Result<Self> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS cqrs_idempotency (command_id TEXT PRIMARY KEY, \
+             result TEXT NOT NULL, recorded_at BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(PgIdempotencyStore { pool })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl IdempotencyStore for PgIdempotencyStore {
+    async fn get(&self, command_id: Uuid) -> Result<Option<CommandResult>> {
+        let row: Option<String> =
+            sqlx::query_scalar("SELECT result FROM cqrs_idempotency WHERE command_id = $1")
+                .bind(command_id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| serde_json::from_str(&r).map_err(Into::into))
+            .transpose()
+    }
+
+    async fn put(&self, command_id: Uuid, result: &CommandResult) -> Result<CommandResult> {
+        sqlx::query(
+            "INSERT INTO cqrs_idempotency (command_id, result, recorded_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (command_id) DO NOTHING",
+        )
+        .bind(command_id.to_string())
+        .bind(serde_json::to_string(result)?)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .get(command_id)
+            .await?
+            .unwrap_or_else(|| result.clone()))
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

@@ -480,3 +480,31 @@ mod concurrent_duplicates {
         assert_eq!(calls, 2);
     }
 }
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn duplicate_command_returns_first_result_in_postgres() {
+    let Some(pool) = support::postgres_pool().await else {
+        return;
+    };
+    let idem = trellis_cqrs::PgIdempotencyStore::new(pool.clone())
+        .await
+        .unwrap();
+    duplicate_returns_first_result(idem.clone()).await;
+    let id = uuid::Uuid::now_v7();
+    let first = CommandResult {
+        version: 1,
+        positions: vec![3],
+    };
+    assert_eq!(idem.put(id, &first).await.unwrap(), first);
+    let second = CommandResult {
+        version: 9,
+        positions: vec![9],
+    };
+    assert_eq!(
+        idem.put(id, &second).await.unwrap(),
+        first,
+        "the first result wins"
+    );
+    support::postgres_cleanup(&pool).await;
+}

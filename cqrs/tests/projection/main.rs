@@ -306,51 +306,11 @@ backend_tests!(
 );
 
 #[cfg(feature = "postgres")]
-async fn postgres_pool() -> Option<sqlx::PgPool> {
-    use std::str::FromStr;
-    let url = support::postgres_url()?;
-    let schema = support::fresh_name("cqrs_test");
-    let admin = sqlx::PgPool::connect(&url)
-        .await
-        .expect("TRELLIS_TEST_POSTGRES_URL unreachable");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    Some(
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .unwrap(),
-    )
-}
-
-/// Drops the test's schema.
-#[cfg(feature = "postgres")]
-async fn postgres_cleanup(pool: &sqlx::PgPool) {
-    let schema: String = sqlx::query_scalar("SELECT current_schema()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert!(schema.starts_with("cqrs_test_"), "{schema}");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(pool)
-        .await
-        .unwrap();
-    pool.close().await;
-}
-
-#[cfg(feature = "postgres")]
 backend_tests!(
     postgres,
     sqlx::Postgres,
-    crate::postgres_pool,
-    crate::postgres_cleanup
+    support::postgres_pool,
+    support::postgres_cleanup
 );
 
 mod wait {
