@@ -539,3 +539,82 @@ mod metrics {
         crate::sqlite_cleanup(&pool).await;
     }
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::Ordering;
+    use trellis_cqrs::{Error, ProjectionRunner};
+    use trellis_eventsourcing::MemoryStore;
+
+    crate::counting_projection!(sqlx::Sqlite);
+
+    /// Returns (rows, distinct positions, checkpoint, parked position).
+    async fn scenario(
+        n: u64,
+        batch: usize,
+        fail_once: u64,
+        poison: u64,
+    ) -> (i64, i64, u64, Option<u64>) {
+        let pool = crate::sqlite_pool().await.unwrap();
+        let store = MemoryStore::new();
+        crate::support::seed(&store, n).await;
+        let plan = crate::support::Plan::new();
+        plan.fail_once_at.store(fail_once, Ordering::SeqCst);
+        plan.poison_at.store(poison, Ordering::SeqCst);
+        let handle = ProjectionRunner::new(
+            store,
+            pool.clone(),
+            CountingProjection::new("prop", "prop_rm", plan),
+        )
+        .with_batch_size(batch)
+        .with_retry(fast_retry(), 1)
+        .spawn()
+        .await
+        .unwrap();
+        let parked = match handle.wait_for(n, LONG).await {
+            Ok(_) => None,
+            Err(Error::Parked { position, .. }) => Some(position),
+            Err(other) => panic!("{other}"),
+        };
+        let (rows, distinct): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT position) FROM prop_rm")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let checkpoint = handle.status().position;
+        drop(handle);
+        crate::sqlite_cleanup(&pool).await;
+        (rows, distinct, checkpoint, parked)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Whatever the batch size and wherever a transient failure or a
+        /// poison event falls, every event before the poison one (or every
+        /// event) is applied exactly once and the checkpoint says so.
+        #[test]
+        fn events_apply_exactly_once_up_to_the_poison_event(
+            n in 1u64..25,
+            batch in 1usize..8,
+            fail_once in 0u64..25,
+            poison in 0u64..30,
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (rows, distinct, checkpoint, parked) =
+                rt.block_on(scenario(n, batch, fail_once, poison));
+            if (1..=n).contains(&poison) {
+                prop_assert_eq!(parked, Some(poison));
+                prop_assert_eq!((rows, distinct, checkpoint), ((poison - 1) as i64, (poison - 1) as i64, poison - 1));
+            } else {
+                prop_assert_eq!(parked, None);
+                prop_assert_eq!((rows, distinct, checkpoint), (n as i64, n as i64, n));
+            }
+        }
+    }
+}
