@@ -4,11 +4,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 type Labels = Vec<(String, String)>;
 
-/// `trellis_projection_lag` (positions behind head) and
-/// `trellis_projection_events_handled_total`, labelled by `projection`.
+/// `trellis_projection_lag` (positions behind head),
+/// `trellis_projection_seconds_behind` (age of the last applied event while
+/// lagging, 0 when caught up) and `trellis_projection_events_handled_total`,
+/// labelled by `projection`.
 ///
 /// # Examples
 ///
@@ -24,6 +28,7 @@ type Labels = Vec<(String, String)>;
 #[derive(Debug, Clone, Default)]
 pub struct ProjectionMetrics {
     lag: Family<Labels, Gauge>,
+    seconds_behind: Family<Labels, Gauge<f64, AtomicU64>>,
     handled: Family<Labels, Counter>,
 }
 
@@ -35,6 +40,11 @@ impl ProjectionMetrics {
             "trellis_projection_lag",
             "Global positions the projection is behind the store's head",
             m.lag.clone(),
+        );
+        registry.register(
+            "trellis_projection_seconds_behind",
+            "Age of the last applied event while the projection lags, 0 when caught up",
+            m.seconds_behind.clone(),
         );
         registry.register(
             "trellis_projection_events_handled",
@@ -49,6 +59,13 @@ impl ProjectionMetrics {
         self.lag
             .get_or_create(&labels(projection))
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how far behind `projection` is in time.
+    pub fn set_seconds_behind(&self, projection: &str, behind: Duration) {
+        self.seconds_behind
+            .get_or_create(&labels(projection))
+            .set(behind.as_secs_f64());
     }
 
     /// Counts `n` events handled by `projection`.

@@ -562,6 +562,9 @@ where
         if let Some(m) = &self.runner.metrics {
             m.handled(&self.name, batch.len() as u64);
             m.set_lag(&self.name, lag);
+            if let Some(behind) = lock(&self.status).time_behind() {
+                m.set_seconds_behind(&self.name, behind);
+            }
         }
         self.position_tx.send_replace(target);
     }

@@ -536,6 +536,10 @@ mod metrics {
             text.contains("trellis_projection_lag{projection=\"metered\"} 3"),
             "{text}"
         );
+        assert!(
+            text.contains("trellis_projection_seconds_behind{projection=\"metered\"}"),
+            "{text}"
+        );
         crate::sqlite_cleanup(&pool).await;
     }
 }
