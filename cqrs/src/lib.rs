@@ -1,14 +1,28 @@
-//! # trellis-cqrs
-//!
-//! The command side and read side of Trellis services. **Not yet implemented**:
-//! this crate is reserved in the workspace and will hold
-//!
-//! - a tower `Service` pipeline for commands: validation with field-level
-//!   errors, idempotency by command id, an authorization hook, tracing, then
-//!   the event-sourced repository;
-//! - a `Projection` trait and a `ProjectionRunner` that saves its checkpoint
-//!   in the same transaction as the read-model change (SQLite, PostgreSQL),
-//!   with rebuilds, poison-event parking and observable lag;
-//! - read-your-writes: wait until a projection has reached a global position.
-//!
-//! It depends on `trellis-eventsourcing` once that crate's store lands.
+#![cfg_attr(feature = "sqlite", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "Command pipeline and checkpointed projections for Trellis; see README.md (its example needs feature `sqlite`)."
+)]
+
+pub mod command;
+pub mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod projection;
+
+#[cfg(feature = "postgres")]
+pub use command::idempotency::PgIdempotencyStore;
+#[cfg(feature = "sqlite")]
+pub use command::idempotency::SqliteIdempotencyStore;
+pub use command::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+pub use command::validate::{FieldError, Validate, ValidationErrors};
+pub use command::{
+    AllowAll, Authorize, Command, CommandPipeline, CommandResult, Identity, RepositoryService,
+};
+pub use error::{BoxError, Error, Result};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use projection::{
+    Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus, ReadModelDb,
+    RunnerOptions, wait_for,
+};

@@ -1,0 +1,621 @@
+//! The command side: a tower [`Service`] pipeline from a [`Command`] to
+//! [`Repository::execute`].
+//!
+//! Each step is a layer you may stack yourself (`tower::ServiceBuilder`):
+//!
+//! | Layer | Service | Does |
+//! |---|---|---|
+//! | [`CommandTraceLayer`] | [`CommandTrace`] | a `command` span with id, aggregate and outcome |
+//! | [`ValidateLayer`] | [`Validated`] | [`Validate`] → [`Error::Validation`] (a 422) |
+//! | [`AuthorizeLayer`] | [`Authorized`] | your [`Authorize`] hook with the caller's [`Identity`] → [`Error::Forbidden`] |
+//! | [`IdempotencyLayer`] | [`Idempotent`] | a repeated command id returns the first result |
+//! | — | [`RepositoryService`] | [`Repository::execute_with_metadata`] |
+//!
+//! [`CommandPipeline::new`] builds that stack in that order with an in-memory
+//! idempotency store and an allow-all hook; idempotency sits after
+//! authorization so a caller cannot read someone else's cached result.
+//!
+//! The services box their futures: a command costs a store round trip, which
+//! dwarfs one allocation per layer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tower_layer::Layer;
+use tower_service::Service;
+use trellis_eventsourcing::{Aggregate, EventStore, Metadata, Repository, SnapshotStore};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+pub mod idempotency;
+pub mod validate;
+
+use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+use validate::Validate;
+
+/// The boxed future every command service returns.
+pub type CommandFuture = Pin<Box<dyn Future<Output = Result<CommandResult>> + Send>>;
+
+/// Who sends a command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The caller's id (user id, service name).
+    pub subject: String,
+    /// Roles or scopes the caller holds.
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// An identity with no roles.
+    pub fn new(subject: impl Into<String>) -> Self {
+        Identity {
+            subject: subject.into(),
+            roles: Vec::new(),
+        }
+    }
+
+    /// Adds a role.
+    pub fn with_role(mut self, role: impl Into<String>) -> Self {
+        self.roles.push(role.into());
+        self
+    }
+
+    /// Whether the caller holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// A command addressed to one aggregate, with its id and caller.
+#[derive(Debug, Clone)]
+pub struct Command<C> {
+    /// Unique per intent: a retry of the same request reuses it.
+    pub id: Uuid,
+    /// The aggregate's id (not its stream id).
+    pub aggregate_id: String,
+    /// The command itself.
+    pub payload: C,
+    /// The caller, if authenticated.
+    pub identity: Option<Identity>,
+}
+
+impl<C> Command<C> {
+    /// A command with a fresh UUID v7 id and no identity.
+    pub fn new(aggregate_id: impl Into<String>, payload: C) -> Self {
+        Command {
+            id: Uuid::now_v7(),
+            aggregate_id: aggregate_id.into(),
+            payload,
+            identity: None,
+        }
+    }
+
+    /// Replaces the id (use the client's idempotency key).
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets the caller.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The stream version after the command.
+    pub version: u64,
+    /// Global positions of the events written (empty if none).
+    pub positions: Vec<u64>,
+}
+
+impl CommandResult {
+    /// The highest position written: pass it to
+    /// [`wait_for`](crate::wait_for) for read-your-writes (0 if none).
+    pub fn last_position(&self) -> u64 {
+        self.positions.last().copied().unwrap_or(0)
+    }
+}
+
+/// The innermost service: runs the command through a [`Repository`].
+pub struct RepositoryService<A: Aggregate, S> {
+    repository: Arc<Repository<A, S>>,
+}
+
+impl<A: Aggregate, S> Clone for RepositoryService<A, S> {
+    fn clone(&self) -> Self {
+        RepositoryService {
+            repository: self.repository.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate, S: std::fmt::Debug> std::fmt::Debug for RepositoryService<A, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryService")
+            .field("repository", &self.repository)
+            .finish()
+    }
+}
+
+impl<A, S> RepositoryService<A, S>
+where
+    A: Aggregate,
+    S: EventStore + SnapshotStore,
+{
+    /// Wraps `repository`.
+    pub fn new(repository: Repository<A, S>) -> Self {
+        RepositoryService {
+            repository: Arc::new(repository),
+        }
+    }
+}
+
+impl<A, S> Service<Command<A::Command>> for RepositoryService<A, S>
+where
+    A: Aggregate + Send + Sync + 'static,
+    A::Command: Clone + Send + 'static,
+    A::Event: Send,
+    S: EventStore + SnapshotStore,
+{
+    type Response = CommandResult;
+    type Error = Error;
+    type Future = CommandFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, command: Command<A::Command>) -> Self::Future {
+        let repository = self.repository.clone();
+        Box::pin(async move {
+            let metadata = Metadata {
+                correlation_id: Some(command.id),
+                causation_id: Some(command.id),
+                actor: command.identity.map(|i| i.subject),
+                ..Metadata::default()
+            };
+            let outcome = repository
+                .execute_with_metadata(&command.aggregate_id, command.payload, metadata)
+                .await?;
+            Ok(CommandResult {
+                version: outcome.version,
+                positions: outcome.positions,
+            })
+        })
+    }
+}
+
+/// Rejects commands whose [`Validate::validate`] fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidateLayer;
+
+impl ValidateLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        ValidateLayer
+    }
+}
+
+impl<S> Layer<S> for ValidateLayer {
+    type Service = Validated<S>;
+    fn layer(&self, inner: S) -> Validated<S> {
+        Validated { inner }
+    }
+}
+
+/// See [`ValidateLayer`].
+#[derive(Debug, Clone)]
+pub struct Validated<S> {
+    inner: S,
+}
+
+impl<S> Validated<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, C> Service<Command<C>> for Validated<S>
+where
+    S: Service<Command<C>, Response = CommandResult, Error = Error, Future = CommandFuture>,
+    C: Validate,
+{
+    type Response = CommandResult;
+    type Error = Error;
+    type Future = CommandFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, command: Command<C>) -> CommandFuture {
+        match command.payload.validate() {
+            Ok(()) => self.inner.call(command),
+            Err(errors) => Box::pin(std::future::ready(Err(Error::Validation(errors)))),
+        }
+    }
+}
+
+/// Decides whether a caller may send a command.
+///
+/// Closures `Fn(Option<&Identity>, &C) -> Result<(), String>` implement it;
+/// the `String` is the reason in [`Error::Forbidden`].
+pub trait Authorize<C>: Send + Sync + 'static {
+    /// `Ok(())` to let the command through, `Err(reason)` to refuse it.
+    fn authorize(&self, identity: Option<&Identity>, command: &C) -> Result<(), String>;
+}
+
+impl<C, F> Authorize<C> for F
+where
+    F: Fn(Option<&Identity>, &C) -> Result<(), String> + Send + Sync + 'static,
+{
+    fn authorize(&self, identity: Option<&Identity>, command: &C) -> Result<(), String> {
+        self(identity, command)
+    }
+}
+
+/// The default hook: every caller, authenticated or not, may send anything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl<C> Authorize<C> for AllowAll {
+    fn authorize(&self, _: Option<&Identity>, _: &C) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Runs an [`Authorize`] hook before the inner service.
+#[derive(Debug, Clone)]
+pub struct AuthorizeLayer<Z> {
+    hook: Arc<Z>,
+}
+
+impl<Z> AuthorizeLayer<Z> {
+    /// A layer running `hook`.
+    pub fn new(hook: Z) -> Self {
+        AuthorizeLayer {
+            hook: Arc::new(hook),
+        }
+    }
+}
+
+impl<S, Z> Layer<S> for AuthorizeLayer<Z> {
+    type Service = Authorized<S, Z>;
+    fn layer(&self, inner: S) -> Authorized<S, Z> {
+        Authorized {
+            inner,
+            hook: self.hook.clone(),
+        }
+    }
+}
+
+/// See [`AuthorizeLayer`].
+#[derive(Debug)]
+pub struct Authorized<S, Z> {
+    inner: S,
+    hook: Arc<Z>,
+}
+
+impl<S: Clone, Z> Clone for Authorized<S, Z> {
+    fn clone(&self) -> Self {
+        Authorized {
+            inner: self.inner.clone(),
+            hook: self.hook.clone(),
+        }
+    }
+}
+
+impl<S, Z, C> Service<Command<C>> for Authorized<S, Z>
+where
+    S: Service<Command<C>, Response = CommandResult, Error = Error, Future = CommandFuture>,
+    Z: Authorize<C>,
+{
+    type Response = CommandResult;
+    type Error = Error;
+    type Future = CommandFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, command: Command<C>) -> CommandFuture {
+        match self
+            .hook
+            .authorize(command.identity.as_ref(), &command.payload)
+        {
+            Ok(()) => self.inner.call(command),
+            Err(reason) => {
+                tracing::info!(command_id = %command.id, %reason, "command forbidden");
+                Box::pin(std::future::ready(Err(Error::Forbidden { reason })))
+            }
+        }
+    }
+}
+
+/// Deduplicates commands by [`Command::id`] through an [`IdempotencyStore`].
+///
+/// Only successful results are stored: a rejected command may be retried.
+/// Within one process, a duplicate that arrives while the first send is still
+/// running waits for it and returns its result (if the first fails, the
+/// duplicate runs itself). Across processes sharing a store, two concurrent
+/// sends may both run; the store keeps (and both callers get) the first result.
+#[derive(Debug, Clone)]
+pub struct IdempotencyLayer<I> {
+    store: Arc<I>,
+    inflight: Inflight,
+}
+
+/// Commands running now, by id. Entries leave when their command ends, so the
+/// map is bounded by the number of in-flight commands.
+type Inflight = Arc<Mutex<HashMap<Uuid, watch::Receiver<Option<CommandResult>>>>>;
+
+impl<I> IdempotencyLayer<I> {
+    /// A layer over `store`.
+    pub fn new(store: I) -> Self {
+        IdempotencyLayer {
+            store: Arc::new(store),
+            inflight: Inflight::default(),
+        }
+    }
+}
+
+impl<S, I> Layer<S> for IdempotencyLayer<I> {
+    type Service = Idempotent<S, I>;
+    fn layer(&self, inner: S) -> Idempotent<S, I> {
+        Idempotent {
+            inner,
+            store: self.store.clone(),
+            inflight: self.inflight.clone(),
+        }
+    }
+}
+
+/// See [`IdempotencyLayer`].
+#[derive(Debug)]
+pub struct Idempotent<S, I> {
+    inner: S,
+    store: Arc<I>,
+    inflight: Inflight,
+}
+
+impl<S: Clone, I> Clone for Idempotent<S, I> {
+    fn clone(&self) -> Self {
+        Idempotent {
+            inner: self.inner.clone(),
+            store: self.store.clone(),
+            inflight: self.inflight.clone(),
+        }
+    }
+}
+
+/// Removes its command from the in-flight map when the command ends (or its
+/// future is dropped); dropping `tx` without a value releases waiters.
+struct InflightGuard {
+    inflight: Inflight,
+    id: Uuid,
+    tx: watch::Sender<Option<CommandResult>>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        lock(&self.inflight).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S, I, C> Service<Command<C>> for Idempotent<S, I>
+where
+    S: Service<Command<C>, Response = CommandResult, Error = Error, Future = CommandFuture>
+        + Clone
+        + Send
+        + 'static,
+    I: IdempotencyStore,
+    C: Send + 'static,
+{
+    type Response = CommandResult;
+    type Error = Error;
+    type Future = CommandFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, command: Command<C>) -> CommandFuture {
+        // The ready service goes into the future; a fresh clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
+        let inflight = self.inflight.clone();
+        Box::pin(async move {
+            let id = command.id;
+            let guard = loop {
+                if let Some(first) = store.get(id).await? {
+                    tracing::debug!(command_id = %id, "duplicate command, returning first result");
+                    return Ok(first);
+                }
+                let running = {
+                    let mut map = lock(&inflight);
+                    match map.get(&id) {
+                        Some(rx) => Err(rx.clone()),
+                        None => {
+                            let (tx, rx) = watch::channel(None);
+                            map.insert(id, rx);
+                            Ok(InflightGuard {
+                                inflight: inflight.clone(),
+                                id,
+                                tx,
+                            })
+                        }
+                    }
+                };
+                match running {
+                    Ok(guard) => break guard,
+                    Err(mut rx) => {
+                        if let Ok(first) = rx.wait_for(Option::is_some).await
+                            && let Some(first) = first.clone()
+                        {
+                            tracing::debug!(command_id = %id, "duplicate of a running command, returning its result");
+                            return Ok(first);
+                        }
+                        // The first send failed or was dropped: try again ourselves.
+                    }
+                }
+            };
+            // The first send may have finished between our lookup and our
+            // registration: its result is stored before it leaves the map.
+            if let Some(first) = store.get(id).await? {
+                return Ok(first);
+            }
+            let result = inner.call(command).await?;
+            let first = store.put(id, &result).await?;
+            guard.tx.send_replace(Some(first.clone()));
+            Ok(first)
+        })
+    }
+}
+
+/// Wraps each command in a `command` span and logs its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommandTraceLayer;
+
+impl CommandTraceLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        CommandTraceLayer
+    }
+}
+
+impl<S> Layer<S> for CommandTraceLayer {
+    type Service = CommandTrace<S>;
+    fn layer(&self, inner: S) -> CommandTrace<S> {
+        CommandTrace { inner }
+    }
+}
+
+/// See [`CommandTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct CommandTrace<S> {
+    inner: S,
+}
+
+impl<S, C> Service<Command<C>> for CommandTrace<S>
+where
+    S: Service<Command<C>, Response = CommandResult, Error = Error, Future = CommandFuture>,
+{
+    type Response = CommandResult;
+    type Error = Error;
+    type Future = CommandFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, command: Command<C>) -> CommandFuture {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "command",
+            command_id = %command.id,
+            aggregate_id = %command.aggregate_id,
+            command = std::any::type_name::<C>(),
+            actor = command.identity.as_ref().map(|i| i.subject.as_str()),
+        );
+        let future = span.in_scope(|| self.inner.call(command));
+        Box::pin(
+            async move {
+                let result = future.await;
+                match &result {
+                    Ok(r) => tracing::info!(
+                        version = r.version,
+                        events = r.positions.len(),
+                        "command done"
+                    ),
+                    Err(err) => tracing::info!(%err, "command failed"),
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The pipeline [`CommandPipeline::build`] returns.
+pub type Pipeline<A, S, Z, I> =
+    CommandTrace<Validated<Authorized<Idempotent<RepositoryService<A, S>, I>, Z>>>;
+
+/// Builds the standard command pipeline: trace → validate → authorize →
+/// idempotency → repository.
+///
+/// # Examples
+///
+/// See the crate README.
+#[derive(Debug)]
+pub struct CommandPipeline<A: Aggregate, S, Z = AllowAll, I = MemoryIdempotencyStore> {
+    repository: RepositoryService<A, S>,
+    authorize: Z,
+    idempotency: I,
+}
+
+impl<A, S> CommandPipeline<A, S>
+where
+    A: Aggregate,
+    S: EventStore + SnapshotStore,
+{
+    /// Defaults: allow-all authorization, an in-memory idempotency store of 10,000 ids.
+    pub fn new(repository: Repository<A, S>) -> Self {
+        CommandPipeline {
+            repository: RepositoryService::new(repository),
+            authorize: AllowAll,
+            idempotency: MemoryIdempotencyStore::default(),
+        }
+    }
+}
+
+impl<A: Aggregate, S, Z, I> CommandPipeline<A, S, Z, I> {
+    /// Replaces the authorization hook.
+    pub fn authorize<Z2>(self, hook: Z2) -> CommandPipeline<A, S, Z2, I> {
+        CommandPipeline {
+            repository: self.repository,
+            authorize: hook,
+            idempotency: self.idempotency,
+        }
+    }
+
+    /// Replaces the idempotency store.
+    pub fn idempotency<I2>(self, store: I2) -> CommandPipeline<A, S, Z, I2> {
+        CommandPipeline {
+            repository: self.repository,
+            authorize: self.authorize,
+            idempotency: store,
+        }
+    }
+
+    /// The composed service.
+    pub fn build(self) -> Pipeline<A, S, Z, I> {
+        let inner = IdempotencyLayer::new(self.idempotency).layer(self.repository);
+        let inner = AuthorizeLayer::new(self.authorize).layer(inner);
+        let inner = ValidateLayer.layer(inner);
+        CommandTraceLayer.layer(inner)
+    }
+}

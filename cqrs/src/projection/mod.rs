@@ -1,0 +1,603 @@
+//! Checkpointed projections: a [`Projection`] handles events inside a
+//! transaction of its read-model database, and a [`ProjectionRunner`] saves
+//! the projection's checkpoint **in that same transaction**.
+//!
+//! # Why the checkpoint shares the transaction
+//!
+//! A runner that commits the read model and then writes its checkpoint
+//! separately applies an event twice when it crashes between the two; one
+//! that saves the checkpoint first skips an event. Committing both at once
+//! (table `cqrs_checkpoints(name, position)` in the read-model database) makes
+//! every batch all-or-nothing: after a crash the runner resumes from the last
+//! committed position and the read model holds each event exactly once.
+//!
+//! # Poison events
+//!
+//! When a handler fails, the batch is rolled back. The events before the
+//! failing one are committed on their own; the failing event is retried with
+//! the runner's [`Backoff`] schedule, and after `max_retries` the projection is
+//! **parked**: it stops, [`ProjectionHandle::status`] reports
+//! [`ProjectionState::Parked`] with the position and error, and an `error!` is
+//! traced. It never skips the event.
+//!
+//! # Rebuilds
+//!
+//! A rebuild is a second projection with a new name (its own checkpoint row,
+//! starting at 0) writing into a new table. The old one keeps serving until the
+//! new one has [`wait_for`](ProjectionHandle::wait_for) the head; then the
+//! application swaps the table it reads and stops the old runner.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use trellis_eventsourcing::{EventFilter, EventStore, StoredEvent};
+use trellis_resilience::retry::Backoff;
+
+use crate::error::{BoxError, Error, Result};
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+mod private {
+    pub trait Sealed {}
+}
+
+/// A sqlx database that can hold read models and their checkpoints
+/// (implemented for `Sqlite` and `Postgres`).
+pub trait ReadModelDb: sqlx::Database + private::Sealed {
+    /// Creates `cqrs_checkpoints` if it is missing.
+    fn ensure_checkpoints(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<()>> + Send;
+    /// The committed position of `name` (0 = none).
+    fn load_checkpoint(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Upserts the position of `name` inside `tx`.
+    fn save_checkpoint(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        position: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A read model fed by events, written inside the runner's transaction.
+///
+/// For SQLite this is `Projection<sqlx::Sqlite>` (the handler gets a
+/// `&mut sqlx::Transaction<Sqlite>`), for PostgreSQL `Projection<sqlx::Postgres>`.
+/// Write with `.execute(&mut **tx)`; never commit the transaction yourself.
+pub trait Projection<DB: ReadModelDb>: Send + Sync + 'static {
+    /// The checkpoint name: unique per projection *and version* (a rebuild
+    /// uses a new name).
+    fn name(&self) -> &str;
+
+    /// Which events to read (default: every event).
+    fn filter(&self) -> EventFilter {
+        EventFilter::all()
+    }
+
+    /// Creates the read-model tables; runs once when the runner starts.
+    fn setup(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send {
+        let _ = pool;
+        async { Ok(()) }
+    }
+
+    /// Applies one event inside `tx`. An error rolls the batch back.
+    fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, DB>,
+        event: &StoredEvent,
+    ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send;
+}
+
+/// Where a projection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProjectionState {
+    /// Reading and applying events (or waiting for new ones).
+    Running,
+    /// Stopped on a poison event after its retries ran out.
+    Parked {
+        /// Global position of the failing event.
+        position: u64,
+        /// The handler's last error.
+        error: String,
+    },
+    /// Shut down or dropped.
+    Stopped,
+}
+
+/// A snapshot of a projection's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// The projection's name.
+    pub name: String,
+    /// Running, parked or stopped.
+    pub state: ProjectionState,
+    /// The committed checkpoint.
+    pub position: u64,
+    /// The store's head when last read.
+    pub head: u64,
+    /// When the last applied event was recorded (for "seconds behind").
+    pub last_recorded_at: Option<SystemTime>,
+}
+
+impl ProjectionStatus {
+    /// Positions behind the head.
+    pub fn lag(&self) -> u64 {
+        self.head.saturating_sub(self.position)
+    }
+
+    /// Seconds behind, approximately: zero when caught up, else the age of
+    /// the last applied event (`None` if none was applied since the start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use trellis_cqrs::{ProjectionState, ProjectionStatus};
+    /// let status = ProjectionStatus {
+    ///     name: "orders".into(),
+    ///     state: ProjectionState::Running,
+    ///     position: 10,
+    ///     head: 10,
+    ///     last_recorded_at: None,
+    /// };
+    /// assert_eq!((status.lag(), status.time_behind()), (0, Some(std::time::Duration::ZERO)));
+    /// ```
+    pub fn time_behind(&self) -> Option<Duration> {
+        if self.lag() == 0 {
+            return Some(Duration::ZERO);
+        }
+        self.last_recorded_at
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+    }
+}
+
+/// How a runner reads and retries.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Events per transaction.
+    pub batch_size: usize,
+    /// Longest wait between polls when no append is signalled.
+    pub poll_interval: Duration,
+    /// Delay schedule between attempts at a failing event.
+    pub backoff: Backoff,
+    /// Retries of a failing event before the projection is parked.
+    pub max_retries: u32,
+}
+
+impl Default for RunnerOptions {
+    /// 256 events per batch, 100 ms polls, trellis-resilience's default backoff, 5 retries.
+    fn default() -> Self {
+        RunnerOptions {
+            batch_size: 256,
+            poll_interval: Duration::from_millis(100),
+            backoff: Backoff::default(),
+            max_retries: 5,
+        }
+    }
+}
+
+/// Feeds a [`Projection`] from an [`EventStore`] in checkpointed batches.
+///
+/// # Examples
+///
+/// See the crate README.
+pub struct ProjectionRunner<DB: ReadModelDb, P, S> {
+    store: S,
+    pool: sqlx::Pool<DB>,
+    projection: P,
+    options: RunnerOptions,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::ProjectionMetrics>,
+}
+
+impl<DB: ReadModelDb, P, S> std::fmt::Debug for ProjectionRunner<DB, P, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB, P, S> ProjectionRunner<DB, P, S>
+where
+    DB: ReadModelDb,
+    P: Projection<DB>,
+    S: EventStore,
+{
+    /// A runner of `projection` over `store`, writing into `pool`.
+    pub fn new(store: S, pool: sqlx::Pool<DB>, projection: P) -> Self {
+        ProjectionRunner {
+            store,
+            pool,
+            projection,
+            options: RunnerOptions::default(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the events per transaction (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.options.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Sets the retry schedule for a failing event and how many retries park it.
+    pub fn with_retry(mut self, backoff: Backoff, max_retries: u32) -> Self {
+        self.options.backoff = backoff;
+        self.options.max_retries = max_retries;
+        self
+    }
+
+    /// Sets the poll interval.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.options.poll_interval = interval;
+        self
+    }
+
+    /// Records lag and handled events in `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: crate::metrics::ProjectionMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Creates the checkpoint table and the projection's tables, loads the
+    /// checkpoint and spawns the runner on the current tokio runtime.
+    pub async fn spawn(self) -> Result<ProjectionHandle> {
+        DB::ensure_checkpoints(&self.pool).await?;
+        self.projection
+            .setup(&self.pool)
+            .await
+            .map_err(Error::Handler)?;
+        let name = self.projection.name().to_owned();
+        let position = DB::load_checkpoint(&self.pool, &name).await?;
+        let (position_tx, position_rx) = watch::channel(position);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let status = Arc::new(Mutex::new(ProjectionStatus {
+            name: name.clone(),
+            state: ProjectionState::Running,
+            position,
+            head: position,
+            last_recorded_at: None,
+        }));
+        let worker = Worker {
+            runner: self,
+            name: name.clone(),
+            position,
+            position_tx,
+            shutdown: shutdown_rx,
+            status: status.clone(),
+        };
+        let task = tokio::spawn(worker.run());
+        Ok(ProjectionHandle {
+            name,
+            position: position_rx,
+            status,
+            shutdown: shutdown_tx,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running projection. Dropping it aborts the runner (an open transaction
+/// rolls back, as in a crash); [`stop`](Self::stop) ends it between batches.
+#[derive(Debug)]
+pub struct ProjectionHandle {
+    name: String,
+    position: watch::Receiver<u64>,
+    status: Arc<Mutex<ProjectionStatus>>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ProjectionHandle {
+    /// The projection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current status (state, checkpoint, head, lag).
+    pub fn status(&self) -> ProjectionStatus {
+        lock(&self.status).clone()
+    }
+
+    /// A watch of the committed checkpoint.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
+    /// Read-your-writes: returns the checkpoint once it is at least
+    /// `position`, [`Error::WaitTimeout`] after `timeout`, [`Error::Parked`] if
+    /// the projection parks first, [`Error::Stopped`] if it stops.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64> {
+        wait_for(self, position, timeout).await
+    }
+
+    /// Stops the runner between batches and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ProjectionHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Waits until `projection`'s checkpoint reaches `position` (see
+/// [`ProjectionHandle::wait_for`]).
+pub async fn wait_for(
+    projection: &ProjectionHandle,
+    position: u64,
+    timeout: Duration,
+) -> Result<u64> {
+    let mut rx = projection.position.clone();
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            let reached = *rx.borrow_and_update();
+            if reached >= position {
+                return Ok(reached);
+            }
+            if rx.changed().await.is_err() {
+                let reached = *rx.borrow();
+                if reached >= position {
+                    return Ok(reached);
+                }
+                return Err(match projection.status().state {
+                    ProjectionState::Parked { position, error } => Error::Parked {
+                        projection: projection.name.clone(),
+                        position,
+                        error,
+                    },
+                    _ => Error::Stopped(projection.name.clone()),
+                });
+            }
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| {
+        Err(Error::WaitTimeout {
+            projection: projection.name.clone(),
+            wanted: position,
+            reached: *projection.position.borrow(),
+            timeout,
+        })
+    })
+}
+
+fn lock(m: &Mutex<ProjectionStatus>) -> std::sync::MutexGuard<'_, ProjectionStatus> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Worker<DB: ReadModelDb, P, S> {
+    runner: ProjectionRunner<DB, P, S>,
+    name: String,
+    position: u64,
+    position_tx: watch::Sender<u64>,
+    shutdown: watch::Receiver<bool>,
+    status: Arc<Mutex<ProjectionStatus>>,
+}
+
+/// Why a batch did not commit.
+struct BatchFailure {
+    /// Index of the failing event in the batch (0 when the database failed).
+    index: usize,
+    error: String,
+}
+
+impl<DB, P, S> Worker<DB, P, S>
+where
+    DB: ReadModelDb,
+    P: Projection<DB>,
+    S: EventStore,
+{
+    async fn run(mut self) {
+        let filter = self.runner.projection.filter();
+        let mut head_rx = self.runner.store.watch_head();
+        let batch_size = self.runner.options.batch_size.max(1);
+        // Set after a failure: the next read is shortened so a poison event is
+        // isolated and the good events before it are committed on their own.
+        let mut limit: Option<usize> = None;
+        let mut attempts: u32 = 0;
+        let mut previous_delay = None;
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            head_rx.borrow_and_update();
+            let head = match self.runner.store.head_position().await {
+                Ok(h) => h,
+                Err(err) => {
+                    tracing::warn!(projection = %self.name, %err, "reading head failed");
+                    if self.idle(&mut head_rx).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            self.observe_head(head);
+            if head <= self.position {
+                if self.idle(&mut head_rx).await {
+                    break;
+                }
+                continue;
+            }
+            let n = limit.unwrap_or(batch_size);
+            let batch = match self.runner.store.read_all(self.position, &filter, n).await {
+                Ok(b) => b,
+                Err(err) => {
+                    tracing::warn!(projection = %self.name, %err, "reading events failed");
+                    if self.idle(&mut head_rx).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let last = batch.last().map_or(self.position, |e| e.global_position);
+            // A short batch has seen every matching event up to `head`, so the
+            // checkpoint may move past filtered-out events to it.
+            let target = if batch.len() < n {
+                last.max(head)
+            } else {
+                last
+            };
+            match self.apply(&batch, target).await {
+                Ok(()) => {
+                    self.committed(target, &batch, head);
+                    limit = None;
+                    attempts = 0;
+                    previous_delay = None;
+                }
+                Err(failure) if failure.index > 0 => {
+                    // The events before the failing one are fine: commit them alone.
+                    limit = Some(failure.index);
+                }
+                Err(failure) => {
+                    limit = Some(1);
+                    let failing = batch.first().map_or(target, |e| e.global_position);
+                    if attempts >= self.runner.options.max_retries {
+                        tracing::error!(
+                            projection = %self.name,
+                            position = failing,
+                            error = %failure.error,
+                            "projection parked on a poison event"
+                        );
+                        lock(&self.status).state = ProjectionState::Parked {
+                            position: failing,
+                            error: failure.error,
+                        };
+                        return;
+                    }
+                    let delay = self
+                        .runner
+                        .options
+                        .backoff
+                        .next_delay(attempts, previous_delay);
+                    attempts += 1;
+                    previous_delay = Some(delay);
+                    tracing::warn!(
+                        projection = %self.name,
+                        position = failing,
+                        attempt = attempts,
+                        error = %failure.error,
+                        ?delay,
+                        "projection handler failed, retrying"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.changed() => break,
+                    }
+                }
+            }
+        }
+        lock(&self.status).state = ProjectionState::Stopped;
+    }
+
+    /// Waits for an append signal, the poll interval or shutdown; `true` = shut down.
+    async fn idle(&mut self, head_rx: &mut watch::Receiver<u64>) -> bool {
+        let poll = self.runner.options.poll_interval;
+        tokio::select! {
+            changed = head_rx.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(poll).await;
+                }
+                false
+            }
+            () = tokio::time::sleep(poll) => false,
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    fn observe_head(&self, head: u64) {
+        let lag = head.saturating_sub(self.position);
+        tracing::trace!(projection = %self.name, head, position = self.position, lag, "projection lag");
+        lock(&self.status).head = head;
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.runner.metrics {
+            m.set_lag(&self.name, lag);
+        }
+    }
+
+    fn committed(&mut self, target: u64, batch: &[StoredEvent], head: u64) {
+        self.position = target;
+        let lag = head.saturating_sub(target);
+        {
+            let mut status = lock(&self.status);
+            status.position = target;
+            status.head = status.head.max(head);
+            if let Some(e) = batch.last() {
+                status.last_recorded_at = Some(e.recorded_at);
+            }
+        }
+        if !batch.is_empty() {
+            tracing::debug!(projection = %self.name, position = target, events = batch.len(), lag, "batch committed");
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.runner.metrics {
+            m.handled(&self.name, batch.len() as u64);
+            m.set_lag(&self.name, lag);
+            if let Some(behind) = lock(&self.status).time_behind() {
+                m.set_seconds_behind(&self.name, behind);
+            }
+        }
+        self.position_tx.send_replace(target);
+    }
+
+    async fn apply(&self, batch: &[StoredEvent], target: u64) -> Result<(), BatchFailure> {
+        let db = |e: &dyn std::fmt::Display| BatchFailure {
+            index: 0,
+            error: format!("read-model database: {e}"),
+        };
+        let mut tx = self.runner.pool.begin().await.map_err(|e| db(&e))?;
+        for (index, event) in batch.iter().enumerate() {
+            if let Err(err) = self.runner.projection.handle(&mut tx, event).await {
+                // Dropping `tx` rolls back every write of this batch.
+                return Err(BatchFailure {
+                    index,
+                    error: err.to_string(),
+                });
+            }
+        }
+        DB::save_checkpoint(&mut tx, &self.name, target)
+            .await
+            .map_err(|e| db(&e))?;
+        tx.commit().await.map_err(|e| db(&e))
+    }
+}
+
+/// Clamps `u64` into SQL `BIGINT`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,510 @@
+//! Command pipeline tests: validation, authorization, idempotency, tracing, repository.
+
+#[path = "../support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tower::{Service, ServiceExt};
+use trellis_cqrs::{
+    Command, CommandPipeline, CommandResult, Error, IdempotencyStore, Identity,
+    MemoryIdempotencyStore, SqliteIdempotencyStore, Validate, ValidationErrors,
+};
+use trellis_eventsourcing::{
+    Aggregate, DomainEvent, EventFilter, EventStore, MemoryStore, Repository,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AccountEvent {
+    Deposited { amount: u64 },
+}
+impl DomainEvent for AccountEvent {}
+
+#[derive(Debug, Clone)]
+struct Deposit {
+    amount: u64,
+    reference: String,
+}
+
+impl Validate for Deposit {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        if self.amount == 0 {
+            errors.add("amount", "too_small", "must be at least 1");
+        }
+        if self.reference.is_empty() {
+            errors.add("reference", "required", "must not be empty");
+        }
+        errors.into_result()
+    }
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("limit exceeded")]
+struct LimitExceeded;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Account {
+    balance: u64,
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = Deposit;
+    type Event = AccountEvent;
+    type Error = LimitExceeded;
+
+    fn handle(&self, c: Deposit) -> Result<Vec<AccountEvent>, LimitExceeded> {
+        if self.balance + c.amount > 1_000 {
+            return Err(LimitExceeded);
+        }
+        Ok(vec![AccountEvent::Deposited { amount: c.amount }])
+    }
+
+    fn apply(&mut self, e: &AccountEvent) {
+        let AccountEvent::Deposited { amount } = e;
+        self.balance += amount;
+    }
+}
+
+fn deposit(amount: u64) -> Command<Deposit> {
+    Command::new(
+        "1",
+        Deposit {
+            amount,
+            reference: "r".into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn valid_command_reaches_the_repository() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone())).build();
+    let result = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        result,
+        CommandResult {
+            version: 1,
+            positions: vec![1]
+        }
+    );
+    assert_eq!(result.last_position(), 1);
+    let events = store.read_all(0, &EventFilter::all(), 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].stream_id, "account-1");
+}
+
+#[tokio::test]
+async fn invalid_command_returns_field_errors_and_writes_nothing() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone())).build();
+    let bad = Command::new(
+        "1",
+        Deposit {
+            amount: 0,
+            reference: String::new(),
+        },
+    );
+    let err = pipeline.ready().await.unwrap().call(bad).await.unwrap_err();
+    let fields: Vec<&str> = err
+        .validation()
+        .expect("validation error")
+        .fields()
+        .collect();
+    assert_eq!(fields, ["amount", "reference"]);
+    assert_eq!(
+        serde_json::to_value(err.validation().unwrap()).unwrap()[0]["code"],
+        "too_small"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn authorization_hook_sees_the_caller() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .authorize(|who: Option<&Identity>, c: &Deposit| match who {
+            Some(i) if i.has_role("teller") || c.amount <= 10 => Ok(()),
+            Some(i) => Err(format!("{} may not deposit {}", i.subject, c.amount)),
+            None => Err("anonymous".to_owned()),
+        })
+        .build();
+    let anonymous = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(anonymous, Error::Forbidden { ref reason } if reason == "anonymous"));
+    let ada = Identity::new("ada");
+    let big = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(50).with_identity(ada.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(big, Error::Forbidden { ref reason } if reason == "ada may not deposit 50"));
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(50).with_identity(ada.with_role("teller")))
+        .await
+        .unwrap();
+    let events = store.read_all(0, &EventFilter::all(), 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata.actor.as_deref(), Some("ada"));
+}
+
+#[tokio::test]
+async fn aggregate_rejection_is_typed() {
+    let mut pipeline =
+        CommandPipeline::new(Repository::<Account, _>::new(MemoryStore::new())).build();
+    let err = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(2_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.rejection::<LimitExceeded>(), Some(&LimitExceeded));
+}
+
+async fn duplicate_returns_first_result<I: IdempotencyStore>(store_impl: I) {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .idempotency(store_impl)
+        .build();
+    let command = deposit(5);
+    let first = pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(command.clone())
+        .await
+        .unwrap();
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(1))
+        .await
+        .unwrap();
+    let again = pipeline.ready().await.unwrap().call(command).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        2,
+        "the duplicate wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_command_returns_first_result_in_memory() {
+    duplicate_returns_first_result(MemoryIdempotencyStore::new(100)).await;
+}
+
+#[tokio::test]
+async fn duplicate_command_returns_first_result_in_sqlite() {
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let idem = SqliteIdempotencyStore::new(pool).await.unwrap();
+    duplicate_returns_first_result(idem.clone()).await;
+    let id = uuid::Uuid::now_v7();
+    let first = CommandResult {
+        version: 1,
+        positions: vec![3],
+    };
+    assert_eq!(idem.put(id, &first).await.unwrap(), first);
+    let second = CommandResult {
+        version: 9,
+        positions: vec![9],
+    };
+    assert_eq!(
+        idem.put(id, &second).await.unwrap(),
+        first,
+        "the first result wins"
+    );
+}
+
+#[tokio::test]
+async fn rejected_command_is_not_cached() {
+    let store = MemoryStore::new();
+    let idem = MemoryIdempotencyStore::new(10);
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .idempotency(idem.clone())
+        .build();
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(2_000))
+        .await
+        .unwrap_err();
+    assert!(idem.is_empty());
+}
+
+#[tokio::test]
+async fn memory_idempotency_store_is_bounded() {
+    let idem = MemoryIdempotencyStore::new(2);
+    let ids: Vec<_> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let r = CommandResult {
+            version: i as u64,
+            positions: vec![],
+        };
+        idem.put(*id, &r).await.unwrap();
+    }
+    assert_eq!(idem.len(), 2);
+    assert_eq!(idem.get(ids[0]).await.unwrap(), None, "oldest evicted");
+    assert!(idem.get(ids[2]).await.unwrap().is_some());
+}
+
+mod read_your_writes {
+    use super::*;
+    use trellis_cqrs::ProjectionRunner;
+
+    crate::counting_projection!(sqlx::Sqlite);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn command_position_is_awaited_on_the_projection() {
+        let store = MemoryStore::new();
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let handle = ProjectionRunner::new(
+            store.clone(),
+            pool.clone(),
+            CountingProjection::new("balances", "balances", crate::support::Plan::new()),
+        )
+        .spawn()
+        .await
+        .unwrap();
+        let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store)).build();
+        for amount in [3, 4] {
+            let result = pipeline
+                .ready()
+                .await
+                .unwrap()
+                .call(deposit(amount))
+                .await
+                .unwrap();
+            handle
+                .wait_for(result.last_position(), Duration::from_secs(20))
+                .await
+                .unwrap();
+            let total: i64 = sqlx::query_scalar("SELECT SUM(amount) FROM balances")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            // The seeded amount is the payload's "amount".
+            assert_eq!(total, if amount == 3 { 3 } else { 7 });
+        }
+    }
+}
+
+mod tracing_span {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// Records every span's name and fields, and every event's message.
+    #[derive(Default, Clone)]
+    struct Recorder {
+        spans: Arc<Mutex<Vec<String>>>,
+        events: Arc<Mutex<Vec<String>>>,
+    }
+
+    struct Fields(String);
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={:?}", field.name(), value));
+        }
+    }
+
+    impl Subscriber for Recorder {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let mut fields = Fields(span.metadata().name().to_owned());
+            span.record(&mut fields);
+            let mut spans = self.spans.lock().unwrap();
+            spans.push(fields.0);
+            Id::from_u64(spans.len() as u64)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.events.lock().unwrap().push(fields.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_command_gets_a_span_and_an_outcome() {
+        let recorder = Recorder::default();
+        let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(recorder.clone()));
+        let mut pipeline =
+            CommandPipeline::new(Repository::<Account, _>::new(MemoryStore::new())).build();
+        let command = deposit(5).with_identity(Identity::new("ada"));
+        let id = command.id;
+        pipeline.ready().await.unwrap().call(command).await.unwrap();
+        let spans = recorder.spans.lock().unwrap().clone();
+        let span = spans
+            .iter()
+            .find(|s| s.starts_with("command "))
+            .expect("a command span");
+        assert!(span.contains(&format!("command_id={id}")), "{span}");
+        assert!(span.contains("aggregate_id=1"), "{span}");
+        assert!(span.contains("actor=\"ada\""), "{span}");
+        let events = recorder.events.lock().unwrap().clone();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("command done") && e.contains("version=1")),
+            "{events:?}"
+        );
+    }
+}
+
+mod concurrent_duplicates {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::sync::Notify;
+    use tower::Layer;
+    use trellis_cqrs::command::{CommandFuture, IdempotencyLayer};
+
+    /// Counts calls; each call waits for the gate, and fails if told to.
+    #[derive(Clone, Default)]
+    struct Slow {
+        calls: Arc<AtomicU64>,
+        gate: Arc<Notify>,
+        fail_first: bool,
+    }
+
+    impl Service<Command<u32>> for Slow {
+        type Response = CommandResult;
+        type Error = Error;
+        type Future = CommandFuture;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Command<u32>) -> CommandFuture {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let gate = self.gate.clone();
+            let fail = self.fail_first && n == 1;
+            Box::pin(async move {
+                gate.notified().await;
+                if fail {
+                    return Err(Error::Forbidden {
+                        reason: "first failed".into(),
+                    });
+                }
+                Ok(CommandResult {
+                    version: n,
+                    positions: vec![n],
+                })
+            })
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn run(fail_first: bool) -> (Result<CommandResult, Error>, CommandResult, u64) {
+        let inner = Slow {
+            fail_first,
+            ..Slow::default()
+        };
+        let (calls, gate) = (inner.calls.clone(), inner.gate.clone());
+        let svc = IdempotencyLayer::new(MemoryIdempotencyStore::new(10)).layer(inner);
+        let command = Command::new("1", 0u32);
+        let first = tokio::spawn(svc.clone().oneshot(command.clone()));
+        settle().await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the first send is running");
+        let duplicate = tokio::spawn(svc.clone().oneshot(command));
+        settle().await;
+        gate.notify_one();
+        let first = first.await.unwrap();
+        settle().await;
+        if fail_first {
+            // The duplicate now runs itself; let it through.
+            gate.notify_one();
+        }
+        let duplicate = duplicate.await.unwrap().unwrap();
+        (first, duplicate, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_duplicate_of_a_running_command_waits_for_its_result() {
+        let (first, duplicate, calls) = run(false).await;
+        assert_eq!(first.unwrap(), duplicate);
+        assert_eq!(calls, 1, "the duplicate never reached the inner service");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_duplicate_runs_itself_when_the_first_fails() {
+        let (first, duplicate, calls) = run(true).await;
+        assert!(matches!(first, Err(Error::Forbidden { .. })));
+        assert_eq!(
+            duplicate,
+            CommandResult {
+                version: 2,
+                positions: vec![2]
+            }
+        );
+        assert_eq!(calls, 2);
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn duplicate_command_returns_first_result_in_postgres() {
+    let Some(pool) = support::postgres_pool().await else {
+        return;
+    };
+    let idem = trellis_cqrs::PgIdempotencyStore::new(pool.clone())
+        .await
+        .unwrap();
+    duplicate_returns_first_result(idem.clone()).await;
+    let id = uuid::Uuid::now_v7();
+    let first = CommandResult {
+        version: 1,
+        positions: vec![3],
+    };
+    assert_eq!(idem.put(id, &first).await.unwrap(), first);
+    let second = CommandResult {
+        version: 9,
+        positions: vec![9],
+    };
+    assert_eq!(
+        idem.put(id, &second).await.unwrap(),
+        first,
+        "the first result wins"
+    );
+    support::postgres_cleanup(&pool).await;
+}

@@ -1,0 +1,179 @@
+//! Shared test helpers: a counting projection per backend and event seeding.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use tokio::sync::Notify;
+use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent};
+
+/// What the test projection does at given positions.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Fails once, after writing, at this position (0 = never).
+    pub fail_once_at: AtomicU64,
+    /// Always fails at this position (0 = never): a poison event.
+    pub poison_at: AtomicU64,
+    /// Writes, signals `reached`, then never finishes at this position (0 = never).
+    pub block_at: AtomicU64,
+    pub reached: Notify,
+    pub failed_once: AtomicBool,
+    /// How often the poison event was attempted.
+    pub poison_hits: AtomicU64,
+}
+
+impl Plan {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Plan::default())
+    }
+}
+
+/// Appends `n` events (`Deposited {amount: i}`) spread over three accounts.
+pub async fn seed(store: &MemoryStore, n: u64) {
+    for i in 0..n {
+        store
+            .append(
+                &format!("account-{}", i % 3),
+                ExpectedVersion::Any,
+                vec![NewEvent::new(
+                    "Deposited",
+                    serde_json::json!({ "amount": i + 1 }),
+                )],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Defines `CountingProjection` for one sqlx database: each event becomes a
+/// row `(position, stream_id, amount)` of `table`, with no unique key, so a
+/// double application shows up as an extra row.
+#[macro_export]
+macro_rules! counting_projection {
+    ($db:ty) => {
+        pub(crate) struct CountingProjection {
+            pub name: String,
+            pub table: String,
+            pub plan: std::sync::Arc<$crate::support::Plan>,
+            pub filter: trellis_eventsourcing::EventFilter,
+        }
+
+        impl CountingProjection {
+            pub(crate) fn new(name: &str, table: &str, plan: std::sync::Arc<$crate::support::Plan>) -> Self {
+                CountingProjection {
+                    name: name.into(),
+                    table: table.into(),
+                    plan,
+                    filter: trellis_eventsourcing::EventFilter::all(),
+                }
+            }
+        }
+
+        impl trellis_cqrs::Projection<$db> for CountingProjection {
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            fn filter(&self) -> trellis_eventsourcing::EventFilter {
+                self.filter.clone()
+            }
+
+            async fn setup(&self, pool: &sqlx::Pool<$db>) -> Result<(), trellis_cqrs::BoxError> {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (position BIGINT NOT NULL, stream_id TEXT NOT NULL, amount BIGINT NOT NULL)",
+                    self.table
+                )))
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn handle(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event: &trellis_eventsourcing::StoredEvent,
+            ) -> Result<(), trellis_cqrs::BoxError> {
+                use std::sync::atomic::Ordering;
+                let p = event.global_position;
+                if self.plan.poison_at.load(Ordering::SeqCst) == p {
+                    self.plan.poison_hits.fetch_add(1, Ordering::SeqCst);
+                    return Err(format!("poison event at {p}").into());
+                }
+                let amount = event.payload["amount"].as_i64().unwrap_or(0);
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {} (position, stream_id, amount) VALUES ($1, $2, $3)",
+                    self.table
+                )))
+                .bind(p as i64)
+                .bind(&event.stream_id)
+                .bind(amount)
+                .execute(&mut **tx)
+                .await?;
+                if self.plan.fail_once_at.load(Ordering::SeqCst) == p
+                    && !self.plan.failed_once.swap(true, Ordering::SeqCst)
+                {
+                    return Err("crash after the write, before the checkpoint".into());
+                }
+                if self.plan.block_at.load(Ordering::SeqCst) == p {
+                    self.plan.reached.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TRELLIS_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
+            None
+        }
+    }
+}
+
+pub fn fresh_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+#[cfg(feature = "postgres")]
+pub async fn postgres_pool() -> Option<sqlx::PgPool> {
+    use std::str::FromStr;
+    let url = postgres_url()?;
+    let schema = fresh_name("cqrs_test");
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_POSTGRES_URL unreachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    Some(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Drops the test's schema.
+#[cfg(feature = "postgres")]
+pub async fn postgres_cleanup(pool: &sqlx::PgPool) {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(schema.starts_with("cqrs_test_"), "{schema}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
