@@ -111,6 +111,20 @@ fn policy(c: &mut Criterion) {
         |b| b.iter_custom(|iters| drive(&rt, &mut ours, iters)),
     );
 
+    // The same five layers stacked by hand, without the policy's optional
+    // slots: what the layers cost on their own.
+    let policy = ResiliencePolicy::from_config(config.clone()).expect("policy");
+    let mut by_hand = ServiceBuilder::new()
+        .layer(policy.retry().expect("retry").clone())
+        .layer(policy.circuit_breaker().expect("breaker").clone())
+        .layer(policy.rate_limit().expect("limit").clone())
+        .layer(*policy.timeout().expect("timeout"))
+        .layer(policy.bulkhead().expect("bulkhead").clone())
+        .service(bare());
+    group.bench_function("trellis: the same five layers stacked by hand", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut by_hand, iters))
+    });
+
     let mut no_budget = config;
     if let Some(retry) = no_budget.retry.as_mut() {
         retry.budget = None;
