@@ -5,46 +5,19 @@
 //! runtime (`iter_custom`), so the number is the cost of one
 //! `ready().await` + `call().await`, not of criterion's async harness.
 
-use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, service_fn};
+use trellis_benches::{bare, current_thread_runtime, drive};
 use trellis_resilience::bulkhead::BulkheadLayer;
 use trellis_resilience::error::BoxError;
 use trellis_resilience::fallback::FallbackLayer;
 use trellis_resilience::fault::FaultHandle;
 use trellis_resilience::timeout::TimeoutLayer;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
-
-/// Measures `iters` calls of `svc` and returns the elapsed time.
-fn drive<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    rt.block_on(async {
-        let start = Instant::now();
-        for i in 0..iters {
-            let out = svc.ready().await.unwrap().call(i).await.unwrap();
-            std::hint::black_box(out);
-        }
-        start.elapsed()
-    })
-}
-
-fn bare() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone {
-    service_fn(|n: u64| std::future::ready(Ok::<_, Infallible>(n.wrapping_add(1))))
-}
-
 fn layers(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = current_thread_runtime();
     let mut group = c.benchmark_group("layers");
 
     let mut svc = bare();

@@ -6,38 +6,12 @@
 //! no more. Every layer is in its happy state: nothing fails, nothing is
 //! limited.
 
-use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, ServiceBuilder};
+use trellis_benches::{bare, current_thread_runtime, drive};
 use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime")
-}
-
-fn drive<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
-where
-    S: Service<u64, Response = u64>,
-    S::Error: std::fmt::Debug,
-{
-    rt.block_on(async {
-        let start = Instant::now();
-        for i in 0..iters {
-            let out = svc.ready().await.unwrap().call(i).await.unwrap();
-            std::hint::black_box(out);
-        }
-        start.elapsed()
-    })
-}
-
-fn bare() -> impl Service<u64, Response = u64, Error = Infallible, Future: Send> + Clone {
-    service_fn(|n: u64| std::future::ready(Ok::<_, Infallible>(n.wrapping_add(1))))
-}
 
 /// Retries every error up to 3 attempts, as our default policy does.
 #[derive(Clone)]
@@ -79,7 +53,7 @@ const ALL_FIVE: &str = r#"
 "#;
 
 fn policy(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = current_thread_runtime();
     let mut group = c.benchmark_group("policy");
 
     let mut svc = bare();
