@@ -1,8 +1,49 @@
-//! # ecommerce — the Trellis reference system
+//! # ecommerce — the Trellis reference system (first slice)
 //!
-//! **Not yet implemented**: this crate is reserved in the workspace. It will
-//! become the order-processing system assembled from every Trellis crate:
-//! identity, catalog, inventory, orders (event-sourced), payments, shipping
-//! and analytics services, one process on SQLite by default and one process
-//! per service on PostgreSQL and NATS JetStream when outgrown. Until it lands,
-//! the runnable demo is `cargo run -p trellis-resilience --example flaky_service`.
+//! Every service in one process on SQLite files, assembled from the Trellis
+//! crates: identity (users, login, EdDSA JWTs, JWKS) and JWT scopes on every
+//! business route through `trellis-auth`; catalog; inventory with
+//! reservations; payments, a fake provider deduplicating by idempotency key
+//! with a `trellis-resilience` fault handle; orders, an event-sourced
+//! aggregate in `trellis-eventsourcing`'s SQLite store, placed through a
+//! `trellis-saga` saga whose calls go through a `ResiliencePolicy` (plus a
+//! `FallbackLayer` for inventory), with an order-summary read model kept by a
+//! `trellis-cqrs` projection; `trellis-health` probes and
+//! `trellis-observability` request ids and metrics.
+//!
+//! ## Crate map
+//!
+//! | item | what |
+//! |---|---|
+//! | [`start`], [`Config`], [`Running`] | start the system, probe it, shut it down |
+//! | [`scenario::run`] | the narrated scenario, over HTTP |
+//! | [`ApiClient`] | the JSON client the scenario and the tests use |
+//! | [`Error`] | the crate's one error enum |
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ecommerce::Error> {
+//! let running = ecommerce::start(ecommerce::Config::default()).await?;
+//! let ops = running.ops_token()?;
+//! let outcome = ecommerce::scenario::run(&running.base_url(), &ops, |line| println!("{line}")).await?;
+//! println!("confirmed order {}", outcome.confirmed);
+//! running.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod app;
+mod catalog;
+mod client;
+mod db;
+mod error;
+mod identity;
+mod inventory;
+mod orders;
+mod payments;
+pub mod scenario;
+
+pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
+pub use client::{ApiClient, ApiResponse};
+pub use error::Error;
+pub use payments::DECLINED_CARD;

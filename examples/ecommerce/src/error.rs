@@ -1,0 +1,162 @@
+//! The crate's error enum and the JSON error body every route answers with.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// Everything that can go wrong while starting or running the system.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database could not be opened or queried.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event store failed.
+    #[error("event store: {0}")]
+    EventStore(#[from] trellis_eventsourcing::Error),
+    /// The saga orchestrator failed.
+    #[error("saga: {0}")]
+    Saga(#[from] trellis_saga::Error),
+    /// A projection or read-your-writes wait failed.
+    #[error("read model: {0}")]
+    ReadModel(#[from] trellis_cqrs::Error),
+    /// Token issuing or validation could not be set up.
+    #[error("auth: {0}")]
+    Auth(#[from] trellis_auth::Error),
+    /// Health registry misconfiguration.
+    #[error("health: {0}")]
+    Health(#[from] trellis_health::Error),
+    /// A resilience policy configuration was invalid.
+    #[error("resilience config: {0}")]
+    Resilience(#[from] trellis_resilience::config::ConfigError),
+    /// Socket or file system.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Key generation failed.
+    #[error("key generation: {0}")]
+    KeyGen(String),
+    /// The scenario saw something it did not expect.
+    #[error("scenario: {0}")]
+    Scenario(String),
+}
+
+/// An HTTP error: a status and a JSON body `{"error": code, "message": ...}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `Json<T>` whose rejections are JSON errors too: 400 malformed, 422 wrong
+/// shape (unknown field, negative number), 413 over the body limit, 415 not JSON.
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(match &rejection {
+                JsonRejection::JsonSyntaxError(_) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    rejection.body_text(),
+                ),
+                JsonRejection::JsonDataError(_) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    rejection.body_text(),
+                ),
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    rejection.body_text(),
+                ),
+                _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    rejection.body_text(),
+                ),
+                _ => ApiError::new(rejection.status(), "bad_request", rejection.body_text()),
+            }),
+        }
+    }
+}
+
+/// The auth layers answer 401/403 with an empty body (by design, see
+/// trellis-auth); this gives those responses the same JSON shape as every
+/// other error, derived from the `WWW-Authenticate` header only.
+pub(crate) async fn json_auth_errors(response: Response) -> Response {
+    let status = response.status();
+    if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+        return response;
+    }
+    if response.headers().get(http::header::CONTENT_TYPE).is_some() {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let (code, message) = if status == StatusCode::FORBIDDEN {
+        (
+            "insufficient_scope",
+            "the token lacks a scope this route requires",
+        )
+    } else if parts
+        .headers
+        .get(http::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("invalid_token"))
+    {
+        ("invalid_token", "the bearer token is invalid or expired")
+    } else {
+        ("unauthenticated", "a bearer token is required")
+    };
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    parts.headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}

@@ -1,0 +1,116 @@
+//! The narrated scenario end to end through the HTTP API.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use http::{Method, StatusCode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_reaches_the_expected_final_states() {
+    let (running, _dir) = support::start("scenario").await;
+    let tea_before = running.stock("TEA-001").await.unwrap();
+    let mug_before = running.stock("MUG-002").await.unwrap();
+    let mut narration = Vec::new();
+    let ops = running.ops_token().unwrap();
+    let outcome = ecommerce::scenario::run(&running.base_url(), &ops, |line| narration.push(line))
+        .await
+        .expect("scenario runs");
+    assert_eq!(narration.len(), 9, "{narration:#?}");
+
+    let api = ecommerce::ApiClient::new(running.base_url());
+    let get = |id: String| {
+        let api = api.clone();
+        let token = outcome.token.clone();
+        async move {
+            api.json(
+                Method::GET,
+                &format!("/api/v1/orders/{id}"),
+                Some(&token),
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // Completed through the saga: confirmed, charged once, reservation confirmed.
+    let confirmed = get(outcome.confirmed.clone()).await;
+    assert_eq!(confirmed.status, StatusCode::OK);
+    assert_eq!(confirmed.body["status"], "CONFIRMED");
+    assert_eq!(confirmed.body["total_cents"], 2 * 1250 + 1800);
+    assert_eq!(confirmed.body["items"], 3);
+    assert_eq!(running.net_charges(&outcome.confirmed).await.unwrap(), 1);
+
+    // Declined: rejected, nothing charged, the reservation released.
+    let declined = get(outcome.declined.clone()).await;
+    assert_eq!(declined.body["status"], "REJECTED");
+    assert_eq!(declined.body["reason"], "payment failed");
+    assert_eq!(running.net_charges(&outcome.declined).await.unwrap(), 0);
+
+    // Degraded: accepted for later validation, nothing reserved or charged.
+    let pending = get(outcome.pending.clone()).await;
+    assert_eq!(pending.body["status"], "PENDING_VALIDATION");
+    assert_eq!(running.net_charges(&outcome.pending).await.unwrap(), 0);
+
+    // Only the confirmed order holds stock.
+    assert_eq!(running.stock("TEA-001").await.unwrap(), tea_before - 2);
+    assert_eq!(running.stock("MUG-002").await.unwrap(), mug_before - 1);
+
+    // The read model lists the customer's three orders.
+    let list = api
+        .json(Method::GET, "/api/v1/orders", Some(&outcome.token), None)
+        .await
+        .unwrap();
+    assert_eq!(list.body.as_array().map(Vec::len), Some(3));
+
+    // Another customer cannot read them.
+    let stranger = running
+        .token_with_scopes("someone-else", &["orders:read"])
+        .unwrap();
+    let r = api
+        .json(
+            Method::GET,
+            &format!("/api/v1/orders/{}", outcome.confirmed),
+            Some(&stranger),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_jwks_metrics_and_request_ids_are_served() {
+    let (running, _dir) = support::start("probes").await;
+    let api = ecommerce::ApiClient::new(running.base_url());
+    for path in ["/live", "/ready", "/startup"] {
+        let r = api.json(Method::GET, path, None, None).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let jwks = api
+        .json(Method::GET, "/api/v1/.well-known/jwks.json", None, None)
+        .await
+        .unwrap();
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert_eq!(jwks.body["keys"][0]["kty"], "OKP");
+    let r = api
+        .json(Method::GET, "/api/v1/products", None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"], "unauthenticated");
+    assert!(
+        r.headers.contains_key("x-request-id"),
+        "every response carries a request id"
+    );
+    let metrics = api.json(Method::GET, "/metrics", None, None).await.unwrap();
+    assert_eq!(metrics.status, StatusCode::OK);
+    let content_type = metrics.headers["content-type"].to_str().unwrap();
+    assert!(
+        content_type.contains("openmetrics") || content_type.contains("text/plain"),
+        "{content_type}"
+    );
+    running.shutdown().await.unwrap();
+}
