@@ -230,6 +230,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         payment_client,
     );
     let orchestrator = trellis_saga::Orchestrator::new(saga_log, "ecommerce-1");
+    // Sagas a previous run left mid-flight finish (or compensate) before we
+    // serve: each step re-runs with its same idempotency key.
+    for (id, outcome) in orchestrator.recover(&saga).await? {
+        match outcome {
+            Ok(record) => tracing::info!(saga = id, status = ?record.status, "recovered saga"),
+            Err(error) => tracing::warn!(saga = id, %error, "could not recover saga"),
+        }
+    }
     let projection = ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
         .spawn()
         .await?;

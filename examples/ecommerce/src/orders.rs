@@ -602,3 +602,81 @@ impl Orders {
         Ok(row.map(SummaryRow::from))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use trellis_eventsourcing::testing::AggregateTest;
+
+    use super::*;
+
+    fn placed() -> OrderEvent {
+        OrderEvent::Placed {
+            customer: "ada".into(),
+            lines: vec![Line {
+                sku: "TEA-001".into(),
+                quantity: 2,
+            }],
+            total_cents: 2500,
+        }
+    }
+
+    #[test]
+    fn a_placed_order_confirms_once() {
+        let confirm = OrderCommand::Confirm {
+            payment: "p".into(),
+            reservation: "r".into(),
+        };
+        AggregateTest::<Order>::given(vec![placed()])
+            .when(confirm.clone())
+            .then_expect_events(vec![OrderEvent::Confirmed {
+                payment: "p".into(),
+                reservation: "r".into(),
+            }]);
+        // Re-run by a recovered saga: nothing new.
+        AggregateTest::<Order>::given(vec![
+            placed(),
+            OrderEvent::Confirmed {
+                payment: "p".into(),
+                reservation: "r".into(),
+            },
+        ])
+        .when(confirm)
+        .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn commands_before_placing_are_refused() {
+        AggregateTest::<Order>::given_no_events()
+            .when(OrderCommand::MarkPendingValidation)
+            .then_expect_error(OrderError::NotPlaced);
+    }
+
+    #[test]
+    fn a_rejected_order_stays_rejected() {
+        let rejected = OrderEvent::Rejected {
+            reason: "payment failed".into(),
+        };
+        AggregateTest::<Order>::given(vec![placed(), rejected.clone()])
+            .when(OrderCommand::Confirm {
+                payment: "p".into(),
+                reservation: "r".into(),
+            })
+            .then_expect_error(OrderError::Final("rejected"));
+        AggregateTest::<Order>::given(vec![placed(), rejected])
+            .when(OrderCommand::Reject {
+                reason: "again".into(),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn pending_validation_orders_can_be_rejected() {
+        AggregateTest::<Order>::given(vec![placed(), OrderEvent::PendingValidation])
+            .when(OrderCommand::Reject {
+                reason: "out of stock".into(),
+            })
+            .then_expect_events(vec![OrderEvent::Rejected {
+                reason: "out of stock".into(),
+            }]);
+    }
+}

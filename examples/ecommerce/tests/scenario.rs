@@ -114,3 +114,128 @@ async fn probes_jwks_metrics_and_request_ids_are_served() {
     );
     running.shutdown().await.unwrap();
 }
+
+async fn customer(api: &ecommerce::ApiClient) -> String {
+    let creds =
+        serde_json::json!({ "email": "eve@example.com", "password": "long enough password" });
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/identity/register",
+            None,
+            Some(creds.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = api
+        .json(Method::POST, "/api/v1/identity/login", None, Some(creds))
+        .await
+        .unwrap();
+    r.body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_rejects_the_order_and_takes_no_stock() {
+    let (running, _dir) = support::start("out-of-stock").await;
+    let api = ecommerce::ApiClient::new(running.base_url());
+    let token = customer(&api).await;
+    let kettles = running.stock("KET-003").await.unwrap();
+    let tea = running.stock("TEA-001").await.unwrap();
+    let order = serde_json::json!({
+        "lines": [ { "sku": "TEA-001", "quantity": 1 }, { "sku": "KET-003", "quantity": kettles + 1 } ],
+        "card": ecommerce::scenario::GOOD_CARD,
+    });
+    let r = api
+        .json(Method::POST, "/api/v1/orders", Some(&token), Some(order))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "REJECTED");
+    assert_eq!(r.body["reason"], "inventory could not reserve the items");
+    let id = r.body["order_id"].as_str().unwrap();
+    assert_eq!(running.net_charges(id).await.unwrap(), 0);
+    assert_eq!(
+        running.stock("KET-003").await.unwrap(),
+        kettles,
+        "a partial reservation is rolled back"
+    );
+    assert_eq!(running.stock("TEA-001").await.unwrap(), tea);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_outage_compensates_and_recovers() {
+    let (running, _dir) = support::start("payment-outage").await;
+    let api = ecommerce::ApiClient::new(running.base_url());
+    let token = customer(&api).await;
+    let ops = running.ops_token().unwrap();
+    let tea = running.stock("TEA-001").await.unwrap();
+    let order = serde_json::json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": ecommerce::scenario::GOOD_CARD });
+
+    // Every call to the payment provider fails (injected through its FaultHandle).
+    let faults = serde_json::json!({ "enabled": true, "error_probability": 1.0 });
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&ops),
+            Some(faults),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/orders",
+            Some(&token),
+            Some(order.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.body["status"], "REJECTED", "{}", r.body);
+    assert_eq!(
+        running.stock("TEA-001").await.unwrap(),
+        tea,
+        "reservation released"
+    );
+
+    // A customer token cannot touch the fault handle.
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&token),
+            Some(serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Outage over: orders complete again.
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&ops),
+            Some(serde_json::json!({ "enabled": false })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api
+        .json(Method::POST, "/api/v1/orders", Some(&token), Some(order))
+        .await
+        .unwrap();
+    assert_eq!(r.body["status"], "CONFIRMED", "{}", r.body);
+    assert_eq!(
+        running
+            .net_charges(r.body["order_id"].as_str().unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(running.stock("TEA-001").await.unwrap(), tea - 1);
+    running.shutdown().await.unwrap();
+}
