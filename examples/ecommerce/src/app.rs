@@ -357,16 +357,27 @@ struct BreakerBody {
     open: bool,
 }
 
+/// Opens inventory's breaker, or closes it and validates the orders accepted
+/// as PENDING_VALIDATION meanwhile.
 async fn set_breaker(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<BreakerBody>,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut validated = Vec::new();
     if body.open {
         app.inventory_breaker.force_open();
     } else {
         app.inventory_breaker.reset();
+        validated = orders::validate_pending(&app).await?;
     }
-    Json(serde_json::json!({ "state": format!("{:?}", app.inventory_breaker.state()) }))
+    let validated: Vec<_> = validated
+        .into_iter()
+        .map(|(order_id, status)| serde_json::json!({ "order_id": order_id, "status": status }))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "state": format!("{:?}", app.inventory_breaker.state()),
+        "validated": validated,
+    })))
 }
 
 async fn set_payment_faults(

@@ -123,6 +123,17 @@ impl Aggregate for Order {
             (S::Placed, OrderCommand::MarkPendingValidation) => {
                 Ok(vec![OrderEvent::PendingValidation])
             }
+            // Validated once inventory is back: the validation saga confirms it.
+            (
+                S::PendingValidation,
+                OrderCommand::Confirm {
+                    payment,
+                    reservation,
+                },
+            ) => Ok(vec![OrderEvent::Confirmed {
+                payment,
+                reservation,
+            }]),
             (S::Placed | S::PendingValidation | S::Confirmed, OrderCommand::Reject { reason }) => {
                 Ok(vec![OrderEvent::Rejected { reason }])
             }
@@ -571,6 +582,62 @@ pub(crate) async fn list(
     Ok(Json(rows.into_iter().map(SummaryRow::from).collect()))
 }
 
+/// Re-runs the place-order saga for every order accepted as
+/// PENDING_VALIDATION (at most 100 per call), now that inventory answers
+/// again: reserve ▸ charge ▸ confirm, or reject with compensation. Each
+/// runs as its own saga `{order_id}/validate`, so a crash resumes it.
+pub(crate) async fn validate_pending(
+    app: &crate::app::Services,
+) -> Result<Vec<(String, String)>, ApiError> {
+    use trellis_saga::SagaLog;
+    let pending: Vec<String> = sqlx::query_scalar(
+        "SELECT order_id FROM order_summary WHERE status = 'PENDING_VALIDATION' LIMIT 100",
+    )
+    .fetch_all(&app.orders.read_db)
+    .await?;
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for order_id in pending {
+        let Some(original) = app
+            .orders
+            .orchestrator
+            .log()
+            .load(&order_id)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            continue;
+        };
+        let mut state: PlaceOrder =
+            serde_json::from_value(original.state).map_err(ApiError::internal)?;
+        state.pending_validation = false;
+        state.reservation = None;
+        state.payment = None;
+        let record = app
+            .orders
+            .orchestrator
+            .start(&app.orders.saga, &format!("{order_id}/validate"), state)
+            .await
+            .map_err(ApiError::internal)?;
+        if record.status != SagaStatus::Completed {
+            tracing::warn!(order_id, status = ?record.status, error = ?record.error, "validation saga did not complete");
+        }
+        let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+        app.orders
+            .projection
+            .wait_for(head, Duration::from_secs(5))
+            .await
+            .map_err(ApiError::internal)?;
+        let status = app
+            .orders
+            .summary(&order_id)
+            .await?
+            .map(|row| row.status)
+            .unwrap_or_default();
+        outcomes.push((order_id, status));
+    }
+    Ok(outcomes)
+}
+
 /// The orders service: its event store, saga orchestrator and read model.
 pub(crate) struct Orders {
     pub(crate) store: SqliteEventStore,
@@ -667,6 +734,19 @@ mod tests {
                 reason: "again".into(),
             })
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn pending_validation_orders_confirm_once_validated() {
+        AggregateTest::<Order>::given(vec![placed(), OrderEvent::PendingValidation])
+            .when(OrderCommand::Confirm {
+                payment: "p".into(),
+                reservation: "r".into(),
+            })
+            .then_expect_events(vec![OrderEvent::Confirmed {
+                payment: "p".into(),
+                reservation: "r".into(),
+            }]);
     }
 
     #[test]

@@ -21,8 +21,11 @@ pub struct ScenarioOutcome {
     pub confirmed: String,
     /// The order whose payment was declined (REJECTED, compensated).
     pub declined: String,
-    /// The order accepted while inventory's breaker was open (PENDING_VALIDATION).
+    /// The order accepted while inventory's breaker was open (then validated
+    /// once the breaker closed).
     pub pending: String,
+    /// The status `pending` was accepted with (PENDING_VALIDATION).
+    pub pending_status: String,
 }
 
 fn expect(response: &ApiResponse, status: StatusCode, what: &str) -> Result<(), Error> {
@@ -171,14 +174,30 @@ pub async fn run(
     expect(&r, StatusCode::OK, "close breaker")?;
     let placed = placed?;
     expect(&placed, StatusCode::CREATED, "place order in degraded mode")?;
+    let pending_status = field(&placed.body, "status")?.to_owned();
     let pending = field(&placed.body, "order_id")?.to_owned();
     say(format!(
-        "7. placed order {pending} while inventory was unreachable: the fallback accepted it as {}, nothing charged yet",
-        field(&placed.body, "status")?
+        "7. placed order {pending} while inventory was unreachable: the fallback accepted it as {}, nothing reserved or charged",
+        pending_status
     ));
+    let validated: Vec<String> = r.body["validated"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|o| {
+                    format!(
+                        "{} → {}",
+                        o["order_id"].as_str().unwrap_or("?"),
+                        o["status"]
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     say(format!(
-        "8. breaker closed again (state {})",
-        r.body["state"]
+        "8. breaker closed again (state {}); pending orders validated through the saga: {}",
+        r.body["state"],
+        validated.join(", ")
     ));
 
     let r = api
@@ -211,5 +230,6 @@ pub async fn run(
         confirmed,
         declined,
         pending,
+        pending_status,
     })
 }
