@@ -142,7 +142,6 @@ impl Aggregate for Order {
             | (S::Rejected, OrderCommand::Reject { .. }) => Ok(vec![]),
             (S::Rejected, _) => Err(OrderError::Final("rejected")),
             (S::Confirmed, _) => Err(OrderError::Final("confirmed")),
-            (S::PendingValidation, _) => Err(OrderError::Final("pending validation")),
         }
     }
 
