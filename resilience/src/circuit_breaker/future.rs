@@ -25,7 +25,9 @@ pin_project! {
     pub struct ResponseFuture<F, C = DefaultClassifier> {
         #[pin]
         inner: Option<F>,
-        rejected: Option<CircuitOpen>,
+        // Boxed: the rejection is handed back boxed anyway, and an inline
+        // one would grow every call's future (and every future above it).
+        rejected: Option<Box<CircuitOpen>>,
         guard: Option<CallGuard<C>>,
     }
 }
@@ -40,6 +42,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(inner: F, guard: Option<CallGuard<C>>) -> Self {
         ResponseFuture {
             inner: Some(inner),
@@ -51,7 +54,7 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn rejected(error: CircuitOpen) -> Self {
         ResponseFuture {
             inner: None,
-            rejected: Some(error),
+            rejected: Some(Box::new(error)),
             guard: None,
         }
     }
@@ -65,10 +68,11 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Some(error) = this.rejected.take() {
-            return Poll::Ready(Err(Box::new(error)));
+            return Poll::Ready(Err(error));
         }
         let inner = this
             .inner

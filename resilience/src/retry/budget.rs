@@ -162,10 +162,14 @@ impl RetryBudget {
         })
     }
 
+    #[inline]
     fn generation(&self, now: Instant) -> u32 {
-        let since = now.saturating_duration_since(self.origin).as_nanos();
+        let since = now.saturating_duration_since(self.origin);
+        // A 64-bit division (a 128-bit one is a slow library call on the
+        // per-request path); 2^64 ns is over 500 years.
+        let since = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
         // Generations start at 1 so that a fresh (zeroed) slot is never live.
-        ((since / u128::from(self.slot_nanos)) as u32).wrapping_add(1)
+        ((since / self.slot_nanos) as u32).wrapping_add(1)
     }
 
     /// Adds `amount` to the current slot, resetting it if it belongs to an
@@ -195,6 +199,7 @@ impl RetryBudget {
     }
 
     /// Records a request: it earns `ratio` of a retry for the next `ttl`.
+    #[inline]
     pub fn deposit(&self) {
         if self.deposit == 0 {
             return;

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::layer::Shared;
+use super::service::Spare;
 use super::{RetryDecision, RetryPolicy};
 use crate::error::{BoxError, RetriesExhausted, RetryStop};
 
@@ -30,23 +31,30 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // The service polled ready for this call, then for each retry.
-        service: S,
         policy: P,
         // The untouched copy each retry is cloned from; `None` when the
         // request cannot be re-sent.
         request: Option<Req>,
-        // The copy waiting for the backoff and readiness.
-        next: Option<Req>,
-        shared: Arc<Shared>,
+        // Settings, and the prototype a retry clones its service from.
+        spare: Arc<Spare<S>>,
         attempts: u32,
-        previous_delay: Option<Duration>,
         // Read only when `max_elapsed` is set.
         started: Option<Instant>,
-        // Allocated on the first retry only and reset for later ones, so
-        // the future stays small (and cheap to move) on the happy path.
-        sleep: Option<Pin<Box<Sleep>>>,
+        // What only retries need, allocated on the first retry: the future
+        // stays small (and cheap to move) on the happy path.
+        retrying: Option<Box<Retrying<S, Req>>>,
     }
+}
+
+// The state of a call that retries.
+struct Retrying<S, Req> {
+    // Cloned from the spare on the first retry, polled ready before each.
+    service: S,
+    // The copy waiting for the backoff and readiness.
+    next: Option<Req>,
+    previous_delay: Option<Duration>,
+    // Reset for later retries rather than allocated again.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 pin_project! {
@@ -82,25 +90,22 @@ impl<S, P, Req> ResponseFuture<S, P, Req>
 where
     S: Service<Req>,
 {
+    #[inline]
     pub(crate) fn new(
         state: State<S::Future>,
-        service: S,
         policy: P,
         request: Option<Req>,
-        shared: Arc<Shared>,
+        spare: Arc<Spare<S>>,
         started: Option<Instant>,
     ) -> Self {
         ResponseFuture {
             state,
-            service,
             policy,
             request,
-            next: None,
-            shared,
+            spare,
             attempts: 1,
-            previous_delay: None,
             started,
-            sleep: None,
+            retrying: None,
         }
     }
 }
@@ -134,7 +139,7 @@ fn give_up<T>(
 
 impl<S, P, Req> Future for ResponseFuture<S, P, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     P: RetryPolicy<Req, S::Response>,
 {
@@ -154,7 +159,7 @@ where
                         RetryDecision::Retry => None,
                         RetryDecision::RetryAfter(wait) => Some(wait),
                     };
-                    let shared = &**this.shared;
+                    let shared = &*this.spare.shared;
                     let settings = &shared.settings;
                     let attempts = *this.attempts;
                     if attempts >= settings.max_attempts {
@@ -173,9 +178,8 @@ where
                             result,
                         ));
                     }
-                    let backoff = settings
-                        .backoff
-                        .next_delay(attempts - 1, *this.previous_delay);
+                    let previous_delay = this.retrying.as_ref().and_then(|r| r.previous_delay);
+                    let backoff = settings.backoff.next_delay(attempts - 1, previous_delay);
                     let delay = at_least.map_or(backoff, |wait| wait.max(backoff));
                     if let (Some(max), Some(started)) = (settings.max_elapsed, *this.started)
                         && started.elapsed().saturating_add(delay) > max
@@ -210,39 +214,58 @@ where
                     if let Some(metrics) = shared.metrics.get() {
                         metrics.retries.inc();
                     }
-                    *this.previous_delay = Some(backoff);
-                    *this.next = Some(next);
                     drop(result);
+                    let retrying = this.retrying.get_or_insert_with(|| {
+                        let service = this
+                            .spare
+                            .service
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone();
+                        Box::new(Retrying {
+                            service,
+                            next: None,
+                            previous_delay: None,
+                            sleep: None,
+                        })
+                    });
+                    retrying.previous_delay = Some(backoff);
+                    retrying.next = Some(next);
                     if delay.is_zero() {
                         this.state.set(State::Readying);
                     } else {
                         let deadline = Instant::now() + delay;
-                        match this.sleep.as_mut() {
+                        match retrying.sleep.as_mut() {
                             Some(sleep) => sleep.as_mut().reset(deadline),
                             None => {
-                                *this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                                retrying.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)))
                             }
                         }
                         this.state.set(State::BackingOff);
                     }
                 }
                 StateProj::BackingOff => {
-                    if let Some(sleep) = this.sleep.as_mut() {
+                    if let Some(sleep) = this.retrying.as_mut().and_then(|r| r.sleep.as_mut()) {
                         ready!(sleep.as_mut().poll(cx));
                     }
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                    let Some(retrying) = this.retrying.as_mut() else {
+                        // Unreachable: `retrying` is set whenever the state
+                        // becomes `Readying`. Fail the call rather than panic.
+                        return Poll::Ready(Err("retry lost its request".into()));
+                    };
+                    if let Err(error) = ready!(retrying.service.poll_ready(cx)) {
                         return Poll::Ready(Err(error.into()));
                     }
-                    let Some(request) = this.next.take() else {
+                    let Some(request) = retrying.next.take() else {
                         // Unreachable: `next` is set whenever the state
                         // becomes `Readying`. Fail the call rather than panic.
                         return Poll::Ready(Err("retry lost its request".into()));
                     };
                     *this.attempts += 1;
-                    let future = this.service.call(request);
+                    let future = retrying.service.call(request);
                     this.state.set(State::Calling { future });
                 }
             }

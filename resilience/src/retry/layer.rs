@@ -141,6 +141,7 @@ impl<S, P: Clone> Layer<S> for RetryLayer<P> {
             inner,
             shared: self.shared.clone(),
             policy: self.policy.clone(),
+            spare: None,
         }
     }
 }

@@ -1,5 +1,4 @@
-use std::mem;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -21,6 +20,22 @@ pub struct Retry<S, P> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
     pub(crate) policy: P,
+    // A copy of `inner` that retries clone their service from, shared with
+    // every call's future, so a call that does not retry costs one `Arc`
+    // clone instead of a clone of the whole inner stack. Made on the first
+    // call and dropped by `get_mut`, so retries always see the service as
+    // it is now.
+    pub(crate) spare: Option<Arc<Spare<S>>>,
+}
+
+/// What a call's future needs only once it retries: the settings and a
+/// prototype of the inner service (behind a mutex, so the future stays
+/// `Send` for services that are `Send` but not `Sync`; it is locked only to
+/// clone, on a retry).
+#[derive(Debug)]
+pub(crate) struct Spare<S> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) service: Mutex<S>,
 }
 
 impl<S: Clone, P: Clone> Clone for Retry<S, P> {
@@ -29,6 +44,7 @@ impl<S: Clone, P: Clone> Clone for Retry<S, P> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             policy: self.policy.clone(),
+            spare: self.spare.clone(),
         }
     }
 }
@@ -41,6 +57,8 @@ impl<S, P> Retry<S, P> {
 
     /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
+        // The caller may change the service: retries must copy the new one.
+        self.spare = None;
         &mut self.inner
     }
 
@@ -60,10 +78,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, P, Req>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let settings = &self.shared.settings;
         if let Some(budget) = &self.shared.budget {
@@ -77,17 +97,25 @@ where
             None
         };
         let started = settings.max_elapsed.map(|_| Instant::now());
-        // Keep the service that was polled ready for this call; leave a
-        // fresh clone behind (tower-service docs).
-        let fresh = self.inner.clone();
-        let mut service = mem::replace(&mut self.inner, fresh);
-        let future = service.call(request);
+        let spare = match &self.spare {
+            Some(spare) => spare.clone(),
+            None => {
+                let spare = Arc::new(Spare {
+                    shared: self.shared.clone(),
+                    service: Mutex::new(self.inner.clone()),
+                });
+                self.spare = Some(spare.clone());
+                spare
+            }
+        };
+        // The service polled ready serves this call; retries go through a
+        // clone of the spare, polled ready first (tower-service docs).
+        let future = self.inner.call(request);
         ResponseFuture::new(
             State::Calling { future },
-            service,
             self.policy.clone(),
             copy,
-            self.shared.clone(),
+            spare,
             started,
         )
     }
