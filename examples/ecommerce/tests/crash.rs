@@ -119,6 +119,27 @@ impl Drop for System {
     }
 }
 
+/// A fresh data directory, removed on drop (on a failed assertion too).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "trellis-ecommerce-kill-{}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The services' own files, read from the parent (WAL: concurrent readers).
 async fn open(dir: &Path, name: &str) -> SqlitePool {
     let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
@@ -241,12 +262,9 @@ impl KillPoint {
 }
 
 async fn scenario(point: KillPoint) {
-    let dir = std::env::temp_dir().join(format!(
-        "trellis-ecommerce-kill-{}-{point:?}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Declared first, so dropped last: after the children are killed.
+    let temp = TempDir::new(&format!("{point:?}"));
+    let dir = temp.0.clone();
     let started = Instant::now();
 
     let first = System::spawn(&dir);
@@ -383,7 +401,6 @@ async fn scenario(point: KillPoint) {
         .collect();
     assert_eq!(ids, vec![order_id.as_str()], "{point:?}: order list");
     second.kill();
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "  {point:?}: charges at kill {charged_at_kill}, recovered to {status} \
          (charged {charged}, refunded {refunds}), {:.1}s",
