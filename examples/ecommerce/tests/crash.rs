@@ -313,13 +313,26 @@ async fn scenario(point: KillPoint) {
                 "{point:?}: killed before the charge"
             );
         }
-        KillPoint::ChargeRecorded => loop {
-            if charges(&dir, &order_id).await > 0 {
-                break;
+        KillPoint::ChargeRecorded => {
+            // One connection kept open, so the kill follows the charge
+            // within about a millisecond.
+            let payments = open(&dir, "payments").await;
+            loop {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM charges WHERE order_id = ? AND status = 'CHARGED'",
+                )
+                .bind(&order_id)
+                .fetch_one(&payments)
+                .await
+                .expect("charges");
+                if n > 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{point:?}: never charged");
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            assert!(Instant::now() < deadline, "{point:?}: never charged");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        },
+            payments.close().await;
+        }
     }
     first.kill();
     let reply = placing.await.expect("placing task");
