@@ -428,11 +428,13 @@ async fn count_lost(
     .clamp(1, 64);
     let chunk = accepted.len().div_ceil(workers).max(1);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut checked = 0u64;
     for part in accepted.chunks(chunk) {
         let part = part.to_vec();
+        checked += part.len() as u64;
         let shared = shared.clone();
         tasks.spawn(async move {
-            let mut lost = 0u64;
+            let (mut lost, len) = (0u64, part.len() as u64);
             for (user, id) in part {
                 let found = shared
                     .api
@@ -449,14 +451,18 @@ async fn count_lost(
                     lost += 1;
                 }
             }
-            lost
+            (lost, len)
         });
     }
-    let mut lost = 0;
+    // A check task that panicked proves nothing: count its orders as lost.
+    let (mut lost, mut finished) = (0, 0u64);
     while let Some(result) = tasks.join_next().await {
-        lost += result.unwrap_or(0);
+        if let Ok((part_lost, part_len)) = result {
+            lost += part_lost;
+            finished += part_len;
+        }
     }
-    lost
+    lost + (checked - finished)
 }
 
 /// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
