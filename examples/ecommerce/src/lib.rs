@@ -17,6 +17,7 @@
 //! |---|---|
 //! | [`start`], [`Config`], [`Running`] | start the system, probe it, shut it down |
 //! | [`scenario::run`] | the narrated scenario, over HTTP |
+//! | [`load::run`], [`load::start_local`] | `ecommerce load`: the load generator and its summary |
 //! | [`ApiClient`] | the JSON client the scenario and the tests use |
 //! | [`Error`] | the crate's one error enum |
 //!
@@ -39,6 +40,7 @@ mod db;
 mod error;
 mod identity;
 mod inventory;
+pub mod load;
 mod orders;
 mod payments;
 pub mod scenario;

@@ -1,5 +1,9 @@
 //! `cargo run -p ecommerce`: every service in one process, a narrated
 //! scenario against itself, then serving until Ctrl-C.
+//!
+//! `cargo run -p ecommerce -- load [--concurrency C | --rps N] [--duration D]
+//! [--users U] [--url URL]`: a load run with a summary table (against its own
+//! freshly started system unless `--url` is given).
 
 use std::net::SocketAddr;
 
@@ -9,6 +13,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .json(false)
         .init()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("load") => return load(&args[1..]).await,
+        Some(other) => {
+            return Err(
+                format!("unknown command {other:?}; try `ecommerce` or `ecommerce load`").into(),
+            );
+        }
+    }
     let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:8080".into())
         .parse()?;
@@ -47,5 +61,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!("Stopped.");
+    Ok(())
+}
+
+const LOAD_USAGE: &str =
+    "usage: ecommerce load [--concurrency C | --rps N] [--duration D] [--users U] [--url URL]";
+
+async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use ecommerce::load::{LoadOptions, Pacing, parse_duration};
+    let mut options = LoadOptions::default();
+    let mut url = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{LOAD_USAGE}"))?;
+        let bad = || format!("bad value {value:?} for {flag}\n{LOAD_USAGE}");
+        match flag.as_str() {
+            "--concurrency" => {
+                options.pacing = Pacing::Concurrency(value.parse().map_err(|_| bad())?)
+            }
+            "--rps" => options.pacing = Pacing::Rate(value.parse().map_err(|_| bad())?),
+            "--duration" => options.duration = parse_duration(value).ok_or_else(bad)?,
+            "--users" => options.users = value.parse().map_err(|_| bad())?,
+            "--url" => url = Some(value.clone()),
+            _ => return Err(format!("unknown flag {flag:?}\n{LOAD_USAGE}").into()),
+        }
+    }
+    let local = match &url {
+        Some(_) => None,
+        None => Some(ecommerce::load::start_local().await?),
+    };
+    let base = match (&url, &local) {
+        (Some(url), _) => url.clone(),
+        (None, Some(local)) => local.running.base_url(),
+        (None, None) => unreachable!("a local system is started when no --url is given"),
+    };
+    let pacing = match options.pacing {
+        Pacing::Concurrency(c) => format!("concurrency {c}"),
+        Pacing::Rate(r) => format!("{r} orders/s"),
+    };
+    println!(
+        "Load: {pacing} for {:?} against {base}{}",
+        options.duration,
+        if local.is_some() {
+            " (started in this process, SQLite in a temp dir)"
+        } else {
+            ""
+        }
+    );
+    let summary = ecommerce::load::run(&base, &options).await;
+    if let Some(local) = local {
+        local.shutdown().await?;
+    }
+    let summary = summary?;
+    println!("{summary}");
+    if summary.lost > 0 {
+        return Err(format!("{} accepted orders were lost", summary.lost).into());
+    }
     Ok(())
 }
