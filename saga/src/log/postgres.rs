@@ -1,8 +1,9 @@
 //! A [`SagaLog`] on PostgreSQL (feature `postgres`).
 
 use sqlx::Row as _;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::sql::{is_unique_violation, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
@@ -125,27 +126,6 @@ impl PgSagaLog {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-fn to_record(row: &PgRow) -> Result<SagaRecord> {
-    let status: String = row.try_get("status").map_err(Error::storage)?;
-    let state: String = row.try_get("state").map_err(Error::storage)?;
-    let cursor: i64 = row.try_get("cursor").map_err(Error::storage)?;
-    Ok(SagaRecord {
-        id: row.try_get("id").map_err(Error::storage)?,
-        name: row.try_get("name").map_err(Error::storage)?,
-        status: SagaStatus::parse(&status)
-            .ok_or_else(|| Error::storage(format!("unknown saga status {status:?}")))?,
-        cursor: u32::try_from(cursor).map_err(Error::storage)?,
-        state: serde_json::from_str(&state)?,
-        error: row.try_get("error").map_err(Error::storage)?,
-        failed_step: row.try_get("failed_step").map_err(Error::storage)?,
-        deadline_ms: row.try_get("deadline_ms").map_err(Error::storage)?,
-    })
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
 impl SagaLog for PgSagaLog {
