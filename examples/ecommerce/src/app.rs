@@ -181,11 +181,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let payments = Payments::open(payments_db.clone()).await?;
 
     let store = SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
-    let saga_log = trellis_saga::SqliteSagaLog::connect(&format!(
-        "sqlite://{}",
-        dir.join("orders-sagas.db").display()
-    ))
-    .await?;
+    let saga_log =
+        trellis_saga::SqliteSagaLog::with_pool(db::open(dir, "orders-sagas").await?).await?;
 
     // Orders reaches inventory and payments through the composed policy;
     // reservations also through the fallback that accepts an order for

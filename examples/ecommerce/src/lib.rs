@@ -36,6 +36,7 @@
 mod app;
 mod catalog;
 mod client;
+pub mod config;
 mod db;
 mod error;
 mod identity;
