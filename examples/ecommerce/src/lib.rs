@@ -34,6 +34,7 @@
 //! ```
 
 mod app;
+mod backend;
 mod catalog;
 mod client;
 pub mod config;
@@ -44,6 +45,7 @@ mod inventory;
 pub mod load;
 mod orders;
 mod payments;
+mod remote;
 pub mod scenario;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
