@@ -226,7 +226,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .merge(identity::router(identity))
         .merge(catalog::router(catalog, validator.clone()))
         .merge(orders::router(orders, validator));
-    let app = wrap(api, &health);
+    let app = wrap(not_found(api), &health);
     let (addr, shutdown, server) = serve(config.addr, app, health, config.drain).await?;
     Ok(Running {
         addr,
@@ -234,6 +234,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown: Some(shutdown),
         server,
     })
+}
+
+/// `api` answering unknown routes with a JSON 404 (unless it has its own
+/// fallback, like the gateway's proxy).
+pub(crate) fn not_found(api: Router) -> Router {
+    if api.has_routes() {
+        api.fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+    } else {
+        api
+    }
 }
 
 /// `/api/v1` + health probes + `/metrics`, the body limit, JSON auth errors,
@@ -244,8 +256,6 @@ pub(crate) fn wrap(api: Router, health: &Health) -> Router {
     let metrics = HttpMetrics::new(&mut registry);
     registry.register_collector(Box::new(ProcessCollector::new()));
     let registry = Arc::new(registry);
-    let api = api
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") });
     Router::new()
         .nest("/api/v1", api)
         .merge(health.router())

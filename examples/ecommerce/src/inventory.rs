@@ -206,7 +206,7 @@ pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -
     use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
     axum::Router::new()
         .route("/inventory/reservations", post(reserve))
-        .route("/inventory/reservations/{id}/{action}", post(finish))
+        .route("/inventory/reservations/{action}", post(finish))
         .route_layer(RequireScopesLayer::all(["inventory:write"]))
         .layer(JwtAuthLayer::new(validator))
         .with_state(inventory)
@@ -251,10 +251,19 @@ async fn reserve(
     })
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservationBody {
+    reservation: String,
+}
+
+/// `release` or `confirm` a reservation; both are idempotent in their
+/// target state (the key is still required, for the caller's logs).
 async fn finish(
     State(inventory): State<Inventory>,
     headers: http::HeaderMap,
-    Path((id, action)): Path<(String, String)>,
+    Path(action): Path<String>,
+    ApiJson(ReservationBody { reservation: id }): ApiJson<ReservationBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     idempotency_key(&headers)?;
     let request = match action.as_str() {

@@ -236,12 +236,6 @@ pub(crate) fn inventory_client(
                         _ => Err(unexpected("inventory", &response)),
                     }
                 }
-                InventoryRequest::Release { reservation }
-                | InventoryRequest::Confirm { reservation }
-                    if reservation.contains('/') =>
-                {
-                    Err(format!("bad reservation id {reservation:?}").into())
-                }
                 InventoryRequest::Release { reservation } => {
                     done(&transport, &base, &bearer, &reservation, "release").await
                 }
@@ -263,10 +257,10 @@ async fn done(
     let response = send(
         transport,
         Method::POST,
-        format!("{base}/api/v1/inventory/reservations/{reservation}/{action}"),
+        format!("{base}/api/v1/inventory/reservations/{action}"),
         Some(bearer),
         Some(&format!("{reservation}/{action}")),
-        None,
+        Some(json!({ "reservation": reservation })),
     )
     .await?;
     if response.status().is_success() {
