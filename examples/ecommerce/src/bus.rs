@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
 use axum::Router;
+use axum::extract::State;
 use serde::Serialize;
 use sqlx::PgPool;
 use trellis_cqrs::{BoxError, JetStreamRunner, Projection, ProjectionHandle, ProjectionState};
@@ -170,11 +170,10 @@ fn analytics_router(pool: PgPool, validator: trellis_auth::Validator) -> Router 
 }
 
 async fn totals(State(pool): State<PgPool>) -> Result<Json<Totals>, ApiError> {
-    let (confirmed_orders, revenue_cents): (i64, i64) = sqlx::query_as(
-        "SELECT confirmed_orders, revenue_cents FROM analytics_totals WHERE id = 1",
-    )
-    .fetch_one(&pool)
-    .await?;
+    let (confirmed_orders, revenue_cents): (i64, i64) =
+        sqlx::query_as("SELECT confirmed_orders, revenue_cents FROM analytics_totals WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
     Ok(Json(Totals {
         confirmed_orders,
         revenue_cents,

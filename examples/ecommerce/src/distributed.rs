@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use http_body_util::Full;
-use tower::{Layer, ServiceExt};
 use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
 use trellis_auth::Validator;
 use trellis_auth::jwks::{HttpJwksFetcher, JwksConfig, JwksKeys};
 use trellis_cqrs::BoxError;
@@ -143,7 +143,10 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         }
         ServiceName::Identity => {
             let pool = db::open_pg_any(url, &schema, 5).await?;
-            db_check(&mut health, Check::new("identity-db", SqlxCheck::new(pool.clone())));
+            db_check(
+                &mut health,
+                Check::new("identity-db", SqlxCheck::new(pool.clone())),
+            );
             let identity = Identity::open(
                 pool,
                 settings.signing_key_file.as_deref(),
@@ -154,14 +157,20 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         }
         ServiceName::Catalog => {
             let pool = db::open_pg_any(url, &schema, 5).await?;
-            db_check(&mut health, Check::new("catalog-db", SqlxCheck::new(pool.clone())));
+            db_check(
+                &mut health,
+                Check::new("catalog-db", SqlxCheck::new(pool.clone())),
+            );
             let (validator, refresh) = jwks_validator(settings)?;
             background.push(refresh);
             catalog::router(Catalog::open(pool).await?, validator)
         }
         ServiceName::Inventory => {
             let pool = db::open_pg_any(url, &schema, 10).await?;
-            db_check(&mut health, Check::new("inventory-db", SqlxCheck::new(pool.clone())));
+            db_check(
+                &mut health,
+                Check::new("inventory-db", SqlxCheck::new(pool.clone())),
+            );
             let (validator, refresh) = jwks_validator(settings)?;
             background.push(refresh);
             let seed = match settings.seed_stock {
@@ -172,7 +181,10 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         }
         ServiceName::Payments => {
             let pool = db::open_pg_any(url, &schema, 10).await?;
-            db_check(&mut health, Check::new("payments-db", SqlxCheck::new(pool.clone())));
+            db_check(
+                &mut health,
+                Check::new("payments-db", SqlxCheck::new(pool.clone())),
+            );
             let (validator, refresh) = jwks_validator(settings)?;
             background.push(refresh);
             payments::router(Payments::open(pool).await?, validator)
@@ -290,7 +302,9 @@ async fn start_orders(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Err(error) = token.get().await {
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::Scenario(format!("no service token from identity: {error}")));
+            return Err(Error::Scenario(format!(
+                "no service token from identity: {error}"
+            )));
         }
         tracing::info!(%error, "waiting for identity");
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -421,6 +435,12 @@ fn gateway_router(settings: &Settings) -> Result<Router, Error> {
         if let Some(bulkhead) = config.bulkhead.as_mut() {
             bulkhead.max_concurrent = 1024;
         }
+        // A restarted service gets traffic back within seconds, not the
+        // default minute.
+        if let Some(breaker) = config.circuit_breaker.as_mut() {
+            breaker.wait_in_open = Duration::from_secs(3);
+            breaker.max_wait_in_open = Duration::from_secs(3);
+        }
         let policy = ResiliencePolicy::from_config(config)?;
         let transport = transport.clone();
         let send = tower::service_fn(move |forward: Forward| {
@@ -529,7 +549,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let body = axum::body::to_bytes(response.into_body(), 1000).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1000)
+            .await
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"], "not_found");
     }

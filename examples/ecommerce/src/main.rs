@@ -23,9 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("load") => return load(&args[1..]).await,
         Some("serve") => return serve(&args[1..]).await,
         Some(other) => {
-            return Err(
-                format!("unknown command {other:?}; try `ecommerce`, `ecommerce serve` or `ecommerce load`").into(),
-            );
+            return Err(format!(
+                "unknown command {other:?}; try `ecommerce`, `ecommerce serve` or `ecommerce load`"
+            )
+            .into());
         }
     }
     let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
@@ -95,8 +96,7 @@ async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let Some(name) = settings.service else {
         return Err(format!("which service?\n{SERVE_USAGE}").into());
     };
-    if !matches!(name, ecommerce::config::ServiceName::Gateway) && settings.database_url.is_none()
-    {
+    if !matches!(name, ecommerce::config::ServiceName::Gateway) && settings.database_url.is_none() {
         return Err(format!("{name} needs database_url (ECOMMERCE_DATABASE_URL)").into());
     }
     let running = ecommerce::distributed::start(&settings).await?;
@@ -111,13 +111,14 @@ async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
 async fn stop_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
