@@ -35,8 +35,7 @@ pub(crate) async fn start_consumer(
     schema: &str,
     health: &mut HealthBuilder,
 ) -> Result<Consumer, Error> {
-    let url = settings.database_url.as_deref().unwrap_or_default();
-    let pool = db::open_pg(url, schema, 5).await?;
+    let pool = db::open_pg(distributed::pg_target(settings, schema), 5).await?;
     let client = distributed::nats(settings).await?;
     for check in [
         Check::new(format!("{service}-db"), PgCheck::new(pool.clone())),

@@ -206,6 +206,12 @@ pub struct Settings {
     /// Units of every SKU inventory starts with when its stock table is
     /// empty; default: the catalog's seed quantities.
     pub seed_stock: Option<i64>,
+    /// Whether each PostgreSQL commit waits for its WAL flush
+    /// (`synchronous_commit`). Default false, the durability of the
+    /// one-process mode's SQLite WAL with `synchronous = NORMAL`: a commit
+    /// survives any crash of the services, but a crash of the database
+    /// server may lose the last fraction of a second of commits.
+    pub synchronous_commit: bool,
     /// NATS URL (distributed mode): the bus the outbox relay publishes to.
     pub nats_url: Option<String>,
     /// Where the other services answer.
@@ -232,6 +238,7 @@ impl Default for Settings {
             database_url: None,
             schema_prefix: String::new(),
             seed_stock: None,
+            synchronous_commit: false,
             nats_url: None,
             peers: Peers::default(),
             service_secret: None,
@@ -281,6 +288,7 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_DATABASE_URL",
     "ECOMMERCE_SCHEMA_PREFIX",
     "ECOMMERCE_SEED_STOCK",
+    "ECOMMERCE_SYNCHRONOUS_COMMIT",
     "ECOMMERCE_NATS_URL",
     "ECOMMERCE_IDENTITY_URL",
     "ECOMMERCE_CATALOG_URL",
@@ -356,6 +364,14 @@ impl Settings {
                 v.parse()
                     .map_err(|e| invalid("ECOMMERCE_SEED_STOCK", format!("{v:?}: {e}")))?,
             );
+        }
+        if let Some(v) = env("ECOMMERCE_SYNCHRONOUS_COMMIT") {
+            self.synchronous_commit = v.parse().map_err(|_| {
+                invalid(
+                    "ECOMMERCE_SYNCHRONOUS_COMMIT",
+                    format!("{v:?}: expected true or false"),
+                )
+            })?;
         }
         if let Some(v) = env("ECOMMERCE_NATS_URL") {
             self.nats_url = Some(v);
@@ -567,6 +583,7 @@ mod tests {
                 "ECOMMERCE_DRAIN" => "9s",
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
+                "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",

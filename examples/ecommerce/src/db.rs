@@ -98,10 +98,29 @@ async fn ensure_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
     }
 }
 
-/// A PostgreSQL pool whose connections use `schema` (created if missing).
-pub(crate) async fn open_pg(url: &str, schema: &str, max: u32) -> Result<PgPool, sqlx::Error> {
+/// How services connect to PostgreSQL: the schema and whether commits wait
+/// for the WAL flush (see `Settings::synchronous_commit`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PgTarget<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) schema: &'a str,
+    pub(crate) synchronous_commit: bool,
+}
+
+impl PgTarget<'_> {
+    fn synchronous_commit(&self) -> &'static str {
+        if self.synchronous_commit { "on" } else { "off" }
+    }
+}
+
+/// A PostgreSQL pool whose connections use `target.schema` (created if missing).
+pub(crate) async fn open_pg(target: PgTarget<'_>, max: u32) -> Result<PgPool, sqlx::Error> {
+    let PgTarget { url, schema, .. } = target;
     ensure_schema(url, schema).await?;
-    let options = PgConnectOptions::from_str(url)?.options([("search_path", schema)]);
+    let options = PgConnectOptions::from_str(url)?.options([
+        ("search_path", schema),
+        ("synchronous_commit", target.synchronous_commit()),
+    ]);
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(5))
@@ -110,15 +129,19 @@ pub(crate) async fn open_pg(url: &str, schema: &str, max: u32) -> Result<PgPool,
 }
 
 /// [`open_pg`] through the `Any` driver.
-pub(crate) async fn open_pg_any(url: &str, schema: &str, max: u32) -> Result<AnyPool, sqlx::Error> {
+pub(crate) async fn open_pg_any(target: PgTarget<'_>, max: u32) -> Result<AnyPool, sqlx::Error> {
     install_drivers();
+    let PgTarget { url, schema, .. } = target;
     ensure_schema(url, schema).await?;
     let schema = schema.to_owned();
+    let synchronous_commit = target.synchronous_commit();
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _meta| {
-            let set = format!("SET search_path TO {schema}");
+            let set = format!(
+                "SET search_path TO {schema}; SET synchronous_commit TO {synchronous_commit}"
+            );
             Box::pin(async move {
                 conn.execute(sqlx::AssertSqlSafe(set)).await?;
                 Ok(())

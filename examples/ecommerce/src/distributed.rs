@@ -122,8 +122,8 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 .groups([Group::Readiness, Group::Startup]),
         );
     };
-    let url = settings.database_url.as_deref().unwrap_or_default();
     let schema = settings.schema(service);
+    let target = pg_target(settings, &schema);
     let api: Router = match service {
         ServiceName::Gateway => {
             for peer in ServiceName::ALL {
@@ -142,7 +142,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             gateway_router(settings)?
         }
         ServiceName::Identity => {
-            let pool = db::open_pg_any(url, &schema, 5).await?;
+            let pool = db::open_pg_any(target, 5).await?;
             db_check(
                 &mut health,
                 Check::new("identity-db", SqlxCheck::new(pool.clone())),
@@ -156,7 +156,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             identity::router(Arc::new(identity))
         }
         ServiceName::Catalog => {
-            let pool = db::open_pg_any(url, &schema, 5).await?;
+            let pool = db::open_pg_any(target, 5).await?;
             db_check(
                 &mut health,
                 Check::new("catalog-db", SqlxCheck::new(pool.clone())),
@@ -166,7 +166,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             catalog::router(Catalog::open(pool).await?, validator)
         }
         ServiceName::Inventory => {
-            let pool = db::open_pg_any(url, &schema, 10).await?;
+            let pool = db::open_pg_any(target, 10).await?;
             db_check(
                 &mut health,
                 Check::new("inventory-db", SqlxCheck::new(pool.clone())),
@@ -180,7 +180,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             inventory::router(Inventory::open(pool, &seed).await?, validator)
         }
         ServiceName::Payments => {
-            let pool = db::open_pg_any(url, &schema, 10).await?;
+            let pool = db::open_pg_any(target, 10).await?;
             db_check(
                 &mut health,
                 Check::new("payments-db", SqlxCheck::new(pool.clone())),
@@ -216,6 +216,15 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         projection,
         background,
     })
+}
+
+/// Where `schema` lives, and how its commits are flushed.
+pub(crate) fn pg_target<'a>(settings: &'a Settings, schema: &'a str) -> db::PgTarget<'a> {
+    db::PgTarget {
+        url: settings.database_url.as_deref().unwrap_or_default(),
+        schema,
+        synchronous_commit: settings.synchronous_commit,
+    }
 }
 
 /// A validator of identity's tokens with keys from its JWKS, and the task
@@ -273,8 +282,7 @@ async fn start_orders(
     schema: &str,
     health: &mut HealthBuilder,
 ) -> Result<(Router, Option<RelayHandle>, tokio::task::JoinHandle<()>), Error> {
-    let url = settings.database_url.as_deref().unwrap_or_default();
-    let pool = db::open_pg(url, schema, 16).await?;
+    let pool = db::open_pg(pg_target(settings, schema), 16).await?;
     health.check(
         Check::new("orders-db", PgCheck::new(pool.clone()))
             .timeout(Duration::from_millis(800))
