@@ -38,6 +38,12 @@ pub enum Error {
     /// Key generation failed.
     #[error("key generation: {0}")]
     KeyGen(String),
+    /// A setting is missing or invalid.
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The message bus (NATS) failed.
+    #[error("bus: {0}")]
+    Bus(String),
     /// The scenario saw something it did not expect.
     #[error("scenario: {0}")]
     Scenario(String),
