@@ -61,26 +61,12 @@ impl Identity {
         )
         .execute(&pool)
         .await?;
-        let pem = match key_file {
-            Some(path) if path.exists() => std::fs::read_to_string(path)?,
-            other => {
-                let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-                    .map_err(|e| Error::KeyGen(e.to_string()))?;
-                let pem = ed25519_pkcs8_v1_pem(&pair.serialize_der())?;
-                if let Some(path) = other {
-                    write_private(path, &pem)?;
-                }
-                pem
-            }
-        };
-        // The key id is derived from the key, so a restart with the same
+        // The key id is the key's thumbprint, so a restart with the same
         // file publishes the same `kid`.
-        let kid: String = Sha256::digest(pem.as_bytes())
-            .iter()
-            .take(6)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let key = SigningKey::from_pem(&kid, Algorithm::EdDSA, pem.as_bytes())?;
+        let key = match key_file {
+            Some(path) => SigningKey::load_or_generate_ed25519(path)?,
+            None => SigningKey::generate_ed25519()?,
+        };
         let ring = Arc::new(KeyRing::new(key, TOKEN_TTL));
         let issuer = TokenIssuer::new(ring.clone(), ISSUER, TOKEN_TTL).audience(AUDIENCE);
         Ok(Identity {
@@ -112,45 +98,6 @@ pub(crate) fn validator_with(keys: impl trellis_auth::IntoKeyProvider) -> Result
         .build()?)
 }
 
-/// rcgen (ring) writes PKCS#8 v2 (seed and public key); jsonwebtoken's
-/// RustCrypto backend reads only v1. Both carry the 32-byte seed at the same
-/// offset after the same 16-byte header, so re-wrap the seed as v1.
-fn ed25519_pkcs8_v1_pem(v2: &[u8]) -> Result<String, Error> {
-    use base64::Engine;
-    const V1_HEADER: [u8; 16] = [
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
-    ];
-    let seed = v2
-        .get(16..48)
-        .filter(|_| v2.get(5..16) == Some(&V1_HEADER[5..]))
-        .ok_or_else(|| Error::KeyGen("unexpected Ed25519 PKCS#8 layout".into()))?;
-    let mut der = V1_HEADER.to_vec();
-    der.extend_from_slice(seed);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    Ok(format!(
-        "-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"
-    ))
-}
-
-/// Writes the key file readable by its owner only.
-fn write_private(path: &std::path::Path, pem: &str) -> Result<(), Error> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(path)?, pem.as_bytes())?;
-    Ok(())
-}
-
-fn hash(salt: &str, password: &str) -> String {
-    let digest = Sha256::digest(format!("{salt}:{password}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
@@ -178,14 +125,16 @@ pub(crate) async fn register(
         ));
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let salt = uuid::Uuid::new_v4().simple().to_string();
+    let (salt, password_hash) = crate::password::hash(body.password)
+        .await
+        .map_err(ApiError::internal)?;
     let inserted = sqlx::query(
         "INSERT INTO users (id, email, salt, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (email) DO NOTHING",
     )
     .bind(&id)
     .bind(&email)
     .bind(&salt)
-    .bind(hash(&salt, &body.password))
+    .bind(password_hash)
     .execute(&identity.pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -211,16 +160,37 @@ pub(crate) async fn login(
             .bind(&email)
             .fetch_optional(&identity.pool)
             .await?;
-    let Some((id, salt, stored)) =
-        row.filter(|(_, salt, stored)| hash(salt, &body.password) == *stored)
-    else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "unknown email or wrong password",
-        ));
+    let (id, stored) = match row {
+        Some((id, salt, hash)) => (Some(id), Some((salt, hash))),
+        None => (None, None),
     };
-    let _ = (salt, stored);
+    let verified = crate::password::verify(body.password.clone(), stored)
+        .await
+        .map_err(ApiError::internal)?;
+    let id = match (id, verified) {
+        (Some(id), crate::password::Verified::Match) => id,
+        (Some(id), crate::password::Verified::MatchNeedsRehash) => {
+            // A hash from before Argon2: replace it now that we know the
+            // password.
+            let (salt, password_hash) = crate::password::hash(body.password)
+                .await
+                .map_err(ApiError::internal)?;
+            sqlx::query("UPDATE users SET salt = $1, password_hash = $2 WHERE id = $3")
+                .bind(salt)
+                .bind(password_hash)
+                .bind(&id)
+                .execute(&identity.pool)
+                .await?;
+            id
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "unknown email or wrong password",
+            ));
+        }
+    };
     let token = identity
         .token(&id, CUSTOMER_SCOPES)
         .map_err(ApiError::internal)?;

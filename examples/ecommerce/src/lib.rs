@@ -46,6 +46,7 @@ mod identity;
 mod inventory;
 pub mod load;
 mod orders;
+mod password;
 mod payments;
 mod remote;
 pub mod scenario;
