@@ -350,6 +350,35 @@ async fn the_scenario_runs_through_the_gateway() {
         .unwrap();
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 
+    // Graceful shutdown: SIGTERM makes every service drain, stop its relay
+    // or consumer and exit 0.
+    for service in ServiceName::ALL.iter().rev() {
+        let mut proc = system.procs.remove(service).unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &proc.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = proc.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "{service} ignored SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            exit.success(),
+            "{service} exited with {exit}:\n{}",
+            system.log(*service)
+        );
+        assert!(
+            system
+                .log(*service)
+                .ends_with(&format!("{service} stopped"))
+        );
+    }
+
     println!("scenario through the gateway in {:?}", started.elapsed());
     system.cleanup().await;
 }
