@@ -268,7 +268,7 @@ pub(crate) async fn order_stream(
 ) -> Result<async_nats::jetstream::stream::Stream, Error> {
     let prefix = settings.subject_prefix();
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: prefix.replace('.', "_").to_uppercase(),
+        name: settings.stream_name(),
         subjects: vec![format!("{prefix}.>")],
         duplicate_window: Duration::from_secs(120),
         ..Default::default()

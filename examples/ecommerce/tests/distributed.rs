@@ -67,6 +67,7 @@ impl Drop for Proc {
 struct System {
     prefix: String,
     database_url: String,
+    nats_url: String,
     dir: PathBuf,
     ports: HashMap<ServiceName, u16>,
     env: Vec<(String, String)>,
@@ -104,6 +105,7 @@ impl System {
         System {
             prefix,
             database_url: database_url.to_owned(),
+            nats_url: nats_url.to_owned(),
             dir,
             ports,
             env,
@@ -203,9 +205,19 @@ impl System {
             .unwrap()
     }
 
-    /// Kills every process, then drops this run's schemas.
+    /// Kills every process, then drops this run's schemas and NATS stream.
     async fn cleanup(mut self) {
         self.procs.clear();
+        let settings = ecommerce::config::Settings {
+            schema_prefix: self.prefix.clone(),
+            ..Default::default()
+        };
+        let stream = settings.stream_name();
+        let nats = async_nats::connect(&self.nats_url).await.unwrap();
+        async_nats::jetstream::new(nats)
+            .delete_stream(&stream)
+            .await
+            .unwrap();
         let pool = PgPool::connect(&self.database_url).await.unwrap();
         for service in ServiceName::ALL {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
