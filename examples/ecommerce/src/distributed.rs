@@ -132,7 +132,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 }
                 let uri: Uri = format!("{}/ready", settings.peers.url(peer))
                     .parse()
-                    .map_err(|e| Error::Scenario(format!("peer URL of {peer}: {e}")))?;
+                    .map_err(|e| Error::Startup(format!("peer URL of {peer}: {e}")))?;
                 health.check(
                     Check::new(peer.as_str(), HttpCheck::new(uri)?)
                         .timeout(Duration::from_millis(800))
@@ -310,7 +310,7 @@ async fn start_orders(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Err(error) = token.get().await {
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::Scenario(format!(
+            return Err(Error::Startup(format!(
                 "no service token from identity: {error}"
             )));
         }

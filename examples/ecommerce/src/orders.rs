@@ -734,7 +734,7 @@ pub(crate) async fn open(
         let retry = policy
             .retry()
             .cloned()
-            .ok_or_else(|| crate::Error::Scenario("policy has no retry layer".into()))?;
+            .ok_or_else(|| crate::Error::Startup("policy has no retry layer".into()))?;
         Ok::<_, crate::Error>(policy.with_retry(retry.with_policy(crate::remote::ServiceCallRetry)))
     };
     let inventory_policy = with_retry(ResiliencePolicy::from_config(PolicyConfig::recommended(
