@@ -477,6 +477,13 @@ impl Settings {
         }
     }
 
+    /// The JetStream stream that keeps orders' events: the
+    /// [subject prefix](Self::subject_prefix) in upper case, `.` → `_`
+    /// (`ECOMMERCE_ORDERS`).
+    pub fn stream_name(&self) -> String {
+        self.subject_prefix().replace('.', "_").to_uppercase()
+    }
+
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen.unwrap_or_else(|| {

@@ -132,7 +132,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 }
                 let uri: Uri = format!("{}/ready", settings.peers.url(peer))
                     .parse()
-                    .map_err(|e| Error::Scenario(format!("peer URL of {peer}: {e}")))?;
+                    .map_err(|e| Error::Startup(format!("peer URL of {peer}: {e}")))?;
                 health.check(
                     Check::new(peer.as_str(), HttpCheck::new(uri)?)
                         .timeout(Duration::from_millis(800))
@@ -268,7 +268,7 @@ pub(crate) async fn order_stream(
 ) -> Result<async_nats::jetstream::stream::Stream, Error> {
     let prefix = settings.subject_prefix();
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
-        name: prefix.replace('.', "_").to_uppercase(),
+        name: settings.stream_name(),
         subjects: vec![format!("{prefix}.>")],
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
@@ -310,7 +310,7 @@ async fn start_orders(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Err(error) = token.get().await {
         if tokio::time::Instant::now() > deadline {
-            return Err(Error::Scenario(format!(
+            return Err(Error::Startup(format!(
                 "no service token from identity: {error}"
             )));
         }

@@ -41,6 +41,9 @@ pub enum Error {
     /// A setting is missing or invalid.
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// A service could not start (a peer's URL, identity unreachable).
+    #[error("startup: {0}")]
+    Startup(String),
     /// The message bus (NATS) failed.
     #[error("bus: {0}")]
     Bus(String),

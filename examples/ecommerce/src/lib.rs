@@ -11,11 +11,16 @@
 //! `trellis-cqrs` projection; `trellis-health` probes and
 //! `trellis-observability` request ids and metrics.
 //!
+//! The same services also run one per process (`ecommerce serve --service
+//! NAME`, [`distributed::start`]) on PostgreSQL and NATS JetStream, behind a
+//! gateway, calling each other over HTTP.
+//!
 //! ## Crate map
 //!
 //! | item | what |
 //! |---|---|
 //! | [`start`], [`Config`], [`Running`] | start the system, probe it, shut it down |
+//! | [`distributed::start`], [`config::Settings`] | one service of the distributed mode, and the settings of either mode |
 //! | [`scenario::run`] | the narrated scenario, over HTTP |
 //! | [`load::run`], [`load::start_local`] | `ecommerce load`: the load generator and its summary |
 //! | [`ApiClient`] | the JSON client the scenario and the tests use |

@@ -729,7 +729,17 @@ pub(crate) async fn open(
     use trellis_resilience::fallback::FallbackLayer;
     use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
 
-    let inventory_policy = ResiliencePolicy::from_config(PolicyConfig::recommended("inventory"))?;
+    // A refused call (4xx over HTTP) is not retried; see remote::ServiceCallRetry.
+    let with_retry = |policy: ResiliencePolicy| {
+        let retry = policy
+            .retry()
+            .cloned()
+            .ok_or_else(|| crate::Error::Startup("policy has no retry layer".into()))?;
+        Ok::<_, crate::Error>(policy.with_retry(retry.with_policy(crate::remote::ServiceCallRetry)))
+    };
+    let inventory_policy = with_retry(ResiliencePolicy::from_config(PolicyConfig::recommended(
+        "inventory",
+    ))?)?;
     let inventory_breaker = inventory_policy
         .circuit_breaker_handle()
         .ok_or_else(|| crate::Error::Scenario("inventory policy has no breaker".into()))?;
@@ -743,7 +753,9 @@ pub(crate) async fn open(
         BoxCloneSyncService::new(FallbackLayer::new(deferred).layer(inventory_resilient));
 
     let payment_faults = FaultHandle::new();
-    let payment_policy = ResiliencePolicy::from_config(PolicyConfig::recommended("payments"))?;
+    let payment_policy = with_retry(ResiliencePolicy::from_config(PolicyConfig::recommended(
+        "payments",
+    ))?)?;
     let payment_client: PaymentClient = BoxCloneSyncService::new(
         payment_policy
             .layer(payment_faults.layer().layer(payment_raw))

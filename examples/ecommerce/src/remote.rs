@@ -74,6 +74,31 @@ pub(crate) struct Failed {
     body: String,
 }
 
+/// The retry policy of orders' clients: the default, except that a
+/// [`Rejected`] call (4xx) is returned at once: the same request would be
+/// refused again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServiceCallRetry;
+
+impl<Req: Clone, Res> trellis_resilience::retry::RetryPolicy<Req, Res> for ServiceCallRetry {
+    fn classify(
+        &self,
+        _request: &Req,
+        result: Result<&Res, &BoxError>,
+    ) -> trellis_resilience::retry::RetryDecision {
+        use trellis_resilience::retry::{DefaultRetryPolicy, RetryDecision};
+        match result {
+            Ok(_) => RetryDecision::Return,
+            Err(error) if error.is::<Rejected>() => RetryDecision::Return,
+            Err(error) => DefaultRetryPolicy::classify_error(error),
+        }
+    }
+
+    fn clone_request(&self, request: &Req) -> Option<Req> {
+        Some(request.clone())
+    }
+}
+
 fn unexpected(service: &'static str, response: &Response<Bytes>) -> BoxError {
     let body = String::from_utf8_lossy(response.body())
         .chars()
@@ -388,5 +413,58 @@ impl CatalogClient {
         }
         cache.insert(sku.to_owned(), (product.clone(), Instant::now()));
         Ok(product)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
+
+    use super::*;
+
+    /// Calls `policy` over a service failing with `error()` and counts attempts.
+    async fn attempts(error: fn() -> BoxError) -> u32 {
+        let policy = ResiliencePolicy::from_config(PolicyConfig::recommended("t")).unwrap();
+        let retry = policy
+            .retry()
+            .unwrap()
+            .clone()
+            .with_policy(ServiceCallRetry);
+        let policy = policy.with_retry(retry);
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let service = tower::Layer::layer(
+            &policy,
+            tower::service_fn(move |_: u8| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<u8, BoxError>(error()) }
+            }),
+        );
+        let _ = service.oneshot(1u8).await;
+        calls.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_calls_are_not_retried_failed_ones_are() {
+        let refused = attempts(|| {
+            Box::new(Rejected {
+                service: "inventory",
+                status: StatusCode::FORBIDDEN,
+                body: String::new(),
+            })
+        })
+        .await;
+        assert_eq!(refused, 1);
+        let failed = attempts(|| {
+            Box::new(Failed {
+                service: "inventory",
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                body: String::new(),
+            })
+        })
+        .await;
+        assert!(failed > 1, "a 5xx is retried ({failed} attempts)");
     }
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -67,6 +67,7 @@ impl Drop for Proc {
 struct System {
     prefix: String,
     database_url: String,
+    nats_url: String,
     dir: PathBuf,
     ports: HashMap<ServiceName, u16>,
     env: Vec<(String, String)>,
@@ -104,6 +105,7 @@ impl System {
         System {
             prefix,
             database_url: database_url.to_owned(),
+            nats_url: nats_url.to_owned(),
             dir,
             ports,
             env,
@@ -203,9 +205,19 @@ impl System {
             .unwrap()
     }
 
-    /// Kills every process, then drops this run's schemas.
+    /// Kills every process, then drops this run's schemas and NATS stream.
     async fn cleanup(mut self) {
         self.procs.clear();
+        let settings = ecommerce::config::Settings {
+            schema_prefix: self.prefix.clone(),
+            ..Default::default()
+        };
+        let stream = settings.stream_name();
+        let nats = async_nats::connect(&self.nats_url).await.unwrap();
+        async_nats::jetstream::new(nats)
+            .delete_stream(&stream)
+            .await
+            .unwrap();
         let pool = PgPool::connect(&self.database_url).await.unwrap();
         for service in ServiceName::ALL {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -349,6 +361,35 @@ async fn the_scenario_runs_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    // Graceful shutdown: SIGTERM makes every service drain, stop its relay
+    // or consumer and exit 0.
+    for service in ServiceName::ALL.iter().rev() {
+        let mut proc = system.procs.remove(service).unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &proc.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = proc.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "{service} ignored SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            exit.success(),
+            "{service} exited with {exit}:\n{}",
+            system.log(*service)
+        );
+        assert!(
+            system
+                .log(*service)
+                .ends_with(&format!("{service} stopped"))
+        );
+    }
 
     println!("scenario through the gateway in {:?}", started.elapsed());
     system.cleanup().await;
