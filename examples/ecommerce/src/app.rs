@@ -310,7 +310,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .merge(business)
         .route("/identity/register", post(identity::register))
         .route("/identity/login", post(identity::login))
-        .route_service("/.well-known/jwks.json", JwksService::new(ring))
+        // OpenAPI documents: public, like the JWKS.
+        .merge(crate::openapi::router())
+        // GET only (JwksService answers any method): POST here is a 405, as documented.
+        .route(
+            "/.well-known/jwks.json",
+            axum::routing::get_service(JwksService::new(ring)),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(services.clone());
     let app = Router::new()
@@ -348,15 +354,27 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BreakerBody {
+pub(crate) struct BreakerBody {
     open: bool,
 }
 
 /// Opens inventory's breaker, or closes it and validates the orders accepted
 /// as PENDING_VALIDATION meanwhile.
-async fn set_breaker(
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/inventory/breaker",
+    tag = "orders",
+    request_body = BreakerBody,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The breaker's state and the orders validated", body = crate::openapi::BreakerOutcome),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
+pub(crate) async fn set_breaker(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<BreakerBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -377,7 +395,20 @@ async fn set_breaker(
     })))
 }
 
-async fn set_payment_faults(
+/// Sets the faults injected in front of the payment provider.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/payments/faults",
+    tag = "payments",
+    request_body = crate::openapi::FaultSettings,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The faults now in force", body = crate::openapi::FaultSettings),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
+pub(crate) async fn set_payment_faults(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<FaultConfig>,
 ) -> Result<Json<FaultConfig>, ApiError> {

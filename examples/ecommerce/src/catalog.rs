@@ -8,7 +8,7 @@ use sqlx::SqlitePool;
 use crate::error::{ApiError, Error};
 
 /// A product as the catalog lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct Product {
     pub(crate) sku: String,
     pub(crate) name: String,
@@ -70,6 +70,18 @@ impl Catalog {
     }
 }
 
+/// The catalog, ordered by SKU.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products",
+    tag = "catalog",
+    operation_id = "list_products",
+    security(("bearer" = ["catalog:read"])),
+    responses(
+        (status = 200, description = "Every product, ordered by SKU", body = [Product]),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn list(
     State(app): State<crate::app::AppState>,
 ) -> Result<Json<Vec<Product>>, ApiError> {

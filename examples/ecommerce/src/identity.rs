@@ -98,13 +98,25 @@ fn hash(salt: &str, password: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
     email: String,
     password: String,
 }
 
+/// Registers a customer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/register",
+    tag = "identity",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered", body = crate::openapi::Registered),
+        (status = 409, description = "`email_taken`", body = crate::openapi::ErrorBody),
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn register(
     State(app): State<crate::app::AppState>,
     ApiJson(body): ApiJson<Credentials>,
@@ -148,6 +160,18 @@ pub(crate) async fn register(
     ))
 }
 
+/// Logs a customer in: an EdDSA JWT with the customer scopes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/login",
+    tag = "identity",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A bearer token", body = crate::openapi::TokenResponse),
+        (status = 401, description = "`invalid_credentials`", body = crate::openapi::ErrorBody),
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn login(
     State(app): State<crate::app::AppState>,
     ApiJson(body): ApiJson<Credentials>,

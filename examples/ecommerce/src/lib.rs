@@ -42,6 +42,7 @@ mod error;
 mod identity;
 mod inventory;
 pub mod load;
+mod openapi;
 mod orders;
 mod payments;
 pub mod scenario;

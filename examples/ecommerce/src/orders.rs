@@ -415,10 +415,11 @@ impl Projection<sqlx::Sqlite> for OrderSummary {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SummaryRow {
     order_id: String,
     customer: String,
+    #[schema(value_type = crate::openapi::OrderState)]
     status: String,
     total_cents: i64,
     items: i64,
@@ -442,14 +443,14 @@ impl From<SummaryTuple> for SummaryRow {
 
 // ---------------------------------------------------------------- HTTP
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineInput {
     sku: String,
     quantity: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrderBody {
     lines: Vec<LineInput>,
@@ -470,6 +471,20 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
+/// Places an order through the saga; answers once the read model has it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "orders",
+    operation_id = "place_order",
+    request_body = PlaceOrderBody,
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION", body = crate::openapi::PlacedOrder),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn place(
     State(app): State<AppState>,
     Extension(claims): Extension<Claims>,
@@ -550,6 +565,20 @@ pub(crate) async fn place(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// One of the caller's orders, from the read model.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "orders",
+    operation_id = "get_order",
+    params(("id" = String, Path, description = "The order id")),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "The order", body = SummaryRow),
+        (status = 404, description = "`not_found`: no such order of the caller's", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn get_one(
     State(app): State<AppState>,
     Extension(claims): Extension<Claims>,
@@ -566,6 +595,18 @@ pub(crate) async fn get_one(
     }
 }
 
+/// The caller's latest 100 orders, newest first, from the read model.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "orders",
+    operation_id = "list_orders",
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "The caller's orders", body = [SummaryRow]),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn list(
     State(app): State<AppState>,
     Extension(claims): Extension<Claims>,
