@@ -100,10 +100,12 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// A token with the operations scope (printed for the operator; used by
-    /// the scenario to open inventory's breaker).
+    /// A token with the operations and analytics scopes (printed for the
+    /// operator; used by the scenario to open inventory's breaker).
     pub fn ops_token(&self) -> Result<String, Error> {
-        self.services.identity.token("operator", &[OPS_SCOPE])
+        self.services
+            .identity
+            .token("operator", &[OPS_SCOPE, crate::analytics::SCOPE])
     }
 
     /// A token for `subject` with exactly `scopes` (tests of authorization).
@@ -238,6 +240,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let projection = ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
         .spawn()
         .await?;
+    // Shipping and analytics: read models in their own databases, fed by
+    // the order events like the order summary.
+    let read_models = Router::new()
+        .merge(crate::shipping::router(dir, store.clone()).await?)
+        .merge(crate::analytics::router(dir, store.clone()).await?);
     let orders = Orders {
         store,
         orchestrator,
@@ -305,6 +312,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             "/admin/payments/faults",
             post(set_payment_faults).route_layer(scope(OPS_SCOPE)),
         )
+        .merge(read_models)
         .layer(JwtAuthLayer::new(validator));
     let api = Router::new()
         .merge(business)

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod analytics;
 mod app;
 mod catalog;
 mod client;
@@ -45,7 +46,9 @@ pub mod load;
 mod openapi;
 mod orders;
 mod payments;
+mod readmodel;
 pub mod scenario;
+mod shipping;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
 pub use client::{ApiClient, ApiResponse};

@@ -277,6 +277,7 @@ struct OrdersApi;
 
 #[derive(OpenApi)]
 #[openapi(
+    paths(crate::shipping::get_shipment),
     tags((name = "shipping", description = "Shipments of confirmed orders")),
     modifiers(&BearerJwt)
 )]
@@ -284,7 +285,13 @@ struct ShippingApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    tags((name = "analytics", description = "Read models: orders per customer, revenue, top products")),
+    paths(
+        crate::analytics::customers,
+        crate::analytics::revenue_per_hour,
+        crate::analytics::top_products,
+        crate::analytics::bought_together
+    ),
+    tags((name = "analytics", description = "Read models: orders per customer, revenue per hour, top products, bought together")),
     modifiers(&BearerJwt)
 )]
 struct AnalyticsApi;

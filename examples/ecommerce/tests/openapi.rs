@@ -50,9 +50,19 @@ fn http_method(method: &str) -> Method {
     Method::from_bytes(method.to_uppercase().as_bytes()).expect("method")
 }
 
-/// A concrete URL for a templated path (`{id}` → a well-formed unknown id).
+/// A concrete URL for a templated path (every `{param}` → a well-formed
+/// unknown id).
 fn concrete(path: &str) -> String {
-    path.replace("{id}", "00000000-0000-4000-8000-000000000000")
+    path.split('/')
+        .map(|segment| {
+            if segment.starts_with('{') && segment.ends_with('}') {
+                "00000000-0000-4000-8000-000000000000"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Resolves a local `$ref`.
@@ -306,7 +316,13 @@ async fn documented_scopes_are_the_enforced_scopes() {
     let api = ApiClient::new(running.base_url());
     let doc = fetch(&api, "/api/v1/openapi.json").await;
     let universe = all_scopes(&doc);
-    for expected in ["catalog:read", "orders:read", "orders:write", "ops:admin"] {
+    for expected in [
+        "catalog:read",
+        "orders:read",
+        "orders:write",
+        "ops:admin",
+        "analytics:read",
+    ] {
         assert!(universe.contains(expected), "{expected} in {universe:?}");
     }
     for op in operations(&doc) {
@@ -507,6 +523,45 @@ async fn the_scenario_responses_match_the_documented_schemas() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The read models: a shipment per confirmed order, the analytics.
+    let shipment = "/api/v1/shipments/{order_id}";
+    let r = call(
+        "get",
+        shipment,
+        format!("/api/v1/shipments/{id}"),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["status"], "READY_TO_SHIP");
+    let declined_id = declined.body["order_id"].as_str().unwrap();
+    let r = call(
+        "get",
+        shipment,
+        format!("/api/v1/shipments/{declined_id}"),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for path in [
+        "/api/v1/analytics/customers",
+        "/api/v1/analytics/revenue/hourly",
+        "/api/v1/analytics/products/top",
+    ] {
+        let r = call("get", path, path.into(), Some(ops_token.clone()), None).await;
+        assert!(!r.body.as_array().unwrap().is_empty(), "{path}");
+    }
+    let together = "/api/v1/analytics/products/{sku}/bought-together";
+    call(
+        "get",
+        together,
+        "/api/v1/analytics/products/TEA-001/bought-together".into(),
+        Some(ops_token.clone()),
+        None,
+    )
+    .await;
 
     let faults = "/api/v1/admin/payments/faults";
     let r = call(
