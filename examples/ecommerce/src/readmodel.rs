@@ -22,6 +22,92 @@ use trellis_eventsourcing::{EventStore, SqliteEventStore, StoredEvent};
 
 use crate::error::{ApiError, Error};
 
+/// How long a read model lets appends accumulate before reading them.
+///
+/// The runner wakes on every append; under load that is two wake-ups per
+/// order for each read model, each a head query, a read and a transaction
+/// on the event store's and the read model's SQLite connections, competing
+/// with the place-order saga. Neither model is on the order's request path
+/// (their queries wait for the head themselves), so they read in batches.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// The order event store, as the read models see it: the same reads, but an
+/// append signal at most every [`SETTLE`].
+#[derive(Debug, Clone)]
+pub(crate) struct SettledStore {
+    inner: SqliteEventStore,
+    head: tokio::sync::watch::Receiver<u64>,
+}
+
+impl SettledStore {
+    /// Forwards `inner`'s head signal, coalesced; the forwarding task ends
+    /// with the store or with the last reader.
+    pub(crate) fn new(inner: SqliteEventStore) -> Self {
+        let mut appended = inner.watch_head();
+        let (tx, head) = tokio::sync::watch::channel(*appended.borrow_and_update());
+        tokio::spawn(async move {
+            while appended.changed().await.is_ok() {
+                tokio::time::sleep(SETTLE).await;
+                let position = *appended.borrow_and_update();
+                if tx.send(position).is_err() {
+                    break;
+                }
+            }
+        });
+        SettledStore { inner, head }
+    }
+}
+
+impl EventStore for SettledStore {
+    async fn append_many(
+        &self,
+        requests: Vec<trellis_eventsourcing::AppendRequest>,
+    ) -> trellis_eventsourcing::Result<Vec<trellis_eventsourcing::AppendResult>> {
+        self.inner.append_many(requests).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from: u64,
+        direction: trellis_eventsourcing::Direction,
+        max_count: usize,
+    ) -> trellis_eventsourcing::Result<Vec<StoredEvent>> {
+        self.inner
+            .read_stream(stream_id, from, direction, max_count)
+            .await
+    }
+
+    async fn read_all(
+        &self,
+        after: u64,
+        filter: &trellis_eventsourcing::EventFilter,
+        max_count: usize,
+    ) -> trellis_eventsourcing::Result<Vec<StoredEvent>> {
+        self.inner.read_all(after, filter, max_count).await
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> trellis_eventsourcing::Result<u64> {
+        self.inner.stream_version(stream_id).await
+    }
+
+    async fn tombstone(
+        &self,
+        stream_id: &str,
+        expected: trellis_eventsourcing::ExpectedVersion,
+    ) -> trellis_eventsourcing::Result<()> {
+        self.inner.tombstone(stream_id, expected).await
+    }
+
+    async fn head_position(&self) -> trellis_eventsourcing::Result<u64> {
+        self.inner.head_position().await
+    }
+
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.clone()
+    }
+}
+
 /// A read model's database and the runner that keeps it.
 #[derive(Debug)]
 pub(crate) struct Feed {
@@ -39,7 +125,8 @@ impl Feed {
         projection: P,
     ) -> Result<Arc<Feed>, Error> {
         let pool = crate::db::open(dir, name).await?;
-        let projection = ProjectionRunner::new(store.clone(), pool.clone(), projection)
+        let settled = SettledStore::new(store.clone());
+        let projection = ProjectionRunner::new(settled, pool.clone(), projection)
             .spawn()
             .await?;
         Ok(Arc::new(Feed {
