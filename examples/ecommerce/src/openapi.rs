@@ -393,3 +393,47 @@ pub(crate) fn service_router<S: Clone + Send + Sync + 'static>(service: ServiceN
         get(move || async move { json_response(documents()[key].as_str()) }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn paths(doc: &utoipa::openapi::OpenApi) -> Vec<String> {
+        doc.paths.paths.keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_gateway_document_is_the_merge_of_every_service() {
+        let merged = merged();
+        assert_eq!(paths(&openapi(ServiceName::Gateway)), paths(&merged));
+        let mut union: Vec<String> = DOCUMENTED
+            .into_iter()
+            .flat_map(|service| paths(&openapi(service)))
+            .collect();
+        union.sort();
+        union.dedup();
+        assert_eq!(union, paths(&merged));
+        assert!(paths(&openapi(ServiceName::Catalog)) == ["/api/v1/products"]);
+    }
+
+    #[tokio::test]
+    async fn a_service_process_serves_its_own_document() {
+        let response = service_router::<()>(ServiceName::Orders)
+            .oneshot(
+                http::Request::get("/openapi.json")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["info"]["title"], "ecommerce orders");
+        assert!(doc["paths"]["/api/v1/orders"]["post"].is_object());
+        assert!(doc["paths"]["/api/v1/products"].is_null());
+    }
+}
