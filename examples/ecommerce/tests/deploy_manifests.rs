@@ -410,6 +410,19 @@ fn check_deployment(
                     settings.listen_addr()
                 ));
             }
+            // Kubernetes kills the pod after the grace period: the drain
+            // (readiness down before the server stops) must fit in it.
+            let grace = deployment
+                .doc
+                .pointer("/spec/template/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(30);
+            if settings.drain.as_secs() >= grace {
+                problems.push(format!(
+                    "{file}: {name} drains for {:?}, longer than its {grace} s grace period",
+                    settings.drain
+                ));
+            }
             if !settings.listen_addr().ip().is_unspecified() {
                 problems.push(format!(
                     "{file}: {name} listens on {}, unreachable from outside the pod",
@@ -736,6 +749,12 @@ fn the_checker_catches_broken_manifests() {
             "memory: 256Mi",
             "memry: 256Mi",
             "memory limit",
+        ),
+        (
+            "config.yaml",
+            "ECOMMERCE_DRAIN: 5s",
+            "ECOMMERCE_DRAIN: 45s",
+            "grace period",
         ),
     ];
     for (file, from, to, expected) in cases {
