@@ -328,14 +328,15 @@ for_database!(postgres, sqlx::Postgres);
 
 /// One process: the analytics database under `dir`, its projection over the
 /// order events, and the `/analytics/...` routes (to be nested under
-/// `/api/v1`, behind the JWT layer).
+/// `/api/v1`, behind the JWT layer); the pool is for the health checks.
 pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
     dir: &Path,
     store: SqliteEventStore,
-) -> Result<Router<S>, Error> {
+) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
     let feed = Feed::spawn(dir, "analytics", store, AnalyticsProjection).await?;
+    let pool = feed.pool.clone();
     let scope = || RequireScopesLayer::all([SCOPE]);
-    Ok(Router::new()
+    let routes = Router::new()
         .route("/analytics/customers", get(customers).route_layer(scope()))
         .route(
             "/analytics/revenue/hourly",
@@ -349,7 +350,8 @@ pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
             "/analytics/products/{sku}/bought-together",
             get(bought_together).route_layer(scope()),
         )
-        .with_state(feed))
+        .with_state(feed);
+    Ok((routes, pool))
 }
 
 /// Customers by confirmed orders (at most 100).

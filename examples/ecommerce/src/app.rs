@@ -242,9 +242,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .await?;
     // Shipping and analytics: read models in their own databases, fed by
     // the order events like the order summary.
-    let read_models = Router::new()
-        .merge(crate::shipping::router(dir, store.clone()).await?)
-        .merge(crate::analytics::router(dir, store.clone()).await?);
+    let (shipping_routes, shipping_db) = crate::shipping::router(dir, store.clone()).await?;
+    let (analytics_routes, analytics_db) = crate::analytics::router(dir, store.clone()).await?;
+    let read_models = Router::new().merge(shipping_routes).merge(analytics_routes);
     let orders = Orders {
         store,
         orchestrator,
@@ -260,6 +260,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ("inventory-db", inventory_db),
         ("payments-db", payments_db),
         ("orders-read-db", read_db),
+        ("shipping-db", shipping_db),
+        ("analytics-db", analytics_db),
     ] {
         health.check(
             Check::new(name, SqliteCheck::new(pool))

@@ -173,18 +173,20 @@ for_database!(postgres, sqlx::Postgres);
 
 /// One process: the shipments database under `dir`, its projection over
 /// the order events, and `GET /shipments/{order_id}` (to be nested under
-/// `/api/v1`, behind the JWT layer).
+/// `/api/v1`, behind the JWT layer); the pool is for the health checks.
 pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
     dir: &Path,
     store: SqliteEventStore,
-) -> Result<Router<S>, Error> {
+) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
     let feed = Feed::spawn(dir, "shipping", store, ShipmentProjection).await?;
-    Ok(Router::new()
+    let pool = feed.pool.clone();
+    let routes = Router::new()
         .route(
             "/shipments/{order_id}",
             get(get_shipment).route_layer(RequireScopesLayer::all([SCOPE])),
         )
-        .with_state(feed))
+        .with_state(feed);
+    Ok((routes, pool))
 }
 
 /// The shipment of one of the caller's confirmed orders.
