@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::StatusCode;
 use sqlx::SqlitePool;
@@ -191,11 +191,6 @@ pub(crate) fn order_id(event: &StoredEvent) -> Option<&str> {
     event.stream_id.strip_prefix("order-")
 }
 
-#[allow(dead_code)] // used by the tests, and by the distributed mode's NATS feed
-pub(crate) fn unix(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! Feeds a fixed list of events through a projection on SQLite and, when
@@ -204,6 +199,10 @@ pub(crate) mod testing {
     use serde_json::{Value, json};
     use trellis_cqrs::{Projection, ReadModelDb};
     use trellis_eventsourcing::{Metadata, StoredEvent};
+
+    fn unix(secs: u64) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
 
     /// One order event as the event store hands it to projections.
     pub(crate) fn event(
@@ -220,7 +219,7 @@ pub(crate) mod testing {
             global_position: position,
             event_type: kind.into(),
             schema_version: 1,
-            recorded_at: super::unix(at),
+            recorded_at: unix(at),
             payload,
             metadata: Metadata::default(),
         }
