@@ -92,7 +92,9 @@ impl Running {
     /// A token with the operations scope (printed for the operator; used by
     /// the scenario to open inventory's breaker).
     pub fn ops_token(&self) -> Result<String, Error> {
-        self.services.identity.token("operator", &[OPS_SCOPE])
+        self.services
+            .identity
+            .token("operator", &[OPS_SCOPE, crate::analytics::SCOPE])
     }
 
     /// A token for `subject` with exactly `scopes` (tests of authorization).
@@ -165,9 +167,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let inventory = Inventory::open(inventory_db.clone(), &catalog::seed_stock()).await?;
     let payments = Payments::open(payments_db.clone()).await?;
 
-    let store = OrderStore::Sqlite(
-        SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?,
-    );
+    let events =
+        SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
+    // Shipping and analytics: read models in their own databases, fed by
+    // the order events like the order summary.
+    let (shipping_routes, shipping_db) = crate::shipping::router(dir, events.clone()).await?;
+    let (analytics_routes, analytics_db) = crate::analytics::router(dir, events.clone()).await?;
+    let store = OrderStore::Sqlite(events);
     let saga_log = OrderSagaLog::Sqlite(
         trellis_saga::SqliteSagaLog::with_pool(db::open(dir, "orders-sagas").await?).await?,
     );
@@ -208,11 +214,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 .groups([Group::Readiness, Group::Startup]),
         );
     }
-    health.check(
-        Check::new("orders-read-db", SqliteCheck::new(read_db))
-            .timeout(Duration::from_millis(800))
-            .groups([Group::Readiness, Group::Startup]),
-    );
+    for (name, pool) in [
+        ("orders-read-db", read_db),
+        ("shipping-db", shipping_db),
+        ("analytics-db", analytics_db),
+    ] {
+        health.check(
+            Check::new(name, SqliteCheck::new(pool))
+                .timeout(Duration::from_millis(800))
+                .groups([Group::Readiness, Group::Startup]),
+        );
+    }
     let health = health.cache_ttl(Duration::from_millis(500)).build()?;
 
     let validator = identity.validator()?;
@@ -225,7 +237,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let api = Router::new()
         .merge(identity::router(identity))
         .merge(catalog::router(catalog, validator.clone()))
-        .merge(orders::router(orders, validator));
+        .merge(orders::router(orders, validator.clone()))
+        .merge(
+            Router::new()
+                .merge(shipping_routes)
+                .merge(analytics_routes)
+                .layer(trellis_auth::JwtAuthLayer::new(validator)),
+        )
+        // OpenAPI documents: public, like the JWKS.
+        .merge(crate::openapi::router());
     let app = wrap(not_found(api), &health);
     let (addr, shutdown, server) = serve(config.addr, app, health, config.drain).await?;
     Ok(Running {

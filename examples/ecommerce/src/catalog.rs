@@ -9,7 +9,7 @@ use sqlx::AnyPool;
 use crate::error::{ApiError, Error};
 
 /// A product as the catalog lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Product {
     pub(crate) sku: String,
     pub(crate) name: String,
@@ -100,7 +100,19 @@ pub(crate) fn router(catalog: Catalog, validator: trellis_auth::Validator) -> ax
         .with_state(catalog)
 }
 
-async fn list(State(catalog): State<Catalog>) -> Result<Json<Vec<Product>>, ApiError> {
+/// The catalog, ordered by SKU.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products",
+    tag = "catalog",
+    operation_id = "list_products",
+    security(("bearer" = ["catalog:read"])),
+    responses(
+        (status = 200, description = "Every product, ordered by SKU", body = [Product]),
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn list(State(catalog): State<Catalog>) -> Result<Json<Vec<Product>>, ApiError> {
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT sku, name, price_cents FROM products ORDER BY sku")
             .fetch_all(catalog.pool())
@@ -108,7 +120,21 @@ async fn list(State(catalog): State<Catalog>) -> Result<Json<Vec<Product>>, ApiE
     Ok(Json(rows.into_iter().map(Product::from).collect()))
 }
 
-async fn one(
+/// One product by SKU (orders looks prices up here in distributed mode).
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{sku}",
+    tag = "catalog",
+    operation_id = "get_product",
+    params(("sku" = String, Path, description = "The product's SKU")),
+    security(("bearer" = ["catalog:read"])),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 404, description = "`not_found`: no product with this SKU", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn one(
     State(catalog): State<Catalog>,
     Path(sku): Path<String>,
 ) -> Result<Json<Product>, ApiError> {

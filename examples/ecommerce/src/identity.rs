@@ -28,6 +28,7 @@ pub(crate) const SERVICE_SCOPES: &[&str] = &[
     "inventory:write",
     "payments:write",
     crate::OPS_SCOPE,
+    crate::analytics::SCOPE,
 ];
 /// Lifetime of every token issued here.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -98,13 +99,25 @@ pub(crate) fn validator_with(keys: impl trellis_auth::IntoKeyProvider) -> Result
         .build()?)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
     email: String,
     password: String,
 }
 
+/// Registers a customer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/register",
+    tag = "identity",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Registered", body = crate::openapi::Registered),
+        (status = 409, description = "`email_taken`", body = crate::openapi::ErrorBody),
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn register(
     State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<Credentials>,
@@ -150,6 +163,18 @@ pub(crate) async fn register(
     ))
 }
 
+/// Logs a customer in: an EdDSA JWT with the customer scopes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/login",
+    tag = "identity",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A bearer token", body = crate::openapi::TokenResponse),
+        (status = 401, description = "`invalid_credentials`", body = crate::openapi::ErrorBody),
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn login(
     State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<Credentials>,
@@ -212,9 +237,10 @@ pub(crate) fn router(identity: IdentityState) -> axum::Router {
         .route("/identity/register", post(register))
         .route("/identity/login", post(login))
         .route("/identity/token", post(service_token))
-        .route_service(
+        // GET only (JwksService answers any method): POST here is a 405, as documented.
+        .route(
             "/.well-known/jwks.json",
-            trellis_auth::issue::JwksService::new(ring),
+            axum::routing::get_service(trellis_auth::issue::JwksService::new(ring)),
         )
         .with_state(identity)
 }

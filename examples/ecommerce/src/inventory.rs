@@ -104,7 +104,9 @@ impl Inventory {
                 lines,
             } => {
                 // The reservation id is the idempotency key: a repeated call
-                // finds it and answers the same.
+                // finds it and answers the same. A call arriving after its
+                // release (see Release) finds the id taken too and takes no
+                // stock; its saga is compensating and ignores the answer.
                 let existing: Option<String> =
                     sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
                         .bind(&key)
@@ -138,26 +140,41 @@ impl Inventory {
                 InventoryReply::Reserved { reservation: key }
             }
             InventoryRequest::Release { reservation } => {
-                let lines: Option<String> = sqlx::query_scalar(
-                    "SELECT lines FROM reservations WHERE id = $1 AND status = 'RESERVED'",
-                )
-                .bind(&reservation)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(lines) = lines {
-                    let lines: Vec<Line> = serde_json::from_str(&lines)
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                    for line in lines {
-                        sqlx::query("UPDATE stock SET available = available + $1 WHERE sku = $2")
+                let found: Option<(String, String)> =
+                    sqlx::query_as("SELECT lines, status FROM reservations WHERE id = $1")
+                        .bind(&reservation)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match found {
+                    Some((lines, status)) if status == "RESERVED" => {
+                        let lines: Vec<Line> = serde_json::from_str(&lines)
+                            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                        for line in lines {
+                            sqlx::query(
+                                "UPDATE stock SET available = available + $1 WHERE sku = $2",
+                            )
                             .bind(line.quantity)
                             .bind(&line.sku)
                             .execute(&mut *tx)
                             .await?;
+                        }
+                        sqlx::query("UPDATE reservations SET status = 'RELEASED' WHERE id = $1")
+                            .bind(&reservation)
+                            .execute(&mut *tx)
+                            .await?;
                     }
-                    sqlx::query("UPDATE reservations SET status = 'RELEASED' WHERE id = $1")
+                    Some(_) => {}
+                    None => {
+                        // Released before it was made: the reserve call may
+                        // still be in flight. Remember the release so that
+                        // call finds the id taken and holds no stock.
+                        sqlx::query(
+                            "INSERT INTO reservations (id, order_id, lines, status) VALUES ($1, '', '[]', 'RELEASED')",
+                        )
                         .bind(&reservation)
                         .execute(&mut *tx)
                         .await?;
+                    }
                 }
                 InventoryReply::Done
             }
@@ -279,4 +296,77 @@ async fn finish(
     };
     inventory.call(request).await?;
     Ok(Json(serde_json::json!({ "status": action })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn inventory(name: &str) -> (Inventory, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-inventory-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = crate::db::open_any(&dir, "inventory").await.unwrap();
+        (Inventory::open(pool, &[("TEA-001", 5)]).await.unwrap(), dir)
+    }
+
+    fn reserve(key: &str, quantity: i64) -> InventoryRequest {
+        InventoryRequest::Reserve {
+            key: key.into(),
+            order_id: "o1".into(),
+            lines: vec![Line {
+                sku: "TEA-001".into(),
+                quantity,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reserve_arriving_after_its_release_holds_no_stock() {
+        let (inventory, dir) = inventory("late").await;
+        // The compensation's release overtakes the reserve call that timed out.
+        let released = InventoryRequest::Release {
+            reservation: "o1/1/action".into(),
+        };
+        assert_eq!(
+            inventory.call(released).await.unwrap(),
+            InventoryReply::Done
+        );
+        inventory.call(reserve("o1/1/action", 2)).await.unwrap();
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
+        assert_eq!(
+            inventory
+                .reservation_status("o1/1/action")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("RELEASED")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn release_returns_stock_once_and_repeats_are_harmless() {
+        let (inventory, dir) = inventory("once").await;
+        let key = "o2/1/action";
+        assert_eq!(
+            inventory.call(reserve(key, 3)).await.unwrap(),
+            InventoryReply::Reserved {
+                reservation: key.into()
+            }
+        );
+        // A retried reserve with the same key takes nothing more.
+        inventory.call(reserve(key, 3)).await.unwrap();
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 2);
+        for _ in 0..2 {
+            let release = InventoryRequest::Release {
+                reservation: key.into(),
+            };
+            inventory.call(release).await.unwrap();
+        }
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod analytics;
 mod app;
 mod backend;
 mod bus;
@@ -50,9 +51,11 @@ mod error;
 mod identity;
 mod inventory;
 pub mod load;
+mod openapi;
 mod orders;
 mod password;
 mod payments;
+mod readmodel;
 mod remote;
 pub mod scenario;
 mod shipping;

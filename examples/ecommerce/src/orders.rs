@@ -173,6 +173,14 @@ pub(crate) struct PlaceOrder {
     pending_validation: bool,
 }
 
+/// The id (and idempotency key) of an order's reservation: the original
+/// place-order saga's reserve key, also used by the validation saga of a
+/// PENDING_VALIDATION order, so a reservation made by a call that timed out
+/// before the fallback answered is found and reused instead of leaked.
+fn reservation_key(order_id: &str, step: u32) -> String {
+    trellis_saga::idempotency_key(order_id, step, "action")
+}
+
 fn step_err(e: impl std::fmt::Display) -> StepError {
     StepError::new(e)
 }
@@ -235,7 +243,7 @@ pub(crate) fn place_order_saga(
                 let client = inventory.clone();
                 async move {
                     let request = InventoryRequest::Reserve {
-                        key: cx.idempotency_key,
+                        key: reservation_key(&s.order_id, cx.step),
                         order_id: s.order_id.clone(),
                         lines: s.lines.clone(),
                     };
@@ -254,15 +262,20 @@ pub(crate) fn place_order_saga(
                     Ok(s)
                 }
             },
-            move |s: PlaceOrder, _cx| {
+            move |s: PlaceOrder, cx| {
                 let client = inv_release.clone();
                 async move {
-                    if let Some(reservation) = s.reservation {
-                        client
-                            .oneshot(InventoryRequest::Release { reservation })
-                            .await
-                            .map_err(step_err)?;
-                    }
+                    // Release by the reservation's key even when the step's
+                    // answer was never recorded (a timeout, a crash): the
+                    // reservation may exist all the same, and inventory
+                    // remembers the release so a late reserve takes nothing.
+                    let reservation = s
+                        .reservation
+                        .unwrap_or_else(|| reservation_key(&s.order_id, cx.step));
+                    client
+                        .oneshot(InventoryRequest::Release { reservation })
+                        .await
+                        .map_err(step_err)?;
                     Ok(())
                 }
             },
@@ -473,10 +486,11 @@ macro_rules! order_summary_projection {
 order_summary_projection!(sqlx::Sqlite, SqlitePool);
 order_summary_projection!(sqlx::Postgres, PgPool);
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SummaryRow {
     order_id: String,
     customer: String,
+    #[schema(value_type = crate::openapi::OrderState)]
     status: String,
     total_cents: i64,
     items: i64,
@@ -500,14 +514,14 @@ impl From<SummaryTuple> for SummaryRow {
 
 // ---------------------------------------------------------------- HTTP
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineInput {
     sku: String,
     quantity: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrderBody {
     lines: Vec<LineInput>,
@@ -528,6 +542,20 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
+/// Places an order through the saga; answers once the read model has it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "orders",
+    operation_id = "place_order",
+    request_body = PlaceOrderBody,
+    security(("bearer" = ["orders:write"])),
+    responses(
+        (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION", body = crate::openapi::PlacedOrder),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn place(
     State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
@@ -608,6 +636,20 @@ pub(crate) async fn place(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// One of the caller's orders, from the read model.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "orders",
+    operation_id = "get_order",
+    params(("id" = String, Path, description = "The order id")),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "The order", body = SummaryRow),
+        (status = 404, description = "`not_found`: no such order of the caller's", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn get_one(
     State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
@@ -624,6 +666,18 @@ pub(crate) async fn get_one(
     }
 }
 
+/// The caller's latest 100 orders, newest first, from the read model.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "orders",
+    operation_id = "list_orders",
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "The caller's orders", body = [SummaryRow]),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn list(
     State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
@@ -840,15 +894,27 @@ pub(crate) fn router(app: OrdersState, validator: trellis_auth::Validator) -> ax
         .with_state(app)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BreakerBody {
+pub(crate) struct BreakerBody {
     open: bool,
 }
 
 /// Opens inventory's breaker, or closes it and validates the orders accepted
 /// as PENDING_VALIDATION meanwhile.
-async fn set_breaker(
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/inventory/breaker",
+    tag = "orders",
+    request_body = BreakerBody,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The breaker's state and the orders validated", body = crate::openapi::BreakerOutcome),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
+pub(crate) async fn set_breaker(
     State(app): State<OrdersState>,
     ApiJson(body): ApiJson<BreakerBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -869,7 +935,20 @@ async fn set_breaker(
     })))
 }
 
-async fn set_payment_faults(
+/// Sets the faults injected in front of the payment provider.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/payments/faults",
+    tag = "payments",
+    request_body = crate::openapi::FaultSettings,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The faults now in force", body = crate::openapi::FaultSettings),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
+pub(crate) async fn set_payment_faults(
     State(app): State<OrdersState>,
     ApiJson(body): ApiJson<FaultConfig>,
 ) -> Result<Json<FaultConfig>, ApiError> {

@@ -1,52 +1,112 @@
-//! Shipping (distributed mode): a shipment per order, kept by a projection
-//! of orders' events that arrive over NATS JetStream.
+//! Shipping: a shipment per confirmed order, kept by a projection over the
+//! order events (shipping owns its database; it never reads orders' tables).
 //!
-//! NOTE: a minimal read model for the distributed end-to-end test; the full
-//! shipping read model (SQLite and PostgreSQL) replaces [`Shipments`] when
-//! the branches merge; the wiring in [`crate::bus`] stays.
+//! `Placed` records who ordered what (not shippable yet), `Confirmed` makes
+//! the shipment `READY_TO_SHIP`, `Rejected` after that cancels it
+//! (`CANCELLED`); an order rejected before confirmation never ships. The
+//! projection is one body instantiated for SQLite and PostgreSQL (see
+//! `readmodel`).
 
-use axum::Json;
-use axum::extract::{Extension, Path, State};
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
 use http::StatusCode;
 use serde::Serialize;
-use sqlx::{PgPool, SqlitePool};
-use trellis_auth::Claims;
+use trellis_auth::{Claims, RequireScopesLayer};
 use trellis_cqrs::{BoxError, Projection};
-use trellis_eventsourcing::StoredEvent;
+use trellis_eventsourcing::{EventFilter, SqliteEventStore, StoredEvent};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Error};
+use crate::readmodel::{Feed, ReadPool, order_id, subject};
 
-/// Shipments: `AWAITING_PAYMENT` once placed, `READY_TO_SHIP` once the order
-/// is confirmed, `CANCELLED` if it is rejected.
+/// Scope of `GET /shipments/{order_id}` (a customer reads their own).
+pub(crate) const SCOPE: &str = "orders:read";
+
+/// Internal states that are not shipments (yet, or ever).
+const AWAITING: &str = "AWAITING_CONFIRMATION";
+const NOT_SHIPPED: &str = "NOT_SHIPPED";
+
+const SETUP: &str = "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, \
+     customer TEXT NOT NULL, items BIGINT NOT NULL, status TEXT NOT NULL, \
+     ready_at BIGINT)";
+const ON_PLACED: &str = "INSERT INTO shipments (order_id, customer, items, status) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING";
+const ON_CONFIRMED: &str = "UPDATE shipments SET status = 'READY_TO_SHIP', ready_at = $2 \
+     WHERE order_id = $1 AND status IN ('AWAITING_CONFIRMATION')";
+const ON_REJECTED: &str = "UPDATE shipments SET status = CASE status \
+     WHEN 'READY_TO_SHIP' THEN 'CANCELLED' ELSE 'NOT_SHIPPED' END \
+     WHERE order_id = $1 AND status IN ('AWAITING_CONFIRMATION', 'READY_TO_SHIP')";
+const SELECT: &str =
+    "SELECT order_id, customer, items, status, ready_at FROM shipments WHERE order_id = $1";
+
+/// The shipments read model.
 #[derive(Debug)]
-pub(crate) struct Shipments;
+pub(crate) struct ShipmentProjection;
 
-const DDL: &str = "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, \
-    customer TEXT NOT NULL, status TEXT NOT NULL)";
-
-fn change(event: &StoredEvent) -> Option<(&str, &'static str, Option<&str>)> {
-    let order_id = event.stream_id.strip_prefix("order-")?;
-    match event.event_type.as_str() {
-        "Placed" => Some((
-            order_id,
-            "AWAITING_PAYMENT",
-            Some(event.payload["customer"].as_str().unwrap_or_default()),
-        )),
-        "Confirmed" => Some((order_id, "READY_TO_SHIP", None)),
-        "Rejected" => Some((order_id, "CANCELLED", None)),
-        _ => None,
-    }
+/// A shipment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub(crate) struct Shipment {
+    /// The order shipped.
+    pub(crate) order_id: String,
+    /// Who ordered it.
+    pub(crate) customer: String,
+    /// Units to pack.
+    pub(crate) items: i64,
+    /// `READY_TO_SHIP`, or `CANCELLED` when the order was rejected after
+    /// confirmation.
+    #[schema(value_type = ShipmentStatus)]
+    pub(crate) status: String,
+    /// When the order was confirmed (Unix seconds).
+    pub(crate) ready_at: Option<i64>,
 }
 
-macro_rules! shipments_projection {
-    ($db:ty, $pool:ty) => {
-        impl Projection<$db> for Shipments {
+/// A shipment's state.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: stored as text
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum ShipmentStatus {
+    /// Confirmed and waiting for the carrier.
+    ReadyToShip,
+    /// Rejected after confirmation: do not ship.
+    Cancelled,
+}
+
+type Row = (String, String, i64, String, Option<i64>);
+
+fn shipment((order_id, customer, items, status, ready_at): Row) -> Option<Shipment> {
+    (status != AWAITING && status != NOT_SHIPPED).then_some(Shipment {
+        order_id,
+        customer,
+        items,
+        status,
+        ready_at,
+    })
+}
+
+fn items(event: &StoredEvent) -> i64 {
+    event.payload["lines"]
+        .as_array()
+        .map(|lines| lines.iter().filter_map(|l| l["quantity"].as_i64()).sum())
+        .unwrap_or(0)
+}
+
+/// The projection and the query, for one sqlx database.
+macro_rules! for_database {
+    ($module:ident, $db:ty) => {
+        impl Projection<$db> for ShipmentProjection {
             fn name(&self) -> &str {
-                "shipments_v1"
+                "shipping_shipments_v1"
             }
 
-            async fn setup(&self, pool: &$pool) -> Result<(), BoxError> {
-                sqlx::query(DDL).execute(pool).await?;
+            fn filter(&self) -> EventFilter {
+                EventFilter::category("order")
+            }
+
+            async fn setup(&self, pool: &sqlx::Pool<$db>) -> Result<(), BoxError> {
+                sqlx::query(SETUP).execute(pool).await?;
                 Ok(())
             }
 
@@ -55,71 +115,177 @@ macro_rules! shipments_projection {
                 tx: &mut sqlx::Transaction<'static, $db>,
                 event: &StoredEvent,
             ) -> Result<(), BoxError> {
-                match change(event) {
-                    None => {}
-                    Some((order_id, status, Some(customer))) => {
-                        sqlx::query(
-                            "INSERT INTO shipments (order_id, customer, status) VALUES ($1, $2, $3) \
-                             ON CONFLICT (order_id) DO NOTHING",
-                        )
-                        .bind(order_id)
-                        .bind(customer)
-                        .bind(status)
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                    Some((order_id, status, None)) => {
-                        sqlx::query("UPDATE shipments SET status = $1 WHERE order_id = $2")
-                            .bind(status)
-                            .bind(order_id)
+                let Some(order) = order_id(event) else {
+                    return Ok(());
+                };
+                match event.event_type.as_str() {
+                    "Placed" => {
+                        let customer = event.payload["customer"].as_str().unwrap_or_default();
+                        sqlx::query(ON_PLACED)
+                            .bind(order)
+                            .bind(customer)
+                            .bind(items(event))
+                            .bind(AWAITING)
                             .execute(&mut **tx)
                             .await?;
                     }
+                    "Confirmed" => {
+                        sqlx::query(ON_CONFIRMED)
+                            .bind(order)
+                            .bind(crate::readmodel::recorded_secs(event))
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    "Rejected" => {
+                        sqlx::query(ON_REJECTED)
+                            .bind(order)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    _ => {}
                 }
                 Ok(())
+            }
+        }
+
+        /// Queries of the shipments read model on this database.
+        pub(crate) mod $module {
+            use super::*;
+
+            /// The shipment of `order_id`, if the order was confirmed.
+            pub(crate) async fn shipment(
+                pool: &sqlx::Pool<$db>,
+                order_id: &str,
+            ) -> Result<Option<Shipment>, sqlx::Error> {
+                let row: Option<Row> = sqlx::query_as(SELECT)
+                    .bind(order_id)
+                    .fetch_optional(pool)
+                    .await?;
+                Ok(row.and_then(super::shipment))
             }
         }
     };
 }
 
-shipments_projection!(sqlx::Sqlite, SqlitePool);
-shipments_projection!(sqlx::Postgres, PgPool);
+for_database!(sqlite, sqlx::Sqlite);
+for_database!(postgres, sqlx::Postgres);
 
-#[derive(Debug, Serialize)]
-struct Shipment {
-    order_id: String,
-    status: String,
+/// One process: the shipments database under `dir`, its projection over
+/// the order events, and `GET /shipments/{order_id}` (to be nested under
+/// `/api/v1`, behind the JWT layer); the pool is for the health checks.
+pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
+    dir: &Path,
+    store: SqliteEventStore,
+) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
+    let feed = Feed::spawn(dir, "shipping", store, ShipmentProjection).await?;
+    let pool = feed
+        .sqlite_pool()
+        .ok_or_else(|| Error::Startup("shipping has no SQLite pool".into()))?;
+    Ok((routes(feed), pool))
 }
 
-/// `GET /shipments/{order_id}` (scope `orders:read`, own orders only).
-pub(crate) fn router(pool: PgPool, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::get;
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    axum::Router::new()
-        .route("/shipments/{order_id}", get(one))
-        .route_layer(RequireScopesLayer::all(["orders:read"]))
-        .layer(JwtAuthLayer::new(validator))
-        .with_state(pool)
+/// `GET /shipments/{order_id}` on `feed` (either database).
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(feed: Arc<Feed>) -> Router<S> {
+    Router::new()
+        .route(
+            "/shipments/{order_id}",
+            get(get_shipment).route_layer(RequireScopesLayer::all([SCOPE])),
+        )
+        .with_state(feed)
 }
 
-async fn one(
-    State(pool): State<PgPool>,
+/// The shipment of one of the caller's confirmed orders.
+#[utoipa::path(
+    get,
+    path = "/api/v1/shipments/{order_id}",
+    tag = "shipping",
+    params(("order_id" = String, Path, description = "The order id")),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, description = "The shipment", body = Shipment),
+        (status = 404, description = "`not_found`: no shipment for an order of the caller's (not confirmed, rejected before confirmation, or another customer's)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`read_model_behind`", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn get_shipment(
+    State(feed): State<Arc<Feed>>,
     Extension(claims): Extension<Claims>,
-    Path(order_id): Path<String>,
+    UrlPath(order): UrlPath<String>,
 ) -> Result<Json<Shipment>, ApiError> {
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT status, customer FROM shipments WHERE order_id = $1")
-            .bind(&order_id)
-            .fetch_optional(&pool)
-            .await?;
-    match row {
-        Some((status, customer)) if claims.sub.as_deref() == Some(customer.as_str()) => {
-            Ok(Json(Shipment { order_id, status }))
-        }
+    let customer = subject(&claims)?;
+    feed.caught_up().await?;
+    let shipment = match &feed.pool {
+        ReadPool::Sqlite(pool) => sqlite::shipment(pool, &order).await?,
+        ReadPool::Postgres(pool) => postgres::shipment(pool, &order).await?,
+    };
+    match shipment {
+        Some(shipment) if shipment.customer == customer => Ok(Json(shipment)),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no shipment for this order",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readmodel::testing::{self, T0};
+
+    fn ready(order: &str, customer: &str, items: i64, at: u64) -> Option<Shipment> {
+        Some(Shipment {
+            order_id: order.into(),
+            customer: customer.into(),
+            items,
+            status: "READY_TO_SHIP".into(),
+            ready_at: Some(at as i64),
+        })
+    }
+
+    /// The expected shipments of `testing::scenario_events`, whichever database.
+    fn expected() -> Vec<(&'static str, Option<Shipment>)> {
+        let mut cancelled = ready("c", "bob", 4, T0 + 1200);
+        if let Some(c) = cancelled.as_mut() {
+            c.status = "CANCELLED".into();
+        }
+        vec![
+            ("a", ready("a", "ada", 3, T0 + 300)),
+            ("b", ready("b", "ada", 2, T0 + 4200)),
+            ("c", cancelled),
+            ("d", None),
+            ("e", None),
+            ("x", None),
+        ]
+    }
+
+    #[tokio::test]
+    async fn sqlite_keeps_a_shipment_per_confirmed_order() {
+        let pool = testing::sqlite().await;
+        testing::apply(&pool, &ShipmentProjection, &testing::scenario_events()).await;
+        for (order, shipment) in expected() {
+            assert_eq!(
+                sqlite::shipment(&pool, order).await.unwrap(),
+                shipment,
+                "{order}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_keeps_a_shipment_per_confirmed_order() {
+        let Some((pool, schema)) = testing::postgres("shipping").await else {
+            return;
+        };
+        testing::apply(&pool, &ShipmentProjection, &testing::scenario_events()).await;
+        for (order, shipment) in expected() {
+            assert_eq!(
+                postgres::shipment(&pool, order).await.unwrap(),
+                shipment,
+                "{order}"
+            );
+        }
+        testing::drop_schema(pool, &schema).await;
     }
 }

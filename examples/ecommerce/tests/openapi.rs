@@ -1,0 +1,679 @@
+//! The OpenAPI documents against the running system: every documented
+//! operation is served with exactly the documented methods, every route in
+//! the source is documented, the scopes documented are the scopes enforced,
+//! and the responses of the scenario's requests validate against the
+//! documented schemas (a small JSON-schema check below: `$ref`, `type`
+//! including `null`, `enum`, `required`, `properties`, `items`, `oneOf`).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ecommerce::{ApiClient, ApiResponse};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// One documented operation.
+#[derive(Debug, Clone)]
+struct Operation {
+    path: String,
+    method: &'static str,
+    /// `None`: public; `Some(scopes)`: a bearer token with all of them.
+    scopes: Option<Vec<String>>,
+}
+
+fn operations(doc: &Value) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            let Some(op) = item.get(method) else { continue };
+            let scopes = op.get("security").and_then(Value::as_array).map(|reqs| {
+                reqs.iter()
+                    .flat_map(|r| r["bearer"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            });
+            ops.push(Operation {
+                path: path.clone(),
+                method,
+                scopes,
+            });
+        }
+    }
+    ops
+}
+
+fn http_method(method: &str) -> Method {
+    Method::from_bytes(method.to_uppercase().as_bytes()).expect("method")
+}
+
+/// A concrete URL for a templated path (every `{param}` → a well-formed
+/// unknown id).
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            if segment.starts_with('{') && segment.ends_with('}') {
+                "00000000-0000-4000-8000-000000000000"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Resolves a local `$ref`.
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> Result<&'a Value, String> {
+    match schema.get("$ref").and_then(Value::as_str) {
+        None => Ok(schema),
+        Some(reference) => {
+            let pointer = reference
+                .strip_prefix('#')
+                .ok_or_else(|| format!("non-local $ref {reference}"))?;
+            doc.pointer(pointer)
+                .ok_or_else(|| format!("dangling $ref {reference}"))
+        }
+    }
+}
+
+fn type_matches(ty: &str, value: &Value) -> bool {
+    match ty {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => false,
+    }
+}
+
+/// Checks `value` against `schema`; the error names the JSON path.
+fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema)?;
+    if let Some(alternatives) = schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(Value::as_array)
+    {
+        let errors: Vec<String> = alternatives
+            .iter()
+            .filter_map(|alt| validate(doc, alt, value, at).err())
+            .collect();
+        if errors.len() == alternatives.len() {
+            return Err(format!(
+                "{at}: matches no alternative: {}",
+                errors.join("; ")
+            ));
+        }
+    }
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        validate(doc, part, value, at)?;
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
+        return Err(format!("{at}: expected {types:?}, got {value}"));
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {allowed:?}"));
+    }
+    if let Value::Object(fields) = value {
+        for required in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = required.as_str().unwrap_or_default();
+            if !fields.contains_key(name) {
+                return Err(format!("{at}: required field {name:?} missing"));
+            }
+        }
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (name, field) in fields {
+                if let Some(property) = properties.get(name) {
+                    validate(doc, property, field, &format!("{at}.{name}"))?;
+                }
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            validate(doc, item_schema, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The response's status is documented for the operation and its body
+/// validates against the documented schema.
+fn check_response(doc: &Value, method: &str, path: &str, response: &ApiResponse) {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is not documented");
+    let status = response.status.as_u16().to_string();
+    let documented = &op["responses"][&status];
+    assert!(
+        documented.is_object(),
+        "{method} {path} answered {status}, which is not documented: {}",
+        response.body
+    );
+    let schema = &documented["content"]["application/json"]["schema"];
+    if schema.is_null() {
+        assert!(
+            response.body.is_null(),
+            "{method} {path} {status}: undocumented body"
+        );
+        return;
+    }
+    if let Err(e) = validate(doc, schema, &response.body, "$") {
+        panic!("{method} {path} {status}: {e}\nbody: {}", response.body);
+    }
+}
+
+async fn fetch(api: &ApiClient, path: &str) -> Value {
+    let r = api.json(Method::GET, path, None, None).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{path}");
+    assert_eq!(
+        r.headers.get(http::header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    r.body
+}
+
+fn all_scopes(doc: &Value) -> BTreeSet<String> {
+    operations(doc)
+        .into_iter()
+        .flat_map(|op| op.scopes.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_served_with_exactly_its_methods() {
+    let (running, _dir) = support::start("openapi-routes").await;
+    let api = ApiClient::new(running.base_url());
+    let doc = fetch(&api, "/api/v1/openapi.json").await;
+    let scopes: Vec<String> = all_scopes(&doc).into_iter().collect();
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let token = running.token_with_scopes("route-prober", &scopes).unwrap();
+    let ops = operations(&doc);
+    assert!(ops.len() >= 9, "{ops:#?}");
+
+    let mut documented: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for op in &ops {
+        documented
+            .entry(op.path.as_str())
+            .or_default()
+            .insert(op.method);
+        // No body: handlers answer 4xx (415, 404 for an unknown id) or 200,
+        // never the router's "no such route" or 405.
+        let r = api
+            .json(
+                http_method(op.method),
+                &concrete(&op.path),
+                Some(&token),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{op:?}");
+        assert_ne!(r.body["message"], "no such route", "{op:?} is not routed");
+        check_response(&doc, op.method, &op.path, &r);
+    }
+    for (path, methods) in &documented {
+        for method in METHODS.iter().filter(|m| !methods.contains(*m)) {
+            let r = api
+                .json(http_method(method), &concrete(path), Some(&token), None)
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is served but not documented"
+            );
+        }
+    }
+    // And a path nobody documents is not served, so the checks above can fail.
+    let r = api
+        .json(Method::GET, "/api/v1/nowhere", Some(&token), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["message"], "no such route");
+    running.shutdown().await.unwrap();
+}
+
+/// The path literals routed anywhere under `src/` (`.route("..."`), each under
+/// `/api/v1` unless it is one of the operational endpoints.
+fn routed_in_source() -> BTreeSet<String> {
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut routes = BTreeSet::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, _) in text.match_indices(".route") {
+            let rest = &text[i..];
+            let Some(open) = rest.find('(') else { continue };
+            let head = &rest[..open];
+            if head != ".route" && head != ".route_service" {
+                continue;
+            }
+            let args = rest[open + 1..].trim_start();
+            if let Some(literal) = args.strip_prefix('"') {
+                let end = literal.find('"').unwrap();
+                routes.insert(literal[..end].to_owned());
+            }
+        }
+    }
+    routes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_in_the_source_is_documented() {
+    let (running, _dir) = support::start("openapi-source").await;
+    let api = ApiClient::new(running.base_url());
+    let doc = fetch(&api, "/api/v1/openapi.json").await;
+    running.shutdown().await.unwrap();
+    let documented: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    // Served outside /api/v1 (health, metrics) or the documents themselves.
+    let operational = ["/metrics", "/live", "/ready", "/startup", "/openapi.json"];
+    let routes = routed_in_source();
+    assert!(routes.contains("/products"), "{routes:?}");
+    for route in routes.iter().filter(|r| !operational.contains(&r.as_str())) {
+        let full = format!("/api/v1{route}");
+        assert!(
+            documented.contains(full.as_str()),
+            "{full} is routed in src/ but not in the OpenAPI document"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_scopes_are_the_enforced_scopes() {
+    let (running, _dir) = support::start("openapi-scopes").await;
+    let api = ApiClient::new(running.base_url());
+    let doc = fetch(&api, "/api/v1/openapi.json").await;
+    let universe = all_scopes(&doc);
+    for expected in [
+        "catalog:read",
+        "orders:read",
+        "orders:write",
+        "ops:admin",
+        "analytics:read",
+    ] {
+        assert!(universe.contains(expected), "{expected} in {universe:?}");
+    }
+    for op in operations(&doc) {
+        let method = http_method(op.method);
+        let url = concrete(&op.path);
+        let anonymous = api.json(method.clone(), &url, None, None).await.unwrap();
+        let Some(required) = op.scopes.clone() else {
+            assert!(
+                !matches!(anonymous.status.as_u16(), 401 | 403),
+                "{op:?} is documented public but refuses anonymous callers"
+            );
+            continue;
+        };
+        assert!(!required.is_empty(), "{op:?} is secured without a scope");
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{op:?}");
+        check_response(&doc, op.method, &op.path, &anonymous);
+
+        // Every other scope there is, but not the documented ones: 403.
+        let others: Vec<&str> = universe
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !required.iter().any(|r| r == s))
+            .chain(["unrelated:scope"])
+            .collect();
+        let token = running.token_with_scopes("scope-prober", &others).unwrap();
+        let r = api
+            .json(method.clone(), &url, Some(&token), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{op:?} without {required:?}"
+        );
+        assert_eq!(r.body["error"], "insufficient_scope");
+        check_response(&doc, op.method, &op.path, &r);
+
+        // Exactly the documented scopes: past the scope layer.
+        let required: Vec<&str> = required.iter().map(String::as_str).collect();
+        let token = running
+            .token_with_scopes("scope-prober", &required)
+            .unwrap();
+        let r = api.json(method, &url, Some(&token), None).await.unwrap();
+        assert!(
+            !matches!(r.status.as_u16(), 401 | 403),
+            "{op:?} refuses a token with exactly {required:?}: {}",
+            r.status
+        );
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_responses_match_the_documented_schemas() {
+    let (running, _dir) = support::start("openapi-schemas").await;
+    let api = ApiClient::new(running.base_url());
+    let doc = fetch(&api, "/api/v1/openapi.json").await;
+    let ops_token = running.ops_token().unwrap();
+    let call = |method: &'static str,
+                path: &'static str,
+                url: String,
+                token: Option<String>,
+                body: Option<Value>| {
+        let (api, doc) = (api.clone(), doc.clone());
+        async move {
+            let r = api
+                .json(http_method(method), &url, token.as_deref(), body)
+                .await
+                .unwrap();
+            check_response(&doc, method, path, &r);
+            r
+        }
+    };
+
+    let creds = json!({ "email": "schema@example.com", "password": "long enough password" });
+    let r = call(
+        "post",
+        "/api/v1/identity/register",
+        "/api/v1/identity/register".into(),
+        None,
+        Some(creds.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = call(
+        "post",
+        "/api/v1/identity/register",
+        "/api/v1/identity/register".into(),
+        None,
+        Some(creds.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = call(
+        "post",
+        "/api/v1/identity/login",
+        "/api/v1/identity/login".into(),
+        None,
+        Some(creds),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let token = r.body["access_token"].as_str().unwrap().to_owned();
+    let r = call(
+        "get",
+        "/api/v1/.well-known/jwks.json",
+        "/api/v1/.well-known/jwks.json".into(),
+        None,
+        None,
+    )
+    .await;
+    assert!(!r.body["keys"].as_array().unwrap().is_empty());
+    let r = call(
+        "get",
+        "/api/v1/products",
+        "/api/v1/products".into(),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(4));
+
+    let order =
+        |card: &str| json!({ "lines": [{ "sku": "TEA-001", "quantity": 2 }], "card": card });
+    let place = |body: Value, token: String| {
+        call(
+            "post",
+            "/api/v1/orders",
+            "/api/v1/orders".into(),
+            Some(token),
+            Some(body),
+        )
+    };
+    let confirmed = place(order("4242424242424242"), token.clone()).await;
+    assert_eq!(confirmed.body["status"], "CONFIRMED");
+    let declined = place(order(ecommerce::DECLINED_CARD), token.clone()).await;
+    assert_eq!(declined.body["status"], "REJECTED");
+    let r = place(
+        json!({ "lines": [{ "sku": "NOPE", "quantity": 1 }], "card": "4242424242424242" }),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(r.body["error"], "unknown_product");
+    let r = call(
+        "post",
+        "/api/v1/orders",
+        "/api/v1/orders".into(),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Degraded mode and validation.
+    let breaker = |open: bool| {
+        call(
+            "post",
+            "/api/v1/admin/inventory/breaker",
+            "/api/v1/admin/inventory/breaker".into(),
+            Some(ops_token.clone()),
+            Some(json!({ "open": open })),
+        )
+    };
+    breaker(true).await;
+    let pending = place(order("4242424242424242"), token.clone()).await;
+    assert_eq!(pending.body["status"], "PENDING_VALIDATION");
+    let r = breaker(false).await;
+    assert_eq!(r.body["validated"][0]["status"], "CONFIRMED");
+
+    let r = call(
+        "get",
+        "/api/v1/orders",
+        "/api/v1/orders".into(),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.body.as_array().map(Vec::len), Some(3));
+    let id = confirmed.body["order_id"].as_str().unwrap();
+    let r = call(
+        "get",
+        "/api/v1/orders/{id}",
+        format!("/api/v1/orders/{id}"),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let stranger = running
+        .token_with_scopes("stranger", &["orders:read"])
+        .unwrap();
+    let r = call(
+        "get",
+        "/api/v1/orders/{id}",
+        format!("/api/v1/orders/{id}"),
+        Some(stranger),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The read models: a shipment per confirmed order, the analytics.
+    let shipment = "/api/v1/shipments/{order_id}";
+    let r = call(
+        "get",
+        shipment,
+        format!("/api/v1/shipments/{id}"),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["status"], "READY_TO_SHIP");
+    let declined_id = declined.body["order_id"].as_str().unwrap();
+    let r = call(
+        "get",
+        shipment,
+        format!("/api/v1/shipments/{declined_id}"),
+        Some(token.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for path in [
+        "/api/v1/analytics/customers",
+        "/api/v1/analytics/revenue/hourly",
+        "/api/v1/analytics/products/top",
+    ] {
+        let r = call("get", path, path.into(), Some(ops_token.clone()), None).await;
+        assert!(!r.body.as_array().unwrap().is_empty(), "{path}");
+    }
+    let together = "/api/v1/analytics/products/{sku}/bought-together";
+    call(
+        "get",
+        together,
+        "/api/v1/analytics/products/TEA-001/bought-together".into(),
+        Some(ops_token.clone()),
+        None,
+    )
+    .await;
+
+    let faults = "/api/v1/admin/payments/faults";
+    let r = call(
+        "post",
+        faults,
+        faults.into(),
+        Some(ops_token.clone()),
+        Some(json!({ "enabled": false, "latency": "5ms" })),
+    )
+    .await;
+    assert_eq!(r.body["latency"], "5ms");
+    let r = call(
+        "post",
+        faults,
+        faults.into(),
+        Some(ops_token.clone()),
+        Some(json!({ "error_probability": 2.0 })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_document_is_its_part_of_the_merged_one() {
+    let (running, _dir) = support::start("openapi-services").await;
+    let api = ApiClient::new(running.base_url());
+    let merged = fetch(&api, "/api/v1/openapi.json").await;
+    let mut union = BTreeSet::new();
+    for service in [
+        "identity",
+        "catalog",
+        "inventory",
+        "payments",
+        "orders",
+        "shipping",
+        "analytics",
+    ] {
+        let doc = fetch(&api, &format!("/api/v1/openapi/{service}.json")).await;
+        assert_eq!(doc["info"]["title"], format!("ecommerce {service}"));
+        assert!(
+            doc["components"]["securitySchemes"]["bearer"].is_object(),
+            "{service}"
+        );
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in METHODS {
+                if let Some(op) = item.get(method) {
+                    assert_eq!(op["tags"], json!([service]), "{method} {path}");
+                    assert!(
+                        union.insert((path.clone(), method)),
+                        "{method} {path} in two services"
+                    );
+                    assert_eq!(&merged["paths"][path][method], op, "{method} {path}");
+                }
+            }
+        }
+    }
+    let all: BTreeSet<(String, &str)> = operations(&merged)
+        .into_iter()
+        .map(|op| (op.path, op.method))
+        .collect();
+    assert_eq!(union, all);
+    let r = api
+        .json(Method::GET, "/api/v1/openapi/billing.json", None, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"], "not_found");
+    running.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_schema_check_refuses_what_does_not_match() {
+    let doc = json!({ "components": { "schemas": {
+        "Row": { "type": "object", "required": ["id", "n"], "properties": {
+            "id": { "type": "string" },
+            "n": { "type": "integer" },
+            "reason": { "type": ["string", "null"] },
+            "state": { "$ref": "#/components/schemas/State" },
+            "tags": { "type": "array", "items": { "type": "string" } }
+        }},
+        "State": { "type": "string", "enum": ["A", "B"] }
+    }}});
+    let schema = json!({ "$ref": "#/components/schemas/Row" });
+    let ok = json!({ "id": "x", "n": 1, "reason": null, "state": "A", "tags": ["t"] });
+    assert_eq!(validate(&doc, &schema, &ok, "$"), Ok(()));
+    for (bad, expected) in [
+        (json!({ "n": 1 }), "required field \"id\""),
+        (
+            json!({ "id": "x", "n": "1" }),
+            "$.n: expected [\"integer\"]",
+        ),
+        (json!({ "id": "x", "n": 1.5 }), "$.n: expected"),
+        (json!({ "id": "x", "n": 1, "reason": 3 }), "$.reason"),
+        (json!({ "id": "x", "n": 1, "state": "C" }), "not one of"),
+        (json!({ "id": "x", "n": 1, "tags": ["t", 2] }), "$.tags[1]"),
+        (json!([1]), "expected [\"object\"]"),
+    ] {
+        let err = validate(&doc, &schema, &bad, "$").unwrap_err();
+        assert!(err.contains(expected), "{bad}: {err}");
+    }
+    let dangling = json!({ "$ref": "#/components/schemas/Missing" });
+    assert!(
+        validate(&doc, &dangling, &ok, "$")
+            .unwrap_err()
+            .contains("dangling")
+    );
+}
