@@ -51,6 +51,8 @@ pub(crate) struct Services {
     pub(crate) orders: Orders,
     pub(crate) inventory_breaker: CircuitBreakerHandle,
     pub(crate) payment_faults: FaultHandle,
+    /// What the operations console watches (src/web).
+    pub(crate) console: crate::web::Console,
 }
 
 impl std::fmt::Debug for Services {
@@ -196,7 +198,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let inv = inv.clone();
         async move { inv.call(request).await.map_err(to_box) }
     });
-    let inventory_resilient = inventory_policy.layer(inventory_raw);
+    // Inventory's fault drill (latency, errors) sits inside its policy, as
+    // payments' does, so the console's drills exercise timeout and breaker.
+    let inventory_faults = FaultHandle::new();
+    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
     let inventory_plain: orders::InventoryClient =
         BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
     let deferred = tower::service_fn(|_request: InventoryRequest| async {
@@ -267,6 +272,27 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     registry.register_collector(Box::new(ProcessCollector::new()));
     let registry = Arc::new(registry);
 
+    // web console (src/web): breakers, bulkheads and drills it shows.
+    let console = crate::web::Console::new(
+        health.clone(),
+        [
+            Some(inventory_breaker.clone()),
+            payment_policy.circuit_breaker_handle(),
+        ]
+        .into_iter()
+        .flatten(),
+        [
+            ("inventory", &inventory_policy),
+            ("payments", &payment_policy),
+        ]
+        .into_iter()
+        .filter_map(|(name, p)| Some((name.to_owned(), p.bulkhead()?.clone()))),
+        [
+            ("payments", payment_faults.clone()),
+            ("inventory", inventory_faults),
+        ],
+    );
+
     let validator = identity.validator()?;
     let ring = identity.ring.clone();
     let services: AppState = Arc::new(Services {
@@ -277,6 +303,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         orders,
         inventory_breaker,
         payment_faults,
+        console,
     });
 
     let scope = |s: &'static str| RequireScopesLayer::all([s]);
@@ -308,6 +335,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .layer(JwtAuthLayer::new(validator));
     let api = Router::new()
         .merge(business)
+        .merge(crate::web::api(&services)?)
         .route("/identity/register", post(identity::register))
         .route("/identity/login", post(identity::login))
         .route_service("/.well-known/jwks.json", JwksService::new(ring))
@@ -317,9 +345,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .nest("/api/v1", api)
         .merge(health.router())
         .route_service("/metrics", MetricsService::new(registry))
+        .merge(crate::web::pages(services.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(
             crate::error::json_auth_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            services.console.traffic.clone(),
+            crate::web::record_traffic,
         ))
         .layer(
             ServiceBuilder::new()

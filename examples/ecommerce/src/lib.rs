@@ -45,6 +45,7 @@ pub mod load;
 mod orders;
 mod payments;
 pub mod scenario;
+mod web;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
 pub use client::{ApiClient, ApiResponse};
