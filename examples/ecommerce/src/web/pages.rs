@@ -204,10 +204,12 @@ pub(crate) async fn ops() -> Markup {
         html! {
             h1 { "Operations console" }
             form #ops-login .panel {
-                label for="ops-token" { "Operator token (scope ops:admin, printed by " code { "cargo run -p ecommerce" } ")" }
-                input #ops-token type="password" name="token" autocomplete="off" required;
+                div #ops-ask {
+                    label for="ops-token" { "Operator token (scope ops:admin, printed by " code { "cargo run -p ecommerce" } ")" }
+                    input #ops-token type="password" name="token" autocomplete="off" required;
+                    div.row { button type="submit" { "Open console" } }
+                }
                 div.row {
-                    button type="submit" { "Open console" }
                     button #ops-logout .secondary type="button" hidden { "Forget token" }
                 }
                 p #ops-msg .msg role="status" aria-live="polite" {}

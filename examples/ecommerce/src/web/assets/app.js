@@ -106,6 +106,8 @@ function say(target, text, kind = '') {
 }
 
 const human = (name) => name ? name.charAt(0).toUpperCase() + name.slice(1).replace(/[-_]/g, ' ') : '';
+// "ForcedOpen" -> "forced open"
+const words = (name) => String(name).replace(/([a-z])([A-Z])/g, '$1 $2').toLowerCase();
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour12: false });
 
 // ------------------------------------------------------------ session
@@ -184,14 +186,15 @@ function renderStep(list, data) {
   item.dataset.state = data.event;
   item.dataset.step = data.step;
   const prefix = data.saga.endsWith('/validate') ? 'Validation: ' : '';
-  item.replaceChildren(
+  // replaceChildren would print a null as "null": build through el().
+  item.replaceChildren(...el('span', {},
     el('span', { class: 'what' }, prefix + human(data.step)),
     ' — ',
     el('span', { class: 'word' }, STEP_WORDS[data.event] || data.event),
     data.attempt > 1 ? ' (attempt ' + data.attempt + ')' : '',
     data.error && (data.event === 'failed' || data.event === 'compensation_failed')
       ? el('span', { class: 'err' }, data.error) : null,
-  );
+  ).childNodes);
 }
 
 // ------------------------------------------------------------ shop
@@ -372,7 +375,7 @@ function initOrder() {
       if (e === 'succeeded') return ['done', done];
       if (e === 'compensated' || e === 'compensation_started') return ['undone', undone];
       if (e === 'started') return ['active', active];
-      if (e === 'failed') return ['undone', undone];
+      if (e === 'failed') return ['failed', undone];
       return ['', idle];
     };
     if (st === 'PENDING_VALIDATION') {
@@ -382,9 +385,9 @@ function initOrder() {
       return;
     }
     milestone('reserved', ...of('reserve-inventory', 'Reserved', 'Reserving…', 'Reservation released', 'Reserved'));
-    milestone('charged', ...of('charge-payment', 'Charged', 'Charging…', 'Not charged', 'Charged'));
+    milestone('charged', ...of('charge-payment', 'Charged', 'Charging…', phase('charge-payment') === 'failed' ? 'Payment failed' : 'Refunded', 'Charged'));
     if (st === 'CONFIRMED') milestone('confirmed', 'done', 'Confirmed');
-    else if (st === 'REJECTED') milestone('confirmed', 'undone', 'Rejected');
+    else if (st === 'REJECTED') milestone('confirmed', 'failed', 'Rejected');
     else milestone('confirmed', phase('confirm-order') === 'started' ? 'active' : '', 'Confirmed');
   }
 
@@ -465,6 +468,7 @@ function initOps() {
     sessionStorage.removeItem(KEYS.ops);
     if (live) live.abort();
     consoleBox.hidden = true;
+    $('#ops-ask').hidden = false;
     $('#ops-logout').hidden = true;
     say('#ops-msg', 'Token forgotten.');
   });
@@ -606,7 +610,11 @@ function initOps() {
     const g = canvas.getContext('2d');
     g.scale(dpr, dpr);
     g.clearRect(0, 0, w, h);
-    const n = 300;
+    // Show the last 5 minutes, or less while the system is younger, so a
+    // fresh system's first seconds are not a sliver at the right edge.
+    const first = points.findIndex((p) => p.requests > 0);
+    const active = first < 0 ? 0 : points.length - first;
+    const n = Math.min(300, Math.max(60, active + 5));
     const pad = { l: 8, r: 8, t: 22, b: 18 };
     const pts = points.slice(-n);
     const maxR = Math.max(1, ...pts.map((p) => p.requests));
@@ -639,7 +647,7 @@ function initOps() {
     g.font = '12px system-ui, sans-serif';
     g.textAlign = 'left';
     g.fillText(maxR + ' req/s', pad.l, 14);
-    g.fillText('5 min ago', pad.l, h - 4);
+    g.fillText(n >= 300 ? '5 min ago' : n + ' s ago', pad.l, h - 4);
     g.textAlign = 'right';
     g.fillText(maxL.toFixed(maxL < 10 ? 2 : 0) + ' ms', w - pad.r, 14);
     g.fillText('now', w - pad.r, h - 4);
@@ -681,11 +689,11 @@ function initOps() {
   $('#inv-fail').addEventListener('change', editingWhile(invFaults));
   $('#inv-open').addEventListener('click', async () => {
     const r = await call('/admin/inventory/breaker', { open: true });
-    if (r) say('#ops-msg', 'Inventory breaker is ' + r.state + '.', 'ok');
+    if (r) say('#ops-msg', 'Inventory breaker is ' + words(r.state) + '.', 'ok');
   });
   $('#inv-close').addEventListener('click', async () => {
     const r = await call('/admin/inventory/breaker', { open: false });
-    if (r) say('#ops-msg', 'Inventory breaker is ' + r.state + '; ' + r.validated.length + ' pending order(s) validated.', 'ok');
+    if (r) say('#ops-msg', 'Inventory breaker is ' + words(r.state) + '; ' + r.validated.length + ' pending order(s) validated.', 'ok');
   });
   window.addEventListener('resize', draw);
 
@@ -702,8 +710,9 @@ function initOps() {
       sessionStorage.removeItem(KEYS.ops);
       return;
     }
-    say('#ops-msg', 'Connected. Updates arrive live.', 'ok');
+    say('#ops-msg', 'Connected as an operator. Updates arrive live.', 'ok');
     consoleBox.hidden = false;
+    $('#ops-ask').hidden = true;
     $('#ops-logout').hidden = false;
     renderHealth(status.health);
     renderBreakers(status.breakers);
