@@ -26,6 +26,7 @@ use trellis_resilience::circuit_breaker::CircuitBreakerHandle;
 use trellis_resilience::fallback::FallbackLayer;
 use trellis_resilience::fault::{FaultConfig, FaultHandle};
 use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
+use trellis_resilience::rate_limit::RateLimitConfig;
 
 use crate::catalog::Catalog;
 use crate::error::{ApiError, ApiJson, Error};
@@ -211,7 +212,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         BoxCloneSyncService::new(FallbackLayer::new(deferred).layer(inventory_resilient));
 
     let payment_faults = FaultHandle::new();
-    let payment_policy = ResiliencePolicy::from_config(PolicyConfig::recommended("payments"))?;
+    // A provider quota, as real payment providers have (the console shows
+    // its headroom); far above what one process places.
+    let mut payment_config = PolicyConfig::recommended("payments");
+    payment_config.rate_limit =
+        Some(RateLimitConfig::new(1000, Duration::from_secs(1)).with_burst(200));
+    let payment_policy = ResiliencePolicy::from_config(payment_config)?;
     let pay = payments.clone();
     let payment_raw = tower::service_fn(move |request: PaymentRequest| {
         let pay = pay.clone();
@@ -284,9 +290,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         [
             ("inventory", &inventory_policy),
             ("payments", &payment_policy),
-        ]
-        .into_iter()
-        .filter_map(|(name, p)| Some((name.to_owned(), p.bulkhead()?.clone()))),
+        ],
         [
             ("payments", payment_faults.clone()),
             ("inventory", inventory_faults),

@@ -195,7 +195,8 @@ fn shots_wanted() -> bool {
     std::env::var("ECOMMERCE_SCREENSHOTS").is_ok_and(|v| v == "1")
 }
 
-/// Saves a docs screenshot when asked to (ECOMMERCE_SCREENSHOTS=1).
+/// Saves a docs screenshot when asked to (ECOMMERCE_SCREENSHOTS=1), with
+/// the window `width` × `height`; leaves the window `width` × 900.
 async fn docs_shot(client: &Client, file: &str, width: u32, height: u32) -> TestResult {
     if !shots_wanted() {
         return Ok(());
@@ -208,7 +209,7 @@ async fn docs_shot(client: &Client, file: &str, width: u32, height: u32) -> Test
     let path = dir.join(file);
     std::fs::write(&path, client.screenshot().await?)?;
     println!("wrote {}", path.display());
-    client.set_window_size(1280, 900).await?;
+    client.set_window_size(width, 900).await?;
     Ok(())
 }
 
@@ -584,13 +585,15 @@ async fn every_page_fits_a_phone_and_a_desktop() {
                         add_to_cart(&client, "TEA-001").await?;
                     }
                     check_layout(&client, page, width).await?;
+                    if page == "storefront" && width == 390 {
+                        docs_shot(&client, "storefront-phone.png", 390, 1300).await?;
+                    }
                 }
                 open_console(&client, &base, &ops).await?;
                 wait_for(&client, "#saga-counts [data-count='completed']").await?;
                 check_layout(&client, "console", width).await?;
                 if width == 390 {
                     docs_shot(&client, "console-phone.png", 390, 1600).await?;
-                    client.set_window_size(width, 900).await?;
                 }
             }
             Ok(())

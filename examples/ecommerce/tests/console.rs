@@ -165,6 +165,13 @@ async fn the_status_shows_health_breakers_bulkheads_drills_and_projection() {
     assert_eq!(bulkheads.len(), 2);
     assert_eq!(bulkheads[0]["in_flight"], 0);
     assert!(bulkheads[0]["max_concurrent"].as_u64().unwrap() > 0);
+    // Payments has the provider quota; its headroom is nearly all free.
+    let limiters = body["rate_limiters"].as_array().unwrap();
+    assert_eq!(limiters.len(), 1);
+    assert_eq!(limiters[0]["name"], "payments");
+    assert_eq!(limiters[0]["burst"], 200);
+    let free = limiters[0]["available"].as_u64().unwrap();
+    assert!((190..=200).contains(&free), "{free}");
     let drills: Vec<_> = body["faults"]
         .as_array()
         .unwrap()

@@ -22,6 +22,8 @@ use trellis_health::{Group, Health};
 use trellis_resilience::bulkhead::BulkheadLayer;
 use trellis_resilience::circuit_breaker::{CircuitBreakerHandle, StateTransition};
 use trellis_resilience::fault::{FaultConfig, FaultHandle};
+use trellis_resilience::policy::ResiliencePolicy;
+use trellis_resilience::rate_limit::RateLimiter;
 use trellis_saga::{SagaEvent, SagaStatus};
 
 use super::traffic::{Point, Traffic};
@@ -62,6 +64,7 @@ pub(crate) struct Console {
     health: Health,
     breakers: Vec<Breaker>,
     bulkheads: Vec<(String, BulkheadLayer)>,
+    rate_limiters: Vec<(String, RateLimiter)>,
     /// The fault drills by service: `payments`, `inventory`.
     faults: Vec<(&'static str, FaultHandle)>,
     /// Breaker transitions as they happen, for the event stream.
@@ -75,15 +78,25 @@ impl std::fmt::Debug for Console {
 }
 
 impl Console {
-    /// Watches these breakers (a listener records each transition),
-    /// bulkheads and fault handles; `traffic` is the window the request
-    /// middleware feeds.
-    pub(crate) fn new(
+    /// Watches these breakers (a listener records each transition), the
+    /// bulkheads and rate limiters of these policies, and these fault
+    /// handles.
+    pub(crate) fn new<'a>(
         health: Health,
         breakers: impl IntoIterator<Item = CircuitBreakerHandle>,
-        bulkheads: impl IntoIterator<Item = (String, BulkheadLayer)>,
+        policies: impl IntoIterator<Item = (&'a str, &'a ResiliencePolicy)>,
         faults: impl IntoIterator<Item = (&'static str, FaultHandle)>,
     ) -> Self {
+        let mut bulkheads = Vec::new();
+        let mut rate_limiters = Vec::new();
+        for (name, policy) in policies {
+            if let Some(b) = policy.bulkhead() {
+                bulkheads.push((name.to_owned(), b.clone()));
+            }
+            if let Some(r) = policy.rate_limit() {
+                rate_limiters.push((name.to_owned(), r.limiter().clone()));
+            }
+        }
         let (transitions, _) = broadcast::channel(256);
         let breakers = breakers
             .into_iter()
@@ -120,7 +133,8 @@ impl Console {
             traffic: Traffic::new(),
             health,
             breakers,
-            bulkheads: bulkheads.into_iter().collect(),
+            bulkheads,
+            rate_limiters,
             faults: faults.into_iter().collect(),
             transitions,
         }
@@ -170,6 +184,19 @@ impl Console {
                     "in_flight": b.in_flight(),
                     "max_concurrent": b.max_concurrent(),
                     "waiting": b.waiting(),
+                })
+            })
+            .collect()
+    }
+
+    fn rate_limiters_json(&self) -> serde_json::Value {
+        self.rate_limiters
+            .iter()
+            .map(|(name, r)| {
+                serde_json::json!({
+                    "name": name,
+                    "available": r.available(),
+                    "burst": r.burst(),
                 })
             })
             .collect()
@@ -226,15 +253,14 @@ fn projection_json(app: &AppState) -> serde_json::Value {
 }
 
 /// GET /api/v1/admin/status: everything but the sagas and the traffic.
+/// Rate limiters show their headroom (permits free now out of the burst).
 pub(crate) async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
     let c = &app.console;
     Json(serde_json::json!({
         "health": c.health_json().await,
         "breakers": c.breakers_json(),
         "bulkheads": c.bulkheads_json(),
-        // The recommended policies have no rate limiter: a good limit
-        // depends on the dependency's capacity (see PolicyConfig).
-        "rate_limiters": [],
+        "rate_limiters": c.rate_limiters_json(),
         "faults": c.faults_json(),
         "projections": [projection_json(&app)],
     }))
@@ -464,6 +490,7 @@ pub(crate) async fn events(
                         "point": point,
                         "breakers": c.breakers_json(),
                         "bulkheads": c.bulkheads_json(),
+                        "rate_limiters": c.rate_limiters_json(),
                         "faults": c.faults_json(),
                         "projections": [projection_json(&feed.app)],
                     });

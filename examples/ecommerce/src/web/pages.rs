@@ -258,7 +258,7 @@ pub(crate) async fn ops() -> Markup {
                     section.panel aria-labelledby="limits-h" {
                         h2 #limits-h { "Bulkheads and rate limiters" }
                         div #bulkheads {}
-                        p #limiters .note {}
+                        div #limiters {}
                     }
                     section.panel aria-labelledby="proj-h" {
                         h2 #proj-h { "Projections" }

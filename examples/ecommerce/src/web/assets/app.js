@@ -517,9 +517,11 @@ function initOps() {
   }
 
   function renderLimiters(limiters) {
-    $('#limiters').textContent = limiters.length
-      ? limiters.map((l) => l.name).join(', ')
-      : 'No rate limiter configured: the recommended policies leave it out, since a good limit depends on the dependency\u2019s capacity.';
+    $('#limiters').replaceChildren(...(limiters.length ? limiters.map((l) => el('div', { class: 'card', dataset: { limiter: l.name } },
+      el('h3', {}, 'Rate limiter ' + l.name),
+      el('p', {}, (l.burst - l.available) + ' of ' + l.burst + ' burst permits in use (' + l.available + ' free now)'),
+      el('meter', { min: 0, max: l.burst, value: l.burst - l.available, 'aria-label': l.name + ' rate limiter usage' }),
+    )) : [el('p', { class: 'note' }, 'No rate limiter configured.')]));
   }
 
   function renderProjections(projections) {
@@ -734,6 +736,7 @@ function initOps() {
               pushPoint(data.point);
               renderBreakers(data.breakers);
               renderBulkheads(data.bulkheads);
+              renderLimiters(data.rate_limiters);
               renderProjections(data.projections);
               renderFaults(data.faults);
             } else if (name === 'health') {
