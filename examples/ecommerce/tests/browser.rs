@@ -539,7 +539,22 @@ for (const e of document.querySelectorAll('body *')) {
 return { width, scroll, off: off.slice(0, 12) };
 "#;
 
+/// JS: form controls without a label or accessible name.
+const LABEL_PROBE: &str = r#"
+const bad = [];
+for (const e of document.querySelectorAll('input, select, textarea, button')) {
+  const named = (e.labels && e.labels.length > 0) || e.getAttribute('aria-label')
+    || (e.tagName === 'BUTTON' && e.textContent.trim() !== '');
+  if (!named) bad.push(e.outerHTML.slice(0, 80));
+}
+return bad;
+"#;
+
 async fn check_layout(client: &Client, page: &str, width: u32) -> TestResult {
+    let unlabelled = client.execute(LABEL_PROBE, vec![]).await?;
+    if unlabelled.as_array().is_some_and(|bad| !bad.is_empty()) {
+        return Err(format!("{page}: controls without a label: {unlabelled}").into());
+    }
     let probe = client.execute(LAYOUT_PROBE, vec![]).await?;
     let inner = probe["width"].as_u64().unwrap_or(0);
     let scroll = probe["scroll"].as_u64().unwrap_or(u64::MAX);
@@ -583,6 +598,24 @@ async fn every_page_fits_a_phone_and_a_desktop() {
                     if page == "storefront" {
                         // With a line in the cart, whose row is the widest.
                         add_to_cart(&client, "TEA-001").await?;
+                        // The keyboard's first stop is the skip link, then
+                        // the header's links: no focus trap before them.
+                        client.refresh().await?;
+                        wait_for(&client, "html:not(.no-js) #cart-lines li").await?;
+                        client
+                            .find(css("body"))
+                            .await?
+                            .send_keys("\u{E004}")
+                            .await?;
+                        let first = client.active_element().await?;
+                        if first.attr("class").await?.as_deref() != Some("skip") {
+                            return Err("Tab does not reach the skip link first".into());
+                        }
+                        first.send_keys("\u{E007}").await?;
+                        let url = client.current_url().await?;
+                        if url.fragment() != Some("main") {
+                            return Err(format!("the skip link led to {url}").into());
+                        }
                     }
                     check_layout(&client, page, width).await?;
                     if page == "storefront" && width == 390 {
