@@ -508,3 +508,40 @@ async fn pages_render_without_javascript_and_search_escapes_input() {
     assert!(kind.starts_with("text/css"));
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn open_event_streams_end_when_the_server_shuts_down() {
+    let (running, _dir) = support::start("console-shutdown").await;
+    let base = running.base_url();
+    let api = ApiClient::new(base.clone());
+    let ops = running.ops_token().unwrap();
+    let ada = running.token_with_scopes("ada", CUSTOMER).unwrap();
+    let order = place(&api, &ada, "4242424242424242").await;
+    let mut streams = Vec::new();
+    for (url, token) in [
+        (format!("{base}/api/v1/admin/events"), ops.clone()),
+        (format!("{base}/api/v1/orders/events"), ada.clone()),
+        (
+            format!(
+                "{base}/api/v1/orders/{}/events",
+                order["order_id"].as_str().unwrap()
+            ),
+            ada.clone(),
+        ),
+    ] {
+        // Each stream reads until the server ends it.
+        streams.push(tokio::spawn(async move {
+            read_events(&url, &token, |_, _| false).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(5), running.shutdown())
+        .await
+        .expect("shutdown does not wait for open event streams")
+        .unwrap();
+    for stream in streams {
+        let (status, events) = stream.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(!events.is_empty());
+    }
+}

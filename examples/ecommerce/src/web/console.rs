@@ -140,6 +140,12 @@ impl Console {
         }
     }
 
+    /// True once shutdown began: event streams end then, since the server
+    /// waits for every open connection to finish before it stops.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.health.is_shutting_down()
+    }
+
     fn fault(&self, service: &str) -> Option<&FaultHandle> {
         self.faults
             .iter()
@@ -483,6 +489,7 @@ pub(crate) async fn events(
                 s = feed.sagas.recv() => Source::Saga(s),
             };
             match source {
+                Source::Tick if feed.app.console.is_shutting_down() => return None,
                 Source::Tick => {
                     let c = &feed.app.console;
                     let point = c.traffic.points(1).pop();

@@ -75,6 +75,39 @@ struct OrderFeed {
     order_id: String,
     sagas: broadcast::Receiver<SagaEvent>,
     queue: VecDeque<Event>,
+    shutdown: Shutdown,
+}
+
+/// Ends a stream once the server shuts down: graceful shutdown waits for
+/// every open connection, and an event stream never finishes by itself.
+struct Shutdown(tokio::time::Interval);
+
+impl Shutdown {
+    fn new() -> Self {
+        Shutdown(tokio::time::interval(Duration::from_millis(500)))
+    }
+
+    /// Resolves once shutdown has begun.
+    async fn begun(&mut self, app: &AppState) {
+        loop {
+            self.0.tick().await;
+            if app.console.is_shutting_down() {
+                return;
+            }
+        }
+    }
+}
+
+/// The next saga event, or `None` once the server shuts down.
+async fn next_saga_event(
+    sagas: &mut broadcast::Receiver<SagaEvent>,
+    shutdown: &mut Shutdown,
+    app: &AppState,
+) -> Option<Result<SagaEvent, broadcast::error::RecvError>> {
+    tokio::select! {
+        event = sagas.recv() => Some(event),
+        () = shutdown.begun(app) => None,
+    }
 }
 
 /// GET /api/v1/orders/{id}/events: `step` for every history entry so far
@@ -136,13 +169,16 @@ pub(crate) async fn order_events(
         order_id,
         sagas,
         queue,
+        shutdown: Shutdown::new(),
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(event) = feed.queue.pop_front() {
                 return Some((Ok(event), feed));
             }
-            match feed.sagas.recv().await {
+            // `None` once the server shuts down: the stream ends.
+            let next = next_saga_event(&mut feed.sagas, &mut feed.shutdown, &feed.app).await?;
+            match next {
                 Ok(event) if order_of(&event.saga_id) == feed.order_id => {
                     for data in saga_event_json(&event) {
                         feed.queue.push_back(json_event("step", &data));
@@ -178,6 +214,7 @@ struct CustomerFeed {
     sagas: broadcast::Receiver<SagaEvent>,
     owners: HashMap<String, bool>,
     queue: VecDeque<Event>,
+    shutdown: Shutdown,
 }
 
 /// GET /api/v1/orders/events: live `step` events of every saga of this
@@ -195,13 +232,16 @@ pub(crate) async fn customer_events(
         customer,
         owners: HashMap::new(),
         queue: VecDeque::from([json_event("ready", &serde_json::json!({}))]),
+        shutdown: Shutdown::new(),
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(event) = feed.queue.pop_front() {
                 return Some((Ok(event), feed));
             }
-            match feed.sagas.recv().await {
+            // `None` once the server shuts down: the stream ends.
+            let next = next_saga_event(&mut feed.sagas, &mut feed.shutdown, &feed.app).await?;
+            match next {
                 Ok(event) => {
                     let order = order_of(&event.saga_id).to_owned();
                     let mine = match feed.owners.get(&order) {
