@@ -64,4 +64,71 @@ impl AuthRejection {
     pub fn error(&self) -> &Error {
         &self.0
     }
+
+    /// A code for the client: the RFC 6750 error code when there is one
+    /// (`invalid_token`, `insufficient_scope`, `invalid_request`), else
+    /// `unauthenticated` (no credentials were sent).
+    pub fn code(&self) -> &'static str {
+        self.0.bearer_error().as_str().unwrap_or("unauthenticated")
+    }
+
+    /// A message safe to show the client: it says what to fix without
+    /// echoing key ids, claim values or validation internals (those stay in
+    /// [`AuthRejection::error`] for the logs).
+    pub fn public_message(&self) -> String {
+        match &*self.0 {
+            Error::Missing => "a bearer token is required".into(),
+            Error::Expired => "the access token expired".into(),
+            Error::NotYetValid => "the access token is not valid yet".into(),
+            Error::Revoked => "the access token was revoked".into(),
+            Error::TooLarge { max, .. } => format!("the token exceeds {max} bytes"),
+            Error::InsufficientScope { required } => {
+                format!("this route requires the scope {}", required.join(" "))
+            }
+            _ if self.0.status() == http::StatusCode::FORBIDDEN => "access denied".into(),
+            _ => "the bearer token is invalid".into(),
+        }
+    }
+
+    /// `{"error": code, "message": public message}`: the JSON body an API
+    /// can put in the otherwise empty rejection response.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_auth::{AuthRejection, Error, rejection_response};
+    /// let scopes = Error::InsufficientScope { required: vec!["orders:write".into()] };
+    /// let r: http::Response<String> = rejection_response(scopes, "shop");
+    /// let body = r.extensions().get::<AuthRejection>().unwrap().json_body();
+    /// assert_eq!(body["error"], "insufficient_scope");
+    /// assert_eq!(body["message"], "this route requires the scope orders:write");
+    /// ```
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.code(), "message": self.public_message() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(err: Error) -> AuthRejection {
+        let r: Response<String> = rejection_response(err, "t");
+        r.extensions().get::<AuthRejection>().unwrap().clone()
+    }
+
+    #[test]
+    fn json_bodies_name_the_fix_and_hide_the_internals() {
+        let missing = rejection(Error::Missing).json_body();
+        assert_eq!(missing["error"], "unauthenticated");
+        let kid = rejection(Error::UnknownKid {
+            kid: Some("secret-kid-42".into()),
+        });
+        assert_eq!(kid.code(), "invalid_token");
+        assert!(!kid.json_body().to_string().contains("secret-kid-42"));
+        assert_eq!(
+            rejection(Error::Expired).json_body()["message"],
+            "the access token expired"
+        );
+    }
 }

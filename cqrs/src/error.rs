@@ -60,6 +60,9 @@ pub enum Error {
     /// The projection runner stopped (dropped or shut down) while waited on.
     #[error("projection {0} is not running")]
     Stopped(String),
+    /// The message bus (NATS JetStream) failed.
+    #[error("bus: {0}")]
+    Bus(String),
     /// An error from a user-supplied hook or handler.
     #[error("handler: {0}")]
     Handler(#[source] BoxError),

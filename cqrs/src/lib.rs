@@ -21,6 +21,8 @@ pub use command::{
     AllowAll, Authorize, Command, CommandPipeline, CommandResult, Identity, RepositoryService,
 };
 pub use error::{BoxError, Error, Result};
+#[cfg(feature = "nats")]
+pub use projection::jetstream::JetStreamRunner;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use projection::{
     Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus, ReadModelDb,

@@ -15,6 +15,9 @@ pub struct SigningKey {
     algorithm: Algorithm,
     key: EncodingKey,
     public: Option<Jwk>,
+    // The PKCS#8 PEM the key was made from (normalized), kept so a generated
+    // key can be persisted; never printed by `Debug`.
+    pem: Option<String>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -28,9 +31,16 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// Loads a PKCS#8 (or, for RSA, PKCS#1) private key in PEM for
-    /// `algorithm` and derives its public JWK.
+    /// `algorithm` and derives its public JWK. Ed25519 keys may be PKCS#8 v1
+    /// or v2 (the form ring, rcgen and OpenSSL 3 write, with the public key
+    /// appended).
     pub fn from_pem(kid: &str, algorithm: Algorithm, pem: &[u8]) -> Result<Self> {
         crate::install_jwt_crypto();
+        let normalized = match algorithm.family() {
+            AlgorithmFamily::Ed => super::ed25519::normalize_pem(pem)?,
+            _ => String::from_utf8_lossy(pem).into_owned(),
+        };
+        let pem = normalized.as_bytes();
         let key = match algorithm.family() {
             AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(pem),
             AlgorithmFamily::Ec => EncodingKey::from_ec_pem(pem),
@@ -47,7 +57,14 @@ impl SigningKey {
             algorithm,
             key,
             public: Some(jwk),
+            pem: Some(normalized),
         })
+    }
+
+    /// The private key as PKCS#8 PEM, for keys loaded from PEM or generated
+    /// (`None` for HMAC keys). Store it as a secret.
+    pub fn private_key_pem(&self) -> Option<&str> {
+        self.pem.as_deref()
     }
 
     /// An HMAC (HS256) key. It is never published in the JWKS; only
@@ -58,6 +75,7 @@ impl SigningKey {
             algorithm: Algorithm::HS256,
             key: EncodingKey::from_secret(secret),
             public: None,
+            pem: None,
         }
     }
 

@@ -11,6 +11,7 @@
 //! are stored only as SHA-256 hashes, so a leaked store yields no usable
 //! token.
 
+mod ed25519;
 mod jwks_service;
 mod keyring;
 mod refresh;

@@ -38,6 +38,8 @@ use trellis_resilience::retry::Backoff;
 
 use crate::error::{BoxError, Error, Result};
 
+#[cfg(feature = "nats")]
+pub(crate) mod jetstream;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

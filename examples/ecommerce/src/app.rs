@@ -5,34 +5,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use http::StatusCode;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
+use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
-use tower::{Layer, ServiceBuilder, ServiceExt};
-use trellis_auth::issue::JwksService;
-use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-use trellis_cqrs::{BoxError, ProjectionRunner};
-use trellis_eventsourcing::{Repository, SqliteEventStore};
-use trellis_health::checks::SqliteCheck;
+use trellis_cqrs::BoxError;
+use trellis_eventsourcing::SqliteEventStore;
+use trellis_health::checks::{SqliteCheck, SqlxCheck};
 use trellis_health::{Check, Group, Health};
 use trellis_observability::{
     HttpMetrics, MetricsService, ProcessCollector, RequestIdLayer, ServerTraceLayer,
 };
-use trellis_resilience::circuit_breaker::CircuitBreakerHandle;
-use trellis_resilience::fallback::FallbackLayer;
-use trellis_resilience::fault::{FaultConfig, FaultHandle};
-use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
-use trellis_resilience::rate_limit::RateLimitConfig;
 
-use crate::catalog::Catalog;
-use crate::error::{ApiError, ApiJson, Error};
+use crate::backend::{OrderSagaLog, OrderStore, ReadDb};
+use crate::catalog::{Catalog, Prices};
+use crate::error::{ApiError, Error};
 use crate::identity::Identity;
-use crate::inventory::{Inventory, InventoryReply, InventoryRequest};
-use crate::orders::{OrderSummary, Orders};
+use crate::inventory::{Inventory, InventoryRequest};
+use crate::orders::OrdersState;
 use crate::payments::{PaymentRequest, Payments};
 use crate::{catalog, db, identity, orders};
 
@@ -42,18 +34,12 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// The scope of the operations endpoints (fault injection, breaker control).
 pub const OPS_SCOPE: &str = "ops:admin";
 
-pub(crate) type AppState = Arc<Services>;
-
+/// The services one process holds, for the probes of [`Running`].
 pub(crate) struct Services {
-    pub(crate) identity: Identity,
-    pub(crate) catalog: Catalog,
+    pub(crate) identity: Arc<Identity>,
     pub(crate) inventory: Inventory,
     pub(crate) payments: Payments,
-    pub(crate) orders: Orders,
-    pub(crate) inventory_breaker: CircuitBreakerHandle,
-    pub(crate) payment_faults: FaultHandle,
-    /// What the operations console watches (src/web).
-    pub(crate) console: crate::web::Console,
+    pub(crate) orders: OrdersState,
 }
 
 impl std::fmt::Debug for Services {
@@ -87,7 +73,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
-    services: AppState,
+    services: Arc<Services>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -131,7 +117,7 @@ impl Running {
 
     /// Events in the order event store.
     pub async fn event_count(&self) -> Result<u64, Error> {
-        Ok(self.services.orders.store_head().await?)
+        Ok(self.services.orders.orders.store_head().await?)
     }
 
     /// Graceful shutdown: readiness off, drain, stop accepting, finish requests.
@@ -168,94 +154,46 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     std::fs::create_dir_all(&config.data_dir)?;
     let dir = config.data_dir.as_path();
 
-    let identity_db = db::open(dir, "identity").await?;
-    let catalog_db = db::open(dir, "catalog").await?;
-    let inventory_db = db::open(dir, "inventory").await?;
-    let payments_db = db::open(dir, "payments").await?;
+    let identity_db = db::open_any(dir, "identity").await?;
+    let catalog_db = db::open_any(dir, "catalog").await?;
+    let inventory_db = db::open_any(dir, "inventory").await?;
+    let payments_db = db::open_any(dir, "payments").await?;
     let read_db = db::open(dir, "orders-read").await?;
 
-    let identity = Identity::open(identity_db.clone()).await?;
+    let identity = Arc::new(Identity::open(identity_db.clone(), None, None).await?);
     let catalog = Catalog::open(catalog_db.clone()).await?;
-    let stock: Vec<(&str, i64)> = catalog::SEED
-        .iter()
-        .map(|(sku, _, _, n)| (*sku, *n))
-        .collect();
-    let inventory = Inventory::open(inventory_db.clone(), &stock).await?;
+    let inventory = Inventory::open(inventory_db.clone(), &catalog::seed_stock()).await?;
     let payments = Payments::open(payments_db.clone()).await?;
 
-    let store = SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
-    let saga_log =
-        trellis_saga::SqliteSagaLog::with_pool(db::open(dir, "orders-sagas").await?).await?;
+    let store = OrderStore::Sqlite(
+        SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?,
+    );
+    let saga_log = OrderSagaLog::Sqlite(
+        trellis_saga::SqliteSagaLog::with_pool(db::open(dir, "orders-sagas").await?).await?,
+    );
 
-    // Orders reaches inventory and payments through the composed policy;
-    // reservations also through the fallback that accepts an order for
-    // later validation while inventory's breaker is open.
-    let inventory_policy = ResiliencePolicy::from_config(PolicyConfig::recommended("inventory"))?;
-    let inventory_breaker = inventory_policy
-        .circuit_breaker_handle()
-        .ok_or_else(|| Error::Scenario("inventory policy has no breaker".into()))?;
     let inv = inventory.clone();
-    let inventory_raw = tower::service_fn(move |request: InventoryRequest| {
-        let inv = inv.clone();
-        async move { inv.call(request).await.map_err(to_box) }
-    });
-    // Inventory's fault drill (latency, errors) sits inside its policy, as
-    // payments' does, so the console's drills exercise timeout and breaker.
-    let inventory_faults = FaultHandle::new();
-    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
-    let inventory_plain: orders::InventoryClient =
-        BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
-    let deferred = tower::service_fn(|_request: InventoryRequest| async {
-        Ok::<_, BoxError>(InventoryReply::Deferred)
-    });
-    let inventory_with_fallback: orders::InventoryClient =
-        BoxCloneSyncService::new(FallbackLayer::new(deferred).layer(inventory_resilient));
-
-    let payment_faults = FaultHandle::new();
-    // A provider quota, as real payment providers have (the console shows
-    // its headroom); far above what one process places.
-    let mut payment_config = PolicyConfig::recommended("payments");
-    payment_config.rate_limit =
-        Some(RateLimitConfig::new(1000, Duration::from_secs(1)).with_burst(200));
-    let payment_policy = ResiliencePolicy::from_config(payment_config)?;
+    let inventory_raw =
+        BoxCloneSyncService::new(tower::service_fn(move |request: InventoryRequest| {
+            let inv = inv.clone();
+            async move { inv.call(request).await.map_err(to_box) }
+        }));
     let pay = payments.clone();
-    let payment_raw = tower::service_fn(move |request: PaymentRequest| {
-        let pay = pay.clone();
-        async move { pay.call(request).await.map_err(to_box) }
-    });
-    let payment_client: orders::PaymentClient = BoxCloneSyncService::new(
-        payment_policy
-            .layer(payment_faults.layer().layer(payment_raw))
-            .map_err(to_box),
-    );
-
-    let repository =
-        Repository::<orders::Order, SqliteEventStore>::new(store.clone()).with_max_retries(3);
-    let saga = orders::place_order_saga(
-        repository,
-        inventory_with_fallback,
-        inventory_plain,
-        payment_client,
-    );
-    let orchestrator = trellis_saga::Orchestrator::new(saga_log, "ecommerce-1");
-    // Sagas a previous run left mid-flight finish (or compensate) before we
-    // serve: each step re-runs with its same idempotency key.
-    for (id, outcome) in orchestrator.recover(&saga).await? {
-        match outcome {
-            Ok(record) => tracing::info!(saga = id, status = ?record.status, "recovered saga"),
-            Err(error) => tracing::warn!(saga = id, %error, "could not recover saga"),
-        }
-    }
-    let projection = ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
-        .spawn()
-        .await?;
-    let orders = Orders {
+    let payment_raw =
+        BoxCloneSyncService::new(tower::service_fn(move |request: PaymentRequest| {
+            let pay = pay.clone();
+            async move { pay.call(request).await.map_err(to_box) }
+        }));
+    let orders = orders::open(
         store,
-        orchestrator,
-        saga,
-        projection,
-        read_db: read_db.clone(),
-    };
+        saga_log,
+        ReadDb::Sqlite(read_db.clone()),
+        "ecommerce-1",
+        inventory_raw,
+        payment_raw,
+        Prices::Local(catalog.clone()),
+    )
+    .await?;
 
     let mut health = Health::builder();
     for (name, pool) in [
@@ -263,167 +201,106 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ("catalog-db", catalog_db),
         ("inventory-db", inventory_db),
         ("payments-db", payments_db),
-        ("orders-read-db", read_db),
     ] {
         health.check(
-            Check::new(name, SqliteCheck::new(pool))
+            Check::new(name, SqlxCheck::new(pool))
                 .timeout(Duration::from_millis(800))
                 .groups([Group::Readiness, Group::Startup]),
         );
     }
+    health.check(
+        Check::new("orders-read-db", SqliteCheck::new(read_db))
+            .timeout(Duration::from_millis(800))
+            .groups([Group::Readiness, Group::Startup]),
+    );
     let health = health.cache_ttl(Duration::from_millis(500)).build()?;
 
+    let validator = identity.validator()?;
+    // The storefront and console (src/web) watch the orders service.
+    let web = crate::web::Console::new(health.clone(), orders.clone(), catalog.clone());
+    let services = Arc::new(Services {
+        identity: identity.clone(),
+        inventory,
+        payments,
+        orders: orders.clone(),
+    });
+    let api = Router::new()
+        .merge(identity::router(identity))
+        .merge(catalog::router(catalog, validator.clone()))
+        .merge(orders::router(orders, validator.clone()))
+        .merge(crate::web::api(web.clone(), validator));
+    let app = wrap(not_found(api), &health)
+        .merge(crate::web::pages(web.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            web.traffic.clone(),
+            crate::web::record_traffic,
+        ));
+    let (addr, shutdown, server) = serve(config.addr, app, health, config.drain).await?;
+    Ok(Running {
+        addr,
+        services,
+        shutdown: Some(shutdown),
+        server,
+    })
+}
+
+/// `api` answering unknown routes with a JSON 404 (unless it has its own
+/// fallback, like the gateway's proxy).
+pub(crate) fn not_found(api: Router) -> Router {
+    if api.has_routes() {
+        api.fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+    } else {
+        api
+    }
+}
+
+/// `/api/v1` + health probes + `/metrics`, the body limit, JSON auth errors,
+/// request ids, server traces and HTTP metrics: the same around every
+/// service, in one process or alone.
+pub(crate) fn wrap(api: Router, health: &Health) -> Router {
     let mut registry = Registry::default();
     let metrics = HttpMetrics::new(&mut registry);
     registry.register_collector(Box::new(ProcessCollector::new()));
     let registry = Arc::new(registry);
-
-    // web console (src/web): breakers, bulkheads and drills it shows.
-    let console = crate::web::Console::new(
-        health.clone(),
-        [
-            Some(inventory_breaker.clone()),
-            payment_policy.circuit_breaker_handle(),
-        ]
-        .into_iter()
-        .flatten(),
-        [
-            ("inventory", &inventory_policy),
-            ("payments", &payment_policy),
-        ],
-        [
-            ("payments", payment_faults.clone()),
-            ("inventory", inventory_faults),
-        ],
-    );
-
-    let validator = identity.validator()?;
-    let ring = identity.ring.clone();
-    let services: AppState = Arc::new(Services {
-        identity,
-        catalog,
-        inventory,
-        payments,
-        orders,
-        inventory_breaker,
-        payment_faults,
-        console,
-    });
-
-    let scope = |s: &'static str| RequireScopesLayer::all([s]);
-    let business = Router::new()
-        .route(
-            "/products",
-            get(catalog::list).route_layer(scope("catalog:read")),
-        )
-        .route(
-            "/orders",
-            post(orders::place).route_layer(scope("orders:write")),
-        )
-        .route(
-            "/orders",
-            get(orders::list).route_layer(scope("orders:read")),
-        )
-        .route(
-            "/orders/{id}",
-            get(orders::get_one).route_layer(scope("orders:read")),
-        )
-        .route(
-            "/admin/inventory/breaker",
-            post(set_breaker).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/payments/faults",
-            post(set_payment_faults).route_layer(scope(OPS_SCOPE)),
-        )
-        .layer(JwtAuthLayer::new(validator));
-    let api = Router::new()
-        .merge(business)
-        .merge(crate::web::api(&services)?)
-        .route("/identity/register", post(identity::register))
-        .route("/identity/login", post(identity::login))
-        .route_service("/.well-known/jwks.json", JwksService::new(ring))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .with_state(services.clone());
-    let app = Router::new()
+    Router::new()
         .nest("/api/v1", api)
         .merge(health.router())
         .route_service("/metrics", MetricsService::new(registry))
-        .merge(crate::web::pages(services.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(
             crate::error::json_auth_errors,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            services.console.traffic.clone(),
-            crate::web::record_traffic,
         ))
         .layer(
             ServiceBuilder::new()
                 .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer::new())
                 .layer(metrics.server_layer()),
-        );
+        )
+}
 
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+pub(crate) type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Binds `addr` and serves `app` until the returned sender fires (or is
+/// dropped); then readiness goes down for `drain` before the server stops.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    health: Health,
+    drain: Duration,
+) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         let _ = rx.await;
     };
-    let stop = health.graceful_shutdown(signal, config.drain);
+    let stop = health.graceful_shutdown(signal, drain);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
     });
-    Ok(Running {
-        addr,
-        services,
-        shutdown: Some(tx),
-        server,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BreakerBody {
-    open: bool,
-}
-
-/// Opens inventory's breaker, or closes it and validates the orders accepted
-/// as PENDING_VALIDATION meanwhile.
-async fn set_breaker(
-    State(app): State<AppState>,
-    ApiJson(body): ApiJson<BreakerBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut validated = Vec::new();
-    if body.open {
-        app.inventory_breaker.force_open();
-    } else {
-        app.inventory_breaker.reset();
-        validated = orders::validate_pending(&app).await?;
-    }
-    let validated: Vec<_> = validated
-        .into_iter()
-        .map(|(order_id, status)| serde_json::json!({ "order_id": order_id, "status": status }))
-        .collect();
-    Ok(Json(serde_json::json!({
-        "state": format!("{:?}", app.inventory_breaker.state()),
-        "validated": validated,
-    })))
-}
-
-async fn set_payment_faults(
-    State(app): State<AppState>,
-    ApiJson(body): ApiJson<FaultConfig>,
-) -> Result<Json<FaultConfig>, ApiError> {
-    app.payment_faults.set(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_faults",
-            e.to_string(),
-        )
-    })?;
-    Ok(Json(app.payment_faults.config()))
+    Ok((addr, tx, server))
 }

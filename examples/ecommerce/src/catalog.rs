@@ -1,14 +1,15 @@
 //! Catalog: the products and their prices.
 
 use axum::Json;
-use axum::extract::State;
-use serde::Serialize;
-use sqlx::SqlitePool;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
 
 use crate::error::{ApiError, Error};
 
 /// A product as the catalog lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Product {
     pub(crate) sku: String,
     pub(crate) name: String,
@@ -35,18 +36,18 @@ pub(crate) const SEED: &[(&str, &str, i64, i64)] = &[
 
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl Catalog {
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self, Error> {
+    pub(crate) async fn open(pool: AnyPool) -> Result<Self, Error> {
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, name TEXT NOT NULL, price_cents INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS products (sku TEXT PRIMARY KEY, name TEXT NOT NULL, price_cents BIGINT NOT NULL)",
         )
         .execute(&pool)
         .await?;
         for (sku, name, price, _) in SEED {
-            sqlx::query("INSERT INTO products (sku, name, price_cents) VALUES (?, ?, ?) ON CONFLICT (sku) DO NOTHING")
+            sqlx::query("INSERT INTO products (sku, name, price_cents) VALUES ($1, $2, $3) ON CONFLICT (sku) DO NOTHING")
                 .bind(sku)
                 .bind(name)
                 .bind(price)
@@ -56,13 +57,13 @@ impl Catalog {
         Ok(Catalog { pool })
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
     pub(crate) async fn get(&self, sku: &str) -> Result<Option<Product>, sqlx::Error> {
         let row: Option<(String, String, i64)> =
-            sqlx::query_as("SELECT sku, name, price_cents FROM products WHERE sku = ?")
+            sqlx::query_as("SELECT sku, name, price_cents FROM products WHERE sku = $1")
                 .bind(sku)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -70,12 +71,58 @@ impl Catalog {
     }
 }
 
-pub(crate) async fn list(
-    State(app): State<crate::app::AppState>,
-) -> Result<Json<Vec<Product>>, ApiError> {
+/// Where orders looks prices up: the catalog in this process, or the
+/// catalog service over HTTP (distributed mode).
+#[derive(Debug)]
+pub(crate) enum Prices {
+    Local(Catalog),
+    Remote(crate::remote::CatalogClient),
+}
+
+impl Prices {
+    pub(crate) async fn get(&self, sku: &str) -> Result<Option<Product>, crate::error::ApiError> {
+        match self {
+            Prices::Local(catalog) => Ok(catalog.get(sku).await?),
+            Prices::Remote(client) => client.get(sku).await.map_err(ApiError::internal),
+        }
+    }
+}
+
+/// The catalog routes (relative to `/api/v1`), behind `validator`.
+pub(crate) fn router(catalog: Catalog, validator: trellis_auth::Validator) -> axum::Router {
+    use axum::routing::get;
+    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
+    axum::Router::new()
+        .route("/products", get(list))
+        .route("/products/{sku}", get(one))
+        .route_layer(RequireScopesLayer::all(["catalog:read"]))
+        .layer(JwtAuthLayer::new(validator))
+        .with_state(catalog)
+}
+
+async fn list(State(catalog): State<Catalog>) -> Result<Json<Vec<Product>>, ApiError> {
     let rows: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT sku, name, price_cents FROM products ORDER BY sku")
-            .fetch_all(app.catalog.pool())
+            .fetch_all(catalog.pool())
             .await?;
     Ok(Json(rows.into_iter().map(Product::from).collect()))
+}
+
+async fn one(
+    State(catalog): State<Catalog>,
+    Path(sku): Path<String>,
+) -> Result<Json<Product>, ApiError> {
+    match catalog.get(&sku).await? {
+        Some(product) => Ok(Json(product)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no product with sku {sku:?}"),
+        )),
+    }
+}
+
+/// Inventory's initial stock: (sku, units) of [`SEED`].
+pub(crate) fn seed_stock() -> Vec<(&'static str, i64)> {
+    SEED.iter().map(|(sku, _, _, n)| (*sku, *n)).collect()
 }

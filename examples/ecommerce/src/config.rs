@@ -199,6 +199,19 @@ pub struct Settings {
     /// PostgreSQL URL (distributed mode); each service keeps its tables in
     /// a schema named after it.
     pub database_url: Option<String>,
+    /// Prepended to each service's schema name and to the NATS subjects and
+    /// stream (distributed mode), so several systems can share one
+    /// database and one NATS (tests). Lowercase letters, digits and `_`.
+    pub schema_prefix: String,
+    /// Units of every SKU inventory starts with when its stock table is
+    /// empty; default: the catalog's seed quantities.
+    pub seed_stock: Option<i64>,
+    /// Whether each PostgreSQL commit waits for its WAL flush
+    /// (`synchronous_commit`). Default false, the durability of the
+    /// one-process mode's SQLite WAL with `synchronous = NORMAL`: a commit
+    /// survives any crash of the services, but a crash of the database
+    /// server may lose the last fraction of a second of commits.
+    pub synchronous_commit: bool,
     /// NATS URL (distributed mode): the bus the outbox relay publishes to.
     pub nats_url: Option<String>,
     /// Where the other services answer.
@@ -223,6 +236,9 @@ impl Default for Settings {
             listen: None,
             data_dir: PathBuf::from("data"),
             database_url: None,
+            schema_prefix: String::new(),
+            seed_stock: None,
+            synchronous_commit: false,
             nats_url: None,
             peers: Peers::default(),
             service_secret: None,
@@ -270,6 +286,9 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_LISTEN",
     "ECOMMERCE_DATA_DIR",
     "ECOMMERCE_DATABASE_URL",
+    "ECOMMERCE_SCHEMA_PREFIX",
+    "ECOMMERCE_SEED_STOCK",
+    "ECOMMERCE_SYNCHRONOUS_COMMIT",
     "ECOMMERCE_NATS_URL",
     "ECOMMERCE_IDENTITY_URL",
     "ECOMMERCE_CATALOG_URL",
@@ -337,6 +356,23 @@ impl Settings {
         if let Some(v) = env("ECOMMERCE_DATABASE_URL") {
             self.database_url = Some(v);
         }
+        if let Some(v) = env("ECOMMERCE_SCHEMA_PREFIX") {
+            self.schema_prefix = v;
+        }
+        if let Some(v) = env("ECOMMERCE_SEED_STOCK") {
+            self.seed_stock = Some(
+                v.parse()
+                    .map_err(|e| invalid("ECOMMERCE_SEED_STOCK", format!("{v:?}: {e}")))?,
+            );
+        }
+        if let Some(v) = env("ECOMMERCE_SYNCHRONOUS_COMMIT") {
+            self.synchronous_commit = v.parse().map_err(|_| {
+                invalid(
+                    "ECOMMERCE_SYNCHRONOUS_COMMIT",
+                    format!("{v:?}: expected true or false"),
+                )
+            })?;
+        }
         if let Some(v) = env("ECOMMERCE_NATS_URL") {
             self.nats_url = Some(v);
         }
@@ -395,6 +431,20 @@ impl Settings {
                 "expected a postgres:// URL (one-process mode uses SQLite under data_dir)",
             ));
         }
+        if !self
+            .schema_prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || self.schema_prefix.len() > 40
+        {
+            return Err(invalid(
+                "schema_prefix",
+                "at most 40 lowercase letters, digits and _",
+            ));
+        }
+        if self.seed_stock.is_some_and(|n| n < 0) {
+            return Err(invalid("seed_stock", "must not be negative"));
+        }
         if let Some(url) = &self.nats_url
             && !url.starts_with("nats://")
         {
@@ -410,6 +460,21 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The PostgreSQL schema of `service`: [`schema_prefix`](Self::schema_prefix)
+    /// and its name.
+    pub fn schema(&self, service: ServiceName) -> String {
+        format!("{}{}", self.schema_prefix, service.as_str())
+    }
+
+    /// The NATS subject prefix orders' events are published under:
+    /// `ecommerce.orders`, after the schema prefix when one is set.
+    pub fn subject_prefix(&self) -> String {
+        match self.schema_prefix.trim_end_matches('_') {
+            "" => "ecommerce.orders".to_owned(),
+            prefix => format!("{prefix}.ecommerce.orders"),
+        }
     }
 
     /// The address to listen on.
@@ -516,6 +581,9 @@ mod tests {
                 "ECOMMERCE_DATABASE_URL" => "postgres://x@y/z",
                 "ECOMMERCE_NATS_URL" => "nats://n:4222",
                 "ECOMMERCE_DRAIN" => "9s",
+                "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
+                "ECOMMERCE_SEED_STOCK" => "1000",
+                "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",

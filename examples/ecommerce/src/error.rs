@@ -38,6 +38,12 @@ pub enum Error {
     /// Key generation failed.
     #[error("key generation: {0}")]
     KeyGen(String),
+    /// A setting is missing or invalid.
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The message bus (NATS) failed.
+    #[error("bus: {0}")]
+    Bus(String),
     /// The scenario saw something it did not expect.
     #[error("scenario: {0}")]
     Scenario(String),
@@ -127,7 +133,7 @@ where
 
 /// The auth layers answer 401/403 with an empty body (by design, see
 /// trellis-auth); this gives those responses the same JSON shape as every
-/// other error, derived from the `WWW-Authenticate` header only.
+/// other error, from the `AuthRejection` the layer leaves in the response.
 pub(crate) async fn json_auth_errors(response: Response) -> Response {
     let status = response.status();
     if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
@@ -137,26 +143,16 @@ pub(crate) async fn json_auth_errors(response: Response) -> Response {
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let (code, message) = if status == StatusCode::FORBIDDEN {
-        (
-            "insufficient_scope",
-            "the token lacks a scope this route requires",
-        )
-    } else if parts
-        .headers
-        .get(http::header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("invalid_token"))
-    {
-        ("invalid_token", "the bearer token is invalid or expired")
-    } else {
-        ("unauthenticated", "a bearer token is required")
+    let body = match parts.extensions.get::<trellis_auth::AuthRejection>() {
+        Some(rejection) => rejection.json_body(),
+        None => {
+            serde_json::json!({ "error": "unauthenticated", "message": "a bearer token is required" })
+        }
     };
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
     parts.headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, axum::body::Body::from(body))
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use http::StatusCode;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use trellis_auth::Validator;
 use trellis_auth::issue::{KeyRing, SigningKey, TokenIssuer};
 use trellis_auth::jsonwebtoken::Algorithm;
@@ -22,9 +22,20 @@ pub(crate) const ISSUER: &str = "trellis-identity";
 pub(crate) const AUDIENCE: &str = "trellis-ecommerce";
 /// Scopes a registered customer receives.
 pub(crate) const CUSTOMER_SCOPES: &[&str] = &["catalog:read", "orders:read", "orders:write"];
+/// Scopes a service (or the operator) may ask for with the service secret.
+pub(crate) const SERVICE_SCOPES: &[&str] = &[
+    "catalog:read",
+    "inventory:write",
+    "payments:write",
+    crate::OPS_SCOPE,
+];
+/// Lifetime of every token issued here.
+pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 pub(crate) struct Identity {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// The client-credentials secret; `None` disables `POST /identity/token`.
+    service_secret: Option<String>,
     pub(crate) ring: Arc<KeyRing>,
     pub(crate) issuer: TokenIssuer,
 }
@@ -36,40 +47,69 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self, Error> {
+    /// Opens identity on `pool`. With `key_file`, the signing key is read
+    /// from it (written there first when missing) so tokens outlive a
+    /// restart; without, a fresh key per process.
+    pub(crate) async fn open(
+        pool: AnyPool,
+        key_file: Option<&std::path::Path>,
+        service_secret: Option<String>,
+    ) -> Result<Self, Error> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, \
              salt TEXT NOT NULL, password_hash TEXT NOT NULL)",
         )
         .execute(&pool)
         .await?;
-        // A fresh Ed25519 key per process: tokens do not outlive a restart.
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-            .map_err(|e| Error::KeyGen(e.to_string()))?;
-        let key = SigningKey::from_pem(
-            &uuid::Uuid::new_v4().simple().to_string()[..12],
-            Algorithm::EdDSA,
-            ed25519_pkcs8_v1_pem(&pair.serialize_der())?.as_bytes(),
-        )?;
-        let ring = Arc::new(KeyRing::new(key, Duration::from_secs(3600)));
-        let issuer =
-            TokenIssuer::new(ring.clone(), ISSUER, Duration::from_secs(3600)).audience(AUDIENCE);
-        Ok(Identity { pool, ring, issuer })
+        let pem = match key_file {
+            Some(path) if path.exists() => std::fs::read_to_string(path)?,
+            other => {
+                let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+                    .map_err(|e| Error::KeyGen(e.to_string()))?;
+                let pem = ed25519_pkcs8_v1_pem(&pair.serialize_der())?;
+                if let Some(path) = other {
+                    write_private(path, &pem)?;
+                }
+                pem
+            }
+        };
+        // The key id is derived from the key, so a restart with the same
+        // file publishes the same `kid`.
+        let kid: String = Sha256::digest(pem.as_bytes())
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = SigningKey::from_pem(&kid, Algorithm::EdDSA, pem.as_bytes())?;
+        let ring = Arc::new(KeyRing::new(key, TOKEN_TTL));
+        let issuer = TokenIssuer::new(ring.clone(), ISSUER, TOKEN_TTL).audience(AUDIENCE);
+        Ok(Identity {
+            pool,
+            service_secret,
+            ring,
+            issuer,
+        })
     }
 
     pub(crate) fn validator(&self) -> Result<Validator, Error> {
-        Ok(Validator::builder(self.ring.verification_keys()?)
-            .algorithms([Algorithm::EdDSA])
-            .issuer(ISSUER)
-            .audience(AUDIENCE)
-            .leeway(Duration::from_secs(30))
-            .build()?)
+        validator_with(self.ring.verification_keys()?)
     }
 
     /// A token for `subject` with `scopes` (operators' tokens, tests).
     pub(crate) fn token(&self, subject: &str, scopes: &[&str]) -> Result<String, Error> {
         Ok(self.issuer.issue(subject, scopes, ())?.token)
     }
+}
+
+/// The validator every service uses for identity's tokens, given identity's
+/// keys (in process) or its JWKS (distributed mode).
+pub(crate) fn validator_with(keys: impl trellis_auth::IntoKeyProvider) -> Result<Validator, Error> {
+    Ok(Validator::builder(keys)
+        .algorithms([Algorithm::EdDSA])
+        .issuer(ISSUER)
+        .audience(AUDIENCE)
+        .leeway(Duration::from_secs(30))
+        .build()?)
 }
 
 /// rcgen (ring) writes PKCS#8 v2 (seed and public key); jsonwebtoken's
@@ -93,6 +133,19 @@ fn ed25519_pkcs8_v1_pem(v2: &[u8]) -> Result<String, Error> {
     ))
 }
 
+/// Writes the key file readable by its owner only.
+fn write_private(path: &std::path::Path, pem: &str) -> Result<(), Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path)?, pem.as_bytes())?;
+    Ok(())
+}
+
 fn hash(salt: &str, password: &str) -> String {
     let digest = Sha256::digest(format!("{salt}:{password}").as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -106,7 +159,7 @@ pub(crate) struct Credentials {
 }
 
 pub(crate) async fn register(
-    State(app): State<crate::app::AppState>,
+    State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let email = body.email.trim().to_lowercase();
@@ -127,13 +180,13 @@ pub(crate) async fn register(
     let id = uuid::Uuid::new_v4().to_string();
     let salt = uuid::Uuid::new_v4().simple().to_string();
     let inserted = sqlx::query(
-        "INSERT INTO users (id, email, salt, password_hash) VALUES (?, ?, ?, ?) ON CONFLICT (email) DO NOTHING",
+        "INSERT INTO users (id, email, salt, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (email) DO NOTHING",
     )
     .bind(&id)
     .bind(&email)
     .bind(&salt)
     .bind(hash(&salt, &body.password))
-    .execute(&app.identity.pool)
+    .execute(&identity.pool)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(ApiError::new(
@@ -149,14 +202,14 @@ pub(crate) async fn register(
 }
 
 pub(crate) async fn login(
-    State(app): State<crate::app::AppState>,
+    State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let email = body.email.trim().to_lowercase();
     let row: Option<(String, String, String)> =
-        sqlx::query_as("SELECT id, salt, password_hash FROM users WHERE email = ?")
+        sqlx::query_as("SELECT id, salt, password_hash FROM users WHERE email = $1")
             .bind(&email)
-            .fetch_optional(&app.identity.pool)
+            .fetch_optional(&identity.pool)
             .await?;
     let Some((id, salt, stored)) =
         row.filter(|(_, salt, stored)| hash(salt, &body.password) == *stored)
@@ -168,14 +221,91 @@ pub(crate) async fn login(
         ));
     };
     let _ = (salt, stored);
-    let token = app
-        .identity
+    let token = identity
         .token(&id, CUSTOMER_SCOPES)
         .map_err(ApiError::internal)?;
     Ok(Json(serde_json::json!({
         "access_token": token,
         "token_type": "Bearer",
-        "expires_in": 3600,
+        "expires_in": TOKEN_TTL.as_secs(),
         "scope": CUSTOMER_SCOPES.join(" "),
+    })))
+}
+
+pub(crate) type IdentityState = Arc<Identity>;
+
+/// Identity's routes (relative to `/api/v1`); none needs a token.
+pub(crate) fn router(identity: IdentityState) -> axum::Router {
+    use axum::routing::post;
+    let ring = identity.ring.clone();
+    axum::Router::new()
+        .route("/identity/register", post(register))
+        .route("/identity/login", post(login))
+        .route("/identity/token", post(service_token))
+        .route_service(
+            "/.well-known/jwks.json",
+            trellis_auth::issue::JwksService::new(ring),
+        )
+        .with_state(identity)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientCredentials {
+    client_id: String,
+    client_secret: String,
+    /// Space-separated, as in OAuth 2.
+    scope: String,
+}
+
+/// Client-credentials grant: a service (or the operator) trades the shared
+/// service secret for a token with scopes from [`SERVICE_SCOPES`].
+pub(crate) async fn service_token(
+    State(identity): State<IdentityState>,
+    ApiJson(body): ApiJson<ClientCredentials>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(secret) = &identity.service_secret else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "service tokens are disabled (no service_secret configured)",
+        ));
+    };
+    // Compare digests so the time taken does not depend on where the
+    // presented secret first differs.
+    let same = Sha256::digest(secret.as_bytes())
+        .iter()
+        .zip(Sha256::digest(body.client_secret.as_bytes()).iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0;
+    let client_ok = !body.client_id.is_empty()
+        && body.client_id.len() <= 64
+        && body
+            .client_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !same || !client_ok {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client or wrong secret",
+        ));
+    }
+    let scopes: Vec<&str> = body.scope.split_whitespace().collect();
+    if let Some(bad) = scopes.iter().find(|s| !SERVICE_SCOPES.contains(s)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_scope",
+            format!("scope {bad:?} is not one of {}", SERVICE_SCOPES.join(" ")),
+        ));
+    }
+    let token = identity
+        .token(&format!("service:{}", body.client_id), &scopes)
+        .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": TOKEN_TTL.as_secs(),
+        "scope": scopes.join(" "),
     })))
 }

@@ -1,10 +1,14 @@
 //! Inventory: stock per SKU and reservations, deduplicated by the caller's
 //! idempotency key.
 
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::IntoResponse;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
-use crate::error::Error;
+use crate::error::{ApiError, ApiJson, Error};
 
 /// One order line as inventory sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,12 +51,12 @@ pub(crate) enum InventoryReply {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Inventory {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl Inventory {
-    pub(crate) async fn open(pool: SqlitePool, seed: &[(&str, i64)]) -> Result<Self, Error> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL CHECK (available >= 0))")
+    pub(crate) async fn open(pool: AnyPool, seed: &[(&str, i64)]) -> Result<Self, Error> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, available BIGINT NOT NULL CHECK (available >= 0))")
             .execute(&pool)
             .await?;
         sqlx::query(
@@ -63,7 +67,7 @@ impl Inventory {
         .await?;
         for (sku, stock) in seed {
             sqlx::query(
-                "INSERT INTO stock (sku, available) VALUES (?, ?) ON CONFLICT (sku) DO NOTHING",
+                "INSERT INTO stock (sku, available) VALUES ($1, $2) ON CONFLICT (sku) DO NOTHING",
             )
             .bind(sku)
             .bind(stock)
@@ -74,7 +78,7 @@ impl Inventory {
     }
 
     pub(crate) async fn available(&self, sku: &str) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT available FROM stock WHERE sku = ?")
+        sqlx::query_scalar("SELECT available FROM stock WHERE sku = $1")
             .bind(sku)
             .fetch_optional(&self.pool)
             .await
@@ -82,7 +86,7 @@ impl Inventory {
     }
 
     pub(crate) async fn reservation_status(&self, id: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT status FROM reservations WHERE id = ?")
+        sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -102,7 +106,7 @@ impl Inventory {
                 // The reservation id is the idempotency key: a repeated call
                 // finds it and answers the same.
                 let existing: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM reservations WHERE id = ?")
+                    sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
                         .bind(&key)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -110,7 +114,7 @@ impl Inventory {
                     return Ok(InventoryReply::Reserved { reservation: key });
                 }
                 for line in &lines {
-                    let taken = sqlx::query("UPDATE stock SET available = available - ? WHERE sku = ? AND available >= ?")
+                    let taken = sqlx::query("UPDATE stock SET available = available - $1 WHERE sku = $2 AND available >= $3")
                         .bind(line.quantity)
                         .bind(&line.sku)
                         .bind(line.quantity)
@@ -125,7 +129,7 @@ impl Inventory {
                 }
                 let encoded =
                     serde_json::to_string(&lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                sqlx::query("INSERT INTO reservations (id, order_id, lines, status) VALUES (?, ?, ?, 'RESERVED')")
+                sqlx::query("INSERT INTO reservations (id, order_id, lines, status) VALUES ($1, $2, $3, 'RESERVED')")
                     .bind(&key)
                     .bind(&order_id)
                     .bind(encoded)
@@ -135,7 +139,7 @@ impl Inventory {
             }
             InventoryRequest::Release { reservation } => {
                 let lines: Option<String> = sqlx::query_scalar(
-                    "SELECT lines FROM reservations WHERE id = ? AND status = 'RESERVED'",
+                    "SELECT lines FROM reservations WHERE id = $1 AND status = 'RESERVED'",
                 )
                 .bind(&reservation)
                 .fetch_optional(&mut *tx)
@@ -144,13 +148,13 @@ impl Inventory {
                     let lines: Vec<Line> = serde_json::from_str(&lines)
                         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                     for line in lines {
-                        sqlx::query("UPDATE stock SET available = available + ? WHERE sku = ?")
+                        sqlx::query("UPDATE stock SET available = available + $1 WHERE sku = $2")
                             .bind(line.quantity)
                             .bind(&line.sku)
                             .execute(&mut *tx)
                             .await?;
                     }
-                    sqlx::query("UPDATE reservations SET status = 'RELEASED' WHERE id = ?")
+                    sqlx::query("UPDATE reservations SET status = 'RELEASED' WHERE id = $1")
                         .bind(&reservation)
                         .execute(&mut *tx)
                         .await?;
@@ -158,7 +162,7 @@ impl Inventory {
                 InventoryReply::Done
             }
             InventoryRequest::Confirm { reservation } => {
-                sqlx::query("UPDATE reservations SET status = 'CONFIRMED' WHERE id = ? AND status = 'RESERVED'")
+                sqlx::query("UPDATE reservations SET status = 'CONFIRMED' WHERE id = $1 AND status = 'RESERVED'")
                     .bind(&reservation)
                     .execute(&mut *tx)
                     .await?;
@@ -168,4 +172,111 @@ impl Inventory {
         tx.commit().await?;
         Ok(reply)
     }
+}
+
+// ---------------------------------------------------------------- HTTP (distributed mode)
+
+/// The caller's `Idempotency-Key`, required on every internal write.
+pub(crate) fn idempotency_key(headers: &http::HeaderMap) -> Result<String, ApiError> {
+    headers
+        .get(crate::remote::IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_idempotency_key",
+                "internal writes need an Idempotency-Key header (1 to 200 characters)",
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    order_id: String,
+    lines: Vec<Line>,
+}
+
+/// Inventory's internal routes (relative to `/api/v1`), for orders' service
+/// token (scope `inventory:write`).
+pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -> axum::Router {
+    use axum::routing::post;
+    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
+    axum::Router::new()
+        .route("/inventory/reservations", post(reserve))
+        .route("/inventory/reservations/{action}", post(finish))
+        .route_layer(RequireScopesLayer::all(["inventory:write"]))
+        .layer(JwtAuthLayer::new(validator))
+        .with_state(inventory)
+}
+
+async fn reserve(
+    State(inventory): State<Inventory>,
+    headers: http::HeaderMap,
+    ApiJson(body): ApiJson<ReserveBody>,
+) -> Result<axum::response::Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    if body.lines.is_empty() || body.lines.iter().any(|l| !(1..=100).contains(&l.quantity)) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_lines",
+            "1 or more lines, each of quantity 1 to 100",
+        ));
+    }
+    let reply = inventory
+        .call(InventoryRequest::Reserve {
+            key,
+            order_id: body.order_id,
+            lines: body.lines,
+        })
+        .await?;
+    Ok(match reply {
+        InventoryReply::Reserved { reservation } => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "reservation": reservation })),
+        )
+            .into_response(),
+        InventoryReply::Insufficient { sku } => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": "insufficient_stock",
+                "message": format!("not enough {sku} in stock"),
+                "sku": sku,
+            })),
+        )
+            .into_response(),
+        other => return Err(ApiError::internal(format!("unexpected reply {other:?}"))),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReservationBody {
+    reservation: String,
+}
+
+/// `release` or `confirm` a reservation; both are idempotent in their
+/// target state (the key is still required, for the caller's logs).
+async fn finish(
+    State(inventory): State<Inventory>,
+    headers: http::HeaderMap,
+    Path(action): Path<String>,
+    ApiJson(ReservationBody { reservation: id }): ApiJson<ReservationBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    idempotency_key(&headers)?;
+    let request = match action.as_str() {
+        "release" => InventoryRequest::Release { reservation: id },
+        "confirm" => InventoryRequest::Confirm { reservation: id },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            ));
+        }
+    };
+    inventory.call(request).await?;
+    Ok(Json(serde_json::json!({ "status": action })))
 }

@@ -34,17 +34,22 @@
 //! ```
 
 mod app;
+mod backend;
+mod bus;
 mod catalog;
 mod client;
 pub mod config;
 mod db;
+pub mod distributed;
 mod error;
 mod identity;
 mod inventory;
 pub mod load;
 mod orders;
 mod payments;
+mod remote;
 pub mod scenario;
+mod shipping;
 mod web;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};

@@ -162,7 +162,7 @@ pub async fn start_local() -> Result<LocalSystem, Error> {
     ));
     std::fs::create_dir_all(&dir)?;
     // Seed the inventory before `start` does: its seed only inserts missing SKUs.
-    let pool = crate::db::open(&dir, "inventory").await?;
+    let pool = crate::db::open_any(&dir, "inventory").await?;
     let stock: Vec<(&str, i64)> = crate::catalog::SEED
         .iter()
         .map(|(sku, _, _, _)| (*sku, LOAD_STOCK))

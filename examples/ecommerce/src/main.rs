@@ -1,6 +1,10 @@
 //! `cargo run -p ecommerce`: every service in one process, a narrated
 //! scenario against itself, then serving until Ctrl-C.
 //!
+//! `ecommerce serve --service NAME [--config FILE]`: one service of the
+//! distributed mode (PostgreSQL, NATS), configured by the TOML file and
+//! `ECOMMERCE_*` variables (see `ecommerce::config`), until SIGTERM/Ctrl-C.
+//!
 //! `cargo run -p ecommerce -- load [--concurrency C | --rps N] [--duration D]
 //! [--users U] [--url URL]`: a load run with a summary table (against its own
 //! freshly started system unless `--url` is given).
@@ -17,10 +21,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.first().map(String::as_str) {
         None => {}
         Some("load") => return load(&args[1..]).await,
+        Some("serve") => return serve(&args[1..]).await,
         Some(other) => {
-            return Err(
-                format!("unknown command {other:?}; try `ecommerce` or `ecommerce load`").into(),
-            );
+            return Err(format!(
+                "unknown command {other:?}; try `ecommerce`, `ecommerce serve` or `ecommerce load`"
+            )
+            .into());
         }
     }
     let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
@@ -65,6 +71,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("Stopped.");
     Ok(())
+}
+
+const SERVE_USAGE: &str = "usage: ecommerce serve --service NAME [--config FILE]";
+
+async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use ecommerce::config::Settings;
+    let mut service = None;
+    let mut file = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{SERVE_USAGE}"))?;
+        match flag.as_str() {
+            "--service" => service = Some(value.parse::<ecommerce::config::ServiceName>()?),
+            "--config" => file = Some(std::path::PathBuf::from(value)),
+            _ => return Err(format!("unknown flag {flag:?}\n{SERVE_USAGE}").into()),
+        }
+    }
+    // The flag wins over the file and the environment: one file can serve
+    // every process.
+    let mut settings = Settings::load(file.as_deref())?;
+    if service.is_some() {
+        settings.service = service;
+    }
+    let Some(name) = settings.service else {
+        return Err(format!("which service?\n{SERVE_USAGE}").into());
+    };
+    if !matches!(name, ecommerce::config::ServiceName::Gateway) && settings.database_url.is_none() {
+        return Err(format!("{name} needs database_url (ECOMMERCE_DATABASE_URL)").into());
+    }
+    let running = ecommerce::distributed::start(&settings).await?;
+    // Parsed by run-local.sh and the distributed test: keep the shape.
+    println!("{name} listening on http://{}", running.addr());
+    running.serve_until(stop_signal()).await?;
+    println!("{name} stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what `kill` and Kubernetes send).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 const LOAD_USAGE: &str =

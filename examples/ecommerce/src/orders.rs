@@ -1,6 +1,7 @@
 //! Orders: the event-sourced Order aggregate, the place-order saga, the
 //! order-summary read model and the HTTP handlers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -8,15 +9,18 @@ use axum::extract::{Path, State};
 use axum::{Extension, response::IntoResponse};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 use trellis_auth::Claims;
 use trellis_cqrs::{BoxError, Projection};
-use trellis_eventsourcing::{Aggregate, DomainEvent, Repository, SqliteEventStore, StoredEvent};
+use trellis_eventsourcing::{Aggregate, DomainEvent, Repository, StoredEvent};
+use trellis_resilience::circuit_breaker::CircuitBreakerHandle;
+use trellis_resilience::fault::{FaultConfig, FaultHandle};
 use trellis_saga::{Saga, SagaStatus, Step, StepError};
 
-use crate::app::AppState;
+use crate::backend::{OrderSagaLog, OrderStore, ReadDb, each};
+use crate::catalog::Prices;
 use crate::error::{ApiError, ApiJson};
 use crate::inventory::{InventoryReply, InventoryRequest, Line};
 use crate::payments::{PaymentReply, PaymentRequest};
@@ -176,7 +180,7 @@ fn step_err(e: impl std::fmt::Display) -> StepError {
 /// reserve inventory ▸ charge payment ▸ confirm order ▸ confirm reservation,
 /// after a first step that records the order (compensated by rejecting it).
 pub(crate) fn place_order_saga(
-    orders: Repository<Order, SqliteEventStore>,
+    orders: Repository<Order, OrderStore>,
     inventory: InventoryClient,
     inventory_plain: InventoryClient,
     payments: PaymentClient,
@@ -350,70 +354,124 @@ pub(crate) fn place_order_saga(
 
 // ---------------------------------------------------------------- read model
 
-/// The order-summary read model, fed by a checkpointed projection.
+/// The order-summary read model, fed by a checkpointed projection. The
+/// same SQL (`$N` placeholders, portable DDL) on SQLite and PostgreSQL.
 #[derive(Debug)]
 pub(crate) struct OrderSummary;
 
-impl Projection<sqlx::Sqlite> for OrderSummary {
-    fn name(&self) -> &str {
-        "order_summary_v1"
-    }
+const SUMMARY_DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS order_summaries (order_id TEXT PRIMARY KEY, customer TEXT NOT NULL, \
+     status TEXT NOT NULL, total_cents BIGINT NOT NULL, items BIGINT NOT NULL, reason TEXT, \
+     seq BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS order_summaries_by_customer ON order_summaries (customer, seq)",
+];
 
-    async fn setup(&self, pool: &SqlitePool) -> Result<(), BoxError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS order_summary (order_id TEXT PRIMARY KEY, customer TEXT NOT NULL, \
-             status TEXT NOT NULL, total_cents INTEGER NOT NULL, items INTEGER NOT NULL, reason TEXT)",
-        )
-        .execute(pool)
-        .await?;
-        Ok(())
-    }
+/// What one event does to the read model, independent of the database.
+enum SummaryChange<'a> {
+    Insert {
+        order_id: &'a str,
+        customer: &'a str,
+        total: i64,
+        items: i64,
+        seq: i64,
+    },
+    Status {
+        order_id: &'a str,
+        status: &'static str,
+        reason: Option<&'a str>,
+    },
+}
 
-    async fn handle(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        event: &StoredEvent,
-    ) -> Result<(), BoxError> {
-        let Some(order_id) = event.stream_id.strip_prefix("order-") else {
-            return Ok(());
-        };
-        match event.event_type.as_str() {
-            "Placed" => {
-                let customer = event.payload["customer"].as_str().unwrap_or_default();
-                let total = event.payload["total_cents"].as_i64().unwrap_or(0);
-                let items: i64 = event.payload["lines"]
-                    .as_array()
-                    .map(|lines| lines.iter().filter_map(|l| l["quantity"].as_i64()).sum())
-                    .unwrap_or(0);
-                sqlx::query(
-                    "INSERT INTO order_summary (order_id, customer, status, total_cents, items) VALUES (?, ?, 'PLACED', ?, ?) \
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(order_id)
-                .bind(customer)
-                .bind(total)
-                .bind(items)
-                .execute(&mut **tx)
-                .await?;
+fn summary_change(event: &StoredEvent) -> Option<SummaryChange<'_>> {
+    let order_id = event.stream_id.strip_prefix("order-")?;
+    Some(match event.event_type.as_str() {
+        "Placed" => SummaryChange::Insert {
+            order_id,
+            customer: event.payload["customer"].as_str().unwrap_or_default(),
+            total: event.payload["total_cents"].as_i64().unwrap_or(0),
+            items: event.payload["lines"]
+                .as_array()
+                .map(|lines| lines.iter().filter_map(|l| l["quantity"].as_i64()).sum())
+                .unwrap_or(0),
+            seq: i64::try_from(event.global_position).unwrap_or(i64::MAX),
+        },
+        other => SummaryChange::Status {
+            order_id,
+            status: match other {
+                "Confirmed" => "CONFIRMED",
+                "PendingValidation" => "PENDING_VALIDATION",
+                "Rejected" => "REJECTED",
+                _ => return None,
+            },
+            reason: event.payload["reason"].as_str(),
+        },
+    })
+}
+
+macro_rules! order_summary_projection {
+    ($db:ty, $pool:ty) => {
+        impl Projection<$db> for OrderSummary {
+            fn name(&self) -> &str {
+                // v2: the `seq` column replaced SQLite's rowid for ordering.
+                "order_summary_v2"
             }
-            other => {
-                let status = match other {
-                    "Confirmed" => "CONFIRMED",
-                    "PendingValidation" => "PENDING_VALIDATION",
-                    "Rejected" => "REJECTED",
-                    _ => return Ok(()),
-                };
-                sqlx::query("UPDATE order_summary SET status = ?, reason = ? WHERE order_id = ?")
-                    .bind(status)
-                    .bind(event.payload["reason"].as_str())
-                    .bind(order_id)
-                    .execute(&mut **tx)
-                    .await?;
+
+            async fn setup(&self, pool: &$pool) -> Result<(), BoxError> {
+                for ddl in SUMMARY_DDL {
+                    sqlx::query(ddl).execute(pool).await?;
+                }
+                Ok(())
+            }
+
+            async fn handle(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event: &StoredEvent,
+            ) -> Result<(), BoxError> {
+                match summary_change(event) {
+                    None => {}
+                    Some(SummaryChange::Insert {
+                        order_id,
+                        customer,
+                        total,
+                        items,
+                        seq,
+                    }) => {
+                        sqlx::query(
+                            "INSERT INTO order_summaries (order_id, customer, status, total_cents, items, seq) \
+                             VALUES ($1, $2, 'PLACED', $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
+                        )
+                        .bind(order_id)
+                        .bind(customer)
+                        .bind(total)
+                        .bind(items)
+                        .bind(seq)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    Some(SummaryChange::Status {
+                        order_id,
+                        status,
+                        reason,
+                    }) => {
+                        sqlx::query(
+                            "UPDATE order_summaries SET status = $1, reason = $2 WHERE order_id = $3",
+                        )
+                        .bind(status)
+                        .bind(reason)
+                        .bind(order_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
-    }
+    };
 }
+
+order_summary_projection!(sqlx::Sqlite, SqlitePool);
+order_summary_projection!(sqlx::Postgres, PgPool);
 
 #[derive(Debug, Serialize)]
 pub(crate) struct SummaryRow {
@@ -471,7 +529,7 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 pub(crate) async fn place(
-    State(app): State<AppState>,
+    State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
     ApiJson(body): ApiJson<PlaceOrderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -501,7 +559,7 @@ pub(crate) async fn place(
                 ),
             ));
         }
-        let Some(product) = app.catalog.get(&line.sku).await? else {
+        let Some(product) = app.prices.get(&line.sku).await? else {
             return Err(unprocessable(
                 "unknown_product",
                 format!("no product with sku {:?}", line.sku),
@@ -551,7 +609,7 @@ pub(crate) async fn place(
 }
 
 pub(crate) async fn get_one(
-    State(app): State<AppState>,
+    State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
     Path(order_id): Path<String>,
 ) -> Result<Json<SummaryRow>, ApiError> {
@@ -567,17 +625,19 @@ pub(crate) async fn get_one(
 }
 
 pub(crate) async fn list(
-    State(app): State<AppState>,
+    State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
 ) -> Result<Json<Vec<SummaryRow>>, ApiError> {
     let customer = customer_of(&claims)?;
-    let rows: Vec<SummaryTuple> = sqlx::query_as(
-        "SELECT order_id, customer, status, total_cents, items, reason FROM order_summary WHERE customer = ? \
-         ORDER BY rowid DESC LIMIT 100",
-    )
-    .bind(customer)
-    .fetch_all(&app.orders.read_db)
-    .await?;
+    let rows: Vec<SummaryTuple> = each!(&app.orders.read_db, ReadDb, pool => {
+        sqlx::query_as(
+            "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
+             WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
+        )
+        .bind(&customer)
+        .fetch_all(pool)
+        .await?
+    });
     Ok(Json(rows.into_iter().map(SummaryRow::from).collect()))
 }
 
@@ -585,15 +645,15 @@ pub(crate) async fn list(
 /// PENDING_VALIDATION (at most 100 per call), now that inventory answers
 /// again: reserve ▸ charge ▸ confirm, or reject with compensation. Each
 /// runs as its own saga `{order_id}/validate`, so a crash resumes it.
-pub(crate) async fn validate_pending(
-    app: &crate::app::Services,
-) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) async fn validate_pending(app: &OrdersApp) -> Result<Vec<(String, String)>, ApiError> {
     use trellis_saga::SagaLog;
-    let pending: Vec<String> = sqlx::query_scalar(
-        "SELECT order_id FROM order_summary WHERE status = 'PENDING_VALIDATION' LIMIT 100",
-    )
-    .fetch_all(&app.orders.read_db)
-    .await?;
+    let pending: Vec<String> = each!(&app.orders.read_db, ReadDb, pool => {
+        sqlx::query_scalar(
+            "SELECT order_id FROM order_summaries WHERE status = 'PENDING_VALIDATION' ORDER BY seq LIMIT 100",
+        )
+        .fetch_all(pool)
+        .await?
+    });
     let mut outcomes = Vec::with_capacity(pending.len());
     for order_id in pending {
         let Some(original) = app
@@ -639,11 +699,199 @@ pub(crate) async fn validate_pending(
 
 /// The orders service: its event store, saga orchestrator and read model.
 pub(crate) struct Orders {
-    pub(crate) store: SqliteEventStore,
-    pub(crate) orchestrator: trellis_saga::Orchestrator<trellis_saga::SqliteSagaLog>,
+    pub(crate) store: OrderStore,
+    pub(crate) orchestrator: trellis_saga::Orchestrator<OrderSagaLog>,
     pub(crate) saga: Saga<PlaceOrder>,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
-    pub(crate) read_db: SqlitePool,
+    pub(crate) read_db: ReadDb,
+}
+
+fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
+    e.into()
+}
+
+/// Assembles the orders service on its storage and its raw clients of
+/// inventory and payments (in-process calls or HTTP): wraps each client in
+/// the composed resilience policy (plus the fallback that accepts an order
+/// for later validation while inventory's breaker is open), finishes or
+/// compensates the sagas a previous run left mid-flight, and starts the
+/// order-summary projection.
+pub(crate) async fn open(
+    store: OrderStore,
+    saga_log: OrderSagaLog,
+    read_db: ReadDb,
+    owner: &str,
+    inventory_raw: InventoryClient,
+    payment_raw: PaymentClient,
+    prices: Prices,
+) -> Result<OrdersState, crate::Error> {
+    use tower::Layer;
+    use trellis_resilience::fallback::FallbackLayer;
+    use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
+
+    let inventory_policy = ResiliencePolicy::from_config(PolicyConfig::recommended("inventory"))?;
+    let inventory_breaker = inventory_policy
+        .circuit_breaker_handle()
+        .ok_or_else(|| crate::Error::Scenario("inventory policy has no breaker".into()))?;
+    // Inventory's fault drill sits inside its policy, as payments' does, so
+    // the console's drills exercise timeout, breaker and fallback.
+    let inventory_faults = FaultHandle::new();
+    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
+    let inventory_plain: InventoryClient =
+        BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
+    let deferred = tower::service_fn(|_request: InventoryRequest| async {
+        Ok::<_, BoxError>(InventoryReply::Deferred)
+    });
+    let inventory_with_fallback: InventoryClient =
+        BoxCloneSyncService::new(FallbackLayer::new(deferred).layer(inventory_resilient));
+
+    let payment_faults = FaultHandle::new();
+    // A provider quota, as real payment providers have (the console shows
+    // its headroom); far above what one process places.
+    let mut payment_config = PolicyConfig::recommended("payments");
+    payment_config.rate_limit = Some(
+        trellis_resilience::rate_limit::RateLimitConfig::new(1000, Duration::from_secs(1))
+            .with_burst(200),
+    );
+    let payment_policy = ResiliencePolicy::from_config(payment_config)?;
+    let clients = crate::web::ClientHandles::new(
+        [
+            ("inventory", &inventory_policy),
+            ("payments", &payment_policy),
+        ],
+        [
+            ("payments", payment_faults.clone()),
+            ("inventory", inventory_faults),
+        ],
+    );
+    let payment_client: PaymentClient = BoxCloneSyncService::new(
+        payment_policy
+            .layer(payment_faults.layer().layer(payment_raw))
+            .map_err(to_box),
+    );
+
+    let repository = Repository::<Order, OrderStore>::new(store.clone()).with_max_retries(3);
+    let saga = place_order_saga(
+        repository,
+        inventory_with_fallback,
+        inventory_plain,
+        payment_client,
+    );
+    let orchestrator = trellis_saga::Orchestrator::new(saga_log, owner);
+    // Sagas a previous run left mid-flight finish (or compensate) before we
+    // serve: each step re-runs with its same idempotency key.
+    for (id, outcome) in orchestrator.recover(&saga).await? {
+        match outcome {
+            Ok(record) => tracing::info!(saga = id, status = ?record.status, "recovered saga"),
+            Err(error) => tracing::warn!(saga = id, %error, "could not recover saga"),
+        }
+    }
+    let projection = match &read_db {
+        ReadDb::Sqlite(pool) => {
+            trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
+                .spawn()
+                .await?
+        }
+        ReadDb::Postgres(pool) => {
+            trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
+                .spawn()
+                .await?
+        }
+    };
+    Ok(Arc::new(OrdersApp {
+        orders: Orders {
+            store,
+            orchestrator,
+            saga,
+            projection,
+            read_db,
+        },
+        prices,
+        inventory_breaker,
+        payment_faults,
+        clients,
+    }))
+}
+
+/// Everything the orders routes use: the service itself, where prices come
+/// from, and the operator's handles on its clients.
+#[derive(Debug)]
+pub(crate) struct OrdersApp {
+    pub(crate) orders: Orders,
+    pub(crate) prices: Prices,
+    pub(crate) inventory_breaker: CircuitBreakerHandle,
+    pub(crate) payment_faults: FaultHandle,
+    /// Breakers, bulkheads, limiters and drills of the clients (src/web).
+    pub(crate) clients: crate::web::ClientHandles,
+}
+
+pub(crate) type OrdersState = Arc<OrdersApp>;
+
+/// The orders routes (relative to `/api/v1`), behind `validator`.
+pub(crate) fn router(app: OrdersState, validator: trellis_auth::Validator) -> axum::Router {
+    use axum::routing::{get, post};
+    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
+    let scope = |s: &'static str| RequireScopesLayer::all([s]);
+    axum::Router::new()
+        .route("/orders", post(place).route_layer(scope("orders:write")))
+        .route("/orders", get(list).route_layer(scope("orders:read")))
+        .route(
+            "/orders/{id}",
+            get(get_one).route_layer(scope("orders:read")),
+        )
+        .route(
+            "/admin/inventory/breaker",
+            post(set_breaker).route_layer(scope(crate::OPS_SCOPE)),
+        )
+        .route(
+            "/admin/payments/faults",
+            post(set_payment_faults).route_layer(scope(crate::OPS_SCOPE)),
+        )
+        .layer(JwtAuthLayer::new(validator))
+        .with_state(app)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerBody {
+    open: bool,
+}
+
+/// Opens inventory's breaker, or closes it and validates the orders accepted
+/// as PENDING_VALIDATION meanwhile.
+async fn set_breaker(
+    State(app): State<OrdersState>,
+    ApiJson(body): ApiJson<BreakerBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut validated = Vec::new();
+    if body.open {
+        app.inventory_breaker.force_open();
+    } else {
+        app.inventory_breaker.reset();
+        validated = validate_pending(&app).await?;
+    }
+    let validated: Vec<_> = validated
+        .into_iter()
+        .map(|(order_id, status)| serde_json::json!({ "order_id": order_id, "status": status }))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "state": format!("{:?}", app.inventory_breaker.state()),
+        "validated": validated,
+    })))
+}
+
+async fn set_payment_faults(
+    State(app): State<OrdersState>,
+    ApiJson(body): ApiJson<FaultConfig>,
+) -> Result<Json<FaultConfig>, ApiError> {
+    app.payment_faults.set(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_faults",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(app.payment_faults.config()))
 }
 
 impl std::fmt::Debug for Orders {
@@ -659,12 +907,15 @@ impl Orders {
     }
 
     pub(crate) async fn summary(&self, order_id: &str) -> Result<Option<SummaryRow>, sqlx::Error> {
-        let row: Option<SummaryTuple> = sqlx::query_as(
-            "SELECT order_id, customer, status, total_cents, items, reason FROM order_summary WHERE order_id = ?",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.read_db)
-        .await?;
+        let row: Option<SummaryTuple> = each!(&self.read_db, ReadDb, pool => {
+            sqlx::query_as(
+                "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
+                 WHERE order_id = $1",
+            )
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?
+        });
         Ok(row.map(SummaryRow::from))
     }
 }

@@ -1,9 +1,14 @@
 //! Payments: a fake provider that deduplicates by idempotency key. Card
 //! `4000000000000002` is always declined (Stripe's test number for it).
 
-use sqlx::SqlitePool;
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use http::StatusCode;
+use serde::Deserialize;
+use sqlx::AnyPool;
 
-use crate::error::Error;
+use crate::error::{ApiError, ApiJson, Error};
 
 /// The card number the fake provider declines.
 pub const DECLINED_CARD: &str = "4000000000000002";
@@ -31,14 +36,14 @@ pub(crate) enum PaymentReply {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Payments {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl Payments {
-    pub(crate) async fn open(pool: SqlitePool) -> Result<Self, Error> {
+    pub(crate) async fn open(pool: AnyPool) -> Result<Self, Error> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS charges (idempotency_key TEXT PRIMARY KEY, payment_id TEXT NOT NULL, \
-             order_id TEXT NOT NULL, amount_cents INTEGER NOT NULL, status TEXT NOT NULL)",
+             order_id TEXT NOT NULL, amount_cents BIGINT NOT NULL, status TEXT NOT NULL)",
         )
         .execute(&pool)
         .await?;
@@ -51,7 +56,7 @@ impl Payments {
     /// Charges recorded as `CHARGED` (and not refunded) for `order_id`.
     pub(crate) async fn net_charges(&self, order_id: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT COUNT(*) FROM charges c WHERE c.order_id = ? AND c.status = 'CHARGED' \
+            "SELECT COUNT(*) FROM charges c WHERE c.order_id = $1 AND c.status = 'CHARGED' \
              AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id)",
         )
         .bind(order_id)
@@ -68,7 +73,7 @@ impl Payments {
                 card,
             } => {
                 let seen: Option<(String, String)> = sqlx::query_as(
-                    "SELECT payment_id, status FROM charges WHERE idempotency_key = ?",
+                    "SELECT payment_id, status FROM charges WHERE idempotency_key = $1",
                 )
                 .bind(&key)
                 .fetch_optional(&self.pool)
@@ -82,9 +87,11 @@ impl Payments {
                             "CHARGED"
                         };
                         let payment = format!("pay_{}", uuid::Uuid::new_v4().simple());
-                        sqlx::query(
+                        // Two concurrent calls with one key (a retry racing
+                        // the first attempt): the loser reads the winner's row.
+                        let inserted = sqlx::query(
                             "INSERT INTO charges (idempotency_key, payment_id, order_id, amount_cents, status) \
-                             VALUES (?, ?, ?, ?, ?)",
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING",
                         )
                         .bind(&key)
                         .bind(&payment)
@@ -93,7 +100,16 @@ impl Payments {
                         .bind(status)
                         .execute(&self.pool)
                         .await?;
-                        (payment, status.to_owned())
+                        if inserted.rows_affected() == 1 {
+                            (payment, status.to_owned())
+                        } else {
+                            sqlx::query_as(
+                                "SELECT payment_id, status FROM charges WHERE idempotency_key = $1",
+                            )
+                            .bind(&key)
+                            .fetch_one(&self.pool)
+                            .await?
+                        }
                     }
                 };
                 Ok(if status == "CHARGED" {
@@ -105,7 +121,7 @@ impl Payments {
                 })
             }
             PaymentRequest::Refund { key, payment } => {
-                sqlx::query("INSERT INTO refunds (idempotency_key, payment_id) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                sqlx::query("INSERT INTO refunds (idempotency_key, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                     .bind(&key)
                     .bind(&payment)
                     .execute(&self.pool)
@@ -114,4 +130,84 @@ impl Payments {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- HTTP (distributed mode)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChargeBody {
+    order_id: String,
+    amount_cents: i64,
+    card: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    payment: String,
+}
+
+/// Payments' internal routes (relative to `/api/v1`), for orders' service
+/// token (scope `payments:write`).
+pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> axum::Router {
+    use axum::routing::post;
+    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
+    axum::Router::new()
+        .route("/payments/charges", post(charge))
+        .route("/payments/refunds", post(refund))
+        .route_layer(RequireScopesLayer::all(["payments:write"]))
+        .layer(JwtAuthLayer::new(validator))
+        .with_state(payments)
+}
+
+async fn charge(
+    State(payments): State<Payments>,
+    headers: http::HeaderMap,
+    ApiJson(body): ApiJson<ChargeBody>,
+) -> Result<axum::response::Response, ApiError> {
+    let key = crate::inventory::idempotency_key(&headers)?;
+    if body.amount_cents <= 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+            "amount_cents must be positive",
+        ));
+    }
+    let reply = payments
+        .call(PaymentRequest::Charge {
+            key,
+            order_id: body.order_id,
+            amount_cents: body.amount_cents,
+            card: body.card,
+        })
+        .await?;
+    Ok(match reply {
+        PaymentReply::Charged { payment } => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "payment": payment })),
+        )
+            .into_response(),
+        PaymentReply::Declined { reason } => (
+            StatusCode::PAYMENT_REQUIRED,
+            Json(serde_json::json!({ "error": "payment_declined", "message": reason })),
+        )
+            .into_response(),
+        PaymentReply::Refunded => return Err(ApiError::internal("unexpected refund reply")),
+    })
+}
+
+async fn refund(
+    State(payments): State<Payments>,
+    headers: http::HeaderMap,
+    ApiJson(body): ApiJson<RefundBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = crate::inventory::idempotency_key(&headers)?;
+    payments
+        .call(PaymentRequest::Refund {
+            key,
+            payment: body.payment,
+        })
+        .await?;
+    Ok(Json(serde_json::json!({ "status": "refunded" })))
 }

@@ -180,7 +180,7 @@ async fn the_status_shows_health_breakers_bulkheads_drills_and_projection() {
         .collect();
     assert_eq!(drills, ["payments", "inventory"]);
     let projection = &body["projections"][0];
-    assert_eq!(projection["name"], "order_summary_v1");
+    assert_eq!(projection["name"], "order_summary_v2");
     assert_eq!(projection["state"], "running");
     assert_eq!(projection["lag"], 0);
     assert_eq!(projection["head"], running.event_count().await.unwrap());

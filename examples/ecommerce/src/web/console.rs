@@ -26,9 +26,11 @@ use trellis_resilience::policy::ResiliencePolicy;
 use trellis_resilience::rate_limit::RateLimiter;
 use trellis_saga::{SagaEvent, SagaStatus};
 
+use super::WebState;
 use super::traffic::{Point, Traffic};
-use crate::app::AppState;
+use crate::catalog::Catalog;
 use crate::error::{ApiError, ApiJson};
+use crate::orders::{Orders, OrdersState};
 
 /// Transitions kept per breaker.
 const TRANSITIONS_KEPT: usize = 20;
@@ -58,15 +60,53 @@ struct Breaker {
     transitions: Arc<Mutex<VecDeque<Transition>>>,
 }
 
-/// What the console watches; one per process, in the app state.
-pub(crate) struct Console {
-    pub(crate) traffic: Traffic,
-    health: Health,
-    breakers: Vec<Breaker>,
+/// The resilience handles of the orders service's clients of inventory
+/// and payments, kept for the console when the clients are built.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientHandles {
+    breakers: Vec<CircuitBreakerHandle>,
     bulkheads: Vec<(String, BulkheadLayer)>,
     rate_limiters: Vec<(String, RateLimiter)>,
     /// The fault drills by service: `payments`, `inventory`.
     faults: Vec<(&'static str, FaultHandle)>,
+}
+
+impl ClientHandles {
+    /// The breaker, bulkhead and rate limiter of each named policy, and
+    /// these fault handles.
+    pub(crate) fn new<'a>(
+        policies: impl IntoIterator<Item = (&'a str, &'a ResiliencePolicy)>,
+        faults: impl IntoIterator<Item = (&'static str, FaultHandle)>,
+    ) -> Self {
+        let mut handles = ClientHandles {
+            breakers: Vec::new(),
+            bulkheads: Vec::new(),
+            rate_limiters: Vec::new(),
+            faults: faults.into_iter().collect(),
+        };
+        for (name, policy) in policies {
+            handles.breakers.extend(policy.circuit_breaker_handle());
+            if let Some(b) = policy.bulkhead() {
+                handles.bulkheads.push((name.to_owned(), b.clone()));
+            }
+            if let Some(r) = policy.rate_limit() {
+                handles
+                    .rate_limiters
+                    .push((name.to_owned(), r.limiter().clone()));
+            }
+        }
+        handles
+    }
+}
+
+/// What the pages read: the orders service, the catalog, health, the
+/// traffic window and the breakers with their recent transitions.
+pub(crate) struct Console {
+    pub(crate) orders: OrdersState,
+    pub(crate) catalog: Catalog,
+    pub(crate) traffic: Traffic,
+    health: Health,
+    breakers: Vec<Breaker>,
     /// Breaker transitions as they happen, for the event stream.
     transitions: broadcast::Sender<Transition>,
 }
@@ -78,28 +118,15 @@ impl std::fmt::Debug for Console {
 }
 
 impl Console {
-    /// Watches these breakers (a listener records each transition), the
-    /// bulkheads and rate limiters of these policies, and these fault
-    /// handles.
-    pub(crate) fn new<'a>(
-        health: Health,
-        breakers: impl IntoIterator<Item = CircuitBreakerHandle>,
-        policies: impl IntoIterator<Item = (&'a str, &'a ResiliencePolicy)>,
-        faults: impl IntoIterator<Item = (&'static str, FaultHandle)>,
-    ) -> Self {
-        let mut bulkheads = Vec::new();
-        let mut rate_limiters = Vec::new();
-        for (name, policy) in policies {
-            if let Some(b) = policy.bulkhead() {
-                bulkheads.push((name.to_owned(), b.clone()));
-            }
-            if let Some(r) = policy.rate_limit() {
-                rate_limiters.push((name.to_owned(), r.limiter().clone()));
-            }
-        }
+    /// Watches the orders service's clients (a listener records each
+    /// breaker transition), its sagas and read model, and `health`.
+    pub(crate) fn new(health: Health, orders: OrdersState, catalog: Catalog) -> WebState {
         let (transitions, _) = broadcast::channel(256);
-        let breakers = breakers
-            .into_iter()
+        let breakers = orders
+            .clients
+            .breakers
+            .iter()
+            .cloned()
             .map(|handle| {
                 let kept = Arc::new(Mutex::new(VecDeque::with_capacity(TRANSITIONS_KEPT)));
                 let (log, tx) = (kept.clone(), transitions.clone());
@@ -129,15 +156,19 @@ impl Console {
                 }
             })
             .collect();
-        Console {
+        std::sync::Arc::new(Console {
+            orders,
+            catalog,
             traffic: Traffic::new(),
             health,
             breakers,
-            bulkheads,
-            rate_limiters,
-            faults: faults.into_iter().collect(),
             transitions,
-        }
+        })
+    }
+
+    /// The orders service (event store, sagas, read model).
+    pub(crate) fn service(&self) -> &Orders {
+        &self.orders.orders
     }
 
     /// True once shutdown began: event streams end then, since the server
@@ -147,7 +178,9 @@ impl Console {
     }
 
     fn fault(&self, service: &str) -> Option<&FaultHandle> {
-        self.faults
+        self.orders
+            .clients
+            .faults
             .iter()
             .find(|(name, _)| *name == service)
             .map(|(_, h)| h)
@@ -182,7 +215,9 @@ impl Console {
     }
 
     fn bulkheads_json(&self) -> serde_json::Value {
-        self.bulkheads
+        self.orders
+            .clients
+            .bulkheads
             .iter()
             .map(|(name, b)| {
                 serde_json::json!({
@@ -196,7 +231,9 @@ impl Console {
     }
 
     fn rate_limiters_json(&self) -> serde_json::Value {
-        self.rate_limiters
+        self.orders
+            .clients
+            .rate_limiters
             .iter()
             .map(|(name, r)| {
                 serde_json::json!({
@@ -209,7 +246,9 @@ impl Console {
     }
 
     fn faults_json(&self) -> serde_json::Value {
-        self.faults
+        self.orders
+            .clients
+            .faults
             .iter()
             .map(|(name, h)| {
                 let counts = h.counts();
@@ -239,8 +278,8 @@ impl Console {
     }
 }
 
-fn projection_json(app: &AppState) -> serde_json::Value {
-    let status = app.orders.projection.status();
+fn projection_json(app: &Console) -> serde_json::Value {
+    let status = app.service().projection.status();
     let (state, error) = match &status.state {
         ProjectionState::Running => ("running", None),
         ProjectionState::Parked { error, .. } => ("parked", Some(error.clone())),
@@ -260,8 +299,8 @@ fn projection_json(app: &AppState) -> serde_json::Value {
 
 /// GET /api/v1/admin/status: everything but the sagas and the traffic.
 /// Rate limiters show their headroom (permits free now out of the burst).
-pub(crate) async fn status(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let c = &app.console;
+pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Value> {
+    let c = &app;
     Json(serde_json::json!({
         "health": c.health_json().await,
         "breakers": c.breakers_json(),
@@ -273,8 +312,8 @@ pub(crate) async fn status(State(app): State<AppState>) -> Json<serde_json::Valu
 }
 
 /// GET /api/v1/admin/traffic: the chart's last five minutes.
-pub(crate) async fn traffic(State(app): State<AppState>) -> Json<Vec<Point>> {
-    Json(app.console.traffic.points(CHART_SECONDS))
+pub(crate) async fn traffic(State(app): State<WebState>) -> Json<Vec<Point>> {
+    Json(app.traffic.points(CHART_SECONDS))
 }
 
 #[derive(Debug, Serialize)]
@@ -290,9 +329,9 @@ struct SagaRow {
 /// GET /api/v1/admin/sagas: counts by status, and the sagas that are in
 /// flight or need attention (with their errors).
 pub(crate) async fn sagas(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let orchestrator = &app.orders.orchestrator;
+    let orchestrator = &app.service().orchestrator;
     let mut counts = serde_json::Map::new();
     let mut listed = serde_json::Map::new();
     for status in [
@@ -366,13 +405,13 @@ fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
 /// POST /api/v1/admin/sagas/retry `{"id"}`: re-runs the compensations of
 /// a saga that needs attention.
 pub(crate) async fn retry_saga(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
     ApiJson(body): ApiJson<SagaAction>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let record = app
-        .orders
+        .service()
         .orchestrator
-        .retry_compensation(&app.orders.saga, &body.id)
+        .retry_compensation(&app.service().saga, &body.id)
         .await
         .map_err(saga_error)?;
     Ok(saga_reply(record))
@@ -381,7 +420,7 @@ pub(crate) async fn retry_saga(
 /// POST /api/v1/admin/sagas/compensate `{"id", "reason"}`: fails a saga
 /// stuck running and compensates it.
 pub(crate) async fn compensate_saga(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
     ApiJson(body): ApiJson<SagaAction>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let reason = body.reason.unwrap_or_else(|| "by operator".into());
@@ -393,9 +432,9 @@ pub(crate) async fn compensate_saga(
         ));
     }
     let record = app
-        .orders
+        .service()
         .orchestrator
-        .compensate(&app.orders.saga, &body.id, &reason)
+        .compensate(&app.service().saga, &body.id, &reason)
         .await
         .map_err(saga_error)?;
     Ok(saga_reply(record))
@@ -404,11 +443,10 @@ pub(crate) async fn compensate_saga(
 /// POST /api/v1/admin/inventory/faults: the inventory drill (latency,
 /// errors), the same body as payments'.
 pub(crate) async fn set_inventory_faults(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
     ApiJson(body): ApiJson<FaultConfig>,
 ) -> Result<Json<FaultConfig>, ApiError> {
     let handle = app
-        .console
         .fault("inventory")
         .ok_or_else(|| ApiError::internal("inventory has no fault handle"))?;
     handle.set(body).map_err(|e| {
@@ -453,7 +491,7 @@ enum Source {
 }
 
 struct Feed {
-    app: AppState,
+    app: WebState,
     ticks: tokio::time::Interval,
     transitions: broadcast::Receiver<Transition>,
     sagas: broadcast::Receiver<SagaEvent>,
@@ -468,11 +506,11 @@ struct Feed {
 /// transition, `saga` on each saga step, and `lagged` when this stream
 /// fell behind and the page should reload its lists.
 pub(crate) async fn events(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let feed = Feed {
-        transitions: app.console.transitions.subscribe(),
-        sagas: app.orders.orchestrator.subscribe(),
+        transitions: app.transitions.subscribe(),
+        sagas: app.service().orchestrator.subscribe(),
         ticks: tokio::time::interval(Duration::from_secs(1)),
         app,
         tick: 0,
@@ -489,9 +527,9 @@ pub(crate) async fn events(
                 s = feed.sagas.recv() => Source::Saga(s),
             };
             match source {
-                Source::Tick if feed.app.console.is_shutting_down() => return None,
+                Source::Tick if feed.app.is_shutting_down() => return None,
                 Source::Tick => {
-                    let c = &feed.app.console;
+                    let c = &feed.app;
                     let point = c.traffic.points(1).pop();
                     let data = serde_json::json!({
                         "point": point,

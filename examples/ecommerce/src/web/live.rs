@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 use trellis_auth::Claims;
 use trellis_saga::{SagaEvent, SagaLog};
 
+use super::WebState;
 use super::console::saga_event_json;
-use crate::app::AppState;
 use crate::error::ApiError;
 
 /// The validation saga of an order accepted while inventory was down is
@@ -29,9 +29,9 @@ fn order_of(saga_id: &str) -> &str {
 }
 
 /// The customer who placed `order_id`, from its saga's recorded state.
-async fn owner(app: &AppState, order_id: &str) -> Result<Option<String>, ApiError> {
+async fn owner(app: &WebState, order_id: &str) -> Result<Option<String>, ApiError> {
     let record = app
-        .orders
+        .service()
         .orchestrator
         .log()
         .load(order_id)
@@ -56,22 +56,22 @@ fn json_event(kind: &str, data: &serde_json::Value) -> Event {
 
 /// The order's row in the read model once it has caught up with the event
 /// store (the saga wrote the order's events before its final status).
-async fn order_row(app: &AppState, order_id: &str) -> serde_json::Value {
-    if let Ok(head) = app.orders.store_head().await {
+async fn order_row(app: &WebState, order_id: &str) -> serde_json::Value {
+    if let Ok(head) = app.service().store_head().await {
         let _ = app
-            .orders
+            .service()
             .projection
             .wait_for(head, Duration::from_secs(5))
             .await;
     }
-    match app.orders.summary(order_id).await {
+    match app.service().summary(order_id).await {
         Ok(Some(row)) => serde_json::to_value(row).unwrap_or_default(),
         _ => serde_json::Value::Null,
     }
 }
 
 struct OrderFeed {
-    app: AppState,
+    app: WebState,
     order_id: String,
     sagas: broadcast::Receiver<SagaEvent>,
     queue: VecDeque<Event>,
@@ -88,10 +88,10 @@ impl Shutdown {
     }
 
     /// Resolves once shutdown has begun.
-    async fn begun(&mut self, app: &AppState) {
+    async fn begun(&mut self, app: &WebState) {
         loop {
             self.0.tick().await;
-            if app.console.is_shutting_down() {
+            if app.is_shutting_down() {
                 return;
             }
         }
@@ -102,7 +102,7 @@ impl Shutdown {
 async fn next_saga_event(
     sagas: &mut broadcast::Receiver<SagaEvent>,
     shutdown: &mut Shutdown,
-    app: &AppState,
+    app: &WebState,
 ) -> Option<Result<SagaEvent, broadcast::error::RecvError>> {
     tokio::select! {
         event = sagas.recv() => Some(event),
@@ -115,7 +115,7 @@ async fn next_saga_event(
 /// read-model row, then live `step` events and a fresh `order` whenever a
 /// saga of this order finishes. 404 for someone else's order.
 pub(crate) async fn order_events(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
     Extension(claims): Extension<Claims>,
     Path(order_id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -129,11 +129,11 @@ pub(crate) async fn order_events(
     }
     // Subscribe before reading the history, so nothing falls in between; a
     // step seen twice is harmless (the page sets a step's state).
-    let sagas = app.orders.orchestrator.subscribe();
+    let sagas = app.service().orchestrator.subscribe();
     let mut queue = VecDeque::new();
     for saga_id in [order_id.clone(), format!("{order_id}/validate")] {
         let Some(record) = app
-            .orders
+            .service()
             .orchestrator
             .log()
             .load(&saga_id)
@@ -143,7 +143,7 @@ pub(crate) async fn order_events(
             continue;
         };
         for h in app
-            .orders
+            .service()
             .orchestrator
             .history(&saga_id)
             .await
@@ -209,7 +209,7 @@ pub(crate) async fn order_events(
 const OWNERS_KEPT: usize = 1024;
 
 struct CustomerFeed {
-    app: AppState,
+    app: WebState,
     customer: String,
     sagas: broadcast::Receiver<SagaEvent>,
     owners: HashMap<String, bool>,
@@ -222,12 +222,12 @@ struct CustomerFeed {
 /// storefront opens it before placing an order, so it shows the new
 /// order's saga move while the placing request runs.
 pub(crate) async fn customer_events(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
     Extension(claims): Extension<Claims>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let customer = subject(&claims)?;
     let feed = CustomerFeed {
-        sagas: app.orders.orchestrator.subscribe(),
+        sagas: app.service().orchestrator.subscribe(),
         app,
         customer,
         owners: HashMap::new(),

@@ -27,21 +27,25 @@ mod live;
 mod pages;
 mod traffic;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::routing::{get, post};
-use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
+use trellis_auth::{JwtAuthLayer, RequireScopesLayer, Validator};
 
-pub(crate) use console::Console;
+pub(crate) use console::{ClientHandles, Console};
 pub(crate) use traffic::record as record_traffic;
 
-use crate::app::{AppState, OPS_SCOPE};
-use crate::error::Error;
+use crate::app::OPS_SCOPE;
 
-/// The API routes of the pages, to merge into `/api/v1` (before its
-/// state is applied): behind their own JWT layer, each with its scope.
-pub(crate) fn api(app: &AppState) -> Result<Router<AppState>, Error> {
+/// The pages' state: what the console watches (the orders service among it).
+pub(crate) type WebState = Arc<Console>;
+
+/// The API routes of the pages (relative to `/api/v1`), behind `validator`,
+/// each with its scope.
+pub(crate) fn api(app: WebState, validator: Validator) -> Router {
     let scope = |s: &'static str| RequireScopesLayer::all([s]);
-    Ok(Router::new()
+    Router::new()
         .route(
             "/orders/events",
             get(live::customer_events).route_layer(scope("orders:read")),
@@ -78,11 +82,12 @@ pub(crate) fn api(app: &AppState) -> Result<Router<AppState>, Error> {
             "/admin/events",
             get(console::events).route_layer(scope(OPS_SCOPE)),
         )
-        .layer(JwtAuthLayer::new(app.identity.validator()?)))
+        .layer(JwtAuthLayer::new(validator))
+        .with_state(app)
 }
 
 /// The pages and their assets.
-pub(crate) fn pages(app: AppState) -> Router {
+pub(crate) fn pages(app: WebState) -> Router {
     Router::new()
         .route("/", get(pages::shop))
         .route("/orders", get(pages::orders))

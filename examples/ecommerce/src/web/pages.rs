@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use crate::app::AppState;
+use super::WebState;
 use crate::catalog::Product;
 use crate::error::ApiError;
 
@@ -53,7 +53,7 @@ pub(crate) struct Search {
     q: String,
 }
 
-async fn search(app: &AppState, q: &str) -> Result<Vec<Product>, ApiError> {
+async fn search(app: &WebState, q: &str) -> Result<Vec<Product>, ApiError> {
     // The same public catalog `GET /api/v1/products` lists; read-only.
     let pattern = format!(
         "%{}%",
@@ -62,9 +62,11 @@ async fn search(app: &AppState, q: &str) -> Result<Vec<Product>, ApiError> {
             .replace('%', "\\%")
             .replace('_', "\\_")
     );
+    // `$1` and LOWER: the catalog is SQLite or PostgreSQL (sqlx Any).
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT sku, name, price_cents FROM products \
-         WHERE name LIKE ?1 ESCAPE '\\' OR sku LIKE ?1 ESCAPE '\\' ORDER BY sku LIMIT 200",
+         WHERE LOWER(name) LIKE LOWER($1) ESCAPE '\\' OR LOWER(sku) LIKE LOWER($1) ESCAPE '\\' \
+         ORDER BY sku LIMIT 200",
     )
     .bind(pattern)
     .fetch_all(app.catalog.pool())
@@ -74,7 +76,7 @@ async fn search(app: &AppState, q: &str) -> Result<Vec<Product>, ApiError> {
 
 /// `/`: the storefront.
 pub(crate) async fn shop(
-    State(app): State<AppState>,
+    State(app): State<WebState>,
     Query(Search { q }): Query<Search>,
 ) -> Result<Markup, ApiError> {
     let q: String = q.chars().take(100).collect();

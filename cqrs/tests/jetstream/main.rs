@@ -1,0 +1,228 @@
+//! `JetStreamRunner` against a real NATS JetStream (`TRELLIS_TEST_NATS_URL`;
+//! unset: prints "skipped" and passes): events published by the outbox
+//! relay's `NatsPublisher` feed a SQLite read model exactly once, through
+//! duplicates, a lost consumer (every message redelivered) and a poison
+//! message.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sqlx::SqlitePool;
+use trellis_cqrs::{BoxError, JetStreamRunner, Projection, ProjectionState, RunnerOptions};
+use trellis_eventsourcing::outbox::Publisher;
+use trellis_eventsourcing::outbox::nats::NatsPublisher;
+use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent, StoredEvent};
+
+fn nats_url() -> Option<String> {
+    match std::env::var("TRELLIS_TEST_NATS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: TRELLIS_TEST_NATS_URL not set");
+            None
+        }
+    }
+}
+
+/// A counter that is *not* idempotent on its own: applying an event twice
+/// shows up as a wrong sum.
+#[derive(Debug)]
+struct Sum;
+
+impl Projection<sqlx::Sqlite> for Sum {
+    fn name(&self) -> &str {
+        "sum.v1"
+    }
+
+    async fn setup(&self, pool: &SqlitePool) -> Result<(), BoxError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS sums (id INTEGER PRIMARY KEY, total INTEGER NOT NULL, events INTEGER NOT NULL)")
+            .execute(pool)
+            .await?;
+        sqlx::query("INSERT INTO sums (id, total, events) VALUES (1, 0, 0) ON CONFLICT DO NOTHING")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        let amount = event.payload["amount"]
+            .as_i64()
+            .ok_or("event without an amount")?;
+        sqlx::query("UPDATE sums SET total = total + ?, events = events + 1 WHERE id = 1")
+            .bind(amount)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn sums(pool: &SqlitePool) -> (i64, i64) {
+    sqlx::query_as("SELECT total, events FROM sums WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn fixture(
+    url: &str,
+) -> (
+    jetstream::Context,
+    jetstream::stream::Stream,
+    NatsPublisher,
+    String,
+) {
+    let client = async_nats::connect(url)
+        .await
+        .expect("TRELLIS_TEST_NATS_URL reachable");
+    let js = jetstream::new(client);
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("trellis_cqrs_{tag}");
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("TRELLIS_CQRS_{tag}"),
+            subjects: vec![format!("{prefix}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    let publisher = NatsPublisher::new(js.clone(), prefix);
+    let name = stream.cached_info().config.name.clone();
+    (js, stream, publisher, name)
+}
+
+/// Appends `amounts` to a memory store and returns the stored events.
+async fn events(store: &MemoryStore, amounts: &[i64]) -> Vec<StoredEvent> {
+    let from = store.head_position().await.unwrap();
+    for amount in amounts {
+        store
+            .append(
+                "account-1",
+                ExpectedVersion::Any,
+                vec![NewEvent::new(
+                    "Deposited",
+                    serde_json::json!({ "amount": amount }),
+                )],
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .read_all(from, &trellis_eventsourcing::EventFilter::all(), 1000)
+        .await
+        .unwrap()
+}
+
+fn options() -> RunnerOptions {
+    RunnerOptions {
+        batch_size: 4,
+        poll_interval: Duration::from_millis(100),
+        max_retries: 2,
+        ..RunnerOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_applied_once_through_duplicates_and_redelivery() {
+    let Some(url) = nats_url() else { return };
+    let (js, stream, publisher, stream_name) = fixture(&url).await;
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let store = MemoryStore::new();
+
+    let first = events(&store, &[1, 2, 3, 4, 5, 6, 7]).await;
+    publisher.publish(&first).await.unwrap();
+    let handle = JetStreamRunner::new(stream.clone(), pool.clone(), Sum)
+        .with_options(options())
+        .spawn()
+        .await
+        .unwrap();
+    handle.wait_for(7, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sums(&pool).await, (28, 7));
+
+    // The relay republishes after a crash: JetStream drops the exact
+    // duplicates (same Nats-Msg-Id); a copy that slips through (here:
+    // published by a publisher under another id) is skipped by position.
+    publisher.publish(&first[3..]).await.unwrap();
+    let copies: Vec<StoredEvent> = first[..2]
+        .iter()
+        .map(|e| StoredEvent {
+            event_id: uuid::Uuid::now_v7(),
+            ..e.clone()
+        })
+        .collect();
+    publisher.publish(&copies).await.unwrap();
+    let more = events(&store, &[10]).await;
+    publisher.publish(&more).await.unwrap();
+    handle.wait_for(8, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sums(&pool).await, (38, 8));
+    handle.stop().await;
+
+    // Every ack lost at once: the durable consumer is gone, a new one gets
+    // every message again. The checkpoint in the read model turns all of
+    // them into no-ops, and the runner goes on with new events.
+    js.delete_consumer_from_stream("sum_v1", &stream_name)
+        .await
+        .unwrap();
+    let handle = JetStreamRunner::new(stream, pool.clone(), Sum)
+        .with_options(options())
+        .spawn()
+        .await
+        .unwrap();
+    let last = events(&store, &[100]).await;
+    publisher.publish(&last).await.unwrap();
+    handle.wait_for(9, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sums(&pool).await, (138, 9));
+    handle.stop().await;
+    js.delete_stream(&stream_name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_parks_the_projection_without_applying_its_batch() {
+    let Some(url) = nats_url() else { return };
+    let (js, stream, publisher, stream_name) = fixture(&url).await;
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let store = MemoryStore::new();
+    let good = events(&store, &[1, 2]).await;
+    publisher.publish(&good).await.unwrap();
+    let handle = JetStreamRunner::new(stream, pool.clone(), Sum)
+        .with_options(RunnerOptions {
+            backoff: trellis_resilience::retry::Backoff::fixed(Duration::from_millis(10)),
+            ..options()
+        })
+        .spawn()
+        .await
+        .unwrap();
+    handle.wait_for(2, Duration::from_secs(10)).await.unwrap();
+    // An event the handler refuses (no amount).
+    store
+        .append(
+            "account-1",
+            ExpectedVersion::Any,
+            vec![NewEvent::new("Deposited", serde_json::json!({}))],
+        )
+        .await
+        .unwrap();
+    let poison = store
+        .read_all(2, &trellis_eventsourcing::EventFilter::all(), 10)
+        .await
+        .unwrap();
+    publisher.publish(&poison).await.unwrap();
+    let error = handle
+        .wait_for(3, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, trellis_cqrs::Error::Parked { position: 3, .. }),
+        "{error}"
+    );
+    assert!(matches!(
+        handle.status().state,
+        ProjectionState::Parked { position: 3, .. }
+    ));
+    assert_eq!(sums(&pool).await, (3, 2));
+    handle.stop().await;
+    js.delete_stream(&stream_name).await.unwrap();
+}

@@ -1,0 +1,566 @@
+//! Distributed mode: `ecommerce serve --service NAME`, one service per
+//! process on PostgreSQL (a schema per service) and NATS JetStream.
+//!
+//! | service | owns | talks to |
+//! |---|---|---|
+//! | gateway | nothing | every public route, reverse-proxied |
+//! | identity | `identity.users`, the signing key | — |
+//! | catalog | `catalog.products` | identity's JWKS |
+//! | inventory | `inventory.stock`, `.reservations` | identity's JWKS |
+//! | payments | `payments.charges`, `.refunds` | identity's JWKS |
+//! | orders | `orders.es_*`, saga log, `order_summaries` | identity (token, JWKS), catalog, inventory, payments; NATS (outbox) |
+//! | shipping, analytics | their read models | NATS (events), identity's JWKS |
+//!
+//! Every service validates bearer tokens against identity's JWKS (cached,
+//! refreshed in the background and on an unknown `kid`). Orders gets its
+//! own token from identity's client-credentials route with the shared
+//! `service_secret`, and calls inventory and payments through the same
+//! `ResiliencePolicy` and `FallbackLayer` as in one process, over HTTP with
+//! W3C `traceparent` and `x-request-id` propagated.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{OriginalUri, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http_body_util::Full;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+use trellis_auth::Validator;
+use trellis_auth::jwks::{HttpJwksFetcher, JwksConfig, JwksKeys};
+use trellis_cqrs::BoxError;
+use trellis_eventsourcing::PgEventStore;
+use trellis_eventsourcing::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use trellis_health::checks::{HttpCheck, NatsCheck, PgCheck, SqlxCheck};
+use trellis_health::{Check, Group, Health, HealthBuilder};
+use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
+
+use crate::app::{BODY_LIMIT, Server, not_found, serve, wrap};
+use crate::backend::{OrderSagaLog, OrderStore, ReadDb};
+use crate::catalog::{Catalog, Prices};
+use crate::config::{ServiceName, Settings};
+use crate::error::{ApiError, Error};
+use crate::identity::Identity;
+use crate::inventory::Inventory;
+use crate::payments::Payments;
+use crate::remote::{self, ServiceToken};
+use crate::{catalog, db, identity, inventory, orders, payments};
+
+/// Scopes orders asks identity for.
+const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "payments:write"];
+
+/// One service running in this process.
+#[derive(Debug)]
+pub struct RunningService {
+    service: ServiceName,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Server,
+    relay: Option<RelayHandle>,
+    /// Shipping's or analytics' projection (dropping it stops the runner).
+    projection: Option<Arc<trellis_cqrs::ProjectionHandle>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningService {
+    /// The service.
+    pub fn service(&self) -> ServiceName {
+        self.service
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for `signal`, then shuts down gracefully: readiness off, drain,
+    /// stop accepting, finish requests, stop the outbox relay and consumers.
+    pub async fn serve_until(mut self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        signal.await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let served = match (&mut self.server).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(join) => Err(Error::Io(std::io::Error::other(join))),
+        };
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await?;
+        }
+        if let Some(projection) = self.projection.take().and_then(Arc::into_inner) {
+            projection.stop().await;
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        served
+    }
+}
+
+/// Starts `settings.service` (which must be set) and serves it.
+pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
+    let service = settings.service.ok_or_else(|| {
+        Error::Config(crate::config::ConfigError::Invalid {
+            key: "service".into(),
+            message: "distributed mode needs a service".into(),
+        })
+    })?;
+    let mut health = Health::builder();
+    let mut relay = None;
+    let mut projection = None;
+    let mut background = Vec::new();
+    let db_check = |health: &mut HealthBuilder, check: Check| {
+        health.check(
+            check
+                .timeout(Duration::from_millis(800))
+                .groups([Group::Readiness, Group::Startup]),
+        );
+    };
+    let schema = settings.schema(service);
+    let target = pg_target(settings, &schema);
+    let api: Router = match service {
+        ServiceName::Gateway => {
+            for peer in ServiceName::ALL {
+                if matches!(peer, ServiceName::Gateway) {
+                    continue;
+                }
+                let uri: Uri = format!("{}/ready", settings.peers.url(peer))
+                    .parse()
+                    .map_err(|e| Error::Scenario(format!("peer URL of {peer}: {e}")))?;
+                health.check(
+                    Check::new(peer.as_str(), HttpCheck::new(uri)?)
+                        .timeout(Duration::from_millis(800))
+                        .groups([Group::Readiness]),
+                );
+            }
+            gateway_router(settings)?
+        }
+        ServiceName::Identity => {
+            let pool = db::open_pg_any(target, 5).await?;
+            db_check(
+                &mut health,
+                Check::new("identity-db", SqlxCheck::new(pool.clone())),
+            );
+            let identity = Identity::open(
+                pool,
+                settings.signing_key_file.as_deref(),
+                settings.service_secret.clone(),
+            )
+            .await?;
+            identity::router(Arc::new(identity))
+        }
+        ServiceName::Catalog => {
+            let pool = db::open_pg_any(target, 5).await?;
+            db_check(
+                &mut health,
+                Check::new("catalog-db", SqlxCheck::new(pool.clone())),
+            );
+            let (validator, refresh) = jwks_validator(settings)?;
+            background.push(refresh);
+            catalog::router(Catalog::open(pool).await?, validator)
+        }
+        ServiceName::Inventory => {
+            let pool = db::open_pg_any(target, 10).await?;
+            db_check(
+                &mut health,
+                Check::new("inventory-db", SqlxCheck::new(pool.clone())),
+            );
+            let (validator, refresh) = jwks_validator(settings)?;
+            background.push(refresh);
+            let seed = match settings.seed_stock {
+                Some(n) => catalog::SEED.iter().map(|(sku, ..)| (*sku, n)).collect(),
+                None => catalog::seed_stock(),
+            };
+            inventory::router(Inventory::open(pool, &seed).await?, validator)
+        }
+        ServiceName::Payments => {
+            let pool = db::open_pg_any(target, 10).await?;
+            db_check(
+                &mut health,
+                Check::new("payments-db", SqlxCheck::new(pool.clone())),
+            );
+            let (validator, refresh) = jwks_validator(settings)?;
+            background.push(refresh);
+            payments::router(Payments::open(pool).await?, validator)
+        }
+        ServiceName::Orders => {
+            let (router, handle, refresh) = start_orders(settings, &schema, &mut health).await?;
+            relay = handle;
+            background.push(refresh);
+            router
+        }
+        ServiceName::Shipping | ServiceName::Analytics => {
+            let consumer =
+                crate::bus::start_consumer(settings, service, &schema, &mut health).await?;
+            background.push(consumer.refresh);
+            projection = Some(consumer.projection);
+            consumer.router
+        }
+    };
+    let health = health.cache_ttl(Duration::from_millis(500)).build()?;
+    let app = wrap(not_found(api), &health);
+    let (addr, shutdown, server) =
+        serve(settings.listen_addr(), app, health, settings.drain).await?;
+    Ok(RunningService {
+        service,
+        addr,
+        shutdown: Some(shutdown),
+        server,
+        relay,
+        projection,
+        background,
+    })
+}
+
+/// Where `schema` lives, and how its commits are flushed.
+pub(crate) fn pg_target<'a>(settings: &'a Settings, schema: &'a str) -> db::PgTarget<'a> {
+    db::PgTarget {
+        url: settings.database_url.as_deref().unwrap_or_default(),
+        schema,
+        synchronous_commit: settings.synchronous_commit,
+    }
+}
+
+/// A validator of identity's tokens with keys from its JWKS, and the task
+/// that refreshes them.
+pub(crate) fn jwks_validator(
+    settings: &Settings,
+) -> Result<(Validator, tokio::task::JoinHandle<()>), Error> {
+    let url = format!(
+        "{}/api/v1/.well-known/jwks.json",
+        settings.peers.url(ServiceName::Identity)
+    );
+    // No fetch yet: identity may start after us. The first token with an
+    // unknown key id triggers one.
+    let keys = JwksKeys::new(
+        HttpJwksFetcher::new(&url)?,
+        JwksConfig::default().min_refresh_interval(Duration::from_secs(1)),
+    );
+    let refresh = keys.spawn_background_refresh();
+    Ok((identity::validator_with(keys)?, refresh))
+}
+
+/// A NATS client, with a clear error when the setting is missing.
+pub(crate) async fn nats(settings: &Settings) -> Result<async_nats::Client, Error> {
+    let url = settings.nats_url.as_deref().ok_or_else(|| {
+        Error::Config(crate::config::ConfigError::Invalid {
+            key: "nats_url".into(),
+            message: "orders, shipping and analytics need ECOMMERCE_NATS_URL".into(),
+        })
+    })?;
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| Error::Bus(e.to_string()))
+}
+
+/// The JetStream stream that keeps orders' events (created if missing).
+pub(crate) async fn order_stream(
+    js: &async_nats::jetstream::Context,
+    settings: &Settings,
+) -> Result<async_nats::jetstream::stream::Stream, Error> {
+    let prefix = settings.subject_prefix();
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: prefix.replace('.', "_").to_uppercase(),
+        subjects: vec![format!("{prefix}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::Bus(e.to_string()))
+}
+
+async fn start_orders(
+    settings: &Settings,
+    schema: &str,
+    health: &mut HealthBuilder,
+) -> Result<(Router, Option<RelayHandle>, tokio::task::JoinHandle<()>), Error> {
+    let pool = db::open_pg(pg_target(settings, schema), 16).await?;
+    health.check(
+        Check::new("orders-db", PgCheck::new(pool.clone()))
+            .timeout(Duration::from_millis(800))
+            .groups([Group::Readiness, Group::Startup]),
+    );
+    let store = PgEventStore::with_pool(pool.clone()).await?;
+    let saga_log = trellis_saga::PgSagaLog::with_pool(pool.clone(), schema).await?;
+
+    let transport = remote::transport();
+    let secret = settings.service_secret.as_deref().ok_or_else(|| {
+        Error::Config(crate::config::ConfigError::Invalid {
+            key: "service_secret".into(),
+            message: "orders needs ECOMMERCE_SERVICE_SECRET for its token".into(),
+        })
+    })?;
+    let token = ServiceToken::new(
+        transport.clone(),
+        &settings.peers.url(ServiceName::Identity),
+        "orders",
+        secret,
+        ORDERS_SCOPES,
+    );
+    // Recovery below calls inventory and payments: wait for a token first
+    // (identity may still be starting) rather than fail those sagas.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(error) = token.get().await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Scenario(format!(
+                "no service token from identity: {error}"
+            )));
+        }
+        tracing::info!(%error, "waiting for identity");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let inventory = remote::inventory_client(
+        transport.clone(),
+        settings.peers.url(ServiceName::Inventory),
+        token.clone(),
+    );
+    let payments = remote::payment_client(
+        transport.clone(),
+        settings.peers.url(ServiceName::Payments),
+        token.clone(),
+    );
+    let prices = Prices::Remote(remote::CatalogClient::new(
+        transport,
+        settings.peers.url(ServiceName::Catalog),
+        token,
+    ));
+
+    let relay = match settings.nats_url {
+        None => None,
+        Some(_) => {
+            let client = nats(settings).await?;
+            health.check(
+                Check::new("nats", NatsCheck::new(client.clone()))
+                    .timeout(Duration::from_millis(800))
+                    .groups([Group::Readiness, Group::Startup]),
+            );
+            let js = async_nats::jetstream::new(client);
+            order_stream(&js, settings).await?;
+            let publisher = trellis_eventsourcing::outbox::nats::NatsPublisher::new(
+                js,
+                settings.subject_prefix(),
+            );
+            let options = RelayOptions {
+                name: "nats-outbox".into(),
+                poll_interval: Duration::from_millis(50),
+                ..RelayOptions::default()
+            };
+            Some(OutboxRelay::new(store.clone(), store.clone(), publisher, options).spawn())
+        }
+    };
+
+    // A stable owner: a restarted orders process takes its predecessor's
+    // saga leases over at once instead of waiting for them to expire.
+    let owner = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "orders".into());
+    let app = orders::open(
+        OrderStore::Postgres(store),
+        OrderSagaLog::Postgres(saga_log),
+        ReadDb::Postgres(pool),
+        &owner,
+        inventory,
+        payments,
+        prices,
+    )
+    .await?;
+    let (validator, refresh) = jwks_validator(settings)?;
+    Ok((orders::router(app, validator), relay, refresh))
+}
+
+// ---------------------------------------------------------------- gateway
+
+/// A buffered request to an upstream service (`Clone`, unlike
+/// `http::Request`, so the policy layers can hold it).
+#[derive(Debug, Clone)]
+struct Forward {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+type Upstream = BoxCloneSyncService<Forward, http::Response<Bytes>, trellis_resilience::Error>;
+
+#[derive(Debug)]
+struct Gateway {
+    upstreams: HashMap<ServiceName, (String, Upstream)>,
+}
+
+/// Which service owns `/api/v1/<path>`. Inventory and payments have only
+/// internal routes: the gateway does not expose them.
+fn owner(path: &str) -> Option<ServiceName> {
+    let first = path.trim_start_matches('/').split('/').next()?;
+    Some(match first {
+        "identity" | ".well-known" => ServiceName::Identity,
+        "products" => ServiceName::Catalog,
+        "orders" | "admin" => ServiceName::Orders,
+        "shipments" => ServiceName::Shipping,
+        "analytics" => ServiceName::Analytics,
+        _ => return None,
+    })
+}
+
+/// Headers that belong to one hop and are not forwarded.
+const HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn gateway_router(settings: &Settings) -> Result<Router, Error> {
+    let transport = remote::transport();
+    let mut upstreams = HashMap::new();
+    for service in [
+        ServiceName::Identity,
+        ServiceName::Catalog,
+        ServiceName::Orders,
+        ServiceName::Shipping,
+        ServiceName::Analytics,
+    ] {
+        // No retry: the gateway cannot know whether a POST is safe to
+        // repeat (placing an order is not). The breaker sheds load from a
+        // failing service; the timeout is generous because placing an
+        // order runs a whole saga.
+        let mut config = PolicyConfig::recommended(service.as_str());
+        config.retry = None;
+        if let Some(timeout) = config.timeout.as_mut() {
+            timeout.timeout = Duration::from_secs(30);
+        }
+        if let Some(bulkhead) = config.bulkhead.as_mut() {
+            bulkhead.max_concurrent = 1024;
+        }
+        // A restarted service gets traffic back within seconds, not the
+        // default minute.
+        if let Some(breaker) = config.circuit_breaker.as_mut() {
+            breaker.wait_in_open = Duration::from_secs(3);
+            breaker.max_wait_in_open = Duration::from_secs(3);
+        }
+        let policy = ResiliencePolicy::from_config(config)?;
+        let transport = transport.clone();
+        let send = tower::service_fn(move |forward: Forward| {
+            let transport = transport.clone();
+            async move {
+                let mut request = http::Request::builder()
+                    .method(forward.method)
+                    .uri(forward.uri)
+                    .body(Full::new(forward.body))?;
+                *request.headers_mut() = forward.headers;
+                let response = transport.oneshot(request).await?;
+                // A failing upstream counts against its breaker; its answer
+                // still reaches the client.
+                Ok::<_, BoxError>(response)
+            }
+        });
+        let upstream: Upstream = BoxCloneSyncService::new(policy.layer(send));
+        upstreams.insert(service, (settings.peers.url(service), upstream));
+    }
+    Ok(Router::new()
+        .fallback(proxy)
+        .with_state(Arc::new(Gateway { upstreams })))
+}
+
+async fn proxy(
+    State(gateway): State<Arc<Gateway>>,
+    OriginalUri(original): OriginalUri,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = original.path();
+    let rest = path.strip_prefix("/api/v1").unwrap_or(path);
+    let Some((base, upstream)) = owner(rest).and_then(|s| gateway.upstreams.get(&s)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        ));
+    };
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {BODY_LIMIT} bytes"),
+        )
+    })?;
+    let mut headers = parts.headers;
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let target = match original.query() {
+        Some(query) => format!("{base}{path}?{query}"),
+        None => format!("{base}{path}"),
+    };
+    let forward = Forward {
+        method: parts.method,
+        uri: target.parse().map_err(ApiError::internal)?,
+        headers,
+        body,
+    };
+    match upstream.clone().oneshot(forward).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            for name in HOP_BY_HOP {
+                parts.headers.remove(name);
+            }
+            Ok(Response::from_parts(parts, Body::from(body)))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "upstream call failed");
+            Ok(trellis_resilience::http::error_response::<String>(&error).map(Body::from))
+        }
+    }
+    .map(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_public_route_has_one_owner_and_internal_routes_none() {
+        assert_eq!(owner("/identity/login"), Some(ServiceName::Identity));
+        assert_eq!(owner("/.well-known/jwks.json"), Some(ServiceName::Identity));
+        assert_eq!(owner("/products"), Some(ServiceName::Catalog));
+        assert_eq!(owner("/orders/abc"), Some(ServiceName::Orders));
+        assert_eq!(owner("/admin/inventory/breaker"), Some(ServiceName::Orders));
+        assert_eq!(owner("/shipments/abc"), Some(ServiceName::Shipping));
+        assert_eq!(owner("/inventory/reservations"), None);
+        assert_eq!(owner("/payments/charges"), None);
+    }
+
+    #[tokio::test]
+    async fn the_gateway_answers_unknown_routes_with_a_json_404() {
+        let health = Health::builder().build().unwrap();
+        let app = wrap(
+            not_found(gateway_router(&Settings::default()).unwrap()),
+            &health,
+        );
+        let response = app
+            .oneshot(
+                http::Request::post("/api/v1/payments/charges")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(response.into_body(), 1000)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "not_found");
+    }
+}

@@ -1,0 +1,392 @@
+//! Distributed mode's HTTP/JSON clients: the transport every service call
+//! goes through (W3C `traceparent`, `x-request-id`), the service token from
+//! identity, and orders' clients of catalog, inventory and payments.
+//!
+//! Business outcomes (out of stock: 409, declined: 402) are answers, not
+//! errors, so the resilience policy around these clients neither retries
+//! them nor counts them against the breaker. Transport failures and 5xx are
+//! errors (retried, counted); other 4xx are errors too, but
+//! [`Rejected`] marks them so nobody mistakes them for an outage.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+use trellis_cqrs::BoxError;
+use trellis_observability::{ClientTraceLayer, PropagateRequestIdLayer};
+
+use crate::catalog::Product;
+use crate::inventory::{InventoryReply, InventoryRequest};
+use crate::payments::{PaymentReply, PaymentRequest};
+
+/// The header carrying the caller's idempotency key on internal calls.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// One HTTP exchange with the body buffered (bodies here are small JSON).
+pub(crate) type Transport = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
+
+/// The plain-HTTP transport: hyper's pooled client under the client trace
+/// layer and the request-id propagation.
+pub(crate) fn transport() -> Transport {
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http::<Full<Bytes>>();
+    let send = tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let client = client.clone();
+        async move {
+            let response = client.request(request).await?;
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, bytes))
+        }
+    });
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(ClientTraceLayer::new())
+            .layer(PropagateRequestIdLayer::new())
+            .service(send),
+    )
+}
+
+/// A 4xx answer that is neither success nor a business outcome (bad token,
+/// missing scope, invalid body): a bug or misconfiguration, not an outage.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} refused the call: {status} {body}")]
+pub(crate) struct Rejected {
+    service: &'static str,
+    status: StatusCode,
+    body: String,
+}
+
+/// A 5xx answer: the callee failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} failed: {status} {body}")]
+pub(crate) struct Failed {
+    service: &'static str,
+    status: StatusCode,
+    body: String,
+}
+
+fn unexpected(service: &'static str, response: &Response<Bytes>) -> BoxError {
+    let body = String::from_utf8_lossy(response.body())
+        .chars()
+        .take(200)
+        .collect();
+    if response.status().is_server_error() {
+        Box::new(Failed {
+            service,
+            status: response.status(),
+            body,
+        })
+    } else {
+        Box::new(Rejected {
+            service,
+            status: response.status(),
+            body,
+        })
+    }
+}
+
+fn json_body(response: &Response<Bytes>) -> Result<serde_json::Value, BoxError> {
+    Ok(serde_json::from_slice(response.body())?)
+}
+
+async fn send(
+    transport: &Transport,
+    method: Method,
+    url: String,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<Response<Bytes>, BoxError> {
+    let mut request = Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(key) = key {
+        request = request.header(IDEMPOTENCY_KEY, HeaderValue::from_str(key)?);
+    }
+    let bytes = match body {
+        Some(body) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(body.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let request = request.body(Full::new(bytes))?;
+    transport.clone().oneshot(request).await
+}
+
+/// This service's own token from identity (client-credentials grant),
+/// renewed when half its lifetime has passed.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceToken {
+    inner: Arc<TokenInner>,
+}
+
+#[derive(Debug)]
+struct TokenInner {
+    transport: Transport,
+    url: String,
+    client_id: String,
+    secret: String,
+    scope: String,
+    current: Mutex<Option<(String, Instant)>>,
+}
+
+impl ServiceToken {
+    pub(crate) fn new(
+        transport: Transport,
+        identity_url: &str,
+        client_id: &str,
+        secret: &str,
+        scopes: &[&str],
+    ) -> Self {
+        ServiceToken {
+            inner: Arc::new(TokenInner {
+                transport,
+                url: format!("{identity_url}/api/v1/identity/token"),
+                client_id: client_id.to_owned(),
+                secret: secret.to_owned(),
+                scope: scopes.join(" "),
+                current: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The current token, fetched first when missing or half-expired.
+    pub(crate) async fn get(&self) -> Result<String, BoxError> {
+        let renew_after = crate::identity::TOKEN_TTL / 2;
+        if let Some((token, at)) = self.inner.current.lock().expect("token lock").as_ref()
+            && at.elapsed() < renew_after
+        {
+            return Ok(token.clone());
+        }
+        // Two callers may fetch at once; both tokens are valid.
+        let response = send(
+            &self.inner.transport,
+            Method::POST,
+            self.inner.url.clone(),
+            None,
+            None,
+            Some(json!({
+                "client_id": self.inner.client_id,
+                "client_secret": self.inner.secret,
+                "scope": self.inner.scope,
+            })),
+        )
+        .await?;
+        if response.status() != StatusCode::OK {
+            return Err(unexpected("identity", &response));
+        }
+        let token = json_body(&response)?["access_token"]
+            .as_str()
+            .ok_or("identity's token answer has no access_token")?
+            .to_owned();
+        *self.inner.current.lock().expect("token lock") = Some((token.clone(), Instant::now()));
+        Ok(token)
+    }
+}
+
+/// Inventory over HTTP: reserve / release / confirm.
+pub(crate) fn inventory_client(
+    transport: Transport,
+    base: String,
+    token: ServiceToken,
+) -> BoxCloneSyncService<InventoryRequest, InventoryReply, BoxError> {
+    BoxCloneSyncService::new(tower::service_fn(move |request: InventoryRequest| {
+        let (transport, base, token) = (transport.clone(), base.clone(), token.clone());
+        async move {
+            let bearer = token.get().await?;
+            match request {
+                InventoryRequest::Reserve {
+                    key,
+                    order_id,
+                    lines,
+                } => {
+                    let response = send(
+                        &transport,
+                        Method::POST,
+                        format!("{base}/api/v1/inventory/reservations"),
+                        Some(&bearer),
+                        Some(&key),
+                        Some(json!({ "order_id": order_id, "lines": lines })),
+                    )
+                    .await?;
+                    let body = json_body(&response).unwrap_or_default();
+                    match response.status() {
+                        StatusCode::CREATED | StatusCode::OK => Ok(InventoryReply::Reserved {
+                            reservation: body["reservation"]
+                                .as_str()
+                                .ok_or("reservation answer has no id")?
+                                .to_owned(),
+                        }),
+                        StatusCode::CONFLICT if body["error"] == "insufficient_stock" => {
+                            Ok(InventoryReply::Insufficient {
+                                sku: body["sku"].as_str().unwrap_or_default().to_owned(),
+                            })
+                        }
+                        _ => Err(unexpected("inventory", &response)),
+                    }
+                }
+                InventoryRequest::Release { reservation } => {
+                    done(&transport, &base, &bearer, &reservation, "release").await
+                }
+                InventoryRequest::Confirm { reservation } => {
+                    done(&transport, &base, &bearer, &reservation, "confirm").await
+                }
+            }
+        }
+    }))
+}
+
+async fn done(
+    transport: &Transport,
+    base: &str,
+    bearer: &str,
+    reservation: &str,
+    action: &str,
+) -> Result<InventoryReply, BoxError> {
+    let response = send(
+        transport,
+        Method::POST,
+        format!("{base}/api/v1/inventory/reservations/{action}"),
+        Some(bearer),
+        Some(&format!("{reservation}/{action}")),
+        Some(json!({ "reservation": reservation })),
+    )
+    .await?;
+    if response.status().is_success() {
+        Ok(InventoryReply::Done)
+    } else {
+        Err(unexpected("inventory", &response))
+    }
+}
+
+/// Payments over HTTP: charge / refund.
+pub(crate) fn payment_client(
+    transport: Transport,
+    base: String,
+    token: ServiceToken,
+) -> BoxCloneSyncService<PaymentRequest, PaymentReply, BoxError> {
+    BoxCloneSyncService::new(tower::service_fn(move |request: PaymentRequest| {
+        let (transport, base, token) = (transport.clone(), base.clone(), token.clone());
+        async move {
+            let bearer = token.get().await?;
+            match request {
+                PaymentRequest::Charge {
+                    key,
+                    order_id,
+                    amount_cents,
+                    card,
+                } => {
+                    let response = send(
+                        &transport,
+                        Method::POST,
+                        format!("{base}/api/v1/payments/charges"),
+                        Some(&bearer),
+                        Some(&key),
+                        Some(json!({ "order_id": order_id, "amount_cents": amount_cents, "card": card })),
+                    )
+                    .await?;
+                    let body = json_body(&response).unwrap_or_default();
+                    match response.status() {
+                        StatusCode::CREATED | StatusCode::OK => Ok(PaymentReply::Charged {
+                            payment: body["payment"]
+                                .as_str()
+                                .ok_or("charge answer has no payment id")?
+                                .to_owned(),
+                        }),
+                        StatusCode::PAYMENT_REQUIRED if body["error"] == "payment_declined" => {
+                            Ok(PaymentReply::Declined {
+                                reason: body["message"].as_str().unwrap_or("declined").to_owned(),
+                            })
+                        }
+                        _ => Err(unexpected("payments", &response)),
+                    }
+                }
+                PaymentRequest::Refund { key, payment } => {
+                    let response = send(
+                        &transport,
+                        Method::POST,
+                        format!("{base}/api/v1/payments/refunds"),
+                        Some(&bearer),
+                        Some(&key),
+                        Some(json!({ "payment": payment })),
+                    )
+                    .await?;
+                    if response.status().is_success() {
+                        Ok(PaymentReply::Refunded)
+                    } else {
+                        Err(unexpected("payments", &response))
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// Catalog prices over HTTP, cached briefly: orders looks up every line
+/// of every order, and prices change rarely.
+#[derive(Debug)]
+pub(crate) struct CatalogClient {
+    transport: Transport,
+    base: String,
+    token: ServiceToken,
+    cache: Mutex<std::collections::HashMap<String, (Option<Product>, Instant)>>,
+}
+
+/// How long a looked-up price is reused.
+const PRICE_TTL: Duration = Duration::from_secs(5);
+/// Most SKUs cached (the map is cleared when full).
+const PRICE_CACHE_MAX: usize = 10_000;
+
+impl CatalogClient {
+    pub(crate) fn new(transport: Transport, base: String, token: ServiceToken) -> Self {
+        CatalogClient {
+            transport,
+            base,
+            token,
+            cache: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub(crate) async fn get(&self, sku: &str) -> Result<Option<Product>, BoxError> {
+        if let Some((product, at)) = self.cache.lock().expect("cache lock").get(sku)
+            && at.elapsed() < PRICE_TTL
+        {
+            return Ok(product.clone());
+        }
+        if sku.is_empty() || !sku.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Ok(None);
+        }
+        let bearer = self.token.get().await?;
+        let response = send(
+            &self.transport,
+            Method::GET,
+            format!("{}/api/v1/products/{sku}", self.base),
+            Some(&bearer),
+            None,
+            None,
+        )
+        .await?;
+        let product = match response.status() {
+            StatusCode::OK => Some(serde_json::from_slice::<Product>(response.body())?),
+            StatusCode::NOT_FOUND => None,
+            _ => return Err(unexpected("catalog", &response)),
+        };
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= PRICE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(sku.to_owned(), (product.clone(), Instant::now()));
+        Ok(product)
+    }
+}
