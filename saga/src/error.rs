@@ -46,6 +46,17 @@ pub enum Error {
         /// The saga id.
         id: String,
     },
+    /// An operator action does not apply to the saga in its current status
+    /// (e.g. retrying the compensations of a saga that completed).
+    #[error("saga {id} is {status:?}; {action} does not apply")]
+    WrongStatus {
+        /// The saga id.
+        id: String,
+        /// Its status.
+        status: crate::log::SagaStatus,
+        /// The action asked for.
+        action: &'static str,
+    },
     /// The logged saga was written by a definition with another name or
     /// more steps than the one given.
     #[error("saga {id} does not match definition {definition}")]

@@ -20,6 +20,6 @@ pub use log::sqlite::SqliteSagaLog;
 pub use log::{
     HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
 };
-pub use orchestrator::{Orchestrator, idempotency_key};
+pub use orchestrator::{EVENT_CAPACITY, Orchestrator, SagaEvent, idempotency_key};
 pub use retry::{ExponentialSchedule, RetrySchedule};
 pub use saga::{Saga, SagaState, Step, StepContext};

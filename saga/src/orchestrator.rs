@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use tokio::sync::broadcast;
+
 use crate::error::{Error, Result, StepError};
 use crate::log::{
     HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
@@ -29,8 +31,33 @@ pub struct Orchestrator<L> {
     owner: Arc<str>,
     lease_ttl: Duration,
     compensation_retry: Arc<ScheduleDebug>,
+    /// Every durable write is also told here, for [`subscribe`](Self::subscribe).
+    events: broadcast::Sender<SagaEvent>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::SagaMetrics>,
+}
+
+/// How many saga events a subscriber may fall behind before it misses some
+/// (and is told so by [`broadcast::error::RecvError::Lagged`]).
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// One durable change of a saga, as [`Orchestrator::subscribe`] reports it:
+/// sent after the write reached the log, so an observer never sees a step
+/// the log does not have.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SagaEvent {
+    /// The saga id.
+    pub saga_id: String,
+    /// The definition's name.
+    pub saga_name: String,
+    /// The saga's status after the write.
+    pub status: SagaStatus,
+    /// The history entries the write appended, oldest first (empty when
+    /// only the status changed, e.g. to `Completed`).
+    pub entries: Vec<NewEntry>,
+    /// Why it is compensating or needs attention.
+    pub error: Option<String>,
 }
 
 /// Wraps the schedule so the orchestrator can derive `Debug`.
@@ -64,9 +91,60 @@ impl<L: SagaLog> Orchestrator<L> {
             owner: Arc::from(owner.into()),
             lease_ttl: Duration::from_secs(30),
             compensation_retry: Arc::new(ScheduleDebug(Box::new(ExponentialSchedule::default()))),
+            events: broadcast::channel(EVENT_CAPACITY).0,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
+    }
+
+    /// A live feed of every saga change this orchestrator (or a clone of
+    /// it) writes from now on: step starts and outcomes, compensations,
+    /// final statuses. Each event follows its write to the log.
+    ///
+    /// The feed is bounded ([`EVENT_CAPACITY`] events): a subscriber that
+    /// falls further behind gets `RecvError::Lagged` and should re-read
+    /// what it needs from [`history`](Self::history). Without subscribers
+    /// an event costs one atomic load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus, Step, StepEvent};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let saga = Saga::new("greet").step(Step::new(
+    ///     "hello",
+    ///     |s: u32, _cx| async move { Ok(s + 1) },
+    ///     |_s, _cx| async { Ok(()) },
+    /// ));
+    /// let orchestrator = Orchestrator::new(MemorySagaLog::new(), "node-1");
+    /// let mut events = orchestrator.subscribe();
+    /// orchestrator.start(&saga, "g-1", 0).await?;
+    /// let first = events.recv().await.unwrap();
+    /// assert_eq!(first.entries[0].event, StepEvent::Started);
+    /// let second = events.recv().await.unwrap();
+    /// assert_eq!(second.entries[0].event, StepEvent::Succeeded);
+    /// assert_eq!(second.status, SagaStatus::Completed);
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn subscribe(&self) -> broadcast::Receiver<SagaEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, record: &SagaRecord, entries: &[NewEntry]) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        // No receiver left between the check and the send is fine: the
+        // event is dropped, as it would have been.
+        let _ = self.events.send(SagaEvent {
+            saga_id: record.id.clone(),
+            saga_name: record.name.clone(),
+            status: record.status,
+            entries: entries.to_vec(),
+            error: record.error.clone(),
+        });
     }
 
     /// How long a lease lasts without renewal (renewed every third of it).
@@ -137,7 +215,8 @@ impl<L: SagaLog> Orchestrator<L> {
         let mut entries = Vec::new();
         Self::settle(saga, &mut record, &mut entries);
         self.log.create(&record, self.lease(), &entries).await?;
-        self.run_leased(saga, record, true).await
+        self.publish(&record, &entries);
+        self.run_leased(saga, record, true, Vec::new()).await
     }
 
     /// Takes the lease on saga `id` and runs it on from where the log says
@@ -156,7 +235,7 @@ impl<L: SagaLog> Orchestrator<L> {
             .load(id)
             .await?
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        self.run_leased(saga, record, false).await
+        self.run_leased(saga, record, false, Vec::new()).await
     }
 
     /// Resumes every in-flight saga of this definition, one after the
@@ -185,6 +264,134 @@ impl<L: SagaLog> Orchestrator<L> {
         Ok(results)
     }
 
+    /// Operator action on a saga parked as [`SagaStatus::NeedsAttention`]:
+    /// runs its remaining compensations again, from the one that failed
+    /// (whatever was fixed meanwhile, e.g. the payment provider is back),
+    /// with fresh retries. Ends `Compensated`, or `NeedsAttention` again.
+    ///
+    /// The run holds its own lease (a fresh owner name derived from this
+    /// orchestrator's), so two operators clicking at once cannot both run it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongStatus`] unless the saga needs attention,
+    /// [`Error::Leased`] if another run holds it, [`Error::NotFound`].
+    pub async fn retry_compensation<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        id: &str,
+    ) -> Result<SagaRecord>
+    where
+        L: Clone,
+    {
+        let (operator, mut record) = self
+            .take_for_operator(id, "retry compensation", |status| {
+                status == SagaStatus::NeedsAttention
+            })
+            .await?;
+        record.status = SagaStatus::Compensating;
+        record.failed_step = None;
+        operator.run_leased(saga, record, false, Vec::new()).await
+    }
+
+    /// Operator action on a saga stuck running forward (its step keeps
+    /// waiting on a dependency that will not come back, or its orchestrator
+    /// is gone for good): fails the current step with `reason` and
+    /// compensates the completed ones in reverse.
+    ///
+    /// Only a saga no live run holds can be compensated this way: its lease
+    /// must be free or expired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongStatus`] unless the saga is `Running`,
+    /// [`Error::Leased`] while a run holds it, [`Error::NotFound`].
+    pub async fn compensate<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        id: &str,
+        reason: &str,
+    ) -> Result<SagaRecord>
+    where
+        L: Clone,
+    {
+        let (operator, mut record) = self
+            .take_for_operator(id, "compensate", |status| status == SagaStatus::Running)
+            .await?;
+        let mut entries = Vec::new();
+        let failed = record.cursor.min(saga.steps.len() as u32);
+        if let Some(step) = saga.steps.get(failed as usize) {
+            entries.push(entry(
+                saga,
+                failed,
+                StepEvent::Failed,
+                1,
+                Some(format!("cancelled by operator: {reason}")),
+            ));
+            record.error = Some(format!(
+                "step {} cancelled by operator: {reason}",
+                step.name
+            ));
+        } else {
+            record.error = Some(format!("cancelled by operator: {reason}"));
+        }
+        record.status = SagaStatus::Compensating;
+        operator.run_leased(saga, record, false, entries).await
+    }
+
+    /// Loads saga `id`, checks its status and takes its lease under a fresh
+    /// operator owner name (so a live run of this very orchestrator, which
+    /// holds the lease under `self.owner`, is not taken over).
+    async fn take_for_operator(
+        &self,
+        id: &str,
+        action: &'static str,
+        allowed: impl Fn(SagaStatus) -> bool,
+    ) -> Result<(Self, SagaRecord)>
+    where
+        L: Clone,
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static OPERATOR_RUNS: AtomicU64 = AtomicU64::new(0);
+        let record = self
+            .log
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if !allowed(record.status) {
+            return Err(Error::WrongStatus {
+                id: id.to_owned(),
+                status: record.status,
+                action,
+            });
+        }
+        let mut operator = self.clone();
+        operator.owner = Arc::from(format!(
+            "{}/operator-{}-{}",
+            self.owner,
+            now_ms(),
+            OPERATOR_RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        if !self.log.acquire(id, operator.lease()).await? {
+            return Err(Error::Leased { id: id.to_owned() });
+        }
+        // Re-read under the lease: the status may have moved meanwhile.
+        let record = self
+            .log
+            .load(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if !allowed(record.status) {
+            self.log.release(id, &operator.owner).await?;
+            return Err(Error::WrongStatus {
+                id: id.to_owned(),
+                status: record.status,
+                action,
+            });
+        }
+        Ok((operator, record))
+    }
+
     /// Sagas with this status.
     pub async fn by_status(&self, status: SagaStatus) -> Result<Vec<SagaRecord>> {
         self.log.by_status(status).await
@@ -200,10 +407,14 @@ impl<L: SagaLog> Orchestrator<L> {
         saga: &Saga<S>,
         record: SagaRecord,
         fresh: bool,
+        first_entries: Vec<NewEntry>,
     ) -> Result<SagaRecord> {
         let span = tracing::info_span!("saga", saga.id = %record.id, saga.name = %saga.name);
         let id = record.id.clone();
-        let result = self.drive(saga, record, fresh).instrument(span).await;
+        let result = self
+            .drive(saga, record, fresh, first_entries)
+            .instrument(span)
+            .await;
         // A final write frees the lease itself; release it only when the
         // run stopped early (or found the saga already finished).
         match &result {
@@ -230,7 +441,9 @@ impl<L: SagaLog> Orchestrator<L> {
         };
         self.log
             .record(&record.id, self.lease(), entries, &update)
-            .await
+            .await?;
+        self.publish(record, entries);
+        Ok(())
     }
 
     /// Runs `fut`, renewing the lease every third of its lifetime.
@@ -278,6 +491,7 @@ impl<L: SagaLog> Orchestrator<L> {
         saga: &Saga<S>,
         mut record: SagaRecord,
         fresh: bool,
+        first_entries: Vec<NewEntry>,
     ) -> Result<SagaRecord> {
         let len = saga.steps.len() as u32;
         if record.name != saga.name || record.cursor > len {
@@ -293,7 +507,8 @@ impl<L: SagaLog> Orchestrator<L> {
         });
         // The first start of this run is its own write; later ones ride on
         // the previous outcome's write.
-        let mut entries = Vec::new();
+        // An operator action's own entries ride on the first write.
+        let mut entries = first_entries;
         let before = record.status;
         if !fresh {
             Self::settle(saga, &mut record, &mut entries);

@@ -228,6 +228,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let health = health.cache_ttl(Duration::from_millis(500)).build()?;
 
     let validator = identity.validator()?;
+    // The storefront and console (src/web) watch the orders service.
+    let web = crate::web::Console::new(health.clone(), orders.clone(), catalog.clone());
     let services = Arc::new(Services {
         identity: identity.clone(),
         inventory,
@@ -242,11 +244,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             Router::new()
                 .merge(shipping_routes)
                 .merge(analytics_routes)
-                .layer(trellis_auth::JwtAuthLayer::new(validator)),
+                .layer(trellis_auth::JwtAuthLayer::new(validator.clone())),
         )
         // OpenAPI documents: public, like the JWKS.
-        .merge(crate::openapi::router());
-    let app = wrap(not_found(api), &health);
+        .merge(crate::openapi::router())
+        .merge(crate::web::api(web.clone(), validator));
+    let app = wrap(not_found(api), &health)
+        .merge(crate::web::pages(web.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            web.traffic.clone(),
+            crate::web::record_traffic,
+        ));
     let (addr, shutdown, server) = serve(config.addr, app, health, config.drain).await?;
     Ok(Running {
         addr,

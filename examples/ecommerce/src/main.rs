@@ -46,7 +46,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ops = running.ops_token()?;
     println!("Scenario:");
     let outcome = ecommerce::scenario::run(&url, &ops, |line| println!("  {line}")).await?;
-    println!("\nServing on {url} (Ctrl-C to stop). Try:");
+    println!("\nServing on {url} (Ctrl-C to stop).");
+    println!("  Storefront:         {url}/");
+    println!("  Operations console: {url}/ops  (operator token: {ops})");
+    println!("Try:");
     println!(
         "  curl -s {url}/api/v1/products -H 'authorization: Bearer {}'",
         outcome.token

@@ -797,7 +797,10 @@ pub(crate) async fn open(
     let inventory_breaker = inventory_policy
         .circuit_breaker_handle()
         .ok_or_else(|| crate::Error::Scenario("inventory policy has no breaker".into()))?;
-    let inventory_resilient = inventory_policy.layer(inventory_raw);
+    // Inventory's fault drill sits inside its policy, as payments' does, so
+    // the console's drills exercise timeout, breaker and fallback.
+    let inventory_faults = FaultHandle::new();
+    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
     let inventory_plain: InventoryClient =
         BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
     let deferred = tower::service_fn(|_request: InventoryRequest| async {
@@ -807,9 +810,24 @@ pub(crate) async fn open(
         BoxCloneSyncService::new(FallbackLayer::new(deferred).layer(inventory_resilient));
 
     let payment_faults = FaultHandle::new();
-    let payment_policy = with_retry(ResiliencePolicy::from_config(PolicyConfig::recommended(
-        "payments",
-    ))?)?;
+    // A provider quota, as real payment providers have (the console shows
+    // its headroom); far above what one process places.
+    let mut payment_config = PolicyConfig::recommended("payments");
+    payment_config.rate_limit = Some(
+        trellis_resilience::rate_limit::RateLimitConfig::new(1000, Duration::from_secs(1))
+            .with_burst(200),
+    );
+    let payment_policy = with_retry(ResiliencePolicy::from_config(payment_config)?)?;
+    let clients = crate::web::ClientHandles::new(
+        [
+            ("inventory", &inventory_policy),
+            ("payments", &payment_policy),
+        ],
+        [
+            ("payments", payment_faults.clone()),
+            ("inventory", inventory_faults),
+        ],
+    );
     let payment_client: PaymentClient = BoxCloneSyncService::new(
         payment_policy
             .layer(payment_faults.layer().layer(payment_raw))
@@ -855,6 +873,7 @@ pub(crate) async fn open(
         prices,
         inventory_breaker,
         payment_faults,
+        clients,
     }))
 }
 
@@ -866,6 +885,8 @@ pub(crate) struct OrdersApp {
     pub(crate) prices: Prices,
     pub(crate) inventory_breaker: CircuitBreakerHandle,
     pub(crate) payment_faults: FaultHandle,
+    /// Breakers, bulkheads, limiters and drills of the clients (src/web).
+    pub(crate) clients: crate::web::ClientHandles,
 }
 
 pub(crate) type OrdersState = Arc<OrdersApp>;

@@ -212,6 +212,42 @@ impl RateLimiter {
         &self.inner.core.name
     }
 
+    /// Permits a call could take at once right now, out of
+    /// [`burst`](Self::burst): what a dashboard shows as the limiter's
+    /// headroom. A snapshot only; other callers may take them first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use trellis_resilience::rate_limit::{RateLimitConfig, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = RateLimiter::from_config(
+    ///     RateLimitConfig::new(10, Duration::from_secs(1)).with_burst(5),
+    /// ).unwrap();
+    /// assert_eq!((limiter.available(), limiter.burst()), (5, 5));
+    /// limiter.check().unwrap();
+    /// limiter.check().unwrap();
+    /// assert_eq!(limiter.available(), 3);
+    /// tokio::time::advance(Duration::from_millis(100)).await;
+    /// assert_eq!(limiter.available(), 4);
+    /// # }
+    /// ```
+    pub fn available(&self) -> u64 {
+        let core = &self.inner.core;
+        let tat = self.inner.tat.load(std::sync::atomic::Ordering::Relaxed);
+        let ahead = tat.saturating_sub(core.now());
+        core.params.tolerance.saturating_sub(ahead) / core.params.interval
+    }
+
+    /// Permits available when the limiter is idle (the configured burst).
+    pub fn burst(&self) -> u64 {
+        let params = &self.inner.core.params;
+        params.tolerance / params.interval
+    }
+
     #[inline]
     pub(crate) fn acquire_nanos(&self) -> Result<u64, RateLimited> {
         let core = &self.inner.core;
@@ -241,6 +277,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let b = clock.now();
         assert!(b - a >= 1_000_000, "{a} -> {b}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn available_drains_with_calls_and_refills_to_the_burst_only() {
+        let limiter =
+            RateLimiter::from_config(RateLimitConfig::new(4, Duration::from_secs(1)).with_burst(2))
+                .unwrap();
+        assert_eq!(limiter.available(), 2);
+        limiter.check().unwrap();
+        limiter.check().unwrap();
+        assert_eq!(limiter.available(), 0);
+        assert!(limiter.check().is_err());
+        // A rejected call takes nothing.
+        assert_eq!(limiter.available(), 0);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(limiter.available(), 1);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(limiter.available(), limiter.burst());
     }
 
     #[tokio::test(start_paused = true)]

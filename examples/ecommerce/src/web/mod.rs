@@ -1,0 +1,99 @@
+//! The storefront (`/`, `/orders`, `/orders/{id}`) and the operations
+//! console (`/ops`) in the browser, plus the API routes they need beyond
+//! the business ones: live order progress for customers and the
+//! admin-scoped console endpoints.
+//!
+//! Server-rendered with maud; one hand-written script and style sheet,
+//! embedded in the binary. The pages hold no privileged shortcut: the
+//! script calls the public JSON API with the signed-in user's token (the
+//! operator's token on `/ops`), as any other client would. Only the
+//! catalog, which is public, is rendered on the server, so browsing and
+//! search work without JavaScript.
+//!
+//! | route | scope | what |
+//! |---|---|---|
+//! | `GET /api/v1/orders/events` | `orders:read` | SSE: this customer's sagas, step by step |
+//! | `GET /api/v1/orders/{id}/events` | `orders:read` | SSE: one order's saga history, then live steps and status |
+//! | `GET /api/v1/admin/status` | `ops:admin` | health, breakers (+ transitions), bulkheads, faults, projections |
+//! | `GET /api/v1/admin/traffic` | `ops:admin` | per-second requests, errors, p50/p99 for 5 minutes |
+//! | `GET /api/v1/admin/sagas` | `ops:admin` | sagas by status, in-flight and needing attention |
+//! | `POST /api/v1/admin/sagas/retry` | `ops:admin` | re-run a parked saga's compensations |
+//! | `POST /api/v1/admin/sagas/compensate` | `ops:admin` | compensate a saga stuck running |
+//! | `POST /api/v1/admin/inventory/faults` | `ops:admin` | inventory's fault drill |
+//! | `GET /api/v1/admin/events` | `ops:admin` | SSE: ticks, breaker transitions, saga steps |
+
+mod console;
+mod live;
+mod pages;
+mod traffic;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use trellis_auth::{JwtAuthLayer, RequireScopesLayer, Validator};
+
+pub(crate) use console::{ClientHandles, Console};
+pub(crate) use traffic::record as record_traffic;
+
+use crate::app::OPS_SCOPE;
+
+/// The pages' state: what the console watches (the orders service among it).
+pub(crate) type WebState = Arc<Console>;
+
+/// The API routes of the pages (relative to `/api/v1`), behind `validator`,
+/// each with its scope.
+pub(crate) fn api(app: WebState, validator: Validator) -> Router {
+    let scope = |s: &'static str| RequireScopesLayer::all([s]);
+    Router::new()
+        .route(
+            "/orders/events",
+            get(live::customer_events).route_layer(scope("orders:read")),
+        )
+        .route(
+            "/orders/{id}/events",
+            get(live::order_events).route_layer(scope("orders:read")),
+        )
+        .route(
+            "/admin/status",
+            get(console::status).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/traffic",
+            get(console::traffic).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/sagas",
+            get(console::sagas).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/sagas/retry",
+            post(console::retry_saga).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/sagas/compensate",
+            post(console::compensate_saga).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/inventory/faults",
+            post(console::set_inventory_faults).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/events",
+            get(console::events).route_layer(scope(OPS_SCOPE)),
+        )
+        .layer(JwtAuthLayer::new(validator))
+        .with_state(app)
+}
+
+/// The pages and their assets.
+pub(crate) fn pages(app: WebState) -> Router {
+    Router::new()
+        .route("/", get(pages::shop))
+        .route("/orders", get(pages::orders))
+        .route("/orders/{id}", get(pages::order))
+        .route("/ops", get(pages::ops))
+        .route("/assets/app.js", get(pages::script))
+        .route("/assets/app.css", get(pages::style))
+        .with_state(app)
+}
