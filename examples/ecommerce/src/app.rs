@@ -117,6 +117,12 @@ impl Running {
         Ok(self.services.inventory.reservation_status(id).await?)
     }
 
+    /// The orders service (in-crate tests reach its breaker handle).
+    #[cfg(test)]
+    pub(crate) fn orders_app(&self) -> &OrdersState {
+        &self.services.orders
+    }
+
     /// Events in the order event store.
     pub async fn event_count(&self) -> Result<u64, Error> {
         Ok(self.services.orders.orders.store_head().await?)

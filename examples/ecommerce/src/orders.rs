@@ -15,7 +15,7 @@ use tower::util::BoxCloneSyncService;
 use trellis_auth::Claims;
 use trellis_cqrs::{BoxError, Projection};
 use trellis_eventsourcing::{Aggregate, DomainEvent, Repository, StoredEvent};
-use trellis_resilience::circuit_breaker::CircuitBreakerHandle;
+use trellis_resilience::circuit_breaker::{CircuitBreakerHandle, CircuitState};
 use trellis_resilience::fault::{FaultConfig, FaultHandle};
 use trellis_saga::{Saga, SagaStatus, Step, StepError};
 
@@ -700,6 +700,15 @@ pub(crate) async fn list(
 /// again: reserve ▸ charge ▸ confirm, or reject with compensation. Each
 /// runs as its own saga `{order_id}/validate`, so a crash resumes it.
 pub(crate) async fn validate_pending(app: &OrdersApp) -> Result<Vec<(String, String)>, ApiError> {
+    // One validation pass at a time: the operator's "close" and the
+    // breaker closing by itself may ask at once, and each order's
+    // validation saga must be started once.
+    let _one_pass = app.validating.lock().await;
+    validate_pending_locked(app).await
+}
+
+/// [`validate_pending`] for a caller that holds `app.validating`.
+async fn validate_pending_locked(app: &OrdersApp) -> Result<Vec<(String, String)>, ApiError> {
     use trellis_saga::SagaLog;
     let pending: Vec<String> = each!(&app.orders.read_db, ReadDb, pool => {
         sqlx::query_scalar(
@@ -862,7 +871,7 @@ pub(crate) async fn open(
                 .await?
         }
     };
-    Ok(Arc::new(OrdersApp {
+    let app = Arc::new(OrdersApp {
         orders: Orders {
             store,
             orchestrator,
@@ -874,7 +883,38 @@ pub(crate) async fn open(
         inventory_breaker,
         payment_faults,
         clients,
-    }))
+        validating: tokio::sync::Mutex::new(()),
+    });
+    validate_when_inventory_is_back(&app);
+    Ok(app)
+}
+
+/// Validates the PENDING_VALIDATION orders whenever inventory's breaker
+/// closes, by itself (a half-open trial succeeded) or by hand, and once at
+/// start for orders a previous run left pending. The task holds only a weak
+/// reference: it ends with the service.
+fn validate_when_inventory_is_back(app: &OrdersState) {
+    let mut state = app.inventory_breaker.subscribe();
+    let weak = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut closed = true;
+        loop {
+            if closed {
+                let Some(app) = weak.upgrade() else { return };
+                match validate_pending(&app).await {
+                    Ok(done) if !done.is_empty() => {
+                        tracing::info!(orders = done.len(), "validated pending orders")
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(?error, "validating pending orders failed"),
+                }
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+            closed = *state.borrow_and_update() == CircuitState::Closed;
+        }
+    });
 }
 
 /// Everything the orders routes use: the service itself, where prices come
@@ -887,6 +927,8 @@ pub(crate) struct OrdersApp {
     pub(crate) payment_faults: FaultHandle,
     /// Breakers, bulkheads, limiters and drills of the clients (src/web).
     pub(crate) clients: crate::web::ClientHandles,
+    /// Held by a validation pass (see [`validate_pending`]).
+    pub(crate) validating: tokio::sync::Mutex<()>,
 }
 
 pub(crate) type OrdersState = Arc<OrdersApp>;
@@ -943,8 +985,11 @@ pub(crate) async fn set_breaker(
     if body.open {
         app.inventory_breaker.force_open();
     } else {
+        // Hold the validation lock from the reset on, so this request (not
+        // the watcher woken by the reset) validates and reports the orders.
+        let _one_pass = app.validating.lock().await;
         app.inventory_breaker.reset();
-        validated = validate_pending(&app).await?;
+        validated = validate_pending_locked(&app).await?;
     }
     let validated: Vec<_> = validated
         .into_iter()
@@ -1097,5 +1142,138 @@ mod tests {
             .then_expect_events(vec![OrderEvent::Rejected {
                 reason: "out of stock".into(),
             }]);
+    }
+}
+
+#[cfg(test)]
+mod degraded_mode_tests {
+    use std::time::{Duration, Instant};
+
+    use http::Method;
+    use serde_json::json;
+    use trellis_resilience::circuit_breaker::{CircuitState, SlidingWindow};
+
+    use crate::ApiClient;
+
+    /// Without an operator: inventory fails, the breaker opens by itself,
+    /// orders are accepted as PENDING_VALIDATION; inventory heals, the next
+    /// order's trial call closes the breaker, and the pending orders are
+    /// validated by the watcher.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_orders_are_validated_when_the_breaker_closes_by_itself() {
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-self-close-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let running = crate::start(crate::Config {
+            data_dir: dir.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            drain: Duration::from_millis(10),
+        })
+        .await
+        .unwrap();
+        let breaker = running.orders_app().inventory_breaker.clone();
+        let mut config = breaker.config();
+        config.window = SlidingWindow::Count { size: 4 };
+        config.minimum_calls = 2;
+        config.wait_in_open = Duration::from_millis(300);
+        config.max_wait_in_open = Duration::from_millis(300);
+        config.permitted_calls_in_half_open = 1;
+        breaker.replace_config(config).unwrap();
+
+        let api = ApiClient::new(running.base_url());
+        let ops = running.ops_token().unwrap();
+        let credentials =
+            json!({ "email": "self-close@example.com", "password": "a long password" });
+        let r = api
+            .json(
+                Method::POST,
+                "/api/v1/identity/register",
+                None,
+                Some(credentials.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let r = api
+            .json(
+                Method::POST,
+                "/api/v1/identity/login",
+                None,
+                Some(credentials),
+            )
+            .await
+            .unwrap();
+        let token = r.body["access_token"].as_str().unwrap().to_owned();
+        let faults = |enabled: bool| json!({ "enabled": enabled, "error_probability": 1.0 });
+        let set_faults = |enabled| {
+            api.json(
+                Method::POST,
+                "/api/v1/admin/inventory/faults",
+                Some(&ops),
+                Some(faults(enabled)),
+            )
+        };
+        assert_eq!(set_faults(true).await.unwrap().status, 200);
+        let order =
+            json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": "4242424242424242" });
+        let place = || {
+            api.json(
+                Method::POST,
+                "/api/v1/orders",
+                Some(&token),
+                Some(order.clone()),
+            )
+        };
+
+        let mut pending = Vec::new();
+        for _ in 0..3 {
+            let r = place().await.unwrap();
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            assert_eq!(r.body["status"], "PENDING_VALIDATION", "{:?}", r.body);
+            pending.push(r.body["order_id"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            breaker.state(),
+            CircuitState::Open,
+            "opened by the failures"
+        );
+
+        assert_eq!(set_faults(false).await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let r = place().await.unwrap();
+        assert_eq!(
+            r.body["status"], "CONFIRMED",
+            "the trial call passed: {:?}",
+            r.body
+        );
+        assert_eq!(breaker.state(), CircuitState::Closed);
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for id in &pending {
+            loop {
+                let r = api
+                    .json(
+                        Method::GET,
+                        &format!("/api/v1/orders/{id}"),
+                        Some(&token),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                if r.body["status"] == "CONFIRMED" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "order {id} still {:?} after the breaker closed",
+                    r.body["status"]
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(running.net_charges(id).await.unwrap(), 1, "charged once");
+        }
+        running.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
