@@ -53,7 +53,7 @@ use crate::remote::{self, ServiceToken};
 use crate::{catalog, db, identity, inventory, orders, payments};
 
 /// Scopes orders asks identity for.
-const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "payments:write"];
+pub(crate) const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "payments:write"];
 
 /// One service running in this process.
 #[derive(Debug)]

@@ -71,6 +71,92 @@ pub(crate) enum BodyErrors {
     Invalid(ErrorBody),
 }
 
+/// The answers of an internal write (orders calling inventory or payments)
+/// that is refused before it changes anything.
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)] // documentation only: `ApiJson` and the handlers build these
+pub(crate) enum InternalWriteErrors {
+    /// `malformed_json`, or `missing_idempotency_key`.
+    #[response(
+        status = 400,
+        description = "`malformed_json` or `missing_idempotency_key` (1 to 200 characters)"
+    )]
+    BadRequest(ErrorBody),
+    /// `body_too_large` (over 16 KiB).
+    #[response(status = 413, description = "`body_too_large` (over 16 KiB)")]
+    TooLarge(ErrorBody),
+    /// `unsupported_media_type`: not `application/json`.
+    #[response(status = 415, description = "`unsupported_media_type`")]
+    NotJson(ErrorBody),
+    /// `invalid_body` or a domain check (`invalid_lines`, `invalid_amount`).
+    #[response(
+        status = 422,
+        description = "`invalid_body` (unknown field, wrong type) or a domain check: `invalid_lines`, `invalid_amount`"
+    )]
+    Invalid(ErrorBody),
+}
+
+/// The `Idempotency-Key` header every internal write carries: the caller's
+/// key for this step, so a retried call does the work once.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // documentation only: handlers read the header map
+pub(crate) struct IdempotencyKey(
+    /// 1 to 200 characters, unique per saga step (e.g. `{order}/{step}/action`).
+    String,
+);
+
+/// `POST /inventory/reservations`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Reservation {
+    /// The reservation id: the call's idempotency key.
+    reservation: String,
+}
+
+/// `POST /inventory/reservations`'s answer when a line cannot be served.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct InsufficientStock {
+    /// Always `insufficient_stock`.
+    error: String,
+    /// What went wrong, for people.
+    message: String,
+    /// The first SKU short of stock.
+    sku: String,
+}
+
+/// What to do with a reservation.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler matches the path text
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FinishAction {
+    /// Give the stock back (compensation).
+    Release,
+    /// Keep it for good (the order is confirmed).
+    Confirm,
+}
+
+/// `POST /inventory/reservations/{action}`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Finished {
+    /// The action done.
+    status: FinishAction,
+}
+
+/// `POST /payments/charges`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Charged {
+    /// The payment id (what a refund names).
+    payment: String,
+}
+
+/// `POST /payments/refunds`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Refunded {
+    /// Always `refunded`.
+    #[schema(pattern = "^refunded$")]
+    status: String,
+}
+
 /// `POST /identity/register`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Registered {
@@ -230,7 +316,12 @@ impl Modify for BearerJwt {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(crate::identity::register, crate::identity::login, jwks),
+    paths(
+        crate::identity::register,
+        crate::identity::login,
+        crate::identity::service_token,
+        jwks
+    ),
     tags((name = "identity", description = "Users, login, token issuing, JWKS")),
     modifiers(&BearerJwt)
 )]
@@ -244,11 +335,11 @@ struct IdentityApi;
 )]
 struct CatalogApi;
 
-// NOTE: inventory and payments are reached by orders in process (one
-// process) or over HTTP (distributed mode); their service-to-service routes
-// belong here once they exist.
+// Inventory and payments are reached by orders in process (one process)
+// or over HTTP (distributed mode): these routes exist only in the latter.
 #[derive(OpenApi)]
 #[openapi(
+    paths(crate::inventory::reserve, crate::inventory::finish),
     tags((name = "inventory", description = "Stock and reservations")),
     modifiers(&BearerJwt)
 )]
@@ -256,7 +347,11 @@ struct InventoryApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(crate::orders::set_payment_faults),
+    paths(
+        crate::payments::charge,
+        crate::payments::refund,
+        crate::orders::set_payment_faults
+    ),
     tags((name = "payments", description = "The fake payment provider and its fault injection")),
     modifiers(&BearerJwt)
 )]
