@@ -19,6 +19,7 @@ use trellis_resilience::retry::{RetryDecision, RetryPolicy};
 
 use crate::app::{Server, not_found, serve, wrap};
 use crate::catalog::Catalog;
+use crate::config::ServiceName;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::inventory::{Inventory, InventoryReply, InventoryRequest, Line};
@@ -33,7 +34,8 @@ pub fn orders_scopes() -> &'static [&'static str] {
     crate::distributed::ORDERS_SCOPES
 }
 
-/// Identity, catalog, inventory and payments, each served on loopback.
+/// Identity, catalog, inventory and payments, each served on loopback with
+/// its OpenAPI document at `/api/v1/openapi.json`.
 #[derive(Debug)]
 pub struct Providers {
     identity: Arc<Identity>,
@@ -66,19 +68,28 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
     .await?;
     let payments = Payments::open(crate::db::open_any(data_dir, "payments").await?).await?;
     let routers = [
-        ("identity", crate::identity::router(identity.clone())),
         (
-            "catalog",
+            ServiceName::Identity,
+            crate::identity::router(identity.clone()),
+        ),
+        (
+            ServiceName::Catalog,
             crate::catalog::router(catalog, validator.clone()),
         ),
         (
-            "inventory",
+            ServiceName::Inventory,
             crate::inventory::router(inventory.clone(), validator.clone()),
         ),
-        ("payments", crate::payments::router(payments, validator)),
+        (
+            ServiceName::Payments,
+            crate::payments::router(payments, validator),
+        ),
     ];
     let mut servers = Vec::new();
-    for (name, api) in routers {
+    for (service, api) in routers {
+        let name = service.as_str();
+        // Each serves its own document, as a service process should.
+        let api = api.merge(crate::openapi::service_router(service));
         let health = Health::builder().build()?;
         let app = wrap(not_found(api), &health);
         let (addr, stop, server) = serve(
