@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiJson, Error};
 #[schema(as = ReservationLine)]
 pub(crate) struct Line {
     pub(crate) sku: String,
+    #[schema(minimum = 1, maximum = 100)]
     pub(crate) quantity: i64,
 }
 
@@ -217,6 +218,7 @@ pub(crate) struct ReserveBody {
     /// The order the stock is held for.
     order_id: String,
     /// 1 or more lines, each of quantity 1 to 100.
+    #[schema(min_items = 1)]
     lines: Vec<Line>,
 }
 

@@ -116,12 +116,39 @@ pub(crate) struct Reservation {
 /// `POST /inventory/reservations`'s answer when a line cannot be served.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct InsufficientStock {
-    /// Always `insufficient_stock`.
-    error: String,
+    /// Always `insufficient_stock`: orders tells the outcome by it.
+    error: InsufficientStockCode,
     /// What went wrong, for people.
     message: String,
     /// The first SKU short of stock.
     sku: String,
+}
+
+/// The one code of [`InsufficientStock`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InsufficientStockCode {
+    /// Not enough stock for a line.
+    InsufficientStock,
+}
+
+/// `POST /payments/charges`'s answer when the card is declined.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Declined {
+    /// Always `payment_declined`: orders tells the outcome by it.
+    error: DeclinedCode,
+    /// The provider's reason.
+    message: String,
+}
+
+/// The one code of [`Declined`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeclinedCode {
+    /// The provider declined the card.
+    PaymentDeclined,
 }
 
 /// What to do with a reservation.
@@ -153,8 +180,16 @@ pub(crate) struct Charged {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Refunded {
     /// Always `refunded`.
-    #[schema(pattern = "^refunded$")]
-    status: String,
+    status: RefundStatus,
+}
+
+/// The one state of [`Refunded`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RefundStatus {
+    /// The payment is refunded (now or before).
+    Refunded,
 }
 
 /// `POST /identity/register`'s answer.

@@ -141,6 +141,7 @@ pub(crate) struct ChargeBody {
     /// The order paid for.
     order_id: String,
     /// Positive.
+    #[schema(minimum = 1)]
     amount_cents: i64,
     /// The card number (`4000000000000002` is always declined).
     card: String,
@@ -179,7 +180,7 @@ pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> 
     security(("bearer" = ["payments:write"])),
     responses(
         (status = 201, description = "Charged (or charged before with this key)", body = crate::openapi::Charged),
-        (status = 402, description = "`payment_declined`: a business outcome, nothing charged", body = crate::openapi::ErrorBody),
+        (status = 402, description = "`payment_declined`: a business outcome, nothing charged", body = crate::openapi::Declined),
         crate::openapi::InternalWriteErrors,
         crate::openapi::AuthErrors,
     )

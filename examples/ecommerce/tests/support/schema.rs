@@ -1,7 +1,7 @@
 //! A small JSON-schema check for the OpenAPI documents' schemas, shared by
 //! tests/openapi.rs and tests/contracts.rs: `$ref`, `type` (including
 //! `null`), `enum`, `required`, `properties`, `items`, `oneOf`/`anyOf`,
-//! `allOf`. Enough for what utoipa generates here; anything else is ignored.
+//! `allOf`, `additionalProperties: false`, `minimum`/`maximum`, `minItems`. Enough for what utoipa generates here; anything else is ignored.
 
 use serde_json::Value;
 
@@ -88,9 +88,29 @@ pub(crate) fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> 
             for (name, field) in fields {
                 if let Some(property) = properties.get(name) {
                     validate(doc, property, field, &format!("{at}.{name}"))?;
+                } else if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+                    return Err(format!("{at}: unknown field {name:?}"));
                 }
             }
         }
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            return Err(format!("{at}: {n} is below the minimum {min}"));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            return Err(format!("{at}: {n} is above the maximum {max}"));
+        }
+    }
+    if let (Value::Array(items), Some(min)) =
+        (value, schema.get("minItems").and_then(Value::as_u64))
+        && (items.len() as u64) < min
+    {
+        return Err(format!("{at}: fewer than {min} items"));
     }
     if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
         for (i, item) in items.iter().enumerate() {
@@ -114,8 +134,10 @@ mod tests {
                 "n": { "type": "integer" },
                 "reason": { "type": ["string", "null"] },
                 "state": { "$ref": "#/components/schemas/State" },
-                "tags": { "type": "array", "items": { "type": "string" } }
-            }},
+                "tags": { "type": "array", "items": { "type": "string" } },
+                "q": { "type": "integer", "minimum": 1, "maximum": 100 },
+                "lines": { "type": "array", "minItems": 1 }
+            }, "additionalProperties": false },
             "State": { "type": "string", "enum": ["A", "B"] }
         }}});
         let schema = json!({ "$ref": "#/components/schemas/Row" });
@@ -132,6 +154,13 @@ mod tests {
             (json!({ "id": "x", "n": 1, "state": "C" }), "not one of"),
             (json!({ "id": "x", "n": 1, "tags": ["t", 2] }), "$.tags[1]"),
             (json!([1]), "expected [\"object\"]"),
+            (
+                json!({ "id": "x", "n": 1, "extra": 1 }),
+                "unknown field \"extra\"",
+            ),
+            (json!({ "id": "x", "n": 1, "q": 0 }), "below the minimum"),
+            (json!({ "id": "x", "n": 1, "q": 101 }), "above the maximum"),
+            (json!({ "id": "x", "n": 1, "lines": [] }), "fewer than 1"),
         ] {
             let err = validate(&doc, &schema, &bad, "$").unwrap_err();
             assert!(err.contains(expected), "{bad}: {err}");
