@@ -269,6 +269,7 @@ pub(crate) struct ClientCredentials {
         (status = 200, description = "A bearer token with the asked scopes", body = crate::openapi::TokenResponse),
         (status = 401, description = "`invalid_client`: unknown client or wrong secret", body = crate::openapi::ErrorBody),
         (status = 404, description = "`not_found`: service tokens are disabled (no service secret configured)", body = crate::openapi::ErrorBody),
+        (status = 500, description = "`internal`: the token could not be signed", body = crate::openapi::ErrorBody),
         crate::openapi::BodyErrors,
     )
 )]
