@@ -515,7 +515,6 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 /// One service per process: its own document at `/openapi.json`, to be
 /// nested under `/api/v1`.
-#[allow(dead_code)] // wired by the distributed mode
 pub(crate) fn service_router<S: Clone + Send + Sync + 'static>(service: ServiceName) -> Router<S> {
     let key = match service {
         ServiceName::Gateway => "",
