@@ -57,9 +57,25 @@ impl ApiClient {
         token: Option<&str>,
         body: Vec<u8>,
     ) -> Result<ApiResponse, Error> {
+        self.with_headers(method, path, token, &[], body).await
+    }
+
+    /// Like [`ApiClient::raw`], with extra headers (an `Idempotency-Key` on
+    /// the service-to-service routes).
+    pub async fn with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<ApiResponse, Error> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if !body.is_empty() {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
         }

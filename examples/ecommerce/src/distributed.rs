@@ -53,7 +53,7 @@ use crate::remote::{self, ServiceToken};
 use crate::{catalog, db, identity, inventory, orders, payments};
 
 /// Scopes orders asks identity for.
-const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "payments:write"];
+pub(crate) const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "payments:write"];
 
 /// One service running in this process.
 #[derive(Debug)]
@@ -204,6 +204,12 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         }
     };
     let health = health.cache_ttl(Duration::from_millis(500)).build()?;
+    // Each service serves its own OpenAPI document. Not the gateway: a
+    // route there would replace its proxying fallback (see `not_found`).
+    let api = match service {
+        ServiceName::Gateway => api,
+        own => api.merge(crate::openapi::service_router(own)),
+    };
     let app = wrap(not_found(api), &health);
     let (addr, shutdown, server) =
         serve(settings.listen_addr(), app, health, settings.drain).await?;

@@ -245,10 +245,13 @@ pub(crate) fn router(identity: IdentityState) -> axum::Router {
         .with_state(identity)
 }
 
-#[derive(Debug, Deserialize)]
+/// The client-credentials grant's body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientCredentials {
+    /// The calling service's name (letters, digits, `-`, `_`; up to 64).
     client_id: String,
+    /// The shared service secret.
     client_secret: String,
     /// Space-separated, as in OAuth 2.
     scope: String,
@@ -256,6 +259,20 @@ pub(crate) struct ClientCredentials {
 
 /// Client-credentials grant: a service (or the operator) trades the shared
 /// service secret for a token with scopes from [`SERVICE_SCOPES`].
+#[utoipa::path(
+    post,
+    path = "/api/v1/identity/token",
+    tag = "identity",
+    operation_id = "service_token",
+    request_body = ClientCredentials,
+    responses(
+        (status = 200, description = "A bearer token with the asked scopes", body = crate::openapi::TokenResponse),
+        (status = 401, description = "`invalid_client`: unknown client or wrong secret", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`not_found`: service tokens are disabled (no service secret configured)", body = crate::openapi::ErrorBody),
+        (status = 500, description = "`internal`: the token could not be signed", body = crate::openapi::ErrorBody),
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn service_token(
     State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<ClientCredentials>,

@@ -11,9 +11,11 @@ use sqlx::AnyPool;
 use crate::error::{ApiError, ApiJson, Error};
 
 /// One order line as inventory sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ReservationLine)]
 pub(crate) struct Line {
     pub(crate) sku: String,
+    #[schema(minimum = 1, maximum = 100)]
     pub(crate) quantity: i64,
 }
 
@@ -209,10 +211,14 @@ pub(crate) fn idempotency_key(headers: &http::HeaderMap) -> Result<String, ApiEr
         })
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /inventory/reservations`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReserveBody {
+pub(crate) struct ReserveBody {
+    /// The order the stock is held for.
     order_id: String,
+    /// 1 or more lines, each of quantity 1 to 100.
+    #[schema(min_items = 1)]
     lines: Vec<Line>,
 }
 
@@ -229,7 +235,24 @@ pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -
         .with_state(inventory)
 }
 
-async fn reserve(
+/// Reserves stock for an order (service to service: orders' saga). The
+/// `Idempotency-Key` is the reservation id: a repeated call answers the same.
+#[utoipa::path(
+    post,
+    path = "/api/v1/inventory/reservations",
+    tag = "inventory",
+    operation_id = "reserve_stock",
+    params(crate::openapi::IdempotencyKey),
+    request_body = ReserveBody,
+    security(("bearer" = ["inventory:write"])),
+    responses(
+        (status = 201, description = "Reserved (or reserved before with this key)", body = crate::openapi::Reservation),
+        (status = 409, description = "`insufficient_stock`: a business outcome, nothing reserved", body = crate::openapi::InsufficientStock),
+        crate::openapi::InternalWriteErrors,
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn reserve(
     State(inventory): State<Inventory>,
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<ReserveBody>,
@@ -268,15 +291,35 @@ async fn reserve(
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /inventory/reservations/{action}`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReservationBody {
+pub(crate) struct ReservationBody {
+    /// The reservation id (the reserve call's idempotency key).
     reservation: String,
 }
 
 /// `release` or `confirm` a reservation; both are idempotent in their
 /// target state (the key is still required, for the caller's logs).
-async fn finish(
+#[utoipa::path(
+    post,
+    path = "/api/v1/inventory/reservations/{action}",
+    tag = "inventory",
+    operation_id = "finish_reservation",
+    params(
+        ("action" = crate::openapi::FinishAction, Path, description = "`release` (stock returns) or `confirm`"),
+        crate::openapi::IdempotencyKey,
+    ),
+    request_body = ReservationBody,
+    security(("bearer" = ["inventory:write"])),
+    responses(
+        (status = 200, description = "Done (also when it was already in that state)", body = crate::openapi::Finished),
+        (status = 404, description = "`not_found`: an action other than `release` or `confirm`", body = crate::openapi::ErrorBody),
+        crate::openapi::InternalWriteErrors,
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn finish(
     State(inventory): State<Inventory>,
     headers: http::HeaderMap,
     Path(action): Path<String>,

@@ -59,6 +59,8 @@ mod readmodel;
 mod remote;
 pub mod scenario;
 mod shipping;
+#[doc(hidden)]
+pub mod testing;
 mod web;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};

@@ -71,6 +71,127 @@ pub(crate) enum BodyErrors {
     Invalid(ErrorBody),
 }
 
+/// The answers of an internal write (orders calling inventory or payments)
+/// that is refused before it changes anything.
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)] // documentation only: `ApiJson` and the handlers build these
+pub(crate) enum InternalWriteErrors {
+    /// `malformed_json`, or `missing_idempotency_key`.
+    #[response(
+        status = 400,
+        description = "`malformed_json` or `missing_idempotency_key` (1 to 200 characters)"
+    )]
+    BadRequest(ErrorBody),
+    /// `body_too_large` (over 16 KiB).
+    #[response(status = 413, description = "`body_too_large` (over 16 KiB)")]
+    TooLarge(ErrorBody),
+    /// `unsupported_media_type`: not `application/json`.
+    #[response(status = 415, description = "`unsupported_media_type`")]
+    NotJson(ErrorBody),
+    /// `invalid_body` or a domain check (`invalid_lines`, `invalid_amount`).
+    #[response(
+        status = 422,
+        description = "`invalid_body` (unknown field, wrong type) or a domain check: `invalid_lines`, `invalid_amount`"
+    )]
+    Invalid(ErrorBody),
+}
+
+/// The `Idempotency-Key` header every internal write carries: the caller's
+/// key for this step, so a retried call does the work once.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // documentation only: handlers read the header map
+pub(crate) struct IdempotencyKey(
+    /// 1 to 200 characters, unique per saga step (e.g. `{order}/{step}/action`).
+    String,
+);
+
+/// `POST /inventory/reservations`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Reservation {
+    /// The reservation id: the call's idempotency key.
+    reservation: String,
+}
+
+/// `POST /inventory/reservations`'s answer when a line cannot be served.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct InsufficientStock {
+    /// Always `insufficient_stock`: orders tells the outcome by it.
+    error: InsufficientStockCode,
+    /// What went wrong, for people.
+    message: String,
+    /// The first SKU short of stock.
+    sku: String,
+}
+
+/// The one code of [`InsufficientStock`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InsufficientStockCode {
+    /// Not enough stock for a line.
+    InsufficientStock,
+}
+
+/// `POST /payments/charges`'s answer when the card is declined.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Declined {
+    /// Always `payment_declined`: orders tells the outcome by it.
+    error: DeclinedCode,
+    /// The provider's reason.
+    message: String,
+}
+
+/// The one code of [`Declined`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeclinedCode {
+    /// The provider declined the card.
+    PaymentDeclined,
+}
+
+/// What to do with a reservation.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler matches the path text
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FinishAction {
+    /// Give the stock back (compensation).
+    Release,
+    /// Keep it for good (the order is confirmed).
+    Confirm,
+}
+
+/// `POST /inventory/reservations/{action}`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Finished {
+    /// The action done.
+    status: FinishAction,
+}
+
+/// `POST /payments/charges`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Charged {
+    /// The payment id (what a refund names).
+    payment: String,
+}
+
+/// `POST /payments/refunds`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Refunded {
+    /// Always `refunded`.
+    status: RefundStatus,
+}
+
+/// The one state of [`Refunded`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RefundStatus {
+    /// The payment is refunded (now or before).
+    Refunded,
+}
+
 /// `POST /identity/register`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Registered {
@@ -230,7 +351,12 @@ impl Modify for BearerJwt {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(crate::identity::register, crate::identity::login, jwks),
+    paths(
+        crate::identity::register,
+        crate::identity::login,
+        crate::identity::service_token,
+        jwks
+    ),
     tags((name = "identity", description = "Users, login, token issuing, JWKS")),
     modifiers(&BearerJwt)
 )]
@@ -244,11 +370,11 @@ struct IdentityApi;
 )]
 struct CatalogApi;
 
-// NOTE: inventory and payments are reached by orders in process (one
-// process) or over HTTP (distributed mode); their service-to-service routes
-// belong here once they exist.
+// Inventory and payments are reached by orders in process (one process)
+// or over HTTP (distributed mode): these routes exist only in the latter.
 #[derive(OpenApi)]
 #[openapi(
+    paths(crate::inventory::reserve, crate::inventory::finish),
     tags((name = "inventory", description = "Stock and reservations")),
     modifiers(&BearerJwt)
 )]
@@ -256,7 +382,14 @@ struct InventoryApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(crate::orders::set_payment_faults),
+    paths(
+        crate::payments::charge,
+        crate::payments::refund,
+        crate::orders::set_payment_faults
+    ),
+    // utoipa registers a schema used only through `IntoResponses` when some
+    // other operation names it directly; here none does.
+    components(schemas(ErrorBody)),
     tags((name = "payments", description = "The fake payment provider and its fault injection")),
     modifiers(&BearerJwt)
 )]
@@ -382,7 +515,6 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 /// One service per process: its own document at `/openapi.json`, to be
 /// nested under `/api/v1`.
-#[allow(dead_code)] // wired by the distributed mode
 pub(crate) fn service_router<S: Clone + Send + Sync + 'static>(service: ServiceName) -> Router<S> {
     let key = match service {
         ServiceName::Gateway => "",
@@ -420,6 +552,39 @@ mod tests {
             paths(&openapi(ServiceName::Catalog)),
             ["/api/v1/products", "/api/v1/products/{sku}"]
         );
+    }
+
+    fn refs<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v.as_str()) {
+                        ("$ref", Some(reference)) => found.push(reference),
+                        _ => refs(v, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_in_every_document_resolves() {
+        for service in DOCUMENTED.into_iter().chain([ServiceName::Gateway]) {
+            let doc: serde_json::Value =
+                serde_json::from_str(&openapi(service).to_json().unwrap()).unwrap();
+            let mut found = Vec::new();
+            refs(&doc, &mut found);
+            assert!(!found.is_empty(), "{service}");
+            for reference in found {
+                let pointer = reference.strip_prefix('#').unwrap();
+                assert!(
+                    doc.pointer(pointer).is_some(),
+                    "{service}: dangling {reference}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -134,17 +134,24 @@ impl Payments {
 
 // ---------------------------------------------------------------- HTTP (distributed mode)
 
-#[derive(Debug, Deserialize)]
+/// `POST /payments/charges`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChargeBody {
+pub(crate) struct ChargeBody {
+    /// The order paid for.
     order_id: String,
+    /// Positive.
+    #[schema(minimum = 1)]
     amount_cents: i64,
+    /// The card number (`4000000000000002` is always declined).
     card: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /payments/refunds`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefundBody {
+pub(crate) struct RefundBody {
+    /// The payment id a charge answered with.
     payment: String,
 }
 
@@ -161,7 +168,24 @@ pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> 
         .with_state(payments)
 }
 
-async fn charge(
+/// Charges a card (service to service: orders' saga), deduplicated by the
+/// `Idempotency-Key`: a repeated call answers what the first one did.
+#[utoipa::path(
+    post,
+    path = "/api/v1/payments/charges",
+    tag = "payments",
+    operation_id = "charge",
+    params(crate::openapi::IdempotencyKey),
+    request_body = ChargeBody,
+    security(("bearer" = ["payments:write"])),
+    responses(
+        (status = 201, description = "Charged (or charged before with this key)", body = crate::openapi::Charged),
+        (status = 402, description = "`payment_declined`: a business outcome, nothing charged", body = crate::openapi::Declined),
+        crate::openapi::InternalWriteErrors,
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn charge(
     State(payments): State<Payments>,
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<ChargeBody>,
@@ -197,7 +221,22 @@ async fn charge(
     })
 }
 
-async fn refund(
+/// Refunds a payment, once per payment whatever the key.
+#[utoipa::path(
+    post,
+    path = "/api/v1/payments/refunds",
+    tag = "payments",
+    operation_id = "refund",
+    params(crate::openapi::IdempotencyKey),
+    request_body = RefundBody,
+    security(("bearer" = ["payments:write"])),
+    responses(
+        (status = 200, description = "Refunded (also when it was before)", body = crate::openapi::Refunded),
+        crate::openapi::InternalWriteErrors,
+        crate::openapi::AuthErrors,
+    )
+)]
+pub(crate) async fn refund(
     State(payments): State<Payments>,
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<RefundBody>,

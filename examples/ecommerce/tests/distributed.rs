@@ -301,6 +301,22 @@ async fn the_scenario_runs_through_the_gateway() {
         .await
         .unwrap_or_else(|e| panic!("{e}\norders log:\n{}", system.log(ServiceName::Orders)));
 
+    // Each service process serves its own OpenAPI document.
+    for service in [
+        ServiceName::Identity,
+        ServiceName::Catalog,
+        ServiceName::Inventory,
+        ServiceName::Payments,
+        ServiceName::Orders,
+    ] {
+        let r = ApiClient::new(system.url(service))
+            .json(Method::GET, "/api/v1/openapi.json", None, None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{service}");
+        assert_eq!(r.body["info"]["title"], format!("ecommerce {service}"));
+    }
+
     let api = ApiClient::new(&gateway);
     let token = &outcome.token;
     let status = |id: &str| {
