@@ -98,7 +98,11 @@ impl SqliteEventStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each acquire: a SQLite connection is an in-process
+        // handle, the ping is a round trip to its worker thread that finds
+        // nothing the next statement would not (the pool still pings on release).
         let single = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -108,6 +112,7 @@ impl SqliteEventStore {
             write.clone()
         } else {
             SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(4)
                 .connect_with(options)
                 .await?
