@@ -444,24 +444,20 @@ impl EventStore for SqliteEventStore {
         direction: Direction,
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let deleted: Option<i64> =
-            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_optional(&self.read)
-                .await?;
-        if deleted.unwrap_or(0) != 0 {
-            return Err(Error::StreamDeleted {
-                stream: stream_id.to_owned(),
-            });
-        }
+        // One query: the events and, beside each, the stream's tombstone
+        // flag (a read is one hand-off to a connection's thread, and
+        // loading an aggregate is on every command's path). Only when no
+        // event comes back is the flag read on its own.
         let sql = match direction {
             Direction::Forwards => {
-                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
-                 FROM es_events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version ASC LIMIT ?"
+                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata, \
+                 (SELECT deleted FROM es_streams WHERE stream_id = ?1) AS deleted \
+                 FROM es_events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version ASC LIMIT ?3"
             }
             Direction::Backwards => {
-                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
-                 FROM es_events WHERE stream_id = ? AND stream_version <= ? ORDER BY stream_version DESC LIMIT ?"
+                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata, \
+                 (SELECT deleted FROM es_streams WHERE stream_id = ?1) AS deleted \
+                 FROM es_events WHERE stream_id = ?1 AND stream_version <= ?2 ORDER BY stream_version DESC LIMIT ?3"
             }
         };
         let rows = sqlx::query(sql)
@@ -470,6 +466,20 @@ impl EventStore for SqliteEventStore {
             .bind(limit(max_count))
             .fetch_all(&self.read)
             .await?;
+        let deleted = match rows.first() {
+            Some(row) => row.try_get::<Option<i64>, _>("deleted")?,
+            None => {
+                sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
+                    .bind(stream_id)
+                    .fetch_optional(&self.read)
+                    .await?
+            }
+        };
+        if deleted.unwrap_or(0) != 0 {
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
+        }
         rows.iter().map(decode_row).collect()
     }
 

@@ -537,7 +537,7 @@ pub(crate) async fn place(
         tracing::warn!(order_id, status = ?record.status, error = ?record.error, "place-order saga did not finish");
     }
     // Read-your-writes: answer once the read model has this order's events.
-    let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+    let head = app.orders.appended_head();
     app.orders
         .projection
         .wait_for(head, Duration::from_secs(5))
@@ -653,6 +653,13 @@ impl std::fmt::Debug for Orders {
 }
 
 impl Orders {
+    /// The position of the last event this process appended (committed):
+    /// at or past every event of a saga that has returned, without a query.
+    pub(crate) fn appended_head(&self) -> u64 {
+        use trellis_eventsourcing::EventStore;
+        *self.store.watch_head().borrow()
+    }
+
     pub(crate) async fn store_head(&self) -> trellis_eventsourcing::Result<u64> {
         use trellis_eventsourcing::EventStore;
         self.store.head_position().await

@@ -46,9 +46,9 @@ const SCHEMA: [&str; 3] = [
 ///
 /// [`create`](SagaLog::create) and [`record`](SagaLog::record) do not each
 /// run their own transaction: they queue their statements for one writer
-/// task, which commits every write queued meanwhile in **one** transaction,
-/// sent to SQLite as one multi-statement query (one hand-off to the
-/// connection's thread, one commit, one fsync under `synchronous = FULL`).
+/// task, which commits every write queued meanwhile in **one** transaction
+/// (one commit, one fsync under `synchronous = FULL`), each write a single
+/// cached query (one hand-off to the connection's thread).
 /// A write returns only once the transaction holding it has committed, so
 /// each is exactly as durable as with a transaction of its own; concurrent
 /// sagas share the commit. Each write's checks (the saga id is free, the
@@ -76,8 +76,7 @@ pub struct SqliteSagaLog {
     writer: mpsc::Sender<Write>,
 }
 
-/// Writes one transaction carries at most (a few hundred bound parameters,
-/// far under SQLite's limit of 32,766).
+/// Writes one transaction carries at most.
 const MAX_BATCH: usize = 64;
 
 /// A bound parameter of a queued write.
@@ -89,15 +88,15 @@ enum Arg {
     OptText(Option<String>),
 }
 
-/// One `create` or `record`: its statements, each with its positional
-/// `?` parameters in order, and which statement decides it.
+/// One `create` or `record`: one query of two statements (the history
+/// rows, then the saga row) with its positional `?` parameters. Both are
+/// conditional on the same check, so the query changes either nothing (the
+/// write is refused) or at least the saga row.
 #[derive(Debug)]
 struct Write {
-    statements: Vec<(String, Vec<Arg>)>,
-    /// The statement whose changed-row count is the write's outcome
-    /// (1 = done, 0 = refused by its condition).
-    decisive: usize,
-    reply: oneshot::Sender<Result<u64>>,
+    sql: String,
+    args: Vec<Arg>,
+    reply: oneshot::Sender<Result<bool>>,
 }
 
 impl SqliteSagaLog {
@@ -143,16 +142,12 @@ impl SqliteSagaLog {
         &self.pool
     }
 
-    /// Queues a write and waits for the transaction that commits it.
-    async fn submit(&self, statements: Vec<(String, Vec<Arg>)>, decisive: usize) -> Result<u64> {
+    /// Queues a write and waits for the transaction that commits it:
+    /// `false` when its condition refused it.
+    async fn submit(&self, sql: String, args: Vec<Arg>) -> Result<bool> {
         let (reply, done) = oneshot::channel();
-        let write = Write {
-            statements,
-            decisive,
-            reply,
-        };
         self.writer
-            .send(write)
+            .send(Write { sql, args, reply })
             .await
             .map_err(|_| Error::storage("saga log writer stopped"))?;
         done.await
@@ -160,36 +155,41 @@ impl SqliteSagaLog {
     }
 }
 
-/// History rows of `entries` for saga `id`, appended after those already
-/// stored, each an `INSERT ... SELECT` taking its `seq` from the rows before
-/// it and running only when `condition` (SQL with positional parameters
-/// `condition_args`) holds.
-fn history_inserts(
+/// The first statement of a write: the history rows of `entries` for saga
+/// `id`, numbered after those already stored, inserted only when
+/// `condition` holds (one statement whatever the number of entries, so the
+/// SQL of a write has few shapes and stays in the statement cache).
+fn history_insert(
     id: &str,
     entries: &[NewEntry],
     condition: &str,
     condition_args: &[&str],
-    statements: &mut Vec<(String, Vec<Arg>)>,
+    sql: &mut String,
+    args: &mut Vec<Arg>,
 ) {
-    for entry in entries {
-        let sql = format!(
-            "INSERT INTO trellis_saga_history (saga_id, seq, step, step_name, event, attempt, error) \
-             SELECT ?, m.last + 1, ?, ?, ?, ?, ? \
-             FROM (SELECT COALESCE(MAX(seq), 0) AS last FROM trellis_saga_history WHERE saga_id = ?) AS m \
-             WHERE {condition}"
-        );
-        let mut args = vec![
-            Arg::Text(id.to_owned()),
-            Arg::Int(i64::from(entry.step)),
-            Arg::Text(entry.step_name.clone()),
-            Arg::Text(entry.event.as_str().to_owned()),
-            Arg::Int(i64::from(entry.attempt)),
-            Arg::OptText(entry.error.clone()),
-            Arg::Text(id.to_owned()),
-        ];
-        args.extend(condition_args.iter().map(|a| Arg::Text((*a).to_owned())));
-        statements.push((sql, args));
+    if entries.is_empty() {
+        return;
     }
+    sql.push_str(
+        "INSERT INTO trellis_saga_history (saga_id, seq, step, step_name, event, attempt, error) \
+         SELECT ?, m.last + v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 \
+         FROM (SELECT COALESCE(MAX(seq), 0) AS last FROM trellis_saga_history WHERE saga_id = ?) AS m, (VALUES ",
+    );
+    args.push(Arg::Text(id.to_owned()));
+    args.push(Arg::Text(id.to_owned()));
+    for (n, entry) in entries.iter().enumerate() {
+        sql.push_str(if n == 0 { "" } else { ", " });
+        sql.push_str(&format!("({}, ?, ?, ?, ?, ?)", n + 1));
+        args.push(Arg::Int(i64::from(entry.step)));
+        args.push(Arg::Text(entry.step_name.clone()));
+        args.push(Arg::Text(entry.event.as_str().to_owned()));
+        args.push(Arg::Int(i64::from(entry.attempt)));
+        args.push(Arg::OptText(entry.error.clone()));
+    }
+    sql.push_str(") AS v WHERE ");
+    sql.push_str(condition);
+    sql.push_str(";\n");
+    args.extend(condition_args.iter().map(|a| Arg::Text((*a).to_owned())));
 }
 
 /// The writer task: takes every write queued, commits them in one
@@ -204,7 +204,7 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
                 let mut outcomes = Vec::with_capacity(batch.len());
                 for write in &batch {
                     let one = commit(&pool, std::slice::from_ref(write)).await;
-                    outcomes.push(one.map(|mut o| o.pop().unwrap_or(0)));
+                    outcomes.push(one.map(|o| o.first().copied().unwrap_or(false)));
                 }
                 outcomes
             }
@@ -217,68 +217,38 @@ async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
     }
 }
 
-/// One transaction of `batch`: the changed-row count of each write's
-/// decisive statement.
-async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<u64>> {
-    use futures_util::TryStreamExt as _;
-    let mut sql = String::from("BEGIN IMMEDIATE;\n");
-    let mut args = SqliteArguments::default();
-    // Index (among the query's statements) of each write's decisive one.
-    let mut decisive = Vec::with_capacity(batch.len());
-    let mut count = 1;
+/// One transaction of `batch`: whether each write changed anything.
+async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<bool>> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(Error::storage)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
     for write in batch {
-        decisive.push(count + write.decisive);
-        count += write.statements.len();
-        // Positional `?`s bind in order across the statements of a query.
-        for (statement, statement_args) in &write.statements {
-            sql.push_str(statement);
-            sql.push_str(";\n");
-            for arg in statement_args {
-                let added = match arg {
-                    Arg::Int(v) => args.add(*v),
-                    Arg::OptInt(v) => args.add(*v),
-                    Arg::Text(v) => args.add(v.clone()),
-                    Arg::OptText(v) => args.add(v.clone()),
-                };
-                added.map_err(Error::storage)?;
-            }
+        let mut args = SqliteArguments::default();
+        for arg in &write.args {
+            let added = match arg {
+                Arg::Int(v) => args.add(*v),
+                Arg::OptInt(v) => args.add(*v),
+                Arg::Text(v) => args.add(v.clone()),
+                Arg::OptText(v) => args.add(v.clone()),
+            };
+            added.map_err(Error::storage)?;
         }
+        // NOTE: two statements with bound parameters in one query is a
+        // SQLite-only sqlx feature (deprecated in sqlx 0.9 for portability,
+        // launchbadge/sqlx#3108): it makes a write one hand-off to the
+        // connection's thread instead of two. Positional `?`s bind in order
+        // across the statements; the changed rows are summed. On an error
+        // `tx` is dropped and rolls back the whole batch.
+        let done = sqlx::query_with(AssertSqlSafe(write.sql.clone()), args)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        outcomes.push(done.rows_affected() > 0);
     }
-    sql.push_str("COMMIT;");
-    count += 1;
-    let mut conn = pool.acquire().await.map_err(Error::storage)?;
-    // NOTE: several statements with bound parameters in one query is a
-    // SQLite-only sqlx feature (deprecated in sqlx 0.9 for portability, see
-    // launchbadge/sqlx#3108); it is what makes a batch one round trip to the
-    // connection's thread. Each statement yields one result, in order.
-    #[allow(deprecated)]
-    let results: std::result::Result<Vec<_>, sqlx::Error> =
-        sqlx::query_with(AssertSqlSafe(sql), args)
-            .persistent(false)
-            .fetch_many(&mut *conn)
-            .try_collect()
-            .await;
-    let results = match results {
-        Ok(results) => results,
-        Err(error) => {
-            // The query stopped at the failing statement, maybe inside the
-            // transaction: end it (an error here means none was open).
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-            return Err(Error::storage(error));
-        }
-    };
-    let changes: Vec<u64> = results
-        .iter()
-        .filter_map(|r| r.as_ref().left().map(|done| done.rows_affected()))
-        .collect();
-    if changes.len() != count {
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        return Err(Error::storage(format!(
-            "saga log batch: {} results for {count} statements",
-            changes.len()
-        )));
-    }
-    Ok(decisive.into_iter().map(|i| changes[i]).collect())
+    tx.commit().await.map_err(Error::storage)?;
+    Ok(outcomes)
 }
 
 impl SagaLog for SqliteSagaLog {
@@ -289,38 +259,38 @@ impl SagaLog for SqliteSagaLog {
         entries: &[NewEntry],
     ) -> Result<()> {
         let state = serde_json::to_string(&record.state)?;
-        let mut statements = Vec::with_capacity(entries.len() + 1);
+        let (mut sql, mut args) = (String::new(), Vec::new());
         // The history first, while "the id is free" can still be asked.
-        history_inserts(
+        history_insert(
             &record.id,
             entries,
             "NOT EXISTS (SELECT 1 FROM trellis_sagas WHERE id = ?)",
             &[&record.id],
-            &mut statements,
+            &mut sql,
+            &mut args,
         );
-        statements.push((
+        sql.push_str(
             "INSERT INTO trellis_sagas (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
-                .to_owned(),
-            vec![
-                Arg::Text(record.id.clone()),
-                Arg::Text(record.name.clone()),
-                Arg::Text(record.status.as_str().to_owned()),
-                Arg::Int(i64::from(record.cursor)),
-                Arg::Text(state),
-                Arg::OptText(record.error.clone()),
-                Arg::OptText(record.failed_step.clone()),
-                Arg::OptInt(record.deadline_ms),
-                Arg::Text(lease.owner.to_owned()),
-                Arg::Int(lease.until_ms),
-            ],
-        ));
-        let decisive = statements.len() - 1;
-        match self.submit(statements, decisive).await? {
-            0 => Err(Error::AlreadyExists {
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        );
+        args.extend([
+            Arg::Text(record.id.clone()),
+            Arg::Text(record.name.clone()),
+            Arg::Text(record.status.as_str().to_owned()),
+            Arg::Int(i64::from(record.cursor)),
+            Arg::Text(state),
+            Arg::OptText(record.error.clone()),
+            Arg::OptText(record.failed_step.clone()),
+            Arg::OptInt(record.deadline_ms),
+            Arg::Text(lease.owner.to_owned()),
+            Arg::Int(lease.until_ms),
+        ]);
+        if self.submit(sql, args).await? {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
                 id: record.id.clone(),
-            }),
-            _ => Ok(()),
+            })
         }
     }
 
@@ -371,35 +341,34 @@ impl SagaLog for SqliteSagaLog {
         } else {
             0
         };
-        let mut statements = Vec::with_capacity(entries.len() + 1);
+        let (mut sql, mut args) = (String::new(), Vec::new());
         // The history first, while the lease is still ours to check (a
         // final update frees it).
-        history_inserts(
+        history_insert(
             id,
             entries,
             "EXISTS (SELECT 1 FROM trellis_sagas WHERE id = ? AND lease_owner = ?)",
             &[id, lease.owner],
-            &mut statements,
+            &mut sql,
+            &mut args,
         );
-        statements.push((
+        sql.push_str(
             "UPDATE trellis_sagas SET status = ?, cursor = ?, state = ?, error = ?, failed_step = ?, lease_until = ?, \
                  lease_owner = CASE WHEN ? THEN lease_owner ELSE NULL END \
-             WHERE id = ? AND lease_owner = ?"
-                .to_owned(),
-            vec![
-                Arg::Text(update.status.as_str().to_owned()),
-                Arg::Int(i64::from(update.cursor)),
-                Arg::Text(state),
-                Arg::OptText(update.error.clone()),
-                Arg::OptText(update.failed_step.clone()),
-                Arg::Int(lease_until),
-                Arg::Int(i64::from(update.status.is_in_flight())),
-                Arg::Text(id.to_owned()),
-                Arg::Text(lease.owner.to_owned()),
-            ],
-        ));
-        let decisive = statements.len() - 1;
-        if self.submit(statements, decisive).await? == 1 {
+             WHERE id = ? AND lease_owner = ?",
+        );
+        args.extend([
+            Arg::Text(update.status.as_str().to_owned()),
+            Arg::Int(i64::from(update.cursor)),
+            Arg::Text(state),
+            Arg::OptText(update.error.clone()),
+            Arg::OptText(update.failed_step.clone()),
+            Arg::Int(lease_until),
+            Arg::Int(i64::from(update.status.is_in_flight())),
+            Arg::Text(id.to_owned()),
+            Arg::Text(lease.owner.to_owned()),
+        ]);
+        if self.submit(sql, args).await? {
             return Ok(());
         }
         match self.load(id).await? {
