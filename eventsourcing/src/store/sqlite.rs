@@ -444,43 +444,45 @@ impl EventStore for SqliteEventStore {
         direction: Direction,
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
-        // One query: the events and, beside each, the stream's tombstone
-        // flag (a read is one hand-off to a connection's thread, and
-        // loading an aggregate is on every command's path). Only when no
-        // event comes back is the flag read on its own.
-        let sql = match direction {
-            Direction::Forwards => {
-                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata, \
-                 (SELECT deleted FROM es_streams WHERE stream_id = ?1) AS deleted \
-                 FROM es_events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version ASC LIMIT ?3"
-            }
-            Direction::Backwards => {
-                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata, \
-                 (SELECT deleted FROM es_streams WHERE stream_id = ?1) AS deleted \
-                 FROM es_events WHERE stream_id = ?1 AND stream_version <= ?2 ORDER BY stream_version DESC LIMIT ?3"
-            }
+        // One query, one hand-off to a connection's thread (loading an
+        // aggregate is on every command's path): the stream's tombstone
+        // flag joined with its events, so a stream without events still
+        // gives one row, with NULL event columns.
+        let (inner_order, outer_order, cmp) = match direction {
+            Direction::Forwards => ("ASC", "ASC", ">="),
+            Direction::Backwards => ("DESC", "DESC", "<="),
         };
-        let rows = sqlx::query(sql)
+        let sql = format!(
+            "SELECT d.deleted AS deleted, e.global_position AS global_position, e.event_id AS event_id, \
+             e.stream_id AS stream_id, e.stream_version AS stream_version, e.event_type AS event_type, \
+             e.schema_version AS schema_version, e.recorded_at AS recorded_at, e.payload AS payload, e.metadata AS metadata \
+             FROM (SELECT COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?1), 0) AS deleted) AS d \
+             LEFT JOIN (SELECT {COLUMNS} FROM es_events WHERE stream_id = ?1 AND stream_version {cmp} ?2 \
+             ORDER BY stream_version {inner_order} LIMIT ?3) AS e \
+             ORDER BY e.stream_version {outer_order}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(stream_id)
             .bind(to_i64(from))
             .bind(limit(max_count))
             .fetch_all(&self.read)
             .await?;
-        let deleted = match rows.first() {
-            Some(row) => row.try_get::<Option<i64>, _>("deleted")?,
-            None => {
-                sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
-                    .bind(stream_id)
-                    .fetch_optional(&self.read)
-                    .await?
-            }
+        let deleted: i64 = match rows.first() {
+            Some(row) => row.try_get("deleted")?,
+            None => 0,
         };
-        if deleted.unwrap_or(0) != 0 {
+        if deleted != 0 {
             return Err(Error::StreamDeleted {
                 stream: stream_id.to_owned(),
             });
         }
-        rows.iter().map(decode_row).collect()
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
+                events.push(decode_row(row)?);
+            }
+        }
+        Ok(events)
     }
 
     async fn read_all(
