@@ -51,6 +51,9 @@ pub(crate) struct Services {
     pub(crate) orders: Orders,
     pub(crate) inventory_breaker: CircuitBreakerHandle,
     pub(crate) payment_faults: FaultHandle,
+    pub(crate) inventory_faults: FaultHandle,
+    /// Stock accounted for at startup, the audit's reference.
+    pub(crate) stock_baseline: std::collections::BTreeMap<String, crate::audit::StockLine>,
 }
 
 impl std::fmt::Debug for Services {
@@ -196,7 +199,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let inv = inv.clone();
         async move { inv.call(request).await.map_err(to_box) }
     });
-    let inventory_resilient = inventory_policy.layer(inventory_raw);
+    // Fault injection (drills) sits inside the policy, where a real
+    // network would be: its latency and errors meet the timeout and breaker.
+    let inventory_faults = FaultHandle::new();
+    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
     let inventory_plain: orders::InventoryClient =
         BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
     let deferred = tower::service_fn(|_request: InventoryRequest| async {
@@ -235,6 +241,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             Err(error) => tracing::warn!(saga = id, %error, "could not recover saga"),
         }
     }
+    let stock_baseline = crate::audit::stock_totals(&inventory_db).await?;
     let projection = ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
         .spawn()
         .await?;
@@ -277,6 +284,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         orders,
         inventory_breaker,
         payment_faults,
+        inventory_faults,
+        stock_baseline,
     });
 
     let scope = |s: &'static str| RequireScopesLayer::all([s]);
@@ -304,6 +313,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .route(
             "/admin/payments/faults",
             post(set_payment_faults).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/inventory/faults",
+            post(set_inventory_faults).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/audit",
+            get(crate::audit::audit).route_layer(scope(OPS_SCOPE)),
         )
         .layer(JwtAuthLayer::new(validator));
     let api = Router::new()
@@ -381,12 +398,23 @@ async fn set_payment_faults(
     State(app): State<AppState>,
     ApiJson(body): ApiJson<FaultConfig>,
 ) -> Result<Json<FaultConfig>, ApiError> {
-    app.payment_faults.set(body).map_err(|e| {
+    set_faults(&app.payment_faults, body)
+}
+
+async fn set_inventory_faults(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<FaultConfig>,
+) -> Result<Json<FaultConfig>, ApiError> {
+    set_faults(&app.inventory_faults, body)
+}
+
+fn set_faults(handle: &FaultHandle, body: FaultConfig) -> Result<Json<FaultConfig>, ApiError> {
+    handle.set(body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_faults",
             e.to_string(),
         )
     })?;
-    Ok(Json(app.payment_faults.config()))
+    Ok(Json(handle.config()))
 }

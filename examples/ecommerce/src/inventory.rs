@@ -51,6 +51,11 @@ pub(crate) struct Inventory {
 }
 
 impl Inventory {
+    /// The service's database (read by the audit).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub(crate) async fn open(pool: SqlitePool, seed: &[(&str, i64)]) -> Result<Self, Error> {
         sqlx::query("CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL CHECK (available >= 0))")
             .execute(&pool)

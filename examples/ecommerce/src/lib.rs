@@ -18,6 +18,7 @@
 //! | [`start`], [`Config`], [`Running`] | start the system, probe it, shut it down |
 //! | [`scenario::run`] | the narrated scenario, over HTTP |
 //! | [`load::run`], [`load::start_local`] | `ecommerce load`: the load generator and its summary |
+//! | [`drill::run`] | `ecommerce drill NAME`: a fault drill under load, audited |
 //! | [`ApiClient`] | the JSON client the scenario and the tests use |
 //! | [`Error`] | the crate's one error enum |
 //!
@@ -34,10 +35,12 @@
 //! ```
 
 mod app;
+mod audit;
 mod catalog;
 mod client;
 pub mod config;
 mod db;
+pub mod drill;
 mod error;
 mod identity;
 mod inventory;

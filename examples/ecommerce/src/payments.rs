@@ -35,6 +35,11 @@ pub(crate) struct Payments {
 }
 
 impl Payments {
+    /// The service's database (read by the audit).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     pub(crate) async fn open(pool: SqlitePool) -> Result<Self, Error> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS charges (idempotency_key TEXT PRIMARY KEY, payment_id TEXT NOT NULL, \
