@@ -114,6 +114,8 @@ pub struct DrillReport {
     pub compensated: u64,
     /// Orders accepted as PENDING_VALIDATION (validated later, or not).
     pub accepted_pending: u64,
+    /// Of those, the ones now CONFIRMED.
+    pub pending_confirmed: u64,
     /// Accepted orders still not final when the drill gave up waiting.
     pub not_final: u64,
     /// Accepted orders that cannot be read back.
@@ -168,8 +170,8 @@ impl DrillReport {
                 INJECTED_LATENCY.as_millis()
             ),
             Drill::InventoryDown => format!(
-                "{seen}: {} orders accepted as PENDING_VALIDATION, then validated",
-                self.accepted_pending
+                "{seen}: {} orders accepted as PENDING_VALIDATION, {} of them CONFIRMED once validated",
+                self.accepted_pending, self.pending_confirmed
             ),
         }
     }
@@ -387,6 +389,14 @@ pub async fn run(
             .accepted
             .iter()
             .filter(|o| o.status == "PENDING_VALIDATION")
+            .count() as u64,
+        pending_confirmed: load
+            .accepted
+            .iter()
+            .zip(&current)
+            .filter(|(o, now)| {
+                o.status == "PENDING_VALIDATION" && now.as_deref() == Some("CONFIRMED")
+            })
             .count() as u64,
         not_final: current
             .iter()
