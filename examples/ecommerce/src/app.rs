@@ -232,7 +232,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         inventory_plain,
         payment_client,
     );
-    let orchestrator = trellis_saga::Orchestrator::new(saga_log, "ecommerce-1");
+    // Compensations outlast a short outage of the service they call
+    // instead of leaving the saga for an operator (NeedsAttention).
+    let orchestrator = trellis_saga::Orchestrator::new(saga_log, "ecommerce-1")
+        .with_compensation_retry(orders::POST_PIVOT_RETRY);
     // Sagas a previous run left mid-flight finish (or compensate) before we
     // serve: each step re-runs with its same idempotency key.
     for (id, outcome) in orchestrator.recover(&saga).await? {

@@ -329,24 +329,36 @@ pub(crate) fn place_order_saga(
             // Rejecting the order is the first step's compensation.
             |_s: PlaceOrder, _cx| async { Ok(()) },
         ))
-        .step(Step::new(
-            "confirm-reservation",
-            move |s: PlaceOrder, _cx| {
-                let client = inv_confirm.clone();
-                async move {
-                    if let Some(reservation) = s.reservation.clone() {
-                        client
-                            .oneshot(InventoryRequest::Confirm { reservation })
-                            .await
-                            .map_err(step_err)?;
+        .step(
+            Step::new(
+                "confirm-reservation",
+                move |s: PlaceOrder, _cx| {
+                    let client = inv_confirm.clone();
+                    async move {
+                        if let Some(reservation) = s.reservation.clone() {
+                            client
+                                .oneshot(InventoryRequest::Confirm { reservation })
+                                .await
+                                .map_err(step_err)?;
+                        }
+                        Ok(s)
                     }
-                    Ok(s)
-                }
-            },
-            |_s: PlaceOrder, _cx| async { Ok(()) },
-        ))
+                },
+                |_s: PlaceOrder, _cx| async { Ok(()) },
+            )
+            // After the pivot (payment taken, order confirmed) the saga goes
+            // forward: an inventory outage delays this step instead of
+            // unwinding a confirmed order (`ecommerce drill inventory-down`).
+            .with_retry(POST_PIVOT_RETRY),
+        )
         .with_deadline(Duration::from_secs(30))
 }
+
+/// Retries of a step that must not be compensated, and of compensations:
+/// 100 ms doubling to 2 s, 30 times (about 55 s, past the saga's deadline),
+/// so an outage of a few seconds (a breaker held open) is waited out.
+pub(crate) const POST_PIVOT_RETRY: trellis_saga::ExponentialSchedule =
+    trellis_saga::ExponentialSchedule::new(Duration::from_millis(100), Duration::from_secs(2), 30);
 
 // ---------------------------------------------------------------- read model
 

@@ -24,9 +24,13 @@ fn options() -> DrillOptions {
 }
 
 async fn drill(drill: Drill) -> DrillReport {
+    drill_with(drill, &options()).await
+}
+
+async fn drill_with(drill: Drill, options: &DrillOptions) -> DrillReport {
     let local = ecommerce::load::start_local().await.expect("start");
     let ops = local.running.ops_token().expect("ops token");
-    let report = ecommerce::drill::run(&local.running.base_url(), &ops, drill, &options()).await;
+    let report = ecommerce::drill::run(&local.running.base_url(), &ops, drill, options).await;
     local.shutdown().await.expect("shutdown");
     let report = report.expect("drill runs");
     println!("{report}");
@@ -75,7 +79,17 @@ async fn inventory_latency_slows_orders_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_down_accepts_pending_orders_then_validates_them() {
-    let report = drill(Drill::InventoryDown).await;
+    // The breaker stays open 4 s: longer than the saga crate's default
+    // compensation retries (~3 s), so sagas caught mid-flight must wait the
+    // outage out rather than give up (they used to end confirmed without
+    // their charge).
+    let mut options = options();
+    // Enough in flight that some sagas are past the payment when it opens.
+    options.load.pacing = Pacing::Concurrency(16);
+    options.load.duration = Duration::from_secs(5);
+    options.fault_from = 0.1;
+    options.fault_until = 0.9;
+    let report = drill_with(Drill::InventoryDown, &options).await;
     assert_clean(&report);
     assert!(report.accepted_pending > 0, "{report}");
     // Every pending order was validated once the breaker closed, and stock
