@@ -9,6 +9,11 @@
 //! - `noop_action`: the actions do nothing, so `saga` is the orchestrator's
 //!   whole cost: one log transaction when the run begins plus one per step
 //!   boundary (outcome of step k + start of step k+1 + new state).
+//! - `16_concurrent_noop`: 16 sagas at once (no-op actions) on a
+//!   multi-threaded runtime, where the SQLite log group-commits their
+//!   writes; `raw_tx_per_write` is the same 16 × 6 log writes each as its
+//!   own raw sqlx transaction (an UPDATE of a row plus an INSERT, as one
+//!   write used to be) on a pool of the same size.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -154,9 +159,109 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+const CONCURRENT: usize = 16;
+
+/// 16 sagas at once beside 16 × 6 raw one-transaction writes at once.
+fn bench_concurrent(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ids = Arc::new(AtomicU64::new(0));
+    let log = rt
+        .block_on(SqliteSagaLog::connect(&temp_db("log-concurrent")))
+        .expect("log");
+    let orchestrator = Arc::new(Orchestrator::new(log, "bench"));
+    let definition = Arc::new(saga(None));
+    let raw = rt.block_on(async {
+        let options = SqliteConnectOptions::from_str(&temp_db("raw-concurrent"))
+            .expect("url")
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .expect("raw");
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS rows (id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS history (id TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (id, seq))",
+        ] {
+            sqlx::query(statement).execute(&pool).await.expect("table");
+        }
+        pool
+    });
+    let mut group = c.benchmark_group("saga_5_steps/16_concurrent_noop");
+    group.bench_function("raw_tx_per_write", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..CONCURRENT {
+                        let (pool, id) = (raw.clone(), ids.fetch_add(1, Ordering::Relaxed));
+                        tasks.spawn(async move {
+                            let id = format!("raw-{id}");
+                            sqlx::query("INSERT INTO rows (id, n) VALUES (?, 0)")
+                                .bind(&id)
+                                .execute(&pool)
+                                .await
+                                .expect("insert");
+                            for seq in 1..=(STEPS as i64) {
+                                let mut tx = pool.begin().await.expect("begin");
+                                sqlx::query("UPDATE rows SET n = ? WHERE id = ?")
+                                    .bind(seq)
+                                    .bind(&id)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .expect("update");
+                                sqlx::query("INSERT INTO history (id, seq) VALUES (?, ?)")
+                                    .bind(&id)
+                                    .bind(seq)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .expect("history");
+                                tx.commit().await.expect("commit");
+                            }
+                        });
+                    }
+                    while tasks.join_next().await.is_some() {}
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.bench_function("saga", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..CONCURRENT {
+                        let n = ids.fetch_add(1, Ordering::Relaxed);
+                        let (orchestrator, definition) = (orchestrator.clone(), definition.clone());
+                        tasks.spawn(async move {
+                            orchestrator
+                                .start(&definition, &format!("saga-{n}"), State::default())
+                                .await
+                                .expect("saga")
+                        });
+                    }
+                    while tasks.join_next().await.is_some() {}
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench
+    targets = bench, bench_concurrent
 }
 criterion_main!(benches);

@@ -35,6 +35,7 @@ where
     release_frees_the_lease(&factory().await).await;
     by_status_filters(&factory().await).await;
     unknown_ids(&factory().await).await;
+    concurrent_writes_get_their_own_outcomes(&factory().await).await;
 }
 
 fn lease(owner: &str, now_ms: i64) -> Lease<'_> {
@@ -187,6 +188,102 @@ pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
     );
     assert_eq!(log.load("a").await.expect("load"), Some(record("a")));
     assert!(log.history("a").await.expect("history").is_empty());
+}
+
+/// Polls `futures` together (so a log that batches concurrent writes sees
+/// them at once) and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Writes issued at the same time (which a log may commit together) each
+/// get their own outcome: of two creates of one id exactly one wins, a
+/// writer without the lease is refused while the others' writes land, and
+/// every history stays gap-free.
+pub async fn concurrent_writes_get_their_own_outcomes<L: SagaLog>(log: &L) {
+    const N: usize = 12;
+    let ids: Vec<String> = (0..N).map(|i| format!("c{i}")).collect();
+    let mut records: Vec<SagaRecord> = ids.iter().map(|id| record(id)).collect();
+    // A second create of c0 races the first.
+    records.push(record("c0"));
+    let started = [new_entry(0, StepEvent::Started, None)];
+    let created = join_all(
+        records
+            .iter()
+            .map(|r| log.create(r, lease("o1", 0), &started))
+            .collect(),
+    )
+    .await;
+    let won = created.iter().filter(|r| r.is_ok()).count();
+    let refused = created
+        .iter()
+        .filter(|r| matches!(r, Err(Error::AlreadyExists { id }) if id == "c0"))
+        .count();
+    assert_eq!((won, refused), (N, 1), "{created:?}");
+
+    let update = SagaUpdate {
+        status: SagaStatus::Running,
+        cursor: 1,
+        state: json!({ "n": 2 }),
+        error: None,
+        failed_step: None,
+    };
+    let entries = [
+        new_entry(0, StepEvent::Succeeded, None),
+        new_entry(1, StepEvent::Started, None),
+    ];
+    // Even ids are written by the holder o1, odd ones by o2, which holds nothing.
+    let owners: Vec<&str> = (0..N)
+        .map(|i| if i % 2 == 0 { "o1" } else { "o2" })
+        .collect();
+    let recorded = join_all(
+        ids.iter()
+            .zip(&owners)
+            .map(|(id, owner)| log.record(id, lease(owner, 10), &entries, &update))
+            .collect(),
+    )
+    .await;
+    for ((id, owner), result) in ids.iter().zip(&owners).zip(&recorded) {
+        let loaded = log.load(id).await.expect("load").expect("exists");
+        let history = log.history(id).await.expect("history");
+        let seqs: Vec<i64> = history.iter().map(|h| h.seq).collect();
+        if *owner == "o1" {
+            assert!(result.is_ok(), "{id}: {result:?}");
+            assert_eq!(
+                (loaded.cursor, &loaded.state),
+                (1, &json!({ "n": 2 })),
+                "{id}"
+            );
+            assert_eq!(seqs, [1, 2, 3], "{id}");
+            assert_eq!(history[2].event, StepEvent::Started, "{id}");
+        } else {
+            assert!(
+                matches!(result, Err(Error::LeaseLost { id: lost }) if lost == id),
+                "{id}: {result:?}"
+            );
+            assert_eq!(loaded, record(id), "{id}");
+            assert_eq!(seqs, [1], "{id}");
+        }
+    }
 }
 
 /// Another owner cannot take an unexpired lease; the holder renews it; an

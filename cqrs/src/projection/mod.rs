@@ -406,6 +406,16 @@ struct Worker<DB: ReadModelDb, P, S> {
     status: Arc<Mutex<ProjectionStatus>>,
 }
 
+/// Why an idle runner woke up.
+enum Wake {
+    /// An append in this process signalled a new head.
+    Signal,
+    /// The poll interval passed (another process may have appended).
+    Poll,
+    /// Shut down.
+    Shutdown,
+}
+
 /// Why a batch did not commit.
 struct BatchFailure {
     /// Index of the failing event in the batch (0 when the database failed).
@@ -428,25 +438,42 @@ where
         let mut limit: Option<usize> = None;
         let mut attempts: u32 = 0;
         let mut previous_delay = None;
+        // Set when a read on the append signal alone found nothing: the
+        // next round asks the store for its head.
+        let mut ask_store = true;
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
-            head_rx.borrow_and_update();
-            let head = match self.runner.store.head_position().await {
-                Ok(h) => h,
-                Err(err) => {
-                    tracing::warn!(projection = %self.name, %err, "reading head failed");
-                    if self.idle(&mut head_rx).await {
-                        break;
+            // An append in this process signals its committed position: read
+            // on from there without asking the store for its head (a query
+            // per batch). The signal is only a hint (another process may
+            // write without it), so the store's head is asked when the
+            // signal shows nothing new or found nothing to read.
+            let signalled = *head_rx.borrow_and_update();
+            let from_store = ask_store || signalled <= self.position;
+            let head = if from_store {
+                match self.runner.store.head_position().await {
+                    Ok(h) => h,
+                    Err(err) => {
+                        tracing::warn!(projection = %self.name, %err, "reading head failed");
+                        if let Wake::Shutdown = self.idle(&mut head_rx).await {
+                            break;
+                        }
+                        ask_store = true;
+                        continue;
                     }
-                    continue;
                 }
+            } else {
+                signalled
             };
+            ask_store = false;
             self.observe_head(head);
             if head <= self.position {
-                if self.idle(&mut head_rx).await {
-                    break;
+                match self.idle(&mut head_rx).await {
+                    Wake::Shutdown => break,
+                    Wake::Signal => {}
+                    Wake::Poll => ask_store = true,
                 }
                 continue;
             }
@@ -455,20 +482,26 @@ where
                 Ok(b) => b,
                 Err(err) => {
                     tracing::warn!(projection = %self.name, %err, "reading events failed");
-                    if self.idle(&mut head_rx).await {
+                    if let Wake::Shutdown = self.idle(&mut head_rx).await {
                         break;
                     }
+                    ask_store = true;
                     continue;
                 }
             };
             let last = batch.last().map_or(self.position, |e| e.global_position);
-            // A short batch has seen every matching event up to `head`, so the
-            // checkpoint may move past filtered-out events to it.
-            let target = if batch.len() < n {
+            // A short batch has seen every matching event up to the store's
+            // `head`, so the checkpoint may move past filtered-out events to
+            // it (not to a signalled head: the store is the authority).
+            let target = if batch.len() < n && from_store {
                 last.max(head)
             } else {
                 last
             };
+            if batch.is_empty() && !from_store {
+                ask_store = true;
+                continue;
+            }
             match self.apply(&batch, target).await {
                 Ok(()) => {
                     self.committed(target, &batch, head);
@@ -521,18 +554,19 @@ where
         lock(&self.status).state = ProjectionState::Stopped;
     }
 
-    /// Waits for an append signal, the poll interval or shutdown; `true` = shut down.
-    async fn idle(&mut self, head_rx: &mut watch::Receiver<u64>) -> bool {
+    /// Waits for an append signal, the poll interval or shutdown.
+    async fn idle(&mut self, head_rx: &mut watch::Receiver<u64>) -> Wake {
         let poll = self.runner.options.poll_interval;
         tokio::select! {
             changed = head_rx.changed() => {
                 if changed.is_err() {
                     tokio::time::sleep(poll).await;
+                    return Wake::Poll;
                 }
-                false
+                Wake::Signal
             }
-            () = tokio::time::sleep(poll) => false,
-            _ = self.shutdown.changed() => true,
+            () = tokio::time::sleep(poll) => Wake::Poll,
+            _ = self.shutdown.changed() => Wake::Shutdown,
         }
     }
 

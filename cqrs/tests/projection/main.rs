@@ -464,6 +464,66 @@ mod wait {
         crate::sqlite_cleanup(&pool).await;
     }
 
+    /// Appends signalled in this process are read without asking the
+    /// store for its head; appends by another writer on the same file (no
+    /// signal here) are still found by the poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signalled_and_unsignalled_appends_are_both_projected() {
+        use trellis_eventsourcing::{EventStore, ExpectedVersion, NewEvent, SqliteEventStore};
+        let pool = crate::sqlite_pool().await.unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "trellis-cqrs-signal-{}-{}.db",
+            std::process::id(),
+            uuid_like()
+        ));
+        let target = format!("sqlite://{}", path.display());
+        let store = SqliteEventStore::open(&target).await.unwrap();
+        let other = SqliteEventStore::open(&target).await.unwrap();
+        let handle = ProjectionRunner::new(
+            store.clone(),
+            pool.clone(),
+            CountingProjection::new("sig", "sig_rm", crate::support::Plan::new()),
+        )
+        .with_poll_interval(Duration::from_millis(20))
+        .spawn()
+        .await
+        .unwrap();
+        let deposit = || {
+            vec![NewEvent::new(
+                "Deposited",
+                serde_json::json!({ "amount": 1 }),
+            )]
+        };
+        let mut last = 0;
+        for i in 0..6 {
+            // Even appends through the runner's store (signalled), odd ones
+            // through another handle on the same file (not signalled).
+            let writer = if i % 2 == 0 { &store } else { &other };
+            last = writer
+                .append("account-1", ExpectedVersion::Any, deposit())
+                .await
+                .unwrap()
+                .positions[0];
+            assert_eq!(handle.wait_for(last, LONG).await.unwrap(), last);
+        }
+        assert_eq!(last, 6);
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sig_rm")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 6);
+        crate::sqlite_cleanup(&pool).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    fn uuid_like() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn wait_for_reports_a_stopped_projection() {
         let pool = crate::sqlite_pool().await.unwrap();

@@ -98,7 +98,11 @@ impl SqliteEventStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each acquire: a SQLite connection is an in-process
+        // handle, the ping is a round trip to its worker thread that finds
+        // nothing the next statement would not (the pool still pings on release).
         let single = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -108,6 +112,7 @@ impl SqliteEventStore {
             write.clone()
         } else {
             SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(4)
                 .connect_with(options)
                 .await?
@@ -439,33 +444,45 @@ impl EventStore for SqliteEventStore {
         direction: Direction,
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let deleted: Option<i64> =
-            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_optional(&self.read)
-                .await?;
-        if deleted.unwrap_or(0) != 0 {
-            return Err(Error::StreamDeleted {
-                stream: stream_id.to_owned(),
-            });
-        }
-        let sql = match direction {
-            Direction::Forwards => {
-                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
-                 FROM es_events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version ASC LIMIT ?"
-            }
-            Direction::Backwards => {
-                "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
-                 FROM es_events WHERE stream_id = ? AND stream_version <= ? ORDER BY stream_version DESC LIMIT ?"
-            }
+        // One query, one hand-off to a connection's thread (loading an
+        // aggregate is on every command's path): the stream's tombstone
+        // flag joined with its events, so a stream without events still
+        // gives one row, with NULL event columns.
+        let (inner_order, outer_order, cmp) = match direction {
+            Direction::Forwards => ("ASC", "ASC", ">="),
+            Direction::Backwards => ("DESC", "DESC", "<="),
         };
-        let rows = sqlx::query(sql)
+        let sql = format!(
+            "SELECT d.deleted AS deleted, e.global_position AS global_position, e.event_id AS event_id, \
+             e.stream_id AS stream_id, e.stream_version AS stream_version, e.event_type AS event_type, \
+             e.schema_version AS schema_version, e.recorded_at AS recorded_at, e.payload AS payload, e.metadata AS metadata \
+             FROM (SELECT COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?1), 0) AS deleted) AS d \
+             LEFT JOIN (SELECT {COLUMNS} FROM es_events WHERE stream_id = ?1 AND stream_version {cmp} ?2 \
+             ORDER BY stream_version {inner_order} LIMIT ?3) AS e \
+             ORDER BY e.stream_version {outer_order}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(stream_id)
             .bind(to_i64(from))
             .bind(limit(max_count))
             .fetch_all(&self.read)
             .await?;
-        rows.iter().map(decode_row).collect()
+        let deleted: i64 = match rows.first() {
+            Some(row) => row.try_get("deleted")?,
+            None => 0,
+        };
+        if deleted != 0 {
+            return Err(Error::StreamDeleted {
+                stream: stream_id.to_owned(),
+            });
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
+                events.push(decode_row(row)?);
+            }
+        }
+        Ok(events)
     }
 
     async fn read_all(

@@ -172,6 +172,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let catalog = Catalog::open(catalog_db.clone()).await?;
     let inventory = Inventory::open(inventory_db.clone(), &catalog::seed_stock()).await?;
     let payments = Payments::open(payments_db.clone()).await?;
+    // The drills' audit compares stock with what inventory accounted for
+    // now, before any order of this run.
+    let stock_baseline = crate::audit::stock_totals(&inventory_db).await?;
 
     let events =
         SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
@@ -211,8 +214,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     for (name, pool) in [
         ("identity-db", identity_db),
         ("catalog-db", catalog_db),
-        ("inventory-db", inventory_db),
-        ("payments-db", payments_db),
+        ("inventory-db", inventory_db.clone()),
+        ("payments-db", payments_db.clone()),
     ] {
         health.check(
             Check::new(name, SqlxCheck::new(pool))
@@ -221,7 +224,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         );
     }
     for (name, pool) in [
-        ("orders-read-db", read_db),
+        ("orders-read-db", read_db.clone()),
         ("shipping-db", shipping_db),
         ("analytics-db", analytics_db),
     ] {
@@ -252,6 +255,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 .merge(analytics_routes)
                 .layer(trellis_auth::JwtAuthLayer::new(validator.clone())),
         )
+        .merge(crate::audit::router(
+            Arc::new(crate::audit::AuditState {
+                inventory: inventory_db.clone(),
+                payments: payments_db.clone(),
+                read_db: read_db.clone(),
+                stock_baseline,
+            }),
+            validator.clone(),
+        ))
         // OpenAPI documents: public, like the JWKS.
         .merge(crate::openapi::router())
         .merge(crate::web::api(web.clone(), validator));

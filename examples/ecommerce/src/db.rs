@@ -27,7 +27,10 @@ pub(crate) async fn open(dir: &Path, name: &str) -> Result<SqlitePool, sqlx::Err
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5));
+    // No ping before each acquire (a round trip to the connection's worker
+    // thread that an in-process SQLite handle does not need).
     SqlitePoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(1)
         .connect_with(options)
         .await

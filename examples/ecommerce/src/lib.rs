@@ -23,6 +23,7 @@
 //! | [`distributed::start`], [`config::Settings`] | one service of the distributed mode, and the settings of either mode |
 //! | [`scenario::run`] | the narrated scenario, over HTTP |
 //! | [`load::run`], [`load::start_local`] | `ecommerce load`: the load generator and its summary |
+//! | [`drill::run`] | `ecommerce drill NAME`: a fault drill under load, audited |
 //! | [`ApiClient`] | the JSON client the scenario and the tests use |
 //! | [`Error`] | the crate's one error enum |
 //!
@@ -40,6 +41,7 @@
 
 mod analytics;
 mod app;
+mod audit;
 mod backend;
 mod bus;
 mod catalog;
@@ -47,6 +49,7 @@ mod client;
 pub mod config;
 mod db;
 pub mod distributed;
+pub mod drill;
 mod error;
 mod identity;
 mod inventory;

@@ -81,6 +81,21 @@ pub struct LoadSummary {
     pub elapsed: Duration,
     /// Latency of every place-order request, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Every accepted order, in the order the answers came (a drill reads
+    /// them back until they are final).
+    pub accepted: Vec<AcceptedOrder>,
+}
+
+/// An order the system accepted (201) during a load run.
+#[derive(Debug, Clone)]
+pub struct AcceptedOrder {
+    /// The order id.
+    pub order_id: String,
+    /// The token of the customer who placed it (to read it back).
+    pub token: String,
+    /// The status it was accepted with (`CONFIRMED`, `REJECTED`,
+    /// `PENDING_VALIDATION`).
+    pub status: String,
 }
 
 impl LoadSummary {
@@ -185,7 +200,7 @@ struct Stats {
     pending: u64,
     errors: BTreeMap<String, u64>,
     latency_us: Histogram<u64>,
-    accepted: Vec<(usize, String)>,
+    accepted: Vec<(usize, String, String)>,
 }
 
 impl Stats {
@@ -240,13 +255,16 @@ impl Shared {
             let _ = stats.latency_us.record(micros);
             match result {
                 Ok(r) if r.status == StatusCode::CREATED => {
-                    match r.body["status"].as_str() {
-                        Some("CONFIRMED") => stats.completed += 1,
-                        Some("REJECTED") => stats.compensated += 1,
+                    let status = r.body["status"].as_str().unwrap_or_default();
+                    match status {
+                        "CONFIRMED" => stats.completed += 1,
+                        "REJECTED" => stats.compensated += 1,
                         _ => stats.pending += 1,
                     }
                     if let Some(id) = r.body["order_id"].as_str() {
-                        stats.accepted.push((user, id.to_owned()));
+                        stats
+                            .accepted
+                            .push((user, id.to_owned(), status.to_owned()));
                     }
                 }
                 Ok(r) => {
@@ -400,7 +418,21 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
         let mut guard = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *guard, Stats::new()?)
     };
-    let lost = count_lost(&shared, stats.accepted, options).await;
+    let accepted = stats
+        .accepted
+        .iter()
+        .map(|(user, order_id, status)| AcceptedOrder {
+            order_id: order_id.clone(),
+            token: shared.tokens[*user].clone(),
+            status: status.clone(),
+        })
+        .collect();
+    let ids = stats
+        .accepted
+        .into_iter()
+        .map(|(user, id, _)| (user, id))
+        .collect();
+    let lost = count_lost(&shared, ids, options).await;
     let requests = shared.done.load(Ordering::Relaxed);
     Ok(LoadSummary {
         requests,
@@ -411,6 +443,7 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
         lost,
         elapsed,
         latency_us: stats.latency_us,
+        accepted,
     })
 }
 

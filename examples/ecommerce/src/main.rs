@@ -8,13 +8,22 @@
 //! `cargo run -p ecommerce -- load [--concurrency C | --rps N] [--duration D]
 //! [--users U] [--url URL]`: a load run with a summary table (against its own
 //! freshly started system unless `--url` is given).
+//!
+//! `cargo run -p ecommerce -- drill NAME [load flags] [--url URL --ops-token T]`:
+//! a fault drill (`payment-outage`, `inventory-latency`, `inventory-down`)
+//! under load, ending with an audited table; exits non-zero if anything was
+//! lost, charged twice or leaked.
 
 use std::net::SocketAddr;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A drill provokes failures on purpose: their warnings would bury its
+    // table, so it logs errors only unless RUST_LOG says otherwise.
+    let quiet = std::env::args().nth(1).as_deref() == Some("drill");
+    let default_filter = if quiet { "error" } else { "warn" };
     let _telemetry = trellis_observability::Telemetry::builder("ecommerce")
-        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.into()))
         .json(false)
         .init()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,9 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {}
         Some("load") => return load(&args[1..]).await,
         Some("serve") => return serve(&args[1..]).await,
+        Some("drill") => return drill(&args[1..]).await,
         Some(other) => {
             return Err(format!(
-                "unknown command {other:?}; try `ecommerce`, `ecommerce serve` or `ecommerce load`"
+                "unknown command {other:?}; try `ecommerce`, `ecommerce serve`, `ecommerce load` or `ecommerce drill NAME`"
             )
             .into());
         }
@@ -134,16 +144,21 @@ async fn stop_signal() {
 const LOAD_USAGE: &str =
     "usage: ecommerce load [--concurrency C | --rps N] [--duration D] [--users U] [--url URL]";
 
-async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+/// `--concurrency`, `--rps`, `--duration`, `--users`, `--url` and (drills)
+/// `--ops-token`.
+fn load_flags(
+    args: &[String],
+    usage: &str,
+) -> Result<(ecommerce::load::LoadOptions, Option<String>, Option<String>), String> {
     use ecommerce::load::{LoadOptions, Pacing, parse_duration};
     let mut options = LoadOptions::default();
-    let mut url = None;
+    let (mut url, mut ops) = (None, None);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it
             .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{LOAD_USAGE}"))?;
-        let bad = || format!("bad value {value:?} for {flag}\n{LOAD_USAGE}");
+            .ok_or_else(|| format!("{flag} needs a value\n{usage}"))?;
+        let bad = || format!("bad value {value:?} for {flag}\n{usage}");
         match flag.as_str() {
             "--concurrency" => {
                 options.pacing = Pacing::Concurrency(value.parse().map_err(|_| bad())?)
@@ -152,9 +167,59 @@ async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             "--duration" => options.duration = parse_duration(value).ok_or_else(bad)?,
             "--users" => options.users = value.parse().map_err(|_| bad())?,
             "--url" => url = Some(value.clone()),
-            _ => return Err(format!("unknown flag {flag:?}\n{LOAD_USAGE}").into()),
+            "--ops-token" => ops = Some(value.clone()),
+            _ => return Err(format!("unknown flag {flag:?}\n{usage}")),
         }
     }
+    Ok((options, url, ops))
+}
+
+const DRILL_USAGE: &str = "usage: ecommerce drill payment-outage|inventory-latency|inventory-down \
+     [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]";
+
+async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let name = args.first().ok_or(DRILL_USAGE)?;
+    let drill: ecommerce::drill::Drill = name.parse()?;
+    let (load, url, ops) = load_flags(&args[1..], DRILL_USAGE)?;
+    let options = ecommerce::drill::DrillOptions {
+        load,
+        ..ecommerce::drill::DrillOptions::default()
+    };
+    let local = match &url {
+        Some(_) => None,
+        None => Some(ecommerce::load::start_local().await?),
+    };
+    let (base, ops) = match (&url, &local) {
+        (Some(url), _) => {
+            let ops = ops
+                .or_else(|| std::env::var("ECOMMERCE_OPS_TOKEN").ok())
+                .ok_or("--url needs --ops-token (or ECOMMERCE_OPS_TOKEN): a token with scope ops:admin")?;
+            (url.clone(), ops)
+        }
+        (None, Some(local)) => (local.running.base_url(), local.running.ops_token()?),
+        (None, None) => unreachable!("a local system is started when no --url is given"),
+    };
+    println!(
+        "Drill {}: fault from {:.0}% to {:.0}% of {:?} under load against {base}",
+        drill.name(),
+        options.fault_from * 100.0,
+        options.fault_until * 100.0,
+        options.load.duration
+    );
+    let report = ecommerce::drill::run(&base, &ops, drill, &options).await;
+    if let Some(local) = local {
+        local.shutdown().await?;
+    }
+    let report = report?;
+    println!("{report}");
+    if !report.passed() {
+        return Err(format!("drill {} failed its audit", drill.name()).into());
+    }
+    Ok(())
+}
+
+async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let (options, url, _) = load_flags(args, LOAD_USAGE)?;
     let local = match &url {
         Some(_) => None,
         None => Some(ecommerce::load::start_local().await?),
@@ -165,8 +230,8 @@ async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => unreachable!("a local system is started when no --url is given"),
     };
     let pacing = match options.pacing {
-        Pacing::Concurrency(c) => format!("concurrency {c}"),
-        Pacing::Rate(r) => format!("{r} orders/s"),
+        ecommerce::load::Pacing::Concurrency(c) => format!("concurrency {c}"),
+        ecommerce::load::Pacing::Rate(r) => format!("{r} orders/s"),
     };
     println!(
         "Load: {pacing} for {:?} against {base}{}",

@@ -401,7 +401,8 @@ struct PaymentsApi;
         crate::orders::place,
         crate::orders::list,
         crate::orders::get_one,
-        crate::orders::set_breaker
+        crate::orders::set_breaker,
+        crate::audit::audit
     ),
     tags((name = "orders", description = "Orders, the place-order saga, inventory's breaker as orders sees it")),
     modifiers(&BearerJwt)

@@ -346,24 +346,36 @@ pub(crate) fn place_order_saga(
             // Rejecting the order is the first step's compensation.
             |_s: PlaceOrder, _cx| async { Ok(()) },
         ))
-        .step(Step::new(
-            "confirm-reservation",
-            move |s: PlaceOrder, _cx| {
-                let client = inv_confirm.clone();
-                async move {
-                    if let Some(reservation) = s.reservation.clone() {
-                        client
-                            .oneshot(InventoryRequest::Confirm { reservation })
-                            .await
-                            .map_err(step_err)?;
+        .step(
+            Step::new(
+                "confirm-reservation",
+                move |s: PlaceOrder, _cx| {
+                    let client = inv_confirm.clone();
+                    async move {
+                        if let Some(reservation) = s.reservation.clone() {
+                            client
+                                .oneshot(InventoryRequest::Confirm { reservation })
+                                .await
+                                .map_err(step_err)?;
+                        }
+                        Ok(s)
                     }
-                    Ok(s)
-                }
-            },
-            |_s: PlaceOrder, _cx| async { Ok(()) },
-        ))
+                },
+                |_s: PlaceOrder, _cx| async { Ok(()) },
+            )
+            // After the pivot (payment taken, order confirmed) the saga goes
+            // forward: an inventory outage delays this step instead of
+            // unwinding a confirmed order (`ecommerce drill inventory-down`).
+            .with_retry(POST_PIVOT_RETRY),
+        )
         .with_deadline(Duration::from_secs(30))
 }
+
+/// Retries of a step that must not be compensated, and of compensations:
+/// 100 ms doubling to 2 s, 30 times (about 55 s, past the saga's deadline),
+/// so an outage of a few seconds (a breaker held open) is waited out.
+pub(crate) const POST_PIVOT_RETRY: trellis_saga::ExponentialSchedule =
+    trellis_saga::ExponentialSchedule::new(Duration::from_millis(100), Duration::from_secs(2), 30);
 
 // ---------------------------------------------------------------- read model
 
@@ -623,7 +635,7 @@ pub(crate) async fn place(
         tracing::warn!(order_id, status = ?record.status, error = ?record.error, "place-order saga did not finish");
     }
     // Read-your-writes: answer once the read model has this order's events.
-    let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+    let head = app.orders.appended_head();
     app.orders
         .projection
         .wait_for(head, Duration::from_secs(5))
@@ -850,7 +862,10 @@ pub(crate) async fn open(
         inventory_plain,
         payment_client,
     );
-    let orchestrator = trellis_saga::Orchestrator::new(saga_log, owner);
+    // Compensations outlast a short outage of the service they call
+    // instead of leaving the saga for an operator (NeedsAttention).
+    let orchestrator =
+        trellis_saga::Orchestrator::new(saga_log, owner).with_compensation_retry(POST_PIVOT_RETRY);
     // Sagas a previous run left mid-flight finish (or compensate) before we
     // serve: each step re-runs with its same idempotency key.
     for (id, outcome) in orchestrator.recover(&saga).await? {
@@ -1035,6 +1050,13 @@ impl std::fmt::Debug for Orders {
 }
 
 impl Orders {
+    /// The position of the last event this process appended (committed):
+    /// at or past every event of a saga that has returned, without a query.
+    pub(crate) fn appended_head(&self) -> u64 {
+        use trellis_eventsourcing::EventStore;
+        *self.store.watch_head().borrow()
+    }
+
     pub(crate) async fn store_head(&self) -> trellis_eventsourcing::Result<u64> {
         use trellis_eventsourcing::EventStore;
         self.store.head_position().await

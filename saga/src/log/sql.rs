@@ -32,6 +32,7 @@ where
 }
 
 /// True when an insert failed because the saga id is taken.
+#[cfg(feature = "postgres")]
 pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }

@@ -2,10 +2,13 @@
 
 use std::str::FromStr;
 
-use sqlx::Row as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+};
+use sqlx::{Arguments as _, AssertSqlSafe, Row as _};
+use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{is_unique_violation, to_record};
+use super::sql::to_record;
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
@@ -35,8 +38,26 @@ const SCHEMA: [&str; 3] = [
     "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON trellis_sagas (status)",
 ];
 
-/// A [`SagaLog`] in a SQLite database (WAL, `synchronous = FULL`: one
-/// fsync per committed transaction).
+/// A [`SagaLog`] in a SQLite database (WAL; [`connect`](Self::connect)
+/// uses `synchronous = FULL`, [`with_pool`](Self::with_pool) keeps the
+/// pool's own setting).
+///
+/// # Group commit
+///
+/// [`create`](SagaLog::create) and [`record`](SagaLog::record) do not each
+/// run their own transaction: they queue their statements for one writer
+/// task, which commits every write queued meanwhile in **one** transaction
+/// (one commit, one fsync under `synchronous = FULL`), each write a single
+/// cached query (one hand-off to the connection's thread).
+/// A write returns only once the transaction holding it has committed, so
+/// each is exactly as durable as with a transaction of its own; concurrent
+/// sagas share the commit. Each write's checks (the saga id is free, the
+/// lease is still held) are conditions inside its own statements, so one
+/// saga's refused write changes nothing and does not affect the others.
+/// Should the batch fail as a whole (an I/O error), it is rolled back and
+/// its writes are retried one transaction each, so the error reaches only
+/// the write that caused it. The writer runs on its own task, so a caller
+/// that is cancelled mid-write never leaves a transaction half-sent.
 ///
 /// # Examples
 ///
@@ -52,6 +73,30 @@ const SCHEMA: [&str; 3] = [
 #[derive(Debug, Clone)]
 pub struct SqliteSagaLog {
     pool: SqlitePool,
+    writer: mpsc::Sender<Write>,
+}
+
+/// Writes one transaction carries at most.
+const MAX_BATCH: usize = 64;
+
+/// A bound parameter of a queued write.
+#[derive(Debug)]
+enum Arg {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(String),
+    OptText(Option<String>),
+}
+
+/// One `create` or `record`: one query of two statements (the history
+/// rows, then the saga row) with its positional `?` parameters. Both are
+/// conditional on the same check, so the query changes either nothing (the
+/// write is refused) or at least the saga row.
+#[derive(Debug)]
+struct Write {
+    sql: String,
+    args: Vec<Arg>,
+    reply: oneshot::Sender<Result<bool>>,
 }
 
 impl SqliteSagaLog {
@@ -68,13 +113,18 @@ impl SqliteSagaLog {
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
+            // A ping before each acquire is a round trip to the connection's
+            // thread that an in-process handle does not need.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(Error::storage)?;
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool and creates the tables.
+    /// Uses an existing pool, creates the tables and starts the writer task
+    /// on the current tokio runtime (it ends when the last clone of the log
+    /// is dropped).
     pub async fn with_pool(pool: SqlitePool) -> Result<Self> {
         for statement in SCHEMA {
             sqlx::query(statement)
@@ -82,39 +132,123 @@ impl SqliteSagaLog {
                 .await
                 .map_err(Error::storage)?;
         }
-        Ok(SqliteSagaLog { pool })
-    }
-
-    async fn append(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        id: &str,
-        last: i64,
-        entries: &[NewEntry],
-    ) -> Result<()> {
-        for (n, entry) in entries.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO trellis_saga_history (saga_id, seq, step, step_name, event, attempt, error)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id)
-            .bind(last + 1 + n as i64)
-            .bind(i64::from(entry.step))
-            .bind(&entry.step_name)
-            .bind(entry.event.as_str())
-            .bind(i64::from(entry.attempt))
-            .bind(&entry.error)
-            .execute(&mut **tx)
-            .await
-            .map_err(Error::storage)?;
-        }
-        Ok(())
+        let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_loop(pool.clone(), queue));
+        Ok(SqliteSagaLog { pool, writer })
     }
 
     /// The pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Queues a write and waits for the transaction that commits it:
+    /// `false` when its condition refused it.
+    async fn submit(&self, sql: String, args: Vec<Arg>) -> Result<bool> {
+        let (reply, done) = oneshot::channel();
+        self.writer
+            .send(Write { sql, args, reply })
+            .await
+            .map_err(|_| Error::storage("saga log writer stopped"))?;
+        done.await
+            .map_err(|_| Error::storage("saga log writer stopped"))?
+    }
+}
+
+/// The first statement of a write: the history rows of `entries` for saga
+/// `id`, numbered after those already stored, inserted only when
+/// `condition` holds (one statement whatever the number of entries, so the
+/// SQL of a write has few shapes and stays in the statement cache).
+fn history_insert(
+    id: &str,
+    entries: &[NewEntry],
+    condition: &str,
+    condition_args: &[&str],
+    sql: &mut String,
+    args: &mut Vec<Arg>,
+) {
+    if entries.is_empty() {
+        return;
+    }
+    sql.push_str(
+        "INSERT INTO trellis_saga_history (saga_id, seq, step, step_name, event, attempt, error) \
+         SELECT ?, m.last + v.column1, v.column2, v.column3, v.column4, v.column5, v.column6 \
+         FROM (SELECT COALESCE(MAX(seq), 0) AS last FROM trellis_saga_history WHERE saga_id = ?) AS m, (VALUES ",
+    );
+    args.push(Arg::Text(id.to_owned()));
+    args.push(Arg::Text(id.to_owned()));
+    for (n, entry) in entries.iter().enumerate() {
+        sql.push_str(if n == 0 { "" } else { ", " });
+        sql.push_str(&format!("({}, ?, ?, ?, ?, ?)", n + 1));
+        args.push(Arg::Int(i64::from(entry.step)));
+        args.push(Arg::Text(entry.step_name.clone()));
+        args.push(Arg::Text(entry.event.as_str().to_owned()));
+        args.push(Arg::Int(i64::from(entry.attempt)));
+        args.push(Arg::OptText(entry.error.clone()));
+    }
+    sql.push_str(") AS v WHERE ");
+    sql.push_str(condition);
+    sql.push_str(";\n");
+    args.extend(condition_args.iter().map(|a| Arg::Text((*a).to_owned())));
+}
+
+/// The writer task: takes every write queued, commits them in one
+/// transaction, answers each.
+async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let outcomes = match commit(&pool, &batch).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(_) if batch.len() > 1 => {
+                // Retry each alone, so only the write at fault fails.
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for write in &batch {
+                    let one = commit(&pool, std::slice::from_ref(write)).await;
+                    outcomes.push(one.map(|o| o.first().copied().unwrap_or(false)));
+                }
+                outcomes
+            }
+            Err(error) => vec![Err(error)],
+        };
+        for (write, outcome) in batch.drain(..).zip(outcomes) {
+            // A caller that went away no longer needs its answer.
+            let _ = write.reply.send(outcome);
+        }
+    }
+}
+
+/// One transaction of `batch`: whether each write changed anything.
+async fn commit(pool: &SqlitePool, batch: &[Write]) -> Result<Vec<bool>> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(Error::storage)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for write in batch {
+        let mut args = SqliteArguments::default();
+        for arg in &write.args {
+            let added = match arg {
+                Arg::Int(v) => args.add(*v),
+                Arg::OptInt(v) => args.add(*v),
+                Arg::Text(v) => args.add(v.clone()),
+                Arg::OptText(v) => args.add(v.clone()),
+            };
+            added.map_err(Error::storage)?;
+        }
+        // NOTE: two statements with bound parameters in one query is a
+        // SQLite-only sqlx feature (deprecated in sqlx 0.9 for portability,
+        // launchbadge/sqlx#3108): it makes a write one hand-off to the
+        // connection's thread instead of two. Positional `?`s bind in order
+        // across the statements; the changed rows are summed. On an error
+        // `tx` is dropped and rolls back the whole batch.
+        let done = sqlx::query_with(AssertSqlSafe(write.sql.clone()), args)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        outcomes.push(done.rows_affected() > 0);
+    }
+    tx.commit().await.map_err(Error::storage)?;
+    Ok(outcomes)
 }
 
 impl SagaLog for SqliteSagaLog {
@@ -125,32 +259,38 @@ impl SagaLog for SqliteSagaLog {
         entries: &[NewEntry],
     ) -> Result<()> {
         let state = serde_json::to_string(&record.state)?;
-        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
-        let result = sqlx::query(
-            "INSERT INTO trellis_sagas (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&record.id)
-        .bind(&record.name)
-        .bind(record.status.as_str())
-        .bind(i64::from(record.cursor))
-        .bind(state)
-        .bind(&record.error)
-        .bind(&record.failed_step)
-        .bind(record.deadline_ms)
-        .bind(lease.owner)
-        .bind(lease.until_ms)
-        .execute(&mut *tx)
-        .await;
-        match result {
-            Ok(_) => {
-                self.append(&mut tx, &record.id, 0, entries).await?;
-                tx.commit().await.map_err(Error::storage)
-            }
-            Err(e) if is_unique_violation(&e) => Err(Error::AlreadyExists {
+        let (mut sql, mut args) = (String::new(), Vec::new());
+        // The history first, while "the id is free" can still be asked.
+        history_insert(
+            &record.id,
+            entries,
+            "NOT EXISTS (SELECT 1 FROM trellis_sagas WHERE id = ?)",
+            &[&record.id],
+            &mut sql,
+            &mut args,
+        );
+        sql.push_str(
+            "INSERT INTO trellis_sagas (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        );
+        args.extend([
+            Arg::Text(record.id.clone()),
+            Arg::Text(record.name.clone()),
+            Arg::Text(record.status.as_str().to_owned()),
+            Arg::Int(i64::from(record.cursor)),
+            Arg::Text(state),
+            Arg::OptText(record.error.clone()),
+            Arg::OptText(record.failed_step.clone()),
+            Arg::OptInt(record.deadline_ms),
+            Arg::Text(lease.owner.to_owned()),
+            Arg::Int(lease.until_ms),
+        ]);
+        if self.submit(sql, args).await? {
+            Ok(())
+        } else {
+            Err(Error::AlreadyExists {
                 id: record.id.clone(),
-            }),
-            Err(e) => Err(Error::storage(e)),
+            })
         }
     }
 
@@ -201,40 +341,40 @@ impl SagaLog for SqliteSagaLog {
         } else {
             0
         };
-        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
-        let done = sqlx::query(
-            "UPDATE trellis_sagas SET status = ?, cursor = ?, state = ?, error = ?, failed_step = ?, lease_until = ?,
-                 lease_owner = CASE WHEN ? THEN lease_owner ELSE NULL END
+        let (mut sql, mut args) = (String::new(), Vec::new());
+        // The history first, while the lease is still ours to check (a
+        // final update frees it).
+        history_insert(
+            id,
+            entries,
+            "EXISTS (SELECT 1 FROM trellis_sagas WHERE id = ? AND lease_owner = ?)",
+            &[id, lease.owner],
+            &mut sql,
+            &mut args,
+        );
+        sql.push_str(
+            "UPDATE trellis_sagas SET status = ?, cursor = ?, state = ?, error = ?, failed_step = ?, lease_until = ?, \
+                 lease_owner = CASE WHEN ? THEN lease_owner ELSE NULL END \
              WHERE id = ? AND lease_owner = ?",
-        )
-        .bind(update.status.as_str())
-        .bind(i64::from(update.cursor))
-        .bind(state)
-        .bind(&update.error)
-        .bind(&update.failed_step)
-        .bind(lease_until)
-        .bind(update.status.is_in_flight())
-        .bind(id)
-        .bind(lease.owner)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::storage)?;
-        if done.rows_affected() != 1 {
-            tx.rollback().await.map_err(Error::storage)?;
-            return match self.load(id).await? {
-                Some(_) => Err(Error::LeaseLost { id: id.to_owned() }),
-                None => Err(Error::NotFound { id: id.to_owned() }),
-            };
+        );
+        args.extend([
+            Arg::Text(update.status.as_str().to_owned()),
+            Arg::Int(i64::from(update.cursor)),
+            Arg::Text(state),
+            Arg::OptText(update.error.clone()),
+            Arg::OptText(update.failed_step.clone()),
+            Arg::Int(lease_until),
+            Arg::Int(i64::from(update.status.is_in_flight())),
+            Arg::Text(id.to_owned()),
+            Arg::Text(lease.owner.to_owned()),
+        ]);
+        if self.submit(sql, args).await? {
+            return Ok(());
         }
-        let last: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM trellis_saga_history WHERE saga_id = ?",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(Error::storage)?;
-        self.append(&mut tx, id, last, entries).await?;
-        tx.commit().await.map_err(Error::storage)
+        match self.load(id).await? {
+            Some(_) => Err(Error::LeaseLost { id: id.to_owned() }),
+            None => Err(Error::NotFound { id: id.to_owned() }),
+        }
     }
 
     async fn load(&self, id: &str) -> Result<Option<SagaRecord>> {

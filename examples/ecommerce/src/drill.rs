@@ -1,0 +1,412 @@
+//! `ecommerce drill NAME`: a fault drill under load. A load run (see
+//! [`crate::load`]) places orders while a fault is switched on through an
+//! operator endpoint for the middle of the run, then healed; afterwards the
+//! drill waits until every accepted order is final, audits the system
+//! through `GET /api/v1/admin/audit` and returns a [`DrillReport`]. Everything
+//! goes over HTTP with an `ops:admin` token, so a drill runs against the
+//! in-process system or any `--url`.
+//!
+//! | drill | fault | heal |
+//! |---|---|---|
+//! | `payment-outage` | every payment call fails (payments `FaultHandle`) | faults off |
+//! | `inventory-latency` | every inventory call is delayed (inventory `FaultHandle`) | faults off, breaker closed |
+//! | `inventory-down` | inventory's breaker forced open: orders accepted as PENDING_VALIDATION | breaker closed, which validates them |
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::client::ApiClient;
+use crate::error::Error;
+use crate::load::{AcceptedOrder, LoadOptions, LoadSummary};
+
+/// The delay `inventory-latency` adds to every inventory call.
+pub const INJECTED_LATENCY: Duration = Duration::from_millis(150);
+
+/// Which fault a drill injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drill {
+    /// Every call to the payment provider fails, then recovers.
+    PaymentOutage,
+    /// Every call to inventory takes [`INJECTED_LATENCY`] longer.
+    InventoryLatency,
+    /// Inventory's circuit breaker is held open, then closed.
+    InventoryDown,
+}
+
+impl Drill {
+    /// Every drill, by name.
+    pub const ALL: [Drill; 3] = [
+        Drill::PaymentOutage,
+        Drill::InventoryLatency,
+        Drill::InventoryDown,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Drill::PaymentOutage => "payment-outage",
+            Drill::InventoryLatency => "inventory-latency",
+            Drill::InventoryDown => "inventory-down",
+        }
+    }
+}
+
+impl FromStr for Drill {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self, Error> {
+        Drill::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Drill::ALL.iter().map(|d| d.name()).collect();
+                Error::Scenario(format!(
+                    "unknown drill {name:?}; one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// How a drill runs.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    /// The load (its `duration` is the whole run).
+    pub load: LoadOptions,
+    /// When the fault goes on, as a fraction of the run (default 0.25).
+    pub fault_from: f64,
+    /// When it is healed, as a fraction of the run (default 0.75).
+    pub fault_until: f64,
+    /// How long to wait after the run for every order to become final.
+    pub settle: Duration,
+}
+
+impl Default for DrillOptions {
+    fn default() -> Self {
+        DrillOptions {
+            load: LoadOptions::default(),
+            fault_from: 0.25,
+            fault_until: 0.75,
+            settle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a drill saw: the load's answers, every accepted order's final
+/// state, and the audit.
+#[derive(Debug)]
+pub struct DrillReport {
+    /// The drill.
+    pub drill: Drill,
+    /// The load run's own summary.
+    pub load: LoadSummary,
+    /// Orders the system accepted (201).
+    pub accepted: u64,
+    /// Accepted orders now CONFIRMED.
+    pub completed: u64,
+    /// Accepted orders now REJECTED (compensated).
+    pub compensated: u64,
+    /// Orders accepted as PENDING_VALIDATION (validated later, or not).
+    pub accepted_pending: u64,
+    /// Of those, the ones now CONFIRMED.
+    pub pending_confirmed: u64,
+    /// Accepted orders still not final when the drill gave up waiting.
+    pub not_final: u64,
+    /// Accepted orders that cannot be read back.
+    pub lost: u64,
+    /// Orders with more than one standing charge (audit).
+    pub charged_twice: u64,
+    /// Rejected orders with a standing charge, confirmed orders without
+    /// one (audit).
+    pub charge_mismatch: u64,
+    /// Units of stock leaked (sum over SKUs of |baseline − accounted|).
+    pub stock_leaked: i64,
+    /// The audit as the system returned it.
+    pub audit: serde_json::Value,
+}
+
+impl DrillReport {
+    /// No order lost, charged twice or stuck, no charge without its
+    /// order's confirmation, no stock leaked.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.charged_twice == 0
+            && self.charge_mismatch == 0
+            && self.stock_leaked == 0
+            && self.not_final == 0
+    }
+
+    /// Whether the fault visibly changed what the system did: orders
+    /// compensated (payment outage), orders slower than the injected delay
+    /// (inventory latency), orders accepted for later validation (inventory
+    /// down).
+    pub fn fault_took_effect(&self) -> bool {
+        match self.drill {
+            Drill::PaymentOutage => self.compensated > 0,
+            Drill::InventoryLatency => {
+                self.load.latency_us.max() >= INJECTED_LATENCY.as_micros() as u64
+            }
+            Drill::InventoryDown => self.accepted_pending > 0,
+        }
+    }
+
+    fn effect(&self) -> String {
+        let seen = if self.fault_took_effect() {
+            "yes"
+        } else {
+            "NO"
+        };
+        match self.drill {
+            Drill::PaymentOutage => format!("{seen}: {} orders compensated", self.compensated),
+            Drill::InventoryLatency => format!(
+                "{seen}: max latency {:.0} ms (injected {} ms)",
+                self.load.latency_us.max() as f64 / 1000.0,
+                INJECTED_LATENCY.as_millis()
+            ),
+            Drill::InventoryDown => format!(
+                "{seen}: {} orders accepted as PENDING_VALIDATION, {} of them CONFIRMED once validated",
+                self.accepted_pending, self.pending_confirmed
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DrillReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.load;
+        let ms = |q: f64| l.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        writeln!(f, "| drill `{}` | value |", self.drill.name())?;
+        writeln!(f, "|---|---|")?;
+        writeln!(f, "| requests | {} |", l.requests)?;
+        writeln!(f, "| orders accepted | {} |", self.accepted)?;
+        writeln!(f, "| completed | {} |", self.completed)?;
+        writeln!(f, "| compensated | {} |", self.compensated)?;
+        writeln!(
+            f,
+            "| pending (accepted as PENDING_VALIDATION) | {} |",
+            self.accepted_pending
+        )?;
+        writeln!(f, "| not final at the end | {} |", self.not_final)?;
+        writeln!(f, "| errors | {} |", l.error_count())?;
+        writeln!(f, "| lost | {} |", self.lost)?;
+        writeln!(f, "| charged twice | {} |", self.charged_twice)?;
+        writeln!(
+            f,
+            "| charge without confirmation / confirmation without charge | {} |",
+            self.charge_mismatch
+        )?;
+        writeln!(f, "| stock leaked | {} |", self.stock_leaked)?;
+        writeln!(f, "| fault took effect | {} |", self.effect())?;
+        writeln!(
+            f,
+            "| latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+            ms(0.5),
+            ms(0.99),
+            l.latency_us.max() as f64 / 1000.0
+        )?;
+        write!(
+            f,
+            "| verdict | {} |",
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// Switches the drill's fault on (`on`) or heals it, through the operator
+/// endpoints. Healing also closes inventory's breaker, which validates the
+/// orders accepted as PENDING_VALIDATION meanwhile.
+async fn set_fault(api: &ApiClient, ops: &str, drill: Drill, on: bool) -> Result<(), Error> {
+    let (path, body) = match (drill, on) {
+        (Drill::PaymentOutage, true) => (
+            "/api/v1/admin/payments/faults",
+            json!({ "enabled": true, "error_probability": 1.0 }),
+        ),
+        (Drill::PaymentOutage, false) => ("/api/v1/admin/payments/faults", json!({})),
+        (Drill::InventoryLatency, true) => (
+            "/api/v1/admin/inventory/faults",
+            json!({
+                "enabled": true,
+                "latency_probability": 1.0,
+                "latency": format!("{}ms", INJECTED_LATENCY.as_millis()),
+            }),
+        ),
+        (Drill::InventoryLatency, false) => ("/api/v1/admin/inventory/faults", json!({})),
+        (Drill::InventoryDown, on) => ("/api/v1/admin/inventory/breaker", json!({ "open": on })),
+    };
+    let r = api.json(Method::POST, path, Some(ops), Some(body)).await?;
+    if r.status != StatusCode::OK {
+        return Err(Error::Scenario(format!(
+            "POST {path}: {} {}",
+            r.status, r.body
+        )));
+    }
+    if !on && drill != Drill::InventoryDown {
+        close_breaker(api, ops).await?;
+    }
+    Ok(())
+}
+
+/// Closes inventory's breaker (validating pending orders, up to 100 per
+/// call); returns how many orders it validated.
+async fn close_breaker(api: &ApiClient, ops: &str) -> Result<usize, Error> {
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/inventory/breaker",
+            Some(ops),
+            Some(json!({ "open": false })),
+        )
+        .await?;
+    if r.status != StatusCode::OK {
+        return Err(Error::Scenario(format!(
+            "close breaker: {} {}",
+            r.status, r.body
+        )));
+    }
+    Ok(r.body["validated"].as_array().map_or(0, Vec::len))
+}
+
+/// Every accepted order's current status (`None`: not found).
+async fn statuses(api: &Arc<ApiClient>, orders: &[AcceptedOrder]) -> Vec<Option<String>> {
+    let workers = 16;
+    let chunk = orders.len().div_ceil(workers).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, part) in orders.chunks(chunk).enumerate() {
+        let (api, part) = (api.clone(), part.to_vec());
+        tasks.spawn(async move {
+            let mut found = Vec::with_capacity(part.len());
+            for order in part {
+                let r = api
+                    .json(
+                        Method::GET,
+                        &format!("/api/v1/orders/{}", order.order_id),
+                        Some(&order.token),
+                        None,
+                    )
+                    .await;
+                found.push(match r {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        r.body["status"].as_str().map(str::to_owned)
+                    }
+                    _ => None,
+                });
+            }
+            (n, found)
+        });
+    }
+    let mut parts = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        // A panicked reader proves nothing: its orders stay unknown (lost).
+        if let Ok(part) = done {
+            parts.push(part);
+        }
+    }
+    parts.sort_by_key(|(n, _)| *n);
+    let mut all: Vec<Option<String>> = parts.into_iter().flat_map(|(_, p)| p).collect();
+    all.resize(orders.len(), None);
+    all
+}
+
+fn is_final(status: &Option<String>) -> bool {
+    matches!(status.as_deref(), Some("CONFIRMED" | "REJECTED"))
+}
+
+/// Runs `drill` against `base_url` with the operator token `ops`.
+///
+/// # Errors
+///
+/// The load could not start (registration, login) or an operator endpoint
+/// refused; the drill's verdict itself is [`DrillReport::passed`].
+pub async fn run(
+    base_url: &str,
+    ops: &str,
+    drill: Drill,
+    options: &DrillOptions,
+) -> Result<DrillReport, Error> {
+    let api = Arc::new(ApiClient::new(base_url));
+    // Start from a healthy system.
+    set_fault(&api, ops, drill, false).await?;
+    if drill == Drill::InventoryDown {
+        close_breaker(&api, ops).await?;
+    }
+    let duration = options.load.duration;
+    let start = Instant::now();
+    let load = {
+        let (base, load) = (base_url.to_owned(), options.load.clone());
+        tokio::spawn(async move { crate::load::run(&base, &load).await })
+    };
+    tokio::time::sleep_until(start + duration.mul_f64(options.fault_from.clamp(0.0, 1.0))).await;
+    set_fault(&api, ops, drill, true).await?;
+    tokio::time::sleep_until(start + duration.mul_f64(options.fault_until.clamp(0.0, 1.0))).await;
+    set_fault(&api, ops, drill, false).await?;
+    let load = load
+        .await
+        .map_err(|e| Error::Scenario(format!("load task: {e}")))??;
+
+    // Settle: orders accepted as pending while the breaker was open (some
+    // may have been in flight when it closed) are validated by closing it
+    // again; wait until every accepted order is final.
+    let deadline = Instant::now() + options.settle;
+    let mut current = statuses(&api, &load.accepted).await;
+    while !current.iter().all(is_final) && Instant::now() < deadline {
+        if current
+            .iter()
+            .any(|s| s.as_deref() == Some("PENDING_VALIDATION"))
+        {
+            close_breaker(&api, ops).await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        current = statuses(&api, &load.accepted).await;
+    }
+
+    let r = api
+        .json(Method::GET, "/api/v1/admin/audit", Some(ops), None)
+        .await?;
+    if r.status != StatusCode::OK {
+        return Err(Error::Scenario(format!("audit: {} {}", r.status, r.body)));
+    }
+    let audit = r.body;
+    let count = |key: &str| audit[key]["count"].as_u64().unwrap_or(0);
+    let count_of = |status: &str| {
+        current
+            .iter()
+            .filter(|s| s.as_deref() == Some(status))
+            .count() as u64
+    };
+    Ok(DrillReport {
+        drill,
+        accepted: load.accepted.len() as u64,
+        completed: count_of("CONFIRMED"),
+        compensated: count_of("REJECTED"),
+        accepted_pending: load
+            .accepted
+            .iter()
+            .filter(|o| o.status == "PENDING_VALIDATION")
+            .count() as u64,
+        pending_confirmed: load
+            .accepted
+            .iter()
+            .zip(&current)
+            .filter(|(o, now)| {
+                o.status == "PENDING_VALIDATION" && now.as_deref() == Some("CONFIRMED")
+            })
+            .count() as u64,
+        not_final: current
+            .iter()
+            .filter(|s| s.is_some() && !is_final(s))
+            .count() as u64,
+        lost: current.iter().filter(|s| s.is_none()).count() as u64,
+        charged_twice: count("charged_twice"),
+        charge_mismatch: count("charged_not_confirmed") + count("confirmed_not_charged"),
+        stock_leaked: audit["stock_leaked"].as_i64().unwrap_or(i64::MAX),
+        audit,
+        load,
+    })
+}
