@@ -3,7 +3,8 @@
 //! the source is documented, the scopes documented are the scopes enforced,
 //! and the responses of the scenario's requests validate against the
 //! documented schemas (a small JSON-schema check below: `$ref`, `type`
-//! including `null`, `enum`, `required`, `properties`, `items`, `oneOf`).
+//! including `null`, `enum`, `required`, `properties`,
+//! `additionalProperties`, `items`, `oneOf`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -144,11 +145,14 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), 
                 return Err(format!("{at}: required field {name:?} missing"));
             }
         }
-        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
-            for (name, field) in fields {
-                if let Some(property) = properties.get(name) {
-                    validate(doc, property, field, &format!("{at}.{name}"))?;
-                }
+        let properties = schema.get("properties").and_then(Value::as_object);
+        // A map's values (`additionalProperties` as a schema).
+        let others = schema
+            .get("additionalProperties")
+            .filter(|extra| extra.is_object());
+        for (name, field) in fields {
+            if let Some(property) = properties.and_then(|p| p.get(name)).or(others) {
+                validate(doc, property, field, &format!("{at}.{name}"))?;
             }
         }
     }
@@ -1046,12 +1050,13 @@ fn the_schema_check_refuses_what_does_not_match() {
             "n": { "type": "integer" },
             "reason": { "type": ["string", "null"] },
             "state": { "$ref": "#/components/schemas/State" },
-            "tags": { "type": "array", "items": { "type": "string" } }
+            "tags": { "type": "array", "items": { "type": "string" } },
+            "counts": { "type": "object", "additionalProperties": { "type": "integer" } }
         }},
         "State": { "type": "string", "enum": ["A", "B"] }
     }}});
     let schema = json!({ "$ref": "#/components/schemas/Row" });
-    let ok = json!({ "id": "x", "n": 1, "reason": null, "state": "A", "tags": ["t"] });
+    let ok = json!({ "id": "x", "n": 1, "reason": null, "state": "A", "tags": ["t"], "counts": { "a": 1 } });
     assert_eq!(validate(&doc, &schema, &ok, "$"), Ok(()));
     for (bad, expected) in [
         (json!({ "n": 1 }), "required field \"id\""),
@@ -1063,6 +1068,10 @@ fn the_schema_check_refuses_what_does_not_match() {
         (json!({ "id": "x", "n": 1, "reason": 3 }), "$.reason"),
         (json!({ "id": "x", "n": 1, "state": "C" }), "not one of"),
         (json!({ "id": "x", "n": 1, "tags": ["t", 2] }), "$.tags[1]"),
+        (
+            json!({ "id": "x", "n": 1, "counts": { "a": 1, "b": "2" } }),
+            "$.counts.b: expected [\"integer\"]",
+        ),
         (json!([1]), "expected [\"object\"]"),
     ] {
         let err = validate(&doc, &schema, &bad, "$").unwrap_err();
