@@ -38,6 +38,9 @@ impl ApiClient {
     }
 
     /// Sends `body` (serialized as JSON when given) with an optional bearer token.
+    ///
+    /// A `text/event-stream` answer's body is not read (it never ends):
+    /// the response has its status and headers and a `null` body.
     pub async fn json(
         &self,
         method: Method,
@@ -92,6 +95,20 @@ impl ApiClient {
             .map_err(|e| Error::Scenario(format!("request failed: {e}")))?;
         let status = response.status();
         let headers = response.headers().clone();
+        // An event stream lasts until the server shuts down: reading it
+        // would never end, so only its status and headers are returned
+        // (dropping the body closes the connection).
+        let streaming = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if streaming {
+            return Ok(ApiResponse {
+                status,
+                headers,
+                body: serde_json::Value::Null,
+            });
+        }
         let bytes = response
             .into_body()
             .collect()

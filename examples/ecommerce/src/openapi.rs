@@ -402,8 +402,27 @@ struct PaymentsApi;
         crate::orders::list,
         crate::orders::get_one,
         crate::orders::set_breaker,
-        crate::audit::audit
+        crate::audit::audit,
+        crate::web::live::customer_events,
+        crate::web::live::order_events,
+        crate::web::console::status,
+        crate::web::console::traffic,
+        crate::web::console::sagas,
+        crate::web::console::retry_saga,
+        crate::web::console::compensate_saga,
+        crate::web::console::set_inventory_faults,
+        crate::web::console::events
     ),
+    // The events' `data` shapes: streams have no JSON body to refer to them.
+    components(schemas(
+        crate::web::schemas::SagaStepEvent,
+        crate::web::schemas::SagaStateEvent,
+        crate::web::schemas::TickEvent,
+        crate::web::schemas::HealthReports,
+        crate::web::schemas::EmptyEvent,
+        crate::web::console::Transition,
+        crate::orders::SummaryRow
+    )),
     tags((name = "orders", description = "Orders, the place-order saga, inventory's breaker as orders sees it")),
     modifiers(&BearerJwt)
 )]

@@ -80,6 +80,21 @@ fn check_response(doc: &Value, method: &str, path: &str, response: &ApiResponse)
         "{method} {path} answered {status}, which is not documented: {}",
         response.body
     );
+    let content_type = response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.starts_with("text/event-stream") {
+        // The client read only the head of the stream; its events are
+        // checked by `the_scenario_responses_match_the_documented_schemas`.
+        assert!(
+            documented["content"]["text/event-stream"].is_object(),
+            "{method} {path} {status}: streams events, documented as {}",
+            documented["content"]
+        );
+        return;
+    }
     let schema = &documented["content"]["application/json"]["schema"];
     if schema.is_null() {
         assert!(
@@ -248,10 +263,76 @@ async fn every_documented_operation_is_served_with_exactly_its_methods() {
     servers.shutdown().await;
 }
 
-/// The path literals routed anywhere under `src/` (`.route("..."`), each under
-/// `/api/v1` unless it is one of the operational endpoints.
-fn routed_in_source() -> BTreeSet<String> {
-    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+/// Routers that are not part of the API, by file (under `src/`) and the
+/// function that builds them: the web pages, served at the site root as
+/// HTML. Only the routes inside that function are skipped, so an API route
+/// added anywhere else, that file included, is still checked.
+const SITE_ROOT_ROUTERS: [(&str, &str); 1] = [("web/mod.rs", "pages")];
+
+/// The byte range of the body of `fn {name}` in `text` (string literals
+/// such as `"/orders/{id}"` do not count as braces).
+fn function_body(text: &str, name: &str) -> Option<std::ops::Range<usize>> {
+    let start = text.find(&format!("fn {name}("))?;
+    let open = start + text[start..].find('{')?;
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in text[open..].char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(open..open + i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The path literals routed in `text` (`.route("..."` and
+/// `.route_service("..."`), but those inside the `skip` function's body.
+fn routes_in(text: &str, skip: Option<&str>) -> BTreeSet<String> {
+    let skipped = skip
+        .map(|name| function_body(text, name).unwrap_or_else(|| panic!("no `fn {name}` to skip")));
+    let mut routes = BTreeSet::new();
+    for (i, _) in text.match_indices(".route") {
+        if skipped.as_ref().is_some_and(|range| range.contains(&i)) {
+            continue;
+        }
+        let rest = &text[i..];
+        let Some(open) = rest.find('(') else { continue };
+        let head = &rest[..open];
+        if head != ".route" && head != ".route_service" {
+            continue;
+        }
+        let args = rest[open + 1..].trim_start();
+        if let Some(literal) = args.strip_prefix('"') {
+            let end = literal.find('"').unwrap();
+            routes.insert(literal[..end].to_owned());
+        }
+    }
+    routes
+}
+
+/// The path literals routed anywhere under `src/`, each under `/api/v1`
+/// unless it is one of the operational endpoints; and, apart, those of the
+/// site-root routers.
+fn routed_in_source() -> (BTreeSet<String>, BTreeSet<String>) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs = vec![src.clone()];
     let mut files = Vec::new();
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -263,24 +344,32 @@ fn routed_in_source() -> BTreeSet<String> {
             }
         }
     }
-    let mut routes = BTreeSet::new();
+    let (mut api, mut site) = (BTreeSet::new(), BTreeSet::new());
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
-        for (i, _) in text.match_indices(".route") {
-            let rest = &text[i..];
-            let Some(open) = rest.find('(') else { continue };
-            let head = &rest[..open];
-            if head != ".route" && head != ".route_service" {
-                continue;
-            }
-            let args = rest[open + 1..].trim_start();
-            if let Some(literal) = args.strip_prefix('"') {
-                let end = literal.find('"').unwrap();
-                routes.insert(literal[..end].to_owned());
-            }
-        }
+        let relative = path.strip_prefix(&src).unwrap();
+        let skip = SITE_ROOT_ROUTERS
+            .iter()
+            .find(|(file, _)| relative == std::path::Path::new(file))
+            .map(|(_, function)| *function);
+        let all = routes_in(&text, None);
+        let routes = routes_in(&text, skip);
+        site.extend(all.difference(&routes).cloned());
+        api.extend(routes);
     }
+    (api, site)
+}
+
+/// The routes of `routes` (relative to `/api/v1`) missing from `documented`.
+fn undocumented(routes: &BTreeSet<String>, documented: &BTreeSet<&str>) -> Vec<String> {
+    // Served outside /api/v1 (health, metrics) or the documents themselves.
+    let operational = ["/metrics", "/live", "/ready", "/startup", "/openapi.json"];
     routes
+        .iter()
+        .filter(|r| !operational.contains(&r.as_str()))
+        .map(|route| format!("/api/v1{route}"))
+        .filter(|full| !documented.contains(full.as_str()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,17 +384,65 @@ async fn every_route_in_the_source_is_documented() {
         .keys()
         .map(String::as_str)
         .collect();
-    // Served outside /api/v1 (health, metrics) or the documents themselves.
-    let operational = ["/metrics", "/live", "/ready", "/startup", "/openapi.json"];
-    let routes = routed_in_source();
+    let (routes, site) = routed_in_source();
     assert!(routes.contains("/products"), "{routes:?}");
-    for route in routes.iter().filter(|r| !operational.contains(&r.as_str())) {
-        let full = format!("/api/v1{route}");
-        assert!(
-            documented.contains(full.as_str()),
-            "{full} is routed in src/ but not in the OpenAPI document"
-        );
-    }
+    // The web API (src/web/mod.rs `api()`) is checked like the rest.
+    assert!(routes.contains("/admin/events"), "{routes:?}");
+    assert!(routes.contains("/orders/{id}/events"), "{routes:?}");
+    // Exactly the pages and their assets are left out.
+    assert_eq!(
+        site,
+        [
+            "/",
+            "/assets/app.css",
+            "/assets/app.js",
+            "/ops",
+            "/orders",
+            "/orders/{id}"
+        ]
+        .map(String::from)
+        .into(),
+    );
+    assert_eq!(
+        undocumented(&routes, &documented),
+        Vec::<String>::new(),
+        "routed in src/ but not in the OpenAPI document"
+    );
+}
+
+#[test]
+fn the_source_scan_skips_only_the_site_root_router() {
+    let source = r#"
+        pub(crate) fn api(app: WebState) -> Router {
+            Router::new()
+                .route("/orders/events", get(live::customer_events))
+                .route("/admin/undocumented", post(console::secret))
+        }
+
+        /// The pages.
+        pub(crate) fn pages(app: WebState) -> Router {
+            let brace = "}"; // a brace in a literal does not end the body
+            Router::new()
+                .route("/", get(pages::shop))
+                .route("/orders/{id}", get(pages::order))
+        }
+
+        fn later() -> Router {
+            Router::new().route_service("/admin/late", service)
+        }
+    "#;
+    let all = routes_in(source, None);
+    assert_eq!(all.len(), 5, "{all:?}");
+    let routes = routes_in(source, Some("pages"));
+    let expected: BTreeSet<String> = ["/admin/late", "/admin/undocumented", "/orders/events"]
+        .map(String::from)
+        .into();
+    assert_eq!(routes, expected);
+    let documented: BTreeSet<&str> = ["/api/v1/orders/events"].into();
+    assert_eq!(
+        undocumented(&routes, &documented),
+        ["/api/v1/admin/late", "/api/v1/admin/undocumented"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,6 +512,333 @@ async fn documented_scopes_are_the_enforced_scopes() {
         );
     }
     servers.shutdown().await;
+}
+
+/// An open server-sent event stream.
+struct Events {
+    body: hyper::body::Incoming,
+    buffer: String,
+}
+
+impl Events {
+    /// Opens `path`'s stream with `token`; the handler has subscribed to
+    /// what it streams once this returns.
+    async fn open(base: &str, path: &str, token: &str) -> Events {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let request = http::Request::get(format!("{base}{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let response = client.request(request).await.expect("stream opens");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            response.headers()[http::header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        Events {
+            body: response.into_body(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The `(event, data)` pairs until `done` holds for those read so far
+    /// (at most 10 s).
+    async fn read_until(
+        &mut self,
+        done: impl Fn(&[(String, Value)]) -> bool,
+    ) -> Vec<(String, Value)> {
+        use http_body_util::BodyExt;
+        let mut events = Vec::new();
+        let read = async {
+            while !done(&events) {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let chunk: String = self.buffer.drain(..end + 2).collect();
+                    let (mut name, mut data) = (String::new(), String::new());
+                    for line in chunk.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            name = v.trim().to_owned();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push_str(v.trim_start());
+                        }
+                    }
+                    // Keep-alive comments carry no data.
+                    if !data.is_empty() {
+                        let value = serde_json::from_str(&data).expect("JSON data");
+                        events.push((name, value));
+                    }
+                    continue;
+                }
+                let frame = self.body.frame().await.expect("the stream goes on");
+                if let Ok(data) = frame.expect("frame").into_data() {
+                    self.buffer
+                        .push_str(std::str::from_utf8(&data).expect("UTF-8"));
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("the events arrive within 10 s");
+        events
+    }
+}
+
+/// Each event's `data` validates against the schema `schemas` names for
+/// its event name, and the operation's description names that schema.
+fn check_events(doc: &Value, path: &str, events: &[(String, Value)], schemas: &[(&str, &str)]) {
+    let description = doc["paths"][path]["get"]["responses"]["200"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    for (name, data) in events {
+        let Some((_, schema)) = schemas.iter().find(|(event, _)| event == name) else {
+            panic!("{path}: event {name:?} is not documented: {data}");
+        };
+        assert!(
+            description.contains(&format!("`{name}`")) && description.contains(schema),
+            "{path}: {description:?} does not describe `{name}` as {schema}"
+        );
+        let reference = json!({ "$ref": format!("#/components/schemas/{schema}") });
+        if let Err(e) = validate(doc, &reference, data, "$") {
+            panic!("{path} event {name}: {e}\ndata: {data}");
+        }
+    }
+}
+
+fn seen(events: &[(String, Value)], name: &str) -> bool {
+    events.iter().any(|(n, _)| n == name)
+}
+
+/// The web pages' API (src/web): the console's answers and the events of
+/// the three streams against the orders document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_api_responses_match_the_documented_schemas() {
+    let (running, _dir) = support::start("openapi-web").await;
+    let base = running.base_url();
+    let api = ApiClient::new(&base);
+    let doc = fetch(&api, "/api/v1/openapi.json").await;
+    let ops_token = running.ops_token().unwrap();
+    let token = running
+        .token_with_scopes("web-customer", &["orders:read", "orders:write"])
+        .unwrap();
+    let call = |method: &'static str,
+                path: &'static str,
+                url: String,
+                token: Option<String>,
+                body: Option<Value>| {
+        let (api, doc) = (api.clone(), doc.clone());
+        async move {
+            let r = api
+                .json(http_method(method), &url, token.as_deref(), body)
+                .await
+                .unwrap();
+            check_response(&doc, method, path, &r);
+            r
+        }
+    };
+    let place = |token: String| {
+        let api = api.clone();
+        async move {
+            let body = json!({ "lines": [{ "sku": "TEA-001", "quantity": 1 }], "card": "4242424242424242" });
+            let r = api
+                .json(Method::POST, "/api/v1/orders", Some(&token), Some(body))
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r
+        }
+    };
+    let breaker = |open: bool| {
+        let (api, ops_token) = (api.clone(), ops_token.clone());
+        async move {
+            let r = api
+                .json(
+                    Method::POST,
+                    "/api/v1/admin/inventory/breaker",
+                    Some(&ops_token),
+                    Some(json!({ "open": open })),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r
+        }
+    };
+    let confirmed = place(token.clone()).await;
+    assert_eq!(confirmed.body["status"], "CONFIRMED");
+    let id = confirmed.body["order_id"].as_str().unwrap();
+
+    // The live streams see what follows: a breaker transition, sagas.
+    let mut customer_events = Events::open(&base, "/api/v1/orders/events", &token).await;
+    let mut admin_events = Events::open(&base, "/api/v1/admin/events", &ops_token).await;
+    breaker(true).await;
+    let pending = place(token.clone()).await;
+    assert_eq!(pending.body["status"], "PENDING_VALIDATION");
+    let r = breaker(false).await;
+    assert_eq!(r.body["validated"][0]["status"], "CONFIRMED");
+
+    let step_event = ("step", "SagaStepEvent");
+    let (empty, lagged) = (("ready", "EmptyEvent"), ("lagged", "EmptyEvent"));
+    let events = customer_events
+        .read_until(|events| {
+            events.iter().any(|(n, d)| {
+                n == "step"
+                    && d["saga"].as_str().is_some_and(|s| s.ends_with("/validate"))
+                    && d["status"] == "completed"
+            })
+        })
+        .await;
+    assert_eq!(events[0].0, "ready");
+    check_events(
+        &doc,
+        "/api/v1/orders/events",
+        &events,
+        &[empty, step_event, lagged],
+    );
+    let events = admin_events
+        .read_until(|events| {
+            ["tick", "health", "breaker", "saga"]
+                .iter()
+                .all(|n| seen(events, n))
+        })
+        .await;
+    check_events(
+        &doc,
+        "/api/v1/admin/events",
+        &events,
+        &[
+            ("tick", "TickEvent"),
+            ("health", "HealthReports"),
+            ("breaker", "Transition"),
+            ("saga", "SagaStepEvent"),
+            lagged,
+        ],
+    );
+    let pending_id = pending.body["order_id"].as_str().unwrap();
+    let mut order_events = Events::open(
+        &base,
+        &format!("/api/v1/orders/{pending_id}/events"),
+        &token,
+    )
+    .await;
+    let events = order_events
+        .read_until(|events| seen(events, "order"))
+        .await;
+    assert!(
+        events
+            .iter()
+            .any(|(n, d)| n == "saga" && d["saga"] == format!("{pending_id}/validate")),
+        "{events:?}"
+    );
+    check_events(
+        &doc,
+        "/api/v1/orders/{id}/events",
+        &events,
+        &[
+            step_event,
+            ("saga", "SagaStateEvent"),
+            ("order", "SummaryRow"),
+            lagged,
+        ],
+    );
+    drop((customer_events, admin_events, order_events));
+
+    // The operations console.
+    for path in [
+        "/api/v1/admin/status",
+        "/api/v1/admin/traffic",
+        "/api/v1/admin/sagas",
+    ] {
+        let r = call("get", path, path.into(), Some(ops_token.clone()), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    let r = call(
+        "get",
+        "/api/v1/admin/sagas",
+        "/api/v1/admin/sagas".into(),
+        Some(ops_token.clone()),
+        None,
+    )
+    .await;
+    assert!(
+        r.body["counts"]["completed"].as_u64() >= Some(3),
+        "{}",
+        r.body
+    );
+    let r = call(
+        "get",
+        "/api/v1/admin/status",
+        "/api/v1/admin/status".into(),
+        Some(ops_token.clone()),
+        None,
+    )
+    .await;
+    assert!(
+        !r.body["breakers"].as_array().unwrap().is_empty(),
+        "{}",
+        r.body
+    );
+    let retry = "/api/v1/admin/sagas/retry";
+    let compensate = "/api/v1/admin/sagas/compensate";
+    for path in [retry, compensate] {
+        let r = call(
+            "post",
+            path,
+            path.into(),
+            Some(ops_token.clone()),
+            Some(json!({ "id": "no-such-saga" })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        // A completed saga is past both actions.
+        let r = call(
+            "post",
+            path,
+            path.into(),
+            Some(ops_token.clone()),
+            Some(json!({ "id": id })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{path}: {}", r.body);
+        let r = call(
+            "post",
+            path,
+            path.into(),
+            Some(ops_token.clone()),
+            Some(json!({ "saga": id })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+    }
+    let r = call(
+        "post",
+        compensate,
+        compensate.into(),
+        Some(ops_token.clone()),
+        Some(json!({ "id": id, "reason": "x".repeat(201) })),
+    )
+    .await;
+    assert_eq!(r.body["error"], "invalid_reason");
+    let faults = "/api/v1/admin/inventory/faults";
+    let r = call(
+        "post",
+        faults,
+        faults.into(),
+        Some(ops_token.clone()),
+        Some(json!({ "enabled": false, "latency": "7ms" })),
+    )
+    .await;
+    assert_eq!(r.body["latency"], "7ms");
+    let r = call(
+        "post",
+        faults,
+        faults.into(),
+        Some(ops_token.clone()),
+        Some(json!({ "abort_probability": -1.0 })),
+    )
+    .await;
+    assert_eq!(r.body["error"], "invalid_faults");
+    running.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ use trellis_resilience::fault::{FaultConfig, FaultHandle};
 use trellis_resilience::policy::ResiliencePolicy;
 use trellis_resilience::rate_limit::RateLimiter;
 use trellis_saga::{SagaEvent, SagaStatus};
+use utoipa::ToSchema;
 
 use super::WebState;
 use super::traffic::{Point, Traffic};
@@ -46,12 +47,20 @@ fn unix_ms() -> u64 {
 }
 
 /// One breaker transition, as the console lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct Transition {
+    /// The breaker's name.
     breaker: String,
+    /// When, in Unix milliseconds.
     at_ms: u64,
+    /// The state it left.
+    #[schema(value_type = super::schemas::BreakerState)]
     from: &'static str,
+    /// The state it entered.
+    #[schema(value_type = super::schemas::BreakerState)]
     to: &'static str,
+    /// Why it moved.
+    #[schema(value_type = String)]
     reason: &'static str,
 }
 
@@ -299,6 +308,17 @@ fn projection_json(app: &Console) -> serde_json::Value {
 
 /// GET /api/v1/admin/status: everything but the sagas and the traffic.
 /// Rate limiters show their headroom (permits free now out of the burst).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/status",
+    tag = "orders",
+    operation_id = "admin_status",
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "Health, breakers with their recent transitions, bulkheads, rate limiters, fault drills, projections", body = super::schemas::AdminStatus),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Value> {
     let c = &app;
     Json(serde_json::json!({
@@ -312,22 +332,52 @@ pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Valu
 }
 
 /// GET /api/v1/admin/traffic: the chart's last five minutes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/traffic",
+    tag = "orders",
+    operation_id = "admin_traffic",
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "One point per second for the last five minutes, oldest first", body = [Point]),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn traffic(State(app): State<WebState>) -> Json<Vec<Point>> {
     Json(app.traffic.points(CHART_SECONDS))
 }
 
-#[derive(Debug, Serialize)]
-struct SagaRow {
+/// A saga as the console lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SagaRow {
+    /// The saga id (the order id; `{order_id}/validate` for a validation).
     id: String,
+    /// The saga definition's name.
     name: String,
+    /// Its status.
+    #[schema(value_type = super::schemas::SagaStatusName)]
     status: &'static str,
+    /// The step it is at.
     cursor: u32,
+    /// The error that failed it, if any.
     error: Option<String>,
+    /// The step that failed, if any.
     failed_step: Option<String>,
 }
 
 /// GET /api/v1/admin/sagas: counts by status, and the sagas that are in
 /// flight or need attention (with their errors).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/sagas",
+    tag = "orders",
+    operation_id = "admin_sagas",
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "Sagas counted by status; those in flight or needing attention listed", body = super::schemas::SagaOverview),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn sagas(
     State(app): State<WebState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -370,10 +420,13 @@ pub(crate) async fn sagas(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of the saga actions.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SagaAction {
+    /// The saga id.
     id: String,
+    /// Why (compensate only; at most 200 characters, default `by operator`).
     #[serde(default)]
     reason: Option<String>,
 }
@@ -404,6 +457,21 @@ fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
 
 /// POST /api/v1/admin/sagas/retry `{"id"}`: re-runs the compensations of
 /// a saga that needs attention.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/sagas/retry",
+    tag = "orders",
+    operation_id = "admin_retry_saga",
+    request_body = SagaAction,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The compensations re-ran: the saga now", body = super::schemas::SagaReply),
+        (status = 404, description = "`not_found`: no such saga", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`wrong_status` (the saga is not in a status this action applies to) or `saga_busy` (another process holds its lease)", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn retry_saga(
     State(app): State<WebState>,
     ApiJson(body): ApiJson<SagaAction>,
@@ -419,6 +487,21 @@ pub(crate) async fn retry_saga(
 
 /// POST /api/v1/admin/sagas/compensate `{"id", "reason"}`: fails a saga
 /// stuck running and compensates it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/sagas/compensate",
+    tag = "orders",
+    operation_id = "admin_compensate_saga",
+    request_body = SagaAction,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The saga failed and compensated: the saga now", body = super::schemas::SagaReply),
+        (status = 404, description = "`not_found`: no such saga", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`wrong_status` (the saga is not in a status this action applies to) or `saga_busy` (another process holds its lease)", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn compensate_saga(
     State(app): State<WebState>,
     ApiJson(body): ApiJson<SagaAction>,
@@ -442,6 +525,19 @@ pub(crate) async fn compensate_saga(
 
 /// POST /api/v1/admin/inventory/faults: the inventory drill (latency,
 /// errors), the same body as payments'.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/inventory/faults",
+    tag = "orders",
+    operation_id = "admin_inventory_faults",
+    request_body = crate::openapi::FaultSettings,
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, description = "The faults now in force on orders' calls to inventory", body = crate::openapi::FaultSettings),
+        crate::openapi::AuthErrors,
+        crate::openapi::BodyErrors,
+    )
+)]
 pub(crate) async fn set_inventory_faults(
     State(app): State<WebState>,
     ApiJson(body): ApiJson<FaultConfig>,
@@ -505,6 +601,20 @@ struct Feed {
 /// bulkheads, faults, projection), `health` every five, `breaker` on each
 /// transition, `saga` on each saga step, and `lagged` when this stream
 /// fell behind and the page should reload its lists.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/events",
+    tag = "orders",
+    operation_id = "admin_events",
+    security(("bearer" = ["ops:admin"])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events until the server shuts down, each `data` one JSON object: \
+`tick` every second (`TickEvent`), `health` every five (`HealthReports`), \
+`breaker` on each breaker transition (`Transition`), `saga` on each saga step (`SagaStepEvent`), \
+`lagged` when this stream fell behind and the lists should be reloaded (`EmptyEvent`)."),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn events(
     State(app): State<WebState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

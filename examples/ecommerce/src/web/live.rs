@@ -114,6 +114,22 @@ async fn next_saga_event(
 /// (the order's saga, then its validation saga if any), `order` with the
 /// read-model row, then live `step` events and a fresh `order` whenever a
 /// saga of this order finishes. 404 for someone else's order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}/events",
+    tag = "orders",
+    operation_id = "order_events",
+    params(("id" = String, Path, description = "The order id")),
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events until the server shuts down, each `data` one JSON object: \
+first the history, `step` per entry (`SagaStepEvent`) and `saga` per saga (`SagaStateEvent`) of the order's saga and of its validation saga if any, \
+then `order` with the read-model row (`SummaryRow`, `null` if absent); then live `step` events, and `saga` + `order` whenever one of its sagas finishes; \
+`lagged` (`EmptyEvent`) when this stream fell behind and should be reopened."),
+        (status = 404, description = "`not_found`: no such order of the caller's", body = crate::openapi::ErrorBody),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn order_events(
     State(app): State<WebState>,
     Extension(claims): Extension<Claims>,
@@ -221,6 +237,19 @@ struct CustomerFeed {
 /// customer's orders, from now on, after a first `ready` event. The
 /// storefront opens it before placing an order, so it shows the new
 /// order's saga move while the placing request runs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/events",
+    tag = "orders",
+    operation_id = "customer_order_events",
+    security(("bearer" = ["orders:read"])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events until the server shuts down, each `data` one JSON object: \
+`ready` first (`EmptyEvent`), then `step` (`SagaStepEvent`) for every saga step of the caller's orders from now on; \
+`lagged` (`EmptyEvent`) when this stream fell behind and should be reopened."),
+        crate::openapi::AuthErrors,
+    )
+)]
 pub(crate) async fn customer_events(
     State(app): State<WebState>,
     Extension(claims): Extension<Claims>,

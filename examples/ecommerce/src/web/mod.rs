@@ -22,9 +22,10 @@
 //! | `POST /api/v1/admin/inventory/faults` | `ops:admin` | inventory's fault drill |
 //! | `GET /api/v1/admin/events` | `ops:admin` | SSE: ticks, breaker transitions, saga steps |
 
-mod console;
-mod live;
+pub(crate) mod console;
+pub(crate) mod live;
 mod pages;
+pub(crate) mod schemas;
 mod traffic;
 
 use std::sync::Arc;

@@ -69,7 +69,7 @@ fn bin_of(latency: Duration) -> usize {
 }
 
 /// One second of the window, as the chart draws it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub(crate) struct Point {
     /// Unix seconds.
     pub(crate) t: u64,
