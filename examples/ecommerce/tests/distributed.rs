@@ -13,6 +13,9 @@
 //! - `killing_orders_mid_saga_loses_nothing`: orders under load, SIGKILLed
 //!   mid-saga and restarted; every order reaches a final state, none is
 //!   charged twice, no stock leaks, shipping sees each confirmed order once.
+//! - `an_expired_reservation_rejects_the_order_across_services`: a 300 ms
+//!   reservation TTL and a 700 ms charge: the order is rejected, refunded,
+//!   its reservation EXPIRED and the stock back.
 //! - `nats_stopped_and_restarted_loses_nothing`: on a nats-server of its own
 //!   (needs only `TRELLIS_TEST_POSTGRES_URL` and the `nats-server` binary),
 //!   killed for 3 s under load and restarted on the same port and store:
@@ -695,6 +698,82 @@ async fn killing_orders_mid_saga_loses_nothing() {
         started.elapsed()
     );
     for pool in [orders_db, payments_db, inventory_db, shipping_db] {
+        pool.close().await;
+    }
+    system.cleanup().await;
+}
+
+/// Over HTTP too: a reservation that expires while orders waits on the
+/// payment provider is refused at confirm (409 `reservation_expired`, mapped
+/// back to an answer by orders' client), so the order is refunded and
+/// rejected and inventory holds nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_reservation_rejects_the_order_across_services() {
+    let Some((pg, nats)) = servers() else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL or TRELLIS_TEST_NATS_URL not set");
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut system = System::new(&pg, &nats);
+    system
+        .env
+        .push(("ECOMMERCE_RESERVATION_TTL".into(), "300ms".into()));
+    system.start_all().await;
+    let api = ApiClient::new(system.url(ServiceName::Gateway));
+    let ops = system.service_token("ops:admin").await;
+    // The charge answers after 700 ms: past the TTL, within its 1 s timeout.
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&ops),
+            Some(json!({ "enabled": true, "latency_probability": 1.0, "latency": "700ms" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let token = customer(&api).await;
+    let body =
+        json!({ "lines": [ { "sku": "TEA-001", "quantity": 3 } ], "card": "4242424242424242" });
+    let r = api
+        .json(Method::POST, "/api/v1/orders", Some(&token), Some(body))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "REJECTED", "{}", r.body);
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{}",
+        r.body
+    );
+    let id = r.body["order_id"].as_str().unwrap().to_owned();
+
+    let inventory_db = system.schema(ServiceName::Inventory).await;
+    let status: String = sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(&id)
+        .fetch_one(&inventory_db)
+        .await
+        .unwrap();
+    assert_eq!(status, "EXPIRED");
+    let tea: i64 = sqlx::query_scalar("SELECT available FROM stock WHERE sku = 'TEA-001'")
+        .fetch_one(&inventory_db)
+        .await
+        .unwrap();
+    assert_eq!(tea, SEED_STOCK, "stock conserved");
+    let payments_db = system.schema(ServiceName::Payments).await;
+    let standing: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM charges c WHERE c.order_id = $1 AND c.status = 'CHARGED' \
+         AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id)",
+    )
+    .bind(&id)
+    .fetch_one(&payments_db)
+    .await
+    .unwrap();
+    assert_eq!(standing, 0, "charged and not refunded");
+    for pool in [inventory_db, payments_db] {
         pool.close().await;
     }
     system.cleanup().await;
