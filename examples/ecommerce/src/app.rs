@@ -57,6 +57,9 @@ pub struct Config {
     pub addr: SocketAddr,
     /// How long readiness reports "down" before the server stops on shutdown.
     pub drain: Duration,
+    /// How long an unconfirmed inventory reservation holds its stock (see
+    /// [`Settings::reservation_ttl`](crate::config::Settings::reservation_ttl)).
+    pub reservation_ttl: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain: Duration::from_secs(2),
+            reservation_ttl: crate::config::DEFAULT_RESERVATION_TTL,
         }
     }
 }
@@ -76,6 +80,18 @@ pub struct Running {
     services: Arc<Services>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Inventory's reservation sweeper, stopped with the system.
+    _sweeper: AbortOnDrop,
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Running {
@@ -170,7 +186,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let identity = Arc::new(Identity::open(identity_db.clone(), None, None).await?);
     let catalog = Catalog::open(catalog_db.clone()).await?;
-    let inventory = Inventory::open(inventory_db.clone(), &catalog::seed_stock()).await?;
+    let inventory = Inventory::open(
+        inventory_db.clone(),
+        &catalog::seed_stock(),
+        config.reservation_ttl,
+    )
+    .await?;
+    let sweeper = AbortOnDrop(inventory.spawn_sweeper(inventory.sweep_interval()));
     let payments = Payments::open(payments_db.clone()).await?;
     // The drills' audit compares stock with what inventory accounted for
     // now, before any order of this run.
@@ -279,6 +301,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         services,
         shutdown: Some(shutdown),
         server,
+        _sweeper: sweeper,
     })
 }
 

@@ -227,7 +227,17 @@ pub struct Settings {
     /// How long readiness reports "down" before the server stops.
     #[serde(with = "trellis_resilience::config::duration")]
     pub drain: Duration,
+    /// How long an inventory reservation holds its stock unconfirmed before
+    /// the sweeper gives it back (status `EXPIRED`); a confirm after that is
+    /// refused and the order's saga compensates. Far longer than a saga's
+    /// 30 s deadline. Default [`DEFAULT_RESERVATION_TTL`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub reservation_ttl: Duration,
 }
+
+/// The default [`Settings::reservation_ttl`] (and
+/// [`Config::reservation_ttl`](crate::Config::reservation_ttl)): 15 minutes.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -245,6 +255,7 @@ impl Default for Settings {
             signing_key_file: None,
             tls: None,
             drain: Duration::from_secs(2),
+            reservation_ttl: DEFAULT_RESERVATION_TTL,
         }
     }
 }
@@ -303,6 +314,7 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_TLS_KEY",
     "ECOMMERCE_TLS_CA",
     "ECOMMERCE_DRAIN",
+    "ECOMMERCE_RESERVATION_TTL",
 ];
 
 impl Settings {
@@ -414,6 +426,10 @@ impl Settings {
             self.drain = trellis_resilience::config::duration::parse(&v)
                 .map_err(|e| invalid("ECOMMERCE_DRAIN", format!("{v:?}: {e}")))?;
         }
+        if let Some(v) = env("ECOMMERCE_RESERVATION_TTL") {
+            self.reservation_ttl = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_RESERVATION_TTL", format!("{v:?}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -440,6 +456,12 @@ impl Settings {
             return Err(invalid(
                 "schema_prefix",
                 "at most 40 lowercase letters, digits and _",
+            ));
+        }
+        if self.reservation_ttl.is_zero() {
+            return Err(invalid(
+                "reservation_ttl",
+                "must be longer than zero (reservations would expire as they are made)",
             ));
         }
         if self.seed_stock.is_some_and(|n| n < 0) {
@@ -564,6 +586,9 @@ mod tests {
         assert!(err.to_string().contains("together"), "{err}");
         let err = Settings::load_from(None, env(&[("ECOMMERCE_DRAIN", "soon")])).unwrap_err();
         assert!(err.to_string().starts_with("ECOMMERCE_DRAIN"), "{err}");
+        let err =
+            Settings::load_from(None, env(&[("ECOMMERCE_RESERVATION_TTL", "0s")])).unwrap_err();
+        assert!(err.to_string().starts_with("reservation_ttl"), "{err}");
     }
 
     #[test]
@@ -588,6 +613,7 @@ mod tests {
                 "ECOMMERCE_DATABASE_URL" => "postgres://x@y/z",
                 "ECOMMERCE_NATS_URL" => "nats://n:4222",
                 "ECOMMERCE_DRAIN" => "9s",
+                "ECOMMERCE_RESERVATION_TTL" => "2m",
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",

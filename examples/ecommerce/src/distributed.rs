@@ -177,7 +177,9 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 Some(n) => catalog::SEED.iter().map(|(sku, ..)| (*sku, n)).collect(),
                 None => catalog::seed_stock(),
             };
-            inventory::router(Inventory::open(pool, &seed).await?, validator)
+            let inventory = Inventory::open(pool, &seed, settings.reservation_ttl).await?;
+            background.push(inventory.spawn_sweeper(inventory.sweep_interval()));
+            inventory::router(inventory, validator)
         }
         ServiceName::Payments => {
             let pool = db::open_pg_any(target, 10).await?;

@@ -182,12 +182,14 @@ pub async fn start_local() -> Result<LocalSystem, Error> {
         .iter()
         .map(|(sku, _, _, _)| (*sku, LOAD_STOCK))
         .collect();
-    crate::inventory::Inventory::open(pool.clone(), &stock).await?;
+    crate::inventory::Inventory::open(pool.clone(), &stock, crate::config::DEFAULT_RESERVATION_TTL)
+        .await?;
     pool.close().await;
     let config = crate::Config {
         data_dir: dir.clone(),
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         drain: Duration::from_millis(10),
+        ..crate::Config::default()
     };
     let running = crate::start(config).await?;
     Ok(LocalSystem { running, dir })

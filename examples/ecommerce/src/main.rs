@@ -42,10 +42,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:8080".into())
         .parse()?;
-    let config = ecommerce::Config {
+    let mut config = ecommerce::Config {
         addr,
         ..ecommerce::Config::default()
     };
+    // The one setting of `Settings` the one-process mode also reads.
+    if let Ok(ttl) = std::env::var("ECOMMERCE_RESERVATION_TTL")
+        && !ttl.is_empty()
+    {
+        config.reservation_ttl = trellis_resilience::config::duration::parse(&ttl)
+            .ok()
+            .filter(|ttl| !ttl.is_zero())
+            .ok_or_else(|| {
+                format!("ECOMMERCE_RESERVATION_TTL: {ttl:?} is not a positive duration (e.g. 15m)")
+            })?;
+    }
     let data_dir = config.data_dir.clone();
     let running = ecommerce::start(config).await?;
     let url = running.base_url();

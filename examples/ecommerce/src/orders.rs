@@ -185,8 +185,11 @@ fn step_err(e: impl std::fmt::Display) -> StepError {
     StepError::new(e)
 }
 
-/// reserve inventory ▸ charge payment ▸ confirm order ▸ confirm reservation,
+/// reserve inventory ▸ charge payment ▸ confirm reservation ▸ confirm order,
 /// after a first step that records the order (compensated by rejecting it).
+/// The reservation is confirmed before the order, so an order is never
+/// CONFIRMED without its stock held: a reservation that expired meanwhile
+/// fails its confirm and the saga refunds and rejects instead.
 pub(crate) fn place_order_saga(
     orders: Repository<Order, OrderStore>,
     inventory: InventoryClient,
@@ -194,7 +197,11 @@ pub(crate) fn place_order_saga(
     payments: PaymentClient,
 ) -> Saga<PlaceOrder> {
     let (o1, o2, o3) = (orders.clone(), orders.clone(), orders);
-    let (inv_release, inv_confirm) = (inventory_plain.clone(), inventory_plain);
+    let (inv_release, inv_confirm, inv_unconfirm) = (
+        inventory_plain.clone(),
+        inventory_plain.clone(),
+        inventory_plain,
+    );
     let (pay_charge, pay_refund) = (payments.clone(), payments);
     Saga::new("place-order")
         .step(Step::new(
@@ -222,7 +229,7 @@ pub(crate) fn place_order_saga(
                     } else if s.reservation.is_none() {
                         "inventory could not reserve the items"
                     } else {
-                        "order could not be completed"
+                        "order could not be completed (its reservation expired or was not confirmed)"
                     };
                     orders
                         .execute(
@@ -255,7 +262,7 @@ pub(crate) fn place_order_saga(
                         InventoryReply::Insufficient { sku } => {
                             return Err(StepError::new(format!("out of stock: {sku}")));
                         }
-                        InventoryReply::Done => {
+                        InventoryReply::Done | InventoryReply::NotHeld { .. } => {
                             return Err(StepError::new("unexpected inventory reply"));
                         }
                     }
@@ -323,6 +330,52 @@ pub(crate) fn place_order_saga(
             },
         ))
         .step(Step::new(
+            "confirm-reservation",
+            move |s: PlaceOrder, _cx| {
+                let client = inv_confirm.clone();
+                async move {
+                    if let Some(reservation) = s.reservation.clone() {
+                        let reply = client
+                            .oneshot(InventoryRequest::Confirm {
+                                reservation: reservation.clone(),
+                            })
+                            .await
+                            .map_err(step_err)?;
+                        match reply {
+                            InventoryReply::Done => {}
+                            // Expired (its stock is back on the shelf) or
+                            // released: the order must not be confirmed.
+                            InventoryReply::NotHeld { status } => {
+                                return Err(StepError::new(format!(
+                                    "reservation {reservation} is {status}: its stock is not held"
+                                )));
+                            }
+                            other => {
+                                return Err(StepError::new(format!(
+                                    "unexpected inventory reply {other:?}"
+                                )));
+                            }
+                        }
+                    }
+                    Ok(s)
+                }
+            },
+            // The order was not confirmed (confirm-order is the last step):
+            // give the confirmed stock back.
+            move |s: PlaceOrder, _cx| {
+                let client = inv_unconfirm.clone();
+                async move {
+                    if let Some(reservation) = s.reservation {
+                        client
+                            .oneshot(InventoryRequest::Release { reservation })
+                            .await
+                            .map_err(step_err)?;
+                    }
+                    Ok(())
+                }
+            },
+        ))
+        .step(Step::new(
             "confirm-order",
             move |s: PlaceOrder, _cx| {
                 let orders = o3.clone();
@@ -346,34 +399,12 @@ pub(crate) fn place_order_saga(
             // Rejecting the order is the first step's compensation.
             |_s: PlaceOrder, _cx| async { Ok(()) },
         ))
-        .step(
-            Step::new(
-                "confirm-reservation",
-                move |s: PlaceOrder, _cx| {
-                    let client = inv_confirm.clone();
-                    async move {
-                        if let Some(reservation) = s.reservation.clone() {
-                            client
-                                .oneshot(InventoryRequest::Confirm { reservation })
-                                .await
-                                .map_err(step_err)?;
-                        }
-                        Ok(s)
-                    }
-                },
-                |_s: PlaceOrder, _cx| async { Ok(()) },
-            )
-            // After the pivot (payment taken, order confirmed) the saga goes
-            // forward: an inventory outage delays this step instead of
-            // unwinding a confirmed order (`ecommerce drill inventory-down`).
-            .with_retry(POST_PIVOT_RETRY),
-        )
         .with_deadline(Duration::from_secs(30))
 }
 
-/// Retries of a step that must not be compensated, and of compensations:
-/// 100 ms doubling to 2 s, 30 times (about 55 s, past the saga's deadline),
-/// so an outage of a few seconds (a breaker held open) is waited out.
+/// Retries of compensations: 100 ms doubling to 2 s, 30 times (about 55 s,
+/// past the saga's deadline), so an outage of a few seconds (a breaker held
+/// open) is waited out instead of leaving the saga for an operator.
 pub(crate) const POST_PIVOT_RETRY: trellis_saga::ExponentialSchedule =
     trellis_saga::ExponentialSchedule::new(Duration::from_millis(100), Duration::from_secs(2), 30);
 
@@ -1191,6 +1222,7 @@ mod degraded_mode_tests {
             data_dir: dir.clone(),
             addr: "127.0.0.1:0".parse().unwrap(),
             drain: Duration::from_millis(10),
+            ..crate::Config::default()
         })
         .await
         .unwrap();

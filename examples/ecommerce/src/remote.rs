@@ -289,10 +289,19 @@ async fn done(
     )
     .await?;
     if response.status().is_success() {
-        Ok(InventoryReply::Done)
-    } else {
-        Err(unexpected("inventory", &response))
+        return Ok(InventoryReply::Done);
     }
+    // A confirm refused because the reservation holds no stock is an
+    // answer (the saga compensates), not a failure to retry.
+    let status = match json_body(&response).unwrap_or_default()["error"].as_str() {
+        Some("reservation_expired") => "EXPIRED",
+        Some("reservation_released") => "RELEASED",
+        Some("reservation_not_found") => "UNKNOWN",
+        _ => return Err(unexpected("inventory", &response)),
+    };
+    Ok(InventoryReply::NotHeld {
+        status: status.into(),
+    })
 }
 
 /// Payments over HTTP: charge / refund.

@@ -120,7 +120,7 @@ pub async fn run(
     expect(&r, StatusCode::CREATED, "place order")?;
     let confirmed = field(&r.body, "order_id")?.to_owned();
     say(format!(
-        "4. placed order {confirmed}: reserve inventory ▸ charge payment ▸ confirm order ▸ confirm reservation → {} ({} cents)",
+        "4. placed order {confirmed}: reserve inventory ▸ charge payment ▸ confirm reservation ▸ confirm order → {} ({} cents)",
         field(&r.body, "status")?,
         r.body["total_cents"]
     ));

@@ -64,6 +64,7 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
     let inventory = Inventory::open(
         crate::db::open_any(data_dir, "inventory").await?,
         &crate::catalog::seed_stock(),
+        crate::config::DEFAULT_RESERVATION_TTL,
     )
     .await?;
     let payments = Payments::open(crate::db::open_any(data_dir, "payments").await?).await?;
@@ -157,6 +158,12 @@ pub enum Reply {
     },
     /// A release or confirm went through.
     Done,
+    /// A confirm of a reservation that holds no stock (a business outcome):
+    /// `EXPIRED`, `RELEASED` or `UNKNOWN`.
+    NotHeld {
+        /// The reservation's status.
+        status: String,
+    },
     /// Payments charged.
     Charged {
         /// The payment id.
@@ -262,6 +269,7 @@ impl Consumer {
             InventoryReply::Reserved { reservation } => Reply::Reserved { reservation },
             InventoryReply::Insufficient { sku } => Reply::Insufficient { sku },
             InventoryReply::Deferred | InventoryReply::Done => Reply::Done,
+            InventoryReply::NotHeld { status } => Reply::NotHeld { status },
         })
     }
 

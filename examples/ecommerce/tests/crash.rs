@@ -48,6 +48,7 @@ fn child(dir: PathBuf) {
             data_dir: dir,
             addr: "127.0.0.1:0".parse().expect("addr"),
             drain: Duration::from_millis(10),
+            ..ecommerce::Config::default()
         };
         let running = ecommerce::start(config).await.expect("system starts");
         println!("URL {}", running.base_url());

@@ -13,6 +13,15 @@
 //! - `killing_orders_mid_saga_loses_nothing`: orders under load, SIGKILLed
 //!   mid-saga and restarted; every order reaches a final state, none is
 //!   charged twice, no stock leaks, shipping sees each confirmed order once.
+//! - `an_expired_reservation_rejects_the_order_across_services`: a 300 ms
+//!   reservation TTL and a 700 ms charge: the order is rejected, refunded,
+//!   its reservation EXPIRED and the stock back.
+//! - `nats_stopped_and_restarted_loses_nothing`: on a nats-server of its own
+//!   (needs only `TRELLIS_TEST_POSTGRES_URL` and the `nats-server` binary),
+//!   killed for 3 s under load and restarted on the same port and store:
+//!   orders go on being accepted, readiness goes down and up, the relay
+//!   catches up (every event in the stream once), shipping ends with
+//!   exactly the confirmed orders.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -705,6 +714,426 @@ async fn killing_orders_mid_saga_loses_nothing() {
         started.elapsed()
     );
     for pool in [orders_db, payments_db, inventory_db, shipping_db] {
+        pool.close().await;
+    }
+    system.cleanup().await;
+}
+
+/// Over HTTP too: a reservation that expires while orders waits on the
+/// payment provider is refused at confirm (409 `reservation_expired`, mapped
+/// back to an answer by orders' client), so the order is refunded and
+/// rejected and inventory holds nothing for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_reservation_rejects_the_order_across_services() {
+    let Some((pg, nats)) = servers() else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL or TRELLIS_TEST_NATS_URL not set");
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut system = System::new(&pg, &nats);
+    system
+        .env
+        .push(("ECOMMERCE_RESERVATION_TTL".into(), "300ms".into()));
+    system.start_all().await;
+    let api = ApiClient::new(system.url(ServiceName::Gateway));
+    let ops = system.service_token("ops:admin").await;
+    // The charge answers after 700 ms: past the TTL, within its 1 s timeout.
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&ops),
+            Some(json!({ "enabled": true, "latency_probability": 1.0, "latency": "700ms" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let token = customer(&api).await;
+    let body =
+        json!({ "lines": [ { "sku": "TEA-001", "quantity": 3 } ], "card": "4242424242424242" });
+    let r = api
+        .json(Method::POST, "/api/v1/orders", Some(&token), Some(body))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "REJECTED", "{}", r.body);
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{}",
+        r.body
+    );
+    let id = r.body["order_id"].as_str().unwrap().to_owned();
+
+    let inventory_db = system.schema(ServiceName::Inventory).await;
+    let status: String = sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(&id)
+        .fetch_one(&inventory_db)
+        .await
+        .unwrap();
+    assert_eq!(status, "EXPIRED");
+    let tea: i64 = sqlx::query_scalar("SELECT available FROM stock WHERE sku = 'TEA-001'")
+        .fetch_one(&inventory_db)
+        .await
+        .unwrap();
+    assert_eq!(tea, SEED_STOCK, "stock conserved");
+    let payments_db = system.schema(ServiceName::Payments).await;
+    let standing: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM charges c WHERE c.order_id = $1 AND c.status = 'CHARGED' \
+         AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id)",
+    )
+    .bind(&id)
+    .fetch_one(&payments_db)
+    .await
+    .unwrap();
+    assert_eq!(standing, 0, "charged and not refunded");
+    for pool in [inventory_db, payments_db] {
+        pool.close().await;
+    }
+    system.cleanup().await;
+}
+
+/// A nats-server of this test's own (JetStream, file store in a temp dir),
+/// so stopping it disturbs no other test; killed and its directory removed
+/// on drop.
+struct OwnNats {
+    binary: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl OwnNats {
+    /// `/usr/sbin/nats-server` or `nats-server` on PATH.
+    fn binary() -> Option<PathBuf> {
+        let installed = PathBuf::from("/usr/sbin/nats-server");
+        if installed.is_file() {
+            return Some(installed);
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    }
+
+    fn new(binary: PathBuf) -> OwnNats {
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-own-nats-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = dir.join("nats-store");
+        std::fs::create_dir_all(&store).unwrap();
+        OwnNats {
+            binary,
+            dir: dir.clone(),
+            port: free_port(),
+            store,
+            log: dir.join("nats-server.log"),
+            proc: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again: same port, same store) and waits until it
+    /// answers.
+    async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning nats-server");
+        self.proc = Some(Proc { child });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let answer = match async_nats::connect(self.url()).await {
+                // The server recovers its JetStream store before it
+                // listens: a connection that flushes means it is up.
+                Ok(client) => client.flush().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let Err(error) = answer else { return };
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not up after 15 s ({error}):\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no goodbye to the clients.
+    fn kill(&mut self) {
+        self.proc = None;
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `/ready` of `url`: its HTTP status and body status (`up`, `down`).
+async fn readiness(url: &str) -> (StatusCode, String) {
+    match ApiClient::new(url)
+        .json(Method::GET, "/ready", None, None)
+        .await
+    {
+        Ok(r) => (
+            r.status,
+            r.body["status"].as_str().unwrap_or("missing").to_owned(),
+        ),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("unreachable: {e}")),
+    }
+}
+
+/// Waits (≤ `within`) until orders' and shipping's readiness is `want`:
+/// "down" (503) while NATS is down, "up" (200) once it is back. The probe
+/// lists no checks (details are off), but their databases stay up
+/// throughout, so the change is NATS's.
+async fn wait_readiness(system: &System, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    let expected = if want == "up" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    for service in [ServiceName::Orders, ServiceName::Shipping] {
+        loop {
+            let (status, body) = readiness(&system.url(service)).await;
+            if status == expected && body == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service} /ready: {status} {body}; wanted {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// NATS stopped (SIGKILL) and restarted under load: orders keeps accepting
+/// (the outbox holds the events in orders' database), every order reaches
+/// a final state, readiness tells NATS is down and then up again, and once
+/// it is back the relay catches up: the stream holds every event once and
+/// shipping has exactly the confirmed orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stopped_and_restarted_loses_nothing() {
+    let Ok(pg) = std::env::var("TRELLIS_TEST_POSTGRES_URL") else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let Some(binary) = OwnNats::binary() else {
+        println!("skipped: no nats-server binary (/usr/sbin/nats-server or on PATH)");
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let started = Instant::now();
+    let mut nats = OwnNats::new(binary);
+    nats.start().await;
+    let mut system = System::new(&pg, &nats.url());
+    system.start_all().await;
+    let api = ApiClient::new(system.url(ServiceName::Gateway));
+
+    // Four customers, one paying with the declined card, each placing an
+    // order every 50 ms: a small steady load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let placed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for n in 0..4 {
+        let api = api.clone();
+        let token = customer(&api).await;
+        let (stop, placed) = (stop.clone(), placed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let card = if n == 0 {
+                    ecommerce::DECLINED_CARD
+                } else {
+                    "4242424242424242"
+                };
+                let body =
+                    json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": card });
+                match api
+                    .json(Method::POST, "/api/v1/orders", Some(&token), Some(body))
+                    .await
+                {
+                    Ok(r) if r.status == StatusCode::CREATED => {
+                        accepted.push(r.body["order_id"].as_str().unwrap().to_owned());
+                        placed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failed.push(format!("{:?}", other.map(|r| (r.status, r.body)))),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (token, accepted, failed)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Ready with NATS up, so the "down" below is the outage's.
+    wait_readiness(&system, "up", Duration::from_secs(5)).await;
+    let before_outage = placed.load(Ordering::Relaxed);
+    nats.kill();
+    let killed_at = Instant::now();
+    wait_readiness(&system, "down", Duration::from_secs(10)).await;
+    // Down for a few seconds while orders go on.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed_at.elapsed())).await;
+    let during_outage = placed.load(Ordering::Relaxed) - before_outage;
+    let outage = killed_at.elapsed();
+    nats.start().await;
+    wait_readiness(&system, "up", Duration::from_secs(30)).await;
+    let back_after = killed_at.elapsed();
+    // A few more orders once NATS is back.
+    let after_restart = placed.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while placed.load(Ordering::Relaxed) < after_restart + 5 {
+        assert!(
+            Instant::now() < deadline,
+            "no orders accepted after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut accepted = Vec::new();
+    let mut failed = Vec::new();
+    for worker in workers {
+        let (token, ids, f) = worker.await.unwrap();
+        failed.extend(f);
+        accepted.extend(ids.into_iter().map(|id| (token.clone(), id)));
+    }
+    println!(
+        "{} orders accepted ({before_outage} before the outage, {during_outage} during its {outage:?}), \
+         NATS ready again {back_after:?} after the kill; {} requests failed",
+        accepted.len(),
+        failed.len()
+    );
+    assert!(before_outage > 0, "no orders accepted before the outage");
+    assert!(during_outage > 0, "no orders accepted while NATS was down");
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+
+    // Every accepted order is final (the saga answered before the 201).
+    let mut confirmed = std::collections::BTreeSet::new();
+    for (token, id) in &accepted {
+        let r = api
+            .json(
+                Method::GET,
+                &format!("/api/v1/orders/{id}"),
+                Some(token),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "accepted order {id} lost: {}",
+            r.body
+        );
+        match r.body["status"].as_str().unwrap() {
+            "CONFIRMED" => {
+                confirmed.insert(id.clone());
+            }
+            "REJECTED" => {}
+            other => panic!("order {id} is {other}"),
+        }
+    }
+    assert!(confirmed.len() < accepted.len(), "no declined order");
+    let orders_db = system.schema(ServiceName::Orders).await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM trellis_sagas WHERE status NOT IN ('completed', 'compensated')",
+    )
+    .fetch_one(&orders_db)
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "sagas not final");
+
+    // The relay caught up: every event in orders' store is in the stream,
+    // once (none lost while NATS was down, none doubled by re-publishing).
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM es_events")
+        .fetch_one(&orders_db)
+        .await
+        .unwrap();
+    let stream_name = ecommerce::config::Settings {
+        schema_prefix: system.prefix.clone(),
+        ..Default::default()
+    }
+    .stream_name();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut stream = js.get_stream(&stream_name).await.unwrap();
+        let messages = stream.info().await.unwrap().state.messages;
+        if messages == events as u64 {
+            break;
+        }
+        assert!(
+            messages < events as u64,
+            "the stream holds {messages} messages for {events} events: doubled"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the stream holds {messages} of {events} events:\n{}",
+            system.log(ServiceName::Orders)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Shipping ends with exactly the confirmed orders ready to ship.
+    let shipping_db = system.schema(ServiceName::Shipping).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready: Vec<String> =
+            sqlx::query_scalar("SELECT order_id FROM shipments WHERE status = 'READY_TO_SHIP'")
+                .fetch_all(&shipping_db)
+                .await
+                .unwrap();
+        let ready: std::collections::BTreeSet<String> = ready.into_iter().collect();
+        if ready == confirmed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shipping has {} ready, {} confirmed; missing {:?}, extra {:?}:\n{}",
+            ready.len(),
+            confirmed.len(),
+            confirmed.difference(&ready).take(5).collect::<Vec<_>>(),
+            ready.difference(&confirmed).take(5).collect::<Vec<_>>(),
+            system.log(ServiceName::Shipping)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    println!(
+        "NATS drill: {} orders ({} confirmed), {events} events relayed once, in {:?}",
+        accepted.len(),
+        confirmed.len(),
+        started.elapsed()
+    );
+    for pool in [orders_db, shipping_db] {
         pool.close().await;
     }
     system.cleanup().await;

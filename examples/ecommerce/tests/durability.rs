@@ -77,6 +77,7 @@ async fn data_and_read_models_survive_a_restart() {
         data_dir: dir.0.clone(),
         addr: "127.0.0.1:0".parse().unwrap(),
         drain: Duration::from_millis(10),
+        ..ecommerce::Config::default()
     };
     let running = ecommerce::start(config.clone()).await.unwrap();
     let api = ecommerce::ApiClient::new(running.base_url());

@@ -109,6 +109,7 @@ async fn read_models_survive_a_restart_without_counting_twice() {
         data_dir: dir.0.clone(),
         addr: "127.0.0.1:0".parse().unwrap(),
         drain: std::time::Duration::from_millis(10),
+        ..ecommerce::Config::default()
     };
     let running = ecommerce::start(config.clone()).await.unwrap();
     let ops = running.ops_token().unwrap();

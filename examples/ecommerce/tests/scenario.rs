@@ -241,3 +241,67 @@ async fn a_payment_outage_compensates_and_recovers() {
     assert_eq!(running.stock("TEA-001").await.unwrap(), tea - 1);
     running.shutdown().await.unwrap();
 }
+
+/// A reservation that expires while the saga waits on the payment provider
+/// is swept (its stock back on the shelf), so confirming it fails: the saga
+/// refunds and rejects the order instead of confirming it without stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_reservation_expired_mid_saga_is_rejected_and_refunded() {
+    let dir = support::TempDir::new("expired-reservation");
+    let running = ecommerce::start(ecommerce::Config {
+        data_dir: dir.0.clone(),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        drain: std::time::Duration::from_millis(10),
+        reservation_ttl: std::time::Duration::from_millis(300),
+    })
+    .await
+    .unwrap();
+    let api = ecommerce::ApiClient::new(running.base_url());
+    let token = customer(&api).await;
+    let ops = running.ops_token().unwrap();
+    let tea = running.stock("TEA-001").await.unwrap();
+
+    // The charge answers after 700 ms: past the 300 ms TTL, within the
+    // payment call's 1 s timeout, so it succeeds.
+    let faults =
+        serde_json::json!({ "enabled": true, "latency_probability": 1.0, "latency": "700ms" });
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&ops),
+            Some(faults),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let order = serde_json::json!({ "lines": [ { "sku": "TEA-001", "quantity": 2 } ], "card": ecommerce::scenario::GOOD_CARD });
+    let r = api
+        .json(Method::POST, "/api/v1/orders", Some(&token), Some(order))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "REJECTED", "{}", r.body);
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expired"),
+        "{}",
+        r.body
+    );
+    let id = r.body["order_id"].as_str().unwrap();
+    // Charged, then refunded by the compensation: no net charge.
+    assert_eq!(running.net_charges(id).await.unwrap(), 0);
+    // The sweeper (or the refused confirm) gave the stock back, once.
+    assert_eq!(
+        running
+            .reservation_status(&format!("{id}/1/action"))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("EXPIRED")
+    );
+    assert_eq!(running.stock("TEA-001").await.unwrap(), tea);
+    running.shutdown().await.unwrap();
+}

@@ -28,6 +28,7 @@ pub(crate) async fn start(tag: &str) -> (ecommerce::Running, TempDir) {
         data_dir: dir.0.clone(),
         addr: "127.0.0.1:0".parse().expect("addr"),
         drain: Duration::from_millis(10),
+        ..ecommerce::Config::default()
     };
     (ecommerce::start(config).await.expect("system starts"), dir)
 }
