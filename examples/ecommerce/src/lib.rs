@@ -59,6 +59,7 @@ mod readmodel;
 mod remote;
 pub mod scenario;
 mod shipping;
+pub mod tls;
 mod web;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
