@@ -138,7 +138,16 @@ impl System {
         ));
         for service in ServiceName::ALL {
             if service != ServiceName::Gateway {
-                system.health_ports.insert(service, free_port());
+                // free_port releases its port: never hand out one twice.
+                let port = loop {
+                    let port = free_port();
+                    if !system.ports.values().any(|p| *p == port)
+                        && !system.health_ports.values().any(|p| *p == port)
+                    {
+                        break port;
+                    }
+                };
+                system.health_ports.insert(service, port);
             }
         }
         system
