@@ -17,6 +17,10 @@
 //! `service_secret`, and calls inventory and payments through the same
 //! `ResiliencePolicy` and `FallbackLayer` as in one process, over HTTP with
 //! W3C `traceparent` and `x-request-id` propagated.
+//!
+//! With `tls` set, services talk mutual TLS (see [`crate::tls`]): internal
+//! listeners take mTLS only from the callers `tls::CALLERS` allows, health
+//! probes move to a plain-HTTP port, the gateway's public side stays plain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

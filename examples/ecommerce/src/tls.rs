@@ -1,5 +1,5 @@
 //! Mutual TLS between the services of the distributed mode, when
-//! [`Settings::tls`] is set, on trellis-auth's `mtls` module.
+//! [`Settings::tls`](crate::config::Settings::tls) is set, on trellis-auth's `mtls` module.
 //!
 //! Every service's certificate names it by a URI SAN
 //! `spiffe://trellis/<service>` ([`identity`]). Internal services listen
