@@ -273,6 +273,115 @@ impl tower::Service<Uri> for MtlsConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    /// A CA and certificates for `services` in a fresh directory.
+    fn pki(services: &[ServiceName]) -> std::path::PathBuf {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            SanType,
+        };
+        let dir = std::env::temp_dir().join(format!("ecommerce-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        for service in services {
+            let key = KeyPair::generate().unwrap();
+            let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+            leaf.subject_alt_names = vec![SanType::URI(identity(*service).try_into().unwrap())];
+            leaf.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = leaf.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("{service}.crt")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{service}.key")), key.serialize_pem()).unwrap();
+        }
+        dir
+    }
+
+    async fn get(
+        transport: crate::remote::Transport,
+        url: &str,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let request = http::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = transport.oneshot(request).await.map_err(|e| {
+            // The TLS alert is in the error's sources.
+            let mut text = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        })?;
+        Ok((response.status(), response.into_body()))
+    }
+
+    #[tokio::test]
+    async fn clients_reach_only_the_peer_they_name_and_servers_admit_only_their_callers() {
+        use ServiceName::{Inventory, Orders, Payments, Shipping};
+        let dir = pki(&[Inventory, Orders, Shipping]);
+        let tls = |service: ServiceName| TlsSettings {
+            cert: dir.join(format!("{service}.crt")),
+            key: dir.join(format!("{service}.key")),
+            ca: dir.join("ca.pem"),
+        };
+        let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "hi" }));
+        let health = trellis_health::Health::builder().build().unwrap();
+        let served = crate::app::serve_mtls(
+            "127.0.0.1:0".parse().unwrap(),
+            app,
+            health,
+            Duration::from_millis(10),
+            acceptor(&tls(Inventory), Inventory).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let url = format!("https://127.0.0.1:{}/hello", served.addr.port());
+
+        // Orders calling inventory: admitted both ways.
+        let orders = crate::remote::transport_to(Some(&tls(Orders)), Inventory).unwrap();
+        let (status, body) = get(orders, &url).await.unwrap();
+        assert_eq!((status, &body[..]), (http::StatusCode::OK, &b"hi"[..]));
+
+        // Orders expecting payments there: the client refuses inventory.
+        let confused = crate::remote::transport_to(Some(&tls(Orders)), Payments).unwrap();
+        let error = get(confused, &url).await.unwrap_err();
+        assert!(error.contains("invalid peer certificate"), "{error}");
+
+        // Shipping may not call inventory: the server refuses it.
+        let shipping = crate::remote::transport_to(Some(&tls(Shipping)), Inventory).unwrap();
+        let error = get(shipping, &url).await.unwrap_err();
+        assert!(error.contains("AccessDenied"), "{error}");
+
+        // Plain HTTP gets nothing from the mTLS port...
+        let plain_url = format!("http://127.0.0.1:{}/hello", served.addr.port());
+        assert!(get(crate::remote::transport(), &plain_url).await.is_err());
+        // ...while the probes answer plain HTTP on their own port, and only
+        // the probes.
+        let probes = format!("http://{}", served.health_addr);
+        let (status, _) = get(crate::remote::transport(), &format!("{probes}/live"))
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::OK);
+        let (status, _) = get(crate::remote::transport(), &format!("{probes}/hello"))
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::NOT_FOUND);
+
+        served.probes.abort();
+        served.server.abort();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn every_service_has_one_row_and_the_gateway_may_call_every_internal_service() {
