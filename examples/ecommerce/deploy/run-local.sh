@@ -8,9 +8,23 @@
 #   ECOMMERCE_SCHEMA_PREFIX=demo_ run-local.sh        # separate schemas/subjects
 #   ECOMMERCE_SEED_STOCK=1000000 run-local.sh         # stock for load runs
 #   ECOMMERCE_CONFIG=/path/to.toml run-local.sh       # another config file
+#   run-local.sh --mtls                               # mTLS between services
+#
+# --mtls makes a throw-away CA and one certificate per service
+# (URI SAN spiffe://trellis/<service>) with openssl in the log dir, points
+# the peers at https://, and checks readiness on each internal service's
+# plain health port (its port + 1000); the gateway stays plain HTTP.
 #
 # Every ECOMMERCE_* variable overrides the config file (src/config.rs).
 set -euo pipefail
+
+mtls=0
+for arg in "$@"; do
+  case "$arg" in
+    --mtls) mtls=1 ;;
+    *) echo "usage: $0 [--mtls]" >&2; exit 2 ;;
+  esac
+done
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
@@ -41,11 +55,52 @@ stop() {
 trap stop EXIT
 trap 'exit 130' INT TERM
 
+# A CA and a certificate per service, valid two days, for --mtls.
+make_pki() {
+  local pki="$1" service
+  mkdir -p "$pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=ecommerce local ca" -keyout "$pki/ca.key" -out "$pki/ca.pem" 2>/dev/null
+  for service in "${services[@]}"; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=$service" -keyout "$pki/$service.key" -out "$pki/$service.csr" 2>/dev/null
+    printf 'subjectAltName=URI:spiffe://trellis/%s,DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' \
+      "$service" "$service" >"$pki/$service.ext"
+    openssl x509 -req -in "$pki/$service.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" \
+      -CAcreateserial -days 2 -extfile "$pki/$service.ext" -out "$pki/$service.crt" 2>/dev/null
+  done
+}
+
+# Where each service's readiness is probed: with mTLS the internal ones
+# answer plain HTTP only on their health port.
+probe_port() {
+  if ((mtls)) && [[ "$1" != gateway ]]; then
+    echo $((ports[$1] + 1000))
+  else
+    echo "${ports[$1]}"
+  fi
+}
+
+if ((mtls)); then
+  make_pki "$logs/pki"
+  export ECOMMERCE_TLS_CA="$logs/pki/ca.pem"
+  for service in "${services[@]}"; do
+    if [[ "$service" != gateway ]]; then
+      export "ECOMMERCE_${service^^}_URL=https://127.0.0.1:${ports[$service]}"
+    fi
+  done
+  echo "mTLS on: certificates in $logs/pki"
+fi
+
 # The data dir (identity's signing key) is relative to where we start.
 cd "$here"
 mkdir -p data
 for service in "${services[@]}"; do
-  "$ECOMMERCE_BIN" serve --service "$service" --config "$config" \
+  tls_env=()
+  if ((mtls)); then
+    tls_env=("ECOMMERCE_TLS_CERT=$logs/pki/$service.crt" "ECOMMERCE_TLS_KEY=$logs/pki/$service.key")
+  fi
+  env "${tls_env[@]}" "$ECOMMERCE_BIN" serve --service "$service" --config "$config" \
     >"$logs/$service.log" 2>&1 &
   pids+=("$!")
   echo "started $service (pid $!, log $logs/$service.log)"
@@ -54,7 +109,7 @@ done
 ready() { curl -fsS -o /dev/null "http://127.0.0.1:$1/ready" 2>/dev/null; }
 deadline=$((SECONDS + 60))
 for service in "${services[@]}"; do
-  until ready "${ports[$service]}"; do
+  until ready "$(probe_port "$service")"; do
     for i in "${!pids[@]}"; do
       if ! kill -0 "${pids[$i]}" 2>/dev/null; then
         echo "${services[$i]} exited; its log:" >&2
@@ -73,7 +128,12 @@ done
 echo
 echo "every service is ready:"
 for service in "${services[@]}"; do
-  printf '  %-10s http://127.0.0.1:%s  (/ready /metrics)\n' "$service" "${ports[$service]}"
+  if ((mtls)) && [[ "$service" != gateway ]]; then
+    printf '  %-10s https://127.0.0.1:%s  (mTLS; probes on http://127.0.0.1:%s/ready)\n' \
+      "$service" "${ports[$service]}" "$(probe_port "$service")"
+  else
+    printf '  %-10s http://127.0.0.1:%s  (/ready /metrics)\n' "$service" "${ports[$service]}"
+  fi
 done
 cat <<MSG
 

@@ -365,3 +365,56 @@ pub(crate) async fn serve(
     });
     Ok((addr, tx, server))
 }
+
+/// Like [`serve`], but `app` takes mTLS connections only (`acceptor`), and
+/// the health probes answer over plain HTTP on `health_addr` so the kubelet
+/// (which has no client certificate) can still reach them; readiness there
+/// goes down during the drain like everywhere else. Returns the API's and
+/// the probes' addresses; the probes' server stops when the returned task
+/// is aborted.
+pub(crate) async fn serve_mtls(
+    addr: SocketAddr,
+    app: Router,
+    health: Health,
+    drain: Duration,
+    acceptor: tokio_rustls::TlsAcceptor,
+    health_addr: SocketAddr,
+) -> Result<MtlsServer, Error> {
+    let probes = tokio::net::TcpListener::bind(health_addr).await?;
+    let health_addr = probes.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let listener = crate::tls::MtlsListener::new(listener, acceptor)?;
+    let probes_router = health.router();
+    let probes_task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(probes, probes_router).await {
+            tracing::error!(%error, "health probe server failed");
+        }
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        let _ = rx.await;
+    };
+    let stop = health.graceful_shutdown(signal, drain);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+    });
+    Ok(MtlsServer {
+        addr,
+        health_addr,
+        shutdown: tx,
+        server,
+        probes: probes_task,
+    })
+}
+
+/// What [`serve_mtls`] started.
+pub(crate) struct MtlsServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) health_addr: SocketAddr,
+    pub(crate) shutdown: tokio::sync::oneshot::Sender<()>,
+    pub(crate) server: Server,
+    pub(crate) probes: tokio::task::JoinHandle<()>,
+}

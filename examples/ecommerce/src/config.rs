@@ -224,6 +224,10 @@ pub struct Settings {
     pub signing_key_file: Option<PathBuf>,
     /// Mutual TLS between services, when set.
     pub tls: Option<TlsSettings>,
+    /// Where an internal service serves its health probes over plain HTTP
+    /// when [`tls`](Self::tls) is set (its API then takes mTLS only).
+    /// Default: the listen address with the port plus 1000.
+    pub health_listen: Option<SocketAddr>,
     /// How long readiness reports "down" before the server stops.
     #[serde(with = "trellis_resilience::config::duration")]
     pub drain: Duration,
@@ -254,6 +258,7 @@ impl Default for Settings {
             service_secret: None,
             signing_key_file: None,
             tls: None,
+            health_listen: None,
             drain: Duration::from_secs(2),
             reservation_ttl: DEFAULT_RESERVATION_TTL,
         }
@@ -313,6 +318,7 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_TLS_CERT",
     "ECOMMERCE_TLS_KEY",
     "ECOMMERCE_TLS_CA",
+    "ECOMMERCE_HEALTH_LISTEN",
     "ECOMMERCE_DRAIN",
     "ECOMMERCE_RESERVATION_TTL",
 ];
@@ -343,6 +349,14 @@ impl Settings {
             }
         };
         settings.apply_env(env)?;
+        if settings.tls.is_some() {
+            // With mTLS the default peers are the same ports over https.
+            for service in ServiceName::ALL {
+                if let Some(slot @ None) = settings.peers.slot(service) {
+                    *slot = Some(format!("https://127.0.0.1:{}", service.default_port()));
+                }
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -422,6 +436,12 @@ impl Settings {
                 ));
             }
         }
+        if let Some(v) = env("ECOMMERCE_HEALTH_LISTEN") {
+            self.health_listen = Some(
+                v.parse()
+                    .map_err(|e| invalid("ECOMMERCE_HEALTH_LISTEN", format!("{v:?}: {e}")))?,
+            );
+        }
         if let Some(v) = env("ECOMMERCE_DRAIN") {
             self.drain = trellis_resilience::config::duration::parse(&v)
                 .map_err(|e| invalid("ECOMMERCE_DRAIN", format!("{v:?}: {e}")))?;
@@ -462,6 +482,18 @@ impl Settings {
             return Err(invalid(
                 "reservation_ttl",
                 "must be longer than zero (reservations would expire as they are made)",
+            ));
+        }
+        // With mTLS on, a plain-HTTP peer URL could only fail at the first
+        // call; say so at startup instead.
+        if self.tls.is_some()
+            && ServiceName::ALL.into_iter().any(|service| {
+                service != ServiceName::Gateway && !self.peers.url(service).starts_with("https://")
+            })
+        {
+            return Err(invalid(
+                "peers",
+                "with tls set, every peer URL must be https://",
             ));
         }
         if self.seed_stock.is_some_and(|n| n < 0) {
@@ -511,6 +543,19 @@ impl Settings {
         self.listen.unwrap_or_else(|| {
             let port = self.service.map_or(8080, ServiceName::default_port);
             SocketAddr::from(([127, 0, 0, 1], port))
+        })
+    }
+
+    /// Where the plain-HTTP health probes answer when mTLS is on:
+    /// [`health_listen`](Self::health_listen), else the listen address with
+    /// the port plus 1000 (an ephemeral port stays ephemeral).
+    pub fn health_listen_addr(&self) -> SocketAddr {
+        self.health_listen.unwrap_or_else(|| {
+            let mut addr = self.listen_addr();
+            if addr.port() != 0 {
+                addr.set_port(addr.port().saturating_add(1000));
+            }
+            addr
         })
     }
 }
@@ -609,7 +654,7 @@ mod tests {
         for key in ENV_VARS {
             let value = match *key {
                 "ECOMMERCE_SERVICE" => "gateway",
-                "ECOMMERCE_LISTEN" => "127.0.0.1:1",
+                "ECOMMERCE_LISTEN" | "ECOMMERCE_HEALTH_LISTEN" => "127.0.0.1:1",
                 "ECOMMERCE_DATABASE_URL" => "postgres://x@y/z",
                 "ECOMMERCE_NATS_URL" => "nats://n:4222",
                 "ECOMMERCE_DRAIN" => "9s",
@@ -624,5 +669,30 @@ mod tests {
             let settings = Settings::load_from(None, env(&[(key, value)])).unwrap();
             assert_ne!(settings, Settings::default(), "{key} changed nothing");
         }
+    }
+
+    #[test]
+    fn health_probes_default_to_the_listen_port_plus_1000() {
+        let settings =
+            Settings::load_from(None, env(&[("ECOMMERCE_LISTEN", "0.0.0.0:8083")])).unwrap();
+        assert_eq!(
+            settings.health_listen_addr(),
+            "0.0.0.0:9083".parse().unwrap()
+        );
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("ECOMMERCE_LISTEN", "0.0.0.0:8083"),
+                ("ECOMMERCE_HEALTH_LISTEN", "0.0.0.0:7000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.health_listen_addr(),
+            "0.0.0.0:7000".parse().unwrap()
+        );
+        let err =
+            Settings::load_from(None, env(&[("ECOMMERCE_HEALTH_LISTEN", "nine")])).unwrap_err();
+        assert!(err.to_string().contains("ECOMMERCE_HEALTH_LISTEN"), "{err}");
     }
 }

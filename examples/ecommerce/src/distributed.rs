@@ -17,6 +17,10 @@
 //! `service_secret`, and calls inventory and payments through the same
 //! `ResiliencePolicy` and `FallbackLayer` as in one process, over HTTP with
 //! W3C `traceparent` and `x-request-id` propagated.
+//!
+//! With `tls` set, services talk mutual TLS (see [`crate::tls`]): internal
+//! listeners take mTLS only from the callers `tls::CALLERS` allows, health
+//! probes move to a plain-HTTP port, the gateway's public side stays plain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,7 +45,7 @@ use trellis_health::checks::{HttpCheck, NatsCheck, PgCheck, SqlxCheck};
 use trellis_health::{Check, Group, Health, HealthBuilder};
 use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
 
-use crate::app::{BODY_LIMIT, Server, not_found, serve, wrap};
+use crate::app::{BODY_LIMIT, Server, not_found, serve, serve_mtls, wrap};
 use crate::backend::{OrderSagaLog, OrderStore, ReadDb};
 use crate::catalog::{Catalog, Prices};
 use crate::config::{ServiceName, Settings};
@@ -60,6 +64,7 @@ pub(crate) const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "
 pub struct RunningService {
     service: ServiceName,
     addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Server,
     relay: Option<RelayHandle>,
@@ -77,6 +82,12 @@ impl RunningService {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the plain-HTTP health probes answer, when mTLS moved them off
+    /// [`addr`](Self::addr).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// Waits for `signal`, then shuts down gracefully: readiness off, drain,
@@ -130,11 +141,21 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 if matches!(peer, ServiceName::Gateway) {
                     continue;
                 }
-                let uri: Uri = format!("{}/ready", settings.peers.url(peer))
-                    .parse()
-                    .map_err(|e| Error::Startup(format!("peer URL of {peer}: {e}")))?;
+                let url = format!("{}/ready", settings.peers.url(peer));
+                let check = match &settings.tls {
+                    Some(tls) => Check::new(
+                        peer.as_str(),
+                        remote::ready_check(remote::transport_to(Some(tls), peer)?, url),
+                    ),
+                    None => {
+                        let uri: Uri = url
+                            .parse()
+                            .map_err(|e| Error::Startup(format!("peer URL of {peer}: {e}")))?;
+                        Check::new(peer.as_str(), HttpCheck::new(uri)?)
+                    }
+                };
                 health.check(
-                    Check::new(peer.as_str(), HttpCheck::new(uri)?)
+                    check
                         .timeout(Duration::from_millis(800))
                         .groups([Group::Readiness]),
                 );
@@ -213,11 +234,38 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         own => api.merge(crate::openapi::service_router(own)),
     };
     let app = wrap(not_found(api), &health);
-    let (addr, shutdown, server) =
-        serve(settings.listen_addr(), app, health, settings.drain).await?;
+    // The gateway's public side stays plain HTTP (TLS for browsers is the
+    // ingress's job); every other service takes mTLS only when it is on.
+    let (addr, health_addr, shutdown, server) = match &settings.tls {
+        Some(tls) if service != ServiceName::Gateway => {
+            let acceptor = crate::tls::acceptor(tls, service)?;
+            let served = serve_mtls(
+                settings.listen_addr(),
+                app,
+                health,
+                settings.drain,
+                acceptor,
+                settings.health_listen_addr(),
+            )
+            .await?;
+            background.push(served.probes);
+            (
+                served.addr,
+                Some(served.health_addr),
+                served.shutdown,
+                served.server,
+            )
+        }
+        _ => {
+            let (addr, shutdown, server) =
+                serve(settings.listen_addr(), app, health, settings.drain).await?;
+            (addr, None, shutdown, server)
+        }
+    };
     Ok(RunningService {
         service,
         addr,
+        health_addr,
         shutdown: Some(shutdown),
         server,
         relay,
@@ -246,10 +294,17 @@ pub(crate) fn jwks_validator(
     );
     // No fetch yet: identity may start after us. The first token with an
     // unknown key id triggers one.
-    let keys = JwksKeys::new(
-        HttpJwksFetcher::new(&url)?,
-        JwksConfig::default().min_refresh_interval(Duration::from_secs(1)),
-    );
+    let config = JwksConfig::default().min_refresh_interval(Duration::from_secs(1));
+    let keys = match &settings.tls {
+        Some(tls) => JwksKeys::new(
+            remote::TransportJwksFetcher::new(
+                remote::transport_to(Some(tls), ServiceName::Identity)?,
+                url,
+            ),
+            config,
+        ),
+        None => JwksKeys::new(HttpJwksFetcher::new(&url)?, config),
+    };
     let refresh = keys.spawn_background_refresh();
     Ok((identity::validator_with(keys)?, refresh))
 }
@@ -299,7 +354,7 @@ async fn start_orders(
     let store = PgEventStore::with_pool(pool.clone()).await?;
     let saga_log = trellis_saga::PgSagaLog::with_pool(pool.clone(), schema).await?;
 
-    let transport = remote::transport();
+    let tls = settings.tls.as_ref();
     let secret = settings.service_secret.as_deref().ok_or_else(|| {
         Error::Config(crate::config::ConfigError::Invalid {
             key: "service_secret".into(),
@@ -307,7 +362,7 @@ async fn start_orders(
         })
     })?;
     let token = ServiceToken::new(
-        transport.clone(),
+        remote::transport_to(tls, ServiceName::Identity)?,
         &settings.peers.url(ServiceName::Identity),
         "orders",
         secret,
@@ -326,17 +381,17 @@ async fn start_orders(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let inventory = remote::inventory_client(
-        transport.clone(),
+        remote::transport_to(tls, ServiceName::Inventory)?,
         settings.peers.url(ServiceName::Inventory),
         token.clone(),
     );
     let payments = remote::payment_client(
-        transport.clone(),
+        remote::transport_to(tls, ServiceName::Payments)?,
         settings.peers.url(ServiceName::Payments),
         token.clone(),
     );
     let prices = Prices::Remote(remote::CatalogClient::new(
-        transport,
+        remote::transport_to(tls, ServiceName::Catalog)?,
         settings.peers.url(ServiceName::Catalog),
         token,
     ));
@@ -430,7 +485,6 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
 ];
 
 fn gateway_router(settings: &Settings) -> Result<Router, Error> {
-    let transport = remote::transport();
     let mut upstreams = HashMap::new();
     for service in [
         ServiceName::Identity,
@@ -458,7 +512,7 @@ fn gateway_router(settings: &Settings) -> Result<Router, Error> {
             breaker.max_wait_in_open = Duration::from_secs(3);
         }
         let policy = ResiliencePolicy::from_config(config)?;
-        let transport = transport.clone();
+        let transport = remote::transport_to(settings.tls.as_ref(), service)?;
         let send = tower::service_fn(move |forward: Forward| {
             let transport = transport.clone();
             async move {

@@ -64,6 +64,7 @@ pub mod scenario;
 mod shipping;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 mod web;
 
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};

@@ -23,6 +23,7 @@ use trellis_cqrs::BoxError;
 use trellis_observability::{ClientTraceLayer, PropagateRequestIdLayer};
 
 use crate::catalog::Product;
+use crate::config::{ServiceName, TlsSettings};
 use crate::inventory::{InventoryReply, InventoryRequest};
 use crate::payments::{PaymentReply, PaymentRequest};
 
@@ -35,9 +36,35 @@ pub(crate) type Transport = BoxCloneSyncService<Request<Full<Bytes>>, Response<B
 /// The plain-HTTP transport: hyper's pooled client under the client trace
 /// layer and the request-id propagation.
 pub(crate) fn transport() -> Transport {
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http::<Full<Bytes>>();
+    with_layers(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http::<Full<Bytes>>(),
+    )
+}
+
+/// The transport for calls to `peer`: mTLS when `tls` is set (our
+/// certificate presented, the server admitted only if it is `peer`), plain
+/// HTTP otherwise.
+pub(crate) fn transport_to(
+    tls: Option<&TlsSettings>,
+    peer: ServiceName,
+) -> Result<Transport, crate::error::Error> {
+    let Some(tls) = tls else {
+        return Ok(transport());
+    };
+    let connector = crate::tls::MtlsConnector::new(tls, peer)?;
+    Ok(with_layers(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build::<_, Full<Bytes>>(connector),
+    ))
+}
+
+fn with_layers<C>(client: Client<C, Full<Bytes>>) -> Transport
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let send = tower::service_fn(move |request: Request<Full<Bytes>>| {
         let client = client.clone();
         async move {
@@ -53,6 +80,61 @@ pub(crate) fn transport() -> Transport {
             .layer(PropagateRequestIdLayer::new())
             .service(send),
     )
+}
+
+/// Fetches identity's JWKS through a [`Transport`] (so over mTLS when on).
+#[derive(Clone)]
+pub(crate) struct TransportJwksFetcher {
+    transport: Transport,
+    url: String,
+}
+
+impl TransportJwksFetcher {
+    /// Fetches `url` through `transport`.
+    pub(crate) fn new(transport: Transport, url: String) -> Self {
+        Self { transport, url }
+    }
+}
+
+impl trellis_auth::jwks::JwksFetcher for TransportJwksFetcher {
+    fn fetch(&self) -> trellis_auth::jwks::FetchFuture<'_> {
+        Box::pin(async move {
+            let failed = |e: String| trellis_auth::Error::JwksFetch(e);
+            let response = send(
+                &self.transport,
+                Method::GET,
+                self.url.clone(),
+                None,
+                None,
+                None,
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(failed(format!("status {}", response.status())));
+            }
+            Ok(trellis_auth::jwks::JwksDocument {
+                body: response.into_body(),
+                // The background refresh runs on its own schedule.
+                max_age: None,
+            })
+        })
+    }
+}
+
+/// Probes a peer's `/ready` through a [`Transport`] (the gateway's
+/// readiness, over mTLS when on).
+pub(crate) fn ready_check(transport: Transport, url: String) -> impl trellis_health::HealthCheck {
+    move || {
+        let (transport, url) = (transport.clone(), url.clone());
+        async move {
+            let response = send(&transport, Method::GET, url, None, None, None).await?;
+            if !response.status().is_success() {
+                return Err(BoxError::from(format!("status {}", response.status())));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A 4xx answer that is neither success nor a business outcome (bad token,

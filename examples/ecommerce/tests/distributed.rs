@@ -10,6 +10,11 @@
 //! - `the_scenario_runs_through_the_gateway`: the narrated scenario,
 //!   unchanged, against the gateway; then the events reach shipping and
 //!   analytics over NATS.
+//! - `mtls_between_services_admits_only_allowed_callers`: the same system
+//!   with `ECOMMERCE_TLS_*` set (a CA and one certificate per service made
+//!   here with rcgen): the scenario passes through the gateway, while plain
+//!   HTTP, a client without a certificate and a valid certificate of a
+//!   service not allowed to call are all refused by inventory.
 //! - `killing_orders_mid_saga_loses_nothing`: orders under load, SIGKILLed
 //!   mid-saga and restarted; every order reaches a final state, none is
 //!   charged twice, no stock leaks, shipping sees each confirmed order once.
@@ -53,11 +58,16 @@ fn servers() -> Option<(String, String)> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct free ports: each listener is held until all are chosen, so
+/// the kernel cannot hand out one port twice.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound port").port())
+        .collect()
 }
 
 /// One service process; killed (SIGKILL) and reaped on drop.
@@ -81,6 +91,10 @@ struct System {
     ports: HashMap<ServiceName, u16>,
     env: Vec<(String, String)>,
     procs: HashMap<ServiceName, Proc>,
+    /// With mTLS: each internal service's plain-HTTP health port.
+    health_ports: HashMap<ServiceName, u16>,
+    /// Free ports distinct from `ports`, for `health_ports`.
+    spare_ports: Vec<u16>,
 }
 
 impl System {
@@ -88,8 +102,14 @@ impl System {
         let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let dir = std::env::temp_dir().join(format!("ecommerce-distributed-{prefix}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let ports: HashMap<ServiceName, u16> =
-            ServiceName::ALL.iter().map(|s| (*s, free_port())).collect();
+        // Twice as many as services: the second half are health ports for
+        // with_mtls, distinct from the first.
+        let mut picked = free_ports(2 * ServiceName::ALL.len()).into_iter();
+        let ports: HashMap<ServiceName, u16> = ServiceName::ALL
+            .iter()
+            .map(|s| (*s, picked.next().unwrap()))
+            .collect();
+        let spare_ports = picked.collect();
         let mut env = vec![
             ("ECOMMERCE_DATABASE_URL".into(), database_url.to_owned()),
             ("ECOMMERCE_NATS_URL".into(), nats_url.to_owned()),
@@ -119,7 +139,33 @@ impl System {
             ports,
             env,
             procs: HashMap::new(),
+            health_ports: HashMap::new(),
+            spare_ports,
         }
+    }
+
+    /// The same system with mTLS between services: a CA and a certificate
+    /// per service in `dir`, https:// peer URLs, health probes on ports of
+    /// their own.
+    fn with_mtls(database_url: &str, nats_url: &str) -> System {
+        let mut system = System::new(database_url, nats_url);
+        write_certs(&system.dir);
+        for (key, value) in &mut system.env {
+            if key.ends_with("_URL") && value.starts_with("http://127.0.0.1") {
+                *value = value.replacen("http://", "https://", 1);
+            }
+        }
+        system.env.push((
+            "ECOMMERCE_TLS_CA".into(),
+            system.dir.join("ca.pem").display().to_string(),
+        ));
+        for service in ServiceName::ALL {
+            if service != ServiceName::Gateway {
+                let port = system.spare_ports.pop().unwrap();
+                system.health_ports.insert(service, port);
+            }
+        }
+        system
     }
 
     fn url(&self, service: ServiceName) -> String {
@@ -139,6 +185,7 @@ impl System {
                 "ECOMMERCE_LISTEN",
                 format!("127.0.0.1:{}", self.ports[&service]),
             )
+            .envs(self.tls_env(service))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -146,9 +193,37 @@ impl System {
         self.procs.insert(service, Proc { child });
     }
 
-    /// Waits until `service` answers 200 on /ready (its DB, NATS, peers).
+    /// `service`'s own certificate and health port, with mTLS.
+    fn tls_env(&self, service: ServiceName) -> Vec<(String, String)> {
+        if !self.env.iter().any(|(k, _)| k == "ECOMMERCE_TLS_CA") {
+            return Vec::new();
+        }
+        let file = |ext: &str| {
+            self.dir
+                .join(format!("{service}.{ext}"))
+                .display()
+                .to_string()
+        };
+        let mut env = vec![
+            ("ECOMMERCE_TLS_CERT".to_owned(), file("crt")),
+            ("ECOMMERCE_TLS_KEY".to_owned(), file("key")),
+        ];
+        if let Some(port) = self.health_ports.get(&service) {
+            env.push((
+                "ECOMMERCE_HEALTH_LISTEN".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ));
+        }
+        env
+    }
+
+    /// Waits until `service` answers 200 on /ready (its DB, NATS, peers);
+    /// with mTLS, on its plain health port.
     async fn wait_ready(&mut self, service: ServiceName) {
-        let api = ApiClient::new(self.url(service));
+        let api = match self.health_ports.get(&service) {
+            Some(port) => ApiClient::new(format!("http://127.0.0.1:{port}")),
+            None => ApiClient::new(self.url(service)),
+        };
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
@@ -829,7 +904,7 @@ impl OwnNats {
         OwnNats {
             binary,
             dir: dir.clone(),
-            port: free_port(),
+            port: free_ports(1)[0],
             store,
             log: dir.join("nats-server.log"),
             proc: None,
@@ -1136,5 +1211,140 @@ async fn nats_stopped_and_restarted_loses_nothing() {
     for pool in [orders_db, shipping_db] {
         pool.close().await;
     }
+    system.cleanup().await;
+}
+
+/// A throw-away CA (`ca.pem`) and, for every service, a certificate naming
+/// it `spiffe://trellis/<service>` (`<service>.crt`, `<service>.key`).
+fn write_certs(dir: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(DnType::CommonName, "ecommerce test ca");
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    for service in ServiceName::ALL {
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec![format!("{service}.trellis")]).unwrap();
+        leaf.subject_alt_names.push(SanType::URI(
+            format!("spiffe://trellis/{service}").try_into().unwrap(),
+        ));
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{service}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{service}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// `GET /ready` over TLS with `config`, the raw answer (or why there is
+/// none). A refused client certificate shows as the server's alert on the
+/// first read: with TLS 1.3 its verdict arrives after the client's side of
+/// the handshake.
+async fn tls_get_ready(config: rustls::ClientConfig, port: u16) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"GET /ready HTTP/1.1\r\nhost: inventory\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_between_services_admits_only_allowed_callers() {
+    use trellis_auth::mtls::{
+        AllowList, ServerIdentityVerifier, TlsFiles, client_config_for_identities, load_certs,
+        provider,
+    };
+    let Some((pg, nats)) = servers() else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL or TRELLIS_TEST_NATS_URL not set");
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut system = System::with_mtls(&pg, &nats);
+    let started = Instant::now();
+    system.start_all().await;
+    let gateway = system.url(ServiceName::Gateway);
+    let ops = system.service_token("ops:admin").await;
+    let outcome = ecommerce::scenario::run(&gateway, &ops, |line| println!("  {line}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\norders log:\n{}", system.log(ServiceName::Orders)));
+    assert!(!outcome.confirmed.is_empty());
+
+    let inventory = system.ports[&ServiceName::Inventory];
+    // Plain HTTP to an internal service gets no answer.
+    let plain = ApiClient::new(system.url(ServiceName::Inventory))
+        .json(Method::GET, "/ready", None, None)
+        .await;
+    assert!(plain.is_err(), "plain HTTP was served: {plain:?}");
+
+    let files = |service: ServiceName| TlsFiles {
+        ca: system.dir.join("ca.pem"),
+        cert: system.dir.join(format!("{service}.crt")),
+        key: system.dir.join(format!("{service}.key")),
+    };
+    let inventory_id: AllowList = ["spiffe://trellis/inventory"].into_iter().collect();
+    let as_service = |service: ServiceName| {
+        client_config_for_identities(&files(service), inventory_id.clone())
+            .unwrap()
+            .0
+    };
+    // The control: orders, an allowed caller, is served.
+    let answer = tls_get_ready(as_service(ServiceName::Orders), inventory)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // No client certificate: refused in the handshake.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(&system.dir.join("ca.pem")).unwrap() {
+        roots.add(ca).unwrap();
+    }
+    let verifier =
+        ServerIdentityVerifier::new(Arc::new(roots), Arc::new(inventory_id.clone()), provider());
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let answer = tls_get_ready(anonymous, inventory).await;
+    // The server's alert, not just any failure.
+    assert!(
+        matches!(&answer, Err(e) if e.contains("CertificateRequired")),
+        "served without a client certificate: {answer:?}"
+    );
+
+    // A valid certificate of a service inventory does not serve: refused.
+    let answer = tls_get_ready(as_service(ServiceName::Shipping), inventory).await;
+    assert!(
+        matches!(&answer, Err(e) if e.contains("AccessDenied")),
+        "shipping was served by inventory: {answer:?}"
+    );
+
+    println!("mTLS scenario and refusals in {:?}", started.elapsed());
     system.cleanup().await;
 }
