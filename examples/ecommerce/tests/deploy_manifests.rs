@@ -153,15 +153,34 @@ fn check_overlay(
     files: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut resources = parse_base(base, &mut problems);
+    let resources = build_overlay(base, overlay, files, &mut problems);
+    check_resources(&resources, &mut problems);
+    problems
+}
+
+/// The base with the overlay's resources added and its patches applied.
+fn build_overlay(
+    base: &BTreeMap<String, String>,
+    overlay: &str,
+    files: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Vec<Resource> {
+    let mut resources = parse_base(base, problems);
     let at = |file: &str| format!("overlays/{overlay}/{file}");
     let Some(text) = files.get("kustomization.yaml") else {
-        return vec![at("kustomization.yaml missing")];
+        problems.push(at("kustomization.yaml missing"));
+        return resources;
     };
     let k = match parse_yaml(&at("kustomization.yaml"), text) {
         Ok(docs) if !docs.is_empty() => docs.into_iter().next().unwrap(),
-        Ok(_) => return vec![at("kustomization.yaml is empty")],
-        Err(e) => return vec![e],
+        Ok(_) => {
+            problems.push(at("kustomization.yaml is empty"));
+            return resources;
+        }
+        Err(e) => {
+            problems.push(e);
+            return resources;
+        }
     };
     let listed: Vec<&str> = array_at(&k, "/resources")
         .iter()
@@ -209,7 +228,7 @@ fn check_overlay(
                 Err(e) => problems.push(e),
                 Ok(docs) => {
                     for doc in docs {
-                        apply_strategic_merge(&at(path), &doc, &mut resources, &mut problems);
+                        apply_strategic_merge(&at(path), &doc, &mut resources, problems);
                     }
                 }
             }
@@ -217,7 +236,7 @@ fn check_overlay(
             let file = at("kustomization.yaml");
             match parse_yaml(&file, text) {
                 Err(e) => problems.push(e),
-                Ok(ops) => apply_json_patch(&file, patch, &ops, &mut resources, &mut problems),
+                Ok(ops) => apply_json_patch(&file, patch, &ops, &mut resources, problems),
             }
         }
     }
@@ -226,8 +245,7 @@ fn check_overlay(
             problems.push(format!("{} is not listed in kustomization.yaml", at(file)));
         }
     }
-    check_resources(&resources, &mut problems);
-    problems
+    resources
 }
 
 /// A strategic-merge patch document onto the base resource of the same
@@ -963,6 +981,120 @@ fn the_overlays_applied_to_the_base_match_the_settings_contract() {
         let files = read_dir(&format!("k8s/overlays/{overlay}"));
         let problems = check_overlay(&base, overlay, &files);
         assert!(problems.is_empty(), "{overlay}:\n{}", problems.join("\n"));
+    }
+}
+
+/// Where kubectl is installed, what `kubectl kustomize` really builds from
+/// each overlay passes the same checks and agrees with the patches applied
+/// here on every field the checks read: a cross-check of this file's
+/// merge, which the checks above do not need.
+#[test]
+fn kubectl_kustomize_builds_what_the_checker_checks() {
+    let version = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    if !version.is_ok_and(|o| o.status.success()) {
+        println!("skipped: kubectl not installed");
+        return;
+    }
+    let base = read_base();
+    for overlay in OVERLAYS {
+        let dir = deploy_dir().join("k8s/overlays").join(overlay);
+        let output = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            output.status.success(),
+            "kubectl kustomize {overlay}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let file = format!("kubectl kustomize overlays/{overlay}");
+        let built: Vec<Resource> = parse_yaml(&file, &String::from_utf8(output.stdout).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|doc| Resource {
+                file: file.clone(),
+                kind: str_at(&doc, "/kind").unwrap_or_default().to_owned(),
+                name: str_at(&doc, "/metadata/name")
+                    .unwrap_or_default()
+                    .to_owned(),
+                doc,
+            })
+            .collect();
+        let mut problems = Vec::new();
+        check_resources(&built, &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+        let files = read_dir(&format!("k8s/overlays/{overlay}"));
+        let mut problems = Vec::new();
+        let ours = build_overlay(&base, overlay, &files, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let names = |rs: &[Resource]| -> BTreeSet<(String, String)> {
+            rs.iter()
+                .map(|r| (r.kind.clone(), r.name.clone()))
+                .collect()
+        };
+        assert_eq!(names(&ours), names(&built), "{overlay}");
+        // Lists compared as sets: kustomize puts added items first.
+        let sorted = |c: &Value, field: &str| {
+            let mut items: Vec<String> = array_at(c, field).iter().map(Value::to_string).collect();
+            items.sort();
+            items
+        };
+        for r in ours.iter().filter(|r| r.kind == "Deployment") {
+            let theirs = find(&built, "Deployment", &r.name).unwrap();
+            let (a, b) = (
+                ecommerce_container(r).unwrap(),
+                ecommerce_container(theirs).unwrap(),
+            );
+            for field in ["/env", "/ports", "/volumeMounts"] {
+                assert_eq!(
+                    sorted(a, field),
+                    sorted(b, field),
+                    "{overlay} {} {field}",
+                    r.name
+                );
+            }
+            for probe in ["/startupProbe", "/readinessProbe", "/livenessProbe"] {
+                assert_eq!(
+                    a.pointer(probe),
+                    b.pointer(probe),
+                    "{overlay} {} {probe}",
+                    r.name
+                );
+            }
+            let spec = "/spec/template/spec";
+            assert_eq!(
+                sorted(&r.doc, &format!("{spec}/volumes")),
+                sorted(&theirs.doc, &format!("{spec}/volumes")),
+                "{overlay} {} volumes",
+                r.name
+            );
+            for pointer in ["/spec/template/metadata/annotations", "/spec/replicas"] {
+                assert_eq!(
+                    r.doc.pointer(pointer),
+                    theirs.doc.pointer(pointer),
+                    "{overlay} {} {pointer}",
+                    r.name
+                );
+            }
+        }
+        for r in ours
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "ConfigMap" | "HorizontalPodAutoscaler"))
+        {
+            let theirs = find(&built, &r.kind, &r.name).unwrap();
+            for pointer in ["/data", "/spec"] {
+                assert_eq!(
+                    r.doc.pointer(pointer),
+                    theirs.doc.pointer(pointer),
+                    "{overlay} {} {pointer}",
+                    r.name
+                );
+            }
+        }
     }
 }
 
