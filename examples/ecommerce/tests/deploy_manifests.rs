@@ -1,8 +1,12 @@
-//! The deployment files (deploy/Dockerfile, deploy/k8s/base) against what
-//! the binary really serves and reads: every probe path is answered by the
-//! running system, every port is the service's default port, every
-//! environment variable is one `config::ENV_VARS` lists and the environment
-//! each Deployment sets loads into valid `Settings` for that service.
+//! The deployment files (deploy/Dockerfile, deploy/k8s/base and its
+//! overlays) against what the binary really serves and reads: every probe
+//! path is answered by the running system, every port is the service's
+//! default port (and, with mTLS, the health port), every environment
+//! variable is one `config::ENV_VARS` lists and the environment each
+//! Deployment sets loads into valid `Settings` for that service. The
+//! overlays are checked as kustomize would build them: their patches are
+//! applied to the base here (the subset of strategic merge and JSON 6902
+//! the overlays use), so the check needs no kubectl.
 //!
 //! The checker collects problems instead of stopping at the first, and
 //! `the_checker_catches_broken_manifests` breaks the real files one way at a
@@ -59,9 +63,14 @@ fn array_at<'a>(v: &'a Value, pointer: &str) -> &'a [Value] {
 
 /// The base directory as (file name, text) pairs, kustomization.yaml included.
 fn read_base() -> BTreeMap<String, String> {
-    let dir = deploy_dir().join("k8s/base");
+    read_dir("k8s/base")
+}
+
+/// The YAML files of a directory under deploy/ as (file name, text) pairs.
+fn read_dir(relative: &str) -> BTreeMap<String, String> {
+    let dir = deploy_dir().join(relative);
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).expect("deploy/k8s/base exists") {
+    for entry in std::fs::read_dir(&dir).expect("the deploy directory exists") {
         let path = entry.expect("dir entry").path();
         if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -74,6 +83,13 @@ fn read_base() -> BTreeMap<String, String> {
 /// Parses every file and checks them all; returns every problem found.
 fn check_base(files: &BTreeMap<String, String>) -> Vec<String> {
     let mut problems = Vec::new();
+    let resources = parse_base(files, &mut problems);
+    check_resources(&resources, &mut problems);
+    problems
+}
+
+/// The base's resources, its kustomization checked against its files.
+fn parse_base(files: &BTreeMap<String, String>, problems: &mut Vec<String>) -> Vec<Resource> {
     let mut resources = Vec::new();
     let mut kustomization = None;
     for (file, text) in files {
@@ -101,10 +117,9 @@ fn check_base(files: &BTreeMap<String, String>) -> Vec<String> {
     }
     match kustomization {
         None => problems.push("kustomization.yaml missing or empty".into()),
-        Some(k) => check_kustomization(&k, files, &mut problems),
+        Some(k) => check_kustomization(&k, files, problems),
     }
-    check_resources(&resources, &mut problems);
-    problems
+    resources
 }
 
 /// Every listed resource exists, and every file is listed (so nothing here
@@ -125,6 +140,232 @@ fn check_kustomization(k: &Value, files: &BTreeMap<String, String>, problems: &m
         if file != "kustomization.yaml" && !listed.contains(file.as_str()) {
             problems.push(format!("{file} is not listed in kustomization.yaml"));
         }
+    }
+}
+
+/// Checks an overlay (`k8s/overlays/<name>`) as kustomize builds it: its
+/// kustomization (the base among its resources, every file listed, every
+/// patch naming something that exists), then the base with the overlay's
+/// patches applied, under the same rules as the base.
+fn check_overlay(
+    base: &BTreeMap<String, String>,
+    overlay: &str,
+    files: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let resources = build_overlay(base, overlay, files, &mut problems);
+    check_resources(&resources, &mut problems);
+    problems
+}
+
+/// The base with the overlay's resources added and its patches applied.
+fn build_overlay(
+    base: &BTreeMap<String, String>,
+    overlay: &str,
+    files: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Vec<Resource> {
+    let mut resources = parse_base(base, problems);
+    let at = |file: &str| format!("overlays/{overlay}/{file}");
+    let Some(text) = files.get("kustomization.yaml") else {
+        problems.push(at("kustomization.yaml missing"));
+        return resources;
+    };
+    let k = match parse_yaml(&at("kustomization.yaml"), text) {
+        Ok(docs) if !docs.is_empty() => docs.into_iter().next().unwrap(),
+        Ok(_) => {
+            problems.push(at("kustomization.yaml is empty"));
+            return resources;
+        }
+        Err(e) => {
+            problems.push(e);
+            return resources;
+        }
+    };
+    let listed: Vec<&str> = array_at(&k, "/resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if !listed.contains(&"../../base") {
+        problems.push(at("kustomization.yaml does not build on ../../base"));
+    }
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    for resource in listed.iter().filter(|r| !r.starts_with("..")) {
+        used.insert(resource);
+        let Some(text) = files.get(*resource) else {
+            problems.push(format!(
+                "{} lists {resource}, which does not exist",
+                at("kustomization.yaml")
+            ));
+            continue;
+        };
+        match parse_yaml(&at(resource), text) {
+            Err(e) => problems.push(e),
+            Ok(docs) if docs.is_empty() => problems.push(format!("{} is empty", at(resource))),
+            Ok(docs) => resources.extend(docs.into_iter().map(|doc| {
+                Resource {
+                    file: at(resource),
+                    kind: str_at(&doc, "/kind").unwrap_or_default().to_owned(),
+                    name: str_at(&doc, "/metadata/name")
+                        .unwrap_or_default()
+                        .to_owned(),
+                    doc,
+                }
+            })),
+        }
+    }
+    for patch in array_at(&k, "/patches") {
+        if let Some(path) = str_at(patch, "/path") {
+            used.insert(path);
+            let Some(text) = files.get(path) else {
+                problems.push(format!(
+                    "{} patches with {path}, which does not exist",
+                    at("kustomization.yaml")
+                ));
+                continue;
+            };
+            match parse_yaml(&at(path), text) {
+                Err(e) => problems.push(e),
+                Ok(docs) => {
+                    for doc in docs {
+                        apply_strategic_merge(&at(path), &doc, &mut resources, problems);
+                    }
+                }
+            }
+        } else if let Some(text) = str_at(patch, "/patch") {
+            let file = at("kustomization.yaml");
+            match parse_yaml(&file, text) {
+                Err(e) => problems.push(e),
+                Ok(ops) => apply_json_patch(&file, patch, &ops, &mut resources, problems),
+            }
+        }
+    }
+    for file in files.keys() {
+        if file != "kustomization.yaml" && !used.contains(file.as_str()) {
+            problems.push(format!("{} is not listed in kustomization.yaml", at(file)));
+        }
+    }
+    resources
+}
+
+/// A strategic-merge patch document onto the base resource of the same
+/// kind and name.
+fn apply_strategic_merge(
+    file: &str,
+    patch: &Value,
+    resources: &mut [Resource],
+    problems: &mut Vec<String>,
+) {
+    let kind = str_at(patch, "/kind").unwrap_or_default();
+    let name = str_at(patch, "/metadata/name").unwrap_or_default();
+    match resources
+        .iter_mut()
+        .find(|r| r.kind == kind && r.name == name)
+    {
+        None => problems.push(format!(
+            "{file} patches {kind} {name}, which the base does not have"
+        )),
+        Some(target) => {
+            merge(&mut target.doc, patch);
+            target.file = format!("{file} on {}", target.file);
+        }
+    }
+}
+
+/// The strategic merge of the fields these overlays patch: maps merge key
+/// by key; lists of objects merge item by item on Kubernetes' merge key
+/// (`mountPath` for volume mounts, `containerPort` for ports, `name` for
+/// containers, env and volumes), new items are added; anything else is
+/// replaced.
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                match base.get_mut(key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(patch)) => {
+            let merge_key = ["mountPath", "containerPort", "name"]
+                .into_iter()
+                .find(|key| !patch.is_empty() && patch.iter().all(|i| i.get(key).is_some()));
+            let Some(merge_key) = merge_key else {
+                base.clone_from(patch);
+                return;
+            };
+            for item in patch {
+                match base
+                    .iter_mut()
+                    .find(|b| b.get(merge_key) == item.get(merge_key))
+                {
+                    Some(existing) => merge(existing, item),
+                    None => base.push(item.clone()),
+                }
+            }
+        }
+        (base, patch) => base.clone_from(patch),
+    }
+}
+
+/// An inline JSON 6902 patch (`replace`, `add`, `remove`) onto every
+/// resource its `target` (kind, name, labelSelector `k=v`) selects.
+fn apply_json_patch(
+    file: &str,
+    patch: &Value,
+    ops: &[Value],
+    resources: &mut [Resource],
+    problems: &mut Vec<String>,
+) {
+    let kind = str_at(patch, "/target/kind");
+    let name = str_at(patch, "/target/name");
+    let selector = str_at(patch, "/target/labelSelector").and_then(|s| s.split_once('='));
+    let mut matched = 0;
+    for r in resources.iter_mut() {
+        let labels = r.doc.pointer("/metadata/labels");
+        if kind.is_some_and(|k| k != r.kind)
+            || name.is_some_and(|n| n != r.name)
+            || selector.is_some_and(|(k, v)| {
+                labels.and_then(|l| l.get(k)).and_then(Value::as_str) != Some(v)
+            })
+        {
+            continue;
+        }
+        matched += 1;
+        for op in ops
+            .iter()
+            .flat_map(|o| o.as_array().map_or(&[][..], Vec::as_slice))
+        {
+            let path = str_at(op, "/path").unwrap_or_default();
+            let (parent, key) = path.rsplit_once('/').unwrap_or(("", path));
+            let key = key.replace("~1", "/").replace("~0", "~");
+            let applied = match (str_at(op, "/op"), r.doc.pointer_mut(parent)) {
+                (Some("replace"), Some(Value::Object(m))) if m.contains_key(&key) => {
+                    m.insert(key, op.get("value").cloned().unwrap_or_default());
+                    true
+                }
+                (Some("add"), Some(Value::Object(m))) => {
+                    m.insert(key, op.get("value").cloned().unwrap_or_default());
+                    true
+                }
+                (Some("remove"), Some(Value::Object(m))) => m.remove(&key).is_some(),
+                _ => false,
+            };
+            if !applied {
+                problems.push(format!(
+                    "{file}: patch {op} does not apply to {} {}",
+                    r.kind, r.name
+                ));
+            }
+        }
+    }
+    if matched == 0 {
+        problems.push(format!(
+            "{file}: patch target {kind:?} {name:?} {selector:?} selects nothing"
+        ));
     }
 }
 
@@ -181,6 +422,8 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
             check_service(service, svc, deployment, problems);
         }
     }
+    check_config_keys_are_read(resources, problems);
+    check_tls_secrets_are_per_service(resources, problems);
     for r in resources {
         match r.kind.as_str() {
             "Service" => {
@@ -248,6 +491,58 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
     }
 }
 
+/// Every `ECOMMERCE_*` key of a ConfigMap reaches some Deployment, so a
+/// setting written down here is one a service really gets.
+fn check_config_keys_are_read(resources: &[Resource], problems: &mut Vec<String>) {
+    let containers: Vec<&Value> = resources
+        .iter()
+        .filter(|r| r.kind == "Deployment")
+        .flat_map(|r| array_at(&r.doc, "/spec/template/spec/containers"))
+        .collect();
+    for config in resources.iter().filter(|r| r.kind == "ConfigMap") {
+        for key in data_keys(config) {
+            if !key.starts_with("ECOMMERCE_") {
+                continue;
+            }
+            let read = containers.iter().any(|c| {
+                array_at(c, "/env").iter().any(|v| {
+                    str_at(v, "/valueFrom/configMapKeyRef/name") == Some(&config.name)
+                        && str_at(v, "/valueFrom/configMapKeyRef/key") == Some(&key)
+                }) || array_at(c, "/envFrom")
+                    .iter()
+                    .any(|f| str_at(f, "/configMapRef/name") == Some(&config.name))
+            });
+            if !read {
+                problems.push(format!(
+                    "{}: ConfigMap {} key {key} is read by no Deployment",
+                    config.file, config.name
+                ));
+            }
+        }
+    }
+}
+
+/// Each certificate names its service (`spiffe://trellis/<service>`), so
+/// no two Deployments may mount the same TLS Secret.
+fn check_tls_secrets_are_per_service(resources: &[Resource], problems: &mut Vec<String>) {
+    let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in resources.iter().filter(|r| r.kind == "Deployment") {
+        let secrets: BTreeSet<&str> = array_at(&r.doc, "/spec/template/spec/volumes")
+            .iter()
+            .filter_map(|v| str_at(v, "/secret/secretName"))
+            .filter(|s| s.contains("tls"))
+            .collect();
+        for secret in secrets {
+            if let Some(other) = owners.insert(secret, &r.name) {
+                problems.push(format!(
+                    "{}: {} shares TLS Secret {secret} with {other}; each certificate names one service",
+                    r.file, r.name
+                ));
+            }
+        }
+    }
+}
+
 /// The ecommerce container of a Deployment.
 fn ecommerce_container(deployment: &Resource) -> Option<&Value> {
     array_at(&deployment.doc, "/spec/template/spec/containers")
@@ -289,37 +584,6 @@ fn check_deployment(
         return;
     };
     let port = u64::from(service.default_port());
-    let ports: Vec<u64> = array_at(container, "/ports")
-        .iter()
-        .filter_map(|p| p.pointer("/containerPort").and_then(Value::as_u64))
-        .collect();
-    if ports != [port] {
-        problems.push(format!(
-            "{file}: {name} container ports {ports:?}, expected [{port}]"
-        ));
-    }
-    for (probe, group) in [
-        ("startupProbe", Group::Startup),
-        ("readinessProbe", Group::Readiness),
-        ("livenessProbe", Group::Liveness),
-    ] {
-        let path = str_at(container, &format!("/{probe}/httpGet/path"));
-        if path != Some(group.path()) {
-            problems.push(format!(
-                "{file}: {name} {probe} path {path:?}, the health router serves {:?}",
-                group.path()
-            ));
-        }
-        let probe_port = resolve_port(
-            container,
-            container.pointer(&format!("/{probe}/httpGet/port")),
-        );
-        if probe_port != Some(port) {
-            problems.push(format!(
-                "{file}: {name} {probe} port resolves to {probe_port:?}, expected {port}"
-            ));
-        }
-    }
     for (what, pointer) in [
         ("cpu request", "/resources/requests/cpu"),
         ("memory request", "/resources/requests/memory"),
@@ -392,6 +656,74 @@ fn check_deployment(
             }
         }
     }
+    let loaded = Settings::load_from(None, |key| env.get(key).cloned());
+    // With mTLS an internal service's API takes client certificates only:
+    // the kubelet probes its plain-HTTP health port instead.
+    let mtls = loaded.as_ref().is_ok_and(|s| s.tls.is_some());
+    let health = match &loaded {
+        Ok(settings) if mtls && service != ServiceName::Gateway => {
+            Some(u64::from(settings.health_listen_addr().port()))
+        }
+        _ => None,
+    };
+    let mut ports: Vec<u64> = array_at(container, "/ports")
+        .iter()
+        .filter_map(|p| p.pointer("/containerPort").and_then(Value::as_u64))
+        .collect();
+    ports.sort_unstable();
+    let expected: Vec<u64> = [Some(port), health].into_iter().flatten().collect();
+    if ports != expected {
+        problems.push(format!(
+            "{file}: {name} container ports {ports:?}, expected {expected:?}"
+        ));
+    }
+    if let Some(health) = health
+        && resolve_port(container, Some(&Value::from("health"))) != Some(health)
+    {
+        problems.push(format!(
+            "{file}: {name} declares no containerPort named health = {health}"
+        ));
+    }
+    let probed = health.unwrap_or(port);
+    for (probe, group) in [
+        ("startupProbe", Group::Startup),
+        ("readinessProbe", Group::Readiness),
+        ("livenessProbe", Group::Liveness),
+    ] {
+        let path = str_at(container, &format!("/{probe}/httpGet/path"));
+        if path != Some(group.path()) {
+            problems.push(format!(
+                "{file}: {name} {probe} path {path:?}, the health router serves {:?}",
+                group.path()
+            ));
+        }
+        let probe_port = resolve_port(
+            container,
+            container.pointer(&format!("/{probe}/httpGet/port")),
+        );
+        if probe_port != Some(probed) {
+            problems.push(format!(
+                "{file}: {name} {probe} port resolves to {probe_port:?}, expected {probed}"
+            ));
+        }
+    }
+    if health.is_some()
+        && str_at(
+            &deployment.doc,
+            "/spec/template/metadata/annotations/prometheus.io~1scrape",
+        ) == Some("true")
+    {
+        problems.push(format!(
+            "{file}: {name} scrapes /metrics over plain HTTP, but its API port takes mTLS only"
+        ));
+    }
+    if let Ok(settings) = &loaded
+        && let Some(tls) = &settings.tls
+    {
+        for (what, path) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
+            check_secret_file(deployment, container, what, path, problems);
+        }
+    }
     match env
         .get("ECOMMERCE_SERVICE")
         .map(|v| v.parse::<ServiceName>())
@@ -401,7 +733,7 @@ fn check_deployment(
             "{file}: Deployment {name} sets ECOMMERCE_SERVICE to {other:?}, expected {name}"
         )),
     }
-    match Settings::load_from(None, |key| env.get(key).cloned()) {
+    match loaded {
         Err(e) => problems.push(format!("{file}: {name}'s environment does not load: {e}")),
         Ok(settings) => {
             if settings.listen_addr().port() != service.default_port() {
@@ -434,7 +766,8 @@ fn check_deployment(
                 let key = format!("ECOMMERCE_{}_URL", peer.as_str().to_uppercase());
                 if env.contains_key(&key) {
                     let url = settings.peers.url(peer);
-                    let expected = format!("http://{}:{}", peer.as_str(), peer.default_port());
+                    let scheme = if mtls { "https" } else { "http" };
+                    let expected = format!("{scheme}://{}:{}", peer.as_str(), peer.default_port());
                     if url != expected || find(resources, "Service", peer.as_str()).is_none() {
                         problems.push(format!(
                             "{file}: {name} reaches {peer} at {url}, expected the Service {expected}"
@@ -443,6 +776,58 @@ fn check_deployment(
                 }
             }
         }
+    }
+}
+
+/// The TLS file `path` (what ECOMMERCE_TLS_<WHAT> names) lies in a
+/// read-only mount of a Secret volume that projects a key to exactly that
+/// file.
+fn check_secret_file(
+    deployment: &Resource,
+    container: &Value,
+    what: &str,
+    path: &Path,
+    problems: &mut Vec<String>,
+) {
+    let (file, name) = (&deployment.file, &deployment.name);
+    let path = path.to_string_lossy();
+    let mount = array_at(container, "/volumeMounts").iter().find_map(|m| {
+        let dir = str_at(m, "/mountPath")?.trim_end_matches('/');
+        let rest = path.strip_prefix(dir)?.strip_prefix('/')?;
+        Some((m, rest))
+    });
+    let Some((mount, rest)) = mount else {
+        problems.push(format!(
+            "{file}: {name}'s TLS {what} {path} is in no volume mount"
+        ));
+        return;
+    };
+    if mount.pointer("/readOnly").and_then(Value::as_bool) != Some(true) {
+        problems.push(format!("{file}: {name} mounts its TLS {what} writable"));
+    }
+    let volume_name = str_at(mount, "/name").unwrap_or_default();
+    let volume = array_at(&deployment.doc, "/spec/template/spec/volumes")
+        .iter()
+        .find(|v| str_at(v, "/name") == Some(volume_name));
+    let Some(secret) = volume.and_then(|v| v.pointer("/secret")) else {
+        problems.push(format!(
+            "{file}: {name}'s TLS {what} {path} is not on a Secret volume"
+        ));
+        return;
+    };
+    let items = array_at(secret, "/items");
+    let projected = if items.is_empty() {
+        // Without items every key is a file of its own name.
+        !rest.contains('/')
+    } else {
+        items
+            .iter()
+            .any(|i| str_at(i, "/path") == Some(rest) && str_at(i, "/key").is_some())
+    };
+    if !projected {
+        problems.push(format!(
+            "{file}: {name}'s Secret volume {volume_name} has no file {rest} for its TLS {what} {path}"
+        ));
     }
 }
 
@@ -577,27 +962,139 @@ fn the_dockerfile_builds_ecommerce_and_runs_as_non_root() {
     );
 }
 
+/// The overlays under k8s/overlays, every one of them.
+const OVERLAYS: [&str; 2] = ["local", "mtls"];
+
 #[test]
-fn the_overlay_refers_to_the_base() {
-    let dir = deploy_dir().join("k8s/overlays/local");
-    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).expect("overlay");
-    let k = parse_yaml("overlays/local/kustomization.yaml", &text)
+fn the_overlays_applied_to_the_base_match_the_settings_contract() {
+    let base = read_base();
+    let found: BTreeSet<String> = std::fs::read_dir(deploy_dir().join("k8s/overlays"))
         .unwrap()
-        .remove(0);
-    for resource in array_at(&k, "/resources").iter().filter_map(Value::as_str) {
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        found,
+        OVERLAYS.map(String::from).into(),
+        "an overlay the test does not check"
+    );
+    for overlay in OVERLAYS {
+        let files = read_dir(&format!("k8s/overlays/{overlay}"));
+        let problems = check_overlay(&base, overlay, &files);
+        assert!(problems.is_empty(), "{overlay}:\n{}", problems.join("\n"));
+    }
+}
+
+/// Where kubectl is installed, what `kubectl kustomize` really builds from
+/// each overlay passes the same checks and agrees with the patches applied
+/// here on every field the checks read: a cross-check of this file's
+/// merge, which the checks above do not need.
+#[test]
+fn kubectl_kustomize_builds_what_the_checker_checks() {
+    let version = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    if !version.is_ok_and(|o| o.status.success()) {
+        println!("skipped: kubectl not installed");
+        return;
+    }
+    let base = read_base();
+    for overlay in OVERLAYS {
+        let dir = deploy_dir().join("k8s/overlays").join(overlay);
+        let output = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+            .expect("kubectl runs");
         assert!(
-            dir.join(resource).exists(),
-            "overlay lists {resource}, which does not exist"
+            output.status.success(),
+            "kubectl kustomize {overlay}: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
-        if !resource.ends_with(".yaml") {
-            continue;
+        let file = format!("kubectl kustomize overlays/{overlay}");
+        let built: Vec<Resource> = parse_yaml(&file, &String::from_utf8(output.stdout).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|doc| Resource {
+                file: file.clone(),
+                kind: str_at(&doc, "/kind").unwrap_or_default().to_owned(),
+                name: str_at(&doc, "/metadata/name")
+                    .unwrap_or_default()
+                    .to_owned(),
+                doc,
+            })
+            .collect();
+        let mut problems = Vec::new();
+        check_resources(&built, &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+        let files = read_dir(&format!("k8s/overlays/{overlay}"));
+        let mut problems = Vec::new();
+        let ours = build_overlay(&base, overlay, &files, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let names = |rs: &[Resource]| -> BTreeSet<(String, String)> {
+            rs.iter()
+                .map(|r| (r.kind.clone(), r.name.clone()))
+                .collect()
+        };
+        assert_eq!(names(&ours), names(&built), "{overlay}");
+        // Lists compared as sets: kustomize puts added items first.
+        let sorted = |c: &Value, field: &str| {
+            let mut items: Vec<String> = array_at(c, field).iter().map(Value::to_string).collect();
+            items.sort();
+            items
+        };
+        for r in ours.iter().filter(|r| r.kind == "Deployment") {
+            let theirs = find(&built, "Deployment", &r.name).unwrap();
+            let (a, b) = (
+                ecommerce_container(r).unwrap(),
+                ecommerce_container(theirs).unwrap(),
+            );
+            for field in ["/env", "/ports", "/volumeMounts"] {
+                assert_eq!(
+                    sorted(a, field),
+                    sorted(b, field),
+                    "{overlay} {} {field}",
+                    r.name
+                );
+            }
+            for probe in ["/startupProbe", "/readinessProbe", "/livenessProbe"] {
+                assert_eq!(
+                    a.pointer(probe),
+                    b.pointer(probe),
+                    "{overlay} {} {probe}",
+                    r.name
+                );
+            }
+            let spec = "/spec/template/spec";
+            assert_eq!(
+                sorted(&r.doc, &format!("{spec}/volumes")),
+                sorted(&theirs.doc, &format!("{spec}/volumes")),
+                "{overlay} {} volumes",
+                r.name
+            );
+            for pointer in ["/spec/template/metadata/annotations", "/spec/replicas"] {
+                assert_eq!(
+                    r.doc.pointer(pointer),
+                    theirs.doc.pointer(pointer),
+                    "{overlay} {} {pointer}",
+                    r.name
+                );
+            }
         }
-        let docs = parse_yaml(
-            resource,
-            &std::fs::read_to_string(dir.join(resource)).unwrap(),
-        )
-        .unwrap();
-        assert!(!docs.is_empty(), "{resource} is empty");
+        for r in ours
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "ConfigMap" | "HorizontalPodAutoscaler"))
+        {
+            let theirs = find(&built, &r.kind, &r.name).unwrap();
+            for pointer in ["/data", "/spec"] {
+                assert_eq!(
+                    r.doc.pointer(pointer),
+                    theirs.doc.pointer(pointer),
+                    "{overlay} {} {pointer}",
+                    r.name
+                );
+            }
+        }
     }
 }
 
@@ -756,12 +1253,157 @@ fn the_checker_catches_broken_manifests() {
             "ECOMMERCE_DRAIN: 45s",
             "grace period",
         ),
+        (
+            "config.yaml",
+            "ECOMMERCE_SYNCHRONOUS_COMMIT: \"true\"",
+            "ECOMMERCE_SYNCHRONOUS_COMMIT: \"yes\"",
+            "ECOMMERCE_SYNCHRONOUS_COMMIT",
+        ),
+        (
+            "config.yaml",
+            "ECOMMERCE_RESERVATION_TTL: 15m",
+            "ECOMMERCE_RESERVATION_TTL: 15",
+            "ECOMMERCE_RESERVATION_TTL",
+        ),
+        (
+            "config.yaml",
+            "ECOMMERCE_DRAIN: 5s",
+            "ECOMMERCE_DRAIN: 5s\n  ECOMMERCE_SEED_STOCK: \"10\"",
+            "key ECOMMERCE_SEED_STOCK is read by no Deployment",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let problems = broken(file, from, to);
         assert!(
             problems.iter().any(|p| p.contains(expected)),
             "{file}: {from:?} -> {to:?} should report {expected:?}, got {problems:#?}"
+        );
+    }
+
+    // The overlays, each broken one way at a time.
+    let overlay_cases = [
+        (
+            "local",
+            "kustomization.yaml",
+            "path: /spec/minReplicas\n        value: 1",
+            "path: /spec/minReplicas\n        value: 0",
+            "replica bounds",
+        ),
+        (
+            "local",
+            "kustomization.yaml",
+            "path: /spec/replicas",
+            "path: /spec/replica",
+            "does not apply to Deployment",
+        ),
+        (
+            "local",
+            "kustomization.yaml",
+            "  - ../../base\n",
+            "",
+            "does not build on ../../base",
+        ),
+        (
+            "mtls",
+            "inventory.yaml",
+            "containerPort: 9083",
+            "containerPort: 9084",
+            "inventory container ports [8083, 9084], expected [8083, 9083]",
+        ),
+        (
+            "mtls",
+            "identity.yaml",
+            "          startupProbe:\n            httpGet:\n              port: health\n",
+            "",
+            "identity startupProbe port resolves to Some(8081), expected 9081",
+        ),
+        (
+            "mtls",
+            "catalog.yaml",
+            "            - name: health\n",
+            "            - name: healthz\n",
+            "no containerPort named health",
+        ),
+        (
+            "mtls",
+            "config.yaml",
+            "https://payments:8084",
+            "http://payments:8084",
+            "every peer URL must be https://",
+        ),
+        (
+            "mtls",
+            "shipping.yaml",
+            "            - name: ECOMMERCE_TLS_CA\n              value: /etc/ecommerce/tls/ca.crt\n",
+            "",
+            "ECOMMERCE_TLS_KEY and ECOMMERCE_TLS_CA together",
+        ),
+        (
+            "mtls",
+            "payments.yaml",
+            "path: tls.key",
+            "path: key.pem",
+            "has no file tls.key for its TLS key",
+        ),
+        (
+            "mtls",
+            "orders.yaml",
+            "mountPath: /etc/ecommerce/tls",
+            "mountPath: /etc/tls",
+            "TLS cert /etc/ecommerce/tls/tls.crt is in no volume mount",
+        ),
+        (
+            "mtls",
+            "gateway.yaml",
+            "readOnly: true",
+            "readOnly: false",
+            "mounts its TLS cert writable",
+        ),
+        (
+            "mtls",
+            "catalog.yaml",
+            "secretName: ecommerce-tls-catalog",
+            "secretName: ecommerce-tls-orders",
+            "shares TLS Secret ecommerce-tls-orders",
+        ),
+        (
+            "mtls",
+            "analytics.yaml",
+            "prometheus.io/scrape: \"false\"",
+            "prometheus.io/scrape: \"true\"",
+            "analytics scrapes /metrics over plain HTTP",
+        ),
+        (
+            "mtls",
+            "orders.yaml",
+            "  name: orders\nspec:",
+            "  name: order\nspec:",
+            "patches Deployment order, which the base does not have",
+        ),
+        (
+            "mtls",
+            "kustomization.yaml",
+            "  - path: analytics.yaml\n",
+            "",
+            "analytics.yaml is not listed",
+        ),
+        (
+            "mtls",
+            "kustomization.yaml",
+            "  - path: gateway.yaml\n",
+            "  - path: gateway.yaml\n  - path: redis.yaml\n",
+            "patches with redis.yaml, which does not exist",
+        ),
+    ];
+    for (overlay, file, from, to, expected) in overlay_cases {
+        let mut files = read_dir(&format!("k8s/overlays/{overlay}"));
+        let text = files.get_mut(file).unwrap();
+        assert!(text.contains(from), "{overlay}/{file} has no {from:?}");
+        *text = text.replacen(from, to, 1);
+        let problems = check_overlay(&base, overlay, &files);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{overlay}/{file}: {from:?} -> {to:?} should report {expected:?}, got {problems:#?}"
         );
     }
 
