@@ -260,7 +260,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let validator = identity.validator()?;
     // The storefront and console (src/web) watch the orders service.
-    let web = crate::web::Console::new(health.clone(), orders.clone(), catalog.clone());
+    let web = crate::web::Console::new(
+        health.clone(),
+        orders.clone(),
+        Prices::Local(catalog.clone()),
+    );
     let services = Arc::new(Services {
         identity: identity.clone(),
         inventory,

@@ -18,6 +18,10 @@
 //! `ResiliencePolicy` and `FallbackLayer` as in one process, over HTTP with
 //! W3C `traceparent` and `x-request-id` propagated.
 //!
+//! Orders also serves the storefront and operations console (their pages
+//! and `/api/v1` routes, see [`crate::web`]): the gateway forwards the page
+//! paths to it and streams every response, so server-sent events pass.
+//!
 //! With `tls` set, services talk mutual TLS (see [`crate::tls`]): internal
 //! listeners take mTLS only from the callers `tls::CALLERS` allows, health
 //! probes move to a plain-HTTP port, the gateway's public side stays plain.
@@ -135,6 +139,10 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     };
     let schema = settings.schema(service);
     let target = pg_target(settings, &schema);
+    // Orders' routes wait for the health checks (its console shows them);
+    // the gateway's page routes proxy to orders.
+    let mut orders_parts = None;
+    let mut pages = None;
     let api: Router = match service {
         ServiceName::Gateway => {
             for peer in ServiceName::ALL {
@@ -160,7 +168,9 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                         .groups([Group::Readiness]),
                 );
             }
-            gateway_router(settings)?
+            let (api, page_routes) = gateway_router(settings)?;
+            pages = Some(page_routes);
+            api
         }
         ServiceName::Identity => {
             let pool = db::open_pg_any(target, 5).await?;
@@ -213,10 +223,11 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             payments::router(Payments::open(pool).await?, validator)
         }
         ServiceName::Orders => {
-            let (router, handle, refresh) = start_orders(settings, &schema, &mut health).await?;
-            relay = handle;
-            background.push(refresh);
-            router
+            let parts = start_orders(settings, &schema, &mut health).await?;
+            relay = parts.relay;
+            background.push(parts.refresh);
+            orders_parts = Some((parts.app, parts.validator, parts.catalog));
+            Router::new()
         }
         ServiceName::Shipping | ServiceName::Analytics => {
             let consumer =
@@ -227,13 +238,34 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         }
     };
     let health = health.cache_ttl(Duration::from_millis(500)).build()?;
+    // Orders serves the storefront and console too: it owns the sagas,
+    // breakers and fault drills they show.
+    let mut traffic = None;
+    let api = match orders_parts {
+        Some((app, validator, catalog)) => {
+            let web = crate::web::Console::new(health.clone(), app.clone(), catalog);
+            pages = Some(crate::web::pages(web.clone()));
+            traffic = Some(web.traffic.clone());
+            orders::router(app, validator.clone()).merge(crate::web::api(web, validator))
+        }
+        None => api,
+    };
     // Each service serves its own OpenAPI document. Not the gateway: a
     // route there would replace its proxying fallback (see `not_found`).
     let api = match service {
         ServiceName::Gateway => api,
         own => api.merge(crate::openapi::service_router(own)),
     };
-    let app = wrap(not_found(api), &health);
+    let mut app = wrap(not_found(api), &health);
+    if let Some(pages) = pages {
+        app = app.merge(pages);
+    }
+    if let Some(traffic) = traffic {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            traffic,
+            crate::web::record_traffic,
+        ));
+    }
     // The gateway's public side stays plain HTTP (TLS for browsers is the
     // ingress's job); every other service takes mTLS only when it is on.
     let (addr, health_addr, shutdown, server) = match &settings.tls {
@@ -340,11 +372,21 @@ pub(crate) async fn order_stream(
     .map_err(|e| Error::Bus(e.to_string()))
 }
 
+/// The orders service, before its routes are built.
+struct OrdersParts {
+    app: orders::OrdersState,
+    validator: Validator,
+    /// The storefront's products: the catalog service through a client.
+    catalog: Prices,
+    relay: Option<RelayHandle>,
+    refresh: tokio::task::JoinHandle<()>,
+}
+
 async fn start_orders(
     settings: &Settings,
     schema: &str,
     health: &mut HealthBuilder,
-) -> Result<(Router, Option<RelayHandle>, tokio::task::JoinHandle<()>), Error> {
+) -> Result<OrdersParts, Error> {
     let pool = db::open_pg(pg_target(settings, schema), 16).await?;
     health.check(
         Check::new("orders-db", PgCheck::new(pool.clone()))
@@ -390,11 +432,15 @@ async fn start_orders(
         settings.peers.url(ServiceName::Payments),
         token.clone(),
     );
-    let prices = Prices::Remote(remote::CatalogClient::new(
-        remote::transport_to(tls, ServiceName::Catalog)?,
-        settings.peers.url(ServiceName::Catalog),
-        token,
-    ));
+    let catalog_client = || -> Result<Prices, Error> {
+        Ok(Prices::Remote(remote::CatalogClient::new(
+            remote::transport_to(tls, ServiceName::Catalog)?,
+            settings.peers.url(ServiceName::Catalog),
+            token.clone(),
+        )))
+    };
+    let prices = catalog_client()?;
+    let catalog = catalog_client()?;
 
     let relay = match settings.nats_url {
         None => None,
@@ -437,7 +483,13 @@ async fn start_orders(
     )
     .await?;
     let (validator, refresh) = jwks_validator(settings)?;
-    Ok((orders::router(app, validator), relay, refresh))
+    Ok(OrdersParts {
+        app,
+        validator,
+        catalog,
+        relay,
+        refresh,
+    })
 }
 
 // ---------------------------------------------------------------- gateway
@@ -452,7 +504,10 @@ struct Forward {
     body: Bytes,
 }
 
-type Upstream = BoxCloneSyncService<Forward, http::Response<Bytes>, trellis_resilience::Error>;
+/// The response body streams: the policy's timeout bounds the wait for the
+/// response head only, so event streams pass through for as long as they
+/// last.
+type Upstream = BoxCloneSyncService<Forward, http::Response<Body>, trellis_resilience::Error>;
 
 #[derive(Debug)]
 struct Gateway {
@@ -484,7 +539,10 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-fn gateway_router(settings: &Settings) -> Result<Router, Error> {
+/// The gateway's `/api/v1` proxy, and its routes of the storefront and
+/// console pages, which orders renders (it holds the catalog client and
+/// the console's state).
+fn gateway_router(settings: &Settings) -> Result<(Router, Router), Error> {
     let mut upstreams = HashMap::new();
     for service in [
         ServiceName::Identity,
@@ -512,7 +570,7 @@ fn gateway_router(settings: &Settings) -> Result<Router, Error> {
             breaker.max_wait_in_open = Duration::from_secs(3);
         }
         let policy = ResiliencePolicy::from_config(config)?;
-        let transport = remote::transport_to(settings.tls.as_ref(), service)?;
+        let transport = remote::streaming_transport_to(settings.tls.as_ref(), service)?;
         let send = tower::service_fn(move |forward: Forward| {
             let transport = transport.clone();
             async move {
@@ -530,9 +588,20 @@ fn gateway_router(settings: &Settings) -> Result<Router, Error> {
         let upstream: Upstream = BoxCloneSyncService::new(policy.layer(send));
         upstreams.insert(service, (settings.peers.url(service), upstream));
     }
-    Ok(Router::new()
-        .fallback(proxy)
-        .with_state(Arc::new(Gateway { upstreams })))
+    let gateway = Arc::new(Gateway { upstreams });
+    let pages = page_proxy(gateway.clone());
+    Ok((Router::new().fallback(proxy).with_state(gateway), pages))
+}
+
+/// The site-root paths of [`crate::web::pages`], forwarded to orders.
+fn page_proxy(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/", axum::routing::get(proxy))
+        .route("/orders", axum::routing::get(proxy))
+        .route("/orders/{id}", axum::routing::get(proxy))
+        .route("/ops", axum::routing::get(proxy))
+        .route("/assets/{*file}", axum::routing::get(proxy))
+        .with_state(gateway)
 }
 
 async fn proxy(
@@ -541,8 +610,12 @@ async fn proxy(
     request: Request,
 ) -> Result<Response, ApiError> {
     let path = original.path();
-    let rest = path.strip_prefix("/api/v1").unwrap_or(path);
-    let Some((base, upstream)) = owner(rest).and_then(|s| gateway.upstreams.get(&s)) else {
+    // Outside `/api/v1` only the page routes reach here: orders renders them.
+    let service = match path.strip_prefix("/api/v1") {
+        Some(rest) => owner(rest),
+        None => Some(ServiceName::Orders),
+    };
+    let Some((base, upstream)) = service.and_then(|s| gateway.upstreams.get(&s)) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -577,7 +650,7 @@ async fn proxy(
             for name in HOP_BY_HOP {
                 parts.headers.remove(name);
             }
-            Ok(Response::from_parts(parts, Body::from(body)))
+            Ok(Response::from_parts(parts, body))
         }
         Err(error) => {
             tracing::warn!(%error, "upstream call failed");
@@ -607,7 +680,7 @@ mod tests {
     async fn the_gateway_answers_unknown_routes_with_a_json_404() {
         let health = Health::builder().build().unwrap();
         let app = wrap(
-            not_found(gateway_router(&Settings::default()).unwrap()),
+            not_found(gateway_router(&Settings::default()).unwrap().0),
             &health,
         );
         let response = app

@@ -33,9 +33,20 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// One HTTP exchange with the body buffered (bodies here are small JSON).
 pub(crate) type Transport = BoxCloneSyncService<Request<Full<Bytes>>, Response<Bytes>, BoxError>;
 
+/// One HTTP exchange with the response body streamed: the future resolves
+/// with the response head, so a timeout around it bounds the wait for the
+/// head, never a long-lived body such as a server-sent event stream.
+pub(crate) type StreamingTransport =
+    BoxCloneSyncService<Request<Full<Bytes>>, Response<axum::body::Body>, BoxError>;
+
 /// The plain-HTTP transport: hyper's pooled client under the client trace
 /// layer and the request-id propagation.
 pub(crate) fn transport() -> Transport {
+    buffered(streaming_transport())
+}
+
+/// [`transport`] with the response body streamed.
+pub(crate) fn streaming_transport() -> StreamingTransport {
     with_layers(
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -50,8 +61,16 @@ pub(crate) fn transport_to(
     tls: Option<&TlsSettings>,
     peer: ServiceName,
 ) -> Result<Transport, crate::error::Error> {
+    Ok(buffered(streaming_transport_to(tls, peer)?))
+}
+
+/// [`transport_to`] with the response body streamed (the gateway's proxy).
+pub(crate) fn streaming_transport_to(
+    tls: Option<&TlsSettings>,
+    peer: ServiceName,
+) -> Result<StreamingTransport, crate::error::Error> {
     let Some(tls) = tls else {
-        return Ok(transport());
+        return Ok(streaming_transport());
     };
     let connector = crate::tls::MtlsConnector::new(tls, peer)?;
     Ok(with_layers(
@@ -61,7 +80,19 @@ pub(crate) fn transport_to(
     ))
 }
 
-fn with_layers<C>(client: Client<C, Full<Bytes>>) -> Transport
+/// `streaming` with the response body collected (bodies between services
+/// are small JSON).
+fn buffered(streaming: StreamingTransport) -> Transport {
+    BoxCloneSyncService::new(streaming.and_then(
+        |response: Response<axum::body::Body>| async move {
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            Ok::<_, BoxError>(Response::from_parts(parts, bytes))
+        },
+    ))
+}
+
+fn with_layers<C>(client: Client<C, Full<Bytes>>) -> StreamingTransport
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -69,9 +100,7 @@ where
         let client = client.clone();
         async move {
             let response = client.request(request).await?;
-            let (parts, body) = response.into_parts();
-            let bytes = body.collect().await?.to_bytes();
-            Ok::<_, BoxError>(Response::from_parts(parts, bytes))
+            Ok::<_, BoxError>(response.map(axum::body::Body::new))
         }
     });
     BoxCloneSyncService::new(
@@ -471,6 +500,25 @@ impl CatalogClient {
             base,
             token,
             cache: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Every product, ordered by SKU (the storefront page in distributed
+    /// mode; not cached: the page shows what the catalog holds now).
+    pub(crate) async fn list(&self) -> Result<Vec<Product>, BoxError> {
+        let bearer = self.token.get().await?;
+        let response = send(
+            &self.transport,
+            Method::GET,
+            format!("{}/api/v1/products", self.base),
+            Some(&bearer),
+            None,
+            None,
+        )
+        .await?;
+        match response.status() {
+            StatusCode::OK => Ok(serde_json::from_slice(response.body())?),
+            _ => Err(unexpected("catalog", &response)),
         }
     }
 

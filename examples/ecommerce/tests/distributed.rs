@@ -10,6 +10,11 @@
 //! - `the_scenario_runs_through_the_gateway`: the narrated scenario,
 //!   unchanged, against the gateway; then the events reach shipping and
 //!   analytics over NATS.
+//! - `the_pages_and_their_live_streams_work_through_the_gateway`: the
+//!   storefront (with the catalog from the catalog service), `/ops` and
+//!   the assets through the gateway; the console's status with the ops
+//!   token; a customer's event stream, opened through the gateway before
+//!   the order is placed, delivers that order's saga steps as they happen.
 //! - `mtls_between_services_admits_only_allowed_callers`: the same system
 //!   with `ECOMMERCE_TLS_*` set (a CA and one certificate per service made
 //!   here with rcgen): the scenario passes through the gateway, while plain
@@ -507,6 +512,188 @@ async fn the_scenario_runs_through_the_gateway() {
     }
 
     println!("scenario through the gateway in {:?}", started.elapsed());
+    system.cleanup().await;
+}
+
+/// Reads a server-sent event stream at `url` until `until(event, data)`
+/// holds (or 15 s pass); returns the events read, in order.
+async fn read_events(
+    url: &str,
+    token: &str,
+    until: impl Fn(&str, &serde_json::Value) -> bool,
+) -> Vec<(String, serde_json::Value)> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.expect("stream opens");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "{url}"
+    );
+    let mut body = response.into_body();
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.expect("frame").into_data() else {
+                continue;
+            };
+            buffer.push_str(std::str::from_utf8(&data).expect("utf-8"));
+            while let Some(end) = buffer.find("\n\n") {
+                let chunk: String = buffer.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::new(), String::new());
+                for line in chunk.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value = serde_json::from_str(&data).expect("json data");
+                let stop = until(&name, &value);
+                events.push((name, value));
+                if stop {
+                    return;
+                }
+            }
+        }
+        panic!("the stream ended early");
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("the expected event arrives within 15 s");
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_and_their_live_streams_work_through_the_gateway() {
+    let Some((pg, nats)) = servers() else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL or TRELLIS_TEST_NATS_URL not set");
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut system = System::new(&pg, &nats);
+    system.start_all().await;
+    let gateway = system.url(ServiceName::Gateway);
+
+    // The pages and assets, through the gateway; the storefront lists the
+    // catalog service's products (server-rendered), search included.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let get = |path: &str| {
+        let client = client.clone();
+        let url = format!("{gateway}{path}");
+        async move {
+            use http_body_util::BodyExt;
+            let response = client.get(url.parse().unwrap()).await.unwrap();
+            let status = response.status();
+            let kind = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, kind, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let (status, kind, shop) = get("/").await;
+    assert_eq!(status, StatusCode::OK, "{shop}");
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(shop.contains("Sencha green tea") && shop.contains("Gooseneck kettle"));
+    let (status, _, found) = get("/?q=kettle").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(found.contains("Gooseneck kettle") && !found.contains("Sencha green tea"));
+    let (status, kind, ops_page) = get("/ops").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(ops_page.contains("Operations console"));
+    let (status, kind, _) = get("/assets/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/javascript"), "{kind}");
+
+    // The console's status, from orders through the gateway: only with
+    // the ops scope.
+    let api = ApiClient::new(&gateway);
+    let token = customer(&api).await;
+    let r = api
+        .json(Method::GET, "/api/v1/admin/status", Some(&token), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let ops = system.service_token("ops:admin").await;
+    let r = api
+        .json(Method::GET, "/api/v1/admin/status", Some(&ops), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let breakers: Vec<&str> = r.body["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(breakers.contains(&"inventory"), "{}", r.body);
+    assert!(r.body["health"].is_object(), "{}", r.body);
+
+    // A customer's stream opened through the gateway before the order
+    // exists delivers its saga's steps as they happen.
+    let url = format!("{gateway}/api/v1/orders/events");
+    let watcher = tokio::spawn({
+        let token = token.clone();
+        async move {
+            read_events(&url, &token, |name, data| {
+                name == "step" && data["step"] == "confirm-order" && data["event"] == "succeeded"
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body =
+        json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": "4242424242424242" });
+    let r = api
+        .json(Method::POST, "/api/v1/orders", Some(&token), Some(body))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["order_id"].as_str().unwrap().to_owned();
+    let events = watcher.await.unwrap();
+    assert_eq!(events[0].0, "ready", "{events:?}");
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|(name, data)| name == "step" && data["event"] == "succeeded")
+        .inspect(|(_, data)| assert_eq!(data["saga"], id.as_str()))
+        .map(|(_, data)| data["step"].as_str().unwrap())
+        .collect();
+    assert!(steps.len() >= 3, "{events:?}");
+    assert_eq!(steps.last(), Some(&"confirm-order"));
+
+    // One order's stream, through the gateway: its history, then status.
+    let events = read_events(
+        &format!("{gateway}/api/v1/orders/{id}/events"),
+        &token,
+        |name, _| name == "order",
+    )
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|(name, data)| name == "step" && data["step"] == "confirm-order"),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last().unwrap().1["status"],
+        "CONFIRMED",
+        "{events:?}"
+    );
     system.cleanup().await;
 }
 

@@ -267,7 +267,11 @@ async fn every_documented_operation_is_served_with_exactly_its_methods() {
 /// function that builds them: the web pages, served at the site root as
 /// HTML. Only the routes inside that function are skipped, so an API route
 /// added anywhere else, that file included, is still checked.
-const SITE_ROOT_ROUTERS: [(&str, &str); 1] = [("web/mod.rs", "pages")];
+const SITE_ROOT_ROUTERS: [(&str, &str); 2] = [
+    ("web/mod.rs", "pages"),
+    // The gateway's forwarding of those pages to orders (distributed mode).
+    ("distributed.rs", "page_proxy"),
+];
 
 /// The byte range of the body of `fn {name}` in `text` (string literals
 /// such as `"/orders/{id}"` do not count as braces).
@@ -396,6 +400,7 @@ async fn every_route_in_the_source_is_documented() {
             "/",
             "/assets/app.css",
             "/assets/app.js",
+            "/assets/{*file}",
             "/ops",
             "/orders",
             "/orders/{id}"

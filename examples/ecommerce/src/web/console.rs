@@ -29,7 +29,7 @@ use utoipa::ToSchema;
 
 use super::WebState;
 use super::traffic::{Point, Traffic};
-use crate::catalog::Catalog;
+use crate::catalog::Prices;
 use crate::error::{ApiError, ApiJson};
 use crate::orders::{Orders, OrdersState};
 
@@ -112,7 +112,9 @@ impl ClientHandles {
 /// traffic window and the breakers with their recent transitions.
 pub(crate) struct Console {
     pub(crate) orders: OrdersState,
-    pub(crate) catalog: Catalog,
+    /// The storefront's products: the catalog in this process, or the
+    /// catalog service through orders' client (distributed mode).
+    pub(crate) catalog: Prices,
     pub(crate) traffic: Traffic,
     health: Health,
     breakers: Vec<Breaker>,
@@ -129,7 +131,7 @@ impl std::fmt::Debug for Console {
 impl Console {
     /// Watches the orders service's clients (a listener records each
     /// breaker transition), its sagas and read model, and `health`.
-    pub(crate) fn new(health: Health, orders: OrdersState, catalog: Catalog) -> WebState {
+    pub(crate) fn new(health: Health, orders: OrdersState, catalog: Prices) -> WebState {
         let (transitions, _) = broadcast::channel(256);
         let breakers = orders
             .clients

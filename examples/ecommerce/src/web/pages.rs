@@ -8,7 +8,7 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use super::WebState;
-use crate::catalog::Product;
+use crate::catalog::{Prices, Product};
 use crate::error::ApiError;
 
 /// `$12.50` from 1250.
@@ -55,6 +55,21 @@ pub(crate) struct Search {
 
 async fn search(app: &WebState, q: &str) -> Result<Vec<Product>, ApiError> {
     // The same public catalog `GET /api/v1/products` lists; read-only.
+    let catalog = match &app.catalog {
+        Prices::Local(catalog) => catalog,
+        Prices::Remote(client) => {
+            // Distributed mode: the catalog service's list, filtered here
+            // like the query below (a few dozen products).
+            let q = q.trim().to_lowercase();
+            let mut products = client.list().await.map_err(ApiError::internal)?;
+            products.retain(|p| {
+                p.name.to_lowercase().contains(&q) || p.sku.to_lowercase().contains(&q)
+            });
+            products.sort_by(|a, b| a.sku.cmp(&b.sku));
+            products.truncate(200);
+            return Ok(products);
+        }
+    };
     let pattern = format!(
         "%{}%",
         q.trim()
@@ -69,7 +84,7 @@ async fn search(app: &WebState, q: &str) -> Result<Vec<Product>, ApiError> {
          ORDER BY sku LIMIT 200",
     )
     .bind(pattern)
-    .fetch_all(app.catalog.pool())
+    .fetch_all(catalog.pool())
     .await?;
     Ok(rows.into_iter().map(Product::from).collect())
 }
