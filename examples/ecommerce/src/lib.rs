@@ -46,6 +46,8 @@ mod backend;
 mod bus;
 mod catalog;
 mod client;
+#[doc(hidden)]
+pub mod cluster;
 pub mod config;
 mod db;
 pub mod distributed;
