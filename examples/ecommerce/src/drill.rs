@@ -624,6 +624,11 @@ async fn distributed(
         current = statuses(&api, &load.accepted).await;
         schemas = crate::cluster::audit(system).await?;
     }
+    let mut what = what;
+    if drill == Drill::NatsRestart {
+        let (relayed, events) = relay_caught_up(system, deadline).await?;
+        what.push_str(&format!("; {relayed} of {events} events in the stream"));
+    }
     let count_of = |status: &str| {
         current
             .iter()
@@ -671,4 +676,32 @@ async fn distributed(
         load,
         fault: Some((seen, what)),
     })
+}
+
+/// Waits (until `deadline`) for orders' outbox relay to have published
+/// every stored event once; returns (messages in the stream, events).
+async fn relay_caught_up(
+    system: &crate::cluster::System,
+    deadline: Instant,
+) -> Result<(u64, u64), Error> {
+    let orders_db = system.schema(crate::config::ServiceName::Orders).await?;
+    let nats = async_nats::connect(&system.nats_url)
+        .await
+        .map_err(|e| Error::Scenario(format!("NATS: {e}")))?;
+    let js = async_nats::jetstream::new(nats);
+    let counts = loop {
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM es_events")
+            .fetch_one(&orders_db)
+            .await?;
+        let messages = match js.get_stream(system.stream_name()).await {
+            Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        };
+        if messages == events as u64 || Instant::now() >= deadline {
+            break (messages, events as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    orders_db.close().await;
+    Ok(counts)
 }
