@@ -410,6 +410,8 @@ impl Drop for OwnNats {
 pub struct SchemaAudit {
     /// Orders in orders' read model, by status.
     pub orders: BTreeMap<String, u64>,
+    /// Sagas started.
+    pub sagas: i64,
     /// Sagas not `completed` or `compensated`.
     pub sagas_open: i64,
     /// Orders with more than one standing charge.
@@ -434,6 +436,9 @@ pub async fn audit(system: &System) -> Result<SchemaAudit, Error> {
     )
     .fetch_one(&orders_db)
     .await?;
+    let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trellis_sagas")
+        .fetch_one(&orders_db)
+        .await?;
     let statuses: Vec<(String, String)> =
         sqlx::query_as("SELECT order_id, status FROM order_summaries")
             .fetch_all(&orders_db)
@@ -473,6 +478,7 @@ pub async fn audit(system: &System) -> Result<SchemaAudit, Error> {
     }
     Ok(SchemaAudit {
         orders: checked.orders,
+        sagas,
         sagas_open,
         charged_twice: checked.charged_twice.count,
         charge_mismatch: checked.charged_not_confirmed.count + checked.confirmed_not_charged.count,

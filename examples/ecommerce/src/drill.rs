@@ -624,7 +624,16 @@ async fn distributed(
         current = statuses(&api, &load.accepted).await;
         schemas = crate::cluster::audit(system).await?;
     }
-    let mut what = what;
+    let (mut seen, mut what) = (seen, what);
+    if drill == Drill::KillOrders {
+        // Sagas whose request the kill cut off (no 201), recovered at restart.
+        let interrupted = (schemas.sagas - load.accepted.len() as i64).max(0);
+        seen = interrupted > 0 || load.error_count() > 0;
+        what.push_str(&format!(
+            "; {interrupted} sagas cut off before their 201, {} requests failed",
+            load.error_count()
+        ));
+    }
     if drill == Drill::NatsRestart {
         let (relayed, events) = relay_caught_up(system, deadline).await?;
         what.push_str(&format!("; {relayed} of {events} events in the stream"));
@@ -637,6 +646,7 @@ async fn distributed(
     };
     let audit = json!({
         "orders": schemas.orders,
+        "sagas": schemas.sagas,
         "sagas_open": schemas.sagas_open,
         "reservations_open": schemas.reservations_open,
         "reservations_confirmed": schemas.reservations_confirmed,
