@@ -106,7 +106,7 @@ pub(crate) struct StockAudit {
 
 #[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub(crate) struct Violations {
-    count: u64,
+    pub(crate) count: u64,
     order_ids: Vec<String>,
 }
 
@@ -135,6 +135,60 @@ pub(crate) struct Audit {
     stock_leaked: i64,
 }
 
+/// Standing charges (charged, not refunded) per order, from payments'
+/// `charges` and `refunds` tables (SQLite and PostgreSQL alike).
+///
+/// NOTE: reads payments' tables directly; keep in step with payments.rs.
+pub(crate) const STANDING_CHARGES: &str = "SELECT c.order_id, COUNT(*) FROM charges c WHERE c.status = 'CHARGED' \
+     AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id) GROUP BY c.order_id";
+
+/// Orders by status and the charge violations among them.
+pub(crate) struct ChargeCheck {
+    pub(crate) orders: BTreeMap<String, u64>,
+    pub(crate) charged_twice: Violations,
+    pub(crate) charged_not_confirmed: Violations,
+    pub(crate) confirmed_not_charged: Violations,
+}
+
+/// Checks every order's `(order_id, status)` (from orders' read model)
+/// against `standing` charges per order: shared by this endpoint and the
+/// distributed drills' audit ([`crate::cluster::audit`]).
+pub(crate) fn check_charges(
+    statuses: &[(String, String)],
+    standing: &BTreeMap<String, i64>,
+) -> ChargeCheck {
+    let mut orders: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut charged_twice, mut charged_not_confirmed, mut confirmed_not_charged) = (
+        Violations::default(),
+        Violations::default(),
+        Violations::default(),
+    );
+    for (order_id, status) in statuses {
+        *orders.entry(status.clone()).or_default() += 1;
+        let charges = standing.get(order_id).copied().unwrap_or(0);
+        if charges > 1 {
+            charged_twice.add(order_id);
+        }
+        match status.as_str() {
+            "REJECTED" if charges > 0 => charged_not_confirmed.add(order_id),
+            "CONFIRMED" if charges == 0 => confirmed_not_charged.add(order_id),
+            _ => {}
+        }
+    }
+    // A charge for an order the read model does not know is counted too.
+    for (order_id, charges) in standing {
+        if *charges > 1 && !statuses.iter().any(|(id, _)| id == order_id) {
+            charged_twice.add(order_id);
+        }
+    }
+    ChargeCheck {
+        orders,
+        charged_twice,
+        charged_not_confirmed,
+        confirmed_not_charged,
+    }
+}
+
 /// The drills' audit: orders by status, charge violations and stock leaked
 /// since the process started.
 #[utoipa::path(
@@ -150,43 +204,19 @@ pub(crate) struct Audit {
 pub(crate) async fn audit(
     State(app): State<Arc<AuditState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    // NOTE: reads the payments `charges`/`refunds` tables and the orders
-    // read model directly; keep in step with payments.rs and orders.rs.
-    let standing: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT c.order_id, COUNT(*) FROM charges c WHERE c.status = 'CHARGED' \
-         AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id) GROUP BY c.order_id",
-    )
-    .fetch_all(&app.payments)
-    .await?;
-    let standing: BTreeMap<String, i64> = standing.into_iter().collect();
+    let standing: Vec<(String, i64)> = sqlx::query_as(STANDING_CHARGES)
+        .fetch_all(&app.payments)
+        .await?;
     let statuses: Vec<(String, String)> =
         sqlx::query_as("SELECT order_id, status FROM order_summaries")
             .fetch_all(&app.read_db)
             .await?;
-    let mut orders: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut charged_twice, mut charged_not_confirmed, mut confirmed_not_charged) = (
-        Violations::default(),
-        Violations::default(),
-        Violations::default(),
-    );
-    for (order_id, status) in &statuses {
-        *orders.entry(status.clone()).or_default() += 1;
-        let charges = standing.get(order_id).copied().unwrap_or(0);
-        if charges > 1 {
-            charged_twice.add(order_id);
-        }
-        match status.as_str() {
-            "REJECTED" if charges > 0 => charged_not_confirmed.add(order_id),
-            "CONFIRMED" if charges == 0 => confirmed_not_charged.add(order_id),
-            _ => {}
-        }
-    }
-    // A charge for an order the read model does not know is counted too.
-    for (order_id, charges) in &standing {
-        if *charges > 1 && !statuses.iter().any(|(id, _)| id == order_id) {
-            charged_twice.add(order_id);
-        }
-    }
+    let ChargeCheck {
+        orders,
+        charged_twice,
+        charged_not_confirmed,
+        confirmed_not_charged,
+    } = check_charges(&statuses, &standing.into_iter().collect());
     let now = stock_totals(&app.inventory).await?;
     let mut stock = Vec::new();
     let mut stock_leaked = 0;

@@ -11,6 +11,15 @@
 //! | `payment-outage` | every payment call fails (payments `FaultHandle`) | faults off |
 //! | `inventory-latency` | every inventory call is delayed (inventory `FaultHandle`) | faults off, breaker closed |
 //! | `inventory-down` | inventory's breaker forced open: orders accepted as PENDING_VALIDATION | breaker closed, which validates them |
+//!
+//! The distributed drills ([`run_distributed`]) start the distributed
+//! system themselves, as child processes (see [`crate::cluster`]), and
+//! audit it from the services' schemas:
+//!
+//! | drill | fault | heal |
+//! |---|---|---|
+//! | `kill-orders` | the orders process SIGKILLed mid-saga (each charge slowed to 300 ms) | orders restarted: it recovers the interrupted sagas |
+//! | `nats-restart` | its own nats-server SIGKILLed | restarted on the same port and store: the outbox relay catches up |
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,6 +46,10 @@ pub enum Drill {
     InventoryLatency,
     /// Inventory's circuit breaker is held open, then closed.
     InventoryDown,
+    /// Distributed: the orders process is SIGKILLed mid-saga, then restarted.
+    KillOrders,
+    /// Distributed: NATS is SIGKILLed for a while, then restarted.
+    NatsRestart,
 }
 
 impl Drill {
@@ -47,12 +60,22 @@ impl Drill {
         Drill::InventoryDown,
     ];
 
+    /// The drills of the distributed mode ([`run_distributed`]).
+    pub const DISTRIBUTED: [Drill; 2] = [Drill::KillOrders, Drill::NatsRestart];
+
+    /// Whether it needs the distributed system ([`run_distributed`]).
+    pub fn is_distributed(self) -> bool {
+        Drill::DISTRIBUTED.contains(&self)
+    }
+
     /// The command-line name.
     pub fn name(self) -> &'static str {
         match self {
             Drill::PaymentOutage => "payment-outage",
             Drill::InventoryLatency => "inventory-latency",
             Drill::InventoryDown => "inventory-down",
+            Drill::KillOrders => "kill-orders",
+            Drill::NatsRestart => "nats-restart",
         }
     }
 }
@@ -61,16 +84,14 @@ impl FromStr for Drill {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self, Error> {
-        Drill::ALL
-            .into_iter()
-            .find(|d| d.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = Drill::ALL.iter().map(|d| d.name()).collect();
-                Error::Scenario(format!(
-                    "unknown drill {name:?}; one of {}",
-                    names.join(", ")
-                ))
-            })
+        let all = || Drill::ALL.into_iter().chain(Drill::DISTRIBUTED);
+        all().find(|d| d.name() == name).ok_or_else(|| {
+            let names: Vec<_> = all().map(|d| d.name()).collect();
+            Error::Scenario(format!(
+                "unknown drill {name:?}; one of {}",
+                names.join(", ")
+            ))
+        })
     }
 }
 
@@ -129,6 +150,8 @@ pub struct DrillReport {
     pub stock_leaked: i64,
     /// The audit as the system returned it.
     pub audit: serde_json::Value,
+    /// Distributed drills: whether the fault was seen, and what happened.
+    pub fault: Option<(bool, String)>,
 }
 
 impl DrillReport {
@@ -153,6 +176,9 @@ impl DrillReport {
                 self.load.latency_us.max() >= INJECTED_LATENCY.as_micros() as u64
             }
             Drill::InventoryDown => self.accepted_pending > 0,
+            Drill::KillOrders | Drill::NatsRestart => {
+                self.fault.as_ref().is_some_and(|(seen, _)| *seen)
+            }
         }
     }
 
@@ -172,6 +198,10 @@ impl DrillReport {
             Drill::InventoryDown => format!(
                 "{seen}: {} orders accepted as PENDING_VALIDATION, {} of them CONFIRMED once validated",
                 self.accepted_pending, self.pending_confirmed
+            ),
+            Drill::KillOrders | Drill::NatsRestart => format!(
+                "{seen}: {}",
+                self.fault.as_ref().map_or("", |(_, what)| what.as_str())
             ),
         }
     }
@@ -238,6 +268,12 @@ async fn set_fault(api: &ApiClient, ops: &str, drill: Drill, on: bool) -> Result
         ),
         (Drill::InventoryLatency, false) => ("/api/v1/admin/inventory/faults", json!({})),
         (Drill::InventoryDown, on) => ("/api/v1/admin/inventory/breaker", json!({ "open": on })),
+        (Drill::KillOrders | Drill::NatsRestart, _) => {
+            return Err(Error::Scenario(format!(
+                "drill {} runs the distributed system: use --database-url",
+                drill.name()
+            )));
+        }
     };
     let r = api.json(Method::POST, path, Some(ops), Some(body)).await?;
     if r.status != StatusCode::OK {
@@ -408,5 +444,274 @@ pub async fn run(
         stock_leaked: audit["stock_leaked"].as_i64().unwrap_or(i64::MAX),
         audit,
         load,
+        fault: None,
     })
+}
+
+/// Where a distributed drill runs.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The `ecommerce` executable the services run as
+    /// (`std::env::current_exe()` for the command).
+    pub binary: std::path::PathBuf,
+    /// PostgreSQL: the run's schemas are created here and dropped after.
+    pub database_url: String,
+    /// NATS JetStream (`kill-orders`; `nats-restart` runs its own server).
+    pub nats_url: String,
+}
+
+/// How long `nats-restart` keeps NATS down at least.
+pub const NATS_OUTAGE: Duration = Duration::from_secs(3);
+
+/// Runs a distributed drill (`kill-orders`, `nats-restart`): starts the
+/// services as child processes of `cluster.binary` on a fresh schema prefix
+/// and free ports, runs the load through the gateway, injects the fault
+/// from `fault_from` to `fault_until` of the run, waits until every order
+/// is final and audits the services' schemas. Every process is killed and
+/// the schemas and stream dropped at the end, also on error.
+///
+/// # Errors
+///
+/// The system did not start, the fault could not be injected or healed,
+/// or the audit could not read the schemas.
+pub async fn run_distributed(
+    cluster: &Cluster,
+    drill: Drill,
+    options: &DrillOptions,
+) -> Result<DrillReport, Error> {
+    use crate::cluster::{OwnNats, System};
+    let mut nats = match drill {
+        Drill::NatsRestart => {
+            let binary = OwnNats::binary().ok_or_else(|| {
+                Error::Scenario("no nats-server (/usr/sbin/nats-server or on PATH)".into())
+            })?;
+            let mut nats = OwnNats::new(binary)?;
+            nats.start().await?;
+            Some(nats)
+        }
+        Drill::KillOrders => None,
+        other => {
+            return Err(Error::Scenario(format!(
+                "drill {} is not a distributed drill",
+                other.name()
+            )));
+        }
+    };
+    let nats_url = nats
+        .as_ref()
+        .map_or_else(|| cluster.nats_url.clone(), OwnNats::url);
+    let mut system = System::new(&cluster.binary, &cluster.database_url, &nats_url)?;
+    let report = distributed(&mut system, nats.as_mut(), drill, options).await;
+    system.cleanup().await;
+    drop(nats);
+    report
+}
+
+async fn distributed(
+    system: &mut crate::cluster::System,
+    nats: Option<&mut crate::cluster::OwnNats>,
+    drill: Drill,
+    options: &DrillOptions,
+) -> Result<DrillReport, Error> {
+    use crate::config::ServiceName;
+    system.start_all().await?;
+    let gateway = system.url(ServiceName::Gateway);
+    let api = Arc::new(ApiClient::new(&gateway));
+    let ops = system.service_token("ops:admin").await?;
+    let payment_latency = |latency: Option<&str>| {
+        let body = match latency {
+            Some(latency) => {
+                json!({ "enabled": true, "latency_probability": 1.0, "latency": latency })
+            }
+            None => json!({}),
+        };
+        let (api, ops) = (api.clone(), ops.clone());
+        async move {
+            let r = api
+                .json(
+                    Method::POST,
+                    "/api/v1/admin/payments/faults",
+                    Some(&ops),
+                    Some(body),
+                )
+                .await?;
+            if r.status != StatusCode::OK {
+                return Err(Error::Scenario(format!(
+                    "payment faults: {} {}",
+                    r.status, r.body
+                )));
+            }
+            Ok::<_, Error>(())
+        }
+    };
+    if drill == Drill::KillOrders {
+        // Each charge waits 300 ms, so the kill finds sagas mid-flight with
+        // stock reserved.
+        payment_latency(Some("300ms")).await?;
+    }
+
+    let duration = options.load.duration;
+    let start = Instant::now();
+    let load = {
+        let (base, load) = (gateway.clone(), options.load.clone());
+        tokio::spawn(async move { crate::load::run(&base, &load).await })
+    };
+    tokio::time::sleep_until(start + duration.mul_f64(options.fault_from.clamp(0.0, 1.0))).await;
+    let fault_at = Instant::now();
+    let (seen, what) = match (drill, nats) {
+        (Drill::KillOrders, _) => {
+            system.kill(ServiceName::Orders);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Recovers the interrupted sagas at start.
+            system.spawn(ServiceName::Orders)?;
+            system.wait_ready(ServiceName::Orders).await?;
+            (
+                true,
+                format!(
+                    "orders SIGKILLed at {:.1} s, ready again {:.1} s later",
+                    (fault_at - start).as_secs_f64(),
+                    fault_at.elapsed().as_secs_f64()
+                ),
+            )
+        }
+        (_, Some(nats)) => {
+            nats.kill();
+            // Orders' readiness reports NATS down: the outage is seen.
+            let orders = ApiClient::new(system.url(ServiceName::Orders));
+            let mut down = false;
+            let until = start
+                + duration
+                    .mul_f64(options.fault_until.clamp(0.0, 1.0))
+                    .max(fault_at - start + NATS_OUTAGE);
+            while Instant::now() < until {
+                if !down && let Ok(r) = orders.json(Method::GET, "/ready", None, None).await {
+                    down = r.status == StatusCode::SERVICE_UNAVAILABLE;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let outage = fault_at.elapsed();
+            nats.start().await?;
+            (
+                down,
+                format!(
+                    "NATS SIGKILLed at {:.1} s for {:.1} s, orders' readiness {}",
+                    (fault_at - start).as_secs_f64(),
+                    outage.as_secs_f64(),
+                    if down { "went down" } else { "never went down" }
+                ),
+            )
+        }
+        _ => unreachable!("run_distributed starts a nats-server for nats-restart"),
+    };
+    let load = load
+        .await
+        .map_err(|e| Error::Scenario(format!("load task: {e}")))??;
+    if drill == Drill::KillOrders {
+        payment_latency(None).await?;
+    }
+
+    // Settle: every accepted order readable and final, every saga (also
+    // those whose request the kill cut off) completed or compensated. The
+    // gateway's breaker for orders may answer 503 for a while after the
+    // restart: those reads are retried until the deadline.
+    let deadline = Instant::now() + options.settle;
+    let (mut current, mut schemas) = (
+        statuses(&api, &load.accepted).await,
+        crate::cluster::audit(system).await?,
+    );
+    while !(current.iter().all(is_final) && schemas.sagas_open == 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        current = statuses(&api, &load.accepted).await;
+        schemas = crate::cluster::audit(system).await?;
+    }
+    let (mut seen, mut what) = (seen, what);
+    if drill == Drill::KillOrders {
+        // Sagas whose request the kill cut off (no 201), recovered at restart.
+        let interrupted = (schemas.sagas - load.accepted.len() as i64).max(0);
+        seen = interrupted > 0 || load.error_count() > 0;
+        what.push_str(&format!(
+            "; {interrupted} sagas cut off before their 201, {} requests failed",
+            load.error_count()
+        ));
+    }
+    if drill == Drill::NatsRestart {
+        let (relayed, events) = relay_caught_up(system, deadline).await?;
+        what.push_str(&format!("; {relayed} of {events} events in the stream"));
+    }
+    let count_of = |status: &str| {
+        current
+            .iter()
+            .filter(|s| s.as_deref() == Some(status))
+            .count() as u64
+    };
+    let audit = json!({
+        "orders": schemas.orders,
+        "sagas": schemas.sagas,
+        "sagas_open": schemas.sagas_open,
+        "reservations_open": schemas.reservations_open,
+        "reservations_confirmed": schemas.reservations_confirmed,
+        "charged_twice": schemas.charged_twice,
+        "charge_mismatch": schemas.charge_mismatch,
+        "stock_leaked": schemas.stock_leaked,
+    });
+    Ok(DrillReport {
+        drill,
+        accepted: load.accepted.len() as u64,
+        completed: count_of("CONFIRMED"),
+        compensated: count_of("REJECTED"),
+        accepted_pending: load
+            .accepted
+            .iter()
+            .filter(|o| o.status == "PENDING_VALIDATION")
+            .count() as u64,
+        pending_confirmed: load
+            .accepted
+            .iter()
+            .zip(&current)
+            .filter(|(o, now)| {
+                o.status == "PENDING_VALIDATION" && now.as_deref() == Some("CONFIRMED")
+            })
+            .count() as u64,
+        // A saga left open is an order not final, answered 201 or not.
+        not_final: current
+            .iter()
+            .filter(|s| s.is_some() && !is_final(s))
+            .count() as u64
+            + schemas.sagas_open.max(0) as u64,
+        lost: current.iter().filter(|s| s.is_none()).count() as u64,
+        charged_twice: schemas.charged_twice,
+        charge_mismatch: schemas.charge_mismatch,
+        stock_leaked: schemas.stock_leaked,
+        audit,
+        load,
+        fault: Some((seen, what)),
+    })
+}
+
+/// Waits (until `deadline`) for orders' outbox relay to have published
+/// every stored event once; returns (messages in the stream, events).
+async fn relay_caught_up(
+    system: &crate::cluster::System,
+    deadline: Instant,
+) -> Result<(u64, u64), Error> {
+    let orders_db = system.schema(crate::config::ServiceName::Orders).await?;
+    let nats = async_nats::connect(&system.nats_url)
+        .await
+        .map_err(|e| Error::Scenario(format!("NATS: {e}")))?;
+    let js = async_nats::jetstream::new(nats);
+    let counts = loop {
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM es_events")
+            .fetch_one(&orders_db)
+            .await?;
+        let messages = match js.get_stream(system.stream_name()).await {
+            Ok(mut stream) => stream.info().await.map_or(0, |i| i.state.messages),
+            Err(_) => 0,
+        };
+        if messages == events as u64 || Instant::now() >= deadline {
+            break (messages, events as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    orders_db.close().await;
+    Ok(counts)
 }

@@ -24,6 +24,7 @@
 //! | [`scenario::run`] | the narrated scenario, over HTTP |
 //! | [`load::run`], [`load::start_local`] | `ecommerce load`: the load generator and its summary |
 //! | [`drill::run`] | `ecommerce drill NAME`: a fault drill under load, audited |
+//! | [`drill::run_distributed`] | `ecommerce drill kill-orders\|nats-restart`: the distributed system as child processes, a fault, its schemas audited |
 //! | [`ApiClient`] | the JSON client the scenario and the tests use |
 //! | [`Error`] | the crate's one error enum |
 //!
@@ -46,6 +47,8 @@ mod backend;
 mod bus;
 mod catalog;
 mod client;
+#[doc(hidden)]
+pub mod cluster;
 pub mod config;
 mod db;
 pub mod distributed;

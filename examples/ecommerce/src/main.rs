@@ -13,6 +13,10 @@
 //! a fault drill (`payment-outage`, `inventory-latency`, `inventory-down`)
 //! under load, ending with an audited table; exits non-zero if anything was
 //! lost, charged twice or leaked.
+//!
+//! `cargo run -p ecommerce -- drill kill-orders|nats-restart --database-url URL
+//! [--nats-url URL] [load flags]`: a distributed drill on child processes of
+//! this executable (`serve --service X`), audited from their schemas.
 
 use std::net::SocketAddr;
 
@@ -186,16 +190,63 @@ fn load_flags(
 }
 
 const DRILL_USAGE: &str = "usage: ecommerce drill payment-outage|inventory-latency|inventory-down \
-     [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]";
+     [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]\n\
+     \x20      ecommerce drill kill-orders|nats-restart --database-url URL [--nats-url URL] \
+     [--concurrency C | --rps N] [--duration D] [--users U]";
 
 async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let name = args.first().ok_or(DRILL_USAGE)?;
     let drill: ecommerce::drill::Drill = name.parse()?;
-    let (load, url, ops) = load_flags(&args[1..], DRILL_USAGE)?;
+    // The distributed drills' own flags; the rest are the load's.
+    let (mut database_url, mut nats_url, mut rest) = (None, None, Vec::new());
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--database-url" | "--nats-url" => {
+                let value = it
+                    .next()
+                    .ok_or_else(|| format!("{flag} needs a value\n{DRILL_USAGE}"))?
+                    .clone();
+                if flag == "--database-url" {
+                    database_url = Some(value);
+                } else {
+                    nats_url = Some(value);
+                }
+            }
+            _ => rest.push(flag.clone()),
+        }
+    }
+    let (load, url, ops) = load_flags(&rest, DRILL_USAGE)?;
     let options = ecommerce::drill::DrillOptions {
         load,
         ..ecommerce::drill::DrillOptions::default()
     };
+    if drill.is_distributed() {
+        if url.is_some() {
+            return Err(
+                format!("drill {name} starts its own system: no --url\n{DRILL_USAGE}").into(),
+            );
+        }
+        let cluster = ecommerce::drill::Cluster {
+            binary: std::env::current_exe()?,
+            database_url: database_url
+                .ok_or_else(|| format!("drill {name} needs --database-url\n{DRILL_USAGE}"))?,
+            nats_url: nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+        };
+        println!(
+            "Drill {}: the distributed system as child processes, fault from {:.0}% to {:.0}% of {:?} under load through the gateway",
+            drill.name(),
+            options.fault_from * 100.0,
+            options.fault_until * 100.0,
+            options.load.duration
+        );
+        return finish(ecommerce::drill::run_distributed(&cluster, drill, &options).await?);
+    }
+    if database_url.is_some() || nats_url.is_some() {
+        return Err(
+            format!("drill {name} runs in one process: no --database-url/--nats-url").into(),
+        );
+    }
     let local = match &url {
         Some(_) => None,
         None => Some(ecommerce::load::start_local().await?),
@@ -221,10 +272,14 @@ async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(local) = local {
         local.shutdown().await?;
     }
-    let report = report?;
+    finish(report?)
+}
+
+/// Prints the drill's table; an error (non-zero exit) if it failed.
+fn finish(report: ecommerce::drill::DrillReport) -> Result<(), Box<dyn std::error::Error>> {
     println!("{report}");
     if !report.passed() {
-        return Err(format!("drill {} failed its audit", drill.name()).into());
+        return Err(format!("drill {} failed its audit", report.drill.name()).into());
     }
     Ok(())
 }

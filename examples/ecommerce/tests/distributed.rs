@@ -32,23 +32,23 @@
 //!   orders go on being accepted, readiness goes down and up, the relay
 //!   catches up (every event in the stream once), shipping ends with
 //!   exactly the confirmed orders.
+//! - `kill_orders_drill_reports_zeros`, `nats_restart_drill_reports_zeros`:
+//!   the entry point of `ecommerce drill kill-orders|nats-restart`
+//!   ([`ecommerce::drill::run_distributed`]) for a few seconds of load: the
+//!   fault took effect, orders were accepted, and the table's lost, charged
+//!   twice, charge mismatch, stock leaked and not-final rows are 0.
 
-use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ecommerce::ApiClient;
+use ecommerce::cluster::{OwnNats, SEED_STOCK, System};
 use ecommerce::config::ServiceName;
 use http::{Method, StatusCode};
 use serde_json::json;
-use sqlx::PgPool;
-
-const SECRET: &str = "distributed-test-secret";
-const SEED_STOCK: i64 = 100_000;
 
 /// Tests share the machine's two cores: one system at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -63,261 +63,38 @@ fn servers() -> Option<(String, String)> {
     }
 }
 
-/// `n` distinct free ports: each listener is held until all are chosen, so
-/// the kernel cannot hand out one port twice.
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound port").port())
-        .collect()
+/// A system of this package's `ecommerce` binary.
+fn new_system(database_url: &str, nats_url: &str) -> System {
+    System::new(
+        Path::new(env!("CARGO_BIN_EXE_ecommerce")),
+        database_url,
+        nats_url,
+    )
+    .unwrap()
 }
 
-/// One service process; killed (SIGKILL) and reaped on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The whole system: ports, environment, processes, logs.
-struct System {
-    prefix: String,
-    database_url: String,
-    nats_url: String,
-    dir: PathBuf,
-    ports: HashMap<ServiceName, u16>,
-    env: Vec<(String, String)>,
-    procs: HashMap<ServiceName, Proc>,
-    /// With mTLS: each internal service's plain-HTTP health port.
-    health_ports: HashMap<ServiceName, u16>,
-    /// Free ports distinct from `ports`, for `health_ports`.
-    spare_ports: Vec<u16>,
-}
-
-impl System {
-    fn new(database_url: &str, nats_url: &str) -> System {
-        let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let dir = std::env::temp_dir().join(format!("ecommerce-distributed-{prefix}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Twice as many as services: the second half are health ports for
-        // with_mtls, distinct from the first.
-        let mut picked = free_ports(2 * ServiceName::ALL.len()).into_iter();
-        let ports: HashMap<ServiceName, u16> = ServiceName::ALL
-            .iter()
-            .map(|s| (*s, picked.next().unwrap()))
-            .collect();
-        let spare_ports = picked.collect();
-        let mut env = vec![
-            ("ECOMMERCE_DATABASE_URL".into(), database_url.to_owned()),
-            ("ECOMMERCE_NATS_URL".into(), nats_url.to_owned()),
-            ("ECOMMERCE_SCHEMA_PREFIX".into(), prefix.clone()),
-            ("ECOMMERCE_SERVICE_SECRET".into(), SECRET.into()),
-            ("ECOMMERCE_SEED_STOCK".into(), SEED_STOCK.to_string()),
-            (
-                "ECOMMERCE_SIGNING_KEY_FILE".into(),
-                dir.join("signing-key.pem").display().to_string(),
-            ),
-            ("ECOMMERCE_DRAIN".into(), "100ms".into()),
-            ("RUST_LOG".into(), "warn".into()),
-        ];
-        for (service, port) in &ports {
-            if *service != ServiceName::Gateway {
-                env.push((
-                    format!("ECOMMERCE_{}_URL", service.as_str().to_uppercase()),
-                    format!("http://127.0.0.1:{port}"),
-                ));
-            }
-        }
-        System {
-            prefix,
-            database_url: database_url.to_owned(),
-            nats_url: nats_url.to_owned(),
-            dir,
-            ports,
-            env,
-            procs: HashMap::new(),
-            health_ports: HashMap::new(),
-            spare_ports,
+/// The same system with mTLS between services: a CA and a certificate
+/// per service in `dir`, https:// peer URLs, health probes on ports of
+/// their own.
+fn with_mtls(database_url: &str, nats_url: &str) -> System {
+    let mut system = new_system(database_url, nats_url);
+    write_certs(&system.dir);
+    for (key, value) in &mut system.env {
+        if key.ends_with("_URL") && value.starts_with("http://127.0.0.1") {
+            *value = value.replacen("http://", "https://", 1);
         }
     }
-
-    /// The same system with mTLS between services: a CA and a certificate
-    /// per service in `dir`, https:// peer URLs, health probes on ports of
-    /// their own.
-    fn with_mtls(database_url: &str, nats_url: &str) -> System {
-        let mut system = System::new(database_url, nats_url);
-        write_certs(&system.dir);
-        for (key, value) in &mut system.env {
-            if key.ends_with("_URL") && value.starts_with("http://127.0.0.1") {
-                *value = value.replacen("http://", "https://", 1);
-            }
-        }
-        system.env.push((
-            "ECOMMERCE_TLS_CA".into(),
-            system.dir.join("ca.pem").display().to_string(),
-        ));
-        for service in ServiceName::ALL {
-            if service != ServiceName::Gateway {
-                let port = system.spare_ports.pop().unwrap();
-                system.health_ports.insert(service, port);
-            }
-        }
-        system
-    }
-
-    fn url(&self, service: ServiceName) -> String {
-        format!("http://127.0.0.1:{}", self.ports[&service])
-    }
-
-    fn spawn(&mut self, service: ServiceName) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{service}.log")))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ecommerce"))
-            .args(["serve", "--service", service.as_str()])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "ECOMMERCE_LISTEN",
-                format!("127.0.0.1:{}", self.ports[&service]),
-            )
-            .envs(self.tls_env(service))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning ecommerce serve");
-        self.procs.insert(service, Proc { child });
-    }
-
-    /// `service`'s own certificate and health port, with mTLS.
-    fn tls_env(&self, service: ServiceName) -> Vec<(String, String)> {
-        if !self.env.iter().any(|(k, _)| k == "ECOMMERCE_TLS_CA") {
-            return Vec::new();
-        }
-        let file = |ext: &str| {
-            self.dir
-                .join(format!("{service}.{ext}"))
-                .display()
-                .to_string()
-        };
-        let mut env = vec![
-            ("ECOMMERCE_TLS_CERT".to_owned(), file("crt")),
-            ("ECOMMERCE_TLS_KEY".to_owned(), file("key")),
-        ];
-        if let Some(port) = self.health_ports.get(&service) {
-            env.push((
-                "ECOMMERCE_HEALTH_LISTEN".to_owned(),
-                format!("127.0.0.1:{port}"),
-            ));
-        }
-        env
-    }
-
-    /// Waits until `service` answers 200 on /ready (its DB, NATS, peers);
-    /// with mTLS, on its plain health port.
-    async fn wait_ready(&mut self, service: ServiceName) {
-        let api = match self.health_ports.get(&service) {
-            Some(port) => ApiClient::new(format!("http://127.0.0.1:{port}")),
-            None => ApiClient::new(self.url(service)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
-                && r.status == StatusCode::OK
-            {
-                return;
-            }
-            if let Some(proc) = self.procs.get_mut(&service)
-                && let Ok(Some(status)) = proc.child.try_wait()
-            {
-                panic!("{service} exited ({status}):\n{}", self.log(service));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{service} not ready after 40 s:\n{}",
-                self.log(service)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    system.env.push((
+        "ECOMMERCE_TLS_CA".into(),
+        system.dir.join("ca.pem").display().to_string(),
+    ));
+    for service in ServiceName::ALL {
+        if service != ServiceName::Gateway {
+            let port = system.spare_ports.pop().unwrap();
+            system.health_ports.insert(service, port);
         }
     }
-
-    fn log(&self, service: ServiceName) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(format!("{service}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    async fn start_all(&mut self) {
-        for service in ServiceName::ALL {
-            self.spawn(service);
-        }
-        for service in ServiceName::ALL {
-            self.wait_ready(service).await;
-        }
-    }
-
-    /// A token from identity's client-credentials route, through the gateway.
-    async fn service_token(&self, scope: &str) -> String {
-        let r = ApiClient::new(self.url(ServiceName::Gateway))
-            .json(
-                Method::POST,
-                "/api/v1/identity/token",
-                None,
-                Some(json!({ "client_id": "test", "client_secret": SECRET, "scope": scope })),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r.body["access_token"].as_str().unwrap().to_owned()
-    }
-
-    /// A pool on the database with `search_path` set to `service`'s schema.
-    async fn schema(&self, service: ServiceName) -> PgPool {
-        use std::str::FromStr;
-        let options = sqlx::postgres::PgConnectOptions::from_str(&self.database_url)
-            .unwrap()
-            .options([("search_path", format!("{}{}", self.prefix, service))]);
-        sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .unwrap()
-    }
-
-    /// Kills every process, then drops this run's schemas and NATS stream.
-    async fn cleanup(mut self) {
-        self.procs.clear();
-        let settings = ecommerce::config::Settings {
-            schema_prefix: self.prefix.clone(),
-            ..Default::default()
-        };
-        let stream = settings.stream_name();
-        let nats = async_nats::connect(&self.nats_url).await.unwrap();
-        async_nats::jetstream::new(nats)
-            .delete_stream(&stream)
-            .await
-            .unwrap();
-        let pool = PgPool::connect(&self.database_url).await.unwrap();
-        for service in ServiceName::ALL {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {}{} CASCADE",
-                self.prefix, service
-            )))
-            .execute(&pool)
-            .await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    system
 }
 
 async fn customer(api: &ApiClient) -> String {
@@ -379,12 +156,12 @@ async fn the_scenario_runs_through_the_gateway() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut system = System::new(&pg, &nats);
+    let mut system = new_system(&pg, &nats);
     let started = Instant::now();
-    system.start_all().await;
+    system.start_all().await.unwrap();
     let gateway = system.url(ServiceName::Gateway);
-    let ops = system.service_token("ops:admin").await;
-    let analytics = system.service_token("analytics:read").await;
+    let ops = system.service_token("ops:admin").await.unwrap();
+    let analytics = system.service_token("analytics:read").await.unwrap();
 
     let outcome = ecommerce::scenario::run(&gateway, &ops, |line| println!("  {line}"))
         .await
@@ -704,14 +481,14 @@ async fn killing_orders_mid_saga_loses_nothing() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut system = System::new(&pg, &nats);
+    let mut system = new_system(&pg, &nats);
     let started = Instant::now();
-    system.start_all().await;
+    system.start_all().await.unwrap();
     let api = ApiClient::new(system.url(ServiceName::Gateway));
 
     // Each charge waits 300 ms (fault injection in orders' payment client),
     // so the kill below finds sagas mid-flight with stock reserved.
-    let ops = system.service_token("ops:admin").await;
+    let ops = system.service_token("ops:admin").await.unwrap();
     let r = api
         .json(
             Method::POST,
@@ -771,8 +548,8 @@ async fn killing_orders_mid_saga_loses_nothing() {
     let before = system.procs.remove(&ServiceName::Orders).unwrap();
     drop(before); // SIGKILL + reap
     tokio::time::sleep(Duration::from_millis(500)).await;
-    system.spawn(ServiceName::Orders); // recovers in-flight sagas at start
-    system.wait_ready(ServiceName::Orders).await;
+    system.spawn(ServiceName::Orders).unwrap(); // recovers in-flight sagas at start
+    system.wait_ready(ServiceName::Orders).await.unwrap();
     // Go on until the restarted orders has accepted a few orders (the
     // gateway's breaker first has to let calls through again).
     let before_restart = placed.load(Ordering::Relaxed);
@@ -802,7 +579,7 @@ async fn killing_orders_mid_saga_loses_nothing() {
 
     // Every saga, including those the kill interrupted (whose POST got no
     // 201), reaches a final state.
-    let orders_db = system.schema(ServiceName::Orders).await;
+    let orders_db = system.schema(ServiceName::Orders).await.unwrap();
     let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trellis_sagas")
         .fetch_one(&orders_db)
         .await
@@ -884,73 +661,23 @@ async fn killing_orders_mid_saga_loses_nothing() {
         .map(|(id, _)| id)
         .collect();
 
-    // None charged twice; confirmed orders charged once, rejected ones not
-    // at all (or refunded).
-    let payments_db = system.schema(ServiceName::Payments).await;
-    let charges: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT c.order_id, COUNT(*) FROM charges c WHERE c.status = 'CHARGED' \
-         AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id) \
-         GROUP BY c.order_id",
-    )
-    .fetch_all(&payments_db)
-    .await
-    .unwrap();
-    let charges: HashMap<String, i64> = charges.into_iter().collect();
-    for (id, n) in &charges {
-        assert_eq!(*n, 1, "order {id} charged {n} times");
-    }
-    for id in &confirmed {
-        assert_eq!(
-            charges.get(*id),
-            Some(&1),
-            "confirmed order {id} not charged"
-        );
-    }
+    // The drills' schema audit: none charged twice, confirmed orders
+    // charged once and rejected ones not at all (or refunded); no stock
+    // leaked (available + reserved + confirmed == seed per SKU), no
+    // reservation left merely RESERVED.
+    let audit = ecommerce::cluster::audit(&system).await.unwrap();
+    assert_eq!(audit.charged_twice, 0, "{audit:?}");
+    assert_eq!(audit.charge_mismatch, 0, "{audit:?}");
+    assert_eq!(audit.stock_leaked, 0, "{audit:?}");
+    assert_eq!(audit.reservations_open, 0, "{audit:?}");
+    assert_eq!(audit.reservations_confirmed, confirmed.len() as u64);
     assert_eq!(
-        charges.len(),
-        confirmed.len(),
-        "charges for unconfirmed orders"
+        audit.orders.get("CONFIRMED"),
+        Some(&(confirmed.len() as u64))
     );
 
-    // No stock leaked: available + held by live reservations == seed, and
-    // no reservation is left merely RESERVED.
-    let inventory_db = system.schema(ServiceName::Inventory).await;
-    let stock: Vec<(String, i64)> = sqlx::query_as("SELECT sku, available FROM stock")
-        .fetch_all(&inventory_db)
-        .await
-        .unwrap();
-    let reservations: Vec<(String, String)> =
-        sqlx::query_as("SELECT lines, status FROM reservations")
-            .fetch_all(&inventory_db)
-            .await
-            .unwrap();
-    let mut held: HashMap<String, i64> = HashMap::new();
-    for (lines, status) in &reservations {
-        assert_ne!(status, "RESERVED", "a reservation was left open");
-        if status == "CONFIRMED" {
-            let lines: serde_json::Value = serde_json::from_str(lines).unwrap();
-            for line in lines.as_array().unwrap() {
-                *held
-                    .entry(line["sku"].as_str().unwrap().to_owned())
-                    .or_default() += line["quantity"].as_i64().unwrap();
-            }
-        }
-    }
-    for (sku, available) in &stock {
-        assert_eq!(
-            available + held.get(sku).copied().unwrap_or(0),
-            SEED_STOCK,
-            "{sku} leaked"
-        );
-    }
-    let confirmed_reservations = reservations
-        .iter()
-        .filter(|(_, s)| s == "CONFIRMED")
-        .count();
-    assert_eq!(confirmed_reservations, confirmed.len());
-
     // Shipping saw each confirmed order once, across the relay's restart.
-    let shipping_db = system.schema(ServiceName::Shipping).await;
+    let shipping_db = system.schema(ServiceName::Shipping).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ready: i64 =
@@ -975,7 +702,7 @@ async fn killing_orders_mid_saga_loses_nothing() {
         confirmed.len(),
         started.elapsed()
     );
-    for pool in [orders_db, payments_db, inventory_db, shipping_db] {
+    for pool in [orders_db, shipping_db] {
         pool.close().await;
     }
     system.cleanup().await;
@@ -992,13 +719,13 @@ async fn an_expired_reservation_rejects_the_order_across_services() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut system = System::new(&pg, &nats);
+    let mut system = new_system(&pg, &nats);
     system
         .env
         .push(("ECOMMERCE_RESERVATION_TTL".into(), "300ms".into()));
-    system.start_all().await;
+    system.start_all().await.unwrap();
     let api = ApiClient::new(system.url(ServiceName::Gateway));
-    let ops = system.service_token("ops:admin").await;
+    let ops = system.service_token("ops:admin").await.unwrap();
     // The charge answers after 700 ms: past the TTL, within its 1 s timeout.
     let r = api
         .json(
@@ -1029,7 +756,7 @@ async fn an_expired_reservation_rejects_the_order_across_services() {
     );
     let id = r.body["order_id"].as_str().unwrap().to_owned();
 
-    let inventory_db = system.schema(ServiceName::Inventory).await;
+    let inventory_db = system.schema(ServiceName::Inventory).await.unwrap();
     let status: String = sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
         .bind(&id)
         .fetch_one(&inventory_db)
@@ -1041,7 +768,7 @@ async fn an_expired_reservation_rejects_the_order_across_services() {
         .await
         .unwrap();
     assert_eq!(tea, SEED_STOCK, "stock conserved");
-    let payments_db = system.schema(ServiceName::Payments).await;
+    let payments_db = system.schema(ServiceName::Payments).await.unwrap();
     let standing: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM charges c WHERE c.order_id = $1 AND c.status = 'CHARGED' \
          AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.payment_id = c.payment_id)",
@@ -1055,105 +782,6 @@ async fn an_expired_reservation_rejects_the_order_across_services() {
         pool.close().await;
     }
     system.cleanup().await;
-}
-
-/// A nats-server of this test's own (JetStream, file store in a temp dir),
-/// so stopping it disturbs no other test; killed and its directory removed
-/// on drop.
-struct OwnNats {
-    binary: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    store: PathBuf,
-    log: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl OwnNats {
-    /// `/usr/sbin/nats-server` or `nats-server` on PATH.
-    fn binary() -> Option<PathBuf> {
-        let installed = PathBuf::from("/usr/sbin/nats-server");
-        if installed.is_file() {
-            return Some(installed);
-        }
-        std::env::split_paths(&std::env::var_os("PATH")?)
-            .map(|dir| dir.join("nats-server"))
-            .find(|path| path.is_file())
-    }
-
-    fn new(binary: PathBuf) -> OwnNats {
-        let dir = std::env::temp_dir().join(format!(
-            "ecommerce-own-nats-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let store = dir.join("nats-store");
-        std::fs::create_dir_all(&store).unwrap();
-        OwnNats {
-            binary,
-            dir: dir.clone(),
-            port: free_ports(1)[0],
-            store,
-            log: dir.join("nats-server.log"),
-            proc: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again: same port, same store) and waits until it
-    /// answers.
-    async fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning nats-server");
-        self.proc = Some(Proc { child });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let answer = match async_nats::connect(self.url()).await {
-                // The server recovers its JetStream store before it
-                // listens: a connection that flushes means it is up.
-                Ok(client) => client.flush().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let Err(error) = answer else { return };
-            assert!(
-                Instant::now() < deadline,
-                "nats-server not up after 15 s ({error}):\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGKILL: no goodbye to the clients.
-    fn kill(&mut self) {
-        self.proc = None;
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// `/ready` of `url`: its HTTP status and body status (`up`, `down`).
@@ -1213,10 +841,10 @@ async fn nats_stopped_and_restarted_loses_nothing() {
     };
     let _one = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let mut nats = OwnNats::new(binary);
-    nats.start().await;
-    let mut system = System::new(&pg, &nats.url());
-    system.start_all().await;
+    let mut nats = OwnNats::new(binary).unwrap();
+    nats.start().await.unwrap();
+    let mut system = new_system(&pg, &nats.url());
+    system.start_all().await.unwrap();
     let api = ApiClient::new(system.url(ServiceName::Gateway));
 
     // Four customers, one paying with the declined card, each placing an
@@ -1266,7 +894,7 @@ async fn nats_stopped_and_restarted_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed_at.elapsed())).await;
     let during_outage = placed.load(Ordering::Relaxed) - before_outage;
     let outage = killed_at.elapsed();
-    nats.start().await;
+    nats.start().await.unwrap();
     wait_readiness(&system, "up", Duration::from_secs(30)).await;
     let back_after = killed_at.elapsed();
     // A few more orders once NATS is back.
@@ -1324,7 +952,7 @@ async fn nats_stopped_and_restarted_loses_nothing() {
         }
     }
     assert!(confirmed.len() < accepted.len(), "no declined order");
-    let orders_db = system.schema(ServiceName::Orders).await;
+    let orders_db = system.schema(ServiceName::Orders).await.unwrap();
     let open: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM trellis_sagas WHERE status NOT IN ('completed', 'compensated')",
     )
@@ -1339,11 +967,7 @@ async fn nats_stopped_and_restarted_loses_nothing() {
         .fetch_one(&orders_db)
         .await
         .unwrap();
-    let stream_name = ecommerce::config::Settings {
-        schema_prefix: system.prefix.clone(),
-        ..Default::default()
-    }
-    .stream_name();
+    let stream_name = system.stream_name();
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1365,7 +989,7 @@ async fn nats_stopped_and_restarted_loses_nothing() {
     }
 
     // Shipping ends with exactly the confirmed orders ready to ship.
-    let shipping_db = system.schema(ServiceName::Shipping).await;
+    let shipping_db = system.schema(ServiceName::Shipping).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready: Vec<String> =
@@ -1471,11 +1095,11 @@ async fn mtls_between_services_admits_only_allowed_callers() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut system = System::with_mtls(&pg, &nats);
+    let mut system = with_mtls(&pg, &nats);
     let started = Instant::now();
-    system.start_all().await;
+    system.start_all().await.unwrap();
     let gateway = system.url(ServiceName::Gateway);
-    let ops = system.service_token("ops:admin").await;
+    let ops = system.service_token("ops:admin").await.unwrap();
     let outcome = ecommerce::scenario::run(&gateway, &ops, |line| println!("  {line}"))
         .await
         .unwrap_or_else(|e| panic!("{e}\norders log:\n{}", system.log(ServiceName::Orders)));
@@ -1534,4 +1158,63 @@ async fn mtls_between_services_admits_only_allowed_callers() {
 
     println!("mTLS scenario and refusals in {:?}", started.elapsed());
     system.cleanup().await;
+}
+
+/// A short distributed drill through its library entry point.
+async fn short_drill(drill: ecommerce::drill::Drill, nats_url: &str, pg: &str) {
+    use ecommerce::drill::{Cluster, DrillOptions};
+    use ecommerce::load::{LoadOptions, Pacing};
+    let cluster = Cluster {
+        binary: env!("CARGO_BIN_EXE_ecommerce").into(),
+        database_url: pg.to_owned(),
+        nats_url: nats_url.to_owned(),
+    };
+    let options = DrillOptions {
+        load: LoadOptions {
+            pacing: Pacing::Concurrency(4),
+            duration: Duration::from_secs(6),
+            users: 4,
+            progress: false,
+            ..LoadOptions::default()
+        },
+        ..DrillOptions::default()
+    };
+    let report = ecommerce::drill::run_distributed(&cluster, drill, &options)
+        .await
+        .unwrap();
+    println!("{report}");
+    assert!(report.accepted > 0, "no order accepted");
+    assert!(report.fault_took_effect(), "{report}");
+    assert_eq!(report.lost, 0, "{report}");
+    assert_eq!(report.charged_twice, 0, "{report}");
+    assert_eq!(report.charge_mismatch, 0, "{report}");
+    assert_eq!(report.stock_leaked, 0, "{report}");
+    assert_eq!(report.not_final, 0, "{report}");
+    assert_eq!(report.completed + report.compensated, report.accepted);
+    assert!(report.passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_orders_drill_reports_zeros() {
+    let Some((pg, nats)) = servers() else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL or TRELLIS_TEST_NATS_URL not set");
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    short_drill(ecommerce::drill::Drill::KillOrders, &nats, &pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_drill_reports_zeros() {
+    let Ok(pg) = std::env::var("TRELLIS_TEST_POSTGRES_URL") else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
+        return;
+    };
+    if OwnNats::binary().is_none() {
+        println!("skipped: no nats-server binary (/usr/sbin/nats-server or on PATH)");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    // run_distributed starts its own nats-server: the URL is not used.
+    short_drill(ecommerce::drill::Drill::NatsRestart, "", &pg).await;
 }

@@ -1,0 +1,489 @@
+//! The distributed system as child processes, for the distributed tests and
+//! the distributed drills (`ecommerce drill kill-orders|nats-restart`): every
+//! service an `ecommerce serve --service X` process on free ports, a fresh
+//! schema prefix (so fresh schemas, NATS subjects and stream) per run, and
+//! a nats-server of its own when a drill stops NATS. Processes are killed
+//! (SIGKILL) when dropped, also on failure; [`System::cleanup`] drops the
+//! run's schemas and stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::ApiClient;
+use crate::config::{ServiceName, Settings};
+use crate::error::Error;
+
+/// The client secret the services share (client-credentials grant).
+pub const SECRET: &str = "distributed-test-secret";
+/// Stock of every SKU a fresh system is seeded with.
+pub const SEED_STOCK: i64 = 100_000;
+
+fn fail(what: impl std::fmt::Display) -> Error {
+    Error::Scenario(what.to_string())
+}
+
+/// `n` distinct free ports: each listener is held until all are chosen, so
+/// the kernel cannot hand out one port twice.
+pub fn free_ports(n: usize) -> Result<Vec<u16>, Error> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// One child process; killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The whole system: ports, environment, processes, logs.
+#[derive(Debug)]
+pub struct System {
+    /// The `ecommerce` executable the services run as.
+    pub binary: PathBuf,
+    /// This run's schema prefix (`t<random>_`).
+    pub prefix: String,
+    /// The PostgreSQL server.
+    pub database_url: String,
+    /// The NATS server.
+    pub nats_url: String,
+    /// Logs, signing key (and certificates, with mTLS).
+    pub dir: PathBuf,
+    /// Each service's port.
+    pub ports: HashMap<ServiceName, u16>,
+    /// The environment every service gets.
+    pub env: Vec<(String, String)>,
+    /// The running processes.
+    pub procs: HashMap<ServiceName, Proc>,
+    /// With mTLS: each internal service's plain-HTTP health port.
+    pub health_ports: HashMap<ServiceName, u16>,
+    /// Free ports distinct from `ports`, for `health_ports`.
+    pub spare_ports: Vec<u16>,
+    /// Stock of every SKU at the start (`ECOMMERCE_SEED_STOCK`).
+    pub seed_stock: i64,
+}
+
+impl System {
+    /// A system of `binary` processes on `database_url` and `nats_url`, not
+    /// started yet.
+    pub fn new(binary: &Path, database_url: &str, nats_url: &str) -> Result<System, Error> {
+        let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let dir = std::env::temp_dir().join(format!("ecommerce-distributed-{prefix}"));
+        std::fs::create_dir_all(&dir)?;
+        // Twice as many as services: the second half are health ports for
+        // mTLS, distinct from the first.
+        let mut picked = free_ports(2 * ServiceName::ALL.len())?.into_iter();
+        let ports: HashMap<ServiceName, u16> = ServiceName::ALL
+            .iter()
+            .zip(picked.by_ref())
+            .map(|(s, port)| (*s, port))
+            .collect();
+        let spare_ports = picked.collect();
+        let mut env = vec![
+            ("ECOMMERCE_DATABASE_URL".into(), database_url.to_owned()),
+            ("ECOMMERCE_NATS_URL".into(), nats_url.to_owned()),
+            ("ECOMMERCE_SCHEMA_PREFIX".into(), prefix.clone()),
+            ("ECOMMERCE_SERVICE_SECRET".into(), SECRET.into()),
+            ("ECOMMERCE_SEED_STOCK".into(), SEED_STOCK.to_string()),
+            (
+                "ECOMMERCE_SIGNING_KEY_FILE".into(),
+                dir.join("signing-key.pem").display().to_string(),
+            ),
+            ("ECOMMERCE_DRAIN".into(), "100ms".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        for (service, port) in &ports {
+            if *service != ServiceName::Gateway {
+                env.push((
+                    format!("ECOMMERCE_{}_URL", service.as_str().to_uppercase()),
+                    format!("http://127.0.0.1:{port}"),
+                ));
+            }
+        }
+        Ok(System {
+            binary: binary.to_owned(),
+            prefix,
+            database_url: database_url.to_owned(),
+            nats_url: nats_url.to_owned(),
+            dir,
+            ports,
+            env,
+            procs: HashMap::new(),
+            health_ports: HashMap::new(),
+            spare_ports,
+            seed_stock: SEED_STOCK,
+        })
+    }
+
+    /// `service`'s base URL.
+    pub fn url(&self, service: ServiceName) -> String {
+        format!("http://127.0.0.1:{}", self.ports[&service])
+    }
+
+    /// Starts `service` (again), its output appended to `<service>.log`.
+    pub fn spawn(&mut self, service: ServiceName) -> Result<(), Error> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}.log")))?;
+        let child = Command::new(&self.binary)
+            .args(["serve", "--service", service.as_str()])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(
+                "ECOMMERCE_LISTEN",
+                format!("127.0.0.1:{}", self.ports[&service]),
+            )
+            .envs(self.tls_env(service))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.procs.insert(service, Proc { child });
+        Ok(())
+    }
+
+    /// SIGKILLs `service` and reaps it (no drain, no goodbye).
+    pub fn kill(&mut self, service: ServiceName) {
+        self.procs.remove(&service);
+    }
+
+    /// `service`'s own certificate and health port, with mTLS.
+    fn tls_env(&self, service: ServiceName) -> Vec<(String, String)> {
+        if !self.env.iter().any(|(k, _)| k == "ECOMMERCE_TLS_CA") {
+            return Vec::new();
+        }
+        let file = |ext: &str| {
+            self.dir
+                .join(format!("{service}.{ext}"))
+                .display()
+                .to_string()
+        };
+        let mut env = vec![
+            ("ECOMMERCE_TLS_CERT".to_owned(), file("crt")),
+            ("ECOMMERCE_TLS_KEY".to_owned(), file("key")),
+        ];
+        if let Some(port) = self.health_ports.get(&service) {
+            env.push((
+                "ECOMMERCE_HEALTH_LISTEN".to_owned(),
+                format!("127.0.0.1:{port}"),
+            ));
+        }
+        env
+    }
+
+    /// Waits (≤ 40 s) until `service` answers 200 on /ready (its DB, NATS,
+    /// peers); with mTLS, on its plain health port.
+    pub async fn wait_ready(&mut self, service: ServiceName) -> Result<(), Error> {
+        let api = match self.health_ports.get(&service) {
+            Some(port) => ApiClient::new(format!("http://127.0.0.1:{port}")),
+            None => ApiClient::new(self.url(service)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
+                && r.status == StatusCode::OK
+            {
+                return Ok(());
+            }
+            if let Some(proc) = self.procs.get_mut(&service)
+                && let Ok(Some(status)) = proc.child.try_wait()
+            {
+                return Err(fail(format!(
+                    "{service} exited ({status}):\n{}",
+                    self.log(service)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "{service} not ready after 40 s:\n{}",
+                    self.log(service)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last 30 lines of `service`'s log.
+    pub fn log(&self, service: ServiceName) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{service}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Starts every service and waits until each is ready.
+    pub async fn start_all(&mut self) -> Result<(), Error> {
+        for service in ServiceName::ALL {
+            self.spawn(service)?;
+        }
+        for service in ServiceName::ALL {
+            self.wait_ready(service).await?;
+        }
+        Ok(())
+    }
+
+    /// A token from identity's client-credentials route, through the gateway.
+    pub async fn service_token(&self, scope: &str) -> Result<String, Error> {
+        let r = ApiClient::new(self.url(ServiceName::Gateway))
+            .json(
+                Method::POST,
+                "/api/v1/identity/token",
+                None,
+                Some(json!({ "client_id": "test", "client_secret": SECRET, "scope": scope })),
+            )
+            .await?;
+        if r.status != StatusCode::OK {
+            return Err(fail(format!("service token: {} {}", r.status, r.body)));
+        }
+        r.body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| fail(format!("service token: {}", r.body)))
+    }
+
+    /// A pool on the database with `search_path` set to `service`'s schema.
+    pub async fn schema(&self, service: ServiceName) -> Result<PgPool, Error> {
+        use std::str::FromStr;
+        let options = sqlx::postgres::PgConnectOptions::from_str(&self.database_url)?
+            .options([("search_path", format!("{}{}", self.prefix, service))]);
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?)
+    }
+
+    /// This run's JetStream stream.
+    pub fn stream_name(&self) -> String {
+        Settings {
+            schema_prefix: self.prefix.clone(),
+            ..Default::default()
+        }
+        .stream_name()
+    }
+
+    /// Kills every process, then drops this run's schemas and NATS stream
+    /// (best effort: a cleanup that fails must not hide the run's outcome).
+    pub async fn cleanup(mut self) {
+        self.procs.clear();
+        let stream = self.stream_name();
+        if let Ok(nats) = async_nats::connect(&self.nats_url).await {
+            let _ = async_nats::jetstream::new(nats)
+                .delete_stream(&stream)
+                .await;
+        }
+        if let Ok(pool) = PgPool::connect(&self.database_url).await {
+            for service in ServiceName::ALL {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {}{} CASCADE",
+                    self.prefix, service
+                )))
+                .execute(&pool)
+                .await;
+            }
+            pool.close().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A nats-server of its own (JetStream, file store in a temp dir), so
+/// stopping it disturbs nothing else; killed and its directory removed on
+/// drop.
+#[derive(Debug)]
+pub struct OwnNats {
+    binary: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl OwnNats {
+    /// `/usr/sbin/nats-server` or `nats-server` on PATH.
+    pub fn binary() -> Option<PathBuf> {
+        let installed = PathBuf::from("/usr/sbin/nats-server");
+        if installed.is_file() {
+            return Some(installed);
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    }
+
+    /// A server of `binary` on a free port, not started yet.
+    pub fn new(binary: PathBuf) -> Result<OwnNats, Error> {
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-own-nats-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let store = dir.join("nats-store");
+        std::fs::create_dir_all(&store)?;
+        Ok(OwnNats {
+            binary,
+            dir: dir.clone(),
+            port: free_ports(1)?[0],
+            store,
+            log: dir.join("nats-server.log"),
+            proc: None,
+        })
+    }
+
+    /// Its client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again: same port, same store) and waits (≤ 15 s)
+    /// until it answers.
+    pub async fn start(&mut self) -> Result<(), Error> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.proc = Some(Proc { child });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let answer = match async_nats::connect(self.url()).await {
+                // The server recovers its JetStream store before it
+                // listens: a connection that flushes means it is up.
+                Ok(client) => client.flush().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let Err(error) = answer else { return Ok(()) };
+            if Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "nats-server not up after 15 s ({error}):\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no goodbye to the clients.
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The invariants read from the services' schemas directly.
+#[derive(Debug, Default, Clone)]
+pub struct SchemaAudit {
+    /// Orders in orders' read model, by status.
+    pub orders: BTreeMap<String, u64>,
+    /// Sagas started.
+    pub sagas: i64,
+    /// Sagas not `completed` or `compensated`.
+    pub sagas_open: i64,
+    /// Orders with more than one standing charge.
+    pub charged_twice: u64,
+    /// Rejected orders with a standing charge plus confirmed ones without.
+    pub charge_mismatch: u64,
+    /// Reservations still merely `RESERVED`.
+    pub reservations_open: u64,
+    /// Reservations `CONFIRMED`.
+    pub reservations_confirmed: u64,
+    /// Σ over SKUs of |seed − (available + reserved + confirmed)|.
+    pub stock_leaked: i64,
+}
+
+/// Audits `system` through its orders, payments and inventory schemas.
+pub async fn audit(system: &System) -> Result<SchemaAudit, Error> {
+    let orders_db = system.schema(ServiceName::Orders).await?;
+    let payments_db = system.schema(ServiceName::Payments).await?;
+    let inventory_db = system.schema(ServiceName::Inventory).await?;
+    let sagas_open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM trellis_sagas WHERE status NOT IN ('completed', 'compensated')",
+    )
+    .fetch_one(&orders_db)
+    .await?;
+    let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trellis_sagas")
+        .fetch_one(&orders_db)
+        .await?;
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_id, status FROM order_summaries")
+            .fetch_all(&orders_db)
+            .await?;
+    let standing: Vec<(String, i64)> = sqlx::query_as(crate::audit::STANDING_CHARGES)
+        .fetch_all(&payments_db)
+        .await?;
+    let checked = crate::audit::check_charges(&statuses, &standing.into_iter().collect());
+
+    let stock: Vec<(String, i64)> = sqlx::query_as("SELECT sku, available FROM stock")
+        .fetch_all(&inventory_db)
+        .await?;
+    let reservations: Vec<(String, String)> =
+        sqlx::query_as("SELECT lines, status FROM reservations")
+            .fetch_all(&inventory_db)
+            .await?;
+    let mut total: BTreeMap<String, i64> = stock.into_iter().collect();
+    let (mut reservations_open, mut reservations_confirmed) = (0, 0);
+    for (lines, status) in &reservations {
+        match status.as_str() {
+            "RESERVED" => reservations_open += 1,
+            "CONFIRMED" => reservations_confirmed += 1,
+            _ => continue,
+        }
+        let lines: serde_json::Value = serde_json::from_str(lines).map_err(fail)?;
+        for line in lines.as_array().into_iter().flatten() {
+            let sku = line["sku"].as_str().unwrap_or_default().to_owned();
+            *total.entry(sku).or_default() += line["quantity"].as_i64().unwrap_or(0);
+        }
+    }
+    let stock_leaked = total
+        .values()
+        .map(|units| (system.seed_stock - units).abs())
+        .sum();
+    for pool in [orders_db, payments_db, inventory_db] {
+        pool.close().await;
+    }
+    Ok(SchemaAudit {
+        orders: checked.orders,
+        sagas,
+        sagas_open,
+        charged_twice: checked.charged_twice.count,
+        charge_mismatch: checked.charged_not_confirmed.count + checked.confirmed_not_charged.count,
+        reservations_open,
+        reservations_confirmed,
+        stock_leaked,
+    })
+}
