@@ -358,8 +358,8 @@ async fn the_pages_and_their_live_streams_work_through_the_gateway() {
         return;
     };
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut system = System::new(&pg, &nats);
-    system.start_all().await;
+    let mut system = new_system(&pg, &nats);
+    system.start_all().await.unwrap();
     let gateway = system.url(ServiceName::Gateway);
 
     // The pages and assets, through the gateway; the storefront lists the
@@ -406,7 +406,7 @@ async fn the_pages_and_their_live_streams_work_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
-    let ops = system.service_token("ops:admin").await;
+    let ops = system.service_token("ops:admin").await.unwrap();
     let r = api
         .json(Method::GET, "/api/v1/admin/status", Some(&ops), None)
         .await
