@@ -155,6 +155,43 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
+    /// The order counts of a run: `current` is each accepted order's status
+    /// now (`None`: it cannot be read back). The audit's fields start at 0
+    /// for the caller to fill.
+    fn from_orders(drill: Drill, load: LoadSummary, current: &[Option<String>]) -> Self {
+        let count_of = |status: &str| {
+            current
+                .iter()
+                .filter(|s| s.as_deref() == Some(status))
+                .count() as u64
+        };
+        let pending = |o: &&AcceptedOrder| o.status == "PENDING_VALIDATION";
+        DrillReport {
+            drill,
+            accepted: load.accepted.len() as u64,
+            completed: count_of("CONFIRMED"),
+            compensated: count_of("REJECTED"),
+            accepted_pending: load.accepted.iter().filter(pending).count() as u64,
+            pending_confirmed: load
+                .accepted
+                .iter()
+                .zip(current)
+                .filter(|(o, now)| pending(o) && now.as_deref() == Some("CONFIRMED"))
+                .count() as u64,
+            not_final: current
+                .iter()
+                .filter(|s| s.is_some() && !is_final(s))
+                .count() as u64,
+            lost: current.iter().filter(|s| s.is_none()).count() as u64,
+            charged_twice: 0,
+            charge_mismatch: 0,
+            stock_leaked: 0,
+            audit: serde_json::Value::Null,
+            load,
+            fault: None,
+        }
+    }
+
     /// No order lost, charged twice or stuck, no charge without its
     /// order's confirmation, no stock leaked.
     pub fn passed(&self) -> bool {
@@ -410,42 +447,12 @@ pub async fn run(
     }
     let audit = r.body;
     let count = |key: &str| audit[key]["count"].as_u64().unwrap_or(0);
-    let count_of = |status: &str| {
-        current
-            .iter()
-            .filter(|s| s.as_deref() == Some(status))
-            .count() as u64
-    };
-    Ok(DrillReport {
-        drill,
-        accepted: load.accepted.len() as u64,
-        completed: count_of("CONFIRMED"),
-        compensated: count_of("REJECTED"),
-        accepted_pending: load
-            .accepted
-            .iter()
-            .filter(|o| o.status == "PENDING_VALIDATION")
-            .count() as u64,
-        pending_confirmed: load
-            .accepted
-            .iter()
-            .zip(&current)
-            .filter(|(o, now)| {
-                o.status == "PENDING_VALIDATION" && now.as_deref() == Some("CONFIRMED")
-            })
-            .count() as u64,
-        not_final: current
-            .iter()
-            .filter(|s| s.is_some() && !is_final(s))
-            .count() as u64,
-        lost: current.iter().filter(|s| s.is_none()).count() as u64,
-        charged_twice: count("charged_twice"),
-        charge_mismatch: count("charged_not_confirmed") + count("confirmed_not_charged"),
-        stock_leaked: audit["stock_leaked"].as_i64().unwrap_or(i64::MAX),
-        audit,
-        load,
-        fault: None,
-    })
+    let mut report = DrillReport::from_orders(drill, load, &current);
+    report.charged_twice = count("charged_twice");
+    report.charge_mismatch = count("charged_not_confirmed") + count("confirmed_not_charged");
+    report.stock_leaked = audit["stock_leaked"].as_i64().unwrap_or(i64::MAX);
+    report.audit = audit;
+    Ok(report)
 }
 
 /// Where a distributed drill runs.
@@ -638,12 +645,6 @@ async fn distributed(
         let (relayed, events) = relay_caught_up(system, deadline).await?;
         what.push_str(&format!("; {relayed} of {events} events in the stream"));
     }
-    let count_of = |status: &str| {
-        current
-            .iter()
-            .filter(|s| s.as_deref() == Some(status))
-            .count() as u64
-    };
     let audit = json!({
         "orders": schemas.orders,
         "sagas": schemas.sagas,
@@ -654,38 +655,15 @@ async fn distributed(
         "charge_mismatch": schemas.charge_mismatch,
         "stock_leaked": schemas.stock_leaked,
     });
-    Ok(DrillReport {
-        drill,
-        accepted: load.accepted.len() as u64,
-        completed: count_of("CONFIRMED"),
-        compensated: count_of("REJECTED"),
-        accepted_pending: load
-            .accepted
-            .iter()
-            .filter(|o| o.status == "PENDING_VALIDATION")
-            .count() as u64,
-        pending_confirmed: load
-            .accepted
-            .iter()
-            .zip(&current)
-            .filter(|(o, now)| {
-                o.status == "PENDING_VALIDATION" && now.as_deref() == Some("CONFIRMED")
-            })
-            .count() as u64,
-        // A saga left open is an order not final, answered 201 or not.
-        not_final: current
-            .iter()
-            .filter(|s| s.is_some() && !is_final(s))
-            .count() as u64
-            + schemas.sagas_open.max(0) as u64,
-        lost: current.iter().filter(|s| s.is_none()).count() as u64,
-        charged_twice: schemas.charged_twice,
-        charge_mismatch: schemas.charge_mismatch,
-        stock_leaked: schemas.stock_leaked,
-        audit,
-        load,
-        fault: Some((seen, what)),
-    })
+    let mut report = DrillReport::from_orders(drill, load, &current);
+    // A saga left open is an order not final, answered 201 or not.
+    report.not_final += schemas.sagas_open.max(0) as u64;
+    report.charged_twice = schemas.charged_twice;
+    report.charge_mismatch = schemas.charge_mismatch;
+    report.stock_leaked = schemas.stock_leaked;
+    report.audit = audit;
+    report.fault = Some((seen, what));
+    Ok(report)
 }
 
 /// Waits (until `deadline`) for orders' outbox relay to have published
