@@ -332,10 +332,7 @@ pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
     dir: &Path,
     store: SqliteEventStore,
 ) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
-    let feed = Feed::spawn(dir, "analytics", store, AnalyticsProjection).await?;
-    let pool = feed
-        .sqlite_pool()
-        .ok_or_else(|| Error::Startup("analytics has no SQLite pool".into()))?;
+    let (feed, pool) = Feed::spawn(dir, "analytics", store, AnalyticsProjection).await?;
     Ok((routes(feed), pool))
 }
 

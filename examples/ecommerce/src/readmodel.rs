@@ -127,22 +127,24 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    /// Opens `dir/name.db` and runs `projection` over the order events.
+    /// Opens `dir/name.db` and runs `projection` over the order events;
+    /// the pool is returned too, for the health checks.
     pub(crate) async fn spawn<P: Projection<sqlx::Sqlite>>(
         dir: &Path,
         name: &str,
         store: SqliteEventStore,
         projection: P,
-    ) -> Result<Arc<Feed>, Error> {
+    ) -> Result<(Arc<Feed>, SqlitePool), Error> {
         let pool = crate::db::open(dir, name).await?;
         let settled = SettledStore::new(store.clone());
         let projection = ProjectionRunner::new(settled, pool.clone(), projection)
             .spawn()
             .await?;
-        Ok(Arc::new(Feed {
-            pool: ReadPool::Sqlite(pool),
+        let feed = Arc::new(Feed {
+            pool: ReadPool::Sqlite(pool.clone()),
             catch_up: Some((store, projection)),
-        }))
+        });
+        Ok((feed, pool))
     }
 
     /// A read model in PostgreSQL fed elsewhere (distributed mode).
@@ -151,14 +153,6 @@ impl Feed {
             pool: ReadPool::Postgres(pool),
             catch_up: None,
         })
-    }
-
-    /// The SQLite pool (one process), for health checks.
-    pub(crate) fn sqlite_pool(&self) -> Option<SqlitePool> {
-        match &self.pool {
-            ReadPool::Sqlite(pool) => Some(pool.clone()),
-            ReadPool::Postgres(_) => None,
-        }
     }
 
     /// Waits (at most 2 s) until the read model holds every event stored

@@ -177,10 +177,7 @@ pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
     dir: &Path,
     store: SqliteEventStore,
 ) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
-    let feed = Feed::spawn(dir, "shipping", store, ShipmentProjection).await?;
-    let pool = feed
-        .sqlite_pool()
-        .ok_or_else(|| Error::Startup("shipping has no SQLite pool".into()))?;
+    let (feed, pool) = Feed::spawn(dir, "shipping", store, ShipmentProjection).await?;
     Ok((routes(feed), pool))
 }
 

@@ -1,9 +1,8 @@
 //! A [`SagaLog`] on PostgreSQL (feature `postgres`).
 
-use sqlx::Row as _;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::sql::{is_unique_violation, to_record};
+use super::sql::{is_unique_violation, to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
@@ -265,21 +264,7 @@ impl SagaLog for PgSagaLog {
         .fetch_all(&self.pool)
         .await
         .map_err(Error::storage)?;
-        rows.iter()
-            .map(|row| {
-                let event: String = row.try_get("event").map_err(Error::storage)?;
-                let step: i64 = row.try_get("step").map_err(Error::storage)?;
-                let attempt: i64 = row.try_get("attempt").map_err(Error::storage)?;
-                Ok(HistoryEntry {
-                    seq: row.try_get("seq").map_err(Error::storage)?,
-                    step: u32::try_from(step).map_err(Error::storage)?,
-                    step_name: row.try_get("step_name").map_err(Error::storage)?,
-                    event: StepEventParse::parse(&event)?,
-                    attempt: u32::try_from(attempt).map_err(Error::storage)?,
-                    error: row.try_get("error").map_err(Error::storage)?,
-                })
-            })
-            .collect()
+        rows.iter().map(to_history_entry).collect()
     }
 
     async fn by_status(&self, status: SagaStatus) -> Result<Vec<SagaRecord>> {
@@ -292,14 +277,5 @@ impl SagaLog for PgSagaLog {
         .await
         .map_err(Error::storage)?;
         rows.iter().map(to_record).collect()
-    }
-}
-
-struct StepEventParse;
-
-impl StepEventParse {
-    fn parse(name: &str) -> Result<super::StepEvent> {
-        super::StepEvent::parse(name)
-            .ok_or_else(|| Error::storage(format!("unknown step event {name:?}")))
     }
 }

@@ -1,10 +1,10 @@
-//! What the SQLite and PostgreSQL logs share: reading a saga row and
-//! recognising a duplicate id. The SQL itself differs (placeholders, schema
+//! What the SQLite and PostgreSQL logs share: reading a saga row and a
+//! history row, and recognising a duplicate id. The SQL itself differs (placeholders, schema
 //! names) and stays in each backend.
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{SagaRecord, SagaStatus};
+use super::{HistoryEntry, SagaRecord, SagaStatus, StepEvent};
 use crate::error::{Error, Result};
 
 /// Reads one row of the sagas table, whichever database it came from.
@@ -28,6 +28,28 @@ where
         error: row.try_get("error").map_err(Error::storage)?,
         failed_step: row.try_get("failed_step").map_err(Error::storage)?,
         deadline_ms: row.try_get("deadline_ms").map_err(Error::storage)?,
+    })
+}
+
+/// Reads one row of the history table, whichever database it came from.
+pub(super) fn to_history_entry<R>(row: &R) -> Result<HistoryEntry>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let event: String = row.try_get("event").map_err(Error::storage)?;
+    let step: i64 = row.try_get("step").map_err(Error::storage)?;
+    let attempt: i64 = row.try_get("attempt").map_err(Error::storage)?;
+    Ok(HistoryEntry {
+        seq: row.try_get("seq").map_err(Error::storage)?,
+        step: u32::try_from(step).map_err(Error::storage)?,
+        step_name: row.try_get("step_name").map_err(Error::storage)?,
+        event: StepEvent::parse(&event)
+            .ok_or_else(|| Error::storage(format!("unknown step event {event:?}")))?,
+        attempt: u32::try_from(attempt).map_err(Error::storage)?,
+        error: row.try_get("error").map_err(Error::storage)?,
     })
 }
 

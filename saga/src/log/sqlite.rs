@@ -5,10 +5,10 @@ use std::str::FromStr;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
 };
-use sqlx::{Arguments as _, AssertSqlSafe, Row as _};
+use sqlx::{Arguments as _, AssertSqlSafe};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::to_record;
+use super::sql::{to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
@@ -394,21 +394,7 @@ impl SagaLog for SqliteSagaLog {
         .fetch_all(&self.pool)
         .await
         .map_err(Error::storage)?;
-        rows.iter()
-            .map(|row| {
-                let event: String = row.try_get("event").map_err(Error::storage)?;
-                let step: i64 = row.try_get("step").map_err(Error::storage)?;
-                let attempt: i64 = row.try_get("attempt").map_err(Error::storage)?;
-                Ok(HistoryEntry {
-                    seq: row.try_get("seq").map_err(Error::storage)?,
-                    step: u32::try_from(step).map_err(Error::storage)?,
-                    step_name: row.try_get("step_name").map_err(Error::storage)?,
-                    event: StepEventParse::parse(&event)?,
-                    attempt: u32::try_from(attempt).map_err(Error::storage)?,
-                    error: row.try_get("error").map_err(Error::storage)?,
-                })
-            })
-            .collect()
+        rows.iter().map(to_history_entry).collect()
     }
 
     async fn by_status(&self, status: SagaStatus) -> Result<Vec<SagaRecord>> {
@@ -418,14 +404,5 @@ impl SagaLog for SqliteSagaLog {
             .await
             .map_err(Error::storage)?;
         rows.iter().map(to_record).collect()
-    }
-}
-
-struct StepEventParse;
-
-impl StepEventParse {
-    fn parse(name: &str) -> Result<super::StepEvent> {
-        super::StepEvent::parse(name)
-            .ok_or_else(|| Error::storage(format!("unknown step event {name:?}")))
     }
 }
