@@ -501,10 +501,17 @@ impl<L: SagaLog> Orchestrator<L> {
             });
         }
         let mut state: S = serde_json::from_value(record.state.clone())?;
-        let deadline = record.deadline_ms.map(|d| {
-            let left = d.saturating_sub(now_ms()).max(0);
-            Instant::now() + Duration::from_millis(left.unsigned_abs())
-        });
+        // A run that has just created the saga measures its deadline on the
+        // runtime's clock (exact, and paused in tests); a resumed one from
+        // the stored wall-clock deadline, which survives a restart.
+        let deadline = if fresh {
+            saga.deadline.map(|d| Instant::now() + d)
+        } else {
+            record.deadline_ms.map(|d| {
+                let left = d.saturating_sub(now_ms()).max(0);
+                Instant::now() + Duration::from_millis(left.unsigned_abs())
+            })
+        };
         // The first start of this run is its own write; later ones ride on
         // the previous outcome's write.
         // An operator action's own entries ride on the first write.
