@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::inventory::{Inventory, InventoryRequest};
 use crate::orders::OrdersState;
 use crate::payments::{PaymentRequest, Payments};
+use crate::server::ServerLimits;
 use crate::{catalog, db, identity, orders};
 
 /// Request bodies above this are refused with 413.
@@ -60,6 +61,8 @@ pub struct Config {
     /// How long an unconfirmed inventory reservation holds its stock (see
     /// [`Settings::reservation_ttl`](crate::config::Settings::reservation_ttl)).
     pub reservation_ttl: Duration,
+    /// Timeouts and the connection bound of the listener.
+    pub server: crate::server::ServerLimits,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain: Duration::from_secs(2),
             reservation_ttl: crate::config::DEFAULT_RESERVATION_TTL,
+            server: crate::server::ServerLimits::default(),
         }
     }
 }
@@ -184,7 +188,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let payments_db = db::open_any(dir, "payments").await?;
     let read_db = db::open(dir, "orders-read").await?;
 
-    let identity = Arc::new(Identity::open(identity_db.clone(), None, None).await?);
+    let identity = Arc::new(Identity::open(identity_db.clone(), None, Vec::new()).await?);
     let catalog = Catalog::open(catalog_db.clone()).await?;
     let inventory = Inventory::open(
         inventory_db.clone(),
@@ -299,7 +303,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             web.traffic.clone(),
             crate::web::record_traffic,
         ));
-    let (addr, shutdown, server) = serve(config.addr, app, health, config.drain).await?;
+    let (addr, shutdown, server) =
+        serve_with(config.addr, app, health, config.drain, config.server).await?;
     Ok(Running {
         addr,
         services,
@@ -355,6 +360,17 @@ pub(crate) async fn serve(
     health: Health,
     drain: Duration,
 ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), Error> {
+    serve_with(addr, app, health, drain, ServerLimits::default()).await
+}
+
+/// [`serve`] under `limits`.
+pub(crate) async fn serve_with(
+    addr: SocketAddr,
+    app: Router,
+    health: Health,
+    drain: Duration,
+    limits: ServerLimits,
+) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -362,11 +378,7 @@ pub(crate) async fn serve(
         let _ = rx.await;
     };
     let stop = health.graceful_shutdown(signal, drain);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    let server = tokio::spawn(crate::server::run(listener, app, limits, stop));
     Ok((addr, tx, server))
 }
 
@@ -391,7 +403,9 @@ pub(crate) async fn serve_mtls(
     let listener = crate::tls::MtlsListener::new(listener, acceptor)?;
     let probes_router = health.router();
     let probes_task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(probes, probes_router).await {
+        let forever = std::future::pending::<()>();
+        let limits = ServerLimits::default();
+        if let Err(error) = crate::server::run(probes, probes_router, limits, forever).await {
             tracing::error!(%error, "health probe server failed");
         }
     });
@@ -400,11 +414,12 @@ pub(crate) async fn serve_mtls(
         let _ = rx.await;
     };
     let stop = health.graceful_shutdown(signal, drain);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    let server = tokio::spawn(crate::server::run(
+        listener,
+        app,
+        ServerLimits::default(),
+        stop,
+    ));
     Ok(MtlsServer {
         addr,
         health_addr,

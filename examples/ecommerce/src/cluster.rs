@@ -13,15 +13,12 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::ApiClient;
 use crate::config::{ServiceName, Settings};
 use crate::error::Error;
 
-/// The client secret the services share (client-credentials grant).
-pub const SECRET: &str = "distributed-test-secret";
 /// Stock of every SKU a fresh system is seeded with.
 pub const SEED_STOCK: i64 = 100_000;
 
@@ -102,7 +99,16 @@ impl System {
             ("ECOMMERCE_DATABASE_URL".into(), database_url.to_owned()),
             ("ECOMMERCE_NATS_URL".into(), nats_url.to_owned()),
             ("ECOMMERCE_SCHEMA_PREFIX".into(), prefix.clone()),
-            ("ECOMMERCE_SERVICE_SECRET".into(), SECRET.into()),
+            // A fresh orders client secret per run: serve mode refuses
+            // any value committed here.
+            (
+                crate::secrets::client_secret_var(ServiceName::Orders),
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                ),
+            ),
             ("ECOMMERCE_SEED_STOCK".into(), SEED_STOCK.to_string()),
             (
                 "ECOMMERCE_SIGNING_KEY_FILE".into(),
@@ -240,23 +246,12 @@ impl System {
         Ok(())
     }
 
-    /// A token from identity's client-credentials route, through the gateway.
+    /// An operator's token with `scope` (space-separated), signed with
+    /// identity's key file as `ecommerce token` does: no HTTP route grants
+    /// `ops:admin`.
     pub async fn service_token(&self, scope: &str) -> Result<String, Error> {
-        let r = ApiClient::new(self.url(ServiceName::Gateway))
-            .json(
-                Method::POST,
-                "/api/v1/identity/token",
-                None,
-                Some(json!({ "client_id": "test", "client_secret": SECRET, "scope": scope })),
-            )
-            .await?;
-        if r.status != StatusCode::OK {
-            return Err(fail(format!("service token: {} {}", r.status, r.body)));
-        }
-        r.body["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| fail(format!("service token: {}", r.body)))
+        let scopes: Vec<&str> = scope.split_whitespace().collect();
+        crate::identity::operator_token(&self.dir.join("signing-key.pem"), "operator", &scopes)
     }
 
     /// A pool on the database with `search_path` set to `service`'s schema.
