@@ -330,14 +330,22 @@ pub(crate) fn not_found(api: Router) -> Router {
 /// request ids, server traces and HTTP metrics: the same around every
 /// service, in one process or alone.
 pub(crate) fn wrap(api: Router, health: &Health) -> Router {
+    let (app, metrics) = wrap_split(api, health);
+    app.merge(metrics)
+}
+
+/// [`wrap`] with `/metrics` apart, for a listener of its own (the
+/// gateway's: its public port must not show the system's internals).
+pub(crate) fn wrap_split(api: Router, health: &Health) -> (Router, Router) {
     let mut registry = Registry::default();
     let metrics = HttpMetrics::new(&mut registry);
     registry.register_collector(Box::new(ProcessCollector::new()));
     let registry = Arc::new(registry);
-    Router::new()
+    let metrics_route =
+        Router::new().route_service("/metrics", MetricsService::new(registry));
+    let app = Router::new()
         .nest("/api/v1", api)
         .merge(health.router())
-        .route_service("/metrics", MetricsService::new(registry))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(
             crate::error::json_auth_errors,
@@ -347,7 +355,8 @@ pub(crate) fn wrap(api: Router, health: &Health) -> Router {
                 .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer::new())
                 .layer(metrics.server_layer()),
-        )
+        );
+    (app, metrics_route)
 }
 
 pub(crate) type Server = tokio::task::JoinHandle<std::io::Result<()>>;

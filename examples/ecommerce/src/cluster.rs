@@ -77,6 +77,8 @@ pub struct System {
     pub spare_ports: Vec<u16>,
     /// Stock of every SKU at the start (`ECOMMERCE_SEED_STOCK`).
     pub seed_stock: i64,
+    /// The gateway's internal listener (probes and `/metrics`).
+    pub gateway_internal_port: u16,
 }
 
 impl System {
@@ -94,7 +96,10 @@ impl System {
             .zip(picked.by_ref())
             .map(|(s, port)| (*s, port))
             .collect();
-        let spare_ports = picked.collect();
+        let mut spare_ports: Vec<u16> = picked.collect();
+        // The gateway's internal port (probes, /metrics); the other seven
+        // stay spare for the mTLS health ports.
+        let gateway_internal_port = spare_ports.pop().ok_or_else(|| fail("no spare port"))?;
         let mut env = vec![
             ("ECOMMERCE_DATABASE_URL".into(), database_url.to_owned()),
             ("ECOMMERCE_NATS_URL".into(), nats_url.to_owned()),
@@ -136,6 +141,7 @@ impl System {
             procs: HashMap::new(),
             health_ports: HashMap::new(),
             spare_ports,
+            gateway_internal_port,
             seed_stock: SEED_STOCK,
         })
     }
@@ -174,7 +180,13 @@ impl System {
     /// `service`'s own certificate and health port, with mTLS.
     fn tls_env(&self, service: ServiceName) -> Vec<(String, String)> {
         if !self.env.iter().any(|(k, _)| k == "ECOMMERCE_TLS_CA") {
-            return Vec::new();
+            return match service {
+                ServiceName::Gateway => vec![(
+                    "ECOMMERCE_HEALTH_LISTEN".to_owned(),
+                    format!("127.0.0.1:{}", self.gateway_internal_port),
+                )],
+                _ => Vec::new(),
+            };
         }
         let file = |ext: &str| {
             self.dir
@@ -186,6 +198,12 @@ impl System {
             ("ECOMMERCE_TLS_CERT".to_owned(), file("crt")),
             ("ECOMMERCE_TLS_KEY".to_owned(), file("key")),
         ];
+        if service == ServiceName::Gateway {
+            env.push((
+                "ECOMMERCE_HEALTH_LISTEN".to_owned(),
+                format!("127.0.0.1:{}", self.gateway_internal_port),
+            ));
+        }
         if let Some(port) = self.health_ports.get(&service) {
             env.push((
                 "ECOMMERCE_HEALTH_LISTEN".to_owned(),

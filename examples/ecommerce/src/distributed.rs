@@ -89,7 +89,8 @@ impl RunningService {
     }
 
     /// Where the plain-HTTP health probes answer, when mTLS moved them off
-    /// [`addr`](Self::addr).
+    /// [`addr`](Self::addr); the gateway's internal port (probes and
+    /// `/metrics`).
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.health_addr
     }
@@ -262,7 +263,28 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         ServiceName::Gateway => api,
         own => api.merge(crate::openapi::service_router(own)),
     };
-    let mut app = wrap(not_found(api), &health);
+    // The gateway's `/metrics` answers on its internal port (the health
+    // listen address), not on the public one.
+    let (mut app, metrics) = match service {
+        ServiceName::Gateway => {
+            let (app, metrics) = crate::app::wrap_split(not_found(api), &health);
+            (app, Some(metrics))
+        }
+        _ => (wrap(not_found(api), &health), None),
+    };
+    let mut internal_addr = None;
+    if let Some(metrics) = metrics {
+        let listener = tokio::net::TcpListener::bind(settings.health_listen_addr()).await?;
+        internal_addr = Some(listener.local_addr()?);
+        let internal = health.router().merge(metrics);
+        background.push(tokio::spawn(async move {
+            let limits = crate::server::ServerLimits::default();
+            let forever = std::future::pending::<()>();
+            if let Err(error) = crate::server::run(listener, internal, limits, forever).await {
+                tracing::error!(%error, "internal listener failed");
+            }
+        }));
+    }
     if let Some(pages) = pages {
         app = app.merge(pages);
     }
@@ -297,7 +319,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         _ => {
             let (addr, shutdown, server) =
                 serve(settings.listen_addr(), app, health, settings.drain).await?;
-            (addr, None, shutdown, server)
+            (addr, internal_addr, shutdown, server)
         }
     };
     Ok(RunningService {
