@@ -65,8 +65,8 @@ pub(crate) struct AttemptLimits {
 impl Default for AttemptLimits {
     fn default() -> Self {
         AttemptLimits {
-            per_address: RateLimitConfig::new(20, Duration::from_secs(1))
-                .with_burst(200)
+            per_address: RateLimitConfig::new(10, Duration::from_secs(1))
+                .with_burst(100)
                 .with_max_keys(100_000)
                 .with_name("identity-per-address"),
             per_account: RateLimitConfig::new(10, Duration::from_secs(60))
