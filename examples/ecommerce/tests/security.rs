@@ -707,23 +707,24 @@ async fn a_login_storm_keeps_the_server_under_idle_memory_plus_100_mib() {
     let stdout = child.stdout.take().unwrap();
     let child = Kill(child);
     let pid = child.0.id();
-    // Wait until it serves (after its narrated scenario).
-    let ready = tokio::task::spawn_blocking(move || {
+    // Wait until it serves (after its narrated scenario); the reader keeps
+    // draining its output afterwards (a closed pipe would kill it).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
+        let mut tx = Some(tx);
         for line in std::io::BufReader::new(stdout).lines() {
-            if line.unwrap_or_default().starts_with("Serving on") {
-                return true;
+            if line.unwrap_or_default().starts_with("Serving on")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
             }
         }
-        false
     });
-    assert!(
-        tokio::time::timeout(Duration::from_secs(120), ready)
-            .await
-            .unwrap()
-            .unwrap(),
-        "the server did not start"
-    );
+    tokio::time::timeout(Duration::from_secs(120), rx)
+        .await
+        .expect("the server did not start in 120 s")
+        .expect("the server exited before serving");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_kib(pid);
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(idle));
