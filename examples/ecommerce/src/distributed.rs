@@ -377,9 +377,18 @@ pub(crate) async fn nats(settings: &Settings) -> Result<async_nats::Client, Erro
             message: "orders, shipping and analytics need ECOMMERCE_NATS_URL".into(),
         })
     })?;
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url)
+    // Credentials in the URL (`nats://orders:<password>@nats:4222`, each
+    // service its own NATS user) are sent as the user and password; the
+    // client does not read them from the URL itself.
+    let addr: async_nats::ServerAddr = url
+        .parse()
+        .map_err(|e: std::io::Error| Error::Bus(format!("nats_url: {e}")))?;
+    let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+    if let (Some(user), Some(password)) = (addr.username(), addr.password()) {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    options
+        .connect(addr)
         .await
         .map_err(|e| Error::Bus(e.to_string()))
 }
