@@ -53,7 +53,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::request::Parts;
@@ -257,10 +257,13 @@ impl<B, ResB> RetryPolicy<Request<RetryBody<B>>, Response<ResB>> for HttpRetryPo
     }
 }
 
-/// Reads a `Retry-After` value: delay-seconds (`"120"`) or an IMF-fixdate
-/// HTTP-date (`"Wed, 21 Oct 2015 07:28:00 GMT"`), relative to `now`. A date
-/// in the past is a zero wait; anything else unreadable is `None`. (The
-/// obsolete RFC 850 and asctime date forms are not read.)
+/// Reads a `Retry-After` value: delay-seconds (`"120"`) or an HTTP-date in
+/// any of the three forms RFC 9110 says a recipient must accept
+/// (IMF-fixdate `"Wed, 21 Oct 2015 07:28:00 GMT"`, the obsolete RFC 850
+/// `"Wednesday, 21-Oct-15 07:28:00 GMT"` and asctime
+/// `"Wed Oct 21 07:28:00 2015"`), relative to `now`. A date in the past is a
+/// zero wait; anything else unreadable is `None`. Dates are parsed by the
+/// `httpdate` crate, which hyper uses too.
 ///
 /// # Examples
 ///
@@ -272,6 +275,8 @@ impl<B, ResB> RetryPolicy<Request<RetryBody<B>>, Response<ResB>> for HttpRetryPo
 /// let now = UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50
 /// let date = HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
 /// assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(10)));
+/// let asctime = HeaderValue::from_static("Wed Oct 21 07:28:00 2015");
+/// assert_eq!(parse_retry_after(&asctime, now), Some(Duration::from_secs(10)));
 /// assert_eq!(parse_retry_after(&HeaderValue::from_static("3"), now), Some(Duration::from_secs(3)));
 /// assert_eq!(parse_retry_after(&HeaderValue::from_static("soon"), now), None);
 /// ```
@@ -280,51 +285,8 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse::<u64>().ok().map(Duration::from_secs);
     }
-    let at = UNIX_EPOCH + Duration::from_secs(parse_imf_fixdate(text)?);
+    let at = httpdate::parse_http_date(text).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Seconds since the Unix epoch of `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_imf_fixdate(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    if b.len() != 29 || &b[3..5] != b", " || &b[25..] != b" GMT" {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<u64> {
-        let s = text.get(range)?;
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
-    let day = num(5..7)?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| text.get(8..11) == Some(*m))? as u64
-        + 1;
-    let year = num(12..16)?;
-    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
-    if b[7] != b' ' || b[11] != b' ' || b[16] != b' ' || b[19] != b':' || b[22] != b':' {
-        return None;
-    }
-    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 || year < 1970 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm), for years >= 1970.
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 /// A request body that the retry layer can send again: fully buffered, or,
