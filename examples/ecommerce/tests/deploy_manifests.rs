@@ -12,10 +12,9 @@
 //! Secrets come from an overlay (overlays/local generates random ones with
 //! its generate-secrets.sh, run here into a temporary copy of deploy/k8s);
 //! every Deployment's environment passes serve mode's secret check; a
-//! Secret is mounted only into the pods that use it; NetworkPolicies deny
-//! by default and let each workload reach exactly its callees; each
-//! service has a PostgreSQL role owning only its schema; and only orders'
-//! NATS user may publish order events.
+//! Secret is mounted only into the pods that use it; each service has a
+//! PostgreSQL role owning only its schema; and only orders' NATS user may
+//! publish order events.
 //!
 //! The checker collects problems instead of stopping at the first, and
 //! `the_checker_catches_broken_manifests` breaks the real files one way at a
@@ -659,6 +658,207 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
     }
 }
 
+/// Who opens connections to whom, as the code does it: the gateway proxies
+/// the public routes and probes every peer's readiness
+/// (src/distributed.rs); every service but the gateway fetches identity's
+/// JWKS and, where it calls a peer, its service token; orders calls
+/// catalog, inventory and payments; orders, shipping and analytics use NATS
+/// (the outbox relay and src/bus.rs); every service but the gateway keeps
+/// its tables in PostgreSQL. A new call in the code needs a line here and a
+/// rule in networkpolicy.yaml, or the pods cannot talk.
+const CALLS: [(&str, &[&str]); 8] = [
+    (
+        "gateway",
+        &[
+            "identity",
+            "catalog",
+            "inventory",
+            "payments",
+            "orders",
+            "shipping",
+            "analytics",
+        ],
+    ),
+    ("identity", &["postgres"]),
+    ("catalog", &["identity", "postgres"]),
+    ("inventory", &["identity", "postgres"]),
+    ("payments", &["identity", "postgres"]),
+    (
+        "orders",
+        &[
+            "identity",
+            "catalog",
+            "inventory",
+            "payments",
+            "postgres",
+            "nats",
+        ],
+    ),
+    ("shipping", &["identity", "postgres", "nats"]),
+    ("analytics", &["identity", "postgres", "nats"]),
+];
+
+/// Who may reach a workload, or go out from it, by NetworkPolicy.
+#[derive(Debug, Default, PartialEq)]
+struct Allowed {
+    /// A rule admits any peer.
+    anyone: bool,
+    /// Pods named by `app.kubernetes.io/name`.
+    pods: BTreeSet<String>,
+}
+
+/// The peers `rules` (a policy's `ingress` or `egress`) admit; `peers` is
+/// `from` or `to`. The DNS rule (kube-dns on port 53) and scrapes from the
+/// `monitoring` namespace are the two admitted exceptions; any other
+/// namespace selector, IP block or rule without peers admits anyone.
+fn allowed_peers(rules: &[Value], peers: &str, file: &str, problems: &mut Vec<String>) -> Allowed {
+    let mut allowed = Allowed::default();
+    for rule in rules {
+        let list = array_at(rule, &format!("/{peers}"));
+        if list.is_empty() {
+            allowed.anyone = true;
+            continue;
+        }
+        for peer in list {
+            let namespace = str_at(
+                peer,
+                "/namespaceSelector/matchLabels/kubernetes.io~1metadata.name",
+            );
+            let pod = str_at(peer, "/podSelector/matchLabels/app.kubernetes.io~1name");
+            match (namespace, pod) {
+                (None, Some(pod)) if peer.get("ipBlock").is_none() => {
+                    allowed.pods.insert(pod.to_owned());
+                }
+                (Some("kube-system"), None)
+                    if str_at(peer, "/podSelector/matchLabels/k8s-app") == Some("kube-dns")
+                        && array_at(rule, "/ports")
+                            .iter()
+                            .all(|p| p.get("port").and_then(Value::as_u64) == Some(53))
+                        && !array_at(rule, "/ports").is_empty() => {}
+                (Some("monitoring"), None)
+                    if peers == "from" && peer.get("podSelector").is_none() => {}
+                _ => {
+                    problems.push(format!(
+                        "{file}: a NetworkPolicy peer {peer} admits more than one workload's pods"
+                    ));
+                    allowed.anyone = true;
+                }
+            }
+        }
+    }
+    allowed
+}
+
+/// Default-deny for every pod, then for each workload exactly the traffic
+/// of [`CALLS`]: callers in, callees (and DNS) out. The gateway alone is
+/// open to anyone.
+fn check_network_policies(resources: &[Resource], problems: &mut Vec<String>) {
+    let policies: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| r.kind == "NetworkPolicy")
+        .collect();
+    let types = |p: &Resource| -> BTreeSet<String> {
+        array_at(&p.doc, "/spec/policyTypes")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let both: BTreeSet<String> = ["Ingress".to_owned(), "Egress".to_owned()].into();
+    let default_deny = policies.iter().any(|p| {
+        p.doc
+            .pointer("/spec/podSelector")
+            .and_then(Value::as_object)
+            .is_some_and(|s| s.is_empty())
+            && types(p) == both
+            && array_at(&p.doc, "/spec/ingress").is_empty()
+            && array_at(&p.doc, "/spec/egress").is_empty()
+    });
+    if !default_deny {
+        problems.push(
+            "NetworkPolicy: no default-deny policy (empty podSelector, Ingress and Egress, no rules)"
+                .into(),
+        );
+    }
+    let mut callers: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (caller, callees) in CALLS {
+        for callee in callees {
+            callers.entry(callee).or_default().insert(caller.to_owned());
+        }
+    }
+    let workloads = CALLS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["postgres", "nats"]);
+    for workload in workloads {
+        let selecting: Vec<&&Resource> = policies
+            .iter()
+            .filter(|p| {
+                str_at(
+                    &p.doc,
+                    "/spec/podSelector/matchLabels/app.kubernetes.io~1name",
+                ) == Some(workload)
+            })
+            .collect();
+        if selecting.is_empty() {
+            problems.push(format!("{workload}: no NetworkPolicy selects its pods"));
+            continue;
+        }
+        let mut inbound = Allowed::default();
+        let mut outbound = Allowed::default();
+        for policy in selecting {
+            if types(policy) != both {
+                problems.push(format!(
+                    "{}: NetworkPolicy {} must list policyTypes Ingress and Egress",
+                    policy.file, policy.name
+                ));
+            }
+            let i = allowed_peers(
+                array_at(&policy.doc, "/spec/ingress"),
+                "from",
+                &policy.file,
+                problems,
+            );
+            inbound.anyone |= i.anyone;
+            inbound.pods.extend(i.pods);
+            let e = allowed_peers(
+                array_at(&policy.doc, "/spec/egress"),
+                "to",
+                &policy.file,
+                problems,
+            );
+            outbound.anyone |= e.anyone;
+            outbound.pods.extend(e.pods);
+        }
+        let expected_in = Allowed {
+            anyone: workload == "gateway",
+            pods: if workload == "gateway" {
+                BTreeSet::new()
+            } else {
+                callers.get(workload).cloned().unwrap_or_default()
+            },
+        };
+        if inbound != expected_in {
+            problems.push(format!(
+                "{workload}: NetworkPolicy ingress admits {inbound:?}, its callers are {expected_in:?}"
+            ));
+        }
+        let expected_out = Allowed {
+            anyone: false,
+            pods: CALLS
+                .iter()
+                .find(|(name, _)| *name == workload)
+                .map(|(_, callees)| callees.iter().map(|c| (*c).to_owned()).collect())
+                .unwrap_or_default(),
+        };
+        if outbound != expected_out {
+            problems.push(format!(
+                "{workload}: NetworkPolicy egress admits {outbound:?}, it calls {expected_out:?}"
+            ));
+        }
+    }
+}
+
 /// Every `ECOMMERCE_*` key of a ConfigMap reaches some Deployment, so a
 /// setting written down here is one a service really gets.
 fn check_config_keys_are_read(resources: &[Resource], problems: &mut Vec<String>) {
@@ -793,127 +993,6 @@ fn check_secret_scope(resources: &[Resource], problems: &mut Vec<String>) {
                 )),
                 Some(_) => {}
             }
-        }
-    }
-}
-
-/// Who calls whom: `tls::CALLERS` for the services, plus the database
-/// (every service but the gateway) and the bus (orders, shipping, analytics).
-fn expected_callers(target: &str) -> Vec<String> {
-    match target {
-        "postgres" => ServiceName::ALL
-            .iter()
-            .filter(|s| **s != ServiceName::Gateway)
-            .map(|s| s.as_str().to_owned())
-            .collect(),
-        "nats" => ["orders", "shipping", "analytics"].map(String::from).to_vec(),
-        other => match other.parse::<ServiceName>() {
-            Ok(service) => ServiceName::ALL
-                .iter()
-                .filter(|caller| {
-                    **caller != service
-                        && ecommerce::tls::CALLERS
-                            .iter()
-                            .any(|(s, callers)| *s == service && callers.contains(caller))
-                })
-                .map(|s| s.as_str().to_owned())
-                .collect(),
-            Err(_) => Vec::new(),
-        },
-    }
-}
-
-/// Whether a NetworkPolicy peer (`from`/`to` item) is the pods labelled
-/// `labels` in this namespace (a namespaceSelector or ipBlock is outside).
-fn peer_matches(peer: &Value, labels: &Value) -> bool {
-    if peer.get("namespaceSelector").is_some() || peer.get("ipBlock").is_some() {
-        return false;
-    }
-    match peer.pointer("/podSelector/matchLabels") {
-        Some(Value::Object(m)) if !m.is_empty() => selects(peer.pointer("/podSelector/matchLabels"), Some(labels)),
-        // An empty podSelector: every pod of the namespace.
-        _ => peer.get("podSelector").is_some(),
-    }
-}
-
-/// Whether `policy` applies to the pods labelled `labels`.
-fn policy_selects(policy: &Value, labels: &Value) -> bool {
-    match policy.pointer("/spec/podSelector/matchLabels") {
-        Some(Value::Object(m)) if !m.is_empty() => {
-            selects(policy.pointer("/spec/podSelector/matchLabels"), Some(labels))
-        }
-        _ => true,
-    }
-}
-
-/// The rules of `direction` (`ingress` / `egress`) in `policy` that admit
-/// `peer` (`None`: from outside the namespace).
-fn admits(policy: &Value, direction: &str, side: &str, peer: Option<&Value>) -> bool {
-    array_at(policy, &format!("/spec/{direction}")).iter().any(|rule| {
-        match rule.get(side).and_then(Value::as_array) {
-            // No from/to: every peer, outside ones included.
-            None => true,
-            Some(peers) => match peer {
-                Some(labels) => peers.iter().any(|p| peer_matches(p, labels)),
-                None => peers
-                    .iter()
-                    .any(|p| p.get("namespaceSelector").is_some() || p.get("ipBlock").is_some()),
-            },
-        }
-    })
-}
-
-/// Default deny, then each workload reachable exactly by its callers, and
-/// only the gateway from outside.
-fn check_network_policies(resources: &[Resource], problems: &mut Vec<String>) {
-    let policies: Vec<&Resource> = resources.iter().filter(|r| r.kind == "NetworkPolicy").collect();
-    let deny_all = policies.iter().any(|p| {
-        let types: Vec<&str> = array_at(&p.doc, "/spec/policyTypes").iter().filter_map(Value::as_str).collect();
-        p.doc.pointer("/spec/podSelector").is_some_and(|s| s.as_object().is_some_and(|o| o.values().all(|v| v.as_object().is_some_and(serde_json::Map::is_empty)) ))
-            && types.contains(&"Ingress")
-            && types.contains(&"Egress")
-            && array_at(&p.doc, "/spec/ingress").is_empty()
-            && array_at(&p.doc, "/spec/egress").is_empty()
-    });
-    if !deny_all {
-        problems.push("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)".into());
-    }
-    let all = workloads(resources);
-    let reach = |from: &Value, to: &Value| {
-        policies.iter().any(|p| policy_selects(&p.doc, to) && admits(&p.doc, "ingress", "from", Some(from)))
-            && policies.iter().any(|p| policy_selects(&p.doc, from) && admits(&p.doc, "egress", "to", Some(to)))
-    };
-    for (target, to_labels) in &all {
-        let expected = expected_callers(&target.name);
-        for (caller, from_labels) in &all {
-            if caller.name == target.name {
-                continue;
-            }
-            let calls = expected.contains(&caller.name);
-            let can = reach(from_labels, to_labels);
-            if can && !calls {
-                problems.push(format!(
-                    "NetworkPolicies: {} may reach {}, which it does not call",
-                    caller.name, target.name
-                ));
-            }
-            if calls && !can {
-                problems.push(format!(
-                    "NetworkPolicies: {} cannot reach {}, which it calls",
-                    caller.name, target.name
-                ));
-            }
-        }
-        let outside = policies
-            .iter()
-            .any(|p| policy_selects(&p.doc, to_labels) && admits(&p.doc, "ingress", "from", None));
-        let public = target.name == "gateway";
-        if outside != public {
-            problems.push(format!(
-                "NetworkPolicies: {} is {}reachable from outside the namespace",
-                target.name,
-                if outside { "" } else { "not " }
-            ));
         }
     }
 }
@@ -1763,6 +1842,39 @@ fn the_checker_catches_broken_manifests() {
             "expected payments",
         ),
         (
+            "networkpolicy.yaml",
+            "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
+            "  podSelector: {}\n  policyTypes: [Ingress]",
+            "no default-deny policy",
+        ),
+        (
+            // payments reachable by catalog, which never calls it
+            "networkpolicy.yaml",
+            "      app.kubernetes.io/name: payments\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - from:\n",
+            "      app.kubernetes.io/name: payments\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: catalog\n",
+            "payments: NetworkPolicy ingress admits",
+        ),
+        (
+            // an ingress rule without peers admits anyone
+            "networkpolicy.yaml",
+            "      app.kubernetes.io/name: inventory\n  policyTypes: [Ingress, Egress]\n  ingress:\n",
+            "      app.kubernetes.io/name: inventory\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - {}\n",
+            "inventory: NetworkPolicy ingress admits",
+        ),
+        (
+            // orders cut off from NATS: its egress no longer matches its calls
+            "networkpolicy.yaml",
+            "name: inventory\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: nats\n",
+            "name: inventory\n",
+            "orders: NetworkPolicy egress admits",
+        ),
+        (
+            "networkpolicy.yaml",
+            "      app.kubernetes.io/name: shipping\n  policyTypes",
+            "      app.kubernetes.io/name: shipper\n  policyTypes",
+            "shipping: no NetworkPolicy selects its pods",
+        ),
+        (
             "config.yaml",
             "inventory.listen: 0.0.0.0:8083",
             "inventory.listen: 0.0.0.0:9083",
@@ -1876,24 +1988,6 @@ fn the_checker_catches_broken_manifests() {
             "prometheus.io/port: \"9080\"",
             "prometheus.io/port: \"8080\"",
             "not its internal port",
-        ),
-        (
-            "networkpolicy.yaml",
-            "  name: default-deny\nspec:\n  podSelector: {}\n  policyTypes:\n    - Ingress\n    - Egress\n",
-            "  name: default-deny\nspec:\n  podSelector: {}\n  policyTypes:\n    - Ingress\n",
-            "no default-deny NetworkPolicy",
-        ),
-        (
-            "networkpolicy.yaml",
-            "      app.kubernetes.io/name: inventory\n  policyTypes:\n    - Ingress\n    - Egress\n  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: gateway\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: orders\n",
-            "      app.kubernetes.io/name: inventory\n  policyTypes:\n    - Ingress\n    - Egress\n  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: gateway\n",
-            "orders cannot reach inventory, which it calls",
-        ),
-        (
-            "networkpolicy.yaml",
-            "      app.kubernetes.io/name: payments\n  policyTypes:\n    - Ingress\n    - Egress\n  ingress:\n    - from:\n",
-            "      app.kubernetes.io/name: payments\n  policyTypes:\n    - Ingress\n    - Egress\n  ingress:\n    - _from:\n",
-            "payments is reachable from outside the namespace",
         ),
         (
             "postgres-init.yaml",
@@ -2111,32 +2205,6 @@ fn the_checker_catches_broken_manifests() {
             "{overlay}/{file}: {from:?} -> {to:?} should report {expected:?}, got {problems:#?}"
         );
     }
-
-    // A workload that may reach one it does not call takes both sides:
-    // shipping's egress and payments' ingress.
-    let mut files = base.clone();
-    let policy = files.get_mut("networkpolicy.yaml").unwrap();
-    let shipping_egress = "      app.kubernetes.io/name: shipping\n  policyTypes:\n    - Ingress\n    - Egress\n";
-    let payments_ingress = "      app.kubernetes.io/name: payments\n  policyTypes:\n    - Ingress\n    - Egress\n  ingress:\n    - from:\n";
-    assert!(policy.contains(shipping_egress) && policy.contains(payments_ingress));
-    *policy = policy
-        .replacen(
-            payments_ingress,
-            &format!("{payments_ingress}        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: shipping\n"),
-            1,
-        )
-        .replacen(
-            "  egress:\n    - to:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: identity\n      ports:\n        - port: 8081\n          protocol: TCP\n    - to:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: postgres\n",
-            "  egress:\n    - to:\n        - podSelector: {}\n",
-            // Every service whose egress starts with identity and postgres,
-            // shipping among them, may now reach any pod.
-            usize::MAX,
-        );
-    let problems = check_base(&files);
-    assert!(
-        problems.iter().any(|p| p.contains("shipping may reach payments, which it does not call")),
-        "{problems:#?}"
-    );
 
     let docker = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
     for (from, to, expected) in [

@@ -15,6 +15,8 @@ pub const MAX_COUNT_WINDOW: u32 = 100_000;
 pub const MAX_TIME_BUCKETS: u32 = 3_600;
 /// The largest number of trial calls in half-open.
 pub const MAX_PERMITTED_IN_HALF_OPEN: u32 = 10_000;
+/// The default [`CircuitBreakerConfig::max_wait_in_half_open`]: 60 s.
+pub const DEFAULT_MAX_WAIT_IN_HALF_OPEN: Duration = Duration::from_secs(60);
 
 /// Which calls the breaker looks at to decide whether to open.
 ///
@@ -132,12 +134,18 @@ pub struct CircuitBreakerConfig {
     pub permitted_calls_in_half_open: u32,
     /// The longest the breaker may stay half-open: once it has passed, the
     /// next call re-opens it, so trial calls that never finish cannot keep it
-    /// there. `None` (the default, as in resilience4j) waits for the trial
-    /// calls; a dropped trial call always gives its permit back.
-    #[serde(
-        with = "crate::config::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// there. Default 60 s.
+    ///
+    /// Why bounded by default, unlike resilience4j: a breaker used without a
+    /// timeout inside it can admit a trial call that hangs forever. A dropped
+    /// trial gives its permit back, but one that is still pending holds
+    /// half-open for good, and every other call is rejected meanwhile — the
+    /// "stuck half-open" bug that resilience libraries' trackers report most.
+    /// A trial that has not answered in a minute is no evidence of health.
+    /// `None` waits for the trials without bound (only for services whose
+    /// calls are bounded by a timeout inside the breaker; `null` in JSON, code
+    /// only in TOML, which has no null).
+    #[serde(with = "crate::config::duration::option")]
     pub max_wait_in_half_open: Option<Duration>,
 }
 
@@ -154,7 +162,7 @@ impl Default for CircuitBreakerConfig {
             wait_in_open_multiplier: 1.0,
             max_wait_in_open: Duration::from_secs(60),
             permitted_calls_in_half_open: 10,
-            max_wait_in_half_open: None,
+            max_wait_in_half_open: Some(DEFAULT_MAX_WAIT_IN_HALF_OPEN),
         }
     }
 }
