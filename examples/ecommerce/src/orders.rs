@@ -648,7 +648,8 @@ pub(crate) async fn place(
         customer,
         lines,
         total_cents,
-        card: body.card,
+        // Only the provider's token is kept (saga state and log), never the number.
+        card: crate::payments::tokenize(&body.card),
         reservation: None,
         payment: None,
         pending_validation: false,
