@@ -341,8 +341,7 @@ pub(crate) fn wrap_split(api: Router, health: &Health) -> (Router, Router) {
     let metrics = HttpMetrics::new(&mut registry);
     registry.register_collector(Box::new(ProcessCollector::new()));
     let registry = Arc::new(registry);
-    let metrics_route =
-        Router::new().route_service("/metrics", MetricsService::new(registry));
+    let metrics_route = Router::new().route_service("/metrics", MetricsService::new(registry));
     let app = Router::new()
         .nest("/api/v1", api)
         .merge(health.router())

@@ -752,15 +752,24 @@ mod tests {
         let settings = Settings::load_from(
             None,
             env(&[
-                ("ECOMMERCE_ORDERS_CLIENT_SECRET", "s3cr3t-value-of-orders-0123456789"),
-                ("ECOMMERCE_DATABASE_URL", "postgres://orders:pa55word@db:5432/shop"),
+                (
+                    "ECOMMERCE_ORDERS_CLIENT_SECRET",
+                    "s3cr3t-value-of-orders-0123456789",
+                ),
+                (
+                    "ECOMMERCE_DATABASE_URL",
+                    "postgres://orders:pa55word@db:5432/shop",
+                ),
             ]),
         )
         .unwrap();
         let shown = format!("{settings:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(!shown.contains("pa55word"), "{shown}");
-        assert!(shown.contains("postgres://orders:<redacted>@db:5432/shop"), "{shown}");
+        assert!(
+            shown.contains("postgres://orders:<redacted>@db:5432/shop"),
+            "{shown}"
+        );
         assert_eq!(
             redact_url("nats://n:4222"),
             "nats://n:4222",

@@ -9,14 +9,14 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::response::IntoResponse;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
-use trellis_resilience::rate_limit::{KeyedRateLimiter, RateLimitConfig};
-use unicode_normalization::UnicodeNormalization;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 use trellis_auth::Validator;
 use trellis_auth::issue::{KeyRing, SigningKey, TokenIssuer};
 use trellis_auth::jsonwebtoken::Algorithm;
+use trellis_resilience::rate_limit::{KeyedRateLimiter, RateLimitConfig};
+use unicode_normalization::UnicodeNormalization;
 
 use crate::config::ServiceName;
 use crate::error::{ApiError, ApiJson, Error};
@@ -197,12 +197,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             .flat_map(|v| v.split(','))
             .filter_map(|v| v.trim().parse::<IpAddr>().ok())
             .next_back();
-        Ok(ClientAddr(
-            match parts.extensions.get::<TrustForwarded>() {
-                Some(_) => forwarded.or(peer),
-                None => peer,
-            },
-        ))
+        Ok(ClientAddr(match parts.extensions.get::<TrustForwarded>() {
+            Some(_) => forwarded.or(peer),
+            None => peer,
+        }))
     }
 }
 

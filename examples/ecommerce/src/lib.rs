@@ -63,8 +63,8 @@ mod password;
 mod payments;
 mod readmodel;
 mod remote;
-pub mod secrets;
 pub mod scenario;
+pub mod secrets;
 pub mod server;
 mod shipping;
 #[doc(hidden)]

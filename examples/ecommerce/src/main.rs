@@ -106,8 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-const TOKEN_USAGE: &str =
-    "usage: ecommerce token --signing-key-file FILE [--scope \"ops:admin analytics:read\"] [--subject NAME]";
+const TOKEN_USAGE: &str = "usage: ecommerce token --signing-key-file FILE [--scope \"ops:admin analytics:read\"] [--subject NAME]";
 
 /// `ecommerce token`: an operator's token signed with identity's key file
 /// (distributed mode grants `ops:admin` over no HTTP route). Prints the
@@ -130,7 +129,10 @@ fn token(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     }
     let key_file = key_file.ok_or_else(|| format!("which key?\n{TOKEN_USAGE}"))?;
     let scopes: Vec<&str> = scope.split_whitespace().collect();
-    println!("{}", ecommerce::operator_token(&key_file, &subject, &scopes)?);
+    println!(
+        "{}",
+        ecommerce::operator_token(&key_file, &subject, &scopes)?
+    );
     Ok(())
 }
 

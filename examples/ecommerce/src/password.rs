@@ -250,7 +250,10 @@ mod tests {
         let check = |pw: &str| h.verify(pw.into(), Some((salt.clone(), stored.clone())));
         assert_eq!(check("correct horse").await.unwrap(), Verified::Match);
         assert_eq!(check("correct horsf").await.unwrap(), Verified::Mismatch);
-        assert_eq!(h.verify("x".into(), None).await.unwrap(), Verified::Mismatch);
+        assert_eq!(
+            h.verify("x".into(), None).await.unwrap(),
+            Verified::Mismatch
+        );
     }
 
     #[tokio::test]
@@ -266,7 +269,10 @@ mod tests {
         let legacy = hex(&Sha256::digest(b"s1:hunter22"));
         let stored = Some(("s1".to_owned(), legacy));
         assert_eq!(
-            hasher().verify("hunter22".into(), stored.clone()).await.unwrap(),
+            hasher()
+                .verify("hunter22".into(), stored.clone())
+                .await
+                .unwrap(),
             Verified::MatchNeedsRehash
         );
         assert_eq!(
@@ -299,7 +305,10 @@ mod tests {
         assert!(matches!(err, PasswordError::Busy), "{err}");
         assert_eq!(started.elapsed(), Duration::from_millis(500));
         drop(held);
-        assert_eq!(h.verify("pw".into(), None).await.unwrap(), Verified::Mismatch);
+        assert_eq!(
+            h.verify("pw".into(), None).await.unwrap(),
+            Verified::Mismatch
+        );
         // One buffer was made, and it went back to the pool.
         assert_eq!(h.buffers.lock().unwrap().len(), 1);
     }

@@ -193,7 +193,10 @@ fn check_ships_no_secret(resources: &[Resource], problems: &mut Vec<String>) {
     for r in resources.iter().filter(|r| r.kind == "ConfigMap") {
         for key in data_keys(r) {
             let value = data_value(r, &key).unwrap_or_default();
-            if key.contains("SECRET") || value.contains(":@") || (value.contains("://") && value.contains('@')) {
+            if key.contains("SECRET")
+                || value.contains(":@")
+                || (value.contains("://") && value.contains('@'))
+            {
                 problems.push(format!(
                     "{}: ConfigMap {} key {key} holds a credential",
                     r.file, r.name
@@ -338,12 +341,17 @@ fn build_overlay(
             .and_then(Value::as_bool)
             != Some(true)
     {
-        problems.push(at("kustomization.yaml: secretGenerator without disableNameSuffixHash"));
+        problems.push(at(
+            "kustomization.yaml: secretGenerator without disableNameSuffixHash",
+        ));
     }
     for generator in generators {
         let name = str_at(generator, "/name").unwrap_or_default().to_owned();
         let mut data = serde_json::Map::new();
-        for env in array_at(generator, "/envs").iter().filter_map(Value::as_str) {
+        for env in array_at(generator, "/envs")
+            .iter()
+            .filter_map(Value::as_str)
+        {
             used.insert(env);
             let Some(text) = files.get(env) else {
                 problems.push(format!(
@@ -352,7 +360,10 @@ fn build_overlay(
                 ));
                 continue;
             };
-            for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+            for line in text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            {
                 if let Some((key, value)) = line.split_once('=') {
                     data.insert(key.to_owned(), Value::from(value));
                 }
@@ -962,7 +973,11 @@ fn secret_users(secret: &str) -> Option<Vec<String>> {
 /// A Secret reaches only the pods that use it.
 fn check_secret_scope(resources: &[Resource], problems: &mut Vec<String>) {
     for (w, _) in workloads(resources) {
-        let spec = w.doc.pointer("/spec/template/spec").cloned().unwrap_or_default();
+        let spec = w
+            .doc
+            .pointer("/spec/template/spec")
+            .cloned()
+            .unwrap_or_default();
         let mut used = BTreeSet::new();
         for container in array_at(&spec, "/containers") {
             for var in array_at(container, "/env") {
@@ -1022,24 +1037,34 @@ fn check_database_roles(resources: &[Resource], problems: &mut Vec<String>) {
     }
     for line in script.lines().filter(|l| l.contains("GRANT ")) {
         if !line.trim_start().starts_with("GRANT CONNECT ON DATABASE") {
-            problems.push(format!("{}: the roles script grants more than CONNECT: {}", init.file, line.trim()));
+            problems.push(format!(
+                "{}: the roles script grants more than CONNECT: {}",
+                init.file,
+                line.trim()
+            ));
         }
     }
     let postgres = find(resources, "StatefulSet", "postgres");
     let mounted = postgres.is_some_and(|p| {
-        array_at(&p.doc, "/spec/template/spec/containers").iter().any(|c| {
-            array_at(c, "/volumeMounts").iter().any(|m| {
-                str_at(m, "/mountPath") == Some("/docker-entrypoint-initdb.d")
-            })
-        }) && array_at(&p.doc, "/spec/template/spec/volumes")
+        array_at(&p.doc, "/spec/template/spec/containers")
             .iter()
-            .any(|v| str_at(v, "/configMap/name") == Some("postgres-init"))
+            .any(|c| {
+                array_at(c, "/volumeMounts")
+                    .iter()
+                    .any(|m| str_at(m, "/mountPath") == Some("/docker-entrypoint-initdb.d"))
+            })
+            && array_at(&p.doc, "/spec/template/spec/volumes")
+                .iter()
+                .any(|v| str_at(v, "/configMap/name") == Some("postgres-init"))
     });
     if !mounted {
         problems.push("postgres does not run postgres-init at /docker-entrypoint-initdb.d".into());
     }
     let passwords = find(resources, "Secret", "ecommerce-postgres");
-    for service in ServiceName::ALL.iter().filter(|s| **s != ServiceName::Gateway) {
+    for service in ServiceName::ALL
+        .iter()
+        .filter(|s| **s != ServiceName::Gateway)
+    {
         let name = service.as_str();
         let upper = name.to_uppercase();
         if !script.contains(&format!("make_role {name} \"${upper}_DB_PASSWORD\"")) {
@@ -1099,13 +1124,21 @@ fn check_nats_users(resources: &[Resource], problems: &mut Vec<String>) {
     };
     let conf = data_value(config, "nats.conf").unwrap_or_default();
     if !conf.contains("authorization {") || conf.contains("no_auth_user") {
-        problems.push(format!("{}: NATS accepts clients without a user", config.file));
+        problems.push(format!(
+            "{}: NATS accepts clients without a user",
+            config.file
+        ));
     }
     let started_with_it = find(resources, "StatefulSet", "nats").is_some_and(|n| {
-        array_at(&n.doc, "/spec/template/spec/containers").iter().any(|c| {
-            let args: Vec<&str> = array_at(c, "/args").iter().filter_map(Value::as_str).collect();
-            args.windows(2).any(|w| w == ["-c", "/etc/nats/nats.conf"])
-        })
+        array_at(&n.doc, "/spec/template/spec/containers")
+            .iter()
+            .any(|c| {
+                let args: Vec<&str> = array_at(c, "/args")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                args.windows(2).any(|w| w == ["-c", "/etc/nats/nats.conf"])
+            })
     });
     if !started_with_it {
         problems.push("nats is not started with -c /etc/nats/nats.conf".into());
@@ -1133,7 +1166,10 @@ fn check_nats_users(resources: &[Resource], problems: &mut Vec<String>) {
             ));
         }
         if !line.contains(&format!("password: ${}_NATS_PASSWORD", user.to_uppercase())) {
-            problems.push(format!("{}: NATS user {user} has no password variable", config.file));
+            problems.push(format!(
+                "{}: NATS user {user} has no password variable",
+                config.file
+            ));
         }
         users.insert(user);
     }
@@ -1273,7 +1309,9 @@ fn check_deployment(
     let mtls = loaded.as_ref().is_ok_and(|s| s.tls.is_some());
     // The gateway always has its internal port (probes, /metrics).
     let health = match &loaded {
-        Ok(settings) if (mtls && service != ServiceName::Gateway) || service == ServiceName::Gateway => {
+        Ok(settings)
+            if (mtls && service != ServiceName::Gateway) || service == ServiceName::Gateway =>
+        {
             Some(u64::from(settings.health_listen_addr().port()))
         }
         _ => None,

@@ -200,9 +200,7 @@ async fn identity_grants_each_client_only_its_scopes_and_never_ops_admin() {
     let dir = support::TempDir::new("security-grants");
     let providers = ecommerce::testing::start_providers(&dir.0).await.unwrap();
     let identity = ApiClient::new(providers.url("identity"));
-    let grant = |id: &str, secret: &str, scope: &str| {
-        json!({ "client_id": id, "client_secret": secret, "scope": scope })
-    };
+    let grant = |id: &str, secret: &str, scope: &str| json!({ "client_id": id, "client_secret": secret, "scope": scope });
     for (body, status, error) in [
         (
             grant("orders", SERVICE_SECRET, "ops:admin"),
@@ -261,7 +259,10 @@ async fn identity_grants_each_client_only_its_scopes_and_never_ops_admin() {
     assert_eq!(r.headers["cache-control"], "no-store");
     let claims = payload(r.body["access_token"].as_str().unwrap());
     assert_eq!(claims["sub"], "service:orders");
-    assert_eq!(claims["scope"], "catalog:read inventory:write payments:write");
+    assert_eq!(
+        claims["scope"],
+        "catalog:read inventory:write payments:write"
+    );
     providers.shutdown().await.unwrap();
 }
 
@@ -304,10 +305,18 @@ async fn serve_mode_refuses_missing_short_or_committed_secrets() {
         }
     }
     // Services that hold no client secret need none; a strong one passes.
-    assert!(ecommerce::secrets::check_for_serve(&settings(ServiceName::Catalog, None), ServiceName::Catalog).is_ok());
+    assert!(
+        ecommerce::secrets::check_for_serve(
+            &settings(ServiceName::Catalog, None),
+            ServiceName::Catalog
+        )
+        .is_ok()
+    );
     let strong = "0123456789abcdef0123456789abcdef-strong";
     for service in [ServiceName::Identity, ServiceName::Orders] {
-        assert!(ecommerce::secrets::check_for_serve(&settings(service, Some(strong)), service).is_ok());
+        assert!(
+            ecommerce::secrets::check_for_serve(&settings(service, Some(strong)), service).is_ok()
+        );
     }
 }
 
@@ -354,7 +363,10 @@ async fn registration_does_not_reveal_a_taken_email_and_changes_nothing() {
     // Nothing changed: the first password still works, the second does not.
     let r = login(&api, "ada@example.com", "first password").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(payload(r.body["access_token"].as_str().unwrap())["sub"], first.body["id"]);
+    assert_eq!(
+        payload(r.body["access_token"].as_str().unwrap())["sub"],
+        first.body["id"]
+    );
     assert_eq!(r.headers["cache-control"], "no-store");
     let r = login(&api, "ada@example.com", "second password").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -367,7 +379,9 @@ async fn guessing_one_accounts_password_is_rate_limited_per_account() {
     let (running, _dir) = support::start("security-account-limit").await;
     let api = ApiClient::new(running.base_url());
     assert_eq!(
-        register(&api, "grace@example.com", "the real password").await.status,
+        register(&api, "grace@example.com", "the real password")
+            .await
+            .status,
         StatusCode::CREATED
     );
     // Register used one attempt of the account's ten.
@@ -382,7 +396,9 @@ async fn guessing_one_accounts_password_is_rate_limited_per_account() {
     assert!((1..=60).contains(&after), "{after}");
     // Another account from the same address is not affected.
     assert_eq!(
-        register(&api, "linus@example.com", "another password").await.status,
+        register(&api, "linus@example.com", "another password")
+            .await
+            .status,
         StatusCode::CREATED
     );
     running.shutdown().await.unwrap();
@@ -470,7 +486,10 @@ async fn a_forged_forwarded_for_does_not_escape_the_address_limit() {
     let (admitted, took) = logins_until_limited(&api, true)
         .await
         .expect("each forged address got its own budget");
-    assert!(admitted <= 100 + 10 * took.as_secs() as usize + 10, "{admitted}");
+    assert!(
+        admitted <= 100 + 10 * took.as_secs() as usize + 10,
+        "{admitted}"
+    );
     running.shutdown().await.unwrap();
 }
 
@@ -478,11 +497,22 @@ async fn a_forged_forwarded_for_does_not_escape_the_address_limit() {
 async fn every_page_gets_a_strict_csp_and_no_sniffing_or_referrer() {
     let (running, _dir) = support::start("security-pages").await;
     let api = ApiClient::new(running.base_url());
-    for path in ["/", "/orders", "/orders/abc", "/ops", "/assets/app.js", "/assets/app.css"] {
+    for path in [
+        "/",
+        "/orders",
+        "/orders/abc",
+        "/ops",
+        "/assets/app.js",
+        "/assets/app.css",
+    ] {
         let r = api.raw(Method::GET, path, None, Vec::new()).await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{path}");
         let csp = r.headers["content-security-policy"].to_str().unwrap();
-        for directive in ["default-src 'self'", "frame-ancestors 'none'", "base-uri 'none'"] {
+        for directive in [
+            "default-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
             assert!(csp.contains(directive), "{path}: {csp}");
         }
         assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
@@ -494,7 +524,10 @@ async fn every_page_gets_a_strict_csp_and_no_sniffing_or_referrer() {
     let page = http_get(&mut tcp, "/", "");
     let body = &page[page.find("\r\n\r\n").unwrap()..];
     assert!(body.contains("<script src=\"/assets/app.js\""), "{body}");
-    assert!(!body.contains("<script>") && !body.contains("style=\""), "{body}");
+    assert!(
+        !body.contains("<script>") && !body.contains("style=\""),
+        "{body}"
+    );
     assert!(!body.contains("<style"), "{body}");
     running.shutdown().await.unwrap();
 }
@@ -645,7 +678,12 @@ async fn event_streams_are_capped_per_user() {
         }
         (tcp, String::from_utf8_lossy(&head).into_owned())
     };
-    let (token2, other) = (token.clone(), running.token_with_scopes("someone-else", &["orders:read"]).unwrap());
+    let (token2, other) = (
+        token.clone(),
+        running
+            .token_with_scopes("someone-else", &["orders:read"])
+            .unwrap(),
+    );
     tokio::task::spawn_blocking(move || {
         let mut held = Vec::new();
         for i in 0..4 {
@@ -655,7 +693,10 @@ async fn event_streams_are_capped_per_user() {
         }
         let (mut tcp, head) = open(&token2);
         assert!(head.starts_with("HTTP/1.1 429"), "stream 5: {head}");
-        assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 5"),
+            "{head}"
+        );
         let mut body = String::new();
         let _ = tcp.read_to_string(&mut body);
         assert!(body.contains("too_many_streams"), "{body}");
@@ -743,7 +784,12 @@ async fn a_login_storm_keeps_the_server_under_idle_memory_plus_100_mib() {
         .map(|i| {
             let api = api.clone();
             tokio::spawn(async move {
-                let r = login(&api, &format!("unknown{i}@example.com"), "a guessed password").await;
+                let r = login(
+                    &api,
+                    &format!("unknown{i}@example.com"),
+                    "a guessed password",
+                )
+                .await;
                 (r.status, r.headers.contains_key("retry-after"), r.body)
             })
         })
@@ -770,11 +816,14 @@ async fn a_login_storm_keeps_the_server_under_idle_memory_plus_100_mib() {
         idle / 1024,
         peak / 1024
     );
-    assert!(grown_mib < 100, "grew {grown_mib} MiB over idle {} MiB", idle / 1024);
+    assert!(
+        grown_mib < 100,
+        "grew {grown_mib} MiB over idle {} MiB",
+        idle / 1024
+    );
     assert!(statuses.get(&401).is_some_and(|n| *n > 0), "{statuses:?}");
     drop(child);
 }
-
 
 /// No card number at rest: after an order is placed (and one declined),
 /// no file of the system (databases, WALs) holds either number.
@@ -783,7 +832,9 @@ async fn no_card_number_is_stored_anywhere() {
     let (running, dir) = support::start("security-cards").await;
     let api = ApiClient::new(running.base_url());
     assert_eq!(
-        register(&api, "card@example.com", "card holder password").await.status,
+        register(&api, "card@example.com", "card holder password")
+            .await
+            .status,
         StatusCode::CREATED
     );
     let r = login(&api, "card@example.com", "card holder password").await;
@@ -812,9 +863,7 @@ async fn no_card_number_is_stored_anywhere() {
             continue;
         };
         for card in cards {
-            let found = bytes
-                .windows(card.len())
-                .any(|w| w == card.as_bytes());
+            let found = bytes.windows(card.len()).any(|w| w == card.as_bytes());
             assert!(!found, "{} holds card {card}", path.display());
         }
         checked += 1;

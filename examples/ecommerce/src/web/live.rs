@@ -205,9 +205,13 @@ pub(crate) async fn order_events(
                 return Some((Ok(event), feed));
             }
             // `None` once the server shuts down: the stream ends.
-            let next =
-                next_saga_event(&mut feed.sagas, &mut feed.shutdown, &feed.app, feed.deadline)
-                    .await?;
+            let next = next_saga_event(
+                &mut feed.sagas,
+                &mut feed.shutdown,
+                &feed.app,
+                feed.deadline,
+            )
+            .await?;
             match next {
                 Ok(event) if order_of(&event.saga_id) == feed.order_id => {
                     for data in saga_event_json(&event) {
@@ -283,9 +287,13 @@ pub(crate) async fn customer_events(
                 return Some((Ok(event), feed));
             }
             // `None` once the server shuts down: the stream ends.
-            let next =
-                next_saga_event(&mut feed.sagas, &mut feed.shutdown, &feed.app, feed.deadline)
-                    .await?;
+            let next = next_saga_event(
+                &mut feed.sagas,
+                &mut feed.shutdown,
+                &feed.app,
+                feed.deadline,
+            )
+            .await?;
             match next {
                 Ok(event) => {
                     // One lookup per order for every open stream.

@@ -84,7 +84,11 @@ pub(crate) struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (total, users) = &mut *open;
         *total = total.saturating_sub(1);
         if let Some(n) = users.get_mut(&self.subject) {
@@ -183,9 +187,16 @@ mod tests {
 
     #[test]
     fn a_stream_ends_when_its_token_expires() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let claims: Claims = serde_json::from_value(serde_json::json!({ "exp": now + 60 })).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims: Claims =
+            serde_json::from_value(serde_json::json!({ "exp": now + 60 })).unwrap();
         let left = token_deadline(&claims) - tokio::time::Instant::now();
-        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(58), "{left:?}");
+        assert!(
+            left <= Duration::from_secs(60) && left > Duration::from_secs(58),
+            "{left:?}"
+        );
     }
 }
