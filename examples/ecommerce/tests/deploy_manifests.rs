@@ -2263,3 +2263,140 @@ fn the_checker_catches_broken_manifests() {
     }
     assert!(parse_yaml("x.yaml", "a: [unclosed").is_err());
 }
+
+/// The NATS users of nats-config.yaml on a real nats-server (skipped
+/// without one): orders creates the stream and publishes an order event;
+/// shipping reads it through a consumer but cannot publish one, nor can a
+/// client without a user connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_lets_only_orders_publish_order_events() {
+    let Some(binary) = ecommerce::cluster::OwnNats::binary() else {
+        println!("skipped: nats-server not installed");
+        return;
+    };
+    let files = read_base();
+    let conf = parse_yaml("nats-config.yaml", &files["nats-config.yaml"])
+        .unwrap()
+        .into_iter()
+        .find_map(|doc| str_at(&doc, "/data/nats.conf").map(str::to_owned))
+        .expect("nats.conf");
+    let dir = std::env::temp_dir().join(format!("ecommerce-nats-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The same file, on a free port, its store in the temp dir, no monitor.
+    let conf = conf
+        .replace("port: 4222", &format!("port: {port}"))
+        .replace("http_port: 8222\n", "")
+        .replace("/data/jetstream", &dir.join("js").display().to_string());
+    std::fs::write(dir.join("nats.conf"), conf).unwrap();
+    let mut server = std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-c"])
+        .arg(dir.join("nats.conf"))
+        .env("ORDERS_NATS_PASSWORD", "orders-pw")
+        .env("SHIPPING_NATS_PASSWORD", "shipping-pw")
+        .env("ANALYTICS_NATS_PASSWORD", "analytics-pw")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let connect = |user: &str, password: &str| {
+        let options = async_nats::ConnectOptions::new()
+            .user_and_password(user.to_owned(), password.to_owned())
+            .connection_timeout(std::time::Duration::from_secs(2));
+        let url = url.clone();
+        async move { options.connect(url).await }
+    };
+    let mut orders = None;
+    for _ in 0..50 {
+        if let Ok(client) = connect("orders", "orders-pw").await {
+            orders = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let orders = async_nats::jetstream::new(orders.expect("nats-server up"));
+    let outcome = async {
+        orders
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "ECOMMERCE_ORDERS".into(),
+                subjects: vec!["ecommerce.orders.>".into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("orders creates the stream: {e}"))?;
+        orders
+            .publish("ecommerce.orders.Order.placed", "e1".into())
+            .await
+            .map_err(|e| format!("orders publishes: {e}"))?
+            .await
+            .map_err(|e| format!("orders' event acked: {e}"))?;
+
+        let shipping = async_nats::jetstream::new(
+            connect("shipping", "shipping-pw")
+                .await
+                .map_err(|e| format!("shipping connects: {e}"))?,
+        );
+        let forged = async {
+            shipping
+                .publish("ecommerce.orders.Order.placed", "forged".into())
+                .await?
+                .await
+        };
+        let forged = tokio::time::timeout(std::time::Duration::from_secs(3), forged).await;
+        if matches!(forged, Ok(Ok(_))) {
+            return Err("shipping published an order event".to_owned());
+        }
+        // It still reads them, through its consumer.
+        let stream = shipping
+            .get_stream("ECOMMERCE_ORDERS")
+            .await
+            .map_err(|e| format!("shipping reads the stream: {e}"))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                "shipping",
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some("shipping".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("shipping's consumer: {e}"))?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(10)
+            .expires(std::time::Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| format!("shipping fetches: {e}"))?;
+        use futures_util::StreamExt;
+        let mut payloads = Vec::new();
+        while let Some(Ok(message)) = batch.next().await {
+            payloads.push(String::from_utf8_lossy(&message.payload).into_owned());
+            let _ = message.ack().await;
+        }
+        if payloads != ["e1"] {
+            return Err(format!(
+                "shipping read {payloads:?}, expected only orders' event"
+            ));
+        }
+        // No user, no connection.
+        let anonymous = async_nats::ConnectOptions::new()
+            .connection_timeout(std::time::Duration::from_secs(2))
+            .connect(url.clone())
+            .await;
+        if anonymous.is_ok() {
+            return Err("a client without a user connected".to_owned());
+        }
+        Ok::<_, String>(())
+    }
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome.unwrap();
+}
