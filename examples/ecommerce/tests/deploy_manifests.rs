@@ -2400,3 +2400,137 @@ async fn nats_lets_only_orders_publish_order_events() {
     let _ = std::fs::remove_dir_all(&dir);
     outcome.unwrap();
 }
+
+/// postgres-init.yaml's script on a real PostgreSQL (skipped without
+/// `TRELLIS_TEST_POSTGRES_URL` or `psql`), in a fresh database and with
+/// role names of this run (roles are global to the server): each role
+/// works in its own schema and can neither read another's nor create one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_roles_reach_only_their_own_schema() {
+    let Ok(admin_url) = std::env::var("TRELLIS_TEST_POSTGRES_URL") else {
+        println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
+        return;
+    };
+    if std::process::Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: psql not installed");
+        return;
+    }
+    let files = read_base();
+    let script = parse_yaml("postgres-init.yaml", &files["postgres-init.yaml"])
+        .unwrap()
+        .into_iter()
+        .find_map(|doc| str_at(&doc, "/data/10-roles.sh").map(str::to_owned))
+        .expect("10-roles.sh");
+    let run = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let db = format!("{run}_db");
+    // This run's role names: `make_role orders` → `make_role r…_orders`.
+    let roles: Vec<String> = ServiceName::ALL
+        .iter()
+        .filter(|s| **s != ServiceName::Gateway)
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    let mut script = script;
+    for role in &roles {
+        script = script.replace(
+            &format!("make_role {role} "),
+            &format!("make_role {run}_{role} "),
+        );
+    }
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (user, password, host, port) = url_parts(&admin_url);
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&script)
+        .env("POSTGRES_USER", &user)
+        .env("POSTGRES_DB", &db)
+        .env("PGHOST", &host)
+        .env("PGPORT", &port)
+        .env("PGPASSWORD", &password);
+    for role in &roles {
+        command.env(
+            format!("{}_DB_PASSWORD", role.to_uppercase()),
+            format!("pw-{role}"),
+        );
+    }
+    let output = command.output().unwrap();
+    let connect = |role: &str| {
+        let url = format!("postgres://{run}_{role}:pw-{role}@{host}:{port}/{db}");
+        async move { sqlx::PgPool::connect(&url).await }
+    };
+    let outcome = async {
+        if !output.status.success() {
+            return Err(format!(
+                "the roles script failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let payments = connect("payments").await.map_err(|e| e.to_string())?;
+        sqlx::query("CREATE TABLE charges (id INT)")
+            .execute(&payments)
+            .await
+            .map_err(|e| format!("payments works in its schema: {e}"))?;
+        let orders = connect("orders").await.map_err(|e| e.to_string())?;
+        sqlx::query("CREATE TABLE t (id INT)")
+            .execute(&orders)
+            .await
+            .map_err(|e| format!("orders works in its schema: {e}"))?;
+        let other = format!("SELECT * FROM {run}_payments.charges");
+        if sqlx::query(sqlx::AssertSqlSafe(other))
+            .execute(&orders)
+            .await
+            .is_ok()
+        {
+            return Err("orders read payments' schema".into());
+        }
+        if sqlx::query("CREATE SCHEMA evil")
+            .execute(&orders)
+            .await
+            .is_ok()
+        {
+            return Err("orders created a schema".into());
+        }
+        if sqlx::query("CREATE TABLE public.t (id INT)")
+            .execute(&orders)
+            .await
+            .is_ok()
+        {
+            return Err("orders created a table in public".into());
+        }
+        payments.close().await;
+        orders.close().await;
+        Ok::<_, String>(())
+    }
+    .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await;
+    for role in &roles {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS {run}_{role}"
+        )))
+        .execute(&admin)
+        .await;
+    }
+    outcome.unwrap();
+}
+
+/// (user, password, host, port) of `postgres://user:password@host:port/db`.
+fn url_parts(url: &str) -> (String, String, String, String) {
+    let rest = url.split_once("://").unwrap().1;
+    let (credentials, server) = rest.split_once('@').unwrap();
+    let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+    let server = server.split('/').next().unwrap();
+    let (host, port) = server.split_once(':').unwrap_or((server, "5432"));
+    (user.into(), password.into(), host.into(), port.into())
+}
