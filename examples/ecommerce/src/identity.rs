@@ -139,7 +139,7 @@ impl Identity {
         };
         if let Some(address) = address {
             self.per_address
-                .check_key(&address)
+                .check_key(&address_key(address))
                 .map_err(|e| limited(e.retry_after, "address"))?;
         }
         self.per_account
@@ -201,6 +201,22 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
             Some(_) => forwarded.or(peer),
             None => peer,
         }))
+    }
+}
+
+/// The key an address is limited under: an IPv4 address, or an IPv6
+/// address's /64 (one host is handed a whole /64 and could otherwise use a
+/// fresh address per attempt).
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -514,5 +530,19 @@ mod tests {
         // Full-width letters and the Kelvin sign fold to ASCII under NFKC.
         assert_eq!(normalize_email("\u{ff21}da@example.com"), "ada@example.com");
         assert_eq!(normalize_email("\u{212a}en@example.com"), "ken@example.com");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_limited_by_its_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(other));
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(
+            address_key(mapped),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
     }
 }
