@@ -95,6 +95,23 @@ pub enum Error {
     /// Signing a token failed.
     #[error("signing failed: {0}")]
     Signing(String),
+    /// A [`RevocationList`](crate::RevocationList) holds `capacity` live
+    /// entries and refused a new one. Live entries are never evicted to make
+    /// room (that would silently un-revoke a token); expired ones are purged
+    /// first, so this means `capacity` revocations are genuinely in force.
+    #[error("revocation list full: {capacity} live entries")]
+    RevocationListFull {
+        /// The list's capacity.
+        capacity: usize,
+    },
+    /// A [`KeyRing`](crate::issue::KeyRing) already retains `max_retired`
+    /// keys whose tokens may still be valid; rotating again would have to
+    /// drop one of them and break tokens that are still valid.
+    #[error("key ring full: {max_retired} retired keys still in use")]
+    KeyRingFull {
+        /// The ring's bound on retired keys.
+        max_retired: usize,
+    },
     /// A storage backend (refresh tokens) failed or is full.
     #[error("store: {0}")]
     Store(String),

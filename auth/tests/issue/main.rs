@@ -268,7 +268,8 @@ async fn reuse_hook_revokes_the_subjects_access_tokens_at_the_validation_layer()
     let revoked = Arc::new(RevocationList::new(1000));
     let list = revoked.clone();
     let rt = refresh_tokens().on_reuse(move |rec| {
-        list.revoke_subject(&rec.subject, jsonwebtoken::get_current_timestamp());
+        list.revoke_subject(&rec.subject, jsonwebtoken::get_current_timestamp())
+            .unwrap();
     });
     let v: Validator = Validator::builder(ring.verification_keys().unwrap())
         .revocation(revoked)

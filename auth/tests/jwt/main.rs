@@ -12,7 +12,8 @@ use serde_json::json;
 use support::*;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use trellis_auth::{
-    Error, JwtAuthLayer, KeySet, RequireScopesLayer, RevocationList, Validator, VerificationKey,
+    Error, JwtAuthLayer, KeySet, RequireScopesLayer, RevocationCheck, RevocationList, TokenRef,
+    Validator, VerificationKey,
 };
 
 fn ed_keys() -> KeySet {
@@ -398,7 +399,7 @@ async fn unknown_kid_is_rejected() {
 #[tokio::test]
 async fn revoked_token_is_rejected() {
     let list = Arc::new(RevocationList::new(100));
-    list.revoke_jti("t-1", now() + 3600);
+    list.revoke_jti("t-1", now() + 3600).unwrap();
     let v: Validator = Validator::builder(ed_keys())
         .revocation(list.clone())
         .build()
@@ -420,12 +421,145 @@ async fn revoked_token_is_rejected() {
     assert!(matches!(err, Error::Revoked), "{err:?}");
     assert_eq!(call(v.clone(), Some(&fine)).await.status(), StatusCode::OK);
 
-    list.revoke_subject("user-1", now());
+    list.revoke_subject("user-1", now()).unwrap();
     let resp = call(v, Some(&fine)).await;
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
         Error::Revoked
     ));
+}
+
+fn jti(j: &str) -> TokenRef<'_> {
+    TokenRef {
+        jti: Some(j),
+        sub: None,
+        iat: None,
+    }
+}
+
+#[test]
+fn a_full_revocation_list_refuses_new_entries_and_keeps_every_live_one() {
+    let list = Arc::new(RevocationList::new(4));
+    for i in 0..4 {
+        list.revoke_jti(&format!("live-{i}"), now() + 3600).unwrap();
+    }
+    // Re-revoking a held jti is not a new entry.
+    list.revoke_jti("live-0", now() + 7200).unwrap();
+    let err = list.revoke_jti("one-too-many", now() + 3600).unwrap_err();
+    assert!(
+        matches!(err, Error::RevocationListFull { capacity: 4 }),
+        "{err:?}"
+    );
+    for i in 0..4 {
+        assert!(
+            list.is_revoked(&jti(&format!("live-{i}"))),
+            "live-{i} evicted"
+        );
+    }
+    assert!(!list.is_revoked(&jti("one-too-many")));
+    assert_eq!(list.jti_count(), 4);
+
+    // The same for subjects (live forever without a retention).
+    for i in 0..4 {
+        list.revoke_subject(&format!("user-{i}"), now()).unwrap();
+    }
+    assert!(matches!(
+        list.revoke_subject("user-x", now()),
+        Err(Error::RevocationListFull { capacity: 4 })
+    ));
+    for i in 0..4 {
+        let sub = format!("user-{i}");
+        let t = TokenRef {
+            jti: None,
+            sub: Some(&sub),
+            iat: Some(now() - 1),
+        };
+        assert!(list.is_revoked(&t), "{sub} evicted");
+    }
+}
+
+#[test]
+fn expired_revocations_make_room_but_the_leeway_keeps_them_live() {
+    let list = Arc::new(RevocationList::new(3).with_leeway(Duration::from_secs(60)));
+    let t0 = 1_000_000;
+    list.revoke_jti_at("live", t0 + 3600, t0).unwrap();
+    list.revoke_jti_at("in-leeway", t0 + 100, t0).unwrap();
+    list.revoke_jti_at("dead", t0 + 10, t0).unwrap();
+    assert_eq!(list.jti_count(), 3);
+    // At t0 + 120: "dead" expired 110 s ago, beyond the 60 s leeway;
+    // "in-leeway" expired 20 s ago, and a validator with 60 s leeway still
+    // accepts it, so its entry is live and must not be purged.
+    let t1 = t0 + 120;
+    list.revoke_jti_at("new", t1 + 3600, t1).unwrap();
+    assert_eq!(list.jti_count(), 3, "the dead entry made room");
+    for j in ["live", "in-leeway", "new"] {
+        assert!(list.is_revoked(&jti(j)), "{j}");
+    }
+    assert!(!list.is_revoked(&jti("dead")));
+    assert!(matches!(
+        list.revoke_jti_at("newer", t1 + 3600, t1),
+        Err(Error::RevocationListFull { capacity: 3 })
+    ));
+    // A jti already dead on arrival is not stored at all.
+    list.revoke_jti_at("long-gone", t1 - 3600, t1).unwrap();
+    assert_eq!(list.jti_count(), 3);
+
+    // Subject entries expire after the retention (token lifetime + leeway).
+    let subs = RevocationList::new(1).with_subject_retention(Duration::from_secs(660));
+    subs.revoke_subject_at("old", t0, t0).unwrap();
+    assert!(matches!(
+        subs.revoke_subject_at("new", t0 + 659, t0 + 659),
+        Err(Error::RevocationListFull { capacity: 1 })
+    ));
+    subs.revoke_subject_at("new", t0 + 660, t0 + 660).unwrap();
+    assert_eq!(subs.subject_count(), 1, "old made room");
+}
+
+#[tokio::test]
+async fn an_empty_or_blank_scope_set_is_refused_at_construction() {
+    use trellis_auth::scope::InvalidScopes;
+    // `all`/`any` take arrays and refuse an empty one at build time (the
+    // compile_fail doc tests on them); run-time lists go through `try_*`.
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        RequireScopesLayer::try_all(none.clone()).unwrap_err(),
+        InvalidScopes::Empty
+    );
+    assert_eq!(
+        RequireScopesLayer::try_any(none).unwrap_err(),
+        InvalidScopes::Empty
+    );
+    for blank in ["", "orders:read orders:write", " "] {
+        assert_eq!(
+            RequireScopesLayer::try_all(["orders:read", blank]).unwrap_err(),
+            InvalidScopes::Malformed {
+                scope: blank.into()
+            }
+        );
+    }
+    let as_crate_error: Error = InvalidScopes::Empty.into();
+    assert!(matches!(as_crate_error, Error::Config(_)));
+    // A literal blank scope is a programming error caught where the router
+    // is built.
+    let panicked = std::panic::catch_unwind(|| RequireScopesLayer::all([""]));
+    assert!(panicked.is_err());
+
+    // A run-time list that passes is enforced like a literal one.
+    let token = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &ed_key(),
+        &claims(json!({"scope": "profile"})),
+    );
+    let layer = RequireScopesLayer::try_all(vec!["orders:read".to_owned()]).unwrap();
+    let resp = ServiceBuilder::new()
+        .layer(JwtAuthLayer::new(validator()))
+        .layer(layer)
+        .service(service_fn(echo_sub::<()>))
+        .oneshot(request(Some(&token)))
+        .await
+        .unwrap();
+    assert_rejected(&resp, StatusCode::FORBIDDEN, Some("insufficient_scope"));
 }
 
 #[tokio::test]
