@@ -240,6 +240,7 @@ async fn expired_refresh_tokens_are_refused_and_the_store_is_bounded() {
         subject: "u".into(),
         scopes: vec![],
         expires_at: exp,
+        family_expires_at: exp,
         status: RefreshStatus::Active,
     };
     store
@@ -289,5 +290,121 @@ async fn reuse_hook_revokes_the_subjects_access_tokens_at_the_validation_layer()
     assert!(
         v.validate(&bystander.token).is_ok(),
         "other subjects unaffected"
+    );
+}
+
+/// A store whose next `fail_inserts` inserts fail, as a database that is
+/// down or full would.
+#[derive(Debug, Default)]
+struct FlakyStore {
+    inner: InMemoryRefreshTokenStore,
+    fail_inserts: std::sync::atomic::AtomicUsize,
+}
+
+impl RefreshTokenStore for FlakyStore {
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        record: RefreshTokenRecord,
+    ) -> trellis_auth::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .fail_inserts
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Store("database unavailable".into()));
+        }
+        self.inner.insert(hash, record).await
+    }
+    async fn get(&self, hash: &TokenHash) -> trellis_auth::Result<Option<RefreshTokenRecord>> {
+        self.inner.get(hash).await
+    }
+    async fn consume(&self, hash: &TokenHash) -> trellis_auth::Result<Consumed> {
+        self.inner.consume(hash).await
+    }
+    async fn revoke_family(&self, family: &str) -> trellis_auth::Result<()> {
+        self.inner.revoke_family(family).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_rotation_does_not_burn_the_presented_token() {
+    let rt = RefreshTokens::new(FlakyStore::default(), Duration::from_secs(3600));
+    let first = rt.issue("user-1", &["orders:read"]).await.unwrap();
+    rt.store()
+        .fail_inserts
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        rt.rotate(&first.token).await,
+        Err(Error::Store(_))
+    ));
+    // Still active: the retry succeeds instead of being taken for reuse.
+    assert_eq!(
+        rt.store()
+            .get(&TokenHash::of(&first.token))
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        RefreshStatus::Active
+    );
+    let (second, rec) = rt.rotate(&first.token).await.unwrap();
+    assert_eq!(rec.subject, "user-1");
+    assert_eq!(second.family, first.family);
+    // ...and only now is it spent, with the family intact.
+    let (third, _) = rt.rotate(&second.token).await.unwrap();
+    assert!(matches!(
+        rt.rotate(&first.token).await,
+        Err(Error::RefreshTokenReused)
+    ));
+    assert!(matches!(rt.rotate(&third.token).await, Err(Error::Revoked)));
+}
+
+#[tokio::test]
+async fn rotation_never_extends_a_family_past_its_absolute_expiry() {
+    let hour = Duration::from_secs(3600);
+    let rt =
+        RefreshTokens::new(InMemoryRefreshTokenStore::new(100), hour).family_lifetime(3 * hour);
+    // Far enough ahead that the in-memory store's own purge (on the real
+    // clock) never considers these tokens expired.
+    let t0 = SystemTime::now() + 24 * hour;
+    let family_end = t0 + 3 * hour;
+    let login = rt.issue_at("user-1", &[], t0).await.unwrap();
+    assert_eq!(login.expires_at, t0 + hour);
+
+    let mut current = login;
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+    for at in [minutes(50), minutes(100), minutes(150)] {
+        let (next, spent) = rt.rotate_at(&current.token, t0 + at).await.unwrap();
+        assert_eq!(spent.family_expires_at, family_end, "fixed at login");
+        assert_eq!(next.expires_at, (t0 + at + hour).min(family_end));
+        current = next;
+    }
+    // Rotated at 150 min: capped at the family's end (180 min), not 210.
+    assert_eq!(current.expires_at, family_end);
+    let (last, _) = rt
+        .rotate_at(&current.token, t0 + minutes(170))
+        .await
+        .unwrap();
+    assert_eq!(last.expires_at, family_end, "not 170 + 60 min");
+    let record = rt
+        .store()
+        .get(&TokenHash::of(&last.token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.family_expires_at, family_end);
+    // At the family's end, even a token rotated a minute ago is refused.
+    assert!(matches!(
+        rt.rotate_at(&last.token, family_end).await,
+        Err(Error::InvalidRefreshToken)
+    ));
+    // A new login starts a new family.
+    let again = rt.issue_at("user-1", &[], family_end).await.unwrap();
+    assert!(
+        rt.rotate_at(&again.token, family_end + minutes(1))
+            .await
+            .is_ok()
     );
 }
