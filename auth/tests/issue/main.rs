@@ -82,7 +82,8 @@ async fn rotation_keeps_old_keys_published_until_their_tokens_expire() {
     ring.rotate_at(
         SigningKey::from_pem("ec-2", Algorithm::ES256, EC_KEY).unwrap(),
         t0,
-    );
+    )
+    .unwrap();
     let new_token = issuer.issue("u", &[], ()).unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(&new_token.token)
@@ -406,5 +407,109 @@ async fn rotation_never_extends_a_family_past_its_absolute_expiry() {
         rt.rotate_at(&again.token, family_end + minutes(1))
             .await
             .is_ok()
+    );
+}
+
+fn kids(set: &JwkSet) -> Vec<String> {
+    set.keys
+        .iter()
+        .filter_map(|k| k.common.key_id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn retired_keys_stay_for_the_token_lifetime_plus_leeway_then_go() {
+    let (lifetime, leeway) = (Duration::from_secs(600), Duration::from_secs(30));
+    let ed = || SigningKey::from_pem("ed-1", Algorithm::EdDSA, ED_KEY).unwrap();
+    let ec = || SigningKey::from_pem("ec-2", Algorithm::ES256, EC_KEY).unwrap();
+    let ring = Arc::new(KeyRing::with_token_lifetime(ed(), lifetime, leeway));
+    assert_eq!(ring.retention(), Duration::from_secs(630));
+    let t0 = SystemTime::now();
+    ring.rotate_at(ec(), t0).unwrap();
+
+    let just_before = t0 + Duration::from_secs(629);
+    let at_end = t0 + Duration::from_secs(630);
+    assert_eq!(kids(&ring.jwks_at(just_before)), ["ec-2", "ed-1"]);
+    assert!(
+        ring.verification_keys_at(just_before)
+            .unwrap()
+            .get(Some("ed-1"))
+            .is_some()
+    );
+    assert_eq!(
+        kids(&ring.jwks_at(at_end)),
+        ["ec-2"],
+        "dropped from the JWKS"
+    );
+    let later = ring.verification_keys_at(at_end).unwrap();
+    assert!(later.get(Some("ed-1")).is_none(), "no longer accepted");
+    assert!(later.get(Some("ec-2")).is_some());
+
+    // A validator on the ring itself (a live KeyProvider) accepts a token of
+    // the retired key while its retention runs, and not after. The ring's
+    // clock is the real one here, so the rotation is placed in the past.
+    let validator = |ring: &Arc<KeyRing>| -> Validator {
+        Validator::builder(ring.clone())
+            .leeway(leeway)
+            .issuer(ISS)
+            .build()
+            .unwrap()
+    };
+    let retired_at = |ago: u64| {
+        let ring = Arc::new(KeyRing::with_token_lifetime(ed(), lifetime, leeway));
+        let token = TokenIssuer::new(ring.clone(), ISS, lifetime)
+            .issue("u", &[], ())
+            .unwrap();
+        ring.rotate_at(ec(), SystemTime::now() - Duration::from_secs(ago))
+            .unwrap();
+        (ring, token)
+    };
+    let (ring, token) = retired_at(620);
+    assert!(validator(&ring).validate(&token.token).is_ok());
+    let (ring, token) = retired_at(640);
+    assert!(matches!(
+        validator(&ring).validate(&token.token),
+        Err(Error::UnknownKid { .. })
+    ));
+
+    // The same validator picks up a rotation at once.
+    let ring = Arc::new(KeyRing::with_token_lifetime(ed(), lifetime, leeway));
+    let v = validator(&ring);
+    let issuer = TokenIssuer::new(ring.clone(), ISS, lifetime);
+    let before = issuer.issue("u", &[], ()).unwrap();
+    ring.rotate(ec()).unwrap();
+    let after = issuer.issue("u", &[], ()).unwrap();
+    assert!(v.validate(&before.token).is_ok());
+    assert!(v.validate(&after.token).is_ok(), "new key seen");
+}
+
+#[test]
+fn a_rotation_storm_is_refused_instead_of_dropping_live_keys() {
+    let ring = KeyRing::new(SigningKey::hmac("k0", b"s0"), Duration::from_secs(60));
+    let t0 = SystemTime::now();
+    for i in 1..=16 {
+        ring.rotate_at(SigningKey::hmac(&format!("k{i}"), b"s"), t0)
+            .unwrap();
+    }
+    let err = ring
+        .rotate_at(SigningKey::hmac("k17", b"s"), t0)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::KeyRingFull { max_retired: 16 }),
+        "{err:?}"
+    );
+    assert_eq!(ring.active().kid(), "k16", "unchanged");
+    let keys = ring.verification_keys_at(t0).unwrap();
+    for i in 0..=16 {
+        assert!(keys.get(Some(&format!("k{i}"))).is_some(), "k{i} dropped");
+    }
+    // Once their retention is over they make room.
+    ring.rotate_at(SigningKey::hmac("k17", b"s"), t0 + Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        ring.verification_keys_at(t0 + Duration::from_secs(60))
+            .unwrap()
+            .len(),
+        2
     );
 }
