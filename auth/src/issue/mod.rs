@@ -15,6 +15,7 @@ mod ed25519;
 mod jwks_service;
 mod keyring;
 mod refresh;
+mod token_response;
 
 pub use jwks_service::JwksService;
 pub use keyring::{AccessToken, KeyRing, SigningKey, TokenIssuer};
@@ -22,6 +23,7 @@ pub use refresh::{
     Consumed, DEFAULT_FAMILY_LIFETIME, InMemoryRefreshTokenStore, RefreshStatus, RefreshToken,
     RefreshTokenRecord, RefreshTokenStore, RefreshTokens, TokenHash,
 };
+pub use token_response::{TokenResponse, set_no_store};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

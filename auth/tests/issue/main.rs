@@ -15,7 +15,7 @@ use support::*;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use trellis_auth::issue::{
     Consumed, InMemoryRefreshTokenStore, JwksService, KeyRing, RefreshStatus, RefreshTokenRecord,
-    RefreshTokenStore, RefreshTokens, SigningKey, TokenHash, TokenIssuer,
+    RefreshTokenStore, RefreshTokens, SigningKey, TokenHash, TokenIssuer, TokenResponse,
 };
 use trellis_auth::{Claims, Error, JwtAuthLayer, KeySet, Validator};
 
@@ -512,4 +512,133 @@ fn a_rotation_storm_is_refused_instead_of_dropping_live_keys() {
             .len(),
         2
     );
+}
+
+/// Asserts that `debug` shows none of `secrets`.
+fn assert_redacted(what: &str, debug: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(
+            !debug.contains(secret),
+            "{what} leaks {secret:?} in Debug: {debug}"
+        );
+    }
+}
+
+/// The PEM's base64 lines (the key material itself).
+fn pem_body_lines(pem: &str) -> Vec<&str> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 8)
+        .collect()
+}
+
+#[tokio::test]
+async fn debug_of_every_secret_holder_is_redacted() {
+    const SECRET: &str = "hmac-secret-do-not-print-0123456789";
+    // The secret as text, as Debug prints a byte slice, and as base64.
+    let as_bytes = format!("{:?}", SECRET.as_bytes());
+    let bytes_fragment = &as_bytes[1..30];
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(SECRET)
+    };
+    let hmac_secrets = [SECRET, bytes_fragment, &b64[..20]];
+
+    let hmac = SigningKey::hmac("h1", SECRET.as_bytes());
+    let debug = format!("{hmac:?}");
+    assert!(debug.contains("\"<redacted>\""), "{debug}");
+    assert_redacted("SigningKey (HMAC)", &debug, &hmac_secrets);
+
+    let ed = SigningKey::from_pem("ed-1", Algorithm::EdDSA, ED_KEY).unwrap();
+    let ed_pem = ed.private_key_pem().unwrap().to_owned();
+    let mut ed_secrets = pem_body_lines(&ed_pem);
+    let fixture = std::str::from_utf8(ED_KEY).unwrap();
+    ed_secrets.extend(pem_body_lines(fixture));
+    assert!(!ed_secrets.is_empty());
+    assert_redacted("SigningKey (Ed25519)", &format!("{ed:?}"), &ed_secrets);
+
+    let vk = hmac.verification_key().unwrap();
+    assert_redacted("VerificationKey", &format!("{vk:?}"), &hmac_secrets);
+    let keys = KeySet::new().with(vk);
+    assert_redacted("KeySet", &format!("{keys:?}"), &hmac_secrets);
+    let validator: Validator = Validator::builder(keys)
+        .algorithms([Algorithm::HS256])
+        .build()
+        .unwrap();
+    assert_redacted("Validator", &format!("{validator:?}"), &hmac_secrets);
+    let layer = JwtAuthLayer::new(validator);
+    assert_redacted("JwtAuthLayer", &format!("{layer:?}"), &hmac_secrets);
+
+    let ring = Arc::new(KeyRing::new(hmac, Duration::from_secs(660)));
+    ring.rotate(ed).unwrap();
+    let ring_debug = format!("{ring:?}");
+    assert_redacted("KeyRing", &ring_debug, &hmac_secrets);
+    assert_redacted("KeyRing", &ring_debug, &ed_secrets);
+    let issuer = TokenIssuer::new(ring.clone(), ISS, Duration::from_secs(600));
+    assert_redacted("TokenIssuer", &format!("{issuer:?}"), &ed_secrets);
+    let jwks = JwksService::new(ring);
+    assert_redacted("JwksService", &format!("{jwks:?}"), &hmac_secrets);
+
+    let access = issuer.issue("user-1", &["orders:read"], ()).unwrap();
+    let signature = access.token.rsplit('.').next().unwrap().to_owned();
+    let access_debug = format!("{access:?}");
+    assert!(access_debug.contains("<redacted>"), "{access_debug}");
+    assert_redacted("AccessToken", &access_debug, &[&access.token, &signature]);
+
+    let rt = refresh_tokens();
+    let refresh = rt.issue("user-1", &[]).await.unwrap();
+    assert_redacted("RefreshToken", &format!("{refresh:?}"), &[&refresh.token]);
+    assert_redacted("RefreshTokens", &format!("{rt:?}"), &[&refresh.token]);
+
+    let response = TokenResponse::bearer(&access, Duration::from_secs(600)).refresh_token(&refresh);
+    assert_redacted(
+        "TokenResponse",
+        &format!("{response:?}"),
+        &[&access.token, &signature, &refresh.token],
+    );
+}
+
+#[tokio::test]
+async fn token_responses_are_never_cached() {
+    let ring = ring();
+    let issuer = TokenIssuer::new(ring.clone(), ISS, Duration::from_secs(600)).audience(AUD);
+    let access = issuer.issue("user-1", &["orders:read"], ()).unwrap();
+    let refresh = refresh_tokens().issue("user-1", &[]).await.unwrap();
+    let resp = TokenResponse::bearer(&access, Duration::from_secs(600))
+        .refresh_token(&refresh)
+        .scope("orders:read")
+        .into_http();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.headers()["pragma"], "no-cache");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "access_token": access.token,
+            "token_type": "Bearer",
+            "expires_in": 600,
+            "refresh_token": refresh.token,
+            "scope": "orders:read",
+        })
+    );
+
+    // Through axum's IntoResponse too.
+    #[cfg(feature = "axum")]
+    {
+        use axum::response::IntoResponse;
+        let resp = TokenResponse::bearer(&access, Duration::from_secs(600)).into_response();
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert!(body.get("refresh_token").is_none());
+    }
+
+    // The JWKS holds public keys only and is meant to be cached.
+    let jwks = JwksService::new(ring)
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(jwks.headers()["cache-control"], "public, max-age=300");
 }
