@@ -464,3 +464,33 @@ async fn clients_can_admit_the_server_by_identity() {
         "{err}"
     );
 }
+
+#[test]
+fn debug_of_tls_configuration_never_shows_the_private_key() {
+    let pki = Pki::new("debug");
+    let (files, _) = pki.files("orders", "orders.trellis", None);
+    let key_pem = std::fs::read_to_string(&files.key).unwrap();
+    let key_lines: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 8)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let der = trellis_auth::mtls::load_private_key(&files.key).unwrap();
+    let der_bytes = format!("{:?}", der.secret_der());
+    let (config, resolver) = server_config(&files, allow()).unwrap();
+    for (what, debug) in [
+        ("TlsFiles", format!("{files:?}")),
+        ("ReloadingCertResolver", format!("{resolver:?}")),
+        ("ServerConfig", format!("{config:?}")),
+        ("PrivateKeyDer", format!("{der:?}")),
+    ] {
+        for line in &key_lines {
+            assert!(!debug.contains(line), "{what} leaks the key: {debug}");
+        }
+        // The DER as Debug prints bytes (a long run of them).
+        assert!(
+            !debug.contains(&der_bytes[1..60]),
+            "{what} leaks key bytes: {debug}"
+        );
+    }
+}
