@@ -103,15 +103,15 @@ impl JwksFetcher for HttpJwksFetcher {
                 .client
                 .get(self.uri.clone())
                 .await
-                .map_err(|e| Error::JwksFetch(e.to_string()))?;
+                .map_err(Error::jwks_fetch)?;
             if !resp.status().is_success() {
-                return Err(Error::JwksFetch(format!("status {}", resp.status())));
+                return Err(Error::jwks_fetch(format!("status {}", resp.status())));
             }
             let max_age = max_age(resp.headers());
             let body = Limited::new(resp.into_body(), self.max_body)
                 .collect()
                 .await
-                .map_err(|e| Error::JwksFetch(e.to_string()))?
+                .map_err(Error::jwks_fetch)?
                 .to_bytes();
             Ok(JwksDocument { body, max_age })
         })
@@ -304,7 +304,7 @@ impl JwksKeys {
             if self.lock().last_ok {
                 Ok(())
             } else {
-                Err(Error::JwksFetch("concurrent refresh failed".into()))
+                Err(Error::jwks_fetch("concurrent refresh failed"))
             }
         }
     }
@@ -339,8 +339,7 @@ impl JwksKeys {
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let parsed: Doc = serde_json::from_slice(&doc.body)
-            .map_err(|e| Error::JwksFetch(format!("json: {e}")))?;
+        let parsed: Doc = serde_json::from_slice(&doc.body).map_err(Error::jwks_fetch)?;
         let jwks = JwkSet {
             keys: parsed
                 .keys
@@ -351,7 +350,7 @@ impl JwksKeys {
         };
         let set = KeySet::from_jwks(&jwks, self.config.max_keys);
         if set.is_empty() {
-            return Err(Error::JwksFetch("document holds no usable key".into()));
+            return Err(Error::jwks_fetch("document holds no usable key"));
         }
         self.current.store(Arc::new(set));
         let (lo, hi) = self.config.ttl_bounds;

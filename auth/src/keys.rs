@@ -48,7 +48,7 @@ impl VerificationKey {
     /// ```
     pub fn new(kid: Option<String>, algorithm: Algorithm, key: DecodingKey) -> Result<Self> {
         if key.family() != algorithm.family() {
-            return Err(Error::InvalidKey(format!(
+            return Err(Error::invalid_key(format!(
                 "a {:?} key cannot verify {algorithm:?}",
                 key.family()
             )));
@@ -68,10 +68,10 @@ impl VerificationKey {
             F::Ec => DecodingKey::from_ec_pem(pem),
             F::Ed => DecodingKey::from_ed_pem(pem),
             F::Hmac => {
-                return Err(Error::InvalidKey("HMAC keys are secrets, not PEM".into()));
+                return Err(Error::invalid_key("HMAC keys are secrets, not PEM"));
             }
         }
-        .map_err(|e| Error::InvalidKey(e.to_string()))?;
+        .map_err(|e| Error::invalid_key_by("unreadable PEM", e))?;
         Self::new(kid, algorithm, key)
     }
 
@@ -82,30 +82,33 @@ impl VerificationKey {
     pub fn from_jwk(jwk: &Jwk) -> Result<Self> {
         let inferred = match &jwk.algorithm {
             AlgorithmParameters::OctetKey(_) => {
-                return Err(Error::InvalidKey(
-                    "symmetric keys are not accepted from a JWKS".into(),
+                return Err(Error::invalid_key(
+                    "symmetric keys are not accepted from a JWKS",
                 ));
             }
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(p) => match p.curve {
                 EllipticCurve::P256 => Algorithm::ES256,
                 EllipticCurve::P384 => Algorithm::ES384,
-                _ => return Err(Error::InvalidKey("unsupported curve".into())),
+                _ => return Err(Error::invalid_key("unsupported curve")),
             },
             AlgorithmParameters::OctetKeyPair(p) => match p.curve {
                 EllipticCurve::Ed25519 => Algorithm::EdDSA,
-                _ => return Err(Error::InvalidKey("unsupported curve".into())),
+                _ => return Err(Error::invalid_key("unsupported curve")),
             },
-            _ => return Err(Error::InvalidKey("unsupported key type".into())),
+            _ => return Err(Error::invalid_key("unsupported key type")),
         };
         let algorithm = match jwk.common.key_algorithm {
             None => inferred,
             Some(KeyAlgorithm::UNKNOWN_ALGORITHM) => {
-                return Err(Error::InvalidKey("unknown alg".into()));
+                return Err(Error::invalid_key("unknown alg"));
             }
-            Some(a) => Algorithm::try_from(a).map_err(|e| Error::InvalidKey(e.to_string()))?,
+            Some(a) => {
+                Algorithm::try_from(a).map_err(|e| Error::invalid_key_by("unsupported alg", e))?
+            }
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::InvalidKey(e.to_string()))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| Error::invalid_key_by("unusable JWK", e))?;
         Self::new(jwk.common.key_id.clone(), algorithm, key)
     }
 

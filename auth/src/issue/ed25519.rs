@@ -40,7 +40,7 @@ fn pem_of_seed(seed: &[u8; 32]) -> String {
 /// 1 with the public key appended). The seed sits at the same offset in both.
 pub(crate) fn normalize_pem(pem: &[u8]) -> Result<String> {
     let text = std::str::from_utf8(pem)
-        .map_err(|_| Error::InvalidKey("PEM is not UTF-8".into()))?
+        .map_err(|e| Error::invalid_key_by("PEM is not UTF-8", e))?
         .to_owned();
     let Some(body) = text
         .split_once(PEM_BEGIN)
@@ -151,7 +151,7 @@ impl SigningKey {
         let probe = Self::from_pem("", Algorithm::EdDSA, pem)?;
         let x = match probe.public_jwk().map(|jwk| &jwk.algorithm) {
             Some(AlgorithmParameters::OctetKeyPair(okp)) => okp.x.clone(),
-            _ => return Err(Error::InvalidKey("not an Ed25519 key".into())),
+            _ => return Err(Error::invalid_key("not an Ed25519 key")),
         };
         let pem = probe.private_key_pem().unwrap_or_default().to_owned();
         Self::from_pem(&thumbprint(&x), Algorithm::EdDSA, pem.as_bytes())
@@ -248,7 +248,7 @@ mod tests {
         )
         .unwrap();
         let err = SigningKey::load_or_generate_ed25519(&path).unwrap_err();
-        assert!(matches!(err, Error::InvalidKey(_)), "{err}");
+        assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
         // The file is left as it was for the operator to look at.
         assert!(
             std::fs::read_to_string(&path)

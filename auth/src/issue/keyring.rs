@@ -46,11 +46,11 @@ impl SigningKey {
             AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(pem),
             AlgorithmFamily::Ec => EncodingKey::from_ec_pem(pem),
             AlgorithmFamily::Ed => EncodingKey::from_ed_pem(pem),
-            AlgorithmFamily::Hmac => return Err(Error::InvalidKey("use SigningKey::hmac".into())),
+            AlgorithmFamily::Hmac => return Err(Error::invalid_key("use SigningKey::hmac")),
         }
-        .map_err(|e| Error::InvalidKey(e.to_string()))?;
+        .map_err(|e| Error::invalid_key_by("unreadable PEM", e))?;
         let mut jwk = Jwk::from_encoding_key(&key, algorithm)
-            .map_err(|e| Error::InvalidKey(e.to_string()))?;
+            .map_err(|e| Error::invalid_key_by("no public JWK", e))?;
         jwk.common.key_id = Some(kid.to_owned());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         Ok(Self {
@@ -112,7 +112,7 @@ impl SigningKey {
         crate::install_jwt_crypto();
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| Error::Signing(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| Error::Signing(Box::new(e)))
     }
 }
 

@@ -91,7 +91,7 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 
 /// An in-memory [`RefreshTokenStore`], bounded to `capacity` tokens (expired
 /// tokens are purged when it fills; inserting into a full store of live
-/// tokens fails with [`Error::Store`]).
+/// tokens fails with [`Error::StoreFull`]).
 #[derive(Debug)]
 pub struct InMemoryRefreshTokenStore {
     capacity: usize,
@@ -146,7 +146,9 @@ impl RefreshTokenStore for InMemoryRefreshTokenStore {
                 !hs.is_empty()
             });
             if m.tokens.len() >= self.capacity {
-                return Err(Error::Store("refresh token store full".into()));
+                return Err(Error::StoreFull {
+                    capacity: self.capacity,
+                });
             }
         }
         m.families
@@ -299,7 +301,7 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     ///
     /// # Errors
     ///
-    /// The store's error when it cannot insert (e.g. [`Error::Store`] when
+    /// The store's error when it cannot insert (e.g. [`Error::StoreFull`] when
     /// full).
     pub async fn issue(&self, subject: &str, scopes: &[&str]) -> Result<RefreshToken> {
         self.issue_at(subject, scopes, SystemTime::now()).await

@@ -55,7 +55,7 @@ fn roots(path: &Path) -> Result<RootCertStore> {
     for c in load_certs(path)? {
         roots
             .add(c)
-            .map_err(|e| Error::Tls(format!("ca {}: {e}", path.display())))?;
+            .map_err(|e| Error::tls_by(format!("ca {}", path.display()), e))?;
     }
     Ok(roots)
 }
@@ -72,12 +72,12 @@ pub fn server_config(
     let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider.clone())
             .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .map_err(|e| Error::tls_by("client certificate verifier", e))?;
     let verifier = Arc::new(AllowListVerifier::new(webpki, Arc::new(allow)));
     let resolver = ReloadingCertResolver::new(&files.cert, &files.key, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::tls_by("protocol versions", e))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -91,7 +91,7 @@ pub fn client_config(files: &TlsFiles) -> Result<(ClientConfig, Arc<ReloadingCer
     let resolver = ReloadingCertResolver::new(&files.cert, &files.key, provider.clone())?;
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::tls_by("protocol versions", e))?
         .with_root_certificates(roots(&files.ca)?)
         .with_client_cert_resolver(resolver.clone());
     Ok((config, resolver))
@@ -114,7 +114,7 @@ pub fn client_config_for_identities(
     );
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::tls_by("protocol versions", e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(resolver.clone());

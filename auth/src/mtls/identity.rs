@@ -111,10 +111,10 @@ pub struct PeerIdentity {
 /// The URI and DNS subject alternative names of a certificate.
 pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<ServiceIdentity>> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| Error::Tls(format!("certificate: {e}")))?;
+        .map_err(|e| Error::tls_by("certificate", e))?;
     let san = parsed
         .subject_alternative_name()
-        .map_err(|e| Error::Tls(format!("san: {e}")))?;
+        .map_err(|e| Error::tls_by("subject alternative names", e))?;
     Ok(san
         .map(|ext| {
             ext.value

@@ -51,8 +51,7 @@ impl ReloadingCertResolver {
     fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
         let chain = load_certs(cert)?;
         let key = load_private_key(key)?;
-        CertifiedKey::from_der(chain, key, provider)
-            .map_err(|e| Error::Tls(format!("certified key: {e}")))
+        CertifiedKey::from_der(chain, key, provider).map_err(|e| Error::tls_by("certified key", e))
     }
 
     /// The certificate and key currently served.

@@ -231,7 +231,10 @@ async fn expired_refresh_tokens_are_refused_and_the_store_is_bounded() {
     let live = RefreshTokens::new(InMemoryRefreshTokenStore::new(2), Duration::from_secs(60));
     live.issue("u", &[]).await.unwrap();
     live.issue("u", &[]).await.unwrap();
-    assert!(matches!(live.issue("u", &[]).await, Err(Error::Store(_))));
+    assert!(matches!(
+        live.issue("u", &[]).await,
+        Err(Error::StoreFull { capacity: 2 })
+    ));
     assert_eq!(live.store().len(), 2);
 
     // Expired entries are purged to make room.
@@ -314,7 +317,7 @@ impl RefreshTokenStore for FlakyStore {
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(Error::Store("database unavailable".into()));
+            return Err(Error::store("database unavailable"));
         }
         self.inner.insert(hash, record).await
     }

@@ -184,7 +184,7 @@ async fn hs_rs_key_confusion_is_impossible() {
             Algorithm::HS256,
             DecodingKey::from_rsa_pem(RSA_PUB).unwrap()
         ),
-        Err(Error::InvalidKey(_))
+        Err(Error::InvalidKey { .. })
     ));
 }
 
@@ -330,7 +330,7 @@ async fn malformed_base64_and_json_are_rejected() {
     for token in cases {
         let resp = call(validator(), Some(&token)).await;
         let err = assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token"));
-        assert!(matches!(err, Error::Malformed(_)), "{token}: {err:?}");
+        assert!(matches!(err, Error::Malformed { .. }), "{token}: {err:?}");
     }
     // Correctly signed, but the payload is not base64 / not JSON.
     let header = b64(br#"{"alg":"EdDSA","kid":"ed1"}"#);
@@ -339,7 +339,7 @@ async fn malformed_base64_and_json_are_rejected() {
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &ed_key(), Algorithm::EdDSA).unwrap();
         let resp = call(validator(), Some(&format!("{msg}.{sig}"))).await;
         let err = assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token"));
-        assert!(matches!(err, Error::Malformed(_)), "{payload}: {err:?}");
+        assert!(matches!(err, Error::Malformed { .. }), "{payload}: {err:?}");
     }
     // A payload tampered into garbage fails the signature first: still 401.
     let tampered = format!("{}.%%%.{}", parts[0], parts[2]);
@@ -815,7 +815,7 @@ async fn fractional_numeric_dates_are_accepted_and_negative_ones_are_malformed()
     let resp = call(validator(), Some(&neg)).await;
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
-        Error::Malformed(_)
+        Error::Malformed { .. }
     ));
 }
 
@@ -885,6 +885,120 @@ async fn keys_embedded_in_the_header_are_ignored_and_crit_is_refused() {
     let resp = call(validator(), Some(&format!("{msg}.{sig}"))).await;
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
-        Error::Malformed(m) if m.contains("critical")
+        Error::Malformed { reason, .. } if reason.contains("critical")
     ));
+}
+
+#[test]
+fn errors_keep_their_source_and_say_their_kind() {
+    use std::error::Error as _;
+    use trellis_auth::ErrorKind;
+    use trellis_auth::issue::SigningKey;
+
+    // A header that is not base64: the decoding error is the source.
+    let err = validator().validate("!!!.e30.c2ln").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Malformed {
+                reason: "header",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<base64::DecodeError>())
+            .is_some(),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+
+    // Claims of the wrong type: serde's error is the source.
+    let token = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &ed_key(),
+        &json!({"iss": ISS, "aud": AUD, "exp": "tomorrow"}),
+    );
+    let err = validator().validate(&token).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Malformed {
+                reason: "claims",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<serde_json::Error>())
+            .is_some()
+    );
+
+    // A key that does not parse: setup, with jsonwebtoken's error kept.
+    let err = SigningKey::from_pem("k", Algorithm::RS256, b"not a key").unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err:?}");
+    assert!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<jsonwebtoken::errors::Error>())
+            .is_some()
+    );
+    assert_eq!(err.kind(), ErrorKind::Setup);
+
+    // A backend error keeps whatever the implementation had.
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    let err = Error::jwks_fetch(io);
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert_eq!(Error::store("down").kind(), ErrorKind::Unavailable);
+
+    // Every per-request rejection is `Rejected`, every setup error is not.
+    for rejected in [
+        Error::Missing,
+        Error::Expired,
+        Error::BadSignature,
+        Error::Revoked,
+        Error::UnknownKid { kid: None },
+        Error::InsufficientScope {
+            required: vec!["a".into()],
+        },
+        Error::RefreshTokenReused,
+        Error::InvalidRefreshToken,
+        Error::IdentityNotAllowed,
+        Error::Handshake(std::io::Error::other("unknown ca")),
+    ] {
+        assert_eq!(rejected.kind(), ErrorKind::Rejected, "{rejected:?}");
+        assert!(rejected.status().is_client_error(), "{rejected:?}");
+    }
+    for (err, kind) in [
+        (Error::Config("x".into()), ErrorKind::Setup),
+        (
+            Error::RevocationListFull { capacity: 1 },
+            ErrorKind::CapacityExceeded,
+        ),
+        (
+            Error::KeyRingFull { max_retired: 16 },
+            ErrorKind::CapacityExceeded,
+        ),
+        (
+            Error::StoreFull { capacity: 1 },
+            ErrorKind::CapacityExceeded,
+        ),
+        (
+            Error::JwksTimeout(Duration::from_secs(1)),
+            ErrorKind::Unavailable,
+        ),
+    ] {
+        assert_eq!(err.kind(), kind, "{err:?}");
+        assert!(err.status().is_server_error(), "{err:?}");
+    }
 }

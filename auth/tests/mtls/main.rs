@@ -136,7 +136,7 @@ async fn start_server(
             tokio::spawn(async move {
                 match acceptor.accept(tcp).await {
                     Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
+                        let _ = tx.send(Err(chain(&e))).await;
                     }
                     Ok((tls, peer)) => {
                         let _ = tx.send(Ok(peer.identity.to_string())).await;
@@ -198,6 +198,18 @@ async fn whoami(sender: &mut SendRequest<Empty<Bytes>>) -> Result<String, String
 async fn request_once(config: rustls::ClientConfig, addr: SocketAddr) -> Result<String, String> {
     let (mut sender, _) = connect(config, addr).await?;
     whoami(&mut sender).await
+}
+
+/// The error and its sources, as a log line would show them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 async fn server_outcome(rx: &mut mpsc::Receiver<Result<String, String>>) -> Result<String, String> {
