@@ -563,10 +563,9 @@ async fn debug_of_every_secret_holder_is_redacted() {
     assert_redacted("VerificationKey", &format!("{vk:?}"), &hmac_secrets);
     let keys = KeySet::new().with(vk);
     assert_redacted("KeySet", &format!("{keys:?}"), &hmac_secrets);
-    let validator: Validator = Validator::builder(keys)
-        .algorithms([Algorithm::HS256])
-        .build()
-        .unwrap();
+    let builder = Validator::builder(keys).algorithms([Algorithm::HS256]);
+    assert_redacted("ValidatorBuilder", &format!("{builder:?}"), &hmac_secrets);
+    let validator: Validator = builder.build().unwrap();
     assert_redacted("Validator", &format!("{validator:?}"), &hmac_secrets);
     let layer = JwtAuthLayer::new(validator);
     assert_redacted("JwtAuthLayer", &format!("{layer:?}"), &hmac_secrets);
