@@ -63,6 +63,10 @@ pub struct HttpJwksFetcher {
 impl HttpJwksFetcher {
     /// A fetcher for `uri`, accepting bodies up to 256 KiB.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `uri` does not parse or is not `http://`.
+    ///
     /// # Examples
     ///
     /// ```
@@ -263,6 +267,11 @@ impl JwksKeys {
 
     /// Creates the cache, fetches once (failing if that fetch fails) and
     /// starts the background refresh. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The first fetch's error ([`Error::JwksFetch`], [`Error::JwksTimeout`]):
+    /// a service should not start without keys.
     pub async fn start(fetcher: impl JwksFetcher, config: JwksConfig) -> Result<Arc<Self>> {
         let keys = Self::new(fetcher, config);
         keys.refresh().await?;
@@ -286,6 +295,11 @@ impl JwksKeys {
 
     /// Fetches now (ignoring the unknown-kid rate limit), or joins a fetch
     /// already running. On failure the previous keys stay in use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JwksFetch`] when the fetch or the document fails (no usable
+    /// key, bad JSON), [`Error::JwksTimeout`] when it does not finish in time.
     pub async fn refresh(&self) -> Result<()> {
         let mut rx = self.done.subscribe();
         let lead = {

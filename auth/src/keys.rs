@@ -36,6 +36,10 @@ impl VerificationKey {
     /// Binds `key` to `algorithm`; fails when the key's family is not the
     /// algorithm's (an RSA key declared for HS256, say).
     ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the key's family is not `algorithm`'s.
+    ///
     /// # Examples
     ///
     /// ```
@@ -61,6 +65,11 @@ impl VerificationKey {
     }
 
     /// Loads a public key in PEM (RSA, EC or Ed25519 according to `algorithm`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the PEM holds no public key of `algorithm`'s
+    /// family, or `algorithm` is HMAC.
     pub fn from_pem(kid: Option<String>, algorithm: Algorithm, pem: &[u8]) -> Result<Self> {
         use jsonwebtoken::AlgorithmFamily as F;
         let key = match algorithm.family() {
@@ -79,6 +88,11 @@ impl VerificationKey {
     /// when absent, from the key type (`OKP`/Ed25519 → EdDSA, `EC`/P-256 →
     /// ES256, `RSA` → RS256). Symmetric (`oct`) keys are refused: a shared
     /// secret has no business in a published key set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for symmetric keys, unsupported key types or
+    /// curves, an unknown `alg`, or key parameters that do not decode.
     pub fn from_jwk(jwk: &Jwk) -> Result<Self> {
         let inferred = match &jwk.algorithm {
             AlgorithmParameters::OctetKey(_) => {

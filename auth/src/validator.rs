@@ -187,6 +187,11 @@ impl ValidatorBuilder {
     }
 
     /// Builds the validator; fails on an empty allow-list or a zero bound.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] on an empty algorithm allow-list or a zero
+    /// `max_token_len`.
     pub fn build<T>(self) -> Result<Validator<T>> {
         if self.algorithms.is_empty() {
             return Err(Error::Config("empty algorithm allow-list".into()));
@@ -314,6 +319,16 @@ impl<T: DeserializeOwned> Validator<T> {
     ///
     /// This never fetches keys: an unknown `kid` is [`Error::UnknownKid`]
     /// (the tower layer asks the provider for a refresh and tries again).
+    ///
+    /// # Errors
+    ///
+    /// The rejection, always of kind
+    /// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected):
+    /// [`Error::TooLarge`], [`Error::Malformed`],
+    /// [`Error::AlgorithmNotAllowed`], [`Error::UnknownKid`],
+    /// [`Error::BadSignature`], [`Error::Expired`], [`Error::NotYetValid`],
+    /// [`Error::InvalidIssuer`], [`Error::InvalidAudience`],
+    /// [`Error::MissingClaim`] or [`Error::Revoked`].
     ///
     /// # Examples
     ///

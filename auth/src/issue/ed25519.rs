@@ -75,6 +75,11 @@ impl SigningKey {
     /// A new random Ed25519 (EdDSA) key whose `kid` is its RFC 7638
     /// thumbprint. Keep [`SigningKey::private_key_pem`] to use it again.
     ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] if the freshly generated key cannot be loaded (a
+    /// bug, not an input problem).
+    ///
     /// # Examples
     ///
     /// ```
@@ -97,6 +102,12 @@ impl SigningKey {
     ///
     /// A partially written file is never left behind: the key is written
     /// to a temporary file beside `path` and renamed into place.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be read, or the new key cannot be
+    /// written and renamed into place; [`Error::InvalidKey`] when the file
+    /// holds no Ed25519 key (it is left untouched).
     ///
     /// # Examples
     ///

@@ -35,6 +35,11 @@ impl SigningKey {
     /// `algorithm` and derives its public JWK. Ed25519 keys may be PKCS#8 v1
     /// or v2 (the form ring, rcgen and OpenSSL 3 write, with the public key
     /// appended).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the PEM does not hold a private key of
+    /// `algorithm`'s family, or `algorithm` is HMAC (use [`SigningKey::hmac`]).
     pub fn from_pem(kid: &str, algorithm: Algorithm, pem: &[u8]) -> Result<Self> {
         crate::install_jwt_crypto();
         let normalized = match algorithm.family() {
@@ -96,6 +101,11 @@ impl SigningKey {
     }
 
     /// The key that verifies this key's tokens.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the public JWK cannot be turned back into a
+    /// key (not expected for keys built by this type).
     pub fn verification_key(&self) -> Result<VerificationKey> {
         match &self.public {
             Some(jwk) => VerificationKey::from_jwk(jwk),
@@ -108,6 +118,11 @@ impl SigningKey {
     }
 
     /// Signs `claims` with this key, `kid` in the header.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Signing`] when `claims` do not serialize or the key cannot
+    /// sign.
     pub fn sign<C: Serialize>(&self, claims: &C) -> Result<String> {
         crate::install_jwt_crypto();
         let mut header = Header::new(self.algorithm);
@@ -406,6 +421,11 @@ impl TokenIssuer {
 
     /// Issues a token for `subject` with `scopes` and the application's own
     /// claims (`()` for none; a struct serializing to a map otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Signing`] when the claims do not serialize (`custom` must
+    /// serialize to a map) or the active key cannot sign.
     pub fn issue<T: Serialize>(
         &self,
         subject: &str,

@@ -438,6 +438,11 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
     }
 
     /// Revokes a family (logout everywhere for that login).
+    ///
+    /// # Errors
+    ///
+    /// The store's error ([`Error::Store`]) when it cannot record the
+    /// revocation.
     pub async fn revoke_family(&self, family: &str) -> Result<()> {
         self.store.revoke_family(family).await
     }

@@ -34,6 +34,10 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Reads every certificate of a PEM file.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read or holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| io_err(path, e))?
@@ -46,6 +50,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Reads the first private key of a PEM file.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read or holds no private key.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| io_err(path, e))
 }
@@ -64,6 +72,11 @@ fn roots(path: &Path) -> Result<RootCertStore> {
 /// name an identity on `allow`, serving `files.cert`/`files.key` through a
 /// [`ReloadingCertResolver`] (returned, to call `reload`/`watch` on).
 /// ALPN is `http/1.1` and `h2`; change `alpn_protocols` as needed.
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the CA bundle,
+/// the certificate or the key cannot be used.
 pub fn server_config(
     files: &TlsFiles,
     allow: AllowList,
@@ -86,6 +99,11 @@ pub fn server_config(
 
 /// A client config trusting `files.ca` for servers and presenting
 /// `files.cert`/`files.key` (reloadable through the returned resolver).
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the CA bundle,
+/// the certificate or the key cannot be used.
 pub fn client_config(files: &TlsFiles) -> Result<(ClientConfig, Arc<ReloadingCertResolver>)> {
     let provider = provider();
     let resolver = ReloadingCertResolver::new(&files.cert, &files.key, provider.clone())?;
@@ -101,6 +119,11 @@ pub fn client_config(files: &TlsFiles) -> Result<(ClientConfig, Arc<ReloadingCer
 /// by the hostname dialled: its chain must lead to `files.ca` and its
 /// certificate must name an identity on `servers` (e.g.
 /// `spiffe://trellis/orders`).
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the CA bundle,
+/// the certificate or the key cannot be used.
 pub fn client_config_for_identities(
     files: &TlsFiles,
     servers: AllowList,
