@@ -6,7 +6,7 @@ use super::sql::{is_unique_violation, to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
-fn schema_sql(schema: &str) -> [String; 4] {
+fn schema_sql(schema: &str) -> [String; 5] {
     [
         format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
         format!(
@@ -37,6 +37,11 @@ fn schema_sql(schema: &str) -> [String; 4] {
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON \"{schema}\".trellis_sagas (status)"
+        ),
+        // What `adoptable` asks every adopter tick: only in-flight rows are in it.
+        format!(
+            "CREATE INDEX IF NOT EXISTS trellis_sagas_adoptable ON \"{schema}\".trellis_sagas (name, lease_until) \
+             WHERE status IN ('running', 'compensating')"
         ),
     ]
 }
@@ -277,5 +282,21 @@ impl SagaLog for PgSagaLog {
         .await
         .map_err(Error::storage)?;
         rows.iter().map(to_record).collect()
+    }
+
+    async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM {s} \
+             WHERE name = $1 AND status IN ('running', 'compensating') \
+               AND (lease_owner IS NULL OR lease_until < $2) \
+             ORDER BY lease_until, id LIMIT $3",
+            s = self.sagas
+        )))
+        .bind(name)
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::storage)
     }
 }
