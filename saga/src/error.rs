@@ -91,8 +91,11 @@ impl Error {
 /// along with the earlier steps'.
 ///
 /// [`StepError::permanent`] says the action definitely did **not** take
-/// effect and retrying cannot help (a declined card, a validation refusal):
-/// no retry, no re-run, and the step's own compensation is skipped.
+/// effect under its idempotency key and retrying cannot help (a declined
+/// card, a validation refusal): no retry, no re-run, and the step's own
+/// compensation is skipped. It settles an earlier unknown outcome too (a
+/// downstream that deduplicates by key would have answered with the
+/// committed result instead), so return it only when that holds.
 ///
 /// # Examples
 ///

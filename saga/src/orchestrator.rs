@@ -1081,12 +1081,13 @@ impl<L: SagaLog> Orchestrator<L> {
                     });
                 }
                 Attempt::Done(Err(error)) if error.is_permanent() => {
-                    // Known not to have happened now; an earlier attempt
-                    // that ended unknown may still have: compensate then.
+                    // A definite answer for this idempotency key: whatever
+                    // an earlier attempt with the same key did, the
+                    // downstream says it did not take effect.
                     return Ok(ActionOutcome::Failed {
                         error,
                         attempt,
-                        own: uncertain,
+                        own: false,
                     });
                 }
                 Attempt::Done(Err(error)) => error,
@@ -1120,8 +1121,9 @@ impl<L: SagaLog> Orchestrator<L> {
     /// unknown attempt; a resumed run logged it on resuming), runs the
     /// action once more with the same key, bounded by the step timeout but
     /// not by the saga deadline, so that the downstream reaches a definite
-    /// state. Success counts (late if the deadline has passed); any failure
-    /// gives the step up with its own compensation.
+    /// state. Success counts (late if the deadline has passed); a failure
+    /// gives the step up, with its own compensation unless the failure is
+    /// [`StepError::permanent`].
     #[allow(clippy::too_many_arguments)] // private; each is one fact of the step
     async fn confirm<S: SagaState>(
         &self,
@@ -1157,10 +1159,12 @@ impl<L: SagaLog> Orchestrator<L> {
                 attempt,
                 late: deadline.is_some_and(|d| Instant::now() >= d),
             },
+            // A permanent answer settles it (nothing happened under this
+            // key); anything else leaves it unknown: compensate the step.
             Err(error) => ActionOutcome::Failed {
+                own: !error.is_permanent(),
                 error,
                 attempt,
-                own: true,
             },
         })
     }

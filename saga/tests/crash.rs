@@ -73,7 +73,7 @@ fn definition(dir: PathBuf, fail_last: bool) -> Saga<State> {
                 async move {
                     crash_if(&format!("do-before-{k}"));
                     if fail_last && k == STEPS - 1 {
-                        return Err(StepError::new("declined"));
+                        return Err(StepError::permanent("declined"));
                     }
                     apply(&dir, &cx.idempotency_key);
                     crash_if(&format!("do-after-{k}"));
