@@ -25,7 +25,18 @@ use crate::saga::{Saga, SagaState, StepContext};
 /// saga it runs (renewed while a step runs), so two instances on one
 /// database never run the same saga at once. A restarted instance that
 /// keeps its name takes its own leases back at once; another instance
-/// waits for them to expire.
+/// waits for them to expire. With several replicas, name each process with
+/// [`process_owner`] (unique per start) and run
+/// [`spawn_adopter`](Self::spawn_adopter) in every one: sagas whose owner
+/// died or lost its lease are then resumed by whichever instance sees them
+/// first, within about the lease TTL plus the adopt interval.
+///
+/// A step whose outcome is unknown (an error other than
+/// [`StepError::permanent`], a timeout, the deadline cutting it off, a
+/// restart while it ran) is never taken as "nothing happened": it is re-run
+/// once with the same idempotency key, and compensated itself if that does
+/// not settle it. See [`Step`](crate::Step) for what this asks of actions
+/// and compensations.
 #[derive(Debug, Clone)]
 pub struct Orchestrator<L> {
     log: L,

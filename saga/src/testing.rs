@@ -449,7 +449,9 @@ pub async fn adoptable_lists_unheld_in_flight_sagas<L: SagaLog>(log: &L) {
     );
     // Another definition's orphans are its own adopter's.
     assert_eq!(
-        log.adoptable("other-saga", 500, 100).await.expect("adoptable"),
+        log.adoptable("other-saga", 500, 100)
+            .await
+            .expect("adoptable"),
         ["other"]
     );
 }

@@ -92,8 +92,10 @@ async fn an_orphan_is_adopted_within_the_lease_ttl_plus_one_second() {
     let log = MemorySagaLog::new();
     let (calls, keys) = (Arc::new(AtomicU32::new(0)), Arc::default());
     let def = saga(Pay::HangFirst, &calls, &keys);
-    let a = Orchestrator::new(log.clone(), trellis_saga::process_owner("orders")).with_lease_ttl(TTL);
-    let b = Orchestrator::new(log.clone(), trellis_saga::process_owner("orders")).with_lease_ttl(TTL);
+    let a =
+        Orchestrator::new(log.clone(), trellis_saga::process_owner("orders")).with_lease_ttl(TTL);
+    let b =
+        Orchestrator::new(log.clone(), trellis_saga::process_owner("orders")).with_lease_ttl(TTL);
     assert_ne!(a.owner(), b.owner());
     assert_eq!(b.adopt_interval(), TTL / 2);
     let mut events = b.subscribe();
@@ -106,7 +108,11 @@ async fn an_orphan_is_adopted_within_the_lease_ttl_plus_one_second() {
     until(|| calls.load(Ordering::SeqCst) == 1).await;
     // Mid-step for a while (renewing its lease), then killed.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "adopted while its owner lived");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "adopted while its owner lived"
+    );
     run.abort();
     let died = Instant::now();
 
@@ -117,7 +123,10 @@ async fn an_orphan_is_adopted_within_the_lease_ttl_plus_one_second() {
         }
     }
     let took = died.elapsed();
-    assert!(took <= TTL + Duration::from_secs(1), "adopted after {took:?}");
+    assert!(
+        took <= TTL + Duration::from_secs(1),
+        "adopted after {took:?}"
+    );
     assert!(completed(&log, "o1").await);
     // The interrupted step re-ran once, with the same key.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -126,7 +135,11 @@ async fn an_orphan_is_adopted_within_the_lease_ttl_plus_one_second() {
         ["o1/0/action", "o1/1/action", "o1/1/action", "o1/2/action"]
     );
     let history = log.history("o1").await.unwrap();
-    assert!(history.iter().any(|e| e.step == 1 && e.event == StepEvent::OutcomeUnknown));
+    assert!(
+        history
+            .iter()
+            .any(|e| e.step == 1 && e.event == StepEvent::OutcomeUnknown)
+    );
     adopter.stop().await;
 }
 
@@ -283,7 +296,10 @@ async fn an_instance_never_adopts_a_saga_it_is_driving() {
     assert!(a.is_driving("o1"));
     // A clone shares the in-process set.
     assert!(a.clone().adopt_orphans(&def).await.unwrap().is_empty());
-    assert!(matches!(a.resume(&def, "o1").await, Err(Error::Leased { .. })));
+    assert!(matches!(
+        a.resume(&def, "o1").await,
+        Err(Error::Leased { .. })
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // Another instance takes it over and completes it...

@@ -211,12 +211,20 @@ async fn deadline_passed_while_down_reruns_the_step_then_compensates_it() {
             "release o1/0/compensation",
         ]
     );
-    let p = provider.lock().unwrap();
-    assert!(p.charges.is_empty(), "charge left standing: {:?}", p.charges);
-    assert!(p.reservations.is_empty());
-    drop(p);
+    {
+        let p = provider.lock().unwrap();
+        assert!(
+            p.charges.is_empty(),
+            "charge left standing: {:?}",
+            p.charges
+        );
+        assert!(p.reservations.is_empty());
+    }
     let history = events(&b, "o1").await;
-    assert!(history.contains(&(1, StepEvent::OutcomeUnknown, 1)), "{history:?}");
+    assert!(
+        history.contains(&(1, StepEvent::OutcomeUnknown, 1)),
+        "{history:?}"
+    );
 }
 
 /// An attempt timeout fired while the provider committed: the re-run times
@@ -228,7 +236,11 @@ async fn an_attempt_timeout_while_downstream_commits_compensates_the_step() {
     let orch = Orchestrator::new(MemorySagaLog::new(), "n");
     let started = Instant::now();
     let done = orch
-        .start(&saga(&provider, Charge::CommitThenSleep, &n, false), "o1", State)
+        .start(
+            &saga(&provider, Charge::CommitThenSleep, &n, false),
+            "o1",
+            State,
+        )
         .await
         .unwrap();
     assert_eq!(done.status, SagaStatus::Compensated);
@@ -263,7 +275,10 @@ async fn a_permanent_error_is_not_retried_nor_compensated() {
     let orch = Orchestrator::new(MemorySagaLog::new(), "n");
     let done = orch.start(&def, "o1", State).await.unwrap();
     assert_eq!(done.status, SagaStatus::Compensated);
-    assert_eq!(done.error.as_deref(), Some("step charge failed: card declined"));
+    assert_eq!(
+        done.error.as_deref(),
+        Some("step charge failed: card declined")
+    );
     assert_eq!(n.load(Ordering::SeqCst), 1);
     assert_eq!(
         calls(&provider),
@@ -294,8 +309,14 @@ async fn an_unknown_failure_whose_rerun_succeeds_completes() {
         BTreeSet::from(["o1/1/action".to_owned()])
     );
     let history = events(&orch, "o1").await;
-    assert!(history.contains(&(1, StepEvent::OutcomeUnknown, 1)), "{history:?}");
-    assert!(history.contains(&(1, StepEvent::Succeeded, 2)), "{history:?}");
+    assert!(
+        history.contains(&(1, StepEvent::OutcomeUnknown, 1)),
+        "{history:?}"
+    );
+    assert!(
+        history.contains(&(1, StepEvent::Succeeded, 2)),
+        "{history:?}"
+    );
 }
 
 /// Retries exhausted on unknown failures: one more re-run, then the step's
@@ -314,6 +335,9 @@ async fn exhausted_unknown_retries_rerun_once_then_compensate_the_step() {
         ["refund o1/1/compensation", "release o1/0/compensation"]
     );
     let history = events(&orch, "o1").await;
-    assert!(history.contains(&(1, StepEvent::OutcomeUnknown, 3)), "{history:?}");
+    assert!(
+        history.contains(&(1, StepEvent::OutcomeUnknown, 3)),
+        "{history:?}"
+    );
     assert!(history.contains(&(1, StepEvent::Failed, 4)), "{history:?}");
 }
