@@ -507,6 +507,40 @@ impl<L: SagaLog> Orchestrator<L> {
     ///
     /// Only listing the orphans can fail the call (a storage error); each
     /// saga's own errors are in its result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{Lease, MemorySagaLog, Orchestrator, Saga, SagaLog, SagaRecord, SagaStatus, Step};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let saga = Saga::new("greet").step(Step::new(
+    ///     "hello",
+    ///     |s: u32, _cx| async move { Ok(s + 1) },
+    ///     |_s, _cx| async { Ok(()) },
+    /// ));
+    /// let log = MemorySagaLog::new();
+    /// // Left running by an owner whose lease expired long ago.
+    /// let orphan = SagaRecord {
+    ///     id: "g-1".into(),
+    ///     name: "greet".into(),
+    ///     status: SagaStatus::Running,
+    ///     cursor: 0,
+    ///     state: serde_json::json!(0),
+    ///     error: None,
+    ///     failed_step: None,
+    ///     deadline_ms: None,
+    /// };
+    /// log.create(&orphan, Lease { owner: "gone", now_ms: 0, until_ms: 1 }, &[]).await?;
+    ///
+    /// let orchestrator = Orchestrator::new(log, "node-2");
+    /// let adopted = orchestrator.adopt_orphans(&saga).await?;
+    /// assert_eq!(adopted.len(), 1);
+    /// let done = adopted[0].1.as_ref().unwrap();
+    /// assert_eq!((done.status, done.state.clone()), (SagaStatus::Completed, serde_json::json!(1)));
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn adopt_orphans<S: SagaState>(
         &self,
         saga: &Saga<S>,
@@ -549,6 +583,10 @@ impl<L: SagaLog> Orchestrator<L> {
     /// task and the adopted runs it spawned; a run ended mid-step leaves its
     /// lease to expire and is adopted again, its step re-run with the same
     /// idempotency key.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the task).
     ///
     /// # Examples
     ///
