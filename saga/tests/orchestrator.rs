@@ -745,3 +745,64 @@ async fn a_deadline_that_passed_while_down_compensates_on_recovery() {
         ]
     );
 }
+
+/// A log that does not implement `adoptable` (here: `CountingLog`) gets
+/// the trait's default, which lists every in-flight saga of the definition;
+/// taking the lease then keeps the held ones out.
+#[tokio::test]
+async fn the_default_adoptable_lists_in_flight_sagas_and_leases_filter_them() {
+    let fx = effects();
+    let log = CountingLog::default();
+    let now = now_ms();
+    for (id, until) in [("orphan", now - 5_000), ("held", now + 60_000)] {
+        log.create(
+            &pending(id),
+            Lease {
+                owner: "gone",
+                now_ms: now - 10_000,
+                until_ms: until,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let mut listed = log.adoptable("test", now, 10).await.unwrap();
+    listed.sort();
+    assert_eq!(listed, ["held", "orphan"]);
+    let orch = Orchestrator::new(log.clone(), "node-1");
+    let mut adopted = orch
+        .adopt_orphans(&saga(1, None, vec![], &fx))
+        .await
+        .unwrap();
+    adopted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(matches!(adopted[0].1, Err(Error::Leased { .. })));
+    assert_eq!(adopted[1].1.as_ref().unwrap().status, SagaStatus::Completed);
+    assert_eq!(taken(&fx), ["do orphan/0/action"]);
+}
+
+/// The SQLite log's `synchronous` level is FULL unless chosen otherwise.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_synchronous_is_full_by_default_and_configurable() {
+    use sqlx::sqlite::SqliteSynchronous;
+    use trellis_saga::{SqliteSagaLog, SqliteSagaLogOptions};
+
+    async fn level(log: &SqliteSagaLog) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(log.pool())
+            .await
+            .unwrap()
+    }
+    let full = SqliteSagaLog::connect(&support::sqlite_url("sync"))
+        .await
+        .unwrap();
+    assert_eq!(level(&full).await, 2); // FULL
+    let normal = SqliteSagaLog::connect_with(
+        &support::sqlite_url("sync"),
+        SqliteSagaLogOptions::default().with_synchronous(SqliteSynchronous::Normal),
+    )
+    .await
+    .unwrap();
+    assert_eq!(level(&normal).await, 1); // NORMAL
+}
