@@ -806,3 +806,34 @@ async fn sqlite_synchronous_is_full_by_default_and_configurable() {
     .unwrap();
     assert_eq!(level(&normal).await, 1); // NORMAL
 }
+
+/// `adoptable` is asked by every instance every few seconds: on SQLite it
+/// reads the in-flight rows through the status index, never the whole
+/// table (finished sagas pile up; in-flight ones are bounded by load).
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_adoptable_uses_the_in_flight_index() {
+    let log = trellis_saga::SqliteSagaLog::connect(&support::sqlite_url("plan"))
+        .await
+        .unwrap();
+    use sqlx::Row;
+    let plan: Vec<String> = sqlx::query(
+        // NOTE: the statement of `SqliteSagaLog::adoptable`, verbatim.
+        "EXPLAIN QUERY PLAN SELECT id FROM trellis_sagas INDEXED BY trellis_sagas_status \
+         WHERE name = ? AND status IN ('running', 'compensating') \
+           AND (lease_owner IS NULL OR lease_until < ?) \
+         ORDER BY lease_until, id LIMIT ?",
+    )
+    .bind("test")
+    .bind(0i64)
+    .bind(10i64)
+    .fetch_all(log.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get::<String, _>("detail"))
+    .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("USING INDEX trellis_sagas_status"), "{plan}");
+    assert!(!plan.contains("SCAN trellis_sagas"), "{plan}");
+}

@@ -249,7 +249,8 @@ pub trait SagaLog: Send + Sync + 'static {
     ///
     /// Every orchestrator instance asks this periodically
     /// ([`Orchestrator::spawn_adopter`](crate::Orchestrator::spawn_adopter)),
-    /// so it must be cheap: the SQL backends answer it from a partial index.
+    /// so it must be cheap: the SQL backends answer it from their status
+    /// index, reading only the in-flight rows.
     ///
     /// The default lists every in-flight saga of `name` whatever its lease
     /// (taking the lease then refuses the held ones): correct but slow, for

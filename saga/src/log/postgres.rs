@@ -6,7 +6,7 @@ use super::sql::{is_unique_violation, to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
-fn schema_sql(schema: &str) -> [String; 5] {
+fn schema_sql(schema: &str) -> [String; 4] {
     [
         format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
         format!(
@@ -37,11 +37,6 @@ fn schema_sql(schema: &str) -> [String; 5] {
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON \"{schema}\".trellis_sagas (status)"
-        ),
-        // What `adoptable` asks every adopter tick: only in-flight rows are in it.
-        format!(
-            "CREATE INDEX IF NOT EXISTS trellis_sagas_adoptable ON \"{schema}\".trellis_sagas (name, lease_until) \
-             WHERE status IN ('running', 'compensating')"
         ),
     ]
 }
