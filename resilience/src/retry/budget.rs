@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -68,11 +69,12 @@ const SLOTS: usize = 10;
 /// assert_eq!(config.ttl, Duration::from_secs(10));
 /// config.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct BudgetConfig {
     /// How long a request's deposit counts; between 1 s and 60 s.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub ttl: Duration,
     /// Retries allowed per second whatever the traffic, so quiet clients
     /// can retry at all.
