@@ -31,6 +31,9 @@ pub(crate) const AUDIENCE: &str = "trellis-ecommerce";
 pub(crate) const CUSTOMER_SCOPES: &[&str] = &["catalog:read", "orders:read", "orders:write"];
 /// Lifetime of every token issued here.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How far past `exp`/before `nbf` every service still accepts a token
+/// (clock skew between pods).
+pub(crate) const TOKEN_LEEWAY: Duration = Duration::from_secs(30);
 
 pub(crate) struct Identity {
     pool: AnyPool,
@@ -104,7 +107,7 @@ impl Identity {
             Some(path) => SigningKey::load_or_generate_ed25519(path)?,
             None => SigningKey::generate_ed25519()?,
         };
-        let ring = Arc::new(KeyRing::new(key, TOKEN_TTL));
+        let ring = Arc::new(KeyRing::with_token_lifetime(key, TOKEN_TTL, TOKEN_LEEWAY));
         let issuer = TokenIssuer::new(ring.clone(), ISSUER, TOKEN_TTL).audience(AUDIENCE);
         let limits = AttemptLimits::default();
         Ok(Identity {
@@ -164,7 +167,7 @@ pub(crate) fn validator_with(keys: impl trellis_auth::IntoKeyProvider) -> Result
         .algorithms([Algorithm::EdDSA])
         .issuer(ISSUER)
         .audience(AUDIENCE)
-        .leeway(Duration::from_secs(30))
+        .leeway(TOKEN_LEEWAY)
         .build()?)
 }
 
@@ -515,7 +518,7 @@ pub fn operator_token(
         )));
     }
     let key = SigningKey::load_or_generate_ed25519(key_file)?;
-    let ring = Arc::new(KeyRing::new(key, TOKEN_TTL));
+    let ring = Arc::new(KeyRing::with_token_lifetime(key, TOKEN_TTL, TOKEN_LEEWAY));
     let issuer = TokenIssuer::new(ring, ISSUER, TOKEN_TTL).audience(AUDIENCE);
     Ok(issuer.issue(subject, scopes, ())?.token)
 }
