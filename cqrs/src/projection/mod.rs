@@ -33,7 +33,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use trellis_eventsourcing::lease::{DEFAULT_LEASE_TTL, Leadership, LeaseStore, default_owner};
 use trellis_eventsourcing::{EventFilter, EventStore, StoredEvent};
+
+pub use trellis_eventsourcing::lease::Role;
 use trellis_resilience::retry::Backoff;
 
 use crate::error::{BoxError, Error, Result};
@@ -65,6 +68,101 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
         name: &str,
         position: u64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Makes sure the checkpoint row of `name` exists (at 0 when new).
+    fn init_checkpoint(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Inside `tx`: moves the checkpoint of `name` from `expected` to `new`
+    /// if it is at `expected` and lease `name` still carries `epoch`;
+    /// `false` (nothing written) otherwise.
+    fn save_checkpoint_fenced(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Takes lease `name` (table `cqrs_leases`) for `owner` if free, expired
+    /// or already its own; the new epoch, or `None`.
+    fn try_acquire_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send;
+    /// Extends lease `name` if `owner` still holds it with `epoch`.
+    fn renew_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<bool>> + Send;
+    /// Lets lease `name` expire now if `owner` still holds it with `epoch`.
+    fn release_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<()>> + Send;
+}
+
+/// The checkpoint table of the read-model database.
+const CHECKPOINTS: &str = "cqrs_checkpoints";
+/// The lease table of the read-model database: one active runner per name.
+const LEASES: &str = "cqrs_leases";
+
+/// The leases of a read-model database, for [`Leadership`].
+struct ReadModelLeases<DB: ReadModelDb>(sqlx::Pool<DB>);
+
+impl<DB: ReadModelDb> LeaseStore for ReadModelLeases<DB> {
+    fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send {
+        DB::try_acquire_lease(&self.0, name, owner, ttl)
+    }
+
+    fn renew(
+        &self,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<bool>> + Send {
+        DB::renew_lease(&self.0, name, owner, epoch, ttl)
+    }
+
+    fn release(
+        &self,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<()>> + Send {
+        DB::release_lease(&self.0, name, owner, epoch)
+    }
+
+    async fn save_checkpoint_fenced(
+        &self,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> trellis_eventsourcing::Result<bool> {
+        // Not used by the runners (they fence inside their read-model
+        // transaction); here for the contract's sake.
+        let mut tx = self.0.begin().await?;
+        let moved = DB::save_checkpoint_fenced(&mut tx, name, epoch, expected, new)
+            .await
+            .map_err(|e| trellis_eventsourcing::Error::Corrupt(e.to_string()))?;
+        if moved {
+            tx.commit().await?;
+        }
+        Ok(moved)
+    }
 }
 
 /// A read model fed by events, written inside the runner's transaction.
@@ -123,6 +221,11 @@ pub struct ProjectionStatus {
     pub name: String,
     /// Running, parked or stopped.
     pub state: ProjectionState,
+    /// Whether this runner holds the projection's lease and applies events
+    /// ([`Role::Active`]) or waits for it ([`Role::Standby`]) while another
+    /// replica applies them. A standby runner follows the committed
+    /// checkpoint, so `position` and `wait_for` still work on it.
+    pub role: Role,
     /// The committed checkpoint.
     pub position: u64,
     /// The store's head when last read.
@@ -147,6 +250,7 @@ impl ProjectionStatus {
     /// let status = ProjectionStatus {
     ///     name: "orders".into(),
     ///     state: ProjectionState::Running,
+    ///     role: trellis_cqrs::Role::Active,
     ///     position: 10,
     ///     head: 10,
     ///     last_recorded_at: None,
@@ -173,16 +277,27 @@ pub struct RunnerOptions {
     pub backoff: Backoff,
     /// Retries of a failing event before the projection is parked.
     pub max_retries: u32,
+    /// How long the active runner's lease lasts without a renewal (renewed
+    /// every third of it): a standby replica takes over at most about this
+    /// long after the active one died. Keep it above the longest batch.
+    pub lease_ttl: Duration,
+    /// This runner's lease owner id (`None`: host, process id and a random
+    /// part, unique per start). A stable id (a pod name) lets a restarted
+    /// runner take its own lease back at once instead of after `lease_ttl`.
+    pub owner: Option<String>,
 }
 
 impl Default for RunnerOptions {
-    /// 256 events per batch, 100 ms polls, trellis-resilience's default backoff, 5 retries.
+    /// 256 events per batch, 100 ms polls, trellis-resilience's default
+    /// backoff, 5 retries, a 10 s lease with a per-start owner id.
     fn default() -> Self {
         RunnerOptions {
             batch_size: 256,
             poll_interval: Duration::from_millis(100),
             backoff: Backoff::default(),
             max_retries: 5,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            owner: None,
         }
     }
 }
@@ -252,6 +367,18 @@ where
         self
     }
 
+    /// Sets the lease TTL (see [`RunnerOptions::lease_ttl`]).
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.options.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets the lease owner id (see [`RunnerOptions::owner`]).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.options.owner = Some(owner.into());
+        self
+    }
+
     /// Records lag and handled events in `metrics`.
     #[cfg(feature = "metrics")]
     pub fn with_metrics(mut self, metrics: crate::metrics::ProjectionMetrics) -> Self {
@@ -259,8 +386,14 @@ where
         self
     }
 
-    /// Creates the checkpoint table and the projection's tables, loads the
-    /// checkpoint and spawns the runner on the current tokio runtime.
+    /// Creates the checkpoint and lease tables and the projection's tables,
+    /// loads the checkpoint and spawns the runner on the current tokio
+    /// runtime. The runner starts as a standby and applies events once it
+    /// holds the projection's lease.
+    ///
+    /// # Errors
+    ///
+    /// The read-model database failed, or the projection's `setup` did.
     pub async fn spawn(self) -> Result<ProjectionHandle> {
         DB::ensure_checkpoints(&self.pool).await?;
         self.projection
@@ -268,17 +401,23 @@ where
             .await
             .map_err(Error::Handler)?;
         let name = self.projection.name().to_owned();
+        DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
+        let leadership = leadership(&name, &self.options);
+        let leases = ReadModelLeases(self.pool.clone());
         let (position_tx, position_rx) = watch::channel(position);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(ProjectionStatus {
             name: name.clone(),
             state: ProjectionState::Running,
+            role: Role::Standby,
             position,
             head: position,
             last_recorded_at: None,
         }));
         let worker = Worker {
+            leadership,
+            leases,
             runner: self,
             name: name.clone(),
             position,
@@ -397,7 +536,54 @@ fn lock(m: &Mutex<ProjectionStatus>) -> std::sync::MutexGuard<'_, ProjectionStat
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The lease of projection `name` as `options` say.
+fn leadership(name: &str, options: &RunnerOptions) -> Leadership {
+    let owner = options.owner.clone().unwrap_or_else(default_owner);
+    Leadership::new(name, owner, options.lease_ttl)
+}
+
+/// What a runner does about its lease before each round: `Some(epoch)` to
+/// apply under, or `None` after following the committed checkpoint as a
+/// standby. Updates the status when the role changes; a runner that becomes
+/// active reloads the checkpoint (another replica may have moved it).
+async fn lead<DB: ReadModelDb>(
+    leadership: &mut Leadership,
+    leases: &ReadModelLeases<DB>,
+    name: &str,
+    position: &mut u64,
+    position_tx: &watch::Sender<u64>,
+    status: &Mutex<ProjectionStatus>,
+) -> Option<u64> {
+    let was = leadership.role();
+    let epoch = leadership.ensure(leases).await;
+    let now = leadership.role();
+    if was != now {
+        lock(status).role = now;
+    }
+    if epoch.is_none() || was != now {
+        // Standby, or just became active: the committed checkpoint is the truth.
+        match DB::load_checkpoint(&leases.0, name).await {
+            Ok(committed) => {
+                *position = committed;
+                lock(status).position = committed;
+                position_tx.send_if_modified(|p| {
+                    let moved = *p != committed;
+                    *p = committed;
+                    moved
+                });
+            }
+            Err(err) => {
+                tracing::warn!(projection = %name, %err, "reading the checkpoint failed");
+                return None;
+            }
+        }
+    }
+    epoch
+}
+
 struct Worker<DB: ReadModelDb, P, S> {
+    leadership: Leadership,
+    leases: ReadModelLeases<DB>,
     runner: ProjectionRunner<DB, P, S>,
     name: String,
     position: u64,
@@ -421,6 +607,9 @@ struct BatchFailure {
     /// Index of the failing event in the batch (0 when the database failed).
     index: usize,
     error: String,
+    /// The fenced checkpoint write found another position or epoch: this
+    /// runner lost its lease; the batch was rolled back.
+    fenced: bool,
 }
 
 impl<DB, P, S> Worker<DB, P, S>
@@ -445,6 +634,26 @@ where
             if *self.shutdown.borrow() {
                 break;
             }
+            let Some(epoch) = lead(
+                &mut self.leadership,
+                &self.leases,
+                &self.name,
+                &mut self.position,
+                &self.position_tx,
+                &self.status,
+            )
+            .await
+            else {
+                limit = None;
+                attempts = 0;
+                previous_delay = None;
+                ask_store = true;
+                tokio::select! {
+                    () = tokio::time::sleep(self.leadership.standby_interval()) => {}
+                    _ = self.shutdown.changed() => break,
+                }
+                continue;
+            };
             // An append in this process signals its committed position: read
             // on from there without asking the store for its head (a query
             // per batch). The signal is only a hint (another process may
@@ -502,12 +711,21 @@ where
                 ask_store = true;
                 continue;
             }
-            match self.apply(&batch, target).await {
+            match self.apply(&batch, target, epoch).await {
                 Ok(()) => {
                     self.committed(target, &batch, head);
                     limit = None;
                     attempts = 0;
                     previous_delay = None;
+                }
+                Err(failure) if failure.fenced => {
+                    tracing::warn!(
+                        projection = %self.name,
+                        position = self.position,
+                        "checkpoint fenced: another runner holds the lease; batch rolled back, standing by"
+                    );
+                    self.leadership.lose();
+                    lock(&self.status).role = Role::Standby;
                 }
                 Err(failure) if failure.index > 0 => {
                     // The events before the failing one are fine: commit them alone.
@@ -523,10 +741,13 @@ where
                             error = %failure.error,
                             "projection parked on a poison event"
                         );
-                        lock(&self.status).state = ProjectionState::Parked {
+                        self.leadership.release(&self.leases).await;
+                        let mut status = lock(&self.status);
+                        status.state = ProjectionState::Parked {
                             position: failing,
                             error: failure.error,
                         };
+                        status.role = Role::Standby;
                         return;
                     }
                     let delay = self
@@ -551,7 +772,10 @@ where
                 }
             }
         }
-        lock(&self.status).state = ProjectionState::Stopped;
+        self.leadership.release(&self.leases).await;
+        let mut status = lock(&self.status);
+        status.state = ProjectionState::Stopped;
+        status.role = Role::Standby;
     }
 
     /// Waits for an append signal, the poll interval or shutdown.
@@ -605,10 +829,16 @@ where
         self.position_tx.send_replace(target);
     }
 
-    async fn apply(&self, batch: &[StoredEvent], target: u64) -> Result<(), BatchFailure> {
+    async fn apply(
+        &self,
+        batch: &[StoredEvent],
+        target: u64,
+        epoch: u64,
+    ) -> Result<(), BatchFailure> {
         let db = |e: &dyn std::fmt::Display| BatchFailure {
             index: 0,
             error: format!("read-model database: {e}"),
+            fenced: false,
         };
         let mut tx = self.runner.pool.begin().await.map_err(|e| db(&e))?;
         for (index, event) in batch.iter().enumerate() {
@@ -617,12 +847,23 @@ where
                 return Err(BatchFailure {
                     index,
                     error: err.to_string(),
+                    fenced: false,
                 });
             }
         }
-        DB::save_checkpoint(&mut tx, &self.name, target)
+        // Compare-and-set, fenced by the lease epoch: a runner that lost its
+        // lease, or whose checkpoint another runner moved, writes nothing.
+        let moved = DB::save_checkpoint_fenced(&mut tx, &self.name, epoch, self.position, target)
             .await
             .map_err(|e| db(&e))?;
+        if !moved {
+            // Dropping `tx` rolls the batch back.
+            return Err(BatchFailure {
+                index: 0,
+                error: "checkpoint fenced".into(),
+                fenced: true,
+            });
+        }
         tx.commit().await.map_err(|e| db(&e))
     }
 }

@@ -88,8 +88,10 @@ macro_rules! backend_tests {
                 let plan = Plan::new();
                 plan.block_at.store(15, Ordering::SeqCst);
                 let projection = CountingProjection::new("dropped", "dropped_rm", plan.clone());
+                // The crashed runner's lease expires in 500 ms: then the new one takes over.
                 let handle = ProjectionRunner::new(store.clone(), pool.clone(), projection)
                     .with_batch_size(10)
+                    .with_lease_ttl(Duration::from_millis(500))
                     .spawn()
                     .await
                     .unwrap();

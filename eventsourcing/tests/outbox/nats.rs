@@ -173,7 +173,12 @@ async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after
         store.clone(),
         store.clone(),
         NatsPublisher::new(down_js, prefix.clone()),
-        RelayOptions::default(),
+        // A stable owner (a pod name): the restarted relay below takes its
+        // own lease back at once.
+        RelayOptions {
+            owner: Some("relay-pod-0".into()),
+            ..RelayOptions::default()
+        },
     );
     for _ in 0..2 {
         assert!(
@@ -203,7 +208,10 @@ async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after
         store.clone(),
         store.clone(),
         NatsPublisher::new(js.clone(), prefix),
-        RelayOptions::default(),
+        RelayOptions {
+            owner: Some("relay-pod-0".into()),
+            ..RelayOptions::default()
+        },
     );
     assert_eq!(relay.run_once().await.expect("delivered"), 6);
     let mut stream = js.get_stream(&stream_name).await.expect("stream");
