@@ -261,7 +261,23 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
     use trellis_cqrs::Role;
     let Some(url) = nats_url() else { return };
     let (js, stream, publisher, stream_name) = fixture(&url).await;
-    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    // A WAL file with a busy timeout, as replicas share a database (a shared
+    // in-memory database reports table locks instead of waiting).
+    let path = std::env::temp_dir().join(format!(
+        "trellis_cqrs_js_{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
     let store = MemoryStore::new();
     publisher
         .publish(&events(&store, &[1, 2, 3, 4, 5, 6, 7, 8]).await)
@@ -313,4 +329,10 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
     assert_eq!(sums(&pool).await, (76, 12), "every event exactly once");
     standby.stop().await;
     js.delete_stream(&stream_name).await.unwrap();
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
 }
