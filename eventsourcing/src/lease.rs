@@ -342,9 +342,7 @@ pub mod sql {
     }
 
     /// Now in milliseconds since the epoch, by SQLite's clock.
-    pub const SQLITE_NOW: &str =
-        "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+    pub const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     /// Now in milliseconds since the epoch, by PostgreSQL's clock.
-    pub const POSTGRES_NOW: &str =
-        "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+    pub const POSTGRES_NOW: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 }

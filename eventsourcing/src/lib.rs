@@ -15,7 +15,7 @@ pub use event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent,
     StoredEvent, category,
 };
-pub use lease::{LeaseStore, Leadership, Role};
+pub use lease::{Leadership, LeaseStore, Role};
 pub use store::memory::MemoryStore;
 pub use store::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits};
 pub mod outbox;

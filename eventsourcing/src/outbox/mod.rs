@@ -325,10 +325,7 @@ where
             let result = self.run_once().await;
             let (current, standby_wait) = {
                 let state = self.state.lock().await;
-                (
-                    state.leadership.role(),
-                    state.leadership.standby_interval(),
-                )
+                (state.leadership.role(), state.leadership.standby_interval())
             };
             role.send_if_modified(|r| {
                 let changed = *r != current;

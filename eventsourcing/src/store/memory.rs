@@ -7,10 +7,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::lease::LeaseStore;
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent,
 };
+use crate::lease::LeaseStore;
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
     idempotent_result,

@@ -28,11 +28,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::lease::{LeaseStore, sql};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
     from_micros, to_micros,
 };
+use crate::lease::{LeaseStore, sql};
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
     idempotent_result, limit, to_i64, to_u64,
@@ -648,15 +648,13 @@ const CHECKPOINTS: &str = "es_checkpoints";
 
 impl LeaseStore for SqliteEventStore {
     async fn try_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
-        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(
-            LEASES,
-            sql::SQLITE_NOW,
-        )))
-        .bind(name)
-        .bind(owner)
-        .bind(sql::ttl_ms(ttl))
-        .fetch_optional(&self.write)
-        .await?;
+        let epoch: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, sql::SQLITE_NOW)))
+                .bind(name)
+                .bind(owner)
+                .bind(sql::ttl_ms(ttl))
+                .fetch_optional(&self.write)
+                .await?;
         Ok(epoch.map(to_u64))
     }
 

@@ -33,8 +33,8 @@ use crate::error::Error;
 use crate::event::{
     AppendRequest, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent, StoredEvent,
 };
-use crate::repository::{Repository, SnapshotPolicy};
 use crate::lease::LeaseStore;
+use crate::repository::{Repository, SnapshotPolicy};
 use crate::store::{CheckpointStore, EventStore, Snapshot, SnapshotStore};
 use crate::subscription::{Subscription, SubscriptionOptions};
 
@@ -1092,7 +1092,10 @@ pub async fn leases_fence_stale_holders<S: CheckpointStore + LeaseStore>(store: 
         .await
         .expect("acquire")
         .expect("a free lease is taken");
-    assert_eq!(store.try_acquire("relay", "b", ttl).await.expect("acquire"), None);
+    assert_eq!(
+        store.try_acquire("relay", "b", ttl).await.expect("acquire"),
+        None
+    );
     assert!(store.renew("relay", "a", a, ttl).await.expect("renew"));
     assert!(
         store
@@ -1139,7 +1142,10 @@ pub async fn leases_fence_stale_holders<S: CheckpointStore + LeaseStore>(store: 
             .expect("cas")
     );
     assert_eq!(store.load_checkpoint("relay").await.expect("load"), 8);
-    assert_eq!(store.try_acquire("relay", "a", ttl).await.expect("acquire"), None);
+    assert_eq!(
+        store.try_acquire("relay", "a", ttl).await.expect("acquire"),
+        None
+    );
     // Another name is another lease.
     assert!(
         store

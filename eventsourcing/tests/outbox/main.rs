@@ -285,7 +285,11 @@ async fn a_failed_batch_is_republished_one_at_a_time_never_skipping_ahead() {
     );
     assert!(matches!(relay.run_once().await, Err(Error::Publish { .. })));
     assert_eq!(store.load_checkpoint("outbox").await.expect("cp"), 3);
-    assert_eq!(broker.positions(), vec![1, 2, 3], "nothing after the refused event");
+    assert_eq!(
+        broker.positions(),
+        vec![1, 2, 3],
+        "nothing after the refused event"
+    );
 
     broker.refuse(None);
     assert_eq!(relay.run_once().await.expect("caught up"), 7);
@@ -295,7 +299,11 @@ async fn a_failed_batch_is_republished_one_at_a_time_never_skipping_ahead() {
     let mut expected = vec![(1..=10).collect::<Vec<_>>()];
     expected.extend([1, 2, 3, 4, 4].map(one));
     expected.extend((4..=10).map(one));
-    assert_eq!(broker.calls(), expected, "one at a time from the first unacknowledged event");
+    assert_eq!(
+        broker.calls(),
+        expected,
+        "one at a time from the first unacknowledged event"
+    );
 
     // Past the failed batch: batches again.
     append_n(&store, 10, 5).await;
@@ -324,7 +332,13 @@ async fn two_relays_elect_one_and_the_standby_takes_over() {
         calls: Arc::default(),
         ..broker_a.clone()
     };
-    let a = OutboxRelay::new(store.clone(), store.clone(), broker_a.clone(), options.clone()).spawn();
+    let a = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        broker_a.clone(),
+        options.clone(),
+    )
+    .spawn();
     let b = OutboxRelay::new(store.clone(), store.clone(), broker_b.clone(), options).spawn();
     while broker_a.positions().len() < 10 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -340,13 +354,19 @@ async fn two_relays_elect_one_and_the_standby_takes_over() {
     } else {
         (b, a, broker_a.clone())
     };
-    assert!(standby_broker.calls().is_empty(), "the standby published nothing");
+    assert!(
+        standby_broker.calls().is_empty(),
+        "the standby published nothing"
+    );
 
     active.abort();
     let killed_at = Instant::now();
     append_n(&store, 10, 5).await;
     while broker_a.positions().len() < 15 {
-        assert!(killed_at.elapsed() < ttl + Duration::from_secs(1), "no takeover");
+        assert!(
+            killed_at.elapsed() < ttl + Duration::from_secs(1),
+            "no takeover"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(killed_at.elapsed() < ttl + Duration::from_secs(1));
