@@ -30,7 +30,10 @@ pub struct Plan {
 impl Plan {
     /// The positions handled so far.
     pub fn handled(&self) -> Vec<u64> {
-        self.handled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.handled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

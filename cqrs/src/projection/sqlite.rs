@@ -110,7 +110,12 @@ impl ReadModelDb for Sqlite {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn release_lease(pool: &Pool<Self>, name: &str, owner: &str, epoch: u64) -> trellis_eventsourcing::Result<()> {
+    async fn release_lease(
+        pool: &Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> trellis_eventsourcing::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
             .bind(name)
             .bind(owner)

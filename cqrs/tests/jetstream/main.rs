@@ -307,7 +307,11 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
         (b, a, count_b, count_a)
     };
     assert_eq!(active_count.load(Ordering::SeqCst), 8);
-    assert_eq!(standby_count.load(Ordering::SeqCst), 0, "the standby applied nothing");
+    assert_eq!(
+        standby_count.load(Ordering::SeqCst),
+        0,
+        "the standby applied nothing"
+    );
 
     drop(active); // SIGKILL-like: no lease release, no nak
     let killed_at = std::time::Instant::now();
@@ -323,7 +327,10 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
         12
     );
     let took = killed_at.elapsed();
-    assert!(took < ttl + Duration::from_secs(1), "takeover took {took:?}");
+    assert!(
+        took < ttl + Duration::from_secs(1),
+        "takeover took {took:?}"
+    );
     assert_eq!(standby.status().role, Role::Active);
     assert_eq!(standby_count.load(Ordering::SeqCst), 4);
     assert_eq!(sums(&pool).await, (76, 12), "every event exactly once");
