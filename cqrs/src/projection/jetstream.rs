@@ -54,8 +54,12 @@ use super::{
 use crate::error::{Error, Result};
 
 /// Feeds a [`Projection`] from a JetStream durable pull consumer, with the
-/// checkpoint in the read-model transaction (see the [module
-/// docs](self)).
+/// checkpoint in the read-model transaction: JetStream delivers at least
+/// once, the read model gets each event once (a redelivery at or below the
+/// checkpoint is acked without being applied). Replicas elect one active
+/// runner per projection name through a lease in the read-model database,
+/// and the checkpoint write is compare-and-set, fenced by the lease epoch
+/// (see the crate README, *Guarantees across replicas and restarts*).
 ///
 /// # Examples
 ///

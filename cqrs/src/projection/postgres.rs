@@ -13,14 +13,21 @@ impl private::Sealed for Postgres {}
 
 impl ReadModelDb for Postgres {
     async fn ensure_checkpoints(pool: &Pool<Self>) -> Result<()> {
+        // Replicas start at once: concurrent `CREATE TABLE IF NOT EXISTS`
+        // can still collide in PostgreSQL's catalog, so take turns.
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7241, hashtext(current_schema()))")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS cqrs_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
         )
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
         sqlx::query(sqlx::AssertSqlSafe(sql::create(LEASES)))
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
