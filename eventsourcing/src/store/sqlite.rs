@@ -165,6 +165,12 @@ impl SqliteEventStore {
         self
     }
 
+    /// The write pool (one connection: every write of this store goes
+    /// through it).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.write
+    }
+
     /// Closes both pools, waiting for connections to finish.
     pub async fn close(&self) {
         self.write.close().await;

@@ -375,3 +375,139 @@ async fn two_relays_elect_one_and_the_standby_takes_over() {
     assert_eq!(store.load_checkpoint("outbox").await.expect("cp"), 15);
     standby.shutdown().await.expect("shutdown");
 }
+
+/// Two relays, each on its own store instance (its own pool: two
+/// "processes") over one database, with a short real TTL: one publishes;
+/// aborted without a release, the other takes over within TTL + 1 s; the
+/// broker ends with every event once, in order.
+async fn relay_replicas_on_one_database<S>(one: S, two: S)
+where
+    S: EventStore + CheckpointStore + trellis_eventsourcing::LeaseStore + Clone,
+{
+    use trellis_eventsourcing::Role;
+    let append = |store: S, from: u64, n: u64| async move {
+        for i in from..from + n {
+            store
+                .append(
+                    &format!("order-{}", i % 4),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("Placed", json!({ "i": i }))],
+                )
+                .await
+                .expect("append");
+        }
+    };
+    append(one.clone(), 0, 10).await;
+    let ttl = Duration::from_secs(1);
+    let options = RelayOptions {
+        batch_size: 3,
+        poll_interval: Duration::from_millis(20),
+        lease_ttl: ttl,
+        ..RelayOptions::default()
+    };
+    let broker_a = ChainedBroker::default();
+    let broker_b = ChainedBroker {
+        calls: Arc::default(),
+        ..broker_a.clone()
+    };
+    let a = OutboxRelay::new(one.clone(), one.clone(), broker_a.clone(), options.clone()).spawn();
+    let b = OutboxRelay::new(two.clone(), two.clone(), broker_b.clone(), options).spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker_a.positions().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "nothing published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let roles = [a.role(), b.role()];
+    assert!(
+        roles == [Role::Active, Role::Standby] || roles == [Role::Standby, Role::Active],
+        "exactly one active: {roles:?}"
+    );
+    let (active, standby, standby_broker) = if roles[0] == Role::Active {
+        (a, b, broker_b)
+    } else {
+        (b, a, broker_a.clone())
+    };
+    assert!(
+        standby_broker.calls().is_empty(),
+        "the standby published nothing"
+    );
+    active.abort();
+    let killed_at = std::time::Instant::now();
+    append(two.clone(), 10, 5).await;
+    while broker_a.positions().len() < 15 {
+        assert!(
+            killed_at.elapsed() < ttl + Duration::from_secs(1),
+            "no takeover within TTL + 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(standby.role(), Role::Active);
+    let positions = broker_a.positions();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {positions:?}"
+    );
+    assert_eq!(positions.len(), 15);
+    standby.shutdown().await.expect("shutdown");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_replicas_on_one_sqlite_file() {
+    let dir = std::env::temp_dir().join(format!("trellis-relay-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("relay.db");
+    let path = path.to_str().expect("utf8");
+    let one = trellis_eventsourcing::SqliteEventStore::open(path)
+        .await
+        .expect("open");
+    let two = trellis_eventsourcing::SqliteEventStore::open(path)
+        .await
+        .expect("open");
+    relay_replicas_on_one_database(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_replicas_on_one_postgres_schema() {
+    use std::str::FromStr;
+    let Some(url) = support::env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("es_relay_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("TRELLIS_TEST_POSTGRES_URL reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("schema");
+    let store = || async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(
+                sqlx::postgres::PgConnectOptions::from_str(&url)
+                    .expect("url")
+                    .options([("search_path", schema.as_str())]),
+            )
+            .await
+            .expect("connect");
+        trellis_eventsourcing::PgEventStore::with_pool(pool)
+            .await
+            .expect("migrate")
+    };
+    let (one, two) = (store().await, store().await);
+    relay_replicas_on_one_database(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .expect("drop schema");
+}
