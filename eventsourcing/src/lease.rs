@@ -81,6 +81,29 @@ pub trait LeaseStore: Send + Sync + 'static {
         epoch: u64,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// The current holder of lease `name` (owner and epoch), expired or not.
+    ///
+    /// # Errors
+    ///
+    /// The store's error if it cannot be reached.
+    fn holder(&self, name: &str) -> impl Future<Output = Result<Option<(String, u64)>>> + Send;
+
+    /// Takes lease `name` for `owner` from `dead_owner`, whatever its expiry,
+    /// if it still holds it with `dead_epoch`; the new epoch, or `None`.
+    /// For a holder known to be dead (see [`Leadership`]).
+    ///
+    /// # Errors
+    ///
+    /// The store's error if it cannot be reached.
+    fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send;
+
     /// Moves checkpoint `name` from `expected` to `new` if it is at
     /// `expected` **and** lease `name` still carries `epoch`; `false` (and
     /// nothing written) otherwise. A checkpoint that does not exist yet
@@ -110,10 +133,56 @@ pub enum Role {
 /// The default lease TTL: 10 s.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// A unique owner id for this process start: host name, process id and a
-/// random part, so a restarted or rescheduled replica is a new owner.
+/// A unique owner id: `host/pid/process-start-id/worker-id`, so a restarted
+/// or rescheduled replica is a new owner. Two workers of one process get
+/// different ids with the same first three parts.
 pub fn default_owner() -> String {
-    let host = std::env::var("HOSTNAME")
+    format!(
+        "{}/{}/{}/{}",
+        host(),
+        std::process::id(),
+        process_token(),
+        uuid::Uuid::now_v7().simple()
+    )
+}
+
+/// A random id of this process start.
+fn process_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| uuid::Uuid::now_v7().simple().to_string())
+}
+
+/// Whether `owner` (a [`default_owner`] id) is a process on this host that is
+/// certainly gone: an earlier start of this very process id (another start
+/// id), or a process id that no longer runs here (Linux `/proc`). Anything
+/// else (another host, a live process, a foreign owner format) is treated as
+/// alive and waited for until its lease expires.
+fn dead_on_this_host(owner: &str) -> bool {
+    let mut parts = owner.split('/');
+    let (Some(h), Some(pid), Some(token), Some(_), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if h != host() {
+        return false;
+    }
+    if pid == std::process::id() {
+        return token != process_token();
+    }
+    std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn host() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| {
@@ -122,12 +191,8 @@ pub fn default_owner() -> String {
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())
         })
-        .unwrap_or_else(|| "host".to_owned());
-    format!(
-        "{host}/{}/{}",
-        std::process::id(),
-        uuid::Uuid::now_v7().simple()
-    )
+        .unwrap_or_else(|| "host".to_owned())
+        .replace('/', "_")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +205,11 @@ struct Held {
 /// One worker's view of its lease: takes it when free, renews it every
 /// TTL / 3, and drops it at once when a renewal fails or its local deadline
 /// passes.
+///
+/// A lease held by a process of this host that is certainly gone (killed,
+/// then restarted: see [`default_owner`]) is taken over at once rather than
+/// after its TTL, so a process restarted on the same machine resumes
+/// without waiting. Owners from other hosts are always waited for.
 ///
 /// # Examples
 ///
@@ -258,11 +328,40 @@ impl Leadership {
                     });
                     Some(epoch)
                 }
-                Ok(None) => None,
+                Ok(None) => self.take_over_dead(store, now).await,
                 Err(err) => {
                     tracing::warn!(lease = %self.name, %err, "taking the lease failed");
                     None
                 }
+            }
+        }
+    }
+
+    /// Takes the lease from a holder of this host that is certainly gone.
+    async fn take_over_dead<L: LeaseStore>(&mut self, store: &L, now: Instant) -> Option<u64> {
+        let (dead, epoch) = match store.holder(&self.name).await {
+            Ok(Some((holder, epoch))) if holder != self.owner && dead_on_this_host(&holder) => {
+                (holder, epoch)
+            }
+            _ => return None,
+        };
+        match store
+            .take_over(&self.name, &self.owner, &dead, epoch, self.ttl)
+            .await
+        {
+            Ok(Some(new)) => {
+                tracing::info!(lease = %self.name, owner = %self.owner, dead = %dead, epoch = new, "lease taken over from a dead process of this host; active");
+                self.held = Some(Held {
+                    epoch: new,
+                    renew_at: now + self.ttl / 3,
+                    expires_at: now + self.ttl,
+                });
+                Some(new)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(lease = %self.name, %err, "taking the lease over failed");
+                None
             }
         }
     }
@@ -320,6 +419,20 @@ pub mod sql {
     pub fn renew(t: &str, now: &str) -> String {
         format!(
             "UPDATE {t} SET until_ms = {now} + $4 WHERE name = $1 AND owner = $2 AND epoch = $3"
+        )
+    }
+
+    /// `$1` name → `owner, epoch`.
+    pub fn holder(t: &str) -> String {
+        format!("SELECT owner, epoch FROM {t} WHERE name = $1")
+    }
+
+    /// `$1` name, `$2` new owner, `$3` dead owner, `$4` its epoch, `$5` ttl
+    /// ms → `RETURNING epoch`.
+    pub fn take_over(t: &str, now: &str) -> String {
+        format!(
+            "UPDATE {t} SET owner = $2, epoch = epoch + 1, until_ms = {now} + $5 \
+             WHERE name = $1 AND owner = $3 AND epoch = $4 RETURNING epoch"
         )
     }
 

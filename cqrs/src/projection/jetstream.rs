@@ -35,6 +35,7 @@
 //! `max_retries`, the projection is parked (its messages stay
 //! unacknowledged in the stream), as with the store-fed runner.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,8 +49,8 @@ use trellis_eventsourcing::StoredEvent;
 use trellis_eventsourcing::lease::Leadership;
 
 use super::{
-    Projection, ProjectionHandle, ProjectionState, ProjectionStatus, ReadModelDb, ReadModelLeases,
-    Role, RunnerOptions, lead, leadership, lock,
+    LeaseRelease, Projection, ProjectionHandle, ProjectionState, ProjectionStatus, ReadModelDb,
+    ReadModelLeases, Role, RunnerOptions, lead, leadership, lock,
 };
 use crate::error::{Error, Result};
 
@@ -177,7 +178,9 @@ where
         DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
         let leadership = leadership(&name, &self.options);
-        let leases = ReadModelLeases(self.pool.clone());
+        let held = Arc::new(AtomicU64::new(0));
+        let leases = ReadModelLeases(self.pool.clone(), held.clone());
+        let lease = LeaseRelease::new(self.pool.clone(), &name, leadership.owner(), held);
         let (position_tx, position_rx) = watch::channel(position);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(ProjectionStatus {
@@ -209,6 +212,7 @@ where
             status,
             shutdown: shutdown_tx,
             task: Some(task),
+            lease: Some(lease),
         })
     }
 }
@@ -291,6 +295,7 @@ where
                         "checkpoint fenced: another runner holds the lease; batch rolled back, standing by"
                     );
                     self.leadership.lose();
+                    self.leases.1.store(0, std::sync::atomic::Ordering::SeqCst);
                     lock(&self.status).role = Role::Standby;
                     nak_all(&mut pending).await;
                 }

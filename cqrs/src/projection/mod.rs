@@ -28,6 +28,8 @@
 //! application swaps the table it reads and stops the old runner.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -99,6 +101,21 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
         epoch: u64,
         ttl: Duration,
     ) -> impl Future<Output = trellis_eventsourcing::Result<bool>> + Send;
+    /// The holder (owner, epoch) of lease `name`.
+    fn lease_holder(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<(String, u64)>>> + Send;
+    /// Takes lease `name` for `owner` from `dead_owner` if it still holds it
+    /// with `dead_epoch`, whatever its expiry.
+    fn take_over_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send;
     /// Lets lease `name` expire now if `owner` still holds it with `epoch`.
     fn release_lease(
         pool: &sqlx::Pool<Self>,
@@ -113,8 +130,9 @@ const CHECKPOINTS: &str = "cqrs_checkpoints";
 /// The lease table of the read-model database: one active runner per name.
 const LEASES: &str = "cqrs_leases";
 
-/// The leases of a read-model database, for [`Leadership`].
-struct ReadModelLeases<DB: ReadModelDb>(sqlx::Pool<DB>);
+/// The leases of a read-model database, for [`Leadership`], and the epoch
+/// the runner holds (0 = none) for its handle.
+struct ReadModelLeases<DB: ReadModelDb>(sqlx::Pool<DB>, Arc<AtomicU64>);
 
 impl<DB: ReadModelDb> LeaseStore for ReadModelLeases<DB> {
     fn try_acquire(
@@ -143,6 +161,24 @@ impl<DB: ReadModelDb> LeaseStore for ReadModelLeases<DB> {
         epoch: u64,
     ) -> impl Future<Output = trellis_eventsourcing::Result<()>> + Send {
         DB::release_lease(&self.0, name, owner, epoch)
+    }
+
+    fn holder(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<(String, u64)>>> + Send {
+        DB::lease_holder(&self.0, name)
+    }
+
+    fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send {
+        DB::take_over_lease(&self.0, name, owner, dead_owner, dead_epoch, ttl)
     }
 
     async fn save_checkpoint_fenced(
@@ -404,7 +440,9 @@ where
         DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
         let leadership = leadership(&name, &self.options);
-        let leases = ReadModelLeases(self.pool.clone());
+        let held = Arc::new(AtomicU64::new(0));
+        let leases = ReadModelLeases(self.pool.clone(), held.clone());
+        let lease = LeaseRelease::new(self.pool.clone(), &name, leadership.owner(), held);
         let (position_tx, position_rx) = watch::channel(position);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(ProjectionStatus {
@@ -432,12 +470,15 @@ where
             status,
             shutdown: shutdown_tx,
             task: Some(task),
+            lease: Some(lease),
         })
     }
 }
 
 /// A running projection. Dropping it aborts the runner (an open transaction
-/// rolls back, as in a crash); [`stop`](Self::stop) ends it between batches.
+/// rolls back, as in a crash) and then releases its lease;
+/// [`stop`](Self::stop) ends it between batches; [`abort`](Self::abort)
+/// ends it as a SIGKILL would, lease held until it expires.
 #[derive(Debug)]
 pub struct ProjectionHandle {
     name: String,
@@ -445,6 +486,46 @@ pub struct ProjectionHandle {
     status: Arc<Mutex<ProjectionStatus>>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    lease: Option<LeaseRelease>,
+}
+
+/// Lets a dropped handle release the lease its runner held.
+pub(crate) struct LeaseRelease {
+    /// The epoch the runner holds now (0 = none), kept up to date by it.
+    held: Arc<AtomicU64>,
+    release: Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LeaseRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRelease")
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseRelease {
+    /// Releases through `pool` the lease `name` of `owner` at the epoch the
+    /// runner publishes in `held`.
+    pub(crate) fn new<DB: ReadModelDb>(
+        pool: sqlx::Pool<DB>,
+        name: &str,
+        owner: &str,
+        held: Arc<AtomicU64>,
+    ) -> Self {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        LeaseRelease {
+            held,
+            release: Arc::new(move |epoch| {
+                let (pool, name, owner) = (pool.clone(), name.clone(), owner.clone());
+                Box::pin(async move {
+                    if let Err(err) = DB::release_lease(&pool, &name, &owner, epoch).await {
+                        tracing::debug!(projection = %name, %err, "releasing the lease of a dropped runner failed");
+                    }
+                })
+            }),
+        }
+    }
 }
 
 impl ProjectionHandle {
@@ -474,7 +555,18 @@ impl ProjectionHandle {
         wait_for(self, position, timeout).await
     }
 
-    /// Stops the runner between batches and waits for it.
+    /// Ends the runner as a crash would (SIGKILL): aborted, its open
+    /// transaction rolled back, its lease **not** released, so another
+    /// replica takes over only once the lease expired. Dropping the handle
+    /// aborts the runner too, but releases its lease.
+    pub fn abort(mut self) {
+        self.lease = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Stops the runner between batches, releases its lease and waits for it.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {
@@ -485,8 +577,21 @@ impl ProjectionHandle {
 
 impl Drop for ProjectionHandle {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        task.abort();
+        // Once the runner is gone, let another replica take over at once.
+        if let (Some(lease), Ok(runtime)) =
+            (self.lease.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = task.await;
+                let epoch = lease.held.load(Ordering::SeqCst);
+                if epoch > 0 {
+                    (lease.release)(epoch).await;
+                }
+            });
         }
     }
 }
@@ -556,6 +661,7 @@ async fn lead<DB: ReadModelDb>(
 ) -> Option<u64> {
     let was = leadership.role();
     let epoch = leadership.ensure(leases).await;
+    leases.1.store(epoch.unwrap_or(0), Ordering::SeqCst);
     let now = leadership.role();
     if was != now {
         lock(status).role = now;
@@ -725,6 +831,7 @@ where
                         "checkpoint fenced: another runner holds the lease; batch rolled back, standing by"
                     );
                     self.leadership.lose();
+                    self.leases.1.store(0, Ordering::SeqCst);
                     lock(&self.status).role = Role::Standby;
                 }
                 Err(failure) if failure.index > 0 => {

@@ -117,6 +117,39 @@ impl ReadModelDb for Postgres {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn lease_holder(
+        pool: &Pool<Self>,
+        name: &str,
+    ) -> trellis_eventsourcing::Result<Option<(String, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
+    }
+
+    async fn take_over_lease(
+        pool: &Pool<Self>,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> trellis_eventsourcing::Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(
+            LEASES,
+            sql::POSTGRES_NOW,
+        )))
+        .bind(name)
+        .bind(owner)
+        .bind(dead_owner)
+        .bind(to_i64(dead_epoch))
+        .bind(sql::ttl_ms(ttl))
+        .fetch_optional(pool)
+        .await?;
+        Ok(epoch.map(to_u64))
+    }
+
     async fn release_lease(
         pool: &Pool<Self>,
         name: &str,

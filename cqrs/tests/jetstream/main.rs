@@ -313,7 +313,7 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
         "the standby applied nothing"
     );
 
-    drop(active); // SIGKILL-like: no lease release, no nak
+    active.abort(); // SIGKILL-like: no lease release, no nak
     let killed_at = std::time::Instant::now();
     publisher
         .publish(&events(&store, &[10, 10, 10, 10]).await)

@@ -118,7 +118,7 @@ macro_rules! backend_tests {
                 assert_eq!(active_plan.handled(), (1..=40).collect::<Vec<_>>());
 
                 // SIGKILL-like: abort without releasing the lease.
-                drop(active);
+                active.abort();
                 let killed_at = std::time::Instant::now();
                 let taken_over_from = checkpoint(&pool, "replicated").await;
                 for i in 0..20u64 {
@@ -144,6 +144,70 @@ macro_rules! backend_tests {
                 assert_eq!(count(&pool, "replicated_rm").await, (60, 60));
                 assert_eq!(checkpoint(&pool, "replicated").await, 60);
                 standby.stop().await;
+                $cleanup(&pool).await;
+            }
+
+            /// A dropped handle releases its runner's lease once the runner is
+            /// gone, and a lease held by a dead process of this host (killed,
+            /// then restarted) is taken over at once: neither waits for the
+            /// 10 s TTL.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_dropped_or_dead_local_holder_is_replaced_at_once() {
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 10).await;
+                let ttl = Duration::from_secs(10);
+                let runner = |owner: Option<String>| {
+                    let runner = ProjectionRunner::new(
+                        store.clone(),
+                        pool.clone(),
+                        CountingProjection::new("handover", "handover_rm", Plan::new()),
+                    )
+                    .with_lease_ttl(ttl);
+                    match owner {
+                        Some(owner) => runner.with_owner(owner),
+                        None => runner,
+                    }
+                };
+                let a = runner(None).spawn().await.unwrap();
+                a.wait_for(10, LONG).await.unwrap();
+                assert_eq!(a.status().role, Role::Active);
+                let b = runner(None).spawn().await.unwrap();
+                drop(a);
+                let started = std::time::Instant::now();
+                seed(&store, 5).await;
+                b.wait_for(15, LONG).await.unwrap();
+                assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+                assert_eq!(b.status().role, Role::Active);
+                b.abort(); // holds the lease until it expires
+
+                // A process of this host that exited: its lease is taken over at once.
+                let mut child = std::process::Command::new("true").spawn().unwrap();
+                let dead_pid = child.id();
+                child.wait().unwrap();
+                let owner = trellis_eventsourcing::lease::default_owner();
+                let host = owner.split('/').next().unwrap();
+                let dead = format!("{host}/{dead_pid}/previous/start");
+                let c = runner(Some(dead.clone())).spawn().await.unwrap();
+                // C cannot take B's live lease...
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(c.status().role, Role::Standby);
+                c.abort();
+                // ...so hand it to the dead owner directly, as if it had held it.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE cqrs_leases SET owner = '{dead}', until_ms = until_ms + 60000 WHERE name = 'handover'"
+                )))
+                .execute(&pool)
+                .await
+                .unwrap();
+                let started = std::time::Instant::now();
+                let d = runner(None).spawn().await.unwrap();
+                seed(&store, 5).await;
+                d.wait_for(20, LONG).await.unwrap();
+                assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+                assert_eq!(d.status().role, Role::Active);
+                assert_eq!(count(&pool, "handover_rm").await, (20, 20));
+                d.stop().await;
                 $cleanup(&pool).await;
             }
 

@@ -328,6 +328,34 @@ impl LeaseStore for MemoryStore {
         Ok(())
     }
 
+    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
+        Ok(self
+            .lock()
+            .leases
+            .get(name)
+            .map(|(owner, epoch, _)| (owner.clone(), *epoch)))
+    }
+
+    async fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>> {
+        let now = tokio::time::Instant::now();
+        Ok(match self.lock().leases.get_mut(name) {
+            Some((o, e, until)) if o == dead_owner && *e == dead_epoch => {
+                *o = owner.to_owned();
+                *e += 1;
+                *until = now + ttl;
+                Some(*e)
+            }
+            _ => None,
+        })
+    }
+
     async fn save_checkpoint_fenced(
         &self,
         name: &str,

@@ -700,6 +700,36 @@ impl LeaseStore for PgEventStore {
         Ok(())
     }
 
+    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
+    }
+
+    async fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(
+            LEASES,
+            sql::POSTGRES_NOW,
+        )))
+        .bind(name)
+        .bind(owner)
+        .bind(dead_owner)
+        .bind(to_i64(dead_epoch))
+        .bind(sql::ttl_ms(ttl))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(epoch.map(to_u64))
+    }
+
     async fn save_checkpoint_fenced(
         &self,
         name: &str,

@@ -1167,6 +1167,26 @@ pub async fn leases_fence_stale_holders<S: CheckpointStore + LeaseStore>(store: 
         .expect("acquire")
         .expect("a released lease is free at once");
     assert!(c > b);
+    assert_eq!(
+        store.holder("relay").await.expect("holder"),
+        Some(("a".to_owned(), c))
+    );
+    assert_eq!(
+        store
+            .take_over("relay", "z", "a", c - 1, ttl)
+            .await
+            .expect("take over"),
+        None,
+        "a take-over names the dead holder's epoch"
+    );
+    let z = store
+        .take_over("relay", "z", "a", c, ttl)
+        .await
+        .expect("take over")
+        .expect("a dead holder's live lease is taken over");
+    assert!(z > c);
+    assert!(!store.renew("relay", "a", c, ttl).await.expect("renew"));
+    assert_eq!(store.holder("missing").await.expect("holder"), None);
 }
 
 /// For durable backends: `open` opens the same storage each time; a store
