@@ -493,8 +493,11 @@ pub struct ProjectionHandle {
 pub(crate) struct LeaseRelease {
     /// The epoch the runner holds now (0 = none), kept up to date by it.
     held: Arc<AtomicU64>,
-    release: Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
+    release: Releaser,
 }
+
+/// Releases the lease at the given epoch.
+type Releaser = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl std::fmt::Debug for LeaseRelease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
