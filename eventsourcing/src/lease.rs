@@ -459,3 +459,41 @@ pub mod sql {
     /// Now in milliseconds since the epoch, by PostgreSQL's clock.
     pub const POSTGRES_NOW: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_certainly_gone_processes_of_this_host_count_as_dead() {
+        let me = default_owner();
+        assert!(!dead_on_this_host(&me), "this process");
+        assert!(
+            !dead_on_this_host(&default_owner()),
+            "another worker of this process"
+        );
+        let pid = std::process::id();
+        assert!(
+            dead_on_this_host(&format!("{}/{pid}/earlier-start/w", host())),
+            "an earlier start under the same process id"
+        );
+        assert!(
+            !dead_on_this_host(&format!("other-host/{pid}/earlier-start/w")),
+            "another host is waited for"
+        );
+        assert!(!dead_on_this_host("pod-7"), "a foreign owner format");
+        assert!(!dead_on_this_host(&format!("{}/notapid/t/w", host())));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert_eq!(
+            dead_on_this_host(&format!("{}/{gone}/t/w", host())),
+            std::path::Path::new("/proc/self").exists(),
+            "an exited process (where /proc tells)"
+        );
+        assert!(
+            !dead_on_this_host(&format!("{}/1/t/w", host())),
+            "a live process (pid 1)"
+        );
+    }
+}
