@@ -50,7 +50,7 @@ use trellis_eventsourcing::lease::Leadership;
 
 use super::{
     LeaseRelease, Projection, ProjectionHandle, ProjectionState, ProjectionStatus, ReadModelDb,
-    ReadModelLeases, Role, RunnerOptions, lead, leadership, lock,
+    ReadModelLeases, Role, RunnerOptions, lead, leadership, lock, stop_requested,
 };
 use crate::error::{Error, Result};
 
@@ -263,7 +263,7 @@ where
                 previous_delay = None;
                 tokio::select! {
                     () = tokio::time::sleep(self.leadership.standby_interval()) => {}
-                    _ = self.shutdown.changed() => break,
+                    () = stop_requested(&mut self.shutdown) => break,
                 }
                 continue;
             };
@@ -276,12 +276,12 @@ where
                             tracing::warn!(projection = %self.name, %error, "fetching from JetStream failed");
                             tokio::select! {
                                 () = tokio::time::sleep(self.options.poll_interval) => {}
-                                _ = stop.changed() => break,
+                                () = stop_requested(&mut stop) => break,
                             }
                             continue;
                         }
                     },
-                    _ = stop.changed() => break,
+                    () = stop_requested(&mut stop) => break,
                 }
                 if pending.is_empty() {
                     continue;
@@ -333,7 +333,7 @@ where
                     tracing::warn!(projection = %self.name, attempt = attempts, %error, ?delay, "batch failed, retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.changed() => break,
+                        () = stop_requested(&mut self.shutdown) => break,
                     }
                 }
             }

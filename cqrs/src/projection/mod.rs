@@ -640,6 +640,21 @@ pub async fn wait_for(
     })
 }
 
+/// Returns once [`ProjectionHandle::stop`] asked the runner to stop. A
+/// dropped handle (the sender gone) is no request: the runner is being
+/// aborted, and must not take the clean-shutdown path (which releases the
+/// lease) on its way out.
+pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 fn lock(m: &Mutex<ProjectionStatus>) -> std::sync::MutexGuard<'_, ProjectionStatus> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -759,7 +774,7 @@ where
                 ask_store = true;
                 tokio::select! {
                     () = tokio::time::sleep(self.leadership.standby_interval()) => {}
-                    _ = self.shutdown.changed() => break,
+                    () = stop_requested(&mut self.shutdown) => break,
                 }
                 continue;
             };
@@ -877,7 +892,7 @@ where
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.changed() => break,
+                        () = stop_requested(&mut self.shutdown) => break,
                     }
                 }
             }
@@ -900,7 +915,7 @@ where
                 Wake::Signal
             }
             () = tokio::time::sleep(poll) => Wake::Poll,
-            _ = self.shutdown.changed() => Wake::Shutdown,
+            () = stop_requested(&mut self.shutdown) => Wake::Shutdown,
         }
     }
 

@@ -179,7 +179,18 @@ macro_rules! backend_tests {
                 b.wait_for(15, LONG).await.unwrap();
                 assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
                 assert_eq!(b.status().role, Role::Active);
-                b.abort(); // holds the lease until it expires
+                let lease = || async {
+                    sqlx::query_as::<_, (String, i64, i64)>(
+                        "SELECT owner, epoch, until_ms FROM cqrs_leases WHERE name = 'handover'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                };
+                let held = lease().await;
+                b.abort(); // a SIGKILL: the lease stays until it expires
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(lease().await, held, "an aborted runner does not release its lease");
 
                 // A process of this host that exited held the lease: taken over at once.
                 let mut child = std::process::Command::new("true").spawn().unwrap();
