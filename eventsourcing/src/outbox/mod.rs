@@ -204,9 +204,23 @@ impl RelayHandle {
     }
 
     /// Aborts the relay as a crash would: no lease release, whatever was in
-    /// flight is lost (a standby takes over after the lease TTL).
+    /// flight is lost (a standby takes over after the lease TTL). Dropping
+    /// the handle instead stops the relay cleanly, as
+    /// [`shutdown`](Self::shutdown) does, without waiting for it.
     pub fn abort(self) {
-        self.task.abort();
+        let RelayHandle { stop, task, .. } = self;
+        task.abort();
+        // Keep the stop channel open until the task is gone: a closed one
+        // would send the relay down the clean path, releasing its lease.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = task.await;
+                    drop(stop);
+                });
+            }
+            Err(_) => std::mem::forget(stop),
+        }
     }
 }
 
@@ -320,7 +334,9 @@ where
     ) -> Result<()> {
         let mut head = self.store.watch_head();
         let mut backoff = self.options.min_backoff;
-        while !*stop.borrow() {
+        // A dropped `RelayHandle` (the sender gone) stops the relay too, instead
+        // of leaving it polling with nobody able to stop it.
+        while !*stop.borrow() && stop.has_changed().is_ok() {
             head.borrow_and_update();
             let result = self.run_once().await;
             let (current, standby_wait) = {

@@ -511,3 +511,36 @@ async fn relay_replicas_on_one_postgres_schema() {
         .await
         .expect("drop schema");
 }
+
+/// Dropping a `RelayHandle` stops the relay and releases its lease: another
+/// relay takes over at once, and the dropped one publishes nothing more.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_relay_handle_stops_the_relay_and_frees_its_lease() {
+    use trellis_eventsourcing::Role;
+    let store = MemoryStore::new();
+    append_n(&store, 0, 3).await;
+    let options = RelayOptions {
+        poll_interval: Duration::from_millis(10),
+        ..RelayOptions::default()
+    };
+    let first = ChainedBroker::default();
+    let relay =
+        OutboxRelay::new(store.clone(), store.clone(), first.clone(), options.clone()).spawn();
+    while first.positions().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(relay);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let calls = first.calls().len();
+    let second = ChainedBroker::default();
+    let started = Instant::now();
+    let relay = OutboxRelay::new(store.clone(), store.clone(), second.clone(), options).spawn();
+    append_n(&store, 3, 2).await;
+    while second.positions() != vec![4, 5] {
+        assert!(started.elapsed() < Duration::from_secs(1), "no takeover");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(relay.role(), Role::Active);
+    assert_eq!(first.calls().len(), calls, "the dropped relay stopped");
+    relay.shutdown().await.expect("shutdown");
+}
