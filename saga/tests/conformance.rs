@@ -59,6 +59,9 @@ async fn sqlite_batch_failure_fails_only_the_faulty_write() {
         error: None,
         failed_step: None,
         deadline_ms: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     let lease = Lease {
         owner: "o",

@@ -429,6 +429,9 @@ fn pending(id: &str) -> SagaRecord {
         error: None,
         failed_step: None,
         deadline_ms: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     }
 }
 
@@ -820,11 +823,13 @@ async fn sqlite_adoptable_uses_the_in_flight_index() {
     let plan: Vec<String> = sqlx::query(
         // NOTE: the statement of `SqliteSagaLog::adoptable`, verbatim.
         "EXPLAIN QUERY PLAN SELECT id FROM trellis_sagas INDEXED BY trellis_sagas_status \
-         WHERE name = ? AND status IN ('running', 'compensating') \
+         WHERE name = ? AND status IN ('running', 'compensating', 'waiting') \
            AND (lease_owner IS NULL OR lease_until < ?) \
+           AND (status <> 'waiting' OR wake_at_ms IS NULL OR wake_at_ms <= ?) \
          ORDER BY lease_until, id LIMIT ?",
     )
     .bind("test")
+    .bind(0i64)
     .bind(0i64)
     .bind(10i64)
     .fetch_all(log.pool())
