@@ -206,6 +206,18 @@ impl SqliteSagaLog {
             .busy_timeout(std::time::Duration::from_secs(10));
         // An in-memory database exists once per connection: keep one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
+        if max > 1 {
+            // Tables are created and migrated on a connection of their own,
+            // before the pool opens any: a connection that read the schema
+            // before an `ALTER TABLE` on another one may prepare `SELECT *`
+            // with the old columns (sqlx then reads past its column list).
+            use sqlx::Connection as _;
+            let mut setup = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .map_err(Error::storage)?;
+            setup_schema(&mut setup).await?;
+            setup.close().await.map_err(Error::storage)?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             // A ping before each acquire is a round trip to the connection's
@@ -217,31 +229,23 @@ impl SqliteSagaLog {
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool, creates the tables and starts the writer task
-    /// on the current tokio runtime (it ends when the last clone of the log
-    /// is dropped).
+    /// Uses an existing pool, creates the tables (adding the columns an
+    /// older table lacks) and starts the writer task on the current tokio
+    /// runtime (it ends when the last clone of the log is dropped).
+    ///
+    /// Migrating an older table here is safe only on a pool with no other
+    /// open connection: SQLite connections that read the schema before an
+    /// `ALTER TABLE` on another one may keep preparing `SELECT *` with the
+    /// old columns. [`connect`](Self::connect) migrates before it opens
+    /// its pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the tables cannot be set up.
     pub async fn with_pool(pool: SqlitePool) -> Result<Self> {
-        for statement in SCHEMA {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .map_err(Error::storage)?;
-        }
-        for (column, statement) in MIGRATIONS {
-            let present: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pragma_table_info('trellis_sagas') WHERE name = ?",
-            )
-            .bind(column)
-            .fetch_one(&pool)
-            .await
-            .map_err(Error::storage)?;
-            if present == 0 {
-                sqlx::query(statement)
-                    .execute(&pool)
-                    .await
-                    .map_err(Error::storage)?;
-            }
-        }
+        let mut setup = pool.acquire().await.map_err(Error::storage)?;
+        setup_schema(&mut setup).await?;
+        drop(setup);
         let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_loop(pool.clone(), queue));
         Ok(SqliteSagaLog { pool, writer })
@@ -263,6 +267,32 @@ impl SqliteSagaLog {
         done.await
             .map_err(|_| Error::storage("saga log writer stopped"))?
     }
+}
+
+/// Creates the tables and adds the columns an older table lacks.
+async fn setup_schema(conn: &mut sqlx::SqliteConnection) -> Result<()> {
+    for statement in SCHEMA {
+        sqlx::query(statement)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::storage)?;
+    }
+    for (column, statement) in MIGRATIONS {
+        let present: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('trellis_sagas') WHERE name = ?",
+        )
+        .bind(column)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::storage)?;
+        if present == 0 {
+            sqlx::query(statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::storage)?;
+        }
+    }
+    Ok(())
 }
 
 /// The first statement of a write: the history rows of `entries` for saga
