@@ -12,6 +12,7 @@ mod saga;
 pub mod testing;
 
 pub use error::{BoxError, Error, Result, StepError};
+pub use log::any::AnySagaLog;
 pub use log::memory::MemorySagaLog;
 #[cfg(feature = "postgres")]
 pub use log::postgres::PgSagaLog;

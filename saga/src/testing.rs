@@ -20,6 +20,75 @@ use serde_json::json;
 use crate::error::Error;
 use crate::log::{Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent};
 
+/// Generates one `#[tokio::test]` per conformance case, in a module named
+/// `$backend`, each on a fresh log from the factory expression (a future
+/// of the log, evaluated once per test), so that the first failure does not
+/// hide the rest and one backend or one case runs alone
+/// (`cargo test conformance::sqlite::`, as ripgrep's `rgtest!` and
+/// sqlx-test do). With `skip_unless = expr`, each test returns at once
+/// when `expr` is false (a server that is not configured).
+///
+/// The calling crate needs `tokio` with the `macros` and `rt` features.
+///
+/// # Examples
+///
+/// ```
+/// mod conformance {
+///     trellis_saga::saga_log_conformance!(memory, async { trellis_saga::MemorySagaLog::new() });
+///     trellis_saga::saga_log_conformance!(
+///         any_memory,
+///         async { trellis_saga::AnySagaLog::from(trellis_saga::MemorySagaLog::new()) },
+///         skip_unless = true
+///     );
+/// }
+/// ```
+#[macro_export]
+macro_rules! saga_log_conformance {
+    ($backend:ident, $factory:expr) => {
+        $crate::saga_log_conformance!($backend, $factory, skip_unless = true);
+    };
+    ($backend:ident, $factory:expr, skip_unless = $ready:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__saga_log_conformance_cases!(
+                ($factory, $ready)
+                // NOTE: the same cases as `testing::run_all`, in its order.
+                create_and_load,
+                create_twice_is_already_exists,
+                record_appends_history_and_updates_row,
+                record_without_lease_is_lease_lost,
+                lease_is_exclusive_until_expiry,
+                release_frees_the_lease,
+                by_status_filters,
+                unknown_ids,
+                concurrent_writes_get_their_own_outcomes,
+                adoptable_lists_unheld_in_flight_sagas,
+                version_and_wait_columns_round_trip,
+                signals_are_durable_and_idempotent,
+                waiting_sagas_are_adoptable_once_woken,
+            );
+        }
+    };
+}
+
+/// The tests of [`saga_log_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __saga_log_conformance_cases {
+    (($factory:expr, $ready:expr) $($case:ident,)*) => {
+        $(
+            #[::tokio::test]
+            async fn $case() {
+                if !$ready {
+                    return;
+                }
+                $crate::testing::$case(&$factory.await).await;
+            }
+        )*
+    };
+}
+
 /// Runs every conformance test, each on a fresh log from `factory`.
 pub async fn run_all<L, F, Fut>(factory: F)
 where

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub mod any;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
