@@ -23,7 +23,7 @@ pub use log::{
 };
 pub use orchestrator::{
     ADOPT_BATCH, ADOPT_CONCURRENCY, Adopter, EVENT_CAPACITY, Orchestrator, SagaEvent,
-    idempotency_key, process_owner, wall_clock,
+    TIMER_CAPACITY, idempotency_key, process_owner, wall_clock,
 };
 pub use retry::{ExponentialSchedule, RetrySchedule};
 pub use saga::{Saga, SagaState, Step, StepContext};

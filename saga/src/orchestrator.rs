@@ -1,6 +1,6 @@
 //! The orchestrator: runs sagas against a [`SagaLog`], compensates, recovers.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,6 +58,13 @@ pub struct Orchestrator<L> {
     /// Bumped by [`signal`](Self::signal): this instance's adopters look
     /// for woken sagas at once instead of at their next tick.
     wakeups: Arc<watch::Sender<u64>>,
+    /// The wake times of the sagas this instance parked, by definition
+    /// name: its adopters sleep until the earliest instead of waiting for
+    /// their next tick. At most [`TIMER_CAPACITY`]; a time left out is
+    /// still seen by the next tick.
+    timers: Arc<Mutex<BTreeSet<(String, i64)>>>,
+    /// Bumped when `timers` gains a time, so adopters recompute their sleep.
+    timer_changes: Arc<watch::Sender<u64>>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::SagaMetrics>,
 }
@@ -65,6 +72,10 @@ pub struct Orchestrator<L> {
 /// How many adopted sagas one [`Orchestrator::spawn_adopter`] task (or one
 /// [`Orchestrator::adopt_orphans`] call) runs at once.
 pub const ADOPT_CONCURRENCY: usize = 32;
+
+/// How many wake times of parked sagas an orchestrator remembers to wake
+/// its adopters on time; beyond them, a wait ends at an adopter's tick.
+pub const TIMER_CAPACITY: usize = 4096;
 
 /// How many orphans one [`Orchestrator::adopt_orphans`] call lists at most.
 pub const ADOPT_BATCH: usize = 256;
@@ -294,6 +305,8 @@ impl<L: SagaLog> Orchestrator<L> {
             driving: Arc::default(),
             adopt_interval: None,
             wakeups: Arc::new(watch::channel(0).0),
+            timers: Arc::default(),
+            timer_changes: Arc::new(watch::channel(0).0),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -660,10 +673,27 @@ impl<L: SagaLog> Orchestrator<L> {
             let mut tick = tokio::time::interval(this.adopt_interval());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut wakeups = this.wakeups.subscribe();
+            let mut timer_changes = this.timer_changes.subscribe();
             loop {
+                let next_timer = this.next_timer(&saga.name);
+                let timer = async move {
+                    match next_timer {
+                        Some(at) => {
+                            let left = at.saturating_sub(now_ms()).max(0).unsigned_abs();
+                            tokio::time::sleep(Duration::from_millis(left)).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tick.tick() => this.adopt_tick(&saga, &permits, &mut runs).await,
                     Ok(()) = wakeups.changed() => this.adopt_tick(&saga, &permits, &mut runs).await,
+                    // A new parked saga may wake sooner: recompute.
+                    Ok(()) = timer_changes.changed() => {}
+                    () = timer => {
+                        this.pop_timers(&saga.name, now_ms());
+                        this.adopt_tick(&saga, &permits, &mut runs).await;
+                    }
                     Some(done) = runs.join_next() => {
                         if let Err(error) = done {
                             tracing::error!(%error, saga.name = %saga.name, "adopted saga run panicked");
@@ -673,6 +703,49 @@ impl<L: SagaLog> Orchestrator<L> {
             }
         });
         Adopter { task: Some(task) }
+    }
+
+    fn timers(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, i64)>> {
+        // Every change under the lock is one insert or remove.
+        self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers that a saga of definition `name` wakes at `at`.
+    fn remember_timer(&self, name: &str, at: i64) {
+        {
+            let mut timers = self.timers();
+            if timers.len() >= TIMER_CAPACITY {
+                // Keep the soonest: drop the latest if this one is sooner.
+                match timers.last().cloned() {
+                    Some(last) if last.1 > at => {
+                        timers.remove(&last);
+                    }
+                    _ => return,
+                }
+            }
+            timers.insert((name.to_owned(), at));
+        }
+        self.timer_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The earliest remembered wake time of definition `name`.
+    fn next_timer(&self, name: &str) -> Option<i64> {
+        self.timers()
+            .range((name.to_owned(), i64::MIN)..=(name.to_owned(), i64::MAX))
+            .next()
+            .map(|(_, at)| *at)
+    }
+
+    /// Forgets the wake times of `name` that have come.
+    fn pop_timers(&self, name: &str, now: i64) {
+        let mut timers = self.timers();
+        let due: Vec<_> = timers
+            .range((name.to_owned(), i64::MIN)..=(name.to_owned(), now))
+            .cloned()
+            .collect();
+        for timer in due {
+            timers.remove(&timer);
+        }
     }
 
     /// One look for orphans: claims and spawns a run for each, as far as
@@ -1214,6 +1287,9 @@ impl<L: SagaLog> Orchestrator<L> {
         if waiting {
             // Resumed before its time (a listing without wake times, or
             // `recover`): it stays parked, nothing to write.
+            if let Some(at) = record.wake_at_ms {
+                self.remember_timer(&record.name, at);
+            }
             return Ok(true);
         }
         record.status = SagaStatus::Waiting;
@@ -1225,6 +1301,9 @@ impl<L: SagaLog> Orchestrator<L> {
             awaiting = record.awaiting.as_deref(),
             "saga parked"
         );
+        if let Some(at) = record.wake_at_ms {
+            self.remember_timer(&record.name, at);
+        }
         // A signal sent between the first look and this write found the
         // saga not yet waiting, so it did not wake it: look once more
         // (after this write, a signal wakes the row itself).

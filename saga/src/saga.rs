@@ -133,8 +133,9 @@ impl<S: SagaState> Step<S> {
     ///   awaited name and the timeout as `wake_at_ms`), releases its lease
     ///   and returns. The signal wakes the saga in the log, and an
     ///   [adopter](crate::Orchestrator::spawn_adopter) (of any instance;
-    ///   the signalling one at once) resumes it; the timeout is seen by the
-    ///   adopter's next look after it passed.
+    ///   the signalling one at once) resumes it; the timeout ends the wait
+    ///   on time in the instance that parked it, within one adopt interval
+    ///   in the others.
     /// - **Survives restarts**: the wait, its deadline and delivered
     ///   signals are in the log.
     /// - **A signal sent before the wait starts is kept**, and the wait
