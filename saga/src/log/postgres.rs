@@ -6,7 +6,7 @@ use super::sql::{is_unique_violation, to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
-fn schema_sql(schema: &str) -> [String; 8] {
+fn schema_sql(schema: &str) -> [String; 9] {
     [
         format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
         format!(
@@ -49,6 +49,12 @@ fn schema_sql(schema: &str) -> [String; 8] {
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON \"{schema}\".trellis_sagas (status)"
+        ),
+        // What `adoptable` reads of the waiting sagas: only those due
+        // (partial: a row's entry changes when it parks or wakes).
+        format!(
+            "CREATE INDEX IF NOT EXISTS trellis_sagas_wake ON \"{schema}\".trellis_sagas (wake_at_ms) \
+             WHERE status = 'waiting'"
         ),
         // Signals delivered to a saga, kept until it waits for them.
         format!(
@@ -311,11 +317,15 @@ impl SagaLog for PgSagaLog {
 
     async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM {s} \
-             WHERE name = $1 AND status IN ('running', 'compensating', 'waiting') \
-               AND (lease_owner IS NULL OR lease_until < $2) \
-               AND (status <> 'waiting' OR wake_at_ms IS NULL OR wake_at_ms <= $2) \
-             ORDER BY lease_until, id LIMIT $3",
+            "SELECT id FROM ( \
+               SELECT id, lease_until FROM {s} \
+               WHERE name = $1 AND status IN ('running', 'compensating') \
+                 AND (lease_owner IS NULL OR lease_until < $2) \
+               UNION ALL \
+               SELECT id, lease_until FROM {s} \
+               WHERE status = 'waiting' AND wake_at_ms <= $2 AND name = $1 \
+                 AND (lease_owner IS NULL OR lease_until < $2) \
+             ) AS free ORDER BY lease_until, id LIMIT $3",
             s = self.sagas
         )))
         .bind(name)
