@@ -715,6 +715,12 @@ impl<L: SagaLog> Orchestrator<L> {
         {
             let mut timers = self.timers();
             if timers.len() >= TIMER_CAPACITY {
+                // Times long past belong to definitions without an adopter
+                // here (nobody pops them): forget them first.
+                let stale = now_ms().saturating_sub(millis(self.lease_ttl));
+                timers.retain(|(_, t)| *t >= stale);
+            }
+            if timers.len() >= TIMER_CAPACITY {
                 // Keep the soonest: drop the latest if this one is sooner.
                 match timers.last().cloned() {
                     Some(last) if last.1 > at => {
