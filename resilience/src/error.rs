@@ -69,6 +69,27 @@ impl fmt::Display for BulkheadFull {
 }
 impl std::error::Error for BulkheadFull {}
 
+/// A call was refused at once because an adaptive concurrency limit was
+/// reached: the service is shedding load rather than queueing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded {
+    /// The concurrency limit in force when the call was refused.
+    pub limit: usize,
+    /// About how long until a slot frees up: the recent latency of calls.
+    pub retry_after: Duration,
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "overloaded: adaptive limit of {} concurrent calls reached",
+            self.limit
+        )
+    }
+}
+impl std::error::Error for Overloaded {}
+
 /// A call did not finish within its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed {
@@ -175,6 +196,14 @@ pub enum Error {
         /// The bulkhead's maximum number of concurrent calls.
         max_concurrent: usize,
     },
+    /// An adaptive concurrency limit shed the call.
+    #[error("overloaded: adaptive limit of {limit} concurrent calls reached")]
+    Overloaded {
+        /// The limit in force when the call was refused.
+        limit: usize,
+        /// About how long until a slot frees up.
+        retry_after: Duration,
+    },
     /// The call's deadline passed.
     #[error("call timed out after {after:?}")]
     Timeout {
@@ -233,6 +262,15 @@ impl Error {
             }
             Err(e) => e,
         };
+        let error = match error.downcast::<Overloaded>() {
+            Ok(e) => {
+                return Error::Overloaded {
+                    limit: e.limit,
+                    retry_after: e.retry_after,
+                };
+            }
+            Err(e) => e,
+        };
         let error = match error.downcast::<Elapsed>() {
             Ok(e) => return Error::Timeout { after: e.after },
             Err(e) => e,
@@ -258,13 +296,16 @@ impl Error {
     }
 
     /// True when the error is a rejection by one of this crate's layers
-    /// (open circuit, rate limit, full bulkhead) rather than a failure of the
+    /// (open circuit, rate limit, full bulkhead, shed load) rather than a failure of the
     /// wrapped service. Circuit breakers do not count these as failures by
     /// default.
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            Error::CircuitOpen { .. } | Error::RateLimited { .. } | Error::BulkheadFull { .. }
+            Error::CircuitOpen { .. }
+                | Error::RateLimited { .. }
+                | Error::BulkheadFull { .. }
+                | Error::Overloaded { .. }
         )
     }
 
@@ -285,6 +326,7 @@ pub fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<CircuitOpen>()
         || error.is::<RateLimited>()
         || error.is::<BulkheadFull>()
+        || error.is::<Overloaded>()
         || error
             .downcast_ref::<Error>()
             .is_some_and(Error::is_rejection)

@@ -5,6 +5,7 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
+//! | [`adaptive`] | a concurrency limit that follows latency (AIMD or gradient) and sheds the excess |
 //! | [`bulkhead`] | a cap on concurrent calls with a bounded wait |
 //! | [`timeout`] | a per-call deadline with a typed error |
 //! | [`fallback`] | answer selected failures from a fallback service |
@@ -27,7 +28,8 @@
 //! them plus `config` and `http`.
 //!
 //! - `circuit-breaker`, `retry`, `rate-limit`, `bulkhead`, `timeout`,
-//!   `fallback`, `fault`: the middleware of the same name.
+//!   `fallback`, `fault`, `adaptive`, `hedge`, `coalesce`, `balance`: the
+//!   middleware of the same name.
 //! - `policy`: the composed [`ResiliencePolicy`] (turns on the five layers it
 //!   composes and `config`).
 //! - `config`: serde (de)serialization of every configuration type and the
@@ -41,6 +43,8 @@
 //!
 //! MSRV: 1.88.
 
+#[cfg(feature = "adaptive")]
+pub mod adaptive;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
