@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
 //! | [`adaptive`] | a concurrency limit that follows latency (AIMD or gradient) and sheds the excess |
+//! | [`hedge`] | a second attempt of a slow idempotent call after a delay (a latency percentile), within a retry budget |
 //! | [`bulkhead`] | a cap on concurrent calls with a bounded wait |
 //! | [`timeout`] | a per-call deadline with a typed error |
 //! | [`fallback`] | answer selected failures from a fallback service |
@@ -55,6 +56,8 @@ pub mod error;
 pub mod fallback;
 #[cfg(feature = "fault")]
 pub mod fault;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "policy")]
