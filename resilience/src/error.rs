@@ -90,6 +90,60 @@ impl fmt::Display for Overloaded {
 }
 impl std::error::Error for Overloaded {}
 
+/// The error of a call shared by several callers (request coalescing):
+/// every caller gets this handle on the one error. It displays as the
+/// error and has it as its source; [`Error::classify`] sees through it.
+#[derive(Debug, Clone)]
+pub struct SharedError(pub Arc<BoxError>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
+impl SharedError {
+    /// The flat error of a shared error that other callers still hold:
+    /// this crate's rejections are copied out, anything else stays shared.
+    fn classify_shared(self) -> Error {
+        let error: &(dyn std::error::Error + 'static) = &**self.0;
+        if let Some(e) = error.downcast_ref::<CircuitOpen>() {
+            return Error::CircuitOpen {
+                name: Arc::clone(&e.name),
+                retry_after: e.retry_after,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<RateLimited>() {
+            return Error::RateLimited {
+                retry_after: e.retry_after,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<BulkheadFull>() {
+            return Error::BulkheadFull {
+                max_concurrent: e.max_concurrent,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<Overloaded>() {
+            return Error::Overloaded {
+                limit: e.limit,
+                retry_after: e.retry_after,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<Elapsed>() {
+            return Error::Timeout { after: e.after };
+        }
+        if let Some(e) = error.downcast_ref::<InjectedFault>() {
+            return Error::Injected { kind: e.kind };
+        }
+        Error::Inner(Box::new(self))
+    }
+}
+
 /// A call did not finish within its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed {
@@ -289,6 +343,16 @@ impl Error {
             }
             Err(e) => e,
         };
+        let error = match error.downcast::<SharedError>() {
+            Ok(e) => {
+                return match Arc::try_unwrap(e.0) {
+                    // The last holder: classify the error itself.
+                    Ok(error) => Error::classify(error),
+                    Err(shared) => SharedError(shared).classify_shared(),
+                };
+            }
+            Err(e) => e,
+        };
         match error.downcast::<Error>() {
             Ok(e) => *e,
             Err(e) => Error::Inner(e),
@@ -327,6 +391,9 @@ pub fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
         || error.is::<RateLimited>()
         || error.is::<BulkheadFull>()
         || error.is::<Overloaded>()
+        || error
+            .downcast_ref::<SharedError>()
+            .is_some_and(|e| is_rejection(&**e.0))
         || error
             .downcast_ref::<Error>()
             .is_some_and(Error::is_rejection)
@@ -375,6 +442,27 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn classify_sees_through_shared_errors() {
+        let limited: BoxError = Box::new(RateLimited {
+            retry_after: Duration::from_secs(2),
+        });
+        let shared = SharedError(Arc::new(limited));
+        let other: BoxError = Box::new(shared.clone());
+        assert!(matches!(
+            Error::classify(other),
+            Error::RateLimited { retry_after } if retry_after == Duration::from_secs(2)
+        ));
+        let last: BoxError = Box::new(shared);
+        assert!(matches!(Error::classify(last), Error::RateLimited { .. }));
+        let io: BoxError = Box::new(SharedError(Arc::new(Box::new(std::io::Error::other(
+            "boom",
+        )))));
+        let inner = Error::classify(io);
+        assert!(matches!(inner, Error::Inner(_)));
+        assert_eq!(inner.to_string(), "boom");
     }
 
     #[test]

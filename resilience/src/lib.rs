@@ -7,6 +7,7 @@
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
 //! | [`adaptive`] | a concurrency limit that follows latency (AIMD or gradient) and sheds the excess |
 //! | [`hedge`] | a second attempt of a slow idempotent call after a delay (a latency percentile), within a retry budget |
+//! | [`coalesce`] | identical concurrent keyed requests share one inner call (singleflight), bounded |
 //! | [`bulkhead`] | a cap on concurrent calls with a bounded wait |
 //! | [`timeout`] | a per-call deadline with a typed error |
 //! | [`fallback`] | answer selected failures from a fallback service |
@@ -50,6 +51,8 @@ pub mod adaptive;
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "coalesce")]
+pub mod coalesce;
 pub mod config;
 pub mod error;
 #[cfg(feature = "fallback")]
