@@ -8,6 +8,7 @@
 //! | [`adaptive`] | a concurrency limit that follows latency (AIMD or gradient) and sheds the excess |
 //! | [`hedge`] | a second attempt of a slow idempotent call after a delay (a latency percentile), within a retry budget |
 //! | [`coalesce`] | identical concurrent keyed requests share one inner call (singleflight), bounded |
+//! | [`balance`] | power of two choices over peak-EWMA latency across replicas, with outlier ejection and half-open probes |
 //! | [`bulkhead`] | a cap on concurrent calls with a bounded wait |
 //! | [`timeout`] | a per-call deadline with a typed error |
 //! | [`fallback`] | answer selected failures from a fallback service |
@@ -47,6 +48,8 @@
 
 #[cfg(feature = "adaptive")]
 pub mod adaptive;
+#[cfg(feature = "balance")]
+pub mod balance;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
