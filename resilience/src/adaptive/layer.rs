@@ -131,11 +131,11 @@ impl Shared {
         Duration::from_nanos(self.retry_after_nanos.load(Ordering::Relaxed))
     }
 
-    fn record(&self, started: Instant, sample: Sample) {
+    fn record(&self, started: Instant, now: Instant, sample: Sample) {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
         let before = limiter.limit();
-        let limit = limiter.on_sample(started, in_flight, sample);
+        let limit = limiter.on_sample(started, now, in_flight, sample);
         let recent = limiter.recent_latency();
         drop(limiter);
         self.limit.store(limit, Ordering::Relaxed);
@@ -160,12 +160,14 @@ pub(super) struct Permit {
 impl Permit {
     /// Reports how the call ended, then frees the slot.
     pub(super) fn complete(self, dropped: bool) {
+        // One clock read per call on completion: `elapsed` would be a second.
+        let now = Instant::now();
         let sample = if dropped {
             Sample::Dropped
         } else {
-            Sample::Answered(self.started.elapsed())
+            Sample::Answered(now.saturating_duration_since(self.started))
         };
-        self.shared.record(self.started, sample);
+        self.shared.record(self.started, now, sample);
     }
 }
 

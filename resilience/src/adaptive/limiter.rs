@@ -106,16 +106,16 @@ impl Limiter {
         }
     }
 
-    /// Folds one call, admitted at `started` while `in_flight` calls were
-    /// running (itself included), into the limit; returns the limit now in
-    /// force.
+    /// Folds one call, admitted at `started` and ended at `now` while
+    /// `in_flight` calls were running (itself included), into the limit;
+    /// returns the limit now in force.
     pub(super) fn on_sample(
         &mut self,
         started: Instant,
+        now: Instant,
         in_flight: usize,
         sample: Sample,
     ) -> usize {
-        let now = Instant::now();
         // A call admitted before the last decrease reports on a load that has
         // already been acted upon.
         let stale = self.last_decrease.is_some_and(|at| started < at);
@@ -234,21 +234,31 @@ mod tests {
         let mut limiter = aimd();
         let t0 = Instant::now();
         let fast = Sample::Answered(Duration::from_millis(5));
-        assert_eq!(limiter.on_sample(t0, 2, fast), 10, "idle: no growth");
+        assert_eq!(
+            limiter.on_sample(t0, Instant::now(), 2, fast),
+            10,
+            "idle: no growth"
+        );
         for _ in 0..10 {
-            limiter.on_sample(t0, 10, fast);
+            limiter.on_sample(t0, Instant::now(), 10, fast);
         }
         assert_eq!(limiter.limit(), 10, "+1 per round trip of 10 calls: 10.96");
-        limiter.on_sample(t0, 10, fast);
+        limiter.on_sample(t0, Instant::now(), 10, fast);
         assert_eq!(limiter.limit(), 11);
         tokio::time::advance(Duration::from_millis(20)).await;
         let slow = Sample::Answered(Duration::from_millis(20));
-        assert_eq!(limiter.on_sample(t0, 11, slow), 9); // 11.05 * 0.9 = 9.9
+        assert_eq!(limiter.on_sample(t0, Instant::now(), 11, slow), 9); // 11.05 * 0.9 = 9.9
         // Admitted before that decrease: no second cut.
-        assert_eq!(limiter.on_sample(t0, 11, Sample::Dropped), 9);
+        assert_eq!(
+            limiter.on_sample(t0, Instant::now(), 11, Sample::Dropped),
+            9
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
         let later = Instant::now();
-        assert_eq!(limiter.on_sample(later, 9, Sample::Dropped), 8);
+        assert_eq!(
+            limiter.on_sample(later, Instant::now(), 9, Sample::Dropped),
+            8
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -260,11 +270,21 @@ mod tests {
         assert_eq!(limiter.limit(), 3, "starts by probing the no-load latency");
         let t0 = Instant::now();
         for _ in 0..10 {
-            limiter.on_sample(t0, 3, Sample::Answered(Duration::from_millis(10)));
+            limiter.on_sample(
+                t0,
+                Instant::now(),
+                3,
+                Sample::Answered(Duration::from_millis(10)),
+            );
         }
         assert_eq!(limiter.limit(), 50, "probe done: back to the limit");
         for _ in 0..200 {
-            limiter.on_sample(t0, 50, Sample::Answered(Duration::from_millis(12)));
+            limiter.on_sample(
+                t0,
+                Instant::now(),
+                50,
+                Sample::Answered(Duration::from_millis(12)),
+            );
         }
         let grown = limiter.limit();
         assert!(
@@ -272,12 +292,22 @@ mod tests {
             "latency within tolerance grows the limit: {grown}"
         );
         for _ in 0..200 {
-            limiter.on_sample(t0, grown, Sample::Answered(Duration::from_millis(40)));
+            limiter.on_sample(
+                t0,
+                Instant::now(),
+                grown,
+                Sample::Answered(Duration::from_millis(40)),
+            );
         }
         assert!(limiter.limit() < grown / 2, "{}", limiter.limit());
         // After the probe interval, the next call starts a new probe.
         tokio::time::advance(Duration::from_secs(61)).await;
-        limiter.on_sample(t0, 1, Sample::Answered(Duration::from_millis(10)));
+        limiter.on_sample(
+            t0,
+            Instant::now(),
+            1,
+            Sample::Answered(Duration::from_millis(10)),
+        );
         assert_eq!(limiter.limit(), 3);
     }
 }
