@@ -80,12 +80,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(result) = this.primary.poll(cx) {
-            this.shared.latencies.record(this.started.elapsed());
+            this.shared.record(this.started.elapsed());
             return Poll::Ready(result.map_err(Into::into));
         }
         if let Some(hedge) = this.hedge.as_mut().as_pin_mut() {
             if let Poll::Ready(result) = hedge.poll(cx) {
-                this.shared.latencies.record(this.started.elapsed());
+                this.shared.record(this.started.elapsed());
                 return Poll::Ready(result.map_err(Into::into));
             }
             return Poll::Pending;
@@ -122,7 +122,7 @@ where
                         if let Some(hedge) = this.hedge.as_mut().as_pin_mut()
                             && let Poll::Ready(result) = hedge.poll(cx)
                         {
-                            this.shared.latencies.record(this.started.elapsed());
+                            this.shared.record(this.started.elapsed());
                             return Poll::Ready(result.map_err(Into::into));
                         }
                     }

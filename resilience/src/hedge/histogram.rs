@@ -59,16 +59,19 @@ impl Histogram {
         }
     }
 
-    pub(super) fn record(&self, latency: Duration) {
+    /// Records one latency; returns the samples counted so far.
+    pub(super) fn record(&self, latency: Duration) -> u32 {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.buckets[index(micros)].fetch_add(1, Ordering::Relaxed);
-        if self.total.fetch_add(1, Ordering::Relaxed) + 1 == self.capacity {
+        let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        if total == self.capacity {
             // One recorder wins the crossing and halves everything.
             for bucket in &self.buckets {
                 let _ = bucket.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n / 2));
             }
             self.total.fetch_sub(self.capacity / 2, Ordering::Relaxed);
         }
+        total
     }
 
     pub(super) fn samples(&self) -> u32 {

@@ -17,10 +17,17 @@ const HISTORY: u32 = 1000;
 pub(super) struct Shared {
     pub(super) name: Arc<str>,
     delay: HedgeDelay,
-    pub(super) latencies: Histogram,
+    latencies: Histogram,
     /// Second attempts sent, for observation.
     pub(super) hedges: AtomicU64,
+    /// The percentile delay in nanoseconds (0: not known yet), recomputed
+    /// every `RECOMPUTE_EVERY` calls rather than on each: reading the
+    /// histogram scans every bucket.
+    cached_delay: AtomicU64,
 }
+
+/// Calls between recomputations of the percentile delay.
+const RECOMPUTE_EVERY: u32 = 16;
 
 impl Shared {
     /// How long a call may run before it is hedged now.
@@ -35,8 +42,30 @@ impl Shared {
                 if self.latencies.samples() < min_samples {
                     return until_then;
                 }
-                self.latencies.quantile(percentile).unwrap_or(until_then)
+                match self.cached_delay.load(Ordering::Relaxed) {
+                    0 => self.latencies.quantile(percentile).unwrap_or(until_then),
+                    nanos => Duration::from_nanos(nanos),
+                }
             }
+        }
+    }
+
+    /// Records a call's latency, and refreshes the percentile delay now and
+    /// then.
+    pub(super) fn record(&self, latency: Duration) {
+        let samples = self.latencies.record(latency);
+        if let HedgeDelay::Percentile {
+            percentile,
+            min_samples,
+            ..
+        } = self.delay
+            && samples >= min_samples
+            && (samples.is_multiple_of(RECOMPUTE_EVERY)
+                || self.cached_delay.load(Ordering::Relaxed) == 0)
+            && let Some(delay) = self.latencies.quantile(percentile)
+        {
+            let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1);
+            self.cached_delay.store(nanos, Ordering::Relaxed);
         }
     }
 }
@@ -82,6 +111,7 @@ impl<P> HedgeLayer<P> {
                 delay: config.delay,
                 latencies: Histogram::new(HISTORY),
                 hedges: AtomicU64::new(0),
+                cached_delay: AtomicU64::new(0),
             }),
             budget: Arc::new(RetryBudget::new(BudgetConfig::default())?),
             policy,
