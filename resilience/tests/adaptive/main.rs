@@ -218,3 +218,66 @@ fn overload_answers_503_with_retry_after() {
     assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
 }
+
+#[cfg(feature = "config")]
+#[test]
+fn reads_from_toml() {
+    let config: AdaptiveConfig = toml::from_str(
+        "initial_limit = 10\n[algorithm.aimd]\nlatency_threshold = \"50ms\"\nbackoff_ratio = 0.8",
+    )
+    .unwrap();
+    config.validate().unwrap();
+    match config.algorithm {
+        Algorithm::Aimd(aimd) => {
+            assert_eq!(aimd.latency_threshold, Duration::from_millis(50));
+            assert_eq!(aimd.backoff_ratio, 0.8);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let bad = AdaptiveConfig {
+        initial_limit: 0,
+        ..AdaptiveConfig::default()
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn metrics_report_the_limit_and_in_flight_at_scrape_time_and_count_shed_calls() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let layer = AdaptiveLimitLayer::from_config(AdaptiveConfig {
+        name: "test".into(),
+        initial_limit: 1,
+        algorithm: Algorithm::Aimd(AimdConfig::default()),
+        ..AdaptiveConfig::default()
+    })
+    .unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    layer.register_metrics(&mut registry);
+    let gated = {
+        let gate = Arc::clone(&gate);
+        service_fn(move |()| {
+            let gate = Arc::clone(&gate);
+            async move {
+                let _pass = gate.acquire().await.map_err(|e| Box::new(e) as BoxError)?;
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let mut svc = layer.layer(gated);
+    let holder = tokio::spawn(svc.ready().await.unwrap().call(()));
+    tokio::task::yield_now().await;
+    assert!(svc.ready().await.unwrap().call(()).await.is_err());
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "trellis_resilience_adaptive_limit{name=\"test\"} 1",
+        "trellis_resilience_adaptive_in_flight{name=\"test\"} 1",
+        "trellis_resilience_adaptive_rejections_total{name=\"test\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    gate.add_permits(1);
+    holder.await.unwrap().unwrap();
+}
