@@ -69,6 +69,81 @@ impl fmt::Display for BulkheadFull {
 }
 impl std::error::Error for BulkheadFull {}
 
+/// A call was refused at once because an adaptive concurrency limit was
+/// reached: the service is shedding load rather than queueing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded {
+    /// The concurrency limit in force when the call was refused.
+    pub limit: usize,
+    /// About how long until a slot frees up: the recent latency of calls.
+    pub retry_after: Duration,
+}
+
+impl fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "overloaded: adaptive limit of {} concurrent calls reached",
+            self.limit
+        )
+    }
+}
+impl std::error::Error for Overloaded {}
+
+/// The error of a call shared by several callers (request coalescing):
+/// every caller gets this handle on the one error. It displays as the
+/// error and has it as its source; [`Error::classify`] sees through it.
+#[derive(Debug, Clone)]
+pub struct SharedError(pub Arc<BoxError>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
+impl SharedError {
+    /// The flat error of a shared error that other callers still hold:
+    /// this crate's rejections are copied out, anything else stays shared.
+    fn classify_shared(self) -> Error {
+        let error: &(dyn std::error::Error + 'static) = &**self.0;
+        if let Some(e) = error.downcast_ref::<CircuitOpen>() {
+            return Error::CircuitOpen {
+                name: Arc::clone(&e.name),
+                retry_after: e.retry_after,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<RateLimited>() {
+            return Error::RateLimited {
+                retry_after: e.retry_after,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<BulkheadFull>() {
+            return Error::BulkheadFull {
+                max_concurrent: e.max_concurrent,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<Overloaded>() {
+            return Error::Overloaded {
+                limit: e.limit,
+                retry_after: e.retry_after,
+            };
+        }
+        if let Some(e) = error.downcast_ref::<Elapsed>() {
+            return Error::Timeout { after: e.after };
+        }
+        if let Some(e) = error.downcast_ref::<InjectedFault>() {
+            return Error::Injected { kind: e.kind };
+        }
+        Error::Inner(Box::new(self))
+    }
+}
+
 /// A call did not finish within its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed {
@@ -175,6 +250,14 @@ pub enum Error {
         /// The bulkhead's maximum number of concurrent calls.
         max_concurrent: usize,
     },
+    /// An adaptive concurrency limit shed the call.
+    #[error("overloaded: adaptive limit of {limit} concurrent calls reached")]
+    Overloaded {
+        /// The limit in force when the call was refused.
+        limit: usize,
+        /// About how long until a slot frees up.
+        retry_after: Duration,
+    },
     /// The call's deadline passed.
     #[error("call timed out after {after:?}")]
     Timeout {
@@ -233,6 +316,15 @@ impl Error {
             }
             Err(e) => e,
         };
+        let error = match error.downcast::<Overloaded>() {
+            Ok(e) => {
+                return Error::Overloaded {
+                    limit: e.limit,
+                    retry_after: e.retry_after,
+                };
+            }
+            Err(e) => e,
+        };
         let error = match error.downcast::<Elapsed>() {
             Ok(e) => return Error::Timeout { after: e.after },
             Err(e) => e,
@@ -251,6 +343,16 @@ impl Error {
             }
             Err(e) => e,
         };
+        let error = match error.downcast::<SharedError>() {
+            Ok(e) => {
+                return match Arc::try_unwrap(e.0) {
+                    // The last holder: classify the error itself.
+                    Ok(error) => Error::classify(error),
+                    Err(shared) => SharedError(shared).classify_shared(),
+                };
+            }
+            Err(e) => e,
+        };
         match error.downcast::<Error>() {
             Ok(e) => *e,
             Err(e) => Error::Inner(e),
@@ -258,13 +360,16 @@ impl Error {
     }
 
     /// True when the error is a rejection by one of this crate's layers
-    /// (open circuit, rate limit, full bulkhead) rather than a failure of the
+    /// (open circuit, rate limit, full bulkhead, shed load) rather than a failure of the
     /// wrapped service. Circuit breakers do not count these as failures by
     /// default.
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            Error::CircuitOpen { .. } | Error::RateLimited { .. } | Error::BulkheadFull { .. }
+            Error::CircuitOpen { .. }
+                | Error::RateLimited { .. }
+                | Error::BulkheadFull { .. }
+                | Error::Overloaded { .. }
         )
     }
 
@@ -285,6 +390,10 @@ pub fn is_rejection(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<CircuitOpen>()
         || error.is::<RateLimited>()
         || error.is::<BulkheadFull>()
+        || error.is::<Overloaded>()
+        || error
+            .downcast_ref::<SharedError>()
+            .is_some_and(|e| is_rejection(&**e.0))
         || error
             .downcast_ref::<Error>()
             .is_some_and(Error::is_rejection)
@@ -333,6 +442,27 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn classify_sees_through_shared_errors() {
+        let limited: BoxError = Box::new(RateLimited {
+            retry_after: Duration::from_secs(2),
+        });
+        let shared = SharedError(Arc::new(limited));
+        let other: BoxError = Box::new(shared.clone());
+        assert!(matches!(
+            Error::classify(other),
+            Error::RateLimited { retry_after } if retry_after == Duration::from_secs(2)
+        ));
+        let last: BoxError = Box::new(shared);
+        assert!(matches!(Error::classify(last), Error::RateLimited { .. }));
+        let io: BoxError = Box::new(SharedError(Arc::new(Box::new(std::io::Error::other(
+            "boom",
+        )))));
+        let inner = Error::classify(io);
+        assert!(matches!(inner, Error::Inner(_)));
+        assert_eq!(inner.to_string(), "boom");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | [`Error::CircuitOpen`] | 503 Service Unavailable | `Retry-After` when known |
 //! | [`Error::BulkheadFull`] | 503 Service Unavailable | |
+//! | [`Error::Overloaded`] | 503 Service Unavailable | `Retry-After` (whole seconds, rounded up) |
 //! | [`Error::RateLimited`] | 429 Too Many Requests | `Retry-After` (whole seconds, rounded up) |
 //! | [`Error::Timeout`] | 504 Gateway Timeout | |
 //! | [`Error::Injected`] | 503 Service Unavailable | |
@@ -50,9 +51,10 @@ use crate::error::{BoxError, Error};
 /// The status code a server answers `error` with.
 pub fn status_for(error: &Error) -> StatusCode {
     match error {
-        Error::CircuitOpen { .. } | Error::BulkheadFull { .. } | Error::Injected { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::CircuitOpen { .. }
+        | Error::BulkheadFull { .. }
+        | Error::Overloaded { .. }
+        | Error::Injected { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::RetriesExhausted { source, .. } => status_for(source),
@@ -67,6 +69,7 @@ pub fn error_code(error: &Error) -> &'static str {
         Error::CircuitOpen { .. } => "circuit_open",
         Error::RateLimited { .. } => "rate_limited",
         Error::BulkheadFull { .. } => "bulkhead_full",
+        Error::Overloaded { .. } => "overloaded",
         Error::Timeout { .. } => "timeout",
         Error::Injected { .. } => "injected_fault",
         Error::RetriesExhausted { source, .. } => error_code(source),
@@ -77,7 +80,9 @@ pub fn error_code(error: &Error) -> &'static str {
 fn retry_after(error: &Error) -> Option<Duration> {
     match error {
         Error::CircuitOpen { retry_after, .. } => *retry_after,
-        Error::RateLimited { retry_after } => Some(*retry_after),
+        Error::RateLimited { retry_after } | Error::Overloaded { retry_after, .. } => {
+            Some(*retry_after)
+        }
         Error::RetriesExhausted { source, .. } => retry_after(source),
         _ => None,
     }
@@ -266,6 +271,14 @@ mod tests {
                 Some("3"),
             ),
             (Error::BulkheadFull { max_concurrent: 1 }, 503, None),
+            (
+                Error::Overloaded {
+                    limit: 7,
+                    retry_after: Duration::from_millis(20),
+                },
+                503,
+                Some("1"),
+            ),
             (
                 Error::RateLimited {
                     retry_after: Duration::from_millis(10),

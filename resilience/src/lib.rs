@@ -5,6 +5,10 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`error`] | the rejection types each layer returns, and one flat [`Error`] |
+//! | [`adaptive`] | a concurrency limit that follows latency (AIMD or gradient) and sheds the excess |
+//! | [`hedge`] | a second attempt of a slow idempotent call after a delay (a latency percentile), within a retry budget |
+//! | [`coalesce`] | identical concurrent keyed requests share one inner call (singleflight), bounded |
+//! | [`balance`] | power of two choices over peak-EWMA latency across replicas, with outlier ejection and half-open probes |
 //! | [`bulkhead`] | a cap on concurrent calls with a bounded wait |
 //! | [`timeout`] | a per-call deadline with a typed error |
 //! | [`fallback`] | answer selected failures from a fallback service |
@@ -27,7 +31,8 @@
 //! them plus `config` and `http`.
 //!
 //! - `circuit-breaker`, `retry`, `rate-limit`, `bulkhead`, `timeout`,
-//!   `fallback`, `fault`: the middleware of the same name.
+//!   `fallback`, `fault`, `adaptive`, `hedge`, `coalesce`, `balance`: the
+//!   middleware of the same name.
 //! - `policy`: the composed [`ResiliencePolicy`] (turns on the five layers it
 //!   composes and `config`).
 //! - `config`: serde (de)serialization of every configuration type and the
@@ -41,16 +46,24 @@
 //!
 //! MSRV: 1.88.
 
+#[cfg(feature = "adaptive")]
+pub mod adaptive;
+#[cfg(feature = "balance")]
+pub mod balance;
 #[cfg(feature = "bulkhead")]
 pub mod bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
+#[cfg(feature = "coalesce")]
+pub mod coalesce;
 pub mod config;
 pub mod error;
 #[cfg(feature = "fallback")]
 pub mod fallback;
 #[cfg(feature = "fault")]
 pub mod fault;
+#[cfg(feature = "hedge")]
+pub mod hedge;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "policy")]
