@@ -90,3 +90,8 @@ pub use crate::source::{FileSource, FlagSource, ReloadTask};
 pub use crate::store::{
     FlagStore, FlagStoreBuilder, LoadFailure, PROVIDER_NAME, ResolveError, Resolved, Status,
 };
+
+/// Compiles the README's Rust example as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

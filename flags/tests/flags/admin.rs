@@ -105,3 +105,35 @@ fn concurrent_admin_changes_are_not_lost() {
     assert_eq!(s.snapshot().flags.len(), 101);
     assert_eq!(s.status().generation, 100);
 }
+
+#[test]
+fn the_readme_example_file_is_valid() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("`flags.json`:\n\n```json\n")
+        .expect("README has the example")
+        + "`flags.json`:\n\n```json\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let s = store(&readme[start..end]);
+    let c = crate::ctx(Some("user-42"), &[("scope", "orders:read beta:tester")]);
+    assert!(s.bool_value("new-checkout", &c).unwrap().value);
+    assert_eq!(s.int_value("max-cart-items", &c).unwrap().value, 100);
+}
+
+#[cfg(feature = "yaml")]
+#[test]
+fn yaml_definitions_load_like_json() {
+    let yaml = "flags:\n  checkout:\n    variants: { on: true, off: false }\n    defaultVariant: on\n    targeting:\n      - if: [{ attribute: tenant, op: in, value: [acme] }]\n        variant: off\n";
+    let defs = FlagDefinitions::from_yaml(yaml).unwrap();
+    let s = trellis_flags::FlagStore::new(defs).unwrap();
+    assert!(
+        s.bool_value("checkout", &crate::ctx(None, &[]))
+            .unwrap()
+            .value
+    );
+    assert!(
+        !s.bool_value("checkout", &crate::ctx(None, &[("tenant", "acme")]))
+            .unwrap()
+            .value
+    );
+}
