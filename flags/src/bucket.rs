@@ -20,23 +20,40 @@ const C2: u32 = 0x1b87_3593;
 pub(crate) fn murmur3_32(parts: &[&[u8]], seed: u32) -> u32 {
     let mut h = seed;
     let mut len: u32 = 0;
-    let mut block = [0u8; 4];
+    // Bytes of a block that straddles two parts.
+    let mut carry = [0u8; 4];
     let mut filled = 0;
     for part in parts {
-        for &byte in *part {
-            block[filled] = byte;
-            filled += 1;
-            len = len.wrapping_add(1);
-            if filled == 4 {
-                h ^= mix_k(u32::from_le_bytes(block));
-                h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-                filled = 0;
+        // The reference takes the length mod 2^32 too.
+        #[allow(clippy::cast_possible_truncation)]
+        let part_len = part.len() as u32;
+        len = len.wrapping_add(part_len);
+        let mut rest: &[u8] = part;
+        if filled > 0 {
+            let take = (4 - filled).min(rest.len());
+            carry[filled..filled + take].copy_from_slice(&rest[..take]);
+            filled += take;
+            rest = &rest[take..];
+            if filled < 4 {
+                continue;
             }
+            h = mix_h(h, u32::from_le_bytes(carry));
+            filled = 0;
         }
+        let mut blocks = rest.chunks_exact(4);
+        for block in &mut blocks {
+            h = mix_h(
+                h,
+                u32::from_le_bytes([block[0], block[1], block[2], block[3]]),
+            );
+        }
+        let tail = blocks.remainder();
+        carry[..tail.len()].copy_from_slice(tail);
+        filled = tail.len();
     }
     if filled > 0 {
         let mut k = 0u32;
-        for &byte in block[..filled].iter().rev() {
+        for &byte in carry[..filled].iter().rev() {
             k = (k << 8) | u32::from(byte);
         }
         h ^= mix_k(k);
@@ -47,6 +64,13 @@ pub(crate) fn murmur3_32(parts: &[&[u8]], seed: u32) -> u32 {
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
+}
+
+fn mix_h(h: u32, block: u32) -> u32 {
+    (h ^ mix_k(block))
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 fn mix_k(k: u32) -> u32 {
@@ -95,6 +119,53 @@ mod tests {
         assert_eq!(murmur3_32(&[b"new-", b"checkoutuser-1"], 0), whole);
         assert_eq!(murmur3_32(&[b"new-checkout", b"user-1"], 0), whole);
         assert_eq!(murmur3_32(&[b"new-checkoutuser-1", b""], 0), whole);
+    }
+
+    /// The straightforward one-byte-at-a-time form, to check the blocked one.
+    fn reference(data: &[u8], seed: u32) -> u32 {
+        let mut h = seed;
+        let blocks = data.len() / 4;
+        for i in 0..blocks {
+            let k = u32::from_le_bytes([
+                data[4 * i],
+                data[4 * i + 1],
+                data[4 * i + 2],
+                data[4 * i + 3],
+            ]);
+            h = mix_h(h, k);
+        }
+        let tail = &data[blocks * 4..];
+        let mut k = 0u32;
+        for (i, &b) in tail.iter().enumerate() {
+            k |= u32::from(b) << (8 * i);
+        }
+        if !tail.is_empty() {
+            h ^= mix_k(k);
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        let len = data.len() as u32;
+        h ^= len;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    #[test]
+    fn every_split_of_every_length_hashes_like_the_whole() {
+        let text = b"flag-key/targeting-key-0123456789";
+        for n in 0..text.len() {
+            let data = &text[..n];
+            let whole = reference(data, 7);
+            assert_eq!(murmur3_32(&[data], 7), whole, "len {n}");
+            for a in 0..=n {
+                for b in a..=n {
+                    let parts: [&[u8]; 3] = [&data[..a], &data[a..b], &data[b..]];
+                    assert_eq!(murmur3_32(&parts, 7), whole, "len {n} split {a} {b}");
+                }
+            }
+        }
     }
 
     #[test]
