@@ -38,7 +38,7 @@ pub(crate) fn murmur3_32(parts: &[&[u8]], seed: u32) -> u32 {
                 continue;
             }
             h = mix_h(h, u32::from_le_bytes(carry));
-            filled = 0;
+            // `filled` is reset from the tail below.
         }
         let mut blocks = rest.chunks_exact(4);
         for block in &mut blocks {
