@@ -3,9 +3,11 @@
 //! struct holding the rule, and the rule itself (an `ends_with` on the
 //! context's `email`, or the murmur3 bucket compared with the rollout
 //! percentage). Same `EvaluationContext`, same hasher, same run. Also the
-//! store with the `trellis_flags_evaluations_total` counter, and the whole
-//! path through OpenFeature's `Client` (hooks, context merge, `String`
-//! variant), so the cost of each layer can be read off.
+//! store with the `trellis_flags_evaluations_total` counter, the provider
+//! called directly (a boxed `async_trait` future and a `String` variant, as
+//! the SDK's trait requires), and the whole path through OpenFeature's
+//! `Client` (its locks, hooks and context merge), so the cost of each layer
+//! can be read off.
 //!
 //! Run: `cargo bench -p trellis-benches --bench flags -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)]
@@ -14,6 +16,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use open_feature::provider::FeatureProvider;
 use open_feature::{EvaluationContext, OpenFeature};
 use prometheus_client::registry::Registry;
 use trellis_flags::{FlagDefinitions, FlagMetrics, FlagStore, bucket};
@@ -91,6 +94,7 @@ fn flags(c: &mut Criterion) {
         .build(defs)
         .unwrap();
     let table = baseline_table();
+    let provider = store.provider();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -126,6 +130,10 @@ fn flags(c: &mut Criterion) {
                     .bool_value(black_box(key), black_box(&ctx))
                     .map(|r| r.value)
             })
+        });
+        g.bench_function("trellis_provider", |b| {
+            b.to_async(&rt)
+                .iter(|| provider.resolve_bool_value(black_box(key), black_box(&ctx)))
         });
         g.bench_function("openfeature_client", |b| {
             b.to_async(&rt)
