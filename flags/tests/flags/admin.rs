@@ -137,3 +137,42 @@ fn yaml_definitions_load_like_json() {
             .value
     );
 }
+
+#[test]
+fn readers_never_see_half_a_set() {
+    // Two flags always loaded with the same default: a reader that saw one
+    // from the new set and the other from the old one would see them differ.
+    let pair = |v: &str| {
+        FlagDefinitions::from_json(&format!(
+            r#"{{ "flags": {{
+                "a": {{ "variants": {{ "x": "x", "y": "y" }}, "defaultVariant": "{v}" }},
+                "b": {{ "variants": {{ "x": "x", "y": "y" }}, "defaultVariant": "{v}" }}
+            }} }}"#
+        ))
+        .unwrap()
+    };
+    let s = trellis_flags::FlagStore::new(pair("x")).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut loads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                s.load(pair(if loads % 2 == 0 { "y" } else { "x" }))
+                    .unwrap();
+                loads += 1;
+            }
+            loads
+        });
+        let c = crate::ctx(None, &[]);
+        for _ in 0..20_000 {
+            let snapshot = s.snapshot();
+            let a = &snapshot.flags["a"].default_variant;
+            assert_eq!(a, &snapshot.flags["b"].default_variant);
+            let _ = s.string_value("a", &c).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let loads = writer.join().unwrap();
+        assert!(loads > 0);
+        assert_eq!(s.status().generation, loads);
+    });
+}
