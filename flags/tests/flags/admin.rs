@@ -157,7 +157,7 @@ fn readers_never_see_half_a_set() {
         let writer = scope.spawn(|| {
             let mut loads = 0u64;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                s.load(pair(if loads % 2 == 0 { "y" } else { "x" }))
+                s.load(pair(if loads.is_multiple_of(2) { "y" } else { "x" }))
                     .unwrap();
                 loads += 1;
             }
