@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use open_feature::{EvaluationContext, EvaluationContextFieldValue, StructValue, Value};
+use open_feature::{
+    EvaluationContext, EvaluationContextFieldValue, FlagMetadata, FlagMetadataValue, StructValue,
+    Value,
+};
 
 use crate::bucket::bucket;
 use crate::definition::{Condition, FlagDefinition, FlagDefinitions, FlagState, Operator, Rule};
@@ -137,6 +140,8 @@ pub(crate) struct CompiledFlag {
     pub(crate) variants: Vec<Variant>,
     default: usize,
     rules: Vec<CompiledRule>,
+    /// The flag's `metadata`, converted once; `None` when empty.
+    pub(crate) metadata: Option<Arc<FlagMetadata>>,
     /// One lazily created counter per (variant, reason): the first evaluation
     /// of a pair takes the metric family's lock once, later ones bump an
     /// atomic. Lazy so that pairs that never happen export no series.
@@ -269,8 +274,10 @@ impl CompiledFlag {
             .enumerate()
             .map(|(i, rule)| compile_rule(key, i, rule, &index))
             .collect::<Result<Vec<_>>>()?;
+        let metadata = compile_metadata(key, &def.metadata)?;
         Ok(Self {
             key: key.into(),
+            metadata,
             enabled: def.state == FlagState::Enabled,
             flag_type,
             #[cfg(feature = "metrics")]
@@ -357,6 +364,40 @@ fn compile_value(
         }
         J::Null => return Err(Error::invalid(key, format!("variant `{name}` is null"))),
     })
+}
+
+fn compile_metadata(
+    key: &str,
+    metadata: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<Option<Arc<FlagMetadata>>> {
+    if metadata.is_empty() {
+        return Ok(None);
+    }
+    let mut out = FlagMetadata::default();
+    for (name, value) in metadata {
+        let value = match value {
+            serde_json::Value::Bool(b) => FlagMetadataValue::Bool(*b),
+            serde_json::Value::String(s) => FlagMetadataValue::String(s.clone()),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => FlagMetadataValue::Int(i),
+                (None, Some(f)) => FlagMetadataValue::Float(f),
+                (None, None) => {
+                    return Err(Error::invalid(
+                        key,
+                        format!("metadata `{name}` is out of range"),
+                    ));
+                }
+            },
+            _ => {
+                return Err(Error::invalid(
+                    key,
+                    format!("metadata `{name}` must be a string, number or boolean"),
+                ));
+            }
+        };
+        out.add_value(name, value);
+    }
+    Ok(Some(Arc::new(out)))
 }
 
 fn to_open_feature(key: &str, name: &str, value: &serde_json::Value) -> Result<Value> {

@@ -33,6 +33,9 @@ pub struct FlagDefinitions {
     /// The flags by key.
     #[serde(default)]
     pub flags: BTreeMap<String, FlagDefinition>,
+    /// Set-wide metadata (flagd's top-level `metadata`), kept as is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
 impl FlagDefinitions {
@@ -83,9 +86,33 @@ pub struct FlagDefinition {
     pub variants: BTreeMap<String, serde_json::Value>,
     /// The variant served when the flag is disabled or no rule matches.
     pub default_variant: String,
-    /// Rules tried in order; the first that matches decides.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Rules tried in order; the first that matches decides. flagd's
+    /// "no targeting", an empty object `{}`, is read as no rules; a JsonLogic
+    /// object is a parse error that says so.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "deserialize_targeting"
+    )]
     pub targeting: Vec<Rule>,
+    /// Flag metadata: string, number or boolean values, returned with every
+    /// evaluation as OpenFeature flag metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+fn deserialize_targeting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<Rule>, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        value @ serde_json::Value::Array(_) => {
+            serde_json::from_value(value).map_err(serde::de::Error::custom)
+        }
+        serde_json::Value::Object(map) if map.is_empty() => Ok(Vec::new()),
+        _ => Err(serde::de::Error::custom(
+            "`targeting` is a list of rules ({\"if\": [...], \"variant\": ...}); flagd's JsonLogic targeting is not supported",
+        )),
+    }
 }
 
 impl FlagDefinition {
@@ -107,6 +134,7 @@ impl FlagDefinition {
             variants: variants.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             default_variant: default_variant.into(),
             targeting: Vec::new(),
+            metadata: BTreeMap::new(),
         }
     }
 

@@ -71,12 +71,14 @@ fn details<T>(
                 Reason::Split => EvaluationReason::Split,
                 Reason::Disabled => EvaluationReason::Disabled,
             }),
-            flag_metadata: None,
+            flag_metadata: r.metadata.map(|m| (*m).clone()),
         }),
         Err(error) => Err(EvaluationError {
             code: match error {
                 ResolveError::FlagNotFound { .. } => EvaluationErrorCode::FlagNotFound,
-                ResolveError::TypeMismatch { .. } => EvaluationErrorCode::TypeMismatch,
+                ResolveError::TypeMismatch { .. } | ResolveError::Deserialize { .. } => {
+                    EvaluationErrorCode::TypeMismatch
+                }
             },
             message: Some(error.to_string()),
         }),
@@ -130,6 +132,7 @@ impl FeatureProvider for TrellisProvider {
             value: r.value.to_string(),
             variant: r.variant,
             reason: r.reason,
+            metadata: r.metadata,
         }))
     }
 

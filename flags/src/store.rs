@@ -25,6 +25,8 @@ pub struct Resolved<T> {
     pub variant: Arc<str>,
     /// Why this variant was chosen.
     pub reason: Reason,
+    /// The flag's `metadata`, if it has any.
+    pub metadata: Option<Arc<open_feature::FlagMetadata>>,
 }
 
 /// Why an evaluation returned no value. Mapped to OpenFeature's
@@ -39,7 +41,7 @@ pub enum ResolveError {
         flag: String,
     },
     /// The flag exists but has another type.
-    #[error("flag `{flag}` is a {actual} flag, not {expected}")]
+    #[error("flag `{flag}` has type {actual}, not {expected}")]
     TypeMismatch {
         /// The key asked for.
         flag: String,
@@ -47,6 +49,15 @@ pub enum ResolveError {
         expected: FlagType,
         /// The flag's type.
         actual: FlagType,
+    },
+    /// An object flag's value does not deserialize into the type asked for
+    /// ([`FlagStore::object_value`]); OpenFeature's `TYPE_MISMATCH`.
+    #[error("flag `{flag}` does not deserialize into the requested type: {message}")]
+    Deserialize {
+        /// The key asked for.
+        flag: String,
+        /// serde's message.
+        message: String,
     },
 }
 
@@ -56,7 +67,7 @@ impl ResolveError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::FlagNotFound { .. } => "FLAG_NOT_FOUND",
-            Self::TypeMismatch { .. } => "TYPE_MISMATCH",
+            Self::TypeMismatch { .. } | Self::Deserialize { .. } => "TYPE_MISMATCH",
         }
     }
 }
@@ -290,11 +301,11 @@ impl FlagStore {
                 value,
                 variant: resolved.variant,
                 reason: resolved.reason,
+                metadata: resolved.metadata,
             }),
-            Err(_) => Err(ResolveError::TypeMismatch {
+            Err(e) => Err(ResolveError::Deserialize {
                 flag: key.to_owned(),
-                expected: FlagType::Object,
-                actual: FlagType::Object,
+                message: e.to_string(),
             }),
         }
     }
@@ -358,6 +369,7 @@ impl FlagStore {
             value,
             variant: Arc::clone(name),
             reason,
+            metadata: flag.metadata.clone(),
         })
     }
 

@@ -20,7 +20,8 @@ const FLAGS: &str = r#"{ "flags": {
     "discount": { "variants": { "none": 0.0, "some": 0.15 }, "defaultVariant": "some" },
     "greeting": { "variants": { "en": "Hello", "fr": "Bonjour" }, "defaultVariant": "en",
         "targeting": [{ "if": [{ "attribute": "locale", "op": "starts_with", "value": "fr" }], "variant": "fr" }] },
-    "layout": { "variants": { "v1": { "columns": 2, "dense": false } }, "defaultVariant": "v1" },
+    "layout": { "variants": { "v1": { "columns": 2, "dense": false } }, "defaultVariant": "v1",
+        "metadata": { "owner": "storefront" } },
     "legacy": { "state": "DISABLED", "variants": { "on": true, "off": false }, "defaultVariant": "off" }
 } }"#;
 
@@ -68,6 +69,16 @@ async fn typed_values_through_the_client() {
     let layout: StructValue = client.get_struct_value("layout", None, None).await.unwrap();
     assert_eq!(layout.fields.get("columns"), Some(&Value::Int(2)));
     assert_eq!(layout.fields.get("dense"), Some(&Value::Bool(false)));
+    let d = client
+        .get_struct_details::<StructValue>("layout", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        d.flag_metadata.values.get("owner"),
+        Some(&open_feature::FlagMetadataValue::String(
+            "storefront".into()
+        ))
+    );
 }
 
 #[tokio::test]

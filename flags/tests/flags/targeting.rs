@@ -202,3 +202,58 @@ fn unknown_fields_and_operators_are_parse_errors() {
         );
     }
 }
+
+#[test]
+fn flagd_files_without_jsonlogic_load() {
+    // Straight from flagd's documentation style: $schema, metadata, `targeting: {}`.
+    let s = store(
+        r#"{
+        "$schema": "https://flagd.dev/schema/v0/flags.json",
+        "metadata": { "version": "v1" },
+        "flags": {
+            "show-welcome-banner": {
+                "state": "ENABLED",
+                "variants": { "on": true, "off": false },
+                "defaultVariant": "off",
+                "targeting": {},
+                "metadata": { "owner": "storefront", "ticket": 42, "temporary": true }
+            }
+        } }"#,
+    );
+    let r = s
+        .bool_value("show-welcome-banner", &ctx(None, &[]))
+        .unwrap();
+    assert_eq!(r.reason, Reason::Static);
+    let metadata = r.metadata.expect("flag metadata is returned");
+    assert_eq!(
+        metadata.values.get("owner"),
+        Some(&open_feature::FlagMetadataValue::String(
+            "storefront".into()
+        ))
+    );
+    assert_eq!(
+        metadata.values.get("ticket"),
+        Some(&open_feature::FlagMetadataValue::Int(42))
+    );
+    assert_eq!(s.snapshot().metadata["version"], "v1");
+}
+
+#[test]
+fn jsonlogic_targeting_is_rejected_by_name() {
+    let json = r#"{ "flags": { "f": { "variants": { "on": true, "off": false }, "defaultVariant": "off",
+        "targeting": { "if": [{ "ends_with": [{ "var": "email" }, "@example.com"] }, "on", null] } } } }"#;
+    match FlagStore::from_json(json) {
+        Err(Error::Parse { message }) => assert!(message.contains("JsonLogic"), "{message}"),
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn metadata_values_must_be_scalars() {
+    let json = r#"{ "flags": { "f": { "variants": { "on": true }, "defaultVariant": "on",
+        "metadata": { "owners": ["a", "b"] } } } }"#;
+    assert!(matches!(
+        FlagStore::from_json(json),
+        Err(Error::Invalid { .. })
+    ));
+}

@@ -45,10 +45,9 @@ fn object_flags_deserialize_into_your_type() {
             retries: 2
         }
     );
-    assert!(matches!(
-        s.object_value::<Wrong>("checkout", &c),
-        Err(ResolveError::TypeMismatch { .. })
-    ));
+    let err = s.object_value::<Wrong>("checkout", &c).unwrap_err();
+    assert!(matches!(err, ResolveError::Deserialize { .. }), "{err:?}");
+    assert_eq!(err.code(), "TYPE_MISMATCH");
 }
 
 #[test]
