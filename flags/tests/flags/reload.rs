@@ -223,3 +223,21 @@ async fn any_flag_source_hot_reloads() {
     let took = eventually(INTERVAL + STEP, || checkout(&store)).await;
     assert!(took <= INTERVAL + STEP);
 }
+
+#[cfg(feature = "yaml")]
+#[tokio::test(start_paused = true)]
+async fn yaml_files_hot_reload_too() {
+    let dir = TempFile::new("yaml", "{}");
+    let path = dir.0.with_extension("yaml");
+    let yaml = |v: &str| {
+        format!(
+            "flags:\n  checkout:\n    variants: {{ on: true, off: false }}\n    defaultVariant: {v}\n"
+        )
+    };
+    std::fs::write(&path, yaml("off")).unwrap();
+    let store = FlagStore::empty();
+    let _task = store.watch(FileSource::new(&path), INTERVAL).await.unwrap();
+    assert!(!checkout(&store));
+    std::fs::write(&path, yaml("on")).unwrap();
+    eventually(INTERVAL + STEP, || checkout(&store)).await;
+}
