@@ -138,6 +138,9 @@ impl FlagStore {
         let store = self.clone();
         let handle = tokio::spawn(async move {
             let mut last_fetched = Some(first);
+            // The message of the fetch error being reported, so a file that
+            // stays broken is logged once, not on every poll.
+            let mut failing: Option<String> = None;
             loop {
                 tokio::time::sleep(interval).await;
                 match source.fetch().await {
@@ -148,12 +151,16 @@ impl FlagStore {
                         // The error, if any, is recorded in the status.
                         let _ = store.load(defs.clone());
                         last_fetched = Some(defs);
+                        failing = None;
                     }
                     Err(error) => {
-                        // A fetch error (unreadable file, parse error) makes
-                        // the next good fetch a change even if it equals the
-                        // last good one, so the error gets cleared.
-                        store.record_failure(&error);
+                        let message = error.to_string();
+                        if failing.as_ref() != Some(&message) {
+                            store.record_failure(&error);
+                            failing = Some(message);
+                        }
+                        // The next good fetch is a change even if it equals
+                        // the last good set, so that it clears the error.
                         last_fetched = None;
                     }
                 }

@@ -116,6 +116,9 @@ async fn a_malformed_file_keeps_the_last_good_set_and_reports_it() {
         "A"
     );
     assert_eq!(status.flags, 2);
+    // Reported once: later polls of the same broken file record nothing new.
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert_eq!(store.status().last_error.unwrap().at, failure.at);
 
     // Fixing the file (even back to the same set) clears the error.
     file.write(&flags("on"));
