@@ -60,6 +60,12 @@ pub struct Config {
     /// How long an unconfirmed inventory reservation holds its stock (see
     /// [`Settings::reservation_ttl`](crate::config::Settings::reservation_ttl)).
     pub reservation_ttl: Duration,
+    /// How long a place-order saga may run (see
+    /// [`Settings::saga_deadline`](crate::config::Settings::saga_deadline)).
+    pub saga_deadline: Duration,
+    /// How long a saga lease lasts without renewal (see
+    /// [`Settings::saga_lease_ttl`](crate::config::Settings::saga_lease_ttl)).
+    pub saga_lease_ttl: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +75,8 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain: Duration::from_secs(2),
             reservation_ttl: crate::config::DEFAULT_RESERVATION_TTL,
+            saga_deadline: crate::config::DEFAULT_SAGA_DEADLINE,
+            saga_lease_ttl: crate::config::DEFAULT_SAGA_LEASE_TTL,
         }
     }
 }
@@ -225,7 +233,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         saga_log,
         ReadDb::Sqlite(read_db.clone()),
-        "ecommerce-1",
+        orders::SagaOptions {
+            owner: orders::process_owner("ecommerce"),
+            deadline: config.saga_deadline,
+            lease_ttl: config.saga_lease_ttl,
+        },
         inventory_raw,
         payment_raw,
         Prices::Local(catalog.clone()),

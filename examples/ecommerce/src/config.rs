@@ -237,7 +237,26 @@ pub struct Settings {
     /// 30 s deadline. Default [`DEFAULT_RESERVATION_TTL`].
     #[serde(with = "trellis_resilience::config::duration")]
     pub reservation_ttl: Duration,
+    /// How long a place-order saga may run before it stops going forward
+    /// and compensates (also how long `POST /orders` waits for it). A
+    /// deadline that passed while orders was down compensates on restart.
+    /// Default [`DEFAULT_SAGA_DEADLINE`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub saga_deadline: Duration,
+    /// How long an orders process's saga lease lasts without renewal: the
+    /// sagas of a process that died are adopted by another (or its
+    /// restart, a new owner) within about 1.25 times this. Default
+    /// [`DEFAULT_SAGA_LEASE_TTL`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub saga_lease_ttl: Duration,
 }
+
+/// The default [`Settings::saga_lease_ttl`]: 10 seconds.
+pub const DEFAULT_SAGA_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The default [`Settings::saga_deadline`] (and
+/// [`Config::saga_deadline`](crate::Config::saga_deadline)): 30 seconds.
+pub const DEFAULT_SAGA_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The default [`Settings::reservation_ttl`] (and
 /// [`Config::reservation_ttl`](crate::Config::reservation_ttl)): 15 minutes.
@@ -261,6 +280,8 @@ impl Default for Settings {
             health_listen: None,
             drain: Duration::from_secs(2),
             reservation_ttl: DEFAULT_RESERVATION_TTL,
+            saga_deadline: DEFAULT_SAGA_DEADLINE,
+            saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
         }
     }
 }
@@ -321,6 +342,8 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_HEALTH_LISTEN",
     "ECOMMERCE_DRAIN",
     "ECOMMERCE_RESERVATION_TTL",
+    "ECOMMERCE_SAGA_DEADLINE",
+    "ECOMMERCE_SAGA_LEASE_TTL",
 ];
 
 impl Settings {
@@ -450,6 +473,14 @@ impl Settings {
             self.reservation_ttl = trellis_resilience::config::duration::parse(&v)
                 .map_err(|e| invalid("ECOMMERCE_RESERVATION_TTL", format!("{v:?}: {e}")))?;
         }
+        if let Some(v) = env("ECOMMERCE_SAGA_DEADLINE") {
+            self.saga_deadline = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_SAGA_DEADLINE", format!("{v:?}: {e}")))?;
+        }
+        if let Some(v) = env("ECOMMERCE_SAGA_LEASE_TTL") {
+            self.saga_lease_ttl = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_SAGA_LEASE_TTL", format!("{v:?}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -476,6 +507,18 @@ impl Settings {
             return Err(invalid(
                 "schema_prefix",
                 "at most 40 lowercase letters, digits and _",
+            ));
+        }
+        if self.saga_lease_ttl < Duration::from_millis(100) {
+            return Err(invalid(
+                "saga_lease_ttl",
+                "must be at least 100ms (leases are renewed every third of it)",
+            ));
+        }
+        if self.saga_deadline.is_zero() {
+            return Err(invalid(
+                "saga_deadline",
+                "must be longer than zero (every order would be rejected)",
             ));
         }
         if self.reservation_ttl.is_zero() {

@@ -466,17 +466,18 @@ async fn start_orders(
         }
     };
 
-    // A stable owner: a restarted orders process takes its predecessor's
-    // saga leases over at once instead of waiting for them to expire.
-    let owner = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "orders".into());
+    // An owner unique to this process (host name and a per-start id): a
+    // rescheduled or restarted pod is a new owner that adopts its
+    // predecessor's sagas once their leases expire, never while they live.
     let app = orders::open(
         OrderStore::Postgres(store),
         OrderSagaLog::Postgres(saga_log),
         ReadDb::Postgres(pool),
-        &owner,
+        orders::SagaOptions {
+            owner: orders::process_owner("orders"),
+            deadline: settings.saga_deadline,
+            lease_ttl: settings.saga_lease_ttl,
+        },
         inventory,
         payments,
         prices,

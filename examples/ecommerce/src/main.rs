@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr,
         ..ecommerce::Config::default()
     };
-    // The one setting of `Settings` the one-process mode also reads.
+    // The settings of `Settings` the one-process mode also reads.
     if let Ok(ttl) = std::env::var("ECOMMERCE_RESERVATION_TTL")
         && !ttl.is_empty()
     {
@@ -60,6 +60,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or_else(|| {
                 format!("ECOMMERCE_RESERVATION_TTL: {ttl:?} is not a positive duration (e.g. 15m)")
             })?;
+    }
+    for (var, setting) in [
+        ("ECOMMERCE_SAGA_DEADLINE", &mut config.saga_deadline),
+        ("ECOMMERCE_SAGA_LEASE_TTL", &mut config.saga_lease_ttl),
+    ] {
+        if let Ok(value) = std::env::var(var)
+            && !value.is_empty()
+        {
+            *setting = trellis_resilience::config::duration::parse(&value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("{var}: {value:?} is not a positive duration (e.g. 30s)"))?;
+        }
     }
     let data_dir = config.data_dir.clone();
     let running = ecommerce::start(config).await?;

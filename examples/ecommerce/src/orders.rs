@@ -195,14 +195,16 @@ pub(crate) fn place_order_saga(
     inventory: InventoryClient,
     inventory_plain: InventoryClient,
     payments: PaymentClient,
+    deadline: Duration,
 ) -> Saga<PlaceOrder> {
     let (o1, o2, o3) = (orders.clone(), orders.clone(), orders);
-    let (inv_release, inv_confirm, inv_unconfirm) = (
+    let (inv_release, inv_confirm, inv_unconfirm, inv_settle) = (
+        inventory_plain.clone(),
         inventory_plain.clone(),
         inventory_plain.clone(),
         inventory_plain,
     );
-    let (pay_charge, pay_refund) = (payments.clone(), payments);
+    let (pay_charge, pay_refund, pay_settle) = (payments.clone(), payments.clone(), payments);
     Saga::new("place-order")
         .step(Step::new(
             "record-order",
@@ -221,9 +223,18 @@ pub(crate) fn place_order_saga(
                     Ok(s)
                 }
             },
-            move |s: PlaceOrder, _cx| {
+            move |s: PlaceOrder, cx| {
                 let orders = o2.clone();
+                let (inventory, payments) = (inv_settle.clone(), pay_settle.clone());
                 async move {
+                    // Settle by key whatever the saga recorded: a step whose
+                    // outcome is unknown (a crash or a timeout mid-call, a
+                    // deadline that passed while orders was down) may have
+                    // reserved or charged all the same, and its own
+                    // compensation runs only when its success was recorded.
+                    // Both calls are idempotent and remembered when early:
+                    // the late reserve or charge takes nothing.
+                    settle_by_key(&s, &cx.saga_id, &inventory, &payments).await?;
                     let reason = if s.payment.is_none() && s.reservation.is_some() {
                         "payment failed"
                     } else if s.reservation.is_none() {
@@ -262,7 +273,14 @@ pub(crate) fn place_order_saga(
                         InventoryReply::Insufficient { sku } => {
                             return Err(StepError::new(format!("out of stock: {sku}")));
                         }
-                        InventoryReply::Done | InventoryReply::NotHeld { .. } => {
+                        // Released before this call (a compensation of an
+                        // earlier attempt overtook it): nothing is held.
+                        InventoryReply::NotHeld { status } => {
+                            return Err(StepError::new(format!(
+                                "reservation {status}: its stock is not held"
+                            )));
+                        }
+                        InventoryReply::Done => {
                             return Err(StepError::new("unexpected inventory reply"));
                         }
                     }
@@ -320,7 +338,9 @@ pub(crate) fn place_order_saga(
                         client
                             .oneshot(PaymentRequest::Refund {
                                 key: cx.idempotency_key,
-                                payment,
+                                payment: Some(payment),
+                                charge_key: None,
+                                order_id: None,
                             })
                             .await
                             .map_err(step_err)?;
@@ -399,7 +419,42 @@ pub(crate) fn place_order_saga(
             // Rejecting the order is the first step's compensation.
             |_s: PlaceOrder, _cx| async { Ok(()) },
         ))
-        .with_deadline(Duration::from_secs(30))
+        .with_deadline(deadline)
+}
+
+/// The place-order saga's step indexes whose keys compensations use.
+const RESERVE_STEP: u32 = 1;
+const CHARGE_STEP: u32 = 2;
+
+/// Releases the order's reservation by its key and refunds the saga's
+/// charge by its key (see the first step's compensation).
+async fn settle_by_key(
+    s: &PlaceOrder,
+    saga_id: &str,
+    inventory: &InventoryClient,
+    payments: &PaymentClient,
+) -> Result<(), StepError> {
+    // A PENDING_VALIDATION order's original saga reserved nothing it
+    // keeps: its reservation (by the same key) belongs to the validation.
+    let release = InventoryRequest::Release {
+        reservation: s
+            .reservation
+            .clone()
+            .unwrap_or_else(|| reservation_key(&s.order_id, RESERVE_STEP)),
+    };
+    inventory.clone().oneshot(release).await.map_err(step_err)?;
+    let refund = PaymentRequest::Refund {
+        key: trellis_saga::idempotency_key(saga_id, 0, "settle-charge"),
+        payment: s.payment.clone(),
+        charge_key: Some(trellis_saga::idempotency_key(
+            saga_id,
+            CHARGE_STEP,
+            "action",
+        )),
+        order_id: Some(s.order_id.clone()),
+    };
+    payments.clone().oneshot(refund).await.map_err(step_err)?;
+    Ok(())
 }
 
 /// Retries of compensations: 100 ms doubling to 2 s, 30 times (about 55 s,
@@ -585,16 +640,108 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
+/// `POST /orders`'s optional `Idempotency-Key` header.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // documentation only: the handler reads the header map
+pub(crate) struct OrderIdempotencyKey(
+    /// Optional, 1 to 200 visible ASCII characters, chosen by the client
+    /// once per order (e.g. a UUID) and sent again on every retry of it:
+    /// the same key from the same customer answers the first order (same
+    /// id, same status) and never places or charges a second one, also
+    /// when both requests arrive at once or on different replicas. The
+    /// first request's body wins.
+    Option<String>,
+);
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 200;
+
+/// The order id of `customer`'s order placed under idempotency `key`: a
+/// name-based id (SHA-256 of both), so every replica derives the same one
+/// and the saga log's unique saga id makes the second start a repeat.
+fn order_id_for_key(customer: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(customer.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// The request's `Idempotency-Key`, if it sent one.
+fn order_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(crate::remote::IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= MAX_KEY_LEN
+                && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(unprocessable(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
+/// How long `POST /orders` waits for its saga: the saga's deadline plus
+/// the time its compensation usually needs.
+fn place_wait(app: &OrdersApp) -> Duration {
+    app.orders.deadline + Duration::from_secs(5)
+}
+
+/// Waits (polling the saga log) until saga `id` has ended or `wait`
+/// passed; returns the last record read.
+async fn await_saga(
+    app: &OrdersApp,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<trellis_saga::SagaRecord>, ApiError> {
+    use trellis_saga::SagaLog;
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let record = app
+            .orders
+            .orchestrator
+            .log()
+            .load(id)
+            .await
+            .map_err(ApiError::internal)?;
+        let running = record
+            .as_ref()
+            .is_none_or(|r| matches!(r.status, SagaStatus::Running | SagaStatus::Compensating));
+        if !running || tokio::time::Instant::now() >= until {
+            return Ok(record);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Places an order through the saga; answers once the read model has it.
+///
+/// The saga runs on its own task: a client that hangs up, or a gateway
+/// that gives up, drops only its wait, never the saga.
 #[utoipa::path(
     post,
     path = "/api/v1/orders",
     tag = "orders",
     operation_id = "place_order",
+    params(OrderIdempotencyKey),
     request_body = PlaceOrderBody,
     security(("bearer" = ["orders:write"])),
     responses(
-        (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION", body = crate::openapi::PlacedOrder),
+        (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION; with an `Idempotency-Key` used before, the first order as it stands now", body = crate::openapi::PlacedOrder),
+        (status = 202, description = "The saga is still running after its deadline's wait (status PLACED): poll `GET /orders/{id}`", body = crate::openapi::PlacedOrder),
         crate::openapi::AuthErrors,
         crate::openapi::BodyErrors,
     )
@@ -602,9 +749,11 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 pub(crate) async fn place(
     State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
+    headers: http::HeaderMap,
     ApiJson(body): ApiJson<PlaceOrderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let customer = customer_of(&claims)?;
+    let key = order_key(&headers)?;
     // Everything is checked before anything is written.
     if body.lines.is_empty() || body.lines.len() > 50 {
         return Err(unprocessable("invalid_lines", "an order has 1 to 50 lines"));
@@ -642,7 +791,10 @@ pub(crate) async fn place(
             quantity: line.quantity,
         });
     }
-    let order_id = uuid::Uuid::new_v4().to_string();
+    let order_id = match &key {
+        Some(key) => order_id_for_key(&customer, key),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let state = PlaceOrder {
         order_id: order_id.clone(),
         customer,
@@ -653,30 +805,64 @@ pub(crate) async fn place(
         payment: None,
         pending_validation: false,
     };
-    let record = app
-        .orders
-        .orchestrator
-        .start(&app.orders.saga, &order_id, state)
-        .await
-        .map_err(ApiError::internal)?;
-    if !matches!(
-        record.status,
-        SagaStatus::Completed | SagaStatus::Compensated
-    ) {
+    let wait = place_wait(&app);
+    let saga = {
+        let (app, order_id) = (app.clone(), order_id.clone());
+        tokio::spawn(async move {
+            app.orders
+                .orchestrator
+                .start(&app.orders.saga, &order_id, state)
+                .await
+        })
+    };
+    let (record, head) = match tokio::time::timeout(wait, saga).await {
+        Ok(Ok(Ok(record))) => (Some(record), app.orders.appended_head()),
+        // The key was used before (or is in use right now, maybe on
+        // another replica): answer its order, once its saga has ended.
+        Ok(Ok(Err(trellis_saga::Error::AlreadyExists { .. }))) if key.is_some() => {
+            let record = await_saga(&app, &order_id, wait).await?;
+            let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+            (record, head)
+        }
+        Ok(Ok(Err(e))) => return Err(ApiError::internal(e)),
+        Ok(Err(join)) => return Err(ApiError::internal(join)),
+        // Still running: the adopter or a later answer finishes it.
+        Err(_elapsed) => (None, app.orders.appended_head()),
+    };
+    let finished = record
+        .as_ref()
+        .filter(|r| !matches!(r.status, SagaStatus::Running | SagaStatus::Compensating));
+    if let Some(record) = &record
+        && !matches!(
+            record.status,
+            SagaStatus::Completed | SagaStatus::Compensated
+        )
+    {
         tracing::warn!(order_id, status = ?record.status, error = ?record.error, "place-order saga did not finish");
     }
     // Read-your-writes: answer once the read model has this order's events.
-    let head = app.orders.appended_head();
     app.orders
         .projection
         .wait_for(head, Duration::from_secs(5))
         .await
         .map_err(ApiError::internal)?;
     let row = app.orders.summary(&order_id).await?;
-    let mut body = serde_json::to_value(row).map_err(ApiError::internal)?;
-    body["saga"] =
-        serde_json::json!({ "status": format!("{:?}", record.status), "error": record.error });
-    Ok((StatusCode::CREATED, Json(body)))
+    let mut body = match row {
+        Some(row) => serde_json::to_value(row).map_err(ApiError::internal)?,
+        None => serde_json::json!({ "order_id": order_id, "status": "PLACED" }),
+    };
+    body["saga"] = match &record {
+        Some(record) => {
+            serde_json::json!({ "status": format!("{:?}", record.status), "error": record.error })
+        }
+        None => serde_json::json!({ "status": "Running", "error": null }),
+    };
+    let status = if finished.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(body)))
 }
 
 /// One of the caller's orders, from the read model.
@@ -750,9 +936,18 @@ pub(crate) async fn validate_pending(app: &OrdersApp) -> Result<Vec<(String, Str
     validate_pending_locked(app).await
 }
 
+/// Most validation attempts per order: past it the order waits for an
+/// operator (an order that keeps meeting an open breaker).
+const MAX_VALIDATIONS: u32 = 100;
+
 /// [`validate_pending`] for a caller that holds `app.validating`.
+///
+/// Each attempt is its own saga `{order_id}/validate/{n}`, numbered: an
+/// attempt that met inventory down again (the order stays pending) is
+/// followed by attempt n + 1 on the next pass. An order whose attempt
+/// fails, or is still running elsewhere, is reported and skipped: it never
+/// stops the pass for the others.
 async fn validate_pending_locked(app: &OrdersApp) -> Result<Vec<(String, String)>, ApiError> {
-    use trellis_saga::SagaLog;
     let pending: Vec<String> = each!(&app.orders.read_db, ReadDb, pool => {
         sqlx::query_scalar(
             "SELECT order_id FROM order_summaries WHERE status = 'PENDING_VALIDATION' ORDER BY seq LIMIT 100",
@@ -762,45 +957,87 @@ async fn validate_pending_locked(app: &OrdersApp) -> Result<Vec<(String, String)
     });
     let mut outcomes = Vec::with_capacity(pending.len());
     for order_id in pending {
-        let Some(original) = app
-            .orders
-            .orchestrator
-            .log()
-            .load(&order_id)
-            .await
-            .map_err(ApiError::internal)?
-        else {
-            continue;
-        };
-        let mut state: PlaceOrder =
-            serde_json::from_value(original.state).map_err(ApiError::internal)?;
-        state.pending_validation = false;
-        state.reservation = None;
-        state.payment = None;
-        let record = app
-            .orders
-            .orchestrator
-            .start(&app.orders.saga, &format!("{order_id}/validate"), state)
-            .await
-            .map_err(ApiError::internal)?;
-        if record.status != SagaStatus::Completed {
-            tracing::warn!(order_id, status = ?record.status, error = ?record.error, "validation saga did not complete");
+        match validate_one(app, &order_id).await {
+            Ok(Some(status)) => outcomes.push((order_id, status)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(
+                    order_id,
+                    ?error,
+                    "validating a pending order failed; next pass retries"
+                );
+            }
         }
-        let head = app.orders.store_head().await.map_err(ApiError::internal)?;
-        app.orders
-            .projection
-            .wait_for(head, Duration::from_secs(5))
-            .await
-            .map_err(ApiError::internal)?;
-        let status = app
-            .orders
-            .summary(&order_id)
-            .await?
-            .map(|row| row.status)
-            .unwrap_or_default();
-        outcomes.push((order_id, status));
     }
     Ok(outcomes)
+}
+
+/// The next validation attempt of `order_id`, if none is running: its
+/// status afterwards, or `None` when it was skipped.
+async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>, ApiError> {
+    use trellis_saga::SagaLog;
+    let log = app.orders.orchestrator.log();
+    let Some(original) = log.load(order_id).await.map_err(ApiError::internal)? else {
+        return Ok(None);
+    };
+    let mut attempt = 1;
+    let saga_id = loop {
+        let id = format!("{order_id}/validate/{attempt}");
+        match log.load(&id).await.map_err(ApiError::internal)? {
+            None => break id,
+            Some(record)
+                if matches!(
+                    record.status,
+                    SagaStatus::Running | SagaStatus::Compensating
+                ) =>
+            {
+                // In flight (here or on another replica): its owner or the
+                // adopter finishes it.
+                return Ok(None);
+            }
+            Some(_) if attempt >= MAX_VALIDATIONS => {
+                tracing::warn!(
+                    order_id,
+                    attempts = attempt,
+                    "order still pending after every validation attempt"
+                );
+                return Ok(None);
+            }
+            Some(_) => attempt += 1,
+        }
+    };
+    let mut state: PlaceOrder =
+        serde_json::from_value(original.state).map_err(ApiError::internal)?;
+    state.pending_validation = false;
+    state.reservation = None;
+    state.payment = None;
+    let record = match app
+        .orders
+        .orchestrator
+        .start(&app.orders.saga, &saga_id, state)
+        .await
+    {
+        Ok(record) => record,
+        // Another replica started this attempt first.
+        Err(trellis_saga::Error::AlreadyExists { .. }) => return Ok(None),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    if record.status != SagaStatus::Completed {
+        tracing::warn!(order_id, attempt, status = ?record.status, error = ?record.error, "validation saga did not complete");
+    }
+    let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+    app.orders
+        .projection
+        .wait_for(head, Duration::from_secs(5))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Some(
+        app.orders
+            .summary(order_id)
+            .await?
+            .map(|row| row.status)
+            .unwrap_or_default(),
+    ))
 }
 
 /// The orders service: its event store, saga orchestrator and read model.
@@ -808,6 +1045,8 @@ pub(crate) struct Orders {
     pub(crate) store: OrderStore,
     pub(crate) orchestrator: trellis_saga::Orchestrator<OrderSagaLog>,
     pub(crate) saga: Saga<PlaceOrder>,
+    /// The place-order saga's deadline.
+    pub(crate) deadline: Duration,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
     pub(crate) read_db: ReadDb,
 }
@@ -822,11 +1061,42 @@ fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
 /// for later validation while inventory's breaker is open), finishes or
 /// compensates the sagas a previous run left mid-flight, and starts the
 /// order-summary projection.
+/// How the orders service runs its sagas.
+#[derive(Debug, Clone)]
+pub(crate) struct SagaOptions {
+    /// The lease owner: unique per process ([`process_owner`]).
+    pub(crate) owner: String,
+    /// The place-order saga's deadline.
+    pub(crate) deadline: Duration,
+    /// How long a saga lease lasts without renewal; an orphaned saga is
+    /// adopted within about one and a half of it.
+    pub(crate) lease_ttl: Duration,
+}
+
+/// A lease owner unique to this process: `{service}@{host}/{start id}`.
+/// A restarted or rescheduled process is a new owner: it adopts its
+/// predecessor's sagas once their leases expire and never runs a step a
+/// live owner holds.
+pub(crate) fn process_owner(service: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let start = uuid::Uuid::new_v4().simple().to_string();
+    format!("{service}@{host}/{}", &start[..12])
+}
+
 pub(crate) async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
     read_db: ReadDb,
-    owner: &str,
+    options: SagaOptions,
     inventory_raw: InventoryClient,
     payment_raw: PaymentClient,
     prices: Prices,
@@ -892,19 +1162,23 @@ pub(crate) async fn open(
         inventory_with_fallback,
         inventory_plain,
         payment_client,
+        options.deadline,
     );
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
-    let orchestrator =
-        trellis_saga::Orchestrator::new(saga_log, owner).with_compensation_retry(POST_PIVOT_RETRY);
-    // Sagas a previous run left mid-flight finish (or compensate) before we
-    // serve: each step re-runs with its same idempotency key.
-    for (id, outcome) in orchestrator.recover(&saga).await? {
-        match outcome {
-            Ok(record) => tracing::info!(saga = id, status = ?record.status, "recovered saga"),
-            Err(error) => tracing::warn!(saga = id, %error, "could not recover saga"),
-        }
-    }
+    let orchestrator = trellis_saga::Orchestrator::new(saga_log.clone(), options.owner.as_str())
+        .with_lease_ttl(options.lease_ttl)
+        .with_compensation_retry(POST_PIVOT_RETRY);
+    // The adopter resumes sagas whose owner's lease expired (a dead or
+    // rescheduled process, a lost renewal). Its own owner name keeps it
+    // off the sagas this process runs: their leases are live.
+    let adopter = trellis_saga::Orchestrator::new(saga_log, format!("{}/adopter", options.owner))
+        .with_lease_ttl(options.lease_ttl)
+        .with_compensation_retry(POST_PIVOT_RETRY);
+    // Sagas a previous run left mid-flight whose leases have expired finish
+    // (or compensate) before we serve: each step re-runs with its same
+    // idempotency key. The rest are adopted when their leases expire.
+    adopt_orphans(&adopter, &saga).await?;
     let projection = match &read_db {
         ReadDb::Sqlite(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
@@ -922,6 +1196,7 @@ pub(crate) async fn open(
             store,
             orchestrator,
             saga,
+            deadline: options.deadline,
             projection,
             read_db,
         },
@@ -932,7 +1207,52 @@ pub(crate) async fn open(
         validating: tokio::sync::Mutex::new(()),
     });
     validate_when_inventory_is_back(&app);
+    spawn_adopter(&app, adopter, options.lease_ttl);
     Ok(app)
+}
+
+/// One adoption pass: resumes every in-flight place-order saga whose lease
+/// is free or expired; sagas a live owner holds are left to it.
+async fn adopt_orphans(
+    adopter: &trellis_saga::Orchestrator<OrderSagaLog>,
+    saga: &Saga<PlaceOrder>,
+) -> Result<usize, trellis_saga::Error> {
+    let mut adopted = 0;
+    for (id, outcome) in adopter.recover(saga).await? {
+        match outcome {
+            Ok(record) => {
+                adopted += 1;
+                tracing::info!(saga = id, status = ?record.status, "adopted saga");
+            }
+            Err(trellis_saga::Error::Leased { .. }) => {}
+            Err(error) => tracing::warn!(saga = id, %error, "could not adopt saga"),
+        }
+    }
+    Ok(adopted)
+}
+
+/// Adopts orphaned sagas every quarter of the lease TTL, in every orders
+/// instance and both run modes, for as long as the service lives (the task
+/// holds only a weak reference). A failed pass is retried on the next tick.
+fn spawn_adopter(
+    app: &OrdersState,
+    adopter: trellis_saga::Orchestrator<OrderSagaLog>,
+    lease_ttl: Duration,
+) {
+    let weak = Arc::downgrade(app);
+    let every = (lease_ttl / 4).max(Duration::from_millis(50));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(app) = weak.upgrade() else { return };
+            if let Err(error) = adopt_orphans(&adopter, &app.orders.saga).await {
+                tracing::warn!(%error, "adopting orphaned sagas failed");
+            }
+        }
+    });
 }
 
 /// Validates the PENDING_VALIDATION orders whenever inventory's breaker

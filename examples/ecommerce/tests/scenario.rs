@@ -253,6 +253,7 @@ async fn an_order_whose_reservation_expired_mid_saga_is_rejected_and_refunded() 
         addr: "127.0.0.1:0".parse().unwrap(),
         drain: std::time::Duration::from_millis(10),
         reservation_ttl: std::time::Duration::from_millis(300),
+        ..ecommerce::Config::default()
     })
     .await
     .unwrap();
