@@ -213,9 +213,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let (shipping_routes, shipping_db) = crate::shipping::router(dir, events.clone()).await?;
     let (analytics_routes, analytics_db) = crate::analytics::router(dir, events.clone()).await?;
     let store = OrderStore::Sqlite(events);
-    let saga_log = OrderSagaLog::Sqlite(
-        trellis_saga::SqliteSagaLog::with_pool(db::open(dir, "orders-sagas").await?).await?,
-    );
+    let sagas_db = db::open(dir, "orders-sagas").await?;
+    let saga_log =
+        OrderSagaLog::Sqlite(trellis_saga::SqliteSagaLog::with_pool(sagas_db.clone()).await?);
 
     let inv = inventory.clone();
     let inventory_raw =
@@ -259,8 +259,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     for (name, pool) in [
         ("orders-read-db", read_db.clone()),
-        ("shipping-db", shipping_db),
-        ("analytics-db", analytics_db),
+        ("shipping-db", shipping_db.clone()),
+        ("analytics-db", analytics_db.clone()),
     ] {
         health.check(
             Check::new(name, SqliteCheck::new(pool))
@@ -298,6 +298,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 inventory: inventory_db.clone(),
                 payments: payments_db.clone(),
                 read_db: read_db.clone(),
+                sagas: sagas_db,
+                shipping: shipping_db,
+                analytics: analytics_db,
                 stock_baseline,
             }),
             validator.clone(),

@@ -702,6 +702,8 @@ mod tests {
                 "ECOMMERCE_NATS_URL" => "nats://n:4222",
                 "ECOMMERCE_DRAIN" => "9s",
                 "ECOMMERCE_RESERVATION_TTL" => "2m",
+                "ECOMMERCE_SAGA_DEADLINE" => "45s",
+                "ECOMMERCE_SAGA_LEASE_TTL" => "3s",
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",

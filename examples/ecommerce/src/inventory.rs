@@ -1011,4 +1011,55 @@ mod tests {
         assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn a_reserve_after_its_reservation_expired_reserves_again() {
+        let (inventory, clock, dir) = inventory_with_clock("again").await;
+        let key = "o3/1/action";
+        inventory.call(reserve(key, 2)).await.unwrap();
+        clock.advance(TTL);
+        assert_eq!(inventory.sweep_expired(SWEEP_BATCH).await.unwrap(), 1);
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
+        // A validation re-reserving under the same key holds stock again
+        // (it used to answer "reserved" and hold nothing).
+        assert_eq!(
+            inventory.call(reserve(key, 2)).await.unwrap(),
+            InventoryReply::Reserved {
+                reservation: key.into()
+            }
+        );
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 3);
+        assert_eq!(
+            inventory.reservation_status(key).await.unwrap().as_deref(),
+            Some("RESERVED")
+        );
+        // Its fresh expiry lets it be confirmed.
+        assert_eq!(
+            inventory.call(confirm(key)).await.unwrap(),
+            InventoryReply::Done
+        );
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reserve_after_its_release_answers_not_held() {
+        let (inventory, dir) = inventory("released").await;
+        let key = "o4/1/action";
+        inventory.call(reserve(key, 1)).await.unwrap();
+        inventory
+            .call(InventoryRequest::Release {
+                reservation: key.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            inventory.call(reserve(key, 1)).await.unwrap(),
+            InventoryReply::NotHeld {
+                status: "RELEASED".into()
+            }
+        );
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -195,6 +195,7 @@ pub(crate) fn place_order_saga(
     inventory: InventoryClient,
     inventory_plain: InventoryClient,
     payments: PaymentClient,
+    refunds: PaymentClient,
     deadline: Duration,
 ) -> Saga<PlaceOrder> {
     let (o1, o2, o3) = (orders.clone(), orders.clone(), orders);
@@ -204,7 +205,7 @@ pub(crate) fn place_order_saga(
         inventory_plain.clone(),
         inventory_plain,
     );
-    let (pay_charge, pay_refund, pay_settle) = (payments.clone(), payments.clone(), payments);
+    let (pay_charge, pay_refund, pay_settle) = (payments, refunds.clone(), refunds);
     Saga::new("place-order")
         .step(Step::new(
             "record-order",
@@ -227,14 +228,6 @@ pub(crate) fn place_order_saga(
                 let orders = o2.clone();
                 let (inventory, payments) = (inv_settle.clone(), pay_settle.clone());
                 async move {
-                    // Settle by key whatever the saga recorded: a step whose
-                    // outcome is unknown (a crash or a timeout mid-call, a
-                    // deadline that passed while orders was down) may have
-                    // reserved or charged all the same, and its own
-                    // compensation runs only when its success was recorded.
-                    // Both calls are idempotent and remembered when early:
-                    // the late reserve or charge takes nothing.
-                    settle_by_key(&s, &cx.saga_id, &inventory, &payments).await?;
                     let reason = if s.payment.is_none() && s.reservation.is_some() {
                         "payment failed"
                     } else if s.reservation.is_none() {
@@ -251,6 +244,18 @@ pub(crate) fn place_order_saga(
                         )
                         .await
                         .map_err(step_err)?;
+                    // Then settle by key whatever the saga recorded: a step
+                    // whose outcome is unknown (a crash or a timeout
+                    // mid-call, a deadline that passed while orders was
+                    // down) may have reserved or charged all the same, and
+                    // its own compensation runs only when its success was
+                    // recorded. Both calls are idempotent and remembered
+                    // when early: the late reserve or charge takes nothing.
+                    // The rejection comes first so the customer's answer
+                    // does not wait out an outage of the service to settle
+                    // with (the saga stays compensating until it answers;
+                    // the audit counts it open meanwhile).
+                    settle_by_key(&s, &cx.saga_id, &inventory, &payments).await?;
                     Ok(())
                 }
             },
@@ -565,7 +570,7 @@ macro_rules! order_summary_projection {
                         status,
                         reason,
                     }) => {
-                        sqlx::query(
+                        let updated = sqlx::query(
                             "UPDATE order_summaries SET status = $1, reason = $2 WHERE order_id = $3",
                         )
                         .bind(status)
@@ -573,6 +578,11 @@ macro_rules! order_summary_projection {
                         .bind(order_id)
                         .execute(&mut **tx)
                         .await?;
+                        // No row: this model never applied the order's
+                        // Placed. An error to retry, not a lost update.
+                        if updated.rows_affected() == 0 {
+                            return Err(crate::readmodel::not_placed(order_id, event));
+                        }
                     }
                 }
                 Ok(())
@@ -727,6 +737,56 @@ async fn await_saga(
     }
 }
 
+/// Waits for the saga to end, or, once it compensates, for its order to be
+/// REJECTED (the first compensation's first write): the rest, settling
+/// by key with inventory and payments, may wait out their outage and goes
+/// on in the background. The early answer carries the record as the
+/// compensation left it.
+async fn decided(
+    app: &OrdersApp,
+    order_id: &str,
+    mut saga: tokio::task::JoinHandle<trellis_saga::Result<trellis_saga::SagaRecord>>,
+    mut events: tokio::sync::broadcast::Receiver<trellis_saga::SagaEvent>,
+) -> Result<trellis_saga::Result<trellis_saga::SagaRecord>, tokio::task::JoinError> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut compensating: Option<trellis_saga::SagaRecord> = None;
+    loop {
+        if let Some(record) = &compensating {
+            tokio::select! {
+                result = &mut saga => return result,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if let Ok(Some(row)) = app.orders.summary(order_id).await
+                        && row.status == "REJECTED"
+                    {
+                        return Ok(Ok(record.clone()));
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            result = &mut saga => return result,
+            event = events.recv() => match event {
+                Ok(event) if event.saga_id == order_id && event.status == SagaStatus::Compensating => {
+                    compensating = Some(trellis_saga::SagaRecord {
+                        id: event.saga_id,
+                        name: event.saga_name,
+                        status: event.status,
+                        cursor: 0,
+                        state: serde_json::Value::Null,
+                        error: event.error,
+                        failed_step: None,
+                        deadline_ms: None,
+                    });
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                // No sender: the orchestrator is gone; the task answers.
+                Err(RecvError::Closed) => return saga.await,
+            }
+        }
+    }
+}
+
 /// Places an order through the saga; answers once the read model has it.
 ///
 /// The saga runs on its own task: a client that hangs up, or a gateway
@@ -806,6 +866,8 @@ pub(crate) async fn place(
         pending_validation: false,
     };
     let wait = place_wait(&app);
+    // Subscribed before the start, so no event of this saga is missed.
+    let events = app.orders.orchestrator.subscribe();
     let saga = {
         let (app, order_id) = (app.clone(), order_id.clone());
         tokio::spawn(async move {
@@ -815,23 +877,21 @@ pub(crate) async fn place(
                 .await
         })
     };
-    let (record, head) = match tokio::time::timeout(wait, saga).await {
-        Ok(Ok(Ok(record))) => (Some(record), app.orders.appended_head()),
-        // The key was used before (or is in use right now, maybe on
-        // another replica): answer its order, once its saga has ended.
-        Ok(Ok(Err(trellis_saga::Error::AlreadyExists { .. }))) if key.is_some() => {
-            let record = await_saga(&app, &order_id, wait).await?;
-            let head = app.orders.store_head().await.map_err(ApiError::internal)?;
-            (record, head)
-        }
-        Ok(Ok(Err(e))) => return Err(ApiError::internal(e)),
-        Ok(Err(join)) => return Err(ApiError::internal(join)),
-        // Still running: the adopter or a later answer finishes it.
-        Err(_elapsed) => (None, app.orders.appended_head()),
-    };
-    let finished = record
-        .as_ref()
-        .filter(|r| !matches!(r.status, SagaStatus::Running | SagaStatus::Compensating));
+    let (record, head) =
+        match tokio::time::timeout(wait, decided(&app, &order_id, saga, events)).await {
+            Ok(Ok(Ok(record))) => (Some(record), app.orders.appended_head()),
+            // The key was used before (or is in use right now, maybe on
+            // another replica): answer its order, once its saga has ended.
+            Ok(Ok(Err(trellis_saga::Error::AlreadyExists { .. }))) if key.is_some() => {
+                let record = await_saga(&app, &order_id, wait).await?;
+                let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+                (record, head)
+            }
+            Ok(Ok(Err(e))) => return Err(ApiError::internal(e)),
+            Ok(Err(join)) => return Err(ApiError::internal(join)),
+            // Still running: the adopter or a later answer finishes it.
+            Err(_elapsed) => (None, app.orders.appended_head()),
+        };
     if let Some(record) = &record
         && !matches!(
             record.status,
@@ -847,6 +907,9 @@ pub(crate) async fn place(
         .await
         .map_err(ApiError::internal)?;
     let row = app.orders.summary(&order_id).await?;
+    // Decided: CONFIRMED, REJECTED or PENDING_VALIDATION. Else the saga is
+    // still running: 202, and the order is finished in the background.
+    let decided = row.as_ref().is_some_and(|row| row.status != "PLACED");
     let mut body = match row {
         Some(row) => serde_json::to_value(row).map_err(ApiError::internal)?,
         None => serde_json::json!({ "order_id": order_id, "status": "PLACED" }),
@@ -857,7 +920,7 @@ pub(crate) async fn place(
         }
         None => serde_json::json!({ "status": "Running", "error": null }),
     };
-    let status = if finished.is_some() {
+    let status = if decided {
         StatusCode::CREATED
     } else {
         StatusCode::ACCEPTED
@@ -942,7 +1005,7 @@ const MAX_VALIDATIONS: u32 = 100;
 
 /// [`validate_pending`] for a caller that holds `app.validating`.
 ///
-/// Each attempt is its own saga `{order_id}/validate/{n}`, numbered: an
+/// Each attempt is its own saga ([`validation_saga_id`]), numbered: an
 /// attempt that met inventory down again (the order stays pending) is
 /// followed by attempt n + 1 on the next pass. An order whose attempt
 /// fails, or is still running elsewhere, is reported and skipped: it never
@@ -972,6 +1035,17 @@ async fn validate_pending_locked(app: &OrdersApp) -> Result<Vec<(String, String)
     Ok(outcomes)
 }
 
+/// The saga id of validation attempt `attempt` (from 1) of `order_id`:
+/// `{order_id}/validate`, then `{order_id}/validate/2`, ... (the first
+/// keeps the name validations had before they were numbered).
+pub(crate) fn validation_saga_id(order_id: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        format!("{order_id}/validate")
+    } else {
+        format!("{order_id}/validate/{attempt}")
+    }
+}
+
 /// The next validation attempt of `order_id`, if none is running: its
 /// status afterwards, or `None` when it was skipped.
 async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>, ApiError> {
@@ -982,7 +1056,7 @@ async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>,
     };
     let mut attempt = 1;
     let saga_id = loop {
-        let id = format!("{order_id}/validate/{attempt}");
+        let id = validation_saga_id(order_id, attempt);
         match log.load(&id).await.map_err(ApiError::internal)? {
             None => break id,
             Some(record)
@@ -1152,6 +1226,19 @@ pub(crate) async fn open(
     );
     let payment_client: PaymentClient = BoxCloneSyncService::new(
         payment_policy
+            .layer(payment_faults.layer().layer(payment_raw.clone()))
+            .map_err(to_box),
+    );
+    // Refunds (compensations) skip the breaker and the quota: they have
+    // their own retry schedule (POST_PIVOT_RETRY), and a breaker opened by
+    // an outage would keep failing them for its whole wait after the
+    // provider is back, parking the sagas for an operator.
+    let mut refund_config = PolicyConfig::recommended("payments-refunds");
+    refund_config.circuit_breaker = None;
+    refund_config.rate_limit = None;
+    let refund_policy = with_retry(ResiliencePolicy::from_config(refund_config)?)?;
+    let refund_client: PaymentClient = BoxCloneSyncService::new(
+        refund_policy
             .layer(payment_faults.layer().layer(payment_raw))
             .map_err(to_box),
     );
@@ -1162,6 +1249,7 @@ pub(crate) async fn open(
         inventory_with_fallback,
         inventory_plain,
         payment_client,
+        refund_client,
         options.deadline,
     );
     // Compensations outlast a short outage of the service they call
@@ -1519,6 +1607,22 @@ mod tests {
 }
 
 #[cfg(test)]
+mod summary_tests {
+    use super::OrderSummary;
+    use crate::readmodel::testing;
+
+    #[tokio::test]
+    async fn an_event_of_an_order_never_placed_is_an_error() {
+        let pool = testing::sqlite().await;
+        testing::unseen_orders_are_errors(&pool, &OrderSummary).await;
+        if let Some((pool, schema)) = testing::postgres("summary_unseen").await {
+            testing::unseen_orders_are_errors(&pool, &OrderSummary).await;
+            testing::drop_schema(pool, &schema).await;
+        }
+    }
+}
+
+#[cfg(test)]
 mod degraded_mode_tests {
     use std::time::{Duration, Instant};
 
@@ -1647,6 +1751,124 @@ mod degraded_mode_tests {
             }
             assert_eq!(running.net_charges(id).await.unwrap(), 1, "charged once");
         }
+        running.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Validation attempts are numbered and one order never stops the
+    /// pass: a first pass while inventory is still down leaves both orders
+    /// pending (attempt 1 each); one order's attempt 2 is then held by a
+    /// live run elsewhere, and the next pass skips it and confirms the
+    /// other with attempt 2 (a fixed saga id would refuse it as a repeat).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn validation_attempts_are_numbered_and_one_order_never_stops_the_others() {
+        use trellis_saga::{Lease, SagaLog, SagaRecord, SagaStatus};
+
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-numbered-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let running = crate::start(crate::Config {
+            data_dir: dir.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            drain: Duration::from_millis(10),
+            ..crate::Config::default()
+        })
+        .await
+        .unwrap();
+        let app = running.orders_app().clone();
+        let api = ApiClient::new(running.base_url());
+        let credentials = json!({ "email": "numbered@example.com", "password": "a long password" });
+        api.json(
+            Method::POST,
+            "/api/v1/identity/register",
+            None,
+            Some(credentials.clone()),
+        )
+        .await
+        .unwrap();
+        let r = api
+            .json(
+                Method::POST,
+                "/api/v1/identity/login",
+                None,
+                Some(credentials),
+            )
+            .await
+            .unwrap();
+        let token = r.body["access_token"].as_str().unwrap().to_owned();
+        app.inventory_breaker.force_open();
+        let order =
+            json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": "4242424242424242" });
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            let r = api
+                .json(
+                    Method::POST,
+                    "/api/v1/orders",
+                    Some(&token),
+                    Some(order.clone()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.body["status"], "PENDING_VALIDATION", "{:?}", r.body);
+            pending.push(r.body["order_id"].as_str().unwrap().to_owned());
+        }
+
+        // Inventory still down: attempt 1 of each defers again.
+        let first = super::validate_pending(&app).await.unwrap();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(
+            first.iter().all(|(_, s)| s == "PENDING_VALIDATION"),
+            "{first:?}"
+        );
+        let log = app.orders.orchestrator.log();
+        for id in &pending {
+            let attempt = log.load(&format!("{id}/validate")).await.unwrap();
+            assert_eq!(attempt.map(|r| r.status), Some(SagaStatus::Completed));
+        }
+
+        // The first order's attempt 2 is running on another (live) owner.
+        let held = format!("{}/validate/2", pending[0]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let record = SagaRecord {
+            id: held.clone(),
+            name: "place-order".into(),
+            status: SagaStatus::Running,
+            cursor: 0,
+            state: log.load(&pending[0]).await.unwrap().unwrap().state,
+            error: None,
+            failed_step: None,
+            deadline_ms: None,
+        };
+        let lease = Lease {
+            owner: "orders@elsewhere/1",
+            now_ms: now,
+            until_ms: now + 60_000,
+        };
+        log.create(&record, lease, &[]).await.unwrap();
+
+        // Holding the pass lock, as the operator's "close" does, so the
+        // watcher woken by the reset does not run this pass first.
+        let one_pass = app.validating.lock().await;
+        app.inventory_breaker.reset();
+        let second = super::validate_pending_locked(&app).await.unwrap();
+        drop(one_pass);
+        assert_eq!(
+            second,
+            vec![(pending[1].clone(), "CONFIRMED".to_owned())],
+            "the held order is skipped, the other validated"
+        );
+        let attempt = log
+            .load(&format!("{}/validate/2", pending[1]))
+            .await
+            .unwrap();
+        assert_eq!(attempt.map(|r| r.status), Some(SagaStatus::Completed));
+        assert_eq!(running.net_charges(&pending[1]).await.unwrap(), 1);
+        assert_eq!(running.net_charges(&pending[0]).await.unwrap(), 0);
         running.shutdown().await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -326,3 +326,95 @@ pub(crate) async fn refund(
         .await?;
     Ok(Json(serde_json::json!({ "status": "refunded" })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn payments(name: &str) -> (Payments, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-payments-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = crate::db::open_any(&dir, "payments").await.unwrap();
+        (Payments::open(pool).await.unwrap(), dir)
+    }
+
+    fn charge(key: &str) -> PaymentRequest {
+        PaymentRequest::Charge {
+            key: key.into(),
+            order_id: "o1".into(),
+            amount_cents: 2500,
+            card: "4242424242424242".into(),
+        }
+    }
+
+    fn refund_by_key(key: &str, charge_key: &str) -> PaymentRequest {
+        PaymentRequest::Refund {
+            key: key.into(),
+            payment: None,
+            charge_key: Some(charge_key.into()),
+            order_id: Some("o1".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refund_by_key_refunds_the_charge_made_under_it() {
+        let (payments, dir) = payments("by-key").await;
+        let reply = payments.call(charge("o1/2/action")).await.unwrap();
+        assert!(matches!(reply, PaymentReply::Charged { .. }), "{reply:?}");
+        assert_eq!(payments.net_charges("o1").await.unwrap(), 1);
+        // The saga never recorded the payment id: the key is enough.
+        for key in ["o1/0/settle-charge", "o1/0/settle-charge", "another"] {
+            assert_eq!(
+                payments
+                    .call(refund_by_key(key, "o1/2/action"))
+                    .await
+                    .unwrap(),
+                PaymentReply::Refunded
+            );
+        }
+        assert_eq!(payments.net_charges("o1").await.unwrap(), 0);
+        let refunds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refunds")
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+        assert_eq!(refunds, 1, "refunded once");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refund_by_key_before_the_charge_cancels_it() {
+        let (payments, dir) = payments("cancel").await;
+        assert_eq!(
+            payments
+                .call(refund_by_key("o1/0/settle-charge", "o1/2/action"))
+                .await
+                .unwrap(),
+            PaymentReply::Refunded
+        );
+        // The charge call that was still in flight arrives late: refused.
+        let late = payments.call(charge("o1/2/action")).await.unwrap();
+        assert!(matches!(late, PaymentReply::Declined { .. }), "{late:?}");
+        assert_eq!(payments.net_charges("o1").await.unwrap(), 0);
+        // A declined charge's key refunds nothing.
+        let declined = PaymentRequest::Charge {
+            key: "o2/2/action".into(),
+            order_id: "o2".into(),
+            amount_cents: 100,
+            card: DECLINED_CARD.into(),
+        };
+        payments.call(declined).await.unwrap();
+        payments
+            .call(refund_by_key("o2/0/settle-charge", "o2/2/action"))
+            .await
+            .unwrap();
+        let refunds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refunds")
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+        assert_eq!(refunds, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
