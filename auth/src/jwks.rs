@@ -63,6 +63,10 @@ pub struct HttpJwksFetcher {
 impl HttpJwksFetcher {
     /// A fetcher for `uri`, accepting bodies up to 256 KiB.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `uri` does not parse or is not `http://`.
+    ///
     /// # Examples
     ///
     /// ```
@@ -103,15 +107,15 @@ impl JwksFetcher for HttpJwksFetcher {
                 .client
                 .get(self.uri.clone())
                 .await
-                .map_err(|e| Error::JwksFetch(e.to_string()))?;
+                .map_err(Error::jwks_fetch)?;
             if !resp.status().is_success() {
-                return Err(Error::JwksFetch(format!("status {}", resp.status())));
+                return Err(Error::jwks_fetch(format!("status {}", resp.status())));
             }
             let max_age = max_age(resp.headers());
             let body = Limited::new(resp.into_body(), self.max_body)
                 .collect()
                 .await
-                .map_err(|e| Error::JwksFetch(e.to_string()))?
+                .map_err(Error::jwks_fetch)?
                 .to_bytes();
             Ok(JwksDocument { body, max_age })
         })
@@ -263,6 +267,11 @@ impl JwksKeys {
 
     /// Creates the cache, fetches once (failing if that fetch fails) and
     /// starts the background refresh. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The first fetch's error ([`Error::JwksFetch`], [`Error::JwksTimeout`]):
+    /// a service should not start without keys.
     pub async fn start(fetcher: impl JwksFetcher, config: JwksConfig) -> Result<Arc<Self>> {
         let keys = Self::new(fetcher, config);
         keys.refresh().await?;
@@ -286,6 +295,11 @@ impl JwksKeys {
 
     /// Fetches now (ignoring the unknown-kid rate limit), or joins a fetch
     /// already running. On failure the previous keys stay in use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JwksFetch`] when the fetch or the document fails (no usable
+    /// key, bad JSON), [`Error::JwksTimeout`] when it does not finish in time.
     pub async fn refresh(&self) -> Result<()> {
         let mut rx = self.done.subscribe();
         let lead = {
@@ -304,7 +318,7 @@ impl JwksKeys {
             if self.lock().last_ok {
                 Ok(())
             } else {
-                Err(Error::JwksFetch("concurrent refresh failed".into()))
+                Err(Error::jwks_fetch("concurrent refresh failed"))
             }
         }
     }
@@ -339,8 +353,7 @@ impl JwksKeys {
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let parsed: Doc = serde_json::from_slice(&doc.body)
-            .map_err(|e| Error::JwksFetch(format!("json: {e}")))?;
+        let parsed: Doc = serde_json::from_slice(&doc.body).map_err(Error::jwks_fetch)?;
         let jwks = JwkSet {
             keys: parsed
                 .keys
@@ -351,7 +364,7 @@ impl JwksKeys {
         };
         let set = KeySet::from_jwks(&jwks, self.config.max_keys);
         if set.is_empty() {
-            return Err(Error::JwksFetch("document holds no usable key".into()));
+            return Err(Error::jwks_fetch("document holds no usable key"));
         }
         self.current.store(Arc::new(set));
         let (lo, hi) = self.config.ttl_bounds;

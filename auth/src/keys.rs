@@ -36,6 +36,10 @@ impl VerificationKey {
     /// Binds `key` to `algorithm`; fails when the key's family is not the
     /// algorithm's (an RSA key declared for HS256, say).
     ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the key's family is not `algorithm`'s.
+    ///
     /// # Examples
     ///
     /// ```
@@ -48,7 +52,7 @@ impl VerificationKey {
     /// ```
     pub fn new(kid: Option<String>, algorithm: Algorithm, key: DecodingKey) -> Result<Self> {
         if key.family() != algorithm.family() {
-            return Err(Error::InvalidKey(format!(
+            return Err(Error::invalid_key(format!(
                 "a {:?} key cannot verify {algorithm:?}",
                 key.family()
             )));
@@ -61,6 +65,11 @@ impl VerificationKey {
     }
 
     /// Loads a public key in PEM (RSA, EC or Ed25519 according to `algorithm`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] when the PEM holds no public key of `algorithm`'s
+    /// family, or `algorithm` is HMAC.
     pub fn from_pem(kid: Option<String>, algorithm: Algorithm, pem: &[u8]) -> Result<Self> {
         use jsonwebtoken::AlgorithmFamily as F;
         let key = match algorithm.family() {
@@ -68,10 +77,10 @@ impl VerificationKey {
             F::Ec => DecodingKey::from_ec_pem(pem),
             F::Ed => DecodingKey::from_ed_pem(pem),
             F::Hmac => {
-                return Err(Error::InvalidKey("HMAC keys are secrets, not PEM".into()));
+                return Err(Error::invalid_key("HMAC keys are secrets, not PEM"));
             }
         }
-        .map_err(|e| Error::InvalidKey(e.to_string()))?;
+        .map_err(|e| Error::invalid_key_by("unreadable PEM", e))?;
         Self::new(kid, algorithm, key)
     }
 
@@ -79,33 +88,41 @@ impl VerificationKey {
     /// when absent, from the key type (`OKP`/Ed25519 → EdDSA, `EC`/P-256 →
     /// ES256, `RSA` → RS256). Symmetric (`oct`) keys are refused: a shared
     /// secret has no business in a published key set.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] for symmetric keys, unsupported key types or
+    /// curves, an unknown `alg`, or key parameters that do not decode.
     pub fn from_jwk(jwk: &Jwk) -> Result<Self> {
         let inferred = match &jwk.algorithm {
             AlgorithmParameters::OctetKey(_) => {
-                return Err(Error::InvalidKey(
-                    "symmetric keys are not accepted from a JWKS".into(),
+                return Err(Error::invalid_key(
+                    "symmetric keys are not accepted from a JWKS",
                 ));
             }
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(p) => match p.curve {
                 EllipticCurve::P256 => Algorithm::ES256,
                 EllipticCurve::P384 => Algorithm::ES384,
-                _ => return Err(Error::InvalidKey("unsupported curve".into())),
+                _ => return Err(Error::invalid_key("unsupported curve")),
             },
             AlgorithmParameters::OctetKeyPair(p) => match p.curve {
                 EllipticCurve::Ed25519 => Algorithm::EdDSA,
-                _ => return Err(Error::InvalidKey("unsupported curve".into())),
+                _ => return Err(Error::invalid_key("unsupported curve")),
             },
-            _ => return Err(Error::InvalidKey("unsupported key type".into())),
+            _ => return Err(Error::invalid_key("unsupported key type")),
         };
         let algorithm = match jwk.common.key_algorithm {
             None => inferred,
             Some(KeyAlgorithm::UNKNOWN_ALGORITHM) => {
-                return Err(Error::InvalidKey("unknown alg".into()));
+                return Err(Error::invalid_key("unknown alg"));
             }
-            Some(a) => Algorithm::try_from(a).map_err(|e| Error::InvalidKey(e.to_string()))?,
+            Some(a) => {
+                Algorithm::try_from(a).map_err(|e| Error::invalid_key_by("unsupported alg", e))?
+            }
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::InvalidKey(e.to_string()))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| Error::invalid_key_by("unusable JWK", e))?;
         Self::new(jwk.common.key_id.clone(), algorithm, key)
     }
 

@@ -20,7 +20,7 @@ pub mod jwks;
 pub mod mtls;
 
 pub use claims::{ClaimLookup, Claims, OneOrMany};
-pub use error::{BearerError, Error, Result};
+pub use error::{BearerError, BoxError, Error, ErrorKind, Result};
 pub use jwt::{JwtAuth, JwtAuthLayer};
 pub use keys::{KeyProvider, KeySet, RefreshFuture, VerificationKey};
 pub use response::{AuthRejection, rejection_response};

@@ -187,6 +187,11 @@ impl ValidatorBuilder {
     }
 
     /// Builds the validator; fails on an empty allow-list or a zero bound.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] on an empty algorithm allow-list or a zero
+    /// `max_token_len`.
     pub fn build<T>(self) -> Result<Validator<T>> {
         if self.algorithms.is_empty() {
             return Err(Error::Config("empty algorithm allow-list".into()));
@@ -285,17 +290,15 @@ impl<T> Validator<T> {
         }
         let header_b64 = match token.split_once('.') {
             Some((h, rest)) if rest.bytes().filter(|b| *b == b'.').count() == 1 => h,
-            _ => return Err(Error::Malformed("expected three segments".into())),
+            _ => return Err(Error::malformed("expected three segments")),
         };
         let bytes = URL_SAFE_NO_PAD
             .decode(header_b64)
-            .map_err(|e| Error::Malformed(format!("header: {e}")))?;
+            .map_err(|e| Error::malformed_by("header", e))?;
         let raw: RawHeader =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(format!("header: {e}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| Error::malformed_by("header", e))?;
         if raw.crit.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(Error::Malformed(
-                "unsupported critical header extension".into(),
-            ));
+            return Err(Error::malformed("unsupported critical header extension"));
         }
         let alg = parse_alg(&raw.alg)
             .filter(|a| self.inner.algorithms.contains(a))
@@ -317,6 +320,16 @@ impl<T: DeserializeOwned> Validator<T> {
     /// This never fetches keys: an unknown `kid` is [`Error::UnknownKid`]
     /// (the tower layer asks the provider for a refresh and tries again).
     ///
+    /// # Errors
+    ///
+    /// The rejection, always of kind
+    /// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected):
+    /// [`Error::TooLarge`], [`Error::Malformed`],
+    /// [`Error::AlgorithmNotAllowed`], [`Error::UnknownKid`],
+    /// [`Error::BadSignature`], [`Error::Expired`], [`Error::NotYetValid`],
+    /// [`Error::InvalidIssuer`], [`Error::InvalidAudience`],
+    /// [`Error::MissingClaim`] or [`Error::Revoked`].
+    ///
     /// # Examples
     ///
     /// ```
@@ -330,7 +343,7 @@ impl<T: DeserializeOwned> Validator<T> {
     /// let claims = serde_json::json!({"sub": "u1", "exp": jsonwebtoken::get_current_timestamp() + 60});
     /// let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(b"secret")).unwrap();
     /// assert_eq!(v.validate(&token).unwrap().sub.as_deref(), Some("u1"));
-    /// assert!(matches!(v.validate("a.b"), Err(Error::Malformed(_))));
+    /// assert!(matches!(v.validate("a.b"), Err(Error::Malformed { .. })));
     /// ```
     pub fn validate(&self, token: &str) -> Result<Claims<T>> {
         let checked = self.check_header(token)?;
@@ -355,7 +368,7 @@ impl<T: DeserializeOwned> Validator<T> {
         // decoded (once, straight into `Claims<T>`) and its claims checked.
         let (message, signature) = token
             .rsplit_once('.')
-            .ok_or_else(|| Error::Malformed("expected three segments".into()))?;
+            .ok_or_else(|| Error::malformed("expected three segments"))?;
         let verified = jsonwebtoken::crypto::verify(
             signature,
             message.as_bytes(),
@@ -369,9 +382,9 @@ impl<T: DeserializeOwned> Validator<T> {
         let payload_b64 = message.split_once('.').map(|(_, p)| p).unwrap_or_default();
         let payload = URL_SAFE_NO_PAD
             .decode(payload_b64)
-            .map_err(|e| Error::Malformed(format!("payload: {e}")))?;
-        let claims: Claims<T> = serde_json::from_slice(&payload)
-            .map_err(|e| Error::Malformed(format!("claims: {e}")))?;
+            .map_err(|e| Error::malformed_by("payload", e))?;
+        let claims: Claims<T> =
+            serde_json::from_slice(&payload).map_err(|e| Error::malformed_by("claims", e))?;
         self.check_claims(&claims, jsonwebtoken::get_current_timestamp())?;
         if let Some(rev) = &self.inner.revocation
             && rev.is_revoked(&claims.token_ref())

@@ -53,6 +53,7 @@ impl ConfigError {
 /// assert_eq!(duration::parse("1.5s").unwrap(), Duration::from_millis(1500));
 /// assert!(duration::parse("soon").is_err());
 /// ```
+#[cfg(feature = "config")]
 pub mod duration {
     use serde::{Deserialize, Deserializer, Serializer, de};
     use std::time::Duration;

@@ -22,35 +22,59 @@
 //!
 //! ## Features
 //!
-//! - `http` (default): HTTP adapters — status classification, `Retry-After`,
-//!   429/503/504 responses.
-//! - `redis`: a GCRA rate limiter shared by every replica through Redis.
+//! One feature per middleware, as tower has, so a crate that needs only a
+//! breaker builds only the breaker. `full` (the default) turns on all of
+//! them plus `config` and `http`.
+//!
+//! - `circuit-breaker`, `retry`, `rate-limit`, `bulkhead`, `timeout`,
+//!   `fallback`, `fault`: the middleware of the same name.
+//! - `policy`: the composed [`ResiliencePolicy`] (turns on the five layers it
+//!   composes and `config`).
+//! - `config`: serde (de)serialization of every configuration type and the
+//!   TOML/environment loaders; without it the configs are plain structs and
+//!   neither serde nor toml is built.
+//! - `http`: HTTP adapters — status classification, `Retry-After`,
+//!   429/503/504 responses (and the HTTP retry policy with `retry`).
+//! - `redis`: a GCRA rate limiter shared by every replica through Redis
+//!   (turns on `rate-limit`).
 //! - `metrics`: prometheus-client metrics registered in your `Registry`.
 //!
 //! MSRV: 1.88.
 
+#[cfg(feature = "bulkhead")]
 pub mod bulkhead;
+#[cfg(feature = "circuit-breaker")]
 pub mod circuit_breaker;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fallback")]
 pub mod fallback;
+#[cfg(feature = "fault")]
 pub mod fault;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "policy")]
 pub mod policy;
+#[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+#[cfg(feature = "retry")]
 pub mod retry;
+#[cfg(feature = "timeout")]
 pub mod timeout;
 
+#[cfg(feature = "circuit-breaker")]
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use error::{BoxError, Error};
+#[cfg(feature = "policy")]
 pub use policy::{PolicyConfig, ResiliencePolicy};
+#[cfg(feature = "rate-limit")]
 pub use rate_limit::{
     KeyedRateLimitLayer, KeyedRateLimiter, RateLimitConfig, RateLimitLayer, RateLimiter,
 };
+#[cfg(feature = "retry")]
 pub use retry::{Backoff, RetryConfig, RetryLayer};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "full"))]
 pub struct ReadmeDoctests;

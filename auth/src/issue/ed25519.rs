@@ -40,7 +40,7 @@ fn pem_of_seed(seed: &[u8; 32]) -> String {
 /// 1 with the public key appended). The seed sits at the same offset in both.
 pub(crate) fn normalize_pem(pem: &[u8]) -> Result<String> {
     let text = std::str::from_utf8(pem)
-        .map_err(|_| Error::InvalidKey("PEM is not UTF-8".into()))?
+        .map_err(|e| Error::invalid_key_by("PEM is not UTF-8", e))?
         .to_owned();
     let Some(body) = text
         .split_once(PEM_BEGIN)
@@ -75,6 +75,11 @@ impl SigningKey {
     /// A new random Ed25519 (EdDSA) key whose `kid` is its RFC 7638
     /// thumbprint. Keep [`SigningKey::private_key_pem`] to use it again.
     ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`] if the freshly generated key cannot be loaded (a
+    /// bug, not an input problem).
+    ///
     /// # Examples
     ///
     /// ```
@@ -97,6 +102,12 @@ impl SigningKey {
     ///
     /// A partially written file is never left behind: the key is written
     /// to a temporary file beside `path` and renamed into place.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be read, or the new key cannot be
+    /// written and renamed into place; [`Error::InvalidKey`] when the file
+    /// holds no Ed25519 key (it is left untouched).
     ///
     /// # Examples
     ///
@@ -151,7 +162,7 @@ impl SigningKey {
         let probe = Self::from_pem("", Algorithm::EdDSA, pem)?;
         let x = match probe.public_jwk().map(|jwk| &jwk.algorithm) {
             Some(AlgorithmParameters::OctetKeyPair(okp)) => okp.x.clone(),
-            _ => return Err(Error::InvalidKey("not an Ed25519 key".into())),
+            _ => return Err(Error::invalid_key("not an Ed25519 key")),
         };
         let pem = probe.private_key_pem().unwrap_or_default().to_owned();
         Self::from_pem(&thumbprint(&x), Algorithm::EdDSA, pem.as_bytes())
@@ -248,7 +259,7 @@ mod tests {
         )
         .unwrap();
         let err = SigningKey::load_or_generate_ed25519(&path).unwrap_err();
-        assert!(matches!(err, Error::InvalidKey(_)), "{err}");
+        assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
         // The file is left as it was for the operator to look at.
         assert!(
             std::fs::read_to_string(&path)

@@ -15,17 +15,22 @@ mod ed25519;
 mod jwks_service;
 mod keyring;
 mod refresh;
+mod token_response;
 
 pub use jwks_service::JwksService;
 pub use keyring::{AccessToken, KeyRing, SigningKey, TokenIssuer};
 pub use refresh::{
-    Consumed, InMemoryRefreshTokenStore, RefreshStatus, RefreshToken, RefreshTokenRecord,
-    RefreshTokenStore, RefreshTokens, TokenHash,
+    Consumed, DEFAULT_FAMILY_LIFETIME, InMemoryRefreshTokenStore, RefreshStatus, RefreshToken,
+    RefreshTokenRecord, RefreshTokenStore, RefreshTokens, TokenHash,
 };
+pub use token_response::{TokenResponse, set_no_store};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
+
+/// What `Debug` prints in place of secret material.
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// `n` random bytes from the thread-local CSPRNG, base64url-encoded.
 pub(crate) fn random_token(n: usize) -> String {

@@ -39,8 +39,12 @@ pub struct RefreshTokenRecord {
     pub subject: String,
     /// Scopes granted.
     pub scopes: Vec<String>,
-    /// When it stops being accepted.
+    /// When it stops being accepted (never after `family_expires_at`).
     pub expires_at: SystemTime,
+    /// The absolute end of its family, fixed at login: rotation hands out
+    /// tokens expiring no later than this, so a stolen token that keeps
+    /// being rotated still dies with the login.
+    pub family_expires_at: SystemTime,
     /// Its status.
     pub status: RefreshStatus,
 }
@@ -63,6 +67,10 @@ pub enum Consumed {
 ///
 /// `consume` must be atomic (active → used in one step); two concurrent
 /// exchanges of one token must not both see `Fresh`.
+///
+/// [`RefreshTokens::rotate`] reads the presented token with `get`, inserts
+/// its successor, and only then `consume`s it: a store that fails to insert
+/// leaves the presented token unspent, so the client can simply retry.
 pub trait RefreshTokenStore: Send + Sync + 'static {
     /// Stores a new active token.
     fn insert(
@@ -70,6 +78,11 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
         hash: TokenHash,
         record: RefreshTokenRecord,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The token's record, unchanged (`None` when unknown).
+    fn get(
+        &self,
+        hash: &TokenHash,
+    ) -> impl Future<Output = Result<Option<RefreshTokenRecord>>> + Send;
     /// Atomically marks the token used and reports what it was.
     fn consume(&self, hash: &TokenHash) -> impl Future<Output = Result<Consumed>> + Send;
     /// Revokes every token of `family`.
@@ -78,7 +91,7 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
 
 /// An in-memory [`RefreshTokenStore`], bounded to `capacity` tokens (expired
 /// tokens are purged when it fills; inserting into a full store of live
-/// tokens fails with [`Error::Store`]).
+/// tokens fails with [`Error::StoreFull`]).
 #[derive(Debug)]
 pub struct InMemoryRefreshTokenStore {
     capacity: usize,
@@ -133,7 +146,9 @@ impl RefreshTokenStore for InMemoryRefreshTokenStore {
                 !hs.is_empty()
             });
             if m.tokens.len() >= self.capacity {
-                return Err(Error::Store("refresh token store full".into()));
+                return Err(Error::StoreFull {
+                    capacity: self.capacity,
+                });
             }
         }
         m.families
@@ -142,6 +157,10 @@ impl RefreshTokenStore for InMemoryRefreshTokenStore {
             .push(hash);
         m.tokens.insert(hash, record);
         Ok(())
+    }
+
+    async fn get(&self, hash: &TokenHash) -> Result<Option<RefreshTokenRecord>> {
+        Ok(self.lock().tokens.get(hash).cloned())
     }
 
     async fn consume(&self, hash: &TokenHash) -> Result<Consumed> {
@@ -172,7 +191,9 @@ impl RefreshTokenStore for InMemoryRefreshTokenStore {
 }
 
 /// A refresh token handed to a client (the only time the plain value exists).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` prints `token: "<redacted>"`, so logging the struct leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken {
     /// The opaque value (32 random bytes, base64url).
     pub token: String,
@@ -182,7 +203,25 @@ pub struct RefreshToken {
     pub expires_at: SystemTime,
 }
 
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("token", &super::REDACTED)
+            .field("family", &self.family)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// How long a refresh-token family lives by default, from login, however
+/// often it is rotated: 30 days.
+pub const DEFAULT_FAMILY_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Issues and rotates refresh tokens over a [`RefreshTokenStore`].
+///
+/// Each token lives `ttl`, and no token outlives its family's absolute
+/// expiry, fixed at login ([`family_lifetime`](Self::family_lifetime),
+/// [`DEFAULT_FAMILY_LIFETIME`] by default): rotation never extends a login.
 ///
 /// # Examples
 ///
@@ -206,6 +245,7 @@ pub struct RefreshToken {
 pub struct RefreshTokens<S> {
     store: S,
     ttl: Duration,
+    family_lifetime: Duration,
     on_reuse: Option<ReuseHook>,
 }
 
@@ -216,6 +256,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RefreshTokens<S> {
         f.debug_struct("RefreshTokens")
             .field("store", &self.store)
             .field("ttl", &self.ttl)
+            .field("family_lifetime", &self.family_lifetime)
             .field("on_reuse", &self.on_reuse.is_some())
             .finish()
     }
@@ -227,8 +268,17 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
         Self {
             store,
             ttl,
+            family_lifetime: DEFAULT_FAMILY_LIFETIME,
             on_reuse: None,
         }
+    }
+
+    /// Sets how long a family lives from login, however often it is
+    /// rotated (the absolute session length).
+    #[must_use]
+    pub fn family_lifetime(mut self, lifetime: Duration) -> Self {
+        self.family_lifetime = lifetime;
+        self
     }
 
     /// Runs `hook` with the spent token's record when reuse is detected,
@@ -246,13 +296,35 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
         &self.store
     }
 
-    /// Issues the first token of a new family (at login).
+    /// Issues the first token of a new family (at login), fixing the
+    /// family's absolute expiry.
+    ///
+    /// # Errors
+    ///
+    /// The store's error when it cannot insert (e.g. [`Error::StoreFull`] when
+    /// full).
     pub async fn issue(&self, subject: &str, scopes: &[&str]) -> Result<RefreshToken> {
+        self.issue_at(subject, scopes, SystemTime::now()).await
+    }
+
+    /// [`issue`](Self::issue) with an explicit clock reading.
+    ///
+    /// # Errors
+    ///
+    /// As [`issue`](Self::issue).
+    pub async fn issue_at(
+        &self,
+        subject: &str,
+        scopes: &[&str],
+        now: SystemTime,
+    ) -> Result<RefreshToken> {
         let family = super::random_token(16);
         self.issue_in(
             family,
             subject.to_owned(),
             scopes.iter().map(|s| (*s).to_owned()).collect(),
+            now + self.family_lifetime,
+            now,
         )
         .await
     }
@@ -262,14 +334,17 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
         family: String,
         subject: String,
         scopes: Vec<String>,
+        family_expires_at: SystemTime,
+        now: SystemTime,
     ) -> Result<RefreshToken> {
         let token = super::random_token(32);
-        let expires_at = SystemTime::now() + self.ttl;
+        let expires_at = (now + self.ttl).min(family_expires_at);
         let record = RefreshTokenRecord {
             family: family.clone(),
             subject,
             scopes,
             expires_at,
+            family_expires_at,
             status: RefreshStatus::Active,
         };
         self.store.insert(TokenHash::of(&token), record).await?;
@@ -282,39 +357,92 @@ impl<S: RefreshTokenStore> RefreshTokens<S> {
 
     /// Exchanges `presented` for a new token of the same family and returns
     /// it with the spent token's record (to issue the new access token
-    /// from).
+    /// from). The new token expires `ttl` from now, but never after the
+    /// family's absolute expiry.
+    ///
+    /// The successor is stored *before* `presented` is marked used: if
+    /// storing it fails, `presented` is still good and the client can retry
+    /// with it. Of concurrent exchanges of one token, one wins; the others
+    /// count as reuse.
     ///
     /// # Errors
     ///
     /// [`Error::RefreshTokenReused`] when `presented` was already exchanged
     /// (its family is revoked as a result), [`Error::Revoked`] for a token
     /// of a revoked family, [`Error::InvalidRefreshToken`] for an unknown or
-    /// expired one.
+    /// expired one (or one whose family has expired), and the store's error
+    /// when it fails (`presented` is then unspent).
     pub async fn rotate(&self, presented: &str) -> Result<(RefreshToken, RefreshTokenRecord)> {
-        match self.store.consume(&TokenHash::of(presented)).await? {
-            Consumed::Fresh(rec) => {
-                if rec.expires_at <= SystemTime::now() {
-                    return Err(Error::InvalidRefreshToken);
-                }
-                let next = self
-                    .issue_in(rec.family.clone(), rec.subject.clone(), rec.scopes.clone())
-                    .await?;
-                Ok((next, rec))
-            }
-            Consumed::Reused(rec) => {
-                tracing::warn!(family = %rec.family, subject = %rec.subject, "refresh token reuse; revoking family");
+        self.rotate_at(presented, SystemTime::now()).await
+    }
+
+    /// [`rotate`](Self::rotate) with an explicit clock reading.
+    ///
+    /// # Errors
+    ///
+    /// As [`rotate`](Self::rotate).
+    pub async fn rotate_at(
+        &self,
+        presented: &str,
+        now: SystemTime,
+    ) -> Result<(RefreshToken, RefreshTokenRecord)> {
+        let hash = TokenHash::of(presented);
+        let Some(rec) = self.store.get(&hash).await? else {
+            return Err(Error::InvalidRefreshToken);
+        };
+        match rec.status {
+            RefreshStatus::Active => {}
+            RefreshStatus::Used => return Err(self.reused(&rec).await),
+            RefreshStatus::Revoked => return Err(Error::Revoked),
+        }
+        if rec.expires_at <= now || rec.family_expires_at <= now {
+            return Err(Error::InvalidRefreshToken);
+        }
+        // Successor first: until it is stored, nothing has been spent.
+        let next = self
+            .issue_in(
+                rec.family.clone(),
+                rec.subject.clone(),
+                rec.scopes.clone(),
+                rec.family_expires_at,
+                now,
+            )
+            .await?;
+        match self.store.consume(&hash).await? {
+            Consumed::Fresh(rec) => Ok((next, rec)),
+            // A concurrent exchange spent it between `get` and here: that is
+            // reuse, and revoking the family also kills `next`, which nobody
+            // has seen.
+            Consumed::Reused(rec) => Err(self.reused(&rec).await),
+            Consumed::Revoked(rec) => {
                 self.store.revoke_family(&rec.family).await?;
-                if let Some(hook) = &self.on_reuse {
-                    hook(&rec);
-                }
-                Err(Error::RefreshTokenReused)
+                Err(Error::Revoked)
             }
-            Consumed::Revoked(_) => Err(Error::Revoked),
-            Consumed::Unknown => Err(Error::InvalidRefreshToken),
+            Consumed::Unknown => {
+                self.store.revoke_family(&rec.family).await?;
+                Err(Error::InvalidRefreshToken)
+            }
         }
     }
 
+    /// Revokes the family of a spent token presented again.
+    async fn reused(&self, rec: &RefreshTokenRecord) -> Error {
+        tracing::warn!(family = %rec.family, subject = %rec.subject, "refresh token reuse; revoking family");
+        if let Err(e) = self.store.revoke_family(&rec.family).await {
+            return e;
+        }
+        if let Some(hook) = &self.on_reuse {
+            hook(rec);
+        }
+        Error::RefreshTokenReused
+    }
+
     /// Revokes a family (logout everywhere for that login).
+    ///
+    /// # Errors
+    ///
+    /// The store's error ([`Error::Store`]) when it cannot record the
+    /// revocation.
     pub async fn revoke_family(&self, family: &str) -> Result<()> {
         self.store.revoke_family(family).await
     }

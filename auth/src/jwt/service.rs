@@ -67,14 +67,14 @@ pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Error> {
     let value = headers.get(header::AUTHORIZATION).ok_or(Error::Missing)?;
     let value = value
         .to_str()
-        .map_err(|_| Error::Malformed("non-ascii authorization".into()))?;
+        .map_err(|_| Error::malformed("non-ascii authorization"))?;
     let (scheme, token) = value.split_once(' ').ok_or(Error::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(Error::Missing);
     }
     let token = token.trim_start_matches(' ');
     if token.is_empty() {
-        return Err(Error::Malformed("empty bearer token".into()));
+        return Err(Error::malformed("empty bearer token"));
     }
     Ok(token)
 }

@@ -44,18 +44,14 @@ impl MtlsAcceptor {
     ///
     /// # Errors
     ///
-    /// [`Error::Tls`] when the handshake fails (no certificate, unknown CA,
+    /// [`Error::Handshake`] when the handshake fails (no certificate, unknown CA,
     /// identity refused by the verifier), [`Error::IdentityNotAllowed`] if a
     /// peer somehow passed the handshake without an allowed identity.
     pub async fn accept<IO>(&self, io: IO) -> Result<(TlsStream<IO>, PeerIdentity)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = self
-            .acceptor
-            .accept(io)
-            .await
-            .map_err(|e| Error::Tls(e.to_string()))?;
+        let tls = self.acceptor.accept(io).await.map_err(Error::Handshake)?;
         let peer = {
             let (_, conn) = tls.get_ref();
             let cert = conn

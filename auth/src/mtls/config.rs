@@ -16,6 +16,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Paths of the PEM files a service needs for mTLS.
+///
+/// Not `#[non_exhaustive]` and without a builder on purpose: all three paths
+/// are required and none has a sensible default, so a struct literal is the
+/// clearest way to write it. `Debug` shows the paths only, never the key.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// CA bundle that signs peers' certificates.
@@ -34,6 +38,10 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Reads every certificate of a PEM file.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read or holds no certificate.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| io_err(path, e))?
@@ -46,6 +54,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 /// Reads the first private key of a PEM file.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read or holds no private key.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| io_err(path, e))
 }
@@ -55,7 +67,7 @@ fn roots(path: &Path) -> Result<RootCertStore> {
     for c in load_certs(path)? {
         roots
             .add(c)
-            .map_err(|e| Error::Tls(format!("ca {}: {e}", path.display())))?;
+            .map_err(|e| Error::tls_by(format!("ca {}", path.display()), e))?;
     }
     Ok(roots)
 }
@@ -64,6 +76,11 @@ fn roots(path: &Path) -> Result<RootCertStore> {
 /// name an identity on `allow`, serving `files.cert`/`files.key` through a
 /// [`ReloadingCertResolver`] (returned, to call `reload`/`watch` on).
 /// ALPN is `http/1.1` and `h2`; change `alpn_protocols` as needed.
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the CA bundle,
+/// the certificate or the key cannot be used.
 pub fn server_config(
     files: &TlsFiles,
     allow: AllowList,
@@ -72,12 +89,12 @@ pub fn server_config(
     let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&files.ca)?), provider.clone())
             .build()
-            .map_err(|e| Error::Tls(e.to_string()))?;
+            .map_err(|e| Error::tls_by("client certificate verifier", e))?;
     let verifier = Arc::new(AllowListVerifier::new(webpki, Arc::new(allow)));
     let resolver = ReloadingCertResolver::new(&files.cert, &files.key, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::tls_by("protocol versions", e))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -86,12 +103,17 @@ pub fn server_config(
 
 /// A client config trusting `files.ca` for servers and presenting
 /// `files.cert`/`files.key` (reloadable through the returned resolver).
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the CA bundle,
+/// the certificate or the key cannot be used.
 pub fn client_config(files: &TlsFiles) -> Result<(ClientConfig, Arc<ReloadingCertResolver>)> {
     let provider = provider();
     let resolver = ReloadingCertResolver::new(&files.cert, &files.key, provider.clone())?;
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::tls_by("protocol versions", e))?
         .with_root_certificates(roots(&files.ca)?)
         .with_client_cert_resolver(resolver.clone());
     Ok((config, resolver))
@@ -101,6 +123,11 @@ pub fn client_config(files: &TlsFiles) -> Result<(ClientConfig, Arc<ReloadingCer
 /// by the hostname dialled: its chain must lead to `files.ca` and its
 /// certificate must name an identity on `servers` (e.g.
 /// `spiffe://trellis/orders`).
+///
+/// # Errors
+///
+/// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the CA bundle,
+/// the certificate or the key cannot be used.
 pub fn client_config_for_identities(
     files: &TlsFiles,
     servers: AllowList,
@@ -114,7 +141,7 @@ pub fn client_config_for_identities(
     );
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| Error::Tls(e.to_string()))?
+        .map_err(|e| Error::tls_by("protocol versions", e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(resolver.clone());

@@ -65,6 +65,11 @@ impl AllowList {
     }
 
     /// The first identity of `cert` that is allowed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::IdentityNotAllowed`] when no identity of `cert` is on the list,
+    /// [`Error::Tls`] when `cert` does not parse.
     pub fn first_allowed(&self, cert: &CertificateDer<'_>) -> Result<PeerIdentity> {
         let all = identities_of(cert)?;
         let identity = all
@@ -109,12 +114,16 @@ pub struct PeerIdentity {
 }
 
 /// The URI and DNS subject alternative names of a certificate.
+///
+/// # Errors
+///
+/// [`Error::Tls`] when `cert` is not a parsable X.509 certificate.
 pub fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<ServiceIdentity>> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| Error::Tls(format!("certificate: {e}")))?;
+        .map_err(|e| Error::tls_by("certificate", e))?;
     let san = parsed
         .subject_alternative_name()
-        .map_err(|e| Error::Tls(format!("san: {e}")))?;
+        .map_err(|e| Error::tls_by("subject alternative names", e))?;
     Ok(san
         .map(|ext| {
             ext.value

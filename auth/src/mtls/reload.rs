@@ -36,6 +36,11 @@ fn stamp(path: &Path) -> Stamp {
 
 impl ReloadingCertResolver {
     /// Loads the pair now (failing if it cannot be used).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when a file cannot be read, [`Error::Tls`] when the key
+    /// does not match the certificate or is unsupported.
     pub fn new(cert: &Path, key: &Path, provider: Arc<CryptoProvider>) -> Result<Arc<Self>> {
         let stamps = (stamp(cert), stamp(key));
         let ck = Self::load(cert, key, &provider)?;
@@ -51,8 +56,7 @@ impl ReloadingCertResolver {
     fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
         let chain = load_certs(cert)?;
         let key = load_private_key(key)?;
-        CertifiedKey::from_der(chain, key, provider)
-            .map_err(|e| Error::Tls(format!("certified key: {e}")))
+        CertifiedKey::from_der(chain, key, provider).map_err(|e| Error::tls_by("certified key", e))
     }
 
     /// The certificate and key currently served.
@@ -61,6 +65,10 @@ impl ReloadingCertResolver {
     }
 
     /// Re-reads both files unconditionally.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new); the previous certificate stays in use.
     pub fn reload(&self) -> Result<()> {
         let stamps = (stamp(&self.cert_path), stamp(&self.key_path));
         let ck = Self::load(&self.cert_path, &self.key_path, &self.provider)?;
@@ -72,6 +80,10 @@ impl ReloadingCertResolver {
 
     /// Reloads if either file's modification time or length changed since
     /// the last successful load. Returns whether it reloaded.
+    ///
+    /// # Errors
+    ///
+    /// As [`reload`](Self::reload); the previous certificate stays in use.
     pub fn reload_if_changed(&self) -> Result<bool> {
         let now = (stamp(&self.cert_path), stamp(&self.key_path));
         if *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) == now {

@@ -52,10 +52,124 @@ impl<T, X: std::fmt::Debug> std::fmt::Debug for RequireScopesLayer<T, X> {
     }
 }
 
+/// Why a scope set was refused by [`RequireScopesLayer::try_all`] or
+/// [`RequireScopesLayer::try_any`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidScopes {
+    /// No scope at all: "all of none" holds for every token, so the layer
+    /// would let every authenticated request through.
+    #[error("no scope required: the layer would allow every token")]
+    Empty,
+    /// A scope that is empty or contains whitespace: no token can be
+    /// granted it through a space-separated `scope` claim, and an empty one
+    /// matches stray empty values.
+    #[error("scope {scope:?} is empty or contains whitespace")]
+    Malformed {
+        /// The offending scope.
+        scope: String,
+    },
+}
+
+impl From<InvalidScopes> for crate::Error {
+    fn from(e: InvalidScopes) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
+fn check(scopes: &[String]) -> Result<(), InvalidScopes> {
+    if scopes.is_empty() {
+        return Err(InvalidScopes::Empty);
+    }
+    match scopes
+        .iter()
+        .find(|s| s.is_empty() || s.chars().any(char::is_whitespace))
+    {
+        Some(bad) => Err(InvalidScopes::Malformed { scope: bad.clone() }),
+        None => Ok(()),
+    }
+}
+
 impl RequireScopesLayer {
     /// Requires every one of `scopes` in the `scope` claim. The claims type
     /// is `Claims<()>`; switch with [`claims`](Self::claims).
-    pub fn all<I, S>(scopes: I) -> Self
+    ///
+    /// `scopes` is an array so that an empty one is refused when the program
+    /// is built: requiring all of no scopes would allow every token. For a
+    /// list known only at run time, use [`try_all`](Self::try_all).
+    ///
+    /// ```compile_fail,E0080
+    /// use trellis_auth::RequireScopesLayer;
+    /// let none: [&str; 0] = [];
+    /// let _ = RequireScopesLayer::all(none); // error: at least one scope
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a scope is empty or contains whitespace (a programming error
+    /// in a literal; [`try_all`](Self::try_all) reports it as an error).
+    pub fn all<const N: usize, S: Into<String>>(scopes: [S; N]) -> Self {
+        const {
+            assert!(
+                N > 0,
+                "RequireScopesLayer::all needs at least one scope: all of none allows every token"
+            )
+        };
+        Self::literal(scopes, false)
+    }
+
+    /// Requires at least one of `scopes` in the `scope` claim.
+    ///
+    /// An empty array is refused when the program is built, as for
+    /// [`all`](Self::all); for a run-time list use [`try_any`](Self::try_any).
+    ///
+    /// ```compile_fail,E0080
+    /// use trellis_auth::RequireScopesLayer;
+    /// let none: [&str; 0] = [];
+    /// let _ = RequireScopesLayer::any(none); // error: at least one scope
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a scope is empty or contains whitespace.
+    pub fn any<const N: usize, S: Into<String>>(scopes: [S; N]) -> Self {
+        const {
+            assert!(
+                N > 0,
+                "RequireScopesLayer::any needs at least one scope: an empty set would leave nothing to check"
+            )
+        };
+        Self::literal(scopes, true)
+    }
+
+    fn literal<const N: usize, S: Into<String>>(scopes: [S; N], any: bool) -> Self {
+        match Self::with_mode(scopes, any) {
+            Ok(layer) => layer,
+            // Only reachable with a blank literal scope: a programming
+            // error, reported where the router is built.
+            Err(e) => panic!("RequireScopesLayer: {e}"),
+        }
+    }
+
+    /// Requires every one of `scopes`, a list known only at run time (from
+    /// configuration, say).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidScopes::Empty`] for an empty list (it would allow every
+    /// token) and [`InvalidScopes::Malformed`] for a scope that is empty or
+    /// contains whitespace.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_auth::scope::InvalidScopes;
+    /// use trellis_auth::RequireScopesLayer;
+    /// let from_config: Vec<String> = vec![];
+    /// assert_eq!(RequireScopesLayer::try_all(from_config).unwrap_err(), InvalidScopes::Empty);
+    /// assert!(RequireScopesLayer::try_all(vec!["orders:read"]).is_ok());
+    /// ```
+    pub fn try_all<I, S>(scopes: I) -> Result<Self, InvalidScopes>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -63,8 +177,12 @@ impl RequireScopesLayer {
         Self::with_mode(scopes, false)
     }
 
-    /// Requires at least one of `scopes` in the `scope` claim.
-    pub fn any<I, S>(scopes: I) -> Self
+    /// Requires at least one of `scopes`, a list known only at run time.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_all`](Self::try_all).
+    pub fn try_any<I, S>(scopes: I) -> Result<Self, InvalidScopes>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -72,18 +190,20 @@ impl RequireScopesLayer {
         Self::with_mode(scopes, true)
     }
 
-    fn with_mode<I, S>(scopes: I, any: bool) -> Self
+    fn with_mode<I, S>(scopes: I, any: bool) -> Result<Self, InvalidScopes>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self {
-            required: scopes.into_iter().map(Into::into).collect(),
+        let required: Arc<[String]> = scopes.into_iter().map(Into::into).collect();
+        check(&required)?;
+        Ok(Self {
+            required,
             any,
             source: ScopeClaim,
             realm: Arc::from("trellis"),
             _claims: PhantomData,
-        }
+        })
     }
 }
 

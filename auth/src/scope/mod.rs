@@ -11,6 +11,6 @@ mod layer;
 mod service;
 mod source;
 
-pub use layer::RequireScopesLayer;
+pub use layer::{InvalidScopes, RequireScopesLayer};
 pub use service::RequireScopes;
 pub use source::{NamedClaim, RolesClaim, ScopeClaim, ScopeSource};

@@ -212,7 +212,7 @@ impl JwksFetcher for Scripted {
                 .lock()
                 .unwrap()
                 .clone()
-                .ok_or_else(|| Error::JwksFetch("down".into()))
+                .ok_or_else(|| Error::jwks_fetch("down"))
         })
     }
 }
@@ -315,4 +315,27 @@ async fn symmetric_keys_in_a_jwks_are_ignored() {
     let set = keys.keys();
     assert_eq!(set.len(), 1);
     assert!(set.get(Some("h")).is_none());
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_keeps_the_transport_error_as_source() {
+    use std::error::Error as _;
+    use trellis_auth::jwks::JwksFetcher;
+    // Bind then drop: nothing listens on this port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fetcher = HttpJwksFetcher::new(&format!("http://127.0.0.1:{port}/jwks.json")).unwrap();
+    let err = fetcher.fetch().await.unwrap_err();
+    assert!(matches!(err, Error::JwksFetch(_)), "{err:?}");
+    assert_eq!(err.kind(), trellis_auth::ErrorKind::Unavailable);
+    let source = err.source().expect("the transport error is kept");
+    assert!(
+        source
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some(),
+        "{source:?}"
+    );
 }

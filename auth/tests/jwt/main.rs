@@ -12,7 +12,8 @@ use serde_json::json;
 use support::*;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use trellis_auth::{
-    Error, JwtAuthLayer, KeySet, RequireScopesLayer, RevocationList, Validator, VerificationKey,
+    Error, JwtAuthLayer, KeySet, RequireScopesLayer, RevocationCheck, RevocationList, TokenRef,
+    Validator, VerificationKey,
 };
 
 fn ed_keys() -> KeySet {
@@ -183,7 +184,7 @@ async fn hs_rs_key_confusion_is_impossible() {
             Algorithm::HS256,
             DecodingKey::from_rsa_pem(RSA_PUB).unwrap()
         ),
-        Err(Error::InvalidKey(_))
+        Err(Error::InvalidKey { .. })
     ));
 }
 
@@ -329,7 +330,7 @@ async fn malformed_base64_and_json_are_rejected() {
     for token in cases {
         let resp = call(validator(), Some(&token)).await;
         let err = assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token"));
-        assert!(matches!(err, Error::Malformed(_)), "{token}: {err:?}");
+        assert!(matches!(err, Error::Malformed { .. }), "{token}: {err:?}");
     }
     // Correctly signed, but the payload is not base64 / not JSON.
     let header = b64(br#"{"alg":"EdDSA","kid":"ed1"}"#);
@@ -338,7 +339,7 @@ async fn malformed_base64_and_json_are_rejected() {
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &ed_key(), Algorithm::EdDSA).unwrap();
         let resp = call(validator(), Some(&format!("{msg}.{sig}"))).await;
         let err = assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token"));
-        assert!(matches!(err, Error::Malformed(_)), "{payload}: {err:?}");
+        assert!(matches!(err, Error::Malformed { .. }), "{payload}: {err:?}");
     }
     // A payload tampered into garbage fails the signature first: still 401.
     let tampered = format!("{}.%%%.{}", parts[0], parts[2]);
@@ -398,7 +399,7 @@ async fn unknown_kid_is_rejected() {
 #[tokio::test]
 async fn revoked_token_is_rejected() {
     let list = Arc::new(RevocationList::new(100));
-    list.revoke_jti("t-1", now() + 3600);
+    list.revoke_jti("t-1", now() + 3600).unwrap();
     let v: Validator = Validator::builder(ed_keys())
         .revocation(list.clone())
         .build()
@@ -420,12 +421,145 @@ async fn revoked_token_is_rejected() {
     assert!(matches!(err, Error::Revoked), "{err:?}");
     assert_eq!(call(v.clone(), Some(&fine)).await.status(), StatusCode::OK);
 
-    list.revoke_subject("user-1", now());
+    list.revoke_subject("user-1", now()).unwrap();
     let resp = call(v, Some(&fine)).await;
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
         Error::Revoked
     ));
+}
+
+fn jti(j: &str) -> TokenRef<'_> {
+    TokenRef {
+        jti: Some(j),
+        sub: None,
+        iat: None,
+    }
+}
+
+#[test]
+fn a_full_revocation_list_refuses_new_entries_and_keeps_every_live_one() {
+    let list = Arc::new(RevocationList::new(4));
+    for i in 0..4 {
+        list.revoke_jti(&format!("live-{i}"), now() + 3600).unwrap();
+    }
+    // Re-revoking a held jti is not a new entry.
+    list.revoke_jti("live-0", now() + 7200).unwrap();
+    let err = list.revoke_jti("one-too-many", now() + 3600).unwrap_err();
+    assert!(
+        matches!(err, Error::RevocationListFull { capacity: 4 }),
+        "{err:?}"
+    );
+    for i in 0..4 {
+        assert!(
+            list.is_revoked(&jti(&format!("live-{i}"))),
+            "live-{i} evicted"
+        );
+    }
+    assert!(!list.is_revoked(&jti("one-too-many")));
+    assert_eq!(list.jti_count(), 4);
+
+    // The same for subjects (live forever without a retention).
+    for i in 0..4 {
+        list.revoke_subject(&format!("user-{i}"), now()).unwrap();
+    }
+    assert!(matches!(
+        list.revoke_subject("user-x", now()),
+        Err(Error::RevocationListFull { capacity: 4 })
+    ));
+    for i in 0..4 {
+        let sub = format!("user-{i}");
+        let t = TokenRef {
+            jti: None,
+            sub: Some(&sub),
+            iat: Some(now() - 1),
+        };
+        assert!(list.is_revoked(&t), "{sub} evicted");
+    }
+}
+
+#[test]
+fn expired_revocations_make_room_but_the_leeway_keeps_them_live() {
+    let list = Arc::new(RevocationList::new(3).with_leeway(Duration::from_secs(60)));
+    let t0 = 1_000_000;
+    list.revoke_jti_at("live", t0 + 3600, t0).unwrap();
+    list.revoke_jti_at("in-leeway", t0 + 100, t0).unwrap();
+    list.revoke_jti_at("dead", t0 + 10, t0).unwrap();
+    assert_eq!(list.jti_count(), 3);
+    // At t0 + 120: "dead" expired 110 s ago, beyond the 60 s leeway;
+    // "in-leeway" expired 20 s ago, and a validator with 60 s leeway still
+    // accepts it, so its entry is live and must not be purged.
+    let t1 = t0 + 120;
+    list.revoke_jti_at("new", t1 + 3600, t1).unwrap();
+    assert_eq!(list.jti_count(), 3, "the dead entry made room");
+    for j in ["live", "in-leeway", "new"] {
+        assert!(list.is_revoked(&jti(j)), "{j}");
+    }
+    assert!(!list.is_revoked(&jti("dead")));
+    assert!(matches!(
+        list.revoke_jti_at("newer", t1 + 3600, t1),
+        Err(Error::RevocationListFull { capacity: 3 })
+    ));
+    // A jti already dead on arrival is not stored at all.
+    list.revoke_jti_at("long-gone", t1 - 3600, t1).unwrap();
+    assert_eq!(list.jti_count(), 3);
+
+    // Subject entries expire after the retention (token lifetime + leeway).
+    let subs = RevocationList::new(1).with_subject_retention(Duration::from_secs(660));
+    subs.revoke_subject_at("old", t0, t0).unwrap();
+    assert!(matches!(
+        subs.revoke_subject_at("new", t0 + 659, t0 + 659),
+        Err(Error::RevocationListFull { capacity: 1 })
+    ));
+    subs.revoke_subject_at("new", t0 + 660, t0 + 660).unwrap();
+    assert_eq!(subs.subject_count(), 1, "old made room");
+}
+
+#[tokio::test]
+async fn an_empty_or_blank_scope_set_is_refused_at_construction() {
+    use trellis_auth::scope::InvalidScopes;
+    // `all`/`any` take arrays and refuse an empty one at build time (the
+    // compile_fail doc tests on them); run-time lists go through `try_*`.
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        RequireScopesLayer::try_all(none.clone()).unwrap_err(),
+        InvalidScopes::Empty
+    );
+    assert_eq!(
+        RequireScopesLayer::try_any(none).unwrap_err(),
+        InvalidScopes::Empty
+    );
+    for blank in ["", "orders:read orders:write", " "] {
+        assert_eq!(
+            RequireScopesLayer::try_all(["orders:read", blank]).unwrap_err(),
+            InvalidScopes::Malformed {
+                scope: blank.into()
+            }
+        );
+    }
+    let as_crate_error: Error = InvalidScopes::Empty.into();
+    assert!(matches!(as_crate_error, Error::Config(_)));
+    // A literal blank scope is a programming error caught where the router
+    // is built.
+    let panicked = std::panic::catch_unwind(|| RequireScopesLayer::all([""]));
+    assert!(panicked.is_err());
+
+    // A run-time list that passes is enforced like a literal one.
+    let token = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &ed_key(),
+        &claims(json!({"scope": "profile"})),
+    );
+    let layer = RequireScopesLayer::try_all(vec!["orders:read".to_owned()]).unwrap();
+    let resp = ServiceBuilder::new()
+        .layer(JwtAuthLayer::new(validator()))
+        .layer(layer)
+        .service(service_fn(echo_sub::<()>))
+        .oneshot(request(Some(&token)))
+        .await
+        .unwrap();
+    assert_rejected(&resp, StatusCode::FORBIDDEN, Some("insufficient_scope"));
 }
 
 #[tokio::test]
@@ -681,7 +815,7 @@ async fn fractional_numeric_dates_are_accepted_and_negative_ones_are_malformed()
     let resp = call(validator(), Some(&neg)).await;
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
-        Error::Malformed(_)
+        Error::Malformed { .. }
     ));
 }
 
@@ -751,6 +885,120 @@ async fn keys_embedded_in_the_header_are_ignored_and_crit_is_refused() {
     let resp = call(validator(), Some(&format!("{msg}.{sig}"))).await;
     assert!(matches!(
         assert_rejected(&resp, StatusCode::UNAUTHORIZED, Some("invalid_token")),
-        Error::Malformed(m) if m.contains("critical")
+        Error::Malformed { reason, .. } if reason.contains("critical")
     ));
+}
+
+#[test]
+fn errors_keep_their_source_and_say_their_kind() {
+    use std::error::Error as _;
+    use trellis_auth::ErrorKind;
+    use trellis_auth::issue::SigningKey;
+
+    // A header that is not base64: the decoding error is the source.
+    let err = validator().validate("!!!.e30.c2ln").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Malformed {
+                reason: "header",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<base64::DecodeError>())
+            .is_some(),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+
+    // Claims of the wrong type: serde's error is the source.
+    let token = sign(
+        Algorithm::EdDSA,
+        Some("ed1"),
+        &ed_key(),
+        &json!({"iss": ISS, "aud": AUD, "exp": "tomorrow"}),
+    );
+    let err = validator().validate(&token).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Malformed {
+                reason: "claims",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<serde_json::Error>())
+            .is_some()
+    );
+
+    // A key that does not parse: setup, with jsonwebtoken's error kept.
+    let err = SigningKey::from_pem("k", Algorithm::RS256, b"not a key").unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err:?}");
+    assert!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<jsonwebtoken::errors::Error>())
+            .is_some()
+    );
+    assert_eq!(err.kind(), ErrorKind::Setup);
+
+    // A backend error keeps whatever the implementation had.
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    let err = Error::jwks_fetch(io);
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert_eq!(
+        err.source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert_eq!(Error::store("down").kind(), ErrorKind::Unavailable);
+
+    // Every per-request rejection is `Rejected`, every setup error is not.
+    for rejected in [
+        Error::Missing,
+        Error::Expired,
+        Error::BadSignature,
+        Error::Revoked,
+        Error::UnknownKid { kid: None },
+        Error::InsufficientScope {
+            required: vec!["a".into()],
+        },
+        Error::RefreshTokenReused,
+        Error::InvalidRefreshToken,
+        Error::IdentityNotAllowed,
+        Error::Handshake(std::io::Error::other("unknown ca")),
+    ] {
+        assert_eq!(rejected.kind(), ErrorKind::Rejected, "{rejected:?}");
+        assert!(rejected.status().is_client_error(), "{rejected:?}");
+    }
+    for (err, kind) in [
+        (Error::Config("x".into()), ErrorKind::Setup),
+        (
+            Error::RevocationListFull { capacity: 1 },
+            ErrorKind::CapacityExceeded,
+        ),
+        (
+            Error::KeyRingFull { max_retired: 16 },
+            ErrorKind::CapacityExceeded,
+        ),
+        (
+            Error::StoreFull { capacity: 1 },
+            ErrorKind::CapacityExceeded,
+        ),
+        (
+            Error::JwksTimeout(Duration::from_secs(1)),
+            ErrorKind::Unavailable,
+        ),
+    ] {
+        assert_eq!(err.kind(), kind, "{err:?}");
+        assert!(err.status().is_server_error(), "{err:?}");
+    }
 }

@@ -136,7 +136,7 @@ async fn start_server(
             tokio::spawn(async move {
                 match acceptor.accept(tcp).await {
                     Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
+                        let _ = tx.send(Err(chain(&e))).await;
                     }
                     Ok((tls, peer)) => {
                         let _ = tx.send(Ok(peer.identity.to_string())).await;
@@ -198,6 +198,18 @@ async fn whoami(sender: &mut SendRequest<Empty<Bytes>>) -> Result<String, String
 async fn request_once(config: rustls::ClientConfig, addr: SocketAddr) -> Result<String, String> {
     let (mut sender, _) = connect(config, addr).await?;
     whoami(&mut sender).await
+}
+
+/// The error and its sources, as a log line would show them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 async fn server_outcome(rx: &mut mpsc::Receiver<Result<String, String>>) -> Result<String, String> {
@@ -463,4 +475,34 @@ async fn clients_can_admit_the_server_by_identity() {
         err.to_lowercase().contains("unknown") || err.contains("issuer"),
         "{err}"
     );
+}
+
+#[test]
+fn debug_of_tls_configuration_never_shows_the_private_key() {
+    let pki = Pki::new("debug");
+    let (files, _) = pki.files("orders", "orders.trellis", None);
+    let key_pem = std::fs::read_to_string(&files.key).unwrap();
+    let key_lines: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 8)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let der = trellis_auth::mtls::load_private_key(&files.key).unwrap();
+    let der_bytes = format!("{:?}", der.secret_der());
+    let (config, resolver) = server_config(&files, allow()).unwrap();
+    for (what, debug) in [
+        ("TlsFiles", format!("{files:?}")),
+        ("ReloadingCertResolver", format!("{resolver:?}")),
+        ("ServerConfig", format!("{config:?}")),
+        ("PrivateKeyDer", format!("{der:?}")),
+    ] {
+        for line in &key_lines {
+            assert!(!debug.contains(line), "{what} leaks the key: {debug}");
+        }
+        // The DER as Debug prints bytes (a long run of them).
+        assert!(
+            !debug.contains(&der_bytes[1..60]),
+            "{what} leaks key bytes: {debug}"
+        );
+    }
 }

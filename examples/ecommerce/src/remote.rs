@@ -128,7 +128,7 @@ impl TransportJwksFetcher {
 impl trellis_auth::jwks::JwksFetcher for TransportJwksFetcher {
     fn fetch(&self) -> trellis_auth::jwks::FetchFuture<'_> {
         Box::pin(async move {
-            let failed = |e: String| trellis_auth::Error::JwksFetch(e);
+            let failed = |e: String| trellis_auth::Error::jwks_fetch(e);
             let response = send(
                 &self.transport,
                 Method::GET,

@@ -424,6 +424,7 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
     }
     check_config_keys_are_read(resources, problems);
     check_tls_secrets_are_per_service(resources, problems);
+    check_network_policies(resources, problems);
     for r in resources {
         match r.kind.as_str() {
             "Service" => {
@@ -487,6 +488,207 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Who opens connections to whom, as the code does it: the gateway proxies
+/// the public routes and probes every peer's readiness
+/// (src/distributed.rs); every service but the gateway fetches identity's
+/// JWKS and, where it calls a peer, its service token; orders calls
+/// catalog, inventory and payments; orders, shipping and analytics use NATS
+/// (the outbox relay and src/bus.rs); every service but the gateway keeps
+/// its tables in PostgreSQL. A new call in the code needs a line here and a
+/// rule in networkpolicy.yaml, or the pods cannot talk.
+const CALLS: [(&str, &[&str]); 8] = [
+    (
+        "gateway",
+        &[
+            "identity",
+            "catalog",
+            "inventory",
+            "payments",
+            "orders",
+            "shipping",
+            "analytics",
+        ],
+    ),
+    ("identity", &["postgres"]),
+    ("catalog", &["identity", "postgres"]),
+    ("inventory", &["identity", "postgres"]),
+    ("payments", &["identity", "postgres"]),
+    (
+        "orders",
+        &[
+            "identity",
+            "catalog",
+            "inventory",
+            "payments",
+            "postgres",
+            "nats",
+        ],
+    ),
+    ("shipping", &["identity", "postgres", "nats"]),
+    ("analytics", &["identity", "postgres", "nats"]),
+];
+
+/// Who may reach a workload, or go out from it, by NetworkPolicy.
+#[derive(Debug, Default, PartialEq)]
+struct Allowed {
+    /// A rule admits any peer.
+    anyone: bool,
+    /// Pods named by `app.kubernetes.io/name`.
+    pods: BTreeSet<String>,
+}
+
+/// The peers `rules` (a policy's `ingress` or `egress`) admit; `peers` is
+/// `from` or `to`. The DNS rule (kube-dns on port 53) and scrapes from the
+/// `monitoring` namespace are the two admitted exceptions; any other
+/// namespace selector, IP block or rule without peers admits anyone.
+fn allowed_peers(rules: &[Value], peers: &str, file: &str, problems: &mut Vec<String>) -> Allowed {
+    let mut allowed = Allowed::default();
+    for rule in rules {
+        let list = array_at(rule, &format!("/{peers}"));
+        if list.is_empty() {
+            allowed.anyone = true;
+            continue;
+        }
+        for peer in list {
+            let namespace = str_at(
+                peer,
+                "/namespaceSelector/matchLabels/kubernetes.io~1metadata.name",
+            );
+            let pod = str_at(peer, "/podSelector/matchLabels/app.kubernetes.io~1name");
+            match (namespace, pod) {
+                (None, Some(pod)) if peer.get("ipBlock").is_none() => {
+                    allowed.pods.insert(pod.to_owned());
+                }
+                (Some("kube-system"), None)
+                    if str_at(peer, "/podSelector/matchLabels/k8s-app") == Some("kube-dns")
+                        && array_at(rule, "/ports")
+                            .iter()
+                            .all(|p| p.get("port").and_then(Value::as_u64) == Some(53))
+                        && !array_at(rule, "/ports").is_empty() => {}
+                (Some("monitoring"), None)
+                    if peers == "from" && peer.get("podSelector").is_none() => {}
+                _ => {
+                    problems.push(format!(
+                        "{file}: a NetworkPolicy peer {peer} admits more than one workload's pods"
+                    ));
+                    allowed.anyone = true;
+                }
+            }
+        }
+    }
+    allowed
+}
+
+/// Default-deny for every pod, then for each workload exactly the traffic
+/// of [`CALLS`]: callers in, callees (and DNS) out. The gateway alone is
+/// open to anyone.
+fn check_network_policies(resources: &[Resource], problems: &mut Vec<String>) {
+    let policies: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| r.kind == "NetworkPolicy")
+        .collect();
+    let types = |p: &Resource| -> BTreeSet<String> {
+        array_at(&p.doc, "/spec/policyTypes")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let both: BTreeSet<String> = ["Ingress".to_owned(), "Egress".to_owned()].into();
+    let default_deny = policies.iter().any(|p| {
+        p.doc
+            .pointer("/spec/podSelector")
+            .and_then(Value::as_object)
+            .is_some_and(|s| s.is_empty())
+            && types(p) == both
+            && array_at(&p.doc, "/spec/ingress").is_empty()
+            && array_at(&p.doc, "/spec/egress").is_empty()
+    });
+    if !default_deny {
+        problems.push(
+            "NetworkPolicy: no default-deny policy (empty podSelector, Ingress and Egress, no rules)"
+                .into(),
+        );
+    }
+    let mut callers: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (caller, callees) in CALLS {
+        for callee in callees {
+            callers.entry(callee).or_default().insert(caller.to_owned());
+        }
+    }
+    let workloads = CALLS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["postgres", "nats"]);
+    for workload in workloads {
+        let selecting: Vec<&&Resource> = policies
+            .iter()
+            .filter(|p| {
+                str_at(
+                    &p.doc,
+                    "/spec/podSelector/matchLabels/app.kubernetes.io~1name",
+                ) == Some(workload)
+            })
+            .collect();
+        if selecting.is_empty() {
+            problems.push(format!("{workload}: no NetworkPolicy selects its pods"));
+            continue;
+        }
+        let mut inbound = Allowed::default();
+        let mut outbound = Allowed::default();
+        for policy in selecting {
+            if types(policy) != both {
+                problems.push(format!(
+                    "{}: NetworkPolicy {} must list policyTypes Ingress and Egress",
+                    policy.file, policy.name
+                ));
+            }
+            let i = allowed_peers(
+                array_at(&policy.doc, "/spec/ingress"),
+                "from",
+                &policy.file,
+                problems,
+            );
+            inbound.anyone |= i.anyone;
+            inbound.pods.extend(i.pods);
+            let e = allowed_peers(
+                array_at(&policy.doc, "/spec/egress"),
+                "to",
+                &policy.file,
+                problems,
+            );
+            outbound.anyone |= e.anyone;
+            outbound.pods.extend(e.pods);
+        }
+        let expected_in = Allowed {
+            anyone: workload == "gateway",
+            pods: if workload == "gateway" {
+                BTreeSet::new()
+            } else {
+                callers.get(workload).cloned().unwrap_or_default()
+            },
+        };
+        if inbound != expected_in {
+            problems.push(format!(
+                "{workload}: NetworkPolicy ingress admits {inbound:?}, its callers are {expected_in:?}"
+            ));
+        }
+        let expected_out = Allowed {
+            anyone: false,
+            pods: CALLS
+                .iter()
+                .find(|(name, _)| *name == workload)
+                .map(|(_, callees)| callees.iter().map(|c| (*c).to_owned()).collect())
+                .unwrap_or_default(),
+        };
+        if outbound != expected_out {
+            problems.push(format!(
+                "{workload}: NetworkPolicy egress admits {outbound:?}, it calls {expected_out:?}"
+            ));
         }
     }
 }
@@ -1192,6 +1394,39 @@ fn the_checker_catches_broken_manifests() {
             "              value: payments",
             "              value: orders",
             "expected payments",
+        ),
+        (
+            "networkpolicy.yaml",
+            "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
+            "  podSelector: {}\n  policyTypes: [Ingress]",
+            "no default-deny policy",
+        ),
+        (
+            // payments reachable by catalog, which never calls it
+            "networkpolicy.yaml",
+            "      app.kubernetes.io/name: payments\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - from:\n",
+            "      app.kubernetes.io/name: payments\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: catalog\n",
+            "payments: NetworkPolicy ingress admits",
+        ),
+        (
+            // an ingress rule without peers admits anyone
+            "networkpolicy.yaml",
+            "      app.kubernetes.io/name: inventory\n  policyTypes: [Ingress, Egress]\n  ingress:\n",
+            "      app.kubernetes.io/name: inventory\n  policyTypes: [Ingress, Egress]\n  ingress:\n    - {}\n",
+            "inventory: NetworkPolicy ingress admits",
+        ),
+        (
+            // orders cut off from NATS: its egress no longer matches its calls
+            "networkpolicy.yaml",
+            "name: inventory\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: nats\n",
+            "name: inventory\n",
+            "orders: NetworkPolicy egress admits",
+        ),
+        (
+            "networkpolicy.yaml",
+            "      app.kubernetes.io/name: shipping\n  policyTypes",
+            "      app.kubernetes.io/name: shipper\n  policyTypes",
+            "shipping: no NetworkPolicy selects its pods",
         ),
         (
             "config.yaml",

@@ -1,12 +1,14 @@
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
 /// Configuration of a [`BulkheadLayer`](super::BulkheadLayer).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct BulkheadConfig {
     /// Name used in tracing events and metric labels.
     pub name: String,
@@ -15,7 +17,7 @@ pub struct BulkheadConfig {
     /// How long a call may wait for a free slot before it is rejected; zero
     /// rejects at once. Default zero: a full bulkhead should shed load, not
     /// queue it.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub max_wait: Duration,
 }
 

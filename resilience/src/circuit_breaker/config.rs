@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
@@ -15,6 +16,8 @@ pub const MAX_COUNT_WINDOW: u32 = 100_000;
 pub const MAX_TIME_BUCKETS: u32 = 3_600;
 /// The largest number of trial calls in half-open.
 pub const MAX_PERMITTED_IN_HALF_OPEN: u32 = 10_000;
+/// The default [`CircuitBreakerConfig::max_wait_in_half_open`]: 60 s.
+pub const DEFAULT_MAX_WAIT_IN_HALF_OPEN: Duration = Duration::from_secs(60);
 
 /// Which calls the breaker looks at to decide whether to open.
 ///
@@ -26,8 +29,12 @@ pub const MAX_PERMITTED_IN_HALF_OPEN: u32 = 10_000;
 /// # window = { type = "time", duration = "10s", buckets = 20 } # 500 ms buckets
 /// # window = { type = "consecutive", failures = 5 }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(
+    feature = "config",
+    serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)
+)]
 pub enum SlidingWindow {
     /// The last `size` calls (resilience4j's `COUNT_BASED`).
     Count {
@@ -39,11 +46,14 @@ pub enum SlidingWindow {
     /// without a scan of individual calls.
     Time {
         /// How far back calls count.
-        #[serde(with = "crate::config::duration")]
+        #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
         duration: Duration,
         /// How many buckets the window is cut into; `None` means one bucket
         /// per second (at least one, at most 3 600).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(
+            feature = "config",
+            serde(default, skip_serializing_if = "Option::is_none")
+        )]
         buckets: Option<u32>,
     },
     /// No rate at all: open after `failures` failures in a row (a success
@@ -93,8 +103,9 @@ impl SlidingWindow {
 /// assert_eq!(config.wait_in_open, Duration::from_secs(5));
 /// config.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct CircuitBreakerConfig {
     /// Label for tracing events, metrics and [`CircuitOpen`](crate::error::CircuitOpen) errors.
     pub name: String,
@@ -108,9 +119,12 @@ pub struct CircuitBreakerConfig {
     pub slow_call_rate_threshold: f64,
     /// A call that takes at least this long is slow. `None` (the default)
     /// turns slow-call detection off, and with it the clock reads it needs.
-    #[serde(
-        with = "crate::config::duration::option",
-        skip_serializing_if = "Option::is_none"
+    #[cfg_attr(
+        feature = "config",
+        serde(
+            with = "crate::config::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
     )]
     pub slow_call_duration: Option<Duration>,
     /// Calls the window must hold before a rate counts (capped at the size of
@@ -118,26 +132,32 @@ pub struct CircuitBreakerConfig {
     pub minimum_calls: u32,
     /// How long the breaker stays open before it lets trial calls through.
     /// Default 60 s.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub wait_in_open: Duration,
     /// Each consecutive re-open (half-open trials failed again) multiplies the
     /// wait by this factor, up to `max_wait_in_open`. 1 (the default) keeps
     /// the wait fixed.
     pub wait_in_open_multiplier: f64,
     /// The cap of a growing wait (never below `wait_in_open`). Default 60 s.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub max_wait_in_open: Duration,
     /// How many trial calls half-open admits (1 to 10 000); their outcome
     /// closes or re-opens the breaker. Default 10.
     pub permitted_calls_in_half_open: u32,
     /// The longest the breaker may stay half-open: once it has passed, the
     /// next call re-opens it, so trial calls that never finish cannot keep it
-    /// there. `None` (the default, as in resilience4j) waits for the trial
-    /// calls; a dropped trial call always gives its permit back.
-    #[serde(
-        with = "crate::config::duration::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// there. Default 60 s.
+    ///
+    /// Why bounded by default, unlike resilience4j: a breaker used without a
+    /// timeout inside it can admit a trial call that hangs forever. A dropped
+    /// trial gives its permit back, but one that is still pending holds
+    /// half-open for good, and every other call is rejected meanwhile — the
+    /// "stuck half-open" bug that resilience libraries' trackers report most.
+    /// A trial that has not answered in a minute is no evidence of health.
+    /// `None` waits for the trials without bound (only for services whose
+    /// calls are bounded by a timeout inside the breaker; `null` in JSON, code
+    /// only in TOML, which has no null).
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration::option"))]
     pub max_wait_in_half_open: Option<Duration>,
 }
 
@@ -154,7 +174,7 @@ impl Default for CircuitBreakerConfig {
             wait_in_open_multiplier: 1.0,
             max_wait_in_open: Duration::from_secs(60),
             permitted_calls_in_half_open: 10,
-            max_wait_in_half_open: None,
+            max_wait_in_half_open: Some(DEFAULT_MAX_WAIT_IN_HALF_OPEN),
         }
     }
 }

@@ -27,7 +27,7 @@
 //!   A trial call dropped before it finishes (a cancelled future, a timeout)
 //!   or whose outcome is ignored gives its permit back, and
 //!   [`max_wait_in_half_open`](CircuitBreakerConfig::max_wait_in_half_open)
-//!   re-opens a breaker whose trials never end.
+//!   (60 s by default) re-opens a breaker whose trials never end.
 //! - **Forced open** and **disabled**: set by hand through the
 //!   [`CircuitBreakerHandle`], until [`reset`](CircuitBreakerHandle::reset).
 //!
@@ -109,8 +109,8 @@ pub mod http;
 
 pub use classify::{Classifier, DefaultClassifier, Outcome};
 pub use config::{
-    CircuitBreakerConfig, MAX_COUNT_WINDOW, MAX_PERMITTED_IN_HALF_OPEN, MAX_TIME_BUCKETS,
-    SlidingWindow,
+    CircuitBreakerConfig, DEFAULT_MAX_WAIT_IN_HALF_OPEN, MAX_COUNT_WINDOW,
+    MAX_PERMITTED_IN_HALF_OPEN, MAX_TIME_BUCKETS, SlidingWindow,
 };
 pub use handle::CircuitBreakerHandle;
 pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};

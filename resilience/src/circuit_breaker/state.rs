@@ -128,10 +128,10 @@ fn epoch_of(word: u64) -> u64 {
     word >> STATE_BITS
 }
 
-/// Keeps a hot atomic on its own cache line(s).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
+/// Keeps a hot atomic on its own cache line(s): crossbeam's `CachePadded`
+/// knows each architecture's line size (128 bytes on x86-64, where the
+/// adjacent-line prefetcher pairs lines).
+pub(crate) use crossbeam_utils::CachePadded as Padded;
 
 /// Tunables read without the lock, stored as atomics so that a replaced
 /// configuration takes effect at once.
@@ -327,14 +327,14 @@ impl Shared {
         params.store(&config);
         let (watch, _) = watch::channel(CircuitState::Closed);
         Ok(Arc::new(Shared {
-            state: Padded(AtomicU64::new(CLOSED)),
+            state: Padded::new(AtomicU64::new(CLOSED)),
             base: Instant::now(),
             open_until: AtomicU64::new(0),
             trials: AtomicU64::new(0),
             trial_results: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
             params,
-            rejected: Padded(AtomicU64::new(0)),
+            rejected: Padded::new(AtomicU64::new(0)),
             generation: AtomicU64::new(0),
             control: Mutex::new(Control {
                 name: config.name.as_str().into(),
@@ -380,7 +380,7 @@ impl Shared {
     }
 
     pub(crate) fn state(&self) -> CircuitState {
-        CircuitState::from_code(self.state.0.load(Ordering::Acquire) & STATE_MASK)
+        CircuitState::from_code(self.state.load(Ordering::Acquire) & STATE_MASK)
     }
 
     pub(crate) fn name(&self) -> Arc<str> {
@@ -391,7 +391,7 @@ impl Shared {
     /// load; the open state reads the clock.
     #[inline]
     pub(crate) fn admit(&self, name: &Arc<str>) -> Result<Admission, CircuitOpen> {
-        let word = self.state.0.load(Ordering::Acquire);
+        let word = self.state.load(Ordering::Acquire);
         if word & STATE_MASK == CLOSED {
             return Ok(Admission::Closed(word));
         }
@@ -427,13 +427,13 @@ impl Shared {
                     self.transition(word, OPEN, "max wait in half-open elapsed");
                 }
             }
-            word = self.state.0.load(Ordering::Acquire);
+            word = self.state.load(Ordering::Acquire);
         }
         Err(self.reject(name, None))
     }
 
     fn reject(&self, name: &Arc<str>, retry_after: Option<Duration>) -> CircuitOpen {
-        self.rejected.0.fetch_add(1, Ordering::Relaxed);
+        self.rejected.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if let Some(m) = self.metrics.get() {
             m.rejected.inc();
@@ -487,7 +487,7 @@ impl Shared {
     /// Records a finished call admitted in the closed state `word`.
     #[inline]
     pub(crate) fn record_closed(&self, window: &Window, word: u64, code: u8, now_nanos: u64) {
-        if self.state.0.load(Ordering::Acquire) != word {
+        if self.state.load(Ordering::Acquire) != word {
             return; // admitted under a state that has since ended
         }
         if let Some(totals) = window.record(code, now_nanos) {
@@ -554,7 +554,7 @@ impl Shared {
     /// moved first. Returns whether this call made the transition.
     fn transition(&self, expected: u64, to: u64, reason: &'static str) -> bool {
         let mut control = self.control();
-        let current = self.state.0.load(Ordering::Acquire);
+        let current = self.state.load(Ordering::Acquire);
         if current != expected {
             return false;
         }
@@ -605,7 +605,6 @@ impl Shared {
             _ => {}
         }
         self.state
-            .0
             .store(epoch << STATE_BITS | to, Ordering::Release);
         let (from, to) = (CircuitState::from_code(from), CircuitState::from_code(to));
         if from == to {
@@ -638,7 +637,7 @@ impl Shared {
     /// Moves to `to` from whatever the state is now (manual control).
     pub(crate) fn force(&self, to: CircuitState, reason: &'static str) {
         let mut control = self.control();
-        let current = self.state.0.load(Ordering::Acquire);
+        let current = self.state.load(Ordering::Acquire);
         if to == CircuitState::Closed {
             control.reopens = 0;
         }
@@ -670,10 +669,10 @@ impl Shared {
             // Calls admitted under the old window must not record into the
             // new one, nor open the breaker from the old one: a new epoch in
             // the same state makes their admission stale.
-            let current = self.state.0.load(Ordering::Acquire);
+            let current = self.state.load(Ordering::Acquire);
             if current & STATE_MASK == CLOSED {
                 let next = epoch_of(current).wrapping_add(1) << STATE_BITS | CLOSED;
-                self.state.0.store(next, Ordering::Release);
+                self.state.store(next, Ordering::Release);
             }
         }
         if *control.name != *config.name {
@@ -684,7 +683,7 @@ impl Shared {
         self.params.store(&config);
         control.config = config;
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let current = self.state.0.load(Ordering::Acquire);
+        let current = self.state.load(Ordering::Acquire);
         if restart_trials && current & STATE_MASK == HALF_OPEN {
             // The trials under way were counted against the old number and
             // might never reach the new one: start the trials over.
@@ -711,7 +710,7 @@ impl Shared {
             calls: totals.calls,
             failed_calls: totals.failures,
             slow_calls: totals.slow,
-            rejected_calls: self.rejected.0.load(Ordering::Relaxed),
+            rejected_calls: self.rejected.load(Ordering::Relaxed),
         }
     }
 

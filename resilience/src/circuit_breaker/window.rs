@@ -107,7 +107,7 @@ impl CountWindow {
             size,
             fastmod: (u64::MAX / u64::from(size)).wrapping_add(1),
             cursor: AtomicU32::new(0),
-            totals: Padded(AtomicU64::new(0)),
+            totals: Padded::new(AtomicU64::new(0)),
         }
     }
 
@@ -128,7 +128,7 @@ impl CountWindow {
         // which slot the next outcome overwrites does not matter while all
         // slots are equal: skip the cursor, the only atomic two callers
         // would fight over. Healthy steady state writes nothing shared.
-        if code == CALL && self.totals.0.load(Ordering::Acquire) == u64::from(self.size) {
+        if code == CALL && self.totals.load(Ordering::Acquire) == u64::from(self.size) {
             return None;
         }
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -145,21 +145,20 @@ impl CountWindow {
         }
         let after = self
             .totals
-            .0
             .fetch_add(delta, Ordering::AcqRel)
             .wrapping_add(delta);
         Some(unpack3(after))
     }
 
     fn totals(&self) -> Totals {
-        unpack3(self.totals.0.load(Ordering::Acquire))
+        unpack3(self.totals.load(Ordering::Acquire))
     }
 
     fn clear(&self) {
         for slot in self.slots.iter() {
             let old = slot.swap(0, Ordering::AcqRel);
             if old != 0 {
-                self.totals.0.fetch_sub(contribution(old), Ordering::AcqRel);
+                self.totals.fetch_sub(contribution(old), Ordering::AcqRel);
             }
         }
         self.cursor.store(0, Ordering::Relaxed);

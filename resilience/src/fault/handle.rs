@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 
@@ -9,15 +10,16 @@ use super::FaultInjection;
 use crate::config::ConfigError;
 
 /// What faults to inject, and how often.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct FaultConfig {
     /// Master switch; nothing is injected while false.
     pub enabled: bool,
     /// Probability (0–1) that a call is delayed by `latency`.
     pub latency_probability: f64,
     /// The delay added to a call chosen for latency.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub latency: Duration,
     /// Probability (0–1) that a call fails before reaching the inner service.
     pub error_probability: f64,

@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 
 use super::gcra::Params;
 use crate::config::ConfigError;
 
 /// What a limiter does with a call that finds no free permit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "snake_case"))]
 pub enum RateLimitMode {
     /// Reject at once with [`RateLimited`](crate::error::RateLimited), carrying
     /// the exact time after which the call would pass.
@@ -42,22 +44,23 @@ pub enum RateLimitMode {
 /// assert_eq!(config.max_wait, Duration::from_millis(250));
 /// config.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct RateLimitConfig {
     /// Label of this limiter in metrics and tracing.
     pub name: String,
     /// Calls admitted per `period` in the long run. Must be above zero.
     pub rate: u64,
     /// The period `rate` is counted over. Must be above zero.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub period: Duration,
     /// Calls admitted at once after a quiet spell. Must be above zero.
     pub burst: u64,
     /// Reject at once, or wait up to `max_wait`.
     pub mode: RateLimitMode,
     /// The longest a call waits for a permit in [`RateLimitMode::Wait`].
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub max_wait: Duration,
     /// Keyed limiters only: the most keys tracked at once. Idle keys are
     /// evicted first when the map is full. Must be above zero.

@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub(crate) rejected: Counter,
     pub(crate) waited: Counter,
     pub(crate) wait_seconds: Counter<f64, AtomicU64>,
+    /// Counted by the Redis limiter only.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) backend_errors: Counter,
 }
 

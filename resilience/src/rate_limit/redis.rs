@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use tower_layer::Layer;
@@ -56,8 +57,9 @@ return {1, wait}
 ";
 
 /// What the Redis limiter does when Redis cannot answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "snake_case"))]
 pub enum FailureMode {
     /// Admit the call: availability over strictness (the default).
     #[default]
@@ -87,8 +89,9 @@ pub enum FailureMode {
 /// assert_eq!(config.on_error, FailureMode::FailClosed);
 /// config.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct RedisRateLimitConfig {
     /// The limit (`max_keys` does not apply: Redis expires idle keys).
     pub limit: RateLimitConfig,
@@ -97,7 +100,7 @@ pub struct RedisRateLimitConfig {
     /// Prefix of every Redis key (`<prefix>:<key>`): one per limit.
     pub key_prefix: String,
     /// Longest a Redis round trip (connecting included) may take.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub timeout: Duration,
     /// What to do when Redis fails or times out.
     pub on_error: FailureMode,

@@ -27,13 +27,15 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 
 /// The shape of a [`Backoff`] schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "snake_case"))]
 pub enum BackoffKind {
     /// Retry at once, without waiting.
     None,
@@ -45,8 +47,9 @@ pub enum BackoffKind {
 }
 
 /// How a delay is randomized; see the [module docs](self) for the formulas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "snake_case"))]
 pub enum Jitter {
     /// No randomness: every client waits exactly the same.
     None,
@@ -82,18 +85,19 @@ pub enum Jitter {
 ///     [100, 200, 400, 800, 1000].map(Duration::from_millis).to_vec()
 /// );
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct Backoff {
     /// The shape of the schedule.
     pub kind: BackoffKind,
     /// The first delay (`fixed`: every delay) before jitter.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub base: Duration,
     /// Growth factor between consecutive delays (`exponential` only), at least 1.
     pub multiplier: f64,
     /// No delay is ever longer than this (`exponential` only).
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub cap: Duration,
     /// How each delay is randomized.
     pub jitter: Jitter,

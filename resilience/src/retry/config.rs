@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 
 use super::{Backoff, BudgetConfig};
@@ -37,8 +38,9 @@ use crate::config::ConfigError;
 /// let layer = RetryLayer::from_config(config).unwrap();
 /// # drop(layer);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct RetryConfig {
     /// Label for tracing and metrics.
     pub name: String,
@@ -47,11 +49,11 @@ pub struct RetryConfig {
     /// Give up rather than start a wait that would end more than this long
     /// after the first attempt started. `None`: no limit (and no clock read
     /// per call).
-    #[serde(with = "crate::config::duration::option")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration::option"))]
     pub max_elapsed: Option<Duration>,
     /// The longest `Retry-After` / `RateLimited::retry_after` honoured; a
     /// longer one makes the layer give up at once (reason `MaxElapsed`).
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub max_retry_after: Duration,
     /// The wait between attempts.
     pub backoff: Backoff,

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+#[cfg(feature = "config")]
 use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 
@@ -7,13 +8,14 @@ use super::Timeout;
 use crate::config::ConfigError;
 
 /// Configuration of a [`TimeoutLayer`], for serde configs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
 pub struct TimeoutConfig {
     /// Name used in tracing events.
     pub name: String,
     /// The deadline of each call. Default 1 s, as resilience4j's TimeLimiter.
-    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "config", serde(with = "crate::config::duration"))]
     pub timeout: Duration,
 }
 

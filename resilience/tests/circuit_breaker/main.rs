@@ -348,6 +348,52 @@ async fn max_wait_in_half_open_reopens_a_breaker_whose_trials_never_end() {
     drop(hanging);
 }
 
+/// The hanging-probe case with the DEFAULT half-open bound: a breaker used
+/// without a timeout inside it must not stay half-open behind a trial call
+/// that never settles.
+#[tokio::test(start_paused = true)]
+async fn by_default_a_hanging_trial_cannot_wedge_half_open() {
+    let defaults = CircuitBreakerConfig::default();
+    assert_eq!(
+        defaults.max_wait_in_half_open,
+        Some(trellis_resilience::circuit_breaker::DEFAULT_MAX_WAIT_IN_HALF_OPEN)
+    );
+    let bound = defaults.max_wait_in_half_open.unwrap();
+    // Only what opens the breaker quickly differs from the defaults.
+    let (layer, handle) = build(CircuitBreakerConfig {
+        name: "hanging".into(),
+        window: SlidingWindow::Count { size: 1 },
+        minimum_calls: 1,
+        permitted_calls_in_half_open: 1,
+        ..defaults.clone()
+    });
+    let (mut svc, called) = breaker(layer);
+    run(&mut svc, Call::Fail).await.unwrap_err();
+    assert_eq!(handle.state(), CircuitState::Open);
+    advance(defaults.wait_in_open).await;
+    // The only trial hangs forever (its gate is never opened nor dropped).
+    let (_gate, rx) = oneshot::channel::<bool>();
+    let mut hanging = svc.ready().await.unwrap().call(Call::Gate(rx));
+    assert!(futures_util::FutureExt::now_or_never(&mut hanging).is_none());
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    // Until the bound, everyone else is rejected without reaching the service.
+    advance(bound - Duration::from_millis(1)).await;
+    open_error(run(&mut svc, Call::Ok).await);
+    assert_eq!(handle.state(), CircuitState::HalfOpen);
+    assert_eq!(called.load(Ordering::SeqCst), 2);
+    // Past it, the next call re-opens the breaker...
+    advance(Duration::from_millis(1)).await;
+    open_error(run(&mut svc, Call::Ok).await);
+    assert_eq!(handle.state(), CircuitState::Open);
+    // ...and after the open wait a fresh trial is admitted and closes it,
+    // although the first trial is still pending.
+    advance(defaults.wait_in_open).await;
+    run(&mut svc, Call::Ok).await.unwrap();
+    assert_eq!(handle.state(), CircuitState::Closed);
+    assert_eq!(called.load(Ordering::SeqCst), 3);
+    assert!(futures_util::FutureExt::now_or_never(&mut hanging).is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_time_window_forgets_old_calls() {
     let time_config = CircuitBreakerConfig {

@@ -120,7 +120,7 @@ async fn retry_after_seconds_is_honoured() {
 async fn retry_after_http_date_is_honoured() {
     // The date has one-second resolution: 3 s from now lands in (2 s, 3 s].
     let at = SystemTime::now() + Duration::from_secs(3);
-    let date = format_imf_fixdate(at);
+    let date = httpdate::fmt_http_date(at);
     let value: &'static str = Box::leak(date.into_boxed_str());
     let (inner, seen) = upstream(vec![Ok((StatusCode::TOO_MANY_REQUESTS, Some(value))), OK]);
     let mut service = layer(Backoff::none()).layer(inner);
@@ -366,43 +366,29 @@ async fn a_chunked_body_within_the_bound_is_retried() {
     assert!(seen.iter().all(|s| &s.1[..] == b"abcdef"));
 }
 
-fn format_imf_fixdate(at: SystemTime) -> String {
-    let secs = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        months[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[test]
 fn retry_after_dates_round_trip() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     for ahead in [0u64, 1, 59, 3600, 86_400 * 400] {
-        let text = format_imf_fixdate(now + Duration::from_secs(ahead));
+        let text = httpdate::fmt_http_date(now + Duration::from_secs(ahead));
         let value = HeaderValue::from_str(&text).unwrap();
         assert_eq!(
             trellis_resilience::retry::http::parse_retry_after(&value, now),
             Some(Duration::from_secs(ahead)),
             "{text}"
+        );
+    }
+    // The two obsolete forms RFC 9110 still asks recipients to accept.
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_060);
+    for obsolete in [
+        "Tuesday, 14-Nov-23 22:14:20 GMT",
+        "Tue Nov 14 22:14:20 2023",
+    ] {
+        let value = HeaderValue::from_static(obsolete);
+        assert_eq!(
+            trellis_resilience::retry::http::parse_retry_after(&value, now),
+            Some(at.duration_since(now).unwrap()),
+            "{obsolete}"
         );
     }
     let past = HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT");
