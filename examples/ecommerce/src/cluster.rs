@@ -80,6 +80,10 @@ pub struct System {
     pub spare_ports: Vec<u16>,
     /// Stock of every SKU at the start (`ECOMMERCE_SEED_STOCK`).
     pub seed_stock: i64,
+    /// Second replicas ([`add_replicas`](Self::add_replicas)): their ports.
+    pub replica_ports: HashMap<ServiceName, u16>,
+    /// The second replicas' processes.
+    pub replica_procs: HashMap<ServiceName, Proc>,
 }
 
 impl System {
@@ -131,7 +135,76 @@ impl System {
             health_ports: HashMap::new(),
             spare_ports,
             seed_stock: SEED_STOCK,
+            replica_ports: HashMap::new(),
+            replica_procs: HashMap::new(),
         })
+    }
+
+    /// Gives each of `services` a second replica (before
+    /// [`start_all`](Self::start_all) starts them): its own port, and the
+    /// gateway's URL setting for the service lists both (it balances and
+    /// fails over). Only the gateway calls orders, shipping and analytics.
+    pub fn add_replicas(&mut self, services: &[ServiceName]) -> Result<(), Error> {
+        let taken: Vec<u16> = self.ports.values().copied().collect();
+        let mut free = free_ports(services.len() + taken.len())?
+            .into_iter()
+            .filter(|p| !taken.contains(p) && !self.spare_ports.contains(p));
+        for service in services {
+            let port = free
+                .next()
+                .ok_or_else(|| fail("no free port for a replica"))?;
+            self.replica_ports.insert(*service, port);
+            let key = format!("ECOMMERCE_{}_URL", service.as_str().to_uppercase());
+            let both = format!("{},http://127.0.0.1:{port}", self.url(*service));
+            self.env.retain(|(k, _)| *k != key);
+            self.env.push((key, both));
+        }
+        Ok(())
+    }
+
+    /// Starts `service`'s second replica, its output in `<service>-2.log`.
+    pub fn spawn_replica(&mut self, service: ServiceName) -> Result<(), Error> {
+        let port = *self
+            .replica_ports
+            .get(&service)
+            .ok_or_else(|| fail(format!("{service} has no replica")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}-2.log")))?;
+        let child = Command::new(&self.binary)
+            .args(["serve", "--service", service.as_str()])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("ECOMMERCE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOSTNAME", format!("{service}-2"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.replica_procs.insert(service, Proc { child });
+        Ok(())
+    }
+
+    /// Waits (≤ 40 s) until `service`'s second replica answers 200 on /ready.
+    pub async fn wait_replica_ready(&mut self, service: ServiceName) -> Result<(), Error> {
+        let port = self.replica_ports[&service];
+        let api = ApiClient::new(format!("http://127.0.0.1:{port}"));
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
+                && r.status == StatusCode::OK
+            {
+                return Ok(());
+            }
+            if let Some(proc) = self.replica_procs.get_mut(&service)
+                && let Ok(Some(status)) = proc.child.try_wait()
+            {
+                return Err(fail(format!("{service}-2 exited ({status})")));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!("{service}-2 not ready after 40 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `service`'s base URL.
@@ -237,6 +310,16 @@ impl System {
         for service in ServiceName::ALL {
             self.wait_ready(service).await?;
         }
+        // Second replicas once the first are ready: two processes creating
+        // the same tables at once race in PostgreSQL's catalog (`CREATE
+        // TABLE IF NOT EXISTS` is not safe against itself).
+        let replicas: Vec<ServiceName> = self.replica_ports.keys().copied().collect();
+        for service in &replicas {
+            self.spawn_replica(*service)?;
+        }
+        for service in replicas {
+            self.wait_replica_ready(service).await?;
+        }
         Ok(())
     }
 
@@ -283,6 +366,7 @@ impl System {
     /// (best effort: a cleanup that fails must not hide the run's outcome).
     pub async fn cleanup(mut self) {
         self.procs.clear();
+        self.replica_procs.clear();
         let stream = self.stream_name();
         if let Ok(nats) = async_nats::connect(&self.nats_url).await {
             let _ = async_nats::jetstream::new(nats)

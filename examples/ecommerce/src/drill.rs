@@ -56,6 +56,10 @@ pub enum Drill {
     /// Distributed: orders SIGKILLed and replaced at once by a process
     /// with a new owner identity while the old saga leases are still live.
     Reschedule,
+    /// Distributed: two replicas each of orders, shipping and analytics
+    /// behind the gateway; one of each SIGKILLed under load, never
+    /// restarted.
+    ReplicaKill,
 }
 
 impl Drill {
@@ -67,7 +71,12 @@ impl Drill {
     ];
 
     /// The drills of the distributed mode ([`run_distributed`]).
-    pub const DISTRIBUTED: [Drill; 3] = [Drill::KillOrders, Drill::NatsRestart, Drill::Reschedule];
+    pub const DISTRIBUTED: [Drill; 4] = [
+        Drill::KillOrders,
+        Drill::NatsRestart,
+        Drill::Reschedule,
+        Drill::ReplicaKill,
+    ];
 
     /// The drills that run the one-process system as a child process of
     /// the `ecommerce` executable, to kill it ([`run_late_restart`]).
@@ -88,6 +97,7 @@ impl Drill {
             Drill::NatsRestart => "nats-restart",
             Drill::LateRestart => "late-restart",
             Drill::Reschedule => "reschedule",
+            Drill::ReplicaKill => "replica-kill",
         }
     }
 }
@@ -248,9 +258,11 @@ impl DrillReport {
                 self.load.latency_us.max() >= INJECTED_LATENCY.as_micros() as u64
             }
             Drill::InventoryDown => self.accepted_pending > 0,
-            Drill::KillOrders | Drill::NatsRestart | Drill::LateRestart | Drill::Reschedule => {
-                self.fault.as_ref().is_some_and(|(seen, _)| *seen)
-            }
+            Drill::KillOrders
+            | Drill::NatsRestart
+            | Drill::LateRestart
+            | Drill::Reschedule
+            | Drill::ReplicaKill => self.fault.as_ref().is_some_and(|(seen, _)| *seen),
         }
     }
 
@@ -271,7 +283,11 @@ impl DrillReport {
                 "{seen}: {} orders accepted as PENDING_VALIDATION, {} of them CONFIRMED once validated",
                 self.accepted_pending, self.pending_confirmed
             ),
-            Drill::KillOrders | Drill::NatsRestart | Drill::LateRestart | Drill::Reschedule => {
+            Drill::KillOrders
+            | Drill::NatsRestart
+            | Drill::LateRestart
+            | Drill::Reschedule
+            | Drill::ReplicaKill => {
                 format!(
                     "{seen}: {}",
                     self.fault.as_ref().map_or("", |(_, what)| what.as_str())
@@ -354,7 +370,7 @@ async fn set_fault(api: &ApiClient, ops: &str, drill: Drill, on: bool) -> Result
         ),
         (Drill::InventoryLatency, false) => ("/api/v1/admin/inventory/faults", json!({})),
         (Drill::InventoryDown, on) => ("/api/v1/admin/inventory/breaker", json!({ "open": on })),
-        (Drill::KillOrders | Drill::NatsRestart | Drill::Reschedule, _) => {
+        (Drill::KillOrders | Drill::NatsRestart | Drill::Reschedule | Drill::ReplicaKill, _) => {
             return Err(Error::Scenario(format!(
                 "drill {} runs the distributed system: use --database-url",
                 drill.name()
@@ -565,6 +581,13 @@ pub struct Cluster {
     pub nats_url: String,
 }
 
+/// The services `replica-kill` runs twice.
+pub const REPLICATED: [crate::config::ServiceName; 3] = [
+    crate::config::ServiceName::Orders,
+    crate::config::ServiceName::Shipping,
+    crate::config::ServiceName::Analytics,
+];
+
 /// The saga lease of `reschedule`'s orders processes.
 pub const RESCHEDULE_LEASE_TTL: Duration = Duration::from_secs(3);
 
@@ -597,7 +620,7 @@ pub async fn run_distributed(
             nats.start().await?;
             Some(nats)
         }
-        Drill::KillOrders | Drill::Reschedule => None,
+        Drill::KillOrders | Drill::Reschedule | Drill::ReplicaKill => None,
         other => {
             return Err(Error::Scenario(format!(
                 "drill {} is not a distributed drill",
@@ -622,7 +645,10 @@ async fn distributed(
     options: &DrillOptions,
 ) -> Result<DrillReport, Error> {
     use crate::config::ServiceName;
-    if drill == Drill::Reschedule {
+    if drill == Drill::ReplicaKill {
+        system.add_replicas(&REPLICATED)?;
+    }
+    if matches!(drill, Drill::Reschedule | Drill::ReplicaKill) {
         // Short leases, so the replacement's wait for them is measured in
         // seconds.
         system.env.push((
@@ -660,7 +686,10 @@ async fn distributed(
             Ok::<_, Error>(())
         }
     };
-    if matches!(drill, Drill::KillOrders | Drill::Reschedule) {
+    if matches!(
+        drill,
+        Drill::KillOrders | Drill::Reschedule | Drill::ReplicaKill
+    ) {
         // Each charge waits 300 ms, so the kill finds sagas mid-flight with
         // stock reserved.
         payment_latency(Some("300ms")).await?;
@@ -724,6 +753,24 @@ async fn distributed(
                 ),
             )
         }
+        (Drill::ReplicaKill, _) => {
+            let owners = crate::cluster::audit_owners(system).await?;
+            for service in REPLICATED {
+                system.kill(service);
+            }
+            // The survivors take the load: the gateway fails over, the
+            // surviving orders adopts the dead one's sagas once their
+            // leases expire, the surviving read-model replicas carry on.
+            (
+                true,
+                format!(
+                    "the first replica of orders, shipping and analytics SIGKILLed at {:.1} s \
+                     (orders holding {} live saga leases), never restarted",
+                    (fault_at - start).as_secs_f64(),
+                    owners.live
+                ),
+            )
+        }
         (_, Some(nats)) => {
             nats.kill();
             // Orders' readiness reports NATS down: the outage is seen.
@@ -756,7 +803,10 @@ async fn distributed(
     let load = load
         .await
         .map_err(|e| Error::Scenario(format!("load task: {e}")))??;
-    if matches!(drill, Drill::KillOrders | Drill::Reschedule) {
+    if matches!(
+        drill,
+        Drill::KillOrders | Drill::Reschedule | Drill::ReplicaKill
+    ) {
         payment_latency(None).await?;
     }
 

@@ -19,7 +19,7 @@
 //! charge and restarted after more than its saga deadline
 //! (`ECOMMERCE_SAGA_DEADLINE`, default 10 s).
 //!
-//! `cargo run -p ecommerce -- drill kill-orders|nats-restart --database-url URL
+//! `cargo run -p ecommerce -- drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL
 //! [--nats-url URL] [load flags]`: a distributed drill on child processes of
 //! this executable (`serve --service X`), audited from their schemas.
 
@@ -234,7 +234,7 @@ fn load_flags(
 const DRILL_USAGE: &str = "usage: ecommerce drill payment-outage|inventory-latency|inventory-down \
      [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]\n\
      \x20      ecommerce drill late-restart [--concurrency C | --rps N] [--duration D] [--users U]\n\
-     \x20      ecommerce drill kill-orders|nats-restart --database-url URL [--nats-url URL] \
+     \x20      ecommerce drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL [--nats-url URL] \
      [--concurrency C | --rps N] [--duration D] [--users U]";
 
 async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
