@@ -76,25 +76,65 @@ impl Error {
 }
 
 /// Why a step's action or compensation failed: a message recorded in the
-/// saga's history.
+/// saga's history, and whether the failure is known to have left nothing
+/// behind.
+///
+/// # Unknown and permanent failures
+///
+/// An error made with [`StepError::new`] says "this attempt failed", not
+/// "nothing happened": the downstream call may have committed before the
+/// error (a timeout, a reset connection, a 5xx after the write). The
+/// orchestrator treats such an outcome as **unknown**: it retries on the
+/// step's schedule and, when the last attempt still ends unknown, re-runs the
+/// action once more with the same idempotency key so the downstream reaches
+/// a definite state; if that fails too, the step's **own** compensation runs
+/// along with the earlier steps'.
+///
+/// [`StepError::permanent`] says the action definitely did **not** take
+/// effect under its idempotency key and retrying cannot help (a declined
+/// card, a validation refusal): no retry, no re-run, and the step's own
+/// compensation is skipped. It settles an earlier unknown outcome too (a
+/// downstream that deduplicates by key would have answered with the
+/// committed result instead), so return it only when that holds.
 ///
 /// # Examples
 ///
 /// ```
-/// let error = trellis_saga::StepError::new("card declined");
-/// assert_eq!(error.to_string(), "card declined");
+/// use trellis_saga::StepError;
+///
+/// let unknown = StepError::new("connection reset");
+/// assert!(!unknown.is_permanent());
+/// let declined = StepError::permanent("card declined");
+/// assert!(declined.is_permanent());
+/// assert_eq!(declined.to_string(), "card declined");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepError {
     message: String,
+    permanent: bool,
 }
 
 impl StepError {
-    /// A step error with this message.
+    /// A failure whose effect is unknown: the action may have taken effect.
     pub fn new(message: impl fmt::Display) -> Self {
         StepError {
             message: message.to_string(),
+            permanent: false,
         }
+    }
+
+    /// A failure known to have had no effect, that no retry can fix.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        StepError {
+            message: message.to_string(),
+            permanent: true,
+        }
+    }
+
+    /// Whether the action definitely did not take effect
+    /// ([`StepError::permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 
     /// The message.

@@ -16,10 +16,13 @@ pub use log::memory::MemorySagaLog;
 #[cfg(feature = "postgres")]
 pub use log::postgres::PgSagaLog;
 #[cfg(feature = "sqlite")]
-pub use log::sqlite::SqliteSagaLog;
+pub use log::sqlite::{SqliteSagaLog, SqliteSagaLogOptions};
 pub use log::{
     HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
 };
-pub use orchestrator::{EVENT_CAPACITY, Orchestrator, SagaEvent, idempotency_key};
+pub use orchestrator::{
+    ADOPT_BATCH, ADOPT_CONCURRENCY, Adopter, EVENT_CAPACITY, Orchestrator, SagaEvent,
+    idempotency_key, process_owner,
+};
 pub use retry::{ExponentialSchedule, RetrySchedule};
 pub use saga::{Saga, SagaState, Step, StepContext};

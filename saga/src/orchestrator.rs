@@ -1,7 +1,8 @@
 //! The orchestrator: runs sagas against a [`SagaLog`], compensates, recovers.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -24,7 +25,18 @@ use crate::saga::{Saga, SagaState, StepContext};
 /// saga it runs (renewed while a step runs), so two instances on one
 /// database never run the same saga at once. A restarted instance that
 /// keeps its name takes its own leases back at once; another instance
-/// waits for them to expire.
+/// waits for them to expire. With several replicas, name each process with
+/// [`process_owner`] (unique per start) and run
+/// [`spawn_adopter`](Self::spawn_adopter) in every one: sagas whose owner
+/// died or lost its lease are then resumed by whichever instance sees them
+/// first, within about the lease TTL plus the adopt interval.
+///
+/// A step whose outcome is unknown (an error other than
+/// [`StepError::permanent`], a timeout, the deadline cutting it off, a
+/// restart while it ran) is never taken as "nothing happened": it is re-run
+/// once with the same idempotency key, and compensated itself if that does
+/// not settle it. See [`Step`](crate::Step) for what this asks of actions
+/// and compensations.
 #[derive(Debug, Clone)]
 pub struct Orchestrator<L> {
     log: L,
@@ -33,8 +45,112 @@ pub struct Orchestrator<L> {
     compensation_retry: Arc<ScheduleDebug>,
     /// Every durable write is also told here, for [`subscribe`](Self::subscribe).
     events: broadcast::Sender<SagaEvent>,
+    /// The ids of the sagas a run of this instance (or a clone) is driving
+    /// right now. The lease keeps other instances out; this keeps a second
+    /// run inside this process out, even when the first run's lease just
+    /// expired and the database would hand it over (the first run stops at
+    /// its next fenced write, and only then may the saga be adopted here).
+    /// Bounded by the sagas running at once.
+    driving: Arc<Mutex<HashSet<String>>>,
+    /// How often [`spawn_adopter`](Self::spawn_adopter) looks for orphans;
+    /// `None`: half the lease TTL.
+    adopt_interval: Option<Duration>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::SagaMetrics>,
+}
+
+/// How many adopted sagas one [`Orchestrator::spawn_adopter`] task (or one
+/// [`Orchestrator::adopt_orphans`] call) runs at once.
+pub const ADOPT_CONCURRENCY: usize = 32;
+
+/// How many orphans one [`Orchestrator::adopt_orphans`] call lists at most.
+pub const ADOPT_BATCH: usize = 256;
+
+/// The task of [`Orchestrator::spawn_adopter`]: dropping it (or
+/// [`stop`](Self::stop)) ends the task and the adopted runs it spawned.
+#[derive(Debug)]
+#[must_use = "dropping the Adopter stops it"]
+pub struct Adopter {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Adopter {
+    /// Stops the task and waits until it has ended.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Cancelled (or panicked): either way it has ended.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Adopter {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// An owner name for [`Orchestrator::new`] unique to this process start:
+/// `"{service}@{hostname}/{random hex}"`, the hostname from `HOSTNAME` or
+/// `/etc/hostname` (else `localhost`).
+///
+/// Why unique per start: leases are held by owner name, and an instance
+/// takes back at once the leases held under its own name. A fixed name
+/// shared by two replicas, or reused by a pod rescheduled while its
+/// predecessor still runs, would let two processes run one saga's step at
+/// once. With a name per start, a rescheduled pod is a new owner: it adopts
+/// the old one's sagas only once their leases expire (see
+/// [`Orchestrator::spawn_adopter`]), and never runs a step another live
+/// owner holds. The service and host parts say in the log who held what.
+///
+/// # Examples
+///
+/// ```
+/// let a = trellis_saga::process_owner("orders");
+/// let b = trellis_saga::process_owner("orders");
+/// assert!(a.starts_with("orders@"));
+/// assert_ne!(a, b);
+/// ```
+pub fn process_owner(service: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{service}@{host}/{:016x}", rand::random::<u64>())
+}
+
+/// Polls `futures` together on the caller's task, outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// How many saga events a subscriber may fall behind before it misses some
@@ -69,11 +185,26 @@ impl std::fmt::Debug for ScheduleDebug {
     }
 }
 
-/// Unix milliseconds on the wall clock (leases and deadlines outlive a process).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Unix milliseconds (leases and deadlines outlive a process, so they are
+/// stored as wall-clock times).
+///
+/// Read from the wall clock once, then advanced by the tokio runtime's
+/// clock: a wall-clock step (an NTP correction, a VM resume) after start
+/// does not expire every lease at once, and on tokio's paused test clock
+/// leases expire as the test advances time, like every other timer.
+pub(crate) fn now_ms() -> i64 {
+    static ANCHOR: OnceLock<(i64, std::time::Instant)> = OnceLock::new();
+    let (wall, at) = *ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        (wall, std::time::Instant::now())
+    });
+    let now = Instant::now().into_std();
+    match now.checked_duration_since(at) {
+        Some(ahead) => wall.saturating_add(millis(ahead)),
+        None => wall.saturating_sub(millis(at.duration_since(now))),
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -81,6 +212,44 @@ fn millis(d: Duration) -> i64 {
 }
 
 const DEADLINE_EXCEEDED: &str = "saga deadline exceeded";
+
+/// How a step's action ended in one run.
+enum ActionOutcome<S> {
+    /// It succeeded; `late` when only the re-run after an unknown outcome
+    /// succeeded, after the saga deadline had passed.
+    Succeeded { state: S, attempt: u32, late: bool },
+    /// It failed; `own` when it may have taken effect, so that its own
+    /// compensation must run too.
+    Failed {
+        error: StepError,
+        attempt: u32,
+        own: bool,
+    },
+}
+
+/// One attempt of an action: its result, or cut off by the saga deadline.
+enum Attempt<S> {
+    Done(std::result::Result<S, StepError>),
+    DeadlineCut,
+}
+
+/// A saga this instance is driving; dropping it (the run ended, or its
+/// future was dropped) lets the saga be run here again.
+struct Driving {
+    set: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.id);
+    }
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    // Every change under the lock is one insert or remove: never half-done.
+    set.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl<L: SagaLog> Orchestrator<L> {
     /// An orchestrator named `owner` on `log`: 30 s leases, compensations
@@ -92,6 +261,8 @@ impl<L: SagaLog> Orchestrator<L> {
             lease_ttl: Duration::from_secs(30),
             compensation_retry: Arc::new(ScheduleDebug(Box::new(ExponentialSchedule::default()))),
             events: broadcast::channel(EVENT_CAPACITY).0,
+            driving: Arc::default(),
+            adopt_interval: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -151,6 +322,38 @@ impl<L: SagaLog> Orchestrator<L> {
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(3));
         self
+    }
+
+    /// How long a lease lasts without renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// How often [`spawn_adopter`](Self::spawn_adopter) looks for orphaned
+    /// sagas (default: half the lease TTL, so an orphan is adopted at most
+    /// one and a half TTLs after its owner's last renewal).
+    pub fn with_adopt_interval(mut self, interval: Duration) -> Self {
+        self.adopt_interval = Some(interval.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How often the adopter looks for orphaned sagas.
+    pub fn adopt_interval(&self) -> Duration {
+        self.adopt_interval.unwrap_or(self.lease_ttl / 2)
+    }
+
+    /// Marks saga `id` as driven by this instance; `None` when a run of
+    /// this instance (or a clone) already drives it.
+    fn claim(&self, id: &str) -> Option<Driving> {
+        lock(&self.driving).insert(id.to_owned()).then(|| Driving {
+            set: self.driving.clone(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// Whether a run of this instance (or a clone) is driving saga `id`.
+    pub fn is_driving(&self, id: &str) -> bool {
+        lock(&self.driving).contains(id)
     }
 
     /// The schedule failed compensations are retried on; when it gives up
@@ -216,7 +419,11 @@ impl<L: SagaLog> Orchestrator<L> {
         Self::settle(saga, &mut record, &mut entries);
         self.log.create(&record, self.lease(), &entries).await?;
         self.publish(&record, &entries);
-        self.run_leased(saga, record, true, Vec::new()).await
+        let Some(driving) = self.claim(id) else {
+            return Err(Error::Leased { id: id.to_owned() });
+        };
+        self.run_leased(saga, record, true, Vec::new(), driving)
+            .await
     }
 
     /// Takes the lease on saga `id` and runs it on from where the log says
@@ -224,9 +431,29 @@ impl<L: SagaLog> Orchestrator<L> {
     ///
     /// # Errors
     ///
-    /// [`Error::Leased`] when another instance holds it,
-    /// [`Error::NotFound`], [`Error::DefinitionMismatch`].
+    /// [`Error::Leased`] when another instance holds it (or a run of this
+    /// one is driving it right now), [`Error::NotFound`],
+    /// [`Error::DefinitionMismatch`].
+    ///
+    /// # Unknown outcome
+    ///
+    /// A running saga's current step was logged as started but its outcome
+    /// was not: it may have taken effect. It is re-run (with the same
+    /// idempotency key) before anything else is decided, the saga deadline
+    /// included; see [`StepError`] for what follows a failure.
     pub async fn resume<S: SagaState>(&self, saga: &Saga<S>, id: &str) -> Result<SagaRecord> {
+        let Some(driving) = self.claim(id) else {
+            return Err(Error::Leased { id: id.to_owned() });
+        };
+        self.resume_claimed(saga, id, driving).await
+    }
+
+    async fn resume_claimed<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        id: &str,
+        driving: Driving,
+    ) -> Result<SagaRecord> {
         if !self.log.acquire(id, self.lease()).await? {
             return Err(Error::Leased { id: id.to_owned() });
         }
@@ -235,7 +462,8 @@ impl<L: SagaLog> Orchestrator<L> {
             .load(id)
             .await?
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        self.run_leased(saga, record, false, Vec::new()).await
+        self.run_leased(saga, record, false, Vec::new(), driving)
+            .await
     }
 
     /// Resumes every in-flight saga of this definition, one after the
@@ -264,6 +492,191 @@ impl<L: SagaLog> Orchestrator<L> {
         Ok(results)
     }
 
+    /// Resumes, concurrently (at most [`ADOPT_CONCURRENCY`] at once), the
+    /// in-flight sagas of this definition that nobody holds: their lease is
+    /// free or expired, because their owner died, was rescheduled, lost its
+    /// lease or gave up. Sagas a run of this instance is driving right now
+    /// are skipped, even when their lease just expired: that run stops at
+    /// its next fenced write, and the next call adopts them. Each adopted
+    /// saga gets its own result (one taken meanwhile by another instance
+    /// gives [`Error::Leased`]). Lists at most [`ADOPT_BATCH`] sagas.
+    ///
+    /// [`spawn_adopter`](Self::spawn_adopter) calls this periodically.
+    ///
+    /// # Errors
+    ///
+    /// Only listing the orphans can fail the call (a storage error); each
+    /// saga's own errors are in its result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{Lease, MemorySagaLog, Orchestrator, Saga, SagaLog, SagaRecord, SagaStatus, Step};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let saga = Saga::new("greet").step(Step::new(
+    ///     "hello",
+    ///     |s: u32, _cx| async move { Ok(s + 1) },
+    ///     |_s, _cx| async { Ok(()) },
+    /// ));
+    /// let log = MemorySagaLog::new();
+    /// // Left running by an owner whose lease expired long ago.
+    /// let orphan = SagaRecord {
+    ///     id: "g-1".into(),
+    ///     name: "greet".into(),
+    ///     status: SagaStatus::Running,
+    ///     cursor: 0,
+    ///     state: serde_json::json!(0),
+    ///     error: None,
+    ///     failed_step: None,
+    ///     deadline_ms: None,
+    /// };
+    /// log.create(&orphan, Lease { owner: "gone", now_ms: 0, until_ms: 1 }, &[]).await?;
+    ///
+    /// let orchestrator = Orchestrator::new(log, "node-2");
+    /// let adopted = orchestrator.adopt_orphans(&saga).await?;
+    /// assert_eq!(adopted.len(), 1);
+    /// let done = adopted[0].1.as_ref().unwrap();
+    /// assert_eq!((done.status, done.state.clone()), (SagaStatus::Completed, serde_json::json!(1)));
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn adopt_orphans<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+    ) -> Result<Vec<(String, Result<SagaRecord>)>> {
+        let ids = self
+            .log
+            .adoptable(&saga.name, now_ms(), ADOPT_BATCH)
+            .await?;
+        let permits = tokio::sync::Semaphore::new(ADOPT_CONCURRENCY);
+        let runs: Vec<_> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let driving = self.claim(&id)?;
+                let permits = &permits;
+                Some(async move {
+                    // The semaphore is never closed.
+                    let _permit = permits.acquire().await;
+                    tracing::info!(saga.id = %id, saga.name = %saga.name, owner = %self.owner, "adopting orphaned saga");
+                    let result = self.resume_claimed(saga, &id, driving).await;
+                    (id, result)
+                })
+            })
+            .collect();
+        Ok(join_all(runs).await)
+    }
+
+    /// Spawns a task that adopts this definition's orphaned sagas every
+    /// [`adopt_interval`](Self::adopt_interval) (half the lease TTL by
+    /// default): every instance runs one, so a saga whose owner died, was
+    /// rescheduled under a new name, lost its lease or hit a database blip
+    /// is resumed within about the lease TTL plus one interval, without
+    /// waiting for a restart. The first look is at once.
+    ///
+    /// Adopted sagas run concurrently on their own tasks, at most
+    /// [`ADOPT_CONCURRENCY`] at once; each adoption and its end are logged
+    /// with `tracing`. A failure to list orphans (a database blip) is
+    /// logged and the next tick tries again.
+    ///
+    /// Dropping the returned [`Adopter`] (or [`Adopter::stop`]) ends the
+    /// task and the adopted runs it spawned; a run ended mid-step leaves its
+    /// lease to expire and is adopted again, its step re-run with the same
+    /// idempotency key.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the task).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, Step};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let saga = Arc::new(Saga::new("greet").step(Step::new(
+    ///     "hello",
+    ///     |s: u32, _cx| async move { Ok(s + 1) },
+    ///     |_s, _cx| async { Ok(()) },
+    /// )));
+    /// let orchestrator = Orchestrator::new(MemorySagaLog::new(), trellis_saga::process_owner("orders"))
+    ///     .with_lease_ttl(Duration::from_secs(10));
+    /// assert_eq!(orchestrator.adopt_interval(), Duration::from_secs(5));
+    /// let adopter = orchestrator.spawn_adopter(saga);
+    /// adopter.stop().await;
+    /// # });
+    /// ```
+    pub fn spawn_adopter<S: SagaState>(&self, saga: Arc<Saga<S>>) -> Adopter
+    where
+        L: Clone,
+    {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(ADOPT_CONCURRENCY));
+            let mut runs = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(this.adopt_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => this.adopt_tick(&saga, &permits, &mut runs).await,
+                    Some(done) = runs.join_next() => {
+                        if let Err(error) = done {
+                            tracing::error!(%error, saga.name = %saga.name, "adopted saga run panicked");
+                        }
+                    }
+                }
+            }
+        });
+        Adopter { task: Some(task) }
+    }
+
+    /// One look for orphans: claims and spawns a run for each, as far as
+    /// the free permits go.
+    async fn adopt_tick<S: SagaState>(
+        &self,
+        saga: &Arc<Saga<S>>,
+        permits: &Arc<tokio::sync::Semaphore>,
+        runs: &mut tokio::task::JoinSet<()>,
+    ) where
+        L: Clone,
+    {
+        let free = permits.available_permits();
+        if free == 0 {
+            return;
+        }
+        let ids = match self.log.adoptable(&saga.name, now_ms(), free).await {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::warn!(%error, saga.name = %saga.name, "listing orphaned sagas failed; trying again next tick");
+                return;
+            }
+        };
+        for id in ids {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            // Skips the sagas this instance drives, and claims the others
+            // before the next tick can list them again.
+            let Some(driving) = self.claim(&id) else {
+                continue;
+            };
+            let (this, saga) = (self.clone(), saga.clone());
+            runs.spawn(async move {
+                let _permit = permit;
+                tracing::info!(saga.id = %id, saga.name = %saga.name, owner = %this.owner, "adopting orphaned saga");
+                match this.resume_claimed(&saga, &id, driving).await {
+                    Ok(record) => tracing::info!(saga.id = %id, status = record.status.as_str(), "adopted saga ran"),
+                    Err(Error::Leased { .. }) => {
+                        tracing::debug!(saga.id = %id, "orphan taken by another instance first")
+                    }
+                    Err(error) => tracing::warn!(saga.id = %id, %error, "adopted saga stopped; it stays in flight"),
+                }
+            });
+        }
+    }
+
     /// Operator action on a saga parked as [`SagaStatus::NeedsAttention`]:
     /// runs its remaining compensations again, from the one that failed
     /// (whatever was fixed meanwhile, e.g. the payment provider is back),
@@ -284,20 +697,25 @@ impl<L: SagaLog> Orchestrator<L> {
     where
         L: Clone,
     {
-        let (operator, mut record) = self
+        let (operator, mut record, driving) = self
             .take_for_operator(id, "retry compensation", |status| {
                 status == SagaStatus::NeedsAttention
             })
             .await?;
         record.status = SagaStatus::Compensating;
         record.failed_step = None;
-        operator.run_leased(saga, record, false, Vec::new()).await
+        operator
+            .run_leased(saga, record, false, Vec::new(), driving)
+            .await
     }
 
     /// Operator action on a saga stuck running forward (its step keeps
     /// waiting on a dependency that will not come back, or its orchestrator
     /// is gone for good): fails the current step with `reason` and
-    /// compensates the completed ones in reverse.
+    /// compensates it and the completed ones in reverse. The current step
+    /// was logged as started and its outcome never was, so it may have taken
+    /// effect: its own compensation runs first (compensations tolerate
+    /// "nothing to undo").
     ///
     /// Only a saga no live run holds can be compensated this way: its lease
     /// must be free or expired.
@@ -315,7 +733,7 @@ impl<L: SagaLog> Orchestrator<L> {
     where
         L: Clone,
     {
-        let (operator, mut record) = self
+        let (operator, mut record, driving) = self
             .take_for_operator(id, "compensate", |status| status == SagaStatus::Running)
             .await?;
         let mut entries = Vec::new();
@@ -332,11 +750,15 @@ impl<L: SagaLog> Orchestrator<L> {
                 "step {} cancelled by operator: {reason}",
                 step.name
             ));
+            // Its outcome is unknown: compensate it too.
+            record.cursor = failed + 1;
         } else {
             record.error = Some(format!("cancelled by operator: {reason}"));
         }
         record.status = SagaStatus::Compensating;
-        operator.run_leased(saga, record, false, entries).await
+        operator
+            .run_leased(saga, record, false, entries, driving)
+            .await
     }
 
     /// Loads saga `id`, checks its status and takes its lease under a fresh
@@ -347,7 +769,7 @@ impl<L: SagaLog> Orchestrator<L> {
         id: &str,
         action: &'static str,
         allowed: impl Fn(SagaStatus) -> bool,
-    ) -> Result<(Self, SagaRecord)>
+    ) -> Result<(Self, SagaRecord, Driving)>
     where
         L: Clone,
     {
@@ -365,6 +787,9 @@ impl<L: SagaLog> Orchestrator<L> {
                 action,
             });
         }
+        let Some(driving) = self.claim(id) else {
+            return Err(Error::Leased { id: id.to_owned() });
+        };
         let mut operator = self.clone();
         operator.owner = Arc::from(format!(
             "{}/operator-{}-{}",
@@ -389,7 +814,7 @@ impl<L: SagaLog> Orchestrator<L> {
                 action,
             });
         }
-        Ok((operator, record))
+        Ok((operator, record, driving))
     }
 
     /// Sagas with this status.
@@ -408,6 +833,7 @@ impl<L: SagaLog> Orchestrator<L> {
         record: SagaRecord,
         fresh: bool,
         first_entries: Vec<NewEntry>,
+        driving: Driving,
     ) -> Result<SagaRecord> {
         let span = tracing::info_span!("saga", saga.id = %record.id, saga.name = %saga.name);
         let id = record.id.clone();
@@ -422,6 +848,7 @@ impl<L: SagaLog> Orchestrator<L> {
             Ok(record) if !record.status.is_in_flight() && fresh => {}
             _ => self.log.release(&id, &self.owner).await?,
         }
+        drop(driving);
         #[cfg(feature = "metrics")]
         if let (Some(metrics), Ok(record)) = (&self.metrics, &result)
             && !record.status.is_in_flight()
@@ -517,6 +944,21 @@ impl<L: SagaLog> Orchestrator<L> {
         // An operator action's own entries ride on the first write.
         let mut entries = first_entries;
         let before = record.status;
+        // A resumed running saga: its current step was logged as started,
+        // its outcome was not (the run that started it crashed, lost its
+        // lease or was dropped). It may have taken effect: say so in the
+        // history, and re-run it before deciding anything else.
+        let mut uncertain = false;
+        if !fresh && record.status == SagaStatus::Running && record.cursor < len {
+            uncertain = true;
+            entries.push(entry(
+                saga,
+                record.cursor,
+                StepEvent::OutcomeUnknown,
+                1,
+                Some("the run that started it stopped before logging its outcome".to_owned()),
+            ));
+        }
         if !fresh {
             Self::settle(saga, &mut record, &mut entries);
         }
@@ -530,19 +972,42 @@ impl<L: SagaLog> Orchestrator<L> {
                 let step = &saga.steps[index as usize];
                 let span = tracing::info_span!("saga.step", step = index, step.name = %step.name, phase = "action");
                 let outcome = self
-                    .run_action(saga, &record.id, index, &state, deadline)
+                    .run_action(saga, &mut record, index, &state, deadline, uncertain)
                     .instrument(span)
                     .await?;
+                // Only the first step of a resumed run inherits uncertainty.
+                uncertain = false;
                 match outcome {
-                    Ok((next, attempt)) => {
+                    ActionOutcome::Succeeded {
+                        state: next,
+                        attempt,
+                        late,
+                    } => {
                         state = next;
                         record.state = serde_json::to_value(&state)?;
                         entries.push(entry(saga, index, StepEvent::Succeeded, attempt, None));
                         record.cursor = index + 1;
                         self.count_step("succeeded");
+                        if late {
+                            // Re-run to a known outcome after the deadline:
+                            // the saga still ends as the deadline says,
+                            // this step compensated with the others.
+                            tracing::warn!(
+                                "saga step re-run succeeded after the deadline, compensating"
+                            );
+                            record.status = SagaStatus::Compensating;
+                            record.error = Some(format!(
+                                "step {} finished after the deadline: {DEADLINE_EXCEEDED}",
+                                step.name
+                            ));
+                        }
                     }
-                    Err((error, attempt)) => {
-                        tracing::warn!(%error, "saga step failed, compensating");
+                    ActionOutcome::Failed {
+                        error,
+                        attempt,
+                        own,
+                    } => {
+                        tracing::warn!(%error, own_compensation = own, "saga step failed, compensating");
                         entries.push(entry(
                             saga,
                             index,
@@ -552,6 +1017,11 @@ impl<L: SagaLog> Orchestrator<L> {
                         ));
                         record.status = SagaStatus::Compensating;
                         record.error = Some(format!("step {} failed: {error}", step.name));
+                        // A step that may have taken effect is compensated
+                        // too (its compensation tolerates nothing to undo).
+                        if own {
+                            record.cursor = index + 1;
+                        }
                         self.count_step("failed");
                     }
                 }
@@ -579,56 +1049,173 @@ impl<L: SagaLog> Orchestrator<L> {
         Ok(record)
     }
 
-    /// Runs step `index`'s action with its timeout and retries; the inner
-    /// result is the new state or the last error, each with its attempt.
-    async fn run_action<S: SagaState>(
+    /// One attempt of step `index`'s action, bounded by the step timeout
+    /// and (when given) the saga deadline, renewing the lease meanwhile.
+    async fn attempt<S: SagaState>(
         &self,
         saga: &Saga<S>,
         id: &str,
         index: u32,
         state: &S,
+        attempt: u32,
         deadline: Option<Instant>,
-    ) -> Result<std::result::Result<(S, u32), (StepError, u32)>> {
+    ) -> Result<Attempt<S>> {
         let step = &saga.steps[index as usize];
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(Err((StepError::new(DEADLINE_EXCEEDED), attempt)));
+        let cx = context(id, index, &step.name, "action", attempt);
+        let action = (step.action)(state.clone(), cx);
+        let timeout = step.timeout;
+        let timed = async move {
+            match timeout {
+                Some(t) => tokio::time::timeout(t, action)
+                    .await
+                    .unwrap_or_else(|_| Err(StepError::new(format!("step timed out after {t:?}")))),
+                None => action.await,
             }
-            let cx = context(id, index, &step.name, "action", attempt);
-            let action = (step.action)(state.clone(), cx);
-            let timeout = step.timeout;
-            let bounded = async move {
-                let timed = async {
-                    match timeout {
-                        Some(t) => tokio::time::timeout(t, action).await.unwrap_or_else(|_| {
-                            Err(StepError::new(format!("step timed out after {t:?}")))
-                        }),
-                        None => action.await,
-                    }
-                };
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, timed)
-                        .await
-                        .unwrap_or_else(|_| Err(StepError::new(DEADLINE_EXCEEDED))),
-                    None => timed.await,
+        };
+        let bounded = async move {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, timed)
+                    .await
+                    .map_or(Attempt::DeadlineCut, Attempt::Done),
+                None => Attempt::Done(timed.await),
+            }
+        };
+        self.leased(id, bounded).await
+    }
+
+    /// Runs step `index`'s action with its timeout and retries.
+    ///
+    /// `uncertain`: an earlier run may have run the action (a resumed
+    /// saga). Whenever the action may have taken effect and no later
+    /// attempt settled it, it is re-run once more, ignoring the deadline,
+    /// before the step is given up ([`confirm`](Self::confirm)).
+    async fn run_action<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        record: &mut SagaRecord,
+        index: u32,
+        state: &S,
+        deadline: Option<Instant>,
+        mut uncertain: bool,
+    ) -> Result<ActionOutcome<S>> {
+        let step = &saga.steps[index as usize];
+        let id = record.id.clone();
+        let mut attempt = 0u32;
+        // The unknown outcome of this run's last attempt, if any.
+        let mut unknown: Option<StepError> = None;
+        loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                if uncertain {
+                    return self
+                        .confirm(saga, record, index, state, attempt, unknown, deadline)
+                        .await;
+                }
+                // Nothing ran: the step is definitely not done.
+                return Ok(ActionOutcome::Failed {
+                    error: StepError::new(DEADLINE_EXCEEDED),
+                    attempt: attempt + 1,
+                    own: false,
+                });
+            }
+            attempt += 1;
+            let error = match self
+                .attempt(saga, &id, index, state, attempt, deadline)
+                .await?
+            {
+                Attempt::Done(Ok(next)) => {
+                    return Ok(ActionOutcome::Succeeded {
+                        state: next,
+                        attempt,
+                        late: false,
+                    });
+                }
+                Attempt::Done(Err(error)) if error.is_permanent() => {
+                    // A definite answer for this idempotency key: whatever
+                    // an earlier attempt with the same key did, the
+                    // downstream says it did not take effect.
+                    return Ok(ActionOutcome::Failed {
+                        error,
+                        attempt,
+                        own: false,
+                    });
+                }
+                Attempt::Done(Err(error)) => error,
+                Attempt::DeadlineCut => {
+                    let error = StepError::new(DEADLINE_EXCEEDED);
+                    return self
+                        .confirm(saga, record, index, state, attempt, Some(error), deadline)
+                        .await;
                 }
             };
-            match self.leased(id, bounded).await? {
-                Ok(next) => return Ok(Ok((next, attempt))),
-                Err(error) if error.message() == DEADLINE_EXCEEDED => {
-                    return Ok(Err((error, attempt)));
+            uncertain = true;
+            match step.retry.delay(attempt - 1) {
+                Some(delay) => {
+                    tracing::debug!(%error, ?delay, attempt, "retrying saga step");
+                    unknown = Some(error);
+                    // The deadline ends the wait: the loop then confirms.
+                    let wake = Instant::now() + delay;
+                    let wake = deadline.map_or(wake, |d| wake.min(d));
+                    self.leased(&id, tokio::time::sleep_until(wake)).await?;
                 }
-                Err(error) => match step.retry.delay(attempt - 1) {
-                    Some(delay) => {
-                        tracing::debug!(%error, ?delay, attempt, "retrying saga step");
-                        self.leased(id, tokio::time::sleep(delay)).await?;
-                    }
-                    None => return Ok(Err((error, attempt))),
-                },
+                None => {
+                    return self
+                        .confirm(saga, record, index, state, attempt, Some(error), deadline)
+                        .await;
+                }
             }
         }
+    }
+
+    /// The re-run after an unknown outcome: logs it (when this run saw the
+    /// unknown attempt; a resumed run logged it on resuming), runs the
+    /// action once more with the same key, bounded by the step timeout but
+    /// not by the saga deadline, so that the downstream reaches a definite
+    /// state. Success counts (late if the deadline has passed); a failure
+    /// gives the step up, with its own compensation unless the failure is
+    /// [`StepError::permanent`].
+    #[allow(clippy::too_many_arguments)] // private; each is one fact of the step
+    async fn confirm<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        record: &mut SagaRecord,
+        index: u32,
+        state: &S,
+        attempts: u32,
+        unknown: Option<StepError>,
+        deadline: Option<Instant>,
+    ) -> Result<ActionOutcome<S>> {
+        if let Some(error) = &unknown {
+            tracing::warn!(%error, attempt = attempts, "saga step outcome unknown, re-running it once");
+            let logged = [entry(
+                saga,
+                index,
+                StepEvent::OutcomeUnknown,
+                attempts.max(1),
+                Some(error.to_string()),
+            )];
+            self.write(record, &logged).await?;
+        }
+        let attempt = attempts + 1;
+        let id = record.id.clone();
+        let result = match self.attempt(saga, &id, index, state, attempt, None).await? {
+            Attempt::Done(result) => result,
+            // Not bounded by a deadline: cannot happen.
+            Attempt::DeadlineCut => Err(StepError::new(DEADLINE_EXCEEDED)),
+        };
+        Ok(match result {
+            Ok(next) => ActionOutcome::Succeeded {
+                state: next,
+                attempt,
+                late: deadline.is_some_and(|d| Instant::now() >= d),
+            },
+            // A permanent answer settles it (nothing happened under this
+            // key); anything else leaves it unknown: compensate the step.
+            Err(error) => ActionOutcome::Failed {
+                own: !error.is_permanent(),
+                error,
+                attempt,
+            },
+        })
     }
 
     /// Runs step `index`'s compensation until it succeeds (`true`) or the

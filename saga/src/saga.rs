@@ -40,6 +40,22 @@ type CompensationFn<S> =
     Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
 
 /// One step: an action, its compensation, a timeout and a retry schedule.
+///
+/// # Contract for actions and compensations
+///
+/// - **Idempotent by key.** Each gets a [`StepContext::idempotency_key`]
+///   that stays the same across retries, re-runs and restarts; the
+///   downstream must deduplicate by it (a second call with the key returns
+///   the first call's result).
+/// - **An action error is an unknown outcome** unless it is
+///   [`StepError::permanent`]: the orchestrator re-runs the action once
+///   more with the same key before giving the step up, and then runs the
+///   step's **own** compensation as well as the earlier steps'.
+/// - **A compensation tolerates "nothing to undo".** It can run for an
+///   action that never took effect (the action's outcome was unknown), and
+///   it gets the state from *before* the action: it must find what to undo
+///   from its key (e.g. refund the charge made under `"{saga}/{step}/action"`),
+///   not only from the state, and succeed when there is nothing.
 pub struct Step<S> {
     pub(crate) name: String,
     pub(crate) action: ActionFn<S>,
@@ -59,7 +75,9 @@ impl<S> fmt::Debug for Step<S> {
 
 impl<S: SagaState> Step<S> {
     /// A step named `name`: `action` returns the updated state,
-    /// `compensation` undoes the action. No timeout, no retry of the action.
+    /// `compensation` undoes the action. No timeout, no retry of the action
+    /// (an unknown outcome is still re-run once; see the
+    /// [contract](Step#contract-for-actions-and-compensations)).
     pub fn new<A, AF, C, CF>(name: impl Into<String>, action: A, compensation: C) -> Self
     where
         A: Fn(S, StepContext) -> AF + Send + Sync + 'static,
@@ -149,13 +167,16 @@ impl<S: SagaState> Step<S> {
         )
     }
 
-    /// Each action attempt fails after `timeout`.
+    /// Each action attempt (and each compensation attempt) fails after
+    /// `timeout`. A timed-out action may have taken effect: it counts as an
+    /// unknown outcome.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
-    /// Retries a failed action on this schedule before compensating.
+    /// Retries a failed action on this schedule before compensating. A
+    /// [`StepError::permanent`] failure is never retried.
     pub fn with_retry(mut self, schedule: impl RetrySchedule) -> Self {
         self.retry = Arc::new(schedule);
         self
@@ -213,8 +234,12 @@ impl<S: SagaState> Saga<S> {
         self
     }
 
-    /// When the saga has not completed `deadline` after it started, the
-    /// running step is abandoned and the completed ones are compensated.
+    /// When the saga has not completed `deadline` after it started, it
+    /// compensates. A step the deadline cuts off mid-call (or that was
+    /// interrupted by a restart) may have taken effect: it is first re-run
+    /// once with the same key, ignoring the deadline but bounded by the
+    /// step timeout, and compensated with the completed steps whatever that
+    /// re-run's outcome (unless it fails with [`StepError::permanent`]).
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self

@@ -36,6 +36,7 @@ where
     by_status_filters(&factory().await).await;
     unknown_ids(&factory().await).await;
     concurrent_writes_get_their_own_outcomes(&factory().await).await;
+    adoptable_lists_unheld_in_flight_sagas(&factory().await).await;
 }
 
 fn lease(owner: &str, now_ms: i64) -> Lease<'_> {
@@ -372,4 +373,85 @@ pub async fn unknown_ids<L: SagaLog>(log: &L) {
         log.record("nope", lease("o1", 0), &[], &update).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// `adoptable` lists the in-flight sagas of one definition whose lease is
+/// free or expired, longest-expired first, at most `limit`; never a saga
+/// whose lease is live, a finished one, or another definition's.
+pub async fn adoptable_lists_unheld_in_flight_sagas<L: SagaLog>(log: &L) {
+    // Held until 1_000.
+    log.create(&record("live"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    // Expired at -4_000.
+    log.create(&record("expired"), lease("o1", -5_000), &[])
+        .await
+        .expect("create");
+    // Released: free.
+    log.create(&record("released"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    log.release("released", "o1").await.expect("release");
+    // Compensating, expired at -2_000.
+    log.create(&record("undoing"), lease("o1", -5_000), &[])
+        .await
+        .expect("create");
+    let compensating = SagaUpdate {
+        status: SagaStatus::Compensating,
+        cursor: 1,
+        state: json!({}),
+        error: Some("x".to_owned()),
+        failed_step: None,
+    };
+    log.record("undoing", lease("o1", -3_000), &[], &compensating)
+        .await
+        .expect("record");
+    // Finished: never adoptable.
+    log.create(&record("done"), lease("o1", -5_000), &[])
+        .await
+        .expect("create");
+    let completed = SagaUpdate {
+        status: SagaStatus::Completed,
+        cursor: 3,
+        state: json!({}),
+        error: None,
+        failed_step: None,
+    };
+    log.record("done", lease("o1", -5_000), &[], &completed)
+        .await
+        .expect("record");
+    // Another definition's, expired.
+    let mut other = record("other");
+    other.name = "other-saga".to_owned();
+    log.create(&other, lease("o1", -5_000), &[])
+        .await
+        .expect("create");
+
+    let at = |now: i64, limit: usize| log.adoptable("test-saga", now, limit);
+    let mut free = at(500, 100).await.expect("adoptable");
+    // The released one (lease_until 0) and the expired ones, by expiry;
+    // the order among them is the backend's, the set is not.
+    free.sort();
+    assert_eq!(free, ["expired", "released", "undoing"]);
+    let first = at(500, 1).await.expect("adoptable");
+    assert_eq!(first, ["expired"], "longest expired first");
+    assert_eq!(at(500, 2).await.expect("adoptable").len(), 2);
+    // Once the live lease expires it is adoptable too.
+    let mut later = at(1_001, 100).await.expect("adoptable");
+    later.sort();
+    assert_eq!(later, ["expired", "live", "released", "undoing"]);
+    // A lease expiring exactly now is still held.
+    assert!(
+        !at(1_000, 100)
+            .await
+            .expect("adoptable")
+            .contains(&"live".to_owned())
+    );
+    // Another definition's orphans are its own adopter's.
+    assert_eq!(
+        log.adoptable("other-saga", 500, 100)
+            .await
+            .expect("adoptable"),
+        ["other"]
+    );
 }

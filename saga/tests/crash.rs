@@ -62,8 +62,11 @@ fn crash_if(point: &str) {
     }
 }
 
-fn definition(dir: PathBuf, fail_last: bool) -> Saga<State> {
+fn definition(dir: PathBuf, fail_last: bool, deadline_ms: Option<u64>) -> Saga<State> {
     let mut saga = Saga::new("crash");
+    if let Some(ms) = deadline_ms {
+        saga = saga.with_deadline(std::time::Duration::from_millis(ms));
+    }
     for k in 0..STEPS {
         let (d1, d2) = (dir.clone(), dir.clone());
         saga = saga.step(Step::new(
@@ -73,7 +76,7 @@ fn definition(dir: PathBuf, fail_last: bool) -> Saga<State> {
                 async move {
                     crash_if(&format!("do-before-{k}"));
                     if fail_last && k == STEPS - 1 {
-                        return Err(StepError::new("declined"));
+                        return Err(StepError::permanent("declined"));
                     }
                     apply(&dir, &cx.idempotency_key);
                     crash_if(&format!("do-after-{k}"));
@@ -102,7 +105,11 @@ fn child(mode: &str) {
         .expect("runtime");
     runtime.block_on(async {
         let dir = PathBuf::from(env("SAGA_CRASH_DIR"));
-        let saga = definition(dir.clone(), env("SAGA_CRASH_FAIL") == "1");
+        let saga = definition(
+            dir.clone(),
+            env("SAGA_CRASH_FAIL") == "1",
+            env("SAGA_CRASH_DEADLINE_MS").parse().ok(),
+        );
         let log = SqliteSagaLog::connect(&format!("sqlite://{}", dir.join("saga.db").display()))
             .await
             .expect("log");
@@ -128,8 +135,13 @@ fn run_child(
     mode: &str,
     point: &str,
     fail: bool,
+    deadline_ms: Option<u64>,
 ) -> std::process::ExitStatus {
     Command::new(exe)
+        .env(
+            "SAGA_CRASH_DEADLINE_MS",
+            deadline_ms.map(|d| d.to_string()).unwrap_or_default(),
+        )
         .env("SAGA_CRASH_CHILD", mode)
         .env("SAGA_CRASH_DIR", dir)
         .env("SAGA_CRASH_POINT", point)
@@ -142,20 +154,40 @@ fn key(step: u32, phase: &str) -> String {
     trellis_saga::idempotency_key(SAGA_ID, step, phase)
 }
 
-fn scenario(exe: &Path, point: &str, fail: bool) {
+/// A restart that comes after the saga deadline (the reported bug of
+/// issue 12: the interrupted charge was left standing).
+const LATE_DEADLINE_MS: u64 = 1_000;
+
+fn scenario(exe: &Path, point: &str, fail: bool, late: bool) {
     let dir = std::env::temp_dir().join(format!(
-        "trellis-saga-crash-{}-{point}-{fail}",
+        "trellis-saga-crash-{}-{point}-{fail}-{late}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
 
-    let first = run_child(exe, &dir, "start", point, fail);
+    let deadline = late.then_some(LATE_DEADLINE_MS);
+    let first = run_child(exe, &dir, "start", point, fail, deadline);
     assert!(!first.success(), "{point}: the first run did not crash");
-    let second = run_child(exe, &dir, "recover", "none", fail);
+    if late {
+        std::thread::sleep(std::time::Duration::from_millis(LATE_DEADLINE_MS + 500));
+    }
+    let second = run_child(exe, &dir, "recover", "none", fail, deadline);
     assert!(second.success(), "{point}: recovery failed: {second}");
 
-    let expected: BTreeSet<String> = if fail {
+    // Late: the step interrupted at `do-after-K` is re-run (same key), then
+    // it and every earlier step are compensated.
+    let late_step: Option<u32> = late.then(|| {
+        point
+            .strip_prefix("do-after-")
+            .and_then(|k| k.parse().ok())
+            .expect("late scenarios crash at do-after-K")
+    });
+    let expected: BTreeSet<String> = if let Some(k) = late_step {
+        (0..=k)
+            .flat_map(|j| [key(j, "action"), key(j, "compensation")])
+            .collect()
+    } else if fail {
         [
             key(0, "action"),
             key(1, "action"),
@@ -214,21 +246,24 @@ fn scenario(exe: &Path, point: &str, fail: bool) {
             .await
             .expect("log");
         let record = log.load(SAGA_ID).await.expect("load").expect("saga");
-        let want = if fail {
+        let want = if fail || late {
             SagaStatus::Compensated
         } else {
             SagaStatus::Completed
         };
         assert_eq!(record.status, want, "{point}: final status");
-        assert_eq!(
-            record.state["applied"],
-            if fail { 2 } else { STEPS },
-            "{point}: state"
-        );
+        let applied = match late_step {
+            Some(k) => k + 1,
+            None if fail => 2,
+            None => STEPS,
+        };
+        assert_eq!(record.state["applied"], applied, "{point}: state");
         log.pool().close().await;
     });
     let _ = std::fs::remove_dir_all(&dir);
-    println!("test crash at {point} (failing saga: {fail}) ... ok");
+    println!(
+        "test crash at {point} (failing saga: {fail}, restart after the deadline: {late}) ... ok"
+    );
 }
 
 fn parent() {
@@ -246,13 +281,15 @@ fn parent() {
             points.push((format!("undo-after-{k}"), true));
         }
     }
+    let mut count = points.len();
     for (point, fail) in &points {
-        scenario(&exe, point, *fail);
+        scenario(&exe, point, *fail, false);
     }
+    // Killed right after the downstream recorded step 1 (the charge), and
+    // restarted after the saga deadline: re-run once, then refunded.
+    scenario(&exe, "do-after-1", false, true);
+    count += 1;
     // The closing line in libtest's own format, so tools that read it count
     // these crash points as the tests they are.
-    println!(
-        "test result: ok. {} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
-        points.len()
-    );
+    println!("test result: ok. {count} passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }

@@ -16,6 +16,7 @@ const RETRIES: u32 = 2;
 
 fn saga(
     fail_action: Option<usize>,
+    permanent: bool,
     comp_failures: &[u32],
     fx: &Arc<Mutex<Vec<String>>>,
 ) -> Saga<State> {
@@ -29,7 +30,12 @@ fn saga(
                 let fx = fx.clone();
                 async move {
                     if fail_action == Some(i) {
-                        return Err(StepError::new("no"));
+                        fx.lock().unwrap().push(format!("try {i}"));
+                        return Err(if permanent {
+                            StepError::permanent("no")
+                        } else {
+                            StepError::new("no")
+                        });
                     }
                     fx.lock().unwrap().push(format!("do {i}"));
                     Ok(state)
@@ -58,6 +64,7 @@ proptest! {
     fn end_state_is_done_compensated_or_needs_attention_naming_the_step(
         comp_failures in prop::collection::vec(0u32..5, 1..6),
         fail_seed in prop::option::of(0usize..6),
+        permanent in any::<bool>(),
     ) {
         let n = comp_failures.len();
         let fail_action = fail_seed.map(|f| f % n);
@@ -66,7 +73,7 @@ proptest! {
         let orch = Orchestrator::new(MemorySagaLog::new(), "node")
             .with_compensation_retry(|r: u32| (r < RETRIES).then_some(Duration::ZERO));
         let done = runtime
-            .block_on(orch.start(&saga(fail_action, &comp_failures, &fx), "p", State))
+            .block_on(orch.start(&saga(fail_action, permanent, &comp_failures, &fx), "p", State))
             .unwrap();
         let effects = fx.lock().unwrap().clone();
 
@@ -79,8 +86,21 @@ proptest! {
             }
             Some(f) => {
                 want.extend((0..f).map(|i| format!("do {i}")));
+                // A permanent failure is known to have done nothing: one
+                // try, the earlier steps compensated. Any other failure is
+                // an unknown outcome (semantics since issue 12): the action
+                // is re-run once with the same key, and when that fails too
+                // the step's own compensation runs before the earlier ones.
+                let last = if permanent {
+                    want.push(format!("try {f}"));
+                    f
+                } else {
+                    want.push(format!("try {f}"));
+                    want.push(format!("try {f}"));
+                    f + 1
+                };
                 let mut outcome = (SagaStatus::Compensated, None);
-                for k in (0..f).rev() {
+                for k in (0..last).rev() {
                     if comp_failures[k] > RETRIES {
                         outcome = (SagaStatus::NeedsAttention, Some(format!("s{k}")));
                         break;
@@ -106,8 +126,9 @@ proptest! {
         let expected_failed: u32 = match fail_action {
             None => 0,
             Some(f) => {
+                let last = if permanent { f } else { f + 1 };
                 let mut total = 0;
-                for k in (0..f).rev() {
+                for k in (0..last).rev() {
                     total += comp_failures[k].min(RETRIES + 1);
                     if comp_failures[k] > RETRIES { break; }
                 }
@@ -115,6 +136,9 @@ proptest! {
             }
         };
         prop_assert_eq!(comp_failed as u32, expected_failed);
+        // The unknown outcome is in the history, once, before the re-run.
+        let unknown = history.iter().filter(|e| e.event == StepEvent::OutcomeUnknown).count();
+        prop_assert_eq!(unknown, usize::from(fail_action.is_some() && !permanent));
     }
 }
 

@@ -36,7 +36,10 @@ fn saga(
                 let fx = afx.clone();
                 async move {
                     if fail_action == Some(i) {
-                        return Err(StepError::new(format!("action {i} failed")));
+                        // A refusal known to have done nothing (a declined
+                        // card): no re-run, no compensation of its own. An
+                        // unknown outcome is tested on its own.
+                        return Err(StepError::permanent(format!("action {i} failed")));
                     }
                     fx.lock()
                         .unwrap()
@@ -279,10 +282,15 @@ async fn a_stuck_saga_is_compensated_only_once_no_run_holds_it() {
         done.error.as_deref(),
         Some("step s2 cancelled by operator: payment provider gone")
     );
-    // Step 2 never ran to completion, so only s1 and s0 are undone, in reverse.
+    // Step 2 was started and its outcome never logged: it may have taken
+    // effect, so it is undone too (by its key), then s1 and s0, in reverse.
     assert_eq!(
         taken(&fx),
-        ["undo stuck/1/compensation", "undo stuck/0/compensation"]
+        [
+            "undo stuck/2/compensation",
+            "undo stuck/1/compensation",
+            "undo stuck/0/compensation"
+        ]
     );
     let history: Vec<_> = log
         .history("stuck")
@@ -295,6 +303,8 @@ async fn a_stuck_saga_is_compensated_only_once_no_run_holds_it() {
         history,
         [
             (2, StepEvent::Failed),
+            (2, StepEvent::CompensationStarted),
+            (2, StepEvent::Compensated),
             (1, StepEvent::CompensationStarted),
             (1, StepEvent::Compensated),
             (0, StepEvent::CompensationStarted),

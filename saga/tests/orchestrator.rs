@@ -39,7 +39,10 @@ fn saga(
                 let fx = fx.clone();
                 async move {
                     if fail_action == Some(i) {
-                        return Err(StepError::new(format!("action {i} failed")));
+                        // A refusal known to have done nothing (a declined
+                        // card): no re-run, no compensation of its own. An
+                        // unknown outcome is tested on its own.
+                        return Err(StepError::permanent(format!("action {i} failed")));
                     }
                     fx.lock()
                         .unwrap()
@@ -218,10 +221,15 @@ async fn an_exhausted_compensation_parks_the_saga_as_needs_attention() {
     assert_eq!(taken(&fx).len(), 2);
 }
 
+/// A timed-out attempt may still have committed downstream: the action is
+/// re-run once with the same key (again bounded by the timeout), and when
+/// that times out too the step's own compensation runs with the others.
 #[tokio::test(start_paused = true)]
 async fn a_step_timeout_fails_the_step() {
+    let fx = effects();
     let orch = orchestrator();
     let started = tokio::time::Instant::now();
+    let (afx, cfx) = (fx.clone(), fx.clone());
     let s = Saga::new("t")
         .step(Step::new(
             "ok",
@@ -231,11 +239,25 @@ async fn a_step_timeout_fails_the_step() {
         .step(
             Step::new(
                 "slow",
-                |s: State, _| async {
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                    Ok(s)
+                move |s: State, cx| {
+                    let fx = afx.clone();
+                    async move {
+                        fx.lock()
+                            .unwrap()
+                            .push(format!("try {} #{}", cx.idempotency_key, cx.attempt));
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Ok(s)
+                    }
                 },
-                |_, _| async { Ok(()) },
+                move |_, cx| {
+                    let fx = cfx.clone();
+                    async move {
+                        fx.lock()
+                            .unwrap()
+                            .push(format!("undo {}", cx.idempotency_key));
+                        Ok(())
+                    }
+                },
             )
             .with_timeout(Duration::from_secs(1)),
         );
@@ -245,7 +267,33 @@ async fn a_step_timeout_fails_the_step() {
         done.error.as_deref(),
         Some("step slow failed: step timed out after 1s")
     );
-    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(
+        taken(&fx),
+        [
+            "try o1/1/action #1",
+            "try o1/1/action #2",
+            "undo o1/1/compensation"
+        ]
+    );
+    let events: Vec<_> = orch
+        .history("o1")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.step == 1)
+        .map(|e| (e.event, e.attempt))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (StepEvent::Started, 1),
+            (StepEvent::OutcomeUnknown, 1),
+            (StepEvent::Failed, 2),
+            (StepEvent::CompensationStarted, 1),
+            (StepEvent::Compensated, 1),
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -324,20 +372,44 @@ async fn the_saga_deadline_triggers_compensation() {
     let started = tokio::time::Instant::now();
     let done = orch.start(&s, "o1", State::default()).await.unwrap();
     assert_eq!(done.status, SagaStatus::Compensated);
+    // The deadline cut s2 off at 5 s, mid-call: its outcome is unknown, so
+    // it is re-run to the end (2 s more, past the deadline) with the same
+    // key, then compensated with the others.
     assert_eq!(
         done.error.as_deref(),
-        Some("step s2 failed: saga deadline exceeded")
+        Some("step s2 finished after the deadline: saga deadline exceeded")
     );
     assert_eq!(
         taken(&fx),
         [
             "do o1/0/action",
             "do o1/1/action",
+            "do o1/2/action",
+            "undo o1/2/compensation",
             "undo o1/1/compensation",
             "undo o1/0/compensation"
         ]
     );
-    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(started.elapsed(), Duration::from_secs(7));
+    let s2: Vec<_> = orch
+        .history("o1")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.step == 2)
+        .map(|e| (e.event, e.error))
+        .collect();
+    assert_eq!(
+        s2[..3],
+        [
+            (StepEvent::Started, None),
+            (
+                StepEvent::OutcomeUnknown,
+                Some("saga deadline exceeded".to_owned())
+            ),
+            (StepEvent::Succeeded, None),
+        ]
+    );
 }
 
 fn now_ms() -> i64 {
@@ -615,12 +687,17 @@ async fn metrics_count_steps_and_finished_sagas() {
     );
 }
 
+/// The reported bug (issue 12): a restart after the saga deadline used to
+/// compensate only the steps before the interrupted one, leaving its charge
+/// standing. The interrupted step's outcome is unknown: it is re-run once
+/// with the same key (the deadline notwithstanding), then compensated with
+/// the others.
 #[tokio::test]
 async fn a_deadline_that_passed_while_down_compensates_on_recovery() {
     let fx = effects();
     let log = MemorySagaLog::new();
     let now = now_ms();
-    // Step 0 done, step 1 next, deadline passed while no orchestrator ran.
+    // Step 0 done, step 1 started, deadline passed while no orchestrator ran.
     let mut record = pending("o1");
     record.cursor = 1;
     record.deadline_ms = Some(now - 1);
@@ -642,7 +719,121 @@ async fn a_deadline_that_passed_while_down_compensates_on_recovery() {
     assert_eq!(done.status, SagaStatus::Compensated);
     assert_eq!(
         done.error.as_deref(),
-        Some("step s1 failed: saga deadline exceeded")
+        Some("step s1 finished after the deadline: saga deadline exceeded")
     );
-    assert_eq!(taken(&fx), ["undo o1/0/compensation"]);
+    assert_eq!(
+        taken(&fx),
+        [
+            "do o1/1/action",
+            "undo o1/1/compensation",
+            "undo o1/0/compensation"
+        ]
+    );
+    let events: Vec<_> = orch
+        .history("o1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.step, e.event))
+        .collect();
+    assert_eq!(
+        events[..3],
+        [
+            (1, StepEvent::OutcomeUnknown),
+            (1, StepEvent::Started),
+            (1, StepEvent::Succeeded),
+        ]
+    );
+}
+
+/// A log that does not implement `adoptable` (here: `CountingLog`) gets
+/// the trait's default, which lists every in-flight saga of the definition;
+/// taking the lease then keeps the held ones out.
+#[tokio::test]
+async fn the_default_adoptable_lists_in_flight_sagas_and_leases_filter_them() {
+    let fx = effects();
+    let log = CountingLog::default();
+    let now = now_ms();
+    for (id, until) in [("orphan", now - 5_000), ("held", now + 60_000)] {
+        log.create(
+            &pending(id),
+            Lease {
+                owner: "gone",
+                now_ms: now - 10_000,
+                until_ms: until,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let mut listed = log.adoptable("test", now, 10).await.unwrap();
+    listed.sort();
+    assert_eq!(listed, ["held", "orphan"]);
+    let orch = Orchestrator::new(log.clone(), "node-1");
+    let mut adopted = orch
+        .adopt_orphans(&saga(1, None, vec![], &fx))
+        .await
+        .unwrap();
+    adopted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(matches!(adopted[0].1, Err(Error::Leased { .. })));
+    assert_eq!(adopted[1].1.as_ref().unwrap().status, SagaStatus::Completed);
+    assert_eq!(taken(&fx), ["do orphan/0/action"]);
+}
+
+/// The SQLite log's `synchronous` level is FULL unless chosen otherwise.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_synchronous_is_full_by_default_and_configurable() {
+    use sqlx::sqlite::SqliteSynchronous;
+    use trellis_saga::{SqliteSagaLog, SqliteSagaLogOptions};
+
+    async fn level(log: &SqliteSagaLog) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(log.pool())
+            .await
+            .unwrap()
+    }
+    let full = SqliteSagaLog::connect(&support::sqlite_url("sync"))
+        .await
+        .unwrap();
+    assert_eq!(level(&full).await, 2); // FULL
+    let normal = SqliteSagaLog::connect_with(
+        &support::sqlite_url("sync"),
+        SqliteSagaLogOptions::default().with_synchronous(SqliteSynchronous::Normal),
+    )
+    .await
+    .unwrap();
+    assert_eq!(level(&normal).await, 1); // NORMAL
+}
+
+/// `adoptable` is asked by every instance every few seconds: on SQLite it
+/// reads the in-flight rows through the status index, never the whole
+/// table (finished sagas pile up; in-flight ones are bounded by load).
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_adoptable_uses_the_in_flight_index() {
+    let log = trellis_saga::SqliteSagaLog::connect(&support::sqlite_url("plan"))
+        .await
+        .unwrap();
+    use sqlx::Row;
+    let plan: Vec<String> = sqlx::query(
+        // NOTE: the statement of `SqliteSagaLog::adoptable`, verbatim.
+        "EXPLAIN QUERY PLAN SELECT id FROM trellis_sagas INDEXED BY trellis_sagas_status \
+         WHERE name = ? AND status IN ('running', 'compensating') \
+           AND (lease_owner IS NULL OR lease_until < ?) \
+         ORDER BY lease_until, id LIMIT ?",
+    )
+    .bind("test")
+    .bind(0i64)
+    .bind(10i64)
+    .fetch_all(log.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get::<String, _>("detail"))
+    .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("USING INDEX trellis_sagas_status"), "{plan}");
+    assert!(!plan.contains("SCAN trellis_sagas"), "{plan}");
 }

@@ -165,4 +165,23 @@ impl SagaLog for MemorySagaLog {
             .map(|row| row.record.clone())
             .collect())
     }
+
+    async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        let rows = self.rows();
+        let mut free: Vec<(i64, &String)> = rows
+            .values()
+            .filter(|row| {
+                row.record.name == name
+                    && row.record.status.is_in_flight()
+                    && (row.owner.is_none() || row.lease_until < now_ms)
+            })
+            .map(|row| (row.lease_until, &row.record.id))
+            .collect();
+        free.sort();
+        Ok(free
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
+    }
 }

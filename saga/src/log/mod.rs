@@ -82,6 +82,13 @@ pub enum StepEvent {
     Compensated,
     /// One compensation attempt failed.
     CompensationFailed,
+    /// The action's outcome is not known: an attempt failed without
+    /// [`StepError::permanent`](crate::StepError::permanent), timed out or
+    /// was cut off by the saga deadline, or the run that started it stopped
+    /// (a crash, a lost lease) before logging its outcome. The action is
+    /// re-run once with the same idempotency key; should that fail too, the
+    /// step's own compensation runs.
+    OutcomeUnknown,
 }
 
 impl StepEvent {
@@ -94,6 +101,7 @@ impl StepEvent {
             StepEvent::CompensationStarted => "compensation_started",
             StepEvent::Compensated => "compensated",
             StepEvent::CompensationFailed => "compensation_failed",
+            StepEvent::OutcomeUnknown => "outcome_unknown",
         }
     }
 
@@ -106,6 +114,7 @@ impl StepEvent {
             "compensation_started" => StepEvent::CompensationStarted,
             "compensated" => StepEvent::Compensated,
             "compensation_failed" => StepEvent::CompensationFailed,
+            "outcome_unknown" => StepEvent::OutcomeUnknown,
             _ => return None,
         })
     }
@@ -233,4 +242,40 @@ pub trait SagaLog: Send + Sync + 'static {
     /// Every saga with this status, by id.
     fn by_status(&self, status: SagaStatus)
     -> impl Future<Output = Result<Vec<SagaRecord>>> + Send;
+
+    /// The ids of at most `limit` in-flight sagas (running or compensating)
+    /// of definition `name` that nobody holds: their lease is free or
+    /// expired (`lease_until < now_ms`). The longest-expired come first.
+    ///
+    /// Every orchestrator instance asks this periodically
+    /// ([`Orchestrator::spawn_adopter`](crate::Orchestrator::spawn_adopter)),
+    /// so it must be cheap: the SQL backends answer it from their status
+    /// index, reading only the in-flight rows.
+    ///
+    /// The default lists every in-flight saga of `name` whatever its lease
+    /// (taking the lease then refuses the held ones): correct but slow, for
+    /// a backend that cannot see leases. Every backend of this crate
+    /// overrides it, and a wrapper around one should forward it.
+    fn adoptable(
+        &self,
+        name: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send {
+        let _ = now_ms;
+        async move {
+            let mut ids = Vec::new();
+            for status in [SagaStatus::Running, SagaStatus::Compensating] {
+                ids.extend(
+                    self.by_status(status)
+                        .await?
+                        .into_iter()
+                        .filter(|r| r.name == name)
+                        .map(|r| r.id),
+                );
+            }
+            ids.truncate(limit);
+            Ok(ids)
+        }
+    }
 }

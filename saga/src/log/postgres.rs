@@ -278,4 +278,20 @@ impl SagaLog for PgSagaLog {
         .map_err(Error::storage)?;
         rows.iter().map(to_record).collect()
     }
+
+    async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM {s} \
+             WHERE name = $1 AND status IN ('running', 'compensating') \
+               AND (lease_owner IS NULL OR lease_until < $2) \
+             ORDER BY lease_until, id LIMIT $3",
+            s = self.sagas
+        )))
+        .bind(name)
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::storage)
+    }
 }

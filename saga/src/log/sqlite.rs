@@ -35,12 +35,64 @@ const SCHEMA: [&str; 3] = [
         error TEXT,
         PRIMARY KEY (saga_id, seq)
     )",
+    // Also what `adoptable` reads: only the in-flight rows. (An index on
+    // `lease_until` would be rewritten by every step write and renewal.)
     "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON trellis_sagas (status)",
 ];
 
+/// How [`SqliteSagaLog::connect_with`] opens its database.
+///
+/// # Durability: `synchronous`
+///
+/// The saga log is the record of what was done to other services (a charge,
+/// a reservation): a saga step logged as succeeded and then lost by a power
+/// cut would be re-run or, worse, never compensated. So the default is
+/// `synchronous = FULL`: with WAL, every commit is fsynced before the write
+/// returns. `NORMAL` fsyncs only at checkpoints: a commit survives a
+/// process crash but the last ones may be lost on a power cut or OS crash;
+/// choose it only when the host's storage is itself replicated or losing
+/// the last instants of saga progress is acceptable. The cost of `FULL` is
+/// shared by concurrent sagas through the group commit (one fsync per
+/// batch, see [`SqliteSagaLog`]).
+///
+/// # Examples
+///
+/// ```
+/// use sqlx::sqlite::SqliteSynchronous;
+/// use trellis_saga::SqliteSagaLogOptions;
+///
+/// let options = SqliteSagaLogOptions::default();
+/// assert!(matches!(options.synchronous, SqliteSynchronous::Full));
+/// let relaxed = SqliteSagaLogOptions::default().with_synchronous(SqliteSynchronous::Normal);
+/// assert!(matches!(relaxed.synchronous, SqliteSynchronous::Normal));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SqliteSagaLogOptions {
+    /// SQLite's `synchronous` level (default `FULL`, see above).
+    pub synchronous: sqlx::sqlite::SqliteSynchronous,
+}
+
+impl Default for SqliteSagaLogOptions {
+    fn default() -> Self {
+        SqliteSagaLogOptions {
+            synchronous: sqlx::sqlite::SqliteSynchronous::Full,
+        }
+    }
+}
+
+impl SqliteSagaLogOptions {
+    /// Sets the `synchronous` level.
+    pub fn with_synchronous(mut self, synchronous: sqlx::sqlite::SqliteSynchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+}
+
 /// A [`SagaLog`] in a SQLite database (WAL; [`connect`](Self::connect)
-/// uses `synchronous = FULL`, [`with_pool`](Self::with_pool) keeps the
-/// pool's own setting).
+/// uses `synchronous = FULL`, a documented choice of
+/// [`SqliteSagaLogOptions`] that [`connect_with`](Self::connect_with) can
+/// change; [`with_pool`](Self::with_pool) keeps the pool's own setting).
 ///
 /// # Group commit
 ///
@@ -101,13 +153,28 @@ struct Write {
 
 impl SqliteSagaLog {
     /// Opens (creating if missing) the database at `url` (`sqlite://path` or
-    /// `sqlite::memory:`) and creates the tables.
+    /// `sqlite::memory:`) and creates the tables, with the default
+    /// [`SqliteSagaLogOptions`] (`synchronous = FULL`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the URL is invalid or the database cannot be
+    /// opened or set up.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, SqliteSagaLogOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect) with `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with(url: &str, options: SqliteSagaLogOptions) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(Error::storage)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .synchronous(options.synchronous)
             .busy_timeout(std::time::Duration::from_secs(10));
         // An in-memory database exists once per connection: keep one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
@@ -404,5 +471,23 @@ impl SagaLog for SqliteSagaLog {
             .await
             .map_err(Error::storage)?;
         rows.iter().map(to_record).collect()
+    }
+
+    async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            // NOTE: without ANALYZE statistics SQLite may pick a full scan;
+            // `INDEXED BY` pins the status index (tests/orchestrator.rs
+            // checks the plan of this very statement).
+            "SELECT id FROM trellis_sagas INDEXED BY trellis_sagas_status \
+             WHERE name = ? AND status IN ('running', 'compensating') \
+               AND (lease_owner IS NULL OR lease_until < ?) \
+             ORDER BY lease_until, id LIMIT ?",
+        )
+        .bind(name)
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::storage)
     }
 }
