@@ -234,7 +234,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         saga_log,
         ReadDb::Sqlite(read_db.clone()),
         orders::SagaOptions {
-            owner: orders::process_owner("ecommerce"),
+            owner: trellis_saga::process_owner("ecommerce"),
             deadline: config.saga_deadline,
             lease_ttl: config.saga_lease_ttl,
         },

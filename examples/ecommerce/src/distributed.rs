@@ -486,7 +486,7 @@ async fn start_orders(
         OrderSagaLog::Postgres(saga_log),
         ReadDb::Postgres(pool),
         orders::SagaOptions {
-            owner: orders::process_owner("orders"),
+            owner: trellis_saga::process_owner("orders"),
             deadline: settings.saga_deadline,
             lease_ttl: settings.saga_lease_ttl,
         },

@@ -185,6 +185,31 @@ fn step_err(e: impl std::fmt::Display) -> StepError {
     StepError::new(e)
 }
 
+/// A client call's error as a step error: permanent when the callee
+/// refused the call (a 4xx that is not a business outcome: it did not take
+/// effect and would be refused again), an unknown outcome otherwise (a
+/// timeout, a 5xx, a dropped connection may have taken effect).
+fn call_err(e: BoxError) -> StepError {
+    if refused(e.as_ref()) {
+        StepError::permanent(e)
+    } else {
+        StepError::new(e)
+    }
+}
+
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use trellis_resilience::Error as R;
+    if e.is::<crate::remote::Rejected>() {
+        return true;
+    }
+    match e.downcast_ref::<R>() {
+        Some(R::Inner(inner)) => refused(inner.as_ref()),
+        Some(R::RetriesExhausted { source, .. }) => refused(source.as_ref()),
+        Some(_) => false,
+        None => e.source().is_some_and(refused),
+    }
+}
+
 /// reserve inventory ▸ charge payment ▸ confirm reservation ▸ confirm order,
 /// after a first step that records the order (compensated by rejecting it).
 /// The reservation is confirmed before the order, so an order is never
@@ -270,18 +295,18 @@ pub(crate) fn place_order_saga(
                         order_id: s.order_id.clone(),
                         lines: s.lines.clone(),
                     };
-                    match client.oneshot(request).await.map_err(step_err)? {
+                    match client.oneshot(request).await.map_err(call_err)? {
                         InventoryReply::Reserved { reservation } => {
                             s.reservation = Some(reservation)
                         }
                         InventoryReply::Deferred => s.pending_validation = true,
                         InventoryReply::Insufficient { sku } => {
-                            return Err(StepError::new(format!("out of stock: {sku}")));
+                            return Err(StepError::permanent(format!("out of stock: {sku}")));
                         }
                         // Released before this call (a compensation of an
                         // earlier attempt overtook it): nothing is held.
                         InventoryReply::NotHeld { status } => {
-                            return Err(StepError::new(format!(
+                            return Err(StepError::permanent(format!(
                                 "reservation {status}: its stock is not held"
                             )));
                         }
@@ -326,9 +351,12 @@ pub(crate) fn place_order_saga(
                         amount_cents: s.total_cents,
                         card: s.card.clone(),
                     };
-                    match client.oneshot(request).await.map_err(step_err)? {
+                    match client.oneshot(request).await.map_err(call_err)? {
                         PaymentReply::Charged { payment } => s.payment = Some(payment),
-                        PaymentReply::Declined { reason } => return Err(StepError::new(reason)),
+                        // Declined (or its key cancelled): nothing charged.
+                        PaymentReply::Declined { reason } => {
+                            return Err(StepError::permanent(reason));
+                        }
                         PaymentReply::Refunded => {
                             return Err(StepError::new("unexpected payment reply"));
                         }
@@ -365,13 +393,14 @@ pub(crate) fn place_order_saga(
                                 reservation: reservation.clone(),
                             })
                             .await
-                            .map_err(step_err)?;
+                            .map_err(call_err)?;
                         match reply {
                             InventoryReply::Done => {}
                             // Expired (its stock is back on the shelf) or
                             // released: the order must not be confirmed.
+                            // A definite answer: the confirm took no effect.
                             InventoryReply::NotHeld { status } => {
-                                return Err(StepError::new(format!(
+                                return Err(StepError::permanent(format!(
                                     "reservation {reservation} is {status}: its stock is not held"
                                 )));
                             }
@@ -448,6 +477,12 @@ async fn settle_by_key(
             .unwrap_or_else(|| reservation_key(&s.order_id, RESERVE_STEP)),
     };
     inventory.clone().oneshot(release).await.map_err(step_err)?;
+    // The charge step runs only after the reservation was recorded (and
+    // charges nothing for a PENDING_VALIDATION order): without one, there
+    // is no charge to look for.
+    if s.reservation.is_none() {
+        return Ok(());
+    }
     let refund = PaymentRequest::Refund {
         key: trellis_saga::idempotency_key(saga_id, 0, "settle-charge"),
         payment: s.payment.clone(),
@@ -1118,7 +1153,7 @@ async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>,
 pub(crate) struct Orders {
     pub(crate) store: OrderStore,
     pub(crate) orchestrator: trellis_saga::Orchestrator<OrderSagaLog>,
-    pub(crate) saga: Saga<PlaceOrder>,
+    pub(crate) saga: Arc<Saga<PlaceOrder>>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
@@ -1129,43 +1164,25 @@ fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
     e.into()
 }
 
+/// How the orders service runs its sagas.
+#[derive(Debug, Clone)]
+pub(crate) struct SagaOptions {
+    /// The lease owner: unique per process
+    /// ([`trellis_saga::process_owner`]).
+    pub(crate) owner: String,
+    /// The place-order saga's deadline.
+    pub(crate) deadline: Duration,
+    /// How long a saga lease lasts without renewal; an orphaned saga is
+    /// adopted within about 1.25 times it (the adopter looks every quarter).
+    pub(crate) lease_ttl: Duration,
+}
+
 /// Assembles the orders service on its storage and its raw clients of
 /// inventory and payments (in-process calls or HTTP): wraps each client in
 /// the composed resilience policy (plus the fallback that accepts an order
 /// for later validation while inventory's breaker is open), finishes or
 /// compensates the sagas a previous run left mid-flight, and starts the
 /// order-summary projection.
-/// How the orders service runs its sagas.
-#[derive(Debug, Clone)]
-pub(crate) struct SagaOptions {
-    /// The lease owner: unique per process ([`process_owner`]).
-    pub(crate) owner: String,
-    /// The place-order saga's deadline.
-    pub(crate) deadline: Duration,
-    /// How long a saga lease lasts without renewal; an orphaned saga is
-    /// adopted within about one and a half of it.
-    pub(crate) lease_ttl: Duration,
-}
-
-/// A lease owner unique to this process: `{service}@{host}/{start id}`.
-/// A restarted or rescheduled process is a new owner: it adopts its
-/// predecessor's sagas once their leases expire and never runs a step a
-/// live owner holds.
-pub(crate) fn process_owner(service: &str) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let start = uuid::Uuid::new_v4().simple().to_string();
-    format!("{service}@{host}/{}", &start[..12])
-}
-
 pub(crate) async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
@@ -1254,19 +1271,25 @@ pub(crate) async fn open(
     );
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
-    let orchestrator = trellis_saga::Orchestrator::new(saga_log.clone(), options.owner.as_str())
+    let orchestrator = trellis_saga::Orchestrator::new(saga_log, options.owner.as_str())
         .with_lease_ttl(options.lease_ttl)
+        .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
         .with_compensation_retry(POST_PIVOT_RETRY);
-    // The adopter resumes sagas whose owner's lease expired (a dead or
-    // rescheduled process, a lost renewal). Its own owner name keeps it
-    // off the sagas this process runs: their leases are live.
-    let adopter = trellis_saga::Orchestrator::new(saga_log, format!("{}/adopter", options.owner))
-        .with_lease_ttl(options.lease_ttl)
-        .with_compensation_retry(POST_PIVOT_RETRY);
+    let saga = Arc::new(saga);
     // Sagas a previous run left mid-flight whose leases have expired finish
-    // (or compensate) before we serve: each step re-runs with its same
-    // idempotency key. The rest are adopted when their leases expire.
-    adopt_orphans(&adopter, &saga).await?;
+    // (or compensate) before we serve: a step whose outcome is unknown
+    // re-runs with its same idempotency key. The rest are adopted when
+    // their leases expire (the adopter below).
+    for (id, outcome) in orchestrator.adopt_orphans(&saga).await? {
+        match outcome {
+            Ok(record) => tracing::info!(saga = id, status = ?record.status, "adopted saga"),
+            Err(trellis_saga::Error::Leased { .. }) => {}
+            Err(error) => tracing::warn!(saga = id, %error, "could not adopt saga"),
+        }
+    }
+    // Every orders instance, both run modes: sagas whose owner died, was
+    // rescheduled or lost its lease are adopted every quarter lease TTL.
+    let adopter = orchestrator.spawn_adopter(saga.clone());
     let projection = match &read_db {
         ReadDb::Sqlite(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
@@ -1293,54 +1316,10 @@ pub(crate) async fn open(
         payment_faults,
         clients,
         validating: tokio::sync::Mutex::new(()),
+        _adopter: adopter,
     });
     validate_when_inventory_is_back(&app);
-    spawn_adopter(&app, adopter, options.lease_ttl);
     Ok(app)
-}
-
-/// One adoption pass: resumes every in-flight place-order saga whose lease
-/// is free or expired; sagas a live owner holds are left to it.
-async fn adopt_orphans(
-    adopter: &trellis_saga::Orchestrator<OrderSagaLog>,
-    saga: &Saga<PlaceOrder>,
-) -> Result<usize, trellis_saga::Error> {
-    let mut adopted = 0;
-    for (id, outcome) in adopter.recover(saga).await? {
-        match outcome {
-            Ok(record) => {
-                adopted += 1;
-                tracing::info!(saga = id, status = ?record.status, "adopted saga");
-            }
-            Err(trellis_saga::Error::Leased { .. }) => {}
-            Err(error) => tracing::warn!(saga = id, %error, "could not adopt saga"),
-        }
-    }
-    Ok(adopted)
-}
-
-/// Adopts orphaned sagas every quarter of the lease TTL, in every orders
-/// instance and both run modes, for as long as the service lives (the task
-/// holds only a weak reference). A failed pass is retried on the next tick.
-fn spawn_adopter(
-    app: &OrdersState,
-    adopter: trellis_saga::Orchestrator<OrderSagaLog>,
-    lease_ttl: Duration,
-) {
-    let weak = Arc::downgrade(app);
-    let every = (lease_ttl / 4).max(Duration::from_millis(50));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(app) = weak.upgrade() else { return };
-            if let Err(error) = adopt_orphans(&adopter, &app.orders.saga).await {
-                tracing::warn!(%error, "adopting orphaned sagas failed");
-            }
-        }
-    });
 }
 
 /// Validates the PENDING_VALIDATION orders whenever inventory's breaker
@@ -1383,6 +1362,9 @@ pub(crate) struct OrdersApp {
     pub(crate) clients: crate::web::ClientHandles,
     /// Held by a validation pass (see [`validate_pending`]).
     pub(crate) validating: tokio::sync::Mutex<()>,
+    /// Adopts orphaned sagas for as long as the service lives (aborted on
+    /// drop).
+    pub(crate) _adopter: trellis_saga::Adopter,
 }
 
 pub(crate) type OrdersState = Arc<OrdersApp>;
