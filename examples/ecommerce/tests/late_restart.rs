@@ -25,6 +25,8 @@ async fn late_restart_settles_every_order_after_the_deadline_passed() {
             users: 2,
             progress: false,
         },
+        // The kill after half the run: orders were answered before it.
+        fault_from: 0.5,
         ..DrillOptions::default()
     };
     let report = ecommerce::drill::run_late_restart(&late, &options)
