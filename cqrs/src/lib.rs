@@ -26,5 +26,5 @@ pub use projection::jetstream::JetStreamRunner;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use projection::{
     Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus, ReadModelDb,
-    RunnerOptions, wait_for,
+    Role, RunnerOptions, wait_for,
 };

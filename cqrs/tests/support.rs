@@ -1,8 +1,8 @@
 //! Shared test helpers: a counting projection per backend and event seeding.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent};
@@ -20,6 +20,21 @@ pub struct Plan {
     pub failed_once: AtomicBool,
     /// How often the poison event was attempted.
     pub poison_hits: AtomicU64,
+    /// Signals `reached`, then waits for `go` before writing, at this position (0 = never).
+    pub hold_at: AtomicU64,
+    pub go: Notify,
+    /// Every position this projection instance handled, in order (rolled-back ones too).
+    pub handled: Mutex<Vec<u64>>,
+}
+
+impl Plan {
+    /// The positions handled so far.
+    pub fn handled(&self) -> Vec<u64> {
+        self.handled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Plan {
@@ -99,6 +114,10 @@ macro_rules! counting_projection {
                     self.plan.poison_hits.fetch_add(1, Ordering::SeqCst);
                     return Err(format!("poison event at {p}").into());
                 }
+                if self.plan.hold_at.load(Ordering::SeqCst) == p {
+                    self.plan.reached.notify_one();
+                    self.plan.go.notified().await;
+                }
                 let amount = event.payload["amount"].as_i64().unwrap_or(0);
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO {} (position, stream_id, amount) VALUES ($1, $2, $3)",
@@ -109,6 +128,7 @@ macro_rules! counting_projection {
                 .bind(amount)
                 .execute(&mut **tx)
                 .await?;
+                self.plan.handled.lock().unwrap_or_else(|p| p.into_inner()).push(p);
                 if self.plan.fail_once_at.load(Ordering::SeqCst) == p
                     && !self.plan.failed_once.swap(true, Ordering::SeqCst)
                 {

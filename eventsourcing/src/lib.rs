@@ -4,6 +4,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod error;
 pub mod event;
+pub mod lease;
 pub mod store;
 pub mod testing;
 
@@ -14,6 +15,7 @@ pub use event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent,
     StoredEvent, category,
 };
+pub use lease::{Leadership, LeaseStore, Role};
 pub use store::memory::MemoryStore;
 pub use store::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits};
 pub mod outbox;

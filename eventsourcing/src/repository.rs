@@ -2,6 +2,8 @@
 
 use std::marker::PhantomData;
 
+use uuid::Uuid;
+
 use crate::aggregate::Aggregate;
 use crate::codec::EventCodec;
 use crate::error::{Error, Result};
@@ -192,6 +194,49 @@ where
     where
         A::Command: Clone,
     {
+        self.execute_inner(id, command, metadata, None).await
+    }
+
+    /// Like [`Repository::execute_with_metadata`], but the events' ids are
+    /// derived from `command_id` (UUID v5 in the command id's namespace of
+    /// the event's index), so a retry of the same command, after a crash, a
+    /// timeout or on another replica, writes nothing new: the store sees the
+    /// same event ids and treats the append as an idempotent repeat,
+    /// returning the first append's positions. Two sends racing each other
+    /// write once; the loser gets the winner's result.
+    ///
+    /// A retry that the aggregate, seeing the first send's events, now
+    /// rejects returns that rejection (still writing nothing); one that
+    /// decides on a different number of events is refused as
+    /// [`Error::DuplicateEventId`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Repository::execute`].
+    pub async fn execute_once(
+        &self,
+        id: &str,
+        command: A::Command,
+        command_id: Uuid,
+        metadata: Metadata,
+    ) -> Result<CommandOutcome<A>>
+    where
+        A::Command: Clone,
+    {
+        self.execute_inner(id, command, metadata, Some(command_id))
+            .await
+    }
+
+    async fn execute_inner(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: Metadata,
+        command_id: Option<Uuid>,
+    ) -> Result<CommandOutcome<A>>
+    where
+        A::Command: Clone,
+    {
         let stream = A::stream_id(id);
         let mut attempt = 0;
         loop {
@@ -211,7 +256,14 @@ where
             }
             let new_events = events
                 .iter()
-                .map(|e| NewEvent::from_domain(e).map(|n| n.with_metadata(metadata.clone())))
+                .enumerate()
+                .map(|(i, e)| {
+                    let event = NewEvent::from_domain(e)?.with_metadata(metadata.clone());
+                    Ok(match command_id {
+                        Some(command) => event.with_id(event_id_for(command, i)),
+                        None => event,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             match self
                 .store
@@ -262,4 +314,10 @@ where
             tracing::warn!(stream, %err, "snapshot write failed");
         }
     }
+}
+
+/// The id of the `index`-th event written by command `command_id`: UUID v5
+/// in the command id's namespace, the same in every process.
+pub fn event_id_for(command_id: Uuid, index: usize) -> Uuid {
+    Uuid::new_v5(&command_id, &(index as u64).to_be_bytes())
 }

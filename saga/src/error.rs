@@ -66,6 +66,28 @@ pub enum Error {
         /// The definition's name.
         definition: String,
     },
+    /// The log does not implement this operation (a `SagaLog` written
+    /// before it existed, using the trait's default).
+    #[error("the saga log does not support {operation}")]
+    Unsupported {
+        /// The operation asked for.
+        operation: &'static str,
+    },
+    /// The logged saga runs on a version of its definition that the
+    /// definition given neither is, keeps ([`Saga::with_previous`](crate::Saga::with_previous))
+    /// nor migrates from ([`Saga::migrate_from`](crate::Saga::migrate_from)):
+    /// it is never run on another version's steps.
+    #[error(
+        "saga {id} runs on version {version} of {definition}, which this orchestrator does not have"
+    )]
+    UnknownVersion {
+        /// The saga id.
+        id: String,
+        /// The definition's name.
+        definition: String,
+        /// The version the saga was logged with.
+        version: u32,
+    },
 }
 
 impl Error {

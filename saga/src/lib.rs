@@ -12,6 +12,7 @@ mod saga;
 pub mod testing;
 
 pub use error::{BoxError, Error, Result, StepError};
+pub use log::any::AnySagaLog;
 pub use log::memory::MemorySagaLog;
 #[cfg(feature = "postgres")]
 pub use log::postgres::PgSagaLog;
@@ -22,7 +23,7 @@ pub use log::{
 };
 pub use orchestrator::{
     ADOPT_BATCH, ADOPT_CONCURRENCY, Adopter, EVENT_CAPACITY, Orchestrator, SagaEvent,
-    idempotency_key, process_owner,
+    TIMER_CAPACITY, idempotency_key, process_owner, wall_clock,
 };
 pub use retry::{ExponentialSchedule, RetrySchedule};
 pub use saga::{Saga, SagaState, Step, StepContext};

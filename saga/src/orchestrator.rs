@@ -1,6 +1,6 @@
 //! The orchestrator: runs sagas against a [`SagaLog`], compensates, recovers.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::error::{Error, Result, StepError};
 use crate::log::{
     HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent,
 };
 use crate::retry::{ExponentialSchedule, RetrySchedule};
-use crate::saga::{Saga, SagaState, StepContext};
+use crate::saga::{Saga, SagaState, StepContext, Wait};
 
 /// Runs sagas: each step's start and outcome is logged before and after it
 /// runs, failures compensate completed steps in reverse, and sagas left in
@@ -55,6 +55,16 @@ pub struct Orchestrator<L> {
     /// How often [`spawn_adopter`](Self::spawn_adopter) looks for orphans;
     /// `None`: half the lease TTL.
     adopt_interval: Option<Duration>,
+    /// Bumped by [`signal`](Self::signal): this instance's adopters look
+    /// for woken sagas at once instead of at their next tick.
+    wakeups: Arc<watch::Sender<u64>>,
+    /// The wake times of the sagas this instance parked, by definition
+    /// name: its adopters sleep until the earliest instead of waiting for
+    /// their next tick. At most [`TIMER_CAPACITY`]; a time left out is
+    /// still seen by the next tick.
+    timers: Arc<Mutex<BTreeSet<(String, i64)>>>,
+    /// Bumped when `timers` gains a time, so adopters recompute their sleep.
+    timer_changes: Arc<watch::Sender<u64>>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::SagaMetrics>,
 }
@@ -62,6 +72,10 @@ pub struct Orchestrator<L> {
 /// How many adopted sagas one [`Orchestrator::spawn_adopter`] task (or one
 /// [`Orchestrator::adopt_orphans`] call) runs at once.
 pub const ADOPT_CONCURRENCY: usize = 32;
+
+/// How many wake times of parked sagas an orchestrator remembers to wake
+/// its adopters on time; beyond them, a wait ends at an adopter's tick.
+pub const TIMER_CAPACITY: usize = 4096;
 
 /// How many orphans one [`Orchestrator::adopt_orphans`] call lists at most.
 pub const ADOPT_BATCH: usize = 256;
@@ -207,6 +221,33 @@ pub(crate) fn now_ms() -> i64 {
     }
 }
 
+/// The orchestrator's clock as a [`SystemTime`]: the wall clock read once,
+/// then advanced by the tokio runtime's clock (so paused-clock tests move
+/// it). Leases, deadlines and [`Step::sleep_until`](crate::Step::sleep_until)
+/// times are compared with it.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap().block_on(async {
+/// let before = trellis_saga::wall_clock();
+/// tokio::time::advance(Duration::from_secs(60)).await;
+/// let after = trellis_saga::wall_clock();
+/// let moved = after.duration_since(before).unwrap();
+/// assert_eq!(moved.as_secs_f64().round(), 60.0);
+/// # });
+/// ```
+pub fn wall_clock() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(now_ms().max(0).unsigned_abs())
+}
+
+/// Unix milliseconds of `time` (0 before the epoch).
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, millis)
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -263,6 +304,9 @@ impl<L: SagaLog> Orchestrator<L> {
             events: broadcast::channel(EVENT_CAPACITY).0,
             driving: Arc::default(),
             adopt_interval: None,
+            wakeups: Arc::new(watch::channel(0).0),
+            timers: Arc::default(),
+            timer_changes: Arc::new(watch::channel(0).0),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -412,6 +456,9 @@ impl<L: SagaLog> Orchestrator<L> {
             error: None,
             failed_step: None,
             deadline_ms: saga.deadline.map(|d| now_ms().saturating_add(millis(d))),
+            version: saga.version,
+            wake_at_ms: None,
+            awaiting: None,
         };
         // The insert carries the first step's start: one write.
         let mut record = record;
@@ -474,7 +521,11 @@ impl<L: SagaLog> Orchestrator<L> {
         saga: &Saga<S>,
     ) -> Result<Vec<(String, Result<SagaRecord>)>> {
         let mut ids = Vec::new();
-        for status in [SagaStatus::Running, SagaStatus::Compensating] {
+        for status in [
+            SagaStatus::Running,
+            SagaStatus::Compensating,
+            SagaStatus::Waiting,
+        ] {
             ids.extend(
                 self.log
                     .by_status(status)
@@ -530,6 +581,9 @@ impl<L: SagaLog> Orchestrator<L> {
     ///     error: None,
     ///     failed_step: None,
     ///     deadline_ms: None,
+    ///     version: 1,
+    ///     wake_at_ms: None,
+    ///     awaiting: None,
     /// };
     /// log.create(&orphan, Lease { owner: "gone", now_ms: 0, until_ms: 1 }, &[]).await?;
     ///
@@ -618,9 +672,28 @@ impl<L: SagaLog> Orchestrator<L> {
             let mut runs = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(this.adopt_interval());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut wakeups = this.wakeups.subscribe();
+            let mut timer_changes = this.timer_changes.subscribe();
             loop {
+                let next_timer = this.next_timer(&saga.name);
+                let timer = async move {
+                    match next_timer {
+                        Some(at) => {
+                            let left = at.saturating_sub(now_ms()).max(0).unsigned_abs();
+                            tokio::time::sleep(Duration::from_millis(left)).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tick.tick() => this.adopt_tick(&saga, &permits, &mut runs).await,
+                    Ok(()) = wakeups.changed() => this.adopt_tick(&saga, &permits, &mut runs).await,
+                    // A new parked saga may wake sooner: recompute.
+                    Ok(()) = timer_changes.changed() => {}
+                    () = timer => {
+                        this.pop_timers(&saga.name, now_ms());
+                        this.adopt_tick(&saga, &permits, &mut runs).await;
+                    }
                     Some(done) = runs.join_next() => {
                         if let Err(error) = done {
                             tracing::error!(%error, saga.name = %saga.name, "adopted saga run panicked");
@@ -630,6 +703,55 @@ impl<L: SagaLog> Orchestrator<L> {
             }
         });
         Adopter { task: Some(task) }
+    }
+
+    fn timers(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, i64)>> {
+        // Every change under the lock is one insert or remove.
+        self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers that a saga of definition `name` wakes at `at`.
+    fn remember_timer(&self, name: &str, at: i64) {
+        {
+            let mut timers = self.timers();
+            if timers.len() >= TIMER_CAPACITY {
+                // Times long past belong to definitions without an adopter
+                // here (nobody pops them): forget them first.
+                let stale = now_ms().saturating_sub(millis(self.lease_ttl));
+                timers.retain(|(_, t)| *t >= stale);
+            }
+            if timers.len() >= TIMER_CAPACITY {
+                // Keep the soonest: drop the latest if this one is sooner.
+                match timers.last().cloned() {
+                    Some(last) if last.1 > at => {
+                        timers.remove(&last);
+                    }
+                    _ => return,
+                }
+            }
+            timers.insert((name.to_owned(), at));
+        }
+        self.timer_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The earliest remembered wake time of definition `name`.
+    fn next_timer(&self, name: &str) -> Option<i64> {
+        self.timers()
+            .range((name.to_owned(), i64::MIN)..=(name.to_owned(), i64::MAX))
+            .next()
+            .map(|(_, at)| *at)
+    }
+
+    /// Forgets the wake times of `name` that have come.
+    fn pop_timers(&self, name: &str, now: i64) {
+        let mut timers = self.timers();
+        let due: Vec<_> = timers
+            .range((name.to_owned(), i64::MIN)..=(name.to_owned(), now))
+            .cloned()
+            .collect();
+        for timer in due {
+            timers.remove(&timer);
+        }
     }
 
     /// One look for orphans: claims and spawns a run for each, as far as
@@ -734,13 +856,23 @@ impl<L: SagaLog> Orchestrator<L> {
         L: Clone,
     {
         let (operator, mut record, driving) = self
-            .take_for_operator(id, "compensate", |status| status == SagaStatus::Running)
+            .take_for_operator(id, "compensate", |status| {
+                matches!(status, SagaStatus::Running | SagaStatus::Waiting)
+            })
             .await?;
+        // The steps of the version it runs on.
+        let resolved = match saga.resolve(&mut record) {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                self.log.release(id, &operator.owner).await?;
+                return Err(error);
+            }
+        };
         let mut entries = Vec::new();
-        let failed = record.cursor.min(saga.steps.len() as u32);
-        if let Some(step) = saga.steps.get(failed as usize) {
+        let failed = record.cursor.min(resolved.steps.len() as u32);
+        if let Some(step) = resolved.steps.get(failed as usize) {
             entries.push(entry(
-                saga,
+                resolved,
                 failed,
                 StepEvent::Failed,
                 1,
@@ -827,6 +959,27 @@ impl<L: SagaLog> Orchestrator<L> {
         self.log.history(id).await
     }
 
+    /// Delivers signal `name` with `payload` to saga `id` (a webhook, an
+    /// approval): durably, and idempotently by `(id, name)` (a repeated
+    /// delivery keeps the first payload). The saga's
+    /// [`Step::wait_for_signal`](crate::Step::wait_for_signal) step named
+    /// `name` takes it, whether it is waiting already or gets there later.
+    ///
+    /// A waiting saga is woken in the log in the same transaction; the
+    /// adopters of this orchestrator (and its clones) look for it at once,
+    /// those of other instances at their next tick.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown saga, [`Error::Unsupported`]
+    /// from a log that cannot store signals, storage errors.
+    pub async fn signal(&self, id: &str, name: &str, payload: serde_json::Value) -> Result<()> {
+        if self.log.signal(id, name, &payload).await? {
+            self.wakeups.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(())
+    }
+
     async fn run_leased<S: SagaState>(
         &self,
         saga: &Saga<S>,
@@ -859,13 +1012,11 @@ impl<L: SagaLog> Orchestrator<L> {
     }
 
     async fn write(&self, record: &mut SagaRecord, entries: &[NewEntry]) -> Result<()> {
-        let update = SagaUpdate {
-            status: record.status,
-            cursor: record.cursor,
-            state: record.state.clone(),
-            error: record.error.clone(),
-            failed_step: record.failed_step.clone(),
-        };
+        if record.status != SagaStatus::Waiting {
+            record.wake_at_ms = None;
+            record.awaiting = None;
+        }
+        let update: SagaUpdate = record.to_update();
         self.log
             .record(&record.id, self.lease(), entries, &update)
             .await?;
@@ -920,8 +1071,21 @@ impl<L: SagaLog> Orchestrator<L> {
         fresh: bool,
         first_entries: Vec<NewEntry>,
     ) -> Result<SagaRecord> {
+        if record.name != saga.name {
+            return Err(Error::DefinitionMismatch {
+                id: record.id.clone(),
+                definition: saga.name.clone(),
+            });
+        }
+        // The version the saga started on (or migrated to): never another
+        // version's steps.
+        let saga = if record.status.is_in_flight() {
+            saga.resolve(&mut record)?
+        } else {
+            saga
+        };
         let len = saga.steps.len() as u32;
-        if record.name != saga.name || record.cursor > len {
+        if record.cursor > len {
             return Err(Error::DefinitionMismatch {
                 id: record.id.clone(),
                 definition: saga.name.clone(),
@@ -949,7 +1113,12 @@ impl<L: SagaLog> Orchestrator<L> {
         // lease or was dropped). It may have taken effect: say so in the
         // history, and re-run it before deciding anything else.
         let mut uncertain = false;
-        if !fresh && record.status == SagaStatus::Running && record.cursor < len {
+        // A wait step has no effect to be unsure of.
+        let at_wait = saga
+            .steps
+            .get(record.cursor as usize)
+            .is_some_and(|step| step.wait.is_some());
+        if !fresh && record.status == SagaStatus::Running && record.cursor < len && !at_wait {
             uncertain = true;
             entries.push(entry(
                 saga,
@@ -962,12 +1131,28 @@ impl<L: SagaLog> Orchestrator<L> {
         if !fresh {
             Self::settle(saga, &mut record, &mut entries);
         }
-        if before.is_in_flight() && !fresh {
+        // A waiting saga writes only when its wait ends.
+        if before.is_in_flight() && !fresh && before != SagaStatus::Waiting {
             self.write(&mut record, &entries).await?;
         }
         while record.status.is_in_flight() {
             entries.clear();
-            if record.status == SagaStatus::Running {
+            if record.status != SagaStatus::Compensating
+                && let Some(wait) = &saga.steps[record.cursor as usize].wait
+            {
+                let index = record.cursor;
+                let span = tracing::info_span!("saga.step", step = index, step.name = %saga.steps[index as usize].name, phase = "wait");
+                let parked = self
+                    .wait_step(saga, &mut record, index, &mut state, wait, &mut entries)
+                    .instrument(span)
+                    .await?;
+                if parked {
+                    return Ok(record);
+                }
+            } else if record.status != SagaStatus::Compensating {
+                // Waiting on a step that is no wait (cannot happen with one
+                // definition): run it.
+                record.status = SagaStatus::Running;
                 let index = record.cursor;
                 let step = &saga.steps[index as usize];
                 let span = tracing::info_span!("saga.step", step = index, step.name = %step.name, phase = "action");
@@ -1047,6 +1232,145 @@ impl<L: SagaLog> Orchestrator<L> {
             self.write(&mut record, &entries).await?;
         }
         Ok(record)
+    }
+
+    /// Step `index` is a wait: takes the signal if it came, ends the wait
+    /// if its time came (success for a sleep, failure for a signal's
+    /// timeout or the saga deadline), or parks the saga as `Waiting` (one
+    /// write) and answers `true`: the run then ends and its lease is
+    /// released, and an adopter resumes the saga once it is woken.
+    async fn wait_step<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        record: &mut SagaRecord,
+        index: u32,
+        state: &mut S,
+        wait: &Wait<S>,
+        entries: &mut Vec<NewEntry>,
+    ) -> Result<bool> {
+        let name = &saga.steps[index as usize].name;
+        let waiting = record.status == SagaStatus::Waiting;
+        let now = now_ms();
+        let deadline_passed = record.deadline_ms.is_some_and(|d| now >= d);
+        let (wake, awaiting) = match wait {
+            Wait::Signal { timeout, apply } => {
+                if let Some(payload) = self.log.load_signal(&record.id, name).await? {
+                    self.signal_arrived(saga, record, index, state, apply, payload, entries)?;
+                    return Ok(false);
+                }
+                let wake = match record.wake_at_ms {
+                    Some(at) if waiting => at,
+                    _ => now.saturating_add(millis(*timeout)),
+                };
+                if deadline_passed || now >= wake {
+                    let error = if deadline_passed {
+                        DEADLINE_EXCEEDED.to_owned()
+                    } else {
+                        format!("signal {name} not received within {timeout:?}")
+                    };
+                    self.wait_failed(saga, record, index, StepError::new(error), entries);
+                    return Ok(false);
+                }
+                (wake, Some(name.clone()))
+            }
+            Wait::Until(until) => {
+                let at = unix_ms(until(state));
+                if now >= at {
+                    entries.push(entry(saga, index, StepEvent::Succeeded, 1, None));
+                    record.status = SagaStatus::Running;
+                    record.cursor = index + 1;
+                    self.count_step("succeeded");
+                    return Ok(false);
+                }
+                if deadline_passed {
+                    let error = StepError::new(DEADLINE_EXCEEDED);
+                    self.wait_failed(saga, record, index, error, entries);
+                    return Ok(false);
+                }
+                (at, None)
+            }
+        };
+        if waiting {
+            // Resumed before its time (a listing without wake times, or
+            // `recover`): it stays parked, nothing to write.
+            if let Some(at) = record.wake_at_ms {
+                self.remember_timer(&record.name, at);
+            }
+            return Ok(true);
+        }
+        record.status = SagaStatus::Waiting;
+        record.wake_at_ms = Some(record.deadline_ms.map_or(wake, |d| wake.min(d)));
+        record.awaiting = awaiting;
+        self.write(record, &[]).await?;
+        tracing::debug!(
+            wake_at_ms = record.wake_at_ms,
+            awaiting = record.awaiting.as_deref(),
+            "saga parked"
+        );
+        if let Some(at) = record.wake_at_ms {
+            self.remember_timer(&record.name, at);
+        }
+        // A signal sent between the first look and this write found the
+        // saga not yet waiting, so it did not wake it: look once more
+        // (after this write, a signal wakes the row itself).
+        if let Wait::Signal { apply, .. } = wait
+            && let Some(payload) = self.log.load_signal(&record.id, name).await?
+        {
+            self.signal_arrived(saga, record, index, state, apply, payload, entries)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The awaited signal came: its payload goes into the state (the step
+    /// succeeds) or `apply` refuses it (the step fails).
+    #[allow(clippy::too_many_arguments)] // private; each is one fact of the step
+    fn signal_arrived<S: SagaState>(
+        &self,
+        saga: &Saga<S>,
+        record: &mut SagaRecord,
+        index: u32,
+        state: &mut S,
+        apply: &crate::saga::ApplyFn<S>,
+        payload: serde_json::Value,
+        entries: &mut Vec<NewEntry>,
+    ) -> Result<()> {
+        match apply(state.clone(), payload) {
+            Ok(next) => {
+                record.state = serde_json::to_value(&next)?;
+                *state = next;
+                entries.push(entry(saga, index, StepEvent::Succeeded, 1, None));
+                record.status = SagaStatus::Running;
+                record.cursor = index + 1;
+                self.count_step("succeeded");
+            }
+            Err(error) => self.wait_failed(saga, record, index, error, entries),
+        }
+        Ok(())
+    }
+
+    /// A wait failed: compensate the steps before it (the wait itself did
+    /// nothing, so the cursor stays).
+    fn wait_failed<S>(
+        &self,
+        saga: &Saga<S>,
+        record: &mut SagaRecord,
+        index: u32,
+        error: StepError,
+        entries: &mut Vec<NewEntry>,
+    ) {
+        let name = &saga.steps[index as usize].name;
+        tracing::warn!(%error, "saga wait failed, compensating");
+        entries.push(entry(
+            saga,
+            index,
+            StepEvent::Failed,
+            1,
+            Some(error.to_string()),
+        ));
+        record.status = SagaStatus::Compensating;
+        record.error = Some(format!("step {name} failed: {error}"));
+        self.count_step("failed");
     }
 
     /// One attempt of step `index`'s action, bounded by the step timeout

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,25 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type ActionFn<S> = Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<S, StepError>> + Send + Sync>;
 type CompensationFn<S> =
     Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
+pub(crate) type ApplyFn<S> =
+    Arc<dyn Fn(S, serde_json::Value) -> Result<S, StepError> + Send + Sync>;
+type UntilFn<S> = Arc<dyn Fn(&S) -> SystemTime + Send + Sync>;
+/// Maps a saga logged at an older version to this version: `(cursor,
+/// state)` to the new `(cursor, state)`, or `None` when it cannot move.
+type MigrateFn =
+    Arc<dyn Fn(u32, serde_json::Value) -> Option<(u32, serde_json::Value)> + Send + Sync>;
+
+/// A durable wait: what a wait step waits for.
+pub(crate) enum Wait<S> {
+    /// A signal named after the step, at most `timeout` after the wait
+    /// starts; `apply` puts its payload into the state.
+    Signal {
+        timeout: Duration,
+        apply: ApplyFn<S>,
+    },
+    /// A time computed from the state.
+    Until(UntilFn<S>),
+}
 
 /// One step: an action, its compensation, a timeout and a retry schedule.
 ///
@@ -62,13 +81,21 @@ pub struct Step<S> {
     pub(crate) compensation: CompensationFn<S>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Arc<dyn RetrySchedule>,
+    /// `Some` for a durable wait step (no action runs).
+    pub(crate) wait: Option<Wait<S>>,
 }
 
 impl<S> fmt::Debug for Step<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let wait = match &self.wait {
+            None => None,
+            Some(Wait::Signal { timeout, .. }) => Some(format!("signal within {timeout:?}")),
+            Some(Wait::Until(_)) => Some("until a time".to_owned()),
+        };
         f.debug_struct("Step")
             .field("name", &self.name)
             .field("timeout", &self.timeout)
+            .field("wait", &wait)
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +118,95 @@ impl<S: SagaState> Step<S> {
             compensation: Arc::new(move |s, cx| Box::pin(compensation(s, cx))),
             timeout: None,
             retry: Arc::new(ExponentialSchedule::none()),
+            wait: None,
         }
+    }
+
+    /// A step that waits, durably, for the signal `name` (sent with
+    /// [`Orchestrator::signal`](crate::Orchestrator::signal)), at most
+    /// `timeout` after the wait starts; `apply` puts the signal's payload
+    /// into the state. A payment provider's webhook, an approval, an
+    /// awakeable in Restate's words.
+    ///
+    /// - **Costs no task while it waits.** The run writes the saga as
+    ///   [`SagaStatus::Waiting`](crate::SagaStatus::Waiting) (with the
+    ///   awaited name and the timeout as `wake_at_ms`), releases its lease
+    ///   and returns. The signal wakes the saga in the log, and an
+    ///   [adopter](crate::Orchestrator::spawn_adopter) (of any instance;
+    ///   the signalling one at once) resumes it; the timeout ends the wait
+    ///   on time in the instance that parked it, within one adopt interval
+    ///   in the others.
+    /// - **Survives restarts**: the wait, its deadline and delivered
+    ///   signals are in the log.
+    /// - **A signal sent before the wait starts is kept**, and the wait
+    ///   takes it at once.
+    /// - **Timeout or refusal compensates.** No signal by the timeout (or
+    ///   the saga deadline), or `apply` returning an error (say, the
+    ///   webhook reports a declined payment), fails the step: the earlier
+    ///   steps are compensated. The wait itself did nothing, so it has no
+    ///   compensation of its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus, Step, StepError};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let saga = Saga::new("pay").step(Step::wait_for_signal(
+    ///     "paid",
+    ///     Duration::from_secs(15 * 60),
+    ///     |_paid: bool, payload| payload.as_bool().ok_or_else(|| StepError::permanent("bad payload")),
+    /// ));
+    /// let orchestrator = Orchestrator::new(MemorySagaLog::new(), "node-1");
+    /// let parked = orchestrator.start(&saga, "order-1", false).await?;
+    /// assert_eq!(parked.status, SagaStatus::Waiting);
+    /// assert!(!orchestrator.is_driving("order-1"));
+    ///
+    /// orchestrator.signal("order-1", "paid", serde_json::json!(true)).await?;
+    /// let done = orchestrator.resume(&saga, "order-1").await?;
+    /// assert_eq!((done.status, done.state), (SagaStatus::Completed, serde_json::json!(true)));
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn wait_for_signal<F>(name: impl Into<String>, timeout: Duration, apply: F) -> Self
+    where
+        F: Fn(S, serde_json::Value) -> Result<S, StepError> + Send + Sync + 'static,
+    {
+        let mut step = Self::waiting(name);
+        step.wait = Some(Wait::Signal {
+            timeout,
+            apply: Arc::new(apply),
+        });
+        step
+    }
+
+    /// A step that waits, durably, until the time `until` computes from the
+    /// state ("cancel unless paid within 15 minutes" is a
+    /// [`wait_for_signal`](Self::wait_for_signal); "ship on Monday" is
+    /// this). Like a signal wait it costs no task and survives restarts:
+    /// the saga is parked as [`SagaStatus::Waiting`](crate::SagaStatus::Waiting)
+    /// and resumed by an adopter's first look after the time (times are
+    /// read on [`wall_clock`](crate::wall_clock)). A time already past
+    /// does not wait. The saga deadline still applies: a wait past it
+    /// compensates.
+    pub fn sleep_until<F>(name: impl Into<String>, until: F) -> Self
+    where
+        F: Fn(&S) -> SystemTime + Send + Sync + 'static,
+    {
+        let mut step = Self::waiting(name);
+        step.wait = Some(Wait::Until(Arc::new(until)));
+        step
+    }
+
+    /// A wait step's frame: it has no action (the orchestrator never calls
+    /// it) and nothing to compensate.
+    fn waiting(name: impl Into<String>) -> Self {
+        Step::new(
+            name,
+            |_s: S, _cx| async { Err(StepError::permanent("a wait step has no action")) },
+            |_s, _cx| async { Ok(()) },
+        )
     }
 
     /// A step whose action and compensation are tower services taking
@@ -206,6 +321,11 @@ pub struct Saga<S> {
     pub(crate) name: String,
     pub(crate) steps: Vec<Step<S>>,
     pub(crate) deadline: Option<Duration>,
+    pub(crate) version: u32,
+    /// Older versions kept so that their in-flight sagas finish on them.
+    pub(crate) previous: Vec<Saga<S>>,
+    /// Patch points: older version to a function moving its sagas here.
+    pub(crate) migrations: Vec<(u32, MigrateFn)>,
 }
 
 impl<S> fmt::Debug for Saga<S> {
@@ -214,6 +334,12 @@ impl<S> fmt::Debug for Saga<S> {
             .field("name", &self.name)
             .field("steps", &self.steps)
             .field("deadline", &self.deadline)
+            .field("version", &self.version)
+            .field("previous", &self.previous)
+            .field(
+                "migrates_from",
+                &self.migrations.iter().map(|(v, _)| v).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -225,6 +351,9 @@ impl<S: SagaState> Saga<S> {
             name: name.into(),
             steps: Vec::new(),
             deadline: None,
+            version: 1,
+            previous: Vec::new(),
+            migrations: Vec::new(),
         }
     }
 
@@ -248,6 +377,139 @@ impl<S: SagaState> Saga<S> {
     /// The name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets the version of this definition (default 1), stored with every
+    /// saga it starts. Change it whenever a deploy changes the steps (their
+    /// order, number or meaning): a saga logged at another version is then
+    /// never run on these steps. It finishes on the version it started
+    /// with when that is kept ([`with_previous`](Self::with_previous)), is
+    /// moved here through a patch point ([`migrate_from`](Self::migrate_from)),
+    /// or is refused with [`Error::UnknownVersion`](crate::Error::UnknownVersion)
+    /// and left in the log untouched.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{Saga, Step};
+    ///
+    /// let step = |name: &str| Step::new(name, |s: u32, _cx| async move { Ok(s) }, |_s, _cx| async { Ok(()) });
+    /// let v1 = Saga::new("order").step(step("reserve")).step(step("charge"));
+    /// // v2 charges first; sagas started on v1 finish on v1.
+    /// let v2 = Saga::new("order")
+    ///     .with_version(2)
+    ///     .step(step("charge"))
+    ///     .step(step("reserve"))
+    ///     .with_previous(v1);
+    /// assert_eq!(v2.version(), 2);
+    /// assert_eq!(v2.versions(), [2, 1]);
+    /// ```
+    pub fn with_version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// This definition's version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Every version this definition can run: its own, then the kept ones.
+    pub fn versions(&self) -> Vec<u32> {
+        std::iter::once(self.version)
+            .chain(self.previous.iter().map(|p| p.version))
+            .collect()
+    }
+
+    /// Keeps an older version of this definition (with the older versions
+    /// it kept), so that sagas started on it finish on its steps, while new
+    /// sagas start on this one (worker versioning, in Temporal's words).
+    ///
+    /// # Panics
+    ///
+    /// When `older` has another name or a version this definition already
+    /// has (contract misuse: definitions are fixed by the program).
+    pub fn with_previous(mut self, mut older: Saga<S>) -> Self {
+        assert_eq!(
+            older.name, self.name,
+            "a previous version must be of the same saga"
+        );
+        let kept = std::mem::take(&mut older.previous);
+        for old in std::iter::once(older).chain(kept) {
+            assert!(
+                !self.versions().contains(&old.version),
+                "version {} of saga {} is given twice",
+                old.version,
+                self.name
+            );
+            self.previous.push(old);
+        }
+        self
+    }
+
+    /// A patch point: a running or waiting saga logged at `old_version` is
+    /// moved to this version when an orchestrator picks it up; `migrate`
+    /// maps its `(cursor, state)` (the cursor is the index of its next
+    /// step) to this version's, or answers `None` when this saga cannot
+    /// move (it then finishes on a kept older version, or is refused).
+    /// A compensating saga is never migrated: its compensations are those
+    /// of the steps it ran, so keep the old version for it.
+    ///
+    /// The new version, cursor and state are written with the saga's next
+    /// write; `migrate` must give the same answer for the same input.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{Saga, Step};
+    ///
+    /// let step = |name: &str| Step::new(name, |s: u32, _cx| async move { Ok(s) }, |_s, _cx| async { Ok(()) });
+    /// // v2 inserts "notify" before "ship": a v1 saga past "charge" skips it.
+    /// let v2 = Saga::new("order")
+    ///     .with_version(2)
+    ///     .step(step("charge"))
+    ///     .step(step("notify"))
+    ///     .step(step("ship"))
+    ///     .migrate_from(1, |cursor, state| Some((if cursor >= 1 { cursor + 1 } else { cursor }, state)));
+    /// assert_eq!(v2.versions(), [2]);
+    /// ```
+    pub fn migrate_from<F>(mut self, old_version: u32, migrate: F) -> Self
+    where
+        F: Fn(u32, serde_json::Value) -> Option<(u32, serde_json::Value)> + Send + Sync + 'static,
+    {
+        self.migrations.push((old_version, Arc::new(migrate)));
+        self
+    }
+
+    /// The definition to run a logged saga on: this one for its version, a
+    /// migration of it to this version (applied to `record` in memory), a
+    /// kept older version, or [`Error::UnknownVersion`](crate::Error::UnknownVersion).
+    pub(crate) fn resolve(
+        &self,
+        record: &mut crate::log::SagaRecord,
+    ) -> crate::error::Result<&Saga<S>> {
+        use crate::log::SagaStatus;
+        if record.version == self.version {
+            return Ok(self);
+        }
+        if matches!(record.status, SagaStatus::Running | SagaStatus::Waiting)
+            && let Some((_, migrate)) = self.migrations.iter().find(|(v, _)| *v == record.version)
+            && let Some((cursor, state)) = migrate(record.cursor, record.state.clone())
+        {
+            tracing::info!(saga.id = %record.id, from = record.version, to = self.version, "saga migrated to a new definition version");
+            record.cursor = cursor;
+            record.state = state;
+            record.version = self.version;
+            return Ok(self);
+        }
+        if let Some(old) = self.previous.iter().find(|p| p.version == record.version) {
+            return Ok(old);
+        }
+        Err(crate::error::Error::UnknownVersion {
+            id: record.id.clone(),
+            definition: self.name.clone(),
+            version: record.version,
+        })
     }
 
     /// The steps, in order.

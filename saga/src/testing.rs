@@ -20,6 +20,75 @@ use serde_json::json;
 use crate::error::Error;
 use crate::log::{Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate, StepEvent};
 
+/// Generates one `#[tokio::test]` per conformance case, in a module named
+/// `$backend`, each on a fresh log from the factory expression (a future
+/// of the log, evaluated once per test), so that the first failure does not
+/// hide the rest and one backend or one case runs alone
+/// (`cargo test conformance::sqlite::`, as ripgrep's `rgtest!` and
+/// sqlx-test do). With `skip_unless = expr`, each test returns at once
+/// when `expr` is false (a server that is not configured).
+///
+/// The calling crate needs `tokio` with the `macros` and `rt` features.
+///
+/// # Examples
+///
+/// ```
+/// mod conformance {
+///     trellis_saga::saga_log_conformance!(memory, async { trellis_saga::MemorySagaLog::new() });
+///     trellis_saga::saga_log_conformance!(
+///         any_memory,
+///         async { trellis_saga::AnySagaLog::from(trellis_saga::MemorySagaLog::new()) },
+///         skip_unless = true
+///     );
+/// }
+/// ```
+#[macro_export]
+macro_rules! saga_log_conformance {
+    ($backend:ident, $factory:expr) => {
+        $crate::saga_log_conformance!($backend, $factory, skip_unless = true);
+    };
+    ($backend:ident, $factory:expr, skip_unless = $ready:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__saga_log_conformance_cases!(
+                ($factory, $ready)
+                // NOTE: the same cases as `testing::run_all`, in its order.
+                create_and_load,
+                create_twice_is_already_exists,
+                record_appends_history_and_updates_row,
+                record_without_lease_is_lease_lost,
+                lease_is_exclusive_until_expiry,
+                release_frees_the_lease,
+                by_status_filters,
+                unknown_ids,
+                concurrent_writes_get_their_own_outcomes,
+                adoptable_lists_unheld_in_flight_sagas,
+                version_and_wait_columns_round_trip,
+                signals_are_durable_and_idempotent,
+                waiting_sagas_are_adoptable_once_woken,
+            );
+        }
+    };
+}
+
+/// The tests of [`saga_log_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __saga_log_conformance_cases {
+    (($factory:expr, $ready:expr) $($case:ident,)*) => {
+        $(
+            #[::tokio::test]
+            async fn $case() {
+                if !$ready {
+                    return;
+                }
+                $crate::testing::$case(&$factory.await).await;
+            }
+        )*
+    };
+}
+
 /// Runs every conformance test, each on a fresh log from `factory`.
 pub async fn run_all<L, F, Fut>(factory: F)
 where
@@ -37,6 +106,9 @@ where
     unknown_ids(&factory().await).await;
     concurrent_writes_get_their_own_outcomes(&factory().await).await;
     adoptable_lists_unheld_in_flight_sagas(&factory().await).await;
+    version_and_wait_columns_round_trip(&factory().await).await;
+    signals_are_durable_and_idempotent(&factory().await).await;
+    waiting_sagas_are_adoptable_once_woken(&factory().await).await;
 }
 
 fn lease(owner: &str, now_ms: i64) -> Lease<'_> {
@@ -57,6 +129,9 @@ fn record(id: &str) -> SagaRecord {
         error: None,
         failed_step: None,
         deadline_ms: Some(42),
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     }
 }
 
@@ -109,6 +184,9 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
         state: json!({ "n": 2 }),
         error: None,
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     log.record(
         "a",
@@ -127,6 +205,9 @@ pub async fn record_appends_history_and_updates_row<L: SagaLog>(log: &L) {
         state: json!({ "n": 3 }),
         error: Some("boom".to_owned()),
         failed_step: Some("step-0".to_owned()),
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     log.record(
         "a",
@@ -174,6 +255,9 @@ pub async fn record_without_lease_is_lease_lost<L: SagaLog>(log: &L) {
         state: json!(null),
         error: None,
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     let lost = log
         .record(
@@ -247,6 +331,9 @@ pub async fn concurrent_writes_get_their_own_outcomes<L: SagaLog>(log: &L) {
         state: json!({ "n": 2 }),
         error: None,
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     let entries = [
         new_entry(0, StepEvent::Succeeded, None),
@@ -328,6 +415,9 @@ pub async fn by_status_filters<L: SagaLog>(log: &L) {
         state: json!({}),
         error: Some("x".to_owned()),
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     log.record("b", lease("o1", 1), &[], &update)
         .await
@@ -368,6 +458,9 @@ pub async fn unknown_ids<L: SagaLog>(log: &L) {
         state: json!({}),
         error: None,
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     assert!(matches!(
         log.record("nope", lease("o1", 0), &[], &update).await,
@@ -402,6 +495,9 @@ pub async fn adoptable_lists_unheld_in_flight_sagas<L: SagaLog>(log: &L) {
         state: json!({}),
         error: Some("x".to_owned()),
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     log.record("undoing", lease("o1", -3_000), &[], &compensating)
         .await
@@ -416,6 +512,9 @@ pub async fn adoptable_lists_unheld_in_flight_sagas<L: SagaLog>(log: &L) {
         state: json!({}),
         error: None,
         failed_step: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     log.record("done", lease("o1", -5_000), &[], &completed)
         .await
@@ -453,5 +552,122 @@ pub async fn adoptable_lists_unheld_in_flight_sagas<L: SagaLog>(log: &L) {
             .await
             .expect("adoptable"),
         ["other"]
+    );
+}
+
+/// A record's version, wake time and awaited signal are stored by
+/// `create`, changed by `record` and loaded back.
+pub async fn version_and_wait_columns_round_trip<L: SagaLog>(log: &L) {
+    let mut saga = record("a");
+    saga.version = 3;
+    log.create(&saga, lease("o1", 0), &[])
+        .await
+        .expect("create");
+    assert_eq!(log.load("a").await.expect("load"), Some(saga.clone()));
+    let mut waiting = saga.clone();
+    waiting.status = SagaStatus::Waiting;
+    waiting.cursor = 1;
+    waiting.version = 4;
+    waiting.wake_at_ms = Some(9_000);
+    waiting.awaiting = Some("paid".to_owned());
+    log.record("a", lease("o1", 1), &[], &waiting.to_update())
+        .await
+        .expect("record");
+    assert_eq!(log.load("a").await.expect("load"), Some(waiting.clone()));
+    let mut running = waiting;
+    running.status = SagaStatus::Running;
+    running.wake_at_ms = None;
+    running.awaiting = None;
+    log.record("a", lease("o1", 2), &[], &running.to_update())
+        .await
+        .expect("record");
+    assert_eq!(log.load("a").await.expect("load"), Some(running));
+}
+
+/// A signal is stored once per `(saga, name)`: the first payload wins, a
+/// repeat answers `false`; an unknown saga is `NotFound`.
+pub async fn signals_are_durable_and_idempotent<L: SagaLog>(log: &L) {
+    assert!(matches!(
+        log.signal("nope", "paid", &json!(1)).await,
+        Err(Error::NotFound { .. })
+    ));
+    log.create(&record("a"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    log.create(&record("b"), lease("o1", 0), &[])
+        .await
+        .expect("create");
+    assert_eq!(log.load_signal("a", "paid").await.expect("load"), None);
+    assert!(
+        log.signal("a", "paid", &json!({ "amount": 5 }))
+            .await
+            .expect("signal")
+    );
+    assert!(
+        !log.signal("a", "paid", &json!({ "amount": 6 }))
+            .await
+            .expect("repeat")
+    );
+    assert_eq!(
+        log.load_signal("a", "paid").await.expect("load"),
+        Some(json!({ "amount": 5 }))
+    );
+    assert_eq!(log.load_signal("a", "shipped").await.expect("load"), None);
+    assert_eq!(log.load_signal("b", "paid").await.expect("load"), None);
+    // A signal changes nothing else of a saga that does not wait for it.
+    assert_eq!(log.load("a").await.expect("load"), Some(record("a")));
+}
+
+/// A waiting saga is adoptable only once its wake time has come or its
+/// awaited signal arrived (never for another signal), and not while a
+/// lease holds it.
+pub async fn waiting_sagas_are_adoptable_once_woken<L: SagaLog>(log: &L) {
+    let park = |wake_at_ms: i64, awaiting: Option<&str>| {
+        let mut waiting = record("x");
+        waiting.status = SagaStatus::Waiting;
+        waiting.wake_at_ms = Some(wake_at_ms);
+        waiting.awaiting = awaiting.map(str::to_owned);
+        waiting.to_update()
+    };
+    for id in ["signal", "timer"] {
+        log.create(&record(id), lease("o1", 0), &[])
+            .await
+            .expect("create");
+    }
+    log.record("signal", lease("o1", 0), &[], &park(10_000, Some("paid")))
+        .await
+        .expect("park");
+    log.record("timer", lease("o1", 0), &[], &park(2_000, None))
+        .await
+        .expect("park");
+    // Still leased: nobody adopts it, whatever the time.
+    assert!(
+        log.adoptable("test-saga", 500, 100)
+            .await
+            .expect("adoptable")
+            .is_empty()
+    );
+    log.release("signal", "o1").await.expect("release");
+    log.release("timer", "o1").await.expect("release");
+    let at = |now: i64| log.adoptable("test-saga", now, 100);
+    assert!(at(1_999).await.expect("adoptable").is_empty());
+    assert_eq!(at(2_000).await.expect("adoptable"), ["timer"]);
+    // Another signal does not wake it; the awaited one does, at once.
+    assert!(
+        log.signal("signal", "other", &json!(null))
+            .await
+            .expect("signal")
+    );
+    assert!(at(500).await.expect("adoptable").is_empty());
+    assert!(
+        log.signal("signal", "paid", &json!(true))
+            .await
+            .expect("signal")
+    );
+    assert_eq!(at(500).await.expect("adoptable"), ["signal"]);
+    let woken = log.load("signal").await.expect("load").expect("exists");
+    assert_eq!(
+        (woken.status, woken.wake_at_ms, woken.awaiting.as_deref()),
+        (SagaStatus::Waiting, Some(0), Some("paid"))
     );
 }

@@ -5,31 +5,97 @@ mod support;
 
 use trellis_saga::{MemorySagaLog, testing};
 
-#[tokio::test]
-async fn memory_log_passes_the_suite() {
-    testing::run_all(|| async { MemorySagaLog::new() }).await;
-}
+/// One test per case per backend: `cargo test -p trellis-saga --all-features
+/// --test conformance conformance::sqlite::` runs one backend,
+/// `conformance::any::postgres::signals` one case through `AnySagaLog`.
+mod conformance {
+    #[allow(unused_imports)]
+    use super::support;
+    #[allow(unused_imports)]
+    use trellis_saga::{AnySagaLog, MemorySagaLog};
 
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn sqlite_file_log_passes_the_suite() {
-    testing::run_all(|| async {
+    trellis_saga::saga_log_conformance!(memory, async { MemorySagaLog::new() });
+
+    #[cfg(feature = "sqlite")]
+    trellis_saga::saga_log_conformance!(sqlite, async {
         trellis_saga::SqliteSagaLog::connect(&support::sqlite_url("conf"))
             .await
             .expect("sqlite")
-    })
-    .await;
-}
+    });
 
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn sqlite_memory_log_passes_the_suite() {
-    testing::run_all(|| async {
+    #[cfg(feature = "sqlite")]
+    trellis_saga::saga_log_conformance!(sqlite_memory, async {
         trellis_saga::SqliteSagaLog::connect("sqlite::memory:")
             .await
             .expect("sqlite")
-    })
-    .await;
+    });
+
+    #[cfg(feature = "postgres")]
+    trellis_saga::saga_log_conformance!(
+        postgres,
+        async { support::pg_log(&support::postgres_url().expect("url"), "conf").await },
+        skip_unless = support::postgres_url().is_some()
+    );
+
+    /// The same cases through `AnySagaLog`, on each backend.
+    mod any {
+        #[allow(unused_imports)]
+        use super::support;
+        #[allow(unused_imports)]
+        use trellis_saga::{AnySagaLog, MemorySagaLog};
+
+        trellis_saga::saga_log_conformance!(memory, async {
+            AnySagaLog::connect("memory:").await.expect("memory")
+        });
+
+        #[cfg(feature = "sqlite")]
+        trellis_saga::saga_log_conformance!(sqlite, async {
+            let log = AnySagaLog::connect(&support::sqlite_url("any"))
+                .await
+                .expect("sqlite");
+            assert_eq!(log.backend(), "sqlite");
+            log
+        });
+
+        #[cfg(feature = "postgres")]
+        trellis_saga::saga_log_conformance!(
+            postgres,
+            async {
+                let url = support::postgres_url().expect("url");
+                AnySagaLog::from(support::pg_log(&url, "any").await)
+            },
+            skip_unless = support::postgres_url().is_some()
+        );
+    }
+}
+
+/// `run_all` still runs the whole suite in one test (for a user's own
+/// backend).
+#[tokio::test]
+async fn run_all_runs_the_suite() {
+    testing::run_all(|| async { MemorySagaLog::new() }).await;
+}
+
+/// `AnySagaLog::connect` picks the backend from the URL, and refuses a
+/// scheme it does not know.
+#[tokio::test]
+async fn any_log_connects_by_url() {
+    assert_eq!(
+        trellis_saga::AnySagaLog::connect("memory:")
+            .await
+            .unwrap()
+            .backend(),
+        "memory"
+    );
+    assert!(matches!(
+        trellis_saga::AnySagaLog::connect("mysql://localhost/x").await,
+        Err(trellis_saga::Error::Unsupported { .. })
+    ));
+    #[cfg(feature = "postgres")]
+    if let Some(url) = support::postgres_url() {
+        let log = trellis_saga::AnySagaLog::connect(&url).await.unwrap();
+        assert_eq!(log.backend(), "postgres");
+    }
 }
 
 /// A write that fails inside a group-committed batch (here: a trigger
@@ -59,6 +125,9 @@ async fn sqlite_batch_failure_fails_only_the_faulty_write() {
         error: None,
         failed_step: None,
         deadline_ms: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     };
     let lease = Lease {
         owner: "o",
@@ -95,13 +164,4 @@ async fn sqlite_batch_failure_fails_only_the_faulty_write() {
     }
     assert_eq!(log.load("bad").await.expect("load"), None);
     assert!(log.history("bad").await.expect("history").is_empty());
-}
-
-#[cfg(feature = "postgres")]
-#[tokio::test]
-async fn postgres_log_passes_the_suite() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
-    testing::run_all(|| support::pg_log(&url, "conf")).await;
 }

@@ -235,6 +235,9 @@ fn running(id: &str, cursor: u32, done: &[&str]) -> SagaRecord {
         error: None,
         failed_step: None,
         deadline_ms: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     }
 }
 

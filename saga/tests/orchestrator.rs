@@ -429,6 +429,9 @@ fn pending(id: &str) -> SagaRecord {
         error: None,
         failed_step: None,
         deadline_ms: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
     }
 }
 
@@ -819,11 +822,19 @@ async fn sqlite_adoptable_uses_the_in_flight_index() {
     use sqlx::Row;
     let plan: Vec<String> = sqlx::query(
         // NOTE: the statement of `SqliteSagaLog::adoptable`, verbatim.
-        "EXPLAIN QUERY PLAN SELECT id FROM trellis_sagas INDEXED BY trellis_sagas_status \
-         WHERE name = ? AND status IN ('running', 'compensating') \
-           AND (lease_owner IS NULL OR lease_until < ?) \
-         ORDER BY lease_until, id LIMIT ?",
+        "EXPLAIN QUERY PLAN SELECT id FROM ( \
+           SELECT id, lease_until FROM trellis_sagas INDEXED BY trellis_sagas_status \
+           WHERE name = ? AND status IN ('running', 'compensating') \
+             AND (lease_owner IS NULL OR lease_until < ?) \
+           UNION ALL \
+           SELECT id, lease_until FROM trellis_sagas INDEXED BY trellis_sagas_wake \
+           WHERE status = 'waiting' AND wake_at_ms <= ? AND name = ? \
+             AND (lease_owner IS NULL OR lease_until < ?) \
+         ) ORDER BY lease_until, id LIMIT ?",
     )
+    .bind("test")
+    .bind(0i64)
+    .bind(0i64)
     .bind("test")
     .bind(0i64)
     .bind(10i64)
@@ -835,5 +846,9 @@ async fn sqlite_adoptable_uses_the_in_flight_index() {
     .collect();
     let plan = plan.join("\n");
     assert!(plan.contains("USING INDEX trellis_sagas_status"), "{plan}");
+    assert!(
+        plan.contains("USING INDEX trellis_sagas_wake (wake_at_ms<?)"),
+        "{plan}"
+    );
     assert!(!plan.contains("SCAN trellis_sagas"), "{plan}");
 }

@@ -184,8 +184,11 @@ where
                 actor: command.identity.map(|i| i.subject),
                 ..Metadata::default()
             };
+            // Event ids derived from the command id: a retry anywhere
+            // (another replica, after a crash or a timeout) is an idempotent
+            // repeat at the store, never a second write.
             let outcome = repository
-                .execute_with_metadata(&command.aggregate_id, command.payload, metadata)
+                .execute_once(&command.aggregate_id, command.payload, command.id, metadata)
                 .await?;
             Ok(CommandResult {
                 version: outcome.version,
@@ -356,8 +359,10 @@ where
 /// Only successful results are stored: a rejected command may be retried.
 /// Within one process, a duplicate that arrives while the first send is still
 /// running waits for it and returns its result (if the first fails, the
-/// duplicate runs itself). Across processes sharing a store, two concurrent
-/// sends may both run; the store keeps (and both callers get) the first result.
+/// duplicate runs itself). Across processes, two concurrent sends may both
+/// run, but [`RepositoryService`] derives the event ids from the command id,
+/// so the event store writes the events once and the second send gets the
+/// first one's positions; the store keeps (and both callers get) the first result.
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer<I> {
     store: Arc<I>,

@@ -18,9 +18,15 @@
 //! each event once.
 //!
 //! This relies on the publisher sending events in global order to one
-//! stream and on **one runner per durable** (the consumer is created with
-//! `max_ack_pending` = the batch size, so JetStream never hands out a later
-//! event while an earlier one is unacknowledged elsewhere).
+//! stream (the outbox relay guarantees it) and on **one active runner per
+//! durable**: replicas elect one through a lease in the read-model database
+//! (table `cqrs_leases`, as the store-fed runner does); the others do not
+//! fetch. The consumer is created with `max_ack_pending` = the batch size,
+//! so JetStream never hands out a later event while an earlier one is
+//! unacknowledged, and with `ack_wait` = the lease TTL, so the messages a
+//! dead runner had fetched come back by the time its lease expires. The
+//! checkpoint is written compare-and-set, fenced by the lease epoch: a runner
+//! that lost its lease rolls its batch back and hands the messages back.
 //!
 //! # Failures
 //!
@@ -29,6 +35,7 @@
 //! `max_retries`, the projection is parked (its messages stay
 //! unacknowledged in the stream), as with the store-fed runner.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,15 +46,21 @@ use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use trellis_eventsourcing::StoredEvent;
 
+use trellis_eventsourcing::lease::Leadership;
+
 use super::{
-    Projection, ProjectionHandle, ProjectionState, ProjectionStatus, ReadModelDb, RunnerOptions,
-    lock,
+    LeaseRelease, Projection, ProjectionHandle, ProjectionState, ProjectionStatus, ReadModelDb,
+    ReadModelLeases, Role, RunnerOptions, lead, leadership, lock, stop_requested,
 };
 use crate::error::{Error, Result};
 
 /// Feeds a [`Projection`] from a JetStream durable pull consumer, with the
-/// checkpoint in the read-model transaction (see the [module
-/// docs](self)).
+/// checkpoint in the read-model transaction: JetStream delivers at least
+/// once, the read model gets each event once (a redelivery at or below the
+/// checkpoint is acked without being applied). Replicas elect one active
+/// runner per projection name through a lease in the read-model database,
+/// and the checkpoint write is compare-and-set, fenced by the lease epoch
+/// (see the crate README, *Guarantees across replicas and restarts*).
 ///
 /// # Examples
 ///
@@ -110,8 +123,26 @@ where
         self
     }
 
-    /// Creates the checkpoint table, the projection's tables and the durable
-    /// consumer, loads the checkpoint and spawns the runner.
+    /// Sets the lease TTL (see [`RunnerOptions::lease_ttl`]); it is also the
+    /// consumer's `ack_wait` when this runner creates the consumer.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.options.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets the lease owner id (see [`RunnerOptions::owner`]).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.options.owner = Some(owner.into());
+        self
+    }
+
+    /// Creates the checkpoint and lease tables, the projection's tables and
+    /// the durable consumer, loads the checkpoint and spawns the runner,
+    /// which applies messages once it holds the projection's lease.
+    ///
+    /// # Errors
+    ///
+    /// The read-model database, the projection's `setup` or JetStream failed.
     pub async fn spawn(self) -> Result<ProjectionHandle> {
         DB::ensure_checkpoints(&self.pool).await?;
         self.projection
@@ -135,7 +166,8 @@ where
                     durable_name: Some(durable.clone()),
                     deliver_policy: DeliverPolicy::All,
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    // A dead runner's messages come back when its lease expires.
+                    ack_wait: self.options.lease_ttl.max(Duration::from_secs(1)),
                     max_ack_pending: i64::try_from(batch).unwrap_or(i64::MAX),
                     filter_subject: self.filter_subject.clone(),
                     ..Default::default()
@@ -143,17 +175,25 @@ where
             )
             .await
             .map_err(|e| Error::Bus(e.to_string()))?;
+        DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
+        let leadership = leadership(&name, &self.options);
+        let held = Arc::new(AtomicU64::new(0));
+        let leases = ReadModelLeases(self.pool.clone(), held.clone());
+        let lease = LeaseRelease::new(self.pool.clone(), &name, leadership.owner(), held);
         let (position_tx, position_rx) = watch::channel(position);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(ProjectionStatus {
             name: name.clone(),
             state: ProjectionState::Running,
+            role: Role::Standby,
             position,
             head: position,
             last_recorded_at: None,
         }));
         let worker = Worker {
+            leadership,
+            leases,
             pool: self.pool,
             projection: self.projection,
             options: self.options,
@@ -172,11 +212,14 @@ where
             status,
             shutdown: shutdown_tx,
             task: Some(task),
+            lease: Some(lease),
         })
     }
 }
 
 struct Worker<DB: ReadModelDb, P> {
+    leadership: Leadership,
+    leases: ReadModelLeases<DB>,
     pool: sqlx::Pool<DB>,
     projection: P,
     options: RunnerOptions,
@@ -204,6 +247,26 @@ where
             if *self.shutdown.borrow() {
                 break;
             }
+            let Some(epoch) = lead(
+                &mut self.leadership,
+                &self.leases,
+                &self.name,
+                &mut self.position,
+                &self.position_tx,
+                &self.status,
+            )
+            .await
+            else {
+                // Not ours to apply: hand fetched messages back at once.
+                nak_all(&mut pending).await;
+                attempts = 0;
+                previous_delay = None;
+                tokio::select! {
+                    () = tokio::time::sleep(self.leadership.standby_interval()) => {}
+                    () = stop_requested(&mut self.shutdown) => break,
+                }
+                continue;
+            };
             if pending.is_empty() {
                 let mut stop = self.shutdown.clone();
                 tokio::select! {
@@ -213,19 +276,30 @@ where
                             tracing::warn!(projection = %self.name, %error, "fetching from JetStream failed");
                             tokio::select! {
                                 () = tokio::time::sleep(self.options.poll_interval) => {}
-                                _ = stop.changed() => break,
+                                () = stop_requested(&mut stop) => break,
                             }
                             continue;
                         }
                     },
-                    _ = stop.changed() => break,
+                    () = stop_requested(&mut stop) => break,
                 }
                 if pending.is_empty() {
                     continue;
                 }
             }
-            match self.apply(&pending).await {
-                Ok(target) => {
+            match self.apply(&pending, epoch).await {
+                Ok(None) => {
+                    tracing::warn!(
+                        projection = %self.name,
+                        position = self.position,
+                        "checkpoint fenced: another runner holds the lease; batch rolled back, standing by"
+                    );
+                    self.leadership.lose();
+                    self.leases.1.store(0, std::sync::atomic::Ordering::SeqCst);
+                    lock(&self.status).role = Role::Standby;
+                    nak_all(&mut pending).await;
+                }
+                Ok(Some(target)) => {
                     for message in pending.drain(..) {
                         // A lost ack only means a redelivery, which the
                         // checkpoint turns into a no-op.
@@ -248,9 +322,9 @@ where
                         };
                         // Hand the messages back at once rather than after
                         // ack_wait; nobody applies them while parked.
-                        for message in pending.drain(..) {
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                        }
+                        nak_all(&mut pending).await;
+                        self.leadership.release(&self.leases).await;
+                        lock(&self.status).role = Role::Standby;
                         return;
                     }
                     let delay = self.options.backoff.next_delay(attempts, previous_delay);
@@ -259,12 +333,16 @@ where
                     tracing::warn!(projection = %self.name, attempt = attempts, %error, ?delay, "batch failed, retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.changed() => break,
+                        () = stop_requested(&mut self.shutdown) => break,
                     }
                 }
             }
         }
-        lock(&self.status).state = ProjectionState::Stopped;
+        nak_all(&mut pending).await;
+        self.leadership.release(&self.leases).await;
+        let mut status = lock(&self.status);
+        status.state = ProjectionState::Stopped;
+        status.role = Role::Standby;
     }
 
     /// Up to `batch` messages, waiting at most the poll interval.
@@ -285,8 +363,13 @@ where
     }
 
     /// Applies the events above the checkpoint and saves the new checkpoint,
-    /// in one transaction; returns the checkpoint.
-    async fn apply(&self, messages: &[Message]) -> std::result::Result<u64, String> {
+    /// in one transaction; returns the checkpoint, or `None` when the fenced
+    /// checkpoint write failed (lease lost; nothing applied).
+    async fn apply(
+        &self,
+        messages: &[Message],
+        epoch: u64,
+    ) -> std::result::Result<Option<u64>, String> {
         let mut target = self.position;
         let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
         let filter = self.projection.filter();
@@ -306,10 +389,12 @@ where
             target = event.global_position;
             last_recorded = Some(event.recorded_at);
         }
-        if target > self.position {
-            DB::save_checkpoint(&mut tx, &self.name, target)
+        if target > self.position
+            && !DB::save_checkpoint_fenced(&mut tx, &self.name, epoch, self.position, target)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+        {
+            return Ok(None); // dropping `tx` rolls the batch back
         }
         tx.commit().await.map_err(|e| e.to_string())?;
         if let Some(at) = last_recorded {
@@ -317,6 +402,13 @@ where
             status.last_recorded_at = Some(at);
             status.head = status.head.max(target);
         }
-        Ok(target)
+        Ok(Some(target))
+    }
+}
+
+/// Hands `messages` back to JetStream for redelivery now.
+async fn nak_all(messages: &mut Vec<Message>) {
+    for message in messages.drain(..) {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
     }
 }

@@ -28,12 +28,17 @@
 //! application swaps the table it reads and stops the old runner.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use trellis_eventsourcing::lease::{DEFAULT_LEASE_TTL, Leadership, LeaseStore, default_owner};
 use trellis_eventsourcing::{EventFilter, EventStore, StoredEvent};
+
+pub use trellis_eventsourcing::lease::Role;
 use trellis_resilience::retry::Backoff;
 
 use crate::error::{BoxError, Error, Result};
@@ -65,6 +70,135 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
         name: &str,
         position: u64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Makes sure the checkpoint row of `name` exists (at 0 when new).
+    fn init_checkpoint(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Inside `tx`: moves the checkpoint of `name` from `expected` to `new`
+    /// if it is at `expected` and lease `name` still carries `epoch`;
+    /// `false` (nothing written) otherwise.
+    fn save_checkpoint_fenced(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Takes lease `name` (table `cqrs_leases`) for `owner` if free, expired
+    /// or already its own; the new epoch, or `None`.
+    fn try_acquire_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send;
+    /// Extends lease `name` if `owner` still holds it with `epoch`.
+    fn renew_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<bool>> + Send;
+    /// The holder (owner, epoch) of lease `name`.
+    fn lease_holder(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<(String, u64)>>> + Send;
+    /// Takes lease `name` for `owner` from `dead_owner` if it still holds it
+    /// with `dead_epoch`, whatever its expiry.
+    fn take_over_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send;
+    /// Lets lease `name` expire now if `owner` still holds it with `epoch`.
+    fn release_lease(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<()>> + Send;
+}
+
+/// The checkpoint table of the read-model database.
+const CHECKPOINTS: &str = "cqrs_checkpoints";
+/// The lease table of the read-model database: one active runner per name.
+const LEASES: &str = "cqrs_leases";
+
+/// The leases of a read-model database, for [`Leadership`], and the epoch
+/// the runner holds (0 = none) for its handle.
+struct ReadModelLeases<DB: ReadModelDb>(sqlx::Pool<DB>, Arc<AtomicU64>);
+
+impl<DB: ReadModelDb> LeaseStore for ReadModelLeases<DB> {
+    fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send {
+        DB::try_acquire_lease(&self.0, name, owner, ttl)
+    }
+
+    fn renew(
+        &self,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<bool>> + Send {
+        DB::renew_lease(&self.0, name, owner, epoch, ttl)
+    }
+
+    fn release(
+        &self,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<()>> + Send {
+        DB::release_lease(&self.0, name, owner, epoch)
+    }
+
+    fn holder(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<(String, u64)>>> + Send {
+        DB::lease_holder(&self.0, name)
+    }
+
+    fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send {
+        DB::take_over_lease(&self.0, name, owner, dead_owner, dead_epoch, ttl)
+    }
+
+    async fn save_checkpoint_fenced(
+        &self,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> trellis_eventsourcing::Result<bool> {
+        // Not used by the runners (they fence inside their read-model
+        // transaction); here for the contract's sake.
+        let mut tx = self.0.begin().await?;
+        let moved = DB::save_checkpoint_fenced(&mut tx, name, epoch, expected, new)
+            .await
+            .map_err(|e| trellis_eventsourcing::Error::Corrupt(e.to_string()))?;
+        if moved {
+            tx.commit().await?;
+        }
+        Ok(moved)
+    }
 }
 
 /// A read model fed by events, written inside the runner's transaction.
@@ -123,6 +257,11 @@ pub struct ProjectionStatus {
     pub name: String,
     /// Running, parked or stopped.
     pub state: ProjectionState,
+    /// Whether this runner holds the projection's lease and applies events
+    /// ([`Role::Active`]) or waits for it ([`Role::Standby`]) while another
+    /// replica applies them. A standby runner follows the committed
+    /// checkpoint, so `position` and `wait_for` still work on it.
+    pub role: Role,
     /// The committed checkpoint.
     pub position: u64,
     /// The store's head when last read.
@@ -147,6 +286,7 @@ impl ProjectionStatus {
     /// let status = ProjectionStatus {
     ///     name: "orders".into(),
     ///     state: ProjectionState::Running,
+    ///     role: trellis_cqrs::Role::Active,
     ///     position: 10,
     ///     head: 10,
     ///     last_recorded_at: None,
@@ -173,16 +313,27 @@ pub struct RunnerOptions {
     pub backoff: Backoff,
     /// Retries of a failing event before the projection is parked.
     pub max_retries: u32,
+    /// How long the active runner's lease lasts without a renewal (renewed
+    /// every third of it): a standby replica takes over at most about this
+    /// long after the active one died. Keep it above the longest batch.
+    pub lease_ttl: Duration,
+    /// This runner's lease owner id (`None`: host, process id and a random
+    /// part, unique per start). A stable id (a pod name) lets a restarted
+    /// runner take its own lease back at once instead of after `lease_ttl`.
+    pub owner: Option<String>,
 }
 
 impl Default for RunnerOptions {
-    /// 256 events per batch, 100 ms polls, trellis-resilience's default backoff, 5 retries.
+    /// 256 events per batch, 100 ms polls, trellis-resilience's default
+    /// backoff, 5 retries, a 10 s lease with a per-start owner id.
     fn default() -> Self {
         RunnerOptions {
             batch_size: 256,
             poll_interval: Duration::from_millis(100),
             backoff: Backoff::default(),
             max_retries: 5,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            owner: None,
         }
     }
 }
@@ -252,6 +403,18 @@ where
         self
     }
 
+    /// Sets the lease TTL (see [`RunnerOptions::lease_ttl`]).
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.options.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets the lease owner id (see [`RunnerOptions::owner`]).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.options.owner = Some(owner.into());
+        self
+    }
+
     /// Records lag and handled events in `metrics`.
     #[cfg(feature = "metrics")]
     pub fn with_metrics(mut self, metrics: crate::metrics::ProjectionMetrics) -> Self {
@@ -259,8 +422,14 @@ where
         self
     }
 
-    /// Creates the checkpoint table and the projection's tables, loads the
-    /// checkpoint and spawns the runner on the current tokio runtime.
+    /// Creates the checkpoint and lease tables and the projection's tables,
+    /// loads the checkpoint and spawns the runner on the current tokio
+    /// runtime. The runner starts as a standby and applies events once it
+    /// holds the projection's lease.
+    ///
+    /// # Errors
+    ///
+    /// The read-model database failed, or the projection's `setup` did.
     pub async fn spawn(self) -> Result<ProjectionHandle> {
         DB::ensure_checkpoints(&self.pool).await?;
         self.projection
@@ -268,17 +437,25 @@ where
             .await
             .map_err(Error::Handler)?;
         let name = self.projection.name().to_owned();
+        DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
+        let leadership = leadership(&name, &self.options);
+        let held = Arc::new(AtomicU64::new(0));
+        let leases = ReadModelLeases(self.pool.clone(), held.clone());
+        let lease = LeaseRelease::new(self.pool.clone(), &name, leadership.owner(), held);
         let (position_tx, position_rx) = watch::channel(position);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let status = Arc::new(Mutex::new(ProjectionStatus {
             name: name.clone(),
             state: ProjectionState::Running,
+            role: Role::Standby,
             position,
             head: position,
             last_recorded_at: None,
         }));
         let worker = Worker {
+            leadership,
+            leases,
             runner: self,
             name: name.clone(),
             position,
@@ -293,12 +470,15 @@ where
             status,
             shutdown: shutdown_tx,
             task: Some(task),
+            lease: Some(lease),
         })
     }
 }
 
 /// A running projection. Dropping it aborts the runner (an open transaction
-/// rolls back, as in a crash); [`stop`](Self::stop) ends it between batches.
+/// rolls back, as in a crash) and then releases its lease;
+/// [`stop`](Self::stop) ends it between batches; [`abort`](Self::abort)
+/// ends it as a SIGKILL would, lease held until it expires.
 #[derive(Debug)]
 pub struct ProjectionHandle {
     name: String,
@@ -306,6 +486,49 @@ pub struct ProjectionHandle {
     status: Arc<Mutex<ProjectionStatus>>,
     shutdown: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    lease: Option<LeaseRelease>,
+}
+
+/// Lets a dropped handle release the lease its runner held.
+pub(crate) struct LeaseRelease {
+    /// The epoch the runner holds now (0 = none), kept up to date by it.
+    held: Arc<AtomicU64>,
+    release: Releaser,
+}
+
+/// Releases the lease at the given epoch.
+type Releaser = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+impl std::fmt::Debug for LeaseRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRelease")
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseRelease {
+    /// Releases through `pool` the lease `name` of `owner` at the epoch the
+    /// runner publishes in `held`.
+    pub(crate) fn new<DB: ReadModelDb>(
+        pool: sqlx::Pool<DB>,
+        name: &str,
+        owner: &str,
+        held: Arc<AtomicU64>,
+    ) -> Self {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        LeaseRelease {
+            held,
+            release: Arc::new(move |epoch| {
+                let (pool, name, owner) = (pool.clone(), name.clone(), owner.clone());
+                Box::pin(async move {
+                    if let Err(err) = DB::release_lease(&pool, &name, &owner, epoch).await {
+                        tracing::debug!(projection = %name, %err, "releasing the lease of a dropped runner failed");
+                    }
+                })
+            }),
+        }
+    }
 }
 
 impl ProjectionHandle {
@@ -335,7 +558,18 @@ impl ProjectionHandle {
         wait_for(self, position, timeout).await
     }
 
-    /// Stops the runner between batches and waits for it.
+    /// Ends the runner as a crash would (SIGKILL): aborted, its open
+    /// transaction rolled back, its lease **not** released, so another
+    /// replica takes over only once the lease expired. Dropping the handle
+    /// aborts the runner too, but releases its lease.
+    pub fn abort(mut self) {
+        self.lease = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Stops the runner between batches, releases its lease and waits for it.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(task) = self.task.take() {
@@ -346,8 +580,21 @@ impl ProjectionHandle {
 
 impl Drop for ProjectionHandle {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        task.abort();
+        // Once the runner is gone, let another replica take over at once.
+        if let (Some(lease), Ok(runtime)) =
+            (self.lease.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                let _ = task.await;
+                let epoch = lease.held.load(Ordering::SeqCst);
+                if epoch > 0 {
+                    (lease.release)(epoch).await;
+                }
+            });
         }
     }
 }
@@ -393,11 +640,74 @@ pub async fn wait_for(
     })
 }
 
+/// Returns once [`ProjectionHandle::stop`] asked the runner to stop. A
+/// dropped handle (the sender gone) is no request: the runner is being
+/// aborted, and must not take the clean-shutdown path (which releases the
+/// lease) on its way out.
+pub(crate) async fn stop_requested(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 fn lock(m: &Mutex<ProjectionStatus>) -> std::sync::MutexGuard<'_, ProjectionStatus> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The lease of projection `name` as `options` say.
+fn leadership(name: &str, options: &RunnerOptions) -> Leadership {
+    let owner = options.owner.clone().unwrap_or_else(default_owner);
+    Leadership::new(name, owner, options.lease_ttl)
+}
+
+/// What a runner does about its lease before each round: `Some(epoch)` to
+/// apply under, or `None` after following the committed checkpoint as a
+/// standby. Updates the status when the role changes; a runner that becomes
+/// active reloads the checkpoint (another replica may have moved it).
+async fn lead<DB: ReadModelDb>(
+    leadership: &mut Leadership,
+    leases: &ReadModelLeases<DB>,
+    name: &str,
+    position: &mut u64,
+    position_tx: &watch::Sender<u64>,
+    status: &Mutex<ProjectionStatus>,
+) -> Option<u64> {
+    let was = leadership.role();
+    let epoch = leadership.ensure(leases).await;
+    leases.1.store(epoch.unwrap_or(0), Ordering::SeqCst);
+    let now = leadership.role();
+    if was != now {
+        lock(status).role = now;
+    }
+    if epoch.is_none() || was != now {
+        // Standby, or just became active: the committed checkpoint is the truth.
+        match DB::load_checkpoint(&leases.0, name).await {
+            Ok(committed) => {
+                *position = committed;
+                lock(status).position = committed;
+                position_tx.send_if_modified(|p| {
+                    let moved = *p != committed;
+                    *p = committed;
+                    moved
+                });
+            }
+            Err(err) => {
+                tracing::warn!(projection = %name, %err, "reading the checkpoint failed");
+                return None;
+            }
+        }
+    }
+    epoch
+}
+
 struct Worker<DB: ReadModelDb, P, S> {
+    leadership: Leadership,
+    leases: ReadModelLeases<DB>,
     runner: ProjectionRunner<DB, P, S>,
     name: String,
     position: u64,
@@ -421,6 +731,9 @@ struct BatchFailure {
     /// Index of the failing event in the batch (0 when the database failed).
     index: usize,
     error: String,
+    /// The fenced checkpoint write found another position or epoch: this
+    /// runner lost its lease; the batch was rolled back.
+    fenced: bool,
 }
 
 impl<DB, P, S> Worker<DB, P, S>
@@ -445,6 +758,26 @@ where
             if *self.shutdown.borrow() {
                 break;
             }
+            let Some(epoch) = lead(
+                &mut self.leadership,
+                &self.leases,
+                &self.name,
+                &mut self.position,
+                &self.position_tx,
+                &self.status,
+            )
+            .await
+            else {
+                limit = None;
+                attempts = 0;
+                previous_delay = None;
+                ask_store = true;
+                tokio::select! {
+                    () = tokio::time::sleep(self.leadership.standby_interval()) => {}
+                    () = stop_requested(&mut self.shutdown) => break,
+                }
+                continue;
+            };
             // An append in this process signals its committed position: read
             // on from there without asking the store for its head (a query
             // per batch). The signal is only a hint (another process may
@@ -502,12 +835,22 @@ where
                 ask_store = true;
                 continue;
             }
-            match self.apply(&batch, target).await {
+            match self.apply(&batch, target, epoch).await {
                 Ok(()) => {
                     self.committed(target, &batch, head);
                     limit = None;
                     attempts = 0;
                     previous_delay = None;
+                }
+                Err(failure) if failure.fenced => {
+                    tracing::warn!(
+                        projection = %self.name,
+                        position = self.position,
+                        "checkpoint fenced: another runner holds the lease; batch rolled back, standing by"
+                    );
+                    self.leadership.lose();
+                    self.leases.1.store(0, Ordering::SeqCst);
+                    lock(&self.status).role = Role::Standby;
                 }
                 Err(failure) if failure.index > 0 => {
                     // The events before the failing one are fine: commit them alone.
@@ -523,10 +866,13 @@ where
                             error = %failure.error,
                             "projection parked on a poison event"
                         );
-                        lock(&self.status).state = ProjectionState::Parked {
+                        self.leadership.release(&self.leases).await;
+                        let mut status = lock(&self.status);
+                        status.state = ProjectionState::Parked {
                             position: failing,
                             error: failure.error,
                         };
+                        status.role = Role::Standby;
                         return;
                     }
                     let delay = self
@@ -546,12 +892,15 @@ where
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.changed() => break,
+                        () = stop_requested(&mut self.shutdown) => break,
                     }
                 }
             }
         }
-        lock(&self.status).state = ProjectionState::Stopped;
+        self.leadership.release(&self.leases).await;
+        let mut status = lock(&self.status);
+        status.state = ProjectionState::Stopped;
+        status.role = Role::Standby;
     }
 
     /// Waits for an append signal, the poll interval or shutdown.
@@ -566,7 +915,7 @@ where
                 Wake::Signal
             }
             () = tokio::time::sleep(poll) => Wake::Poll,
-            _ = self.shutdown.changed() => Wake::Shutdown,
+            () = stop_requested(&mut self.shutdown) => Wake::Shutdown,
         }
     }
 
@@ -605,10 +954,16 @@ where
         self.position_tx.send_replace(target);
     }
 
-    async fn apply(&self, batch: &[StoredEvent], target: u64) -> Result<(), BatchFailure> {
+    async fn apply(
+        &self,
+        batch: &[StoredEvent],
+        target: u64,
+        epoch: u64,
+    ) -> Result<(), BatchFailure> {
         let db = |e: &dyn std::fmt::Display| BatchFailure {
             index: 0,
             error: format!("read-model database: {e}"),
+            fenced: false,
         };
         let mut tx = self.runner.pool.begin().await.map_err(|e| db(&e))?;
         for (index, event) in batch.iter().enumerate() {
@@ -617,12 +972,23 @@ where
                 return Err(BatchFailure {
                     index,
                     error: err.to_string(),
+                    fenced: false,
                 });
             }
         }
-        DB::save_checkpoint(&mut tx, &self.name, target)
+        // Compare-and-set, fenced by the lease epoch: a runner that lost its
+        // lease, or whose checkpoint another runner moved, writes nothing.
+        let moved = DB::save_checkpoint_fenced(&mut tx, &self.name, epoch, self.position, target)
             .await
             .map_err(|e| db(&e))?;
+        if !moved {
+            // Dropping `tx` rolls the batch back.
+            return Err(BatchFailure {
+                index: 0,
+                error: "checkpoint fenced".into(),
+                fenced: true,
+            });
+        }
         tx.commit().await.map_err(|e| db(&e))
     }
 }

@@ -1,19 +1,33 @@
 //! Checkpoints in a PostgreSQL read-model database.
 
+use std::time::Duration;
+
 use sqlx::{Pool, Postgres, Transaction};
 
-use super::{ReadModelDb, private, to_i64, to_u64};
+use trellis_eventsourcing::lease::sql;
+
+use super::{CHECKPOINTS, LEASES, ReadModelDb, private, to_i64, to_u64};
 use crate::error::Result;
 
 impl private::Sealed for Postgres {}
 
 impl ReadModelDb for Postgres {
     async fn ensure_checkpoints(pool: &Pool<Self>) -> Result<()> {
+        // Replicas start at once: concurrent `CREATE TABLE IF NOT EXISTS`
+        // can still collide in PostgreSQL's catalog, so take turns.
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7241, hashtext(current_schema()))")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS cqrs_checkpoints (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
         )
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql::create(LEASES)))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -39,6 +53,115 @@ impl ReadModelDb for Postgres {
         .bind(to_i64(position))
         .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
+
+    async fn init_checkpoint(pool: &Pool<Self>, name: &str) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(sql::init_checkpoint(CHECKPOINTS)))
+            .bind(name)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_checkpoint_fenced(
+        tx: &mut Transaction<'static, Self>,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> Result<bool> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql::fenced_checkpoint(
+            CHECKPOINTS,
+            LEASES,
+        )))
+        .bind(name)
+        .bind(to_i64(expected))
+        .bind(to_i64(new))
+        .bind(to_i64(epoch))
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn try_acquire_lease(
+        pool: &Pool<Self>,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> trellis_eventsourcing::Result<Option<u64>> {
+        let epoch: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, sql::POSTGRES_NOW)))
+                .bind(name)
+                .bind(owner)
+                .bind(sql::ttl_ms(ttl))
+                .fetch_optional(pool)
+                .await?;
+        Ok(epoch.map(to_u64))
+    }
+
+    async fn renew_lease(
+        pool: &Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> trellis_eventsourcing::Result<bool> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql::renew(LEASES, sql::POSTGRES_NOW)))
+            .bind(name)
+            .bind(owner)
+            .bind(to_i64(epoch))
+            .bind(sql::ttl_ms(ttl))
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_holder(
+        pool: &Pool<Self>,
+        name: &str,
+    ) -> trellis_eventsourcing::Result<Option<(String, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
+    }
+
+    async fn take_over_lease(
+        pool: &Pool<Self>,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> trellis_eventsourcing::Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(
+            LEASES,
+            sql::POSTGRES_NOW,
+        )))
+        .bind(name)
+        .bind(owner)
+        .bind(dead_owner)
+        .bind(to_i64(dead_epoch))
+        .bind(sql::ttl_ms(ttl))
+        .fetch_optional(pool)
+        .await?;
+        Ok(epoch.map(to_u64))
+    }
+
+    async fn release_lease(
+        pool: &Pool<Self>,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+    ) -> trellis_eventsourcing::Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
+            .bind(name)
+            .bind(owner)
+            .bind(to_i64(epoch))
+            .execute(pool)
+            .await?;
         Ok(())
     }
 }

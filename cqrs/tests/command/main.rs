@@ -508,3 +508,103 @@ async fn duplicate_command_returns_first_result_in_postgres() {
     );
     support::postgres_cleanup(&pool).await;
 }
+
+/// Two "replicas" (pipelines on separate connection pools, each with its
+/// own in-process idempotency store) handle the same command ids at the
+/// same moment, then once more in turn: every command's event is written
+/// once, and both senders get the same result.
+async fn same_command_on_two_replicas_writes_once<S>(one: S, two: S)
+where
+    S: trellis_eventsourcing::EventStore + trellis_eventsourcing::SnapshotStore + Clone,
+{
+    let mut first = CommandPipeline::new(Repository::<Account, _>::new(one.clone())).build();
+    let mut second = CommandPipeline::new(Repository::<Account, _>::new(two)).build();
+    let commands: Vec<Command<Deposit>> = (0..20).map(|_| deposit(5)).collect();
+    for command in &commands {
+        let (a, b) = tokio::join!(
+            first.ready().await.unwrap().call(command.clone()),
+            second.ready().await.unwrap().call(command.clone()),
+        );
+        let (a, b) = (a.expect("first replica"), b.expect("second replica"));
+        assert_eq!(
+            a.positions, b.positions,
+            "the loser gets the winner's result"
+        );
+    }
+    // A retry after the first send finished (a client that timed out).
+    for command in &commands {
+        second
+            .ready()
+            .await
+            .unwrap()
+            .call(command.clone())
+            .await
+            .expect("retry");
+    }
+    let events = one
+        .read_stream(
+            "account-1",
+            0,
+            trellis_eventsourcing::Direction::Forwards,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 20, "each command's event written once");
+    for (command, event) in commands.iter().zip(&events) {
+        assert_eq!(
+            event.event_id,
+            trellis_eventsourcing::repository::event_id_for(command.id, 0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_command_on_two_sqlite_replicas_writes_once() {
+    let path = std::env::temp_dir().join(format!("{}.db", support::fresh_name("trellis_cmd")));
+    let path = path.to_str().unwrap().to_owned();
+    let one = trellis_eventsourcing::SqliteEventStore::open(&path)
+        .await
+        .unwrap();
+    let two = trellis_eventsourcing::SqliteEventStore::open(&path)
+        .await
+        .unwrap();
+    same_command_on_two_replicas_writes_once(one.clone(), two.clone()).await;
+    one.close().await;
+    two.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_command_on_two_postgres_replicas_writes_once() {
+    use std::str::FromStr;
+    let Some(pool) = support::postgres_pool().await else {
+        return;
+    };
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let url = support::postgres_url().unwrap();
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            sqlx::postgres::PgConnectOptions::from_str(&url)
+                .unwrap()
+                .options([("search_path", schema.as_str())]),
+        )
+        .await
+        .unwrap();
+    let one = trellis_eventsourcing::PgEventStore::with_pool(pool.clone())
+        .await
+        .unwrap();
+    let two = trellis_eventsourcing::PgEventStore::with_pool(other.clone())
+        .await
+        .unwrap();
+    same_command_on_two_replicas_writes_once(one, two).await;
+    other.close().await;
+    support::postgres_cleanup(&pool).await;
+}

@@ -226,3 +226,120 @@ async fn a_poison_message_parks_the_projection_without_applying_its_batch() {
     handle.stop().await;
     js.delete_stream(&stream_name).await.unwrap();
 }
+
+/// [`Sum`] that also counts the events this instance applied.
+struct Tracked(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Projection<sqlx::Sqlite> for Tracked {
+    fn name(&self) -> &str {
+        Sum.name()
+    }
+
+    async fn setup(&self, pool: &SqlitePool) -> Result<(), BoxError> {
+        Sum.setup(pool).await
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        Sum.handle(tx, event).await?;
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Two replicas of one JetStream-fed projection over one read model: only
+/// the lease holder pulls and applies; when it dies (aborted, no release)
+/// the standby takes over within TTL + 1 s, and the sum counts every event
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_active_jetstream_runner_and_the_standby_takes_over() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use trellis_cqrs::Role;
+    let Some(url) = nats_url() else { return };
+    let (js, stream, publisher, stream_name) = fixture(&url).await;
+    // A WAL file with a busy timeout, as replicas share a database (a shared
+    // in-memory database reports table locks instead of waiting).
+    let path = std::env::temp_dir().join(format!(
+        "trellis_cqrs_js_{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    publisher
+        .publish(&events(&store, &[1, 2, 3, 4, 5, 6, 7, 8]).await)
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(1);
+    let (count_a, count_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let spawn = |count: Arc<AtomicU64>| {
+        JetStreamRunner::new(stream.clone(), pool.clone(), Tracked(count))
+            .with_options(options())
+            .with_lease_ttl(ttl)
+            .spawn()
+    };
+    let a = spawn(count_a.clone()).await.unwrap();
+    let b = spawn(count_b.clone()).await.unwrap();
+    a.wait_for(8, Duration::from_secs(10)).await.unwrap();
+    b.wait_for(8, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sums(&pool).await, (36, 8));
+    let roles = [a.status().role, b.status().role];
+    assert!(
+        roles == [Role::Active, Role::Standby] || roles == [Role::Standby, Role::Active],
+        "exactly one active: {roles:?}"
+    );
+    let (active, standby, active_count, standby_count) = if roles[0] == Role::Active {
+        (a, b, count_a, count_b)
+    } else {
+        (b, a, count_b, count_a)
+    };
+    assert_eq!(active_count.load(Ordering::SeqCst), 8);
+    assert_eq!(
+        standby_count.load(Ordering::SeqCst),
+        0,
+        "the standby applied nothing"
+    );
+
+    active.abort(); // SIGKILL-like: no lease release, no nak
+    let killed_at = std::time::Instant::now();
+    publisher
+        .publish(&events(&store, &[10, 10, 10, 10]).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        standby
+            .wait_for(12, ttl + Duration::from_secs(1))
+            .await
+            .unwrap(),
+        12
+    );
+    let took = killed_at.elapsed();
+    assert!(
+        took < ttl + Duration::from_secs(1),
+        "takeover took {took:?}"
+    );
+    assert_eq!(standby.status().role, Role::Active);
+    assert_eq!(standby_count.load(Ordering::SeqCst), 4);
+    assert_eq!(sums(&pool).await, (76, 12), "every event exactly once");
+    standby.stop().await;
+    js.delete_stream(&stream_name).await.unwrap();
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}

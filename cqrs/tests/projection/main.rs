@@ -19,8 +19,8 @@ macro_rules! backend_tests {
         mod $module {
             use super::*;
             use std::sync::atomic::Ordering;
-            use trellis_cqrs::{Error, ProjectionRunner, ProjectionState};
-            use trellis_eventsourcing::MemoryStore;
+            use trellis_cqrs::{Error, ProjectionRunner, ProjectionState, Role};
+            use trellis_eventsourcing::{EventStore as _, MemoryStore};
             use $crate::support::{Plan, seed};
 
             $crate::counting_projection!($db);
@@ -80,6 +80,201 @@ macro_rules! backend_tests {
                 $cleanup(&pool).await;
             }
 
+            /// Two replicas of one projection on one read-model database:
+            /// only the lease holder applies; when it dies (aborted, no
+            /// release) the standby takes over within TTL + 1 s and every
+            /// event ends up applied exactly once, in order.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_active_runner_per_name_and_the_standby_takes_over() {
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 40).await;
+                let ttl = Duration::from_secs(1);
+                let spawn = |plan: std::sync::Arc<Plan>| {
+                    let projection = CountingProjection::new("replicated", "replicated_rm", plan);
+                    ProjectionRunner::new(store.clone(), pool.clone(), projection)
+                        .with_batch_size(5)
+                        .with_poll_interval(Duration::from_millis(20))
+                        .with_lease_ttl(ttl)
+                        .spawn()
+                };
+                let (plan_a, plan_b) = (Plan::new(), Plan::new());
+                let a = spawn(plan_a.clone()).await.unwrap();
+                let b = spawn(plan_b.clone()).await.unwrap();
+                // The standby follows the committed checkpoint, so both see 40.
+                assert_eq!(a.wait_for(40, LONG).await.unwrap(), 40);
+                assert_eq!(b.wait_for(40, LONG).await.unwrap(), 40);
+                let roles = [a.status().role, b.status().role];
+                assert!(
+                    roles == [Role::Active, Role::Standby] || roles == [Role::Standby, Role::Active],
+                    "exactly one active: {roles:?}"
+                );
+                let (active, standby, active_plan, standby_plan) = if roles[0] == Role::Active {
+                    (a, b, plan_a, plan_b)
+                } else {
+                    (b, a, plan_b, plan_a)
+                };
+                assert!(standby_plan.handled().is_empty(), "the standby applied nothing");
+                assert_eq!(active_plan.handled(), (1..=40).collect::<Vec<_>>());
+
+                // SIGKILL-like: abort without releasing the lease.
+                active.abort();
+                let killed_at = std::time::Instant::now();
+                let taken_over_from = checkpoint(&pool, "replicated").await;
+                for i in 0..20u64 {
+                    store
+                        .append(
+                            &format!("account-{}", i % 3),
+                            trellis_eventsourcing::ExpectedVersion::Any,
+                            vec![trellis_eventsourcing::NewEvent::new(
+                                "Deposited",
+                                serde_json::json!({ "amount": 100 + i }),
+                            )],
+                        )
+                        .await
+                        .unwrap();
+                }
+                assert_eq!(standby.wait_for(60, ttl + Duration::from_secs(1)).await.unwrap(), 60);
+                let took = killed_at.elapsed();
+                assert!(took < ttl + Duration::from_secs(1), "takeover took {took:?}");
+                assert_eq!(standby.status().role, Role::Active);
+                let applied = standby_plan.handled();
+                let expected: Vec<u64> = ((taken_over_from as u64 + 1)..=60).collect();
+                assert_eq!(applied, expected, "the new holder applies from the checkpoint on, in order");
+                assert_eq!(count(&pool, "replicated_rm").await, (60, 60));
+                assert_eq!(checkpoint(&pool, "replicated").await, 60);
+                standby.stop().await;
+                $cleanup(&pool).await;
+            }
+
+            /// A dropped handle releases its runner's lease once the runner is
+            /// gone, and a lease held by a dead process of this host (killed,
+            /// then restarted) is taken over at once: neither waits for the
+            /// 10 s TTL.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_dropped_or_dead_local_holder_is_replaced_at_once() {
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 10).await;
+                let ttl = Duration::from_secs(10);
+                let runner = |owner: Option<String>| {
+                    let runner = ProjectionRunner::new(
+                        store.clone(),
+                        pool.clone(),
+                        CountingProjection::new("handover", "handover_rm", Plan::new()),
+                    )
+                    .with_lease_ttl(ttl);
+                    match owner {
+                        Some(owner) => runner.with_owner(owner),
+                        None => runner,
+                    }
+                };
+                let a = runner(None).spawn().await.unwrap();
+                a.wait_for(10, LONG).await.unwrap();
+                assert_eq!(a.status().role, Role::Active);
+                let b = runner(None).spawn().await.unwrap();
+                drop(a);
+                let started = std::time::Instant::now();
+                seed(&store, 5).await;
+                b.wait_for(15, LONG).await.unwrap();
+                assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+                assert_eq!(b.status().role, Role::Active);
+                let lease = || async {
+                    sqlx::query_as::<_, (String, i64, i64)>(
+                        "SELECT owner, epoch, until_ms FROM cqrs_leases WHERE name = 'handover'",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                };
+                let held = lease().await;
+                b.abort(); // a SIGKILL: the lease stays until it expires
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(lease().await, held, "an aborted runner does not release its lease");
+
+                // A process of this host that exited held the lease: taken over at once.
+                let mut child = std::process::Command::new("true").spawn().unwrap();
+                let dead_pid = child.id();
+                child.wait().unwrap();
+                let owner = trellis_eventsourcing::lease::default_owner();
+                let host = owner.split('/').next().unwrap();
+                let dead = format!("{host}/{dead_pid}/previous/start");
+                // Hand B's live lease to the dead owner, as if it had held it.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE cqrs_leases SET owner = '{dead}', until_ms = until_ms + 60000 WHERE name = 'handover'"
+                )))
+                .execute(&pool)
+                .await
+                .unwrap();
+                let started = std::time::Instant::now();
+                let d = runner(None).spawn().await.unwrap();
+                seed(&store, 5).await;
+                d.wait_for(20, LONG).await.unwrap();
+                assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+                assert_eq!(d.status().role, Role::Active);
+                assert_eq!(count(&pool, "handover_rm").await, (20, 20));
+                d.stop().await;
+                $cleanup(&pool).await;
+            }
+
+            /// A runner that stalls past its lease while another replica
+            /// takes over cannot commit when it wakes: its fenced
+            /// compare-and-set checkpoint write fails and its batch rolls back.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_stale_runner_cannot_write_its_checkpoint() {
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 10).await;
+                let ttl = Duration::from_millis(500);
+                let plan_a = Plan::new();
+                plan_a.hold_at.store(3, Ordering::SeqCst);
+                let a = ProjectionRunner::new(
+                    store.clone(),
+                    pool.clone(),
+                    CountingProjection::new("fenced", "fenced_rm", plan_a.clone()),
+                )
+                .with_batch_size(1)
+                .with_lease_ttl(ttl)
+                .spawn()
+                .await
+                .unwrap();
+                // A stalls at position 3 (checkpoint 2), not renewing its lease.
+                plan_a.reached.notified().await;
+                assert_eq!(checkpoint(&pool, "fenced").await, 2);
+                let plan_b = Plan::new();
+                let b = ProjectionRunner::new(
+                    store.clone(),
+                    pool.clone(),
+                    CountingProjection::new("fenced", "fenced_rm", plan_b.clone()),
+                )
+                .with_batch_size(1)
+                .with_lease_ttl(ttl)
+                .spawn()
+                .await
+                .unwrap();
+                assert_eq!(b.wait_for(10, LONG).await.unwrap(), 10);
+                assert_eq!(plan_b.handled(), (3..=10).collect::<Vec<_>>());
+                assert_eq!(b.status().role, Role::Active);
+
+                // A wakes up, writes position 3 in its transaction, and its
+                // checkpoint write finds the lease and the checkpoint moved.
+                plan_a.go.notify_one();
+                let deadline = tokio::time::Instant::now() + LONG;
+                while a.status().role != Role::Standby || !plan_a.handled().contains(&3) {
+                    assert!(tokio::time::Instant::now() < deadline, "A never noticed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Give A time to (wrongly) commit if it could.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert_eq!(count(&pool, "fenced_rm").await, (10, 10), "A's batch rolled back");
+                assert_eq!(checkpoint(&pool, "fenced").await, 10, "never moved backwards");
+                assert_eq!(a.status().role, Role::Standby);
+                assert_eq!(a.wait_for(10, LONG).await.unwrap(), 10, "the standby follows");
+                a.stop().await;
+                b.stop().await;
+                $cleanup(&pool).await;
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn runner_dropped_mid_batch_resumes_without_duplicates() {
                 let Some(pool) = $pool().await else { return };
@@ -88,8 +283,10 @@ macro_rules! backend_tests {
                 let plan = Plan::new();
                 plan.block_at.store(15, Ordering::SeqCst);
                 let projection = CountingProjection::new("dropped", "dropped_rm", plan.clone());
+                // The crashed runner's lease expires in 500 ms: then the new one takes over.
                 let handle = ProjectionRunner::new(store.clone(), pool.clone(), projection)
                     .with_batch_size(10)
+                    .with_lease_ttl(Duration::from_millis(500))
                     .spawn()
                     .await
                     .unwrap();

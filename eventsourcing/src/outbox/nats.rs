@@ -13,6 +13,15 @@ use crate::outbox::Publisher;
 /// `Trellis-Event-Type` and `Trellis-Position`. The body is the
 /// [`StoredEvent`] as JSON.
 ///
+/// **Order**: the events of one batch are pipelined, and each after the first
+/// carries `Nats-Expected-Last-Msg-Id` = the id of the event before it, so
+/// JetStream stores event k+1 only right after event k: when k fails, every
+/// later event of the batch is refused too, and the relay republishes from k
+/// one at a time. The broker never holds k after k+1. This assumes the relay
+/// is the only publisher into its JetStream stream (another publisher's
+/// messages in between make the chained publishes fail, and the relay then
+/// falls back to one at a time).
+///
 /// The JetStream stream that captures `{prefix}.>` must exist (create it with
 /// `Context::get_or_create_stream`).
 #[derive(Debug, Clone)]
@@ -40,12 +49,20 @@ impl Publisher for NatsPublisher {
     async fn publish(&self, events: &[StoredEvent]) -> Result<()> {
         // Pipeline: send every message, then await the acks in order.
         let mut acks = Vec::with_capacity(events.len());
+        let mut previous: Option<&StoredEvent> = None;
         for event in events {
             let mut headers = HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
                 event.event_id.to_string().as_str(),
             );
+            if let Some(previous) = previous {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID,
+                    previous.event_id.to_string().as_str(),
+                );
+            }
+            previous = Some(event);
             headers.insert("Trellis-Stream", event.stream_id.as_str());
             headers.insert("Trellis-Event-Type", event.event_type.as_str());
             headers.insert(

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent,
 };
+use crate::lease::LeaseStore;
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
     idempotent_result,
@@ -29,6 +30,8 @@ struct Inner {
     by_id: HashMap<Uuid, usize>,
     snapshots: HashMap<String, Snapshot>,
     checkpoints: HashMap<String, u64>,
+    /// Lease name → (owner, epoch, until) on the tokio clock.
+    leases: HashMap<String, (String, u64, tokio::time::Instant)>,
 }
 
 /// An event, snapshot and checkpoint store held in memory. Clones share the
@@ -272,5 +275,101 @@ impl CheckpointStore for MemoryStore {
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
         self.lock().checkpoints.insert(name.to_owned(), position);
         Ok(())
+    }
+}
+
+impl LeaseStore for MemoryStore {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>> {
+        let now = tokio::time::Instant::now();
+        let mut inner = self.lock();
+        let epoch = match inner.leases.get(name) {
+            Some((held_by, epoch, until)) if *until >= now && held_by != owner => return Ok(None),
+            Some((_, epoch, _)) => epoch + 1,
+            None => 1,
+        };
+        inner
+            .leases
+            .insert(name.to_owned(), (owner.to_owned(), epoch, now + ttl));
+        Ok(Some(epoch))
+    }
+
+    async fn renew(
+        &self,
+        name: &str,
+        owner: &str,
+        epoch: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let now = tokio::time::Instant::now();
+        Ok(match self.lock().leases.get_mut(name) {
+            Some((o, e, until)) if o == owner && *e == epoch => {
+                *until = now + ttl;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn release(&self, name: &str, owner: &str, epoch: u64) -> Result<()> {
+        if let Some((o, e, until)) = self.lock().leases.get_mut(name)
+            && o == owner
+            && *e == epoch
+        {
+            // Expired a moment ago: free for the next taker.
+            *until = tokio::time::Instant::now()
+                .checked_sub(std::time::Duration::from_millis(1))
+                .unwrap_or_else(tokio::time::Instant::now);
+        }
+        Ok(())
+    }
+
+    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
+        Ok(self
+            .lock()
+            .leases
+            .get(name)
+            .map(|(owner, epoch, _)| (owner.clone(), *epoch)))
+    }
+
+    async fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: std::time::Duration,
+    ) -> Result<Option<u64>> {
+        let now = tokio::time::Instant::now();
+        Ok(match self.lock().leases.get_mut(name) {
+            Some((o, e, until)) if o == dead_owner && *e == dead_epoch => {
+                *o = owner.to_owned();
+                *e += 1;
+                *until = now + ttl;
+                Some(*e)
+            }
+            _ => None,
+        })
+    }
+
+    async fn save_checkpoint_fenced(
+        &self,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> Result<bool> {
+        let mut inner = self.lock();
+        let fenced = inner.leases.get(name).is_some_and(|(_, e, _)| *e == epoch);
+        let current = inner.checkpoints.get(name).copied().unwrap_or(0);
+        if !fenced || current != expected {
+            return Ok(false);
+        }
+        inner.checkpoints.insert(name.to_owned(), new);
+        Ok(true)
     }
 }

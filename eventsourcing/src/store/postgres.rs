@@ -43,6 +43,7 @@ use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
     from_micros, to_micros,
 };
+use crate::lease::{LeaseStore, sql};
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
     idempotent_result, limit, to_i64, to_u64,
@@ -53,6 +54,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/postgres/0002_append_function.sql"),
+    ),
+    (3, include_str!("../../migrations/postgres/0003_leases.sql")),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_durable_append.sql"),
     ),
 ];
 
@@ -556,6 +562,9 @@ impl EventStore for PgEventStore {
 
     async fn tombstone(&self, stream_id: &str, expected: ExpectedVersion) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock(7239, hashtext(current_schema()))")
             .execute(&mut *tx)
             .await?;
@@ -652,5 +661,101 @@ impl CheckpointStore for PgEventStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+const LEASES: &str = "es_leases";
+const CHECKPOINTS: &str = "es_checkpoints";
+
+impl LeaseStore for PgEventStore {
+    async fn try_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
+        let epoch: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, sql::POSTGRES_NOW)))
+                .bind(name)
+                .bind(owner)
+                .bind(sql::ttl_ms(ttl))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(epoch.map(to_u64))
+    }
+
+    async fn renew(&self, name: &str, owner: &str, epoch: u64, ttl: Duration) -> Result<bool> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql::renew(LEASES, sql::POSTGRES_NOW)))
+            .bind(name)
+            .bind(owner)
+            .bind(to_i64(epoch))
+            .bind(sql::ttl_ms(ttl))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self, name: &str, owner: &str, epoch: u64) -> Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
+            .bind(name)
+            .bind(owner)
+            .bind(to_i64(epoch))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
+        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
+    }
+
+    async fn take_over(
+        &self,
+        name: &str,
+        owner: &str,
+        dead_owner: &str,
+        dead_epoch: u64,
+        ttl: Duration,
+    ) -> Result<Option<u64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(
+            LEASES,
+            sql::POSTGRES_NOW,
+        )))
+        .bind(name)
+        .bind(owner)
+        .bind(dead_owner)
+        .bind(to_i64(dead_epoch))
+        .bind(sql::ttl_ms(ttl))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(epoch.map(to_u64))
+    }
+
+    async fn save_checkpoint_fenced(
+        &self,
+        name: &str,
+        epoch: u64,
+        expected: u64,
+        new: u64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql::init_checkpoint(CHECKPOINTS)))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql::fenced_checkpoint(
+            CHECKPOINTS,
+            LEASES,
+        )))
+        .bind(name)
+        .bind(to_i64(expected))
+        .bind(to_i64(new))
+        .bind(to_i64(epoch))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }

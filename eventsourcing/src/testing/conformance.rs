@@ -33,13 +33,17 @@ use crate::error::Error;
 use crate::event::{
     AppendRequest, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent, StoredEvent,
 };
+use crate::lease::LeaseStore;
 use crate::repository::{Repository, SnapshotPolicy};
 use crate::store::{CheckpointStore, EventStore, Snapshot, SnapshotStore};
 use crate::subscription::{Subscription, SubscriptionOptions};
 
 /// What the suite needs of a backend.
-pub trait ConformanceStore: EventStore + SnapshotStore + CheckpointStore + Clone {}
-impl<T: EventStore + SnapshotStore + CheckpointStore + Clone> ConformanceStore for T {}
+pub trait ConformanceStore:
+    EventStore + SnapshotStore + CheckpointStore + LeaseStore + Clone
+{
+}
+impl<T: EventStore + SnapshotStore + CheckpointStore + LeaseStore + Clone> ConformanceStore for T {}
 
 fn ev(t: &str, n: u64) -> NewEvent {
     NewEvent::new(t, json!({ "n": n }))
@@ -67,6 +71,7 @@ where
     repository_retries_conflicts(new_store().await).await;
     subscription_exactly_once_across_switch(new_store().await).await;
     checkpoints(new_store().await).await;
+    leases_fence_stale_holders(new_store().await).await;
 }
 
 /// Forward and backward reads, field round trip, missing streams.
@@ -1073,6 +1078,115 @@ pub async fn checkpoints<S: ConformanceStore>(store: S) {
     store.save_checkpoint("other", 7).await.expect("save");
     assert_eq!(store.load_checkpoint("relay").await.expect("load"), 43);
     assert_eq!(store.load_checkpoint("other").await.expect("load"), 7);
+}
+
+/// One holder per lease; a new holder gets a higher epoch; the old holder
+/// can neither renew nor move the checkpoint; a checkpoint moves only from
+/// the position its writer read (never backwards); a released lease is free
+/// at once. Waits for a 300 ms TTL to run out (on the tokio clock for the
+/// memory store, the database clock for SQL stores).
+pub async fn leases_fence_stale_holders<S: CheckpointStore + LeaseStore>(store: S) {
+    let ttl = Duration::from_millis(300);
+    let a = store
+        .try_acquire("relay", "a", ttl)
+        .await
+        .expect("acquire")
+        .expect("a free lease is taken");
+    assert_eq!(
+        store.try_acquire("relay", "b", ttl).await.expect("acquire"),
+        None
+    );
+    assert!(store.renew("relay", "a", a, ttl).await.expect("renew"));
+    assert!(
+        store
+            .save_checkpoint_fenced("relay", a, 0, 5)
+            .await
+            .expect("cas"),
+        "a missing checkpoint counts as 0"
+    );
+    assert!(
+        !store
+            .save_checkpoint_fenced("relay", a, 0, 9)
+            .await
+            .expect("cas"),
+        "compare-and-set: the checkpoint is at 5, not 0"
+    );
+    assert_eq!(store.load_checkpoint("relay").await.expect("load"), 5);
+
+    tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+    let b = store
+        .try_acquire("relay", "b", ttl)
+        .await
+        .expect("acquire")
+        .expect("an expired lease is taken");
+    assert!(b > a, "a new holder gets a higher epoch ({b} > {a})");
+    assert!(!store.renew("relay", "a", a, ttl).await.expect("renew"));
+    assert!(
+        !store
+            .save_checkpoint_fenced("relay", a, 5, 6)
+            .await
+            .expect("cas"),
+        "the stale holder cannot write"
+    );
+    assert!(
+        !store
+            .save_checkpoint_fenced("relay", b, 4, 3)
+            .await
+            .expect("cas"),
+        "never from a position the checkpoint is not at"
+    );
+    assert!(
+        store
+            .save_checkpoint_fenced("relay", b, 5, 8)
+            .await
+            .expect("cas")
+    );
+    assert_eq!(store.load_checkpoint("relay").await.expect("load"), 8);
+    assert_eq!(
+        store.try_acquire("relay", "a", ttl).await.expect("acquire"),
+        None
+    );
+    // Another name is another lease.
+    assert!(
+        store
+            .try_acquire("other", "a", ttl)
+            .await
+            .expect("acquire")
+            .is_some()
+    );
+    store.release("relay", "a", a).await.expect("release");
+    assert_eq!(
+        store.try_acquire("relay", "a", ttl).await.expect("acquire"),
+        None,
+        "a stale holder's release does nothing"
+    );
+    store.release("relay", "b", b).await.expect("release");
+    let c = store
+        .try_acquire("relay", "a", ttl)
+        .await
+        .expect("acquire")
+        .expect("a released lease is free at once");
+    assert!(c > b);
+    assert_eq!(
+        store.holder("relay").await.expect("holder"),
+        Some(("a".to_owned(), c))
+    );
+    assert_eq!(
+        store
+            .take_over("relay", "z", "a", c - 1, ttl)
+            .await
+            .expect("take over"),
+        None,
+        "a take-over names the dead holder's epoch"
+    );
+    let z = store
+        .take_over("relay", "z", "a", c, ttl)
+        .await
+        .expect("take over")
+        .expect("a dead holder's live lease is taken over");
+    assert!(z > c);
+    assert!(!store.renew("relay", "a", c, ttl).await.expect("renew"));
+    assert_eq!(store.holder("missing").await.expect("holder"), None);
 }
 
 /// For durable backends: `open` opens the same storage each time; a store

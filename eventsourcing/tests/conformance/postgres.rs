@@ -118,3 +118,196 @@ async fn postgres_live_notifications_wake_subscriptions() {
     drop(head);
     drop_schemas(&url, &[schema]).await;
 }
+
+/// Appends are durable whatever the session's `synchronous_commit` default:
+/// every connection of the pool starts with `synchronous_commit = off`, and
+/// a trigger on `es_events` records the setting in force inside each append
+/// transaction (single-stream autocommit appends, multi-stream transactions
+/// and group commits alike). Without the `set_config` in `es_append` (or the
+/// `SET LOCAL` of a transaction) it records `off` and this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_commit_synchronously_even_when_the_session_says_off() {
+    use trellis_eventsourcing::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let options = PgConnectOptions::from_str(&url)
+        .expect("url")
+        .options([("search_path", schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET synchronous_commit = off")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .expect("connect");
+    let store = PgEventStore::with_pool(pool.clone())
+        .await
+        .expect("migrate");
+    let off: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(off, "off", "the session default the store must override");
+    sqlx::raw_sql(
+        "CREATE TABLE observed (setting TEXT NOT NULL);
+         CREATE FUNCTION observe() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO observed VALUES (current_setting('synchronous_commit'));
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER observe AFTER INSERT ON es_events FOR EACH ROW EXECUTE FUNCTION observe();",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+
+    let ev = |i: u64| NewEvent::new("X", serde_json::json!(i));
+    store
+        .append("single-1", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .expect("single-stream append");
+    store
+        .append_many(vec![
+            AppendRequest::new("multi-1", ExpectedVersion::Any, vec![ev(2)]),
+            AppendRequest::new("multi-2", ExpectedVersion::Any, vec![ev(3)]),
+        ])
+        .await
+        .expect("multi-stream append");
+    let concurrent = (0..16u64).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(
+                    &format!("group-{i}"),
+                    ExpectedVersion::Any,
+                    vec![ev(10 + i)],
+                )
+                .await
+        })
+    });
+    for task in concurrent {
+        task.await.expect("task").expect("grouped append");
+    }
+    let observed: Vec<String> = sqlx::query_scalar("SELECT setting FROM observed")
+        .fetch_all(&pool)
+        .await
+        .expect("observed");
+    assert_eq!(observed.len(), 19);
+    assert!(
+        observed.iter().all(|s| s == "on"),
+        "synchronous_commit inside appends: {observed:?}"
+    );
+    pool.close().await;
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// The gap-free global order across processes: two stores on separate
+/// pools (two "replicas") append to one schema at once from 2 × 8 tasks ×
+/// 50 appends (single- and multi-stream), while a reader reads everything
+/// again and again. A position may never appear below one the reader has
+/// already seen (a reader checkpointing at the highest seen position would
+/// skip it forever).
+///
+/// Checked to fail without the writer lock: with the
+/// `pg_advisory_xact_lock` line removed from `es_append` (migration 4), this
+/// test reported positions appearing late; restored, it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use trellis_eventsourcing::{
+        AppendRequest, EventFilter, EventStore, ExpectedVersion, NewEvent,
+    };
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let stores = [store_in(&url, &schema).await, store_in(&url, &schema).await];
+    let reader = store_in(&url, &schema).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = BTreeSet::new();
+            let mut violations = Vec::new();
+            let mut reads = 0u64;
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let all = reader
+                    .read_all(0, &EventFilter::all(), 100_000)
+                    .await
+                    .expect("read_all");
+                reads += 1;
+                let max = seen.last().copied().unwrap_or(0);
+                for e in &all {
+                    if e.global_position < max && !seen.contains(&e.global_position) {
+                        violations.push((e.global_position, max));
+                    }
+                }
+                seen.extend(all.iter().map(|e| e.global_position));
+                if finished {
+                    return (seen.len(), reads, violations);
+                }
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..8u64 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..50u64 {
+                    let e = |k: u64| {
+                        NewEvent::new("X", serde_json::json!({ "s": s, "t": t, "i": i, "k": k }))
+                    };
+                    if i % 2 == 0 {
+                        store
+                            .append(&format!("s{s}-t{t}"), ExpectedVersion::Any, vec![e(0)])
+                            .await
+                            .expect("append");
+                    } else {
+                        store
+                            .append_many(vec![
+                                AppendRequest::new(
+                                    format!("s{s}-t{t}-a"),
+                                    ExpectedVersion::Any,
+                                    vec![e(1)],
+                                ),
+                                AppendRequest::new(
+                                    format!("s{s}-t{t}-b"),
+                                    ExpectedVersion::Any,
+                                    vec![e(2)],
+                                ),
+                            ])
+                            .await
+                            .expect("append_many");
+                    }
+                }
+            }));
+        }
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    done.store(true, Ordering::SeqCst);
+    let (events, reads, violations) = watcher.await.expect("reader");
+    assert_eq!(events, 2 * 8 * (25 + 25 * 2));
+    assert!(
+        reads > 10,
+        "the reader read while the writers wrote ({reads} reads)"
+    );
+    assert!(
+        violations.is_empty(),
+        "positions appeared below ones already read (position, max seen): {violations:?}"
+    );
+    drop_schemas(&url, &[schema]).await;
+}

@@ -173,7 +173,12 @@ async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after
         store.clone(),
         store.clone(),
         NatsPublisher::new(down_js, prefix.clone()),
-        RelayOptions::default(),
+        // A stable owner (a pod name): the restarted relay below takes its
+        // own lease back at once.
+        RelayOptions {
+            owner: Some("relay-pod-0".into()),
+            ..RelayOptions::default()
+        },
     );
     for _ in 0..2 {
         assert!(
@@ -203,7 +208,10 @@ async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after
         store.clone(),
         store.clone(),
         NatsPublisher::new(js.clone(), prefix),
-        RelayOptions::default(),
+        RelayOptions {
+            owner: Some("relay-pod-0".into()),
+            ..RelayOptions::default()
+        },
     );
     assert_eq!(relay.run_once().await.expect("delivered"), 6);
     let mut stream = js.get_stream(&stream_name).await.expect("stream");
@@ -219,4 +227,92 @@ async fn relay_pointed_at_a_closed_port_keeps_its_checkpoint_then_delivers_after
     }
     assert_eq!(seen, ids);
     js.delete_stream(&stream_name).await.expect("cleanup");
+}
+
+/// The broker never stores event k+1 when event k failed: the stream
+/// refuses event 3 (too large), so the NATS publisher's chained batch has
+/// 4 and 5 refused too, and the relay republishes one at a time from 3 until
+/// the stream accepts it; then every event is stored once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_stops_the_rest_of_its_batch_at_the_broker() {
+    let Some(url) = env_url("TRELLIS_TEST_NATS_URL") else {
+        return;
+    };
+    let client = async_nats::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_NATS_URL reachable");
+    let js = jetstream::new(client);
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("trellis_es_{tag}");
+    let mut config = jetstream::stream::Config {
+        name: format!("TRELLIS_ES_{tag}"),
+        subjects: vec![format!("{prefix}.>")],
+        max_message_size: 1024,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config.clone())
+        .await
+        .expect("create stream");
+    let store = MemoryStore::new();
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let body = if i == 2 {
+            json!({ "i": i, "blob": "x".repeat(4096) })
+        } else {
+            json!({ "i": i })
+        };
+        let e = NewEvent::new("Placed", body);
+        ids.push(e.event_id);
+        store
+            .append("order-9", ExpectedVersion::Any, vec![e])
+            .await
+            .expect("append");
+    }
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        NatsPublisher::new(js.clone(), prefix),
+        RelayOptions::default(),
+    );
+    let stored = |n: u64| {
+        let js = js.clone();
+        let name = config.name.clone();
+        async move {
+            let stream = js.get_stream(&name).await.expect("stream");
+            let mut seen = Vec::new();
+            for seq in 1..=n {
+                let msg = stream.get_raw_message(seq).await.expect("message");
+                seen.push(
+                    serde_json::from_slice::<StoredEvent>(&msg.payload)
+                        .expect("json")
+                        .event_id,
+                );
+            }
+            seen
+        }
+    };
+    let count = || {
+        let js = js.clone();
+        let name = config.name.clone();
+        async move {
+            let mut stream = js.get_stream(&name).await.expect("stream");
+            stream.info().await.expect("info").state.messages
+        }
+    };
+
+    assert!(matches!(relay.run_once().await, Err(Error::Publish { .. })));
+    assert_eq!(count().await, 2, "events 4 and 5 refused after 3 failed");
+    assert_eq!(stored(2).await, ids[..2]);
+    assert!(matches!(relay.run_once().await, Err(Error::Publish { .. })));
+    assert_eq!(store.load_checkpoint("outbox").await.expect("cp"), 2);
+    assert_eq!(count().await, 2);
+
+    // The stream accepts large messages again: 3, 4, 5 follow in order.
+    config.max_message_size = -1;
+    js.update_stream(&config).await.expect("update stream");
+    assert_eq!(relay.run_once().await.expect("caught up"), 3);
+    assert_eq!(count().await, 5);
+    assert_eq!(stored(5).await, ids);
+    assert_eq!(store.load_checkpoint("outbox").await.expect("cp"), 5);
+    js.delete_stream(&config.name).await.expect("cleanup");
 }

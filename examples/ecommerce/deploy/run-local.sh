@@ -40,6 +40,11 @@ if [[ -z "${ECOMMERCE_BIN:-}" ]]; then
   ECOMMERCE_BIN="$target/release/ecommerce"
 fi
 
+# Orders' client secret, shared by identity and orders only: fresh per run
+# unless given (serve mode refuses short or committed secrets).
+orders_client_secret="${ECOMMERCE_ORDERS_CLIENT_SECRET:-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}"
+unset ECOMMERCE_ORDERS_CLIENT_SECRET
+
 logs="$(mktemp -d "${TMPDIR:-/tmp}/ecommerce-logs.XXXXXX")"
 pids=()
 stop() {
@@ -100,6 +105,11 @@ for service in "${services[@]}"; do
   if ((mtls)); then
     tls_env=("ECOMMERCE_TLS_CERT=$logs/pki/$service.crt" "ECOMMERCE_TLS_KEY=$logs/pki/$service.key")
   fi
+  # Only identity (which checks it) and orders (which presents it) hold
+  # orders' client secret.
+  if [[ "$service" == identity || "$service" == orders ]]; then
+    tls_env+=("ECOMMERCE_ORDERS_CLIENT_SECRET=$orders_client_secret")
+  fi
   env "${tls_env[@]}" "$ECOMMERCE_BIN" serve --service "$service" --config "$config" \
     >"$logs/$service.log" 2>&1 &
   pids+=("$!")
@@ -132,7 +142,11 @@ for service in "${services[@]}"; do
     printf '  %-10s https://127.0.0.1:%s  (mTLS; probes on http://127.0.0.1:%s/ready)\n' \
       "$service" "${ports[$service]}" "$(probe_port "$service")"
   else
-    printf '  %-10s http://127.0.0.1:%s  (/ready /metrics)\n' "$service" "${ports[$service]}"
+    if [[ "$service" == gateway ]]; then
+      printf '  %-10s http://127.0.0.1:%s  (/ready; /metrics on :%s)\n' "$service" "${ports[$service]}" "$((ports[$service] + 1000))"
+    else
+      printf '  %-10s http://127.0.0.1:%s  (/ready /metrics)\n' "$service" "${ports[$service]}"
+    fi
   fi
 done
 cat <<MSG

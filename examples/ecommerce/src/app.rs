@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::inventory::{Inventory, InventoryRequest};
 use crate::orders::OrdersState;
 use crate::payments::{PaymentRequest, Payments};
+use crate::server::ServerLimits;
 use crate::{catalog, db, identity, orders};
 
 /// Request bodies above this are refused with 413.
@@ -66,6 +67,8 @@ pub struct Config {
     /// How long a saga lease lasts without renewal (see
     /// [`Settings::saga_lease_ttl`](crate::config::Settings::saga_lease_ttl)).
     pub saga_lease_ttl: Duration,
+    /// Timeouts and the connection bound of the listener.
+    pub server: crate::server::ServerLimits,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             reservation_ttl: crate::config::DEFAULT_RESERVATION_TTL,
             saga_deadline: crate::config::DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: crate::config::DEFAULT_SAGA_LEASE_TTL,
+            server: crate::server::ServerLimits::default(),
         }
     }
 }
@@ -192,7 +196,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let payments_db = db::open_any(dir, "payments").await?;
     let read_db = db::open(dir, "orders-read").await?;
 
-    let identity = Arc::new(Identity::open(identity_db.clone(), None, None).await?);
+    let identity = Arc::new(Identity::open(identity_db.clone(), None, Vec::new()).await?);
     let catalog = Catalog::open(catalog_db.clone()).await?;
     let inventory = Inventory::open(
         inventory_db.clone(),
@@ -314,7 +318,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             web.traffic.clone(),
             crate::web::record_traffic,
         ));
-    let (addr, shutdown, server) = serve(config.addr, app, health, config.drain).await?;
+    let (addr, shutdown, server) =
+        serve_with(config.addr, app, health, config.drain, config.server).await?;
     Ok(Running {
         addr,
         services,
@@ -340,14 +345,21 @@ pub(crate) fn not_found(api: Router) -> Router {
 /// request ids, server traces and HTTP metrics: the same around every
 /// service, in one process or alone.
 pub(crate) fn wrap(api: Router, health: &Health) -> Router {
+    let (app, metrics) = wrap_split(api, health);
+    app.merge(metrics)
+}
+
+/// [`wrap`] with `/metrics` apart, for a listener of its own (the
+/// gateway's: its public port must not show the system's internals).
+pub(crate) fn wrap_split(api: Router, health: &Health) -> (Router, Router) {
     let mut registry = Registry::default();
     let metrics = HttpMetrics::new(&mut registry);
     registry.register_collector(Box::new(ProcessCollector::new()));
     let registry = Arc::new(registry);
-    Router::new()
+    let metrics_route = Router::new().route_service("/metrics", MetricsService::new(registry));
+    let app = Router::new()
         .nest("/api/v1", api)
         .merge(health.router())
-        .route_service("/metrics", MetricsService::new(registry))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(
             crate::error::json_auth_errors,
@@ -357,7 +369,8 @@ pub(crate) fn wrap(api: Router, health: &Health) -> Router {
                 .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer::new())
                 .layer(metrics.server_layer()),
-        )
+        );
+    (app, metrics_route)
 }
 
 pub(crate) type Server = tokio::task::JoinHandle<std::io::Result<()>>;
@@ -370,6 +383,17 @@ pub(crate) async fn serve(
     health: Health,
     drain: Duration,
 ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), Error> {
+    serve_with(addr, app, health, drain, ServerLimits::default()).await
+}
+
+/// [`serve`] under `limits`.
+pub(crate) async fn serve_with(
+    addr: SocketAddr,
+    app: Router,
+    health: Health,
+    drain: Duration,
+    limits: ServerLimits,
+) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -377,11 +401,7 @@ pub(crate) async fn serve(
         let _ = rx.await;
     };
     let stop = health.graceful_shutdown(signal, drain);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    let server = tokio::spawn(crate::server::run(listener, app, limits, stop));
     Ok((addr, tx, server))
 }
 
@@ -406,7 +426,9 @@ pub(crate) async fn serve_mtls(
     let listener = crate::tls::MtlsListener::new(listener, acceptor)?;
     let probes_router = health.router();
     let probes_task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(probes, probes_router).await {
+        let forever = std::future::pending::<()>();
+        let limits = ServerLimits::default();
+        if let Err(error) = crate::server::run(probes, probes_router, limits, forever).await {
             tracing::error!(%error, "health probe server failed");
         }
     });
@@ -415,11 +437,12 @@ pub(crate) async fn serve_mtls(
         let _ = rx.await;
     };
     let stop = health.graceful_shutdown(signal, drain);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-    });
+    let server = tokio::spawn(crate::server::run(
+        listener,
+        app,
+        ServerLimits::default(),
+        stop,
+    ));
     Ok(MtlsServer {
         addr,
         health_addr,

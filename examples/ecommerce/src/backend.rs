@@ -9,10 +9,6 @@ use trellis_eventsourcing::{
     AppendRequest, AppendResult, Direction, EventFilter, EventStore, ExpectedVersion, PgEventStore,
     Snapshot, SnapshotStore, SqliteEventStore, StoredEvent,
 };
-use trellis_saga::{
-    HistoryEntry, Lease, NewEntry, PgSagaLog, SagaLog, SagaRecord, SagaStatus, SagaUpdate,
-    SqliteSagaLog,
-};
 
 /// The order event store.
 #[derive(Debug, Clone)]
@@ -92,53 +88,10 @@ impl SnapshotStore for OrderStore {
     }
 }
 
-/// The place-order saga log.
-#[derive(Debug, Clone)]
-pub(crate) enum OrderSagaLog {
-    Sqlite(SqliteSagaLog),
-    Postgres(PgSagaLog),
-}
-
-impl SagaLog for OrderSagaLog {
-    async fn create(
-        &self,
-        record: &SagaRecord,
-        lease: Lease<'_>,
-        entries: &[NewEntry],
-    ) -> trellis_saga::Result<()> {
-        each!(self, OrderSagaLog, l => l.create(record, lease, entries).await)
-    }
-
-    async fn acquire(&self, id: &str, lease: Lease<'_>) -> trellis_saga::Result<bool> {
-        each!(self, OrderSagaLog, l => l.acquire(id, lease).await)
-    }
-
-    async fn release(&self, id: &str, owner: &str) -> trellis_saga::Result<()> {
-        each!(self, OrderSagaLog, l => l.release(id, owner).await)
-    }
-
-    async fn record(
-        &self,
-        id: &str,
-        lease: Lease<'_>,
-        entries: &[NewEntry],
-        update: &SagaUpdate,
-    ) -> trellis_saga::Result<()> {
-        each!(self, OrderSagaLog, l => l.record(id, lease, entries, update).await)
-    }
-
-    async fn load(&self, id: &str) -> trellis_saga::Result<Option<SagaRecord>> {
-        each!(self, OrderSagaLog, l => l.load(id).await)
-    }
-
-    async fn history(&self, id: &str) -> trellis_saga::Result<Vec<HistoryEntry>> {
-        each!(self, OrderSagaLog, l => l.history(id).await)
-    }
-
-    async fn by_status(&self, status: SagaStatus) -> trellis_saga::Result<Vec<SagaRecord>> {
-        each!(self, OrderSagaLog, l => l.by_status(status).await)
-    }
-}
+/// The place-order saga log: SQLite in one process, PostgreSQL when
+/// distributed, chosen at run time through the saga crate's own `Any` log
+/// (which forwards every method, adoption and signals included).
+pub(crate) type OrderSagaLog = trellis_saga::AnySagaLog;
 
 /// The orders read-model database. Queries are written once with `$N`
 /// placeholders and run on either pool through [`each!`].

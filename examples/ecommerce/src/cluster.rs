@@ -13,15 +13,12 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::ApiClient;
 use crate::config::{ServiceName, Settings};
 use crate::error::Error;
 
-/// The client secret the services share (client-credentials grant).
-pub const SECRET: &str = "distributed-test-secret";
 /// Stock of every SKU a fresh system is seeded with.
 pub const SEED_STOCK: i64 = 100_000;
 
@@ -84,6 +81,8 @@ pub struct System {
     pub replica_ports: HashMap<ServiceName, u16>,
     /// The second replicas' processes.
     pub replica_procs: HashMap<ServiceName, Proc>,
+    /// The gateway's internal listener (probes and `/metrics`).
+    pub gateway_internal_port: u16,
 }
 
 impl System {
@@ -101,12 +100,24 @@ impl System {
             .zip(picked.by_ref())
             .map(|(s, port)| (*s, port))
             .collect();
-        let spare_ports = picked.collect();
+        let mut spare_ports: Vec<u16> = picked.collect();
+        // The gateway's internal port (probes, /metrics); the other seven
+        // stay spare for the mTLS health ports.
+        let gateway_internal_port = spare_ports.pop().ok_or_else(|| fail("no spare port"))?;
         let mut env = vec![
             ("ECOMMERCE_DATABASE_URL".into(), database_url.to_owned()),
             ("ECOMMERCE_NATS_URL".into(), nats_url.to_owned()),
             ("ECOMMERCE_SCHEMA_PREFIX".into(), prefix.clone()),
-            ("ECOMMERCE_SERVICE_SECRET".into(), SECRET.into()),
+            // A fresh orders client secret per run: serve mode refuses
+            // any value committed here.
+            (
+                crate::secrets::client_secret_var(ServiceName::Orders),
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                ),
+            ),
             ("ECOMMERCE_SEED_STOCK".into(), SEED_STOCK.to_string()),
             (
                 "ECOMMERCE_SIGNING_KEY_FILE".into(),
@@ -134,6 +145,7 @@ impl System {
             procs: HashMap::new(),
             health_ports: HashMap::new(),
             spare_ports,
+            gateway_internal_port,
             seed_stock: SEED_STOCK,
             replica_ports: HashMap::new(),
             replica_procs: HashMap::new(),
@@ -241,7 +253,13 @@ impl System {
     /// `service`'s own certificate and health port, with mTLS.
     fn tls_env(&self, service: ServiceName) -> Vec<(String, String)> {
         if !self.env.iter().any(|(k, _)| k == "ECOMMERCE_TLS_CA") {
-            return Vec::new();
+            return match service {
+                ServiceName::Gateway => vec![(
+                    "ECOMMERCE_HEALTH_LISTEN".to_owned(),
+                    format!("127.0.0.1:{}", self.gateway_internal_port),
+                )],
+                _ => Vec::new(),
+            };
         }
         let file = |ext: &str| {
             self.dir
@@ -253,6 +271,12 @@ impl System {
             ("ECOMMERCE_TLS_CERT".to_owned(), file("crt")),
             ("ECOMMERCE_TLS_KEY".to_owned(), file("key")),
         ];
+        if service == ServiceName::Gateway {
+            env.push((
+                "ECOMMERCE_HEALTH_LISTEN".to_owned(),
+                format!("127.0.0.1:{}", self.gateway_internal_port),
+            ));
+        }
         if let Some(port) = self.health_ports.get(&service) {
             env.push((
                 "ECOMMERCE_HEALTH_LISTEN".to_owned(),
@@ -323,23 +347,12 @@ impl System {
         Ok(())
     }
 
-    /// A token from identity's client-credentials route, through the gateway.
+    /// An operator's token with `scope` (space-separated), signed with
+    /// identity's key file as `ecommerce token` does: no HTTP route grants
+    /// `ops:admin`.
     pub async fn service_token(&self, scope: &str) -> Result<String, Error> {
-        let r = ApiClient::new(self.url(ServiceName::Gateway))
-            .json(
-                Method::POST,
-                "/api/v1/identity/token",
-                None,
-                Some(json!({ "client_id": "test", "client_secret": SECRET, "scope": scope })),
-            )
-            .await?;
-        if r.status != StatusCode::OK {
-            return Err(fail(format!("service token: {} {}", r.status, r.body)));
-        }
-        r.body["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| fail(format!("service token: {}", r.body)))
+        let scopes: Vec<&str> = scope.split_whitespace().collect();
+        crate::identity::operator_token(&self.dir.join("signing-key.pem"), "operator", &scopes)
     }
 
     /// A pool on the database with `search_path` set to `service`'s schema.

@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::secrets::Secret;
+
 /// One bounded context; each runs as its own process in distributed mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -184,8 +186,9 @@ pub struct TlsSettings {
     pub ca: PathBuf,
 }
 
-/// The settings of one process.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The settings of one process. `Debug` shows no secret: client secrets
+/// are [`Secret`]s and the database URL's password is masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// The service this process runs; `None` runs every service in one
@@ -216,9 +219,11 @@ pub struct Settings {
     pub nats_url: Option<String>,
     /// Where the other services answer.
     pub peers: Peers,
-    /// Shared secret services present to identity for their own tokens
-    /// (client-credentials grant).
-    pub service_secret: Option<String>,
+    /// The client-credentials secrets, one per calling service
+    /// (`[client_secrets] orders = "..."`, `ECOMMERCE_ORDERS_CLIENT_SECRET`):
+    /// identity checks them, each client presents its own. Serve mode
+    /// refuses weak or committed ones (see [`crate::secrets`]).
+    pub client_secrets: ClientSecrets,
     /// PEM file of identity's Ed25519 signing key; created when missing so
     /// tokens survive a restart.
     pub signing_key_file: Option<PathBuf>,
@@ -257,6 +262,73 @@ pub const DEFAULT_SAGA_LEASE_TTL: Duration = Duration::from_secs(10);
 /// The default [`Settings::saga_deadline`] (and
 /// [`Config::saga_deadline`](crate::Config::saga_deadline)): 30 seconds.
 pub const DEFAULT_SAGA_DEADLINE: Duration = Duration::from_secs(30);
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("service", &self.service)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("schema_prefix", &self.schema_prefix)
+            .field("seed_stock", &self.seed_stock)
+            .field("synchronous_commit", &self.synchronous_commit)
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("peers", &self.peers)
+            .field("client_secrets", &self.client_secrets)
+            .field("signing_key_file", &self.signing_key_file)
+            .field("tls", &self.tls)
+            .field("health_listen", &self.health_listen)
+            .field("drain", &self.drain)
+            .field("reservation_ttl", &self.reservation_ttl)
+            .field("saga_deadline", &self.saga_deadline)
+            .field("saga_lease_ttl", &self.saga_lease_ttl)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The client-credentials secrets (see [`Settings::client_secrets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSecrets {
+    /// The orders service's secret: identity grants it
+    /// [`granted_scopes(Orders)`](crate::secrets::granted_scopes).
+    pub orders: Option<Secret>,
+}
+
+impl ClientSecrets {
+    /// `client`'s secret, if set.
+    pub fn get(&self, client: ServiceName) -> Option<&Secret> {
+        match client {
+            ServiceName::Orders => self.orders.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn slot(&mut self, client: ServiceName) -> Option<&mut Option<Secret>> {
+        match client {
+            ServiceName::Orders => Some(&mut self.orders),
+            _ => None,
+        }
+    }
+}
 
 /// The default [`Settings::reservation_ttl`] (and
 /// [`Config::reservation_ttl`](crate::Config::reservation_ttl)): 15 minutes.
@@ -274,7 +346,7 @@ impl Default for Settings {
             synchronous_commit: false,
             nats_url: None,
             peers: Peers::default(),
-            service_secret: None,
+            client_secrets: ClientSecrets::default(),
             signing_key_file: None,
             tls: None,
             health_listen: None,
@@ -334,7 +406,7 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_ORDERS_URL",
     "ECOMMERCE_SHIPPING_URL",
     "ECOMMERCE_ANALYTICS_URL",
-    "ECOMMERCE_SERVICE_SECRET",
+    "ECOMMERCE_ORDERS_CLIENT_SECRET",
     "ECOMMERCE_SIGNING_KEY_FILE",
     "ECOMMERCE_TLS_CERT",
     "ECOMMERCE_TLS_KEY",
@@ -431,8 +503,13 @@ impl Settings {
                 *slot = Some(v);
             }
         }
-        if let Some(v) = env("ECOMMERCE_SERVICE_SECRET") {
-            self.service_secret = Some(v);
+        for (client, _) in crate::secrets::CLIENT_GRANTS {
+            if let (Some(v), Some(slot)) = (
+                env(&crate::secrets::client_secret_var(*client)),
+                self.client_secrets.slot(*client),
+            ) {
+                *slot = Some(Secret::new(v));
+            }
         }
         if let Some(v) = env("ECOMMERCE_SIGNING_KEY_FILE") {
             self.signing_key_file = Some(PathBuf::from(v));
@@ -714,6 +791,36 @@ mod tests {
             let settings = Settings::load_from(None, env(&[(key, value)])).unwrap();
             assert_ne!(settings, Settings::default(), "{key} changed nothing");
         }
+    }
+
+    #[test]
+    fn debug_of_the_settings_shows_no_secret() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                (
+                    "ECOMMERCE_ORDERS_CLIENT_SECRET",
+                    "s3cr3t-value-of-orders-0123456789",
+                ),
+                (
+                    "ECOMMERCE_DATABASE_URL",
+                    "postgres://orders:pa55word@db:5432/shop",
+                ),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains("pa55word"), "{shown}");
+        assert!(
+            shown.contains("postgres://orders:<redacted>@db:5432/shop"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("nats://n:4222"),
+            "nats://n:4222",
+            "nothing to hide"
+        );
     }
 
     #[test]

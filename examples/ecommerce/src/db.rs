@@ -87,6 +87,16 @@ pub(crate) fn check_schema(schema: &str) -> Result<(), sqlx::Error> {
 async fn ensure_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
     check_schema(schema)?;
     let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    // A service's own role owns its schema and may not create others
+    // (deploy/k8s: no CREATE on the database), so look before creating.
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+        .bind(schema)
+        .fetch_optional(&pool)
+        .await?;
+    if exists.is_some() {
+        pool.close().await;
+        return Ok(());
+    }
     // Concurrent starts may race on CREATE SCHEMA; the loser's unique
     // violation means the schema exists, which is what we want.
     let created = sqlx::query(sqlx::AssertSqlSafe(format!(

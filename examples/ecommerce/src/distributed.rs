@@ -60,8 +60,8 @@ use crate::payments::Payments;
 use crate::remote::{self, ServiceToken};
 use crate::{catalog, db, identity, inventory, orders, payments};
 
-/// Scopes orders asks identity for.
-pub(crate) const ORDERS_SCOPES: &[&str] = &["catalog:read", "inventory:write", "payments:write"];
+/// Scopes orders asks identity for: its whole grant.
+pub(crate) const ORDERS_SCOPES: &[&str] = crate::secrets::CLIENT_GRANTS[0].1;
 
 /// One service running in this process.
 #[derive(Debug)]
@@ -89,7 +89,8 @@ impl RunningService {
     }
 
     /// Where the plain-HTTP health probes answer, when mTLS moved them off
-    /// [`addr`](Self::addr).
+    /// [`addr`](Self::addr); the gateway's internal port (probes and
+    /// `/metrics`).
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.health_addr
     }
@@ -126,6 +127,8 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             message: "distributed mode needs a service".into(),
         })
     })?;
+    // Serve mode: no missing, short or sample secret gets this far.
+    crate::secrets::check_for_serve(settings, service)?;
     let mut health = Health::builder();
     let mut relay = None;
     let mut projection = None;
@@ -190,12 +193,16 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 &mut health,
                 Check::new("identity-db", SqlxCheck::new(pool.clone())),
             );
-            let identity = Identity::open(
-                pool,
-                settings.signing_key_file.as_deref(),
-                settings.service_secret.clone(),
-            )
-            .await?;
+            let clients = crate::secrets::CLIENT_GRANTS
+                .iter()
+                .filter_map(|(client, _)| {
+                    let secret = settings.client_secrets.get(*client)?;
+                    Some((*client, secret.clone()))
+                })
+                .collect();
+            let identity = Identity::open(pool, settings.signing_key_file.as_deref(), clients)
+                .await?
+                .behind_gateway();
             identity::router(Arc::new(identity))
         }
         ServiceName::Catalog => {
@@ -268,7 +275,28 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         ServiceName::Gateway => api,
         own => api.merge(crate::openapi::service_router(own)),
     };
-    let mut app = wrap(not_found(api), &health);
+    // The gateway's `/metrics` answers on its internal port (the health
+    // listen address), not on the public one.
+    let (mut app, metrics) = match service {
+        ServiceName::Gateway => {
+            let (app, metrics) = crate::app::wrap_split(not_found(api), &health);
+            (app, Some(metrics))
+        }
+        _ => (wrap(not_found(api), &health), None),
+    };
+    let mut internal_addr = None;
+    if let Some(metrics) = metrics {
+        let listener = tokio::net::TcpListener::bind(settings.health_listen_addr()).await?;
+        internal_addr = Some(listener.local_addr()?);
+        let internal = health.router().merge(metrics);
+        background.push(tokio::spawn(async move {
+            let limits = crate::server::ServerLimits::default();
+            let forever = std::future::pending::<()>();
+            if let Err(error) = crate::server::run(listener, internal, limits, forever).await {
+                tracing::error!(%error, "internal listener failed");
+            }
+        }));
+    }
     if let Some(pages) = pages {
         app = app.merge(pages);
     }
@@ -303,7 +331,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         _ => {
             let (addr, shutdown, server) =
                 serve(settings.listen_addr(), app, health, settings.drain).await?;
-            (addr, None, shutdown, server)
+            (addr, internal_addr, shutdown, server)
         }
     };
     Ok(RunningService {
@@ -361,9 +389,18 @@ pub(crate) async fn nats(settings: &Settings) -> Result<async_nats::Client, Erro
             message: "orders, shipping and analytics need ECOMMERCE_NATS_URL".into(),
         })
     })?;
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url)
+    // Credentials in the URL (`nats://orders:<password>@nats:4222`, each
+    // service its own NATS user) are sent as the user and password; the
+    // client does not read them from the URL itself.
+    let addr: async_nats::ServerAddr = url
+        .parse()
+        .map_err(|e: std::io::Error| Error::Bus(format!("nats_url: {e}")))?;
+    let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+    if let (Some(user), Some(password)) = (addr.username(), addr.password()) {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    options
+        .connect(addr)
         .await
         .map_err(|e| Error::Bus(e.to_string()))
 }
@@ -409,17 +446,20 @@ async fn start_orders(
     let saga_log = trellis_saga::PgSagaLog::with_pool(pool.clone(), schema).await?;
 
     let tls = settings.tls.as_ref();
-    let secret = settings.service_secret.as_deref().ok_or_else(|| {
-        Error::Config(crate::config::ConfigError::Invalid {
-            key: "service_secret".into(),
-            message: "orders needs ECOMMERCE_SERVICE_SECRET for its token".into(),
-        })
-    })?;
+    let secret = settings
+        .client_secrets
+        .get(ServiceName::Orders)
+        .ok_or_else(|| {
+            Error::Config(crate::config::ConfigError::Invalid {
+                key: crate::secrets::client_secret_var(ServiceName::Orders),
+                message: "orders needs its client secret for its token".into(),
+            })
+        })?;
     let token = ServiceToken::new(
         remote::transport_to(tls, ServiceName::Identity)?,
         &settings.peers.url(ServiceName::Identity),
         "orders",
-        secret,
+        secret.expose(),
         ORDERS_SCOPES,
     );
     // Recovery below calls inventory and payments: wait for a token first
@@ -571,12 +611,31 @@ fn never_sent(error: &trellis_resilience::Error) -> bool {
     }
 }
 
+/// Identity's public routes, exactly: the client-credentials grant
+/// (`/identity/token`) answers on identity's own listener only.
+const IDENTITY_PUBLIC: [&str; 3] = [
+    "/identity/register",
+    "/identity/login",
+    "/.well-known/jwks.json",
+];
+
 /// Which service owns `/api/v1/<path>`. Inventory and payments have only
-/// internal routes: the gateway does not expose them.
+/// internal routes: the gateway does not expose them, nor identity's
+/// token grant. A path with an empty, `.` or `..` segment, a backslash or
+/// a percent-escape is no route: the upstream's router must not see a
+/// different path from the one checked here.
 fn owner(path: &str) -> Option<ServiceName> {
-    let first = path.trim_start_matches('/').split('/').next()?;
+    let rest = path.strip_prefix('/')?;
+    if rest
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        || path.contains(['%', '\\'])
+    {
+        return None;
+    }
+    let first = rest.split('/').next()?;
     Some(match first {
-        "identity" | ".well-known" => ServiceName::Identity,
+        "identity" | ".well-known" if IDENTITY_PUBLIC.contains(&path) => ServiceName::Identity,
         "products" => ServiceName::Catalog,
         "orders" | "admin" => ServiceName::Orders,
         "shipments" => ServiceName::Shipping,
@@ -595,6 +654,62 @@ const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::TRAILER,
     header::UPGRADE,
 ];
+
+/// The request headers the gateway forwards; every other one (cookies,
+/// `X-Forwarded-*`, `Forwarded`, proxy and hop-by-hop headers, whatever a
+/// client invents) stops here.
+const FORWARDED_REQUEST_HEADERS: [&str; 12] = [
+    "accept",
+    "accept-language",
+    "authorization",
+    "cache-control",
+    "content-type",
+    "idempotency-key",
+    "if-none-match",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+    "x-request-id",
+];
+
+/// The upstream request's headers: the allow-listed ones the client sent,
+/// minus any it named in `Connection` (hop-by-hop by declaration), plus
+/// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` written here
+/// from the connection (a client's own are dropped, never appended to:
+/// identity limits sign-ins per address and believes this header).
+fn upstream_headers(client: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
+    let named_in_connection: Vec<String> = client
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers = HeaderMap::new();
+    for (name, value) in client {
+        let allowed = FORWARDED_REQUEST_HEADERS.contains(&name.as_str())
+            && !named_in_connection.iter().any(|n| n == name.as_str());
+        if allowed {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(peer) = peer {
+        let ip = peer.ip();
+        if let Ok(value) = http::HeaderValue::from_str(&ip.to_string()) {
+            headers.insert("x-forwarded-for", value);
+        }
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        if let Ok(value) = http::HeaderValue::from_str(&format!("for={node};proto=http")) {
+            headers.insert(header::FORWARDED, value);
+        }
+        headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    }
+    headers
+}
 
 /// The gateway's `/api/v1` proxy, and its routes of the storefront and
 /// console pages, which orders renders (it holds the catalog client and
@@ -696,6 +811,10 @@ async fn proxy(
     OriginalUri(original): OriginalUri,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let path = original.path();
     // Outside `/api/v1` only the page routes reach here: orders renders them.
     let service = match path.strip_prefix("/api/v1") {
@@ -717,10 +836,7 @@ async fn proxy(
             format!("request bodies are limited to {BODY_LIMIT} bytes"),
         )
     })?;
-    let mut headers = parts.headers;
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    let headers = upstream_headers(&parts.headers, peer);
     // A request that may have reached a replica is offered to another only
     // when repeating it is safe: a read, or a write under an
     // Idempotency-Key (the same key answers the first outcome).
@@ -834,6 +950,55 @@ mod tests {
         assert_eq!(
             replica_urls("http://a/, http://b"),
             vec!["http://a".to_owned(), "http://b".to_owned()]
+        );
+    }
+
+    #[test]
+    fn the_token_grant_is_no_public_route_however_the_path_is_spelled() {
+        for path in [
+            "/identity/token",
+            "/identity/token/",
+            "/identity//token",
+            "/identity/./token",
+            "/identity/x/../token",
+            "/identity/%74oken",
+            "/identity/Token",
+            "/identity\\token",
+            "//identity/token",
+            "/identity",
+            "/.well-known/other",
+        ] {
+            assert_eq!(owner(path), None, "{path}");
+        }
+        assert_eq!(owner("/identity/register"), Some(ServiceName::Identity));
+    }
+
+    #[test]
+    fn the_gateway_forwards_allow_listed_headers_and_writes_the_forwarding_ones() {
+        let mut client = HeaderMap::new();
+        client.insert("authorization", "Bearer t".parse().unwrap());
+        client.insert("content-type", "application/json".parse().unwrap());
+        client.insert("x-request-id", "r1".parse().unwrap());
+        client.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        client.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        client.insert("cookie", "session=1".parse().unwrap());
+        client.insert("x-evil", "1".parse().unwrap());
+        client.insert("connection", "keep-alive, X-Request-Id".parse().unwrap());
+        client.insert("te", "trailers".parse().unwrap());
+        let peer: SocketAddr = "203.0.113.7:5555".parse().unwrap();
+        let forwarded = upstream_headers(&client, Some(peer));
+        assert_eq!(forwarded["authorization"], "Bearer t");
+        assert_eq!(forwarded["content-type"], "application/json");
+        assert_eq!(forwarded["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(forwarded["forwarded"], "for=203.0.113.7;proto=http");
+        assert_eq!(forwarded.get_all("x-forwarded-for").iter().count(), 1);
+        for dropped in ["cookie", "x-evil", "connection", "te", "x-request-id"] {
+            assert!(forwarded.get(dropped).is_none(), "{dropped} forwarded");
+        }
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        assert_eq!(
+            upstream_headers(&HeaderMap::new(), Some(v6))["forwarded"],
+            "for=\"[2001:db8::1]\";proto=http"
         );
     }
 

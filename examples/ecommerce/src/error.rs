@@ -58,6 +58,8 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1) on 429 and 503.
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -66,7 +68,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error with a `Retry-After` header.
+    pub(crate) fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     pub(crate) fn internal(err: impl std::fmt::Display) -> Self {
@@ -88,7 +97,15 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            // Rounded up: "retry after 0 s" would invite an immediate retry.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }
 

@@ -64,6 +64,8 @@ mod payments;
 mod readmodel;
 mod remote;
 pub mod scenario;
+pub mod secrets;
+pub mod server;
 mod shipping;
 #[doc(hidden)]
 pub mod testing;
@@ -73,4 +75,5 @@ mod web;
 pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
 pub use client::{ApiClient, ApiResponse};
 pub use error::Error;
+pub use identity::operator_token;
 pub use payments::DECLINED_CARD;

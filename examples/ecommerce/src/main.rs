@@ -42,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("serve") => return serve(&args[1..]).await,
         Some("drill") => return drill(&args[1..]).await,
         Some("serve-local") => return serve_local(&args[1..]).await,
+        Some("token") => return token(&args[1..]),
         Some(other) => {
             return Err(format!(
                 "unknown command {other:?}; try `ecommerce`, `ecommerce serve`, `ecommerce load` or `ecommerce drill NAME`"
@@ -58,11 +59,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         data_dir.display()
     );
     let ops = running.ops_token()?;
+    // The operator token is printed only while the system listens on
+    // loopback: whoever reads this terminal could reach it anyway.
+    let shown_ops = if running.addr().ip().is_loopback() {
+        ops.clone()
+    } else {
+        "<not printed: listening beyond loopback; use `ecommerce token`>".to_owned()
+    };
     println!("Scenario:");
     let outcome = ecommerce::scenario::run(&url, &ops, |line| println!("  {line}")).await?;
     println!("\nServing on {url} (Ctrl-C to stop).");
     println!("  Storefront:         {url}/");
-    println!("  Operations console: {url}/ops  (operator token: {ops})");
+    println!("  Operations console: {url}/ops  (operator token: {shown_ops})");
     println!("Try:");
     println!(
         "  curl -s {url}/api/v1/products -H 'authorization: Bearer {}'",
@@ -137,6 +145,36 @@ async fn serve_local(args: &[String]) -> Result<(), Box<dyn std::error::Error>> 
     println!("URL {}", running.base_url());
     println!("OPS {}", running.ops_token()?);
     running.serve_until(stop_signal()).await?;
+    Ok(())
+}
+
+const TOKEN_USAGE: &str = "usage: ecommerce token --signing-key-file FILE [--scope \"ops:admin analytics:read\"] [--subject NAME]";
+
+/// `ecommerce token`: an operator's token signed with identity's key file
+/// (distributed mode grants `ops:admin` over no HTTP route). Prints the
+/// token on stdout only, for a pipe or a variable, never to the logs.
+fn token(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut key_file = std::env::var_os("ECOMMERCE_SIGNING_KEY_FILE").map(std::path::PathBuf::from);
+    let mut scope = format!("{} analytics:read", ecommerce::OPS_SCOPE);
+    let mut subject = "operator".to_owned();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{TOKEN_USAGE}"))?;
+        match flag.as_str() {
+            "--signing-key-file" => key_file = Some(value.into()),
+            "--scope" => scope.clone_from(value),
+            "--subject" => subject.clone_from(value),
+            _ => return Err(format!("unknown flag {flag:?}\n{TOKEN_USAGE}").into()),
+        }
+    }
+    let key_file = key_file.ok_or_else(|| format!("which key?\n{TOKEN_USAGE}"))?;
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    println!(
+        "{}",
+        ecommerce::operator_token(&key_file, &subject, &scopes)?
+    );
     Ok(())
 }
 

@@ -784,6 +784,7 @@ async fn decided(
     mut events: tokio::sync::broadcast::Receiver<trellis_saga::SagaEvent>,
 ) -> Result<trellis_saga::Result<trellis_saga::SagaRecord>, tokio::task::JoinError> {
     use tokio::sync::broadcast::error::RecvError;
+    use trellis_saga::SagaLog;
     let mut compensating: Option<trellis_saga::SagaRecord> = None;
     loop {
         if let Some(record) = &compensating {
@@ -803,16 +804,19 @@ async fn decided(
             result = &mut saga => return result,
             event = events.recv() => match event {
                 Ok(event) if event.saga_id == order_id && event.status == SagaStatus::Compensating => {
-                    compensating = Some(trellis_saga::SagaRecord {
-                        id: event.saga_id,
-                        name: event.saga_name,
-                        status: event.status,
-                        cursor: 0,
-                        state: serde_json::Value::Null,
-                        error: event.error,
-                        failed_step: None,
-                        deadline_ms: None,
-                    });
+                    // The record as the compensation left it (the answer's
+                    // `saga` field); a read that fails waits for the end.
+                    compensating = app
+                        .orders
+                        .orchestrator
+                        .log()
+                        .load(order_id)
+                        .await
+                        .ok()
+                        .flatten();
+                    if compensating.is_none() {
+                        return saga.await;
+                    }
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 // No sender: the orchestrator is gone; the task answers.
@@ -895,7 +899,8 @@ pub(crate) async fn place(
         customer,
         lines,
         total_cents,
-        card: body.card,
+        // Only the provider's token is kept (saga state and log), never the number.
+        card: crate::payments::tokenize(&body.card),
         reservation: None,
         payment: None,
         pending_validation: false,
@@ -1825,6 +1830,9 @@ mod degraded_mode_tests {
             error: None,
             failed_step: None,
             deadline_ms: None,
+            version: 1,
+            wake_at_ms: None,
+            awaiting: None,
         };
         let lease = Lease {
             owner: "orders@elsewhere/1",

@@ -13,6 +13,26 @@ use crate::error::{ApiError, ApiJson, Error};
 /// The card number the fake provider declines.
 pub const DECLINED_CARD: &str = "4000000000000002";
 
+/// The provider token for `card`, made when the order is placed so that no
+/// card number is stored anywhere (the saga state and log keep the token):
+/// `tok_<verdict>_<last four>_<random>`. The fake provider's tokens carry
+/// its verdict, as its test card numbers do; a real provider's token is
+/// opaque and kept in its vault.
+pub(crate) fn tokenize(card: &str) -> String {
+    let last4 = card.get(card.len().saturating_sub(4)..).unwrap_or_default();
+    let verdict = if card == DECLINED_CARD {
+        "decline"
+    } else {
+        "ok"
+    };
+    format!("tok_{verdict}_{last4}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Whether the fake provider declines `card` (a number or a token).
+fn declined(card: &str) -> bool {
+    card == DECLINED_CARD || card.starts_with("tok_decline_")
+}
+
 #[derive(Debug, Clone)]
 pub(crate) enum PaymentRequest {
     Charge {
@@ -87,7 +107,7 @@ impl Payments {
                 let (payment, status) = match seen {
                     Some(seen) => seen,
                     None => {
-                        let status = if card == DECLINED_CARD {
+                        let status = if declined(&card) {
                             "DECLINED"
                         } else {
                             "CHARGED"
@@ -198,7 +218,8 @@ pub(crate) struct ChargeBody {
     /// Positive.
     #[schema(minimum = 1)]
     amount_cents: i64,
-    /// The card number (`4000000000000002` is always declined).
+    /// The card: a token from placing the order (`tok_...`; the number
+    /// itself is accepted too, `4000000000000002` is always declined).
     card: String,
 }
 
@@ -416,5 +437,17 @@ mod tests {
             .unwrap();
         assert_eq!(refunds, 0);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_keeps_the_last_four_digits_and_the_verdict_never_the_number() {
+        let token = tokenize("4242424242424242");
+        assert!(token.starts_with("tok_ok_4242_"), "{token}");
+        assert!(!token.contains("424242424242"), "{token}");
+        assert!(!declined(&token));
+        let declined_token = tokenize(DECLINED_CARD);
+        assert!(!declined_token.contains(DECLINED_CARD));
+        assert!(declined(&declined_token));
+        assert_ne!(tokenize("4242424242424242"), token, "random per order");
     }
 }

@@ -80,13 +80,21 @@ pub(crate) fn streaming_transport_to(
     ))
 }
 
-/// `streaming` with the response body collected (bodies between services
-/// are small JSON).
+/// The most a peer's answer may hold: every body between services is a
+/// small JSON document (the catalog's list is the largest, a few KiB), so
+/// a peer (or whoever answers in its place) cannot make us buffer more.
+pub(crate) const PEER_BODY_LIMIT: usize = 256 * 1024;
+
+/// `streaming` with the response body collected, up to [`PEER_BODY_LIMIT`]
+/// bytes; a longer body is an error, read no further.
 fn buffered(streaming: StreamingTransport) -> Transport {
     BoxCloneSyncService::new(streaming.and_then(
         |response: Response<axum::body::Body>| async move {
             let (parts, body) = response.into_parts();
-            let bytes = body.collect().await?.to_bytes();
+            let bytes = http_body_util::Limited::new(body, PEER_BODY_LIMIT)
+                .collect()
+                .await?
+                .to_bytes();
             Ok::<_, BoxError>(Response::from_parts(parts, bytes))
         },
     ))
@@ -267,7 +275,6 @@ pub(crate) struct ServiceToken {
     inner: Arc<TokenInner>,
 }
 
-#[derive(Debug)]
 struct TokenInner {
     transport: Transport,
     url: String,
@@ -275,6 +282,18 @@ struct TokenInner {
     secret: String,
     scope: String,
     current: Mutex<Option<(String, Instant)>>,
+}
+
+/// Names the client, never its secret or its token.
+impl std::fmt::Debug for TokenInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceToken")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("secret", &"<redacted>")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceToken {
@@ -634,5 +653,40 @@ mod tests {
         })
         .await;
         assert!(failed > 1, "a 5xx is retried ({failed} attempts)");
+    }
+
+    #[tokio::test]
+    async fn a_peer_body_over_the_limit_is_an_error_not_a_buffer() {
+        let big = vec![b'x'; PEER_BODY_LIMIT + 1];
+        let peer = tower::service_fn(move |_: Request<Full<Bytes>>| {
+            let big = big.clone();
+            async move { Ok::<_, BoxError>(Response::new(axum::body::Body::from(big))) }
+        });
+        let transport = buffered(BoxCloneSyncService::new(peer));
+        let request = Request::new(Full::new(Bytes::new()));
+        let err = transport.oneshot(request).await.unwrap_err();
+        assert!(err.to_string().contains("length limit"), "{err}");
+        let fits = tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, BoxError>(Response::new(axum::body::Body::from(vec![b'y'; 1000])))
+        });
+        let response = buffered(BoxCloneSyncService::new(fits))
+            .oneshot(Request::new(Full::new(Bytes::new())))
+            .await
+            .unwrap();
+        assert_eq!(response.body().len(), 1000);
+    }
+
+    #[test]
+    fn debug_of_the_service_token_shows_no_secret() {
+        let token = ServiceToken::new(
+            transport(),
+            "http://identity:8081",
+            "orders",
+            "the-secret-value-0123456789abcdef",
+            &["catalog:read"],
+        );
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("the-secret-value"), "{shown}");
+        assert!(shown.contains("orders"), "{shown}");
     }
 }

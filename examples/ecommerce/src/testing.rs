@@ -55,7 +55,10 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
         Identity::open(
             crate::db::open_any(data_dir, "identity").await?,
             None,
-            Some(SERVICE_SECRET.to_owned()),
+            vec![(
+                ServiceName::Orders,
+                crate::secrets::Secret::new(SERVICE_SECRET),
+            )],
         )
         .await?,
     );

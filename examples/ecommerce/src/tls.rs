@@ -99,6 +99,9 @@ pub(crate) fn acceptor(tls: &TlsSettings, service: ServiceName) -> Result<TlsAcc
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// TLS handshakes one listener runs at once.
+const MAX_HANDSHAKES: usize = 256;
+
 /// Accepts TCP connections and hands on those whose mTLS handshake
 /// succeeded. Handshakes run in their own tasks so a slow or hostile peer
 /// never holds up the others; refused peers are logged and dropped.
@@ -113,8 +116,14 @@ impl MtlsListener {
     pub(crate) fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (tx, ready) = tokio::sync::mpsc::channel(64);
+        // Handshakes in flight at most: past it, connections wait in the
+        // backlog (each handshake is also bounded by HANDSHAKE_TIMEOUT).
+        let handshakes = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accept_loop = tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -126,6 +135,7 @@ impl MtlsListener {
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

@@ -12,6 +12,8 @@ struct Row {
     history: Vec<HistoryEntry>,
     owner: Option<String>,
     lease_until: i64,
+    /// Delivered signals by name (first payload wins).
+    signals: BTreeMap<String, serde_json::Value>,
 }
 
 /// A [`SagaLog`] in memory; clones share the same sagas.
@@ -86,6 +88,7 @@ impl SagaLog for MemorySagaLog {
             history: Vec::new(),
             owner: Some(lease.owner.to_owned()),
             lease_until: lease.until_ms,
+            signals: BTreeMap::new(),
         };
         append(&mut row, entries);
         rows.insert(record.id.clone(), row);
@@ -136,6 +139,9 @@ impl SagaLog for MemorySagaLog {
         row.record.state = update.state.clone();
         row.record.error = update.error.clone();
         row.record.failed_step = update.failed_step.clone();
+        row.record.version = update.version;
+        row.record.wake_at_ms = update.wake_at_ms;
+        row.record.awaiting = update.awaiting.clone();
         if update.status.is_in_flight() {
             row.lease_until = lease.until_ms;
         } else {
@@ -173,6 +179,8 @@ impl SagaLog for MemorySagaLog {
             .filter(|row| {
                 row.record.name == name
                     && row.record.status.is_in_flight()
+                    && (row.record.status != SagaStatus::Waiting
+                        || row.record.wake_at_ms.is_none_or(|at| at <= now_ms))
                     && (row.owner.is_none() || row.lease_until < now_ms)
             })
             .map(|row| (row.lease_until, &row.record.id))
@@ -183,5 +191,28 @@ impl SagaLog for MemorySagaLog {
             .take(limit)
             .map(|(_, id)| id.clone())
             .collect())
+    }
+
+    async fn signal(&self, id: &str, name: &str, payload: &serde_json::Value) -> Result<bool> {
+        let mut rows = self.rows();
+        let row = rows
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if row.signals.contains_key(name) {
+            return Ok(false);
+        }
+        row.signals.insert(name.to_owned(), payload.clone());
+        if row.record.status == SagaStatus::Waiting && row.record.awaiting.as_deref() == Some(name)
+        {
+            row.record.wake_at_ms = Some(0);
+        }
+        Ok(true)
+    }
+
+    async fn load_signal(&self, id: &str, name: &str) -> Result<Option<serde_json::Value>> {
+        Ok(self
+            .rows()
+            .get(id)
+            .and_then(|row| row.signals.get(name).cloned()))
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub mod any;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -34,6 +35,11 @@ pub enum SagaStatus {
     Compensated,
     /// A compensation failed after its retries: an operator has to look.
     NeedsAttention,
+    /// Parked on a durable wait ([`Step::wait_for_signal`](crate::Step::wait_for_signal)
+    /// or [`Step::sleep_until`](crate::Step::sleep_until)): no run holds it
+    /// and no task waits for it; the adopter resumes it once
+    /// [`SagaRecord::wake_at_ms`] has passed or the awaited signal arrived.
+    Waiting,
 }
 
 impl SagaStatus {
@@ -45,6 +51,7 @@ impl SagaStatus {
             SagaStatus::Completed => "completed",
             SagaStatus::Compensated => "compensated",
             SagaStatus::NeedsAttention => "needs_attention",
+            SagaStatus::Waiting => "waiting",
         }
     }
 
@@ -56,13 +63,17 @@ impl SagaStatus {
             "completed" => SagaStatus::Completed,
             "compensated" => SagaStatus::Compensated,
             "needs_attention" => SagaStatus::NeedsAttention,
+            "waiting" => SagaStatus::Waiting,
             _ => return None,
         })
     }
 
-    /// Running or compensating: an orchestrator still has work to do.
+    /// Running, compensating or waiting: the saga has not ended.
     pub const fn is_in_flight(self) -> bool {
-        matches!(self, SagaStatus::Running | SagaStatus::Compensating)
+        matches!(
+            self,
+            SagaStatus::Running | SagaStatus::Compensating | SagaStatus::Waiting
+        )
     }
 }
 
@@ -140,6 +151,66 @@ pub struct SagaRecord {
     pub failed_step: Option<String>,
     /// Unix milliseconds after which the saga compensates.
     pub deadline_ms: Option<i64>,
+    /// The version of the definition the saga runs on
+    /// ([`Saga::with_version`](crate::Saga::with_version)); 1 for sagas
+    /// logged before versions existed.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// [`SagaStatus::Waiting`]: unix milliseconds from which the adopter
+    /// resumes it (the wait's timeout or time); set to 0 when the awaited
+    /// signal arrives.
+    #[serde(default)]
+    pub wake_at_ms: Option<i64>,
+    /// [`SagaStatus::Waiting`] on a signal: its name.
+    #[serde(default)]
+    pub awaiting: Option<String>,
+}
+
+const fn first_version() -> u32 {
+    1
+}
+
+impl SagaRecord {
+    /// A new running saga `id` of definition `name` (version 1) at its
+    /// first step, with `state`, no deadline, no wait.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{SagaRecord, SagaStatus};
+    ///
+    /// let record = SagaRecord::new("order-1", "place-order", serde_json::json!({}));
+    /// assert_eq!((record.status, record.cursor, record.version), (SagaStatus::Running, 0, 1));
+    /// ```
+    pub fn new(id: impl Into<String>, name: impl Into<String>, state: serde_json::Value) -> Self {
+        SagaRecord {
+            id: id.into(),
+            name: name.into(),
+            status: SagaStatus::Running,
+            cursor: 0,
+            state,
+            error: None,
+            failed_step: None,
+            deadline_ms: None,
+            version: 1,
+            wake_at_ms: None,
+            awaiting: None,
+        }
+    }
+
+    /// The row update that leaves this record as it is.
+    pub fn to_update(&self) -> SagaUpdate {
+        SagaUpdate {
+            status: self.status,
+            cursor: self.cursor,
+            state: self.state.clone(),
+            error: self.error.clone(),
+            failed_step: self.failed_step.clone(),
+            version: self.version,
+            wake_at_ms: self.wake_at_ms,
+            awaiting: self.awaiting.clone(),
+        }
+    }
 }
 
 /// One history entry.
@@ -187,6 +258,12 @@ pub struct SagaUpdate {
     pub error: Option<String>,
     /// New failed step.
     pub failed_step: Option<String>,
+    /// New definition version (changed only by a migration).
+    pub version: u32,
+    /// New wake time ([`SagaRecord::wake_at_ms`]).
+    pub wake_at_ms: Option<i64>,
+    /// New awaited signal ([`SagaRecord::awaiting`]).
+    pub awaiting: Option<String>,
 }
 
 /// A lease request: `owner` holds the saga until `until_ms` if the lease is
@@ -243,9 +320,11 @@ pub trait SagaLog: Send + Sync + 'static {
     fn by_status(&self, status: SagaStatus)
     -> impl Future<Output = Result<Vec<SagaRecord>>> + Send;
 
-    /// The ids of at most `limit` in-flight sagas (running or compensating)
-    /// of definition `name` that nobody holds: their lease is free or
-    /// expired (`lease_until < now_ms`). The longest-expired come first.
+    /// The ids of at most `limit` in-flight sagas of definition `name`
+    /// that nobody holds: their lease is free or expired
+    /// (`lease_until < now_ms`), and, when [`SagaStatus::Waiting`], their
+    /// wake time has come (`wake_at_ms <= now_ms`, which a delivered
+    /// signal makes so). The longest-expired come first.
     ///
     /// Every orchestrator instance asks this periodically
     /// ([`Orchestrator::spawn_adopter`](crate::Orchestrator::spawn_adopter)),
@@ -265,17 +344,73 @@ pub trait SagaLog: Send + Sync + 'static {
         let _ = now_ms;
         async move {
             let mut ids = Vec::new();
-            for status in [SagaStatus::Running, SagaStatus::Compensating] {
+            for status in [
+                SagaStatus::Running,
+                SagaStatus::Compensating,
+                SagaStatus::Waiting,
+            ] {
                 ids.extend(
                     self.by_status(status)
                         .await?
                         .into_iter()
                         .filter(|r| r.name == name)
+                        .filter(|r| {
+                            r.status != SagaStatus::Waiting
+                                || r.wake_at_ms.is_none_or(|at| at <= now_ms)
+                        })
                         .map(|r| r.id),
                 );
             }
             ids.truncate(limit);
             Ok(ids)
         }
+    }
+
+    /// Stores signal `name` for saga `id` with `payload`, durably, in one
+    /// transaction that also wakes the saga when it is
+    /// [`SagaStatus::Waiting`] on that very signal (its `wake_at_ms`
+    /// becomes 0, so [`adoptable`](Self::adoptable) lists it).
+    ///
+    /// Idempotent by `(id, name)`: a second signal of the same name keeps
+    /// the first payload and returns `Ok(false)`; the first returns
+    /// `Ok(true)`. A signal may come before the saga waits for it: it is
+    /// kept, and the wait finds it.
+    ///
+    /// The default refuses with [`Error::Unsupported`](crate::Error::Unsupported):
+    /// a backend written before signals existed cannot hold them. Every
+    /// backend of this crate implements it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown saga,
+    /// storage errors.
+    fn signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (id, name, payload);
+        async {
+            Err(crate::Error::Unsupported {
+                operation: "signal",
+            })
+        }
+    }
+
+    /// The payload of signal `name` of saga `id`, if it was delivered.
+    ///
+    /// The default answers `None` (see [`signal`](Self::signal)).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    fn load_signal(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>>> + Send {
+        let _ = (id, name);
+        async { Ok(None) }
     }
 }

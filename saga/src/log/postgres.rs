@@ -6,7 +6,7 @@ use super::sql::{is_unique_violation, to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
-fn schema_sql(schema: &str) -> [String; 4] {
+fn schema_sql(schema: &str) -> [String; 9] {
     [
         format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
         format!(
@@ -20,9 +20,21 @@ fn schema_sql(schema: &str) -> [String; 4] {
                 failed_step TEXT,
                 deadline_ms BIGINT,
                 lease_owner TEXT,
-                lease_until BIGINT NOT NULL DEFAULT 0
+                lease_until BIGINT NOT NULL DEFAULT 0,
+                version BIGINT NOT NULL DEFAULT 1,
+                wake_at_ms BIGINT,
+                awaiting TEXT
             )"
         ),
+        // Tables created before these columns existed get them, existing
+        // rows the default (version 1, not waiting).
+        format!(
+            "ALTER TABLE \"{schema}\".trellis_sagas ADD COLUMN IF NOT EXISTS version BIGINT NOT NULL DEFAULT 1"
+        ),
+        format!(
+            "ALTER TABLE \"{schema}\".trellis_sagas ADD COLUMN IF NOT EXISTS wake_at_ms BIGINT"
+        ),
+        format!("ALTER TABLE \"{schema}\".trellis_sagas ADD COLUMN IF NOT EXISTS awaiting TEXT"),
         format!(
             "CREATE TABLE IF NOT EXISTS \"{schema}\".trellis_saga_history (
                 saga_id TEXT NOT NULL,
@@ -37,6 +49,21 @@ fn schema_sql(schema: &str) -> [String; 4] {
         ),
         format!(
             "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON \"{schema}\".trellis_sagas (status)"
+        ),
+        // What `adoptable` reads of the waiting sagas: only those due
+        // (partial: a row's entry changes when it parks or wakes).
+        format!(
+            "CREATE INDEX IF NOT EXISTS trellis_sagas_wake ON \"{schema}\".trellis_sagas (wake_at_ms) \
+             WHERE status = 'waiting'"
+        ),
+        // Signals delivered to a saga, kept until it waits for them.
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".trellis_saga_signals (
+                saga_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                PRIMARY KEY (saga_id, name)
+            )"
         ),
     ]
 }
@@ -60,6 +87,7 @@ pub struct PgSagaLog {
     pool: PgPool,
     sagas: String,
     history: String,
+    signals: String,
 }
 
 impl PgSagaLog {
@@ -91,6 +119,7 @@ impl PgSagaLog {
             pool,
             sagas: format!("\"{schema}\".trellis_sagas"),
             history: format!("\"{schema}\".trellis_saga_history"),
+            signals: format!("\"{schema}\".trellis_saga_signals"),
         })
     }
 
@@ -136,8 +165,8 @@ impl SagaLog for PgSagaLog {
     ) -> Result<()> {
         let state = serde_json::to_string(&record.state)?;
         let mut tx = self.pool.begin().await.map_err(Error::storage)?;
-        let result = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {s} (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", s = self.sagas)))
+        let result = sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO {s} (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until, version, wake_at_ms, awaiting)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", s = self.sagas)))
         .bind(&record.id)
         .bind(&record.name)
         .bind(record.status.as_str())
@@ -148,6 +177,9 @@ impl SagaLog for PgSagaLog {
         .bind(record.deadline_ms)
         .bind(lease.owner)
         .bind(lease.until_ms)
+        .bind(i64::from(record.version))
+        .bind(record.wake_at_ms)
+        .bind(&record.awaiting)
         .execute(&mut *tx)
         .await;
         match result {
@@ -213,7 +245,8 @@ impl SagaLog for PgSagaLog {
         };
         let mut tx = self.pool.begin().await.map_err(Error::storage)?;
         let done = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {s} SET status = $1, cursor = $2, state = $3, error = $4, failed_step = $5, lease_until = $6,
-                 lease_owner = CASE WHEN $7 THEN lease_owner ELSE NULL END
+                 lease_owner = CASE WHEN $7 THEN lease_owner ELSE NULL END,
+                 version = $10, wake_at_ms = $11, awaiting = $12
              WHERE id = $8 AND lease_owner = $9", s = self.sagas)))
         .bind(update.status.as_str())
         .bind(i64::from(update.cursor))
@@ -224,6 +257,9 @@ impl SagaLog for PgSagaLog {
         .bind(update.status.is_in_flight())
         .bind(id)
         .bind(lease.owner)
+        .bind(i64::from(update.version))
+        .bind(update.wake_at_ms)
+        .bind(&update.awaiting)
         .execute(&mut *tx)
         .await
         .map_err(Error::storage)?;
@@ -281,10 +317,15 @@ impl SagaLog for PgSagaLog {
 
     async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM {s} \
-             WHERE name = $1 AND status IN ('running', 'compensating') \
-               AND (lease_owner IS NULL OR lease_until < $2) \
-             ORDER BY lease_until, id LIMIT $3",
+            "SELECT id FROM ( \
+               SELECT id, lease_until FROM {s} \
+               WHERE name = $1 AND status IN ('running', 'compensating') \
+                 AND (lease_owner IS NULL OR lease_until < $2) \
+               UNION ALL \
+               SELECT id, lease_until FROM {s} \
+               WHERE status = 'waiting' AND wake_at_ms <= $2 AND name = $1 \
+                 AND (lease_owner IS NULL OR lease_until < $2) \
+             ) AS free ORDER BY lease_until, id LIMIT $3",
             s = self.sagas
         )))
         .bind(name)
@@ -293,5 +334,66 @@ impl SagaLog for PgSagaLog {
         .fetch_all(&self.pool)
         .await
         .map_err(Error::storage)
+    }
+
+    async fn signal(&self, id: &str, name: &str, payload: &serde_json::Value) -> Result<bool> {
+        let payload = serde_json::to_string(payload)?;
+        let mut tx = self.pool.begin().await.map_err(Error::storage)?;
+        // The saga row's lock first: a wait being written meanwhile either
+        // committed before (its row is 'waiting' and is woken here) or
+        // waits for this commit (and its check for the signal, made after
+        // its write, sees it).
+        let exists: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM {s} WHERE id = $1 FOR UPDATE",
+            s = self.sagas
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::storage)?;
+        if exists.is_none() {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {g} (saga_id, name, payload) VALUES ($1, $2, $3) \
+             ON CONFLICT (saga_id, name) DO NOTHING",
+            g = self.signals
+        )))
+        .bind(id)
+        .bind(name)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::storage)?
+        .rows_affected()
+            == 1;
+        if inserted {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {s} SET wake_at_ms = 0 WHERE id = $1 AND status = 'waiting' AND awaiting = $2",
+                s = self.sagas
+            )))
+            .bind(id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        }
+        tx.commit().await.map_err(Error::storage)?;
+        Ok(inserted)
+    }
+
+    async fn load_signal(&self, id: &str, name: &str) -> Result<Option<serde_json::Value>> {
+        let payload: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT payload FROM {g} WHERE saga_id = $1 AND name = $2",
+            g = self.signals
+        )))
+        .bind(id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        payload
+            .map(|p| serde_json::from_str(&p).map_err(Error::from))
+            .transpose()
     }
 }

@@ -18,6 +18,7 @@ where
     let status: String = row.try_get("status").map_err(Error::storage)?;
     let state: String = row.try_get("state").map_err(Error::storage)?;
     let cursor: i64 = row.try_get("cursor").map_err(Error::storage)?;
+    let version: i64 = row.try_get("version").map_err(Error::storage)?;
     Ok(SagaRecord {
         id: row.try_get("id").map_err(Error::storage)?,
         name: row.try_get("name").map_err(Error::storage)?,
@@ -28,6 +29,9 @@ where
         error: row.try_get("error").map_err(Error::storage)?,
         failed_step: row.try_get("failed_step").map_err(Error::storage)?,
         deadline_ms: row.try_get("deadline_ms").map_err(Error::storage)?,
+        version: u32::try_from(version).map_err(Error::storage)?,
+        wake_at_ms: row.try_get("wake_at_ms").map_err(Error::storage)?,
+        awaiting: row.try_get("awaiting").map_err(Error::storage)?,
     })
 }
 

@@ -12,7 +12,7 @@ use super::sql::{to_history_entry, to_record};
 use super::{HistoryEntry, Lease, NewEntry, SagaLog, SagaRecord, SagaStatus, SagaUpdate};
 use crate::error::{Error, Result};
 
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS trellis_sagas (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -23,7 +23,10 @@ const SCHEMA: [&str; 3] = [
         failed_step TEXT,
         deadline_ms INTEGER,
         lease_owner TEXT,
-        lease_until INTEGER NOT NULL DEFAULT 0
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL DEFAULT 1,
+        wake_at_ms INTEGER,
+        awaiting TEXT
     )",
     "CREATE TABLE IF NOT EXISTS trellis_saga_history (
         saga_id TEXT NOT NULL,
@@ -38,6 +41,38 @@ const SCHEMA: [&str; 3] = [
     // Also what `adoptable` reads: only the in-flight rows. (An index on
     // `lease_until` would be rewritten by every step write and renewal.)
     "CREATE INDEX IF NOT EXISTS trellis_sagas_status ON trellis_sagas (status)",
+    // Signals delivered to a saga, kept until it waits for them.
+    "CREATE TABLE IF NOT EXISTS trellis_saga_signals (
+        saga_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (saga_id, name)
+    )",
+];
+
+/// What `adoptable` reads of the waiting sagas: only those whose wake time
+/// has come (a partial index: only waiting rows are in it, and a row's
+/// entry changes when it parks or wakes, not at every step). Created after
+/// the migrations, which add its column to older tables.
+const WAKE_INDEX: &str = "CREATE INDEX IF NOT EXISTS trellis_sagas_wake ON trellis_sagas (wake_at_ms) \
+     WHERE status = 'waiting'";
+
+/// Columns added after the first release: added to an existing table
+/// (`ALTER TABLE ... ADD COLUMN`, existing rows get the default) when
+/// missing.
+const MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "version",
+        "ALTER TABLE trellis_sagas ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+    ),
+    (
+        "wake_at_ms",
+        "ALTER TABLE trellis_sagas ADD COLUMN wake_at_ms INTEGER",
+    ),
+    (
+        "awaiting",
+        "ALTER TABLE trellis_sagas ADD COLUMN awaiting TEXT",
+    ),
 ];
 
 /// How [`SqliteSagaLog::connect_with`] opens its database.
@@ -178,6 +213,18 @@ impl SqliteSagaLog {
             .busy_timeout(std::time::Duration::from_secs(10));
         // An in-memory database exists once per connection: keep one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
+        if max > 1 {
+            // Tables are created and migrated on a connection of their own,
+            // before the pool opens any: a connection that read the schema
+            // before an `ALTER TABLE` on another one may prepare `SELECT *`
+            // with the old columns (sqlx then reads past its column list).
+            use sqlx::Connection as _;
+            let mut setup = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .map_err(Error::storage)?;
+            setup_schema(&mut setup).await?;
+            setup.close().await.map_err(Error::storage)?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             // A ping before each acquire is a round trip to the connection's
@@ -189,16 +236,23 @@ impl SqliteSagaLog {
         Self::with_pool(pool).await
     }
 
-    /// Uses an existing pool, creates the tables and starts the writer task
-    /// on the current tokio runtime (it ends when the last clone of the log
-    /// is dropped).
+    /// Uses an existing pool, creates the tables (adding the columns an
+    /// older table lacks) and starts the writer task on the current tokio
+    /// runtime (it ends when the last clone of the log is dropped).
+    ///
+    /// Migrating an older table here is safe only on a pool with no other
+    /// open connection: SQLite connections that read the schema before an
+    /// `ALTER TABLE` on another one may keep preparing `SELECT *` with the
+    /// old columns. [`connect`](Self::connect) migrates before it opens
+    /// its pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the tables cannot be set up.
     pub async fn with_pool(pool: SqlitePool) -> Result<Self> {
-        for statement in SCHEMA {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .map_err(Error::storage)?;
-        }
+        let mut setup = pool.acquire().await.map_err(Error::storage)?;
+        setup_schema(&mut setup).await?;
+        drop(setup);
         let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_loop(pool.clone(), queue));
         Ok(SqliteSagaLog { pool, writer })
@@ -220,6 +274,36 @@ impl SqliteSagaLog {
         done.await
             .map_err(|_| Error::storage("saga log writer stopped"))?
     }
+}
+
+/// Creates the tables and adds the columns an older table lacks.
+async fn setup_schema(conn: &mut sqlx::SqliteConnection) -> Result<()> {
+    for statement in SCHEMA {
+        sqlx::query(statement)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::storage)?;
+    }
+    for (column, statement) in MIGRATIONS {
+        let present: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('trellis_sagas') WHERE name = ?",
+        )
+        .bind(column)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::storage)?;
+        if present == 0 {
+            sqlx::query(statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::storage)?;
+        }
+    }
+    sqlx::query(WAKE_INDEX)
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::storage)?;
+    Ok(())
 }
 
 /// The first statement of a write: the history rows of `entries` for saga
@@ -337,8 +421,8 @@ impl SagaLog for SqliteSagaLog {
             &mut args,
         );
         sql.push_str(
-            "INSERT INTO trellis_sagas (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO trellis_sagas (id, name, status, cursor, state, error, failed_step, deadline_ms, lease_owner, lease_until, version, wake_at_ms, awaiting) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         );
         args.extend([
             Arg::Text(record.id.clone()),
@@ -351,6 +435,9 @@ impl SagaLog for SqliteSagaLog {
             Arg::OptInt(record.deadline_ms),
             Arg::Text(lease.owner.to_owned()),
             Arg::Int(lease.until_ms),
+            Arg::Int(i64::from(record.version)),
+            Arg::OptInt(record.wake_at_ms),
+            Arg::OptText(record.awaiting.clone()),
         ]);
         if self.submit(sql, args).await? {
             Ok(())
@@ -421,6 +508,7 @@ impl SagaLog for SqliteSagaLog {
         );
         sql.push_str(
             "UPDATE trellis_sagas SET status = ?, cursor = ?, state = ?, error = ?, failed_step = ?, lease_until = ?, \
+                 version = ?, wake_at_ms = ?, awaiting = ?, \
                  lease_owner = CASE WHEN ? THEN lease_owner ELSE NULL END \
              WHERE id = ? AND lease_owner = ?",
         );
@@ -431,6 +519,9 @@ impl SagaLog for SqliteSagaLog {
             Arg::OptText(update.error.clone()),
             Arg::OptText(update.failed_step.clone()),
             Arg::Int(lease_until),
+            Arg::Int(i64::from(update.version)),
+            Arg::OptInt(update.wake_at_ms),
+            Arg::OptText(update.awaiting.clone()),
             Arg::Int(i64::from(update.status.is_in_flight())),
             Arg::Text(id.to_owned()),
             Arg::Text(lease.owner.to_owned()),
@@ -476,18 +567,84 @@ impl SagaLog for SqliteSagaLog {
     async fn adoptable(&self, name: &str, now_ms: i64, limit: usize) -> Result<Vec<String>> {
         sqlx::query_scalar(
             // NOTE: without ANALYZE statistics SQLite may pick a full scan;
-            // `INDEXED BY` pins the status index (tests/orchestrator.rs
-            // checks the plan of this very statement).
-            "SELECT id FROM trellis_sagas INDEXED BY trellis_sagas_status \
-             WHERE name = ? AND status IN ('running', 'compensating') \
-               AND (lease_owner IS NULL OR lease_until < ?) \
-             ORDER BY lease_until, id LIMIT ?",
+            // `INDEXED BY` pins the status index for the running and
+            // compensating rows and the wake index for the waiting ones, so
+            // that waiting sagas not yet due cost nothing
+            // (tests/orchestrator.rs checks the plan of this very statement).
+            "SELECT id FROM ( \
+               SELECT id, lease_until FROM trellis_sagas INDEXED BY trellis_sagas_status \
+               WHERE name = ? AND status IN ('running', 'compensating') \
+                 AND (lease_owner IS NULL OR lease_until < ?) \
+               UNION ALL \
+               SELECT id, lease_until FROM trellis_sagas INDEXED BY trellis_sagas_wake \
+               WHERE status = 'waiting' AND wake_at_ms <= ? AND name = ? \
+                 AND (lease_owner IS NULL OR lease_until < ?) \
+             ) ORDER BY lease_until, id LIMIT ?",
         )
+        .bind(name)
+        .bind(now_ms)
+        .bind(now_ms)
         .bind(name)
         .bind(now_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(Error::storage)
+    }
+
+    async fn signal(&self, id: &str, name: &str, payload: &serde_json::Value) -> Result<bool> {
+        let payload = serde_json::to_string(payload)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::storage)?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM trellis_sagas WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        if exists.is_none() {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO trellis_saga_signals (saga_id, name, payload) VALUES (?, ?, ?) \
+             ON CONFLICT (saga_id, name) DO NOTHING",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::storage)?
+        .rows_affected()
+            == 1;
+        if inserted {
+            sqlx::query(
+                "UPDATE trellis_sagas SET wake_at_ms = 0 \
+                 WHERE id = ? AND status = 'waiting' AND awaiting = ?",
+            )
+            .bind(id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::storage)?;
+        }
+        tx.commit().await.map_err(Error::storage)?;
+        Ok(inserted)
+    }
+
+    async fn load_signal(&self, id: &str, name: &str) -> Result<Option<serde_json::Value>> {
+        let payload: Option<String> = sqlx::query_scalar(
+            "SELECT payload FROM trellis_saga_signals WHERE saga_id = ? AND name = ?",
+        )
+        .bind(id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::storage)?;
+        payload
+            .map(|p| serde_json::from_str(&p).map_err(Error::from))
+            .transpose()
     }
 }

@@ -29,9 +29,19 @@ pub fn pg_schema(tag: &str) -> String {
 }
 
 /// `TRELLIS_TEST_POSTGRES_URL`, or `None` after printing the skip message.
+///
+/// # Panics
+///
+/// When `CI` is set and the URL is not: a CI whose PostgreSQL was not
+/// configured must fail, not pass by skipping.
 pub fn postgres_url() -> Option<String> {
     match std::env::var("TRELLIS_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI is set but TRELLIS_TEST_POSTGRES_URL is not: PostgreSQL tests cannot skip in CI"
+            )
+        }
         _ => {
             println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
             None

@@ -120,6 +120,10 @@ pub(crate) struct Console {
     breakers: Vec<Breaker>,
     /// Breaker transitions as they happen, for the event stream.
     transitions: broadcast::Sender<Transition>,
+    /// Open event streams, capped per user and in total.
+    pub(crate) streams: Arc<super::streams::StreamSlots>,
+    /// Who placed each order, shared by the customers' streams.
+    pub(crate) owners: super::streams::Owners,
 }
 
 impl std::fmt::Debug for Console {
@@ -174,6 +178,11 @@ impl Console {
             health,
             breakers,
             transitions,
+            streams: super::streams::StreamSlots::new(
+                super::streams::STREAMS_PER_USER,
+                super::streams::STREAMS_TOTAL,
+            ),
+            owners: super::streams::Owners::default(),
         })
     }
 
@@ -596,6 +605,10 @@ struct Feed {
     tick: u64,
     /// Events decided but not yet sent (a saga event may make several).
     queue: VecDeque<Event>,
+    /// The stream's slot among the capped streams.
+    _slot: super::streams::StreamSlot,
+    /// The token's expiry: the stream ends then.
+    deadline: tokio::time::Instant,
 }
 
 /// GET /api/v1/admin/events: server-sent events from the system's own
@@ -619,8 +632,14 @@ struct Feed {
 )]
 pub(crate) async fn events(
     State(app): State<WebState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    axum::Extension(claims): axum::Extension<trellis_auth::Claims>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = app
+        .streams
+        .open(claims.sub.as_deref().unwrap_or("operator"))?;
     let feed = Feed {
+        _slot: slot,
+        deadline: super::streams::token_deadline(&claims),
         transitions: app.transitions.subscribe(),
         sagas: app.service().orchestrator.subscribe(),
         ticks: tokio::time::interval(Duration::from_secs(1)),
@@ -634,6 +653,7 @@ pub(crate) async fn events(
                 return Some((Ok(event), feed));
             }
             let source = tokio::select! {
+                () = tokio::time::sleep_until(feed.deadline) => return None,
                 _ = feed.ticks.tick() => Source::Tick,
                 t = feed.transitions.recv() => Source::Transition(t),
                 s = feed.sagas.recv() => Source::Saga(s),
@@ -677,5 +697,5 @@ pub(crate) async fn events(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

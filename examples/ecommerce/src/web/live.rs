@@ -5,7 +5,7 @@
 //! Both routes need scope `orders:read` and show a customer only their own
 //! orders: the owner is the `customer` the place-order saga recorded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use trellis_saga::{SagaEvent, SagaLog};
 
 use super::WebState;
 use super::console::saga_event_json;
+use super::streams::{StreamSlot, token_deadline};
 use crate::error::ApiError;
 
 /// The validation saga of an order accepted while inventory was down is
@@ -79,6 +80,10 @@ struct OrderFeed {
     sagas: broadcast::Receiver<SagaEvent>,
     queue: VecDeque<Event>,
     shutdown: Shutdown,
+    /// The stream's slot, given back when the stream is dropped.
+    _slot: StreamSlot,
+    /// The token's expiry: the stream ends then.
+    deadline: tokio::time::Instant,
 }
 
 /// Ends a stream once the server shuts down: graceful shutdown waits for
@@ -101,15 +106,18 @@ impl Shutdown {
     }
 }
 
-/// The next saga event, or `None` once the server shuts down.
+/// The next saga event, or `None` once the server shuts down or the
+/// stream's token expires.
 async fn next_saga_event(
     sagas: &mut broadcast::Receiver<SagaEvent>,
     shutdown: &mut Shutdown,
     app: &WebState,
+    deadline: tokio::time::Instant,
 ) -> Option<Result<SagaEvent, broadcast::error::RecvError>> {
     tokio::select! {
         event = sagas.recv() => Some(event),
         () = shutdown.begun(app) => None,
+        () = tokio::time::sleep_until(deadline) => None,
     }
 }
 
@@ -130,6 +138,7 @@ first the history, `step` per entry (`SagaStepEvent`) and `saga` per saga (`Saga
 then `order` with the read-model row (`SummaryRow`, `null` if absent); then live `step` events, and `saga` + `order` whenever one of its sagas finishes; \
 `lagged` (`EmptyEvent`) when this stream fell behind and should be reopened."),
         (status = 404, description = "`not_found`: no such order of the caller's", body = crate::openapi::ErrorBody),
+        (status = 429, description = "`too_many_streams`: the caller or the server has too many event streams open; see Retry-After", body = crate::openapi::ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
@@ -139,6 +148,7 @@ pub(crate) async fn order_events(
     Path(order_id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let customer = subject(&claims)?;
+    let slot = app.streams.open(&customer)?;
     if owner(&app, &order_id).await?.as_deref() != Some(customer.as_str()) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -189,6 +199,8 @@ pub(crate) async fn order_events(
         sagas,
         queue,
         shutdown: Shutdown::new(),
+        _slot: slot,
+        deadline: token_deadline(&claims),
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
@@ -196,7 +208,13 @@ pub(crate) async fn order_events(
                 return Some((Ok(event), feed));
             }
             // `None` once the server shuts down: the stream ends.
-            let next = next_saga_event(&mut feed.sagas, &mut feed.shutdown, &feed.app).await?;
+            let next = next_saga_event(
+                &mut feed.sagas,
+                &mut feed.shutdown,
+                &feed.app,
+                feed.deadline,
+            )
+            .await?;
             match next {
                 Ok(event) if order_of(&event.saga_id) == feed.order_id => {
                     for data in saga_event_json(&event) {
@@ -223,17 +241,14 @@ pub(crate) async fn order_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// How many orders' owners a customer stream remembers (bounded, so a
-/// long-lived stream under load does not grow).
-const OWNERS_KEPT: usize = 1024;
-
 struct CustomerFeed {
     app: WebState,
     customer: String,
     sagas: broadcast::Receiver<SagaEvent>,
-    owners: HashMap<String, bool>,
     queue: VecDeque<Event>,
     shutdown: Shutdown,
+    _slot: StreamSlot,
+    deadline: tokio::time::Instant,
 }
 
 /// GET /api/v1/orders/events: live `step` events of every saga of this
@@ -250,6 +265,7 @@ struct CustomerFeed {
         (status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events until the server shuts down, each `data` one JSON object: \
 `ready` first (`EmptyEvent`), then `step` (`SagaStepEvent`) for every saga step of the caller's orders from now on; \
 `lagged` (`EmptyEvent`) when this stream fell behind and should be reopened."),
+        (status = 429, description = "`too_many_streams`: the caller or the server has too many event streams open; see Retry-After", body = crate::openapi::ErrorBody),
         crate::openapi::AuthErrors,
     )
 )]
@@ -258,13 +274,15 @@ pub(crate) async fn customer_events(
     Extension(claims): Extension<Claims>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let customer = subject(&claims)?;
+    let slot = app.streams.open(&customer)?;
     let feed = CustomerFeed {
         sagas: app.service().orchestrator.subscribe(),
         app,
         customer,
-        owners: HashMap::new(),
         queue: VecDeque::from([json_event("ready", &serde_json::json!({}))]),
         shutdown: Shutdown::new(),
+        _slot: slot,
+        deadline: token_deadline(&claims),
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
@@ -272,25 +290,23 @@ pub(crate) async fn customer_events(
                 return Some((Ok(event), feed));
             }
             // `None` once the server shuts down: the stream ends.
-            let next = next_saga_event(&mut feed.sagas, &mut feed.shutdown, &feed.app).await?;
+            let next = next_saga_event(
+                &mut feed.sagas,
+                &mut feed.shutdown,
+                &feed.app,
+                feed.deadline,
+            )
+            .await?;
             match next {
                 Ok(event) => {
-                    let order = order_of(&event.saga_id).to_owned();
-                    let mine = match feed.owners.get(&order) {
-                        Some(mine) => *mine,
-                        None => {
-                            let mine = owner(&feed.app, &order)
-                                .await
-                                .ok()
-                                .flatten()
-                                .is_some_and(|o| o == feed.customer);
-                            if feed.owners.len() >= OWNERS_KEPT {
-                                feed.owners.clear();
-                            }
-                            feed.owners.insert(order, mine);
-                            mine
-                        }
-                    };
+                    // One lookup per order for every open stream.
+                    let order = order_of(&event.saga_id);
+                    let app = &feed.app;
+                    let mine = app
+                        .owners
+                        .get(order, || owner(app, order))
+                        .await
+                        .is_some_and(|o| o == feed.customer);
                     if mine {
                         for data in saga_event_json(&event) {
                             feed.queue.push_back(json_event("step", &data));

@@ -361,6 +361,10 @@ function initOrder() {
     return;
   }
   const steps = {}; // step name -> last event (validation saga overrides)
+  // Steps whose action failed: compensated afterwards (a failure is an
+  // unknown outcome, so the saga also undoes that step, by key), the
+  // milestone still says it failed rather than "Refunded".
+  const failedSteps = new Set();
   let order = null;
   let sagaStatus = null;
 
@@ -376,6 +380,7 @@ function initOrder() {
     const of = (step, done, active, undone, idle) => {
       const e = phase(step);
       if (e === 'succeeded') return ['done', done];
+      if (failedSteps.has(step)) return ['failed', undone];
       if (e === 'compensated' || e === 'compensation_started') return ['undone', undone];
       if (e === 'started') return ['active', active];
       if (e === 'failed') return ['failed', undone];
@@ -388,7 +393,7 @@ function initOrder() {
       return;
     }
     milestone('reserved', ...of('reserve-inventory', 'Reserved', 'Reserving…', 'Reservation released', 'Reserved'));
-    milestone('charged', ...of('charge-payment', 'Charged', 'Charging…', phase('charge-payment') === 'failed' ? 'Payment failed' : 'Refunded', 'Charged'));
+    milestone('charged', ...of('charge-payment', 'Charged', 'Charging…', failedSteps.has('charge-payment') ? 'Payment failed' : 'Refunded', 'Charged'));
     if (st === 'CONFIRMED') milestone('confirmed', 'done', 'Confirmed');
     else if (st === 'REJECTED') milestone('confirmed', 'failed', 'Rejected');
     else milestone('confirmed', phase('confirm-order') === 'started' ? 'active' : '', 'Confirmed');
@@ -425,6 +430,7 @@ function initOrder() {
           if (name === 'step') {
             renderStep($('#steps'), data);
             if (data.step) steps[data.step] = data.event;
+            if (data.step && data.event === 'failed') failedSteps.add(data.step);
             if (data.status) sagaStatus = data.status;
             renderStatus();
           } else if (name === 'saga') {
