@@ -48,6 +48,7 @@ const STAGE: &str = "INSERT INTO analytics_orders (order_id, customer, total_cen
      VALUES ($1, $2, $3, $4, 0) ON CONFLICT (order_id) DO NOTHING";
 const STAGED: &str = "SELECT customer, total_cents, lines, hour FROM analytics_orders \
      WHERE order_id = $1 AND counted = $2";
+const KNOWN: &str = "SELECT COUNT(*) FROM analytics_orders WHERE order_id = $1";
 const MARK: &str = "UPDATE analytics_orders SET counted = $2, hour = $3 WHERE order_id = $1";
 const ADD_CUSTOMER: &str = "INSERT INTO analytics_customers (customer, orders, revenue_cents) \
      VALUES ($1, $2, $3) ON CONFLICT (customer) DO UPDATE SET \
@@ -208,6 +209,15 @@ macro_rules! for_database {
                     .fetch_optional(&mut **tx)
                     .await?;
                 let Some((customer, total, lines, counted_hour)) = staged else {
+                    // Counted (or taken back) before: a repeat. Never
+                    // staged: an order this model did not see placed.
+                    let known: i64 = sqlx::query_scalar(KNOWN)
+                        .bind(order)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if known == 0 {
+                        return Err(format!("order {order} was never placed here").into());
+                    }
                     return Ok(());
                 };
                 let hour = hour.or(counted_hour).unwrap_or(0);
@@ -559,5 +569,15 @@ mod tests {
         .unwrap();
         assert_eq!(units, BTreeMap::from([("A".into(), 5), ("B".into(), 1)]));
         assert!(units_per_sku("not json").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_event_of_an_order_never_placed_is_an_error() {
+        let pool = testing::sqlite().await;
+        testing::unseen_orders_are_errors(&pool, &AnalyticsProjection).await;
+        if let Some((pool, schema)) = testing::postgres("analytics_unseen").await {
+            testing::unseen_orders_are_errors(&pool, &AnalyticsProjection).await;
+            testing::drop_schema(pool, &schema).await;
+        }
     }
 }

@@ -61,6 +61,12 @@ pub struct Config {
     /// How long an unconfirmed inventory reservation holds its stock (see
     /// [`Settings::reservation_ttl`](crate::config::Settings::reservation_ttl)).
     pub reservation_ttl: Duration,
+    /// How long a place-order saga may run (see
+    /// [`Settings::saga_deadline`](crate::config::Settings::saga_deadline)).
+    pub saga_deadline: Duration,
+    /// How long a saga lease lasts without renewal (see
+    /// [`Settings::saga_lease_ttl`](crate::config::Settings::saga_lease_ttl)).
+    pub saga_lease_ttl: Duration,
     /// Timeouts and the connection bound of the listener.
     pub server: crate::server::ServerLimits,
 }
@@ -72,6 +78,8 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             drain: Duration::from_secs(2),
             reservation_ttl: crate::config::DEFAULT_RESERVATION_TTL,
+            saga_deadline: crate::config::DEFAULT_SAGA_DEADLINE,
+            saga_lease_ttl: crate::config::DEFAULT_SAGA_LEASE_TTL,
             server: crate::server::ServerLimits::default(),
         }
     }
@@ -209,9 +217,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let (shipping_routes, shipping_db) = crate::shipping::router(dir, events.clone()).await?;
     let (analytics_routes, analytics_db) = crate::analytics::router(dir, events.clone()).await?;
     let store = OrderStore::Sqlite(events);
-    let saga_log = OrderSagaLog::Sqlite(
-        trellis_saga::SqliteSagaLog::with_pool(db::open(dir, "orders-sagas").await?).await?,
-    );
+    let sagas_db = db::open(dir, "orders-sagas").await?;
+    let saga_log =
+        OrderSagaLog::Sqlite(trellis_saga::SqliteSagaLog::with_pool(sagas_db.clone()).await?);
 
     let inv = inventory.clone();
     let inventory_raw =
@@ -229,7 +237,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         saga_log,
         ReadDb::Sqlite(read_db.clone()),
-        "ecommerce-1",
+        orders::SagaOptions {
+            owner: trellis_saga::process_owner("ecommerce"),
+            deadline: config.saga_deadline,
+            lease_ttl: config.saga_lease_ttl,
+        },
         inventory_raw,
         payment_raw,
         Prices::Local(catalog.clone()),
@@ -251,8 +263,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     for (name, pool) in [
         ("orders-read-db", read_db.clone()),
-        ("shipping-db", shipping_db),
-        ("analytics-db", analytics_db),
+        ("shipping-db", shipping_db.clone()),
+        ("analytics-db", analytics_db.clone()),
     ] {
         health.check(
             Check::new(name, SqliteCheck::new(pool))
@@ -290,6 +302,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 inventory: inventory_db.clone(),
                 payments: payments_db.clone(),
                 read_db: read_db.clone(),
+                sagas: sagas_db,
+                shipping: shipping_db,
+                analytics: analytics_db,
                 stock_baseline,
             }),
             validator.clone(),

@@ -77,6 +77,10 @@ pub struct System {
     pub spare_ports: Vec<u16>,
     /// Stock of every SKU at the start (`ECOMMERCE_SEED_STOCK`).
     pub seed_stock: i64,
+    /// Second replicas ([`add_replicas`](Self::add_replicas)): their ports.
+    pub replica_ports: HashMap<ServiceName, u16>,
+    /// The second replicas' processes.
+    pub replica_procs: HashMap<ServiceName, Proc>,
     /// The gateway's internal listener (probes and `/metrics`).
     pub gateway_internal_port: u16,
 }
@@ -143,7 +147,76 @@ impl System {
             spare_ports,
             gateway_internal_port,
             seed_stock: SEED_STOCK,
+            replica_ports: HashMap::new(),
+            replica_procs: HashMap::new(),
         })
+    }
+
+    /// Gives each of `services` a second replica (before
+    /// [`start_all`](Self::start_all) starts them): its own port, and the
+    /// gateway's URL setting for the service lists both (it balances and
+    /// fails over). Only the gateway calls orders, shipping and analytics.
+    pub fn add_replicas(&mut self, services: &[ServiceName]) -> Result<(), Error> {
+        let taken: Vec<u16> = self.ports.values().copied().collect();
+        let mut free = free_ports(services.len() + taken.len())?
+            .into_iter()
+            .filter(|p| !taken.contains(p) && !self.spare_ports.contains(p));
+        for service in services {
+            let port = free
+                .next()
+                .ok_or_else(|| fail("no free port for a replica"))?;
+            self.replica_ports.insert(*service, port);
+            let key = format!("ECOMMERCE_{}_URL", service.as_str().to_uppercase());
+            let both = format!("{},http://127.0.0.1:{port}", self.url(*service));
+            self.env.retain(|(k, _)| *k != key);
+            self.env.push((key, both));
+        }
+        Ok(())
+    }
+
+    /// Starts `service`'s second replica, its output in `<service>-2.log`.
+    pub fn spawn_replica(&mut self, service: ServiceName) -> Result<(), Error> {
+        let port = *self
+            .replica_ports
+            .get(&service)
+            .ok_or_else(|| fail(format!("{service} has no replica")))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}-2.log")))?;
+        let child = Command::new(&self.binary)
+            .args(["serve", "--service", service.as_str()])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("ECOMMERCE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOSTNAME", format!("{service}-2"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.replica_procs.insert(service, Proc { child });
+        Ok(())
+    }
+
+    /// Waits (≤ 40 s) until `service`'s second replica answers 200 on /ready.
+    pub async fn wait_replica_ready(&mut self, service: ServiceName) -> Result<(), Error> {
+        let port = self.replica_ports[&service];
+        let api = ApiClient::new(format!("http://127.0.0.1:{port}"));
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
+                && r.status == StatusCode::OK
+            {
+                return Ok(());
+            }
+            if let Some(proc) = self.replica_procs.get_mut(&service)
+                && let Ok(Some(status)) = proc.child.try_wait()
+            {
+                return Err(fail(format!("{service}-2 exited ({status})")));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!("{service}-2 not ready after 40 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `service`'s base URL.
@@ -261,6 +334,16 @@ impl System {
         for service in ServiceName::ALL {
             self.wait_ready(service).await?;
         }
+        // Second replicas once the first are ready: two processes creating
+        // the same tables at once race in PostgreSQL's catalog (`CREATE
+        // TABLE IF NOT EXISTS` is not safe against itself).
+        let replicas: Vec<ServiceName> = self.replica_ports.keys().copied().collect();
+        for service in &replicas {
+            self.spawn_replica(*service)?;
+        }
+        for service in replicas {
+            self.wait_replica_ready(service).await?;
+        }
         Ok(())
     }
 
@@ -296,6 +379,7 @@ impl System {
     /// (best effort: a cleanup that fails must not hide the run's outcome).
     pub async fn cleanup(mut self) {
         self.procs.clear();
+        self.replica_procs.clear();
         let stream = self.stream_name();
         if let Ok(nats) = async_nats::connect(&self.nats_url).await {
             let _ = async_nats::jetstream::new(nats)
@@ -427,10 +511,18 @@ pub struct SchemaAudit {
     pub sagas: i64,
     /// Sagas not `completed` or `compensated`.
     pub sagas_open: i64,
+    /// Completed sagas whose order orders' read model lacks.
+    pub lost: u64,
     /// Orders with more than one standing charge.
     pub charged_twice: u64,
     /// Rejected orders with a standing charge plus confirmed ones without.
     pub charge_mismatch: u64,
+    /// Rejected orders with a standing charge.
+    pub refunds_missing: u64,
+    /// Final orders whose reservation does not match their status.
+    pub reservation_mismatch: u64,
+    /// Orders shipping or analytics disagree on with orders.
+    pub read_model_mismatch: u64,
     /// Reservations still merely `RESERVED`.
     pub reservations_open: u64,
     /// Reservations `CONFIRMED`.
@@ -439,27 +531,56 @@ pub struct SchemaAudit {
     pub stock_leaked: i64,
 }
 
-/// Audits `system` through its orders, payments and inventory schemas.
+impl SchemaAudit {
+    /// Nothing open or out of step: what a drill waits for after its load.
+    pub fn settled(&self) -> bool {
+        self.sagas_open == 0
+            && self.lost == 0
+            && self.charged_twice == 0
+            && self.charge_mismatch == 0
+            && self.reservation_mismatch == 0
+            && self.read_model_mismatch == 0
+            && self.stock_leaked == 0
+    }
+}
+
+/// Audits `system` through its orders, payments, inventory, shipping and
+/// analytics schemas, with the one-process audit's per-order checks
+/// ([`crate::audit::check_orders`]).
 pub async fn audit(system: &System) -> Result<SchemaAudit, Error> {
+    use crate::audit::{ANALYTICS_ORDERS, RESERVATIONS, SAGAS, SHIPMENTS, STANDING_CHARGES};
     let orders_db = system.schema(ServiceName::Orders).await?;
     let payments_db = system.schema(ServiceName::Payments).await?;
     let inventory_db = system.schema(ServiceName::Inventory).await?;
-    let sagas_open: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM trellis_sagas WHERE status NOT IN ('completed', 'compensated')",
-    )
-    .fetch_one(&orders_db)
-    .await?;
-    let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trellis_sagas")
-        .fetch_one(&orders_db)
-        .await?;
-    let statuses: Vec<(String, String)> =
-        sqlx::query_as("SELECT order_id, status FROM order_summaries")
-            .fetch_all(&orders_db)
-            .await?;
-    let standing: Vec<(String, i64)> = sqlx::query_as(crate::audit::STANDING_CHARGES)
+    let shipping_db = system.schema(ServiceName::Shipping).await?;
+    let analytics_db = system.schema(ServiceName::Analytics).await?;
+    let standing: Vec<(String, i64)> = sqlx::query_as(STANDING_CHARGES)
         .fetch_all(&payments_db)
         .await?;
-    let checked = crate::audit::check_charges(&statuses, &standing.into_iter().collect());
+    // A read model whose runner has not created its table yet is empty.
+    let shipments = sqlx::query_as(SHIPMENTS)
+        .fetch_all(&shipping_db)
+        .await
+        .unwrap_or_default();
+    let analytics = sqlx::query_as(ANALYTICS_ORDERS)
+        .fetch_all(&analytics_db)
+        .await
+        .unwrap_or_default();
+    let input = crate::audit::AuditInput {
+        orders: sqlx::query_as("SELECT order_id, status FROM order_summaries")
+            .fetch_all(&orders_db)
+            .await?,
+        standing: standing.into_iter().collect(),
+        reservations: sqlx::query_as(RESERVATIONS)
+            .fetch_all(&inventory_db)
+            .await?,
+        sagas: sqlx::query_as(SAGAS).fetch_all(&orders_db).await?,
+        shipments,
+        analytics,
+    };
+    let checked = crate::audit::check_orders(&input);
+    let sagas = input.sagas.len() as i64;
+    let sagas_open = checked.sagas_open.count as i64;
 
     let stock: Vec<(String, i64)> = sqlx::query_as("SELECT sku, available FROM stock")
         .fetch_all(&inventory_db)
@@ -486,17 +607,71 @@ pub async fn audit(system: &System) -> Result<SchemaAudit, Error> {
         .values()
         .map(|units| (system.seed_stock - units).abs())
         .sum();
-    for pool in [orders_db, payments_db, inventory_db] {
+    for pool in [
+        orders_db,
+        payments_db,
+        inventory_db,
+        shipping_db,
+        analytics_db,
+    ] {
         pool.close().await;
     }
     Ok(SchemaAudit {
         orders: checked.orders,
         sagas,
         sagas_open,
+        lost: checked.lost.count,
         charged_twice: checked.charged_twice.count,
-        charge_mismatch: checked.charged_not_confirmed.count + checked.confirmed_not_charged.count,
+        charge_mismatch: checked.refunds_missing.count + checked.confirmed_not_charged.count,
+        refunds_missing: checked.refunds_missing.count,
+        reservation_mismatch: checked.reservation_mismatch.count,
+        read_model_mismatch: checked.read_model_mismatch.count,
         reservations_open,
         reservations_confirmed,
         stock_leaked,
     })
+}
+
+/// Whose saga leases are live in orders' schema right now.
+#[derive(Debug, Clone)]
+pub struct LiveLeases {
+    /// The owner holding the most live leases (the one orders process).
+    pub owner: String,
+    /// How many open sagas it holds with an unexpired lease.
+    pub live: i64,
+}
+
+/// The owner holding live leases on open sagas, and how many.
+///
+/// NOTE: reads the saga log's `trellis_sagas` columns (`lease_owner`,
+/// `lease_until` in unix ms); keep in step with saga/src/log.
+pub async fn audit_owners(system: &System) -> Result<LiveLeases, Error> {
+    let orders_db = system.schema(ServiceName::Orders).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT lease_owner, COUNT(*) FROM trellis_sagas WHERE status IN ('running', 'compensating') \
+         AND lease_until > $1 AND lease_owner IS NOT NULL GROUP BY lease_owner ORDER BY 2 DESC LIMIT 1",
+    )
+    .bind(now)
+    .fetch_optional(&orders_db)
+    .await?;
+    orders_db.close().await;
+    let (owner, live) = row.unwrap_or_default();
+    Ok(LiveLeases { owner, live })
+}
+
+/// Open sagas whose lease `owner` holds or held last.
+pub async fn open_sagas_of(system: &System, owner: &str) -> Result<i64, Error> {
+    let orders_db = system.schema(ServiceName::Orders).await?;
+    let n = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM trellis_sagas WHERE status IN ('running', 'compensating') \
+         AND lease_owner = $1",
+    )
+    .bind(owner)
+    .fetch_one(&orders_db)
+    .await?;
+    orders_db.close().await;
+    Ok(n)
 }

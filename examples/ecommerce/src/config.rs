@@ -242,8 +242,26 @@ pub struct Settings {
     /// 30 s deadline. Default [`DEFAULT_RESERVATION_TTL`].
     #[serde(with = "trellis_resilience::config::duration")]
     pub reservation_ttl: Duration,
+    /// How long a place-order saga may run before it stops going forward
+    /// and compensates (also how long `POST /orders` waits for it). A
+    /// deadline that passed while orders was down compensates on restart.
+    /// Default [`DEFAULT_SAGA_DEADLINE`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub saga_deadline: Duration,
+    /// How long an orders process's saga lease lasts without renewal: the
+    /// sagas of a process that died are adopted by another (or its
+    /// restart, a new owner) within about 1.25 times this. Default
+    /// [`DEFAULT_SAGA_LEASE_TTL`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub saga_lease_ttl: Duration,
 }
 
+/// The default [`Settings::saga_lease_ttl`]: 10 seconds.
+pub const DEFAULT_SAGA_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The default [`Settings::saga_deadline`] (and
+/// [`Config::saga_deadline`](crate::Config::saga_deadline)): 30 seconds.
+pub const DEFAULT_SAGA_DEADLINE: Duration = Duration::from_secs(30);
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
@@ -265,6 +283,8 @@ impl fmt::Debug for Settings {
             .field("health_listen", &self.health_listen)
             .field("drain", &self.drain)
             .field("reservation_ttl", &self.reservation_ttl)
+            .field("saga_deadline", &self.saga_deadline)
+            .field("saga_lease_ttl", &self.saga_lease_ttl)
             .finish()
     }
 }
@@ -332,6 +352,8 @@ impl Default for Settings {
             health_listen: None,
             drain: Duration::from_secs(2),
             reservation_ttl: DEFAULT_RESERVATION_TTL,
+            saga_deadline: DEFAULT_SAGA_DEADLINE,
+            saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
         }
     }
 }
@@ -392,6 +414,8 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_HEALTH_LISTEN",
     "ECOMMERCE_DRAIN",
     "ECOMMERCE_RESERVATION_TTL",
+    "ECOMMERCE_SAGA_DEADLINE",
+    "ECOMMERCE_SAGA_LEASE_TTL",
 ];
 
 impl Settings {
@@ -526,6 +550,14 @@ impl Settings {
             self.reservation_ttl = trellis_resilience::config::duration::parse(&v)
                 .map_err(|e| invalid("ECOMMERCE_RESERVATION_TTL", format!("{v:?}: {e}")))?;
         }
+        if let Some(v) = env("ECOMMERCE_SAGA_DEADLINE") {
+            self.saga_deadline = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_SAGA_DEADLINE", format!("{v:?}: {e}")))?;
+        }
+        if let Some(v) = env("ECOMMERCE_SAGA_LEASE_TTL") {
+            self.saga_lease_ttl = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_SAGA_LEASE_TTL", format!("{v:?}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -552,6 +584,18 @@ impl Settings {
             return Err(invalid(
                 "schema_prefix",
                 "at most 40 lowercase letters, digits and _",
+            ));
+        }
+        if self.saga_lease_ttl < Duration::from_millis(100) {
+            return Err(invalid(
+                "saga_lease_ttl",
+                "must be at least 100ms (leases are renewed every third of it)",
+            ));
+        }
+        if self.saga_deadline.is_zero() {
+            return Err(invalid(
+                "saga_deadline",
+                "must be longer than zero (every order would be rejected)",
             ));
         }
         if self.reservation_ttl.is_zero() {
@@ -735,6 +779,8 @@ mod tests {
                 "ECOMMERCE_NATS_URL" => "nats://n:4222",
                 "ECOMMERCE_DRAIN" => "9s",
                 "ECOMMERCE_RESERVATION_TTL" => "2m",
+                "ECOMMERCE_SAGA_DEADLINE" => "45s",
+                "ECOMMERCE_SAGA_LEASE_TTL" => "3s",
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",

@@ -152,24 +152,36 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 if matches!(peer, ServiceName::Gateway) {
                     continue;
                 }
-                let url = format!("{}/ready", settings.peers.url(peer));
-                let check = match &settings.tls {
-                    Some(tls) => Check::new(
-                        peer.as_str(),
-                        remote::ready_check(remote::transport_to(Some(tls), peer)?, url),
-                    ),
-                    None => {
-                        let uri: Uri = url
-                            .parse()
-                            .map_err(|e| Error::Startup(format!("peer URL of {peer}: {e}")))?;
-                        Check::new(peer.as_str(), HttpCheck::new(uri)?)
-                    }
-                };
-                health.check(
-                    check
-                        .timeout(Duration::from_millis(800))
-                        .groups([Group::Readiness]),
-                );
+                let replicas = replica_urls(&settings.peers.url(peer));
+                for (n, base) in replicas.iter().enumerate() {
+                    let url = format!("{base}/ready");
+                    let name = if replicas.len() == 1 {
+                        peer.as_str().to_owned()
+                    } else {
+                        format!("{peer}-{}", n + 1)
+                    };
+                    let check = match &settings.tls {
+                        Some(tls) => Check::new(
+                            name,
+                            remote::ready_check(remote::transport_to(Some(tls), peer)?, url),
+                        ),
+                        None => {
+                            let uri: Uri = url
+                                .parse()
+                                .map_err(|e| Error::Startup(format!("peer URL of {peer}: {e}")))?;
+                            Check::new(name, HttpCheck::new(uri)?)
+                        }
+                    };
+                    // One replica down does not make the gateway unready:
+                    // it fails over to the others. Replicas are checked at
+                    // startup only.
+                    let group = if replicas.len() == 1 {
+                        Group::Readiness
+                    } else {
+                        Group::Startup
+                    };
+                    health.check(check.timeout(Duration::from_millis(800)).groups([group]));
+                }
             }
             let (api, page_routes) = gateway_router(settings)?;
             pages = Some(page_routes);
@@ -506,17 +518,18 @@ async fn start_orders(
         }
     };
 
-    // A stable owner: a restarted orders process takes its predecessor's
-    // saga leases over at once instead of waiting for them to expire.
-    let owner = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "orders".into());
+    // An owner unique to this process (host name and a per-start id): a
+    // rescheduled or restarted pod is a new owner that adopts its
+    // predecessor's sagas once their leases expire, never while they live.
     let app = orders::open(
         OrderStore::Postgres(store),
         OrderSagaLog::Postgres(saga_log),
         ReadDb::Postgres(pool),
-        &owner,
+        orders::SagaOptions {
+            owner: trellis_saga::process_owner("orders"),
+            deadline: settings.saga_deadline,
+            lease_ttl: settings.saga_lease_ttl,
+        },
         inventory,
         payments,
         prices,
@@ -551,7 +564,51 @@ type Upstream = BoxCloneSyncService<Forward, http::Response<Body>, trellis_resil
 
 #[derive(Debug)]
 struct Gateway {
-    upstreams: HashMap<ServiceName, (String, Upstream)>,
+    upstreams: HashMap<ServiceName, Replicas>,
+}
+
+/// A service's replicas behind the gateway, each with its own policy (its
+/// own breaker): requests go round-robin, and one that a replica could not
+/// take is offered to the next (see [`proxy`]).
+#[derive(Debug)]
+struct Replicas {
+    next: std::sync::atomic::AtomicUsize,
+    each: Vec<(String, Upstream)>,
+}
+
+/// A peer URL setting as replica base URLs: several, comma-separated, for
+/// a service the gateway balances over (e.g. two orders processes).
+fn replica_urls(setting: &str) -> Vec<String> {
+    setting
+        .split(',')
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// Whether `error` proves the request never reached the replica (its
+/// breaker, bulkhead or limiter refused it, or the connection was not
+/// made): then any request may go to another replica.
+fn never_sent(error: &trellis_resilience::Error) -> bool {
+    use trellis_resilience::Error as E;
+    match error {
+        E::CircuitOpen { .. } | E::BulkheadFull { .. } | E::RateLimited { .. } => true,
+        E::Inner(inner) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+            while let Some(e) = cause {
+                if e.downcast_ref::<hyper_util::client::legacy::Error>()
+                    .is_some_and(hyper_util::client::legacy::Error::is_connect)
+                    || e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    return true;
+                }
+                cause = e.source();
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 /// Identity's public routes, exactly: the client-credentials grant
@@ -666,25 +723,7 @@ fn gateway_router(settings: &Settings) -> Result<(Router, Router), Error> {
         ServiceName::Shipping,
         ServiceName::Analytics,
     ] {
-        // No retry: the gateway cannot know whether a POST is safe to
-        // repeat (placing an order is not). The breaker sheds load from a
-        // failing service; the timeout is generous because placing an
-        // order runs a whole saga.
-        let mut config = PolicyConfig::recommended(service.as_str());
-        config.retry = None;
-        if let Some(timeout) = config.timeout.as_mut() {
-            timeout.timeout = Duration::from_secs(30);
-        }
-        if let Some(bulkhead) = config.bulkhead.as_mut() {
-            bulkhead.max_concurrent = 1024;
-        }
-        // A restarted service gets traffic back within seconds, not the
-        // default minute.
-        if let Some(breaker) = config.circuit_breaker.as_mut() {
-            breaker.wait_in_open = Duration::from_secs(3);
-            breaker.max_wait_in_open = Duration::from_secs(3);
-        }
-        let policy = ResiliencePolicy::from_config(config)?;
+        let policy = ResiliencePolicy::from_config(replica_config(service, 0))?;
         let transport = remote::streaming_transport_to(settings.tls.as_ref(), service)?;
         let send = tower::service_fn(move |forward: Forward| {
             let transport = transport.clone();
@@ -700,12 +739,60 @@ fn gateway_router(settings: &Settings) -> Result<(Router, Router), Error> {
                 Ok::<_, BoxError>(response)
             }
         });
-        let upstream: Upstream = BoxCloneSyncService::new(policy.layer(send));
-        upstreams.insert(service, (settings.peers.url(service), upstream));
+        let mut each = Vec::new();
+        for (n, base) in replica_urls(&settings.peers.url(service))
+            .into_iter()
+            .enumerate()
+        {
+            // Each replica its own breaker: one dead replica's failures
+            // must not shed the live one's traffic.
+            let policy = if n == 0 {
+                policy.clone()
+            } else {
+                ResiliencePolicy::from_config(replica_config(service, n))?
+            };
+            let upstream: Upstream = BoxCloneSyncService::new(policy.layer(send.clone()));
+            each.push((base, upstream));
+        }
+        upstreams.insert(
+            service,
+            Replicas {
+                next: std::sync::atomic::AtomicUsize::new(0),
+                each,
+            },
+        );
     }
     let gateway = Arc::new(Gateway { upstreams });
     let pages = page_proxy(gateway.clone());
     Ok((Router::new().fallback(proxy).with_state(gateway), pages))
+}
+
+/// The gateway's policy for replica `n` of `service`.
+fn replica_config(service: ServiceName, n: usize) -> PolicyConfig {
+    // No retry: the gateway cannot know whether a POST is safe to
+    // repeat (placing an order is not). The breaker sheds load from a
+    // failing service; the timeout is generous because placing an
+    // order runs a whole saga.
+    let name = if n == 0 {
+        service.as_str().to_owned()
+    } else {
+        format!("{service}-{}", n + 1)
+    };
+    let mut config = PolicyConfig::recommended(name);
+    config.retry = None;
+    if let Some(timeout) = config.timeout.as_mut() {
+        timeout.timeout = Duration::from_secs(30);
+    }
+    if let Some(bulkhead) = config.bulkhead.as_mut() {
+        bulkhead.max_concurrent = 1024;
+    }
+    // A restarted service gets traffic back within seconds, not the
+    // default minute.
+    if let Some(breaker) = config.circuit_breaker.as_mut() {
+        breaker.wait_in_open = Duration::from_secs(3);
+        breaker.max_wait_in_open = Duration::from_secs(3);
+    }
+    config
 }
 
 /// The site-root paths of [`crate::web::pages`], forwarded to orders.
@@ -734,7 +821,7 @@ async fn proxy(
         Some(rest) => owner(rest),
         None => Some(ServiceName::Orders),
     };
-    let Some((base, upstream)) = service.and_then(|s| gateway.upstreams.get(&s)) else {
+    let Some(replicas) = service.and_then(|s| gateway.upstreams.get(&s)) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -750,30 +837,52 @@ async fn proxy(
         )
     })?;
     let headers = upstream_headers(&parts.headers, peer);
-    let target = match original.query() {
-        Some(query) => format!("{base}{path}?{query}"),
-        None => format!("{base}{path}"),
-    };
-    let forward = Forward {
-        method: parts.method,
-        uri: target.parse().map_err(ApiError::internal)?,
-        headers,
-        body,
-    };
-    match upstream.clone().oneshot(forward).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            for name in HOP_BY_HOP {
-                parts.headers.remove(name);
+    // A request that may have reached a replica is offered to another only
+    // when repeating it is safe: a read, or a write under an
+    // Idempotency-Key (the same key answers the first outcome).
+    let repeatable = matches!(parts.method, Method::GET | Method::HEAD)
+        || headers.contains_key(crate::remote::IDEMPOTENCY_KEY);
+    let count = replicas.each.len().max(1);
+    let first = replicas
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut last_error = None;
+    for attempt in 0..count {
+        let Some((base, upstream)) = replicas.each.get((first + attempt) % count) else {
+            break;
+        };
+        let target = match original.query() {
+            Some(query) => format!("{base}{path}?{query}"),
+            None => format!("{base}{path}"),
+        };
+        let forward = Forward {
+            method: parts.method.clone(),
+            uri: target.parse().map_err(ApiError::internal)?,
+            headers: headers.clone(),
+            body: body.clone(),
+        };
+        match upstream.clone().oneshot(forward).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    parts.headers.remove(name);
+                }
+                return Ok(Response::from_parts(parts, body).into_response());
             }
-            Ok(Response::from_parts(parts, body))
-        }
-        Err(error) => {
-            tracing::warn!(%error, "upstream call failed");
-            Ok(trellis_resilience::http::error_response::<String>(&error).map(Body::from))
+            Err(error) => {
+                tracing::warn!(%error, replica = base.as_str(), "upstream call failed");
+                let again = repeatable || never_sent(&error);
+                last_error = Some(error);
+                if !again {
+                    break;
+                }
+            }
         }
     }
-    .map(IntoResponse::into_response)
+    let error = last_error.unwrap_or(trellis_resilience::Error::BulkheadFull { max_concurrent: 0 });
+    Ok(trellis_resilience::http::error_response::<String>(&error)
+        .map(Body::from)
+        .into_response())
 }
 
 #[cfg(test)]
@@ -790,6 +899,58 @@ mod tests {
         assert_eq!(owner("/shipments/abc"), Some(ServiceName::Shipping));
         assert_eq!(owner("/inventory/reservations"), None);
         assert_eq!(owner("/payments/charges"), None);
+    }
+
+    /// Two orders URLs, the first a dead replica: every request, a POST
+    /// without a key included (its connection was refused: never sent),
+    /// reaches the live one; the round-robin does not stick to the dead.
+    #[tokio::test]
+    async fn the_gateway_fails_over_between_replicas() {
+        let dead = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_port = live.local_addr().unwrap().port();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        let stub = Router::new().fallback(move || {
+            let hits = counted.clone();
+            async move {
+                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "live"
+            }
+        });
+        tokio::spawn(async move { axum::serve(live, stub).await });
+        let mut settings = Settings::default();
+        settings.peers.orders = Some(format!(
+            "http://127.0.0.1:{dead}, http://127.0.0.1:{live_port}"
+        ));
+        let (api, _pages) = gateway_router(&settings).unwrap();
+        for n in 0..6 {
+            let method = if n % 2 == 0 {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            let response = api
+                .clone()
+                .oneshot(
+                    http::Request::builder()
+                        .method(method)
+                        .uri("/api/v1/orders")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "request {n}");
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert_eq!(
+            replica_urls("http://a/, http://b"),
+            vec!["http://a".to_owned(), "http://b".to_owned()]
+        );
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub enum Drill {
     KillOrders,
     /// Distributed: NATS is SIGKILLed for a while, then restarted.
     NatsRestart,
+    /// One process (a child): SIGKILLed right after a charge is recorded,
+    /// restarted only after more than the saga deadline.
+    LateRestart,
+    /// Distributed: orders SIGKILLed and replaced at once by a process
+    /// with a new owner identity while the old saga leases are still live.
+    Reschedule,
+    /// Distributed: two replicas each of orders, shipping and analytics
+    /// behind the gateway; one of each SIGKILLed under load, never
+    /// restarted.
+    ReplicaKill,
 }
 
 impl Drill {
@@ -61,7 +71,16 @@ impl Drill {
     ];
 
     /// The drills of the distributed mode ([`run_distributed`]).
-    pub const DISTRIBUTED: [Drill; 2] = [Drill::KillOrders, Drill::NatsRestart];
+    pub const DISTRIBUTED: [Drill; 4] = [
+        Drill::KillOrders,
+        Drill::NatsRestart,
+        Drill::Reschedule,
+        Drill::ReplicaKill,
+    ];
+
+    /// The drills that run the one-process system as a child process of
+    /// the `ecommerce` executable, to kill it ([`run_late_restart`]).
+    pub const CHILD: [Drill; 1] = [Drill::LateRestart];
 
     /// Whether it needs the distributed system ([`run_distributed`]).
     pub fn is_distributed(self) -> bool {
@@ -76,6 +95,9 @@ impl Drill {
             Drill::InventoryDown => "inventory-down",
             Drill::KillOrders => "kill-orders",
             Drill::NatsRestart => "nats-restart",
+            Drill::LateRestart => "late-restart",
+            Drill::Reschedule => "reschedule",
+            Drill::ReplicaKill => "replica-kill",
         }
     }
 }
@@ -84,7 +106,12 @@ impl FromStr for Drill {
     type Err = Error;
 
     fn from_str(name: &str) -> Result<Self, Error> {
-        let all = || Drill::ALL.into_iter().chain(Drill::DISTRIBUTED);
+        let all = || {
+            Drill::ALL
+                .into_iter()
+                .chain(Drill::DISTRIBUTED)
+                .chain(Drill::CHILD)
+        };
         all().find(|d| d.name() == name).ok_or_else(|| {
             let names: Vec<_> = all().map(|d| d.name()).collect();
             Error::Scenario(format!(
@@ -146,6 +173,14 @@ pub struct DrillReport {
     /// Rejected orders with a standing charge, confirmed orders without
     /// one (audit).
     pub charge_mismatch: u64,
+    /// Of those, the orders not confirmed whose charge stands (audit).
+    pub refunds_missing: u64,
+    /// Final orders whose reservation does not match their status (audit).
+    pub reservation_mismatch: u64,
+    /// Sagas still running, compensating or needing attention (audit).
+    pub sagas_open: u64,
+    /// Orders shipping or analytics disagree on with orders (audit).
+    pub read_model_mismatch: u64,
     /// Units of stock leaked (sum over SKUs of |baseline − accounted|).
     pub stock_leaked: i64,
     /// The audit as the system returned it.
@@ -185,6 +220,10 @@ impl DrillReport {
             lost: current.iter().filter(|s| s.is_none()).count() as u64,
             charged_twice: 0,
             charge_mismatch: 0,
+            refunds_missing: 0,
+            reservation_mismatch: 0,
+            sagas_open: 0,
+            read_model_mismatch: 0,
             stock_leaked: 0,
             audit: serde_json::Value::Null,
             load,
@@ -193,11 +232,17 @@ impl DrillReport {
     }
 
     /// No order lost, charged twice or stuck, no charge without its
-    /// order's confirmation, no stock leaked.
+    /// order's confirmation, no reservation out of step with its order, no
+    /// saga left open, the read models in step, no stock leaked: every
+    /// check counts.
     pub fn passed(&self) -> bool {
         self.lost == 0
             && self.charged_twice == 0
             && self.charge_mismatch == 0
+            && self.refunds_missing == 0
+            && self.reservation_mismatch == 0
+            && self.sagas_open == 0
+            && self.read_model_mismatch == 0
             && self.stock_leaked == 0
             && self.not_final == 0
     }
@@ -213,9 +258,11 @@ impl DrillReport {
                 self.load.latency_us.max() >= INJECTED_LATENCY.as_micros() as u64
             }
             Drill::InventoryDown => self.accepted_pending > 0,
-            Drill::KillOrders | Drill::NatsRestart => {
-                self.fault.as_ref().is_some_and(|(seen, _)| *seen)
-            }
+            Drill::KillOrders
+            | Drill::NatsRestart
+            | Drill::LateRestart
+            | Drill::Reschedule
+            | Drill::ReplicaKill => self.fault.as_ref().is_some_and(|(seen, _)| *seen),
         }
     }
 
@@ -236,10 +283,16 @@ impl DrillReport {
                 "{seen}: {} orders accepted as PENDING_VALIDATION, {} of them CONFIRMED once validated",
                 self.accepted_pending, self.pending_confirmed
             ),
-            Drill::KillOrders | Drill::NatsRestart => format!(
-                "{seen}: {}",
-                self.fault.as_ref().map_or("", |(_, what)| what.as_str())
-            ),
+            Drill::KillOrders
+            | Drill::NatsRestart
+            | Drill::LateRestart
+            | Drill::Reschedule
+            | Drill::ReplicaKill => {
+                format!(
+                    "{seen}: {}",
+                    self.fault.as_ref().map_or("", |(_, what)| what.as_str())
+                )
+            }
         }
     }
 }
@@ -268,7 +321,19 @@ impl fmt::Display for DrillReport {
             "| charge without confirmation / confirmation without charge | {} |",
             self.charge_mismatch
         )?;
+        writeln!(f, "| refunds missing | {} |", self.refunds_missing)?;
         writeln!(f, "| stock leaked | {} |", self.stock_leaked)?;
+        writeln!(
+            f,
+            "| reservation not matching its order | {} |",
+            self.reservation_mismatch
+        )?;
+        writeln!(f, "| sagas open | {} |", self.sagas_open)?;
+        writeln!(
+            f,
+            "| read-model mismatches (shipping, analytics) | {} |",
+            self.read_model_mismatch
+        )?;
         writeln!(f, "| fault took effect | {} |", self.effect())?;
         writeln!(
             f,
@@ -305,9 +370,15 @@ async fn set_fault(api: &ApiClient, ops: &str, drill: Drill, on: bool) -> Result
         ),
         (Drill::InventoryLatency, false) => ("/api/v1/admin/inventory/faults", json!({})),
         (Drill::InventoryDown, on) => ("/api/v1/admin/inventory/breaker", json!({ "open": on })),
-        (Drill::KillOrders | Drill::NatsRestart, _) => {
+        (Drill::KillOrders | Drill::NatsRestart | Drill::Reschedule | Drill::ReplicaKill, _) => {
             return Err(Error::Scenario(format!(
                 "drill {} runs the distributed system: use --database-url",
+                drill.name()
+            )));
+        }
+        (Drill::LateRestart, _) => {
+            return Err(Error::Scenario(format!(
+                "drill {} runs its own child process: see drill::run_late_restart",
                 drill.name()
             )));
         }
@@ -439,20 +510,63 @@ pub async fn run(
         current = statuses(&api, &load.accepted).await;
     }
 
+    // Then until the audit is clean or the deadline passed: sagas whose
+    // request failed still settle, read models catch up.
+    let mut audit = fetch_audit(&api, ops).await?;
+    while !audit_clean(&audit) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        audit = fetch_audit(&api, ops).await?;
+    }
+    let mut report = DrillReport::from_orders(drill, load, &current);
+    report.fill_from_audit(audit);
+    Ok(report)
+}
+
+/// `GET /api/v1/admin/audit`.
+async fn fetch_audit(api: &ApiClient, ops: &str) -> Result<serde_json::Value, Error> {
     let r = api
         .json(Method::GET, "/api/v1/admin/audit", Some(ops), None)
         .await?;
     if r.status != StatusCode::OK {
         return Err(Error::Scenario(format!("audit: {} {}", r.status, r.body)));
     }
-    let audit = r.body;
-    let count = |key: &str| audit[key]["count"].as_u64().unwrap_or(0);
-    let mut report = DrillReport::from_orders(drill, load, &current);
-    report.charged_twice = count("charged_twice");
-    report.charge_mismatch = count("charged_not_confirmed") + count("confirmed_not_charged");
-    report.stock_leaked = audit["stock_leaked"].as_i64().unwrap_or(i64::MAX);
-    report.audit = audit;
-    Ok(report)
+    Ok(r.body)
+}
+
+/// The audit's violation counts (stock aside).
+const AUDIT_CHECKS: [&str; 6] = [
+    "lost",
+    "charged_twice",
+    "refunds_missing",
+    "confirmed_not_charged",
+    "reservation_mismatch",
+    "sagas_open",
+];
+
+fn audit_clean(audit: &serde_json::Value) -> bool {
+    AUDIT_CHECKS
+        .iter()
+        .chain(["read_model_mismatch"].iter())
+        .all(|key| audit[*key]["count"].as_u64() == Some(0))
+        && audit["stock_leaked"].as_i64() == Some(0)
+}
+
+impl DrillReport {
+    /// Takes the verdicts of `GET /admin/audit` into the report.
+    fn fill_from_audit(&mut self, audit: serde_json::Value) {
+        // A missing count reads as a violation: an audit that cannot say
+        // must not pass.
+        let count = |key: &str| audit[key]["count"].as_u64().unwrap_or(1);
+        self.lost += count("lost");
+        self.charged_twice = count("charged_twice");
+        self.refunds_missing = count("refunds_missing");
+        self.charge_mismatch = self.refunds_missing + count("confirmed_not_charged");
+        self.reservation_mismatch = count("reservation_mismatch");
+        self.sagas_open = count("sagas_open");
+        self.read_model_mismatch = count("read_model_mismatch");
+        self.stock_leaked = audit["stock_leaked"].as_i64().unwrap_or(i64::MAX);
+        self.audit = audit;
+    }
 }
 
 /// Where a distributed drill runs.
@@ -466,6 +580,16 @@ pub struct Cluster {
     /// NATS JetStream (`kill-orders`; `nats-restart` runs its own server).
     pub nats_url: String,
 }
+
+/// The services `replica-kill` runs twice.
+pub const REPLICATED: [crate::config::ServiceName; 3] = [
+    crate::config::ServiceName::Orders,
+    crate::config::ServiceName::Shipping,
+    crate::config::ServiceName::Analytics,
+];
+
+/// The saga lease of `reschedule`'s orders processes.
+pub const RESCHEDULE_LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// How long `nats-restart` keeps NATS down at least.
 pub const NATS_OUTAGE: Duration = Duration::from_secs(3);
@@ -496,7 +620,7 @@ pub async fn run_distributed(
             nats.start().await?;
             Some(nats)
         }
-        Drill::KillOrders => None,
+        Drill::KillOrders | Drill::Reschedule | Drill::ReplicaKill => None,
         other => {
             return Err(Error::Scenario(format!(
                 "drill {} is not a distributed drill",
@@ -521,6 +645,17 @@ async fn distributed(
     options: &DrillOptions,
 ) -> Result<DrillReport, Error> {
     use crate::config::ServiceName;
+    if drill == Drill::ReplicaKill {
+        system.add_replicas(&REPLICATED)?;
+    }
+    if matches!(drill, Drill::Reschedule | Drill::ReplicaKill) {
+        // Short leases, so the replacement's wait for them is measured in
+        // seconds.
+        system.env.push((
+            "ECOMMERCE_SAGA_LEASE_TTL".into(),
+            format!("{}ms", RESCHEDULE_LEASE_TTL.as_millis()),
+        ));
+    }
     system.start_all().await?;
     let gateway = system.url(ServiceName::Gateway);
     let api = Arc::new(ApiClient::new(&gateway));
@@ -551,7 +686,10 @@ async fn distributed(
             Ok::<_, Error>(())
         }
     };
-    if drill == Drill::KillOrders {
+    if matches!(
+        drill,
+        Drill::KillOrders | Drill::Reschedule | Drill::ReplicaKill
+    ) {
         // Each charge waits 300 ms, so the kill finds sagas mid-flight with
         // stock reserved.
         payment_latency(Some("300ms")).await?;
@@ -578,6 +716,58 @@ async fn distributed(
                     "orders SIGKILLed at {:.1} s, ready again {:.1} s later",
                     (fault_at - start).as_secs_f64(),
                     fault_at.elapsed().as_secs_f64()
+                ),
+            )
+        }
+        (Drill::Reschedule, _) => {
+            let owners = crate::cluster::audit_owners(system).await?;
+            system.kill(ServiceName::Orders);
+            // The replacement: another host name, so another owner, started
+            // while the dead process's leases are still live.
+            system
+                .env
+                .push(("HOSTNAME".into(), "orders-rescheduled".into()));
+            system.spawn(ServiceName::Orders)?;
+            system.wait_ready(ServiceName::Orders).await?;
+            let ready = fault_at.elapsed();
+            let held = owners.live;
+            // Adopted: no open saga still leased to the dead owner.
+            let until = Instant::now() + options.settle;
+            let mut left = crate::cluster::open_sagas_of(system, &owners.owner).await?;
+            while left > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                left = crate::cluster::open_sagas_of(system, &owners.owner).await?;
+            }
+            let adopted = fault_at.elapsed();
+            let bound = RESCHEDULE_LEASE_TTL + RESCHEDULE_LEASE_TTL / 4 + Duration::from_secs(1);
+            (
+                left == 0 && held > 0 && ready < RESCHEDULE_LEASE_TTL && adopted <= bound + ready,
+                format!(
+                    "orders SIGKILLed at {:.1} s holding {held} live leases, replaced by a new owner \
+                     ready {:.1} s later (lease TTL {:.1} s); its sagas adopted {:.1} s after the \
+                     kill, {left} left",
+                    (fault_at - start).as_secs_f64(),
+                    ready.as_secs_f64(),
+                    RESCHEDULE_LEASE_TTL.as_secs_f64(),
+                    adopted.as_secs_f64(),
+                ),
+            )
+        }
+        (Drill::ReplicaKill, _) => {
+            let owners = crate::cluster::audit_owners(system).await?;
+            for service in REPLICATED {
+                system.kill(service);
+            }
+            // The survivors take the load: the gateway fails over, the
+            // surviving orders adopts the dead one's sagas once their
+            // leases expire, the surviving read-model replicas carry on.
+            (
+                true,
+                format!(
+                    "the first replica of orders, shipping and analytics SIGKILLed at {:.1} s \
+                     (orders holding {} live saga leases), never restarted",
+                    (fault_at - start).as_secs_f64(),
+                    owners.live
                 ),
             )
         }
@@ -613,7 +803,10 @@ async fn distributed(
     let load = load
         .await
         .map_err(|e| Error::Scenario(format!("load task: {e}")))??;
-    if drill == Drill::KillOrders {
+    if matches!(
+        drill,
+        Drill::KillOrders | Drill::Reschedule | Drill::ReplicaKill
+    ) {
         payment_latency(None).await?;
     }
 
@@ -626,7 +819,7 @@ async fn distributed(
         statuses(&api, &load.accepted).await,
         crate::cluster::audit(system).await?,
     );
-    while !(current.iter().all(is_final) && schemas.sagas_open == 0) && Instant::now() < deadline {
+    while !(current.iter().all(is_final) && schemas.settled()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         current = statuses(&api, &load.accepted).await;
         schemas = crate::cluster::audit(system).await?;
@@ -645,23 +838,8 @@ async fn distributed(
         let (relayed, events) = relay_caught_up(system, deadline).await?;
         what.push_str(&format!("; {relayed} of {events} events in the stream"));
     }
-    let audit = json!({
-        "orders": schemas.orders,
-        "sagas": schemas.sagas,
-        "sagas_open": schemas.sagas_open,
-        "reservations_open": schemas.reservations_open,
-        "reservations_confirmed": schemas.reservations_confirmed,
-        "charged_twice": schemas.charged_twice,
-        "charge_mismatch": schemas.charge_mismatch,
-        "stock_leaked": schemas.stock_leaked,
-    });
     let mut report = DrillReport::from_orders(drill, load, &current);
-    // A saga left open is an order not final, answered 201 or not.
-    report.not_final += schemas.sagas_open.max(0) as u64;
-    report.charged_twice = schemas.charged_twice;
-    report.charge_mismatch = schemas.charge_mismatch;
-    report.stock_leaked = schemas.stock_leaked;
-    report.audit = audit;
+    report.fill_from_schemas(&schemas);
     report.fault = Some((seen, what));
     Ok(report)
 }
@@ -692,4 +870,312 @@ async fn relay_caught_up(
     };
     orders_db.close().await;
     Ok(counts)
+}
+
+impl DrillReport {
+    /// Takes a distributed audit's verdicts into the report.
+    pub(crate) fn fill_from_schemas(&mut self, schemas: &crate::cluster::SchemaAudit) {
+        self.lost += schemas.lost;
+        self.charged_twice = schemas.charged_twice;
+        self.charge_mismatch = schemas.charge_mismatch;
+        self.refunds_missing = schemas.refunds_missing;
+        self.reservation_mismatch = schemas.reservation_mismatch;
+        self.sagas_open = schemas.sagas_open.max(0) as u64;
+        self.read_model_mismatch = schemas.read_model_mismatch;
+        self.stock_leaked = schemas.stock_leaked;
+        self.audit = json!({
+            "orders": schemas.orders,
+            "sagas": schemas.sagas,
+            "sagas_open": schemas.sagas_open,
+            "lost": schemas.lost,
+            "reservations_open": schemas.reservations_open,
+            "reservations_confirmed": schemas.reservations_confirmed,
+            "charged_twice": schemas.charged_twice,
+            "charge_mismatch": schemas.charge_mismatch,
+            "refunds_missing": schemas.refunds_missing,
+            "reservation_mismatch": schemas.reservation_mismatch,
+            "read_model_mismatch": schemas.read_model_mismatch,
+            "stock_leaked": schemas.stock_leaked,
+        });
+    }
+}
+
+// ---------------------------------------------------------------- late-restart
+
+/// How `late-restart` runs besides its load.
+#[derive(Debug, Clone)]
+pub struct LateRestart {
+    /// The `ecommerce` executable (the child runs `ecommerce serve-local`).
+    pub binary: std::path::PathBuf,
+    /// The child's saga deadline; the restart comes after more than this.
+    pub saga_deadline: Duration,
+    /// The child's saga lease TTL.
+    pub lease_ttl: Duration,
+    /// The payment provider's injected latency (the charge is slow, so the
+    /// kill finds sagas mid-flight).
+    pub payment_latency: Duration,
+}
+
+impl LateRestart {
+    /// The command's defaults: 10 s deadline, 2 s leases, 700 ms charges.
+    pub fn new(binary: std::path::PathBuf) -> Self {
+        LateRestart {
+            binary,
+            saga_deadline: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(2),
+            payment_latency: Duration::from_millis(700),
+        }
+    }
+}
+
+/// The one-process system as a child process on `dir`; SIGKILLed on drop.
+struct LocalChild {
+    child: std::process::Child,
+    url: String,
+    ops: String,
+}
+
+impl LocalChild {
+    /// Starts `ecommerce serve-local --data-dir DIR` and reads the URL and
+    /// operator token it prints.
+    async fn spawn(late: &LateRestart, dir: &std::path::Path) -> Result<LocalChild, Error> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(&late.binary)
+            .arg("serve-local")
+            .arg("--data-dir")
+            .arg(dir)
+            .env(
+                "ECOMMERCE_SAGA_DEADLINE",
+                format!("{}ms", late.saga_deadline.as_millis()),
+            )
+            .env(
+                "ECOMMERCE_SAGA_LEASE_TTL",
+                format!("{}ms", late.lease_ttl.as_millis()),
+            )
+            .env("ECOMMERCE_ADDR", "127.0.0.1:0")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Scenario("child has no stdout".into()))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut local = LocalChild {
+            child,
+            url: String::new(),
+            ops: String::new(),
+        };
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while local.url.is_empty() || local.ops.is_empty() {
+                let Some(line) = rx.recv().await else { break };
+                if let Some(url) = line.strip_prefix("URL ") {
+                    local.url = url.to_owned();
+                } else if let Some(ops) = line.strip_prefix("OPS ") {
+                    local.ops = ops.to_owned();
+                }
+            }
+        })
+        .await;
+        if started.is_err() || local.url.is_empty() || local.ops.is_empty() {
+            return Err(Error::Scenario(
+                "the child system did not print its URL and token".into(),
+            ));
+        }
+        Ok(local)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LocalChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A read-only pool on one of the child's SQLite files.
+async fn sqlite_file(dir: &std::path::Path, name: &str) -> Result<sqlx::SqlitePool, Error> {
+    use std::str::FromStr;
+    let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(5));
+    Ok(sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?)
+}
+
+/// Runs `late-restart`: the one-process system as a child process on a
+/// fresh data directory, load with every charge slowed down, the child
+/// SIGKILLed right after the provider records a charge (from `fault_from`
+/// of the run on), and started again (a new lease owner) only after more
+/// than the saga deadline. Every order must end final, every charge of an
+/// order not confirmed refunded, nothing left open or leaked.
+///
+/// # Errors
+///
+/// The child did not start, no charge was recorded to kill after, or the
+/// audit could not be read.
+pub async fn run_late_restart(
+    late: &LateRestart,
+    options: &DrillOptions,
+) -> Result<DrillReport, Error> {
+    let dir = std::env::temp_dir().join(format!(
+        "trellis-ecommerce-late-restart-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let report = late_restart(late, options, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+async fn late_restart(
+    late: &LateRestart,
+    options: &DrillOptions,
+    dir: &std::path::Path,
+) -> Result<DrillReport, Error> {
+    // Plenty of stock, as `ecommerce load` has: no order is refused for it.
+    let pool = crate::db::open_any(dir, "inventory").await?;
+    let stock: Vec<(&str, i64)> = crate::catalog::SEED
+        .iter()
+        .map(|(sku, _, _, _)| (*sku, crate::load::LOAD_STOCK))
+        .collect();
+    crate::inventory::Inventory::open(pool.clone(), &stock, crate::config::DEFAULT_RESERVATION_TTL)
+        .await?;
+    pool.close().await;
+
+    let mut first = LocalChild::spawn(late, dir).await?;
+    let api = ApiClient::new(&first.url);
+    let latency = format!("{}ms", late.payment_latency.as_millis());
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/admin/payments/faults",
+            Some(&first.ops),
+            Some(json!({ "enabled": true, "latency_probability": 1.0, "latency": latency })),
+        )
+        .await?;
+    if r.status != StatusCode::OK {
+        return Err(Error::Scenario(format!(
+            "payment faults: {} {}",
+            r.status, r.body
+        )));
+    }
+
+    let duration = options.load.duration;
+    let start = Instant::now();
+    let load = {
+        let (base, load) = (first.url.clone(), options.load.clone());
+        tokio::spawn(async move { crate::load::run(&base, &load).await })
+    };
+    tokio::time::sleep_until(start + duration.mul_f64(options.fault_from.clamp(0.0, 1.0))).await;
+    // Kill right after the next charge the provider records.
+    let payments = sqlite_file(dir, "payments").await?;
+    let charged = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM charges WHERE status = 'CHARGED'")
+            .fetch_one(&payments)
+            .await
+    };
+    let before = charged().await?;
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if charged().await? > before {
+            break;
+        }
+        if Instant::now() >= wait_until {
+            return Err(Error::Scenario(
+                "no charge recorded within 30 s to kill after".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.kill();
+    let killed_at = Instant::now();
+    let charges_at_kill = charged().await?;
+    payments.close().await;
+    let load = load
+        .await
+        .map_err(|e| Error::Scenario(format!("load task: {e}")))??;
+
+    // Down for longer than a saga may run: every saga in flight has passed
+    // its deadline when the new process (a new owner) adopts it.
+    let down = late.saga_deadline + Duration::from_secs(1);
+    tokio::time::sleep_until(killed_at + down).await;
+    let second = LocalChild::spawn(late, dir).await?;
+    let restarted_after = killed_at.elapsed();
+    let api = Arc::new(ApiClient::new(&second.url));
+
+    // Settle: every accepted order final (read from the read model file:
+    // the customers' tokens died with the first process), the audit clean.
+    let read = sqlite_file(dir, "orders-read").await?;
+    let deadline = Instant::now() + options.settle;
+    let mut current = read_statuses(&read, &load.accepted).await?;
+    let mut audit = fetch_audit(&api, &second.ops).await?;
+    while !(current.iter().all(is_final) && audit_clean(&audit)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        current = read_statuses(&read, &load.accepted).await?;
+        audit = fetch_audit(&api, &second.ops).await?;
+    }
+    read.close().await;
+    let payments = sqlite_file(dir, "payments").await?;
+    let refunds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refunds")
+        .fetch_one(&payments)
+        .await?;
+    payments.close().await;
+    let rejected = audit["orders"]["REJECTED"].as_u64().unwrap_or(0);
+    let sagas = audit["orders"]
+        .as_object()
+        .map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum::<u64>());
+    let mut report = DrillReport::from_orders(Drill::LateRestart, load, &current);
+    let cut_off = sagas.saturating_sub(report.accepted);
+    report.fill_from_audit(audit);
+    report.fault = Some((
+        cut_off > 0,
+        format!(
+            "SIGKILLed at {:.1} s right after charge {charges_at_kill}, restarted {:.1} s later \
+             (saga deadline {:.1} s); {cut_off} orders cut off before their answer, \
+             {rejected} rejected, {refunds} charges refunded",
+            (killed_at - start).as_secs_f64(),
+            restarted_after.as_secs_f64(),
+            late.saga_deadline.as_secs_f64()
+        ),
+    ));
+    drop(second);
+    Ok(report)
+}
+
+/// Each accepted order's status in the read model file (`None`: absent).
+async fn read_statuses(
+    read: &sqlx::SqlitePool,
+    orders: &[AcceptedOrder],
+) -> Result<Vec<Option<String>>, Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT order_id, status FROM order_summaries")
+            .fetch_all(read)
+            .await?;
+    let by_id: std::collections::HashMap<String, String> = rows.into_iter().collect();
+    Ok(orders
+        .iter()
+        .map(|o| by_id.get(&o.order_id).cloned())
+        .collect())
 }

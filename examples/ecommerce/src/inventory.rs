@@ -178,17 +178,28 @@ impl Inventory {
                 lines,
             } => {
                 // The reservation id is the idempotency key: a repeated call
-                // finds it and answers the same. A call arriving after its
-                // release (see Release) finds the id taken too and takes no
-                // stock; its saga is compensating and ignores the answer.
+                // finds it and answers the same while it holds stock. A call
+                // arriving after its release (see Release) finds the id
+                // taken, takes no stock and answers "not held". One that
+                // finds it expired (a validation re-reserving for an order
+                // whose first reservation ran out) reserves again.
                 let existing: Option<String> =
                     sqlx::query_scalar("SELECT status FROM reservations WHERE id = $1")
                         .bind(&key)
                         .fetch_optional(&mut *tx)
                         .await?;
-                if existing.is_some() {
-                    return Ok(InventoryReply::Reserved { reservation: key });
-                }
+                let again = match existing.as_deref() {
+                    None => false,
+                    Some("RESERVED" | "CONFIRMED") => {
+                        return Ok(InventoryReply::Reserved { reservation: key });
+                    }
+                    Some("EXPIRED") => true,
+                    Some(status) => {
+                        return Ok(InventoryReply::NotHeld {
+                            status: status.to_owned(),
+                        });
+                    }
+                };
                 for line in &lines {
                     let taken = sqlx::query("UPDATE stock SET available = available - $1 WHERE sku = $2 AND available >= $3")
                         .bind(line.quantity)
@@ -205,13 +216,33 @@ impl Inventory {
                 }
                 let encoded =
                     serde_json::to_string(&lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                sqlx::query("INSERT INTO reservations (id, order_id, lines, status, expires_at) VALUES ($1, $2, $3, 'RESERVED', $4)")
-                    .bind(&key)
+                let expires_at = (self.clock)().saturating_add(self.ttl_ms);
+                if again {
+                    // Only if still EXPIRED: a concurrent release wins.
+                    let renewed = sqlx::query(
+                        "UPDATE reservations SET order_id = $1, lines = $2, status = 'RESERVED', \
+                         expires_at = $3 WHERE id = $4 AND status = 'EXPIRED'",
+                    )
                     .bind(&order_id)
                     .bind(encoded)
-                    .bind((self.clock)().saturating_add(self.ttl_ms))
+                    .bind(expires_at)
+                    .bind(&key)
                     .execute(&mut *tx)
                     .await?;
+                    if renewed.rows_affected() == 0 {
+                        return Ok(InventoryReply::NotHeld {
+                            status: "RELEASED".into(),
+                        });
+                    }
+                } else {
+                    sqlx::query("INSERT INTO reservations (id, order_id, lines, status, expires_at) VALUES ($1, $2, $3, 'RESERVED', $4)")
+                        .bind(&key)
+                        .bind(&order_id)
+                        .bind(encoded)
+                        .bind(expires_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 InventoryReply::Reserved { reservation: key }
             }
             InventoryRequest::Release { reservation } => {
@@ -465,7 +496,7 @@ pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -
     security(("bearer" = ["inventory:write"])),
     responses(
         (status = 201, description = "Reserved (or reserved before with this key)", body = crate::openapi::Reservation),
-        (status = 409, description = "`insufficient_stock`: a business outcome, nothing reserved", body = crate::openapi::InsufficientStock),
+        (status = 409, description = "`insufficient_stock`: a business outcome, nothing reserved; `reservation_released`: this key's reservation was released (a compensation overtook the call), nothing reserved", body = crate::openapi::InsufficientStock),
         crate::openapi::InternalWriteErrors,
         crate::openapi::AuthErrors,
     )
@@ -505,6 +536,7 @@ pub(crate) async fn reserve(
             })),
         )
             .into_response(),
+        InventoryReply::NotHeld { status } => return Err(not_held(&status)),
         other => return Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     })
 }
@@ -938,7 +970,13 @@ mod tests {
             inventory.call(released).await.unwrap(),
             InventoryReply::Done
         );
-        inventory.call(reserve("o1/1/action", 2)).await.unwrap();
+        assert_eq!(
+            inventory.call(reserve("o1/1/action", 2)).await.unwrap(),
+            InventoryReply::NotHeld {
+                status: "RELEASED".into()
+            },
+            "the late reserve is told its reservation is not held"
+        );
         assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
         assert_eq!(
             inventory
@@ -970,6 +1008,57 @@ mod tests {
             };
             inventory.call(release).await.unwrap();
         }
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reserve_after_its_reservation_expired_reserves_again() {
+        let (inventory, clock, dir) = inventory_with_clock("again").await;
+        let key = "o3/1/action";
+        inventory.call(reserve(key, 2)).await.unwrap();
+        clock.advance(TTL);
+        assert_eq!(inventory.sweep_expired(SWEEP_BATCH).await.unwrap(), 1);
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
+        // A validation re-reserving under the same key holds stock again
+        // (it used to answer "reserved" and hold nothing).
+        assert_eq!(
+            inventory.call(reserve(key, 2)).await.unwrap(),
+            InventoryReply::Reserved {
+                reservation: key.into()
+            }
+        );
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 3);
+        assert_eq!(
+            inventory.reservation_status(key).await.unwrap().as_deref(),
+            Some("RESERVED")
+        );
+        // Its fresh expiry lets it be confirmed.
+        assert_eq!(
+            inventory.call(confirm(key)).await.unwrap(),
+            InventoryReply::Done
+        );
+        assert_eq!(inventory.available("TEA-001").await.unwrap(), 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reserve_after_its_release_answers_not_held() {
+        let (inventory, dir) = inventory("released").await;
+        let key = "o4/1/action";
+        inventory.call(reserve(key, 1)).await.unwrap();
+        inventory
+            .call(InventoryRequest::Release {
+                reservation: key.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            inventory.call(reserve(key, 1)).await.unwrap(),
+            InventoryReply::NotHeld {
+                status: "RELEASED".into()
+            }
+        );
         assert_eq!(inventory.available("TEA-001").await.unwrap(), 5);
         std::fs::remove_dir_all(dir).unwrap();
     }

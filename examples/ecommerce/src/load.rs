@@ -222,6 +222,8 @@ impl Stats {
 struct Shared {
     api: ApiClient,
     tokens: Vec<String>,
+    /// This run's id, the prefix of its orders' idempotency keys.
+    run: String,
     stats: Mutex<Stats>,
     started: AtomicU64,
     done: AtomicU64,
@@ -241,13 +243,16 @@ impl Shared {
     async fn place(&self, n: u64, scheduled: Instant) {
         let user = (n as usize) % self.tokens.len();
         let body = json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": GOOD_CARD });
+        // One Idempotency-Key per order, as a client that retries would send.
+        let key = format!("load-{}-{n}", self.run);
         let result = self
             .api
-            .json(
+            .with_headers(
                 Method::POST,
                 "/api/v1/orders",
                 Some(&self.tokens[user]),
-                Some(body),
+                &[("idempotency-key", &key)],
+                body.to_string().into_bytes(),
             )
             .await;
         let micros = scheduled.elapsed().as_micros().max(1) as u64;
@@ -256,7 +261,7 @@ impl Shared {
             let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             let _ = stats.latency_us.record(micros);
             match result {
-                Ok(r) if r.status == StatusCode::CREATED => {
+                Ok(r) if r.status == StatusCode::CREATED || r.status == StatusCode::ACCEPTED => {
                     let status = r.body["status"].as_str().unwrap_or_default();
                     match status {
                         "CONFIRMED" => stats.completed += 1,
@@ -335,6 +340,7 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
     let shared = Arc::new(Shared {
         api,
         tokens,
+        run: uuid::Uuid::new_v4().simple().to_string(),
         stats: Mutex::new(Stats::new()?),
         started: AtomicU64::new(0),
         done: AtomicU64::new(0),

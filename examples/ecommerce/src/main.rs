@@ -14,7 +14,12 @@
 //! under load, ending with an audited table; exits non-zero if anything was
 //! lost, charged twice or leaked.
 //!
-//! `cargo run -p ecommerce -- drill kill-orders|nats-restart --database-url URL
+//! `cargo run -p ecommerce -- drill late-restart [load flags]`: the
+//! one-process system as a child (`serve-local`), SIGKILLed right after a
+//! charge and restarted after more than its saga deadline
+//! (`ECOMMERCE_SAGA_DEADLINE`, default 10 s).
+//!
+//! `cargo run -p ecommerce -- drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL
 //! [--nats-url URL] [load flags]`: a distributed drill on child processes of
 //! this executable (`serve --service X`), audited from their schemas.
 
@@ -36,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("load") => return load(&args[1..]).await,
         Some("serve") => return serve(&args[1..]).await,
         Some("drill") => return drill(&args[1..]).await,
+        Some("serve-local") => return serve_local(&args[1..]).await,
         Some("token") => return token(&args[1..]),
         Some(other) => {
             return Err(format!(
@@ -44,24 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
     }
-    let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:8080".into())
-        .parse()?;
-    let mut config = ecommerce::Config {
-        addr,
-        ..ecommerce::Config::default()
-    };
-    // The one setting of `Settings` the one-process mode also reads.
-    if let Ok(ttl) = std::env::var("ECOMMERCE_RESERVATION_TTL")
-        && !ttl.is_empty()
-    {
-        config.reservation_ttl = trellis_resilience::config::duration::parse(&ttl)
-            .ok()
-            .filter(|ttl| !ttl.is_zero())
-            .ok_or_else(|| {
-                format!("ECOMMERCE_RESERVATION_TTL: {ttl:?} is not a positive duration (e.g. 15m)")
-            })?;
-    }
+    let config = one_process_config()?;
     let data_dir = config.data_dir.clone();
     let running = ecommerce::start(config).await?;
     let url = running.base_url();
@@ -103,6 +92,59 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!("Stopped.");
+    Ok(())
+}
+
+/// The one-process mode's configuration: defaults, then `ECOMMERCE_ADDR`
+/// and the few `Settings` variables it also reads.
+fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>> {
+    let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
+        .unwrap_or_else(|_| "127.0.0.1:8080".into())
+        .parse()?;
+    let mut config = ecommerce::Config {
+        addr,
+        ..ecommerce::Config::default()
+    };
+    // The settings of `Settings` the one-process mode also reads.
+    if let Ok(ttl) = std::env::var("ECOMMERCE_RESERVATION_TTL")
+        && !ttl.is_empty()
+    {
+        config.reservation_ttl = trellis_resilience::config::duration::parse(&ttl)
+            .ok()
+            .filter(|ttl| !ttl.is_zero())
+            .ok_or_else(|| {
+                format!("ECOMMERCE_RESERVATION_TTL: {ttl:?} is not a positive duration (e.g. 15m)")
+            })?;
+    }
+    for (var, setting) in [
+        ("ECOMMERCE_SAGA_DEADLINE", &mut config.saga_deadline),
+        ("ECOMMERCE_SAGA_LEASE_TTL", &mut config.saga_lease_ttl),
+    ] {
+        if let Ok(value) = std::env::var(var)
+            && !value.is_empty()
+        {
+            *setting = trellis_resilience::config::duration::parse(&value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("{var}: {value:?} is not a positive duration (e.g. 30s)"))?;
+        }
+    }
+    Ok(config)
+}
+
+/// `ecommerce serve-local --data-dir DIR`: the one-process system on
+/// `DIR` without the scenario, printing `URL ...` and `OPS <token>`, until
+/// killed (the `late-restart` drill's child).
+async fn serve_local(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = one_process_config()?;
+    match args {
+        [flag, dir] if flag == "--data-dir" => config.data_dir = dir.into(),
+        _ => return Err("usage: ecommerce serve-local --data-dir DIR".into()),
+    }
+    let running = ecommerce::start(config).await?;
+    println!("URL {}", running.base_url());
+    println!("OPS {}", running.ops_token()?);
+    running.serve_until(stop_signal()).await?;
     Ok(())
 }
 
@@ -229,7 +271,8 @@ fn load_flags(
 
 const DRILL_USAGE: &str = "usage: ecommerce drill payment-outage|inventory-latency|inventory-down \
      [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]\n\
-     \x20      ecommerce drill kill-orders|nats-restart --database-url URL [--nats-url URL] \
+     \x20      ecommerce drill late-restart [--concurrency C | --rps N] [--duration D] [--users U]\n\
+     \x20      ecommerce drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL [--nats-url URL] \
      [--concurrency C | --rps N] [--duration D] [--users U]";
 
 async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
@@ -284,6 +327,28 @@ async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         return Err(
             format!("drill {name} runs in one process: no --database-url/--nats-url").into(),
         );
+    }
+    if ecommerce::drill::Drill::CHILD.contains(&drill) {
+        if url.is_some() {
+            return Err(
+                format!("drill {name} starts its own system: no --url\n{DRILL_USAGE}").into(),
+            );
+        }
+        let mut late = ecommerce::drill::LateRestart::new(std::env::current_exe()?);
+        if let Ok(deadline) = std::env::var("ECOMMERCE_SAGA_DEADLINE")
+            && let Ok(deadline) = trellis_resilience::config::duration::parse(&deadline)
+        {
+            late.saga_deadline = deadline;
+        }
+        println!(
+            "Drill {}: the one-process system as a child process, SIGKILLed right after a charge \
+             from {:.0}% of {:?} under load, restarted after more than its {:?} saga deadline",
+            drill.name(),
+            options.fault_from * 100.0,
+            options.load.duration,
+            late.saga_deadline
+        );
+        return finish(ecommerce::drill::run_late_restart(&late, &options).await?);
     }
     let local = match &url {
         Some(_) => None,

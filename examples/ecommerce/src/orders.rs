@@ -185,6 +185,31 @@ fn step_err(e: impl std::fmt::Display) -> StepError {
     StepError::new(e)
 }
 
+/// A client call's error as a step error: permanent when the callee
+/// refused the call (a 4xx that is not a business outcome: it did not take
+/// effect and would be refused again), an unknown outcome otherwise (a
+/// timeout, a 5xx, a dropped connection may have taken effect).
+fn call_err(e: BoxError) -> StepError {
+    if refused(e.as_ref()) {
+        StepError::permanent(e)
+    } else {
+        StepError::new(e)
+    }
+}
+
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use trellis_resilience::Error as R;
+    if e.is::<crate::remote::Rejected>() {
+        return true;
+    }
+    match e.downcast_ref::<R>() {
+        Some(R::Inner(inner)) => refused(inner.as_ref()),
+        Some(R::RetriesExhausted { source, .. }) => refused(source.as_ref()),
+        Some(_) => false,
+        None => e.source().is_some_and(refused),
+    }
+}
+
 /// reserve inventory ▸ charge payment ▸ confirm reservation ▸ confirm order,
 /// after a first step that records the order (compensated by rejecting it).
 /// The reservation is confirmed before the order, so an order is never
@@ -195,14 +220,17 @@ pub(crate) fn place_order_saga(
     inventory: InventoryClient,
     inventory_plain: InventoryClient,
     payments: PaymentClient,
+    refunds: PaymentClient,
+    deadline: Duration,
 ) -> Saga<PlaceOrder> {
     let (o1, o2, o3) = (orders.clone(), orders.clone(), orders);
-    let (inv_release, inv_confirm, inv_unconfirm) = (
+    let (inv_release, inv_confirm, inv_unconfirm, inv_settle) = (
+        inventory_plain.clone(),
         inventory_plain.clone(),
         inventory_plain.clone(),
         inventory_plain,
     );
-    let (pay_charge, pay_refund) = (payments.clone(), payments);
+    let (pay_charge, pay_refund, pay_settle) = (payments, refunds.clone(), refunds);
     Saga::new("place-order")
         .step(Step::new(
             "record-order",
@@ -221,8 +249,9 @@ pub(crate) fn place_order_saga(
                     Ok(s)
                 }
             },
-            move |s: PlaceOrder, _cx| {
+            move |s: PlaceOrder, cx| {
                 let orders = o2.clone();
+                let (inventory, payments) = (inv_settle.clone(), pay_settle.clone());
                 async move {
                     let reason = if s.payment.is_none() && s.reservation.is_some() {
                         "payment failed"
@@ -240,6 +269,18 @@ pub(crate) fn place_order_saga(
                         )
                         .await
                         .map_err(step_err)?;
+                    // Then settle by key whatever the saga recorded: a step
+                    // whose outcome is unknown (a crash or a timeout
+                    // mid-call, a deadline that passed while orders was
+                    // down) may have reserved or charged all the same, and
+                    // its own compensation runs only when its success was
+                    // recorded. Both calls are idempotent and remembered
+                    // when early: the late reserve or charge takes nothing.
+                    // The rejection comes first so the customer's answer
+                    // does not wait out an outage of the service to settle
+                    // with (the saga stays compensating until it answers;
+                    // the audit counts it open meanwhile).
+                    settle_by_key(&s, &cx.saga_id, &inventory, &payments).await?;
                     Ok(())
                 }
             },
@@ -254,15 +295,22 @@ pub(crate) fn place_order_saga(
                         order_id: s.order_id.clone(),
                         lines: s.lines.clone(),
                     };
-                    match client.oneshot(request).await.map_err(step_err)? {
+                    match client.oneshot(request).await.map_err(call_err)? {
                         InventoryReply::Reserved { reservation } => {
                             s.reservation = Some(reservation)
                         }
                         InventoryReply::Deferred => s.pending_validation = true,
                         InventoryReply::Insufficient { sku } => {
-                            return Err(StepError::new(format!("out of stock: {sku}")));
+                            return Err(StepError::permanent(format!("out of stock: {sku}")));
                         }
-                        InventoryReply::Done | InventoryReply::NotHeld { .. } => {
+                        // Released before this call (a compensation of an
+                        // earlier attempt overtook it): nothing is held.
+                        InventoryReply::NotHeld { status } => {
+                            return Err(StepError::permanent(format!(
+                                "reservation {status}: its stock is not held"
+                            )));
+                        }
+                        InventoryReply::Done => {
                             return Err(StepError::new("unexpected inventory reply"));
                         }
                     }
@@ -303,9 +351,12 @@ pub(crate) fn place_order_saga(
                         amount_cents: s.total_cents,
                         card: s.card.clone(),
                     };
-                    match client.oneshot(request).await.map_err(step_err)? {
+                    match client.oneshot(request).await.map_err(call_err)? {
                         PaymentReply::Charged { payment } => s.payment = Some(payment),
-                        PaymentReply::Declined { reason } => return Err(StepError::new(reason)),
+                        // Declined (or its key cancelled): nothing charged.
+                        PaymentReply::Declined { reason } => {
+                            return Err(StepError::permanent(reason));
+                        }
                         PaymentReply::Refunded => {
                             return Err(StepError::new("unexpected payment reply"));
                         }
@@ -320,7 +371,9 @@ pub(crate) fn place_order_saga(
                         client
                             .oneshot(PaymentRequest::Refund {
                                 key: cx.idempotency_key,
-                                payment,
+                                payment: Some(payment),
+                                charge_key: None,
+                                order_id: None,
                             })
                             .await
                             .map_err(step_err)?;
@@ -340,13 +393,14 @@ pub(crate) fn place_order_saga(
                                 reservation: reservation.clone(),
                             })
                             .await
-                            .map_err(step_err)?;
+                            .map_err(call_err)?;
                         match reply {
                             InventoryReply::Done => {}
                             // Expired (its stock is back on the shelf) or
                             // released: the order must not be confirmed.
+                            // A definite answer: the confirm took no effect.
                             InventoryReply::NotHeld { status } => {
-                                return Err(StepError::new(format!(
+                                return Err(StepError::permanent(format!(
                                     "reservation {reservation} is {status}: its stock is not held"
                                 )));
                             }
@@ -399,7 +453,48 @@ pub(crate) fn place_order_saga(
             // Rejecting the order is the first step's compensation.
             |_s: PlaceOrder, _cx| async { Ok(()) },
         ))
-        .with_deadline(Duration::from_secs(30))
+        .with_deadline(deadline)
+}
+
+/// The place-order saga's step indexes whose keys compensations use.
+const RESERVE_STEP: u32 = 1;
+const CHARGE_STEP: u32 = 2;
+
+/// Releases the order's reservation by its key and refunds the saga's
+/// charge by its key (see the first step's compensation).
+async fn settle_by_key(
+    s: &PlaceOrder,
+    saga_id: &str,
+    inventory: &InventoryClient,
+    payments: &PaymentClient,
+) -> Result<(), StepError> {
+    // A PENDING_VALIDATION order's original saga reserved nothing it
+    // keeps: its reservation (by the same key) belongs to the validation.
+    let release = InventoryRequest::Release {
+        reservation: s
+            .reservation
+            .clone()
+            .unwrap_or_else(|| reservation_key(&s.order_id, RESERVE_STEP)),
+    };
+    inventory.clone().oneshot(release).await.map_err(step_err)?;
+    // The charge step runs only after the reservation was recorded (and
+    // charges nothing for a PENDING_VALIDATION order): without one, there
+    // is no charge to look for.
+    if s.reservation.is_none() {
+        return Ok(());
+    }
+    let refund = PaymentRequest::Refund {
+        key: trellis_saga::idempotency_key(saga_id, 0, "settle-charge"),
+        payment: s.payment.clone(),
+        charge_key: Some(trellis_saga::idempotency_key(
+            saga_id,
+            CHARGE_STEP,
+            "action",
+        )),
+        order_id: Some(s.order_id.clone()),
+    };
+    payments.clone().oneshot(refund).await.map_err(step_err)?;
+    Ok(())
 }
 
 /// Retries of compensations: 100 ms doubling to 2 s, 30 times (about 55 s,
@@ -510,7 +605,7 @@ macro_rules! order_summary_projection {
                         status,
                         reason,
                     }) => {
-                        sqlx::query(
+                        let updated = sqlx::query(
                             "UPDATE order_summaries SET status = $1, reason = $2 WHERE order_id = $3",
                         )
                         .bind(status)
@@ -518,6 +613,11 @@ macro_rules! order_summary_projection {
                         .bind(order_id)
                         .execute(&mut **tx)
                         .await?;
+                        // No row: this model never applied the order's
+                        // Placed. An error to retry, not a lost update.
+                        if updated.rows_affected() == 0 {
+                            return Err(crate::readmodel::not_placed(order_id, event));
+                        }
                     }
                 }
                 Ok(())
@@ -585,16 +685,162 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
+/// `POST /orders`'s optional `Idempotency-Key` header.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // documentation only: the handler reads the header map
+pub(crate) struct OrderIdempotencyKey(
+    /// Optional, 1 to 200 visible ASCII characters, chosen by the client
+    /// once per order (e.g. a UUID) and sent again on every retry of it:
+    /// the same key from the same customer answers the first order (same
+    /// id, same status) and never places or charges a second one, also
+    /// when both requests arrive at once or on different replicas. The
+    /// first request's body wins.
+    Option<String>,
+);
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 200;
+
+/// The order id of `customer`'s order placed under idempotency `key`: a
+/// name-based id (SHA-256 of both), so every replica derives the same one
+/// and the saga log's unique saga id makes the second start a repeat.
+fn order_id_for_key(customer: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(customer.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// The request's `Idempotency-Key`, if it sent one.
+fn order_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(crate::remote::IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= MAX_KEY_LEN
+                && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(unprocessable(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
+/// How long `POST /orders` waits for its saga: the saga's deadline plus
+/// the time its compensation usually needs.
+fn place_wait(app: &OrdersApp) -> Duration {
+    app.orders.deadline + Duration::from_secs(5)
+}
+
+/// Waits (polling the saga log) until saga `id` has ended or `wait`
+/// passed; returns the last record read.
+async fn await_saga(
+    app: &OrdersApp,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<trellis_saga::SagaRecord>, ApiError> {
+    use trellis_saga::SagaLog;
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let record = app
+            .orders
+            .orchestrator
+            .log()
+            .load(id)
+            .await
+            .map_err(ApiError::internal)?;
+        let running = record
+            .as_ref()
+            .is_none_or(|r| matches!(r.status, SagaStatus::Running | SagaStatus::Compensating));
+        if !running || tokio::time::Instant::now() >= until {
+            return Ok(record);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits for the saga to end, or, once it compensates, for its order to be
+/// REJECTED (the first compensation's first write): the rest, settling
+/// by key with inventory and payments, may wait out their outage and goes
+/// on in the background. The early answer carries the record as the
+/// compensation left it.
+async fn decided(
+    app: &OrdersApp,
+    order_id: &str,
+    mut saga: tokio::task::JoinHandle<trellis_saga::Result<trellis_saga::SagaRecord>>,
+    mut events: tokio::sync::broadcast::Receiver<trellis_saga::SagaEvent>,
+) -> Result<trellis_saga::Result<trellis_saga::SagaRecord>, tokio::task::JoinError> {
+    use tokio::sync::broadcast::error::RecvError;
+    use trellis_saga::SagaLog;
+    let mut compensating: Option<trellis_saga::SagaRecord> = None;
+    loop {
+        if let Some(record) = &compensating {
+            tokio::select! {
+                result = &mut saga => return result,
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if let Ok(Some(row)) = app.orders.summary(order_id).await
+                        && row.status == "REJECTED"
+                    {
+                        return Ok(Ok(record.clone()));
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            result = &mut saga => return result,
+            event = events.recv() => match event {
+                Ok(event) if event.saga_id == order_id && event.status == SagaStatus::Compensating => {
+                    // The record as the compensation left it (the answer's
+                    // `saga` field); a read that fails waits for the end.
+                    compensating = app
+                        .orders
+                        .orchestrator
+                        .log()
+                        .load(order_id)
+                        .await
+                        .ok()
+                        .flatten();
+                    if compensating.is_none() {
+                        return saga.await;
+                    }
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                // No sender: the orchestrator is gone; the task answers.
+                Err(RecvError::Closed) => return saga.await,
+            }
+        }
+    }
+}
+
 /// Places an order through the saga; answers once the read model has it.
+///
+/// The saga runs on its own task: a client that hangs up, or a gateway
+/// that gives up, drops only its wait, never the saga.
 #[utoipa::path(
     post,
     path = "/api/v1/orders",
     tag = "orders",
     operation_id = "place_order",
+    params(OrderIdempotencyKey),
     request_body = PlaceOrderBody,
     security(("bearer" = ["orders:write"])),
     responses(
-        (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION", body = crate::openapi::PlacedOrder),
+        (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION; with an `Idempotency-Key` used before, the first order as it stands now", body = crate::openapi::PlacedOrder),
+        (status = 202, description = "The saga is still running after its deadline's wait (status PLACED): poll `GET /orders/{id}`", body = crate::openapi::PlacedOrder),
         crate::openapi::AuthErrors,
         crate::openapi::BodyErrors,
     )
@@ -602,9 +848,11 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 pub(crate) async fn place(
     State(app): State<OrdersState>,
     Extension(claims): Extension<Claims>,
+    headers: http::HeaderMap,
     ApiJson(body): ApiJson<PlaceOrderBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let customer = customer_of(&claims)?;
+    let key = order_key(&headers)?;
     // Everything is checked before anything is written.
     if body.lines.is_empty() || body.lines.len() > 50 {
         return Err(unprocessable("invalid_lines", "an order has 1 to 50 lines"));
@@ -642,7 +890,10 @@ pub(crate) async fn place(
             quantity: line.quantity,
         });
     }
-    let order_id = uuid::Uuid::new_v4().to_string();
+    let order_id = match &key {
+        Some(key) => order_id_for_key(&customer, key),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let state = PlaceOrder {
         order_id: order_id.clone(),
         customer,
@@ -654,30 +905,67 @@ pub(crate) async fn place(
         payment: None,
         pending_validation: false,
     };
-    let record = app
-        .orders
-        .orchestrator
-        .start(&app.orders.saga, &order_id, state)
-        .await
-        .map_err(ApiError::internal)?;
-    if !matches!(
-        record.status,
-        SagaStatus::Completed | SagaStatus::Compensated
-    ) {
+    let wait = place_wait(&app);
+    // Subscribed before the start, so no event of this saga is missed.
+    let events = app.orders.orchestrator.subscribe();
+    let saga = {
+        let (app, order_id) = (app.clone(), order_id.clone());
+        tokio::spawn(async move {
+            app.orders
+                .orchestrator
+                .start(&app.orders.saga, &order_id, state)
+                .await
+        })
+    };
+    let (record, head) =
+        match tokio::time::timeout(wait, decided(&app, &order_id, saga, events)).await {
+            Ok(Ok(Ok(record))) => (Some(record), app.orders.appended_head()),
+            // The key was used before (or is in use right now, maybe on
+            // another replica): answer its order, once its saga has ended.
+            Ok(Ok(Err(trellis_saga::Error::AlreadyExists { .. }))) if key.is_some() => {
+                let record = await_saga(&app, &order_id, wait).await?;
+                let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+                (record, head)
+            }
+            Ok(Ok(Err(e))) => return Err(ApiError::internal(e)),
+            Ok(Err(join)) => return Err(ApiError::internal(join)),
+            // Still running: the adopter or a later answer finishes it.
+            Err(_elapsed) => (None, app.orders.appended_head()),
+        };
+    if let Some(record) = &record
+        && !matches!(
+            record.status,
+            SagaStatus::Completed | SagaStatus::Compensated
+        )
+    {
         tracing::warn!(order_id, status = ?record.status, error = ?record.error, "place-order saga did not finish");
     }
     // Read-your-writes: answer once the read model has this order's events.
-    let head = app.orders.appended_head();
     app.orders
         .projection
         .wait_for(head, Duration::from_secs(5))
         .await
         .map_err(ApiError::internal)?;
     let row = app.orders.summary(&order_id).await?;
-    let mut body = serde_json::to_value(row).map_err(ApiError::internal)?;
-    body["saga"] =
-        serde_json::json!({ "status": format!("{:?}", record.status), "error": record.error });
-    Ok((StatusCode::CREATED, Json(body)))
+    // Decided: CONFIRMED, REJECTED or PENDING_VALIDATION. Else the saga is
+    // still running: 202, and the order is finished in the background.
+    let decided = row.as_ref().is_some_and(|row| row.status != "PLACED");
+    let mut body = match row {
+        Some(row) => serde_json::to_value(row).map_err(ApiError::internal)?,
+        None => serde_json::json!({ "order_id": order_id, "status": "PLACED" }),
+    };
+    body["saga"] = match &record {
+        Some(record) => {
+            serde_json::json!({ "status": format!("{:?}", record.status), "error": record.error })
+        }
+        None => serde_json::json!({ "status": "Running", "error": null }),
+    };
+    let status = if decided {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(body)))
 }
 
 /// One of the caller's orders, from the read model.
@@ -751,9 +1039,18 @@ pub(crate) async fn validate_pending(app: &OrdersApp) -> Result<Vec<(String, Str
     validate_pending_locked(app).await
 }
 
+/// Most validation attempts per order: past it the order waits for an
+/// operator (an order that keeps meeting an open breaker).
+const MAX_VALIDATIONS: u32 = 100;
+
 /// [`validate_pending`] for a caller that holds `app.validating`.
+///
+/// Each attempt is its own saga ([`validation_saga_id`]), numbered: an
+/// attempt that met inventory down again (the order stays pending) is
+/// followed by attempt n + 1 on the next pass. An order whose attempt
+/// fails, or is still running elsewhere, is reported and skipped: it never
+/// stops the pass for the others.
 async fn validate_pending_locked(app: &OrdersApp) -> Result<Vec<(String, String)>, ApiError> {
-    use trellis_saga::SagaLog;
     let pending: Vec<String> = each!(&app.orders.read_db, ReadDb, pool => {
         sqlx::query_scalar(
             "SELECT order_id FROM order_summaries WHERE status = 'PENDING_VALIDATION' ORDER BY seq LIMIT 100",
@@ -763,58 +1060,126 @@ async fn validate_pending_locked(app: &OrdersApp) -> Result<Vec<(String, String)
     });
     let mut outcomes = Vec::with_capacity(pending.len());
     for order_id in pending {
-        let Some(original) = app
-            .orders
-            .orchestrator
-            .log()
-            .load(&order_id)
-            .await
-            .map_err(ApiError::internal)?
-        else {
-            continue;
-        };
-        let mut state: PlaceOrder =
-            serde_json::from_value(original.state).map_err(ApiError::internal)?;
-        state.pending_validation = false;
-        state.reservation = None;
-        state.payment = None;
-        let record = app
-            .orders
-            .orchestrator
-            .start(&app.orders.saga, &format!("{order_id}/validate"), state)
-            .await
-            .map_err(ApiError::internal)?;
-        if record.status != SagaStatus::Completed {
-            tracing::warn!(order_id, status = ?record.status, error = ?record.error, "validation saga did not complete");
+        match validate_one(app, &order_id).await {
+            Ok(Some(status)) => outcomes.push((order_id, status)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(
+                    order_id,
+                    ?error,
+                    "validating a pending order failed; next pass retries"
+                );
+            }
         }
-        let head = app.orders.store_head().await.map_err(ApiError::internal)?;
-        app.orders
-            .projection
-            .wait_for(head, Duration::from_secs(5))
-            .await
-            .map_err(ApiError::internal)?;
-        let status = app
-            .orders
-            .summary(&order_id)
-            .await?
-            .map(|row| row.status)
-            .unwrap_or_default();
-        outcomes.push((order_id, status));
     }
     Ok(outcomes)
+}
+
+/// The saga id of validation attempt `attempt` (from 1) of `order_id`:
+/// `{order_id}/validate`, then `{order_id}/validate/2`, ... (the first
+/// keeps the name validations had before they were numbered).
+pub(crate) fn validation_saga_id(order_id: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        format!("{order_id}/validate")
+    } else {
+        format!("{order_id}/validate/{attempt}")
+    }
+}
+
+/// The next validation attempt of `order_id`, if none is running: its
+/// status afterwards, or `None` when it was skipped.
+async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>, ApiError> {
+    use trellis_saga::SagaLog;
+    let log = app.orders.orchestrator.log();
+    let Some(original) = log.load(order_id).await.map_err(ApiError::internal)? else {
+        return Ok(None);
+    };
+    let mut attempt = 1;
+    let saga_id = loop {
+        let id = validation_saga_id(order_id, attempt);
+        match log.load(&id).await.map_err(ApiError::internal)? {
+            None => break id,
+            Some(record)
+                if matches!(
+                    record.status,
+                    SagaStatus::Running | SagaStatus::Compensating
+                ) =>
+            {
+                // In flight (here or on another replica): its owner or the
+                // adopter finishes it.
+                return Ok(None);
+            }
+            Some(_) if attempt >= MAX_VALIDATIONS => {
+                tracing::warn!(
+                    order_id,
+                    attempts = attempt,
+                    "order still pending after every validation attempt"
+                );
+                return Ok(None);
+            }
+            Some(_) => attempt += 1,
+        }
+    };
+    let mut state: PlaceOrder =
+        serde_json::from_value(original.state).map_err(ApiError::internal)?;
+    state.pending_validation = false;
+    state.reservation = None;
+    state.payment = None;
+    let record = match app
+        .orders
+        .orchestrator
+        .start(&app.orders.saga, &saga_id, state)
+        .await
+    {
+        Ok(record) => record,
+        // Another replica started this attempt first.
+        Err(trellis_saga::Error::AlreadyExists { .. }) => return Ok(None),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    if record.status != SagaStatus::Completed {
+        tracing::warn!(order_id, attempt, status = ?record.status, error = ?record.error, "validation saga did not complete");
+    }
+    let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+    app.orders
+        .projection
+        .wait_for(head, Duration::from_secs(5))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Some(
+        app.orders
+            .summary(order_id)
+            .await?
+            .map(|row| row.status)
+            .unwrap_or_default(),
+    ))
 }
 
 /// The orders service: its event store, saga orchestrator and read model.
 pub(crate) struct Orders {
     pub(crate) store: OrderStore,
     pub(crate) orchestrator: trellis_saga::Orchestrator<OrderSagaLog>,
-    pub(crate) saga: Saga<PlaceOrder>,
+    pub(crate) saga: Arc<Saga<PlaceOrder>>,
+    /// The place-order saga's deadline.
+    pub(crate) deadline: Duration,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
     pub(crate) read_db: ReadDb,
 }
 
 fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
     e.into()
+}
+
+/// How the orders service runs its sagas.
+#[derive(Debug, Clone)]
+pub(crate) struct SagaOptions {
+    /// The lease owner: unique per process
+    /// ([`trellis_saga::process_owner`]).
+    pub(crate) owner: String,
+    /// The place-order saga's deadline.
+    pub(crate) deadline: Duration,
+    /// How long a saga lease lasts without renewal; an orphaned saga is
+    /// adopted within about 1.25 times it (the adopter looks every quarter).
+    pub(crate) lease_ttl: Duration,
 }
 
 /// Assembles the orders service on its storage and its raw clients of
@@ -827,7 +1192,7 @@ pub(crate) async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
     read_db: ReadDb,
-    owner: &str,
+    options: SagaOptions,
     inventory_raw: InventoryClient,
     payment_raw: PaymentClient,
     prices: Prices,
@@ -883,6 +1248,19 @@ pub(crate) async fn open(
     );
     let payment_client: PaymentClient = BoxCloneSyncService::new(
         payment_policy
+            .layer(payment_faults.layer().layer(payment_raw.clone()))
+            .map_err(to_box),
+    );
+    // Refunds (compensations) skip the breaker and the quota: they have
+    // their own retry schedule (POST_PIVOT_RETRY), and a breaker opened by
+    // an outage would keep failing them for its whole wait after the
+    // provider is back, parking the sagas for an operator.
+    let mut refund_config = PolicyConfig::recommended("payments-refunds");
+    refund_config.circuit_breaker = None;
+    refund_config.rate_limit = None;
+    let refund_policy = with_retry(ResiliencePolicy::from_config(refund_config)?)?;
+    let refund_client: PaymentClient = BoxCloneSyncService::new(
+        refund_policy
             .layer(payment_faults.layer().layer(payment_raw))
             .map_err(to_box),
     );
@@ -893,19 +1271,30 @@ pub(crate) async fn open(
         inventory_with_fallback,
         inventory_plain,
         payment_client,
+        refund_client,
+        options.deadline,
     );
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
-    let orchestrator =
-        trellis_saga::Orchestrator::new(saga_log, owner).with_compensation_retry(POST_PIVOT_RETRY);
-    // Sagas a previous run left mid-flight finish (or compensate) before we
-    // serve: each step re-runs with its same idempotency key.
-    for (id, outcome) in orchestrator.recover(&saga).await? {
+    let orchestrator = trellis_saga::Orchestrator::new(saga_log, options.owner.as_str())
+        .with_lease_ttl(options.lease_ttl)
+        .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
+        .with_compensation_retry(POST_PIVOT_RETRY);
+    let saga = Arc::new(saga);
+    // Sagas a previous run left mid-flight whose leases have expired finish
+    // (or compensate) before we serve: a step whose outcome is unknown
+    // re-runs with its same idempotency key. The rest are adopted when
+    // their leases expire (the adopter below).
+    for (id, outcome) in orchestrator.adopt_orphans(&saga).await? {
         match outcome {
-            Ok(record) => tracing::info!(saga = id, status = ?record.status, "recovered saga"),
-            Err(error) => tracing::warn!(saga = id, %error, "could not recover saga"),
+            Ok(record) => tracing::info!(saga = id, status = ?record.status, "adopted saga"),
+            Err(trellis_saga::Error::Leased { .. }) => {}
+            Err(error) => tracing::warn!(saga = id, %error, "could not adopt saga"),
         }
     }
+    // Every orders instance, both run modes: sagas whose owner died, was
+    // rescheduled or lost its lease are adopted every quarter lease TTL.
+    let adopter = orchestrator.spawn_adopter(saga.clone());
     let projection = match &read_db {
         ReadDb::Sqlite(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
@@ -923,6 +1312,7 @@ pub(crate) async fn open(
             store,
             orchestrator,
             saga,
+            deadline: options.deadline,
             projection,
             read_db,
         },
@@ -931,6 +1321,7 @@ pub(crate) async fn open(
         payment_faults,
         clients,
         validating: tokio::sync::Mutex::new(()),
+        _adopter: adopter,
     });
     validate_when_inventory_is_back(&app);
     Ok(app)
@@ -976,6 +1367,9 @@ pub(crate) struct OrdersApp {
     pub(crate) clients: crate::web::ClientHandles,
     /// Held by a validation pass (see [`validate_pending`]).
     pub(crate) validating: tokio::sync::Mutex<()>,
+    /// Adopts orphaned sagas for as long as the service lives (aborted on
+    /// drop).
+    pub(crate) _adopter: trellis_saga::Adopter,
 }
 
 pub(crate) type OrdersState = Arc<OrdersApp>;
@@ -1200,6 +1594,22 @@ mod tests {
 }
 
 #[cfg(test)]
+mod summary_tests {
+    use super::OrderSummary;
+    use crate::readmodel::testing;
+
+    #[tokio::test]
+    async fn an_event_of_an_order_never_placed_is_an_error() {
+        let pool = testing::sqlite().await;
+        testing::unseen_orders_are_errors(&pool, &OrderSummary).await;
+        if let Some((pool, schema)) = testing::postgres("summary_unseen").await {
+            testing::unseen_orders_are_errors(&pool, &OrderSummary).await;
+            testing::drop_schema(pool, &schema).await;
+        }
+    }
+}
+
+#[cfg(test)]
 mod degraded_mode_tests {
     use std::time::{Duration, Instant};
 
@@ -1328,6 +1738,127 @@ mod degraded_mode_tests {
             }
             assert_eq!(running.net_charges(id).await.unwrap(), 1, "charged once");
         }
+        running.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Validation attempts are numbered and one order never stops the
+    /// pass: a first pass while inventory is still down leaves both orders
+    /// pending (attempt 1 each); one order's attempt 2 is then held by a
+    /// live run elsewhere, and the next pass skips it and confirms the
+    /// other with attempt 2 (a fixed saga id would refuse it as a repeat).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn validation_attempts_are_numbered_and_one_order_never_stops_the_others() {
+        use trellis_saga::{Lease, SagaLog, SagaRecord, SagaStatus};
+
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-numbered-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let running = crate::start(crate::Config {
+            data_dir: dir.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            drain: Duration::from_millis(10),
+            ..crate::Config::default()
+        })
+        .await
+        .unwrap();
+        let app = running.orders_app().clone();
+        let api = ApiClient::new(running.base_url());
+        let credentials = json!({ "email": "numbered@example.com", "password": "a long password" });
+        api.json(
+            Method::POST,
+            "/api/v1/identity/register",
+            None,
+            Some(credentials.clone()),
+        )
+        .await
+        .unwrap();
+        let r = api
+            .json(
+                Method::POST,
+                "/api/v1/identity/login",
+                None,
+                Some(credentials),
+            )
+            .await
+            .unwrap();
+        let token = r.body["access_token"].as_str().unwrap().to_owned();
+        app.inventory_breaker.force_open();
+        let order =
+            json!({ "lines": [ { "sku": "TEA-001", "quantity": 1 } ], "card": "4242424242424242" });
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            let r = api
+                .json(
+                    Method::POST,
+                    "/api/v1/orders",
+                    Some(&token),
+                    Some(order.clone()),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.body["status"], "PENDING_VALIDATION", "{:?}", r.body);
+            pending.push(r.body["order_id"].as_str().unwrap().to_owned());
+        }
+
+        // Inventory still down: attempt 1 of each defers again.
+        let first = super::validate_pending(&app).await.unwrap();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(
+            first.iter().all(|(_, s)| s == "PENDING_VALIDATION"),
+            "{first:?}"
+        );
+        let log = app.orders.orchestrator.log();
+        for id in &pending {
+            let attempt = log.load(&format!("{id}/validate")).await.unwrap();
+            assert_eq!(attempt.map(|r| r.status), Some(SagaStatus::Completed));
+        }
+
+        // The first order's attempt 2 is running on another (live) owner.
+        let held = format!("{}/validate/2", pending[0]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let record = SagaRecord {
+            id: held.clone(),
+            name: "place-order".into(),
+            status: SagaStatus::Running,
+            cursor: 0,
+            state: log.load(&pending[0]).await.unwrap().unwrap().state,
+            error: None,
+            failed_step: None,
+            deadline_ms: None,
+            version: 1,
+            wake_at_ms: None,
+            awaiting: None,
+        };
+        let lease = Lease {
+            owner: "orders@elsewhere/1",
+            now_ms: now,
+            until_ms: now + 60_000,
+        };
+        log.create(&record, lease, &[]).await.unwrap();
+
+        // Holding the pass lock, as the operator's "close" does, so the
+        // watcher woken by the reset does not run this pass first.
+        let one_pass = app.validating.lock().await;
+        app.inventory_breaker.reset();
+        let second = super::validate_pending_locked(&app).await.unwrap();
+        drop(one_pass);
+        assert_eq!(
+            second,
+            vec![(pending[1].clone(), "CONFIRMED".to_owned())],
+            "the held order is skipped, the other validated"
+        );
+        let attempt = log
+            .load(&format!("{}/validate/2", pending[1]))
+            .await
+            .unwrap();
+        assert_eq!(attempt.map(|r| r.status), Some(SagaStatus::Completed));
+        assert_eq!(running.net_charges(&pending[1]).await.unwrap(), 1);
+        assert_eq!(running.net_charges(&pending[0]).await.unwrap(), 0);
         running.shutdown().await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -41,9 +41,15 @@ pub(crate) enum PaymentRequest {
         amount_cents: i64,
         card: String,
     },
+    /// Refunds `payment` when given, else the charge made under
+    /// `charge_key` (for `order_id`): a compensation refunds by the key
+    /// whatever its saga recorded. A charge key with no charge yet is
+    /// cancelled, so the charge arriving late is refused.
     Refund {
         key: String,
-        payment: String,
+        payment: Option<String>,
+        charge_key: Option<String>,
+        order_id: Option<String>,
     },
 }
 
@@ -132,25 +138,74 @@ impl Payments {
                         }
                     }
                 };
-                Ok(if status == "CHARGED" {
-                    PaymentReply::Charged { payment }
-                } else {
-                    PaymentReply::Declined {
+                Ok(match status.as_str() {
+                    "CHARGED" => PaymentReply::Charged { payment },
+                    CANCELLED => PaymentReply::Declined {
+                        reason: "cancelled: this charge was refunded before it was made".into(),
+                    },
+                    _ => PaymentReply::Declined {
                         reason: "card declined".into(),
-                    }
+                    },
                 })
             }
-            PaymentRequest::Refund { key, payment } => {
-                sqlx::query("INSERT INTO refunds (idempotency_key, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(&key)
-                    .bind(&payment)
-                    .execute(&self.pool)
-                    .await?;
+            PaymentRequest::Refund {
+                key,
+                payment,
+                charge_key,
+                order_id,
+            } => {
+                let payment = match (payment, charge_key) {
+                    (Some(payment), _) => Some(payment),
+                    (None, Some(charge_key)) => {
+                        self.charge_to_refund(&charge_key, order_id.as_deref().unwrap_or(""))
+                            .await?
+                    }
+                    (None, None) => None,
+                };
+                if let Some(payment) = payment {
+                    sqlx::query("INSERT INTO refunds (idempotency_key, payment_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(&key)
+                        .bind(&payment)
+                        .execute(&self.pool)
+                        .await?;
+                }
                 Ok(PaymentReply::Refunded)
             }
         }
     }
+
+    /// The payment a refund by `charge_key` refunds: the charge's when it
+    /// was charged, none when it was declined (or cancelled before), and
+    /// none when it was never made, after recording a `CANCELLED` marker
+    /// under the key so the charge arriving late (a retry still in flight)
+    /// is refused. Inventory remembers early releases the same way.
+    async fn charge_to_refund(
+        &self,
+        charge_key: &str,
+        order_id: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        // The marker and a concurrent charge race on the key's primary
+        // key: whichever row is there afterwards decides.
+        sqlx::query(
+            "INSERT INTO charges (idempotency_key, payment_id, order_id, amount_cents, status) \
+             VALUES ($1, $2, $3, 0, 'CANCELLED') ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(charge_key)
+        .bind(format!("cancelled_{}", uuid::Uuid::new_v4().simple()))
+        .bind(order_id)
+        .execute(&self.pool)
+        .await?;
+        let (payment, status): (String, String) =
+            sqlx::query_as("SELECT payment_id, status FROM charges WHERE idempotency_key = $1")
+                .bind(charge_key)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((status == "CHARGED").then_some(payment))
+    }
 }
+
+/// The status of the marker a refund by key leaves for a charge never made.
+const CANCELLED: &str = "CANCELLED";
 
 // ---------------------------------------------------------------- HTTP (distributed mode)
 
@@ -172,8 +227,18 @@ pub(crate) struct ChargeBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RefundBody {
-    /// The payment id a charge answered with.
-    payment: String,
+    /// The payment id a charge answered with. Either this or `charge_key`.
+    #[serde(default)]
+    payment: Option<String>,
+    /// The `Idempotency-Key` the charge was (or would have been) made
+    /// with: refunds that charge whatever the caller knows of it; when no
+    /// charge was made under it, the key is cancelled and a later charge
+    /// with it is declined.
+    #[serde(default)]
+    charge_key: Option<String>,
+    /// The order, recorded with a cancelled charge key.
+    #[serde(default)]
+    order_id: Option<String>,
 }
 
 /// Payments' internal routes (relative to `/api/v1`), for orders' service
@@ -242,7 +307,9 @@ pub(crate) async fn charge(
     })
 }
 
-/// Refunds a payment, once per payment whatever the key.
+/// Refunds a payment, once per payment whatever the key, named by its
+/// payment id or by the charge's idempotency key (a key never charged is
+/// cancelled: a later charge with it is declined).
 #[utoipa::path(
     post,
     path = "/api/v1/payments/refunds",
@@ -263,10 +330,19 @@ pub(crate) async fn refund(
     ApiJson(body): ApiJson<RefundBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = crate::inventory::idempotency_key(&headers)?;
+    if body.payment.is_none() && body.charge_key.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_refund",
+            "name the payment or the charge_key",
+        ));
+    }
     payments
         .call(PaymentRequest::Refund {
             key,
             payment: body.payment,
+            charge_key: body.charge_key,
+            order_id: body.order_id,
         })
         .await?;
     Ok(Json(serde_json::json!({ "status": "refunded" })))
@@ -275,6 +351,93 @@ pub(crate) async fn refund(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn payments(name: &str) -> (Payments, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ecommerce-payments-{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = crate::db::open_any(&dir, "payments").await.unwrap();
+        (Payments::open(pool).await.unwrap(), dir)
+    }
+
+    fn charge(key: &str) -> PaymentRequest {
+        PaymentRequest::Charge {
+            key: key.into(),
+            order_id: "o1".into(),
+            amount_cents: 2500,
+            card: "4242424242424242".into(),
+        }
+    }
+
+    fn refund_by_key(key: &str, charge_key: &str) -> PaymentRequest {
+        PaymentRequest::Refund {
+            key: key.into(),
+            payment: None,
+            charge_key: Some(charge_key.into()),
+            order_id: Some("o1".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refund_by_key_refunds_the_charge_made_under_it() {
+        let (payments, dir) = payments("by-key").await;
+        let reply = payments.call(charge("o1/2/action")).await.unwrap();
+        assert!(matches!(reply, PaymentReply::Charged { .. }), "{reply:?}");
+        assert_eq!(payments.net_charges("o1").await.unwrap(), 1);
+        // The saga never recorded the payment id: the key is enough.
+        for key in ["o1/0/settle-charge", "o1/0/settle-charge", "another"] {
+            assert_eq!(
+                payments
+                    .call(refund_by_key(key, "o1/2/action"))
+                    .await
+                    .unwrap(),
+                PaymentReply::Refunded
+            );
+        }
+        assert_eq!(payments.net_charges("o1").await.unwrap(), 0);
+        let refunds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refunds")
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+        assert_eq!(refunds, 1, "refunded once");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refund_by_key_before_the_charge_cancels_it() {
+        let (payments, dir) = payments("cancel").await;
+        assert_eq!(
+            payments
+                .call(refund_by_key("o1/0/settle-charge", "o1/2/action"))
+                .await
+                .unwrap(),
+            PaymentReply::Refunded
+        );
+        // The charge call that was still in flight arrives late: refused.
+        let late = payments.call(charge("o1/2/action")).await.unwrap();
+        assert!(matches!(late, PaymentReply::Declined { .. }), "{late:?}");
+        assert_eq!(payments.net_charges("o1").await.unwrap(), 0);
+        // A declined charge's key refunds nothing.
+        let declined = PaymentRequest::Charge {
+            key: "o2/2/action".into(),
+            order_id: "o2".into(),
+            amount_cents: 100,
+            card: DECLINED_CARD.into(),
+        };
+        payments.call(declined).await.unwrap();
+        payments
+            .call(refund_by_key("o2/0/settle-charge", "o2/2/action"))
+            .await
+            .unwrap();
+        let refunds: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refunds")
+            .fetch_one(&payments.pool)
+            .await
+            .unwrap();
+        assert_eq!(refunds, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn a_token_keeps_the_last_four_digits_and_the_verdict_never_the_number() {

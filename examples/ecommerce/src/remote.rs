@@ -388,6 +388,11 @@ pub(crate) fn inventory_client(
                                 sku: body["sku"].as_str().unwrap_or_default().to_owned(),
                             })
                         }
+                        StatusCode::CONFLICT if body["error"] == "reservation_released" => {
+                            Ok(InventoryReply::NotHeld {
+                                status: "RELEASED".into(),
+                            })
+                        }
                         _ => Err(unexpected("inventory", &response)),
                     }
                 }
@@ -434,6 +439,25 @@ async fn done(
     })
 }
 
+/// `POST /payments/refunds`'s body: only the fields given.
+fn refund_body(
+    payment: Option<String>,
+    charge_key: Option<String>,
+    order_id: Option<String>,
+) -> serde_json::Value {
+    let mut body = serde_json::Map::new();
+    for (name, value) in [
+        ("payment", payment),
+        ("charge_key", charge_key),
+        ("order_id", order_id),
+    ] {
+        if let Some(value) = value {
+            body.insert(name.into(), value.into());
+        }
+    }
+    serde_json::Value::Object(body)
+}
+
 /// Payments over HTTP: charge / refund.
 pub(crate) fn payment_client(
     transport: Transport,
@@ -476,14 +500,19 @@ pub(crate) fn payment_client(
                         _ => Err(unexpected("payments", &response)),
                     }
                 }
-                PaymentRequest::Refund { key, payment } => {
+                PaymentRequest::Refund {
+                    key,
+                    payment,
+                    charge_key,
+                    order_id,
+                } => {
                     let response = send(
                         &transport,
                         Method::POST,
                         format!("{base}/api/v1/payments/refunds"),
                         Some(&bearer),
                         Some(&key),
-                        Some(json!({ "payment": payment })),
+                        Some(refund_body(payment, charge_key, order_id)),
                     )
                     .await?;
                     if response.status().is_success() {

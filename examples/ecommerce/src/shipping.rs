@@ -39,6 +39,7 @@ const ON_CONFIRMED: &str = "UPDATE shipments SET status = 'READY_TO_SHIP', ready
 const ON_REJECTED: &str = "UPDATE shipments SET status = CASE status \
      WHEN 'READY_TO_SHIP' THEN 'CANCELLED' ELSE 'NOT_SHIPPED' END \
      WHERE order_id = $1 AND status IN ('AWAITING_CONFIRMATION', 'READY_TO_SHIP')";
+const KNOWN: &str = "SELECT COUNT(*) FROM shipments WHERE order_id = $1";
 const SELECT: &str =
     "SELECT order_id, customer, items, status, ready_at FROM shipments WHERE order_id = $1";
 
@@ -129,18 +130,30 @@ macro_rules! for_database {
                             .execute(&mut **tx)
                             .await?;
                     }
-                    "Confirmed" => {
-                        sqlx::query(ON_CONFIRMED)
-                            .bind(order)
-                            .bind(crate::readmodel::recorded_secs(event))
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    "Rejected" => {
-                        sqlx::query(ON_REJECTED)
-                            .bind(order)
-                            .execute(&mut **tx)
-                            .await?;
+                    "Confirmed" | "Rejected" => {
+                        let changed = if event.event_type == "Confirmed" {
+                            sqlx::query(ON_CONFIRMED)
+                                .bind(order)
+                                .bind(crate::readmodel::recorded_secs(event))
+                                .execute(&mut **tx)
+                                .await?
+                        } else {
+                            sqlx::query(ON_REJECTED)
+                                .bind(order)
+                                .execute(&mut **tx)
+                                .await?
+                        };
+                        // Nothing moved: a repeat (fine) or an order this
+                        // model never saw placed (an error to retry).
+                        if changed.rows_affected() == 0 {
+                            let known: i64 = sqlx::query_scalar(KNOWN)
+                                .bind(order)
+                                .fetch_one(&mut **tx)
+                                .await?;
+                            if known == 0 {
+                                return Err(crate::readmodel::not_placed(order, event));
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -284,5 +297,15 @@ mod tests {
             );
         }
         testing::drop_schema(pool, &schema).await;
+    }
+
+    #[tokio::test]
+    async fn an_event_of_an_order_never_placed_is_an_error() {
+        let pool = testing::sqlite().await;
+        testing::unseen_orders_are_errors(&pool, &ShipmentProjection).await;
+        if let Some((pool, schema)) = testing::postgres("shipping_unseen").await {
+            testing::unseen_orders_are_errors(&pool, &ShipmentProjection).await;
+            testing::drop_schema(pool, &schema).await;
+        }
     }
 }

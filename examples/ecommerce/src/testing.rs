@@ -349,7 +349,26 @@ impl Consumer {
     pub async fn refund(&self, key: &str, payment: &str) -> Result<Reply, CallError> {
         self.payments(PaymentRequest::Refund {
             key: key.to_owned(),
-            payment: payment.to_owned(),
+            payment: Some(payment.to_owned()),
+            charge_key: None,
+            order_id: None,
+        })
+        .await
+    }
+
+    /// Refunds whatever was charged under `charge_key` for `order_id`
+    /// (cancelling the key when nothing was), under `key`.
+    pub async fn refund_charge(
+        &self,
+        key: &str,
+        charge_key: &str,
+        order_id: &str,
+    ) -> Result<Reply, CallError> {
+        self.payments(PaymentRequest::Refund {
+            key: key.to_owned(),
+            payment: None,
+            charge_key: Some(charge_key.to_owned()),
+            order_id: Some(order_id.to_owned()),
         })
         .await
     }

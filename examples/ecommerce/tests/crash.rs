@@ -28,6 +28,8 @@ const SKU: &str = "TEA-001";
 const QUANTITY: i64 = 2;
 const EMAIL: &str = "crash@example.com";
 const PASSWORD: &str = "long enough password";
+/// The children's saga lease.
+const LEASE_TTL: Duration = Duration::from_secs(2);
 
 fn main() {
     match std::env::var(CHILD_ENV) {
@@ -48,6 +50,9 @@ fn child(dir: PathBuf) {
             data_dir: dir,
             addr: "127.0.0.1:0".parse().expect("addr"),
             drain: Duration::from_millis(10),
+            // Each start is a new lease owner: the restart adopts the
+            // killed run's sagas once their leases expire.
+            saga_lease_ttl: LEASE_TTL,
             ..ecommerce::Config::default()
         };
         let running = ecommerce::start(config).await.expect("system starts");
@@ -251,12 +256,22 @@ enum KillPoint {
     /// While charge-payment waits on the provider with the declined card:
     /// recovery re-runs the charge, is declined, and compensates.
     MidDeclinedCharge,
+    /// During a compensation: the declined card made the saga compensate,
+    /// the reservation is released, and the rejection of the order is
+    /// held up (the test holds the event store's write lock) when the
+    /// process dies. The new process finishes the compensation.
+    MidCompensation,
+    /// Between confirm-reservation and confirm-order: the reservation is
+    /// CONFIRMED, the order's confirmation held up (the event store's write
+    /// lock again). The new process confirms the order: charged once, the
+    /// stock sold once.
+    ReservationConfirmed,
 }
 
 impl KillPoint {
     fn card(self) -> &'static str {
         match self {
-            KillPoint::MidDeclinedCharge => ecommerce::DECLINED_CARD,
+            KillPoint::MidDeclinedCharge | KillPoint::MidCompensation => ecommerce::DECLINED_CARD,
             _ => ecommerce::scenario::GOOD_CARD,
         }
     }
@@ -334,8 +349,92 @@ async fn scenario(point: KillPoint) {
             }
             payments.close().await;
         }
+        KillPoint::MidCompensation | KillPoint::ReservationConfirmed => {
+            // Hold the event store's write lock: the saga's next write to
+            // the store (the rejection, or the order's confirmation) waits
+            // on it.
+            let sagas = open(&dir, "orders-sagas").await;
+            let wanted = if matches!(point, KillPoint::MidCompensation) {
+                "compensating"
+            } else {
+                "running"
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut lock = write_lock(&dir, "orders-events").await;
+            // The lock is taken while the charge still waits on the
+            // provider (the reservation is made, the order recorded): the
+            // steps after it run in milliseconds and cannot slip past it.
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut lock)
+                .await
+                .expect("the event store's lock");
+            loop {
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM trellis_sagas WHERE id = ?")
+                        .bind(&order_id)
+                        .fetch_optional(&sagas)
+                        .await
+                        .expect("saga status");
+                let charged = charges(&dir, &order_id).await > 0;
+                let declined = matches!(point, KillPoint::MidCompensation);
+                if status.as_deref() == Some(wanted) && (declined || charged) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{point:?}: never reached");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The step before the held write has finished.
+            let held = loop {
+                let held = reservations(&dir, &order_id).await;
+                let done = match point {
+                    KillPoint::MidCompensation => held == ["RELEASED"],
+                    _ => held == ["CONFIRMED"],
+                };
+                if done {
+                    break held;
+                }
+                assert!(Instant::now() < deadline, "{point:?}: reservation {held:?}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            // Let the held write start waiting, then kill.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            first.kill();
+            sqlx::query("ROLLBACK")
+                .execute(&mut lock)
+                .await
+                .expect("release the lock");
+            drop(lock);
+            sagas.close().await;
+            println!("  {point:?}: killed with the reservation {held:?}");
+            return after_kill(point, temp, dir, started, placing, order_id, before).await;
+        }
     }
     first.kill();
+    after_kill(point, temp, dir, started, placing, order_id, before).await;
+}
+
+/// A writable connection to one of the child's SQLite files.
+async fn write_lock(dir: &Path, name: &str) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions;
+    let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+    SqliteConnectOptions::from_str(&url)
+        .expect("sqlite url")
+        .busy_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("open db for writing")
+}
+
+/// From the kill on: restart, recover, check.
+async fn after_kill(
+    point: KillPoint,
+    temp: TempDir,
+    dir: PathBuf,
+    started: Instant,
+    placing: tokio::task::JoinHandle<Result<ecommerce::ApiResponse, ecommerce::Error>>,
+    order_id: String,
+    before: i64,
+) {
     let reply = placing.await.expect("placing task");
     assert!(
         reply.is_err(),
@@ -385,8 +484,17 @@ async fn scenario(point: KillPoint) {
         "{point:?}: a charge disappeared"
     );
     assert_eq!(held.len(), 1, "{point:?}: reservations {held:?}");
-    if matches!(point, KillPoint::MidDeclinedCharge) {
+    if matches!(
+        point,
+        KillPoint::MidDeclinedCharge | KillPoint::MidCompensation
+    ) {
         assert_eq!(status, "REJECTED", "{point:?}: a declined card confirmed");
+    }
+    if matches!(point, KillPoint::ReservationConfirmed) {
+        assert_eq!(
+            status, "CONFIRMED",
+            "{point:?}: charged and stock confirmed"
+        );
     }
     match status.as_str() {
         "CONFIRMED" => {
@@ -415,6 +523,7 @@ async fn scenario(point: KillPoint) {
         .collect();
     assert_eq!(ids, vec![order_id.as_str()], "{point:?}: order list");
     second.kill();
+    drop(temp);
     println!(
         "  {point:?}: charges at kill {charged_at_kill}, recovered to {status} \
          (charged {charged}, refunded {refunds}), {:.1}s",
@@ -432,6 +541,8 @@ fn parent() {
         KillPoint::MidCharge,
         KillPoint::ChargeRecorded,
         KillPoint::MidDeclinedCharge,
+        KillPoint::MidCompensation,
+        KillPoint::ReservationConfirmed,
     ];
     println!("\nrunning {} tests", points.len());
     for point in points {

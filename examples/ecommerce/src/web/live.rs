@@ -26,7 +26,10 @@ use crate::error::ApiError;
 /// The validation saga of an order accepted while inventory was down is
 /// `{order_id}/validate`: it belongs to the same order.
 fn order_of(saga_id: &str) -> &str {
-    saga_id.strip_suffix("/validate").unwrap_or(saga_id)
+    // Validation attempts: `{order_id}/validate`, `{order_id}/validate/{n}`.
+    saga_id
+        .split_once("/validate")
+        .map_or(saga_id, |(order, _)| order)
 }
 
 /// The customer who placed `order_id`, from its saga's recorded state.

@@ -18,10 +18,11 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = 'GET', body, token } = {}) {
+async function api(path, { method = 'GET', body, token, idempotencyKey } = {}) {
   const headers = { accept: 'application/json' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (token) headers.authorization = 'Bearer ' + token;
+  if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
   const res = await fetch('/api/v1' + path, {
     method,
     headers,
@@ -291,7 +292,9 @@ async function placeOrder() {
   }, live.signal).catch(() => ready());
   await Promise.race([isReady, sleep(2000)]);
   try {
-    const order = await api('/orders', { method: 'POST', token, body: { lines, card } });
+    // One key per order: a retried request answers the same order.
+    const idempotencyKey = crypto.randomUUID ? crypto.randomUUID() : Date.now() + '-' + Math.random();
+    const order = await api('/orders', { method: 'POST', token, body: { lines, card }, idempotencyKey });
     cart.clear();
     say(msg, 'Order placed.', 'ok');
     await sleep(300);
