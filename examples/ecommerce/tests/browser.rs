@@ -179,6 +179,22 @@ async fn text_of(client: &Client, selector: &str) -> TestResult<String> {
     Ok(client.find(css(selector)).await?.text().await?)
 }
 
+/// Waits until `selector`'s text contains `needle`; the last text read is
+/// the error otherwise.
+async fn wait_for_text(client: &Client, selector: &str, needle: &str) -> TestResult<String> {
+    let until = Instant::now() + WAIT;
+    loop {
+        let text = text_of(client, selector).await?;
+        if text.contains(needle) {
+            return Ok(text);
+        }
+        if Instant::now() >= until {
+            return Err(format!("`{selector}` reads {text:?}, never {needle:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn fill(client: &Client, selector: &str, value: &str) -> TestResult {
     let input = client.find(css(selector)).await?;
     input.clear().await?;
@@ -429,10 +445,9 @@ async fn a_payment_outage_switched_on_in_the_console_compensates_the_order() {
                 ".tracker [data-milestone='confirmed'][data-state='failed']",
             )
             .await?;
-            let status = text_of(&client, "#order-status").await?;
-            if !status.contains("Compensated") {
-                return Err(format!("status reads {status:?}").into());
-            }
+            // The order is rejected by the first step's compensation, which
+            // runs last: the page says "Compensating" until the saga ends.
+            wait_for_text(&client, "#order-status", "Compensated").await?;
             if running.stock("KET-003").await? != stock_before
                 || running.net_charges(&order_id).await? != 0
             {
