@@ -464,3 +464,55 @@ async fn inner_errors_are_recorded_with_an_empty_status() {
     assert_eq!(counts[0].labels["http_response_status_code"], "");
     assert_eq!(counts[0].labels["http_request_method"], "POST");
 }
+
+/// A request served inside a sampled span leaves its trace id as the
+/// exemplar of the bucket it fell in; an unsampled one leaves none.
+#[tokio::test]
+async fn sampled_requests_leave_their_trace_id_as_the_bucket_exemplar() {
+    use trellis_observability::ServerTraceLayer;
+    let t = support::telemetry("exemplars");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let mut registry = Registry::default();
+    let metrics = HttpMetrics::new(&mut registry);
+    let svc = ServiceBuilder::new()
+        .layer(ServerTraceLayer::new())
+        .layer(metrics.server_layer())
+        .service_fn(ok);
+
+    let mut req = Request::get("/items/7").body(()).unwrap();
+    req.extensions_mut().insert(MatchedRoute::new("/items/{id}"));
+    svc.clone().oneshot(req).await.unwrap();
+    // The caller's traceparent says "not sampled": the parent-based sampler
+    // drops the span, so no exemplar may point at it.
+    let mut req = Request::get("/orders/1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )
+        .body(())
+        .unwrap();
+    req.extensions_mut().insert(MatchedRoute::new("/orders/{id}"));
+    svc.oneshot(req).await.unwrap();
+
+    let spans = t.spans(1).await;
+    let trace_id = spans[0].span_context.trace_id().to_string();
+    let text = render(&registry).unwrap();
+    let sampled: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_bucket{") && l.contains("/items/{id}"))
+        .filter(|l| l.contains(" # "))
+        .collect();
+    assert_eq!(sampled.len(), 1, "one bucket holds the exemplar: {text}");
+    assert!(
+        sampled[0].contains(&format!(r#" # {{trace_id="{trace_id}"}} "#)),
+        "{}",
+        sampled[0]
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("/orders/{id}") && l.contains(" # ")),
+        "unsampled request left an exemplar: {text}"
+    );
+    assert!(!text.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+}
