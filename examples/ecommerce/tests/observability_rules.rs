@@ -67,9 +67,33 @@ fn promtool_checks_the_rules_and_their_unit_tests_pass() {
 /// PromQL words that are not metric names: operators, modifiers, and the
 /// aggregations (which may be followed by `by (…)` rather than `(`).
 const PROMQL_WORDS: &[&str] = &[
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan", "sum", "min", "max", "avg", "count", "group", "stddev",
-    "stdvar", "topk", "bottomk", "quantile", "count_values", "limitk", "limit_ratio",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "limitk",
+    "limit_ratio",
 ];
 
 /// The metric names an expression selects: identifiers that are not
@@ -102,8 +126,15 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             '}' => braces = braces.saturating_sub(1),
             '[' => brackets += 1,
             ']' => brackets = brackets.saturating_sub(1),
-            '(' if ["by", "without", "on", "ignoring", "group_left", "group_right"]
-                .contains(&last_word.as_str()) =>
+            '(' if [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ]
+            .contains(&last_word.as_str()) =>
             {
                 label_list = true;
             }
@@ -243,9 +274,10 @@ fn exported_names(text: &str) -> BTreeSet<String> {
 /// histogram (`_bucket`, `_count`, `_sum`).
 fn known(name: &str, names: &BTreeSet<String>) -> bool {
     names.contains(name)
-        || ["_bucket", "_count", "_sum"]
-            .iter()
-            .any(|s| name.strip_suffix(s).is_some_and(|base| names.contains(base)))
+        || ["_bucket", "_count", "_sum"].iter().any(|s| {
+            name.strip_suffix(s)
+                .is_some_and(|base| names.contains(base))
+        })
 }
 
 async fn get_metrics(base_url: &str) -> String {
@@ -261,7 +293,10 @@ async fn get_metrics(base_url: &str) -> String {
         .await
         .expect("response");
     let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     body.to_owned()
 }
 
@@ -281,7 +316,10 @@ fn the_name_extractor_finds_metrics_and_skips_everything_else() {
     assert_eq!(names, want);
     let documented = documented_names();
     assert!(known("trellis_saga_finished_total", &documented));
-    assert!(known("http_server_request_duration_seconds_count", &documented));
+    assert!(known(
+        "http_server_request_duration_seconds_count",
+        &documented
+    ));
     assert!(!known("trellis_made_up_total", &documented));
 }
 
@@ -301,7 +339,10 @@ async fn every_metric_the_rules_and_dashboard_use_is_documented_or_exported() {
 
     let (rule_exprs, recorded) = rule_expressions();
     let mut unknown = Vec::new();
-    for (source, exprs) in [("rules.yml", rule_exprs), ("dashboard.json", dashboard_expressions())] {
+    for (source, exprs) in [
+        ("rules.yml", rule_exprs),
+        ("dashboard.json", dashboard_expressions()),
+    ] {
         assert!(!exprs.is_empty(), "{source} has no expressions");
         for expr in exprs {
             for name in metric_names(&expr) {

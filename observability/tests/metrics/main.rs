@@ -480,7 +480,8 @@ async fn sampled_requests_leave_their_trace_id_as_the_bucket_exemplar() {
         .service_fn(ok);
 
     let mut req = Request::get("/items/7").body(()).unwrap();
-    req.extensions_mut().insert(MatchedRoute::new("/items/{id}"));
+    req.extensions_mut()
+        .insert(MatchedRoute::new("/items/{id}"));
     svc.clone().oneshot(req).await.unwrap();
     // The caller's traceparent says "not sampled": the parent-based sampler
     // drops the span, so no exemplar may point at it.
@@ -491,7 +492,8 @@ async fn sampled_requests_leave_their_trace_id_as_the_bucket_exemplar() {
         )
         .body(())
         .unwrap();
-    req.extensions_mut().insert(MatchedRoute::new("/orders/{id}"));
+    req.extensions_mut()
+        .insert(MatchedRoute::new("/orders/{id}"));
     svc.oneshot(req).await.unwrap();
 
     let spans = t.spans(1).await;
@@ -499,7 +501,10 @@ async fn sampled_requests_leave_their_trace_id_as_the_bucket_exemplar() {
     let text = render(&registry).unwrap();
     let sampled: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_bucket{") && l.contains("/items/{id}"))
+        .filter(|l| {
+            l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains("/items/{id}")
+        })
         .filter(|l| l.contains(" # "))
         .collect();
     assert_eq!(sampled.len(), 1, "one bucket holds the exemplar: {text}");

@@ -83,7 +83,11 @@ fn child_service() {
                 Ok::<_, Infallible>(Response::new(String::from("ok")))
             });
         let res = svc
-            .oneshot(Request::post("/orders").body(String::new()).expect("request"))
+            .oneshot(
+                Request::post("/orders")
+                    .body(String::new())
+                    .expect("request"),
+            )
             .await
             .expect("response");
         assert_eq!(res.status(), 200);
@@ -158,7 +162,9 @@ fn parent(protocol: &str) {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
@@ -170,12 +176,18 @@ fn parent(protocol: &str) {
         .env("OTEL_SERVICE_NAME", "checkout")
         .env("OTEL_TRACES_SAMPLER", "traceidratio")
         .env("OTEL_TRACES_SAMPLER_ARG", "1.0")
-        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=otlp-test");
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=otlp-test",
+        );
     // The child blocks on its own runtime; the receiver keeps serving on ours.
     run(cmd);
 
     let requests = received.lock().expect("lock").clone();
-    assert!(!requests.is_empty(), "{protocol}: the receiver got no export");
+    assert!(
+        !requests.is_empty(),
+        "{protocol}: the receiver got no export"
+    );
     let mut spans: Vec<Span> = Vec::new();
     for (ct, body) in &requests {
         let req = if protocol == "http/json" {
@@ -217,9 +229,15 @@ fn parent(protocol: &str) {
     let reserve = named("reserve stock");
     assert_eq!(server.trace_id.len(), 16);
     assert!(server.trace_id.iter().any(|b| *b != 0));
-    assert!(server.parent_span_id.is_empty(), "the server span is the root");
+    assert!(
+        server.parent_span_id.is_empty(),
+        "the server span is the root"
+    );
     assert_eq!(reserve.trace_id, server.trace_id, "one trace");
-    assert_eq!(reserve.parent_span_id, server.span_id, "child of the server span");
+    assert_eq!(
+        reserve.parent_span_id, server.span_id,
+        "child of the server span"
+    );
     assert_ne!(reserve.span_id, server.span_id);
     rt.shutdown_background();
 }
