@@ -58,7 +58,7 @@ stop() {
   trap - EXIT INT TERM
   if ((${#pids[@]})); then
     echo
-    echo "stopping ${#pids[@]} services…"
+    echo "stopping ${#pids[@]} processes…"
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
   fi
