@@ -64,8 +64,11 @@ impl Telemetry {
 /// - the `tracing-opentelemetry` layer over an [`SdkTracerProvider`] whose
 ///   resource carries `service.name` (plus `OTEL_RESOURCE_ATTRIBUTES`), whose
 ///   sampler honours `OTEL_TRACES_SAMPLER`, and which exports to the exporters
-///   given here and, with feature `otlp`, to OTLP/HTTP configured by
-///   `OTEL_EXPORTER_OTLP_*` (disabled by `OTEL_TRACES_EXPORTER=none`);
+///   given here and, with feature `otlp`, to OTLP/HTTP (`http/protobuf` or
+///   `http/json` per `OTEL_EXPORTER_OTLP_PROTOCOL`) when
+///   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set and
+///   `OTEL_TRACES_EXPORTER` is not `none`; without an endpoint nothing is
+///   built and no export thread runs;
 /// - logs as JSON lines with `trace_id`/`span_id` ([`JsonLogLayer`]) or, with
 ///   `json(false)`, tracing-subscriber's human-readable format.
 pub struct TelemetryBuilder {
@@ -132,8 +135,12 @@ impl TelemetryBuilder {
         self.map_provider(|b| b.with_simple_exporter(exporter))
     }
 
-    /// Turns the OTLP exporter on or off regardless of `OTEL_TRACES_EXPORTER`
-    /// (default: on unless that variable is `none`).
+    /// Turns the OTLP exporter on or off regardless of the environment.
+    ///
+    /// Default: on when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (non-empty) and
+    /// `OTEL_TRACES_EXPORTER` is not `none`; off otherwise, so a service
+    /// without a collector builds no exporter and starts no export thread.
     #[cfg(feature = "otlp")]
     pub fn otlp(&mut self, enabled: bool) -> &mut Self {
         self.otlp = Some(enabled);
@@ -189,10 +196,7 @@ impl TelemetryBuilder {
             .with_resource(resource);
         #[cfg(feature = "otlp")]
         {
-            let enabled = self.otlp.unwrap_or_else(|| {
-                !std::env::var("OTEL_TRACES_EXPORTER")
-                    .is_ok_and(|v| v.split(',').any(|e| e.trim() == "none"))
-            });
+            let enabled = self.otlp.unwrap_or_else(otlp_configured_by_env);
             if enabled {
                 let exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
@@ -240,6 +244,16 @@ impl TelemetryBuilder {
         );
         Ok(guard)
     }
+}
+
+/// Whether the standard variables ask for OTLP span export: an endpoint is
+/// set and `OTEL_TRACES_EXPORTER` does not say `none`.
+#[cfg(feature = "otlp")]
+fn otlp_configured_by_env() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_TRACES_EXPORTER")
+        .is_ok_and(|v| v.split(',').any(|e| e.trim() == "none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
 /// Flushes and shuts the tracer provider down when dropped (or explicitly

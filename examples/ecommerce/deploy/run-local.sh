@@ -9,11 +9,18 @@
 #   ECOMMERCE_SEED_STOCK=1000000 run-local.sh         # stock for load runs
 #   ECOMMERCE_CONFIG=/path/to.toml run-local.sh       # another config file
 #   run-local.sh --mtls                               # mTLS between services
+#   ECOMMERCE_PROMETHEUS=0 run-local.sh               # without Prometheus
 #
 # --mtls makes a throw-away CA and one certificate per service
 # (URI SAN spiffe://trellis/<service>) with openssl in the log dir, points
 # the peers at https://, and checks readiness on each internal service's
 # plain health port (its port + 1000); the gateway stays plain HTTP.
+#
+# When Debian's Prometheus is installed (apt-get install prometheus), it is
+# started too, on 127.0.0.1:${PROMETHEUS_PORT:-9090}, scraping every service
+# with the rules of observability/rules.yml (observability/prometheus.yml;
+# data under the log dir). With --mtls the internal services' /metrics take
+# client certificates only, so Prometheus scrapes the gateway alone.
 #
 # Every ECOMMERCE_* variable overrides the config file (src/config.rs).
 set -euo pipefail
@@ -51,7 +58,7 @@ stop() {
   trap - EXIT INT TERM
   if ((${#pids[@]})); then
     echo
-    echo "stopping ${#pids[@]} services…"
+    echo "stopping ${#pids[@]} processes…"
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
   fi
@@ -135,6 +142,33 @@ for service in "${services[@]}"; do
   done
 done
 
+prometheus_url=""
+prometheus_bin="$(command -v prometheus || true)"
+if [[ "${ECOMMERCE_PROMETHEUS:-1}" != 0 && -n "$prometheus_bin" ]]; then
+  prom_config="$here/observability/prometheus.yml"
+  if ((mtls)); then
+    # Only the gateway's internal port is plain HTTP.
+    mkdir -p "$logs/prometheus-config"
+    cp "$here/observability/rules.yml" "$logs/prometheus-config/"
+    awk '/^scrape_configs:/ {print; print "  - job_name: gateway"; print "    static_configs:"; print "      - targets: [\"127.0.0.1:9080\"]"; exit} {print}' \
+      "$prom_config" >"$logs/prometheus-config/prometheus.yml"
+    prom_config="$logs/prometheus-config/prometheus.yml"
+  fi
+  prom_port="${PROMETHEUS_PORT:-9090}"
+  "$prometheus_bin" --config.file="$prom_config" --storage.tsdb.path="$logs/prometheus" \
+    --web.listen-address="127.0.0.1:$prom_port" --enable-feature=exemplar-storage \
+    >"$logs/prometheus.log" 2>&1 &
+  pids+=("$!")
+  echo "started prometheus (pid $!, log $logs/prometheus.log)"
+  prometheus_url="http://127.0.0.1:$prom_port"
+  for _ in $(seq 1 50); do
+    curl -fsS -o /dev/null "$prometheus_url/-/ready" 2>/dev/null && break
+    sleep 0.2
+  done
+elif [[ -z "$prometheus_bin" ]]; then
+  echo "prometheus not installed (apt-get install prometheus): not started"
+fi
+
 echo
 echo "every service is ready:"
 for service in "${services[@]}"; do
@@ -149,6 +183,9 @@ for service in "${services[@]}"; do
     fi
   fi
 done
+if [[ -n "$prometheus_url" ]]; then
+  printf '  %-10s %s  (targets: %s/targets, alerts: %s/alerts)\n' prometheus "$prometheus_url" "$prometheus_url" "$prometheus_url"
+fi
 cat <<MSG
 
 Public entry: http://127.0.0.1:8080/api/v1 (the gateway). Try:

@@ -1218,6 +1218,58 @@ fn resolve_port(container: &Value, port: Option<&Value>) -> Option<u64> {
     }
 }
 
+/// Prometheus' pod annotations point at the port that serves `/metrics`:
+/// the gateway's internal port (its public port serves no `/metrics`), the
+/// service port of the others. Under mTLS an internal service's `/metrics`
+/// answers client certificates only, so it may opt out with
+/// `prometheus.io/scrape: "false"`.
+fn check_scrape_annotations(
+    service: ServiceName,
+    deployment: &Resource,
+    port: u64,
+    health: Option<u64>,
+    mtls: bool,
+    problems: &mut Vec<String>,
+) {
+    let name = service.as_str();
+    let file = &deployment.file;
+    let annotation = |key: &str| {
+        deployment
+            .doc
+            .pointer("/spec/template/metadata/annotations")
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+    };
+    let scrape = annotation("prometheus.io/scrape");
+    if mtls && service != ServiceName::Gateway && scrape == Some("false") {
+        return;
+    }
+    if scrape != Some("true") {
+        problems.push(format!(
+            "{file}: {name} pods lack prometheus.io/scrape: \"true\" (found {scrape:?})"
+        ));
+        return;
+    }
+    let metrics_port = if service == ServiceName::Gateway {
+        health
+    } else {
+        Some(port)
+    };
+    let want = metrics_port.map(|p| p.to_string());
+    if annotation("prometheus.io/port") != want.as_deref() {
+        problems.push(format!(
+            "{file}: {name} prometheus.io/port is {:?}, but /metrics is served on {want:?}",
+            annotation("prometheus.io/port")
+        ));
+    }
+    if annotation("prometheus.io/path") != Some("/metrics") {
+        problems.push(format!(
+            "{file}: {name} prometheus.io/path is {:?}, expected /metrics",
+            annotation("prometheus.io/path")
+        ));
+    }
+}
+
 fn check_deployment(
     service: ServiceName,
     deployment: &Resource,
@@ -1327,6 +1379,7 @@ fn check_deployment(
             "{file}: {name} container ports {ports:?}, expected {expected:?}"
         ));
     }
+    check_scrape_annotations(service, deployment, port, health, mtls, problems);
     if let Some(health) = health
         && resolve_port(container, Some(&Value::from("health"))) != Some(health)
     {
@@ -2068,6 +2121,30 @@ fn the_checker_catches_broken_manifests() {
             "args: [\"-c\", \"/etc/nats/nats.conf\"]",
             "args: [\"-js\"]",
             "nats is not started with -c /etc/nats/nats.conf",
+        ),
+        (
+            "gateway.yaml",
+            "prometheus.io/port: \"9080\"",
+            "prometheus.io/port: \"8080\"",
+            "gateway prometheus.io/port is Some(\"8080\"), but /metrics is served on Some(\"9080\")",
+        ),
+        (
+            "orders.yaml",
+            "prometheus.io/port: \"8085\"",
+            "prometheus.io/port: \"9085\"",
+            "orders prometheus.io/port is Some(\"9085\")",
+        ),
+        (
+            "payments.yaml",
+            "prometheus.io/scrape: \"true\"",
+            "prometheus.io/scrape: \"false\"",
+            "payments pods lack prometheus.io/scrape",
+        ),
+        (
+            "catalog.yaml",
+            "prometheus.io/path: /metrics",
+            "prometheus.io/path: /stats",
+            "catalog prometheus.io/path is Some(\"/stats\")",
         ),
     ];
     for (file, from, to, expected) in cases {

@@ -71,9 +71,13 @@ where
         let result = ready!(this.inner.poll(cx));
         if let Some(state) = this.state.take() {
             let status = result.as_ref().map_or(0, |r| r.status().as_u16());
-            state
-                .entry
-                .observe(state.method, status, state.start.elapsed().as_secs_f64());
+            let seconds = state.start.elapsed().as_secs_f64();
+            state.entry.observe(
+                state.method,
+                status,
+                seconds,
+                super::TraceExemplar::current(),
+            );
         }
         Poll::Ready(result)
     }

@@ -8,7 +8,11 @@
 //! | `http_client_request_duration_seconds` | histogram | `http_request_method`, `server_address`, `http_response_status_code` |
 //! | `http_client_active_requests` | gauge | `http_request_method` |
 //!
-//! Buckets are the conventions' advisory ones (5 ms to 10 s). Cardinality is
+//! Buckets are the conventions' advisory ones (5 ms to 10 s). Each bucket
+//! of the duration histograms carries an OpenMetrics exemplar with the
+//! `trace_id` of its latest request that ran inside a sampled span (put the
+//! metrics layer inside [`ServerTraceLayer`](crate::ServerTraceLayer) or
+//! [`ClientTraceLayer`](crate::ClientTraceLayer), as in the README). Cardinality is
 //! bounded: methods outside the standard nine become `_OTHER`; the route is
 //! the matched *template* ([`RouteExtractor`]), or
 //! `unmatched`; at most [`HttpMetricsBuilder::max_routes`] distinct routes
@@ -37,9 +41,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::http_util::METHOD_LABELS;
@@ -56,11 +60,48 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 /// The label value that absorbs values beyond the cardinality cap.
 pub const OTHER: &str = "_OTHER";
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+/// A duration histogram whose buckets remember the trace id of their latest
+/// sampled observation (an OpenMetrics exemplar), so a slow bucket leads to
+/// a trace.
+type DurationHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn duration_histogram() -> DurationHistogram {
+    HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
 }
 
-type DurationFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type DurationFamily<L> = Family<L, DurationHistogram, fn() -> DurationHistogram>;
+
+/// The exemplar label set: `trace_id` as 32 lowercase hex digits, the
+/// OpenMetrics/Prometheus convention that Grafana links to a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TraceExemplar {
+    trace_id: opentelemetry::trace::TraceId,
+}
+
+impl TraceExemplar {
+    /// The trace of the current tracing span when OpenTelemetry samples it;
+    /// `None` outside a span or when the span is not sampled (an exemplar
+    /// pointing at a trace nobody exported would lead nowhere).
+    pub(crate) fn current() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = tracing::Span::current();
+        if span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        (sc.is_valid() && sc.is_sampled()).then_some(Self {
+            trace_id: sc.trace_id(),
+        })
+    }
+}
+
+impl EncodeLabelSet for TraceExemplar {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("trace_id", self.trace_id.to_string()).encode(encoder.encode_label())
+    }
+}
 
 /// `http_response_status_code`; 0 means "no response" and encodes empty.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -183,7 +224,7 @@ pub(crate) struct LabelEntry {
     side: Side,
     // Indexed by `method_index`; each holds (status, child) pairs. Status
     // codes are 100..=999 (plus 0 for "no response"), so this is bounded.
-    by_method: [RwLock<Vec<(u16, Histogram)>>; METHOD_LABELS.len()],
+    by_method: [RwLock<Vec<(u16, DurationHistogram)>>; METHOD_LABELS.len()],
 }
 
 impl LabelEntry {
@@ -202,12 +243,18 @@ impl LabelEntry {
         }
     }
 
-    pub(crate) fn observe(&self, method: usize, status: u16, seconds: f64) {
+    pub(crate) fn observe(
+        &self,
+        method: usize,
+        status: u16,
+        seconds: f64,
+        exemplar: Option<TraceExemplar>,
+    ) {
         let slot = &self.by_method[method];
         {
             let children = slot.read().unwrap_or_else(|e| e.into_inner());
             if let Some((_, h)) = children.iter().find(|(s, _)| *s == status) {
-                h.observe(seconds);
+                h.observe(seconds, exemplar, None);
                 return;
             }
         }
@@ -224,7 +271,7 @@ impl LabelEntry {
                 status: Status(status),
             }),
         };
-        child.observe(seconds);
+        child.observe(seconds, exemplar, None);
         let mut children = slot.write().unwrap_or_else(|e| e.into_inner());
         if !children.iter().any(|(s, _)| *s == status) {
             children.push((status, child));
@@ -424,7 +471,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..1000 {
                         let status = if (i + t) % 2 == 0 { 200 } else { 503 };
-                        entry.observe(0, status, 0.001);
+                        entry.observe(0, status, 0.001, None);
                     }
                 });
             }

@@ -464,3 +464,210 @@ async fn inner_errors_are_recorded_with_an_empty_status() {
     assert_eq!(counts[0].labels["http_response_status_code"], "");
     assert_eq!(counts[0].labels["http_request_method"], "POST");
 }
+
+/// A request served inside a sampled span leaves its trace id as the
+/// exemplar of the bucket it fell in; an unsampled one leaves none.
+#[tokio::test]
+async fn sampled_requests_leave_their_trace_id_as_the_bucket_exemplar() {
+    use trellis_observability::ServerTraceLayer;
+    let t = support::telemetry("exemplars");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let mut registry = Registry::default();
+    let metrics = HttpMetrics::new(&mut registry);
+    let svc = ServiceBuilder::new()
+        .layer(ServerTraceLayer::new())
+        .layer(metrics.server_layer())
+        .service_fn(ok);
+
+    let mut req = Request::get("/items/7").body(()).unwrap();
+    req.extensions_mut()
+        .insert(MatchedRoute::new("/items/{id}"));
+    svc.clone().oneshot(req).await.unwrap();
+    // The caller's traceparent says "not sampled": the parent-based sampler
+    // drops the span, so no exemplar may point at it.
+    let mut req = Request::get("/orders/1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(MatchedRoute::new("/orders/{id}"));
+    svc.oneshot(req).await.unwrap();
+
+    let spans = t.spans(1).await;
+    let trace_id = spans[0].span_context.trace_id().to_string();
+    let text = render(&registry).unwrap();
+    let sampled: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_server_request_duration_seconds_bucket{")
+                && l.contains("/items/{id}")
+        })
+        .filter(|l| l.contains(" # "))
+        .collect();
+    assert_eq!(sampled.len(), 1, "one bucket holds the exemplar: {text}");
+    assert!(
+        sampled[0].contains(&format!(r#" # {{trace_id="{trace_id}"}} "#)),
+        "{}",
+        sampled[0]
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("/orders/{id}") && l.contains(" # ")),
+        "unsampled request left an exemplar: {text}"
+    );
+    assert!(!text.contains("4bf92f3577b34da6a3ce929d0e0e4736"));
+}
+
+/// `prometheus` on PATH, or `None` outside CI (the test then reports and
+/// passes); in CI (`CI=true`) its absence fails: `.ci/run` installs it.
+fn prometheus_binary() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("prometheus"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "prometheus is missing in CI: .ci/run installs Debian's prometheus package"
+        );
+        eprintln!("prometheus not installed (apt-get install prometheus): scrape test not run");
+    }
+    found
+}
+
+/// Kills and reaps the Prometheus child however the test ends.
+struct ChildGuard(std::process::Child, std::path::PathBuf);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+/// The real Prometheus scrapes the OpenMetrics output, stores the series and
+/// the exemplar, and answers the request's trace id through its exemplar
+/// API: what Grafana asks when it links a slow bucket to its trace.
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_series_and_the_trace_id_exemplar() {
+    use trellis_observability::ServerTraceLayer;
+    let Some(prometheus) = prometheus_binary() else {
+        return;
+    };
+    let t = support::telemetry("scraped");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let mut registry = Registry::default();
+    let metrics = HttpMetrics::new(&mut registry);
+    let registry = Arc::new(registry);
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(ServerTraceLayer::new())
+                .layer(metrics.server_layer()),
+        )
+        .route_service("/metrics", MetricsService::new(registry));
+    let addr = serve(app).await;
+    let client = http_client();
+    let res = client
+        .request(
+            Request::get(format!("http://{addr}/items/1"))
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let spans = t.spans(1).await;
+    let trace_id = spans[0].span_context.trace_id().to_string();
+
+    let dir = std::env::temp_dir().join(format!(
+        "trellis-prometheus-{}-{}",
+        std::process::id(),
+        addr.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: scraped\n    static_configs:\n      - targets: [\"{addr}\"]\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--enable-feature=exemplar-storage")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus starts");
+    let _child = ChildGuard(child, dir.clone());
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query_exemplars?query=http_server_request_duration_seconds_bucket&start={}&end={}",
+        now - 300,
+        now + 300
+    );
+    let mut last = String::new();
+    for _ in 0..150 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let Ok(res) = client
+            .request(Request::get(&query).body(String::new()).unwrap())
+            .await
+        else {
+            continue;
+        };
+        last = body_string(res).await;
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&last) else {
+            continue;
+        };
+        let found = json["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|series| {
+                series["seriesLabels"]["http_route"] == "/items/{id}"
+                    && series["seriesLabels"]["job"] == "scraped"
+            });
+        if let Some(series) = found {
+            let exemplars = series["exemplars"].as_array().unwrap();
+            assert!(!exemplars.is_empty(), "{series}");
+            assert!(
+                exemplars
+                    .iter()
+                    .all(|e| e["labels"]["trace_id"] == trace_id.as_str()),
+                "{series}"
+            );
+            assert_eq!(series["seriesLabels"]["http_response_status_code"], "200");
+            return;
+        }
+    }
+    panic!(
+        "Prometheus never returned the exemplar with trace {trace_id}: {last}\nlog: {}",
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
+}

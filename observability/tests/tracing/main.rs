@@ -339,3 +339,36 @@ fn human_readable_logs_when_json_is_off() {
     assert!(text.contains("plain"));
     assert!(serde_json::from_str::<serde_json::Value>(text.trim()).is_err());
 }
+
+/// One request served inside the server span: its log line is JSON with
+/// the span's `trace_id` and `span_id`, the service name and the request id.
+#[tokio::test]
+async fn a_request_log_line_carries_trace_span_service_and_request_id() {
+    let t = telemetry("orders");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let svc = server_layers().service_fn(|_req: Request<String>| async {
+        tracing::info!(order_id = 7, "order placed");
+        Ok::<_, Infallible>(Response::new(String::new()))
+    });
+    let res = svc
+        .oneshot(
+            Request::post("/orders")
+                .header("x-request-id", "req-0001")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let spans = t.spans(1).await;
+    let server = &spans[0];
+    let lines = t.logs.with_message("order placed");
+    assert_eq!(lines.len(), 1);
+    let line = &lines[0];
+    assert_eq!(line["trace_id"], server.span_context.trace_id().to_string());
+    assert_eq!(line["span_id"], server.span_context.span_id().to_string());
+    assert_eq!(line["service"], "orders");
+    assert_eq!(line["fields"]["order_id"], 7);
+    assert_eq!(line["span"]["request_id"], "req-0001");
+    assert_eq!(line["level"], "INFO");
+}
