@@ -445,8 +445,23 @@ async fn a_payment_outage_switched_on_in_the_console_compensates_the_order() {
                 ".tracker [data-milestone='confirmed'][data-state='failed']",
             )
             .await?;
-            // The order is rejected by the first step's compensation, which
-            // runs last: the page says "Compensating" until the saga ends.
+            // Whether the provider took the charge is unknown until it
+            // answers: the refund by key waits for the outage to end, and
+            // the page says so meanwhile.
+            wait_for_text(&client, "#order-status", "Compensating").await?;
+            // The provider comes back (through the API, so the open order
+            // page keeps following the saga live).
+            let back = ecommerce::ApiClient::new(base.clone())
+                .json(
+                    Method::POST,
+                    "/api/v1/admin/payments/faults",
+                    Some(&running.ops_token()?),
+                    Some(serde_json::json!({ "enabled": false })),
+                )
+                .await?;
+            if !back.status.is_success() {
+                return Err(format!("switching the outage off: {}", back.body).into());
+            }
             wait_for_text(&client, "#order-status", "Compensated").await?;
             if running.stock("KET-003").await? != stock_before
                 || running.net_charges(&order_id).await? != 0
