@@ -61,7 +61,7 @@ impl Fake {
             async move {
                 let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::time::sleep(this.latency).await;
-                let status = if this.fail_every > 0 && n % this.fail_every == 0 {
+                let status = if this.fail_every > 0 && n.is_multiple_of(this.fail_every) {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     StatusCode::OK
