@@ -206,6 +206,30 @@ enum Command {
 }
 
 /// The analysis loop, before it is spawned.
+///
+/// # Examples
+///
+/// A canary failing every request is rolled back after two intervals:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use ecommerce::rollout::{Analysis, AnalysisConfig, Outcome, Phase, Rollout, Version};
+/// use std::time::Duration;
+///
+/// let rollout = Rollout::new();
+/// let handle = Analysis::new(rollout.clone(), AnalysisConfig::default()).unwrap().spawn();
+/// assert_eq!(rollout.weight(), 20);
+/// for _ in 0..2 {
+///     for _ in 0..50 {
+///         rollout.record(Version::Canary, Outcome::Error, Duration::from_millis(5));
+///     }
+///     tokio::time::sleep(Duration::from_secs(61)).await;
+/// }
+/// assert_eq!(handle.state().phase, Phase::RolledBack);
+/// assert_eq!(rollout.weight(), 0);
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Analysis {
     rollout: Rollout,
