@@ -572,3 +572,23 @@ fn invalid_configurations_are_refused() {
     };
     assert!(Analysis::new(Rollout::new(), config).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_decision_log_is_bounded() {
+    let rollout = Rollout::new();
+    let handle = Analysis::new(rollout, AnalysisConfig::default())
+        .unwrap()
+        .spawn();
+    for _ in 0..200 {
+        handle.pause().await.unwrap();
+        handle.resume().await.unwrap();
+    }
+    let decisions = handle.decisions();
+    assert_eq!(decisions.len(), 256);
+    assert_eq!(
+        decisions[0].kind,
+        DecisionKind::Paused,
+        "the oldest went first"
+    );
+    assert_eq!(decisions.last().unwrap().kind, DecisionKind::Resumed);
+}

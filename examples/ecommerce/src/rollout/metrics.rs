@@ -270,3 +270,40 @@ impl Rollout {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_is_bounded_and_keeps_the_newest_samples() {
+        let rollout = Rollout::new();
+        for _ in 0..MAX_SAMPLES {
+            rollout.record(Version::Canary, Outcome::Error, Duration::from_secs(1));
+        }
+        for _ in 0..100 {
+            rollout.record(Version::Canary, Outcome::Success, Duration::from_millis(1));
+        }
+        let stats = rollout.stats(Version::Canary, Duration::from_secs(60));
+        assert_eq!(stats.requests, MAX_SAMPLES as u64);
+        assert_eq!(stats.errors, MAX_SAMPLES as u64 - 100);
+    }
+
+    #[test]
+    fn p99_is_the_nearest_rank() {
+        let mut window = Window::default();
+        let now = Instant::now();
+        for ms in 1..=200 {
+            window.push(
+                Sample {
+                    at: now,
+                    latency: Duration::from_millis(ms),
+                    error: false,
+                },
+                Duration::from_secs(60),
+            );
+        }
+        assert_eq!(window.stats(None).p99, Some(Duration::from_millis(198)));
+        assert_eq!(Window::default().stats(None).p99, None);
+    }
+}
