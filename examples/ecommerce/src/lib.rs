@@ -63,6 +63,7 @@ mod password;
 mod payments;
 mod readmodel;
 mod remote;
+pub mod rollout;
 pub mod scenario;
 pub mod secrets;
 pub mod server;

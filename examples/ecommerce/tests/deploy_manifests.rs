@@ -272,6 +272,9 @@ fn check_overlay(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let resources = build_overlay(base, overlay, files, &mut problems);
+    if overlay == "progressive" {
+        check_progressive(&resources, &mut problems);
+    }
     check_resources(&with_provided_secrets(resources), &mut problems);
     problems
 }
@@ -1701,7 +1704,7 @@ fn the_dockerfile_builds_ecommerce_and_runs_as_non_root() {
 }
 
 /// The overlays under k8s/overlays, every one of them.
-const OVERLAYS: [&str; 2] = ["local", "mtls"];
+const OVERLAYS: [&str; 3] = ["local", "mtls", "progressive"];
 
 #[test]
 fn the_overlays_applied_to_the_base_match_the_settings_contract() {
@@ -2610,4 +2613,338 @@ fn url_parts(url: &str) -> (String, String, String, String) {
     let server = server.split('/').next().unwrap();
     let (host, port) = server.split_once(':').unwrap_or((server, "5432"));
     (user.into(), password.into(), host.into(), port.into())
+}
+
+// ---------------------------------------------------------------------
+// The progressive overlay (issue 16 §3): an Argo Rollouts `Rollout` for
+// orders and its `AnalysisTemplate`, against the gateway's canary engine
+// (`ecommerce::rollout`): the metric names it really exports, its steps,
+// interval and thresholds.
+
+/// Every series name `ecommerce::rollout`'s registry writes, read from its
+/// text exposition after one request per version and outcome.
+fn rollout_series() -> BTreeSet<String> {
+    use ecommerce::rollout::{Outcome, Rollout, Version};
+    let rollout = Rollout::new();
+    for version in [Version::Stable, Version::Canary] {
+        for outcome in [Outcome::Success, Outcome::Error] {
+            rollout.record(version, outcome, std::time::Duration::from_millis(1));
+        }
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    rollout.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The metric names a PromQL query selects: identifiers followed by a
+/// label matcher or a range.
+fn promql_metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_alphabetic() || c == b'_' || c == b':' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':')
+            {
+                i += 1;
+            }
+            // Label names inside braces are followed by `=`, not `{`/`[`.
+            if matches!(bytes.get(i), Some(b'{' | b'[')) {
+                names.push(query[start..i].to_owned());
+            }
+        } else if c == b'"' {
+            // Skip label values.
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// `30s`, `1m`, `2h` (the forms Argo Rollouts durations take here).
+fn argo_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    let secs = match unit {
+        's' => n,
+        'm' => n * 60,
+        'h' => n * 3600,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
+}
+
+/// The threshold of a `result[0] OP X` success condition.
+fn condition_threshold(condition: &str, op: &str) -> Option<f64> {
+    condition
+        .trim()
+        .strip_prefix("result[0]")?
+        .trim()
+        .strip_prefix(op)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn check_progressive(resources: &[Resource], problems: &mut Vec<String>) {
+    use ecommerce::rollout::{
+        DEFAULT_INTERVAL, DEFAULT_STEPS, FAILURE_LIMIT, MAX_P99, MIN_SUCCESS_RATE,
+    };
+    let Some(rollout) = find(resources, "Rollout", "orders") else {
+        problems.push("progressive: no Rollout orders".into());
+        return;
+    };
+    let file = &rollout.file;
+    // It takes over the orders Deployment's pod template.
+    let target = (
+        str_at(&rollout.doc, "/spec/workloadRef/kind"),
+        str_at(&rollout.doc, "/spec/workloadRef/name"),
+    );
+    match target {
+        (Some("Deployment"), Some(name)) => match find(resources, "Deployment", name) {
+            None => problems.push(format!(
+                "{file}: workloadRef names Deployment {name}, which does not exist"
+            )),
+            Some(_) if name != "orders" => problems.push(format!(
+                "{file}: workloadRef is Deployment {name}, not orders"
+            )),
+            Some(deployment) => {
+                if !selects(
+                    rollout.doc.pointer("/spec/selector/matchLabels"),
+                    deployment.doc.pointer("/spec/template/metadata/labels"),
+                ) {
+                    problems.push(format!(
+                        "{file}: the Rollout's selector does not select the orders pod template"
+                    ));
+                }
+            }
+        },
+        other => problems.push(format!(
+            "{file}: workloadRef is {other:?}, not the orders Deployment"
+        )),
+    }
+    // The steps and their pauses are the gateway's.
+    let steps = array_at(&rollout.doc, "/spec/strategy/canary/steps");
+    let weights: Vec<u64> = steps
+        .iter()
+        .filter_map(|s| s.pointer("/setWeight").and_then(Value::as_u64))
+        .collect();
+    let expected: Vec<u64> = DEFAULT_STEPS
+        .iter()
+        .map(|&w| u64::from(w))
+        .filter(|&w| w < 100)
+        .collect();
+    if weights != expected {
+        problems.push(format!(
+            "{file}: setWeight steps {weights:?}, the gateway's are {expected:?} (then 100)"
+        ));
+    }
+    for pause in steps.iter().filter_map(|s| s.pointer("/pause")) {
+        let held = str_at(pause, "/duration").and_then(argo_duration);
+        if held != Some(DEFAULT_INTERVAL) {
+            problems.push(format!(
+                "{file}: a pause of {held:?}, the gateway holds each step {DEFAULT_INTERVAL:?}"
+            ));
+        }
+    }
+    let templates: Vec<&str> = array_at(&rollout.doc, "/spec/strategy/canary/analysis/templates")
+        .iter()
+        .filter_map(|t| str_at(t, "/templateName"))
+        .collect();
+    if templates.is_empty() {
+        problems.push(format!("{file}: the canary has no analysis"));
+    }
+    let exported = rollout_series();
+    for name in templates {
+        let Some(template) = find(resources, "AnalysisTemplate", name) else {
+            problems.push(format!("{file}: analysis template {name} does not exist"));
+            continue;
+        };
+        let file = &template.file;
+        let metrics = array_at(&template.doc, "/spec/metrics");
+        let mut judged = BTreeSet::new();
+        for metric in metrics {
+            let metric_name = str_at(metric, "/name").unwrap_or_default();
+            let query = str_at(metric, "/provider/prometheus/query").unwrap_or_default();
+            let names = promql_metric_names(query);
+            if names.is_empty() {
+                problems.push(format!("{file}: {metric_name} queries no metric"));
+            }
+            for series in names {
+                if !exported.contains(&series) {
+                    problems.push(format!(
+                        "{file}: {metric_name} queries {series}, which the gateway does not export (it exports {exported:?})"
+                    ));
+                }
+            }
+            let interval = str_at(metric, "/interval").and_then(argo_duration);
+            if interval != Some(DEFAULT_INTERVAL) {
+                problems.push(format!(
+                    "{file}: {metric_name} interval {interval:?}, the gateway checks every {DEFAULT_INTERVAL:?}"
+                ));
+            }
+            let limit = metric.pointer("/failureLimit").and_then(Value::as_u64);
+            if limit.map(|l| l + 1) != Some(u64::from(FAILURE_LIMIT)) {
+                problems.push(format!(
+                    "{file}: {metric_name} failureLimit {limit:?}, the gateway rolls back after {FAILURE_LIMIT} failed checks (failureLimit {})",
+                    FAILURE_LIMIT - 1
+                ));
+            }
+            let condition = str_at(metric, "/successCondition").unwrap_or_default();
+            let (op, expected, what) = match metric_name {
+                "success-rate" => (">=", MIN_SUCCESS_RATE, "success rate"),
+                "latency-p99" => ("<=", MAX_P99.as_secs_f64(), "p99 (s)"),
+                other => {
+                    problems.push(format!("{file}: unknown analysis metric {other}"));
+                    continue;
+                }
+            };
+            judged.insert(metric_name);
+            let threshold = condition_threshold(condition, op);
+            if threshold != Some(expected) {
+                problems.push(format!(
+                    "{file}: {metric_name} successCondition {condition:?}: the gateway's {what} threshold is {op} {expected}"
+                ));
+            }
+        }
+        for needed in ["success-rate", "latency-p99"] {
+            if !judged.contains(needed) {
+                problems.push(format!("{file}: no {needed} metric"));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_rollout_metric_names_are_the_ones_the_router_exports() {
+    let series = rollout_series();
+    for name in [
+        ecommerce::rollout::REQUESTS_METRIC.to_owned(),
+        ecommerce::rollout::WEIGHT_METRIC.to_owned(),
+        format!("{}_bucket", ecommerce::rollout::DURATION_METRIC),
+    ] {
+        assert!(series.contains(&name), "{name} not in {series:?}");
+    }
+    assert_eq!(
+        promql_metric_names(
+            r#"sum(rate(a_total{version="x{y"}[1m])) / histogram_quantile(0.99, sum by (le) (rate(b_bucket[5m])))"#
+        ),
+        ["a_total", "b_bucket"]
+    );
+}
+
+#[test]
+fn the_progressive_checks_catch_broken_manifests() {
+    let base = read_base();
+    for (file, from, to, expected) in [
+        (
+            "rollout.yaml",
+            "    name: orders\n    scaleDown",
+            "    name: ordrs\n    scaleDown",
+            "workloadRef names Deployment ordrs, which does not exist",
+        ),
+        (
+            "rollout.yaml",
+            "    name: orders\n    scaleDown",
+            "    name: payments\n    scaleDown",
+            "workloadRef is Deployment payments, not orders",
+        ),
+        (
+            "rollout.yaml",
+            "    matchLabels:\n      app.kubernetes.io/name: orders",
+            "    matchLabels:\n      app.kubernetes.io/name: order",
+            "does not select the orders pod template",
+        ),
+        (
+            "rollout.yaml",
+            "setWeight: 40",
+            "setWeight: 50",
+            "setWeight steps [20, 50, 60, 80]",
+        ),
+        (
+            "rollout.yaml",
+            "pause: {duration: 1m}",
+            "pause: {duration: 30s}",
+            "a pause of Some(30s)",
+        ),
+        (
+            "rollout.yaml",
+            "templateName: orders-canary",
+            "templateName: orders-analysis",
+            "analysis template orders-analysis does not exist",
+        ),
+        (
+            "analysis-template.yaml",
+            "sum(rate(gateway_rollout_requests_total{version=\"canary\"}",
+            "sum(rate(gateway_requests_total{version=\"canary\"}",
+            "queries gateway_requests_total, which the gateway does not export",
+        ),
+        (
+            "analysis-template.yaml",
+            "gateway_rollout_request_duration_seconds_bucket",
+            "gateway_rollout_request_duration_bucket",
+            "queries gateway_rollout_request_duration_bucket",
+        ),
+        (
+            "analysis-template.yaml",
+            "result[0] >= 0.99",
+            "result[0] >= 0.95",
+            "success-rate successCondition",
+        ),
+        (
+            "analysis-template.yaml",
+            "result[0] <= 0.5",
+            "result[0] <= 1",
+            "latency-p99 successCondition",
+        ),
+        (
+            "analysis-template.yaml",
+            "failureLimit: 1",
+            "failureLimit: 2",
+            "success-rate failureLimit Some(2)",
+        ),
+        (
+            "analysis-template.yaml",
+            "interval: 1m",
+            "interval: 5m",
+            "success-rate interval Some(300s)",
+        ),
+        (
+            "analysis-template.yaml",
+            "    - name: latency-p99",
+            "    - name: latency-p95",
+            "unknown analysis metric latency-p95",
+        ),
+        (
+            "kustomization.yaml",
+            "  - rollout.yaml\n",
+            "",
+            "progressive: no Rollout orders",
+        ),
+    ] {
+        let mut files = read_dir("k8s/overlays/progressive");
+        let text = files.get_mut(file).unwrap();
+        assert!(text.contains(from), "progressive/{file} has no {from:?}");
+        *text = text.replacen(from, to, 1);
+        let problems = check_overlay(&base, "progressive", &files);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "progressive/{file}: {from:?} -> {to:?} should report {expected:?}, got {problems:#?}"
+        );
+    }
 }
