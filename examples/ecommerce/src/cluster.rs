@@ -397,7 +397,12 @@ impl System {
             }
             pool.close().await;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // ECOMMERCE_KEEP_LOGS=1 keeps the services' logs for a post-mortem.
+        if std::env::var("ECOMMERCE_KEEP_LOGS").is_ok_and(|v| v == "1") {
+            eprintln!("logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

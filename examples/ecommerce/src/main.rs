@@ -29,13 +29,36 @@ use std::net::SocketAddr;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A drill provokes failures on purpose: their warnings would bury its
     // table, so it logs errors only unless RUST_LOG says otherwise.
-    let quiet = std::env::args().nth(1).as_deref() == Some("drill");
-    let default_filter = if quiet { "error" } else { "warn" };
-    let _telemetry = trellis_observability::Telemetry::builder("ecommerce")
-        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.into()))
-        .json(false)
-        .init()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str);
+    let quiet = command == Some("drill");
+    let default_filter = if quiet { "error" } else { "warn" };
+    // Serve mode runs under an orchestrator that collects logs: JSON lines
+    // with trace_id/span_id and the service's name. The interactive modes
+    // keep text for a person at a terminal. ECOMMERCE_LOG_FORMAT=json|text
+    // overrides either default.
+    let serving = matches!(command, Some("serve" | "serve-local"));
+    let json = match std::env::var("ECOMMERCE_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => serving,
+    };
+    // The OTLP exporter is built only when OTEL_EXPORTER_OTLP_ENDPOINT is
+    // set; `service.name` is the service this process runs (OTEL_SERVICE_NAME
+    // overrides it).
+    let service = match command {
+        Some("serve") => args
+            .windows(2)
+            .find(|w| w[0] == "--service")
+            .map(|w| w[1].clone())
+            .or_else(|| std::env::var("ECOMMERCE_SERVICE").ok())
+            .map_or_else(|| "ecommerce".to_owned(), |s| format!("ecommerce-{s}")),
+        _ => "ecommerce".to_owned(),
+    };
+    let _telemetry = trellis_observability::Telemetry::builder(&service)
+        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.into()))
+        .json(json)
+        .init()?;
     match args.first().map(String::as_str) {
         None => {}
         Some("load") => return load(&args[1..]).await,
