@@ -1,4 +1,4 @@
-//! Feeding a [`Projection`] from a NATS JetStream durable consumer (feature
+//! Feeding a [`Projection`] from a NATS JetStream stream (feature
 //! `nats`): the read side of a service that does not share the writer's
 //! database, fed by the events an outbox relay
 //! (`trellis_eventsourcing::outbox::nats::NatsPublisher`) published.
@@ -19,29 +19,40 @@
 //!
 //! This relies on the publisher sending events in global order to one
 //! stream (the outbox relay guarantees it) and on **one active runner per
-//! durable**: replicas elect one through a lease in the read-model database
-//! (table `cqrs_leases`, as the store-fed runner does); the others do not
-//! fetch. The consumer is created with `max_ack_pending` = the batch size,
-//! so JetStream never hands out a later event while an earlier one is
-//! unacknowledged, and with `ack_wait` = the lease TTL, so the messages a
-//! dead runner had fetched come back by the time its lease expires. The
-//! checkpoint is written compare-and-set, fenced by the lease epoch: a runner
-//! that lost its lease rolls its batch back and hands the messages back.
+//! projection**: replicas elect one through a lease in the read-model
+//! database (table `cqrs_leases`, as the store-fed runner does); the others
+//! do not consume.
 //!
+//! # Ordered per leadership term
+//!
+//! The active runner reads through an **ordered consumer** (ephemeral, no
+//! acks, strictly in stream order) that it creates when it takes the lease,
+//! starting right after the stream sequence of the last message it applied.
+//! That sequence is a second checkpoint (`<name>#stream-sequence`) written
+//! in the same read-model transaction. So a runner that dies mid-batch
+//! leaves nothing "in flight" at the broker: its successor starts from the
+//! committed sequence and sees every later message in order. (A durable
+//! consumer with explicit acks does not give that: the messages a dead
+//! runner had fetched come back only after their ack wait, by which time
+//! its successor may have applied later ones and moved the checkpoint past
+//! them, so they would be skipped as duplicates.) A checkpoint that fails
+//! its compare-and-set, fenced by the lease epoch, rolls the batch back: a
+//! runner that lost its lease applies nothing.
+
 //! # Failures
 //!
 //! A message whose body is not a `StoredEvent`, or a handler error, rolls
 //! the batch back; the batch is retried with the runner's backoff and, after
-//! `max_retries`, the projection is parked (its messages stay
-//! unacknowledged in the stream), as with the store-fed runner.
+//! `max_retries`, the projection is parked (the messages stay in the stream
+//! after its checkpoint), as with the store-fed runner.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::Message;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
-use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 use trellis_eventsourcing::StoredEvent;
@@ -54,10 +65,11 @@ use super::{
 };
 use crate::error::{Error, Result};
 
-/// Feeds a [`Projection`] from a JetStream durable pull consumer, with the
-/// checkpoint in the read-model transaction: JetStream delivers at least
-/// once, the read model gets each event once (a redelivery at or below the
-/// checkpoint is acked without being applied). Replicas elect one active
+/// Feeds a [`Projection`] from a JetStream stream through an ordered
+/// consumer per leadership term, with the checkpoints (global position and
+/// stream sequence) in the read-model transaction: the read model gets each
+/// event once and in order (a republished event at or below the position
+/// checkpoint is skipped; see the crate README). Replicas elect one active
 /// runner per projection name through a lease in the read-model database,
 /// and the checkpoint write is compare-and-set, fenced by the lease epoch
 /// (see the crate README, *Guarantees across replicas and restarts*).
@@ -99,8 +111,8 @@ where
     P: Projection<DB>,
 {
     /// A runner of `projection` over every message of `stream`, writing into
-    /// `pool`. The durable consumer is named after the projection (`.`, `*`,
-    /// `>` and spaces become `_`).
+    /// `pool`. Its checkpoints are named after the projection (and
+    /// `<name>#stream-sequence`).
     pub fn new(stream: Stream, pool: sqlx::Pool<DB>, projection: P) -> Self {
         JetStreamRunner {
             stream,
@@ -123,8 +135,7 @@ where
         self
     }
 
-    /// Sets the lease TTL (see [`RunnerOptions::lease_ttl`]); it is also the
-    /// consumer's `ack_wait` when this runner creates the consumer.
+    /// Sets the lease TTL (see [`RunnerOptions::lease_ttl`]).
     pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
         self.options.lease_ttl = ttl;
         self
@@ -136,8 +147,8 @@ where
         self
     }
 
-    /// Creates the checkpoint and lease tables, the projection's tables and
-    /// the durable consumer, loads the checkpoint and spawns the runner,
+    /// Creates the checkpoint and lease tables and the projection's tables,
+    /// loads the checkpoint and spawns the runner,
     /// which applies messages once it holds the projection's lease.
     ///
     /// # Errors
@@ -150,32 +161,10 @@ where
             .await
             .map_err(Error::Handler)?;
         let name = self.projection.name().to_owned();
-        let durable: String = name
-            .chars()
-            .map(|c| match c {
-                '.' | '*' | '>' | ' ' | '\t' => '_',
-                c => c,
-            })
-            .collect();
         let batch = self.options.batch_size.clamp(1, 10_000);
-        let consumer: PullConsumer = self
-            .stream
-            .get_or_create_consumer(
-                &durable,
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::Explicit,
-                    // A dead runner's messages come back when its lease expires.
-                    ack_wait: self.options.lease_ttl.max(Duration::from_secs(1)),
-                    max_ack_pending: i64::try_from(batch).unwrap_or(i64::MAX),
-                    filter_subject: self.filter_subject.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| Error::Bus(e.to_string()))?;
         DB::init_checkpoint(&self.pool, &name).await?;
+        let sequence_name = format!("{name}#stream-sequence");
+        DB::init_checkpoint(&self.pool, &sequence_name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
         let leadership = leadership(&name, &self.options);
         let held = Arc::new(AtomicU64::new(0));
@@ -197,7 +186,11 @@ where
             pool: self.pool,
             projection: self.projection,
             options: self.options,
-            consumer,
+            stream: self.stream,
+            filter_subject: self.filter_subject,
+            ordered: None,
+            sequence_name,
+            sequence: 0,
             batch,
             name: name.clone(),
             position,
@@ -223,7 +216,15 @@ struct Worker<DB: ReadModelDb, P> {
     pool: sqlx::Pool<DB>,
     projection: P,
     options: RunnerOptions,
-    consumer: PullConsumer,
+    stream: Stream,
+    filter_subject: String,
+    /// The ordered consumer of the current leadership term (in a mutex only
+    /// to be `Sync`: it is taken out while a fetch polls it).
+    ordered: Option<Mutex<pull::Ordered>>,
+    /// Checkpoint row of the last applied message's stream sequence.
+    sequence_name: String,
+    /// That sequence, as of the last commit of this term.
+    sequence: u64,
     batch: usize,
     name: String,
     position: u64,
@@ -257,8 +258,10 @@ where
             )
             .await
             else {
-                // Not ours to apply: hand fetched messages back at once.
-                nak_all(&mut pending).await;
+                // Not ours to apply: forget what was read; the next term
+                // starts again from the committed sequence.
+                pending.clear();
+                self.ordered = None;
                 attempts = 0;
                 previous_delay = None;
                 tokio::select! {
@@ -297,16 +300,12 @@ where
                     self.leadership.lose();
                     self.leases.1.store(0, std::sync::atomic::Ordering::SeqCst);
                     lock(&self.status).role = Role::Standby;
-                    nak_all(&mut pending).await;
+                    pending.clear();
+                    self.ordered = None;
                 }
-                Ok(Some(target)) => {
-                    for message in pending.drain(..) {
-                        // A lost ack only means a redelivery, which the
-                        // checkpoint turns into a no-op.
-                        if let Err(error) = message.ack().await {
-                            tracing::debug!(projection = %self.name, %error, "ack failed");
-                        }
-                    }
+                Ok(Some((target, sequence))) => {
+                    pending.clear();
+                    self.sequence = sequence;
                     self.position = target;
                     lock(&self.status).position = target;
                     self.position_tx.send_replace(target);
@@ -320,9 +319,10 @@ where
                             position: self.position + 1,
                             error,
                         };
-                        // Hand the messages back at once rather than after
-                        // ack_wait; nobody applies them while parked.
-                        nak_all(&mut pending).await;
+                        // The messages stay in the stream after the
+                        // checkpoint; whoever applies next reads them again.
+                        pending.clear();
+                        self.ordered = None;
                         self.leadership.release(&self.leases).await;
                         lock(&self.status).role = Role::Standby;
                         return;
@@ -338,45 +338,106 @@ where
                 }
             }
         }
-        nak_all(&mut pending).await;
+        drop(pending);
         self.leadership.release(&self.leases).await;
         let mut status = lock(&self.status);
         status.state = ProjectionState::Stopped;
         status.role = Role::Standby;
     }
 
-    /// Up to `batch` messages, waiting at most the poll interval.
-    async fn fetch(&self) -> std::result::Result<Vec<Message>, String> {
-        let mut messages = self
-            .consumer
-            .fetch()
-            .max_messages(self.batch)
-            .expires(self.options.poll_interval.max(Duration::from_millis(100)))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        while let Some(message) = messages.next().await {
-            out.push(message.map_err(|e| e.to_string())?);
+    /// Up to `batch` messages in stream order, waiting at most the poll
+    /// interval for the first. The first call of a leadership term creates
+    /// the term's ordered consumer after the committed stream sequence.
+    async fn fetch(&mut self) -> std::result::Result<Vec<Message>, String> {
+        if self.ordered.is_none() {
+            let committed = DB::load_checkpoint(&self.pool, &self.sequence_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.sequence = committed;
+            let deliver_policy = if committed == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: committed + 1,
+                }
+            };
+            let consumer = self
+                .stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: self.filter_subject.clone(),
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let ordered = consumer.messages().await.map_err(|e| e.to_string())?;
+            self.ordered = Some(Mutex::new(ordered));
         }
-        Ok(out)
+        let Some(mut ordered) = self
+            .ordered
+            .take()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        else {
+            return Ok(Vec::new());
+        };
+        let (out, keep) = self.read_batch(&mut ordered).await;
+        if keep {
+            self.ordered = Some(Mutex::new(ordered));
+        }
+        out
+    }
+
+    /// Reads up to `batch` messages from `ordered`; `false` when the
+    /// consumer ended or failed and the next fetch must create a new one.
+    async fn read_batch(
+        &self,
+        ordered: &mut pull::Ordered,
+    ) -> (std::result::Result<Vec<Message>, String>, bool) {
+        let wait = self.options.poll_interval.max(Duration::from_millis(100));
+        let first = match tokio::time::timeout(wait, ordered.next()).await {
+            Err(_) => return (Ok(Vec::new()), true),
+            Ok(None) => return (Ok(Vec::new()), false),
+            Ok(Some(Err(error))) => return (Err(error.to_string()), false),
+            Ok(Some(Ok(message))) => message,
+        };
+        let mut out = vec![first];
+        // Whatever the consumer has already buffered joins the batch.
+        while out.len() < self.batch {
+            match futures_util::FutureExt::now_or_never(ordered.next()) {
+                Some(Some(Ok(message))) => out.push(message),
+                Some(Some(Err(error))) => {
+                    // Apply what came in order; the next fetch starts again
+                    // from the committed sequence.
+                    tracing::debug!(projection = %self.name, %error, "ordered consumer error");
+                    return (Ok(out), false);
+                }
+                Some(None) => return (Ok(out), false),
+                None => break,
+            }
+        }
+        (Ok(out), true)
     }
 
     /// Applies the events above the checkpoint and saves the new checkpoint,
-    /// in one transaction; returns the checkpoint, or `None` when the fenced
-    /// checkpoint write failed (lease lost; nothing applied).
+    /// in one transaction, with the stream sequence of the last message;
+    /// returns both, or `None` when the fenced checkpoint write failed (lease
+    /// lost; nothing applied).
     async fn apply(
         &self,
         messages: &[Message],
         epoch: u64,
-    ) -> std::result::Result<Option<u64>, String> {
+    ) -> std::result::Result<Option<(u64, u64)>, String> {
         let mut target = self.position;
+        let mut sequence = self.sequence;
         let mut tx = self.pool.begin().await.map_err(|e| e.to_string())?;
         let filter = self.projection.filter();
         let mut last_recorded = None;
         for message in messages {
             let event: StoredEvent = serde_json::from_slice(&message.payload)
                 .map_err(|e| format!("message on {} is not a StoredEvent: {e}", message.subject))?;
+            if let Ok(info) = message.info() {
+                sequence = sequence.max(info.stream_sequence);
+            }
             if event.global_position <= target {
                 continue; // a redelivery: already applied
             }
@@ -396,19 +457,19 @@ where
         {
             return Ok(None); // dropping `tx` rolls the batch back
         }
+        // The sequence moves only with a fenced checkpoint: a batch of
+        // duplicates alone is read again after a restart, harmlessly.
+        if target > self.position {
+            DB::save_checkpoint(&mut tx, &self.sequence_name, sequence)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         tx.commit().await.map_err(|e| e.to_string())?;
         if let Some(at) = last_recorded {
             let mut status = lock(&self.status);
             status.last_recorded_at = Some(at);
             status.head = status.head.max(target);
         }
-        Ok(Some(target))
-    }
-}
-
-/// Hands `messages` back to JetStream for redelivery now.
-async fn nak_all(messages: &mut Vec<Message>) {
-    for message in messages.drain(..) {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+        Ok(Some((target, sequence)))
     }
 }

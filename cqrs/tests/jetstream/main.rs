@@ -160,12 +160,8 @@ async fn each_event_is_applied_once_through_duplicates_and_redelivery() {
     assert_eq!(sums(&pool).await, (38, 8));
     handle.stop().await;
 
-    // Every ack lost at once: the durable consumer is gone, a new one gets
-    // every message again. The checkpoint in the read model turns all of
-    // them into no-ops, and the runner goes on with new events.
-    js.delete_consumer_from_stream("sum_v1", &stream_name)
-        .await
-        .unwrap();
+    // A restart: the new runner's ordered consumer starts after the stream
+    // sequence committed with the read model, and goes on with new events.
     let handle = JetStreamRunner::new(stream, pool.clone(), Sum)
         .with_options(options())
         .spawn()
@@ -342,4 +338,119 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
         file.push(suffix);
         let _ = std::fs::remove_file(file);
     }
+}
+
+/// [`Sum`] that hangs forever on the event of amount 3 when `hang` is set:
+/// a runner killed in the middle of a batch it had fetched.
+struct Hanging {
+    hang: bool,
+    applied: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Projection<sqlx::Sqlite> for Hanging {
+    fn name(&self) -> &str {
+        Sum.name()
+    }
+
+    async fn setup(&self, pool: &SqlitePool) -> Result<(), BoxError> {
+        Sum.setup(pool).await
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        let amount: i64 = serde_json::from_value(event.payload["amount"].clone()).unwrap_or(0);
+        if self.hang && amount == 3 {
+            std::future::pending::<()>().await;
+        }
+        Sum.handle(tx, event).await?;
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The replica-kill hole: the active runner dies holding a batch it had
+/// read but not committed, and LATER events arrive before the standby takes
+/// over. The standby must apply the dead runner's events too, in order,
+/// each once — not apply the later ones first and skip the earlier ones as
+/// duplicates once its checkpoint has passed them (what a durable consumer
+/// with a dead holder's unacknowledged messages led to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_mid_batch_loses_nothing_to_its_successor() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use trellis_cqrs::Role;
+    let Some(url) = nats_url() else { return };
+    let (js, stream, publisher, stream_name) = fixture(&url).await;
+    let path = std::env::temp_dir().join(format!(
+        "trellis_cqrs_js_{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let store = MemoryStore::new();
+    // The standby takes over once the lease expires, up to TTL after the
+    // dead runner's last renewal: before the messages it had just read
+    // would come back from a durable consumer (TTL after their delivery).
+    let ttl = Duration::from_secs(3);
+    let spawn = |hang: bool, applied: Arc<AtomicU64>| {
+        JetStreamRunner::new(stream.clone(), pool.clone(), Hanging { hang, applied })
+            .with_options(options())
+            .with_lease_ttl(ttl)
+            .spawn()
+    };
+    let (first_applied, second_applied) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let first = spawn(true, first_applied.clone()).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while first.status().role != Role::Active {
+        assert!(
+            std::time::Instant::now() < until,
+            "the first runner never led"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = spawn(false, second_applied.clone()).await.unwrap();
+    // Fewer events than a batch: the first runner reads both and hangs on 3.
+    publisher
+        .publish(&events(&store, &[1, 3]).await)
+        .await
+        .unwrap();
+    while first_applied.load(Ordering::SeqCst) < 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the first runner read nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort(); // SIGKILL-like, right after its read: the lease stays
+    assert_eq!(sums(&pool).await, (0, 0), "nothing committed");
+    // Later events arrive before the standby takes over.
+    publisher
+        .publish(&events(&store, &[10, 20]).await)
+        .await
+        .unwrap();
+    second
+        .wait_for(4, ttl + Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Give a wrong runner time to skip or repeat something.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sums(&pool).await, (34, 4), "every event once, none skipped");
+    assert_eq!(second_applied.load(Ordering::SeqCst), 4);
+    second.stop().await;
+    js.delete_stream(&stream_name).await.unwrap();
+    let _ = std::fs::remove_file(&path);
 }
