@@ -669,21 +669,30 @@ async fn distributed(
         };
         let (api, ops) = (api.clone(), ops.clone());
         async move {
-            let r = api
-                .json(
-                    Method::POST,
-                    "/api/v1/admin/payments/faults",
-                    Some(&ops),
-                    Some(body),
-                )
-                .await?;
-            if r.status != StatusCode::OK {
-                return Err(Error::Scenario(format!(
-                    "payment faults: {} {}",
-                    r.status, r.body
-                )));
+            // Through the gateway, whose breaker for an orders replica that
+            // was just killed or replaced may still be open: a 503 is
+            // retried for a while (the switch is idempotent).
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = api
+                    .json(
+                        Method::POST,
+                        "/api/v1/admin/payments/faults",
+                        Some(&ops),
+                        Some(body.clone()),
+                    )
+                    .await?;
+                if r.status == StatusCode::OK {
+                    return Ok::<_, Error>(());
+                }
+                if r.status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() >= until {
+                    return Err(Error::Scenario(format!(
+                        "payment faults: {} {}",
+                        r.status, r.body
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Ok::<_, Error>(())
         }
     };
     if matches!(
