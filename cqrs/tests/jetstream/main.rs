@@ -223,6 +223,38 @@ async fn a_poison_message_parks_the_projection_without_applying_its_batch() {
     js.delete_stream(&stream_name).await.unwrap();
 }
 
+/// A read model in a WAL file with a busy timeout, as replicas share a
+/// database (a shared in-memory database reports table locks instead of
+/// waiting), and the file's path.
+async fn shared_wal_pool() -> (SqlitePool, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "trellis_cqrs_js_{}.db",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    (pool, path)
+}
+
+/// Closes `pool` and removes its files.
+async fn remove_wal_pool(pool: SqlitePool, path: std::path::PathBuf) {
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
 /// [`Sum`] that also counts the events this instance applied.
 struct Tracked(std::sync::Arc<std::sync::atomic::AtomicU64>);
 
@@ -257,23 +289,7 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
     use trellis_cqrs::Role;
     let Some(url) = nats_url() else { return };
     let (js, stream, publisher, stream_name) = fixture(&url).await;
-    // A WAL file with a busy timeout, as replicas share a database (a shared
-    // in-memory database reports table locks instead of waiting).
-    let path = std::env::temp_dir().join(format!(
-        "trellis_cqrs_js_{}.db",
-        uuid::Uuid::now_v7().simple()
-    ));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    let (pool, path) = shared_wal_pool().await;
     let store = MemoryStore::new();
     publisher
         .publish(&events(&store, &[1, 2, 3, 4, 5, 6, 7, 8]).await)
@@ -332,12 +348,7 @@ async fn one_active_jetstream_runner_and_the_standby_takes_over() {
     assert_eq!(sums(&pool).await, (76, 12), "every event exactly once");
     standby.stop().await;
     js.delete_stream(&stream_name).await.unwrap();
-    pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
+    remove_wal_pool(pool, path).await;
 }
 
 /// [`Sum`] that hangs forever on the event of amount 3 when `hang` is set:
@@ -385,21 +396,7 @@ async fn a_runner_killed_mid_batch_loses_nothing_to_its_successor() {
     use trellis_cqrs::Role;
     let Some(url) = nats_url() else { return };
     let (js, stream, publisher, stream_name) = fixture(&url).await;
-    let path = std::env::temp_dir().join(format!(
-        "trellis_cqrs_js_{}.db",
-        uuid::Uuid::now_v7().simple()
-    ));
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    let (pool, path) = shared_wal_pool().await;
     let store = MemoryStore::new();
     // The standby takes over once the lease expires, up to TTL after the
     // dead runner's last renewal: before the messages it had just read
@@ -452,5 +449,5 @@ async fn a_runner_killed_mid_batch_loses_nothing_to_its_successor() {
     assert_eq!(second_applied.load(Ordering::SeqCst), 4);
     second.stop().await;
     js.delete_stream(&stream_name).await.unwrap();
-    let _ = std::fs::remove_file(&path);
+    remove_wal_pool(pool, path).await;
 }
