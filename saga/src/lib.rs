@@ -6,6 +6,7 @@ pub mod log;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod orchestrator;
+mod registered;
 mod retry;
 mod saga;
 #[cfg(feature = "testing")]
@@ -25,5 +26,6 @@ pub use orchestrator::{
     ADOPT_BATCH, ADOPT_CONCURRENCY, Adopter, EVENT_CAPACITY, Orchestrator, SagaEvent,
     TIMER_CAPACITY, idempotency_key, process_owner, wall_clock,
 };
+pub use registered::RegisteredSaga;
 pub use retry::{ExponentialSchedule, RetrySchedule};
 pub use saga::{Saga, SagaState, Step, StepContext};

@@ -424,6 +424,57 @@ impl<L: SagaLog> Orchestrator<L> {
         &self.owner
     }
 
+    /// Registers `saga` with the context its steps share (see
+    /// [`Step::with_context`](crate::Step::with_context)): the returned
+    /// [`RegisteredSaga`](crate::RegisteredSaga) starts, resumes, recovers and adopts sagas of this
+    /// definition, and every run gets `ctx`. A saga this process did not
+    /// start (recovered after a restart, adopted from a dead replica) runs
+    /// on this process's `ctx`: the context is never persisted, only the
+    /// state is.
+    ///
+    /// `ctx` may be given as a value or as an `Arc` (to keep a handle on
+    /// it). A saga without context can be registered too, with `()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus, Step};
+    ///
+    /// struct Greeter {
+    ///     greeting: String,
+    /// }
+    ///
+    /// let saga = Saga::new("greet").step(Step::with_context(
+    ///     "hello",
+    ///     |name: String, greeter: Arc<Greeter>, _cx| async move {
+    ///         Ok(format!("{} {name}", greeter.greeting))
+    ///     },
+    ///     |_name, _greeter, _cx| async { Ok(()) },
+    /// ));
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let orchestrator = Orchestrator::new(MemorySagaLog::new(), "node-1");
+    /// let greet = orchestrator.register(saga, Greeter { greeting: "hello".into() });
+    /// let done = greet.start("g-1", "ada".to_owned()).await?;
+    /// assert_eq!(done.status, SagaStatus::Completed);
+    /// assert_eq!(done.state, "hello ada");
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn register<S, Ctx>(
+        &self,
+        saga: Saga<S, Ctx>,
+        ctx: impl Into<Arc<Ctx>>,
+    ) -> crate::registered::RegisteredSaga<L, S, Ctx>
+    where
+        L: Clone,
+        S: SagaState,
+        Ctx: Send + Sync + 'static,
+    {
+        crate::registered::RegisteredSaga::new(self.clone(), saga, ctx.into())
+    }
+
     fn lease(&self) -> Lease<'_> {
         let now = now_ms();
         Lease {
@@ -1386,7 +1437,7 @@ impl<L: SagaLog> Orchestrator<L> {
     ) -> Result<Attempt<S>> {
         let step = &saga.steps[index as usize];
         let cx = context(id, index, &step.name, "action", attempt);
-        let action = (step.action)(state.clone(), cx);
+        let action = (step.action)(state.clone(), no_context(), cx);
         let timeout = step.timeout;
         let timed = async move {
             match timeout {
@@ -1556,7 +1607,7 @@ impl<L: SagaLog> Orchestrator<L> {
         loop {
             attempt += 1;
             let cx = context(&record.id, index, &step.name, "compensation", attempt);
-            let compensation = (step.compensation)(state.clone(), cx);
+            let compensation = (step.compensation)(state.clone(), no_context(), cx);
             let timeout = step.timeout;
             let bounded = async move {
                 match timeout {
@@ -1635,6 +1686,14 @@ fn entry<S>(
 /// ```
 pub fn idempotency_key(saga_id: &str, step: u32, phase: &str) -> String {
     format!("{saga_id}/{step}/{phase}")
+}
+
+/// The context the orchestrator passes to steps: every definition it runs
+/// has no context of its own (a registered one has its context bound into
+/// its steps, see [`Orchestrator::register`]).
+fn no_context() -> &'static Arc<()> {
+    static UNIT: OnceLock<Arc<()>> = OnceLock::new();
+    UNIT.get_or_init(|| Arc::new(()))
 }
 
 fn context(id: &str, step: u32, name: &str, phase: &str, attempt: u32) -> StepContext {

@@ -35,9 +35,13 @@ pub trait SagaState: Serialize + DeserializeOwned + Clone + Send + Sync + 'stati
 impl<T> SagaState for T where T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type ActionFn<S> = Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<S, StepError>> + Send + Sync>;
-type CompensationFn<S> =
-    Arc<dyn Fn(S, StepContext) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
+/// An action as stored: the context comes by reference to its `Arc`, so a
+/// step made with [`Step::new`] (no context) costs no reference count, and
+/// one made with [`Step::with_context`] clones the `Arc` once per call.
+type ActionFn<S, Ctx> =
+    Arc<dyn Fn(S, &Arc<Ctx>, StepContext) -> BoxFuture<Result<S, StepError>> + Send + Sync>;
+type CompensationFn<S, Ctx> =
+    Arc<dyn Fn(S, &Arc<Ctx>, StepContext) -> BoxFuture<Result<(), StepError>> + Send + Sync>;
 pub(crate) type ApplyFn<S> =
     Arc<dyn Fn(S, serde_json::Value) -> Result<S, StepError> + Send + Sync>;
 type UntilFn<S> = Arc<dyn Fn(&S) -> SystemTime + Send + Sync>;
@@ -75,17 +79,29 @@ pub(crate) enum Wait<S> {
 ///   it gets the state from *before* the action: it must find what to undo
 ///   from its key (e.g. refund the charge made under `"{saga}/{step}/action"`),
 ///   not only from the state, and succeed when there is nothing.
-pub struct Step<S> {
+///
+/// # Context
+///
+/// `Ctx` is what every action and compensation of the saga shares: the
+/// clients, repositories and configuration they call. A step made with
+/// [`Step::with_context`] gets it as an `Arc<Ctx>` on every call, so its
+/// closures capture nothing and clone nothing themselves; the context is
+/// given once, when the saga is [registered](crate::Orchestrator::register)
+/// with an orchestrator, and that orchestrator's context is the one every
+/// run gets, recovered and adopted sagas included (a saga started by
+/// another process runs here on this process's clients). Steps made with
+/// [`Step::new`] have no context (`Ctx = ()`).
+pub struct Step<S, Ctx = ()> {
     pub(crate) name: String,
-    pub(crate) action: ActionFn<S>,
-    pub(crate) compensation: CompensationFn<S>,
+    pub(crate) action: ActionFn<S, Ctx>,
+    pub(crate) compensation: CompensationFn<S, Ctx>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Arc<dyn RetrySchedule>,
     /// `Some` for a durable wait step (no action runs).
     pub(crate) wait: Option<Wait<S>>,
 }
 
-impl<S> fmt::Debug for Step<S> {
+impl<S, Ctx> fmt::Debug for Step<S, Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let wait = match &self.wait {
             None => None,
@@ -105,6 +121,9 @@ impl<S: SagaState> Step<S> {
     /// `compensation` undoes the action. No timeout, no retry of the action
     /// (an unknown outcome is still re-run once; see the
     /// [contract](Step#contract-for-actions-and-compensations)).
+    ///
+    /// The step has no [context](Step#context); for steps that share
+    /// clients, use [`with_context`](Self::with_context).
     pub fn new<A, AF, C, CF>(name: impl Into<String>, action: A, compensation: C) -> Self
     where
         A: Fn(S, StepContext) -> AF + Send + Sync + 'static,
@@ -112,13 +131,183 @@ impl<S: SagaState> Step<S> {
         C: Fn(S, StepContext) -> CF + Send + Sync + 'static,
         CF: Future<Output = Result<(), StepError>> + Send + 'static,
     {
+        Step::from_fns(
+            name,
+            Arc::new(move |s, _: &Arc<()>, cx| Box::pin(action(s, cx))),
+            Arc::new(move |s, _: &Arc<()>, cx| Box::pin(compensation(s, cx))),
+        )
+    }
+
+    /// A step whose action and compensation are tower services taking
+    /// `(state, context)`; each call clones the service and waits for it
+    /// to be ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::future::{Ready, ready};
+    /// use std::task::{Context, Poll};
+    /// use trellis_saga::{Step, StepContext, StepError};
+    ///
+    /// #[derive(Clone)]
+    /// struct Reserve;
+    ///
+    /// impl tower_service::Service<(u32, StepContext)> for Reserve {
+    ///     type Response = u32;
+    ///     type Error = StepError;
+    ///     type Future = Ready<Result<u32, StepError>>;
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), StepError>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, (n, _cx): (u32, StepContext)) -> Self::Future {
+    ///         ready(Ok(n + 1))
+    ///     }
+    /// }
+    ///
+    /// #[derive(Clone)]
+    /// struct Release;
+    ///
+    /// impl tower_service::Service<(u32, StepContext)> for Release {
+    ///     type Response = u32;
+    ///     type Error = StepError;
+    ///     type Future = Ready<Result<u32, StepError>>;
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), StepError>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///     fn call(&mut self, (n, _cx): (u32, StepContext)) -> Self::Future {
+    ///         ready(Ok(n))
+    ///     }
+    /// }
+    ///
+    /// let step = Step::from_services("reserve", Reserve, Release);
+    /// assert_eq!(step.name(), "reserve");
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus};
+    /// let saga = Saga::new("services").step(step);
+    /// let done = Orchestrator::new(MemorySagaLog::new(), "n").start(&saga, "s1", 41).await?;
+    /// assert_eq!(done.status, SagaStatus::Completed);
+    /// assert_eq!(done.state, 42);
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn from_services<A, C>(name: impl Into<String>, action: A, compensation: C) -> Self
+    where
+        A: tower_service::Service<(S, StepContext), Response = S> + Clone + Send + Sync + 'static,
+        A::Error: fmt::Display,
+        A::Future: Send + 'static,
+        C: tower_service::Service<(S, StepContext)> + Clone + Send + Sync + 'static,
+        C::Error: fmt::Display,
+        C::Future: Send + 'static,
+    {
+        Step::new(
+            name,
+            move |state, cx| call(action.clone(), (state, cx)),
+            move |state, cx| {
+                let done = call(compensation.clone(), (state, cx));
+                async move { done.await.map(|_| ()) }
+            },
+        )
+    }
+}
+
+impl<S: SagaState, Ctx: Send + Sync + 'static> Step<S, Ctx> {
+    /// A step named `name` whose `action` and `compensation` get the saga's
+    /// shared [context](Step#context) as an `Arc<Ctx>`, besides the state
+    /// and the [`StepContext`]. Otherwise as [`Step::new`]. The saga is run
+    /// through [`Orchestrator::register`](crate::Orchestrator::register),
+    /// which takes the context.
+    ///
+    /// # Why `Arc<Ctx>` and not `&Ctx`
+    ///
+    /// A closure returning an `async` block that borrows its `&Ctx`
+    /// argument returns a future whose type depends on that borrow's
+    /// lifetime, which a plain `Fn(S, &Ctx, StepContext) -> Fut` bound
+    /// cannot name on stable Rust. Async closures (`AsyncFn`, stable since
+    /// 1.85) can, but their futures cannot be required to be `Send` on
+    /// stable (that needs return-type notation), and the orchestrator runs
+    /// steps on spawned tasks ([`Orchestrator::spawn_adopter`](crate::Orchestrator::spawn_adopter)).
+    /// The remaining borrowed form, `for<'a> Fn(S, &'a Ctx, StepContext)
+    /// -> Pin<Box<dyn Future + Send + 'a>>`, makes every caller write the
+    /// box and the lifetimes by hand. An owned `Arc<Ctx>` keeps ordinary
+    /// `async move` closures, `'static + Send` futures, and costs one
+    /// reference-count increment per call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus, Step};
+    ///
+    /// /// What the steps call: given once, never cloned by the steps.
+    /// struct Clients {
+    ///     stock: AtomicU32,
+    /// }
+    ///
+    /// let saga = Saga::new("reserve").step(Step::with_context(
+    ///     "take-one",
+    ///     |n: u32, clients: Arc<Clients>, _cx| async move {
+    ///         clients.stock.fetch_sub(1, Ordering::SeqCst);
+    ///         Ok(n + 1)
+    ///     },
+    ///     |_n, clients: Arc<Clients>, _cx| async move {
+    ///         clients.stock.fetch_add(1, Ordering::SeqCst);
+    ///         Ok(())
+    ///     },
+    /// ));
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let orchestrator = Orchestrator::new(MemorySagaLog::new(), "node-1");
+    /// let reserve = orchestrator.register(saga, Clients { stock: AtomicU32::new(10) });
+    /// let done = reserve.start("r-1", 0).await?;
+    /// assert_eq!((done.status, done.state), (SagaStatus::Completed, serde_json::json!(1)));
+    /// assert_eq!(reserve.context().stock.load(Ordering::SeqCst), 9);
+    /// # Ok::<_, trellis_saga::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn with_context<A, AF, C, CF>(name: impl Into<String>, action: A, compensation: C) -> Self
+    where
+        A: Fn(S, Arc<Ctx>, StepContext) -> AF + Send + Sync + 'static,
+        AF: Future<Output = Result<S, StepError>> + Send + 'static,
+        C: Fn(S, Arc<Ctx>, StepContext) -> CF + Send + Sync + 'static,
+        CF: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        Step::from_fns(
+            name,
+            Arc::new(move |s, ctx: &Arc<Ctx>, cx| Box::pin(action(s, ctx.clone(), cx))),
+            Arc::new(move |s, ctx: &Arc<Ctx>, cx| Box::pin(compensation(s, ctx.clone(), cx))),
+        )
+    }
+
+    fn from_fns(
+        name: impl Into<String>,
+        action: ActionFn<S, Ctx>,
+        compensation: CompensationFn<S, Ctx>,
+    ) -> Self {
         Step {
             name: name.into(),
-            action: Arc::new(move |s, cx| Box::pin(action(s, cx))),
-            compensation: Arc::new(move |s, cx| Box::pin(compensation(s, cx))),
+            action,
+            compensation,
             timeout: None,
             retry: Arc::new(ExponentialSchedule::none()),
             wait: None,
+        }
+    }
+
+    /// This step with `ctx` bound into its action and compensation: a step
+    /// without context that the orchestrator runs as any other.
+    pub(crate) fn bind(self, ctx: &Arc<Ctx>) -> Step<S> {
+        let (action, compensation) = (self.action, self.compensation);
+        let (a, c) = (ctx.clone(), ctx.clone());
+        Step {
+            name: self.name,
+            action: Arc::new(move |s, _: &Arc<()>, cx| action(s, &a, cx)),
+            compensation: Arc::new(move |s, _: &Arc<()>, cx| compensation(s, &c, cx)),
+            timeout: self.timeout,
+            retry: self.retry,
+            wait: self.wait,
         }
     }
 
@@ -202,83 +391,12 @@ impl<S: SagaState> Step<S> {
     /// A wait step's frame: it has no action (the orchestrator never calls
     /// it) and nothing to compensate.
     fn waiting(name: impl Into<String>) -> Self {
-        Step::new(
+        Step::from_fns(
             name,
-            |_s: S, _cx| async { Err(StepError::permanent("a wait step has no action")) },
-            |_s, _cx| async { Ok(()) },
-        )
-    }
-
-    /// A step whose action and compensation are tower services taking
-    /// `(state, context)`; each call clones the service and waits for it
-    /// to be ready.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::convert::Infallible;
-    /// use std::future::{Ready, ready};
-    /// use std::task::{Context, Poll};
-    /// use trellis_saga::{Step, StepContext, StepError};
-    ///
-    /// #[derive(Clone)]
-    /// struct Reserve;
-    ///
-    /// impl tower_service::Service<(u32, StepContext)> for Reserve {
-    ///     type Response = u32;
-    ///     type Error = StepError;
-    ///     type Future = Ready<Result<u32, StepError>>;
-    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), StepError>> {
-    ///         Poll::Ready(Ok(()))
-    ///     }
-    ///     fn call(&mut self, (n, _cx): (u32, StepContext)) -> Self::Future {
-    ///         ready(Ok(n + 1))
-    ///     }
-    /// }
-    ///
-    /// #[derive(Clone)]
-    /// struct Release;
-    ///
-    /// impl tower_service::Service<(u32, StepContext)> for Release {
-    ///     type Response = u32;
-    ///     type Error = StepError;
-    ///     type Future = Ready<Result<u32, StepError>>;
-    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), StepError>> {
-    ///         Poll::Ready(Ok(()))
-    ///     }
-    ///     fn call(&mut self, (n, _cx): (u32, StepContext)) -> Self::Future {
-    ///         ready(Ok(n))
-    ///     }
-    /// }
-    ///
-    /// let step = Step::from_services("reserve", Reserve, Release);
-    /// assert_eq!(step.name(), "reserve");
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-    /// use trellis_saga::{MemorySagaLog, Orchestrator, Saga, SagaStatus};
-    /// let saga = Saga::new("services").step(step);
-    /// let done = Orchestrator::new(MemorySagaLog::new(), "n").start(&saga, "s1", 41).await?;
-    /// assert_eq!(done.status, SagaStatus::Completed);
-    /// assert_eq!(done.state, 42);
-    /// # Ok::<_, trellis_saga::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub fn from_services<A, C>(name: impl Into<String>, action: A, compensation: C) -> Self
-    where
-        A: tower_service::Service<(S, StepContext), Response = S> + Clone + Send + Sync + 'static,
-        A::Error: fmt::Display,
-        A::Future: Send + 'static,
-        C: tower_service::Service<(S, StepContext)> + Clone + Send + Sync + 'static,
-        C::Error: fmt::Display,
-        C::Future: Send + 'static,
-    {
-        Step::new(
-            name,
-            move |state, cx| call(action.clone(), (state, cx)),
-            move |state, cx| {
-                let done = call(compensation.clone(), (state, cx));
-                async move { done.await.map(|_| ()) }
-            },
+            Arc::new(|_, _: &Arc<Ctx>, _| {
+                Box::pin(async { Err(StepError::permanent("a wait step has no action")) })
+            }),
+            Arc::new(|_, _: &Arc<Ctx>, _| Box::pin(async { Ok(()) })),
         )
     }
 
@@ -317,18 +435,24 @@ where
 /// A saga definition: a name, ordered steps, an optional deadline.
 ///
 /// The name ties logged sagas to their definition on recovery.
-pub struct Saga<S> {
+///
+/// `Ctx` is the [context](Step#context) its steps share (`()` for steps
+/// made with [`Step::new`]). A saga without context runs with
+/// [`Orchestrator::start`](crate::Orchestrator::start) and the other
+/// methods that take a definition; one with context is first
+/// [registered](crate::Orchestrator::register) with its context.
+pub struct Saga<S, Ctx = ()> {
     pub(crate) name: String,
-    pub(crate) steps: Vec<Step<S>>,
+    pub(crate) steps: Vec<Step<S, Ctx>>,
     pub(crate) deadline: Option<Duration>,
     pub(crate) version: u32,
     /// Older versions kept so that their in-flight sagas finish on them.
-    pub(crate) previous: Vec<Saga<S>>,
+    pub(crate) previous: Vec<Saga<S, Ctx>>,
     /// Patch points: older version to a function moving its sagas here.
     pub(crate) migrations: Vec<(u32, MigrateFn)>,
 }
 
-impl<S> fmt::Debug for Saga<S> {
+impl<S, Ctx> fmt::Debug for Saga<S, Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Saga")
             .field("name", &self.name)
@@ -344,7 +468,7 @@ impl<S> fmt::Debug for Saga<S> {
     }
 }
 
-impl<S: SagaState> Saga<S> {
+impl<S: SagaState, Ctx: Send + Sync + 'static> Saga<S, Ctx> {
     /// An empty saga named `name`.
     pub fn new(name: impl Into<String>) -> Self {
         Saga {
@@ -358,7 +482,7 @@ impl<S: SagaState> Saga<S> {
     }
 
     /// Appends a step.
-    pub fn step(mut self, step: Step<S>) -> Self {
+    pub fn step(mut self, step: Step<S, Ctx>) -> Self {
         self.steps.push(step);
         self
     }
@@ -429,7 +553,7 @@ impl<S: SagaState> Saga<S> {
     ///
     /// When `older` has another name or a version this definition already
     /// has (contract misuse: definitions are fixed by the program).
-    pub fn with_previous(mut self, mut older: Saga<S>) -> Self {
+    pub fn with_previous(mut self, mut older: Saga<S, Ctx>) -> Self {
         assert_eq!(
             older.name, self.name,
             "a previous version must be of the same saga"
@@ -487,7 +611,7 @@ impl<S: SagaState> Saga<S> {
     pub(crate) fn resolve(
         &self,
         record: &mut crate::log::SagaRecord,
-    ) -> crate::error::Result<&Saga<S>> {
+    ) -> crate::error::Result<&Saga<S, Ctx>> {
         use crate::log::SagaStatus;
         if record.version == self.version {
             return Ok(self);
@@ -513,7 +637,21 @@ impl<S: SagaState> Saga<S> {
     }
 
     /// The steps, in order.
-    pub fn steps(&self) -> &[Step<S>] {
+    pub fn steps(&self) -> &[Step<S, Ctx>] {
         &self.steps
+    }
+
+    /// This definition (and the older versions it keeps) with `ctx` bound
+    /// into every step: what a [registered](crate::Orchestrator::register)
+    /// saga runs on.
+    pub(crate) fn bind(self, ctx: &Arc<Ctx>) -> Saga<S> {
+        Saga {
+            name: self.name,
+            steps: self.steps.into_iter().map(|step| step.bind(ctx)).collect(),
+            deadline: self.deadline,
+            version: self.version,
+            previous: self.previous.into_iter().map(|old| old.bind(ctx)).collect(),
+            migrations: self.migrations,
+        }
     }
 }
