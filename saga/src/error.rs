@@ -119,6 +119,12 @@ impl Error {
 /// downstream that deduplicates by key would have answered with the
 /// committed result instead), so return it only when that holds.
 ///
+/// From a compensation, [`StepError::permanent`] means no retry can make
+/// it succeed (the refund is refused for good): it is not retried on the
+/// orchestrator's compensation schedule, and the saga becomes
+/// [`SagaStatus::NeedsAttention`](crate::SagaStatus::NeedsAttention) at
+/// once, for an operator.
+///
 /// # Examples
 ///
 /// ```

@@ -401,7 +401,9 @@ impl<L: SagaLog> Orchestrator<L> {
     }
 
     /// The schedule failed compensations are retried on; when it gives up
-    /// the saga becomes [`SagaStatus::NeedsAttention`].
+    /// the saga becomes [`SagaStatus::NeedsAttention`]. A compensation
+    /// failing with [`StepError::permanent`] is not retried: the saga needs
+    /// attention at once.
     pub fn with_compensation_retry(mut self, schedule: impl RetrySchedule) -> Self {
         self.compensation_retry = Arc::new(ScheduleDebug(Box::new(schedule)));
         self
@@ -1632,7 +1634,14 @@ impl<L: SagaLog> Orchestrator<L> {
                 attempt,
                 Some(error.to_string()),
             )];
-            match self.compensation_retry.0.delay(attempt - 1) {
+            // A permanent failure says no retry can fix it: straight to
+            // an operator.
+            let delay = if error.is_permanent() {
+                None
+            } else {
+                self.compensation_retry.0.delay(attempt - 1)
+            };
+            match delay {
                 Some(delay) => {
                     tracing::warn!(%error, ?delay, attempt, "compensation failed, retrying");
                     self.write(record, &failed).await?;

@@ -52,6 +52,9 @@ enum Charge {
     FlakyOnce,
     /// Always fails with an unknown outcome, without committing.
     AlwaysUnknown,
+    /// Fails with an unknown outcome on the first call, then is declined
+    /// (permanent) on the next.
+    UnknownThenDeclined,
 }
 
 /// reserve ▸ charge ▸ confirm, each recorded by the provider.
@@ -121,6 +124,12 @@ fn saga(provider: &Shared, charge: Charge, calls: &Arc<AtomicU32>, retry: bool) 
                                 Ok(s)
                             }
                             Charge::AlwaysUnknown => Err(StepError::new("503")),
+                            Charge::UnknownThenDeclined if n == 0 => {
+                                Err(StepError::new("connection reset"))
+                            }
+                            Charge::UnknownThenDeclined => {
+                                Err(StepError::permanent("card declined"))
+                            }
                         }
                     }
                 },
@@ -340,4 +349,84 @@ async fn exhausted_unknown_retries_rerun_once_then_compensate_the_step() {
         "{history:?}"
     );
     assert!(history.contains(&(1, StepEvent::Failed, 4)), "{history:?}");
+}
+
+/// A permanent answer on a retry ends the step at once: the two retries
+/// left on the schedule and the re-run after an unknown outcome are not
+/// made, and the step is not compensated (the answer settles the earlier
+/// unknown attempt: a downstream deduplicating by key would have said so).
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_on_a_retry_stops_the_retries() {
+    let provider = Shared::default();
+    let n = Arc::new(AtomicU32::new(0));
+    let orch = Orchestrator::new(MemorySagaLog::new(), "n");
+    let def = saga(&provider, Charge::UnknownThenDeclined, &n, true);
+    let done = orch.start(&def, "o1", State).await.unwrap();
+    assert_eq!(done.status, SagaStatus::Compensated);
+    assert_eq!(
+        done.error.as_deref(),
+        Some("step charge failed: card declined")
+    );
+    // 1 unknown + 1 declined; without the permanent answer: 1 + 2 + 1.
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        calls(&provider),
+        [
+            "reserve o1/0/action",
+            "charge o1/1/action",
+            "charge o1/1/action",
+            "release o1/0/compensation"
+        ]
+    );
+    let history = events(&orch, "o1").await;
+    assert!(history.contains(&(1, StepEvent::Failed, 2)), "{history:?}");
+    assert!(!history.iter().any(|e| e.1 == StepEvent::OutcomeUnknown));
+}
+
+/// A compensation failing with a permanent error is not retried on the
+/// compensation schedule: the saga needs attention after one attempt.
+#[tokio::test(start_paused = true)]
+async fn a_permanent_compensation_failure_is_not_retried() {
+    for permanent in [false, true] {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let tries = attempts.clone();
+        let def = Saga::new("refund")
+            .step(Step::new(
+                "charge",
+                |s: State, _cx| async move { Ok(s) },
+                move |_s, _cx| {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        Err(if permanent {
+                            StepError::permanent("refund refused for good")
+                        } else {
+                            StepError::new("provider down")
+                        })
+                    }
+                },
+            ))
+            .step(Step::new(
+                "ship",
+                |_s: State, _cx| async { Err(StepError::permanent("no courier")) },
+                |_s, _cx| async { Ok(()) },
+            ));
+        let orch = Orchestrator::new(MemorySagaLog::new(), "n").with_compensation_retry(
+            ExponentialSchedule::new(Duration::from_secs(1), Duration::from_secs(1), 3),
+        );
+        let done = orch.start(&def, "o1", State).await.unwrap();
+        assert_eq!(done.status, SagaStatus::NeedsAttention);
+        assert_eq!(done.failed_step.as_deref(), Some("charge"));
+        let expected = if permanent { 1 } else { 4 };
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            expected,
+            "permanent: {permanent}"
+        );
+        let failures = events(&orch, "o1")
+            .await
+            .into_iter()
+            .filter(|e| e.1 == StepEvent::CompensationFailed)
+            .count();
+        assert_eq!(failures, expected as usize);
+    }
 }
