@@ -569,6 +569,11 @@ impl<L: SagaLog> Orchestrator<L> {
     /// Resumes every in-flight saga of this definition, one after the
     /// other; each gets its own result (sagas leased elsewhere give
     /// [`Error::Leased`]).
+    ///
+    /// # Errors
+    ///
+    /// Only listing the in-flight sagas can fail the call (a storage
+    /// error); each saga's own errors are in its result.
     pub async fn recover<S: SagaState>(
         &self,
         saga: &Saga<S>,
@@ -1003,11 +1008,19 @@ impl<L: SagaLog> Orchestrator<L> {
     }
 
     /// Sagas with this status.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors ([`SagaLog::by_status`]).
     pub async fn by_status(&self, status: SagaStatus) -> Result<Vec<SagaRecord>> {
         self.log.by_status(status).await
     }
 
-    /// One saga's history.
+    /// One saga's history, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors ([`SagaLog::history`]).
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>> {
         self.log.history(id).await
     }

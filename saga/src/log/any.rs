@@ -49,9 +49,8 @@ impl AnySagaLog {
     /// Opens the log `url` names: `memory:` (a fresh [`MemorySagaLog`]),
     /// `sqlite:...` ([`SqliteSagaLog::connect`](crate::SqliteSagaLog::connect)),
     /// `postgres://...` or `postgresql://...`
-    /// ([`PgSagaLog::connect`](crate::PgSagaLog::connect), tables in
-    /// schema `public`; wrap a [`PgSagaLog`](crate::PgSagaLog) built with
-    /// another schema with `From`).
+    /// (`PgSagaLog::connect`, feature `postgres`, tables in schema
+    /// `public`; wrap a `PgSagaLog` built with another schema with `From`).
     ///
     /// # Errors
     ///

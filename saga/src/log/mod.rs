@@ -279,11 +279,15 @@ pub struct Lease<'a> {
 }
 
 /// Durable storage of sagas; memory, SQLite and PostgreSQL implement it and
-/// pass [`testing`](crate::testing) (feature `testing`).
+/// pass the conformance suite, module `testing` (feature `testing`).
 pub trait SagaLog: Send + Sync + 'static {
     /// In one transaction: inserts a new saga leased by `lease.owner` and
-    /// its first history `entries`; [`Error::AlreadyExists`](crate::Error::AlreadyExists)
-    /// if the id is taken.
+    /// its first history `entries`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyExists`](crate::Error::AlreadyExists) if the id is
+    /// taken (nothing is written); [`Error::Storage`](crate::Error::Storage).
     fn create(
         &self,
         record: &SagaRecord,
@@ -292,16 +296,31 @@ pub trait SagaLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Takes or renews the lease atomically; `false` when another owner
-    /// holds an unexpired one. [`Error::NotFound`](crate::Error::NotFound) for an unknown id.
+    /// holds an unexpired one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown id;
+    /// [`Error::Storage`](crate::Error::Storage).
     fn acquire(&self, id: &str, lease: Lease<'_>) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Gives the lease up (only if `owner` holds it).
+    /// Gives the lease up (only if `owner` holds it; otherwise nothing
+    /// changes and the call succeeds).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`](crate::Error::Storage).
     fn release(&self, id: &str, owner: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// In one transaction: appends `entries`, applies `update` and extends
     /// the lease (or frees it when `update.status` is final), only if
     /// `lease.owner` still holds it; otherwise
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) and nothing is written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) as above (also for an
+    /// unknown id); [`Error::Storage`](crate::Error::Storage).
     fn record(
         &self,
         id: &str,
@@ -310,13 +329,29 @@ pub trait SagaLog: Send + Sync + 'static {
         update: &SagaUpdate,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// One saga.
+    /// One saga (`None` for an unknown id).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`](crate::Error::Storage);
+    /// [`Error::State`](crate::Error::State) for a stored state that is not
+    /// JSON.
     fn load(&self, id: &str) -> impl Future<Output = Result<Option<SagaRecord>>> + Send;
 
-    /// One saga's history, oldest first.
+    /// One saga's history, oldest first (empty for an unknown id).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`](crate::Error::Storage).
     fn history(&self, id: &str) -> impl Future<Output = Result<Vec<HistoryEntry>>> + Send;
 
     /// Every saga with this status, by id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`](crate::Error::Storage);
+    /// [`Error::State`](crate::Error::State) for a stored state that is not
+    /// JSON.
     fn by_status(&self, status: SagaStatus)
     -> impl Future<Output = Result<Vec<SagaRecord>>> + Send;
 
@@ -335,6 +370,10 @@ pub trait SagaLog: Send + Sync + 'static {
     /// (taking the lease then refuses the held ones): correct but slow, for
     /// a backend that cannot see leases. Every backend of this crate
     /// overrides it, and a wrapper around one should forward it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`](crate::Error::Storage).
     fn adoptable(
         &self,
         name: &str,

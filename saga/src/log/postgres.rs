@@ -92,6 +92,14 @@ pub struct PgSagaLog {
 
 impl PgSagaLog {
     /// Connects to `url` and creates the tables in `schema`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the connection or a `CREATE` fails.
+    ///
+    /// # Panics
+    ///
+    /// As [`with_pool`](Self::with_pool).
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(5)
@@ -102,6 +110,10 @@ impl PgSagaLog {
     }
 
     /// Uses an existing pool and creates the tables in `schema`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when a `CREATE` fails.
     ///
     /// # Panics
     ///
