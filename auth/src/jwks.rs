@@ -123,6 +123,23 @@ impl JwksFetcher for HttpJwksFetcher {
 }
 
 /// Timing and bounds of a [`JwksKeys`] cache.
+///
+/// `#[non_exhaustive]`: start from [`Default`] and change what you need
+/// with the setters of the same names as the fields.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use trellis_auth::jwks::JwksConfig;
+///
+/// let config = JwksConfig::default()
+///     .fetch_timeout(Duration::from_secs(2))
+///     .ttl_bounds(Duration::from_secs(60), Duration::from_secs(3600))
+///     .max_keys(16);
+/// assert_eq!(config.ttl_bounds, (Duration::from_secs(60), Duration::from_secs(3600)));
+/// assert_eq!(config.max_keys, 16);
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct JwksConfig {
@@ -181,6 +198,25 @@ impl JwksConfig {
     #[must_use]
     pub fn fetch_timeout(mut self, d: Duration) -> Self {
         self.fetch_timeout = d;
+        self
+    }
+    /// Sets [`ttl_bounds`](Self::ttl_bounds): the server's `max-age` is
+    /// clamped to `min..=max`.
+    #[must_use]
+    pub fn ttl_bounds(mut self, min: Duration, max: Duration) -> Self {
+        self.ttl_bounds = (min, max);
+        self
+    }
+    /// Sets [`refresh_ahead`](Self::refresh_ahead).
+    #[must_use]
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.refresh_ahead = fraction;
+        self
+    }
+    /// Sets [`max_keys`](Self::max_keys).
+    #[must_use]
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n;
         self
     }
 }

@@ -73,19 +73,39 @@ pub enum Consumed {
 /// leaves the presented token unspent, so the client can simply retry.
 pub trait RefreshTokenStore: Send + Sync + 'static {
     /// Stores a new active token.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StoreFull`] when the store is bounded and full of live
+    /// tokens; [`Error::Store`] when the backend fails. Either way nothing
+    /// is stored, and [`RefreshTokens::rotate`] leaves the presented token
+    /// unspent.
     fn insert(
         &self,
         hash: TokenHash,
         record: RefreshTokenRecord,
     ) -> impl Future<Output = Result<()>> + Send;
     /// The token's record, unchanged (`None` when unknown).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the backend fails.
     fn get(
         &self,
         hash: &TokenHash,
     ) -> impl Future<Output = Result<Option<RefreshTokenRecord>>> + Send;
-    /// Atomically marks the token used and reports what it was.
+    /// Atomically marks the token used and reports what it was (an
+    /// unknown token is [`Consumed::Unknown`], not an error).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the backend fails.
     fn consume(&self, hash: &TokenHash) -> impl Future<Output = Result<Consumed>> + Send;
-    /// Revokes every token of `family`.
+    /// Revokes every token of `family` (none is fine).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the backend fails.
     fn revoke_family(&self, family: &str) -> impl Future<Output = Result<()>> + Send;
 }
 
