@@ -57,6 +57,12 @@ pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub trait HealthCheck: Send + Sync + 'static {
     /// Probe the dependency once.
     ///
+    /// # Errors
+    ///
+    /// Any error means the dependency is down: the registry reports the
+    /// check as down with the error's message (one that outlives its
+    /// timeout is cancelled and reported down as "timed out after N ms").
+    ///
     /// # Cancel safety
     ///
     /// The registry drops the future when the check's timeout elapses, so the
