@@ -24,8 +24,30 @@ use crate::error::{Error, Result};
 ///   }
 /// }
 /// ```
+///
+/// `#[non_exhaustive]` like the other definition types, so that the format
+/// can grow a field without breaking code: build it with
+/// [`Default`] and [`with_flag`](Self::with_flag) (the fields stay public
+/// to read and change), or parse it with [`from_json`](Self::from_json).
+///
+/// # Examples
+///
+/// ```
+/// use trellis_flags::{Condition, FlagDefinition, FlagDefinitions, FlagStore, Operator, Rule};
+///
+/// let flags = FlagDefinitions::default().with_flag(
+///     "new-checkout",
+///     FlagDefinition::new([("on", true.into()), ("off", false.into())], "off").with_rule(
+///         Rule::variant(vec![Condition::new("email", Operator::EndsWith, "@example.com")], "on"),
+///     ),
+/// );
+/// let store = FlagStore::new(flags.clone())?;
+/// assert_eq!(store.snapshot(), flags);
+/// # Ok::<(), trellis_flags::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FlagDefinitions {
     /// Optional JSON schema reference, kept so flagd-style files load.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
@@ -63,6 +85,21 @@ impl FlagDefinitions {
         })
     }
 
+    /// These definitions with flag `key` set to `flag` (replacing one of
+    /// the same key).
+    #[must_use]
+    pub fn with_flag(mut self, key: impl Into<String>, flag: FlagDefinition) -> Self {
+        self.flags.insert(key.into(), flag);
+        self
+    }
+
+    /// These definitions with set-wide metadata `key` set to `value`.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
+
     /// The definitions as pretty-printed JSON (what `from_json` reads back).
     #[must_use]
     pub fn to_json_pretty(&self) -> String {
@@ -73,8 +110,12 @@ impl FlagDefinitions {
 
 /// One flag: its variants, the variant served by default, and the targeting
 /// rules that may pick another.
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new) and the `with_*`
+/// setters; the fields stay public to read and change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct FlagDefinition {
     /// `ENABLED` (the default) or `DISABLED`. A disabled flag serves its
     /// default variant with reason `DISABLED` and skips targeting.
@@ -144,6 +185,33 @@ impl FlagDefinition {
         self.targeting.push(rule);
         self
     }
+
+    /// The same flag in `state` ([`FlagState::Disabled`] serves the
+    /// default variant and skips targeting).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_flags::{FlagDefinition, FlagState};
+    /// let flag = FlagDefinition::new([("on", true.into()), ("off", false.into())], "off")
+    ///     .with_state(FlagState::Disabled)
+    ///     .with_metadata("owner", "checkout-team".into());
+    /// assert_eq!(flag.state, FlagState::Disabled);
+    /// assert_eq!(flag.metadata["owner"], "checkout-team");
+    /// ```
+    #[must_use]
+    pub fn with_state(mut self, state: FlagState) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// The same flag with metadata `key` set to `value` (a string, number
+    /// or boolean).
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
+        self.metadata.insert(key.into(), value);
+        self
+    }
 }
 
 /// Whether a flag is evaluated.
@@ -163,8 +231,12 @@ pub enum FlagState {
 ///
 /// A `fractional` rule needs a targeting key; when the context has none the
 /// rule does not match and evaluation goes on to the next one.
+///
+/// `#[non_exhaustive]`: build it with [`Rule::variant`] or
+/// [`Rule::fractional`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Rule {
     /// The conditions, all of which must hold.
     #[serde(rename = "if", default, skip_serializing_if = "Vec::is_empty")]
@@ -206,8 +278,11 @@ impl Rule {
 ///
 /// `attribute` names a custom field of the OpenFeature evaluation context, or
 /// `targetingKey` for the targeting key (the user id).
+///
+/// `#[non_exhaustive]`: build it with [`Condition::new`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Condition {
     /// The context attribute to test.
     pub attribute: String,
