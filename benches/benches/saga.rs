@@ -14,6 +14,20 @@
 //!   writes; `raw_tx_per_write` is the same 16 × 6 log writes each as its
 //!   own raw sqlx transaction (an UPDATE of a row plus an INSERT, as one
 //!   write used to be) on a pool of the same size.
+//!
+//! And the saga log alone (issue #17, "the saga log per step"):
+//! - `saga_log_per_step/{backend}`: `log_step` is one step's log write as
+//!   the orchestrator makes it (`SagaLog::record`: the outcome of step k
+//!   and the start of step k+1 appended, the saga row updated, the lease
+//!   renewed; the last step's write completes the saga), `raw_insert` a
+//!   single-row INSERT committed on its own in the same kind of store with
+//!   the same settings. Backends: `memory` (baseline: a JSON row into a
+//!   `Mutex<HashMap>`, its key made before the clock starts), `sqlite_normal` (WAL, `synchronous = NORMAL`, the
+//!   reference system's level), `sqlite_full` (the log's default), and,
+//!   when `TRELLIS_TEST_POSTGRES_URL` is set, `postgres_async`
+//!   (`synchronous_commit = off`, the reference system's default) and
+//!   `postgres_sync` (`on`). The sagas a sample writes to are created
+//!   before its clock starts.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,7 +39,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use trellis_saga::{Orchestrator, Saga, SqliteSagaLog, Step, StepContext, StepError};
+use trellis_saga::{
+    Lease, MemorySagaLog, NewEntry, Orchestrator, PgSagaLog, Saga, SagaLog, SagaRecord, SagaStatus,
+    SagaUpdate, SqliteSagaLog, SqliteSagaLogOptions, Step, StepContext, StepError, StepEvent,
+};
 
 const STEPS: usize = 5;
 
@@ -259,9 +276,227 @@ fn bench_concurrent(c: &mut Criterion) {
     group.finish();
 }
 
+/// A lease held for an hour from now, by the one bench owner.
+fn lease() -> Lease<'static> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    Lease {
+        owner: "bench",
+        now_ms: now,
+        until_ms: now + 3_600_000,
+    }
+}
+
+fn history_entry(step: usize, event: StepEvent) -> NewEntry {
+    NewEntry {
+        step: step as u32,
+        step_name: format!("s{step}"),
+        event,
+        attempt: 1,
+        error: None,
+    }
+}
+
+/// Step `step`'s write, as the orchestrator makes it: its outcome and the
+/// next step's start with the new state, or the completion after the last.
+fn step_write(step: usize) -> (Vec<NewEntry>, SagaUpdate) {
+    let mut entries = vec![history_entry(step, StepEvent::Succeeded)];
+    let last = step + 1 == STEPS;
+    if !last {
+        entries.push(history_entry(step + 1, StepEvent::Started));
+    }
+    let mut record = SagaRecord::new("", "bench", serde_json::json!({ "done": step + 1 }));
+    record.cursor = step as u32 + 1;
+    if last {
+        record.status = SagaStatus::Completed;
+    }
+    (entries, record.to_update())
+}
+
+/// `iters` step writes: sagas of [`STEPS`] steps, created before the clock
+/// starts, each written step by step.
+async fn log_steps<L: SagaLog>(log: &L, iters: u64, ids: &AtomicU64) -> Duration {
+    let mut sagas = Vec::new();
+    for _ in 0..iters.div_ceil(STEPS as u64) {
+        let id = format!("log-{}", ids.fetch_add(1, Ordering::Relaxed));
+        let record = SagaRecord::new(&id, "bench", serde_json::json!({ "done": 0 }));
+        log.create(&record, lease(), &[history_entry(0, StepEvent::Started)])
+            .await
+            .expect("create");
+        sagas.push(id);
+    }
+    let writes: Vec<_> = (0..STEPS).map(step_write).collect();
+    let start = Instant::now();
+    let mut left = iters;
+    'sagas: for id in &sagas {
+        for (entries, update) in &writes {
+            if left == 0 {
+                break 'sagas;
+            }
+            left -= 1;
+            log.record(id, lease(), entries, update)
+                .await
+                .expect("record");
+        }
+    }
+    start.elapsed()
+}
+
+async fn sqlite_pool(url: &str, synchronous: SqliteSynchronous) -> SqlitePool {
+    let options = SqliteConnectOptions::from_str(url)
+        .expect("url")
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("sqlite");
+    sqlx::query("CREATE TABLE IF NOT EXISTS raw (id TEXT PRIMARY KEY, state TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    pool
+}
+
+/// The baseline: `iters` single-row INSERTs, each its own commit.
+async fn raw_inserts_sqlite(pool: &SqlitePool, iters: u64, ids: &AtomicU64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let id = format!("raw-{}", ids.fetch_add(1, Ordering::Relaxed));
+        sqlx::query("INSERT INTO raw (id, state) VALUES (?, ?)")
+            .bind(id)
+            .bind(r#"{"done":1}"#)
+            .execute(pool)
+            .await
+            .expect("insert");
+    }
+    start.elapsed()
+}
+
+async fn raw_inserts_pg(pool: &sqlx::PgPool, table: &str, iters: u64, ids: &AtomicU64) -> Duration {
+    let sql = format!("INSERT INTO {table} (id, state) VALUES ($1, $2)");
+    let start = Instant::now();
+    for _ in 0..iters {
+        let id = format!("raw-{}", ids.fetch_add(1, Ordering::Relaxed));
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .bind(r#"{"done":1}"#)
+            .execute(pool)
+            .await
+            .expect("insert");
+    }
+    start.elapsed()
+}
+
+/// One step's saga log write beside one committed single-row INSERT, per
+/// backend, in the same run.
+fn bench_log_per_step(c: &mut Criterion) {
+    let rt = runtime();
+    let ids = AtomicU64::new(0);
+
+    let mut group = c.benchmark_group("saga_log_per_step/memory");
+    group.bench_function("raw_insert", |b| {
+        b.iter_custom(|iters| {
+            // A fresh map per sample keeps memory bounded; keys and value
+            // are made before the clock starts, as log_step's writes are.
+            let rows = std::sync::Mutex::new(std::collections::HashMap::new());
+            let keys: Vec<_> = (0..iters)
+                .map(|_| format!("raw-{}", ids.fetch_add(1, Ordering::Relaxed)))
+                .collect();
+            let row = serde_json::json!({ "done": 1 });
+            let start = Instant::now();
+            for key in keys {
+                rows.lock().expect("lock").insert(key, row.clone());
+            }
+            let elapsed = start.elapsed();
+            std::hint::black_box(rows);
+            elapsed
+        })
+    });
+    group.bench_function("log_step", |b| {
+        // A fresh log per sample keeps memory bounded.
+        b.iter_custom(|iters| rt.block_on(log_steps(&MemorySagaLog::new(), iters, &ids)))
+    });
+    group.finish();
+
+    for (name, synchronous) in [
+        ("sqlite_normal", SqliteSynchronous::Normal),
+        ("sqlite_full", SqliteSynchronous::Full),
+    ] {
+        let raw = rt.block_on(sqlite_pool(&temp_db(&format!("raw-{name}")), synchronous));
+        let options = SqliteSagaLogOptions::default().with_synchronous(synchronous);
+        let log = rt
+            .block_on(SqliteSagaLog::connect_with(
+                &temp_db(&format!("log-{name}")),
+                options,
+            ))
+            .expect("log");
+        let mut group = c.benchmark_group(format!("saga_log_per_step/{name}"));
+        group.bench_function("raw_insert", |b| {
+            b.iter_custom(|iters| rt.block_on(raw_inserts_sqlite(&raw, iters, &ids)))
+        });
+        group.bench_function("log_step", |b| {
+            b.iter_custom(|iters| rt.block_on(log_steps(&log, iters, &ids)))
+        });
+        group.finish();
+    }
+
+    let Some(url) = std::env::var("TRELLIS_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        println!("saga_log_per_step/postgres_*: skipped, TRELLIS_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let schema = format!("bench_saga_log_{}", std::process::id());
+    for (name, synchronous_commit) in [("postgres_async", "off"), ("postgres_sync", "on")] {
+        let pool = rt.block_on(async {
+            let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+                .expect("url")
+                .options([("synchronous_commit", synchronous_commit)]);
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+                .await
+                .expect("postgres")
+        });
+        let schema = format!("{schema}_{synchronous_commit}");
+        let log = rt
+            .block_on(PgSagaLog::with_pool(pool.clone(), &schema))
+            .expect("log");
+        let table = format!("\"{schema}\".raw");
+        rt.block_on(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, state TEXT NOT NULL)"
+            )))
+            .execute(&pool),
+        )
+        .expect("table");
+        let mut group = c.benchmark_group(format!("saga_log_per_step/{name}"));
+        group.bench_function("raw_insert", |b| {
+            b.iter_custom(|iters| rt.block_on(raw_inserts_pg(&pool, &table, iters, &ids)))
+        });
+        group.bench_function("log_step", |b| {
+            b.iter_custom(|iters| rt.block_on(log_steps(&log, iters, &ids)))
+        });
+        group.finish();
+        rt.block_on(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(&pool),
+        )
+        .expect("drop schema");
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench, bench_concurrent
+    targets = bench, bench_concurrent, bench_log_per_step
 }
 criterion_main!(benches);
