@@ -100,6 +100,9 @@ where
 ///   run, caches warmed)? Kubernetes holds the other probes back until it
 ///   succeeds and never asks again afterwards, so once it has passed it stays
 ///   up for the life of the process.
+///
+/// Not `#[non_exhaustive]` on purpose: the groups are Kubernetes' three
+/// probe kinds, a closed set, and callers match on them to mount routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Group {
     /// `/live`: restart the process when this fails.

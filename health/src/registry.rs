@@ -34,6 +34,9 @@ type AuthorizeFn = dyn Fn(&http::request::Parts) -> bool + Send + Sync;
 /// messages, which can leak host names and versions, so, like Actuator's
 /// `show-details: never`, they are hidden by default.
 ///
+/// `#[non_exhaustive]`: more ways to decide may come; build it from the
+/// variants or [`when_authorized`](Self::when_authorized).
+///
 /// # Examples
 ///
 /// ```
@@ -51,6 +54,7 @@ type AuthorizeFn = dyn Fn(&http::request::Parts) -> bool + Send + Sync;
 /// assert!(details.allows(&parts));
 /// ```
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub enum ShowDetails {
     /// Never list the checks: the body is `{"status":"..."}` (the default).
     #[default]
