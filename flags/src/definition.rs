@@ -310,8 +310,11 @@ impl Condition {
 /// The comparison of a [`Condition`]. String comparisons are exact and
 /// case-sensitive; an attribute that is missing or of another type never
 /// matches.
+///
+/// `#[non_exhaustive]`: the flag format may gain operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Operator {
     /// Equal to a string, boolean or number (`3` equals `3.0`).
     Equals,
