@@ -37,6 +37,11 @@ use crate::saga::{Saga, SagaState, StepContext, Wait};
 /// once with the same idempotency key, and compensated itself if that does
 /// not settle it. See [`Step`](crate::Step) for what this asks of actions
 /// and compensations.
+///
+/// A definition whose steps share a context ([`Step::with_context`](crate::Step::with_context))
+/// is run through [`register`](Self::register), which binds the context
+/// and returns a [`RegisteredSaga`](crate::RegisteredSaga) with the same
+/// operations; definitions without context are passed to each call.
 #[derive(Debug, Clone)]
 pub struct Orchestrator<L> {
     log: L,
