@@ -144,14 +144,134 @@ macro_rules! counting_projection {
     };
 }
 
+/// The PostgreSQL test server's URL: `None` (the test skips) when
+/// `TRELLIS_TEST_POSTGRES_URL` is unset, except under `CI`, where a missing
+/// server is a failure, never a silent skip.
 pub fn postgres_url() -> Option<String> {
     match std::env::var("TRELLIS_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but TRELLIS_TEST_POSTGRES_URL is not: PostgreSQL tests must run in CI"
+            );
             println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
             None
         }
     }
+}
+
+/// A fresh SQLite database file in WAL mode (readers keep serving while a
+/// runner holds a write transaction).
+pub async fn sqlite_pool() -> Option<sqlx::SqlitePool> {
+    let path = std::env::temp_dir().join(format!("{}.db", fresh_name("trellis_cqrs")));
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    Some(pool)
+}
+
+/// Removes the test's database file (and its WAL files).
+pub async fn sqlite_cleanup(pool: &sqlx::SqlitePool) {
+    let path = pool.connect_options().get_filename().to_owned();
+    pool.close().await;
+    remove_sqlite_files(&path);
+}
+
+fn remove_sqlite_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.to_owned().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// A fresh SQLite database file opened through sqlx's `Any` driver, as an
+/// application that reads its backend from configuration would.
+#[cfg(feature = "any")]
+pub async fn any_sqlite_pool() -> Option<sqlx::AnyPool> {
+    sqlx::any::install_default_drivers();
+    let path = std::env::temp_dir().join(format!("{}.db", fresh_name("trellis_cqrs_any")));
+    // A URL cannot ask for WAL, and the default is a rollback journal (a
+    // paused read transaction would block every writer); WAL mode is
+    // stored in the file, so set it once before opening through `Any`.
+    let once = sqlx::sqlite::SqlitePoolOptions::new()
+        .connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
+        )
+        .await
+        .unwrap();
+    once.close().await;
+    let url = format!("sqlite://{}", path.display());
+    Some(
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap(),
+    )
+}
+
+/// A fresh schema on the PostgreSQL test server, opened through sqlx's `Any` driver.
+#[cfg(all(feature = "any", feature = "postgres"))]
+pub async fn any_postgres_pool() -> Option<sqlx::AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = postgres_url()?;
+    let schema = fresh_name("cqrs_test");
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("TRELLIS_TEST_POSTGRES_URL unreachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let set = format!("SET search_path TO {schema}");
+    Some(
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, sqlx::AssertSqlSafe(set)).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .unwrap(),
+    )
+}
+
+/// Drops what an `Any` pool's test made: the SQLite file or the PostgreSQL schema.
+#[cfg(feature = "any")]
+pub async fn any_cleanup(pool: &sqlx::AnyPool) {
+    let url = pool.connect_options().database_url.clone();
+    if url.scheme() == "sqlite" {
+        pool.close().await;
+        remove_sqlite_files(std::path::Path::new(url.path()));
+        return;
+    }
+    let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(schema.starts_with("cqrs_test_"), "{schema}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(pool)
+        .await
+        .unwrap();
+    pool.close().await;
 }
 
 pub fn fresh_name(prefix: &str) -> String {

@@ -43,10 +43,13 @@ use trellis_resilience::retry::Backoff;
 
 use crate::error::{BoxError, Error, Result};
 
+#[cfg(feature = "any")]
+mod any;
 #[cfg(feature = "nats")]
 pub(crate) mod jetstream;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -54,8 +57,22 @@ mod private {
     pub trait Sealed {}
 }
 
-/// A sqlx database that can hold read models and their checkpoints
-/// (implemented for `Sqlite` and `Postgres`).
+/// A sqlx database that can hold read models and their checkpoints:
+/// `Sqlite` (feature `sqlite`), `Postgres` (feature `postgres`) and
+/// `sqlx::Any` (feature `any`).
+///
+/// # Choosing the backend at run time
+///
+/// Write the projection once as `Projection<sqlx::Any>` and open an
+/// `AnyPool` from the configured URL (`sqlite:...` or `postgres://...`,
+/// after `sqlx::any::install_default_drivers()`): the runner reads the
+/// dialect of every statement from the connection's backend name, and the
+/// handler writes with `$N` placeholders, which both dialects accept.
+/// Any other backend behind `Any` fails with a configuration error.
+///
+/// The trait is sealed: its lease and compare-and-set checkpoint statements
+/// carry the runner's exactly-once guarantee, and each implementation is
+/// proven by the crate's conformance suite.
 pub trait ReadModelDb: sqlx::Database + private::Sealed {
     /// Creates `cqrs_checkpoints` if it is missing.
     fn ensure_checkpoints(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<()>> + Send;
@@ -126,9 +143,9 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
 }
 
 /// The checkpoint table of the read-model database.
-const CHECKPOINTS: &str = "cqrs_checkpoints";
+pub(crate) const CHECKPOINTS: &str = "cqrs_checkpoints";
 /// The lease table of the read-model database: one active runner per name.
-const LEASES: &str = "cqrs_leases";
+pub(crate) const LEASES: &str = "cqrs_leases";
 
 /// The leases of a read-model database, for [`Leadership`], and the epoch
 /// the runner holds (0 = none) for its handle.
@@ -994,12 +1011,10 @@ where
 }
 
 /// Clamps `u64` into SQL `BIGINT`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }

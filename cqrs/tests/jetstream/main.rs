@@ -17,6 +17,10 @@ fn nats_url() -> Option<String> {
     match std::env::var("TRELLIS_TEST_NATS_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but TRELLIS_TEST_NATS_URL is not: NATS tests must run in CI"
+            );
             println!("skipped: TRELLIS_TEST_NATS_URL not set");
             None
         }
