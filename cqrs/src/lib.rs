@@ -11,16 +11,21 @@ pub mod metrics;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod projection;
 
+#[cfg(all(feature = "any", any(feature = "sqlite", feature = "postgres")))]
+pub use command::idempotency::AnyIdempotencyStore;
 #[cfg(feature = "postgres")]
 pub use command::idempotency::PgIdempotencyStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use command::idempotency::SqlIdempotencyStore;
 #[cfg(feature = "sqlite")]
 pub use command::idempotency::SqliteIdempotencyStore;
-pub use command::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+pub use command::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use command::validate::{FieldError, Validate, ValidationErrors};
 pub use command::{
     AllowAll, Authorize, Command, CommandPipeline, CommandResult, Identity, RepositoryService,
+    RequireRoles,
 };
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 #[cfg(feature = "nats")]
 pub use projection::jetstream::JetStreamRunner;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

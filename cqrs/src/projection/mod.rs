@@ -320,7 +320,11 @@ impl ProjectionStatus {
 }
 
 /// How a runner reads and retries.
+///
+/// `#[non_exhaustive]`: start from [`RunnerOptions::default`] and set fields,
+/// or use the runner's `with_*` setters.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunnerOptions {
     /// Events per transaction.
     pub batch_size: usize,
