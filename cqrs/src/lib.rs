@@ -30,6 +30,6 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use projection::jetstream::JetStreamRunner;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use projection::{
-    Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus, ReadModelDb,
-    Role, RunnerOptions, wait_for,
+    LiveVersion, Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
+    ReadModelDb, Role, RunnerOptions, live_version, versioned_table, wait_for,
 };

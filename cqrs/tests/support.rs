@@ -317,3 +317,94 @@ pub async fn postgres_cleanup(pool: &sqlx::PgPool) {
         .unwrap();
     pool.close().await;
 }
+
+/// Where a versioned test projection pauses, once: at `hold_at` it signals
+/// `reached` and waits for `go` before writing (0 = never). Hold at the
+/// first event of a batch, so the paused transaction has written nothing
+/// (on SQLite it would block every other writer).
+#[derive(Debug, Default)]
+pub struct Hold {
+    pub hold_at: AtomicU64,
+    pub reached: Notify,
+    pub go: Notify,
+}
+
+/// Defines `VersionedProjection` for one sqlx database: projection
+/// `orders`, version `version`, one row `(position, amount)` per event in
+/// table `orders_v{version}`, and a side effect per event: a row
+/// `(position, version)` in `orders_effects` (the "outbox").
+#[macro_export]
+macro_rules! versioned_projection {
+    ($db:ty) => {
+        pub(crate) struct VersionedProjection {
+            pub version: u32,
+            pub hold: std::sync::Arc<$crate::support::Hold>,
+        }
+
+        impl trellis_cqrs::Projection<$db> for VersionedProjection {
+            fn name(&self) -> &str {
+                "orders"
+            }
+
+            fn version(&self) -> Option<u32> {
+                Some(self.version)
+            }
+
+            async fn setup(&self, pool: &sqlx::Pool<$db>) -> Result<(), trellis_cqrs::BoxError> {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (position BIGINT NOT NULL, amount BIGINT NOT NULL)",
+                    trellis_cqrs::versioned_table("orders", self.version)
+                )))
+                .execute(pool)
+                .await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS orders_effects (position BIGINT NOT NULL, version BIGINT NOT NULL)",
+                )
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn handle(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event: &trellis_eventsourcing::StoredEvent,
+            ) -> Result<(), trellis_cqrs::BoxError> {
+                use std::sync::atomic::Ordering;
+                let p = event.global_position;
+                // Once: a retried batch does not hold again.
+                if self
+                    .hold
+                    .hold_at
+                    .compare_exchange(p, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    self.hold.reached.notify_one();
+                    self.hold.go.notified().await;
+                }
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO {} (position, amount) VALUES ($1, $2)",
+                    trellis_cqrs::versioned_table("orders", self.version)
+                )))
+                .bind(p as i64)
+                .bind(event.payload["amount"].as_i64().unwrap_or(0))
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn side_effect(
+                &self,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event: &trellis_eventsourcing::StoredEvent,
+            ) -> Result<(), trellis_cqrs::BoxError> {
+                sqlx::query("INSERT INTO orders_effects (position, version) VALUES ($1, $2)")
+                    .bind(event.global_position as i64)
+                    .bind(i64::from(self.version))
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}

@@ -133,6 +133,43 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
         dead_epoch: u64,
         ttl: Duration,
     ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send;
+    /// The live version of versioned projection `name` and its position
+    /// (table `cqrs_live_versions`), `None` before one went live.
+    fn live_version(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LiveVersion>>> + Send;
+    /// [`live_version`](Self::live_version) inside `tx`.
+    fn live_version_in(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LiveVersion>>> + Send;
+    /// Inside `tx`: makes `version` the live version of `name` at
+    /// `position` if none is; whether it did.
+    fn claim_live(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        version: u32,
+        position: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Inside `tx`: moves the live position of `name` to `position` if
+    /// `version` is still live (a write: it serializes with a switch);
+    /// whether it did.
+    fn advance_live(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        version: u32,
+        position: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Inside `tx`: hands `name` from `from` (still live at `from_position`)
+    /// to `version` at `position`; whether it did.
+    fn switch_live(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        from: LiveVersion,
+        version: u32,
+        position: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Lets lease `name` expire now if `owner` still holds it with `epoch`.
     fn release_lease(
         pool: &sqlx::Pool<Self>,
@@ -146,6 +183,57 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
 pub(crate) const CHECKPOINTS: &str = "cqrs_checkpoints";
 /// The lease table of the read-model database: one active runner per name.
 pub(crate) const LEASES: &str = "cqrs_leases";
+/// Which version of each versioned projection queries read.
+pub(crate) const LIVE_VERSIONS: &str = "cqrs_live_versions";
+
+/// The version of a versioned projection that queries read, and the
+/// position it has applied up to (see [`live_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveVersion {
+    /// The live [`Projection::version`].
+    pub version: u32,
+    /// Its committed checkpoint.
+    pub position: u64,
+}
+
+impl LiveVersion {
+    /// `{base}_v{version}`: the table of this version, for projections that
+    /// name their tables so (as [`versioned_table`] does).
+    pub fn table(&self, base: &str) -> String {
+        versioned_table(base, self.version)
+    }
+}
+
+/// `{base}_v{version}`: a naming convention for the tables of one version
+/// of a projection, so versions build side by side.
+pub fn versioned_table(base: &str, version: u32) -> String {
+    format!("{base}_v{version}")
+}
+
+/// The checkpoint and lease name of `version` of projection `name`.
+fn versioned_name(name: &str, version: Option<u32>) -> String {
+    match version {
+        Some(v) => format!("{name}@v{v}"),
+        None => name.to_owned(),
+    }
+}
+
+/// Which version of the versioned projection `name` queries should read:
+/// `None` until a first version has caught up with the store.
+///
+/// Read it per query (or cache it briefly): after a new version took over,
+/// the old one's tables stop moving but stay complete, so a reader that
+/// still uses them sees an older, never a half-built, model.
+///
+/// # Errors
+///
+/// The read-model database failed.
+pub async fn live_version<DB: ReadModelDb>(
+    pool: &sqlx::Pool<DB>,
+    name: &str,
+) -> Result<Option<LiveVersion>> {
+    DB::live_version(pool, name).await
+}
 
 /// The leases of a read-model database, for [`Leadership`], and the epoch
 /// the runner holds (0 = none) for its handle.
@@ -228,6 +316,21 @@ pub trait Projection<DB: ReadModelDb>: Send + Sync + 'static {
     /// uses a new name).
     fn name(&self) -> &str;
 
+    /// The version of this projection's code and tables (default `None`:
+    /// unversioned, checkpointed as [`name`](Self::name)).
+    ///
+    /// A versioned projection is checkpointed as `{name}@v{version}` and
+    /// deployed blue/green: a new version builds beside the live one from
+    /// position 0 (into its own tables, e.g. [`versioned_table`]), queries
+    /// keep reading the live version ([`live_version`]), and once the new
+    /// version's batch covers the live version's position it takes over in
+    /// that batch's transaction; the old version's runner then stops
+    /// ([`ProjectionState::Retired`]). The first version goes live when it
+    /// first catches up with the store.
+    fn version(&self) -> Option<u32> {
+        None
+    }
+
     /// Which events to read (default: every event).
     fn filter(&self) -> EventFilter {
         EventFilter::all()
@@ -248,6 +351,23 @@ pub trait Projection<DB: ReadModelDb>: Send + Sync + 'static {
         tx: &mut sqlx::Transaction<'static, DB>,
         event: &StoredEvent,
     ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send;
+
+    /// The side effect of one event (default: none), called after the
+    /// batch's [`handle`](Self::handle) calls, in order, in the same
+    /// transaction, **only while this
+    /// version is live**: a version rebuilding beside the live one holds
+    /// its side effects, and takes them over from the event after the live
+    /// version's last position, so each event's effect is written once.
+    /// Write it as a row (an outbox) inside `tx`; an error rolls the
+    /// batch back like a handler's.
+    fn side_effect(
+        &self,
+        tx: &mut sqlx::Transaction<'static, DB>,
+        event: &StoredEvent,
+    ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send {
+        let _ = (tx, event);
+        async { Ok(()) }
+    }
 }
 
 /// Where a projection is.
@@ -265,6 +385,12 @@ pub enum ProjectionState {
     },
     /// Shut down or dropped.
     Stopped,
+    /// A newer version of this versioned projection went live; this one
+    /// stopped (its tables stay, complete up to its last position).
+    Retired {
+        /// The version that is live now.
+        live_version: u32,
+    },
 }
 
 /// A snapshot of a projection's progress.
@@ -457,7 +583,9 @@ where
             .setup(&self.pool)
             .await
             .map_err(Error::Handler)?;
-        let name = self.projection.name().to_owned();
+        let base = self.projection.name().to_owned();
+        let version = self.projection.version();
+        let name = versioned_name(&base, version);
         DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
         let leadership = leadership(&name, &self.options);
@@ -478,6 +606,9 @@ where
             leadership,
             leases,
             runner: self,
+            base,
+            version,
+            live: false,
             name: name.clone(),
             position,
             position_tx,
@@ -730,6 +861,13 @@ struct Worker<DB: ReadModelDb, P, S> {
     leadership: Leadership,
     leases: ReadModelLeases<DB>,
     runner: ProjectionRunner<DB, P, S>,
+    /// The projection's own name: the key of its live-version row.
+    base: String,
+    /// Its version, if versioned.
+    version: Option<u32>,
+    /// Whether this version was live at its last commit (versioned only).
+    live: bool,
+    /// The checkpoint and lease name (`base`, or `{base}@v{version}`).
     name: String,
     position: u64,
     position_tx: watch::Sender<u64>,
@@ -755,6 +893,36 @@ struct BatchFailure {
     /// The fenced checkpoint write found another position or epoch: this
     /// runner lost its lease; the batch was rolled back.
     fenced: bool,
+    /// The live-version row changed under the batch (a switch raced it):
+    /// rolled back, to be retried at once.
+    live_moved: bool,
+    /// A newer version is live: this one retires.
+    retired: Option<u32>,
+}
+
+impl BatchFailure {
+    fn handler(index: usize, error: String) -> Self {
+        BatchFailure {
+            index,
+            error,
+            fenced: false,
+            live_moved: false,
+            retired: None,
+        }
+    }
+}
+
+/// What a batch of a versioned projection does about the live version.
+#[derive(Debug, Clone, Copy)]
+enum LiveStep {
+    /// Unversioned, or rebuilding and not yet at the live position.
+    Nothing,
+    /// Live: advance the live position with the checkpoint.
+    Advance,
+    /// No version is live and this one caught up: become live.
+    Claim,
+    /// Take over from the live (older) version at its position.
+    Switch(LiveVersion),
 }
 
 impl<DB, P, S> Worker<DB, P, S>
@@ -824,6 +992,39 @@ where
             ask_store = false;
             self.observe_head(head);
             if head <= self.position {
+                // Caught up: a versioned projection may go live (or learn
+                // that a newer version did) without a new event.
+                if let Some(version) = self.version.filter(|_| self.live) {
+                    // Live: only learn whether a newer version took over.
+                    match DB::live_version(&self.runner.pool, &self.base).await {
+                        Ok(Some(live)) if live.version > version => {
+                            self.retire(live.version).await;
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(projection = %self.name, %err, "reading the live version failed");
+                        }
+                    }
+                } else if self.version.is_some() {
+                    match self.apply(&[], self.position, epoch, true).await {
+                        Ok(()) => {}
+                        Err(failure) if failure.retired.is_some() => {
+                            self.retire(failure.retired.unwrap_or_default()).await;
+                            return;
+                        }
+                        Err(failure) if failure.fenced => {
+                            self.leadership.lose();
+                            self.leases.1.store(0, Ordering::SeqCst);
+                            lock(&self.status).role = Role::Standby;
+                            continue;
+                        }
+                        Err(failure) if failure.live_moved => continue,
+                        Err(failure) => {
+                            tracing::warn!(projection = %self.name, error = %failure.error, "checking the live version failed");
+                        }
+                    }
+                }
                 match self.idle(&mut head_rx).await {
                     Wake::Shutdown => break,
                     Wake::Signal => {}
@@ -856,12 +1057,20 @@ where
                 ask_store = true;
                 continue;
             }
-            match self.apply(&batch, target, epoch).await {
+            let caught_up = batch.len() < n && from_store;
+            match self.apply(&batch, target, epoch, caught_up).await {
                 Ok(()) => {
                     self.committed(target, &batch, head);
                     limit = None;
                     attempts = 0;
                     previous_delay = None;
+                }
+                Err(failure) if failure.retired.is_some() => {
+                    self.retire(failure.retired.unwrap_or_default()).await;
+                    return;
+                }
+                Err(failure) if failure.live_moved => {
+                    tracing::debug!(projection = %self.name, "the live version moved under the batch; retrying");
                 }
                 Err(failure) if failure.fenced => {
                     tracing::warn!(
@@ -975,27 +1184,108 @@ where
         self.position_tx.send_replace(target);
     }
 
+    /// Stops for good: a newer version is live.
+    async fn retire(&mut self, live_version: u32) {
+        tracing::info!(projection = %self.name, live_version, "a newer version is live; retiring");
+        self.leadership.release(&self.leases).await;
+        let mut status = lock(&self.status);
+        status.state = ProjectionState::Retired { live_version };
+        status.role = Role::Standby;
+    }
+
+    /// Applies `batch` and moves the checkpoint to `target` in one
+    /// transaction, with the batch's side effects and, for a versioned
+    /// projection, its step on the live-version row. `caught_up`: the batch
+    /// read everything up to the store's head.
     async fn apply(
-        &self,
+        &mut self,
         batch: &[StoredEvent],
         target: u64,
         epoch: u64,
+        caught_up: bool,
     ) -> Result<(), BatchFailure> {
-        let db = |e: &dyn std::fmt::Display| BatchFailure {
-            index: 0,
-            error: format!("read-model database: {e}"),
-            fenced: false,
+        let db = |e: &dyn std::fmt::Display| {
+            BatchFailure::handler(0, format!("read-model database: {e}"))
         };
         let mut tx = self.runner.pool.begin().await.map_err(|e| db(&e))?;
         for (index, event) in batch.iter().enumerate() {
             if let Err(err) = self.runner.projection.handle(&mut tx, event).await {
                 // Dropping `tx` rolls back every write of this batch.
-                return Err(BatchFailure {
-                    index,
-                    error: err.to_string(),
-                    fenced: false,
-                });
+                return Err(BatchFailure::handler(index, err.to_string()));
             }
+        }
+        // The live-version row is read after the handlers wrote: on SQLite
+        // the transaction then holds the write lock, so the row cannot
+        // change under it (a read first would pin an older snapshot, and
+        // the first write would fail with SQLITE_BUSY).
+        // Which events fire side effects: those after this position.
+        let (step, fire_after) = match self.version {
+            None => (LiveStep::Nothing, Some(0)),
+            Some(version) => {
+                let live = DB::live_version_in(&mut tx, &self.base)
+                    .await
+                    .map_err(|e| db(&e))?;
+                match live {
+                    None if caught_up => (LiveStep::Claim, None),
+                    None => (LiveStep::Nothing, None),
+                    Some(live) if live.version == version => (LiveStep::Advance, Some(0)),
+                    Some(live) if live.version > version => {
+                        return Err(BatchFailure {
+                            retired: Some(live.version),
+                            ..BatchFailure::handler(0, "retired".into())
+                        });
+                    }
+                    // An older version is live: take over once this batch
+                    // covers its position; the events after it fire here.
+                    Some(live) if live.position >= self.position && live.position <= target => {
+                        (LiveStep::Switch(live), Some(live.position))
+                    }
+                    Some(_) => (LiveStep::Nothing, None),
+                }
+            }
+        };
+        if let Some(after) = fire_after {
+            for (index, event) in batch.iter().enumerate() {
+                if event.global_position > after
+                    && let Err(err) = self.runner.projection.side_effect(&mut tx, event).await
+                {
+                    return Err(BatchFailure::handler(index, format!("side effect: {err}")));
+                }
+            }
+        }
+        // Whether the live-version step held, and whether this version is
+        // live after it.
+        let (moved_live, live) = match (step, self.version) {
+            (_, None) => (true, true),
+            (LiveStep::Nothing, Some(_)) => (true, false),
+            (LiveStep::Advance, Some(v)) => {
+                let held = DB::advance_live(&mut tx, &self.base, v, target)
+                    .await
+                    .map_err(|e| db(&e))?;
+                (held, held)
+            }
+            // Another version may have claimed first: then this one stays
+            // a rebuild, and its batch commits all the same.
+            (LiveStep::Claim, Some(v)) => {
+                let claimed = DB::claim_live(&mut tx, &self.base, v, target)
+                    .await
+                    .map_err(|e| db(&e))?;
+                (true, claimed)
+            }
+            (LiveStep::Switch(from), Some(v)) => {
+                let switched = DB::switch_live(&mut tx, &self.base, from, v, target)
+                    .await
+                    .map_err(|e| db(&e))?;
+                (switched, switched)
+            }
+        };
+        if !moved_live {
+            // Retired under us, or the live version moved: roll back (the
+            // side effects too) and look again.
+            return Err(BatchFailure {
+                live_moved: true,
+                ..BatchFailure::handler(0, "live version moved".into())
+            });
         }
         // Compare-and-set, fenced by the lease epoch: a runner that lost its
         // lease, or whose checkpoint another runner moved, writes nothing.
@@ -1005,12 +1295,16 @@ where
         if !moved {
             // Dropping `tx` rolls the batch back.
             return Err(BatchFailure {
-                index: 0,
-                error: "checkpoint fenced".into(),
                 fenced: true,
+                ..BatchFailure::handler(0, "checkpoint fenced".into())
             });
         }
-        tx.commit().await.map_err(|e| db(&e))
+        tx.commit().await.map_err(|e| db(&e))?;
+        if live && !self.live && self.version.is_some() {
+            tracing::info!(projection = %self.name, position = target, "version is live");
+        }
+        self.live = live;
+        Ok(())
     }
 }
 

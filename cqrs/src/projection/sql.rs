@@ -86,6 +86,46 @@ pub(crate) fn save_checkpoint(c: &str) -> String {
     )
 }
 
+/// The live-version table: one row per versioned projection.
+pub(crate) fn create_live_versions(l: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {l} (name TEXT PRIMARY KEY, version BIGINT NOT NULL, position BIGINT NOT NULL)"
+    )
+}
+
+/// `$1` name → `version, position`.
+pub(crate) fn live_version(l: &str) -> String {
+    format!("SELECT version, position FROM {l} WHERE name = $1")
+}
+
+/// `$1` name, `$2` version, `$3` position: only when no version is live.
+pub(crate) fn claim_live(l: &str) -> String {
+    format!(
+        "INSERT INTO {l} (name, version, position) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING"
+    )
+}
+
+/// `$1` name, `$2` version, `$3` position: only while `$2` is live.
+pub(crate) fn advance_live(l: &str) -> String {
+    format!("UPDATE {l} SET position = $3 WHERE name = $1 AND version = $2")
+}
+
+/// `$1` name, `$2` old version, `$3` its position, `$4` new version, `$5`
+/// position: only while the old version is live at that position.
+pub(crate) fn switch_live(l: &str) -> String {
+    format!(
+        "UPDATE {l} SET version = $4, position = $5 WHERE name = $1 AND version = $2 AND position = $3"
+    )
+}
+
+/// A `(version, position)` row of the live-version table.
+pub(crate) fn to_live((version, position): (i64, i64)) -> super::LiveVersion {
+    super::LiveVersion {
+        version: u32::try_from(version).unwrap_or(0),
+        position: super::to_u64(position),
+    }
+}
+
 /// Expands `impl ReadModelDb for $db`: every statement from this module,
 /// `$dialect` a `fn(&<$db as Database>::Connection) -> sqlx::Result<Dialect>`
 /// (constant for a concrete backend, read from the connection for `Any`).
@@ -105,6 +145,11 @@ macro_rules! read_model_db {
                 .await?;
                 sqlx::query(sqlx::AssertSqlSafe(sql::lease::create(
                     $crate::projection::LEASES,
+                )))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql::create_live_versions(
+                    $crate::projection::LIVE_VERSIONS,
                 )))
                 .execute(&mut *tx)
                 .await?;
@@ -255,6 +300,87 @@ macro_rules! read_model_db {
                 .fetch_optional(&mut *conn)
                 .await?;
                 Ok(epoch.map($crate::projection::to_u64))
+            }
+
+            async fn live_version(
+                pool: &sqlx::Pool<Self>,
+                name: &str,
+            ) -> $crate::error::Result<Option<$crate::projection::LiveVersion>> {
+                let row: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
+                    $crate::projection::sql::live_version($crate::projection::LIVE_VERSIONS),
+                ))
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map($crate::projection::sql::to_live))
+            }
+
+            async fn live_version_in(
+                tx: &mut sqlx::Transaction<'static, Self>,
+                name: &str,
+            ) -> $crate::error::Result<Option<$crate::projection::LiveVersion>> {
+                let row: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
+                    $crate::projection::sql::live_version($crate::projection::LIVE_VERSIONS),
+                ))
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(row.map($crate::projection::sql::to_live))
+            }
+
+            async fn claim_live(
+                tx: &mut sqlx::Transaction<'static, Self>,
+                name: &str,
+                version: u32,
+                position: u64,
+            ) -> $crate::error::Result<bool> {
+                let done = sqlx::query(sqlx::AssertSqlSafe($crate::projection::sql::claim_live(
+                    $crate::projection::LIVE_VERSIONS,
+                )))
+                .bind(name)
+                .bind(i64::from(version))
+                .bind($crate::projection::to_i64(position))
+                .execute(&mut **tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn advance_live(
+                tx: &mut sqlx::Transaction<'static, Self>,
+                name: &str,
+                version: u32,
+                position: u64,
+            ) -> $crate::error::Result<bool> {
+                let done = sqlx::query(sqlx::AssertSqlSafe($crate::projection::sql::advance_live(
+                    $crate::projection::LIVE_VERSIONS,
+                )))
+                .bind(name)
+                .bind(i64::from(version))
+                .bind($crate::projection::to_i64(position))
+                .execute(&mut **tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn switch_live(
+                tx: &mut sqlx::Transaction<'static, Self>,
+                name: &str,
+                from: $crate::projection::LiveVersion,
+                version: u32,
+                position: u64,
+            ) -> $crate::error::Result<bool> {
+                use $crate::projection::to_i64;
+                let done = sqlx::query(sqlx::AssertSqlSafe($crate::projection::sql::switch_live(
+                    $crate::projection::LIVE_VERSIONS,
+                )))
+                .bind(name)
+                .bind(i64::from(from.version))
+                .bind(to_i64(from.position))
+                .bind(i64::from(version))
+                .bind(to_i64(position))
+                .execute(&mut **tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn release_lease(

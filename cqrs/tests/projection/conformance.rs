@@ -19,6 +19,10 @@ macro_rules! projection_conformance {
 
             crate::counting_projection!($db);
 
+            mod versioned {
+                crate::versioned_projection!($db);
+            }
+
             async fn count(pool: &sqlx::Pool<$db>, table: &str) -> (i64, i64) {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT COUNT(*), COUNT(DISTINCT position) FROM {table}"
@@ -456,6 +460,127 @@ macro_rules! projection_conformance {
                 seed(&store, 5).await;
                 rebuild.wait_for(50, LONG).await.unwrap();
                 assert_eq!(count(&pool, active).await, (50, 50));
+                $cleanup(&pool).await;
+            }
+
+            /// Blue/green: v1 goes live once caught up; v2 builds beside it
+            /// from 0 while a reader polling the live version only ever
+            /// sees complete models; v2 takes over after catching up, v1
+            /// retires, and each event's side effect is written once.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blue_green_versions_switch_after_catch_up() {
+                use std::sync::Arc;
+                use std::sync::atomic::AtomicBool;
+                use trellis_cqrs::{LiveVersion, live_version};
+                use $crate::support::Hold;
+                use versioned::VersionedProjection;
+
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 40).await;
+                let spawn = |version: u32, hold: Arc<Hold>| {
+                    ProjectionRunner::new(
+                        store.clone(),
+                        pool.clone(),
+                        VersionedProjection { version, hold },
+                    )
+                    .with_batch_size(7)
+                    .with_poll_interval(Duration::from_millis(20))
+                    .spawn()
+                };
+                let live = |pool: sqlx::Pool<$db>| async move {
+                    live_version(&pool, "orders").await.unwrap()
+                };
+
+                // v1, held mid-way: nothing is live yet.
+                let hold1 = Arc::new(Hold::default());
+                hold1.hold_at.store(8, Ordering::SeqCst);
+                let v1 = spawn(1, hold1.clone()).await.unwrap();
+                assert_eq!(v1.name(), "orders@v1");
+                hold1.reached.notified().await;
+                assert_eq!(live(pool.clone()).await, None, "a half-built first version is not live");
+                hold1.go.notify_one();
+                v1.wait_for(40, LONG).await.unwrap();
+                let deadline = tokio::time::Instant::now() + LONG;
+                while live(pool.clone()).await.map(|l| l.version) != Some(1) {
+                    assert!(tokio::time::Instant::now() < deadline, "v1 never went live");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // Live now: new events fire side effects (the history did not).
+                seed(&store, 10).await;
+                v1.wait_for(50, LONG).await.unwrap();
+
+                // A reader that polls the live version all along.
+                let stop = Arc::new(AtomicBool::new(false));
+                let reader = tokio::spawn({
+                    let (pool, stop) = (pool.clone(), stop.clone());
+                    async move {
+                        let mut seen: Vec<u32> = Vec::new();
+                        while !stop.load(Ordering::SeqCst) {
+                            let l: LiveVersion = live_version(&pool, "orders").await.unwrap().unwrap();
+                            let (rows, distinct) = count(&pool, &l.table("orders")).await;
+                            assert!(
+                                rows == distinct && rows as u64 >= l.position,
+                                "v{} at {} has {rows} rows ({distinct} distinct): half-built",
+                                l.version, l.position
+                            );
+                            if seen.last() != Some(&l.version) {
+                                seen.push(l.version);
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        seen
+                    }
+                });
+
+                // v2 builds from 0 beside v1, held at 15: v1 stays live.
+                let hold2 = Arc::new(Hold::default());
+                hold2.hold_at.store(15, Ordering::SeqCst);
+                let v2 = spawn(2, hold2.clone()).await.unwrap();
+                hold2.reached.notified().await;
+                assert_eq!(live(pool.clone()).await.unwrap().version, 1);
+                assert_eq!(count(&pool, "orders_v2").await.0, 14, "v2 is half-built");
+                seed(&store, 5).await;
+                v1.wait_for(55, LONG).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(live(pool.clone()).await.unwrap().version, 1, "no switch before catch-up");
+
+                hold2.go.notify_one();
+                let deadline = tokio::time::Instant::now() + LONG;
+                while live(pool.clone()).await.unwrap().version != 2 {
+                    assert!(tokio::time::Instant::now() < deadline, "v2 never took over");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let switched = live(pool.clone()).await.unwrap();
+                assert!(switched.position >= 55, "switched at {} before catching up", switched.position);
+                while v1.status().state != (ProjectionState::Retired { live_version: 2 }) {
+                    assert!(tokio::time::Instant::now() < deadline, "v1 never retired: {:?}", v1.status());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // v1's tables stay complete where it stopped.
+                assert_eq!(count(&pool, "orders_v1").await.0 as u64, checkpoint(&pool, "orders@v1").await as u64);
+
+                // After the switch, v2 fires the side effects.
+                seed(&store, 5).await;
+                v2.wait_for(60, LONG).await.unwrap();
+                stop.store(true, Ordering::SeqCst);
+                let seen = reader.await.unwrap();
+                assert_eq!(seen, [1, 2], "the reader saw v1, then v2");
+                assert_eq!(count(&pool, "orders_v2").await, (60, 60));
+
+                let effects: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT position, version FROM orders_effects ORDER BY position",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let positions: Vec<i64> = effects.iter().map(|e| e.0).collect();
+                assert_eq!(positions, (41..=60).collect::<Vec<_>>(), "each effect once, none for history");
+                let by = |v: i64| effects.iter().filter(|e| e.1 == v).map(|e| e.0).collect::<Vec<_>>();
+                assert!(by(1).iter().all(|p| *p as u64 <= switched.position));
+                assert!(by(2).iter().all(|p| *p as u64 > switched.position));
+                assert_eq!(by(2), (56..=60).collect::<Vec<_>>());
+                v2.stop().await;
                 $cleanup(&pool).await;
             }
         }
