@@ -73,6 +73,12 @@ mod private {
 /// The trait is sealed: its lease and compare-and-set checkpoint statements
 /// carry the runner's exactly-once guarantee, and each implementation is
 /// proven by the crate's conformance suite.
+///
+/// # Errors
+///
+/// Every method fails with the database's error ([`Error::Database`], or
+/// the lease methods' `trellis_eventsourcing::Error`); through `Any`, a
+/// backend other than SQLite and PostgreSQL is a configuration error.
 pub trait ReadModelDb: sqlx::Database + private::Sealed {
     /// Creates `cqrs_checkpoints` if it is missing.
     fn ensure_checkpoints(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<()>> + Send;
@@ -700,8 +706,12 @@ impl ProjectionHandle {
     }
 
     /// Read-your-writes: returns the checkpoint once it is at least
-    /// `position`, [`Error::WaitTimeout`] after `timeout`, [`Error::Parked`] if
-    /// the projection parks first, [`Error::Stopped`] if it stops.
+    /// `position`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WaitTimeout`] after `timeout`, [`Error::Parked`] if the
+    /// projection parks first, [`Error::Stopped`] if it stops (or retires).
     ///
     /// # Cancel safety
     ///
@@ -753,6 +763,11 @@ impl Drop for ProjectionHandle {
 
 /// Waits until `projection`'s checkpoint reaches `position` (see
 /// [`ProjectionHandle::wait_for`]).
+///
+/// # Errors
+///
+/// [`Error::WaitTimeout`], [`Error::Parked`] or [`Error::Stopped`], as
+/// [`ProjectionHandle::wait_for`].
 pub async fn wait_for(
     projection: &ProjectionHandle,
     position: u64,
