@@ -478,6 +478,18 @@ impl<S: Clone, I> Clone for Idempotent<S, I> {
 /// # Errors
 ///
 /// The payload does not serialize.
+///
+/// # Examples
+///
+/// ```
+/// use trellis_cqrs::{Command, command::fingerprint};
+/// let first = Command::new("order-1", 5u32);
+/// // A retry: a new id does not matter, the aggregate and payload do.
+/// assert_eq!(fingerprint(&first)?, fingerprint(&Command::new("order-1", 5u32))?);
+/// assert_ne!(fingerprint(&first)?, fingerprint(&Command::new("order-2", 5u32))?);
+/// assert_ne!(fingerprint(&first)?, fingerprint(&Command::new("order-1", 6u32))?);
+/// # Ok::<_, trellis_cqrs::Error>(())
+/// ```
 pub fn fingerprint<C: Serialize>(command: &Command<C>) -> Result<String> {
     use sha2::Digest;
     let json = serde_json::to_vec(&(&command.aggregate_id, &command.payload))?;

@@ -234,6 +234,61 @@ fn versioned_name(name: &str, version: Option<u32>) -> String {
 /// # Errors
 ///
 /// The read-model database failed.
+///
+/// # Examples
+///
+/// One versioned projection, written once for `sqlx::Any` (feature `any`),
+/// on the backend the URL names:
+///
+/// ```
+/// # #[cfg(all(feature = "any", feature = "sqlite"))]
+/// # mod demo {
+/// use std::time::Duration;
+/// use trellis_cqrs::{BoxError, Projection, ProjectionRunner, live_version, versioned_table};
+/// use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent, StoredEvent};
+///
+/// struct Totals;
+///
+/// impl Projection<sqlx::Any> for Totals {
+///     fn name(&self) -> &str { "totals" }
+///     fn version(&self) -> Option<u32> { Some(2) }
+///     async fn setup(&self, pool: &sqlx::AnyPool) -> Result<(), BoxError> {
+///         let ddl = format!("CREATE TABLE IF NOT EXISTS {} (position BIGINT NOT NULL)", versioned_table("totals", 2));
+///         sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(pool).await?;
+///         Ok(())
+///     }
+///     async fn handle(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, e: &StoredEvent) -> Result<(), BoxError> {
+///         let insert = format!("INSERT INTO {} (position) VALUES ($1)", versioned_table("totals", 2));
+///         sqlx::query(sqlx::AssertSqlSafe(insert)).bind(e.global_position as i64).execute(&mut **tx).await?;
+///         Ok(())
+///     }
+/// }
+///
+/// pub async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+///     sqlx::any::install_default_drivers();
+///     let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).idle_timeout(None).connect(url).await?;
+///     let store = MemoryStore::new();
+///     store.append("order-1", ExpectedVersion::Any, vec![NewEvent::new("Placed", serde_json::json!({}))]).await?;
+///     let runner = ProjectionRunner::new(store, pool.clone(), Totals).spawn().await?;
+///     runner.wait_for(1, Duration::from_secs(5)).await?;
+///     // The first version goes live once it caught up.
+///     let live = loop {
+///         if let Some(live) = live_version(&pool, "totals").await? { break live; }
+///         tokio::time::sleep(Duration::from_millis(10)).await;
+///     };
+///     assert_eq!((live.version, live.table("totals")), (2, "totals_v2".to_owned()));
+///     let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {}", live.table("totals"))))
+///         .fetch_one(&pool).await?;
+///     assert_eq!(rows, 1);
+///     Ok(())
+/// }
+/// # }
+/// # fn main() {
+/// # #[cfg(all(feature = "any", feature = "sqlite"))]
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+/// #     .block_on(demo::run("sqlite::memory:")).unwrap();
+/// # }
+/// ```
 pub async fn live_version<DB: ReadModelDb>(
     pool: &sqlx::Pool<DB>,
     name: &str,
