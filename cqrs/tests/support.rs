@@ -327,6 +327,11 @@ pub struct Hold {
     pub hold_at: AtomicU64,
     pub reached: Notify,
     pub go: Notify,
+    /// Holds the first side effect this version writes the same way
+    /// (signals `effect_reached`, waits for `effect_go`).
+    pub hold_effect: AtomicBool,
+    pub effect_reached: Notify,
+    pub effect_go: Notify,
 }
 
 /// Defines `VersionedProjection` for one sqlx database: projection
@@ -398,6 +403,11 @@ macro_rules! versioned_projection {
                 tx: &mut sqlx::Transaction<'static, $db>,
                 event: &trellis_eventsourcing::StoredEvent,
             ) -> Result<(), trellis_cqrs::BoxError> {
+                use std::sync::atomic::Ordering;
+                if self.hold.hold_effect.swap(false, Ordering::SeqCst) {
+                    self.hold.effect_reached.notify_one();
+                    self.hold.effect_go.notified().await;
+                }
                 sqlx::query("INSERT INTO orders_effects (position, version) VALUES ($1, $2)")
                     .bind(event.global_position as i64)
                     .bind(i64::from(self.version))

@@ -9,7 +9,9 @@
 use super::*;
 
 macro_rules! projection_conformance {
-    ($module:ident, $db:ty, $pool:path, $cleanup:path) => {
+    // `$concurrent_writers`: whether two transactions may write at once
+    // (PostgreSQL), or one waits for the other's commit (SQLite).
+    ($module:ident, $db:ty, $pool:path, $cleanup:path, concurrent_writers = $concurrent_writers:expr) => {
         mod $module {
             use super::*;
             use std::sync::atomic::Ordering;
@@ -583,6 +585,156 @@ macro_rules! projection_conformance {
                 v2.stop().await;
                 $cleanup(&pool).await;
             }
+
+            /// The switch races the old version's batches while events keep
+            /// arriving: whichever commits first, every event's side effect
+            /// is written exactly once and the new version ends live and complete.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn blue_green_switch_under_load_writes_each_effect_once() {
+                use std::sync::Arc;
+                use trellis_cqrs::live_version;
+                use $crate::support::Hold;
+                use versioned::VersionedProjection;
+
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 40).await;
+                let spawn = |version: u32, batch: usize| {
+                    ProjectionRunner::new(
+                        store.clone(),
+                        pool.clone(),
+                        VersionedProjection { version, hold: Arc::new(Hold::default()) },
+                    )
+                    .with_batch_size(batch)
+                    .with_poll_interval(Duration::from_millis(5))
+                    .with_retry(fast_retry(), 50)
+                    .spawn()
+                };
+                let v1 = spawn(1, 5).await.unwrap();
+                let deadline = tokio::time::Instant::now() + LONG;
+                while live_version(&pool, "orders").await.unwrap().map(|l| l.version) != Some(1) {
+                    assert!(tokio::time::Instant::now() < deadline, "v1 never went live");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let appender = tokio::spawn({
+                    let store = store.clone();
+                    async move {
+                        for _ in 0..40 {
+                            seed(&store, 5).await;
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                        }
+                    }
+                });
+                let v2 = spawn(2, 3).await.unwrap();
+                appender.await.unwrap();
+                v2.wait_for(240, LONG).await.unwrap();
+                while live_version(&pool, "orders").await.unwrap().map(|l| l.version) != Some(2) {
+                    assert!(tokio::time::Instant::now() < deadline, "v2 never took over");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                while v1.status().state != (ProjectionState::Retired { live_version: 2 }) {
+                    assert!(tokio::time::Instant::now() < deadline, "v1 never retired");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                assert_eq!(count(&pool, "orders_v2").await, (240, 240));
+                let effects: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT position, version FROM orders_effects ORDER BY position, version",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let positions: Vec<i64> = effects.iter().map(|e| e.0).collect();
+                assert_eq!(positions, (41..=240).collect::<Vec<_>>(), "each effect exactly once");
+                // v1 wrote a prefix, v2 the rest: one handover point.
+                let handover = effects.iter().position(|e| e.1 == 2).unwrap_or(effects.len());
+                assert!(effects[..handover].iter().all(|e| e.1 == 1));
+                assert!(effects[handover..].iter().all(|e| e.1 == 2));
+                v2.stop().await;
+                $cleanup(&pool).await;
+            }
+
+            /// The old version commits a batch (and its side effects) after
+            /// the new one read the live position and before it switches:
+            /// the switch is a compare-and-set on that position, so it
+            /// fails, rolls back the new version's copies of those effects,
+            /// and retries. (On SQLite the old version's batch waits for
+            /// the new one's commit instead, and then retires.)
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_switch_racing_an_old_batch_never_repeats_an_effect() {
+                use std::sync::Arc;
+                use trellis_cqrs::live_version;
+                use $crate::support::Hold;
+                use versioned::VersionedProjection;
+
+                let Some(pool) = $pool().await else { return };
+                let store = MemoryStore::new();
+                seed(&store, 40).await;
+                let spawn = |version: u32, batch: usize, hold: Arc<Hold>| {
+                    ProjectionRunner::new(
+                        store.clone(),
+                        pool.clone(),
+                        VersionedProjection { version, hold },
+                    )
+                    .with_batch_size(batch)
+                    .with_poll_interval(Duration::from_millis(5))
+                    .with_retry(fast_retry(), 50)
+                    .spawn()
+                };
+                let hold1 = Arc::new(Hold::default());
+                let v1 = spawn(1, 5, hold1.clone()).await.unwrap();
+                let deadline = tokio::time::Instant::now() + LONG;
+                while live_version(&pool, "orders").await.unwrap().map(|l| l.version) != Some(1) {
+                    assert!(tokio::time::Instant::now() < deadline, "v1 never went live");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // v1 pauses at 41, the first event of its next batch,
+                // before that batch writes anything.
+                hold1.hold_at.store(41, Ordering::SeqCst);
+                seed(&store, 20).await;
+                hold1.reached.notified().await;
+                assert_eq!(checkpoint(&pool, "orders@v1").await, 40);
+
+                // v2 reads 1..60 in one batch: the live position (40) is
+                // inside it, so it will switch and write effects 41..60;
+                // it pauses at its first effect, after reading the live row.
+                let hold2 = Arc::new(Hold::default());
+                hold2.hold_effect.store(true, Ordering::SeqCst);
+                let v2 = spawn(2, 100, hold2.clone()).await.unwrap();
+                hold2.effect_reached.notified().await;
+
+                // v1 goes on; where writers are concurrent it commits 41..45
+                // with their effects while v2 still holds position 40.
+                hold1.go.notify_one();
+                if $concurrent_writers {
+                    v1.wait_for(45, LONG).await.unwrap();
+                }
+                hold2.effect_go.notify_one();
+                v2.wait_for(60, LONG).await.unwrap();
+                while live_version(&pool, "orders").await.unwrap().map(|l| l.version) != Some(2) {
+                    assert!(tokio::time::Instant::now() < deadline, "v2 never took over");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                while v1.status().state != (ProjectionState::Retired { live_version: 2 }) {
+                    assert!(tokio::time::Instant::now() < deadline, "v1 never retired");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seed(&store, 5).await;
+                v2.wait_for(65, LONG).await.unwrap();
+                let effects: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT position, version FROM orders_effects ORDER BY position, version",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let positions: Vec<i64> = effects.iter().map(|e| e.0).collect();
+                assert_eq!(positions, (41..=65).collect::<Vec<_>>(), "each effect exactly once: {effects:?}");
+                if $concurrent_writers {
+                    assert!(effects.iter().take(5).all(|e| e.1 == 1), "v1 wrote 41..45: {effects:?}");
+                }
+                assert!(effects.iter().skip(20).all(|e| e.1 == 2), "v2 wrote 61..65: {effects:?}");
+                v2.stop().await;
+                $cleanup(&pool).await;
+            }
         }
     };
 }
@@ -591,7 +743,8 @@ projection_conformance!(
     sqlite,
     sqlx::Sqlite,
     crate::support::sqlite_pool,
-    crate::support::sqlite_cleanup
+    crate::support::sqlite_cleanup,
+    concurrent_writers = false
 );
 
 #[cfg(feature = "postgres")]
@@ -599,7 +752,8 @@ projection_conformance!(
     postgres,
     sqlx::Postgres,
     crate::support::postgres_pool,
-    crate::support::postgres_cleanup
+    crate::support::postgres_cleanup,
+    concurrent_writers = true
 );
 
 #[cfg(feature = "any")]
@@ -607,7 +761,8 @@ projection_conformance!(
     any_sqlite,
     sqlx::Any,
     crate::support::any_sqlite_pool,
-    crate::support::any_cleanup
+    crate::support::any_cleanup,
+    concurrent_writers = false
 );
 
 #[cfg(all(feature = "any", feature = "postgres"))]
@@ -615,5 +770,6 @@ projection_conformance!(
     any_postgres,
     sqlx::Any,
     crate::support::any_postgres_pool,
-    crate::support::any_cleanup
+    crate::support::any_cleanup,
+    concurrent_writers = true
 );
