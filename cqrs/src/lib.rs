@@ -11,20 +11,25 @@ pub mod metrics;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod projection;
 
+#[cfg(all(feature = "any", any(feature = "sqlite", feature = "postgres")))]
+pub use command::idempotency::AnyIdempotencyStore;
 #[cfg(feature = "postgres")]
 pub use command::idempotency::PgIdempotencyStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use command::idempotency::SqlIdempotencyStore;
 #[cfg(feature = "sqlite")]
 pub use command::idempotency::SqliteIdempotencyStore;
-pub use command::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+pub use command::idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use command::validate::{FieldError, Validate, ValidationErrors};
 pub use command::{
     AllowAll, Authorize, Command, CommandPipeline, CommandResult, Identity, RepositoryService,
+    RequireRoles,
 };
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 #[cfg(feature = "nats")]
 pub use projection::jetstream::JetStreamRunner;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use projection::{
-    Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus, ReadModelDb,
-    Role, RunnerOptions, wait_for,
+    LiveVersion, Projection, ProjectionHandle, ProjectionRunner, ProjectionState, ProjectionStatus,
+    ReadModelDb, Role, RunnerOptions, live_version, versioned_table, wait_for,
 };

@@ -8,7 +8,7 @@
 //! | [`CommandTraceLayer`] | [`CommandTrace`] | a `command` span with id, aggregate and outcome |
 //! | [`ValidateLayer`] | [`Validated`] | [`Validate`] → [`Error::Validation`] (a 422) |
 //! | [`AuthorizeLayer`] | [`Authorized`] | your [`Authorize`] hook with the caller's [`Identity`] → [`Error::Forbidden`] |
-//! | [`IdempotencyLayer`] | [`Idempotent`] | a repeated command id returns the first result |
+//! | [`IdempotencyLayer`] | [`Idempotent`] | a repeated key returns the first result; another command under it → [`Error::IdempotencyMismatch`] (422); a key in flight → [`Error::InFlight`] (409) |
 //! | — | [`RepositoryService`] | [`Repository::execute_with_metadata`] |
 //!
 //! [`CommandPipeline::new`] builds that stack in that order with an in-memory
@@ -18,14 +18,13 @@
 //! The services box their futures: a command costs a store round trip, which
 //! dwarfs one allocation per layer.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 use trellis_eventsourcing::{Aggregate, EventStore, Metadata, Repository, SnapshotStore};
@@ -36,7 +35,7 @@ use crate::error::{Error, Result};
 pub mod idempotency;
 pub mod validate;
 
-use idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 use validate::Validate;
 
 /// The boxed future every command service returns.
@@ -47,7 +46,7 @@ pub type CommandFuture = Pin<Box<dyn Future<Output = Result<CommandResult>> + Se
 pub struct Identity {
     /// The caller's id (user id, service name).
     pub subject: String,
-    /// Roles or scopes the caller holds.
+    /// Roles or scopes the caller holds (a JWT's `scope` claim, split).
     pub roles: Vec<String>,
 }
 
@@ -286,6 +285,50 @@ impl<C> Authorize<C> for AllowAll {
     }
 }
 
+/// A hook that lets through only authenticated callers holding every one of
+/// its roles (or scopes): a missing identity or role is [`Error::Forbidden`]
+/// (403) with the missing role as the reason.
+///
+/// # Examples
+///
+/// ```
+/// use trellis_cqrs::{Authorize, Identity, RequireRoles};
+/// let hook = RequireRoles::new(["orders:write"]);
+/// let writer = Identity::new("ann").with_role("orders:write");
+/// assert!(Authorize::<()>::authorize(&hook, Some(&writer), &()).is_ok());
+/// let reader = Identity::new("bob").with_role("orders:read");
+/// assert_eq!(
+///     Authorize::<()>::authorize(&hook, Some(&reader), &()),
+///     Err("missing role orders:write".to_owned())
+/// );
+/// assert!(Authorize::<()>::authorize(&hook, None, &()).is_err());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RequireRoles {
+    roles: Vec<String>,
+}
+
+impl RequireRoles {
+    /// Requires every one of `roles`.
+    pub fn new<R: Into<String>>(roles: impl IntoIterator<Item = R>) -> Self {
+        RequireRoles {
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl<C> Authorize<C> for RequireRoles {
+    fn authorize(&self, identity: Option<&Identity>, _: &C) -> Result<(), String> {
+        let Some(identity) = identity else {
+            return Err("not authenticated".to_owned());
+        };
+        match self.roles.iter().find(|r| !identity.has_role(r)) {
+            Some(missing) => Err(format!("missing role {missing}")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Runs an [`Authorize`] hook before the inner service.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer<Z> {
@@ -354,32 +397,49 @@ where
     }
 }
 
-/// Deduplicates commands by [`Command::id`] through an [`IdempotencyStore`].
+/// Deduplicates commands by idempotency key ([`Command::id`]) through an
+/// [`IdempotencyStore`], as the IETF `Idempotency-Key` draft asks of an
+/// HTTP API:
 ///
-/// Only successful results are stored: a rejected command may be retried.
-/// Within one process, a duplicate that arrives while the first send is still
-/// running waits for it and returns its result (if the first fails, the
-/// duplicate runs itself). Across processes, two concurrent sends may both
-/// run, but [`RepositoryService`] derives the event ids from the command id,
-/// so the event store writes the events once and the second send gets the
-/// first one's positions; the store keeps (and both callers get) the first result.
+/// - a repeated key with the same command (aggregate id and payload, compared
+///   by a SHA-256 fingerprint of their JSON) returns the first result;
+/// - a repeated key with a different command is [`Error::IdempotencyMismatch`] (422);
+/// - a key whose first command is still running, here or on another
+///   replica, is [`Error::InFlight`] (409): retry later.
+///
+/// Only successful results are kept: a command that fails releases its key,
+/// so a rejected command may be retried. A command whose future is dropped
+/// (a client gone) releases its key too; one whose process died holds it
+/// until the claim TTL passes ([`with_claim_ttl`](Self::with_claim_ttl),
+/// default 60 s), then a retry re-runs it under the same key, and
+/// [`RepositoryService`] derives the event ids from the key, so the event
+/// store writes its events once.
+///
+/// The payload must serialize deterministically (structs, `BTreeMap`, not
+/// `HashMap`) for its fingerprint to be stable.
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer<I> {
     store: Arc<I>,
-    inflight: Inflight,
+    ttl: Duration,
 }
 
-/// Commands running now, by id. Entries leave when their command ends, so the
-/// map is bounded by the number of in-flight commands.
-type Inflight = Arc<Mutex<HashMap<Uuid, watch::Receiver<Option<CommandResult>>>>>;
+/// How long a claim lasts by default: longer than any command should run.
+const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(60);
 
 impl<I> IdempotencyLayer<I> {
-    /// A layer over `store`.
+    /// A layer over `store` with a 60 s claim TTL.
     pub fn new(store: I) -> Self {
         IdempotencyLayer {
             store: Arc::new(store),
-            inflight: Inflight::default(),
+            ttl: DEFAULT_CLAIM_TTL,
         }
+    }
+
+    /// Sets how long a key stays claimed by a run that neither finished nor
+    /// failed (its process died): keep it above the slowest command.
+    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
 }
 
@@ -389,7 +449,7 @@ impl<S, I> Layer<S> for IdempotencyLayer<I> {
         Idempotent {
             inner,
             store: self.store.clone(),
-            inflight: self.inflight.clone(),
+            ttl: self.ttl,
         }
     }
 }
@@ -399,7 +459,7 @@ impl<S, I> Layer<S> for IdempotencyLayer<I> {
 pub struct Idempotent<S, I> {
     inner: S,
     store: Arc<I>,
-    inflight: Inflight,
+    ttl: Duration,
 }
 
 impl<S: Clone, I> Clone for Idempotent<S, I> {
@@ -407,27 +467,59 @@ impl<S: Clone, I> Clone for Idempotent<S, I> {
         Idempotent {
             inner: self.inner.clone(),
             store: self.store.clone(),
-            inflight: self.inflight.clone(),
+            ttl: self.ttl,
         }
     }
 }
 
-/// Removes its command from the in-flight map when the command ends (or its
-/// future is dropped); dropping `tx` without a value releases waiters.
-struct InflightGuard {
-    inflight: Inflight,
-    id: Uuid,
-    tx: watch::Sender<Option<CommandResult>>,
+/// The fingerprint of a command: SHA-256 of the JSON of its aggregate id
+/// and payload, in hex.
+///
+/// # Errors
+///
+/// The payload does not serialize.
+///
+/// # Examples
+///
+/// ```
+/// use trellis_cqrs::{Command, command::fingerprint};
+/// let first = Command::new("order-1", 5u32);
+/// // A retry: a new id does not matter, the aggregate and payload do.
+/// assert_eq!(fingerprint(&first)?, fingerprint(&Command::new("order-1", 5u32))?);
+/// assert_ne!(fingerprint(&first)?, fingerprint(&Command::new("order-2", 5u32))?);
+/// assert_ne!(fingerprint(&first)?, fingerprint(&Command::new("order-1", 6u32))?);
+/// # Ok::<_, trellis_cqrs::Error>(())
+/// ```
+pub fn fingerprint<C: Serialize>(command: &Command<C>) -> Result<String> {
+    use sha2::Digest;
+    let json = serde_json::to_vec(&(&command.aggregate_id, &command.payload))?;
+    let digest = sha2::Sha256::digest(&json);
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-impl Drop for InflightGuard {
+/// Releases a claim whose command neither finished nor failed (its future
+/// was dropped), so the key does not wait for the claim TTL.
+struct ClaimGuard<I: IdempotencyStore> {
+    store: Arc<I>,
+    key: Uuid,
+    token: Uuid,
+    armed: bool,
+}
+
+impl<I: IdempotencyStore> Drop for ClaimGuard<I> {
     fn drop(&mut self) {
-        lock(&self.inflight).remove(&self.id);
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, key, token) = (self.store.clone(), self.key, self.token);
+            runtime.spawn(async move {
+                if let Err(err) = store.release(key, token).await {
+                    tracing::debug!(%key, %err, "releasing the claim of a dropped command failed");
+                }
+            });
+        }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<S, I, C> Service<Command<C>> for Idempotent<S, I>
@@ -437,7 +529,7 @@ where
         + Send
         + 'static,
     I: IdempotencyStore,
-    C: Send + 'static,
+    C: Serialize + Send + 'static,
 {
     type Response = CommandResult;
     type Error = Error;
@@ -452,51 +544,37 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
-        let inflight = self.inflight.clone();
+        let ttl = self.ttl;
         Box::pin(async move {
-            let id = command.id;
-            let guard = loop {
-                if let Some(first) = store.get(id).await? {
-                    tracing::debug!(command_id = %id, "duplicate command, returning first result");
+            let key = command.id;
+            let fingerprint = fingerprint(&command)?;
+            let token = Uuid::now_v7();
+            match store.claim(key, &fingerprint, token, ttl).await? {
+                Claim::Acquired => {}
+                Claim::Done(first) => {
+                    tracing::debug!(%key, "repeated idempotency key, returning the first result");
                     return Ok(first);
                 }
-                let running = {
-                    let mut map = lock(&inflight);
-                    match map.get(&id) {
-                        Some(rx) => Err(rx.clone()),
-                        None => {
-                            let (tx, rx) = watch::channel(None);
-                            map.insert(id, rx);
-                            Ok(InflightGuard {
-                                inflight: inflight.clone(),
-                                id,
-                                tx,
-                            })
-                        }
-                    }
-                };
-                match running {
-                    Ok(guard) => break guard,
-                    Err(mut rx) => {
-                        if let Ok(first) = rx.wait_for(Option::is_some).await
-                            && let Some(first) = first.clone()
-                        {
-                            tracing::debug!(command_id = %id, "duplicate of a running command, returning its result");
-                            return Ok(first);
-                        }
-                        // The first send failed or was dropped: try again ourselves.
-                    }
-                }
-            };
-            // The first send may have finished between our lookup and our
-            // registration: its result is stored before it leaves the map.
-            if let Some(first) = store.get(id).await? {
-                return Ok(first);
+                Claim::InFlight => return Err(Error::InFlight { key }),
+                Claim::Mismatch => return Err(Error::IdempotencyMismatch { key }),
             }
-            let result = inner.call(command).await?;
-            let first = store.put(id, &result).await?;
-            guard.tx.send_replace(Some(first.clone()));
-            Ok(first)
+            let mut guard = ClaimGuard {
+                store: store.clone(),
+                key,
+                token,
+                armed: true,
+            };
+            let outcome = inner.call(command).await;
+            guard.armed = false;
+            match outcome {
+                Ok(result) => store.complete(key, &fingerprint, &result).await,
+                Err(err) => {
+                    if let Err(release) = store.release(key, token).await {
+                        tracing::warn!(%key, %release, "releasing the key of a failed command failed; it frees when its claim expires");
+                    }
+                    Err(err)
+                }
+            }
         })
     }
 }
@@ -580,6 +658,7 @@ pub struct CommandPipeline<A: Aggregate, S, Z = AllowAll, I = MemoryIdempotencyS
     repository: RepositoryService<A, S>,
     authorize: Z,
     idempotency: I,
+    claim_ttl: Duration,
 }
 
 impl<A, S> CommandPipeline<A, S>
@@ -593,6 +672,7 @@ where
             repository: RepositoryService::new(repository),
             authorize: AllowAll,
             idempotency: MemoryIdempotencyStore::default(),
+            claim_ttl: DEFAULT_CLAIM_TTL,
         }
     }
 }
@@ -604,6 +684,7 @@ impl<A: Aggregate, S, Z, I> CommandPipeline<A, S, Z, I> {
             repository: self.repository,
             authorize: hook,
             idempotency: self.idempotency,
+            claim_ttl: self.claim_ttl,
         }
     }
 
@@ -613,12 +694,21 @@ impl<A: Aggregate, S, Z, I> CommandPipeline<A, S, Z, I> {
             repository: self.repository,
             authorize: self.authorize,
             idempotency: store,
+            claim_ttl: self.claim_ttl,
         }
+    }
+
+    /// Sets the idempotency claim TTL (see [`IdempotencyLayer::with_claim_ttl`]).
+    pub fn claim_ttl(mut self, ttl: Duration) -> Self {
+        self.claim_ttl = ttl;
+        self
     }
 
     /// The composed service.
     pub fn build(self) -> Pipeline<A, S, Z, I> {
-        let inner = IdempotencyLayer::new(self.idempotency).layer(self.repository);
+        let inner = IdempotencyLayer::new(self.idempotency)
+            .with_claim_ttl(self.claim_ttl)
+            .layer(self.repository);
         let inner = AuthorizeLayer::new(self.authorize).layer(inner);
         let inner = ValidateLayer.layer(inner);
         CommandTraceLayer.layer(inner)

@@ -68,6 +68,10 @@ impl ValidationErrors {
     }
 
     /// `Ok(())` when empty, else `Err(self)`.
+    ///
+    /// # Errors
+    ///
+    /// `self`, when any field is invalid.
     pub fn into_result(self) -> Result<(), ValidationErrors> {
         if self.is_empty() { Ok(()) } else { Err(self) }
     }

@@ -160,6 +160,12 @@ where
             .setup(&self.pool)
             .await
             .map_err(Error::Handler)?;
+        if self.projection.version().is_some() {
+            tracing::warn!(
+                projection = self.projection.name(),
+                "JetStreamRunner does not deploy versions blue/green: the version is ignored"
+            );
+        }
         let name = self.projection.name().to_owned();
         let batch = self.options.batch_size.clamp(1, 10_000);
         DB::init_checkpoint(&self.pool, &name).await?;
@@ -446,6 +452,11 @@ where
                     .handle(&mut tx, &event)
                     .await
                     .map_err(|e| format!("position {}: {e}", event.global_position))?;
+                // Unversioned here, so always live.
+                self.projection
+                    .side_effect(&mut tx, &event)
+                    .await
+                    .map_err(|e| format!("position {}: side effect: {e}", event.global_position))?;
             }
             target = event.global_position;
             last_recorded = Some(event.recorded_at);

@@ -43,10 +43,13 @@ use trellis_resilience::retry::Backoff;
 
 use crate::error::{BoxError, Error, Result};
 
+#[cfg(feature = "any")]
+mod any;
 #[cfg(feature = "nats")]
 pub(crate) mod jetstream;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -54,8 +57,28 @@ mod private {
     pub trait Sealed {}
 }
 
-/// A sqlx database that can hold read models and their checkpoints
-/// (implemented for `Sqlite` and `Postgres`).
+/// A sqlx database that can hold read models and their checkpoints:
+/// `Sqlite` (feature `sqlite`), `Postgres` (feature `postgres`) and
+/// `sqlx::Any` (feature `any`).
+///
+/// # Choosing the backend at run time
+///
+/// Write the projection once as `Projection<sqlx::Any>` and open an
+/// `AnyPool` from the configured URL (`sqlite:...` or `postgres://...`,
+/// after `sqlx::any::install_default_drivers()`): the runner reads the
+/// dialect of every statement from the connection's backend name, and the
+/// handler writes with `$N` placeholders, which both dialects accept.
+/// Any other backend behind `Any` fails with a configuration error.
+///
+/// The trait is sealed: its lease and compare-and-set checkpoint statements
+/// carry the runner's exactly-once guarantee, and each implementation is
+/// proven by the crate's conformance suite.
+///
+/// # Errors
+///
+/// Every method fails with the database's error ([`Error::Database`], or
+/// the lease methods' `trellis_eventsourcing::Error`); through `Any`, a
+/// backend other than SQLite and PostgreSQL is a configuration error.
 pub trait ReadModelDb: sqlx::Database + private::Sealed {
     /// Creates `cqrs_checkpoints` if it is missing.
     fn ensure_checkpoints(pool: &sqlx::Pool<Self>) -> impl Future<Output = Result<()>> + Send;
@@ -116,6 +139,43 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
         dead_epoch: u64,
         ttl: Duration,
     ) -> impl Future<Output = trellis_eventsourcing::Result<Option<u64>>> + Send;
+    /// The live version of versioned projection `name` and its position
+    /// (table `cqrs_live_versions`), `None` before one went live.
+    fn live_version(
+        pool: &sqlx::Pool<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LiveVersion>>> + Send;
+    /// [`live_version`](Self::live_version) inside `tx`.
+    fn live_version_in(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<LiveVersion>>> + Send;
+    /// Inside `tx`: makes `version` the live version of `name` at
+    /// `position` if none is; whether it did.
+    fn claim_live(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        version: u32,
+        position: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Inside `tx`: moves the live position of `name` to `position` if
+    /// `version` is still live (a write: it serializes with a switch);
+    /// whether it did.
+    fn advance_live(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        version: u32,
+        position: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Inside `tx`: hands `name` from `from` (still live at `from_position`)
+    /// to `version` at `position`; whether it did.
+    fn switch_live(
+        tx: &mut sqlx::Transaction<'static, Self>,
+        name: &str,
+        from: LiveVersion,
+        version: u32,
+        position: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Lets lease `name` expire now if `owner` still holds it with `epoch`.
     fn release_lease(
         pool: &sqlx::Pool<Self>,
@@ -126,9 +186,115 @@ pub trait ReadModelDb: sqlx::Database + private::Sealed {
 }
 
 /// The checkpoint table of the read-model database.
-const CHECKPOINTS: &str = "cqrs_checkpoints";
+pub(crate) const CHECKPOINTS: &str = "cqrs_checkpoints";
 /// The lease table of the read-model database: one active runner per name.
-const LEASES: &str = "cqrs_leases";
+pub(crate) const LEASES: &str = "cqrs_leases";
+/// Which version of each versioned projection queries read.
+pub(crate) const LIVE_VERSIONS: &str = "cqrs_live_versions";
+
+/// The version of a versioned projection that queries read, and the
+/// position it has applied up to (see [`live_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveVersion {
+    /// The live [`Projection::version`].
+    pub version: u32,
+    /// Its committed checkpoint.
+    pub position: u64,
+}
+
+impl LiveVersion {
+    /// `{base}_v{version}`: the table of this version, for projections that
+    /// name their tables so (as [`versioned_table`] does).
+    pub fn table(&self, base: &str) -> String {
+        versioned_table(base, self.version)
+    }
+}
+
+/// `{base}_v{version}`: a naming convention for the tables of one version
+/// of a projection, so versions build side by side.
+pub fn versioned_table(base: &str, version: u32) -> String {
+    format!("{base}_v{version}")
+}
+
+/// The checkpoint and lease name of `version` of projection `name`.
+fn versioned_name(name: &str, version: Option<u32>) -> String {
+    match version {
+        Some(v) => format!("{name}@v{v}"),
+        None => name.to_owned(),
+    }
+}
+
+/// Which version of the versioned projection `name` queries should read:
+/// `None` until a first version has caught up with the store.
+///
+/// Read it per query (or cache it briefly): after a new version took over,
+/// the old one's tables stop moving but stay complete, so a reader that
+/// still uses them sees an older, never a half-built, model.
+///
+/// # Errors
+///
+/// The read-model database failed.
+///
+/// # Examples
+///
+/// One versioned projection, written once for `sqlx::Any` (feature `any`),
+/// on the backend the URL names:
+///
+/// ```
+/// # #[cfg(all(feature = "any", feature = "sqlite"))]
+/// # mod demo {
+/// use std::time::Duration;
+/// use trellis_cqrs::{BoxError, Projection, ProjectionRunner, live_version, versioned_table};
+/// use trellis_eventsourcing::{EventStore, ExpectedVersion, MemoryStore, NewEvent, StoredEvent};
+///
+/// struct Totals;
+///
+/// impl Projection<sqlx::Any> for Totals {
+///     fn name(&self) -> &str { "totals" }
+///     fn version(&self) -> Option<u32> { Some(2) }
+///     async fn setup(&self, pool: &sqlx::AnyPool) -> Result<(), BoxError> {
+///         let ddl = format!("CREATE TABLE IF NOT EXISTS {} (position BIGINT NOT NULL)", versioned_table("totals", 2));
+///         sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(pool).await?;
+///         Ok(())
+///     }
+///     async fn handle(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, e: &StoredEvent) -> Result<(), BoxError> {
+///         let insert = format!("INSERT INTO {} (position) VALUES ($1)", versioned_table("totals", 2));
+///         sqlx::query(sqlx::AssertSqlSafe(insert)).bind(e.global_position as i64).execute(&mut **tx).await?;
+///         Ok(())
+///     }
+/// }
+///
+/// pub async fn run(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+///     sqlx::any::install_default_drivers();
+///     let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).idle_timeout(None).connect(url).await?;
+///     let store = MemoryStore::new();
+///     store.append("order-1", ExpectedVersion::Any, vec![NewEvent::new("Placed", serde_json::json!({}))]).await?;
+///     let runner = ProjectionRunner::new(store, pool.clone(), Totals).spawn().await?;
+///     runner.wait_for(1, Duration::from_secs(5)).await?;
+///     // The first version goes live once it caught up.
+///     let live = loop {
+///         if let Some(live) = live_version(&pool, "totals").await? { break live; }
+///         tokio::time::sleep(Duration::from_millis(10)).await;
+///     };
+///     assert_eq!((live.version, live.table("totals")), (2, "totals_v2".to_owned()));
+///     let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {}", live.table("totals"))))
+///         .fetch_one(&pool).await?;
+///     assert_eq!(rows, 1);
+///     Ok(())
+/// }
+/// # }
+/// # fn main() {
+/// # #[cfg(all(feature = "any", feature = "sqlite"))]
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+/// #     .block_on(demo::run("sqlite::memory:")).unwrap();
+/// # }
+/// ```
+pub async fn live_version<DB: ReadModelDb>(
+    pool: &sqlx::Pool<DB>,
+    name: &str,
+) -> Result<Option<LiveVersion>> {
+    DB::live_version(pool, name).await
+}
 
 /// The leases of a read-model database, for [`Leadership`], and the epoch
 /// the runner holds (0 = none) for its handle.
@@ -211,6 +377,21 @@ pub trait Projection<DB: ReadModelDb>: Send + Sync + 'static {
     /// uses a new name).
     fn name(&self) -> &str;
 
+    /// The version of this projection's code and tables (default `None`:
+    /// unversioned, checkpointed as [`name`](Self::name)).
+    ///
+    /// A versioned projection is checkpointed as `{name}@v{version}` and
+    /// deployed blue/green: a new version builds beside the live one from
+    /// position 0 (into its own tables, e.g. [`versioned_table`]), queries
+    /// keep reading the live version ([`live_version`]), and once the new
+    /// version's batch covers the live version's position it takes over in
+    /// that batch's transaction; the old version's runner then stops
+    /// ([`ProjectionState::Retired`]). The first version goes live when it
+    /// first catches up with the store.
+    fn version(&self) -> Option<u32> {
+        None
+    }
+
     /// Which events to read (default: every event).
     fn filter(&self) -> EventFilter {
         EventFilter::all()
@@ -231,6 +412,23 @@ pub trait Projection<DB: ReadModelDb>: Send + Sync + 'static {
         tx: &mut sqlx::Transaction<'static, DB>,
         event: &StoredEvent,
     ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send;
+
+    /// The side effect of one event (default: none), called after the
+    /// batch's [`handle`](Self::handle) calls, in order, in the same
+    /// transaction, **only while this
+    /// version is live**: a version rebuilding beside the live one holds
+    /// its side effects, and takes them over from the event after the live
+    /// version's last position, so each event's effect is written once.
+    /// Write it as a row (an outbox) inside `tx`; an error rolls the
+    /// batch back like a handler's.
+    fn side_effect(
+        &self,
+        tx: &mut sqlx::Transaction<'static, DB>,
+        event: &StoredEvent,
+    ) -> impl Future<Output = std::result::Result<(), BoxError>> + Send {
+        let _ = (tx, event);
+        async { Ok(()) }
+    }
 }
 
 /// Where a projection is.
@@ -248,6 +446,12 @@ pub enum ProjectionState {
     },
     /// Shut down or dropped.
     Stopped,
+    /// A newer version of this versioned projection went live; this one
+    /// stopped (its tables stay, complete up to its last position).
+    Retired {
+        /// The version that is live now.
+        live_version: u32,
+    },
 }
 
 /// A snapshot of a projection's progress.
@@ -303,7 +507,11 @@ impl ProjectionStatus {
 }
 
 /// How a runner reads and retries.
+///
+/// `#[non_exhaustive]`: start from [`RunnerOptions::default`] and set fields,
+/// or use the runner's `with_*` setters.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RunnerOptions {
     /// Events per transaction.
     pub batch_size: usize,
@@ -436,7 +644,9 @@ where
             .setup(&self.pool)
             .await
             .map_err(Error::Handler)?;
-        let name = self.projection.name().to_owned();
+        let base = self.projection.name().to_owned();
+        let version = self.projection.version();
+        let name = versioned_name(&base, version);
         DB::init_checkpoint(&self.pool, &name).await?;
         let position = DB::load_checkpoint(&self.pool, &name).await?;
         let leadership = leadership(&name, &self.options);
@@ -457,6 +667,9 @@ where
             leadership,
             leases,
             runner: self,
+            base,
+            version,
+            live: false,
             name: name.clone(),
             position,
             position_tx,
@@ -548,8 +761,12 @@ impl ProjectionHandle {
     }
 
     /// Read-your-writes: returns the checkpoint once it is at least
-    /// `position`, [`Error::WaitTimeout`] after `timeout`, [`Error::Parked`] if
-    /// the projection parks first, [`Error::Stopped`] if it stops.
+    /// `position`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WaitTimeout`] after `timeout`, [`Error::Parked`] if the
+    /// projection parks first, [`Error::Stopped`] if it stops (or retires).
     ///
     /// # Cancel safety
     ///
@@ -601,6 +818,11 @@ impl Drop for ProjectionHandle {
 
 /// Waits until `projection`'s checkpoint reaches `position` (see
 /// [`ProjectionHandle::wait_for`]).
+///
+/// # Errors
+///
+/// [`Error::WaitTimeout`], [`Error::Parked`] or [`Error::Stopped`], as
+/// [`ProjectionHandle::wait_for`].
 pub async fn wait_for(
     projection: &ProjectionHandle,
     position: u64,
@@ -709,6 +931,13 @@ struct Worker<DB: ReadModelDb, P, S> {
     leadership: Leadership,
     leases: ReadModelLeases<DB>,
     runner: ProjectionRunner<DB, P, S>,
+    /// The projection's own name: the key of its live-version row.
+    base: String,
+    /// Its version, if versioned.
+    version: Option<u32>,
+    /// Whether this version was live at its last commit (versioned only).
+    live: bool,
+    /// The checkpoint and lease name (`base`, or `{base}@v{version}`).
     name: String,
     position: u64,
     position_tx: watch::Sender<u64>,
@@ -734,6 +963,36 @@ struct BatchFailure {
     /// The fenced checkpoint write found another position or epoch: this
     /// runner lost its lease; the batch was rolled back.
     fenced: bool,
+    /// The live-version row changed under the batch (a switch raced it):
+    /// rolled back, to be retried at once.
+    live_moved: bool,
+    /// A newer version is live: this one retires.
+    retired: Option<u32>,
+}
+
+impl BatchFailure {
+    fn handler(index: usize, error: String) -> Self {
+        BatchFailure {
+            index,
+            error,
+            fenced: false,
+            live_moved: false,
+            retired: None,
+        }
+    }
+}
+
+/// What a batch of a versioned projection does about the live version.
+#[derive(Debug, Clone, Copy)]
+enum LiveStep {
+    /// Unversioned, or rebuilding and not yet at the live position.
+    Nothing,
+    /// Live: advance the live position with the checkpoint.
+    Advance,
+    /// No version is live and this one caught up: become live.
+    Claim,
+    /// Take over from the live (older) version at its position.
+    Switch(LiveVersion),
 }
 
 impl<DB, P, S> Worker<DB, P, S>
@@ -803,6 +1062,39 @@ where
             ask_store = false;
             self.observe_head(head);
             if head <= self.position {
+                // Caught up: a versioned projection may go live (or learn
+                // that a newer version did) without a new event.
+                if let Some(version) = self.version.filter(|_| self.live) {
+                    // Live: only learn whether a newer version took over.
+                    match DB::live_version(&self.runner.pool, &self.base).await {
+                        Ok(Some(live)) if live.version > version => {
+                            self.retire(live.version).await;
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(projection = %self.name, %err, "reading the live version failed");
+                        }
+                    }
+                } else if self.version.is_some() {
+                    match self.apply(&[], self.position, epoch, true).await {
+                        Ok(()) => {}
+                        Err(failure) if failure.retired.is_some() => {
+                            self.retire(failure.retired.unwrap_or_default()).await;
+                            return;
+                        }
+                        Err(failure) if failure.fenced => {
+                            self.leadership.lose();
+                            self.leases.1.store(0, Ordering::SeqCst);
+                            lock(&self.status).role = Role::Standby;
+                            continue;
+                        }
+                        Err(failure) if failure.live_moved => continue,
+                        Err(failure) => {
+                            tracing::warn!(projection = %self.name, error = %failure.error, "checking the live version failed");
+                        }
+                    }
+                }
                 match self.idle(&mut head_rx).await {
                     Wake::Shutdown => break,
                     Wake::Signal => {}
@@ -835,12 +1127,20 @@ where
                 ask_store = true;
                 continue;
             }
-            match self.apply(&batch, target, epoch).await {
+            let caught_up = batch.len() < n && from_store;
+            match self.apply(&batch, target, epoch, caught_up).await {
                 Ok(()) => {
                     self.committed(target, &batch, head);
                     limit = None;
                     attempts = 0;
                     previous_delay = None;
+                }
+                Err(failure) if failure.retired.is_some() => {
+                    self.retire(failure.retired.unwrap_or_default()).await;
+                    return;
+                }
+                Err(failure) if failure.live_moved => {
+                    tracing::debug!(projection = %self.name, "the live version moved under the batch; retrying");
                 }
                 Err(failure) if failure.fenced => {
                     tracing::warn!(
@@ -954,27 +1254,108 @@ where
         self.position_tx.send_replace(target);
     }
 
+    /// Stops for good: a newer version is live.
+    async fn retire(&mut self, live_version: u32) {
+        tracing::info!(projection = %self.name, live_version, "a newer version is live; retiring");
+        self.leadership.release(&self.leases).await;
+        let mut status = lock(&self.status);
+        status.state = ProjectionState::Retired { live_version };
+        status.role = Role::Standby;
+    }
+
+    /// Applies `batch` and moves the checkpoint to `target` in one
+    /// transaction, with the batch's side effects and, for a versioned
+    /// projection, its step on the live-version row. `caught_up`: the batch
+    /// read everything up to the store's head.
     async fn apply(
-        &self,
+        &mut self,
         batch: &[StoredEvent],
         target: u64,
         epoch: u64,
+        caught_up: bool,
     ) -> Result<(), BatchFailure> {
-        let db = |e: &dyn std::fmt::Display| BatchFailure {
-            index: 0,
-            error: format!("read-model database: {e}"),
-            fenced: false,
+        let db = |e: &dyn std::fmt::Display| {
+            BatchFailure::handler(0, format!("read-model database: {e}"))
         };
         let mut tx = self.runner.pool.begin().await.map_err(|e| db(&e))?;
         for (index, event) in batch.iter().enumerate() {
             if let Err(err) = self.runner.projection.handle(&mut tx, event).await {
                 // Dropping `tx` rolls back every write of this batch.
-                return Err(BatchFailure {
-                    index,
-                    error: err.to_string(),
-                    fenced: false,
-                });
+                return Err(BatchFailure::handler(index, err.to_string()));
             }
+        }
+        // The live-version row is read after the handlers wrote: on SQLite
+        // the transaction then holds the write lock, so the row cannot
+        // change under it (a read first would pin an older snapshot, and
+        // the first write would fail with SQLITE_BUSY).
+        // Which events fire side effects: those after this position.
+        let (step, fire_after) = match self.version {
+            None => (LiveStep::Nothing, Some(0)),
+            Some(version) => {
+                let live = DB::live_version_in(&mut tx, &self.base)
+                    .await
+                    .map_err(|e| db(&e))?;
+                match live {
+                    None if caught_up => (LiveStep::Claim, None),
+                    None => (LiveStep::Nothing, None),
+                    Some(live) if live.version == version => (LiveStep::Advance, Some(0)),
+                    Some(live) if live.version > version => {
+                        return Err(BatchFailure {
+                            retired: Some(live.version),
+                            ..BatchFailure::handler(0, "retired".into())
+                        });
+                    }
+                    // An older version is live: take over once this batch
+                    // covers its position; the events after it fire here.
+                    Some(live) if live.position >= self.position && live.position <= target => {
+                        (LiveStep::Switch(live), Some(live.position))
+                    }
+                    Some(_) => (LiveStep::Nothing, None),
+                }
+            }
+        };
+        if let Some(after) = fire_after {
+            for (index, event) in batch.iter().enumerate() {
+                if event.global_position > after
+                    && let Err(err) = self.runner.projection.side_effect(&mut tx, event).await
+                {
+                    return Err(BatchFailure::handler(index, format!("side effect: {err}")));
+                }
+            }
+        }
+        // Whether the live-version step held, and whether this version is
+        // live after it.
+        let (moved_live, live) = match (step, self.version) {
+            (_, None) => (true, true),
+            (LiveStep::Nothing, Some(_)) => (true, false),
+            (LiveStep::Advance, Some(v)) => {
+                let held = DB::advance_live(&mut tx, &self.base, v, target)
+                    .await
+                    .map_err(|e| db(&e))?;
+                (held, held)
+            }
+            // Another version may have claimed first: then this one stays
+            // a rebuild, and its batch commits all the same.
+            (LiveStep::Claim, Some(v)) => {
+                let claimed = DB::claim_live(&mut tx, &self.base, v, target)
+                    .await
+                    .map_err(|e| db(&e))?;
+                (true, claimed)
+            }
+            (LiveStep::Switch(from), Some(v)) => {
+                let switched = DB::switch_live(&mut tx, &self.base, from, v, target)
+                    .await
+                    .map_err(|e| db(&e))?;
+                (switched, switched)
+            }
+        };
+        if !moved_live {
+            // Retired under us, or the live version moved: roll back (the
+            // side effects too) and look again.
+            return Err(BatchFailure {
+                live_moved: true,
+                ..BatchFailure::handler(0, "live version moved".into())
+            });
         }
         // Compare-and-set, fenced by the lease epoch: a runner that lost its
         // lease, or whose checkpoint another runner moved, writes nothing.
@@ -984,22 +1365,24 @@ where
         if !moved {
             // Dropping `tx` rolls the batch back.
             return Err(BatchFailure {
-                index: 0,
-                error: "checkpoint fenced".into(),
                 fenced: true,
+                ..BatchFailure::handler(0, "checkpoint fenced".into())
             });
         }
-        tx.commit().await.map_err(|e| db(&e))
+        tx.commit().await.map_err(|e| db(&e))?;
+        if live && !self.live && self.version.is_some() {
+            tracing::info!(projection = %self.name, position = target, "version is live");
+        }
+        self.live = live;
+        Ok(())
     }
 }
 
 /// Clamps `u64` into SQL `BIGINT`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }

@@ -3,13 +3,15 @@
 #[path = "../support.rs"]
 mod support;
 
+mod idempotency;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tower::{Service, ServiceExt};
 use trellis_cqrs::{
-    Command, CommandPipeline, CommandResult, Error, IdempotencyStore, Identity,
-    MemoryIdempotencyStore, SqliteIdempotencyStore, Validate, ValidationErrors,
+    Command, CommandPipeline, CommandResult, Error, ErrorKind, IdempotencyStore, Identity,
+    MemoryIdempotencyStore, RequireRoles, Validate, ValidationErrors,
 };
 use trellis_eventsourcing::{
     Aggregate, DomainEvent, EventFilter, EventStore, MemoryStore, Repository,
@@ -21,7 +23,7 @@ enum AccountEvent {
 }
 impl DomainEvent for AccountEvent {}
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 struct Deposit {
     amount: u64,
     reference: String,
@@ -125,6 +127,60 @@ async fn invalid_command_returns_field_errors_and_writes_nothing() {
         "too_small"
     );
     assert_eq!(store.head_position().await.unwrap(), 0);
+    // What a handler sends back: 422 with a {field, code, message} list.
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    assert_eq!(err.kind().status_hint(), 422);
+    assert_eq!(
+        serde_json::to_value(err.validation().unwrap()).unwrap(),
+        serde_json::json!([
+            {"field": "amount", "code": "too_small", "message": "must be at least 1"},
+            {"field": "reference", "code": "required", "message": "must not be empty"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn required_roles_are_checked_before_anything_runs() {
+    let store = MemoryStore::new();
+    let mut pipeline = CommandPipeline::new(Repository::<Account, _>::new(store.clone()))
+        .authorize(RequireRoles::new(["accounts:write"]))
+        .build();
+    for (who, reason) in [
+        (None, "not authenticated"),
+        (
+            Some(Identity::new("bob").with_role("accounts:read")),
+            "missing role accounts:write",
+        ),
+    ] {
+        let mut command = deposit(5);
+        command.identity = who;
+        let err = pipeline
+            .ready()
+            .await
+            .unwrap()
+            .call(command)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Forbidden { reason: ref r } if r == reason),
+            "{err:?}"
+        );
+        assert_eq!(
+            (err.kind(), err.kind().status_hint()),
+            (ErrorKind::Forbidden, 403)
+        );
+    }
+    // Nothing was written for the refused callers.
+    assert_eq!(store.head_position().await.unwrap(), 0);
+    let writer = Identity::new("ann").with_role("accounts:write");
+    pipeline
+        .ready()
+        .await
+        .unwrap()
+        .call(deposit(5).with_identity(writer))
+        .await
+        .unwrap();
+    assert_eq!(store.head_position().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -178,6 +234,10 @@ async fn aggregate_rejection_is_typed() {
         .await
         .unwrap_err();
     assert_eq!(err.rejection::<LimitExceeded>(), Some(&LimitExceeded));
+    assert_eq!(
+        (err.kind(), err.kind().status_hint()),
+        (ErrorKind::Rejected, 422)
+    );
 }
 
 async fn duplicate_returns_first_result<I: IdempotencyStore>(store_impl: I) {
@@ -216,24 +276,12 @@ async fn duplicate_command_returns_first_result_in_memory() {
 
 #[tokio::test]
 async fn duplicate_command_returns_first_result_in_sqlite() {
-    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
-    let idem = SqliteIdempotencyStore::new(pool).await.unwrap();
-    duplicate_returns_first_result(idem.clone()).await;
-    let id = uuid::Uuid::now_v7();
-    let first = CommandResult {
-        version: 1,
-        positions: vec![3],
-    };
-    assert_eq!(idem.put(id, &first).await.unwrap(), first);
-    let second = CommandResult {
-        version: 9,
-        positions: vec![9],
-    };
-    assert_eq!(
-        idem.put(id, &second).await.unwrap(),
-        first,
-        "the first result wins"
-    );
+    let pool = support::sqlite_pool().await.unwrap();
+    let idem = trellis_cqrs::SqliteIdempotencyStore::new(pool.clone())
+        .await
+        .unwrap();
+    duplicate_returns_first_result(idem).await;
+    support::sqlite_cleanup(&pool).await;
 }
 
 #[tokio::test]
@@ -251,22 +299,6 @@ async fn rejected_command_is_not_cached() {
         .await
         .unwrap_err();
     assert!(idem.is_empty());
-}
-
-#[tokio::test]
-async fn memory_idempotency_store_is_bounded() {
-    let idem = MemoryIdempotencyStore::new(2);
-    let ids: Vec<_> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        let r = CommandResult {
-            version: i as u64,
-            positions: vec![],
-        };
-        idem.put(*id, &r).await.unwrap();
-    }
-    assert_eq!(idem.len(), 2);
-    assert_eq!(idem.get(ids[0]).await.unwrap(), None, "oldest evicted");
-    assert!(idem.get(ids[2]).await.unwrap().is_some());
 }
 
 mod read_your_writes {
@@ -384,129 +416,6 @@ mod tracing_span {
             "{events:?}"
         );
     }
-}
-
-mod concurrent_duplicates {
-    use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::task::{Context, Poll};
-    use tokio::sync::Notify;
-    use tower::Layer;
-    use trellis_cqrs::command::{CommandFuture, IdempotencyLayer};
-
-    /// Counts calls; each call waits for the gate, and fails if told to.
-    #[derive(Clone, Default)]
-    struct Slow {
-        calls: Arc<AtomicU64>,
-        gate: Arc<Notify>,
-        fail_first: bool,
-    }
-
-    impl Service<Command<u32>> for Slow {
-        type Response = CommandResult;
-        type Error = Error;
-        type Future = CommandFuture;
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
-            Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: Command<u32>) -> CommandFuture {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let gate = self.gate.clone();
-            let fail = self.fail_first && n == 1;
-            Box::pin(async move {
-                gate.notified().await;
-                if fail {
-                    return Err(Error::Forbidden {
-                        reason: "first failed".into(),
-                    });
-                }
-                Ok(CommandResult {
-                    version: n,
-                    positions: vec![n],
-                })
-            })
-        }
-    }
-
-    async fn settle() {
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    async fn run(fail_first: bool) -> (Result<CommandResult, Error>, CommandResult, u64) {
-        let inner = Slow {
-            fail_first,
-            ..Slow::default()
-        };
-        let (calls, gate) = (inner.calls.clone(), inner.gate.clone());
-        let svc = IdempotencyLayer::new(MemoryIdempotencyStore::new(10)).layer(inner);
-        let command = Command::new("1", 0u32);
-        let first = tokio::spawn(svc.clone().oneshot(command.clone()));
-        settle().await;
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "the first send is running");
-        let duplicate = tokio::spawn(svc.clone().oneshot(command));
-        settle().await;
-        gate.notify_one();
-        let first = first.await.unwrap();
-        settle().await;
-        if fail_first {
-            // The duplicate now runs itself; let it through.
-            gate.notify_one();
-        }
-        let duplicate = duplicate.await.unwrap().unwrap();
-        (first, duplicate, calls.load(Ordering::SeqCst))
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_duplicate_of_a_running_command_waits_for_its_result() {
-        let (first, duplicate, calls) = run(false).await;
-        assert_eq!(first.unwrap(), duplicate);
-        assert_eq!(calls, 1, "the duplicate never reached the inner service");
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_duplicate_runs_itself_when_the_first_fails() {
-        let (first, duplicate, calls) = run(true).await;
-        assert!(matches!(first, Err(Error::Forbidden { .. })));
-        assert_eq!(
-            duplicate,
-            CommandResult {
-                version: 2,
-                positions: vec![2]
-            }
-        );
-        assert_eq!(calls, 2);
-    }
-}
-
-#[cfg(feature = "postgres")]
-#[tokio::test]
-async fn duplicate_command_returns_first_result_in_postgres() {
-    let Some(pool) = support::postgres_pool().await else {
-        return;
-    };
-    let idem = trellis_cqrs::PgIdempotencyStore::new(pool.clone())
-        .await
-        .unwrap();
-    duplicate_returns_first_result(idem.clone()).await;
-    let id = uuid::Uuid::now_v7();
-    let first = CommandResult {
-        version: 1,
-        positions: vec![3],
-    };
-    assert_eq!(idem.put(id, &first).await.unwrap(), first);
-    let second = CommandResult {
-        version: 9,
-        positions: vec![9],
-    };
-    assert_eq!(
-        idem.put(id, &second).await.unwrap(),
-        first,
-        "the first result wins"
-    );
-    support::postgres_cleanup(&pool).await;
 }
 
 /// Two "replicas" (pipelines on separate connection pools, each with its
