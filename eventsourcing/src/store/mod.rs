@@ -32,6 +32,8 @@ use crate::event::{
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -253,20 +255,4 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// Saves the position of `name`.
     fn save_checkpoint(&self, name: &str, position: u64)
     -> impl Future<Output = Result<()>> + Send;
-}
-
-/// Direction helper for SQL backends: clamps `u64` to SQLite/PostgreSQL `BIGINT`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn limit(max_count: usize) -> i64 {
-    i64::try_from(max_count).unwrap_or(i64::MAX)
 }

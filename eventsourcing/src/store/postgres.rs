@@ -34,19 +34,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
-    from_micros, to_micros,
+    to_micros,
 };
-use crate::lease::{LeaseStore, sql};
+use crate::store::sql::{self, EVENT_COLUMNS, decode_event, limit, to_i64, to_u64};
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
-    idempotent_result, limit, to_i64, to_u64,
+    idempotent_result,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -61,9 +61,6 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0004_durable_append.sql"),
     ),
 ];
-
-const SELECT: &str = "SELECT global_position, event_id::text AS event_id, stream_id, stream_version, event_type, \
-     schema_version, recorded_at, payload::text AS payload, metadata::text AS metadata FROM es_events";
 
 /// An event, snapshot and checkpoint store in PostgreSQL.
 ///
@@ -114,10 +111,7 @@ impl PgEventStore {
         let schema: String = sqlx::query_scalar("SELECT current_schema()")
             .fetch_one(&pool)
             .await?;
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-                .fetch_one(&pool)
-                .await?;
+        let head: i64 = sqlx::query_scalar(sql::HEAD).fetch_one(&pool).await?;
         let channel: Arc<str> = format!("trellis_es_{schema}").into();
         let (writer, jobs) = mpsc::channel(1024);
         tokio::spawn(group_writer(pool.clone(), channel.clone(), jobs));
@@ -353,16 +347,16 @@ async fn migrate(pool: &PgPool) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(7240, hashtext(current_schema()))")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version BIGINT PRIMARY KEY)")
+    sqlx::query(sql::CREATE_MIGRATIONS)
         .execute(&mut *tx)
         .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations")
+    let applied: Vec<i64> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
         .fetch_all(&mut *tx)
         .await?;
-    for (version, sql) in MIGRATIONS {
+    for (version, script) in MIGRATIONS {
         if !applied.contains(version) {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO es_migrations (version) VALUES ($1)")
+            sqlx::raw_sql(*script).execute(&mut *tx).await?;
+            sqlx::query(sql::RECORD_MIGRATION)
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -376,44 +370,24 @@ async fn stream_state(
     tx: &mut Transaction<'static, Postgres>,
     stream: &str,
 ) -> Result<(u64, bool)> {
-    let row: Option<(i64, bool)> =
-        sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = $1")
-            .bind(stream)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<(i64, bool)> = sqlx::query_as(sql::STREAM_STATE)
+        .bind(stream)
+        .fetch_optional(&mut **tx)
+        .await?;
     Ok(row.map_or((0, false), |(v, d)| (to_u64(v), d)))
 }
 
 async fn find_ids(conn: &mut sqlx::PgConnection, r: &AppendRequest) -> Result<Vec<StoredEvent>> {
     let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE event_id = ANY($1::text[]::uuid[])"
+        "SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id = ANY($1::text[]::uuid[])"
     )))
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    let mut found = rows.iter().map(decode_row).collect::<Result<Vec<_>>>()?;
+    let mut found = rows.iter().map(decode_event).collect::<Result<Vec<_>>>()?;
     found.sort_by_key(|e| r.events.iter().position(|n| n.event_id == e.event_id));
     Ok(found)
-}
-
-fn decode_row(row: &PgRow) -> Result<StoredEvent> {
-    let event_id: String = row.try_get("event_id")?;
-    let payload: String = row.try_get("payload")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(StoredEvent {
-        event_id: event_id
-            .parse()
-            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: to_u64(row.try_get("stream_version")?),
-        global_position: to_u64(row.try_get("global_position")?),
-        event_type: row.try_get("event_type")?,
-        schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?).unwrap_or(0),
-        recorded_at: from_micros(row.try_get("recorded_at")?),
-        payload: serde_json::from_str(&payload)?,
-        metadata: serde_json::from_str(&metadata)?,
-    })
 }
 
 async fn listen(
@@ -499,11 +473,10 @@ impl EventStore for PgEventStore {
         direction: Direction,
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let deleted: Option<bool> =
-            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let deleted: Option<bool> = sqlx::query_scalar(sql::STREAM_DELETED)
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
         if deleted == Some(true) {
             return Err(Error::StreamDeleted {
                 stream: stream_id.to_owned(),
@@ -511,10 +484,10 @@ impl EventStore for PgEventStore {
         }
         let sql = match direction {
             Direction::Forwards => format!(
-                "{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version ASC LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version ASC LIMIT $3"
             ),
             Direction::Backwards => format!(
-                "{SELECT} WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3"
             ),
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -523,7 +496,7 @@ impl EventStore for PgEventStore {
             .bind(limit(max_count))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(decode_event).collect()
     }
 
     async fn read_all(
@@ -533,7 +506,7 @@ impl EventStore for PgEventStore {
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT} WHERE global_position > $1 AND ($2::text IS NULL OR category = $2) \
+            "SELECT {EVENT_COLUMNS} FROM es_events WHERE global_position > $1 AND ($2::text IS NULL OR category = $2) \
              AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) ORDER BY global_position ASC LIMIT $4"
         )))
         .bind(to_i64(after))
@@ -542,15 +515,14 @@ impl EventStore for PgEventStore {
         .bind(limit(max_count))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(decode_event).collect()
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        let row: Option<(i64, bool)> =
-            sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(i64, bool)> = sqlx::query_as(sql::STREAM_STATE)
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             None => Ok(0),
             Some((_, true)) => Err(Error::StreamDeleted {
@@ -570,15 +542,12 @@ impl EventStore for PgEventStore {
             .await?;
         let (current, deleted) = stream_state(&mut tx, stream_id).await?;
         check_expected(stream_id, expected, current, deleted)?;
-        sqlx::query(
-            "INSERT INTO es_streams (stream_id, version, deleted) VALUES ($1, $2, TRUE) \
-             ON CONFLICT (stream_id) DO UPDATE SET deleted = TRUE",
-        )
-        .bind(stream_id)
-        .bind(to_i64(current))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = $1")
+        sqlx::query(sql::TOMBSTONE)
+            .bind(stream_id)
+            .bind(to_i64(current))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::DELETE_SNAPSHOT)
             .bind(stream_id)
             .execute(&mut *tx)
             .await?;
@@ -587,10 +556,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn head_position(&self) -> Result<u64> {
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-                .fetch_one(&self.pool)
-                .await?;
+        let head: i64 = sqlx::query_scalar(sql::HEAD).fetch_one(&self.pool).await?;
         Ok(to_u64(head))
     }
 
@@ -610,21 +576,11 @@ impl EventStore for PgEventStore {
 
 impl SnapshotStore for PgEventStore {
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
-        let row: Option<(i64, i32, String)> = sqlx::query_as(
-            "SELECT version, schema_version, state::text FROM es_snapshots WHERE stream_id = $1",
-        )
-        .bind(stream_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|(version, schema, state)| {
-            Ok(Snapshot {
-                stream_id: stream_id.to_owned(),
-                version: to_u64(version),
-                schema_version: u32::try_from(schema).unwrap_or(0),
-                state: serde_json::from_str(&state)?,
-            })
-        })
-        .transpose()
+        let row: Option<(i64, i32, String)> = sqlx::query_as(sql::LOAD_SNAPSHOT)
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| sql::snapshot(stream_id, row)).transpose()
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
@@ -644,118 +600,26 @@ impl SnapshotStore for PgEventStore {
 
 impl CheckpointStore for PgEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<u64> {
-        let pos: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let pos: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(pos.map_or(0, to_u64))
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO es_checkpoints (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-        )
-        .bind(name)
-        .bind(to_i64(position))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
-
-const LEASES: &str = "es_leases";
-const CHECKPOINTS: &str = "es_checkpoints";
-
-impl LeaseStore for PgEventStore {
-    async fn try_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
-        let epoch: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, sql::POSTGRES_NOW)))
-                .bind(name)
-                .bind(owner)
-                .bind(sql::ttl_ms(ttl))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(epoch.map(to_u64))
-    }
-
-    async fn renew(&self, name: &str, owner: &str, epoch: u64, ttl: Duration) -> Result<bool> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::renew(LEASES, sql::POSTGRES_NOW)))
+        sqlx::query(sql::SAVE_CHECKPOINT)
             .bind(name)
-            .bind(owner)
-            .bind(to_i64(epoch))
-            .bind(sql::ttl_ms(ttl))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn release(&self, name: &str, owner: &str, epoch: u64) -> Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
-            .bind(name)
-            .bind(owner)
-            .bind(to_i64(epoch))
+            .bind(to_i64(position))
             .execute(&self.pool)
             .await?;
         Ok(())
     }
-
-    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
-        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
-    }
-
-    async fn take_over(
-        &self,
-        name: &str,
-        owner: &str,
-        dead_owner: &str,
-        dead_epoch: u64,
-        ttl: Duration,
-    ) -> Result<Option<u64>> {
-        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(
-            LEASES,
-            sql::POSTGRES_NOW,
-        )))
-        .bind(name)
-        .bind(owner)
-        .bind(dead_owner)
-        .bind(to_i64(dead_epoch))
-        .bind(sql::ttl_ms(ttl))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(epoch.map(to_u64))
-    }
-
-    async fn save_checkpoint_fenced(
-        &self,
-        name: &str,
-        epoch: u64,
-        expected: u64,
-        new: u64,
-    ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql::init_checkpoint(CHECKPOINTS)))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::fenced_checkpoint(
-            CHECKPOINTS,
-            LEASES,
-        )))
-        .bind(name)
-        .bind(to_i64(expected))
-        .bind(to_i64(new))
-        .bind(to_i64(epoch))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
 }
+
+sql::sql_lease_store!(
+    PgEventStore,
+    pool,
+    crate::lease::sql::POSTGRES_NOW,
+    |store| store.pool.begin()
+);

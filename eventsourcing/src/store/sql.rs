@@ -1,0 +1,256 @@
+//! What the SQLite and PostgreSQL stores share: the statements whose text is
+//! the same on both dialects (`$N` placeholders work on both sqlx drivers,
+//! `CAST(x AS TEXT)` reads UUID and JSONB columns on PostgreSQL as it reads
+//! TEXT columns on SQLite), the row→event decoding, and the
+//! [`LeaseStore`](crate::LeaseStore) implementation.
+//!
+//! What stays in each backend really differs: DDL types, position
+//! assignment and locking (SQLite's single writer, PostgreSQL's advisory
+//! lock and `es_append` function), `NOTIFY`, array binding (`ANY($1)` on
+//! PostgreSQL, `json_each` on SQLite), and writes to `JSONB` columns, which
+//! need a `::jsonb` cast that SQLite does not parse.
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use crate::error::{Error, Result};
+use crate::event::{StoredEvent, from_micros};
+use crate::store::Snapshot;
+
+/// The event columns, as text where the dialects store them differently.
+/// NOTE: `decode_event` reads these names.
+pub(crate) const EVENT_COLUMNS: &str = "global_position, CAST(event_id AS TEXT) AS event_id, \
+     stream_id, stream_version, event_type, schema_version, recorded_at, \
+     CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata";
+
+/// The highest global position (0 = empty store).
+pub(crate) const HEAD: &str = "SELECT COALESCE(MAX(global_position), 0) FROM es_events";
+
+/// `$1` stream → `version, deleted`.
+pub(crate) const STREAM_STATE: &str =
+    "SELECT version, deleted FROM es_streams WHERE stream_id = $1";
+
+/// `$1` stream → `deleted`.
+pub(crate) const STREAM_DELETED: &str = "SELECT deleted FROM es_streams WHERE stream_id = $1";
+
+/// `$1` stream, `$2` its current version: marks it deleted (SQLite reads
+/// `TRUE` as 1).
+pub(crate) const TOMBSTONE: &str = "INSERT INTO es_streams (stream_id, version, deleted) VALUES ($1, $2, TRUE) \
+     ON CONFLICT (stream_id) DO UPDATE SET deleted = TRUE";
+
+/// `$1` stream.
+pub(crate) const DELETE_SNAPSHOT: &str = "DELETE FROM es_snapshots WHERE stream_id = $1";
+
+/// `$1` stream → `version, schema_version, state` (text).
+pub(crate) const LOAD_SNAPSHOT: &str = "SELECT version, schema_version, CAST(state AS TEXT) AS state \
+     FROM es_snapshots WHERE stream_id = $1";
+
+/// `$1` name → `position`.
+pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM es_checkpoints WHERE name = $1";
+
+/// `$1` name, `$2` position.
+pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO es_checkpoints (name, position) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET position = excluded.position";
+
+/// The table of applied migrations.
+pub(crate) const CREATE_MIGRATIONS: &str =
+    "CREATE TABLE IF NOT EXISTS es_migrations (version BIGINT PRIMARY KEY)";
+
+/// → applied migration versions.
+pub(crate) const APPLIED_MIGRATIONS: &str = "SELECT version FROM es_migrations";
+
+/// `$1` version.
+pub(crate) const RECORD_MIGRATION: &str = "INSERT INTO es_migrations (version) VALUES ($1)";
+
+/// The lease table of the event stores.
+pub(crate) const LEASES: &str = "es_leases";
+/// The checkpoint table of the event stores.
+pub(crate) const CHECKPOINTS: &str = "es_checkpoints";
+
+/// Reads one row with [`EVENT_COLUMNS`], whichever database it came from.
+pub(crate) fn decode_event<R>(row: &R) -> Result<StoredEvent>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let event_id: String = row.try_get("event_id")?;
+    let payload: String = row.try_get("payload")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(StoredEvent {
+        event_id: event_id
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: to_u64(row.try_get("stream_version")?),
+        global_position: to_u64(row.try_get("global_position")?),
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?).unwrap_or(0),
+        recorded_at: from_micros(row.try_get("recorded_at")?),
+        payload: serde_json::from_str(&payload)?,
+        metadata: serde_json::from_str(&metadata)?,
+    })
+}
+
+/// A snapshot from the columns of [`LOAD_SNAPSHOT`].
+pub(crate) fn snapshot(
+    stream_id: &str,
+    (version, schema, state): (i64, i32, String),
+) -> Result<Snapshot> {
+    Ok(Snapshot {
+        stream_id: stream_id.to_owned(),
+        version: to_u64(version),
+        schema_version: u32::try_from(schema).unwrap_or(0),
+        state: serde_json::from_str(&state)?,
+    })
+}
+
+/// Clamps `u64` to SQL `BIGINT`.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored `BIGINT` (never negative) as `u64`.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A read's `max_count` as SQL `LIMIT`.
+pub(crate) fn limit(max_count: usize) -> i64 {
+    i64::try_from(max_count).unwrap_or(i64::MAX)
+}
+
+/// Implements [`LeaseStore`](crate::LeaseStore) for a SQL store, once for
+/// both dialects: `$store` is the type, `$pool` a method returning the pool
+/// that writes, `$now` the dialect's clock
+/// ([`SQLITE_NOW`](crate::lease::sql::SQLITE_NOW) or
+/// [`POSTGRES_NOW`](crate::lease::sql::POSTGRES_NOW)) and `$begin` an
+/// expression of `self` that starts a write transaction. A macro rather
+/// than a generic function: sqlx's executor bounds over two databases cost
+/// more lines than the impl.
+macro_rules! sql_lease_store {
+    ($store:ty, $pool:ident, $now:expr, |$this:ident| $begin:expr) => {
+        impl $crate::lease::LeaseStore for $store {
+            async fn try_acquire(
+                &self,
+                name: &str,
+                owner: &str,
+                ttl: std::time::Duration,
+            ) -> $crate::error::Result<Option<u64>> {
+                use $crate::lease::sql;
+                use $crate::store::sql::{LEASES, to_u64};
+                let epoch: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, $now)))
+                        .bind(name)
+                        .bind(owner)
+                        .bind(sql::ttl_ms(ttl))
+                        .fetch_optional(self.$pool())
+                        .await?;
+                Ok(epoch.map(to_u64))
+            }
+
+            async fn renew(
+                &self,
+                name: &str,
+                owner: &str,
+                epoch: u64,
+                ttl: std::time::Duration,
+            ) -> $crate::error::Result<bool> {
+                use $crate::lease::sql;
+                use $crate::store::sql::{LEASES, to_i64};
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql::renew(LEASES, $now)))
+                    .bind(name)
+                    .bind(owner)
+                    .bind(to_i64(epoch))
+                    .bind(sql::ttl_ms(ttl))
+                    .execute(self.$pool())
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release(
+                &self,
+                name: &str,
+                owner: &str,
+                epoch: u64,
+            ) -> $crate::error::Result<()> {
+                use $crate::lease::sql;
+                use $crate::store::sql::{LEASES, to_i64};
+                sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
+                    .bind(name)
+                    .bind(owner)
+                    .bind(to_i64(epoch))
+                    .execute(self.$pool())
+                    .await?;
+                Ok(())
+            }
+
+            async fn holder(&self, name: &str) -> $crate::error::Result<Option<(String, u64)>> {
+                use $crate::lease::sql;
+                use $crate::store::sql::{LEASES, to_u64};
+                let row: Option<(String, i64)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
+                        .bind(name)
+                        .fetch_optional(self.$pool())
+                        .await?;
+                Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
+            }
+
+            async fn take_over(
+                &self,
+                name: &str,
+                owner: &str,
+                dead_owner: &str,
+                dead_epoch: u64,
+                ttl: std::time::Duration,
+            ) -> $crate::error::Result<Option<u64>> {
+                use $crate::lease::sql;
+                use $crate::store::sql::{LEASES, to_i64, to_u64};
+                let epoch: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(LEASES, $now)))
+                        .bind(name)
+                        .bind(owner)
+                        .bind(dead_owner)
+                        .bind(to_i64(dead_epoch))
+                        .bind(sql::ttl_ms(ttl))
+                        .fetch_optional(self.$pool())
+                        .await?;
+                Ok(epoch.map(to_u64))
+            }
+
+            async fn save_checkpoint_fenced(
+                &self,
+                name: &str,
+                epoch: u64,
+                expected: u64,
+                new: u64,
+            ) -> $crate::error::Result<bool> {
+                use $crate::lease::sql;
+                use $crate::store::sql::{CHECKPOINTS, LEASES, to_i64};
+                let $this = self;
+                let mut tx = $begin.await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql::init_checkpoint(CHECKPOINTS)))
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql::fenced_checkpoint(
+                    CHECKPOINTS,
+                    LEASES,
+                )))
+                .bind(name)
+                .bind(to_i64(expected))
+                .bind(to_i64(new))
+                .bind(to_i64(epoch))
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Ok(false); // dropping `tx` rolls the init back too
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+    };
+}
+pub(crate) use sql_lease_store;
