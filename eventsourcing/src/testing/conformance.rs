@@ -38,6 +38,123 @@ use crate::repository::{Repository, SnapshotPolicy};
 use crate::store::{CheckpointStore, EventStore, Snapshot, SnapshotStore};
 use crate::subscription::{Subscription, SubscriptionOptions};
 
+/// Generates one `#[tokio::test]` per conformance case, in a module named
+/// `$backend`, each on a fresh store from the factory expression (a future
+/// of the store, evaluated once per test), so that the first failure does
+/// not hide the rest and one backend or one case runs alone (`cargo test
+/// -p trellis-eventsourcing --all-features conformance::postgres::` or
+/// `conformance::sqlite::gap_free_global_order`), as ripgrep's `rgtest!`
+/// and sqlx-test do. The cases are the functions [`run_all`] runs, in its
+/// order, on a multi-threaded runtime (4 workers) so the concurrency cases
+/// are concurrent.
+///
+/// Options, in this order:
+/// * `skip_unless = expr`: each test returns at once when `expr` is false
+///   (a server that is not configured; see [`server_url`], which fails
+///   instead of skipping when `CI` is set);
+/// * `teardown = closure`: called with a clone of the store after a case
+///   passed (drop a schema, remove a file).
+///
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+/// features.
+///
+/// # Examples
+///
+/// ```
+/// mod conformance {
+///     trellis_eventsourcing::event_store_conformance!(memory, async {
+///         trellis_eventsourcing::MemoryStore::new()
+///     });
+///     trellis_eventsourcing::event_store_conformance!(
+///         memory_with_teardown,
+///         async { trellis_eventsourcing::MemoryStore::new() },
+///         skip_unless = true,
+///         teardown = |_store| async {}
+///     );
+/// }
+/// ```
+#[macro_export]
+macro_rules! event_store_conformance {
+    ($backend:ident, $factory:expr) => {
+        $crate::event_store_conformance!($backend, $factory, skip_unless = true);
+    };
+    ($backend:ident, $factory:expr, skip_unless = $ready:expr) => {
+        $crate::event_store_conformance!(
+            $backend,
+            $factory,
+            skip_unless = $ready,
+            teardown = |_store| async {}
+        );
+    };
+    ($backend:ident, $factory:expr, skip_unless = $ready:expr, teardown = $teardown:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__event_store_conformance_cases!(
+                ($factory, $ready, $teardown)
+                // NOTE: the same cases as `testing::conformance::run_all`, in its order.
+                append_and_read_stream,
+                expected_version_rules,
+                concurrent_writers_one_stream,
+                idempotent_append,
+                gap_free_global_order,
+                read_all_filters,
+                multi_stream_append_is_atomic,
+                concurrent_mixed_appends_stay_atomic,
+                tombstoned_stream,
+                limits_are_checked_before_writing,
+                unknown_event_type,
+                snapshots,
+                repository_retries_conflicts,
+                subscription_exactly_once_across_switch,
+                checkpoints,
+                leases_fence_stale_holders,
+            );
+        }
+    };
+}
+
+/// The tests of [`event_store_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __event_store_conformance_cases {
+    (($factory:expr, $ready:expr, $teardown:expr) $($case:ident,)*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if !$ready {
+                    return;
+                }
+                let store = $factory.await;
+                let kept = ::std::clone::Clone::clone(&store);
+                $crate::testing::conformance::$case(store).await;
+                ($teardown)(kept).await;
+            }
+        )*
+    };
+}
+
+/// The URL of a test server from the environment variable `var`
+/// (`TRELLIS_TEST_POSTGRES_URL`, `TRELLIS_TEST_NATS_URL`): `None`, with a
+/// "skipped" line on stdout, when it is unset or empty.
+///
+/// # Panics
+///
+/// When `var` is unset and the environment variable `CI` is set: in CI a
+/// missing server is a failure, never a silent skip.
+pub fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set, and CI is: tests that need this server must run in CI")
+        }
+        _ => {
+            println!("skipped: {var} not set");
+            None
+        }
+    }
+}
+
 /// What the suite needs of a backend.
 pub trait ConformanceStore:
     EventStore + SnapshotStore + CheckpointStore + LeaseStore + Clone

@@ -50,23 +50,22 @@ async fn drop_schemas(url: &str, schemas: &[String]) {
     admin.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_passes_the_conformance_suite() {
-    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let schemas = std::sync::Mutex::new(Vec::new());
-    conformance::run_all(|| async {
-        let schema = create_schema(&url).await;
-        schemas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(schema.clone());
-        store_in(&url, &schema).await
-    })
-    .await;
-    let schemas = schemas.into_inner().unwrap_or_else(|p| p.into_inner());
-    drop_schemas(&url, &schemas).await;
+/// A store in a fresh schema (a unique name, so parallel runs never collide).
+pub(crate) async fn fresh_store() -> PgEventStore {
+    let url = env_url("TRELLIS_TEST_POSTGRES_URL").expect("TRELLIS_TEST_POSTGRES_URL");
+    let schema = create_schema(&url).await;
+    store_in(&url, &schema).await
+}
+
+/// Drops the store's schema and closes its pool.
+pub(crate) async fn drop_store_schema(store: PgEventStore) {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(store.pool())
+        .await
+        .expect("schema");
+    store.close().await;
+    let url = env_url("TRELLIS_TEST_POSTGRES_URL").expect("TRELLIS_TEST_POSTGRES_URL");
+    drop_schemas(&url, &[schema]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,34 +1,23 @@
 use trellis_eventsourcing::SqliteEventStore;
 use trellis_eventsourcing::testing::conformance;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_memory_passes_the_conformance_suite() {
-    conformance::run_all(|| async {
-        SqliteEventStore::open("sqlite::memory:")
-            .await
-            .expect("open")
-    })
-    .await;
+/// A store in a fresh file of the temp dir.
+pub(crate) async fn fresh_file_store() -> SqliteEventStore {
+    let path = std::env::temp_dir().join(format!("trellis-es-{}.db", uuid::Uuid::now_v7()));
+    SqliteEventStore::open(path.to_str().expect("utf8 path"))
+        .await
+        .expect("open")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_file_passes_the_conformance_suite() {
-    let dir = std::env::temp_dir().join(format!("trellis-es-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    conformance::run_all(|| {
-        let path = dir.join(format!(
-            "{}.db",
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        async move {
-            SqliteEventStore::open(path.to_str().expect("utf8 path"))
-                .await
-                .expect("open")
-        }
-    })
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
+/// Closes the store and removes its files.
+pub(crate) async fn remove_file_store(store: SqliteEventStore) {
+    let path = store.pool().connect_options().get_filename().to_owned();
+    store.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
