@@ -106,6 +106,14 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// [`AnyEventStore::connect`](crate::AnyEventStore::connect) got a URL
+    /// whose scheme no enabled backend knows (`memory:`, `sqlite:`,
+    /// `postgres://`; the last two need their cargo features).
+    #[error("no enabled event store backend for URL scheme {scheme:?}")]
+    UnsupportedUrl {
+        /// The URL's scheme (the rest is not kept: it may hold a password).
+        scheme: String,
+    },
     /// Stored data violates an invariant of this crate (corrupt or foreign rows).
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -163,7 +171,8 @@ impl Error {
             Error::DuplicateEventId { .. }
             | Error::PayloadTooLarge { .. }
             | Error::BatchTooLarge { .. }
-            | Error::InvalidStreamId(_) => ErrorKind::InvalidInput,
+            | Error::InvalidStreamId(_)
+            | Error::UnsupportedUrl { .. } => ErrorKind::InvalidInput,
             Error::UnknownEventType { .. }
             | Error::UnsupportedSchemaVersion { .. }
             | Error::Serialization(_)

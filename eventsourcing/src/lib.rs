@@ -16,6 +16,7 @@ pub use event::{
     StoredEvent, category,
 };
 pub use lease::{Leadership, LeaseStore, Role};
+pub use store::any::AnyEventStore;
 pub use store::memory::MemoryStore;
 pub use store::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits};
 pub mod outbox;

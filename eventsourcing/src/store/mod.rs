@@ -29,6 +29,7 @@ use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, NewEvent, StoredEvent,
 };
 
+pub mod any;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -43,4 +43,51 @@ mod conformance {
         skip_unless = crate::support::env_url("TRELLIS_TEST_POSTGRES_URL").is_some(),
         teardown = crate::postgres::drop_store_schema
     );
+
+    /// The same cases through `AnyEventStore`, on each backend.
+    mod any {
+        #[allow(unused_imports)]
+        use trellis_eventsourcing::AnyEventStore;
+
+        trellis_eventsourcing::event_store_conformance!(memory, async {
+            let store = AnyEventStore::connect("memory:").await.expect("memory");
+            assert_eq!(store.backend(), "memory");
+            store
+        });
+
+        #[cfg(feature = "sqlite")]
+        trellis_eventsourcing::event_store_conformance!(sqlite_memory, async {
+            let store = AnyEventStore::connect("sqlite::memory:")
+                .await
+                .expect("sqlite");
+            assert_eq!(store.backend(), "sqlite");
+            store
+        });
+
+        #[cfg(feature = "postgres")]
+        trellis_eventsourcing::event_store_conformance!(
+            postgres,
+            async { AnyEventStore::from(crate::postgres::fresh_store().await) },
+            skip_unless = crate::support::env_url("TRELLIS_TEST_POSTGRES_URL").is_some(),
+            teardown = |store: AnyEventStore| async move {
+                match store {
+                    AnyEventStore::Postgres(pg) => crate::postgres::drop_store_schema(pg).await,
+                    other => panic!("expected postgres, got {}", other.backend()),
+                }
+            }
+        );
+    }
+}
+
+/// `AnyEventStore::connect` picks the backend from the URL and refuses a
+/// scheme it does not know, without echoing the rest of the URL.
+#[tokio::test]
+async fn any_store_refuses_unknown_schemes() {
+    use trellis_eventsourcing::{AnyEventStore, Error, ErrorKind};
+    let err = AnyEventStore::connect("mysql://user:secret@db/app")
+        .await
+        .expect_err("mysql is no backend");
+    assert!(matches!(&err, Error::UnsupportedUrl { scheme } if scheme == "mysql"));
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!err.to_string().contains("secret"));
 }
