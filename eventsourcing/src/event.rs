@@ -93,6 +93,11 @@ impl NewEvent {
     }
 
     /// Encodes a domain event (type name, current schema version, payload).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`](crate::Error::Serialization) when the event does not
+    /// serialize to a JSON object with one variant key.
     pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self> {
         let (event_type, payload) = crate::codec::encode(event)?;
         let schema_version = E::schema_version(&event_type);

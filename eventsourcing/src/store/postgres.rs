@@ -96,6 +96,11 @@ const MAX_GROUP: usize = 64;
 
 impl PgEventStore {
     /// Connects to `url` with a pool of 10 connections and runs migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the URL is invalid, the server cannot be
+    /// reached or the migrations fail.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
@@ -106,6 +111,10 @@ impl PgEventStore {
     }
 
     /// Uses an existing pool (its `search_path` picks the schema) and runs migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the migrations or the first query fail.
     pub async fn with_pool(pool: PgPool) -> Result<Self> {
         migrate(&pool).await?;
         let schema: String = sqlx::query_scalar("SELECT current_schema()")

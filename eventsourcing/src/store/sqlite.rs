@@ -76,6 +76,11 @@ pub struct SqliteEventStore {
 impl SqliteEventStore {
     /// Opens (creating if missing) `target`: a `sqlite:` URL (`sqlite::memory:`,
     /// `sqlite://path/to.db`) or a plain file path. Runs migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the URL is invalid or the database cannot be
+    /// opened or migrated.
     pub async fn open(target: &str) -> Result<Self> {
         let options = if target.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(target)?
