@@ -374,6 +374,7 @@ mod tests {
             recorded_at: std::time::SystemTime::UNIX_EPOCH,
             payload,
             metadata: Metadata::default(),
+            tags: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod dcb;
 pub mod error;
 pub mod event;
 pub mod lease;
@@ -10,6 +11,7 @@ pub mod testing;
 
 pub use aggregate::Aggregate;
 pub use codec::{DomainEvent, EventCodec, UnknownEventPolicy, Upcasters};
+pub use dcb::{AppendCondition, DcbStore, Query, QueryItem};
 pub use error::{BoxError, DatabaseErrorKind, Error, ErrorKind, Result};
 pub use event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::dcb::{AppendCondition, DcbStore, Query};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent,
@@ -21,7 +22,8 @@ use crate::store::{CheckpointStore, EventStore, Snapshot, SnapshotStore};
 /// It implements every trait the backends do: [`EventStore`],
 /// [`SnapshotStore`], [`CheckpointStore`], [`LeaseStore`] (so it is both
 /// the source and the checkpoint store of an
-/// [`OutboxRelay`](crate::outbox::OutboxRelay)). Every call forwards to the backend (one
+/// [`OutboxRelay`](crate::outbox::OutboxRelay)) and
+/// [`DcbStore`](crate::DcbStore). Every call forwards to the backend (one
 /// `match`, no boxing); the variants present are those of the enabled
 /// features.
 ///
@@ -173,6 +175,25 @@ impl EventStore for AnyEventStore {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         each!(self, s => s.watch_head())
+    }
+}
+
+impl DcbStore for AnyEventStore {
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        each!(self, s => s.read_query(query, after, max_count).await)
+    }
+
+    async fn append_if(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: AppendCondition,
+    ) -> Result<Vec<AppendResult>> {
+        each!(self, s => s.append_if(requests, condition).await)
     }
 }
 

@@ -38,6 +38,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dcb::{AppendCondition, DcbStore, Query};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
@@ -60,6 +61,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_durable_append.sql"),
     ),
+    (5, include_str!("../../migrations/postgres/0005_tags.sql")),
 ];
 
 /// An event, snapshot and checkpoint store in PostgreSQL.
@@ -88,6 +90,9 @@ pub struct PgEventStore {
 #[derive(Debug)]
 struct Job {
     requests: Vec<AppendRequest>,
+    /// A dynamic consistency boundary condition, checked under the writer
+    /// lock before the job's first write.
+    condition: Option<AppendCondition>,
     reply: oneshot::Sender<Result<Vec<AppendResult>>>,
 }
 
@@ -152,11 +157,19 @@ impl PgEventStore {
 
     /// Appends one request through `es_append` on `conn` (inside the
     /// caller's transaction, or as its own autocommit statement).
-    async fn append_inner(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+    async fn append_inner(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Vec<AppendResult>> {
         let (reply, rx) = oneshot::channel();
         let stopped = || Error::Corrupt("the append writer task stopped".into());
         self.writer
-            .send(Job { requests, reply })
+            .send(Job {
+                requests,
+                condition,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -189,9 +202,14 @@ async fn append_one(
         .iter()
         .map(|e| serde_json::to_string(&e.metadata))
         .collect::<Result<Vec<_>, _>>()?;
+    let tags = r
+        .events
+        .iter()
+        .map(|e| serde_json::to_string(&e.tags))
+        .collect::<Result<Vec<_>, _>>()?;
     let (status, current, positions): (i32, i64, Option<Vec<i64>>) = sqlx::query_as(
             "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
-             $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11)",
+             $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11, $12)",
         )
         .bind(&r.stream_id)
         .bind(category(&r.stream_id))
@@ -202,6 +220,7 @@ async fn append_one(
         .bind(&schemas)
         .bind(&payloads)
         .bind(&metas)
+        .bind(&tags)
         .bind(to_micros(crate::event::now()))
         .bind(channel)
         .fetch_one(&mut *conn)
@@ -236,22 +255,49 @@ async fn append_one(
 }
 
 /// One append on its own: autocommit for one stream, a transaction for several.
-async fn append_alone(
-    pool: &PgPool,
-    channel: &str,
-    requests: &[AppendRequest],
-) -> Result<Vec<AppendResult>> {
-    if let [single] = requests {
+async fn append_alone(pool: &PgPool, channel: &str, job: &Job) -> Result<Vec<AppendResult>> {
+    if let ([single], None) = (job.requests.as_slice(), &job.condition) {
         let mut conn = pool.acquire().await?;
         return Ok(vec![append_one(channel, &mut conn, single).await?]);
     }
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(requests.len());
-    for r in requests {
+    if let Some(condition) = &job.condition {
+        check_condition_locked(&mut tx, &job.requests, condition).await?;
+    }
+    let mut results = Vec::with_capacity(job.requests.len());
+    for r in &job.requests {
         results.push(append_one(channel, &mut tx, r).await?);
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Takes the writer lock, then checks `condition`: no event but the
+/// request's own matches its query after its position.
+///
+/// Race-free because every append of the schema holds the same
+/// transaction-scoped advisory lock (7239, schema) from before it assigns
+/// positions until it commits, and PostgreSQL makes a commit visible before
+/// it releases the lock: the check, a new statement (so a new READ
+/// COMMITTED snapshot) taken after the lock, sees every append that could
+/// precede this one, and none can slip in before this one commits. The
+/// alternatives were weighed: per-tag advisory locks would let appends on
+/// disjoint tags run in parallel, but positions are assigned under the
+/// schema lock anyway (the gap-free global order), so they would add a
+/// lock per tag and buy nothing; SERIALIZABLE would turn every overlap into
+/// a serialization failure to retry and add predicate-lock bookkeeping to
+/// every append. The lock is taken as its own statement on purpose: a
+/// statement that locked and queried at once would query with a snapshot
+/// from before it got the lock.
+async fn check_condition_locked(
+    conn: &mut sqlx::PgConnection,
+    requests: &[AppendRequest],
+    condition: &AppendCondition,
+) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7239, hashtext(current_schema()))")
+        .execute(&mut *conn)
+        .await?;
+    sql::check_condition!(&mut *conn, requests, condition).await
 }
 
 /// Several callers' appends in one transaction: one lock acquisition and one
@@ -266,13 +312,20 @@ async fn append_group(
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let savepoint = job.requests.len() > 1;
+        // A conditional job may fail its condition after earlier jobs of
+        // the group wrote: it runs in a savepoint like a multi-stream one.
+        let savepoint = job.requests.len() > 1 || job.condition.is_some();
         if savepoint {
             sqlx::query("SAVEPOINT es_job").execute(&mut *tx).await?;
         }
         let mut results = Vec::with_capacity(job.requests.len());
         let mut failed = None;
-        for r in &job.requests {
+        if let Some(condition) = &job.condition
+            && let Err(e) = check_condition_locked(&mut tx, &job.requests, condition).await
+        {
+            failed = Some(e);
+        }
+        for r in job.requests.iter().filter(|_| failed.is_none()) {
             match append_one(channel, &mut tx, r).await {
                 Ok(res) => results.push(res),
                 Err(e) => {
@@ -328,7 +381,7 @@ async fn group_writer(pool: PgPool, channel: Arc<str>, mut rx: mpsc::Receiver<Jo
             }
         }
         for job in batch {
-            let result = append_alone(&pool, &channel, &job.requests).await;
+            let result = append_alone(&pool, &channel, &job).await;
             let _ = job.reply.send(result);
         }
     }
@@ -433,15 +486,20 @@ async fn listen(
     listening.store(false, Ordering::Release);
 }
 
-impl EventStore for PgEventStore {
-    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+impl PgEventStore {
+    /// Appends through the group writer, with or without a condition.
+    async fn append_with(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
         let all_ids: Vec<String> = requests
             .iter()
             .flat_map(|r| &r.events)
             .map(|e| e.event_id.to_string())
             .collect();
-        let results = match self.append_inner(requests).await {
+        let results = match self.append_inner(requests, condition).await {
             Ok(r) => r,
             Err(Error::DuplicateEventId { event_id }) => {
                 // Name the id that really collided (the insert error does not say).
@@ -473,6 +531,31 @@ impl EventStore for PgEventStore {
             });
         }
         Ok(results)
+    }
+}
+
+impl DcbStore for PgEventStore {
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        sql::read_query!(&self.pool, query, after, max_count).await
+    }
+
+    async fn append_if(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: AppendCondition,
+    ) -> Result<Vec<AppendResult>> {
+        self.append_with(requests, Some(condition)).await
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        self.append_with(requests, None).await
     }
 
     async fn read_stream(

@@ -20,7 +20,7 @@ use crate::store::Snapshot;
 /// NOTE: `decode_event` reads these names.
 pub(crate) const EVENT_COLUMNS: &str = "global_position, CAST(event_id AS TEXT) AS event_id, \
      stream_id, stream_version, event_type, schema_version, recorded_at, \
-     CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata";
+     CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata, tags";
 
 /// The highest global position (0 = empty store).
 pub(crate) const HEAD: &str = "SELECT COALESCE(MAX(global_position), 0) FROM es_events";
@@ -78,6 +78,7 @@ where
     let event_id: String = row.try_get("event_id")?;
     let payload: String = row.try_get("payload")?;
     let metadata: String = row.try_get("metadata")?;
+    let tags: String = row.try_get("tags")?;
     Ok(StoredEvent {
         event_id: event_id
             .parse()
@@ -90,6 +91,7 @@ where
         recorded_at: from_micros(row.try_get("recorded_at")?),
         payload: serde_json::from_str(&payload)?,
         metadata: serde_json::from_str(&metadata)?,
+        tags: serde_json::from_str(&tags)?,
     })
 }
 
@@ -254,3 +256,129 @@ macro_rules! sql_lease_store {
     };
 }
 pub(crate) use sql_lease_store;
+
+/// The columns the append condition check reads.
+pub(crate) const CONDITION_COLUMNS: &str = "global_position, CAST(event_id AS TEXT) AS event_id";
+
+/// The SQL of a [`Query`](crate::dcb::Query) read, the same text on both
+/// dialects: `SELECT {columns}` of the events matching any item, with a
+/// global position above `$1`, in global order, at most `$2`; `$3`, `$4`,
+/// ... are the returned texts, in order. `None` for a query of no items
+/// (it matches nothing).
+///
+/// Each item is driven by the `es_tags` primary key `(tag, global_position)`
+/// when it has tags (its first tag's range above `$1`, joined with its other
+/// tags and, when it has types, with `es_events` for the type), and by the
+/// events' primary key otherwise; the items' positions are united.
+pub(crate) fn query_sql(query: &crate::dcb::Query, columns: &str) -> Option<(String, Vec<String>)> {
+    if query.items.is_empty() {
+        return None;
+    }
+    let mut binds: Vec<String> = Vec::new();
+    let mut param = |value: &str| {
+        binds.push(value.to_owned());
+        format!("${}", binds.len() + 2)
+    };
+    let mut parts = Vec::with_capacity(query.items.len());
+    for item in &query.items {
+        let types = (!item.types.is_empty()).then(|| {
+            item.types
+                .iter()
+                .map(|t| param(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let part = match item.tags.split_first() {
+            None => format!(
+                "SELECT global_position FROM es_events WHERE global_position > $1{}",
+                types.map_or(String::new(), |t| format!(" AND event_type IN ({t})"))
+            ),
+            Some((first, rest)) => {
+                let mut part = String::from("SELECT t0.global_position FROM es_tags t0");
+                for (i, tag) in rest.iter().enumerate() {
+                    let n = i + 1;
+                    let p = param(tag);
+                    part.push_str(&format!(
+                        " JOIN es_tags t{n} ON t{n}.global_position = t0.global_position AND t{n}.tag = {p}"
+                    ));
+                }
+                if let Some(t) = types {
+                    part.push_str(&format!(
+                        " JOIN es_events e ON e.global_position = t0.global_position AND e.event_type IN ({t})"
+                    ));
+                }
+                let p = param(first);
+                part.push_str(&format!(" WHERE t0.tag = {p} AND t0.global_position > $1"));
+                part
+            }
+        };
+        parts.push(part);
+    }
+    Some((
+        format!(
+            "SELECT {columns} FROM es_events WHERE global_position IN ({}) \
+             ORDER BY global_position LIMIT $2",
+            parts.join(" UNION ")
+        ),
+        binds,
+    ))
+}
+
+/// Checks an append condition on `$conn` (inside the append's transaction,
+/// after the backend serialised writers): `Err(ConditionFailed)` when an
+/// event other than the request's own matches after the condition's
+/// position. A macro so one text serves both drivers' executors.
+macro_rules! check_condition {
+    ($conn:expr, $requests:expr, $condition:expr) => {
+        async {
+            use $crate::store::sql::{CONDITION_COLUMNS, limit, query_sql, to_i64, to_u64};
+            let condition: &$crate::dcb::AppendCondition = $condition;
+            let requests: &[$crate::event::AppendRequest] = $requests;
+            let Some((text, binds)) = query_sql(&condition.fail_if_events_match, CONDITION_COLUMNS)
+            else {
+                return Ok::<(), $crate::error::Error>(());
+            };
+            let mut q = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(text))
+                .bind(to_i64(condition.after))
+                .bind(limit($crate::dcb::check_limit(requests)));
+            for b in binds {
+                q = q.bind(b);
+            }
+            let rows = q.fetch_all($conn).await?;
+            match $crate::dcb::first_foreign(
+                requests,
+                rows.iter().map(|(p, id)| (to_u64(*p), id.as_str())),
+            ) {
+                Some(position) => Err($crate::error::Error::ConditionFailed {
+                    after: condition.after,
+                    position,
+                }),
+                None => Ok(()),
+            }
+        }
+    };
+}
+pub(crate) use check_condition;
+
+/// Reads a [`Query`](crate::dcb::Query) on `$pool`, whichever driver.
+macro_rules! read_query {
+    ($pool:expr, $query:expr, $after:expr, $max_count:expr) => {
+        async {
+            use $crate::store::sql::{EVENT_COLUMNS, decode_event, limit, query_sql, to_i64};
+            let Some((text, binds)) = query_sql($query, EVENT_COLUMNS) else {
+                return Ok::<_, $crate::error::Error>(Vec::new());
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(text))
+                .bind(to_i64($after))
+                .bind(limit($max_count));
+            for b in binds {
+                q = q.bind(b);
+            }
+            let rows = q.fetch_all($pool).await?;
+            rows.iter()
+                .map(decode_event)
+                .collect::<$crate::error::Result<Vec<_>>>()
+        }
+    };
+}
+pub(crate) use read_query;

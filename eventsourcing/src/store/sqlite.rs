@@ -26,6 +26,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+use crate::dcb::{AppendCondition, DcbStore, Query};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
@@ -44,13 +45,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_stream_trigger.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_leases.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_tags.sql")),
 ];
 
-/// Rows per multi-row `INSERT` (9 parameters each, well under SQLite's limit).
+/// Rows per multi-row `INSERT` (10 parameters each, well under SQLite's limit).
 const ROWS_PER_INSERT: usize = 256;
 
 /// The event columns as stored (the `read_stream` join names them `e.*`).
-const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata";
+const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata, tags";
 
 /// An event, snapshot and checkpoint store in one SQLite database.
 ///
@@ -220,13 +222,13 @@ impl SqliteEventStore {
                 let first_version = current + (chunk_no * ROWS_PER_INSERT) as u64 + 1;
                 let mut sql = String::from(
                     "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
-                     schema_version, recorded_at, payload, metadata) VALUES ",
+                     schema_version, recorded_at, payload, metadata, tags) VALUES ",
                 );
                 for i in 0..chunk.len() {
                     sql.push_str(if i == 0 {
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     } else {
-                        ", (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     });
                 }
                 // RETURNING order is unspecified in SQLite: sort by version.
@@ -242,7 +244,8 @@ impl SqliteEventStore {
                         .bind(i64::from(e.schema_version))
                         .bind(recorded_at)
                         .bind(e.payload.to_string())
-                        .bind(serde_json::to_string(&e.metadata)?);
+                        .bind(serde_json::to_string(&e.metadata)?)
+                        .bind(serde_json::to_string(&e.tags)?);
                 }
                 match q.fetch_all(&mut **tx).await {
                     Ok(rows) => {
@@ -297,15 +300,15 @@ impl SqliteEventStore {
         };
         let mut sql = String::from(
             "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
-             schema_version, recorded_at, payload, metadata) \
-             SELECT v.column1, ?, base.version + v.column2, ?, v.column3, v.column4, ?, v.column5, v.column6 \
+             schema_version, recorded_at, payload, metadata, tags) \
+             SELECT v.column1, ?, base.version + v.column2, ?, v.column3, v.column4, ?, v.column5, v.column6, v.column7 \
              FROM (VALUES ",
         );
         for i in 0..r.events.len() {
             sql.push_str(if i == 0 {
-                "(?, ?, ?, ?, ?, ?)"
+                "(?, ?, ?, ?, ?, ?, ?)"
             } else {
-                ", (?, ?, ?, ?, ?, ?)"
+                ", (?, ?, ?, ?, ?, ?, ?)"
             });
         }
         sql.push_str(
@@ -329,7 +332,8 @@ impl SqliteEventStore {
                 .bind(&e.event_type)
                 .bind(i64::from(e.schema_version))
                 .bind(e.payload.to_string())
-                .bind(serde_json::to_string(&e.metadata)?);
+                .bind(serde_json::to_string(&e.metadata)?)
+                .bind(serde_json::to_string(&e.tags)?);
         }
         q = q.bind(&r.stream_id).bind(&r.stream_id);
         if let ExpectedVersion::Exact(n) = r.expected {
@@ -428,6 +432,51 @@ async fn find_ids(
     Ok(found)
 }
 
+impl SqliteEventStore {
+    /// Raises the head watch to the appended positions.
+    fn publish_head(&self, results: &[AppendResult]) {
+        if let Some(max) = results.iter().flat_map(|r| r.positions.last()).max() {
+            self.head.send_if_modified(|h| {
+                let newer = *max > *h;
+                if newer {
+                    *h = *max;
+                }
+                newer
+            });
+        }
+    }
+}
+
+/// Race-free without more locking: every write of the store goes through
+/// the one-connection write pool, and a conditional append checks and
+/// writes in one `BEGIN IMMEDIATE` transaction on it, so no other append
+/// can commit between the check and the write (nor can another process:
+/// `IMMEDIATE` takes SQLite's write lock before the check).
+impl DcbStore for SqliteEventStore {
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        sql::read_query!(&self.read, query, after, max_count).await
+    }
+
+    async fn append_if(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: AppendCondition,
+    ) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        sql::check_condition!(&mut *tx, &requests, &condition).await?;
+        let results = self.append_tx(&mut tx, &requests).await?;
+        tx.commit().await?;
+        self.publish_head(&results);
+        Ok(results)
+    }
+}
+
 impl EventStore for SqliteEventStore {
     async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
@@ -442,15 +491,7 @@ impl EventStore for SqliteEventStore {
                 results
             }
         };
-        if let Some(max) = results.iter().flat_map(|r| r.positions.last()).max() {
-            self.head.send_if_modified(|h| {
-                let newer = *max > *h;
-                if newer {
-                    *h = *max;
-                }
-                newer
-            });
-        }
+        self.publish_head(&results);
         Ok(results)
     }
 
@@ -472,7 +513,7 @@ impl EventStore for SqliteEventStore {
         let sql = format!(
             "SELECT d.deleted AS deleted, e.global_position AS global_position, e.event_id AS event_id, \
              e.stream_id AS stream_id, e.stream_version AS stream_version, e.event_type AS event_type, \
-             e.schema_version AS schema_version, e.recorded_at AS recorded_at, e.payload AS payload, e.metadata AS metadata \
+             e.schema_version AS schema_version, e.recorded_at AS recorded_at, e.payload AS payload, e.metadata AS metadata, e.tags AS tags \
              FROM (SELECT COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?1), 0) AS deleted) AS d \
              LEFT JOIN (SELECT {COLUMNS} FROM es_events WHERE stream_id = ?1 AND stream_version {cmp} ?2 \
              ORDER BY stream_version {inner_order} LIMIT ?3) AS e \
