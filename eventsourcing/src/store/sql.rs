@@ -260,65 +260,96 @@ pub(crate) use sql_lease_store;
 /// The columns the append condition check reads.
 pub(crate) const CONDITION_COLUMNS: &str = "global_position, CAST(event_id AS TEXT) AS event_id";
 
-/// The SQL of a [`Query`](crate::dcb::Query) read, the same text on both
-/// dialects: `SELECT {columns}` of the events matching any item, with a
-/// global position above `$1`, in global order, at most `$2`; `$3`, `$4`,
-/// ... are the returned texts, in order. `None` for a query of no items
-/// (it matches nothing).
+/// A parameter of [`union_sql`].
+#[derive(Debug)]
+pub(crate) enum Bind<'a> {
+    /// The position the query reads after.
+    After,
+    /// A tag or an event type.
+    Text(&'a str),
+}
+
+/// The positions of the events matching any item of `query` above the
+/// `after` parameter, as a `UNION` of one `SELECT global_position` per item,
+/// the same text on both dialects; `param` renders each parameter, called
+/// in textual order (so `?` placeholders work as well as `$N`). `None` for a
+/// query of no items (it matches nothing).
 ///
 /// Each item is driven by the `es_tags` primary key `(tag, global_position)`
-/// when it has tags (its first tag's range above `$1`, joined with its other
-/// tags and, when it has types, with `es_events` for the type), and by the
-/// events' primary key otherwise; the items' positions are united.
-pub(crate) fn query_sql(query: &crate::dcb::Query, columns: &str) -> Option<(String, Vec<String>)> {
+/// when it has tags (its first tag's range above `after`, joined with its
+/// other tags and, when it has types, with `es_events` for the type), and by
+/// the events' primary key otherwise.
+pub(crate) fn union_sql<'a>(
+    query: &'a crate::dcb::Query,
+    mut param: impl FnMut(Bind<'a>) -> String,
+) -> Option<String> {
     if query.items.is_empty() {
         return None;
     }
-    let mut binds: Vec<String> = Vec::new();
-    let mut param = |value: &str| {
-        binds.push(value.to_owned());
-        format!("${}", binds.len() + 2)
-    };
     let mut parts = Vec::with_capacity(query.items.len());
     for item in &query.items {
-        let types = (!item.types.is_empty()).then(|| {
+        let types = |param: &mut dyn FnMut(Bind<'a>) -> String| {
             item.types
                 .iter()
-                .map(|t| param(t))
+                .map(|t| param(Bind::Text(t)))
                 .collect::<Vec<_>>()
                 .join(", ")
-        });
+        };
         let part = match item.tags.split_first() {
-            None => format!(
-                "SELECT global_position FROM es_events WHERE global_position > $1{}",
-                types.map_or(String::new(), |t| format!(" AND event_type IN ({t})"))
-            ),
+            None => {
+                let mut part = format!(
+                    "SELECT global_position FROM es_events WHERE global_position > {}",
+                    param(Bind::After)
+                );
+                if !item.types.is_empty() {
+                    part.push_str(&format!(" AND event_type IN ({})", types(&mut param)));
+                }
+                part
+            }
             Some((first, rest)) => {
                 let mut part = String::from("SELECT t0.global_position FROM es_tags t0");
                 for (i, tag) in rest.iter().enumerate() {
                     let n = i + 1;
-                    let p = param(tag);
                     part.push_str(&format!(
-                        " JOIN es_tags t{n} ON t{n}.global_position = t0.global_position AND t{n}.tag = {p}"
+                        " JOIN es_tags t{n} ON t{n}.global_position = t0.global_position AND t{n}.tag = {}",
+                        param(Bind::Text(tag))
                     ));
                 }
-                if let Some(t) = types {
+                if !item.types.is_empty() {
                     part.push_str(&format!(
-                        " JOIN es_events e ON e.global_position = t0.global_position AND e.event_type IN ({t})"
+                        " JOIN es_events e ON e.global_position = t0.global_position AND e.event_type IN ({})",
+                        types(&mut param)
                     ));
                 }
-                let p = param(first);
-                part.push_str(&format!(" WHERE t0.tag = {p} AND t0.global_position > $1"));
+                let tag = param(Bind::Text(first));
+                part.push_str(&format!(
+                    " WHERE t0.tag = {tag} AND t0.global_position > {}",
+                    param(Bind::After)
+                ));
                 part
             }
         };
         parts.push(part);
     }
+    Some(parts.join(" UNION "))
+}
+
+/// The SQL of a [`Query`](crate::dcb::Query) read: `SELECT {columns}` of
+/// the matching events with a global position above `$1`, in global order,
+/// at most `$2`; `$3`, `$4`, ... are the returned texts, in order.
+pub(crate) fn query_sql(query: &crate::dcb::Query, columns: &str) -> Option<(String, Vec<String>)> {
+    let mut binds: Vec<String> = Vec::new();
+    let union = union_sql(query, |b| match b {
+        Bind::After => "$1".to_owned(),
+        Bind::Text(t) => {
+            binds.push(t.to_owned());
+            format!("${}", binds.len() + 2)
+        }
+    })?;
     Some((
         format!(
-            "SELECT {columns} FROM es_events WHERE global_position IN ({}) \
-             ORDER BY global_position LIMIT $2",
-            parts.join(" UNION ")
+            "SELECT {columns} FROM es_events WHERE global_position IN ({union}) \
+             ORDER BY global_position LIMIT $2"
         ),
         binds,
     ))

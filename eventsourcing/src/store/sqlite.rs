@@ -291,7 +291,17 @@ impl SqliteEventStore {
     /// whose `WHERE` holds the expected-version, tombstone and repeat checks,
     /// so the check and the write are one atomic statement. Zero rows back
     /// means a check failed; a follow-up read says which.
-    async fn append_single(&self, r: &AppendRequest) -> Result<AppendResult> {
+    ///
+    /// With a `condition`, the same statement also holds "no event but this
+    /// append's own matches the condition's query after its position", so a
+    /// conditional append is one statement too (atomic under the single
+    /// writer); when it writes nothing, the general path reports
+    /// `ConditionFailed` or the failed check.
+    async fn append_single(
+        &self,
+        r: &AppendRequest,
+        condition: Option<&AppendCondition>,
+    ) -> Result<AppendResult> {
         let expected_sql = match r.expected {
             ExpectedVersion::Any => "1",
             ExpectedVersion::NoStream => "base.version = 0",
@@ -319,8 +329,24 @@ impl SqliteEventStore {
         sql.push_str(expected_sql);
         sql.push_str(
             " AND NOT EXISTS (SELECT 1 FROM es_events WHERE event_id = ?) \
-             ORDER BY v.column2 RETURNING stream_version, global_position",
+",
         );
+        let mut condition_binds = Vec::new();
+        if let Some(union) = condition.and_then(|c| {
+            sql::union_sql(&c.fail_if_events_match, |b| {
+                condition_binds.push(match b {
+                    sql::Bind::After => Ok(to_i64(c.after)),
+                    sql::Bind::Text(t) => Err(t.to_owned()),
+                });
+                "?".to_owned()
+            })
+        }) {
+            sql.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM es_events c WHERE c.global_position IN ({union}) \
+                 AND c.event_id NOT IN (SELECT value FROM json_each(?)))"
+            ));
+        }
+        sql.push_str(" ORDER BY v.column2 RETURNING stream_version, global_position");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&r.stream_id)
             .bind(category(&r.stream_id))
@@ -345,6 +371,16 @@ impl SqliteEventStore {
             .map(|e| e.event_id.to_string())
             .unwrap_or_default();
         q = q.bind(first);
+        if condition.is_some() && !condition_binds.is_empty() {
+            for b in condition_binds {
+                q = match b {
+                    Ok(position) => q.bind(position),
+                    Err(text) => q.bind(text),
+                };
+            }
+            let own: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+            q = q.bind(serde_json::to_string(&own)?);
+        }
         let rows = match q.fetch_all(&self.write).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
@@ -378,6 +414,9 @@ impl SqliteEventStore {
         // A check failed: the general path (in one transaction) says which,
         // or appends if the stream moved to a matching state meanwhile.
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(condition) = condition {
+            sql::check_condition!(&mut *tx, std::slice::from_ref(r), condition).await?;
+        }
         let mut results = self.append_tx(&mut tx, std::slice::from_ref(r)).await?;
         tx.commit().await?;
         results
@@ -468,10 +507,18 @@ impl DcbStore for SqliteEventStore {
         condition: AppendCondition,
     ) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        sql::check_condition!(&mut *tx, &requests, &condition).await?;
-        let results = self.append_tx(&mut tx, &requests).await?;
-        tx.commit().await?;
+        let results = match requests.as_slice() {
+            [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
+                vec![self.append_single(single, Some(&condition)).await?]
+            }
+            _ => {
+                let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+                sql::check_condition!(&mut *tx, &requests, &condition).await?;
+                let results = self.append_tx(&mut tx, &requests).await?;
+                tx.commit().await?;
+                results
+            }
+        };
         self.publish_head(&results);
         Ok(results)
     }
@@ -482,7 +529,7 @@ impl EventStore for SqliteEventStore {
         self.limits.check(&requests)?;
         let results = match requests.as_slice() {
             [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
-                vec![self.append_single(single).await?]
+                vec![self.append_single(single, None).await?]
             }
             _ => {
                 let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
