@@ -24,6 +24,13 @@
 //! after P" can never see P+2 while P+1 is still in flight. The price is one
 //! writer at a time per schema (appends are short; batches amortise it).
 //!
+//! **Conditional appends** ([`DcbStore::append_if`]): checked after the
+//! same writer lock, so race-free across processes (see
+//! `check_condition_locked` for why this lock rather than per-tag locks or
+//! SERIALIZABLE). A single-stream one is one round trip through
+//! `es_append_if` (migration 6); grouped or multi-stream ones take the lock
+//! and check inside their transaction.
+//!
 //! **Live notifications**: each append sends `pg_notify('trellis_es_' ||
 //! current_schema(), last_position)` on commit. [`EventStore::watch_head`]
 //! starts one `LISTEN` task that feeds the watch; subscriptions keep polling
@@ -62,6 +69,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/postgres/0004_durable_append.sql"),
     ),
     (5, include_str!("../../migrations/postgres/0005_tags.sql")),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_append_if.sql"),
+    ),
 ];
 
 /// An event, snapshot and checkpoint store in PostgreSQL.
@@ -178,10 +189,15 @@ impl PgEventStore {
 
 /// Appends one request through `es_append` on `conn` (inside the caller's
 /// transaction, or as its own autocommit statement).
+///
+/// With a `condition`, calls `es_append_if` instead (migration 6), which
+/// takes the writer lock and checks the condition before `es_append`: one
+/// round trip for a conditional append too.
 async fn append_one(
     channel: &str,
     conn: &mut sqlx::PgConnection,
     r: &AppendRequest,
+    condition: Option<&AppendCondition>,
 ) -> Result<AppendResult> {
     let (kind, n) = match r.expected {
         ExpectedVersion::Any => (0, 0),
@@ -207,10 +223,28 @@ async fn append_one(
         .iter()
         .map(|e| serde_json::to_string(&e.tags))
         .collect::<Result<Vec<_>, _>>()?;
-    let (status, current, positions): (i32, i64, Option<Vec<i64>>) = sqlx::query_as(
-            "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
-             $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11, $12)",
-        )
+    let mut texts = Vec::new();
+    let check = condition.and_then(|c| {
+        let union = sql::union_sql(&c.fail_if_events_match, |b| match b {
+            sql::Bind::After => "$1".to_owned(),
+            sql::Bind::Text(t) => {
+                texts.push(t.to_owned());
+                format!("$2[{}]", texts.len())
+            }
+        })?;
+        Some(format!(
+            "SELECT global_position FROM es_events WHERE global_position IN ({union}) \
+             AND event_id <> ALL($3) ORDER BY global_position LIMIT 1"
+        ))
+    });
+    let call = if check.is_some() {
+        "SELECT status, current_version, positions FROM es_append_if($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
+         $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11, $12, $13, $14, $15)"
+    } else {
+        "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
+         $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11, $12)"
+    };
+    let mut q = sqlx::query_as::<_, (i32, i64, Option<Vec<i64>>)>(call)
         .bind(&r.stream_id)
         .bind(category(&r.stream_id))
         .bind(kind)
@@ -222,7 +256,11 @@ async fn append_one(
         .bind(&metas)
         .bind(&tags)
         .bind(to_micros(crate::event::now()))
-        .bind(channel)
+        .bind(channel);
+    if let (Some(check), Some(c)) = (check, condition) {
+        q = q.bind(check).bind(to_i64(c.after)).bind(texts);
+    }
+    let (status, current, positions) = q
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| DuplicateOr(e, r.events.iter().map(|e| e.event_id).collect()))
@@ -250,15 +288,21 @@ async fn append_one(
         3 => Err(Error::StreamDeleted {
             stream: r.stream_id.clone(),
         }),
+        4 => Err(Error::ConditionFailed {
+            after: condition.map_or(0, |c| c.after),
+            position: to_u64(current),
+        }),
         other => Err(Error::Corrupt(format!("es_append returned status {other}"))),
     }
 }
 
 /// One append on its own: autocommit for one stream, a transaction for several.
 async fn append_alone(pool: &PgPool, channel: &str, job: &Job) -> Result<Vec<AppendResult>> {
-    if let ([single], None) = (job.requests.as_slice(), &job.condition) {
+    if let [single] = job.requests.as_slice() {
         let mut conn = pool.acquire().await?;
-        return Ok(vec![append_one(channel, &mut conn, single).await?]);
+        return Ok(vec![
+            append_one(channel, &mut conn, single, job.condition.as_ref()).await?,
+        ]);
     }
     let mut tx = pool.begin().await?;
     if let Some(condition) = &job.condition {
@@ -266,7 +310,7 @@ async fn append_alone(pool: &PgPool, channel: &str, job: &Job) -> Result<Vec<App
     }
     let mut results = Vec::with_capacity(job.requests.len());
     for r in &job.requests {
-        results.push(append_one(channel, &mut tx, r).await?);
+        results.push(append_one(channel, &mut tx, r, None).await?);
     }
     tx.commit().await?;
     Ok(results)
@@ -326,7 +370,7 @@ async fn append_group(
             failed = Some(e);
         }
         for r in job.requests.iter().filter(|_| failed.is_none()) {
-            match append_one(channel, &mut tx, r).await {
+            match append_one(channel, &mut tx, r, None).await {
                 Ok(res) => results.push(res),
                 Err(e) => {
                     failed = Some(e);

@@ -318,8 +318,11 @@ async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
 /// case `dcb_racing_appends_exactly_one_wins` covers that.)
 ///
 /// Checked to fail without the writer lock: with the `pg_advisory_xact_lock`
-/// statement removed from `check_condition_locked`, both appends of a round
-/// won; restored, it passes.
+/// removed from `es_append_if` (migration 6, the one-round-trip path these
+/// single appends take), both appends of most rounds won; likewise, before
+/// that function existed, with it removed from `check_condition_locked`
+/// (the path of grouped and multi-stream conditional appends). Restored,
+/// it passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_dcb_condition_is_race_free_across_stores_on_separate_pools() {
     let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
