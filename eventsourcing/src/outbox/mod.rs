@@ -39,7 +39,7 @@ pub trait Publisher: Send + Sync + 'static {
     /// # Errors
     ///
     /// The broker refused or could not be reached (usually
-    /// [`Error::Publish`](crate::Error::Publish)); the relay backs off and retries.
+    /// [`Error::Publish`]); the relay backs off and retries.
     fn publish(&self, events: &[StoredEvent]) -> impl Future<Output = Result<()>> + Send;
 }
 

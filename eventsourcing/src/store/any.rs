@@ -23,7 +23,7 @@ use crate::store::{CheckpointStore, EventStore, Snapshot, SnapshotStore};
 /// [`SnapshotStore`], [`CheckpointStore`], [`LeaseStore`] (so it is both
 /// the source and the checkpoint store of an
 /// [`OutboxRelay`](crate::outbox::OutboxRelay)) and
-/// [`DcbStore`](crate::DcbStore). Every call forwards to the backend (one
+/// [`DcbStore`]. Every call forwards to the backend (one
 /// `match`, no boxing); the variants present are those of the enabled
 /// features.
 ///
