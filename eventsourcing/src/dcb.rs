@@ -108,6 +108,17 @@ impl QueryItem {
         self
     }
 
+    /// Requires `tags` as well.
+    #[must_use]
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Whether `event` matches this item.
     pub fn matches(&self, event: &StoredEvent) -> bool {
         (self.types.is_empty() || self.types.contains(&event.event_type))

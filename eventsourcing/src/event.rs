@@ -160,7 +160,9 @@ impl NewEvent {
         self
     }
 
-    /// Size in bytes that counts against [`StoreLimits::max_payload_bytes`](crate::StoreLimits).
+    /// Size in bytes that counts against [`StoreLimits::max_payload_bytes`](crate::StoreLimits):
+    /// the compact JSON payload plus the tags (so tags cannot grow an event
+    /// past the limit either).
     pub fn encoded_size(&self) -> usize {
         // Value's Display is its compact JSON form; count without allocating a String.
         struct Counter(usize);
@@ -172,7 +174,7 @@ impl NewEvent {
         }
         let mut c = Counter(0);
         let _ = std::fmt::write(&mut c, format_args!("{}", self.payload));
-        c.0
+        c.0 + self.tags.iter().map(|t| t.len() + 3).sum::<usize>()
     }
 }
 

@@ -413,3 +413,38 @@ macro_rules! read_query {
     };
 }
 pub(crate) use read_query;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcb::{Query, QueryItem};
+
+    /// `union_sql` renders parameters in textual order, which `?`
+    /// placeholders (SQLite's one-statement conditional append) rely on.
+    #[test]
+    fn union_sql_renders_parameters_in_textual_order() {
+        let query = Query::item(QueryItem::tags(["a", "b", "c"]).with_types(["T1", "T2"]))
+            .or(QueryItem::types(["T3"]))
+            .or(QueryItem::default());
+        let mut order = Vec::new();
+        let text = union_sql(&query, |b| {
+            order.push(match b {
+                Bind::After => "after".to_owned(),
+                Bind::Text(t) => t.to_owned(),
+            });
+            format!("<{}>", order.len())
+        })
+        .expect("items");
+        let mut last = 0;
+        for n in 1..=order.len() {
+            let at = text.find(&format!("<{n}>")).expect("rendered");
+            assert!(at > last || n == 1, "parameter {n} out of order in {text}");
+            last = at;
+        }
+        assert_eq!(
+            order,
+            ["b", "c", "T1", "T2", "a", "after", "after", "T3", "after"]
+        );
+        assert!(union_sql(&Query::default(), |_| String::new()).is_none());
+    }
+}
