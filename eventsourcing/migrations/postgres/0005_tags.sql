@@ -2,15 +2,15 @@
 -- array in TEXT, like SQLite's). Existing events read as untagged (adding a
 -- column with a constant default rewrites nothing); `es_tags` indexes
 -- (tag, position) for queries and append conditions. es_append gains
--- `p_tags`: the old signature is dropped so no caller reaches a function
--- that would leave tags out.
+-- `p_tags` as a new overload; the old signature stays, so a replica still
+-- running the previous version keeps appending (untagged) during a rolling
+-- upgrade.
 ALTER TABLE es_events ADD COLUMN IF NOT EXISTS tags TEXT NOT NULL DEFAULT '[]';
 CREATE TABLE IF NOT EXISTS es_tags (
     tag             TEXT   NOT NULL,
     global_position BIGINT NOT NULL,
     PRIMARY KEY (tag, global_position)
 );
-DROP FUNCTION IF EXISTS es_append(TEXT, TEXT, INTEGER, BIGINT, UUID[], TEXT[], INTEGER[], JSONB[], JSONB[], BIGINT, TEXT);
 CREATE OR REPLACE FUNCTION es_append(
     p_stream TEXT, p_category TEXT, p_expected_kind INTEGER, p_expected BIGINT,
     p_ids UUID[], p_types TEXT[], p_schemas INTEGER[], p_payloads JSONB[], p_metas JSONB[],

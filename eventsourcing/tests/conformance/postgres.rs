@@ -338,8 +338,9 @@ async fn postgres_dcb_condition_is_race_free_across_stores_on_separate_pools() {
 }
 
 /// A schema written before tags existed (migrations 1–4, an event appended
-/// through the old `es_append`) migrates: the old event reads untagged,
-/// the old function signature is gone, and tagged, conditional appends work.
+/// through the old `es_append`) migrates: the old event reads untagged, a
+/// replica still on the old version can still append through the old
+/// signature, and tagged, conditional appends work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_schema_from_before_tags_migrates() {
     use trellis_eventsourcing::dcb::{AppendCondition, DcbStore, Query, QueryItem};
@@ -379,12 +380,22 @@ async fn postgres_schema_from_before_tags_migrates() {
         .expect("read old event");
     assert_eq!(events.len(), 1);
     assert!(events[0].tags.is_empty());
-    let overloads: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_proc WHERE proname = 'es_append' AND pronamespace = current_schema()::regnamespace")
-            .fetch_one(store.pool())
-            .await
-            .expect("pg_proc");
-    assert_eq!(overloads, 1, "the old es_append signature is dropped");
+    // A replica still on the previous version (rolling upgrade) calls the
+    // old signature: it still appends, untagged.
+    let (status,): (i32,) = sqlx::query_as(
+        "SELECT status FROM es_append('order-old', 'order', 1, 0, \
+         ARRAY['0190a000-0000-7000-8000-000000000002']::uuid[], ARRAY['OrderPlaced'], \
+         ARRAY[1], ARRAY['{}']::jsonb[], ARRAY['{}']::jsonb[], 0, 'ch')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("old signature");
+    assert_eq!(status, 0);
+    let old_event = store
+        .read_stream("order-old", 1, Direction::Forwards, 10)
+        .await
+        .expect("read");
+    assert!(old_event[0].tags.is_empty());
     let query = Query::item(QueryItem::tags(["customer:1"]));
     store
         .append_if(
