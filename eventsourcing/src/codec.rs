@@ -208,6 +208,11 @@ impl Upcasters {
     }
 
     /// Brings `payload` from `version` to `current`.
+    ///
+    /// # Errors
+    ///
+    /// The upcaster's own error; [`Error::UnsupportedSchemaVersion`] when no
+    /// registered step bridges `version` to `current`, or the stored version is newer.
     pub fn upcast(
         &self,
         event_type: &str,
@@ -305,6 +310,12 @@ impl<E: DomainEvent> EventCodec<E> {
 
     /// Decodes one stored event; `Ok(None)` only when it is of an unknown
     /// type and the policy is [`UnknownEventPolicy::Skip`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownEventType`] for an unknown type under
+    /// [`UnknownEventPolicy::Error`]; upcasting errors; [`Error::Serialization`] when the
+    /// (upcast) payload does not deserialize into `E`.
     pub fn decode(&self, event: &StoredEvent) -> Result<Option<E>> {
         if !E::event_types().contains(&event.event_type.as_str()) {
             return match self.unknown {
@@ -363,6 +374,7 @@ mod tests {
             recorded_at: std::time::SystemTime::UNIX_EPOCH,
             payload,
             metadata: Metadata::default(),
+            tags: Vec::new(),
         }
     }
 

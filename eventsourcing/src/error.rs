@@ -25,6 +25,19 @@ pub enum Error {
         /// The stream's current version (0 = the stream does not exist).
         actual: u64,
     },
+    /// A conditional append ([`DcbStore::append_if`](crate::DcbStore::append_if))
+    /// found an event matching its condition's query after the condition's
+    /// position: the decision was made on stale facts. Read again and
+    /// decide again (like [`Error::Conflict`]).
+    #[error(
+        "append condition failed: event at position {position} matches the query after position {after}"
+    )]
+    ConditionFailed {
+        /// The condition's position (0 = from the start).
+        after: u64,
+        /// The first matching event's global position.
+        position: u64,
+    },
     /// The stream was tombstoned; it can no longer be read or appended to.
     #[error("stream {stream} is deleted")]
     StreamDeleted {
@@ -106,6 +119,14 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// [`AnyEventStore::connect`](crate::AnyEventStore::connect) got a URL
+    /// whose scheme no enabled backend knows (`memory:`, `sqlite:`,
+    /// `postgres://`; the last two need their cargo features).
+    #[error("no enabled event store backend for URL scheme {scheme:?}")]
+    UnsupportedUrl {
+        /// The URL's scheme (the rest is not kept: it may hold a password).
+        scheme: String,
+    },
     /// Stored data violates an invariant of this crate (corrupt or foreign rows).
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -117,6 +138,9 @@ pub enum Error {
 pub enum ErrorKind {
     /// Optimistic concurrency conflict: reload and retry.
     Conflict,
+    /// A dynamic consistency boundary condition failed: read the query
+    /// again and retry the decision.
+    ConditionFailed,
     /// The stream is tombstoned.
     StreamDeleted,
     /// Input rejected before anything was written (limits, ids, duplicates).
@@ -159,11 +183,13 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Conflict { .. } => ErrorKind::Conflict,
+            Error::ConditionFailed { .. } => ErrorKind::ConditionFailed,
             Error::StreamDeleted { .. } => ErrorKind::StreamDeleted,
             Error::DuplicateEventId { .. }
             | Error::PayloadTooLarge { .. }
             | Error::BatchTooLarge { .. }
-            | Error::InvalidStreamId(_) => ErrorKind::InvalidInput,
+            | Error::InvalidStreamId(_)
+            | Error::UnsupportedUrl { .. } => ErrorKind::InvalidInput,
             Error::UnknownEventType { .. }
             | Error::UnsupportedSchemaVersion { .. }
             | Error::Serialization(_)

@@ -70,6 +70,10 @@ pub struct NewEvent {
     pub payload: Value,
     /// Correlation, causation, trace context and actor.
     pub metadata: Metadata,
+    /// Tags (`customer:42`, `course:c1`) that a dynamic consistency boundary
+    /// query selects events by (see [`crate::dcb`]); empty by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl NewEvent {
@@ -89,10 +93,16 @@ impl NewEvent {
             schema_version: 1,
             payload,
             metadata: Metadata::default(),
+            tags: Vec::new(),
         }
     }
 
     /// Encodes a domain event (type name, current schema version, payload).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`](crate::Error::Serialization) when the event does not
+    /// serialize to a JSON object with one variant key.
     pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self> {
         let (event_type, payload) = crate::codec::encode(event)?;
         let schema_version = E::schema_version(&event_type);
@@ -102,12 +112,39 @@ impl NewEvent {
             schema_version,
             payload,
             metadata: Metadata::default(),
+            tags: Vec::new(),
         })
     }
 
     /// Replaces the metadata.
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Replaces the tags (duplicates dropped, first occurrence kept), for
+    /// [dynamic consistency boundary](crate::dcb) queries and conditions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_eventsourcing::NewEvent;
+    /// let e = NewEvent::new("OrderPlaced", serde_json::json!({}))
+    ///     .with_tags(["customer:42", "order:7", "customer:42"]);
+    /// assert_eq!(e.tags, ["customer:42", "order:7"]);
+    /// ```
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags.clear();
+        for tag in tags {
+            let tag = tag.into();
+            if !self.tags.contains(&tag) {
+                self.tags.push(tag);
+            }
+        }
         self
     }
 
@@ -123,7 +160,9 @@ impl NewEvent {
         self
     }
 
-    /// Size in bytes that counts against [`StoreLimits::max_payload_bytes`](crate::StoreLimits).
+    /// Size in bytes that counts against [`StoreLimits::max_payload_bytes`](crate::StoreLimits):
+    /// the compact JSON payload plus the tags (so tags cannot grow an event
+    /// past the limit either).
     pub fn encoded_size(&self) -> usize {
         // Value's Display is its compact JSON form; count without allocating a String.
         struct Counter(usize);
@@ -135,7 +174,7 @@ impl NewEvent {
         }
         let mut c = Counter(0);
         let _ = std::fmt::write(&mut c, format_args!("{}", self.payload));
-        c.0
+        c.0 + self.tags.iter().map(|t| t.len() + 3).sum::<usize>()
     }
 }
 
@@ -162,6 +201,10 @@ pub struct StoredEvent {
     pub payload: Value,
     /// Correlation, causation, trace context and actor.
     pub metadata: Metadata,
+    /// The tags it was appended with (empty for untagged events and events
+    /// written before tags existed).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 impl StoredEvent {

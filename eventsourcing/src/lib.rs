@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod dcb;
 pub mod error;
 pub mod event;
 pub mod lease;
@@ -10,12 +11,14 @@ pub mod testing;
 
 pub use aggregate::Aggregate;
 pub use codec::{DomainEvent, EventCodec, UnknownEventPolicy, Upcasters};
+pub use dcb::{AppendCondition, DcbStore, Query, QueryItem};
 pub use error::{BoxError, DatabaseErrorKind, Error, ErrorKind, Result};
 pub use event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent,
     StoredEvent, category,
 };
 pub use lease::{Leadership, LeaseStore, Role};
+pub use store::any::AnyEventStore;
 pub use store::memory::MemoryStore;
 pub use store::{CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits};
 pub mod outbox;

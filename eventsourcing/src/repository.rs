@@ -130,6 +130,11 @@ where
     ///
     /// A snapshot whose schema version differs from
     /// [`Aggregate::SNAPSHOT_VERSION`] or that does not deserialize is ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StreamDeleted`] for a tombstoned aggregate; decoding errors
+    /// ([`Error::UnknownEventType`], upcasting, serialization); the store's errors.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
         let stream = A::stream_id(id);
         let (mut state, mut version, mut from_snapshot) = (A::default(), 0, false);
@@ -176,6 +181,11 @@ where
     }
 
     /// Runs `command` against aggregate `id` and appends its events.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Rejected`] with the aggregate's error; [`Error::Conflict`] when
+    /// the retries run out; the errors of [`load`](Self::load) and of the append.
     pub async fn execute(&self, id: &str, command: A::Command) -> Result<CommandOutcome<A>>
     where
         A::Command: Clone,
@@ -185,6 +195,10 @@ where
     }
 
     /// Like [`Repository::execute`], stamping `metadata` on every event.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn execute_with_metadata(
         &self,
         id: &str,

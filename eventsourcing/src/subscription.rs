@@ -22,7 +22,11 @@ use crate::event::{EventFilter, StoredEvent};
 use crate::store::EventStore;
 
 /// How a [`Subscription`] reads.
+///
+/// `#[non_exhaustive]`: start from [`SubscriptionOptions::default`] and
+/// chain the setters.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SubscriptionOptions {
     /// Deliver events after this global position (0 = from the start).
     pub after: u64,
@@ -72,6 +76,12 @@ impl SubscriptionOptions {
         self.buffer = buffer;
         self
     }
+
+    /// Sets the events per read.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
 }
 
 /// A running catch-up subscription. Dropping it stops the reader task.
@@ -109,6 +119,10 @@ impl Subscription {
     /// # Cancel safety
     ///
     /// Cancel safe: an event is never lost if this future is dropped.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err)` when a read failed; the subscription keeps going and retries.
     pub async fn recv(&mut self) -> Option<Result<StoredEvent>> {
         self.rx.recv().await
     }

@@ -35,6 +35,11 @@ pub mod nats;
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `events` (in global order). `Ok` means the broker accepted all
     /// of them; on `Err` the relay retries the whole batch.
+    ///
+    /// # Errors
+    ///
+    /// The broker refused or could not be reached (usually
+    /// [`Error::Publish`]); the relay backs off and retries.
     fn publish(&self, events: &[StoredEvent]) -> impl Future<Output = Result<()>> + Send;
 }
 
@@ -80,7 +85,25 @@ impl Publisher for BroadcastPublisher {
     }
 }
 
-/// Relay settings.
+/// Relay settings: start from [`RelayOptions::default`] and chain the
+/// setters.
+///
+/// Not `#[non_exhaustive]` yet: the reference system builds it with a
+/// struct literal (`..RelayOptions::default()`), which `non_exhaustive`
+/// forbids outside this crate. It becomes `non_exhaustive` once callers use
+/// the setters (deprecate before removing).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use trellis_eventsourcing::outbox::RelayOptions;
+/// let options = RelayOptions::default()
+///     .name("nats-outbox")
+///     .poll_interval(Duration::from_millis(50))
+///     .lease_ttl(Duration::from_secs(5));
+/// assert_eq!(options.name, "nats-outbox");
+/// ```
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     /// Checkpoint name (one per relay), also the name of its lease.
@@ -115,6 +138,51 @@ impl Default for RelayOptions {
             lease_ttl: DEFAULT_LEASE_TTL,
             owner: None,
         }
+    }
+}
+
+impl RelayOptions {
+    /// Sets the checkpoint and lease name.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the events per read and publish.
+    #[must_use]
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets the longest wait for new events before polling again.
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Sets the first and the largest retry delay after a failure.
+    #[must_use]
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max;
+        self
+    }
+
+    /// Sets the lease TTL.
+    #[must_use]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets a stable lease owner id (a pod name).
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 }
 

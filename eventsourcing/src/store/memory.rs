@@ -1,11 +1,12 @@
 //! An in-memory store for tests and examples.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::dcb::{AppendCondition, DcbStore, Query};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent,
@@ -138,6 +139,7 @@ impl MemoryStore {
                     recorded_at,
                     payload: e.payload,
                     metadata: e.metadata,
+                    tags: e.tags,
                 });
                 positions.push(index as u64 + 1);
             }
@@ -251,6 +253,60 @@ impl EventStore for MemoryStore {
 
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
+    }
+}
+
+/// Race-free by the store's one mutex: the check and the write happen
+/// under it.
+impl DcbStore for MemoryStore {
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let inner = self.lock();
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(inner.events.len());
+        Ok(inner.events[start..]
+            .iter()
+            .filter(|e| query.matches(e))
+            .take(max_count)
+            .cloned()
+            .collect())
+    }
+
+    async fn append_if(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: AppendCondition,
+    ) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let (results, head) = {
+            let mut inner = self.lock();
+            let start = usize::try_from(condition.after)
+                .unwrap_or(usize::MAX)
+                .min(inner.events.len());
+            let own: HashSet<Uuid> = requests
+                .iter()
+                .flat_map(|r| &r.events)
+                .map(|e| e.event_id)
+                .collect();
+            if let Some(e) = inner.events[start..]
+                .iter()
+                .find(|e| !own.contains(&e.event_id) && condition.fail_if_events_match.matches(e))
+            {
+                return Err(Error::ConditionFailed {
+                    after: condition.after,
+                    position: e.global_position,
+                });
+            }
+            let results = self.append_locked(&mut inner, requests)?;
+            (results, inner.events.len() as u64)
+        };
+        self.head.send_replace(head);
+        Ok(results)
     }
 }
 

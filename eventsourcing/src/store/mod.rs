@@ -29,14 +29,30 @@ use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, NewEvent, StoredEvent,
 };
 
+pub mod any;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 /// Limits checked before anything is written.
+///
+/// `#[non_exhaustive]`: start from [`StoreLimits::default`] and chain the
+/// setters, so a limit added later is no breaking change.
+///
+/// # Examples
+///
+/// ```
+/// use trellis_eventsourcing::{MemoryStore, StoreLimits};
+/// let limits = StoreLimits::default().max_payload_bytes(64 * 1024).max_batch_size(100);
+/// assert_eq!((limits.max_payload_bytes, limits.max_batch_size), (65_536, 100));
+/// let store = MemoryStore::with_limits(limits);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreLimits {
     /// Largest encoded payload of one event, in bytes.
     pub max_payload_bytes: usize,
@@ -55,8 +71,28 @@ impl Default for StoreLimits {
 }
 
 impl StoreLimits {
+    /// Sets the largest encoded payload of one event, in bytes.
+    #[must_use]
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Sets the most events in one append.
+    #[must_use]
+    pub fn max_batch_size(mut self, events: usize) -> Self {
+        self.max_batch_size = events;
+        self
+    }
+
     /// Checks every request against the limits and basic validity: non-empty
     /// stream ids, no stream twice, no event id twice.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BatchTooLarge`], [`Error::PayloadTooLarge`],
+    /// [`Error::InvalidStreamId`] (empty or repeated), [`Error::DuplicateEventId`]
+    /// (an id twice in the batch).
     pub fn check(&self, requests: &[AppendRequest]) -> Result<()> {
         let total: usize = requests.iter().map(|r| r.events.len()).sum();
         if total > self.max_batch_size {
@@ -158,12 +194,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// consecutive events of the same stream, is an idempotent repeat: it
     /// returns the first append's result and writes nothing. Limits are
     /// checked before anything is written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when a stream is not at its expected version,
+    /// [`Error::StreamDeleted`], [`Error::DuplicateEventId`] when an id is stored
+    /// but the request is not an exact repeat, the [`StoreLimits`] errors, and
+    /// [`Error::Database`] from a SQL backend. Nothing is written on error.
     fn append_many(
         &self,
         requests: Vec<AppendRequest>,
     ) -> impl Future<Output = Result<Vec<AppendResult>>> + Send;
 
     /// Appends `events` to one stream. See [`EventStore::append_many`].
+    ///
+    /// # Errors
+    ///
+    /// As [`append_many`](EventStore::append_many).
     fn append(
         &self,
         stream_id: &str,
@@ -183,6 +230,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// (inclusive): ascending for [`Direction::Forwards`], descending for
     /// [`Direction::Backwards`] (`u64::MAX` = from the end). A missing stream
     /// reads as empty; a tombstoned one is [`Error::StreamDeleted`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StreamDeleted`]; [`Error::Database`] from a SQL backend.
     fn read_stream(
         &self,
         stream_id: &str,
@@ -194,6 +245,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads up to `max_count` events with a global position greater than
     /// `after` (0 = from the beginning) that pass `filter`, in global order.
     /// Events of tombstoned streams stay in this order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend; [`Error::Corrupt`] or
+    /// [`Error::Serialization`] for rows this crate did not write.
     fn read_all(
         &self,
         after: u64,
@@ -202,10 +258,19 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<StoredEvent>>> + Send;
 
     /// The stream's current version (0 = it does not exist).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StreamDeleted`]; [`Error::Database`] from a SQL backend.
     fn stream_version(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send;
 
     /// Soft-deletes a stream: its events stay in the global order, but the
     /// stream can no longer be read or appended to.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when the stream is not at `expected`,
+    /// [`Error::StreamDeleted`] when it already is; [`Error::Database`].
     fn tombstone(
         &self,
         stream_id: &str,
@@ -214,6 +279,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The highest global position visible now (0 = empty store). Thanks to
     /// the gap-free order, every event at or below it is visible too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend.
     fn head_position(&self) -> impl Future<Output = Result<u64>> + Send;
 
     /// A watch of the highest global position this process knows of. It is a
@@ -238,35 +307,35 @@ pub struct Snapshot {
 /// Stores the latest snapshot per stream.
 pub trait SnapshotStore: Send + Sync + 'static {
     /// The latest snapshot of `stream_id`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`]; [`Error::Serialization`] for a stored state that is not JSON.
     fn load_snapshot(
         &self,
         stream_id: &str,
     ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
     /// Replaces the snapshot of `snapshot.stream_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend.
     fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Stores named positions in the global order (subscriptions, relays).
 pub trait CheckpointStore: Send + Sync + 'static {
     /// The saved position of `name` (0 = none saved).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend.
     fn load_checkpoint(&self, name: &str) -> impl Future<Output = Result<u64>> + Send;
     /// Saves the position of `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend.
     fn save_checkpoint(&self, name: &str, position: u64)
     -> impl Future<Output = Result<()>> + Send;
-}
-
-/// Direction helper for SQL backends: clamps `u64` to SQLite/PostgreSQL `BIGINT`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn limit(max_count: usize) -> i64 {
-    i64::try_from(max_count).unwrap_or(i64::MAX)
 }

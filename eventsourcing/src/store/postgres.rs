@@ -24,6 +24,13 @@
 //! after P" can never see P+2 while P+1 is still in flight. The price is one
 //! writer at a time per schema (appends are short; batches amortise it).
 //!
+//! **Conditional appends** ([`DcbStore::append_if`]): checked after the
+//! same writer lock, so race-free across processes (see
+//! `check_condition_locked` for why this lock rather than per-tag locks or
+//! SERIALIZABLE). A single-stream one is one round trip through
+//! `es_append_if` (migration 6); grouped or multi-stream ones take the lock
+//! and check inside their transaction.
+//!
 //! **Live notifications**: each append sends `pg_notify('trellis_es_' ||
 //! current_schema(), last_position)` on commit. [`EventStore::watch_head`]
 //! starts one `LISTEN` task that feeds the watch; subscriptions keep polling
@@ -34,19 +41,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dcb::{AppendCondition, DcbStore, Query};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
-    from_micros, to_micros,
+    to_micros,
 };
-use crate::lease::{LeaseStore, sql};
+use crate::store::sql::{self, EVENT_COLUMNS, decode_event, limit, to_i64, to_u64};
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
-    idempotent_result, limit, to_i64, to_u64,
+    idempotent_result,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -60,10 +68,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/postgres/0004_durable_append.sql"),
     ),
+    (5, include_str!("../../migrations/postgres/0005_tags.sql")),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_append_if.sql"),
+    ),
 ];
-
-const SELECT: &str = "SELECT global_position, event_id::text AS event_id, stream_id, stream_version, event_type, \
-     schema_version, recorded_at, payload::text AS payload, metadata::text AS metadata FROM es_events";
 
 /// An event, snapshot and checkpoint store in PostgreSQL.
 ///
@@ -91,6 +101,9 @@ pub struct PgEventStore {
 #[derive(Debug)]
 struct Job {
     requests: Vec<AppendRequest>,
+    /// A dynamic consistency boundary condition, checked under the writer
+    /// lock before the job's first write.
+    condition: Option<AppendCondition>,
     reply: oneshot::Sender<Result<Vec<AppendResult>>>,
 }
 
@@ -99,6 +112,11 @@ const MAX_GROUP: usize = 64;
 
 impl PgEventStore {
     /// Connects to `url` with a pool of 10 connections and runs migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the URL is invalid, the server cannot be
+    /// reached or the migrations fail.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
@@ -109,15 +127,16 @@ impl PgEventStore {
     }
 
     /// Uses an existing pool (its `search_path` picks the schema) and runs migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the migrations or the first query fail.
     pub async fn with_pool(pool: PgPool) -> Result<Self> {
         migrate(&pool).await?;
         let schema: String = sqlx::query_scalar("SELECT current_schema()")
             .fetch_one(&pool)
             .await?;
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-                .fetch_one(&pool)
-                .await?;
+        let head: i64 = sqlx::query_scalar(sql::HEAD).fetch_one(&pool).await?;
         let channel: Arc<str> = format!("trellis_es_{schema}").into();
         let (writer, jobs) = mpsc::channel(1024);
         tokio::spawn(group_writer(pool.clone(), channel.clone(), jobs));
@@ -149,11 +168,19 @@ impl PgEventStore {
 
     /// Appends one request through `es_append` on `conn` (inside the
     /// caller's transaction, or as its own autocommit statement).
-    async fn append_inner(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+    async fn append_inner(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Vec<AppendResult>> {
         let (reply, rx) = oneshot::channel();
         let stopped = || Error::Corrupt("the append writer task stopped".into());
         self.writer
-            .send(Job { requests, reply })
+            .send(Job {
+                requests,
+                condition,
+                reply,
+            })
             .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -162,10 +189,15 @@ impl PgEventStore {
 
 /// Appends one request through `es_append` on `conn` (inside the caller's
 /// transaction, or as its own autocommit statement).
+///
+/// With a `condition`, calls `es_append_if` instead (migration 6), which
+/// takes the writer lock and checks the condition before `es_append`: one
+/// round trip for a conditional append too.
 async fn append_one(
     channel: &str,
     conn: &mut sqlx::PgConnection,
     r: &AppendRequest,
+    condition: Option<&AppendCondition>,
 ) -> Result<AppendResult> {
     let (kind, n) = match r.expected {
         ExpectedVersion::Any => (0, 0),
@@ -186,10 +218,33 @@ async fn append_one(
         .iter()
         .map(|e| serde_json::to_string(&e.metadata))
         .collect::<Result<Vec<_>, _>>()?;
-    let (status, current, positions): (i32, i64, Option<Vec<i64>>) = sqlx::query_as(
-            "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
-             $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11)",
-        )
+    let tags = r
+        .events
+        .iter()
+        .map(|e| serde_json::to_string(&e.tags))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut texts = Vec::new();
+    let check = condition.and_then(|c| {
+        let union = sql::union_sql(&c.fail_if_events_match, |b| match b {
+            sql::Bind::After => "$1".to_owned(),
+            sql::Bind::Text(t) => {
+                texts.push(t.to_owned());
+                format!("$2[{}]", texts.len())
+            }
+        })?;
+        Some(format!(
+            "SELECT global_position FROM es_events WHERE global_position IN ({union}) \
+             AND event_id <> ALL($3) ORDER BY global_position LIMIT 1"
+        ))
+    });
+    let call = if check.is_some() {
+        "SELECT status, current_version, positions FROM es_append_if($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
+         $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11, $12, $13, $14, $15)"
+    } else {
+        "SELECT status, current_version, positions FROM es_append($1, $2, $3, $4, $5::text[]::uuid[], $6, $7, \
+         $8::text[]::jsonb[], $9::text[]::jsonb[], $10, $11, $12)"
+    };
+    let mut q = sqlx::query_as::<_, (i32, i64, Option<Vec<i64>>)>(call)
         .bind(&r.stream_id)
         .bind(category(&r.stream_id))
         .bind(kind)
@@ -199,8 +254,13 @@ async fn append_one(
         .bind(&schemas)
         .bind(&payloads)
         .bind(&metas)
+        .bind(&tags)
         .bind(to_micros(crate::event::now()))
-        .bind(channel)
+        .bind(channel);
+    if let (Some(check), Some(c)) = (check, condition) {
+        q = q.bind(check).bind(to_i64(c.after)).bind(texts);
+    }
+    let (status, current, positions) = q
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| DuplicateOr(e, r.events.iter().map(|e| e.event_id).collect()))
@@ -228,27 +288,60 @@ async fn append_one(
         3 => Err(Error::StreamDeleted {
             stream: r.stream_id.clone(),
         }),
+        4 => Err(Error::ConditionFailed {
+            after: condition.map_or(0, |c| c.after),
+            position: to_u64(current),
+        }),
         other => Err(Error::Corrupt(format!("es_append returned status {other}"))),
     }
 }
 
 /// One append on its own: autocommit for one stream, a transaction for several.
-async fn append_alone(
-    pool: &PgPool,
-    channel: &str,
-    requests: &[AppendRequest],
-) -> Result<Vec<AppendResult>> {
-    if let [single] = requests {
+async fn append_alone(pool: &PgPool, channel: &str, job: &Job) -> Result<Vec<AppendResult>> {
+    if let [single] = job.requests.as_slice() {
         let mut conn = pool.acquire().await?;
-        return Ok(vec![append_one(channel, &mut conn, single).await?]);
+        return Ok(vec![
+            append_one(channel, &mut conn, single, job.condition.as_ref()).await?,
+        ]);
     }
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(requests.len());
-    for r in requests {
-        results.push(append_one(channel, &mut tx, r).await?);
+    if let Some(condition) = &job.condition {
+        check_condition_locked(&mut tx, &job.requests, condition).await?;
+    }
+    let mut results = Vec::with_capacity(job.requests.len());
+    for r in &job.requests {
+        results.push(append_one(channel, &mut tx, r, None).await?);
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Takes the writer lock, then checks `condition`: no event but the
+/// request's own matches its query after its position.
+///
+/// Race-free because every append of the schema holds the same
+/// transaction-scoped advisory lock (7239, schema) from before it assigns
+/// positions until it commits, and PostgreSQL makes a commit visible before
+/// it releases the lock: the check, a new statement (so a new READ
+/// COMMITTED snapshot) taken after the lock, sees every append that could
+/// precede this one, and none can slip in before this one commits. The
+/// alternatives were weighed: per-tag advisory locks would let appends on
+/// disjoint tags run in parallel, but positions are assigned under the
+/// schema lock anyway (the gap-free global order), so they would add a
+/// lock per tag and buy nothing; SERIALIZABLE would turn every overlap into
+/// a serialization failure to retry and add predicate-lock bookkeeping to
+/// every append. The lock is taken as its own statement on purpose: a
+/// statement that locked and queried at once would query with a snapshot
+/// from before it got the lock.
+async fn check_condition_locked(
+    conn: &mut sqlx::PgConnection,
+    requests: &[AppendRequest],
+    condition: &AppendCondition,
+) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7239, hashtext(current_schema()))")
+        .execute(&mut *conn)
+        .await?;
+    sql::check_condition!(&mut *conn, requests, condition).await
 }
 
 /// Several callers' appends in one transaction: one lock acquisition and one
@@ -263,14 +356,21 @@ async fn append_group(
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let savepoint = job.requests.len() > 1;
+        // A conditional job may fail its condition after earlier jobs of
+        // the group wrote: it runs in a savepoint like a multi-stream one.
+        let savepoint = job.requests.len() > 1 || job.condition.is_some();
         if savepoint {
             sqlx::query("SAVEPOINT es_job").execute(&mut *tx).await?;
         }
         let mut results = Vec::with_capacity(job.requests.len());
         let mut failed = None;
-        for r in &job.requests {
-            match append_one(channel, &mut tx, r).await {
+        if let Some(condition) = &job.condition
+            && let Err(e) = check_condition_locked(&mut tx, &job.requests, condition).await
+        {
+            failed = Some(e);
+        }
+        for r in job.requests.iter().filter(|_| failed.is_none()) {
+            match append_one(channel, &mut tx, r, None).await {
                 Ok(res) => results.push(res),
                 Err(e) => {
                     failed = Some(e);
@@ -325,7 +425,7 @@ async fn group_writer(pool: PgPool, channel: Arc<str>, mut rx: mpsc::Receiver<Jo
             }
         }
         for job in batch {
-            let result = append_alone(&pool, &channel, &job.requests).await;
+            let result = append_alone(&pool, &channel, &job).await;
             let _ = job.reply.send(result);
         }
     }
@@ -353,16 +453,16 @@ async fn migrate(pool: &PgPool) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(7240, hashtext(current_schema()))")
         .execute(&mut *tx)
         .await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version BIGINT PRIMARY KEY)")
+    sqlx::query(sql::CREATE_MIGRATIONS)
         .execute(&mut *tx)
         .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations")
+    let applied: Vec<i64> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
         .fetch_all(&mut *tx)
         .await?;
-    for (version, sql) in MIGRATIONS {
+    for (version, script) in MIGRATIONS {
         if !applied.contains(version) {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO es_migrations (version) VALUES ($1)")
+            sqlx::raw_sql(*script).execute(&mut *tx).await?;
+            sqlx::query(sql::RECORD_MIGRATION)
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -376,44 +476,24 @@ async fn stream_state(
     tx: &mut Transaction<'static, Postgres>,
     stream: &str,
 ) -> Result<(u64, bool)> {
-    let row: Option<(i64, bool)> =
-        sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = $1")
-            .bind(stream)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<(i64, bool)> = sqlx::query_as(sql::STREAM_STATE)
+        .bind(stream)
+        .fetch_optional(&mut **tx)
+        .await?;
     Ok(row.map_or((0, false), |(v, d)| (to_u64(v), d)))
 }
 
 async fn find_ids(conn: &mut sqlx::PgConnection, r: &AppendRequest) -> Result<Vec<StoredEvent>> {
     let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE event_id = ANY($1::text[]::uuid[])"
+        "SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id = ANY($1::text[]::uuid[])"
     )))
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    let mut found = rows.iter().map(decode_row).collect::<Result<Vec<_>>>()?;
+    let mut found = rows.iter().map(decode_event).collect::<Result<Vec<_>>>()?;
     found.sort_by_key(|e| r.events.iter().position(|n| n.event_id == e.event_id));
     Ok(found)
-}
-
-fn decode_row(row: &PgRow) -> Result<StoredEvent> {
-    let event_id: String = row.try_get("event_id")?;
-    let payload: String = row.try_get("payload")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(StoredEvent {
-        event_id: event_id
-            .parse()
-            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: to_u64(row.try_get("stream_version")?),
-        global_position: to_u64(row.try_get("global_position")?),
-        event_type: row.try_get("event_type")?,
-        schema_version: u32::try_from(row.try_get::<i32, _>("schema_version")?).unwrap_or(0),
-        recorded_at: from_micros(row.try_get("recorded_at")?),
-        payload: serde_json::from_str(&payload)?,
-        metadata: serde_json::from_str(&metadata)?,
-    })
 }
 
 async fn listen(
@@ -450,15 +530,20 @@ async fn listen(
     listening.store(false, Ordering::Release);
 }
 
-impl EventStore for PgEventStore {
-    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+impl PgEventStore {
+    /// Appends through the group writer, with or without a condition.
+    async fn append_with(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Vec<AppendResult>> {
         self.limits.check(&requests)?;
         let all_ids: Vec<String> = requests
             .iter()
             .flat_map(|r| &r.events)
             .map(|e| e.event_id.to_string())
             .collect();
-        let results = match self.append_inner(requests).await {
+        let results = match self.append_inner(requests, condition).await {
             Ok(r) => r,
             Err(Error::DuplicateEventId { event_id }) => {
                 // Name the id that really collided (the insert error does not say).
@@ -491,6 +576,31 @@ impl EventStore for PgEventStore {
         }
         Ok(results)
     }
+}
+
+impl DcbStore for PgEventStore {
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        sql::read_query!(&self.pool, query, after, max_count).await
+    }
+
+    async fn append_if(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: AppendCondition,
+    ) -> Result<Vec<AppendResult>> {
+        self.append_with(requests, Some(condition)).await
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        self.append_with(requests, None).await
+    }
 
     async fn read_stream(
         &self,
@@ -499,11 +609,10 @@ impl EventStore for PgEventStore {
         direction: Direction,
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let deleted: Option<bool> =
-            sqlx::query_scalar("SELECT deleted FROM es_streams WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let deleted: Option<bool> = sqlx::query_scalar(sql::STREAM_DELETED)
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
         if deleted == Some(true) {
             return Err(Error::StreamDeleted {
                 stream: stream_id.to_owned(),
@@ -511,10 +620,10 @@ impl EventStore for PgEventStore {
         }
         let sql = match direction {
             Direction::Forwards => format!(
-                "{SELECT} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version ASC LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version ASC LIMIT $3"
             ),
             Direction::Backwards => format!(
-                "{SELECT} WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3"
+                "SELECT {EVENT_COLUMNS} FROM es_events WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3"
             ),
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -523,7 +632,7 @@ impl EventStore for PgEventStore {
             .bind(limit(max_count))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(decode_event).collect()
     }
 
     async fn read_all(
@@ -533,7 +642,7 @@ impl EventStore for PgEventStore {
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{SELECT} WHERE global_position > $1 AND ($2::text IS NULL OR category = $2) \
+            "SELECT {EVENT_COLUMNS} FROM es_events WHERE global_position > $1 AND ($2::text IS NULL OR category = $2) \
              AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) ORDER BY global_position ASC LIMIT $4"
         )))
         .bind(to_i64(after))
@@ -542,15 +651,14 @@ impl EventStore for PgEventStore {
         .bind(limit(max_count))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(decode_event).collect()
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        let row: Option<(i64, bool)> =
-            sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = $1")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(i64, bool)> = sqlx::query_as(sql::STREAM_STATE)
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             None => Ok(0),
             Some((_, true)) => Err(Error::StreamDeleted {
@@ -570,15 +678,12 @@ impl EventStore for PgEventStore {
             .await?;
         let (current, deleted) = stream_state(&mut tx, stream_id).await?;
         check_expected(stream_id, expected, current, deleted)?;
-        sqlx::query(
-            "INSERT INTO es_streams (stream_id, version, deleted) VALUES ($1, $2, TRUE) \
-             ON CONFLICT (stream_id) DO UPDATE SET deleted = TRUE",
-        )
-        .bind(stream_id)
-        .bind(to_i64(current))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = $1")
+        sqlx::query(sql::TOMBSTONE)
+            .bind(stream_id)
+            .bind(to_i64(current))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::DELETE_SNAPSHOT)
             .bind(stream_id)
             .execute(&mut *tx)
             .await?;
@@ -587,10 +692,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn head_position(&self) -> Result<u64> {
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-                .fetch_one(&self.pool)
-                .await?;
+        let head: i64 = sqlx::query_scalar(sql::HEAD).fetch_one(&self.pool).await?;
         Ok(to_u64(head))
     }
 
@@ -610,21 +712,11 @@ impl EventStore for PgEventStore {
 
 impl SnapshotStore for PgEventStore {
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
-        let row: Option<(i64, i32, String)> = sqlx::query_as(
-            "SELECT version, schema_version, state::text FROM es_snapshots WHERE stream_id = $1",
-        )
-        .bind(stream_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|(version, schema, state)| {
-            Ok(Snapshot {
-                stream_id: stream_id.to_owned(),
-                version: to_u64(version),
-                schema_version: u32::try_from(schema).unwrap_or(0),
-                state: serde_json::from_str(&state)?,
-            })
-        })
-        .transpose()
+        let row: Option<(i64, i32, String)> = sqlx::query_as(sql::LOAD_SNAPSHOT)
+            .bind(stream_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| sql::snapshot(stream_id, row)).transpose()
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
@@ -644,118 +736,26 @@ impl SnapshotStore for PgEventStore {
 
 impl CheckpointStore for PgEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<u64> {
-        let pos: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let pos: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(pos.map_or(0, to_u64))
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO es_checkpoints (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
-        )
-        .bind(name)
-        .bind(to_i64(position))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
-
-const LEASES: &str = "es_leases";
-const CHECKPOINTS: &str = "es_checkpoints";
-
-impl LeaseStore for PgEventStore {
-    async fn try_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
-        let epoch: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, sql::POSTGRES_NOW)))
-                .bind(name)
-                .bind(owner)
-                .bind(sql::ttl_ms(ttl))
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(epoch.map(to_u64))
-    }
-
-    async fn renew(&self, name: &str, owner: &str, epoch: u64, ttl: Duration) -> Result<bool> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::renew(LEASES, sql::POSTGRES_NOW)))
+        sqlx::query(sql::SAVE_CHECKPOINT)
             .bind(name)
-            .bind(owner)
-            .bind(to_i64(epoch))
-            .bind(sql::ttl_ms(ttl))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn release(&self, name: &str, owner: &str, epoch: u64) -> Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
-            .bind(name)
-            .bind(owner)
-            .bind(to_i64(epoch))
+            .bind(to_i64(position))
             .execute(&self.pool)
             .await?;
         Ok(())
     }
-
-    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
-        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
-    }
-
-    async fn take_over(
-        &self,
-        name: &str,
-        owner: &str,
-        dead_owner: &str,
-        dead_epoch: u64,
-        ttl: Duration,
-    ) -> Result<Option<u64>> {
-        let epoch: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(
-            LEASES,
-            sql::POSTGRES_NOW,
-        )))
-        .bind(name)
-        .bind(owner)
-        .bind(dead_owner)
-        .bind(to_i64(dead_epoch))
-        .bind(sql::ttl_ms(ttl))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(epoch.map(to_u64))
-    }
-
-    async fn save_checkpoint_fenced(
-        &self,
-        name: &str,
-        epoch: u64,
-        expected: u64,
-        new: u64,
-    ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql::init_checkpoint(CHECKPOINTS)))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::fenced_checkpoint(
-            CHECKPOINTS,
-            LEASES,
-        )))
-        .bind(name)
-        .bind(to_i64(expected))
-        .bind(to_i64(new))
-        .bind(to_i64(epoch))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
 }
+
+sql::sql_lease_store!(
+    PgEventStore,
+    pool,
+    crate::lease::sql::POSTGRES_NOW,
+    |store| store.pool.begin()
+);

@@ -20,22 +20,22 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+use crate::dcb::{AppendCondition, DcbStore, Query};
 use crate::error::{Error, Result};
 use crate::event::{
     AppendRequest, AppendResult, Direction, EventFilter, ExpectedVersion, StoredEvent, category,
-    from_micros, to_micros,
+    to_micros,
 };
-use crate::lease::{LeaseStore, sql};
+use crate::store::sql::{self, EVENT_COLUMNS, decode_event, limit, to_i64, to_u64};
 use crate::store::{
     CheckpointStore, EventStore, Snapshot, SnapshotStore, StoreLimits, check_expected,
-    idempotent_result, limit, to_i64, to_u64,
+    idempotent_result,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -45,12 +45,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_stream_trigger.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_leases.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_tags.sql")),
 ];
 
-/// Rows per multi-row `INSERT` (9 parameters each, well under SQLite's limit).
+/// Rows per multi-row `INSERT` (10 parameters each, well under SQLite's limit).
 const ROWS_PER_INSERT: usize = 256;
 
-const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata";
+/// The event columns as stored (the `read_stream` join names them `e.*`).
+const COLUMNS: &str = "global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata, tags";
 
 /// An event, snapshot and checkpoint store in one SQLite database.
 ///
@@ -76,6 +78,11 @@ pub struct SqliteEventStore {
 impl SqliteEventStore {
     /// Opens (creating if missing) `target`: a `sqlite:` URL (`sqlite::memory:`,
     /// `sqlite://path/to.db`) or a plain file path. Runs migrations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the URL is invalid or the database cannot be
+    /// opened or migrated.
     pub async fn open(target: &str) -> Result<Self> {
         let options = if target.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(target)?
@@ -147,10 +154,7 @@ impl SqliteEventStore {
                 .await?
         };
         migrate(&write).await?;
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-                .fetch_one(&write)
-                .await?;
+        let head: i64 = sqlx::query_scalar(sql::HEAD).fetch_one(&write).await?;
         Ok(SqliteEventStore {
             write,
             read,
@@ -218,13 +222,13 @@ impl SqliteEventStore {
                 let first_version = current + (chunk_no * ROWS_PER_INSERT) as u64 + 1;
                 let mut sql = String::from(
                     "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
-                     schema_version, recorded_at, payload, metadata) VALUES ",
+                     schema_version, recorded_at, payload, metadata, tags) VALUES ",
                 );
                 for i in 0..chunk.len() {
                     sql.push_str(if i == 0 {
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     } else {
-                        ", (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     });
                 }
                 // RETURNING order is unspecified in SQLite: sort by version.
@@ -240,7 +244,8 @@ impl SqliteEventStore {
                         .bind(i64::from(e.schema_version))
                         .bind(recorded_at)
                         .bind(e.payload.to_string())
-                        .bind(serde_json::to_string(&e.metadata)?);
+                        .bind(serde_json::to_string(&e.metadata)?)
+                        .bind(serde_json::to_string(&e.tags)?);
                 }
                 match q.fetch_all(&mut **tx).await {
                     Ok(rows) => {
@@ -286,7 +291,17 @@ impl SqliteEventStore {
     /// whose `WHERE` holds the expected-version, tombstone and repeat checks,
     /// so the check and the write are one atomic statement. Zero rows back
     /// means a check failed; a follow-up read says which.
-    async fn append_single(&self, r: &AppendRequest) -> Result<AppendResult> {
+    ///
+    /// With a `condition`, the same statement also holds "no event but this
+    /// append's own matches the condition's query after its position", so a
+    /// conditional append is one statement too (atomic under the single
+    /// writer); when it writes nothing, the general path reports
+    /// `ConditionFailed` or the failed check.
+    async fn append_single(
+        &self,
+        r: &AppendRequest,
+        condition: Option<&AppendCondition>,
+    ) -> Result<AppendResult> {
         let expected_sql = match r.expected {
             ExpectedVersion::Any => "1",
             ExpectedVersion::NoStream => "base.version = 0",
@@ -295,15 +310,15 @@ impl SqliteEventStore {
         };
         let mut sql = String::from(
             "INSERT INTO es_events (event_id, stream_id, stream_version, category, event_type, \
-             schema_version, recorded_at, payload, metadata) \
-             SELECT v.column1, ?, base.version + v.column2, ?, v.column3, v.column4, ?, v.column5, v.column6 \
+             schema_version, recorded_at, payload, metadata, tags) \
+             SELECT v.column1, ?, base.version + v.column2, ?, v.column3, v.column4, ?, v.column5, v.column6, v.column7 \
              FROM (VALUES ",
         );
         for i in 0..r.events.len() {
             sql.push_str(if i == 0 {
-                "(?, ?, ?, ?, ?, ?)"
+                "(?, ?, ?, ?, ?, ?, ?)"
             } else {
-                ", (?, ?, ?, ?, ?, ?)"
+                ", (?, ?, ?, ?, ?, ?, ?)"
             });
         }
         sql.push_str(
@@ -314,8 +329,24 @@ impl SqliteEventStore {
         sql.push_str(expected_sql);
         sql.push_str(
             " AND NOT EXISTS (SELECT 1 FROM es_events WHERE event_id = ?) \
-             ORDER BY v.column2 RETURNING stream_version, global_position",
+",
         );
+        let mut condition_binds = Vec::new();
+        if let Some(union) = condition.and_then(|c| {
+            sql::union_sql(&c.fail_if_events_match, |b| {
+                condition_binds.push(match b {
+                    sql::Bind::After => Ok(to_i64(c.after)),
+                    sql::Bind::Text(t) => Err(t.to_owned()),
+                });
+                "?".to_owned()
+            })
+        }) {
+            sql.push_str(&format!(
+                " AND NOT EXISTS (SELECT 1 FROM es_events c WHERE c.global_position IN ({union}) \
+                 AND c.event_id NOT IN (SELECT value FROM json_each(?)))"
+            ));
+        }
+        sql.push_str(" ORDER BY v.column2 RETURNING stream_version, global_position");
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&r.stream_id)
             .bind(category(&r.stream_id))
@@ -327,7 +358,8 @@ impl SqliteEventStore {
                 .bind(&e.event_type)
                 .bind(i64::from(e.schema_version))
                 .bind(e.payload.to_string())
-                .bind(serde_json::to_string(&e.metadata)?);
+                .bind(serde_json::to_string(&e.metadata)?)
+                .bind(serde_json::to_string(&e.tags)?);
         }
         q = q.bind(&r.stream_id).bind(&r.stream_id);
         if let ExpectedVersion::Exact(n) = r.expected {
@@ -339,6 +371,16 @@ impl SqliteEventStore {
             .map(|e| e.event_id.to_string())
             .unwrap_or_default();
         q = q.bind(first);
+        if condition.is_some() && !condition_binds.is_empty() {
+            for b in condition_binds {
+                q = match b {
+                    Ok(position) => q.bind(position),
+                    Err(text) => q.bind(text),
+                };
+            }
+            let own: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
+            q = q.bind(serde_json::to_string(&own)?);
+        }
         let rows = match q.fetch_all(&self.write).await {
             Ok(rows) => rows,
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
@@ -372,6 +414,9 @@ impl SqliteEventStore {
         // A check failed: the general path (in one transaction) says which,
         // or appends if the stream moved to a matching state meanwhile.
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(condition) = condition {
+            sql::check_condition!(&mut *tx, std::slice::from_ref(r), condition).await?;
+        }
         let mut results = self.append_tx(&mut tx, std::slice::from_ref(r)).await?;
         tx.commit().await?;
         results
@@ -382,16 +427,16 @@ impl SqliteEventStore {
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS es_migrations (version INTEGER PRIMARY KEY)")
+    sqlx::query(sql::CREATE_MIGRATIONS)
         .execute(&mut *tx)
         .await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM es_migrations")
+    let applied: Vec<i64> = sqlx::query_scalar(sql::APPLIED_MIGRATIONS)
         .fetch_all(&mut *tx)
         .await?;
-    for (version, sql) in MIGRATIONS {
+    for (version, script) in MIGRATIONS {
         if !applied.contains(version) {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO es_migrations (version) VALUES (?)")
+            sqlx::raw_sql(*script).execute(&mut *tx).await?;
+            sqlx::query(sql::RECORD_MIGRATION)
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
@@ -402,11 +447,10 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
 }
 
 async fn stream_state(tx: &mut Transaction<'static, Sqlite>, stream: &str) -> Result<(u64, bool)> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
-            .bind(stream)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<(i64, i64)> = sqlx::query_as(sql::STREAM_STATE)
+        .bind(stream)
+        .fetch_optional(&mut **tx)
+        .await?;
     Ok(row.map_or((0, false), |(v, d)| (to_u64(v), d != 0)))
 }
 
@@ -416,50 +460,20 @@ async fn find_ids(
 ) -> Result<Vec<StoredEvent>> {
     let ids: Vec<String> = r.events.iter().map(|e| e.event_id.to_string()).collect();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM es_events WHERE event_id IN (SELECT value FROM json_each(?))"
+        "SELECT {EVENT_COLUMNS} FROM es_events WHERE event_id IN (SELECT value FROM json_each(?))"
     )))
     .bind(serde_json::to_string(&ids)?)
     .fetch_all(&mut **tx)
     .await?;
-    let mut found = rows.iter().map(decode_row).collect::<Result<Vec<_>>>()?;
+    let mut found = rows.iter().map(decode_event).collect::<Result<Vec<_>>>()?;
     // Request order, so `idempotent_result` can compare position by position.
     found.sort_by_key(|e| r.events.iter().position(|n| n.event_id == e.event_id));
     Ok(found)
 }
 
-fn decode_row(row: &SqliteRow) -> Result<StoredEvent> {
-    let event_id: String = row.try_get("event_id")?;
-    let payload: String = row.try_get("payload")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(StoredEvent {
-        event_id: event_id
-            .parse()
-            .map_err(|e| Error::Corrupt(format!("event id {event_id}: {e}")))?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: to_u64(row.try_get("stream_version")?),
-        global_position: to_u64(row.try_get("global_position")?),
-        event_type: row.try_get("event_type")?,
-        schema_version: u32::try_from(row.try_get::<i64, _>("schema_version")?).unwrap_or(0),
-        recorded_at: from_micros(row.try_get("recorded_at")?),
-        payload: serde_json::from_str(&payload)?,
-        metadata: serde_json::from_str(&metadata)?,
-    })
-}
-
-impl EventStore for SqliteEventStore {
-    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
-        self.limits.check(&requests)?;
-        let results = match requests.as_slice() {
-            [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
-                vec![self.append_single(single).await?]
-            }
-            _ => {
-                let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-                let results = self.append_tx(&mut tx, &requests).await?;
-                tx.commit().await?;
-                results
-            }
-        };
+impl SqliteEventStore {
+    /// Raises the head watch to the appended positions.
+    fn publish_head(&self, results: &[AppendResult]) {
         if let Some(max) = results.iter().flat_map(|r| r.positions.last()).max() {
             self.head.send_if_modified(|h| {
                 let newer = *max > *h;
@@ -469,6 +483,62 @@ impl EventStore for SqliteEventStore {
                 newer
             });
         }
+    }
+}
+
+/// Race-free without more locking: every write of the store goes through
+/// the one-connection write pool, and a conditional append checks and
+/// writes in one `BEGIN IMMEDIATE` transaction on it, so no other append
+/// can commit between the check and the write (nor can another process:
+/// `IMMEDIATE` takes SQLite's write lock before the check).
+impl DcbStore for SqliteEventStore {
+    async fn read_query(
+        &self,
+        query: &Query,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        sql::read_query!(&self.read, query, after, max_count).await
+    }
+
+    async fn append_if(
+        &self,
+        requests: Vec<AppendRequest>,
+        condition: AppendCondition,
+    ) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let results = match requests.as_slice() {
+            [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
+                vec![self.append_single(single, Some(&condition)).await?]
+            }
+            _ => {
+                let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+                sql::check_condition!(&mut *tx, &requests, &condition).await?;
+                let results = self.append_tx(&mut tx, &requests).await?;
+                tx.commit().await?;
+                results
+            }
+        };
+        self.publish_head(&results);
+        Ok(results)
+    }
+}
+
+impl EventStore for SqliteEventStore {
+    async fn append_many(&self, requests: Vec<AppendRequest>) -> Result<Vec<AppendResult>> {
+        self.limits.check(&requests)?;
+        let results = match requests.as_slice() {
+            [single] if !single.events.is_empty() && single.events.len() <= ROWS_PER_INSERT => {
+                vec![self.append_single(single, None).await?]
+            }
+            _ => {
+                let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+                let results = self.append_tx(&mut tx, &requests).await?;
+                tx.commit().await?;
+                results
+            }
+        };
+        self.publish_head(&results);
         Ok(results)
     }
 
@@ -490,7 +560,7 @@ impl EventStore for SqliteEventStore {
         let sql = format!(
             "SELECT d.deleted AS deleted, e.global_position AS global_position, e.event_id AS event_id, \
              e.stream_id AS stream_id, e.stream_version AS stream_version, e.event_type AS event_type, \
-             e.schema_version AS schema_version, e.recorded_at AS recorded_at, e.payload AS payload, e.metadata AS metadata \
+             e.schema_version AS schema_version, e.recorded_at AS recorded_at, e.payload AS payload, e.metadata AS metadata, e.tags AS tags \
              FROM (SELECT COALESCE((SELECT deleted FROM es_streams WHERE stream_id = ?1), 0) AS deleted) AS d \
              LEFT JOIN (SELECT {COLUMNS} FROM es_events WHERE stream_id = ?1 AND stream_version {cmp} ?2 \
              ORDER BY stream_version {inner_order} LIMIT ?3) AS e \
@@ -514,7 +584,7 @@ impl EventStore for SqliteEventStore {
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             if row.try_get::<Option<i64>, _>("global_position")?.is_some() {
-                events.push(decode_row(row)?);
+                events.push(decode_event(row)?);
             }
         }
         Ok(events)
@@ -527,13 +597,12 @@ impl EventStore for SqliteEventStore {
         max_count: usize,
     ) -> Result<Vec<StoredEvent>> {
         let types = serde_json::to_string(&filter.event_types)?;
-        let rows = sqlx::query(
-            "SELECT global_position, event_id, stream_id, stream_version, event_type, schema_version, recorded_at, payload, metadata \
-             FROM es_events WHERE global_position > ? \
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM es_events WHERE global_position > ? \
              AND (? IS NULL OR category = ?) \
              AND (? = '[]' OR event_type IN (SELECT value FROM json_each(?))) \
-             ORDER BY global_position ASC LIMIT ?",
-        )
+             ORDER BY global_position ASC LIMIT ?"
+        )))
         .bind(to_i64(after))
         .bind(filter.category.as_deref())
         .bind(filter.category.as_deref())
@@ -542,15 +611,14 @@ impl EventStore for SqliteEventStore {
         .bind(limit(max_count))
         .fetch_all(&self.read)
         .await?;
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(decode_event).collect()
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT version, deleted FROM es_streams WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_optional(&self.read)
-                .await?;
+        let row: Option<(i64, i64)> = sqlx::query_as(sql::STREAM_STATE)
+            .bind(stream_id)
+            .fetch_optional(&self.read)
+            .await?;
         match row {
             None => Ok(0),
             Some((_, d)) if d != 0 => Err(Error::StreamDeleted {
@@ -564,15 +632,12 @@ impl EventStore for SqliteEventStore {
         let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let (current, deleted) = stream_state(&mut tx, stream_id).await?;
         check_expected(stream_id, expected, current, deleted)?;
-        sqlx::query(
-            "INSERT INTO es_streams (stream_id, version, deleted) VALUES (?, ?, 1) \
-             ON CONFLICT (stream_id) DO UPDATE SET deleted = 1",
-        )
-        .bind(stream_id)
-        .bind(to_i64(current))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM es_snapshots WHERE stream_id = ?")
+        sqlx::query(sql::TOMBSTONE)
+            .bind(stream_id)
+            .bind(to_i64(current))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql::DELETE_SNAPSHOT)
             .bind(stream_id)
             .execute(&mut *tx)
             .await?;
@@ -581,10 +646,7 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn head_position(&self) -> Result<u64> {
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(global_position), 0) FROM es_events")
-                .fetch_one(&self.read)
-                .await?;
+        let head: i64 = sqlx::query_scalar(sql::HEAD).fetch_one(&self.read).await?;
         Ok(to_u64(head))
     }
 
@@ -595,21 +657,11 @@ impl EventStore for SqliteEventStore {
 
 impl SnapshotStore for SqliteEventStore {
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
-        let row: Option<(i64, i64, String)> = sqlx::query_as(
-            "SELECT version, schema_version, state FROM es_snapshots WHERE stream_id = ?",
-        )
-        .bind(stream_id)
-        .fetch_optional(&self.read)
-        .await?;
-        row.map(|(version, schema, state)| {
-            Ok(Snapshot {
-                stream_id: stream_id.to_owned(),
-                version: to_u64(version),
-                schema_version: u32::try_from(schema).unwrap_or(0),
-                state: serde_json::from_str(&state)?,
-            })
-        })
-        .transpose()
+        let row: Option<(i64, i32, String)> = sqlx::query_as(sql::LOAD_SNAPSHOT)
+            .bind(stream_id)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|row| sql::snapshot(stream_id, row)).transpose()
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
@@ -629,116 +681,26 @@ impl SnapshotStore for SqliteEventStore {
 
 impl CheckpointStore for SqliteEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<u64> {
-        let pos: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM es_checkpoints WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.read)
-                .await?;
+        let pos: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT)
+            .bind(name)
+            .fetch_optional(&self.read)
+            .await?;
         Ok(pos.map_or(0, to_u64))
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO es_checkpoints (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(name)
-        .bind(to_i64(position))
-        .execute(&self.write)
-        .await?;
-        Ok(())
-    }
-}
-
-const LEASES: &str = "es_leases";
-const CHECKPOINTS: &str = "es_checkpoints";
-
-impl LeaseStore for SqliteEventStore {
-    async fn try_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<Option<u64>> {
-        let epoch: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::acquire(LEASES, sql::SQLITE_NOW)))
-                .bind(name)
-                .bind(owner)
-                .bind(sql::ttl_ms(ttl))
-                .fetch_optional(&self.write)
-                .await?;
-        Ok(epoch.map(to_u64))
-    }
-
-    async fn renew(&self, name: &str, owner: &str, epoch: u64, ttl: Duration) -> Result<bool> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::renew(LEASES, sql::SQLITE_NOW)))
+        sqlx::query(sql::SAVE_CHECKPOINT)
             .bind(name)
-            .bind(owner)
-            .bind(to_i64(epoch))
-            .bind(sql::ttl_ms(ttl))
-            .execute(&self.write)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn release(&self, name: &str, owner: &str, epoch: u64) -> Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(sql::release(LEASES)))
-            .bind(name)
-            .bind(owner)
-            .bind(to_i64(epoch))
+            .bind(to_i64(position))
             .execute(&self.write)
             .await?;
         Ok(())
     }
-
-    async fn holder(&self, name: &str) -> Result<Option<(String, u64)>> {
-        let row: Option<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql::holder(LEASES)))
-            .bind(name)
-            .fetch_optional(&self.write)
-            .await?;
-        Ok(row.map(|(owner, epoch)| (owner, to_u64(epoch))))
-    }
-
-    async fn take_over(
-        &self,
-        name: &str,
-        owner: &str,
-        dead_owner: &str,
-        dead_epoch: u64,
-        ttl: Duration,
-    ) -> Result<Option<u64>> {
-        let epoch: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql::take_over(LEASES, sql::SQLITE_NOW)))
-                .bind(name)
-                .bind(owner)
-                .bind(dead_owner)
-                .bind(to_i64(dead_epoch))
-                .bind(sql::ttl_ms(ttl))
-                .fetch_optional(&self.write)
-                .await?;
-        Ok(epoch.map(to_u64))
-    }
-
-    async fn save_checkpoint_fenced(
-        &self,
-        name: &str,
-        epoch: u64,
-        expected: u64,
-        new: u64,
-    ) -> Result<bool> {
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(sqlx::AssertSqlSafe(sql::init_checkpoint(CHECKPOINTS)))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql::fenced_checkpoint(
-            CHECKPOINTS,
-            LEASES,
-        )))
-        .bind(name)
-        .bind(to_i64(expected))
-        .bind(to_i64(new))
-        .bind(to_i64(epoch))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false); // dropping `tx` rolls the init back too
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
 }
+
+sql::sql_lease_store!(
+    SqliteEventStore,
+    pool,
+    crate::lease::sql::SQLITE_NOW,
+    |store| store.write.begin_with("BEGIN IMMEDIATE")
+);

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
 use crate::codec::{DomainEvent, EventCodec, UnknownEventPolicy};
+use crate::dcb::{AppendCondition, DcbStore, Query, QueryItem};
 use crate::error::Error;
 use crate::event::{
     AppendRequest, Direction, EventFilter, ExpectedVersion, Metadata, NewEvent, StoredEvent,
@@ -38,12 +39,137 @@ use crate::repository::{Repository, SnapshotPolicy};
 use crate::store::{CheckpointStore, EventStore, Snapshot, SnapshotStore};
 use crate::subscription::{Subscription, SubscriptionOptions};
 
+/// Generates one `#[tokio::test]` per conformance case, in a module named
+/// `$backend`, each on a fresh store from the factory expression (a future
+/// of the store, evaluated once per test), so that the first failure does
+/// not hide the rest and one backend or one case runs alone (`cargo test
+/// -p trellis-eventsourcing --all-features conformance::postgres::` or
+/// `conformance::sqlite::gap_free_global_order`), as ripgrep's `rgtest!`
+/// and sqlx-test do. The cases are the functions [`run_all`] runs, in its
+/// order, on a multi-threaded runtime (4 workers) so the concurrency cases
+/// are concurrent.
+///
+/// Options, in this order:
+/// * `skip_unless = expr`: each test returns at once when `expr` is false
+///   (a server that is not configured; see [`server_url`], which fails
+///   instead of skipping when `CI` is set);
+/// * `teardown = closure`: called with a clone of the store after a case
+///   passed (drop a schema, remove a file).
+///
+/// The calling crate needs `tokio` with the `macros` and `rt-multi-thread`
+/// features.
+///
+/// # Examples
+///
+/// ```
+/// mod conformance {
+///     trellis_eventsourcing::event_store_conformance!(memory, async {
+///         trellis_eventsourcing::MemoryStore::new()
+///     });
+///     trellis_eventsourcing::event_store_conformance!(
+///         memory_with_teardown,
+///         async { trellis_eventsourcing::MemoryStore::new() },
+///         skip_unless = true,
+///         teardown = |_store| async {}
+///     );
+/// }
+/// ```
+#[macro_export]
+macro_rules! event_store_conformance {
+    ($backend:ident, $factory:expr) => {
+        $crate::event_store_conformance!($backend, $factory, skip_unless = true);
+    };
+    ($backend:ident, $factory:expr, skip_unless = $ready:expr) => {
+        $crate::event_store_conformance!(
+            $backend,
+            $factory,
+            skip_unless = $ready,
+            teardown = |_store| async {}
+        );
+    };
+    ($backend:ident, $factory:expr, skip_unless = $ready:expr, teardown = $teardown:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__event_store_conformance_cases!(
+                ($factory, $ready, $teardown)
+                // NOTE: the same cases as `testing::conformance::run_all`, in its order.
+                append_and_read_stream,
+                expected_version_rules,
+                concurrent_writers_one_stream,
+                idempotent_append,
+                gap_free_global_order,
+                read_all_filters,
+                multi_stream_append_is_atomic,
+                concurrent_mixed_appends_stay_atomic,
+                tombstoned_stream,
+                limits_are_checked_before_writing,
+                unknown_event_type,
+                snapshots,
+                repository_retries_conflicts,
+                subscription_exactly_once_across_switch,
+                checkpoints,
+                leases_fence_stale_holders,
+                dcb_tags_round_trip_and_condition_passes,
+                dcb_condition_fails_on_a_later_match,
+                dcb_matches_before_the_position_do_not_fail,
+                dcb_types_and_tags_filter,
+                dcb_racing_appends_exactly_one_wins,
+            );
+        }
+    };
+}
+
+/// The tests of [`event_store_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __event_store_conformance_cases {
+    (($factory:expr, $ready:expr, $teardown:expr) $($case:ident,)*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if !$ready {
+                    return;
+                }
+                let store = $factory.await;
+                let kept = ::std::clone::Clone::clone(&store);
+                $crate::testing::conformance::$case(store).await;
+                ($teardown)(kept).await;
+            }
+        )*
+    };
+}
+
+/// The URL of a test server from the environment variable `var`
+/// (`TRELLIS_TEST_POSTGRES_URL`, `TRELLIS_TEST_NATS_URL`): `None`, with a
+/// "skipped" line on stdout, when it is unset or empty.
+///
+/// # Panics
+///
+/// When `var` is unset and the environment variable `CI` is set: in CI a
+/// missing server is a failure, never a silent skip.
+pub fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set, and CI is: tests that need this server must run in CI")
+        }
+        _ => {
+            println!("skipped: {var} not set");
+            None
+        }
+    }
+}
+
 /// What the suite needs of a backend.
 pub trait ConformanceStore:
-    EventStore + SnapshotStore + CheckpointStore + LeaseStore + Clone
+    EventStore + SnapshotStore + CheckpointStore + LeaseStore + DcbStore + Clone
 {
 }
-impl<T: EventStore + SnapshotStore + CheckpointStore + LeaseStore + Clone> ConformanceStore for T {}
+impl<T: EventStore + SnapshotStore + CheckpointStore + LeaseStore + DcbStore + Clone>
+    ConformanceStore for T
+{
+}
 
 fn ev(t: &str, n: u64) -> NewEvent {
     NewEvent::new(t, json!({ "n": n }))
@@ -72,6 +198,11 @@ where
     subscription_exactly_once_across_switch(new_store().await).await;
     checkpoints(new_store().await).await;
     leases_fence_stale_holders(new_store().await).await;
+    dcb_tags_round_trip_and_condition_passes(new_store().await).await;
+    dcb_condition_fails_on_a_later_match(new_store().await).await;
+    dcb_matches_before_the_position_do_not_fail(new_store().await).await;
+    dcb_types_and_tags_filter(new_store().await).await;
+    dcb_racing_appends_exactly_one_wins(new_store().await).await;
 }
 
 /// Forward and backward reads, field round trip, missing streams.
@@ -1251,4 +1382,410 @@ where
         .await
         .expect("append after reopen");
     assert!(r.positions[0] > before.last().map_or(0, |e| e.global_position));
+}
+
+fn tagged(t: &str, n: u64, tags: &[&str]) -> NewEvent {
+    ev(t, n).with_tags(tags.iter().copied())
+}
+
+fn positions(events: &[StoredEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.global_position).collect()
+}
+
+/// Tags are stored and returned by every read (untagged events read with
+/// none); `read_query` returns the matching events after a position, in
+/// order, up to `max_count`; a condition with no later match appends; an
+/// exact retry of a conditional append is an idempotent repeat, not a
+/// failed condition; an empty query never fails a condition.
+pub async fn dcb_tags_round_trip_and_condition_passes<S: ConformanceStore>(store: S) {
+    let a = store
+        .append(
+            "order-1",
+            ExpectedVersion::NoStream,
+            vec![
+                tagged("OrderPlaced", 1, &["customer:1", "order:1"]),
+                ev("Untagged", 2),
+            ],
+        )
+        .await
+        .expect("append tagged");
+    store
+        .append(
+            "order-2",
+            ExpectedVersion::NoStream,
+            vec![tagged("OrderPlaced", 3, &["customer:2", "order:2"])],
+        )
+        .await
+        .expect("append other customer");
+    let stream = store
+        .read_stream("order-1", 1, Direction::Forwards, 10)
+        .await
+        .expect("read stream");
+    assert_eq!(stream[0].tags, ["customer:1", "order:1"]);
+    assert!(stream[1].tags.is_empty(), "untagged events read untagged");
+    let all = store
+        .read_all(0, &EventFilter::all(), 10)
+        .await
+        .expect("read all");
+    assert_eq!(all[2].tags, ["customer:2", "order:2"]);
+
+    let customer1 = Query::item(QueryItem::tags(["customer:1"]));
+    let seen = store
+        .read_query(&customer1, 0, 100)
+        .await
+        .expect("read query");
+    assert_eq!(positions(&seen), vec![a.positions[0]]);
+    assert_eq!(seen[0], stream[0], "read_query returns the stored event");
+    assert!(
+        store
+            .read_query(&customer1, a.positions[0], 100)
+            .await
+            .expect("after")
+            .is_empty(),
+        "read_query starts after `after`"
+    );
+    assert!(
+        store
+            .read_query(&Query::default(), 0, 100)
+            .await
+            .expect("empty query")
+            .is_empty(),
+        "a query of no items matches nothing"
+    );
+    assert_eq!(
+        store
+            .read_query(&Query::all(), 0, 2)
+            .await
+            .expect("all")
+            .len(),
+        2,
+        "max_count"
+    );
+
+    let after = seen.last().map_or(0, |e| e.global_position);
+    let request = AppendRequest::new(
+        "order-3",
+        ExpectedVersion::NoStream,
+        vec![tagged("OrderPlaced", 4, &["customer:1", "order:3"])],
+    );
+    let first = store
+        .append_if(
+            vec![request.clone()],
+            AppendCondition::new(customer1.clone()).after(after),
+        )
+        .await
+        .expect("no later match: the condition passes");
+    assert_eq!(first[0].version, 1);
+    let again = store
+        .append_if(
+            vec![request],
+            AppendCondition::new(customer1.clone()).after(after),
+        )
+        .await
+        .expect("an exact retry is an idempotent repeat");
+    assert_eq!(again, first);
+    store
+        .append_if(
+            vec![AppendRequest::new(
+                "order-4",
+                ExpectedVersion::Any,
+                vec![ev("X", 5)],
+            )],
+            AppendCondition::new(Query::default()),
+        )
+        .await
+        .expect("an empty query never fails");
+    assert_eq!(
+        positions(
+            &store
+                .read_query(&customer1, 0, 100)
+                .await
+                .expect("read query")
+        ),
+        vec![a.positions[0], first[0].positions[0]]
+    );
+}
+
+/// A matching event appended after the decision's position fails the
+/// append with `ConditionFailed` (kind `ConditionFailed`, the matching
+/// position), and nothing of the append is written.
+pub async fn dcb_condition_fails_on_a_later_match<S: ConformanceStore>(store: S) {
+    let query = Query::item(QueryItem::tags(["customer:7"]));
+    let seen = store.read_query(&query, 0, 100).await.expect("read");
+    assert!(seen.is_empty());
+    let head = store.head_position().await.expect("head");
+    let rival = store
+        .append(
+            "order-r",
+            ExpectedVersion::Any,
+            vec![tagged("OrderPlaced", 1, &["customer:7"])],
+        )
+        .await
+        .expect("rival append");
+    let err = store
+        .append_if(
+            vec![
+                AppendRequest::new(
+                    "order-a",
+                    ExpectedVersion::NoStream,
+                    vec![tagged("OrderPlaced", 2, &["customer:7"])],
+                ),
+                AppendRequest::new("audit-a", ExpectedVersion::Any, vec![ev("Audit", 3)]),
+            ],
+            AppendCondition::new(query.clone()).after(head),
+        )
+        .await
+        .expect_err("a matching event after the position fails the condition");
+    match &err {
+        Error::ConditionFailed { after, position } => {
+            assert_eq!((*after, *position), (head, rival.positions[0]));
+        }
+        other => panic!("expected ConditionFailed, got {other:?}"),
+    }
+    assert_eq!(err.kind(), crate::error::ErrorKind::ConditionFailed);
+    assert_eq!(store.stream_version("order-a").await.expect("v"), 0);
+    assert_eq!(store.stream_version("audit-a").await.expect("v"), 0);
+    assert_eq!(
+        store.head_position().await.expect("head"),
+        rival.positions[0],
+        "nothing written"
+    );
+    // With the rival's position as P, the same append passes.
+    store
+        .append_if(
+            vec![AppendRequest::new(
+                "order-a",
+                ExpectedVersion::NoStream,
+                vec![tagged("OrderPlaced", 2, &["customer:7"])],
+            )],
+            AppendCondition::new(query).after(rival.positions[0]),
+        )
+        .await
+        .expect("read again, decide again");
+    // Expected versions still hold inside a conditional append.
+    let err = store
+        .append_if(
+            vec![AppendRequest::new(
+                "order-a",
+                ExpectedVersion::NoStream,
+                vec![ev("X", 9)],
+            )],
+            AppendCondition::new(Query::item(QueryItem::tags(["nobody"]))),
+        )
+        .await
+        .expect_err("stream exists");
+    assert!(err.is_conflict(), "{err:?}");
+}
+
+/// Matching events at or before the position, and non-matching events
+/// after it (other tags, only some of an item's tags), do not fail it.
+pub async fn dcb_matches_before_the_position_do_not_fail<S: ConformanceStore>(store: S) {
+    let early = store
+        .append(
+            "course-c1",
+            ExpectedVersion::Any,
+            vec![
+                tagged("StudentSubscribed", 1, &["course:c1", "student:s1"]),
+                tagged("StudentSubscribed", 2, &["course:c1", "student:s2"]),
+            ],
+        )
+        .await
+        .expect("early");
+    let p = early.positions[1];
+    store
+        .append(
+            "course-c2",
+            ExpectedVersion::Any,
+            vec![
+                tagged("StudentSubscribed", 3, &["course:c2", "student:s3"]),
+                tagged("StudentSubscribed", 4, &["student:s3"]),
+            ],
+        )
+        .await
+        .expect("unrelated later events");
+    let both = Query::item(QueryItem::tags(["course:c1", "student:s3"]));
+    store
+        .append_if(
+            vec![AppendRequest::new(
+                "course-c1",
+                ExpectedVersion::Exact(2),
+                vec![tagged("StudentSubscribed", 5, &["course:c1", "student:s3"])],
+            )],
+            AppendCondition::new(
+                Query::item(QueryItem::tags(["course:c1"])).or(QueryItem::tags(["student:s9"])),
+            )
+            .after(p),
+        )
+        .await
+        .expect("matches only at or before P, later events match no item");
+    // An item needs all its tags: `student:s3` alone (position 4) does not match `both`.
+    let matched = store.read_query(&both, 0, 100).await.expect("read");
+    assert_eq!(matched.len(), 1);
+    assert_eq!(matched[0].payload, json!({ "n": 5 }));
+    let err = store
+        .append_if(
+            vec![AppendRequest::new(
+                "x-1",
+                ExpectedVersion::Any,
+                vec![ev("X", 6)],
+            )],
+            AppendCondition::new(both).after(p),
+        )
+        .await
+        .expect_err("the event at position 5 carries both tags");
+    assert!(matches!(err, Error::ConditionFailed { .. }), "{err:?}");
+}
+
+/// An item with types matches only those types (tags and types together,
+/// or types alone); items are alternatives.
+pub async fn dcb_types_and_tags_filter<S: ConformanceStore>(store: S) {
+    let placed = QueryItem::tags(["customer:3"]).with_types(["OrderPlaced", "OrderPaid"]);
+    let head = store.head_position().await.expect("head");
+    store
+        .append(
+            "profile-3",
+            ExpectedVersion::Any,
+            vec![tagged("AddressChanged", 1, &["customer:3"])],
+        )
+        .await
+        .expect("other type");
+    store
+        .append(
+            "order-9",
+            ExpectedVersion::Any,
+            vec![tagged("OrderPlaced", 2, &["customer:4"])],
+        )
+        .await
+        .expect("other customer");
+    store
+        .append_if(
+            vec![AppendRequest::new(
+                "order-5",
+                ExpectedVersion::NoStream,
+                vec![tagged("OrderPlaced", 3, &["customer:3"])],
+            )],
+            AppendCondition::new(Query::item(placed.clone())).after(head),
+        )
+        .await
+        .expect("the later events have the tag but not the type, or the type but not the tag");
+    let after_first = store.head_position().await.expect("head");
+    store
+        .append(
+            "order-5",
+            ExpectedVersion::Exact(1),
+            vec![tagged("OrderPaid", 4, &["customer:3"])],
+        )
+        .await
+        .expect("paid");
+    let err = store
+        .append_if(
+            vec![AppendRequest::new(
+                "order-6",
+                ExpectedVersion::NoStream,
+                vec![ev("OrderPlaced", 5)],
+            )],
+            AppendCondition::new(Query::item(placed.clone())).after(after_first),
+        )
+        .await
+        .expect_err("OrderPaid is one of the types");
+    assert!(matches!(err, Error::ConditionFailed { .. }), "{err:?}");
+    // Types alone, and alternatives.
+    let refunds = Query::item(QueryItem::types(["Refunded"]));
+    assert!(
+        store
+            .read_query(&refunds, 0, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let by_type = store
+        .read_query(&Query::item(QueryItem::types(["OrderPlaced"])), 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        by_type
+            .iter()
+            .map(|e| e.stream_id.as_str())
+            .collect::<Vec<_>>(),
+        ["order-9", "order-5"]
+    );
+    let either = refunds.or(QueryItem::tags(["customer:4"]));
+    assert_eq!(
+        store.read_query(&either, 0, 10).await.expect("read").len(),
+        1
+    );
+    let typed = store
+        .read_query(&Query::item(placed), 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        typed
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["OrderPlaced", "OrderPaid"]
+    );
+}
+
+/// Two writers read the same (empty) decision model and race real tasks to
+/// append on the same condition, 40 rounds: each round exactly one wins and
+/// the other gets `ConditionFailed`; exactly the winner's event is stored.
+pub async fn dcb_racing_appends_exactly_one_wins<S: ConformanceStore>(store: S) {
+    dcb_race_between(store.clone(), store, 40).await;
+}
+
+/// [`dcb_racing_appends_exactly_one_wins`] between two stores on the same
+/// storage (two processes, each with its own connections): a backend that
+/// serialises appends only within one store instance fails it.
+pub async fn dcb_racing_appends_across_two_stores<S: ConformanceStore>(a: S, b: S) {
+    dcb_race_between(a, b, 50).await;
+}
+
+async fn dcb_race_between<S: ConformanceStore>(a: S, b: S, rounds: u64) {
+    let mut not_one = Vec::new();
+    for round in 0..rounds {
+        let tag = format!("seat:{round}");
+        let query = Query::item(QueryItem::tags([tag.clone()]));
+        assert!(a.read_query(&query, 0, 10).await.expect("read").is_empty());
+        let after = a.head_position().await.expect("head");
+        let barrier = Arc::new(Barrier::new(2));
+        let tasks: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .enumerate()
+            .map(|(writer, store)| {
+                let barrier = barrier.clone();
+                let condition = AppendCondition::new(query.clone()).after(after);
+                let tag = tag.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .append_if(
+                            vec![AppendRequest::new(
+                                format!("booking-{round}-{writer}"),
+                                ExpectedVersion::NoStream,
+                                vec![tagged("SeatBooked", writer as u64, &[tag.as_str()])],
+                            )],
+                            condition,
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(_) => wins += 1,
+                Err(Error::ConditionFailed { .. }) => {}
+                Err(other) => panic!("round {round}: unexpected error {other:?}"),
+            }
+        }
+        let stored = a.read_query(&query, 0, 10).await.expect("read").len();
+        if (wins, stored) != (1, 1) {
+            not_one.push((round, wins, stored));
+        }
+    }
+    assert!(
+        not_one.is_empty(),
+        "rounds without exactly one winner (round, wins, stored): {not_one:?}"
+    );
 }

@@ -125,6 +125,10 @@ where
     }
 
     /// The raw result, for custom assertions.
+    ///
+    /// # Errors
+    ///
+    /// The aggregate's own error when it rejected the command.
     pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
         self.result
     }

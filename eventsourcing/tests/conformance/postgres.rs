@@ -50,23 +50,22 @@ async fn drop_schemas(url: &str, schemas: &[String]) {
     admin.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_passes_the_conformance_suite() {
-    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let schemas = std::sync::Mutex::new(Vec::new());
-    conformance::run_all(|| async {
-        let schema = create_schema(&url).await;
-        schemas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(schema.clone());
-        store_in(&url, &schema).await
-    })
-    .await;
-    let schemas = schemas.into_inner().unwrap_or_else(|p| p.into_inner());
-    drop_schemas(&url, &schemas).await;
+/// A store in a fresh schema (a unique name, so parallel runs never collide).
+pub(crate) async fn fresh_store() -> PgEventStore {
+    let url = env_url("TRELLIS_TEST_POSTGRES_URL").expect("TRELLIS_TEST_POSTGRES_URL");
+    let schema = create_schema(&url).await;
+    store_in(&url, &schema).await
+}
+
+/// Drops the store's schema and closes its pool.
+pub(crate) async fn drop_store_schema(store: PgEventStore) {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(store.pool())
+        .await
+        .expect("schema");
+    store.close().await;
+    let url = env_url("TRELLIS_TEST_POSTGRES_URL").expect("TRELLIS_TEST_POSTGRES_URL");
+    drop_schemas(&url, &[schema]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +309,108 @@ async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
         "positions appeared below ones already read (position, max seen): {violations:?}"
     );
     drop_schemas(&url, &[schema]).await;
+}
+
+/// The DCB race across processes: two stores on separate pools (two
+/// replicas, so two group writers and two connections) append on the same
+/// condition at once, 50 rounds; each round exactly one wins. (Within one
+/// store the group writer already serialises appends; the conformance
+/// case `dcb_racing_appends_exactly_one_wins` covers that.)
+///
+/// Checked to fail without the writer lock: with the `pg_advisory_xact_lock`
+/// removed from `es_append_if` (migration 6, the one-round-trip path these
+/// single appends take), both appends of most rounds won; likewise, before
+/// that function existed, with it removed from `check_condition_locked`
+/// (the path of grouped and multi-stream conditional appends). Restored,
+/// it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_dcb_condition_is_race_free_across_stores_on_separate_pools() {
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    conformance::dcb_racing_appends_across_two_stores(
+        store_in(&url, &schema).await,
+        store_in(&url, &schema).await,
+    )
+    .await;
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// A schema written before tags existed (migrations 1–4, an event appended
+/// through the old `es_append`) migrates: the old event reads untagged, a
+/// replica still on the old version can still append through the old
+/// signature, and tagged, conditional appends work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_from_before_tags_migrates() {
+    use trellis_eventsourcing::dcb::{AppendCondition, DcbStore, Query, QueryItem};
+    use trellis_eventsourcing::{AppendRequest, Direction, EventStore, ExpectedVersion, NewEvent};
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let options = PgConnectOptions::from_str(&url)
+        .expect("url")
+        .options([("search_path", schema.as_str())]);
+    let old = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(concat!(
+        include_str!("../../migrations/postgres/0001_init.sql"),
+        include_str!("../../migrations/postgres/0002_append_function.sql"),
+        include_str!("../../migrations/postgres/0003_leases.sql"),
+        include_str!("../../migrations/postgres/0004_durable_append.sql"),
+        "CREATE TABLE es_migrations (version BIGINT PRIMARY KEY);
+         INSERT INTO es_migrations (version) VALUES (1), (2), (3), (4);
+         SELECT * FROM es_append('order-1', 'order', 1, 0,
+             ARRAY['0190a000-0000-7000-8000-000000000001']::uuid[], ARRAY['OrderPlaced'],
+             ARRAY[1], ARRAY['{}']::jsonb[], ARRAY['{}']::jsonb[], 0, 'ch');"
+    ))
+    .execute(&old)
+    .await
+    .expect("old schema");
+    old.close().await;
+
+    let store = store_in(&url, &schema).await;
+    let events = store
+        .read_stream("order-1", 1, Direction::Forwards, 10)
+        .await
+        .expect("read old event");
+    assert_eq!(events.len(), 1);
+    assert!(events[0].tags.is_empty());
+    // A replica still on the previous version (rolling upgrade) calls the
+    // old signature: it still appends, untagged.
+    let (status,): (i32,) = sqlx::query_as(
+        "SELECT status FROM es_append('order-old', 'order', 1, 0, \
+         ARRAY['0190a000-0000-7000-8000-000000000002']::uuid[], ARRAY['OrderPlaced'], \
+         ARRAY[1], ARRAY['{}']::jsonb[], ARRAY['{}']::jsonb[], 0, 'ch')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("old signature");
+    assert_eq!(status, 0);
+    let old_event = store
+        .read_stream("order-old", 1, Direction::Forwards, 10)
+        .await
+        .expect("read");
+    assert!(old_event[0].tags.is_empty());
+    let query = Query::item(QueryItem::tags(["customer:1"]));
+    store
+        .append_if(
+            vec![AppendRequest::new(
+                "order-1",
+                ExpectedVersion::Exact(1),
+                vec![NewEvent::new("OrderPaid", serde_json::json!({})).with_tags(["customer:1"])],
+            )],
+            AppendCondition::new(query.clone()),
+        )
+        .await
+        .expect("conditional append on a migrated schema");
+    assert_eq!(
+        store.read_query(&query, 0, 10).await.expect("query").len(),
+        1
+    );
+    drop_store_schema(store).await;
 }
