@@ -254,6 +254,7 @@ pub(crate) mod testing {
             recorded_at: unix(at),
             payload,
             metadata: Metadata::default(),
+            tags: Vec::new(),
         }
     }
 
