@@ -6,6 +6,7 @@
 
 pub(crate) mod analytics;
 pub(crate) mod catalog;
+pub(crate) mod gateway;
 pub(crate) mod identity;
 pub(crate) mod inventory;
 pub(crate) mod orders;

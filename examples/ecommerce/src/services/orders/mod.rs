@@ -499,7 +499,9 @@ mod degraded_mode_tests {
         // watcher woken by the reset does not run this pass first.
         let one_pass = app.validating.lock().await;
         app.inventory_breaker.reset();
-        let second = super::validator::validate_pending_locked(&app).await.unwrap();
+        let second = super::validator::validate_pending_locked(&app)
+            .await
+            .unwrap();
         drop(one_pass);
         assert_eq!(
             second,
