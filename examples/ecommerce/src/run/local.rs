@@ -138,10 +138,30 @@ impl Running {
         Ok(self.services.inventory.reservation_status(id).await?)
     }
 
-    /// The orders service (in-crate tests reach its breaker handle).
-    #[cfg(test)]
-    pub(crate) fn orders_app(&self) -> &OrdersState {
-        &self.services.orders
+    /// Orders' circuit breaker around inventory (tests/degraded.rs tunes
+    /// its windows and waits).
+    #[doc(hidden)]
+    pub fn inventory_breaker(&self) -> &trellis_resilience::circuit_breaker::CircuitBreakerHandle {
+        &self.services.orders.inventory_breaker
+    }
+
+    /// Orders' saga log (tests/degraded.rs reads and plants saga records).
+    #[doc(hidden)]
+    pub fn saga_log(&self) -> &trellis_saga::AnySagaLog {
+        self.services.orders.orders.orchestrator.log()
+    }
+
+    /// One validation pass over the PENDING_VALIDATION orders, whatever
+    /// the breaker's state: `(order_id, status)` of each order tried.
+    ///
+    /// # Errors
+    ///
+    /// The read model or a saga could not be read or written.
+    #[doc(hidden)]
+    pub async fn validate_pending(&self) -> Result<Vec<(String, String)>, Error> {
+        crate::services::orders::validator::validate_pending(&self.services.orders)
+            .await
+            .map_err(|e| Error::Startup(format!("validation pass: {}", e.message)))
     }
 
     /// Events in the order event store.
