@@ -44,12 +44,8 @@ use crate::platform::config::{ServiceName, Settings};
 use crate::platform::db;
 use crate::platform::serve::{Server, not_found, serve, serve_mtls, wrap};
 use crate::platform::transport;
-use crate::services::catalog::Catalog;
 use crate::services::catalog::client::Prices;
-use crate::services::identity::Identity;
 use crate::services::identity::client::ServiceToken;
-use crate::services::inventory::Inventory;
-use crate::services::payments::Payments;
 use crate::services::{catalog, gateway, identity, inventory, orders, payments};
 
 /// Scopes orders asks identity for: its whole grant.
@@ -157,10 +153,9 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                     Some((*client, secret.clone()))
                 })
                 .collect();
-            let identity = Identity::open(pool, settings.signing_key_file.as_deref(), clients)
+            identity::start(pool, settings.signing_key_file.as_deref(), clients, true)
                 .await?
-                .behind_gateway();
-            identity::router(Arc::new(identity))
+                .router
         }
         ServiceName::Catalog => {
             let pool = db::open_pg_any(target, 5).await?;
@@ -170,7 +165,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             );
             let (validator, refresh) = jwks_validator(settings)?;
             background.push(refresh);
-            catalog::router(Catalog::open(pool).await?, validator)
+            catalog::start(pool, validator).await?.router
         }
         ServiceName::Inventory => {
             let pool = db::open_pg_any(target, 10).await?;
@@ -184,9 +179,10 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 Some(n) => catalog::SEED.iter().map(|(sku, ..)| (*sku, n)).collect(),
                 None => catalog::seed_stock(),
             };
-            let inventory = Inventory::open(pool, &seed, settings.reservation_ttl).await?;
-            background.push(inventory.spawn_sweeper(inventory.sweep_interval()));
-            inventory::router(inventory, validator)
+            let started =
+                inventory::start(pool, &seed, settings.reservation_ttl, validator).await?;
+            background.extend(started.background);
+            started.router
         }
         ServiceName::Payments => {
             let pool = db::open_pg_any(target, 10).await?;
@@ -196,13 +192,13 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             );
             let (validator, refresh) = jwks_validator(settings)?;
             background.push(refresh);
-            payments::router(Payments::open(pool).await?, validator)
+            payments::start(pool, validator).await?.router
         }
         ServiceName::Orders => {
             let parts = start_orders(settings, &schema, &mut health).await?;
             relay = parts.relay;
             background.push(parts.refresh);
-            orders_parts = Some((parts.app, parts.validator, parts.catalog));
+            orders_parts = Some((parts.app, parts.router, parts.validator, parts.catalog));
             Router::new()
         }
         ServiceName::Shipping | ServiceName::Analytics => {
@@ -219,11 +215,11 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     // breakers and fault drills they show.
     let mut traffic = None;
     let api = match orders_parts {
-        Some((app, validator, catalog)) => {
+        Some((app, router, validator, catalog)) => {
             let web = crate::web::Console::new(health.clone(), app.clone(), catalog);
             pages = Some(crate::web::pages(web.clone()));
             traffic = Some(web.traffic.clone());
-            orders::http::router(app, validator.clone()).merge(crate::web::api(web, validator))
+            router.merge(crate::web::api(web, validator))
         }
         None => api,
     };
@@ -384,6 +380,8 @@ pub(crate) async fn order_stream(
 /// The orders service, before its routes are built.
 struct OrdersParts {
     app: orders::OrdersState,
+    /// Its routes, from [`orders::start`].
+    router: Router,
     validator: Validator,
     /// The storefront's products: the catalog service through a client.
     catalog: Prices,
@@ -480,14 +478,15 @@ async fn start_orders(
         }
     };
 
+    let (validator, refresh) = jwks_validator(settings)?;
     // An owner unique to this process (host name and a per-start id): a
     // rescheduled or restarted pod is a new owner that adopts its
     // predecessor's sagas once their leases expire, never while they live.
-    let app = orders::open(
-        OrderStore::Postgres(store),
-        OrderSagaLog::Postgres(saga_log),
-        ReadDb::Postgres(pool),
-        orders::SagaOptions {
+    let started = orders::start(orders::Deps {
+        store: OrderStore::Postgres(store),
+        saga_log: OrderSagaLog::Postgres(saga_log),
+        read_db: ReadDb::Postgres(pool),
+        options: orders::SagaOptions {
             owner: trellis_saga::process_owner("orders"),
             deadline: settings.saga_deadline,
             lease_ttl: settings.saga_lease_ttl,
@@ -495,11 +494,12 @@ async fn start_orders(
         inventory,
         payments,
         prices,
-    )
+        validator: validator.clone(),
+    })
     .await?;
-    let (validator, refresh) = jwks_validator(settings)?;
     Ok(OrdersParts {
-        app,
+        app: started.service,
+        router: started.router,
         validator,
         catalog,
         relay,

@@ -18,7 +18,6 @@ use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
 use crate::platform::db;
 use crate::platform::serve::serve_with;
 use crate::platform::serve::{not_found, wrap};
-use crate::services::catalog::Catalog;
 use crate::services::catalog::client::Prices;
 use crate::services::identity::Identity;
 use crate::services::inventory::Inventory;
@@ -26,7 +25,7 @@ use crate::services::inventory::client::InventoryRequest;
 use crate::services::orders::OrdersState;
 use crate::services::payments::Payments;
 use crate::services::payments::client::PaymentRequest;
-use crate::services::{catalog, identity, orders};
+use crate::services::{catalog, identity, inventory, orders, payments};
 
 /// The services one process holds, for the probes of [`Running`].
 pub(crate) struct Services {
@@ -85,8 +84,9 @@ pub struct Running {
     services: Arc<Services>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// Inventory's reservation sweeper, stopped with the system.
-    _sweeper: AbortOnDrop,
+    /// The services' background tasks (inventory's reservation sweeper),
+    /// stopped with the system.
+    _background: Vec<AbortOnDrop>,
 }
 
 /// Aborts a background task when dropped.
@@ -209,16 +209,25 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let payments_db = db::open_any(dir, "payments").await?;
     let read_db = db::open(dir, "orders-read").await?;
 
-    let identity = Arc::new(Identity::open(identity_db.clone(), None, Vec::new()).await?);
-    let catalog = Catalog::open(catalog_db.clone()).await?;
-    let inventory = Inventory::open(
+    // Each service starts as it does in its own process (src/services);
+    // only the stores (SQLite files) and the clients (in-process calls)
+    // differ. Inventory's and payments' routes are internal: one process
+    // calls them in process and serves none of them.
+    let identity = identity::start(identity_db.clone(), None, Vec::new(), false).await?;
+    let validator = identity.service.validator()?;
+    let catalog = catalog::start(catalog_db.clone(), validator.clone()).await?;
+    let inventory = inventory::start(
         inventory_db.clone(),
         &catalog::seed_stock(),
         config.reservation_ttl,
+        validator.clone(),
     )
     .await?;
-    let sweeper = AbortOnDrop(inventory.spawn_sweeper(inventory.sweep_interval()));
-    let payments = Payments::open(payments_db.clone()).await?;
+    let background: Vec<AbortOnDrop> = inventory.background.into_iter().map(AbortOnDrop).collect();
+    let inventory = inventory.service;
+    let payments = payments::start(payments_db.clone(), validator.clone())
+        .await?
+        .service;
     // The drills' audit compares stock with what inventory accounted for
     // now, before any order of this run.
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
@@ -248,19 +257,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             let pay = pay.clone();
             async move { pay.call(request).await.map_err(to_box) }
         }));
-    let orders = orders::open(
+    let orders = orders::start(orders::Deps {
         store,
         saga_log,
-        ReadDb::Sqlite(read_db.clone()),
-        orders::SagaOptions {
+        read_db: ReadDb::Sqlite(read_db.clone()),
+        options: orders::SagaOptions {
             owner: trellis_saga::process_owner("ecommerce"),
             deadline: config.saga_deadline,
             lease_ttl: config.saga_lease_ttl,
         },
-        inventory_raw,
-        payment_raw,
-        Prices::Local(catalog.clone()),
-    )
+        inventory: inventory_raw,
+        payments: payment_raw,
+        prices: Prices::Local(catalog.service.clone()),
+        validator: validator.clone(),
+    })
     .await?;
 
     let mut health = Health::builder();
@@ -289,23 +299,22 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     let health = health.cache_ttl(Duration::from_millis(500)).build()?;
 
-    let validator = identity.validator()?;
     // The storefront and console (src/web) watch the orders service.
     let web = crate::web::Console::new(
         health.clone(),
-        orders.clone(),
-        Prices::Local(catalog.clone()),
+        orders.service.clone(),
+        Prices::Local(catalog.service.clone()),
     );
     let services = Arc::new(Services {
-        identity: identity.clone(),
+        identity: identity.service,
         inventory,
         payments,
-        orders: orders.clone(),
+        orders: orders.service,
     });
     let api = Router::new()
-        .merge(identity::router(identity))
-        .merge(catalog::router(catalog, validator.clone()))
-        .merge(orders::http::router(orders, validator.clone()))
+        .merge(identity.router)
+        .merge(catalog.router)
+        .merge(orders.router)
         .merge(
             Router::new()
                 .merge(shipping_routes)
@@ -340,6 +349,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         services,
         shutdown: Some(shutdown),
         server,
-        _sweeper: sweeper,
+        _background: background,
     })
 }

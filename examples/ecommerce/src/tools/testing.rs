@@ -21,13 +21,11 @@ use crate::api::Error;
 use crate::platform::config::ServiceName;
 use crate::platform::serve::{Server, not_found, serve, wrap};
 use crate::platform::transport;
-use crate::services::catalog::Catalog;
 use crate::services::catalog::client::CatalogClient;
 use crate::services::identity::Identity;
 use crate::services::identity::client::ServiceToken;
 use crate::services::inventory::Inventory;
 use crate::services::inventory::client::{InventoryReply, InventoryRequest, Line};
-use crate::services::payments::Payments;
 use crate::services::payments::client::{PaymentReply, PaymentRequest};
 
 /// The service secret the test providers' identity accepts.
@@ -44,6 +42,8 @@ pub fn orders_scopes() -> &'static [&'static str] {
 pub struct Providers {
     identity: Arc<Identity>,
     inventory: Inventory,
+    /// Inventory's sweeper, stopped at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
     servers: Vec<(
         &'static str,
         SocketAddr,
@@ -55,45 +55,43 @@ pub struct Providers {
 /// Starts the four providers on SQLite files under `data_dir`.
 pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
     std::fs::create_dir_all(data_dir)?;
-    let identity = Arc::new(
-        Identity::open(
-            crate::platform::db::open_any(data_dir, "identity").await?,
-            None,
-            vec![(
-                ServiceName::Orders,
-                crate::platform::secrets::Secret::new(SERVICE_SECRET),
-            )],
-        )
-        .await?,
-    );
-    let validator = identity.validator()?;
-    let catalog = Catalog::open(crate::platform::db::open_any(data_dir, "catalog").await?).await?;
-    let inventory = Inventory::open(
+    // Each provider starts as in its own process (`services::<name>::start`).
+    let identity = crate::services::identity::start(
+        crate::platform::db::open_any(data_dir, "identity").await?,
+        None,
+        vec![(
+            ServiceName::Orders,
+            crate::platform::secrets::Secret::new(SERVICE_SECRET),
+        )],
+        false,
+    )
+    .await?;
+    let validator = identity.service.validator()?;
+    let catalog = crate::services::catalog::start(
+        crate::platform::db::open_any(data_dir, "catalog").await?,
+        validator.clone(),
+    )
+    .await?;
+    let inventory = crate::services::inventory::start(
         crate::platform::db::open_any(data_dir, "inventory").await?,
         &crate::services::catalog::seed_stock(),
         crate::platform::config::DEFAULT_RESERVATION_TTL,
+        validator.clone(),
     )
     .await?;
-    let payments =
-        Payments::open(crate::platform::db::open_any(data_dir, "payments").await?).await?;
+    let payments = crate::services::payments::start(
+        crate::platform::db::open_any(data_dir, "payments").await?,
+        validator,
+    )
+    .await?;
+    let background = inventory.background;
     let routers = [
-        (
-            ServiceName::Identity,
-            crate::services::identity::router(identity.clone()),
-        ),
-        (
-            ServiceName::Catalog,
-            crate::services::catalog::router(catalog, validator.clone()),
-        ),
-        (
-            ServiceName::Inventory,
-            crate::services::inventory::router(inventory.clone(), validator.clone()),
-        ),
-        (
-            ServiceName::Payments,
-            crate::services::payments::router(payments, validator),
-        ),
+        (ServiceName::Identity, identity.router),
+        (ServiceName::Catalog, catalog.router),
+        (ServiceName::Inventory, inventory.router),
+        (ServiceName::Payments, payments.router),
     ];
+    let (identity, inventory) = (identity.service, inventory.service);
     let mut servers = Vec::new();
     for (service, api) in routers {
         let name = service.as_str();
@@ -114,6 +112,7 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
         identity,
         inventory,
         servers,
+        background,
     })
 }
 
@@ -143,6 +142,9 @@ impl Providers {
 
     /// Stops every provider.
     pub async fn shutdown(self) -> Result<(), Error> {
+        for task in self.background {
+            task.abort();
+        }
         for (_, _, stop, server) in self.servers {
             let _ = stop.send(());
             server.await.map_err(std::io::Error::other)??;

@@ -137,3 +137,21 @@ pub(crate) async fn one(
 pub(crate) fn seed_stock() -> Vec<(&'static str, i64)> {
     SEED.iter().map(|(sku, _, _, n)| (*sku, *n)).collect()
 }
+
+/// Starts the catalog on `pool` (seeded when empty), its routes behind
+/// `validator`, in either run mode.
+///
+/// # Errors
+///
+/// The products table cannot be created or seeded.
+pub(crate) async fn start(
+    pool: AnyPool,
+    validator: trellis_auth::Validator,
+) -> Result<crate::services::Started<Catalog>, Error> {
+    let catalog = Catalog::open(pool).await?;
+    Ok(crate::services::Started {
+        router: router(catalog.clone(), validator),
+        service: catalog,
+        background: Vec::new(),
+    })
+}

@@ -526,6 +526,33 @@ pub fn operator_token(
     Ok(issuer.issue(subject, scopes, ())?.token)
 }
 
+/// Starts identity on `pool`, in either run mode: the signing key from
+/// `key_file` (a fresh one per process without), the service clients it
+/// grants tokens to, and, behind the gateway, the client address taken
+/// from `X-Forwarded-For`.
+///
+/// # Errors
+///
+/// The users table cannot be created, the key cannot be read or written,
+/// or a rate-limit setting is invalid.
+pub(crate) async fn start(
+    pool: AnyPool,
+    key_file: Option<&std::path::Path>,
+    clients: Vec<(ServiceName, Secret)>,
+    behind_gateway: bool,
+) -> Result<crate::services::Started<IdentityState>, Error> {
+    let mut identity = Identity::open(pool, key_file, clients).await?;
+    if behind_gateway {
+        identity = identity.behind_gateway();
+    }
+    let identity = Arc::new(identity);
+    Ok(crate::services::Started {
+        router: router(identity.clone()),
+        service: identity,
+        background: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -560,6 +560,28 @@ fn not_held(status: &str) -> ApiError {
     }
 }
 
+/// Starts inventory on `pool` with `seed` stock (kept when the database
+/// already has some) and reservations held for `reservation_ttl`, its
+/// routes behind `validator` and its expiry sweeper, in either run mode.
+///
+/// # Errors
+///
+/// The tables cannot be created or seeded.
+pub(crate) async fn start(
+    pool: AnyPool,
+    seed: &[(&str, i64)],
+    reservation_ttl: Duration,
+    validator: trellis_auth::Validator,
+) -> Result<crate::services::Started<Inventory>, Error> {
+    let inventory = Inventory::open(pool, seed, reservation_ttl).await?;
+    let sweeper = inventory.spawn_sweeper(inventory.sweep_interval());
+    Ok(crate::services::Started {
+        router: router(inventory.clone(), validator),
+        service: inventory,
+        background: vec![sweeper],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,13 +64,66 @@ pub(crate) struct SagaOptions {
     pub(crate) lease_ttl: Duration,
 }
 
+/// What the orders service is started on, chosen by the run mode: its
+/// stores (SQLite in one process, PostgreSQL distributed), its raw clients
+/// of inventory and payments (in-process calls, or HTTP through
+/// `services::<name>::client`), where prices come from, and the token
+/// validator of its routes.
+pub(crate) struct Deps {
+    /// The order event store.
+    pub(crate) store: OrderStore,
+    /// The saga log.
+    pub(crate) saga_log: OrderSagaLog,
+    /// The order-summary read model's database.
+    pub(crate) read_db: ReadDb,
+    /// How sagas run here.
+    pub(crate) options: SagaOptions,
+    /// Inventory, before the resilience policy.
+    pub(crate) inventory: InventoryClient,
+    /// Payments, before the resilience policy.
+    pub(crate) payments: PaymentClient,
+    /// Catalog prices.
+    pub(crate) prices: Prices,
+    /// Validates the bearer tokens of the orders routes.
+    pub(crate) validator: trellis_auth::Validator,
+}
+
+/// Starts the orders service, the same way in both run modes: see
+/// [`open`]; its routes are [`http::router`] behind `deps.validator`. Its
+/// background work (the saga adopter, the pending-order validator) lives
+/// as long as the returned state.
+///
+/// # Errors
+///
+/// A resilience policy is invalid, a store cannot be read, or the
+/// projection cannot start.
+pub(crate) async fn start(
+    deps: Deps,
+) -> Result<crate::services::Started<OrdersState>, crate::api::Error> {
+    let app = open(
+        deps.store,
+        deps.saga_log,
+        deps.read_db,
+        deps.options,
+        deps.inventory,
+        deps.payments,
+        deps.prices,
+    )
+    .await?;
+    Ok(crate::services::Started {
+        router: http::router(app.clone(), deps.validator),
+        service: app,
+        background: Vec::new(),
+    })
+}
+
 /// Assembles the orders service on its storage and its raw clients of
 /// inventory and payments (in-process calls or HTTP): wraps each client in
 /// the composed resilience policy (plus the fallback that accepts an order
 /// for later validation while inventory's breaker is open), finishes or
 /// compensates the sagas a previous run left mid-flight, and starts the
 /// order-summary projection.
-pub(crate) async fn open(
+async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
     read_db: ReadDb,

@@ -309,6 +309,24 @@ pub(crate) async fn refund(
     Ok(Json(serde_json::json!({ "status": "refunded" })))
 }
 
+/// Starts payments (the fake provider) on `pool`, its routes behind
+/// `validator`, in either run mode.
+///
+/// # Errors
+///
+/// The tables cannot be created.
+pub(crate) async fn start(
+    pool: AnyPool,
+    validator: trellis_auth::Validator,
+) -> Result<crate::services::Started<Payments>, Error> {
+    let payments = Payments::open(pool).await?;
+    Ok(crate::services::Started {
+        router: router(payments.clone(), validator),
+        service: payments,
+        background: Vec::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::client::tokenize;
