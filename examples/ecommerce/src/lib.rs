@@ -15,6 +15,16 @@
 //! NAME`, [`distributed::start`]) on PostgreSQL and NATS JetStream, behind a
 //! gateway, calling each other over HTTP.
 //!
+//! ## Layout
+//!
+//! `api/` (the one error type, shared request/response types) ◂ `platform/`
+//! (config, databases, server, transport, TLS) ◂ `services/<name>/` (each
+//! service's domain, store, routes, `client`, and one `start` both run modes
+//! call) ◂ `web/` (storefront, console) ◂ `run/` (`local`: one process;
+//! `distributed`: one service per process; the OpenAPI documents) ◂
+//! `tools/` (client, scenario, load, drills, cluster). Imports point that
+//! way only; `tests/layout.rs` checks it. See ARCHITECTURE.md.
+//!
 //! ## Crate map
 //!
 //! | item | what |
