@@ -123,7 +123,28 @@ pub(crate) struct Feed {
     pub(crate) pool: ReadPool,
     // None in distributed mode: the JetStream runner lives in `bus`, and
     // the read model there is eventually consistent.
-    catch_up: Option<(SqliteEventStore, ProjectionHandle)>,
+    catch_up: Option<(SqliteEventStore, Arc<ProjectionHandle>)>,
+}
+
+/// Where a read model is kept and fed from, chosen by the run mode.
+#[derive(Debug)]
+pub(crate) enum Source<'a> {
+    /// One process: `dir/<name>.db`, fed from the SQLite order event store
+    /// (queries wait for the events stored before them).
+    Sqlite {
+        /// The data directory.
+        dir: &'a Path,
+        /// The order event store.
+        store: SqliteEventStore,
+    },
+    /// Distributed: the service's PostgreSQL schema, fed from orders'
+    /// events on NATS JetStream (each applied once, with its checkpoint).
+    JetStream {
+        /// The service's pool.
+        pool: sqlx::PgPool,
+        /// The order event stream.
+        stream: Box<async_nats::jetstream::stream::Stream>,
+    },
 }
 
 impl Feed {
@@ -142,9 +163,51 @@ impl Feed {
             .await?;
         let feed = Arc::new(Feed {
             pool: ReadPool::Sqlite(pool.clone()),
-            catch_up: Some((store, projection)),
+            catch_up: Some((store, Arc::new(projection))),
         });
         Ok((feed, pool))
+    }
+
+    /// Runs `projection` into the read model `name` from `source`, in
+    /// either run mode: the feed the routes query, and the projection (for
+    /// the health checks).
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be opened or the runner cannot start.
+    pub(crate) async fn start<P>(
+        source: Source<'_>,
+        name: &str,
+        projection: P,
+    ) -> Result<(Arc<Feed>, Arc<ProjectionHandle>), Error>
+    where
+        P: Projection<sqlx::Sqlite> + Projection<sqlx::Postgres>,
+    {
+        match source {
+            Source::Sqlite { dir, store } => {
+                let (feed, _) = Feed::spawn(dir, name, store, projection).await?;
+                let handle = feed
+                    .catch_up
+                    .as_ref()
+                    .map(|(_, handle)| handle.clone())
+                    .ok_or_else(|| Error::Startup(format!("{name}: no projection")))?;
+                Ok((feed, handle))
+            }
+            Source::JetStream { pool, stream } => {
+                let handle = trellis_cqrs::JetStreamRunner::new(*stream, pool.clone(), projection)
+                    .spawn()
+                    .await?;
+                Ok((Feed::postgres(pool), Arc::new(handle)))
+            }
+        }
+    }
+
+    /// The SQLite pool of a read model kept in one process.
+    pub(crate) fn sqlite_pool(&self) -> Option<SqlitePool> {
+        match &self.pool {
+            ReadPool::Sqlite(pool) => Some(pool.clone()),
+            ReadPool::Postgres(_) => None,
+        }
     }
 
     /// A read model in PostgreSQL fed elsewhere (distributed mode).

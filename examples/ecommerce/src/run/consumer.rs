@@ -1,20 +1,21 @@
 //! The consuming side of the bus (distributed mode): shipping and analytics
-//! keep their read models in their own PostgreSQL schema, fed from orders'
-//! events on NATS JetStream by `trellis_cqrs::JetStreamRunner` (each event
-//! applied once, together with its checkpoint).
+//! start (`services::<name>::start`) on their own PostgreSQL schema, fed
+//! from orders' events on NATS JetStream by `trellis_cqrs::JetStreamRunner`
+//! (each event applied once, together with its checkpoint); this adds their
+//! database, NATS and projection health checks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use sqlx::PgPool;
-use trellis_cqrs::{BoxError, JetStreamRunner, Projection, ProjectionHandle, ProjectionState};
+use trellis_cqrs::{BoxError, ProjectionHandle, ProjectionState};
 use trellis_health::checks::{NatsCheck, PgCheck};
 use trellis_health::{Check, Group, HealthBuilder};
 
 use crate::api::Error;
 use crate::platform::config::{ServiceName, Settings};
 use crate::platform::db;
+use crate::platform::readmodel::Source;
 use crate::run::distributed;
 
 /// A running consumer: its routes, its projection and its JWKS refresh.
@@ -47,24 +48,16 @@ pub(crate) async fn start_consumer(
     let stream = distributed::order_stream(&js, settings).await?;
     let (validator, refresh) = distributed::jwks_validator(settings)?;
     // The same read models and routes as in one process, on PostgreSQL.
-    let feed = crate::platform::readmodel::Feed::postgres(pool.clone());
-    let (routes, projection) = match service {
-        ServiceName::Shipping => (
-            crate::services::shipping::routes(feed),
-            run(stream, pool, crate::services::shipping::ShipmentProjection).await?,
-        ),
-        _ => (
-            crate::services::analytics::routes(feed),
-            run(
-                stream,
-                pool,
-                crate::services::analytics::AnalyticsProjection,
-            )
-            .await?,
-        ),
+    let source = Source::JetStream {
+        pool,
+        stream: Box::new(stream),
     };
-    let router = routes.layer(trellis_auth::JwtAuthLayer::new(validator));
-    let projection = Arc::new(projection);
+    let started = match service {
+        ServiceName::Shipping => crate::services::shipping::start(source, validator).await?,
+        _ => crate::services::analytics::start(source, validator).await?,
+    };
+    let router = started.router;
+    let (_, projection) = started.service;
     let watched = projection.clone();
     // Ready only while the projection runs: parked on a poison event, the
     // service would serve an ever older read model.
@@ -85,14 +78,4 @@ pub(crate) async fn start_consumer(
         projection,
         refresh,
     })
-}
-
-async fn run<P: Projection<sqlx::Postgres>>(
-    stream: async_nats::jetstream::stream::Stream,
-    pool: PgPool,
-    projection: P,
-) -> Result<ProjectionHandle, Error> {
-    Ok(JetStreamRunner::new(stream, pool, projection)
-        .spawn()
-        .await?)
 }

@@ -16,6 +16,7 @@ use crate::api::Error;
 use crate::api::OPS_SCOPE;
 use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
 use crate::platform::db;
+use crate::platform::readmodel::{Feed, Source};
 use crate::platform::serve::serve_with;
 use crate::platform::serve::{not_found, wrap};
 use crate::services::catalog::client::Prices;
@@ -25,7 +26,7 @@ use crate::services::inventory::client::InventoryRequest;
 use crate::services::orders::OrdersState;
 use crate::services::payments::Payments;
 use crate::services::payments::client::PaymentRequest;
-use crate::services::{catalog, identity, inventory, orders, payments};
+use crate::services::{analytics, catalog, identity, inventory, orders, payments, shipping};
 
 /// The services one process holds, for the probes of [`Running`].
 pub(crate) struct Services {
@@ -236,10 +237,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
     // Shipping and analytics: read models in their own databases, fed by
     // the order events like the order summary.
-    let (shipping_routes, shipping_db) =
-        crate::services::shipping::router(dir, events.clone()).await?;
-    let (analytics_routes, analytics_db) =
-        crate::services::analytics::router(dir, events.clone()).await?;
+    let read_model = |store: &SqliteEventStore| Source::Sqlite {
+        dir,
+        store: store.clone(),
+    };
+    let shipping = shipping::start(read_model(&events), validator.clone()).await?;
+    let analytics = analytics::start(read_model(&events), validator.clone()).await?;
+    let sqlite_pool = |feed: &Feed, name: &str| {
+        feed.sqlite_pool()
+            .ok_or_else(|| Error::Startup(format!("{name}: not on SQLite")))
+    };
+    let shipping_db = sqlite_pool(&shipping.service.0, "shipping")?;
+    let analytics_db = sqlite_pool(&analytics.service.0, "analytics")?;
     let store = OrderStore::Sqlite(events);
     let sagas_db = db::open(dir, "orders-sagas").await?;
     let saga_log =
@@ -315,12 +324,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .merge(identity.router)
         .merge(catalog.router)
         .merge(orders.router)
-        .merge(
-            Router::new()
-                .merge(shipping_routes)
-                .merge(analytics_routes)
-                .layer(trellis_auth::JwtAuthLayer::new(validator.clone())),
-        )
+        .merge(shipping.router)
+        .merge(analytics.router)
         .merge(crate::run::audit::router(
             Arc::new(crate::run::audit::AuditState {
                 inventory: inventory_db.clone(),

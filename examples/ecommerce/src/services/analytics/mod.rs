@@ -10,7 +10,6 @@
 //! body serves SQLite and PostgreSQL (see `readmodel`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
@@ -18,11 +17,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use trellis_auth::RequireScopesLayer;
-use trellis_cqrs::{BoxError, Projection};
-use trellis_eventsourcing::{EventFilter, SqliteEventStore, StoredEvent};
+use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
+use trellis_eventsourcing::{EventFilter, StoredEvent};
 
 use crate::api::{ApiError, Error};
-use crate::platform::readmodel::{Feed, ReadPool, hour_of, order_id};
+use crate::platform::readmodel::{Feed, ReadPool, Source, hour_of, order_id};
 
 /// Scope of every analytics route (operators' tokens carry it).
 pub(crate) const SCOPE: &str = "analytics:read";
@@ -335,15 +334,24 @@ macro_rules! for_database {
 for_database!(sqlite, sqlx::Sqlite);
 for_database!(postgres, sqlx::Postgres);
 
-/// One process: the analytics database under `dir`, its projection over the
-/// order events, and the `/analytics/...` routes (to be nested under
-/// `/api/v1`, behind the JWT layer); the pool is for the health checks.
-pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
-    dir: &Path,
-    store: SqliteEventStore,
-) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
-    let (feed, pool) = Feed::spawn(dir, "analytics", store, AnalyticsProjection).await?;
-    Ok((routes(feed), pool))
+/// Starts the analytics read model from `source` (SQLite in one process,
+/// PostgreSQL fed from JetStream distributed) and the `/analytics/...` routes behind
+/// `validator`, in either run mode. The service is the read model's feed
+/// and its projection.
+///
+/// # Errors
+///
+/// The database cannot be opened or the projection cannot start.
+pub(crate) async fn start(
+    source: Source<'_>,
+    validator: trellis_auth::Validator,
+) -> Result<crate::services::Started<(Arc<Feed>, Arc<ProjectionHandle>)>, Error> {
+    let (feed, projection) = Feed::start(source, "analytics", AnalyticsProjection).await?;
+    Ok(crate::services::Started {
+        router: routes(feed.clone()).layer(trellis_auth::JwtAuthLayer::new(validator)),
+        service: (feed, projection),
+        background: Vec::new(),
+    })
 }
 
 /// The `/analytics/...` routes on `feed` (either database).

@@ -7,7 +7,6 @@
 //! projection is one body instantiated for SQLite and PostgreSQL (see
 //! `readmodel`).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
@@ -16,11 +15,11 @@ use axum::{Extension, Json, Router};
 use http::StatusCode;
 use serde::Serialize;
 use trellis_auth::{Claims, RequireScopesLayer};
-use trellis_cqrs::{BoxError, Projection};
-use trellis_eventsourcing::{EventFilter, SqliteEventStore, StoredEvent};
+use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
+use trellis_eventsourcing::{EventFilter, StoredEvent};
 
 use crate::api::{ApiError, Error};
-use crate::platform::readmodel::{Feed, ReadPool, order_id, subject};
+use crate::platform::readmodel::{Feed, ReadPool, Source, order_id, subject};
 
 /// Scope of `GET /shipments/{order_id}` (a customer reads their own).
 pub(crate) const SCOPE: &str = "orders:read";
@@ -183,15 +182,24 @@ macro_rules! for_database {
 for_database!(sqlite, sqlx::Sqlite);
 for_database!(postgres, sqlx::Postgres);
 
-/// One process: the shipments database under `dir`, its projection over
-/// the order events, and `GET /shipments/{order_id}` (to be nested under
-/// `/api/v1`, behind the JWT layer); the pool is for the health checks.
-pub(crate) async fn router<S: Clone + Send + Sync + 'static>(
-    dir: &Path,
-    store: SqliteEventStore,
-) -> Result<(Router<S>, sqlx::SqlitePool), Error> {
-    let (feed, pool) = Feed::spawn(dir, "shipping", store, ShipmentProjection).await?;
-    Ok((routes(feed), pool))
+/// Starts the shipping read model from `source` (SQLite in one process,
+/// PostgreSQL fed from JetStream distributed) and `GET /shipments/{order_id}` behind
+/// `validator`, in either run mode. The service is the read model's feed
+/// and its projection.
+///
+/// # Errors
+///
+/// The database cannot be opened or the projection cannot start.
+pub(crate) async fn start(
+    source: Source<'_>,
+    validator: trellis_auth::Validator,
+) -> Result<crate::services::Started<(Arc<Feed>, Arc<ProjectionHandle>)>, Error> {
+    let (feed, projection) = Feed::start(source, "shipping", ShipmentProjection).await?;
+    Ok(crate::services::Started {
+        router: routes(feed.clone()).layer(trellis_auth::JwtAuthLayer::new(validator)),
+        service: (feed, projection),
+        background: Vec::new(),
+    })
 }
 
 /// `GET /shipments/{order_id}` on `feed` (either database).
