@@ -15,6 +15,16 @@
 //! NAME`, [`distributed::start`]) on PostgreSQL and NATS JetStream, behind a
 //! gateway, calling each other over HTTP.
 //!
+//! ## Layout
+//!
+//! `api/` (the one error type, shared request/response types) ◂ `platform/`
+//! (config, databases, server, transport, TLS) ◂ `services/<name>/` (each
+//! service's domain, store, routes, `client`, and one `start` both run modes
+//! call) ◂ `web/` (storefront, console) ◂ `run/` (`local`: one process;
+//! `distributed`: one service per process; the OpenAPI documents) ◂
+//! `tools/` (client, scenario, load, drills, cluster). Imports point that
+//! way only; `tests/layout.rs` checks it. See ARCHITECTURE.md.
+//!
 //! ## Crate map
 //!
 //! | item | what |
@@ -40,41 +50,21 @@
 //! # Ok(()) }
 //! ```
 
-mod analytics;
-mod app;
-mod audit;
-mod backend;
-mod bus;
-mod catalog;
-mod client;
-#[doc(hidden)]
-pub mod cluster;
-pub mod config;
-mod db;
-pub mod distributed;
-pub mod drill;
-mod error;
-mod identity;
-mod inventory;
-pub mod load;
-mod openapi;
-mod orders;
-mod password;
-mod payments;
-mod readmodel;
-mod remote;
+mod api;
+mod platform;
 pub mod rollout;
-pub mod scenario;
-pub mod secrets;
-pub mod server;
-mod shipping;
-#[doc(hidden)]
-pub mod testing;
-pub mod tls;
+mod run;
+mod services;
+mod tools;
 mod web;
 
-pub use app::{BODY_LIMIT, Config, OPS_SCOPE, Running, start};
-pub use client::{ApiClient, ApiResponse};
-pub use error::Error;
-pub use identity::operator_token;
-pub use payments::DECLINED_CARD;
+pub use api::{BODY_LIMIT, Error, OPS_SCOPE};
+pub use platform::{config, secrets, server, tls};
+pub use run::distributed;
+pub use run::local::{Config, Running, start};
+pub use services::identity::operator_token;
+pub use services::payments::DECLINED_CARD;
+pub use tools::client::{ApiClient, ApiResponse};
+#[doc(hidden)]
+pub use tools::{cluster, testing};
+pub use tools::{drill, load, scenario};

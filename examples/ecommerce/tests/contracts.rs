@@ -2,7 +2,7 @@
 //! in distributed mode (identity, catalog, inventory, payments), checked
 //! against each provider's generated OpenAPI document (issue 7 §5).
 //!
-//! - Consumer side: orders' real HTTP clients (src/remote.rs, through
+//! - Consumer side: orders' real HTTP clients (src/services/<name>/client.rs, through
 //!   `ecommerce::testing::Consumer`) talk to recording stubs on loopback
 //!   that answer with examples built from the provider's document. Every
 //!   request they send must be a documented operation of that provider,

@@ -674,10 +674,10 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
 
 /// Who opens connections to whom, as the code does it: the gateway proxies
 /// the public routes and probes every peer's readiness
-/// (src/distributed.rs); every service but the gateway fetches identity's
+/// (src/run/distributed.rs); every service but the gateway fetches identity's
 /// JWKS and, where it calls a peer, its service token; orders calls
 /// catalog, inventory and payments; orders, shipping and analytics use NATS
-/// (the outbox relay and src/bus.rs); every service but the gateway keeps
+/// (the outbox relay and src/run/consumer.rs); every service but the gateway keeps
 /// its tables in PostgreSQL. A new call in the code needs a line here and a
 /// rule in networkpolicy.yaml, or the pods cannot talk.
 const CALLS: [(&str, &[&str]); 8] = [

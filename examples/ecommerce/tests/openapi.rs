@@ -270,7 +270,7 @@ async fn every_documented_operation_is_served_with_exactly_its_methods() {
 const SITE_ROOT_ROUTERS: [(&str, &str); 2] = [
     ("web/mod.rs", "pages"),
     // The gateway's forwarding of those pages to orders (distributed mode).
-    ("distributed.rs", "page_proxy"),
+    ("services/gateway/mod.rs", "page_proxy"),
 ];
 
 /// The byte range of the body of `fn {name}` in `text` (string literals

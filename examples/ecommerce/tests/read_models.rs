@@ -1,6 +1,6 @@
 //! The shipping and analytics read models after the scenario, asserted
 //! through the API (one process, SQLite). The same projections on
-//! PostgreSQL are tested in src/shipping.rs and src/analytics.rs.
+//! PostgreSQL are tested in src/services/shipping and src/services/analytics.
 
 #[path = "support/mod.rs"]
 mod support;

@@ -19,19 +19,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use trellis_cqrs::ProjectionState;
 use trellis_health::{Group, Health};
-use trellis_resilience::bulkhead::BulkheadLayer;
 use trellis_resilience::circuit_breaker::{CircuitBreakerHandle, StateTransition};
 use trellis_resilience::fault::{FaultConfig, FaultHandle};
-use trellis_resilience::policy::ResiliencePolicy;
-use trellis_resilience::rate_limit::RateLimiter;
 use trellis_saga::{SagaEvent, SagaStatus};
 use utoipa::ToSchema;
 
 use super::WebState;
 use super::traffic::{Point, Traffic};
-use crate::catalog::Prices;
-use crate::error::{ApiError, ApiJson};
-use crate::orders::{Orders, OrdersState};
+use crate::api::{ApiError, ApiJson};
+use crate::services::catalog::client::Prices;
+use crate::services::orders::{Orders, OrdersState};
 
 /// Transitions kept per breaker.
 const TRANSITIONS_KEPT: usize = 20;
@@ -67,45 +64,6 @@ pub(crate) struct Transition {
 struct Breaker {
     handle: CircuitBreakerHandle,
     transitions: Arc<Mutex<VecDeque<Transition>>>,
-}
-
-/// The resilience handles of the orders service's clients of inventory
-/// and payments, kept for the console when the clients are built.
-#[derive(Debug, Clone)]
-pub(crate) struct ClientHandles {
-    breakers: Vec<CircuitBreakerHandle>,
-    bulkheads: Vec<(String, BulkheadLayer)>,
-    rate_limiters: Vec<(String, RateLimiter)>,
-    /// The fault drills by service: `payments`, `inventory`.
-    faults: Vec<(&'static str, FaultHandle)>,
-}
-
-impl ClientHandles {
-    /// The breaker, bulkhead and rate limiter of each named policy, and
-    /// these fault handles.
-    pub(crate) fn new<'a, P: 'a, C: 'a>(
-        policies: impl IntoIterator<Item = (&'a str, &'a ResiliencePolicy<P, C>)>,
-        faults: impl IntoIterator<Item = (&'static str, FaultHandle)>,
-    ) -> Self {
-        let mut handles = ClientHandles {
-            breakers: Vec::new(),
-            bulkheads: Vec::new(),
-            rate_limiters: Vec::new(),
-            faults: faults.into_iter().collect(),
-        };
-        for (name, policy) in policies {
-            handles.breakers.extend(policy.circuit_breaker_handle());
-            if let Some(b) = policy.bulkhead() {
-                handles.bulkheads.push((name.to_owned(), b.clone()));
-            }
-            if let Some(r) = policy.rate_limit() {
-                handles
-                    .rate_limiters
-                    .push((name.to_owned(), r.limiter().clone()));
-            }
-        }
-        handles
-    }
 }
 
 /// What the pages read: the orders service, the catalog, health, the
@@ -327,7 +285,7 @@ fn projection_json(app: &Console) -> serde_json::Value {
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "Health, breakers with their recent transitions, bulkheads, rate limiters, fault drills, projections", body = super::schemas::AdminStatus),
-        crate::openapi::AuthErrors,
+        crate::api::AuthErrors,
     )
 )]
 pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Value> {
@@ -351,7 +309,7 @@ pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Valu
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "One point per second for the last five minutes, oldest first", body = [Point]),
-        crate::openapi::AuthErrors,
+        crate::api::AuthErrors,
     )
 )]
 pub(crate) async fn traffic(State(app): State<WebState>) -> Json<Vec<Point>> {
@@ -386,7 +344,7 @@ pub(crate) struct SagaRow {
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "Sagas counted by status; those in flight or needing attention listed", body = super::schemas::SagaOverview),
-        crate::openapi::AuthErrors,
+        crate::api::AuthErrors,
     )
 )]
 pub(crate) async fn sagas(
@@ -477,10 +435,10 @@ fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "The compensations re-ran: the saga now", body = super::schemas::SagaReply),
-        (status = 404, description = "`not_found`: no such saga", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`wrong_status` (the saga is not in a status this action applies to) or `saga_busy` (another process holds its lease)", body = crate::openapi::ErrorBody),
-        crate::openapi::AuthErrors,
-        crate::openapi::BodyErrors,
+        (status = 404, description = "`not_found`: no such saga", body = crate::api::ErrorBody),
+        (status = 409, description = "`wrong_status` (the saga is not in a status this action applies to) or `saga_busy` (another process holds its lease)", body = crate::api::ErrorBody),
+        crate::api::AuthErrors,
+        crate::api::BodyErrors,
     )
 )]
 pub(crate) async fn retry_saga(
@@ -507,10 +465,10 @@ pub(crate) async fn retry_saga(
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "The saga failed and compensated: the saga now", body = super::schemas::SagaReply),
-        (status = 404, description = "`not_found`: no such saga", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`wrong_status` (the saga is not in a status this action applies to) or `saga_busy` (another process holds its lease)", body = crate::openapi::ErrorBody),
-        crate::openapi::AuthErrors,
-        crate::openapi::BodyErrors,
+        (status = 404, description = "`not_found`: no such saga", body = crate::api::ErrorBody),
+        (status = 409, description = "`wrong_status` (the saga is not in a status this action applies to) or `saga_busy` (another process holds its lease)", body = crate::api::ErrorBody),
+        crate::api::AuthErrors,
+        crate::api::BodyErrors,
     )
 )]
 pub(crate) async fn compensate_saga(
@@ -541,12 +499,12 @@ pub(crate) async fn compensate_saga(
     path = "/api/v1/admin/inventory/faults",
     tag = "orders",
     operation_id = "admin_inventory_faults",
-    request_body = crate::openapi::FaultSettings,
+    request_body = crate::api::FaultSettings,
     security(("bearer" = ["ops:admin"])),
     responses(
-        (status = 200, description = "The faults now in force on orders' calls to inventory", body = crate::openapi::FaultSettings),
-        crate::openapi::AuthErrors,
-        crate::openapi::BodyErrors,
+        (status = 200, description = "The faults now in force on orders' calls to inventory", body = crate::api::FaultSettings),
+        crate::api::AuthErrors,
+        crate::api::BodyErrors,
     )
 )]
 pub(crate) async fn set_inventory_faults(
@@ -627,7 +585,7 @@ struct Feed {
 `tick` every second (`TickEvent`), `health` every five (`HealthReports`), \
 `breaker` on each breaker transition (`Transition`), `saga` on each saga step (`SagaStepEvent`), \
 `lagged` when this stream fell behind and the lists should be reloaded (`EmptyEvent`)."),
-        crate::openapi::AuthErrors,
+        crate::api::AuthErrors,
     )
 )]
 pub(crate) async fn events(

@@ -21,7 +21,7 @@ use trellis_saga::{SagaEvent, SagaLog};
 use super::WebState;
 use super::console::saga_event_json;
 use super::streams::{StreamSlot, token_deadline};
-use crate::error::ApiError;
+use crate::api::ApiError;
 
 /// The validation saga of an order accepted while inventory was down is
 /// `{order_id}/validate`: it belongs to the same order.
@@ -137,9 +137,9 @@ async fn next_saga_event(
 first the history, `step` per entry (`SagaStepEvent`) and `saga` per saga (`SagaStateEvent`) of the order's saga and of its validation saga if any, \
 then `order` with the read-model row (`SummaryRow`, `null` if absent); then live `step` events, and `saga` + `order` whenever one of its sagas finishes; \
 `lagged` (`EmptyEvent`) when this stream fell behind and should be reopened."),
-        (status = 404, description = "`not_found`: no such order of the caller's", body = crate::openapi::ErrorBody),
-        (status = 429, description = "`too_many_streams`: the caller or the server has too many event streams open; see Retry-After", body = crate::openapi::ErrorBody),
-        crate::openapi::AuthErrors,
+        (status = 404, description = "`not_found`: no such order of the caller's", body = crate::api::ErrorBody),
+        (status = 429, description = "`too_many_streams`: the caller or the server has too many event streams open; see Retry-After", body = crate::api::ErrorBody),
+        crate::api::AuthErrors,
     )
 )]
 pub(crate) async fn order_events(
@@ -265,8 +265,8 @@ struct CustomerFeed {
         (status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events until the server shuts down, each `data` one JSON object: \
 `ready` first (`EmptyEvent`), then `step` (`SagaStepEvent`) for every saga step of the caller's orders from now on; \
 `lagged` (`EmptyEvent`) when this stream fell behind and should be reopened."),
-        (status = 429, description = "`too_many_streams`: the caller or the server has too many event streams open; see Retry-After", body = crate::openapi::ErrorBody),
-        crate::openapi::AuthErrors,
+        (status = 429, description = "`too_many_streams`: the caller or the server has too many event streams open; see Retry-After", body = crate::api::ErrorBody),
+        crate::api::AuthErrors,
     )
 )]
 pub(crate) async fn customer_events(

@@ -35,10 +35,10 @@ use axum::Router;
 use axum::routing::{get, post};
 use trellis_auth::{JwtAuthLayer, RequireScopesLayer, Validator};
 
-pub(crate) use console::{ClientHandles, Console};
+pub(crate) use console::Console;
 pub(crate) use traffic::record as record_traffic;
 
-use crate::app::OPS_SCOPE;
+use crate::api::OPS_SCOPE;
 
 /// The pages' state: what the console watches (the orders service among it).
 pub(crate) type WebState = Arc<Console>;

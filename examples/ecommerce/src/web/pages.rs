@@ -8,8 +8,9 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use super::WebState;
-use crate::catalog::{Prices, Product};
-use crate::error::ApiError;
+use crate::api::ApiError;
+use crate::services::catalog::Product;
+use crate::services::catalog::client::Prices;
 
 /// `$12.50` from 1250.
 pub(crate) fn money(cents: i64) -> String {

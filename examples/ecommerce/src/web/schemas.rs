@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::console::{SagaRow, Transition};
 use super::traffic::Point;
-use crate::openapi::FaultSettings;
+use crate::api::FaultSettings;
 
 /// A saga's status (trellis-saga `SagaStatus::as_str`).
 #[derive(Debug, Serialize, ToSchema)]

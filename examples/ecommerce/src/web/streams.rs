@@ -11,7 +11,7 @@ use http::StatusCode;
 use tokio::sync::OnceCell;
 use trellis_auth::Claims;
 
-use crate::error::ApiError;
+use crate::api::ApiError;
 
 /// Open streams one subject may hold (a few tabs).
 pub(crate) const STREAMS_PER_USER: usize = 4;
@@ -108,9 +108,11 @@ pub(crate) fn token_deadline(claims: &Claims) -> tokio::time::Instant {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let left = claims.exp.map_or(crate::identity::TOKEN_TTL, |exp| {
-        Duration::from_secs(exp.saturating_sub(now))
-    });
+    let left = claims
+        .exp
+        .map_or(crate::services::identity::TOKEN_TTL, |exp| {
+            Duration::from_secs(exp.saturating_sub(now))
+        });
     tokio::time::Instant::now() + left
 }
 

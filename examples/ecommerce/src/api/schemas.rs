@@ -1,0 +1,297 @@
+//! The request and response bodies of the JSON API, shared by handlers,
+//! clients and the OpenAPI documents: the JSON bodies some handlers build
+//! with `serde_json::json!` are described here by these types, and
+//! tests/openapi.rs validates real responses against them, so a handler that
+//! changes its shape fails there.
+
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
+
+/// Every error: `{"error": code, "message": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// A stable, matchable code (`insufficient_scope`, `invalid_body`, …).
+    error: String,
+    /// What went wrong, for people.
+    message: String,
+}
+
+/// The answers of the JWT and scope layers, and of an internal failure.
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)] // documentation only: the auth layers build these responses
+pub(crate) enum AuthErrors {
+    /// `unauthenticated` (no bearer token) or `invalid_token`.
+    #[response(status = 401, description = "`unauthenticated` or `invalid_token`")]
+    Unauthenticated(ErrorBody),
+    /// `insufficient_scope`: the token lacks a scope the route requires.
+    #[response(status = 403, description = "`insufficient_scope`")]
+    Forbidden(ErrorBody),
+    /// `internal`.
+    #[response(status = 500, description = "`internal`")]
+    Internal(ErrorBody),
+}
+
+/// The answers to a JSON body that is not acceptable (nothing is written).
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)] // documentation only: `ApiJson` and the handlers build these
+pub(crate) enum BodyErrors {
+    /// `malformed_json`.
+    #[response(status = 400, description = "`malformed_json`")]
+    Malformed(ErrorBody),
+    /// `body_too_large` (over 16 KiB).
+    #[response(status = 413, description = "`body_too_large` (over 16 KiB)")]
+    TooLarge(ErrorBody),
+    /// `unsupported_media_type`: not `application/json`.
+    #[response(status = 415, description = "`unsupported_media_type`")]
+    NotJson(ErrorBody),
+    /// `invalid_body` (unknown field, wrong type) or a domain check
+    /// (`invalid_quantity`, `unknown_product`, `invalid_card`, …).
+    #[response(
+        status = 422,
+        description = "`invalid_body` or a domain check such as `invalid_quantity`, `unknown_product`"
+    )]
+    Invalid(ErrorBody),
+}
+
+/// The answers of an internal write (orders calling inventory or payments)
+/// that is refused before it changes anything.
+#[derive(Debug, IntoResponses)]
+#[allow(dead_code)] // documentation only: `ApiJson` and the handlers build these
+pub(crate) enum InternalWriteErrors {
+    /// `malformed_json`, or `missing_idempotency_key`.
+    #[response(
+        status = 400,
+        description = "`malformed_json` or `missing_idempotency_key` (1 to 200 characters)"
+    )]
+    BadRequest(ErrorBody),
+    /// `body_too_large` (over 16 KiB).
+    #[response(status = 413, description = "`body_too_large` (over 16 KiB)")]
+    TooLarge(ErrorBody),
+    /// `unsupported_media_type`: not `application/json`.
+    #[response(status = 415, description = "`unsupported_media_type`")]
+    NotJson(ErrorBody),
+    /// `invalid_body` or a domain check (`invalid_lines`, `invalid_amount`).
+    #[response(
+        status = 422,
+        description = "`invalid_body` (unknown field, wrong type) or a domain check: `invalid_lines`, `invalid_amount`"
+    )]
+    Invalid(ErrorBody),
+}
+
+/// The `Idempotency-Key` header every internal write carries: the caller's
+/// key for this step, so a retried call does the work once.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)] // documentation only: handlers read the header map
+pub(crate) struct IdempotencyKey(
+    /// 1 to 200 characters, unique per saga step (e.g. `{order}/{step}/action`).
+    String,
+);
+
+/// `POST /inventory/reservations`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Reservation {
+    /// The reservation id: the call's idempotency key.
+    reservation: String,
+}
+
+/// `POST /inventory/reservations`'s answer when a line cannot be served.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct InsufficientStock {
+    /// Always `insufficient_stock`: orders tells the outcome by it.
+    error: InsufficientStockCode,
+    /// What went wrong, for people.
+    message: String,
+    /// The first SKU short of stock.
+    sku: String,
+}
+
+/// The one code of [`InsufficientStock`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InsufficientStockCode {
+    /// Not enough stock for a line.
+    InsufficientStock,
+}
+
+/// `POST /payments/charges`'s answer when the card is declined.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Declined {
+    /// Always `payment_declined`: orders tells the outcome by it.
+    error: DeclinedCode,
+    /// The provider's reason.
+    message: String,
+}
+
+/// The one code of [`Declined`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DeclinedCode {
+    /// The provider declined the card.
+    PaymentDeclined,
+}
+
+/// What to do with a reservation.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler matches the path text
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FinishAction {
+    /// Give the stock back (compensation).
+    Release,
+    /// Keep it for good (the order is confirmed).
+    Confirm,
+}
+
+/// `POST /inventory/reservations/{action}`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Finished {
+    /// The action done.
+    status: FinishAction,
+}
+
+/// `POST /payments/charges`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Charged {
+    /// The payment id (what a refund names).
+    payment: String,
+}
+
+/// `POST /payments/refunds`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Refunded {
+    /// Always `refunded`.
+    status: RefundStatus,
+}
+
+/// The one state of [`Refunded`].
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the handler writes the text
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RefundStatus {
+    /// The payment is refunded (now or before).
+    Refunded,
+}
+
+/// `POST /identity/register`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Registered {
+    /// The user id (the `sub` of their tokens).
+    id: String,
+    /// The email, trimmed and lowercased.
+    email: String,
+}
+
+/// `POST /identity/login`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenResponse {
+    /// An EdDSA-signed JWT.
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: String,
+    /// Seconds until it expires.
+    expires_in: i64,
+    /// The granted scopes, space separated.
+    scope: String,
+}
+
+/// An order's state in the read model.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documentation only: the read model stores these as text
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum OrderState {
+    /// Recorded, the saga under way.
+    Placed,
+    /// Reserved, charged and confirmed.
+    Confirmed,
+    /// Accepted while inventory was unreachable; validated later.
+    PendingValidation,
+    /// Compensated: nothing reserved or charged stands.
+    Rejected,
+}
+
+/// How the place-order saga ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SagaOutcome {
+    /// `Completed`, `Compensated`, or a state a crash left it in.
+    status: String,
+    /// The failed step's error, if any.
+    error: Option<String>,
+}
+
+/// `POST /orders`'s answer: the read-model row and the saga's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PlacedOrder {
+    /// The new order's id.
+    order_id: String,
+    /// The customer (the token's subject).
+    customer: String,
+    /// Where the order stands.
+    status: OrderState,
+    /// Sum of price × quantity.
+    total_cents: i64,
+    /// Units over all lines.
+    items: i64,
+    /// Why it was rejected, when it was.
+    reason: Option<String>,
+    /// The saga's outcome.
+    saga: SagaOutcome,
+}
+
+/// An order validated when inventory's breaker closed.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ValidatedOrder {
+    /// The order.
+    order_id: String,
+    /// Its state after validation.
+    status: OrderState,
+}
+
+/// `POST /admin/inventory/breaker`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BreakerOutcome {
+    /// The breaker's state (`Closed`, `Open`, `HalfOpen`, `ForcedOpen`).
+    state: String,
+    /// Orders validated by closing it.
+    validated: Vec<ValidatedOrder>,
+}
+
+/// The payment provider's fault injection (trellis-resilience `FaultConfig`;
+/// every field optional on input, all present in the answer).
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(default)]
+pub(crate) struct FaultSettings {
+    /// Master switch.
+    enabled: bool,
+    /// Probability (0–1) that a call is delayed by `latency`.
+    latency_probability: f64,
+    /// The delay, e.g. `"250ms"` (a number of seconds is accepted on input).
+    latency: String,
+    /// Probability (0–1) that a call fails before reaching the provider.
+    error_probability: f64,
+    /// Probability (0–1) that a call reaches the provider and its answer is lost.
+    abort_probability: f64,
+}
+
+/// One public key of the JWKS.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Jwk {
+    /// Key type (`OKP` for Ed25519).
+    kty: String,
+    /// Key id, the `kid` of the tokens it verifies.
+    kid: String,
+    /// Algorithm (`EdDSA`).
+    alg: String,
+    /// Curve (`Ed25519`).
+    crv: Option<String>,
+    /// The public key, base64url.
+    x: Option<String>,
+}
+
+/// The JSON Web Key Set services verify tokens with.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Jwks {
+    /// The current and the previous signing keys.
+    keys: Vec<Jwk>,
+}

@@ -1,0 +1,821 @@
+//! Settings of one `ecommerce` process: defaults, then a TOML file, then
+//! environment variables (the last one set wins).
+//!
+//! The same names serve the one-process mode (`ecommerce`, every service in
+//! the process, SQLite under `data_dir`) and the distributed mode
+//! (`ecommerce serve --service orders --config ecommerce.toml`, one service
+//! per process on PostgreSQL and NATS). [`ENV_VARS`] lists every variable read
+//! here; the deployment manifests are checked against it.
+//!
+//! ```toml
+//! service = "orders"                 # omit for every service in one process
+//! listen = "0.0.0.0:8085"
+//! database_url = "postgres://postgres@127.0.0.1:5432/test"
+//! nats_url = "nats://127.0.0.1:4222"
+//!
+//! [peers]                            # where the other services answer
+//! identity = "http://127.0.0.1:8081"
+//! inventory = "http://127.0.0.1:8083"
+//! payments = "http://127.0.0.1:8084"
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::platform::secrets::Secret;
+
+/// One bounded context; each runs as its own process in distributed mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceName {
+    /// The public entry point: routes `/api/v1/...` to the owning service
+    /// (and serves the web pages).
+    Gateway,
+    /// Users, login, token issuing, JWKS.
+    Identity,
+    /// Products.
+    Catalog,
+    /// Stock and reservations.
+    Inventory,
+    /// The fake payment provider.
+    Payments,
+    /// The event-sourced orders and the place-order saga.
+    Orders,
+    /// Shipments of confirmed orders.
+    Shipping,
+    /// Read models: orders per customer, revenue, top products, bought together.
+    Analytics,
+}
+
+impl ServiceName {
+    /// Every service, in start order (dependencies first, gateway last).
+    pub const ALL: [ServiceName; 8] = [
+        ServiceName::Identity,
+        ServiceName::Catalog,
+        ServiceName::Inventory,
+        ServiceName::Payments,
+        ServiceName::Orders,
+        ServiceName::Shipping,
+        ServiceName::Analytics,
+        ServiceName::Gateway,
+    ];
+
+    /// The lowercase name used on the command line, in TOML, in URLs of
+    /// peers and as the PostgreSQL schema.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Gateway => "gateway",
+            ServiceName::Identity => "identity",
+            ServiceName::Catalog => "catalog",
+            ServiceName::Inventory => "inventory",
+            ServiceName::Payments => "payments",
+            ServiceName::Orders => "orders",
+            ServiceName::Shipping => "shipping",
+            ServiceName::Analytics => "analytics",
+        }
+    }
+
+    /// The port a service listens on by default (the container port in the
+    /// deployment manifests too).
+    pub const fn default_port(self) -> u16 {
+        match self {
+            ServiceName::Gateway => 8080,
+            ServiceName::Identity => 8081,
+            ServiceName::Catalog => 8082,
+            ServiceName::Inventory => 8083,
+            ServiceName::Payments => 8084,
+            ServiceName::Orders => 8085,
+            ServiceName::Shipping => 8086,
+            ServiceName::Analytics => 8087,
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        ServiceName::ALL
+            .into_iter()
+            .find(|service| service.as_str() == s)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "service".into(),
+                message: format!(
+                    "unknown service {s:?}; one of {}",
+                    ServiceName::ALL.map(ServiceName::as_str).join(", ")
+                ),
+            })
+    }
+}
+
+/// Where each peer service answers (distributed mode). A missing entry
+/// defaults to `http://127.0.0.1:<default port>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peers {
+    /// Identity's base URL (JWKS, service tokens).
+    pub identity: Option<String>,
+    /// Catalog's base URL.
+    pub catalog: Option<String>,
+    /// Inventory's base URL.
+    pub inventory: Option<String>,
+    /// Payments' base URL.
+    pub payments: Option<String>,
+    /// Orders' base URL.
+    pub orders: Option<String>,
+    /// Shipping's base URL.
+    pub shipping: Option<String>,
+    /// Analytics' base URL.
+    pub analytics: Option<String>,
+}
+
+impl Peers {
+    /// The base URL of `service` (no trailing slash).
+    pub fn url(&self, service: ServiceName) -> String {
+        let set = match service {
+            ServiceName::Identity => &self.identity,
+            ServiceName::Catalog => &self.catalog,
+            ServiceName::Inventory => &self.inventory,
+            ServiceName::Payments => &self.payments,
+            ServiceName::Orders => &self.orders,
+            ServiceName::Shipping => &self.shipping,
+            ServiceName::Analytics => &self.analytics,
+            ServiceName::Gateway => &None,
+        };
+        match set {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://127.0.0.1:{}", service.default_port()),
+        }
+    }
+
+    fn slot(&mut self, service: ServiceName) -> Option<&mut Option<String>> {
+        Some(match service {
+            ServiceName::Identity => &mut self.identity,
+            ServiceName::Catalog => &mut self.catalog,
+            ServiceName::Inventory => &mut self.inventory,
+            ServiceName::Payments => &mut self.payments,
+            ServiceName::Orders => &mut self.orders,
+            ServiceName::Shipping => &mut self.shipping,
+            ServiceName::Analytics => &mut self.analytics,
+            ServiceName::Gateway => return None,
+        })
+    }
+}
+
+/// Mutual TLS between services (distributed mode), PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// This service's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signs every service's certificate (trusted for clients
+    /// and servers alike).
+    pub ca: PathBuf,
+}
+
+/// The settings of one process. `Debug` shows no secret: client secrets
+/// are [`Secret`]s and the database URL's password is masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The service this process runs; `None` runs every service in one
+    /// process on SQLite.
+    pub service: Option<ServiceName>,
+    /// Listen address. Default: `127.0.0.1:8080` in one process, the
+    /// service's [default port](ServiceName::default_port) otherwise.
+    pub listen: Option<SocketAddr>,
+    /// Directory of the SQLite files (one-process mode).
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (distributed mode); each service keeps its tables in
+    /// a schema named after it.
+    pub database_url: Option<String>,
+    /// Prepended to each service's schema name and to the NATS subjects and
+    /// stream (distributed mode), so several systems can share one
+    /// database and one NATS (tests). Lowercase letters, digits and `_`.
+    pub schema_prefix: String,
+    /// Units of every SKU inventory starts with when its stock table is
+    /// empty; default: the catalog's seed quantities.
+    pub seed_stock: Option<i64>,
+    /// Whether each PostgreSQL commit waits for its WAL flush
+    /// (`synchronous_commit`). Default false, the durability of the
+    /// one-process mode's SQLite WAL with `synchronous = NORMAL`: a commit
+    /// survives any crash of the services, but a crash of the database
+    /// server may lose the last fraction of a second of commits.
+    pub synchronous_commit: bool,
+    /// NATS URL (distributed mode): the bus the outbox relay publishes to.
+    pub nats_url: Option<String>,
+    /// Where the other services answer.
+    pub peers: Peers,
+    /// The client-credentials secrets, one per calling service
+    /// (`[client_secrets] orders = "..."`, `ECOMMERCE_ORDERS_CLIENT_SECRET`):
+    /// identity checks them, each client presents its own. Serve mode
+    /// refuses weak or committed ones (see [`crate::platform::secrets`]).
+    pub client_secrets: ClientSecrets,
+    /// PEM file of identity's Ed25519 signing key; created when missing so
+    /// tokens survive a restart.
+    pub signing_key_file: Option<PathBuf>,
+    /// Mutual TLS between services, when set.
+    pub tls: Option<TlsSettings>,
+    /// Where an internal service serves its health probes over plain HTTP
+    /// when [`tls`](Self::tls) is set (its API then takes mTLS only).
+    /// Default: the listen address with the port plus 1000.
+    pub health_listen: Option<SocketAddr>,
+    /// How long readiness reports "down" before the server stops.
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub drain: Duration,
+    /// How long an inventory reservation holds its stock unconfirmed before
+    /// the sweeper gives it back (status `EXPIRED`); a confirm after that is
+    /// refused and the order's saga compensates. Far longer than a saga's
+    /// 30 s deadline. Default [`DEFAULT_RESERVATION_TTL`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub reservation_ttl: Duration,
+    /// How long a place-order saga may run before it stops going forward
+    /// and compensates (also how long `POST /orders` waits for it). A
+    /// deadline that passed while orders was down compensates on restart.
+    /// Default [`DEFAULT_SAGA_DEADLINE`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub saga_deadline: Duration,
+    /// How long an orders process's saga lease lasts without renewal: the
+    /// sagas of a process that died are adopted by another (or its
+    /// restart, a new owner) within about 1.25 times this. Default
+    /// [`DEFAULT_SAGA_LEASE_TTL`].
+    #[serde(with = "trellis_resilience::config::duration")]
+    pub saga_lease_ttl: Duration,
+}
+
+/// The default [`Settings::saga_lease_ttl`]: 10 seconds.
+pub const DEFAULT_SAGA_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The default [`Settings::saga_deadline`] (and
+/// [`Config::saga_deadline`](crate::Config::saga_deadline)): 30 seconds.
+pub const DEFAULT_SAGA_DEADLINE: Duration = Duration::from_secs(30);
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("service", &self.service)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("schema_prefix", &self.schema_prefix)
+            .field("seed_stock", &self.seed_stock)
+            .field("synchronous_commit", &self.synchronous_commit)
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("peers", &self.peers)
+            .field("client_secrets", &self.client_secrets)
+            .field("signing_key_file", &self.signing_key_file)
+            .field("tls", &self.tls)
+            .field("health_listen", &self.health_listen)
+            .field("drain", &self.drain)
+            .field("reservation_ttl", &self.reservation_ttl)
+            .field("saga_deadline", &self.saga_deadline)
+            .field("saga_lease_ttl", &self.saga_lease_ttl)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The client-credentials secrets (see [`Settings::client_secrets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSecrets {
+    /// The orders service's secret: identity grants it
+    /// [`granted_scopes(Orders)`](crate::platform::secrets::granted_scopes).
+    pub orders: Option<Secret>,
+}
+
+impl ClientSecrets {
+    /// `client`'s secret, if set.
+    pub fn get(&self, client: ServiceName) -> Option<&Secret> {
+        match client {
+            ServiceName::Orders => self.orders.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn slot(&mut self, client: ServiceName) -> Option<&mut Option<Secret>> {
+        match client {
+            ServiceName::Orders => Some(&mut self.orders),
+            _ => None,
+        }
+    }
+}
+
+/// The default [`Settings::reservation_ttl`] (and
+/// [`Config::reservation_ttl`](crate::Config::reservation_ttl)): 15 minutes.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            service: None,
+            listen: None,
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            schema_prefix: String::new(),
+            seed_stock: None,
+            synchronous_commit: false,
+            nats_url: None,
+            peers: Peers::default(),
+            client_secrets: ClientSecrets::default(),
+            signing_key_file: None,
+            tls: None,
+            health_listen: None,
+            drain: Duration::from_secs(2),
+            reservation_ttl: DEFAULT_RESERVATION_TTL,
+            saga_deadline: DEFAULT_SAGA_DEADLINE,
+            saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
+        }
+    }
+}
+
+pub use crate::api::ConfigError;
+
+/// Every environment variable [`Settings::load`] reads.
+pub const ENV_VARS: &[&str] = &[
+    "ECOMMERCE_SERVICE",
+    "ECOMMERCE_LISTEN",
+    "ECOMMERCE_DATA_DIR",
+    "ECOMMERCE_DATABASE_URL",
+    "ECOMMERCE_SCHEMA_PREFIX",
+    "ECOMMERCE_SEED_STOCK",
+    "ECOMMERCE_SYNCHRONOUS_COMMIT",
+    "ECOMMERCE_NATS_URL",
+    "ECOMMERCE_IDENTITY_URL",
+    "ECOMMERCE_CATALOG_URL",
+    "ECOMMERCE_INVENTORY_URL",
+    "ECOMMERCE_PAYMENTS_URL",
+    "ECOMMERCE_ORDERS_URL",
+    "ECOMMERCE_SHIPPING_URL",
+    "ECOMMERCE_ANALYTICS_URL",
+    "ECOMMERCE_ORDERS_CLIENT_SECRET",
+    "ECOMMERCE_SIGNING_KEY_FILE",
+    "ECOMMERCE_TLS_CERT",
+    "ECOMMERCE_TLS_KEY",
+    "ECOMMERCE_TLS_CA",
+    "ECOMMERCE_HEALTH_LISTEN",
+    "ECOMMERCE_DRAIN",
+    "ECOMMERCE_RESERVATION_TTL",
+    "ECOMMERCE_SAGA_DEADLINE",
+    "ECOMMERCE_SAGA_LEASE_TTL",
+];
+
+impl Settings {
+    /// Defaults, overridden by `file` (TOML) when given, overridden by the
+    /// process environment ([`ENV_VARS`]).
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, |key| std::env::var(key).ok())
+    }
+
+    /// [`Settings::load`] with the environment given as a function (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings = match file {
+            None => Settings::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        settings.apply_env(env)?;
+        if settings.tls.is_some() {
+            // With mTLS the default peers are the same ports over https.
+            for service in ServiceName::ALL {
+                if let Some(slot @ None) = settings.peers.slot(service) {
+                    *slot = Some(format!("https://127.0.0.1:{}", service.default_port()));
+                }
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let env = |key: &str| env(key).filter(|v| !v.is_empty());
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if let Some(v) = env("ECOMMERCE_SERVICE") {
+            self.service = Some(v.parse()?);
+        }
+        if let Some(v) = env("ECOMMERCE_LISTEN") {
+            self.listen = Some(
+                v.parse()
+                    .map_err(|e| invalid("ECOMMERCE_LISTEN", format!("{v:?}: {e}")))?,
+            );
+        }
+        if let Some(v) = env("ECOMMERCE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("ECOMMERCE_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = env("ECOMMERCE_SCHEMA_PREFIX") {
+            self.schema_prefix = v;
+        }
+        if let Some(v) = env("ECOMMERCE_SEED_STOCK") {
+            self.seed_stock = Some(
+                v.parse()
+                    .map_err(|e| invalid("ECOMMERCE_SEED_STOCK", format!("{v:?}: {e}")))?,
+            );
+        }
+        if let Some(v) = env("ECOMMERCE_SYNCHRONOUS_COMMIT") {
+            self.synchronous_commit = v.parse().map_err(|_| {
+                invalid(
+                    "ECOMMERCE_SYNCHRONOUS_COMMIT",
+                    format!("{v:?}: expected true or false"),
+                )
+            })?;
+        }
+        if let Some(v) = env("ECOMMERCE_NATS_URL") {
+            self.nats_url = Some(v);
+        }
+        for service in ServiceName::ALL {
+            let key = format!("ECOMMERCE_{}_URL", service.as_str().to_uppercase());
+            if let (Some(v), Some(slot)) = (env(&key), self.peers.slot(service)) {
+                *slot = Some(v);
+            }
+        }
+        for (client, _) in crate::platform::secrets::CLIENT_GRANTS {
+            if let (Some(v), Some(slot)) = (
+                env(&crate::platform::secrets::client_secret_var(*client)),
+                self.client_secrets.slot(*client),
+            ) {
+                *slot = Some(Secret::new(v));
+            }
+        }
+        if let Some(v) = env("ECOMMERCE_SIGNING_KEY_FILE") {
+            self.signing_key_file = Some(PathBuf::from(v));
+        }
+        let tls = (
+            env("ECOMMERCE_TLS_CERT"),
+            env("ECOMMERCE_TLS_KEY"),
+            env("ECOMMERCE_TLS_CA"),
+        );
+        match tls {
+            (None, None, None) => {}
+            (Some(cert), Some(key), Some(ca)) => {
+                self.tls = Some(TlsSettings {
+                    cert: cert.into(),
+                    key: key.into(),
+                    ca: ca.into(),
+                })
+            }
+            _ => {
+                return Err(invalid(
+                    "ECOMMERCE_TLS_CERT",
+                    "set ECOMMERCE_TLS_CERT, ECOMMERCE_TLS_KEY and ECOMMERCE_TLS_CA together"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(v) = env("ECOMMERCE_HEALTH_LISTEN") {
+            self.health_listen = Some(
+                v.parse()
+                    .map_err(|e| invalid("ECOMMERCE_HEALTH_LISTEN", format!("{v:?}: {e}")))?,
+            );
+        }
+        if let Some(v) = env("ECOMMERCE_DRAIN") {
+            self.drain = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_DRAIN", format!("{v:?}: {e}")))?;
+        }
+        if let Some(v) = env("ECOMMERCE_RESERVATION_TTL") {
+            self.reservation_ttl = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_RESERVATION_TTL", format!("{v:?}: {e}")))?;
+        }
+        if let Some(v) = env("ECOMMERCE_SAGA_DEADLINE") {
+            self.saga_deadline = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_SAGA_DEADLINE", format!("{v:?}: {e}")))?;
+        }
+        if let Some(v) = env("ECOMMERCE_SAGA_LEASE_TTL") {
+            self.saga_lease_ttl = trellis_resilience::config::duration::parse(&v)
+                .map_err(|e| invalid("ECOMMERCE_SAGA_LEASE_TTL", format!("{v:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if let Some(url) = &self.database_url
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database_url",
+                "expected a postgres:// URL (one-process mode uses SQLite under data_dir)",
+            ));
+        }
+        if !self
+            .schema_prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            || self.schema_prefix.len() > 40
+        {
+            return Err(invalid(
+                "schema_prefix",
+                "at most 40 lowercase letters, digits and _",
+            ));
+        }
+        if self.saga_lease_ttl < Duration::from_millis(100) {
+            return Err(invalid(
+                "saga_lease_ttl",
+                "must be at least 100ms (leases are renewed every third of it)",
+            ));
+        }
+        if self.saga_deadline.is_zero() {
+            return Err(invalid(
+                "saga_deadline",
+                "must be longer than zero (every order would be rejected)",
+            ));
+        }
+        if self.reservation_ttl.is_zero() {
+            return Err(invalid(
+                "reservation_ttl",
+                "must be longer than zero (reservations would expire as they are made)",
+            ));
+        }
+        // With mTLS on, a plain-HTTP peer URL could only fail at the first
+        // call; say so at startup instead.
+        if self.tls.is_some()
+            && ServiceName::ALL.into_iter().any(|service| {
+                service != ServiceName::Gateway && !self.peers.url(service).starts_with("https://")
+            })
+        {
+            return Err(invalid(
+                "peers",
+                "with tls set, every peer URL must be https://",
+            ));
+        }
+        if self.seed_stock.is_some_and(|n| n < 0) {
+            return Err(invalid("seed_stock", "must not be negative"));
+        }
+        if let Some(url) = &self.nats_url
+            && !url.starts_with("nats://")
+        {
+            return Err(invalid("nats_url", "expected a nats:// URL"));
+        }
+        if let Some(service) = self.service {
+            let needs_db = !matches!(service, ServiceName::Gateway);
+            if needs_db && self.database_url.is_none() {
+                return Err(invalid(
+                    "database_url",
+                    "a service run on its own needs ECOMMERCE_DATABASE_URL (PostgreSQL)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL schema of `service`: [`schema_prefix`](Self::schema_prefix)
+    /// and its name.
+    pub fn schema(&self, service: ServiceName) -> String {
+        format!("{}{}", self.schema_prefix, service.as_str())
+    }
+
+    /// The NATS subject prefix orders' events are published under:
+    /// `ecommerce.orders`, after the schema prefix when one is set.
+    pub fn subject_prefix(&self) -> String {
+        match self.schema_prefix.trim_end_matches('_') {
+            "" => "ecommerce.orders".to_owned(),
+            prefix => format!("{prefix}.ecommerce.orders"),
+        }
+    }
+
+    /// The JetStream stream that keeps orders' events: the
+    /// [subject prefix](Self::subject_prefix) in upper case, `.` → `_`
+    /// (`ECOMMERCE_ORDERS`).
+    pub fn stream_name(&self) -> String {
+        self.subject_prefix().replace('.', "_").to_uppercase()
+    }
+
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let port = self.service.map_or(8080, ServiceName::default_port);
+            SocketAddr::from(([127, 0, 0, 1], port))
+        })
+    }
+
+    /// Where the plain-HTTP health probes answer when mTLS is on:
+    /// [`health_listen`](Self::health_listen), else the listen address with
+    /// the port plus 1000 (an ephemeral port stays ephemeral).
+    pub fn health_listen_addr(&self) -> SocketAddr {
+        self.health_listen.unwrap_or_else(|| {
+            let mut addr = self.listen_addr();
+            if addr.port() != 0 {
+                addr.set_port(addr.port().saturating_add(1000));
+            }
+            addr
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |key| map.get(key).cloned()
+    }
+
+    #[test]
+    fn defaults_run_every_service_in_one_process() {
+        let settings = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(settings.service, None);
+        assert_eq!(settings.listen_addr().port(), 8080);
+        assert_eq!(
+            settings.peers.url(ServiceName::Inventory),
+            "http://127.0.0.1:8083"
+        );
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("ecommerce-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("orders.toml");
+        std::fs::write(
+            &file,
+            "service = \"orders\"\ndatabase_url = \"postgres://a@h/db\"\ndrain = \"5s\"\n\
+             [peers]\ninventory = \"http://inventory:8083/\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("ECOMMERCE_PAYMENTS_URL", "http://payments:9000"),
+                ("ECOMMERCE_LISTEN", "0.0.0.0:9999"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.service, Some(ServiceName::Orders));
+        assert_eq!(settings.drain, Duration::from_secs(5));
+        assert_eq!(
+            settings.peers.url(ServiceName::Inventory),
+            "http://inventory:8083"
+        );
+        assert_eq!(
+            settings.peers.url(ServiceName::Payments),
+            "http://payments:9000"
+        );
+        assert_eq!(settings.listen_addr().port(), 9999);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_say_which_key() {
+        let err = Settings::load_from(None, env(&[("ECOMMERCE_SERVICE", "billing")])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown service \"billing\""),
+            "{err}"
+        );
+        let err = Settings::load_from(None, env(&[("ECOMMERCE_SERVICE", "orders")])).unwrap_err();
+        assert!(err.to_string().contains("ECOMMERCE_DATABASE_URL"), "{err}");
+        let err = Settings::load_from(None, env(&[("ECOMMERCE_TLS_CERT", "a.pem")])).unwrap_err();
+        assert!(err.to_string().contains("together"), "{err}");
+        let err = Settings::load_from(None, env(&[("ECOMMERCE_DRAIN", "soon")])).unwrap_err();
+        assert!(err.to_string().starts_with("ECOMMERCE_DRAIN"), "{err}");
+        let err =
+            Settings::load_from(None, env(&[("ECOMMERCE_RESERVATION_TTL", "0s")])).unwrap_err();
+        assert!(err.to_string().starts_with("reservation_ttl"), "{err}");
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ecommerce-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "servce = \"orders\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("servce"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_env_var_read_is_listed() {
+        // Each listed variable changes the settings when set to a valid value.
+        for key in ENV_VARS {
+            let value = match *key {
+                "ECOMMERCE_SERVICE" => "gateway",
+                "ECOMMERCE_LISTEN" | "ECOMMERCE_HEALTH_LISTEN" => "127.0.0.1:1",
+                "ECOMMERCE_DATABASE_URL" => "postgres://x@y/z",
+                "ECOMMERCE_NATS_URL" => "nats://n:4222",
+                "ECOMMERCE_DRAIN" => "9s",
+                "ECOMMERCE_RESERVATION_TTL" => "2m",
+                "ECOMMERCE_SAGA_DEADLINE" => "45s",
+                "ECOMMERCE_SAGA_LEASE_TTL" => "3s",
+                "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
+                "ECOMMERCE_SEED_STOCK" => "1000",
+                "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
+                k if k.starts_with("ECOMMERCE_TLS_") => continue,
+                k if k.ends_with("_URL") => "http://peer:1",
+                _ => "/some/value",
+            };
+            let settings = Settings::load_from(None, env(&[(key, value)])).unwrap();
+            assert_ne!(settings, Settings::default(), "{key} changed nothing");
+        }
+    }
+
+    #[test]
+    fn debug_of_the_settings_shows_no_secret() {
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                (
+                    "ECOMMERCE_ORDERS_CLIENT_SECRET",
+                    "s3cr3t-value-of-orders-0123456789",
+                ),
+                (
+                    "ECOMMERCE_DATABASE_URL",
+                    "postgres://orders:pa55word@db:5432/shop",
+                ),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains("pa55word"), "{shown}");
+        assert!(
+            shown.contains("postgres://orders:<redacted>@db:5432/shop"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url("nats://n:4222"),
+            "nats://n:4222",
+            "nothing to hide"
+        );
+    }
+
+    #[test]
+    fn health_probes_default_to_the_listen_port_plus_1000() {
+        let settings =
+            Settings::load_from(None, env(&[("ECOMMERCE_LISTEN", "0.0.0.0:8083")])).unwrap();
+        assert_eq!(
+            settings.health_listen_addr(),
+            "0.0.0.0:9083".parse().unwrap()
+        );
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("ECOMMERCE_LISTEN", "0.0.0.0:8083"),
+                ("ECOMMERCE_HEALTH_LISTEN", "0.0.0.0:7000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.health_listen_addr(),
+            "0.0.0.0:7000".parse().unwrap()
+        );
+        let err =
+            Settings::load_from(None, env(&[("ECOMMERCE_HEALTH_LISTEN", "nine")])).unwrap_err();
+        assert!(err.to_string().contains("ECOMMERCE_HEALTH_LISTEN"), "{err}");
+    }
+}

@@ -1,0 +1,13 @@
+//! What every service stands on and knows nothing about the business:
+//! settings and secrets, databases and read-model plumbing, the HTTP server
+//! and transport, TLS. Imports only `api`.
+
+pub(crate) mod backend;
+pub mod config;
+pub(crate) mod db;
+pub(crate) mod readmodel;
+pub mod secrets;
+pub(crate) mod serve;
+pub mod server;
+pub mod tls;
+pub(crate) mod transport;

@@ -1,0 +1,359 @@
+//! Wiring: every service in one process, one router, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tower::util::BoxCloneSyncService;
+use trellis_cqrs::BoxError;
+use trellis_eventsourcing::SqliteEventStore;
+use trellis_health::checks::{SqliteCheck, SqlxCheck};
+use trellis_health::{Check, Group, Health};
+
+use crate::api::Error;
+use crate::api::OPS_SCOPE;
+use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
+use crate::platform::db;
+use crate::platform::readmodel::{Feed, Source};
+use crate::platform::serve::serve_with;
+use crate::platform::serve::{not_found, wrap};
+use crate::services::catalog::client::Prices;
+use crate::services::identity::Identity;
+use crate::services::inventory::Inventory;
+use crate::services::inventory::client::InventoryRequest;
+use crate::services::orders::OrdersState;
+use crate::services::payments::Payments;
+use crate::services::payments::client::PaymentRequest;
+use crate::services::{analytics, catalog, identity, inventory, orders, payments, shipping};
+
+/// The services one process holds, for the probes of [`Running`].
+pub(crate) struct Services {
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) inventory: Inventory,
+    pub(crate) payments: Payments,
+    pub(crate) orders: OrdersState,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+/// Where to keep the data and where to listen.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the SQLite files (created if missing).
+    pub data_dir: PathBuf,
+    /// Listen address; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// How long readiness reports "down" before the server stops on shutdown.
+    pub drain: Duration,
+    /// How long an unconfirmed inventory reservation holds its stock (see
+    /// [`Settings::reservation_ttl`](crate::platform::config::Settings::reservation_ttl)).
+    pub reservation_ttl: Duration,
+    /// How long a place-order saga may run (see
+    /// [`Settings::saga_deadline`](crate::platform::config::Settings::saga_deadline)).
+    pub saga_deadline: Duration,
+    /// How long a saga lease lasts without renewal (see
+    /// [`Settings::saga_lease_ttl`](crate::platform::config::Settings::saga_lease_ttl)).
+    pub saga_lease_ttl: Duration,
+    /// Timeouts and the connection bound of the listener.
+    pub server: crate::platform::server::ServerLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            drain: Duration::from_secs(2),
+            reservation_ttl: crate::platform::config::DEFAULT_RESERVATION_TTL,
+            saga_deadline: crate::platform::config::DEFAULT_SAGA_DEADLINE,
+            saga_lease_ttl: crate::platform::config::DEFAULT_SAGA_LEASE_TTL,
+            server: crate::platform::server::ServerLimits::default(),
+        }
+    }
+}
+
+/// The running system: its address, a few probes for tests, and shutdown.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    services: Arc<Services>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The services' background tasks (inventory's reservation sweeper),
+    /// stopped with the system.
+    _background: Vec<AbortOnDrop>,
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Running {
+    /// The address the API serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A token with the operations scope (printed for the operator; used by
+    /// the scenario to open inventory's breaker).
+    pub fn ops_token(&self) -> Result<String, Error> {
+        self.services
+            .identity
+            .token("operator", &[OPS_SCOPE, crate::services::analytics::SCOPE])
+    }
+
+    /// A token for `subject` with exactly `scopes` (tests of authorization).
+    pub fn token_with_scopes(&self, subject: &str, scopes: &[&str]) -> Result<String, Error> {
+        self.services.identity.token(subject, scopes)
+    }
+
+    /// Units of `sku` available in inventory.
+    pub async fn stock(&self, sku: &str) -> Result<i64, Error> {
+        Ok(self.services.inventory.available(sku).await?)
+    }
+
+    /// Charges for `order_id` that stand (charged and not refunded).
+    pub async fn net_charges(&self, order_id: &str) -> Result<i64, Error> {
+        Ok(self.services.payments.net_charges(order_id).await?)
+    }
+
+    /// Status of the inventory reservation with this id, if any.
+    pub async fn reservation_status(&self, id: &str) -> Result<Option<String>, Error> {
+        Ok(self.services.inventory.reservation_status(id).await?)
+    }
+
+    /// Orders' circuit breaker around inventory (tests/degraded.rs tunes
+    /// its windows and waits).
+    #[doc(hidden)]
+    pub fn inventory_breaker(&self) -> &trellis_resilience::circuit_breaker::CircuitBreakerHandle {
+        &self.services.orders.inventory_breaker
+    }
+
+    /// Orders' saga log (tests/degraded.rs reads and plants saga records).
+    #[doc(hidden)]
+    pub fn saga_log(&self) -> &trellis_saga::AnySagaLog {
+        self.services.orders.orders.orchestrator.log()
+    }
+
+    /// One validation pass over the PENDING_VALIDATION orders, whatever
+    /// the breaker's state: `(order_id, status)` of each order tried.
+    ///
+    /// # Errors
+    ///
+    /// The read model or a saga could not be read or written.
+    #[doc(hidden)]
+    pub async fn validate_pending(&self) -> Result<Vec<(String, String)>, Error> {
+        crate::services::orders::validator::validate_pending(&self.services.orders)
+            .await
+            .map_err(|e| Error::Startup(format!("validation pass: {}", e.message)))
+    }
+
+    /// Events in the order event store.
+    pub async fn event_count(&self) -> Result<u64, Error> {
+        Ok(self.services.orders.orders.store_head().await?)
+    }
+
+    /// Graceful shutdown: readiness off, drain, stop accepting, finish requests.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.server).await {
+            Ok(result) => Ok(result?),
+            Err(join) => Err(Error::Io(std::io::Error::other(join))),
+        }
+    }
+
+    /// Waits until the server stops (after `signal` resolves).
+    pub async fn serve_until(mut self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        signal.await;
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.server).await {
+            Ok(result) => Ok(result?),
+            Err(join) => Err(Error::Io(std::io::Error::other(join))),
+        }
+    }
+}
+
+fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
+    e.into()
+}
+
+/// Opens every service's database, seeds the catalog, starts the read model
+/// and serves the API.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let dir = config.data_dir.as_path();
+
+    let identity_db = db::open_any(dir, "identity").await?;
+    let catalog_db = db::open_any(dir, "catalog").await?;
+    let inventory_db = db::open_any(dir, "inventory").await?;
+    let payments_db = db::open_any(dir, "payments").await?;
+    let read_db = db::open(dir, "orders-read").await?;
+
+    // Each service starts as it does in its own process (src/services);
+    // only the stores (SQLite files) and the clients (in-process calls)
+    // differ. Inventory's and payments' routes are internal: one process
+    // calls them in process and serves none of them.
+    let identity = identity::start(identity_db.clone(), None, Vec::new(), false).await?;
+    let validator = identity.service.validator()?;
+    let catalog = catalog::start(catalog_db.clone(), validator.clone()).await?;
+    let inventory = inventory::start(
+        inventory_db.clone(),
+        &catalog::seed_stock(),
+        config.reservation_ttl,
+        validator.clone(),
+    )
+    .await?;
+    let background: Vec<AbortOnDrop> = inventory.background.into_iter().map(AbortOnDrop).collect();
+    let inventory = inventory.service;
+    let payments = payments::start(payments_db.clone(), validator.clone())
+        .await?
+        .service;
+    // The drills' audit compares stock with what inventory accounted for
+    // now, before any order of this run.
+    let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
+
+    let events =
+        SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
+    // Shipping and analytics: read models in their own databases, fed by
+    // the order events like the order summary.
+    let read_model = |store: &SqliteEventStore| Source::Sqlite {
+        dir,
+        store: store.clone(),
+    };
+    let shipping = shipping::start(read_model(&events), validator.clone()).await?;
+    let analytics = analytics::start(read_model(&events), validator.clone()).await?;
+    let sqlite_pool = |feed: &Feed, name: &str| {
+        feed.sqlite_pool()
+            .ok_or_else(|| Error::Startup(format!("{name}: not on SQLite")))
+    };
+    let shipping_db = sqlite_pool(&shipping.service.0, "shipping")?;
+    let analytics_db = sqlite_pool(&analytics.service.0, "analytics")?;
+    let store = OrderStore::Sqlite(events);
+    let sagas_db = db::open(dir, "orders-sagas").await?;
+    let saga_log =
+        OrderSagaLog::Sqlite(trellis_saga::SqliteSagaLog::with_pool(sagas_db.clone()).await?);
+
+    let inv = inventory.clone();
+    let inventory_raw =
+        BoxCloneSyncService::new(tower::service_fn(move |request: InventoryRequest| {
+            let inv = inv.clone();
+            async move { inv.call(request).await.map_err(to_box) }
+        }));
+    let pay = payments.clone();
+    let payment_raw =
+        BoxCloneSyncService::new(tower::service_fn(move |request: PaymentRequest| {
+            let pay = pay.clone();
+            async move { pay.call(request).await.map_err(to_box) }
+        }));
+    let orders = orders::start(orders::Deps {
+        store,
+        saga_log,
+        read_db: ReadDb::Sqlite(read_db.clone()),
+        options: orders::SagaOptions {
+            owner: trellis_saga::process_owner("ecommerce"),
+            deadline: config.saga_deadline,
+            lease_ttl: config.saga_lease_ttl,
+        },
+        inventory: inventory_raw,
+        payments: payment_raw,
+        prices: Prices::Local(catalog.service.clone()),
+        validator: validator.clone(),
+    })
+    .await?;
+
+    let mut health = Health::builder();
+    for (name, pool) in [
+        ("identity-db", identity_db),
+        ("catalog-db", catalog_db),
+        ("inventory-db", inventory_db.clone()),
+        ("payments-db", payments_db.clone()),
+    ] {
+        health.check(
+            Check::new(name, SqlxCheck::new(pool))
+                .timeout(Duration::from_millis(800))
+                .groups([Group::Readiness, Group::Startup]),
+        );
+    }
+    for (name, pool) in [
+        ("orders-read-db", read_db.clone()),
+        ("shipping-db", shipping_db.clone()),
+        ("analytics-db", analytics_db.clone()),
+    ] {
+        health.check(
+            Check::new(name, SqliteCheck::new(pool))
+                .timeout(Duration::from_millis(800))
+                .groups([Group::Readiness, Group::Startup]),
+        );
+    }
+    let health = health.cache_ttl(Duration::from_millis(500)).build()?;
+
+    // The storefront and console (src/web) watch the orders service.
+    let web = crate::web::Console::new(
+        health.clone(),
+        orders.service.clone(),
+        Prices::Local(catalog.service.clone()),
+    );
+    let services = Arc::new(Services {
+        identity: identity.service,
+        inventory,
+        payments,
+        orders: orders.service,
+    });
+    let api = Router::new()
+        .merge(identity.router)
+        .merge(catalog.router)
+        .merge(orders.router)
+        .merge(shipping.router)
+        .merge(analytics.router)
+        .merge(crate::run::audit::router(
+            Arc::new(crate::run::audit::AuditState {
+                inventory: inventory_db.clone(),
+                payments: payments_db.clone(),
+                read_db: read_db.clone(),
+                sagas: sagas_db,
+                shipping: shipping_db,
+                analytics: analytics_db,
+                stock_baseline,
+            }),
+            validator.clone(),
+        ))
+        // OpenAPI documents: public, like the JWKS.
+        .merge(crate::run::openapi::router())
+        .merge(crate::web::api(web.clone(), validator));
+    let app = wrap(not_found(api), &health)
+        .merge(crate::web::pages(web.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            web.traffic.clone(),
+            crate::web::record_traffic,
+        ));
+    let (addr, shutdown, server) =
+        serve_with(config.addr, app, health, config.drain, config.server).await?;
+    Ok(Running {
+        addr,
+        services,
+        shutdown: Some(shutdown),
+        server,
+        _background: background,
+    })
+}
