@@ -42,7 +42,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn called(inner: F, guard: Option<CallGuard<C>>) -> Self {
         ResponseFuture {
             inner: Some(inner),
