@@ -79,6 +79,12 @@ const SLOTS: usize = 10;
 /// assert_eq!(config.ttl, Duration::from_secs(10));
 /// config.validate().unwrap();
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -108,6 +114,11 @@ impl Default for BudgetConfig {
 
 impl BudgetConfig {
     /// Checks the window and the ratio.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `budget.ttl` outside 1–60 s, or `budget.ratio`
+    /// outside 0.0–10.0 (NaN included).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ttl < Duration::from_secs(1) || self.ttl > Duration::from_secs(60) {
             return Err(ConfigError::new(
@@ -209,6 +220,10 @@ impl RetryBudget {
     /// [`BudgetConfig::validate`] rejects. Works on any thread; it reads
     /// `tokio::time::Instant`, so under tokio's paused clock (tests) it
     /// follows the paused time.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`BudgetConfig::validate`].
     pub fn new(config: BudgetConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let ttl_nanos = u64::try_from(config.ttl.as_nanos()).unwrap_or(u64::MAX);
