@@ -1,7 +1,14 @@
 //! Retry on the happy path: a bare `service_fn`, Trellis' retry layer and
 //! `tower::retry::Retry` with an equivalent policy (3 attempts, retry any
-//! error), with and without a retry budget. Calls complete synchronously
-//! (`now_or_never`), so what is measured is each layer's own overhead.
+//! error), with and without a retry budget. Calls complete synchronously,
+//! so what is measured is each layer's own overhead.
+//!
+//! `retry/happy_path*` drive `ready().await` + `call().await` on a
+//! current-thread runtime, where services run (the layers are built before
+//! the runtime is entered, as a service's setup code often does).
+//! `retry/outside_a_runtime` polls once with `now_or_never` on a thread
+//! without a runtime: there the budget has no coarse clock and reads the
+//! clock on every deposit.
 //!
 //! Run: `cargo bench -p trellis-benches --bench retry -- --warm-up-time 1 --measurement-time 3`
 
@@ -15,6 +22,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
+use trellis_benches::{current_thread_runtime, drive};
 use trellis_resilience::retry::{Backoff, BudgetConfig, RetryConfig, RetryLayer};
 
 /// tower's retry needs a `Policy`: retry any error, at most `remaining` times.
@@ -96,16 +104,52 @@ fn ours(budget: Option<BudgetConfig>) -> RetryLayer {
 }
 
 fn happy_path(c: &mut Criterion) {
+    let rt = current_thread_runtime();
     let mut group = c.benchmark_group("retry/happy_path");
 
     let mut service = bare();
-    group.bench_function("bare service_fn", |b| b.iter(|| run(&mut service, 7)));
+    group.bench_function("bare service_fn", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
 
     let mut service = tower::retry::RetryLayer::new(Attempts { remaining: 2 }).layer(bare());
-    group.bench_function("tower Retry", |b| b.iter(|| run(&mut service, 7)));
+    group.bench_function("tower Retry", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
 
     let mut service = ours(None).layer(bare());
-    group.bench_function("trellis Retry", |b| b.iter(|| run(&mut service, 7)));
+    group.bench_function("trellis Retry", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
+
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    let mut service = tower::retry::RetryLayer::new(Budgeted {
+        remaining: 2,
+        budget,
+    })
+    .layer(bare());
+    group.bench_function("tower Retry + TpsBudget", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
+
+    // The defaults a user gets: `RetryLayer::builder().build()` has the
+    // default budget on.
+    let mut service = RetryLayer::builder()
+        .build()
+        .expect("default retry")
+        .layer(bare());
+    group.bench_function("trellis Retry + budget (defaults)", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
+
+    group.finish();
+}
+
+fn outside_a_runtime(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retry/outside_a_runtime");
+
+    let mut service = bare();
+    group.bench_function("bare service_fn", |b| b.iter(|| run(&mut service, 7)));
 
     let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
     let mut service = tower::retry::RetryLayer::new(Budgeted {
@@ -118,7 +162,7 @@ fn happy_path(c: &mut Criterion) {
     });
 
     let mut service = ours(Some(BudgetConfig::default())).layer(bare());
-    group.bench_function("trellis Retry + budget", |b| {
+    group.bench_function("trellis Retry + budget (clock per deposit)", |b| {
         b.iter(|| run(&mut service, 7))
     });
 
@@ -139,16 +183,23 @@ fn pooled()
 }
 
 fn happy_path_pooled(c: &mut Criterion) {
+    let rt = current_thread_runtime();
     let mut group = c.benchmark_group("retry/happy_path_arc_service");
 
     let mut service = pooled();
-    group.bench_function("bare service_fn", |b| b.iter(|| run(&mut service, 7)));
+    group.bench_function("bare service_fn", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
 
     let mut service = tower::retry::RetryLayer::new(Attempts { remaining: 2 }).layer(pooled());
-    group.bench_function("tower Retry", |b| b.iter(|| run(&mut service, 7)));
+    group.bench_function("tower Retry", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
 
     let mut service = ours(None).layer(pooled());
-    group.bench_function("trellis Retry", |b| b.iter(|| run(&mut service, 7)));
+    group.bench_function("trellis Retry", |b| {
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
+    });
 
     let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
     let mut service = tower::retry::RetryLayer::new(Budgeted {
@@ -157,16 +208,16 @@ fn happy_path_pooled(c: &mut Criterion) {
     })
     .layer(pooled());
     group.bench_function("tower Retry + TpsBudget", |b| {
-        b.iter(|| run(&mut service, 7))
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
     });
 
     let mut service = ours(Some(BudgetConfig::default())).layer(pooled());
     group.bench_function("trellis Retry + budget", |b| {
-        b.iter(|| run(&mut service, 7))
+        b.iter_custom(|iters| drive(&rt, &mut service, iters))
     });
 
     group.finish();
 }
 
-criterion_group!(benches, happy_path, happy_path_pooled);
+criterion_group!(benches, happy_path, happy_path_pooled, outside_a_runtime);
 criterion_main!(benches);

@@ -175,6 +175,11 @@ impl TelemetryBuilder {
     ///
     /// The builder's exporters are consumed; a second `build` has none.
     ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidFilter`] when the filter directives do not parse, and
+    /// [`Error::Exporter`] when the OTLP exporter cannot be built.
+    ///
     /// # Examples
     ///
     /// ```
@@ -228,6 +233,12 @@ impl TelemetryBuilder {
 
     /// Builds and installs globally: the tracing subscriber, the global
     /// OpenTelemetry tracer provider and the W3C trace-context propagator.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`TelemetryBuilder::build`], and
+    /// [`Error::SubscriberAlreadySet`] when a global subscriber is already
+    /// installed.
     ///
     /// # Examples
     ///
@@ -283,6 +294,11 @@ impl TelemetryGuard {
 
     /// Exports every finished span now.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] when the tracer provider fails to export what it
+    /// holds.
+    ///
     /// # Examples
     ///
     /// ```
@@ -295,6 +311,11 @@ impl TelemetryGuard {
     }
 
     /// Flushes and shuts down, reporting failures that `Drop` has to ignore.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shutdown`] when the tracer provider does not flush and shut
+    /// down cleanly.
     ///
     /// # Examples
     ///

@@ -59,6 +59,11 @@ pub mod duration {
     use std::time::Duration;
 
     /// Parses `"<number><unit>"` with unit `ns`, `us`, `ms`, `s`, `m` or `h`.
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong when `text` is not a non-negative number
+    /// followed by one of those units.
     pub fn parse(text: &str) -> Result<Duration, String> {
         let text = text.trim();
         let split = text
@@ -98,6 +103,10 @@ pub mod duration {
     }
 
     /// Serializes as a string with a unit.
+    ///
+    /// # Errors
+    ///
+    /// The serializer's error.
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(*duration))
     }
@@ -110,6 +119,11 @@ pub mod duration {
     }
 
     /// Deserializes from a string with a unit or a number of seconds.
+    ///
+    /// # Errors
+    ///
+    /// A deserializer error when the value is neither a number of seconds nor a
+    /// string that [`parse`] accepts.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(deserializer)? {
             Raw::Text(text) => parse(&text).map_err(de::Error::custom),
@@ -123,6 +137,10 @@ pub mod duration {
         use std::time::Duration;
 
         /// Serializes `Some` as a string with a unit, `None` as none.
+        ///
+        /// # Errors
+        ///
+        /// The serializer's error.
         pub fn serialize<S: Serializer>(
             duration: &Option<Duration>,
             serializer: S,
@@ -134,6 +152,11 @@ pub mod duration {
         }
 
         /// Deserializes an optional duration.
+        ///
+        /// # Errors
+        ///
+        /// A deserializer error when a value is present that
+        /// [`deserialize`](super::deserialize) rejects.
         pub fn deserialize<'de, D: Deserializer<'de>>(
             deserializer: D,
         ) -> Result<Option<Duration>, D::Error> {

@@ -16,6 +16,10 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 
 /// Renders `registry` (collectors included) as OpenMetrics text.
 ///
+/// # Errors
+///
+/// [`Error::Encode`] when a metric fails to encode.
+///
 /// # Examples
 ///
 /// ```

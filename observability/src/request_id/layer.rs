@@ -78,23 +78,14 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = match req
-            .headers()
-            .get(X_REQUEST_ID)
-            .and_then(RequestId::from_header)
-        {
-            Some(id) => id,
-            None => {
-                let id = RequestId::generate();
-                req.headers_mut().insert(X_REQUEST_ID, id.0.clone());
-                id
-            }
-        };
+        let id = super::id_for_request(req.headers_mut());
         tracing::Span::current().record("request_id", id.as_str());
         req.extensions_mut().insert(id.clone());
         let mut slot = Some(id);
@@ -182,10 +173,12 @@ where
     type Error = S::Error;
     type Future = S::Future;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if !req.headers().contains_key(X_REQUEST_ID)
             && let Some(id) = RequestId::current()

@@ -72,9 +72,16 @@ impl RequestId {
     pub fn generate() -> Self {
         let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let s = uuid.hyphenated().encode_lower(&mut buf);
+        uuid.hyphenated().encode_lower(&mut buf);
+        // One allocation, shared by every clone (request header, extension,
+        // response header) through a reference count: copying a `&str` in
+        // (`HeaderValue::from_str`) allocates once for the copy and once
+        // more when the copy is first cloned.
         // A hyphenated UUID is always a valid header value.
-        Self(HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+        )
     }
 
     /// Validates a caller-supplied id.
@@ -115,6 +122,18 @@ impl RequestId {
             out
         })
     }
+}
+
+/// The request's valid `x-request-id`, or a new one, then also set on the
+/// request. Not generic, so the layer's generic `call` stays small enough to
+/// inline (the request is moved once, not through an out-of-line call).
+pub(crate) fn id_for_request(headers: &mut http::HeaderMap) -> RequestId {
+    if let Some(id) = headers.get(X_REQUEST_ID).and_then(RequestId::from_header) {
+        return id;
+    }
+    let id = RequestId::generate();
+    headers.insert(X_REQUEST_ID, id.0.clone());
+    id
 }
 
 /// Makes `id` current for the life of the guard; restores the previous one

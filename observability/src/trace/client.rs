@@ -86,10 +86,12 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let method = method_label(req.method());
         let span = tracing::info_span!(
@@ -111,7 +113,9 @@ where
             cx = opentelemetry::Context::current();
         }
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
-        let future = {
+        let future = if span.is_disabled() {
+            self.inner.call(req)
+        } else {
             let _entered = span.enter();
             self.inner.call(req)
         };

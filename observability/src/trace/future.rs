@@ -23,6 +23,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(crate) fn new(inner: F, span: Span, server: bool) -> Self {
         Self {
             inner,
@@ -38,23 +39,34 @@ where
 {
     type Output = F::Output;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if this.span.is_disabled() {
+            // No subscriber wants the span: nothing to enter or record.
+            return this.inner.poll(cx);
+        }
         let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
-        match &result {
-            Ok(res) => {
-                let status = res.status().as_u16();
-                this.span.record("http.response.status_code", status);
-                let threshold = if *this.server { 500 } else { 400 };
-                if status >= threshold {
-                    this.span.record("otel.status_code", "ERROR");
-                }
-            }
-            Err(_) => {
-                this.span.record("otel.status_code", "ERROR");
+        record_outcome(this.span, *this.server, &result);
+        Poll::Ready(result)
+    }
+}
+
+/// Records the response status (and an error status) on the span. Not
+/// generic over the future, so `poll` stays small.
+fn record_outcome<B, E>(span: &Span, server: bool, result: &Result<Response<B>, E>) {
+    match result {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            span.record("http.response.status_code", status);
+            let threshold = if server { 500 } else { 400 };
+            if status >= threshold {
+                span.record("otel.status_code", "ERROR");
             }
         }
-        Poll::Ready(result)
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }

@@ -89,46 +89,63 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let span = tracing::info_span!(
-            "HTTP request",
-            otel.kind = "server",
-            otel.name = Empty,
-            otel.status_code = Empty,
-            http.request.method = method_label(req.method()),
-            url.path = req.uri().path(),
-            http.route = Empty,
-            http.response.status_code = Empty,
-            request_id = Empty,
-        );
-        if !span.is_disabled() {
-            // Extraction parses headers: only pay for it when the span is live.
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
-            let _ = span.set_parent(parent);
-            // Span name per the HTTP conventions: "{method} {route}", or
-            // just "{method}" when no route template is known.
-            let method = method_label(req.method());
-            match route::matched_route(req.extensions()) {
-                Some(route) => {
-                    span.record("http.route", route);
-                    span.record("otel.name", format_args!("{method} {route}"));
-                }
-                None => {
-                    span.record("otel.name", method);
-                }
-            }
-            if let Some(id) = req.extensions().get::<RequestId>() {
-                span.record("request_id", id.as_str());
-            }
-        }
-        let future = {
+        let span = server_span(req.method(), req.uri(), req.headers(), req.extensions());
+        let future = if span.is_disabled() {
+            self.inner.call(req)
+        } else {
             let _entered = span.enter();
             self.inner.call(req)
         };
         ResponseFuture::new(future, span, true)
     }
+}
+
+/// The request's `server` span, its remote parent and its fields. Not
+/// generic over the body, so `call` stays small enough to inline and the
+/// request is moved once.
+fn server_span(
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.kind = "server",
+        otel.name = Empty,
+        otel.status_code = Empty,
+        http.request.method = method_label(method),
+        url.path = uri.path(),
+        http.route = Empty,
+        http.response.status_code = Empty,
+        request_id = Empty,
+    );
+    if !span.is_disabled() {
+        // Extraction parses headers: only pay for it when the span is live.
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let _ = span.set_parent(parent);
+        // Span name per the HTTP conventions: "{method} {route}", or
+        // just "{method}" when no route template is known.
+        let method = method_label(method);
+        match route::matched_route(extensions) {
+            Some(route) => {
+                span.record("http.route", route);
+                span.record("otel.name", format_args!("{method} {route}"));
+            }
+            None => {
+                span.record("otel.name", method);
+            }
+        }
+        if let Some(id) = extensions.get::<RequestId>() {
+            span.record("request_id", id.as_str());
+        }
+    }
+    span
 }

@@ -22,6 +22,12 @@ use crate::config::ConfigError;
 /// };
 /// config.validate().unwrap();
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -69,6 +75,12 @@ pub enum Algorithm {
 /// rejected downstream multiplies the limit by `backoff_ratio` (at most once
 /// per round trip: calls admitted before the last decrease do not decrease
 /// it again, as TCP reacts once per window).
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -102,6 +114,12 @@ impl Default for AimdConfig {
 /// `probe_limit` for one window, as Envoy's gradient controller measures
 /// its minRTT (Netflix's Gradient2 uses a long-term average instead, which
 /// drifts up with a load that starts high). No threshold to tune.
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]

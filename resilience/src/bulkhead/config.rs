@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 
 /// Configuration of a [`BulkheadLayer`](super::BulkheadLayer).
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -33,6 +39,10 @@ impl Default for BulkheadConfig {
 
 impl BulkheadConfig {
     /// Checks the configuration: `max_concurrent` must be at least one.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `max_concurrent` when it is zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::new(

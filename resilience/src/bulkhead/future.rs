@@ -76,6 +76,7 @@ impl<S, Request> ResponseFuture<S, Request>
 where
     S: Service<Request>,
 {
+    #[inline(always)]
     pub(super) fn called(future: S::Future, permit: Permit) -> Self {
         ResponseFuture {
             state: State::Called { future, permit },

@@ -57,6 +57,10 @@ impl BulkheadLayer {
     }
 
     /// Builds the layer from a validated configuration.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`BulkheadConfig::validate`].
     pub fn from_config(config: BulkheadConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(BulkheadLayer {

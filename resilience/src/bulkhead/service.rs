@@ -45,12 +45,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Request>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Request) -> Self::Future {
         match self.shared.try_acquire() {
             Some(permit) => ResponseFuture::called(self.inner.call(request), permit),

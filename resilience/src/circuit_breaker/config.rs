@@ -103,6 +103,12 @@ impl SlidingWindow {
 /// assert_eq!(config.wait_in_open, Duration::from_secs(5));
 /// config.validate().unwrap();
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate. [`CircuitBreakerLayer::builder`](super::CircuitBreakerLayer::builder) is the builder.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -193,6 +199,13 @@ fn rate(field: &'static str, value: f64) -> Result<(), ConfigError> {
 
 impl CircuitBreakerConfig {
     /// Checks that the configuration can work.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field out of range: the window
+    /// (size, duration, buckets, failures), a rate threshold outside
+    /// (0, 100], a zero `slow_call_duration` or `minimum_calls`, or a wait
+    /// or half-open setting.
     ///
     /// # Examples
     ///

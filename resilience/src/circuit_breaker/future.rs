@@ -42,7 +42,7 @@ impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn called(inner: F, guard: Option<CallGuard<C>>) -> Self {
         ResponseFuture {
             inner: Some(inner),
@@ -120,7 +120,7 @@ impl<C> CallGuard<C> {
         match (self.admission, code) {
             (Admission::Closed(word), Some(code)) => {
                 let now = end.map_or(0, |end| shared.nanos_at(end));
-                shared.record_closed(&local.window, word, code, now);
+                shared.record_closed(&local.window, word, code, now, Some(&local.claimed));
             }
             (Admission::Trial(word), Some(code)) => shared.record_trial(word, code),
             (Admission::Trial(word), None) => shared.release_trial(word),

@@ -95,6 +95,11 @@ impl CircuitBreakerHandle {
     /// waits apply from the next opening; a new number of half-open trial
     /// calls restarts the trials of a half-open breaker.
     ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`CircuitBreakerConfig::validate`]; the breaker
+    /// then keeps its current configuration.
+    ///
     /// # Examples
     ///
     /// ```

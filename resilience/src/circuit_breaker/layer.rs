@@ -62,6 +62,10 @@ impl<C> std::fmt::Debug for CircuitBreakerLayer<C> {
 impl CircuitBreakerLayer {
     /// Builds a breaker from a configuration, after validating it.
     ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`CircuitBreakerConfig::validate`].
+    ///
     /// # Examples
     ///
     /// ```
@@ -282,6 +286,11 @@ impl CircuitBreakerBuilder {
     }
 
     /// Validates the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`CircuitBreakerConfig::validate`] for the
+    /// configuration built so far.
     pub fn build(&self) -> Result<CircuitBreakerLayer, ConfigError> {
         CircuitBreakerLayer::from_config(self.config.clone())
     }

@@ -84,12 +84,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Request) -> Self::Future {
         if self.local.is_stale() {
             self.local = Arc::new(Local::new(

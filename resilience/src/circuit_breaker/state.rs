@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::classify::Outcome;
 use super::config::{CircuitBreakerConfig, SlidingWindow, to_ppm};
-use super::window::{CALL, FAILED, SLOW, Thresholds, Totals, Window};
+use super::window::{CALL, Claimed, FAILED, SLOW, Thresholds, Totals, Window};
 use crate::config::ConfigError;
 use crate::error::CircuitOpen;
 
@@ -290,6 +290,8 @@ pub(crate) struct Local<C> {
     pub(crate) name: Arc<str>,
     pub(crate) generation: u64,
     pub(crate) classifier: C,
+    /// This clone's block of count-window positions.
+    pub(crate) claimed: Claimed,
 }
 
 impl<C> std::fmt::Debug for Local<C> {
@@ -310,6 +312,7 @@ impl<C> Local<C> {
             name,
             generation,
             classifier,
+            claimed: Claimed::default(),
         }
     }
 
@@ -486,11 +489,18 @@ impl Shared {
 
     /// Records a finished call admitted in the closed state `word`.
     #[inline]
-    pub(crate) fn record_closed(&self, window: &Window, word: u64, code: u8, now_nanos: u64) {
+    pub(crate) fn record_closed(
+        &self,
+        window: &Window,
+        word: u64,
+        code: u8,
+        now_nanos: u64,
+        claimed: Option<&Claimed>,
+    ) {
         if self.state.load(Ordering::Acquire) != word {
             return; // admitted under a state that has since ended
         }
-        if let Some(totals) = window.record(code, now_nanos) {
+        if let Some(totals) = window.record(code, now_nanos, claimed) {
             self.evaluate(window, word, &totals);
         }
     }
@@ -763,13 +773,13 @@ mod tests {
             let Ok(Admission::Closed(w)) = shared.admit(&name) else {
                 panic!("closed")
             };
-            shared.record_closed(&window, w, code, 0);
+            shared.record_closed(&window, w, code, 0, None);
         }
         assert_eq!(shared.state(), CircuitState::Closed);
         let Ok(Admission::Closed(w)) = shared.admit(&name) else {
             panic!("closed")
         };
-        shared.record_closed(&window, w, CALL, 0);
+        shared.record_closed(&window, w, CALL, 0, None);
         assert_eq!(shared.state(), CircuitState::Open, "2 of 4 failed = 50 %");
         let err = shared.admit(&name).unwrap_err();
         assert_eq!(err.retry_after, Some(Duration::from_secs(10)));

@@ -80,6 +80,37 @@ fn clamp(v: i64) -> u64 {
     v.max(0) as u64
 }
 
+/// A clone claims at most this fraction of the window at once…
+const CLAIM_FRACTION: u32 = 16;
+/// …and never more than this many positions.
+const MAX_CLAIM: u32 = 16;
+
+/// Positions of a count window's ring that one service clone claimed ahead
+/// of use: (next position, positions left, size of the next claim) in one
+/// word, touched only by that clone's calls.
+///
+/// Why: the shared cursor is the one word every recorded outcome writes
+/// (every call, when the window is not all successes); two threads taking
+/// one position each bounce its cache line on every call. Claiming a block
+/// at a time (up to 1/16 of the window) makes that once per block, while a
+/// single clone still fills the ring strictly in order. The window then
+/// holds each clone's outcomes in order, interleaved block by block: the
+/// last `size` outcomes, give or take one block per clone.
+#[derive(Debug, Default)]
+pub(crate) struct Claimed(AtomicU64);
+
+fn pack_claim(next: u32, left: u32, step: u32) -> u64 {
+    u64::from(next) << 32 | u64::from(left & 0xffff) << 16 | u64::from(step & 0xffff)
+}
+
+fn unpack_claim(word: u64) -> (u32, u32, u32) {
+    (
+        (word >> 32) as u32,
+        ((word >> 16) & 0xffff) as u32,
+        (word & 0xffff) as u32,
+    )
+}
+
 /// The last `size` outcomes in a ring of one byte each, an atomic cursor and
 /// packed totals.
 #[derive(Debug)]
@@ -90,8 +121,12 @@ pub(crate) struct CountWindow {
     /// the rest of the hot path).
     fastmod: u64,
     /// Next position; wraps at 2^32, which only changes which slot is
-    /// overwritten next, never the totals.
-    cursor: AtomicU32,
+    /// overwritten next, never the totals. On its own cache line: it is the
+    /// one word every recorder writes, and `size`, `fastmod` and `slots`
+    /// beside it are read by every call.
+    cursor: Padded<AtomicU32>,
+    /// The most positions one [`Claimed`] takes at once.
+    max_claim: u32,
     /// Written only when an outcome changes them; on its own cache line so
     /// that the all-success path can read it without bouncing.
     totals: Padded<AtomicU64>,
@@ -106,7 +141,8 @@ impl CountWindow {
                 .collect(),
             size,
             fastmod: (u64::MAX / u64::from(size)).wrapping_add(1),
-            cursor: AtomicU32::new(0),
+            cursor: Padded::new(AtomicU32::new(0)),
+            max_claim: (size / CLAIM_FRACTION).clamp(1, MAX_CLAIM),
             totals: Padded::new(AtomicU64::new(0)),
         }
     }
@@ -122,8 +158,61 @@ impl CountWindow {
 
     /// Records one outcome. `None` when the totals did not change (a success
     /// replacing a success), so there is nothing to evaluate.
-    #[inline]
+    #[cfg(test)]
     fn record(&self, code: u8) -> Option<Totals> {
+        self.record_with(code, None)
+    }
+
+    /// The next ring position: from `claimed`'s block when it has one left,
+    /// else a new block (or, without `claimed`, one position) from the
+    /// shared cursor.
+    #[inline]
+    fn next_position(&self, claimed: Option<&Claimed>) -> u32 {
+        let Some(claimed) = claimed else {
+            return self.cursor.fetch_add(1, Ordering::Relaxed);
+        };
+        let word = claimed.0.load(Ordering::Relaxed);
+        let (next, left, step) = unpack_claim(word);
+        if left > 0
+            && claimed
+                .0
+                .compare_exchange(
+                    word,
+                    pack_claim(next.wrapping_add(1), left - 1, step),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return next;
+        }
+        self.claim(claimed, step)
+    }
+
+    #[cold]
+    fn claim(&self, claimed: &Claimed, step: u32) -> u32 {
+        // A clone's first claim is one position, and each later one twice
+        // the last, up to `max_claim`: a clone made per call (`oneshot`)
+        // never skips positions, a long-lived one rarely touches the cursor.
+        let step = step.clamp(1, self.max_claim);
+        let start = self.cursor.fetch_add(step, Ordering::Relaxed);
+        // Racing with another recorder of the same clone may drop the rest
+        // of one block: those slots keep their older outcomes a lap longer.
+        claimed.0.store(
+            pack_claim(
+                start.wrapping_add(1),
+                step - 1,
+                (step * 2).min(self.max_claim),
+            ),
+            Ordering::Relaxed,
+        );
+        start
+    }
+
+    /// [`record`](Self::record), taking positions from `claimed` (one per
+    /// service clone) when given.
+    #[inline]
+    fn record_with(&self, code: u8, claimed: Option<&Claimed>) -> Option<Totals> {
         // A full window of successes stays one whatever success is added, and
         // which slot the next outcome overwrites does not matter while all
         // slots are equal: skip the cursor, the only atomic two callers
@@ -131,7 +220,7 @@ impl CountWindow {
         if code == CALL && self.totals.load(Ordering::Acquire) == u64::from(self.size) {
             return None;
         }
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
+        let n = self.next_position(claimed);
         let slot = &self.slots[self.position(n)];
         // Reading first keeps the slot's cache line shared between cores
         // while outcomes repeat (the common all-success case).
@@ -380,9 +469,14 @@ impl Window {
     /// Records one outcome (`code` has [`CALL`] set) and returns the new
     /// totals when they may change the verdict.
     #[inline]
-    pub(crate) fn record(&self, code: u8, now_nanos: u64) -> Option<Totals> {
+    pub(crate) fn record(
+        &self,
+        code: u8,
+        now_nanos: u64,
+        claimed: Option<&Claimed>,
+    ) -> Option<Totals> {
         match self {
-            Window::Count(w) => w.record(code),
+            Window::Count(w) => w.record_with(code, claimed),
             Window::Time(w) => w.record(code, now_nanos),
             Window::Consecutive(w, _) => w.record(code),
         }
@@ -489,6 +583,97 @@ mod tests {
         assert_eq!(w.totals().calls, 3);
     }
 
+    fn slots_of(w: &CountWindow) -> Vec<u8> {
+        w.slots.iter().map(|s| s.load(Ordering::Relaxed)).collect()
+    }
+
+    #[test]
+    fn one_clone_claiming_blocks_fills_the_ring_in_order() {
+        // 64 slots: blocks grow 1, 2, 4, 4…; the ring must see exactly
+        // what the one-position-at-a-time cursor sees.
+        let claimed = CountWindow::new(64);
+        let shared = CountWindow::new(64);
+        let clone = Claimed::default();
+        for i in 0..300u32 {
+            let code = match i % 7 {
+                0 => CALL | FAILED,
+                3 => CALL | SLOW,
+                _ => CALL,
+            };
+            assert_eq!(
+                claimed.record_with(code, Some(&clone)),
+                shared.record(code),
+                "call {i}"
+            );
+            assert_eq!(slots_of(&claimed), slots_of(&shared), "call {i}");
+        }
+    }
+
+    #[test]
+    fn a_clone_per_call_takes_one_position_each() {
+        // A service cloned per call (`oneshot`) claims one position per
+        // clone: 64 failures fill 64 slots, none overwritten.
+        let w = CountWindow::new(64);
+        for _ in 0..64 {
+            w.record_with(CALL | FAILED, Some(&Claimed::default()));
+        }
+        assert_eq!(
+            w.totals(),
+            Totals {
+                calls: 64,
+                failures: 64,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn clones_claiming_blocks_leave_only_their_last_block_unused() {
+        let w = CountWindow::new(256);
+        let (a, b) = (Claimed::default(), Claimed::default());
+        for _ in 0..160 {
+            w.record_with(CALL | FAILED, Some(&a));
+            w.record_with(CALL | FAILED, Some(&b));
+        }
+        // Blocks of 1, 2, 4, 8, 16, 16… per clone (15 + 9 × 16 = 159 calls,
+        // then one more block of 16): 320 positions used, and only what is
+        // left of each clone's last block claimed on top.
+        assert_eq!(w.cursor.load(Ordering::Relaxed), 320 + 2 * 15);
+        assert_eq!(w.totals().calls, 256);
+        assert_eq!(w.totals().failures, 256);
+    }
+
+    #[test]
+    fn count_window_totals_match_slots_after_concurrent_claims() {
+        let w = Arc::new(CountWindow::new(100));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let w = Arc::clone(&w);
+                std::thread::spawn(move || {
+                    let clone = Claimed::default();
+                    for i in 0..20_000u32 {
+                        let code = if (i + t) % 10 == 0 {
+                            CALL | FAILED
+                        } else {
+                            CALL
+                        };
+                        w.record_with(code, Some(&clone));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut expected = Totals::default();
+        for code in slots_of(&w) {
+            expected.calls += u64::from(code & CALL);
+            expected.failures += u64::from((code & FAILED) >> 1);
+            expected.slow += u64::from((code & SLOW) >> 2);
+        }
+        assert_eq!(w.totals(), expected);
+    }
+
     #[test]
     fn count_window_totals_match_slots_after_concurrent_records() {
         let w = Arc::new(CountWindow::new(7));
@@ -558,11 +743,11 @@ mod tests {
             slow_ppm: 1,
             minimum_calls: 1,
         };
-        let first = w.record(CALL | FAILED, 0).unwrap();
+        let first = w.record(CALL | FAILED, 0, None).unwrap();
         assert!(!w.trips(&first, &t));
-        assert_eq!(w.record(CALL, 0), None);
-        w.record(CALL | FAILED, 0);
-        let second = w.record(CALL | FAILED, 0).unwrap();
+        assert_eq!(w.record(CALL, 0, None), None);
+        w.record(CALL | FAILED, 0, None);
+        let second = w.record(CALL | FAILED, 0, None).unwrap();
         assert!(w.trips(&second, &t));
     }
 }

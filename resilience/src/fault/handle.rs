@@ -10,6 +10,12 @@ use super::FaultInjection;
 use crate::config::ConfigError;
 
 /// What faults to inject, and how often.
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -42,6 +48,11 @@ impl Default for FaultConfig {
 
 impl FaultConfig {
     /// Checks that every probability lies in 0–1.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field out of range, such as a
+    /// probability outside [0, 1].
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, p) in [
             ("latency_probability", self.latency_probability),
@@ -160,6 +171,10 @@ impl FaultHandle {
     }
 
     /// A handle with the given settings.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`FaultConfig::validate`].
     pub fn from_config(config: FaultConfig) -> Result<Self, ConfigError> {
         let handle = FaultHandle::new();
         handle.set(config)?;
@@ -167,6 +182,11 @@ impl FaultHandle {
     }
 
     /// Replaces every setting at once; invalid settings change nothing.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`FaultConfig::validate`]; the settings in force
+    /// stay unchanged.
     pub fn set(&self, config: FaultConfig) -> Result<(), ConfigError> {
         config.validate()?;
         let f = &self.faults;

@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 
 /// Configuration of a [`HedgeLayer`](super::HedgeLayer).
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]

@@ -33,6 +33,12 @@ use crate::timeout::TimeoutConfig;
 /// assert!(config.rate_limit.is_none());
 /// assert_eq!(config.bulkhead.unwrap().max_concurrent, 16);
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
@@ -94,11 +100,21 @@ impl PolicyConfig {
     }
 
     /// Reads a configuration from TOML text.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (field `toml`) when the text is not valid TOML or does
+    /// not match the sections and fields of [`PolicyConfig`].
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::new("policy", "toml", e.to_string()))
     }
 
     /// Reads a configuration from a TOML file.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] (field `file`) when the file cannot be read, or the
+    /// errors of [`PolicyConfig::from_toml_str`].
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -117,6 +133,12 @@ impl PolicyConfig {
     ///
     /// Values are read as TOML values where they parse as one (`3`, `0.5`,
     /// `true`) and as strings otherwise (`250ms`, `inventory`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when `base_toml` is not valid TOML (field `toml`),
+    /// when a variable names a section that the base holds as a plain value, or
+    /// when the result does not match [`PolicyConfig`] (field `env`).
     ///
     /// # Examples
     ///
@@ -161,6 +183,11 @@ impl PolicyConfig {
 
     /// [`PolicyConfig::from_vars`] over the process environment, on top of
     /// an optional TOML file: the file gives the base, variables override it.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when the file cannot be read, or the errors of
+    /// [`PolicyConfig::from_vars`].
     pub fn load(file: Option<&Path>, env_prefix: &str) -> Result<Self, ConfigError> {
         let base = match file {
             Some(path) => std::fs::read_to_string(path).map_err(|e| {
@@ -176,6 +203,10 @@ impl PolicyConfig {
     }
 
     /// Validates every section.
+    ///
+    /// # Errors
+    ///
+    /// The first section's [`ConfigError`], from that section's own `validate`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(c) = &self.retry {
             c.validate()?;

@@ -78,6 +78,11 @@ impl ResiliencePolicy {
 
     /// Builds every configured layer, validating each section.
     ///
+    /// # Errors
+    ///
+    /// The first section's [`ConfigError`]: each layer validates its own
+    /// section.
+    ///
     /// # Examples
     ///
     /// ```

@@ -29,7 +29,7 @@ where
     type Error = BoxError;
     type Future = MaybeFuture<On::Future, Off::Future>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self {
             Maybe::On(svc) => svc.poll_ready(cx).map_err(Into::into),
@@ -37,7 +37,7 @@ where
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Request) -> Self::Future {
         match self {
             Maybe::On(svc) => MaybeFuture {
@@ -81,7 +81,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::On { future } => future.poll(cx).map_err(Into::into),

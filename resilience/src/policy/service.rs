@@ -44,14 +44,14 @@ where
     type Error = Error;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::classify(e.into()))
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Request) -> Self::Future {
         ResponseFuture {
             inner: self.inner.call(request),
@@ -75,7 +75,7 @@ where
 {
     type Output = Result<T, Error>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(|e| Error::classify(e.into())))
     }

@@ -38,7 +38,7 @@ pin_project! {
 }
 
 impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn called(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Called { future },

@@ -160,6 +160,10 @@ impl Gcra {
 
     /// Takes one permit at time `now` if one is free, or returns how long
     /// after `now` a call would be admitted.
+    ///
+    /// # Errors
+    ///
+    /// How long after `now` a call would be admitted, when no permit is free.
     pub fn check_at(&self, now: Duration) -> Result<(), Duration> {
         self.acquire_at(now, Duration::ZERO).map(|_| ())
     }
@@ -167,6 +171,11 @@ impl Gcra {
     /// Reserves one permit at time `now` if it is free within `max_wait`,
     /// returning how long to wait before using it; otherwise returns how long
     /// after `now` a call would be admitted at once.
+    ///
+    /// # Errors
+    ///
+    /// How long after `now` a call would be admitted at once, when the wait for
+    /// a permit would exceed `max_wait`.
     pub fn acquire_at(&self, now: Duration, max_wait: Duration) -> Result<Duration, Duration> {
         self.params
             .acquire(&self.tat, nanos(now), nanos(max_wait))

@@ -123,6 +123,10 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     }
 
     /// Takes a permit for `key` if one is free now, whatever the mode.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] with the time until `key` has a free permit.
     pub fn check_key(&self, key: &K) -> Result<(), RateLimited> {
         let core = &self.inner.core;
         core.record(self.inner.acquire(key, core.now(), 0))
@@ -131,6 +135,11 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
 
     /// Reserves a permit for `key` under the configured mode; see
     /// [`RateLimiter::acquire`](super::RateLimiter::acquire).
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] when `key`'s wait would exceed the configured maximum
+    /// (at once in reject mode).
     pub fn acquire_key(&self, key: &K) -> Result<Duration, RateLimited> {
         self.acquire_nanos(key).map(Duration::from_nanos)
     }

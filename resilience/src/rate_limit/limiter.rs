@@ -178,6 +178,10 @@ impl RateLimiter {
 
     /// Takes a permit if one is free now, whatever the mode; otherwise says
     /// after how long a call would pass.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] with the time until a permit is free.
     pub fn check(&self) -> Result<(), RateLimited> {
         let core = &self.inner.core;
         core.record(core.params.acquire(&self.inner.tat, core.now(), 0))
@@ -189,11 +193,21 @@ impl RateLimiter {
     /// rejection when the wait would exceed the maximum.
     ///
     /// The reservation is kept even if the caller does not wait for it.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] when the wait would exceed the configured maximum (any
+    /// wait, in reject mode).
     pub fn acquire(&self) -> Result<Duration, RateLimited> {
         self.acquire_nanos().map(Duration::from_nanos)
     }
 
     /// Like [`RateLimiter::acquire`], sleeping out the wait.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] when the wait would exceed the configured maximum, as
+    /// [`RateLimiter::acquire`].
     ///
     /// # Cancel safety
     ///

@@ -89,6 +89,12 @@ pub enum FailureMode {
 /// assert_eq!(config.on_error, FailureMode::FailClosed);
 /// config.validate().unwrap();
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -231,6 +237,12 @@ impl RedisRateLimiter {
     /// Reserves a permit for `key` under the configured mode: the wait before
     /// proceeding (zero in reject mode), or the rejection. When Redis fails,
     /// the configured [`FailureMode`] decides.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] when the shared limit has no permit within the
+    /// configured wait, or when Redis fails and the [`FailureMode`] says to
+    /// reject.
     pub async fn acquire<K: RedisKey + ?Sized>(&self, key: &K) -> Result<Duration, RateLimited> {
         let mut redis_key = String::with_capacity(self.inner.prefix.len() + 24);
         redis_key.push_str(&self.inner.prefix);

@@ -13,7 +13,7 @@ use crate::error::{BoxError, RateLimited};
 /// or reject. In the wait case the ready service moves into the future and a
 /// clone takes its place (tower's advice: never call a clone that was not
 /// polled ready).
-#[inline]
+#[inline(always)]
 fn dispatch<S, Req>(
     inner: &mut S,
     request: Req,
@@ -81,12 +81,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Req>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         let outcome = self.limiter.acquire_nanos();
         dispatch(&mut self.inner, request, outcome)
@@ -156,12 +156,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, Req>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.extractor.extract(&request);
         let outcome = self.limiter.acquire_nanos(&key);

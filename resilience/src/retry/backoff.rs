@@ -168,6 +168,12 @@ impl Backoff {
     /// multiplier of at least 1 and a base no longer than the cap
     /// (`exponential`); `none` and `fixed` accept any value.
     ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field out of range: a zero base
+    /// for an exponential backoff, a multiplier below 1 (or not finite), or
+    /// a cap shorter than the base.
+    ///
     /// # Examples
     ///
     /// ```

@@ -32,17 +32,27 @@
 //!
 //! Every request deposits, so the deposit is the hot path: one relaxed load
 //! of the current slot number and one compare-and-swap. The slot number is a
-//! coarse clock: a small task on the runtime the budget was created on
-//! stores it at each slot boundary (once a second with the default 10 s
-//! window), so a request reads no clock at all (a clock read costs ~20 ns,
-//! more than the rest of the deposit). Because the task sleeps on tokio's
-//! clock, tokio's paused time drives it in tests like every other timer.
-//! Created outside a runtime, or once that runtime has shut down, the budget
-//! reads the clock on each deposit instead. Withdrawals (the rare path)
-//! always read the clock.
+//! coarse clock: a small task on a tokio runtime stores it at each slot
+//! boundary (once a second with the default 10 s window), so a request reads
+//! no clock at all (a clock read costs ~20 ns, more than the rest of the
+//! deposit). Because the task sleeps on tokio's clock, tokio's paused time
+//! drives it in tests like every other timer.
+//!
+//! The task starts on the runtime the budget is created on, or, for a
+//! budget created outside any runtime (layers are often built before the
+//! runtime starts), on the runtime of the first deposit made inside one. A
+//! deposit made while no ticker runs (outside any runtime, or after the
+//! ticker's runtime shut down) reads the clock instead, and starts a new
+//! ticker when it runs on a runtime. Withdrawals (the rare path) always read
+//! the clock.
+//!
+//! A coarse clock can lag: a current-thread runtime that never yields runs
+//! no ticker either. A lagging deposit lands in an older slot and so
+//! expires early, which only ever makes the budget smaller; and it never
+//! resets a slot that a withdrawal already moved to a newer generation.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -69,6 +79,12 @@ const SLOTS: usize = 10;
 /// assert_eq!(config.ttl, Duration::from_secs(10));
 /// config.validate().unwrap();
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -98,6 +114,11 @@ impl Default for BudgetConfig {
 
 impl BudgetConfig {
     /// Checks the window and the ratio.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `budget.ttl` outside 1–60 s, or `budget.ratio`
+    /// outside 0.0–10.0 (NaN included).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ttl < Duration::from_secs(1) || self.ttl > Duration::from_secs(60) {
             return Err(ConfigError::new(
@@ -157,8 +178,21 @@ pub struct RetryBudget {
 #[derive(Debug, Default)]
 struct CoarseGeneration {
     generation: AtomicU32,
-    /// The ticker is running: `generation` is current.
-    ticking: AtomicBool,
+    /// [`STOPPED`], [`STARTING`] or [`TICKING`] (`generation` is current).
+    ticker: AtomicU8,
+}
+
+/// No ticker runs: deposits read the clock (and try to start one).
+const STOPPED: u8 = 0;
+/// A deposit or `new` is starting a ticker: deposits read the clock.
+const STARTING: u8 = 1;
+/// A ticker runs: the coarse generation is current.
+const TICKING: u8 = 2;
+
+impl CoarseGeneration {
+    fn is_ticking(&self) -> bool {
+        self.ticker.load(Ordering::Acquire) == TICKING
+    }
 }
 
 /// Marks the ticker stopped when its task ends for any reason (the budget
@@ -168,7 +202,7 @@ struct TickerGuard(Weak<CoarseGeneration>);
 impl Drop for TickerGuard {
     fn drop(&mut self) {
         if let Some(coarse) = self.0.upgrade() {
-            coarse.ticking.store(false, Ordering::Release);
+            coarse.ticker.store(STOPPED, Ordering::Release);
         }
     }
 }
@@ -186,6 +220,10 @@ impl RetryBudget {
     /// [`BudgetConfig::validate`] rejects. Works on any thread; it reads
     /// `tokio::time::Instant`, so under tokio's paused clock (tests) it
     /// follows the paused time.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`BudgetConfig::validate`].
     pub fn new(config: BudgetConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let ttl_nanos = u64::try_from(config.ttl.as_nanos()).unwrap_or(u64::MAX);
@@ -205,18 +243,32 @@ impl RetryBudget {
     }
 
     /// Spawns the task that keeps [`CoarseGeneration`] current, on the
-    /// runtime of the caller if there is one.
+    /// runtime of the caller if there is one and no ticker runs yet.
     fn start_ticker(&self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // One starter at a time; the others keep reading the clock until
+        // the ticker runs.
+        if self
+            .coarse
+            .ticker
+            .compare_exchange(STOPPED, STARTING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
         let coarse = Arc::downgrade(&self.coarse);
         let (origin, slot_nanos) = (self.origin, self.slot_nanos);
         let first = Self::generation_at(origin, slot_nanos, Instant::now());
         self.coarse.generation.store(first, Ordering::Relaxed);
-        self.coarse.ticking.store(true, Ordering::Release);
+        self.coarse.ticker.store(TICKING, Ordering::Release);
+        // Made here and moved into the task, so that it marks the ticker
+        // stopped even if the task is dropped before its first poll (a
+        // runtime shutting down drops what it is handed).
+        let guard = TickerGuard(coarse.clone());
         runtime.spawn(async move {
-            let _guard = TickerGuard(coarse.clone());
+            let _guard = guard;
             loop {
                 let Some(current) = coarse.upgrade() else {
                     return;
@@ -251,11 +303,20 @@ impl RetryBudget {
     /// no ticker runs.
     #[inline]
     fn current_generation(&self) -> u32 {
-        if self.coarse.ticking.load(Ordering::Acquire) {
+        if self.coarse.is_ticking() {
             self.coarse.generation.load(Ordering::Relaxed)
         } else {
-            self.generation(Instant::now())
+            self.clock_generation()
         }
+    }
+
+    /// No ticker runs: start one if this thread is in a runtime, and read
+    /// the clock this time.
+    #[cold]
+    #[inline(never)]
+    fn clock_generation(&self) -> u32 {
+        self.start_ticker();
+        self.generation(Instant::now())
     }
 
     /// Adds `amount` to the current slot, resetting it if it belongs to an
@@ -266,10 +327,16 @@ impl RetryBudget {
         let mut current = slot.load(Ordering::Acquire);
         loop {
             let (slot_generation, balance) = unpack(current);
-            let balance = if slot_generation == generation {
-                balance
+            // A slot of a later lap than `generation` (a lagging coarse
+            // clock, or a withdrawal that read the clock first) keeps its
+            // generation and balance: resetting it would lose newer
+            // deposits. One of an earlier lap starts from zero.
+            let (generation, balance) = if slot_generation == generation {
+                (generation, balance)
+            } else if (slot_generation.wrapping_sub(generation) as i32) > 0 {
+                (slot_generation, balance)
             } else {
-                0
+                (generation, 0)
             };
             if let Some(others) = others
                 && others + i64::from(balance) + i64::from(amount) < 0
@@ -345,7 +412,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_coarse_clock_follows_the_runtime_clock() {
         let b = budget(1, 0, 1.0);
-        assert!(b.coarse.ticking.load(Ordering::Acquire));
+        assert!(b.coarse.is_ticking());
         catch_up().await;
         for step in [50u64, 60, 250, 1000, 7] {
             advance(Duration::from_millis(step)).await;
@@ -369,7 +436,7 @@ mod tests {
     #[test]
     fn without_a_runtime_the_budget_reads_the_clock() {
         let b = budget(1, 0, 1.0);
-        assert!(!b.coarse.ticking.load(Ordering::Acquire));
+        assert!(!b.coarse.is_ticking());
         b.deposit();
         assert_eq!(b.remaining(), 1);
         assert!(b.withdraw());
@@ -387,12 +454,9 @@ mod tests {
             catch_up().await;
             b
         });
-        assert!(b.coarse.ticking.load(Ordering::Acquire));
+        assert!(b.coarse.is_ticking());
         drop(rt);
-        assert!(
-            !b.coarse.ticking.load(Ordering::Acquire),
-            "the ticker's end is noticed"
-        );
+        assert!(!b.coarse.is_ticking(), "the ticker's end is noticed");
         // Slots still move with time: a deposit 1.2 s later is live, the
         // old one is not.
         b.deposit();
@@ -400,6 +464,62 @@ mod tests {
         assert_eq!(b.remaining(), 0);
         b.deposit();
         assert_eq!(b.remaining(), 1);
+    }
+
+    #[test]
+    fn a_budget_built_outside_a_runtime_starts_its_ticker_on_a_deposit_inside_one() {
+        let b = budget(1, 0, 1.0);
+        assert!(!b.coarse.is_ticking());
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let first = paused();
+        first.block_on(async {
+            b.deposit();
+            assert!(b.coarse.is_ticking(), "the first deposit started it");
+            for step in [150u64, 1000, 30] {
+                advance(Duration::from_millis(step)).await;
+                catch_up().await;
+                assert_eq!(
+                    b.coarse.generation.load(Ordering::Relaxed),
+                    b.generation(Instant::now()),
+                    "after {step} ms"
+                );
+            }
+        });
+        drop(first);
+        assert!(!b.coarse.is_ticking(), "its runtime is gone");
+        // Another runtime takes over: the next deposit starts a new ticker
+        // there, which follows that runtime's (paused) clock.
+        let second = paused();
+        second.block_on(async {
+            b.deposit();
+            assert!(b.coarse.is_ticking());
+            advance(Duration::from_secs(2)).await;
+            catch_up().await;
+            assert_eq!(
+                b.coarse.generation.load(Ordering::Relaxed),
+                b.generation(Instant::now())
+            );
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lagging_deposit_never_resets_a_newer_slot() {
+        let b = budget(1, 0, 1.0);
+        // Generation 1 and 11 share slot 1: a deposit stamped with the stale
+        // generation 1 after a withdrawal-side update stamped 11 adds to the
+        // newer balance instead of wiping it.
+        assert!(b.update(11, 300, None));
+        assert!(b.update(1, 100, None));
+        assert_eq!(unpack(b.slots[1].load(Ordering::Acquire)), (11, 400));
+        // An older slot is still reset.
+        assert!(b.update(21, 100, None));
+        assert_eq!(unpack(b.slots[1].load(Ordering::Acquire)), (21, 100));
     }
 
     fn budget(ttl_secs: u64, min_per_sec: u32, ratio: f64) -> RetryBudget {

@@ -38,6 +38,12 @@ use crate::config::ConfigError;
 /// let layer = RetryLayer::from_config(config).unwrap();
 /// # drop(layer);
 /// ```
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate. [`RetryLayer::builder`](super::RetryLayer::builder) is the builder.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -83,6 +89,11 @@ impl Default for RetryConfig {
 impl RetryConfig {
     /// Checks every field: at least one attempt, a non-zero `max_elapsed`
     /// when set, a workable backoff and budget.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `max_attempts` when zero, `max_elapsed` when
+    /// zero, or the first invalid field of the backoff or the budget.
     ///
     /// # Examples
     ///

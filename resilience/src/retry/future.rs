@@ -90,7 +90,7 @@ impl<S, P, Req> ResponseFuture<S, P, Req>
 where
     S: Service<Req>,
 {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(
         state: State<S::Future>,
         policy: P,

@@ -62,6 +62,10 @@ pub struct RetryLayer<P = DefaultRetryPolicy> {
 impl RetryLayer {
     /// Builds the layer from a validated [`RetryConfig`], with the
     /// [`DefaultRetryPolicy`].
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`RetryConfig::validate`].
     pub fn from_config(config: RetryConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let budget = config
@@ -191,6 +195,11 @@ impl RetryBuilder {
     }
 
     /// Validates and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`RetryConfig::validate`] for the configuration
+    /// built so far.
     pub fn build(&self) -> Result<RetryLayer, ConfigError> {
         RetryLayer::from_config(self.config.clone())
     }

@@ -44,7 +44,9 @@
 //! the HTTP policy in `http` (feature `http`) buffers request bodies up to a
 //! bound instead, honours `Retry-After` and retries only idempotent methods.
 //! The happy path allocates nothing: one request clone, one `Arc` clone, and
-//! with a budget one clock read and one atomic update.
+//! with a budget one relaxed load of the budget's coarse clock and one
+//! compare-and-swap (a clock read instead, outside any tokio runtime; see
+//! [`budget`]).
 //!
 //! # Examples
 //!

@@ -78,12 +78,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, P, Req>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         let settings = &self.shared.settings;
         if let Some(budget) = &self.shared.budget {

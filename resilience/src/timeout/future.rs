@@ -33,7 +33,7 @@ pin_project! {
 type Timer = Option<Pin<Box<Sleep>>>;
 
 impl<F> ResponseFuture<F> {
-    #[inline]
+    #[inline(always)]
     pub(super) fn new(inner: F, after: Duration) -> Self {
         ResponseFuture {
             inner,
@@ -50,7 +50,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // The call first: a response that is ready at the deadline wins.

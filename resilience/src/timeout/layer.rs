@@ -8,6 +8,12 @@ use super::Timeout;
 use crate::config::ConfigError;
 
 /// Configuration of a [`TimeoutLayer`], for serde configs.
+///
+/// Not `#[non_exhaustive]`, on purpose: it is plain data (the serde form
+/// of its configuration section) and every field has a default, so code
+/// builds it as `Config { field, ..Config::default() }`, which keeps
+/// compiling when fields are added; `#[non_exhaustive]` would forbid that
+/// syntax outside this crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "config", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "config", serde(default, deny_unknown_fields))]
@@ -30,6 +36,10 @@ impl Default for TimeoutConfig {
 
 impl TimeoutConfig {
     /// Checks the configuration: a zero deadline would fail every call.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `timeout` when it is zero.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.timeout.is_zero() {
             return Err(ConfigError::new(
@@ -67,6 +77,10 @@ impl TimeoutLayer {
     }
 
     /// Builds the layer from a validated configuration.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`TimeoutConfig::validate`].
     pub fn from_config(config: TimeoutConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(TimeoutLayer::new(config.timeout))

@@ -44,12 +44,12 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 
-    #[inline]
+    #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Request) -> Self::Future {
         ResponseFuture::new(self.inner.call(request), self.timeout)
     }

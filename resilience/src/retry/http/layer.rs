@@ -25,6 +25,10 @@ impl HttpRetryLayer {
     }
 
     /// Validates `config` and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`RetryConfig::validate`].
     pub fn from_config(config: RetryConfig) -> Result<Self, ConfigError> {
         Ok(HttpRetryLayer::new(RetryLayer::from_config(config)?))
     }
