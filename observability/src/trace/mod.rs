@@ -38,6 +38,57 @@ use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector};
 pub use opentelemetry_sdk::propagation::TraceContextPropagator;
 
+/// The current span's trace context as W3C `traceparent` and `tracestate`
+/// values, for work that continues it later or elsewhere: an event's
+/// metadata (an outbox relay publishes it as the child of this context), a
+/// queued job, a message header written by hand.
+///
+/// `None` when there is no valid context: no OpenTelemetry layer in the
+/// subscriber, or no span (then OpenTelemetry's own current context is
+/// tried too). The `tracestate` is `None` when empty.
+///
+/// # Examples
+///
+/// ```
+/// use trellis_observability::Telemetry;
+/// use trellis_observability::trace::current_traceparent;
+///
+/// let (dispatch, guard) = Telemetry::builder("orders").filter("info").build()?;
+/// tracing::dispatcher::with_default(&dispatch, || {
+///     assert_eq!(current_traceparent(), None, "no span yet");
+///     tracing::info_span!("place order").in_scope(|| {
+///         let (traceparent, tracestate) = current_traceparent().expect("a live span");
+///         assert!(traceparent.starts_with("00-"));
+///         assert_eq!(tracestate, None);
+///     });
+/// });
+/// guard.shutdown()?;
+/// # Ok::<(), trellis_observability::Error>(())
+/// ```
+pub fn current_traceparent() -> Option<(String, Option<String>)> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let span = tracing::Span::current();
+    let mut context = if span.is_disabled() {
+        opentelemetry::Context::new()
+    } else {
+        span.context()
+    };
+    if !context.span().span_context().is_valid() {
+        context = opentelemetry::Context::current();
+    }
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut fields = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut fields);
+    let traceparent = fields.remove("traceparent")?;
+    let tracestate = fields.remove("tracestate").filter(|s| !s.is_empty());
+    Some((traceparent, tracestate))
+}
+
 /// Reads propagation fields from request headers.
 pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
 

@@ -372,3 +372,31 @@ async fn a_request_log_line_carries_trace_span_service_and_request_id() {
     assert_eq!(line["span"]["request_id"], "req-0001");
     assert_eq!(line["level"], "INFO");
 }
+
+#[tokio::test]
+async fn current_traceparent_is_the_current_spans_context_for_later_work() {
+    let t = telemetry("svc");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let svc = ServiceBuilder::new()
+        .layer(ServerTraceLayer::new())
+        .service_fn(|_req: Request<String>| async {
+            // What a handler stores in an event's metadata.
+            let fields = trellis_observability::trace::current_traceparent();
+            Ok::<_, Infallible>(Response::new(format!("{fields:?}")))
+        });
+    let req = Request::get("/x")
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .body(String::new())
+        .unwrap();
+    let stored = svc.oneshot(req).await.unwrap().into_body();
+    let spans = t.spans(1).await;
+    let server = &spans[0];
+    // The server span's own id, so later work becomes its child.
+    let expected = Some((
+        format!("00-{TRACE_ID}-{}-01", server.span_context.span_id()),
+        Some("congo=t61rcWkgMzE".to_owned()),
+    ));
+    assert_eq!(stored, format!("{expected:?}"));
+    assert_eq!(trellis_observability::trace::current_traceparent(), None);
+}
