@@ -89,6 +89,44 @@ pub fn current_traceparent() -> Option<(String, Option<String>)> {
     Some((traceparent, tracestate))
 }
 
+/// Makes `span` continue the current span's trace (its OpenTelemetry
+/// parent is the current context) without making it a `tracing` child.
+///
+/// For background work that may outlive the request that started it: a
+/// `tracing` child keeps its parent open until the child closes, so a
+/// request's server span would end (and report its duration) only when the
+/// work does. Create the span with `parent: None` and hand it here before
+/// it is entered. Does nothing without an OpenTelemetry layer or when the
+/// current span has no valid context.
+///
+/// # Examples
+///
+/// ```
+/// use tracing::Instrument as _;
+/// use trellis_observability::trace::continue_current_trace;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let run = tracing::info_span!(parent: None, "saga run");
+/// continue_current_trace(&run);
+/// let task = tokio::spawn(async { /* outlives the request */ }.instrument(run));
+/// # task.await.unwrap();
+/// # });
+/// ```
+pub fn continue_current_trace(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let current = tracing::Span::current();
+    if current.is_disabled() || span.is_disabled() {
+        return;
+    }
+    let context = current.context();
+    if context.span().span_context().is_valid() {
+        // Fails only without an OpenTelemetry layer or once `span` started.
+        let _ = span.set_parent(context);
+    }
+}
+
 /// Reads propagation fields from request headers.
 pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
 

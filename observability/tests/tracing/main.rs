@@ -400,3 +400,35 @@ async fn current_traceparent_is_the_current_spans_context_for_later_work() {
     assert_eq!(stored, format!("{expected:?}"));
     assert_eq!(trellis_observability::trace::current_traceparent(), None);
 }
+
+#[tokio::test]
+async fn work_that_continues_the_trace_does_not_hold_the_request_span_open() {
+    let t = telemetry("svc");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let background = {
+        let request = tracing::info_span!("request");
+        let _entered = request.enter();
+        let run = tracing::info_span!(parent: None, "background");
+        trellis_observability::trace::continue_current_trace(&run);
+        async move {
+            let _ = released.await;
+        }
+        .instrument(run)
+    };
+    let task = tokio::spawn(background);
+    // The request span ended (exported) while the background work runs.
+    let spans = t.spans(1).await;
+    assert_eq!(spans.len(), 1);
+    let request = &spans[0];
+    assert_eq!(request.name, "request");
+    release.send(()).unwrap();
+    task.await.unwrap();
+    let spans = t.spans(2).await;
+    let background = spans.iter().find(|s| s.name == "background").unwrap();
+    assert_eq!(
+        background.span_context.trace_id(),
+        request.span_context.trace_id()
+    );
+    assert_eq!(background.parent_span_id, request.span_context.span_id());
+}
