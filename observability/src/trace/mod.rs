@@ -90,14 +90,20 @@ pub fn current_traceparent() -> Option<(String, Option<String>)> {
 }
 
 /// Makes `span` continue the current span's trace (its OpenTelemetry
-/// parent is the current context) without making it a `tracing` child.
+/// parent is the current context) without making it a `tracing` child, and
+/// returns it.
 ///
 /// For background work that may outlive the request that started it: a
 /// `tracing` child keeps its parent open until the child closes, so a
 /// request's server span would end (and report its duration) only when the
 /// work does. Create the span with `parent: None` and hand it here before
-/// it is entered. Does nothing without an OpenTelemetry layer or when the
-/// current span has no valid context.
+/// it is entered.
+///
+/// When `span` is disabled (filtered out), the current span is returned
+/// instead, so the work still belongs to the trace (holding the current
+/// span open, as `in_current_span` would). Without an OpenTelemetry layer,
+/// or when the current span has no valid context, `span` is returned
+/// unchanged.
 ///
 /// # Examples
 ///
@@ -106,25 +112,28 @@ pub fn current_traceparent() -> Option<(String, Option<String>)> {
 /// use trellis_observability::trace::continue_current_trace;
 ///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let run = tracing::info_span!(parent: None, "saga run");
-/// continue_current_trace(&run);
+/// let run = continue_current_trace(tracing::info_span!(parent: None, "saga run"));
 /// let task = tokio::spawn(async { /* outlives the request */ }.instrument(run));
 /// # task.await.unwrap();
 /// # });
 /// ```
-pub fn continue_current_trace(span: &tracing::Span) {
+pub fn continue_current_trace(span: tracing::Span) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
     let current = tracing::Span::current();
-    if current.is_disabled() || span.is_disabled() {
-        return;
+    if span.is_disabled() {
+        return current;
+    }
+    if current.is_disabled() {
+        return span;
     }
     let context = current.context();
     if context.span().span_context().is_valid() {
         // Fails only without an OpenTelemetry layer or once `span` started.
         let _ = span.set_parent(context);
     }
+    span
 }
 
 /// Reads propagation fields from request headers.

@@ -409,8 +409,10 @@ async fn work_that_continues_the_trace_does_not_hold_the_request_span_open() {
     let background = {
         let request = tracing::info_span!("request");
         let _entered = request.enter();
-        let run = tracing::info_span!(parent: None, "background");
-        trellis_observability::trace::continue_current_trace(&run);
+        let run = trellis_observability::trace::continue_current_trace(tracing::info_span!(
+            parent: None,
+            "background"
+        ));
         async move {
             let _ = released.await;
         }
@@ -431,4 +433,18 @@ async fn work_that_continues_the_trace_does_not_hold_the_request_span_open() {
         request.span_context.trace_id()
     );
     assert_eq!(background.parent_span_id, request.span_context.span_id());
+}
+
+#[tokio::test]
+async fn work_under_a_filtered_out_span_stays_in_the_current_trace() {
+    let t = telemetry("svc");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let request = tracing::info_span!("request");
+    let _entered = request.enter();
+    // Below the telemetry's debug filter: disabled.
+    let run = trellis_observability::trace::continue_current_trace(tracing::trace_span!(
+        parent: None,
+        "filtered"
+    ));
+    assert_eq!(run.id(), request.id(), "the current span instead");
 }
