@@ -242,7 +242,7 @@ async fn one_order_is_one_trace_across_processes_and_through_nats() {
         [
             (
                 "RUST_LOG",
-                "warn,trellis_observability=info,trellis_saga=info,trellis_eventsourcing=info,trellis_cqrs=info".to_owned(),
+                "warn,ecommerce::orders=info,trellis_observability=info,trellis_saga=info,trellis_eventsourcing=info,trellis_cqrs=info".to_owned(),
             ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
@@ -330,6 +330,13 @@ async fn one_order_is_one_trace_across_processes_and_through_nats() {
         .filter(|r| r.service == service(ServiceName::Orders) && r.span.name == "saga.step")
         .collect();
     assert!(steps.len() >= 4, "a span per step action: {trace:?}");
+    // The saga runs in a span of its own, the OpenTelemetry child of the
+    // order's request in orders.
+    let run = trace
+        .iter()
+        .find(|r| r.service == service(ServiceName::Orders) && r.span.name == "place-order saga")
+        .unwrap_or_else(|| panic!("no saga run span: {trace:?}"));
+    assert_eq!(parent_of(run).span.kind, SpanKind::Server as i32, "{run:?}");
     // Every publish span of the order's events hangs under a saga step.
     for publish in trace.iter().filter(|r| r.span.name.starts_with("publish ")) {
         assert_eq!(
