@@ -39,6 +39,18 @@
 //! its compare-and-set, fenced by the lease epoch, rolls the batch back: a
 //! runner that lost its lease applies nothing.
 
+//! # Tracing
+//!
+//! Each event the projection handles runs in a `process` span
+//! (OpenTelemetry messaging conventions: `otel.kind = "consumer"`,
+//! `messaging.system = "nats"`, `messaging.destination.name` = the subject,
+//! `messaging.operation.type = "process"`, `messaging.message.id` = the
+//! event id, `messaging.consumer.group.name` = the projection) whose parent
+//! is the W3C `traceparent`/`tracestate` in the message headers (the
+//! publisher's span, see `NatsPublisher`), or, for a message without those
+//! headers, the context in the event's metadata. So a read model's update
+//! belongs to the trace of the request that wrote the event.
+//!
 //! # Failures
 //!
 //! A message whose body is not a `StoredEvent`, or a handler error, rolls
@@ -46,6 +58,7 @@
 //! `max_retries`, the projection is parked (the messages stay in the stream
 //! after its checkpoint), as with the store-fed runner.
 
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,7 +67,12 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream;
 use futures_util::StreamExt as _;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tokio::sync::watch;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use trellis_eventsourcing::StoredEvent;
 
 use trellis_eventsourcing::lease::Leadership;
@@ -448,15 +466,21 @@ where
                 continue; // a redelivery: already applied
             }
             if filter.matches(&event) {
-                self.projection
-                    .handle(&mut tx, &event)
-                    .await
-                    .map_err(|e| format!("position {}: {e}", event.global_position))?;
-                // Unversioned here, so always live.
-                self.projection
-                    .side_effect(&mut tx, &event)
-                    .await
-                    .map_err(|e| format!("position {}: side effect: {e}", event.global_position))?;
+                let span = process_span(&self.name, message, &event);
+                let handled = async {
+                    self.projection
+                        .handle(&mut tx, &event)
+                        .await
+                        .map_err(|e| format!("position {}: {e}", event.global_position))?;
+                    // Unversioned here, so always live.
+                    self.projection
+                        .side_effect(&mut tx, &event)
+                        .await
+                        .map_err(|e| {
+                            format!("position {}: side effect: {e}", event.global_position)
+                        })
+                };
+                in_span(span, handled).await?;
             }
             target = event.global_position;
             last_recorded = Some(event.recorded_at);
@@ -483,4 +507,79 @@ where
         }
         Ok(Some((target, sequence)))
     }
+}
+
+/// Reads the W3C fields of a message's headers, falling back to those in
+/// the event's metadata when the message has no `traceparent` header.
+struct MessageExtractor<'a> {
+    headers: Option<&'a async_nats::HeaderMap>,
+    event: &'a StoredEvent,
+}
+
+impl MessageExtractor<'_> {
+    fn headers_carry_context(&self) -> bool {
+        self.headers.is_some_and(|h| h.get("traceparent").is_some())
+    }
+}
+
+impl Extractor for MessageExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        if self.headers_carry_context() {
+            return self.headers?.get(key).map(|v| v.as_str());
+        }
+        match key {
+            "traceparent" => self.event.metadata.traceparent.as_deref(),
+            "tracestate" => self.event.metadata.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// The `process` span of `event`, delivered in `message`, for projection
+/// `name`: the child of the message's trace context when it carries one.
+fn process_span(name: &str, message: &Message, event: &StoredEvent) -> tracing::Span {
+    let subject = message.subject.as_str();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {subject}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = %subject,
+        messaging.message.id = %event.event_id,
+        messaging.consumer.group.name = %name,
+        trellis.projection = %name,
+        trellis.position = event.global_position,
+    );
+    if !span.is_disabled() {
+        let parent = TraceContextPropagator::new().extract(&MessageExtractor {
+            headers: message.headers.as_ref(),
+            event,
+        });
+        if parent.span().span_context().is_valid() {
+            // Fails only without an OpenTelemetry layer, where there is no
+            // trace to continue.
+            let _ = span.set_parent(parent);
+        }
+    }
+    span
+}
+
+/// Runs `work` in `span`, marking the span as failed on an error.
+async fn in_span<T>(
+    span: tracing::Span,
+    work: impl Future<Output = std::result::Result<T, String>>,
+) -> std::result::Result<T, String> {
+    let result = work.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        span.record("otel.status_code", "error");
+        span.in_scope(|| tracing::debug!(%error, "projection handler failed"));
+    }
+    result
 }

@@ -455,3 +455,160 @@ async fn a_runner_killed_mid_batch_loses_nothing_to_its_successor() {
     js.delete_stream(&stream_name).await.unwrap();
     remove_wal_pool(pool, path).await;
 }
+
+/// Records the span each event is handled in (a child span of whatever is
+/// current in `handle`).
+#[derive(Debug)]
+struct Traced;
+
+impl Projection<sqlx::Sqlite> for Traced {
+    fn name(&self) -> &str {
+        "traced.v1"
+    }
+
+    async fn setup(&self, _pool: &SqlitePool) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        tracing::info_span!("apply", position = event.global_position).in_scope(|| {});
+        Ok(())
+    }
+}
+
+// current_thread: the runner's task runs on this thread, under the
+// thread-local subscriber set here.
+#[tokio::test]
+async fn each_message_is_processed_in_a_span_whose_parent_is_the_context_in_its_headers() {
+    use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
+    use opentelemetry::{KeyValue, Value};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let Some(url) = nats_url() else { return };
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let (js, stream, _publisher, stream_name) = fixture(&url).await;
+    let subject = format!("{}.account", stream_name.to_lowercase());
+    let store = MemoryStore::new();
+    let mut sent = events(&store, &[1, 2]).await;
+    // Event 1: the headers carry the publisher's span; the metadata an
+    // older context, which must lose. Event 2: no trace headers, only the
+    // writer's context in the metadata.
+    let header_parent = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let metadata_parent = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    for event in &mut sent {
+        event.metadata.traceparent =
+            Some(format!("00-{}-{}-01", metadata_parent.0, metadata_parent.1));
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{}-{}-01", header_parent.0, header_parent.1).as_str(),
+    );
+    headers.insert("tracestate", "vendor=1");
+    js.publish_with_headers(
+        subject.clone(),
+        headers,
+        serde_json::to_vec(&sent[0]).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        subject.clone(),
+        serde_json::to_vec(&sent[1]).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let handle = JetStreamRunner::new(stream, pool, Traced)
+        .with_options(options())
+        .spawn()
+        .await
+        .unwrap();
+    handle.wait_for(2, Duration::from_secs(10)).await.unwrap();
+    handle.stop().await;
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let attribute = |span: &SpanData, key: &str| -> Option<Value> {
+        span.attributes
+            .iter()
+            .find(|kv: &&KeyValue| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    // tracing-opentelemetry records a u64 as a string (it may not fit an i64).
+    let process = |position: u64| -> SpanData {
+        spans
+            .iter()
+            .find(|s| {
+                s.name.starts_with("process ")
+                    && attribute(s, "trellis.position") == Some(Value::from(position.to_string()))
+            })
+            .unwrap_or_else(|| panic!("no process span for position {position}: {spans:?}"))
+            .clone()
+    };
+    let (first, second) = (process(1), process(2));
+    for span in [&first, &second] {
+        assert_eq!(span.name, format!("process {subject}"));
+        assert_eq!(span.span_kind, SpanKind::Consumer);
+        assert_eq!(
+            attribute(span, "messaging.system"),
+            Some(Value::from("nats"))
+        );
+        assert_eq!(
+            attribute(span, "messaging.consumer.group.name"),
+            Some(Value::from("traced.v1"))
+        );
+        assert!(span.parent_span_is_remote);
+    }
+    assert_eq!(
+        first.span_context.trace_id(),
+        TraceId::from_hex(header_parent.0).unwrap()
+    );
+    assert_eq!(
+        first.parent_span_id,
+        SpanId::from_hex(header_parent.1).unwrap()
+    );
+    assert_eq!(
+        first.span_context.trace_state().header(),
+        "vendor=1",
+        "tracestate comes from the headers too"
+    );
+    assert_eq!(
+        second.span_context.trace_id(),
+        TraceId::from_hex(metadata_parent.0).unwrap()
+    );
+    assert_eq!(
+        second.parent_span_id,
+        SpanId::from_hex(metadata_parent.1).unwrap()
+    );
+    // The handler ran inside its message's span.
+    for process in [&first, &second] {
+        let position = attribute(process, "trellis.position");
+        let apply = spans
+            .iter()
+            .find(|s| s.name == "apply" && attribute(s, "position") == position)
+            .expect("apply span");
+        assert_eq!(apply.parent_span_id, process.span_context.span_id());
+        assert_eq!(
+            apply.span_context.trace_id(),
+            process.span_context.trace_id()
+        );
+    }
+    js.delete_stream(&stream_name).await.unwrap();
+}

@@ -6,6 +6,8 @@ mod support;
 
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "nats")]
+mod trace;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

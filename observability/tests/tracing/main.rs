@@ -372,3 +372,79 @@ async fn a_request_log_line_carries_trace_span_service_and_request_id() {
     assert_eq!(line["span"]["request_id"], "req-0001");
     assert_eq!(line["level"], "INFO");
 }
+
+#[tokio::test]
+async fn current_traceparent_is_the_current_spans_context_for_later_work() {
+    let t = telemetry("svc");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let svc = ServiceBuilder::new()
+        .layer(ServerTraceLayer::new())
+        .service_fn(|_req: Request<String>| async {
+            // What a handler stores in an event's metadata.
+            let fields = trellis_observability::trace::current_traceparent();
+            Ok::<_, Infallible>(Response::new(format!("{fields:?}")))
+        });
+    let req = Request::get("/x")
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .header("tracestate", "congo=t61rcWkgMzE")
+        .body(String::new())
+        .unwrap();
+    let stored = svc.oneshot(req).await.unwrap().into_body();
+    let spans = t.spans(1).await;
+    let server = &spans[0];
+    // The server span's own id, so later work becomes its child.
+    let expected = Some((
+        format!("00-{TRACE_ID}-{}-01", server.span_context.span_id()),
+        Some("congo=t61rcWkgMzE".to_owned()),
+    ));
+    assert_eq!(stored, format!("{expected:?}"));
+    assert_eq!(trellis_observability::trace::current_traceparent(), None);
+}
+
+#[tokio::test]
+async fn work_that_continues_the_trace_does_not_hold_the_request_span_open() {
+    let t = telemetry("svc");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let background = {
+        let request = tracing::info_span!("request");
+        let _entered = request.enter();
+        let run = trellis_observability::trace::continue_current_trace(tracing::info_span!(
+            parent: None,
+            "background"
+        ));
+        async move {
+            let _ = released.await;
+        }
+        .instrument(run)
+    };
+    let task = tokio::spawn(background);
+    // The request span ended (exported) while the background work runs.
+    let spans = t.spans(1).await;
+    assert_eq!(spans.len(), 1);
+    let request = &spans[0];
+    assert_eq!(request.name, "request");
+    release.send(()).unwrap();
+    task.await.unwrap();
+    let spans = t.spans(2).await;
+    let background = spans.iter().find(|s| s.name == "background").unwrap();
+    assert_eq!(
+        background.span_context.trace_id(),
+        request.span_context.trace_id()
+    );
+    assert_eq!(background.parent_span_id, request.span_context.span_id());
+}
+
+#[tokio::test]
+async fn work_under_a_filtered_out_span_stays_in_the_current_trace() {
+    let t = telemetry("svc");
+    let _scope = tracing::dispatcher::set_default(&t.dispatch);
+    let request = tracing::info_span!("request");
+    let _entered = request.enter();
+    // Below the telemetry's debug filter: disabled.
+    let run = trellis_observability::trace::continue_current_trace(tracing::trace_span!(
+        parent: None,
+        "filtered"
+    ));
+    assert_eq!(run.id(), request.id(), "the current span instead");
+}

@@ -271,12 +271,21 @@ pub(crate) async fn place(
     let events = app.orders.orchestrator.subscribe();
     let saga = {
         let (app, order_id) = (app.clone(), order_id.clone());
-        tokio::spawn(async move {
-            app.orders
-                .orchestrator
-                .start(&app.orders.saga, &order_id, state)
-                .await
-        })
+        // The saga continues the request's trace, in a span that does not
+        // hold the request's open when the saga outlives the answer.
+        let run = trellis_observability::trace::continue_current_trace(tracing::info_span!(
+            parent: None,
+            "place-order saga"
+        ));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                app.orders
+                    .orchestrator
+                    .start(&app.orders.saga, &order_id, state)
+                    .await
+            },
+            run,
+        ))
     };
     let (record, head) =
         match tokio::time::timeout(wait, decided(&app, &order_id, saga, events)).await {

@@ -64,6 +64,18 @@ pub(super) fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
+/// Event metadata carrying the current span's W3C context (the saga
+/// step's, under the order's request), so the events continue its trace
+/// through the outbox relay and the broker.
+fn traced() -> trellis_eventsourcing::Metadata {
+    let (traceparent, tracestate) = trellis_observability::trace::current_traceparent().unzip();
+    trellis_eventsourcing::Metadata {
+        traceparent,
+        tracestate: tracestate.flatten(),
+        ..Default::default()
+    }
+}
+
 /// reserve inventory ▸ charge payment ▸ confirm reservation ▸ confirm order,
 /// after a first step that records the order (compensated by rejecting it).
 /// The reservation is confirmed before the order, so an order is never
@@ -97,7 +109,7 @@ pub(crate) fn place_order_saga(
                         total_cents: s.total_cents,
                     };
                     orders
-                        .execute(&s.order_id, command)
+                        .execute_with_metadata(&s.order_id, command, traced())
                         .await
                         .map_err(step_err)?;
                     Ok(s)
@@ -115,11 +127,12 @@ pub(crate) fn place_order_saga(
                         "order could not be completed (its reservation expired or was not confirmed)"
                     };
                     orders
-                        .execute(
+                        .execute_with_metadata(
                             &s.order_id,
                             OrderCommand::Reject {
                                 reason: reason.into(),
                             },
+                            traced(),
                         )
                         .await
                         .map_err(step_err)?;
@@ -298,7 +311,7 @@ pub(crate) fn place_order_saga(
                         _ => OrderCommand::MarkPendingValidation,
                     };
                     orders
-                        .execute(&s.order_id, command)
+                        .execute_with_metadata(&s.order_id, command, traced())
                         .await
                         .map_err(step_err)?;
                     Ok(s)
