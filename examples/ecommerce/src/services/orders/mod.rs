@@ -5,6 +5,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod aggregate;
+pub(crate) mod client;
 pub(crate) mod http;
 pub(crate) mod policy;
 pub(crate) mod saga;
@@ -202,7 +203,9 @@ async fn open(
             .map_err(to_box),
     );
 
-    let repository = Repository::<Order, OrderStore>::new(store.clone()).with_max_retries(3);
+    let repository = Repository::<Order, OrderStore>::new(store.clone())
+        .with_codec(self::client::codec())
+        .with_max_retries(3);
     let saga = place_order_saga(
         repository,
         inventory_with_fallback,
