@@ -1,6 +1,6 @@
 //! The request and response bodies of the JSON API, shared by handlers,
-//! clients and the OpenAPI documents: the JSON bodies some handlers build
-//! with `serde_json::json!` are described here by these types, and
+//! clients and the OpenAPI documents. Handlers answer with these types (or
+//! describe their `json!` bodies with them where not yet converted), and
 //! tests/openapi.rs validates real responses against them, so a handler that
 //! changes its shape fails there.
 
@@ -215,46 +215,48 @@ pub(crate) enum OrderState {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SagaOutcome {
     /// `Completed`, `Compensated`, or a state a crash left it in.
-    status: String,
+    pub(crate) status: String,
     /// The failed step's error, if any.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// `POST /orders`'s answer: the read-model row and the saga's outcome.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PlacedOrder {
     /// The new order's id.
-    order_id: String,
+    pub(crate) order_id: String,
     /// The customer (the token's subject).
-    customer: String,
+    pub(crate) customer: String,
     /// Where the order stands.
-    status: OrderState,
+    #[schema(value_type = OrderState)]
+    pub(crate) status: String,
     /// Sum of price × quantity.
-    total_cents: i64,
+    pub(crate) total_cents: i64,
     /// Units over all lines.
-    items: i64,
+    pub(crate) items: i64,
     /// Why it was rejected, when it was.
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// The saga's outcome.
-    saga: SagaOutcome,
+    pub(crate) saga: SagaOutcome,
 }
 
 /// An order validated when inventory's breaker closed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ValidatedOrder {
     /// The order.
-    order_id: String,
+    pub(crate) order_id: String,
     /// Its state after validation.
-    status: OrderState,
+    #[schema(value_type = OrderState)]
+    pub(crate) status: String,
 }
 
 /// `POST /admin/inventory/breaker`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BreakerOutcome {
     /// The breaker's state (`Closed`, `Open`, `HalfOpen`, `ForcedOpen`).
-    state: String,
+    pub(crate) state: String,
     /// Orders validated by closing it.
-    validated: Vec<ValidatedOrder>,
+    pub(crate) validated: Vec<ValidatedOrder>,
 }
 
 /// The payment provider's fault injection (trellis-resilience `FaultConfig`;

@@ -14,7 +14,7 @@ use super::admin::{set_breaker, set_payment_faults};
 use super::saga::PlaceOrder;
 use super::summary::{SummaryRow, SummaryTuple};
 use super::{OrdersApp, OrdersState};
-use crate::api::{ApiError, ApiJson};
+use crate::api::{ApiError, ApiJson, PlacedOrder, SagaOutcome};
 use crate::platform::backend::{ReadDb, each};
 use crate::services::inventory::client::Line;
 
@@ -255,9 +255,10 @@ pub(crate) async fn place(
         Some(key) => order_id_for_key(&customer, key),
         None => uuid::Uuid::new_v4().to_string(),
     };
+    let items = super::client::units(&lines);
     let state = PlaceOrder {
         order_id: order_id.clone(),
-        customer,
+        customer: customer.clone(),
         lines,
         total_cents,
         // Only the provider's token is kept (saga state and log), never the number.
@@ -311,15 +312,36 @@ pub(crate) async fn place(
     // Decided: CONFIRMED, REJECTED or PENDING_VALIDATION. Else the saga is
     // still running: 202, and the order is finished in the background.
     let decided = row.as_ref().is_some_and(|row| row.status != "PLACED");
-    let mut body = match row {
-        Some(row) => serde_json::to_value(row).map_err(ApiError::internal)?,
-        None => serde_json::json!({ "order_id": order_id, "status": "PLACED" }),
+    let saga = match &record {
+        Some(record) => SagaOutcome {
+            status: format!("{:?}", record.status),
+            error: record.error.clone(),
+        },
+        None => SagaOutcome {
+            status: "Running".into(),
+            error: None,
+        },
     };
-    body["saga"] = match &record {
-        Some(record) => {
-            serde_json::json!({ "status": format!("{:?}", record.status), "error": record.error })
-        }
-        None => serde_json::json!({ "status": "Running", "error": null }),
+    let body = match row {
+        Some(row) => PlacedOrder {
+            order_id: row.order_id,
+            customer: row.customer,
+            status: row.status,
+            total_cents: row.total_cents,
+            items: row.items,
+            reason: row.reason,
+            saga,
+        },
+        // Not in the read model yet: only what the request knows.
+        None => PlacedOrder {
+            order_id,
+            customer,
+            status: "PLACED".into(),
+            total_cents,
+            items,
+            reason: None,
+            saga,
+        },
     };
     let status = if decided {
         StatusCode::CREATED
