@@ -7,13 +7,27 @@
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-/// Every error: `{"error": code, "message": ...}`.
+/// Every error: `{"error": code, "message": ...}`, and the invalid fields
+/// of a refused command.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
-    /// A stable, matchable code (`insufficient_scope`, `invalid_body`, …).
-    error: String,
+    /// A stable, matchable code (`insufficient_scope`, `invalid_body`, …;
+    /// with `fields`, the first field's code, e.g. `invalid_quantity`).
+    pub(crate) error: String,
     /// What went wrong, for people.
-    message: String,
+    pub(crate) message: String,
+    /// Every invalid field of a command refused with 422 (absent otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) fields: Vec<FieldMessage>,
+}
+
+/// One invalid field of a command.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct FieldMessage {
+    /// The field's path in the request body (`card`, `lines[0].quantity`).
+    pub(crate) field: String,
+    /// What is wrong with it.
+    pub(crate) message: String,
 }
 
 /// The answers of the JWT and scope layers, and of an internal failure.

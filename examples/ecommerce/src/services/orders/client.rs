@@ -97,9 +97,11 @@ pub(crate) fn decode(event: &StoredEvent) -> Result<Option<(&str, OrderEvent)>, 
     }
 }
 
-/// Units in `lines`.
+/// Units in `lines` (saturating: it may count lines not validated yet).
 pub(crate) fn units(lines: &[Line]) -> i64 {
-    lines.iter().map(|line| line.quantity).sum()
+    lines
+        .iter()
+        .fold(0i64, |sum, line| sum.saturating_add(line.quantity))
 }
 
 #[cfg(test)]

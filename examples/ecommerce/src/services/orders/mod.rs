@@ -6,6 +6,7 @@
 pub(crate) mod admin;
 pub(crate) mod aggregate;
 pub(crate) mod client;
+pub(crate) mod command;
 pub(crate) mod http;
 pub(crate) mod policy;
 pub(crate) mod saga;
@@ -46,6 +47,8 @@ pub(crate) struct Orders {
     pub(crate) deadline: Duration,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
     pub(crate) read_db: ReadDb,
+    /// The idempotency keys of `POST /orders` (command pipeline).
+    pub(crate) keys: self::command::OrderKeys,
 }
 
 fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
@@ -247,8 +250,10 @@ async fn open(
                 .await?
         }
     };
+    let keys = self::command::OrderKeys::open(&read_db).await?;
     let app = Arc::new(OrdersApp {
         orders: Orders {
+            keys,
             store,
             orchestrator,
             saga,
