@@ -55,8 +55,9 @@ pub(crate) struct OrderIdempotencyKey(
     /// once per order (e.g. a UUID) and sent again on every retry of it:
     /// the same key from the same customer answers the first order (same
     /// id, same status) and never places or charges a second one, also
-    /// when both requests arrive at once or on different replicas. The
-    /// first request's body wins.
+    /// when both requests arrive at once or on different replicas (the
+    /// repeat waits for the first). The same key with another body (other
+    /// lines or card) is refused: 422 `idempotency_key_reused`.
     Option<String>,
 );
 
