@@ -247,12 +247,7 @@ impl Service<Command<PlaceOrderCommand>> for PlaceService {
             let events = app.orders.orchestrator.subscribe();
             let saga = {
                 let (app, order_id) = (app.clone(), order_id.clone());
-                tokio::spawn(async move {
-                    app.orders
-                        .orchestrator
-                        .start(&app.orders.saga, &order_id, state)
-                        .await
-                })
+                tokio::spawn(async move { app.orders.saga.start(&order_id, state).await })
             };
             let decided = super::http::decided(&app, &order_id, saga, events);
             let record = match tokio::time::timeout(wait, decided).await {

@@ -22,10 +22,9 @@ use trellis_cqrs::BoxError;
 use trellis_eventsourcing::Repository;
 use trellis_resilience::circuit_breaker::CircuitBreakerHandle;
 use trellis_resilience::fault::FaultHandle;
-use trellis_saga::Saga;
 
 use self::aggregate::Order;
-use self::saga::{POST_PIVOT_RETRY, PlaceOrder, place_order_saga};
+use self::saga::{POST_PIVOT_RETRY, PlaceOrder, SagaClients, place_order_saga};
 use self::summary::{OrderSummary, SummaryRow, SummaryTuple};
 use self::validator::validate_when_inventory_is_back;
 use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb, each};
@@ -42,7 +41,8 @@ pub(crate) type PaymentClient = BoxCloneSyncService<PaymentRequest, PaymentReply
 pub(crate) struct Orders {
     pub(crate) store: OrderStore,
     pub(crate) orchestrator: trellis_saga::Orchestrator<OrderSagaLog>,
-    pub(crate) saga: Arc<Saga<PlaceOrder>>,
+    /// The place-order saga, registered with its clients.
+    pub(crate) saga: trellis_saga::RegisteredSaga<OrderSagaLog, PlaceOrder, SagaClients>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
@@ -209,26 +209,27 @@ async fn open(
     let repository = Repository::<Order, OrderStore>::new(store.clone())
         .with_codec(self::client::codec())
         .with_max_retries(3);
-    let saga = place_order_saga(
-        repository,
-        inventory_with_fallback,
+    let saga_clients = SagaClients {
+        orders: repository,
+        inventory: inventory_with_fallback,
         inventory_plain,
-        payment_client,
-        refund_client,
-        options.deadline,
-    );
+        payments: payment_client,
+        refunds: refund_client,
+    };
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
     let orchestrator = trellis_saga::Orchestrator::new(saga_log, options.owner.as_str())
         .with_lease_ttl(options.lease_ttl)
         .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
         .with_compensation_retry(POST_PIVOT_RETRY);
-    let saga = Arc::new(saga);
+    // The steps' clients are bound once: every run, recovered and adopted
+    // ones included, calls this process's clients.
+    let saga = orchestrator.register(place_order_saga(options.deadline), saga_clients);
     // Sagas a previous run left mid-flight whose leases have expired finish
     // (or compensate) before we serve: a step whose outcome is unknown
     // re-runs with its same idempotency key. The rest are adopted when
     // their leases expire (the adopter below).
-    for (id, outcome) in orchestrator.adopt_orphans(&saga).await? {
+    for (id, outcome) in saga.adopt_orphans().await? {
         match outcome {
             Ok(record) => tracing::info!(saga = id, status = ?record.status, "adopted saga"),
             Err(trellis_saga::Error::Leased { .. }) => {}
@@ -237,7 +238,7 @@ async fn open(
     }
     // Every orders instance, both run modes: sagas whose owner died, was
     // rescheduled or lost its lease are adopted every quarter lease TTL.
-    let adopter = orchestrator.spawn_adopter(saga.clone());
+    let adopter = saga.spawn_adopter();
     let projection = match &read_db {
         ReadDb::Sqlite(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
