@@ -417,10 +417,21 @@ where
 ///
 /// The payload must serialize deterministically (structs, `BTreeMap`, not
 /// `HashMap`) for its fingerprint to be stable.
+///
+/// # Waiting for a key in flight
+///
+/// By default a key in flight answers [`Error::InFlight`] at once (the
+/// draft's 409). An API whose clients expect a retry racing its first
+/// attempt to get that attempt's answer (as Stripe's does for a request it
+/// still holds) sets [`wait_in_flight`](Self::wait_in_flight): the repeat
+/// then polls the store until the first run finishes (its result), fails
+/// or dies (the repeat claims the key and runs), and answers
+/// [`Error::InFlight`] only when the wait runs out.
 #[derive(Debug, Clone)]
 pub struct IdempotencyLayer<I> {
     store: Arc<I>,
     ttl: Duration,
+    wait: Duration,
 }
 
 /// How long a claim lasts by default: longer than any command should run.
@@ -432,7 +443,17 @@ impl<I> IdempotencyLayer<I> {
         IdempotencyLayer {
             store: Arc::new(store),
             ttl: DEFAULT_CLAIM_TTL,
+            wait: Duration::ZERO,
         }
+    }
+
+    /// Lets a repeat whose key is in flight wait up to `wait` for the first
+    /// run instead of failing with [`Error::InFlight`] at once (see
+    /// [Waiting for a key in flight](Self#waiting-for-a-key-in-flight)).
+    /// Zero, the default, does not wait.
+    pub fn wait_in_flight(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// Sets how long a key stays claimed by a run that neither finished nor
@@ -450,6 +471,7 @@ impl<S, I> Layer<S> for IdempotencyLayer<I> {
             inner,
             store: self.store.clone(),
             ttl: self.ttl,
+            wait: self.wait,
         }
     }
 }
@@ -460,6 +482,7 @@ pub struct Idempotent<S, I> {
     inner: S,
     store: Arc<I>,
     ttl: Duration,
+    wait: Duration,
 }
 
 impl<S: Clone, I> Clone for Idempotent<S, I> {
@@ -468,7 +491,31 @@ impl<S: Clone, I> Clone for Idempotent<S, I> {
             inner: self.inner.clone(),
             store: self.store.clone(),
             ttl: self.ttl,
+            wait: self.wait,
         }
+    }
+}
+
+/// Claims `key`, polling while it is in flight for at most `wait`: from
+/// 10 ms, doubling to 250 ms between looks.
+async fn claim_waiting<I: IdempotencyStore>(
+    store: &I,
+    key: Uuid,
+    fingerprint: &str,
+    token: Uuid,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<Claim> {
+    let until = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let claim = store.claim(key, fingerprint, token, ttl).await?;
+        let now = tokio::time::Instant::now();
+        if claim != Claim::InFlight || now >= until {
+            return Ok(claim);
+        }
+        tokio::time::sleep(pause.min(until - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 
@@ -544,12 +591,12 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = self.store.clone();
-        let ttl = self.ttl;
+        let (ttl, wait) = (self.ttl, self.wait);
         Box::pin(async move {
             let key = command.id;
             let fingerprint = fingerprint(&command)?;
             let token = Uuid::now_v7();
-            match store.claim(key, &fingerprint, token, ttl).await? {
+            match claim_waiting(store.as_ref(), key, &fingerprint, token, ttl, wait).await? {
                 Claim::Acquired => {}
                 Claim::Done(first) => {
                     tracing::debug!(%key, "repeated idempotency key, returning the first result");
@@ -659,6 +706,7 @@ pub struct CommandPipeline<A: Aggregate, S, Z = AllowAll, I = MemoryIdempotencyS
     authorize: Z,
     idempotency: I,
     claim_ttl: Duration,
+    in_flight_wait: Duration,
 }
 
 impl<A, S> CommandPipeline<A, S>
@@ -673,6 +721,7 @@ where
             authorize: AllowAll,
             idempotency: MemoryIdempotencyStore::default(),
             claim_ttl: DEFAULT_CLAIM_TTL,
+            in_flight_wait: Duration::ZERO,
         }
     }
 }
@@ -685,6 +734,7 @@ impl<A: Aggregate, S, Z, I> CommandPipeline<A, S, Z, I> {
             authorize: hook,
             idempotency: self.idempotency,
             claim_ttl: self.claim_ttl,
+            in_flight_wait: self.in_flight_wait,
         }
     }
 
@@ -695,6 +745,7 @@ impl<A: Aggregate, S, Z, I> CommandPipeline<A, S, Z, I> {
             authorize: self.authorize,
             idempotency: store,
             claim_ttl: self.claim_ttl,
+            in_flight_wait: self.in_flight_wait,
         }
     }
 
@@ -704,10 +755,18 @@ impl<A: Aggregate, S, Z, I> CommandPipeline<A, S, Z, I> {
         self
     }
 
+    /// Lets a repeat of a key in flight wait for the first run (see
+    /// [`IdempotencyLayer::wait_in_flight`]).
+    pub fn wait_in_flight(mut self, wait: Duration) -> Self {
+        self.in_flight_wait = wait;
+        self
+    }
+
     /// The composed service.
     pub fn build(self) -> Pipeline<A, S, Z, I> {
         let inner = IdempotencyLayer::new(self.idempotency)
             .with_claim_ttl(self.claim_ttl)
+            .wait_in_flight(self.in_flight_wait)
             .layer(self.repository);
         let inner = AuthorizeLayer::new(self.authorize).layer(inner);
         let inner = ValidateLayer.layer(inner);

@@ -149,6 +149,70 @@ async fn a_key_in_flight_is_reported<I: IdempotencyStore>(store: I) {
     assert_eq!(inner.calls(), 1);
 }
 
+/// With `wait_in_flight`, repeats sent while the first run is in flight
+/// wait for it: all get its result and the command runs once, while a
+/// repeat whose wait runs out is told the key is in flight. A repeat whose
+/// first run fails runs itself (the failure released the key).
+async fn a_repeat_waits_for_the_key_in_flight<I: IdempotencyStore + Clone>(store: I) {
+    let inner = Slow::new(true);
+    let patient = IdempotencyLayer::new(store.clone())
+        .wait_in_flight(Duration::from_secs(30))
+        .layer(inner.clone());
+    let impatient = IdempotencyLayer::new(store)
+        .wait_in_flight(Duration::from_millis(30))
+        .layer(inner.clone());
+    let command = Command::new("a-1", 2u32);
+    let sends: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(patient.clone().oneshot(command.clone())))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while inner.calls() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let short = impatient.clone().oneshot(command.clone()).await;
+    assert!(
+        matches!(short, Err(Error::InFlight { key }) if key == command.id),
+        "{short:?}"
+    );
+    assert!(
+        sends.iter().all(|s| !s.is_finished()),
+        "a patient repeat answered before the first run finished"
+    );
+    inner.gate.notify_one();
+    let mut results = Vec::new();
+    for send in sends {
+        results.push(send.await.unwrap().unwrap());
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+    assert_eq!(inner.calls(), 1, "the command ran once");
+
+    // The first run fails: the waiting repeat runs the command itself.
+    let failing = Command::new("a-2", 3u32);
+    let first = tokio::spawn(patient.clone().oneshot(failing.clone()));
+    while inner.calls() == 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let repeat = tokio::spawn(patient.clone().oneshot(failing));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    inner.gate.notify_one();
+    assert!(matches!(first.await.unwrap(), Err(Error::Forbidden { .. })));
+    while inner.calls() == 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repeat never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    inner.gate.notify_one();
+    assert!(matches!(
+        repeat.await.unwrap(),
+        Err(Error::Forbidden { .. })
+    ));
+    assert_eq!(inner.calls(), 3);
+}
+
 /// A failed command releases its key: a retry runs again.
 async fn a_failed_command_releases_its_key<I: IdempotencyStore>(store: I) {
     let inner = Slow::new(false);
@@ -250,6 +314,7 @@ macro_rules! idempotency_conformance {
                 repeat_returns_the_first_result,
                 another_command_under_the_key_is_a_mismatch,
                 a_key_in_flight_is_reported,
+                a_repeat_waits_for_the_key_in_flight,
                 a_failed_command_releases_its_key,
                 a_dropped_command_releases_its_key,
                 an_expired_claim_is_taken_over,

@@ -82,6 +82,20 @@ async fn bad_orders_are_refused_with_json_errors_and_write_nothing() {
             "{name}: {}",
             r.body
         );
+        // A command refused by the pipeline's validation names its fields.
+        let field = match code {
+            "invalid_quantity" => Some("lines[0].quantity"),
+            "unknown_product" => Some("lines[0].sku"),
+            _ => None,
+        };
+        if let Some(field) = field {
+            assert_eq!(r.body["fields"][0]["field"], field, "{name}: {}", r.body);
+            assert!(
+                r.body["fields"][0]["message"].is_string(),
+                "{name}: {}",
+                r.body
+            );
+        }
     }
 
     assert_eq!(

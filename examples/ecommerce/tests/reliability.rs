@@ -218,6 +218,28 @@ async fn the_same_idempotency_key_twice_at_once_places_one_order() {
     assert_eq!(list(&api, &other).await.len(), 1);
     assert_eq!(running.stock("TEA-001").await.unwrap(), before - 3);
 
+    // The same key with another order (two teas): refused, nothing placed.
+    let two_teas = json!({ "lines": [ { "sku": "TEA-001", "quantity": 2 } ], "card": ecommerce::scenario::GOOD_CARD });
+    let reused = api
+        .with_headers(
+            Method::POST,
+            "/api/v1/orders",
+            Some(&token),
+            &[("idempotency-key", "checkout-1")],
+            two_teas.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reused.body
+    );
+    assert_eq!(reused.body["error"], "idempotency_key_reused");
+    assert_eq!(list(&api, &token).await.len(), 2);
+    assert_eq!(running.stock("TEA-001").await.unwrap(), before - 3);
+
     // A malformed key is refused before anything is written.
     let bad = api
         .with_headers(

@@ -52,24 +52,42 @@ pub enum Error {
     Scenario(String),
 }
 
-/// An HTTP error: a status and a JSON body `{"error": code, "message": ...}`.
+/// An HTTP error: a status and a JSON body `{"error": code, "message": ...}`,
+/// plus `"fields": [{"field", "message"}]` when a command's fields are
+/// invalid.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
+    pub(crate) code: std::borrow::Cow<'static, str>,
     pub(crate) message: String,
     /// Sent as `Retry-After` (whole seconds, at least 1) on 429 and 503.
     pub(crate) retry_after: Option<std::time::Duration>,
+    /// The invalid fields (empty: no `fields` member).
+    pub(crate) fields: Vec<crate::api::FieldMessage>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
             retry_after: None,
+            fields: Vec::new(),
         }
+    }
+
+    /// The same error listing the invalid fields; its code becomes `code`
+    /// (a field's own, so a client matching the code of a one-field error
+    /// needs no change).
+    pub(crate) fn with_fields(
+        mut self,
+        code: impl Into<std::borrow::Cow<'static, str>>,
+        fields: Vec<crate::api::FieldMessage>,
+    ) -> Self {
+        self.code = code.into();
+        self.fields = fields;
+        self
     }
 
     /// The same error with a `Retry-After` header.
@@ -96,7 +114,11 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let body = crate::api::ErrorBody {
+            error: self.code.into_owned(),
+            message: self.message,
+            fields: self.fields,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(after) = self.retry_after {
             // Rounded up: "retry after 0 s" would invite an immediate retry.

@@ -1,19 +1,33 @@
 //! The request and response bodies of the JSON API, shared by handlers,
-//! clients and the OpenAPI documents: the JSON bodies some handlers build
-//! with `serde_json::json!` are described here by these types, and
+//! clients and the OpenAPI documents. Handlers answer with these types (or
+//! describe their `json!` bodies with them where not yet converted), and
 //! tests/openapi.rs validates real responses against them, so a handler that
 //! changes its shape fails there.
 
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-/// Every error: `{"error": code, "message": ...}`.
+/// Every error: `{"error": code, "message": ...}`, and the invalid fields
+/// of a refused command.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
-    /// A stable, matchable code (`insufficient_scope`, `invalid_body`, …).
-    error: String,
+    /// A stable, matchable code (`insufficient_scope`, `invalid_body`, …;
+    /// with `fields`, the first field's code, e.g. `invalid_quantity`).
+    pub(crate) error: String,
     /// What went wrong, for people.
-    message: String,
+    pub(crate) message: String,
+    /// Every invalid field of a command refused with 422 (absent otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) fields: Vec<FieldMessage>,
+}
+
+/// One invalid field of a command.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct FieldMessage {
+    /// The field's path in the request body (`card`, `lines[0].quantity`).
+    pub(crate) field: String,
+    /// What is wrong with it.
+    pub(crate) message: String,
 }
 
 /// The answers of the JWT and scope layers, and of an internal failure.
@@ -215,46 +229,48 @@ pub(crate) enum OrderState {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SagaOutcome {
     /// `Completed`, `Compensated`, or a state a crash left it in.
-    status: String,
+    pub(crate) status: String,
     /// The failed step's error, if any.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// `POST /orders`'s answer: the read-model row and the saga's outcome.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct PlacedOrder {
     /// The new order's id.
-    order_id: String,
+    pub(crate) order_id: String,
     /// The customer (the token's subject).
-    customer: String,
+    pub(crate) customer: String,
     /// Where the order stands.
-    status: OrderState,
+    #[schema(value_type = OrderState)]
+    pub(crate) status: String,
     /// Sum of price × quantity.
-    total_cents: i64,
+    pub(crate) total_cents: i64,
     /// Units over all lines.
-    items: i64,
+    pub(crate) items: i64,
     /// Why it was rejected, when it was.
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// The saga's outcome.
-    saga: SagaOutcome,
+    pub(crate) saga: SagaOutcome,
 }
 
 /// An order validated when inventory's breaker closed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ValidatedOrder {
     /// The order.
-    order_id: String,
+    pub(crate) order_id: String,
     /// Its state after validation.
-    status: OrderState,
+    #[schema(value_type = OrderState)]
+    pub(crate) status: String,
 }
 
 /// `POST /admin/inventory/breaker`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BreakerOutcome {
     /// The breaker's state (`Closed`, `Open`, `HalfOpen`, `ForcedOpen`).
-    state: String,
+    pub(crate) state: String,
     /// Orders validated by closing it.
-    validated: Vec<ValidatedOrder>,
+    pub(crate) validated: Vec<ValidatedOrder>,
 }
 
 /// The payment provider's fault injection (trellis-resilience `FaultConfig`;

@@ -447,8 +447,8 @@ pub(crate) async fn retry_saga(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let record = app
         .service()
-        .orchestrator
-        .retry_compensation(&app.service().saga, &body.id)
+        .saga
+        .retry_compensation(&body.id)
         .await
         .map_err(saga_error)?;
     Ok(saga_reply(record))
@@ -485,8 +485,8 @@ pub(crate) async fn compensate_saga(
     }
     let record = app
         .service()
-        .orchestrator
-        .compensate(&app.service().saga, &body.id, &reason)
+        .saga
+        .compensate(&body.id, &reason)
         .await
         .map_err(saga_error)?;
     Ok(saga_reply(record))

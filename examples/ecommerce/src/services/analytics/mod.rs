@@ -21,7 +21,8 @@ use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
 use trellis_eventsourcing::{EventFilter, StoredEvent};
 
 use crate::api::{ApiError, Error};
-use crate::platform::readmodel::{Feed, ReadPool, Source, hour_of, order_id};
+use crate::platform::readmodel::{Feed, ReadPool, Source, hour_of};
+use crate::services::orders::client::{OrderEvent, decode};
 
 /// Scope of every analytics route (operators' tokens carry it).
 pub(crate) const SCOPE: &str = "analytics:read";
@@ -160,28 +161,32 @@ macro_rules! for_database {
                 tx: &mut sqlx::Transaction<'static, $db>,
                 event: &StoredEvent,
             ) -> Result<(), BoxError> {
-                let Some(order) = order_id(event) else {
+                let Some((order, decoded)) = decode(event)? else {
                     return Ok(());
                 };
-                match event.event_type.as_str() {
-                    "Placed" => {
+                match decoded {
+                    OrderEvent::Placed {
+                        customer,
+                        lines,
+                        total_cents,
+                    } => {
                         sqlx::query(STAGE)
                             .bind(order)
-                            .bind(event.payload["customer"].as_str().unwrap_or_default())
-                            .bind(event.payload["total_cents"].as_i64().unwrap_or(0))
-                            .bind(event.payload["lines"].to_string())
+                            .bind(customer)
+                            .bind(total_cents)
+                            .bind(serde_json::to_string(&lines)?)
                             .execute(&mut **tx)
                             .await?;
                     }
                     // Counted once, in the hour of confirmation.
-                    "Confirmed" => {
+                    OrderEvent::Confirmed { .. } => {
                         $module::count(tx, order, 0, 1, Some(hour_of(event))).await?;
                     }
                     // A refund takes back exactly what was counted.
-                    "Rejected" => {
+                    OrderEvent::Rejected { .. } => {
                         $module::count(tx, order, 1, -1, None).await?;
                     }
-                    _ => {}
+                    OrderEvent::PendingValidation => {}
                 }
                 Ok(())
             }

@@ -34,7 +34,7 @@ pub(crate) struct BreakerBody {
 pub(crate) async fn set_breaker(
     State(app): State<OrdersState>,
     ApiJson(body): ApiJson<BreakerBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::api::BreakerOutcome>, ApiError> {
     let mut validated = Vec::new();
     if body.open {
         app.inventory_breaker.force_open();
@@ -45,14 +45,14 @@ pub(crate) async fn set_breaker(
         app.inventory_breaker.reset();
         validated = validate_pending_locked(&app).await?;
     }
-    let validated: Vec<_> = validated
+    let validated = validated
         .into_iter()
-        .map(|(order_id, status)| serde_json::json!({ "order_id": order_id, "status": status }))
+        .map(|(order_id, status)| crate::api::ValidatedOrder { order_id, status })
         .collect();
-    Ok(Json(serde_json::json!({
-        "state": format!("{:?}", app.inventory_breaker.state()),
-        "validated": validated,
-    })))
+    Ok(Json(crate::api::BreakerOutcome {
+        state: format!("{:?}", app.inventory_breaker.state()),
+        validated,
+    }))
 }
 
 /// Sets the faults injected in front of the payment provider.

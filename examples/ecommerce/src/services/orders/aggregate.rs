@@ -1,27 +1,10 @@
 //! The Order aggregate: its commands, events and the rules that decide them.
 
 use serde::{Deserialize, Serialize};
-use trellis_eventsourcing::{Aggregate, DomainEvent};
+use trellis_eventsourcing::Aggregate;
 
+pub(crate) use super::client::OrderEvent;
 use crate::services::inventory::client::Line;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) enum OrderEvent {
-    Placed {
-        customer: String,
-        lines: Vec<Line>,
-        total_cents: i64,
-    },
-    Confirmed {
-        payment: String,
-        reservation: String,
-    },
-    PendingValidation,
-    Rejected {
-        reason: String,
-    },
-}
-impl DomainEvent for OrderEvent {}
 
 #[derive(Debug, Clone)]
 pub(crate) enum OrderCommand {
@@ -95,8 +78,8 @@ impl Aggregate for Order {
                     reservation,
                 },
             ) => Ok(vec![OrderEvent::Confirmed {
-                payment,
-                reservation,
+                payment_id: payment,
+                reservation_id: reservation,
             }]),
             (S::Placed, OrderCommand::MarkPendingValidation) => {
                 Ok(vec![OrderEvent::PendingValidation])
@@ -109,8 +92,8 @@ impl Aggregate for Order {
                     reservation,
                 },
             ) => Ok(vec![OrderEvent::Confirmed {
-                payment,
-                reservation,
+                payment_id: payment,
+                reservation_id: reservation,
             }]),
             (S::Placed | S::PendingValidation | S::Confirmed, OrderCommand::Reject { reason }) => {
                 Ok(vec![OrderEvent::Rejected { reason }])
@@ -159,15 +142,15 @@ mod tests {
         AggregateTest::<Order>::given(vec![placed()])
             .when(confirm.clone())
             .then_expect_events(vec![OrderEvent::Confirmed {
-                payment: "p".into(),
-                reservation: "r".into(),
+                payment_id: "p".into(),
+                reservation_id: "r".into(),
             }]);
         // Re-run by a recovered saga: nothing new.
         AggregateTest::<Order>::given(vec![
             placed(),
             OrderEvent::Confirmed {
-                payment: "p".into(),
-                reservation: "r".into(),
+                payment_id: "p".into(),
+                reservation_id: "r".into(),
             },
         ])
         .when(confirm)
@@ -207,8 +190,8 @@ mod tests {
                 reservation: "r".into(),
             })
             .then_expect_events(vec![OrderEvent::Confirmed {
-                payment: "p".into(),
-                reservation: "r".into(),
+                payment_id: "p".into(),
+                reservation_id: "r".into(),
             }]);
     }
 

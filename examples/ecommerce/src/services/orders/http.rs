@@ -11,10 +11,10 @@ use trellis_auth::Claims;
 use trellis_saga::SagaStatus;
 
 use super::admin::{set_breaker, set_payment_faults};
-use super::saga::PlaceOrder;
+use super::command::{Card, PlaceOrderCommand, api_error, identity};
 use super::summary::{SummaryRow, SummaryTuple};
 use super::{OrdersApp, OrdersState};
-use crate::api::{ApiError, ApiJson};
+use crate::api::{ApiError, ApiJson, PlacedOrder, SagaOutcome};
 use crate::platform::backend::{ReadDb, each};
 use crate::services::inventory::client::Line;
 
@@ -55,8 +55,9 @@ pub(crate) struct OrderIdempotencyKey(
     /// once per order (e.g. a UUID) and sent again on every retry of it:
     /// the same key from the same customer answers the first order (same
     /// id, same status) and never places or charges a second one, also
-    /// when both requests arrive at once or on different replicas. The
-    /// first request's body wins.
+    /// when both requests arrive at once or on different replicas (the
+    /// repeat waits for the first). The same key with another body (other
+    /// lines or card) is refused: 422 `idempotency_key_reused`.
     Option<String>,
 );
 
@@ -102,7 +103,7 @@ fn order_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// How long `POST /orders` waits for its saga: the saga's deadline plus
 /// the time its compensation usually needs.
-fn place_wait(app: &OrdersApp) -> Duration {
+pub(super) fn place_wait(app: &OrdersApp) -> Duration {
     app.orders.deadline + Duration::from_secs(5)
 }
 
@@ -138,7 +139,7 @@ async fn await_saga(
 /// by key with inventory and payments, may wait out their outage and goes
 /// on in the background. The early answer carries the record as the
 /// compensation left it.
-async fn decided(
+pub(super) async fn decided(
     app: &OrdersApp,
     order_id: &str,
     mut saga: tokio::task::JoinHandle<trellis_saga::Result<trellis_saga::SagaRecord>>,
@@ -214,94 +215,49 @@ pub(crate) async fn place(
 ) -> Result<impl IntoResponse, ApiError> {
     let customer = customer_of(&claims)?;
     let key = order_key(&headers)?;
-    // Everything is checked before anything is written.
-    if body.lines.is_empty() || body.lines.len() > 50 {
-        return Err(unprocessable("invalid_lines", "an order has 1 to 50 lines"));
-    }
-    if body.card.len() < 12
-        || body.card.len() > 19
-        || !body.card.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(unprocessable(
-            "invalid_card",
-            "card must be 12 to 19 digits",
-        ));
-    }
-    let mut lines = Vec::with_capacity(body.lines.len());
-    let mut total_cents = 0i64;
-    for line in body.lines {
-        if !(1..=100).contains(&line.quantity) {
-            return Err(unprocessable(
-                "invalid_quantity",
-                format!(
-                    "quantity of {} must be between 1 and 100, got {}",
-                    line.sku, line.quantity
-                ),
-            ));
-        }
-        let Some(product) = app.prices.get(&line.sku).await? else {
-            return Err(unprocessable(
-                "unknown_product",
-                format!("no product with sku {:?}", line.sku),
-            ));
-        };
-        total_cents += product.price_cents * line.quantity;
-        lines.push(Line {
-            sku: product.sku,
-            quantity: line.quantity,
-        });
-    }
     let order_id = match &key {
         Some(key) => order_id_for_key(&customer, key),
         None => uuid::Uuid::new_v4().to_string(),
     };
-    let state = PlaceOrder {
-        order_id: order_id.clone(),
-        customer,
-        lines,
-        total_cents,
-        // Only the provider's token is kept (saga state and log), never the number.
-        card: crate::services::payments::client::tokenize(&body.card),
-        reservation: None,
-        payment: None,
-        pending_validation: false,
-    };
+    let lines: Vec<Line> = body
+        .lines
+        .into_iter()
+        .map(|line| Line {
+            sku: line.sku,
+            quantity: line.quantity,
+        })
+        .collect();
+    let items = super::client::units(&lines);
+    // The command's id is the idempotency key: the order id, derived from
+    // the customer and their key (so every replica derives the same one).
+    let command_id = uuid::Uuid::parse_str(&order_id).map_err(ApiError::internal)?;
+    let command = trellis_cqrs::Command::new(
+        order_id.clone(),
+        PlaceOrderCommand {
+            customer: customer.clone(),
+            lines,
+            card: Card(body.card),
+        },
+    )
+    .with_id(command_id)
+    .with_identity(identity(&claims, &customer));
+    // Validation, authorization and the key are checked before anything
+    // is written.
+    let (_result, ran) = super::command::place(&app, command)
+        .await
+        .map_err(api_error)?;
     let wait = place_wait(&app);
-    // Subscribed before the start, so no event of this saga is missed.
-    let events = app.orders.orchestrator.subscribe();
-    let saga = {
-        let (app, order_id) = (app.clone(), order_id.clone());
-        // The saga continues the request's trace, in a span that does not
-        // hold the request's open when the saga outlives the answer.
-        let run = trellis_observability::trace::continue_current_trace(tracing::info_span!(
-            parent: None,
-            "place-order saga"
-        ));
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                app.orders
-                    .orchestrator
-                    .start(&app.orders.saga, &order_id, state)
-                    .await
-            },
-            run,
-        ))
+    let (record, head, total_cents) = match ran {
+        Some(ran) => (ran.record, app.orders.appended_head(), ran.total_cents),
+        // The key was used before (or its saga was started by a run whose
+        // claim expired): answer its order, once its saga has ended.
+        None => {
+            let record = await_saga(&app, &order_id, wait).await?;
+            let head = app.orders.store_head().await.map_err(ApiError::internal)?;
+            // Its total is in the read model once its first step ran.
+            (record, head, 0)
+        }
     };
-    let (record, head) =
-        match tokio::time::timeout(wait, decided(&app, &order_id, saga, events)).await {
-            Ok(Ok(Ok(record))) => (Some(record), app.orders.appended_head()),
-            // The key was used before (or is in use right now, maybe on
-            // another replica): answer its order, once its saga has ended.
-            Ok(Ok(Err(trellis_saga::Error::AlreadyExists { .. }))) if key.is_some() => {
-                let record = await_saga(&app, &order_id, wait).await?;
-                let head = app.orders.store_head().await.map_err(ApiError::internal)?;
-                (record, head)
-            }
-            Ok(Ok(Err(e))) => return Err(ApiError::internal(e)),
-            Ok(Err(join)) => return Err(ApiError::internal(join)),
-            // Still running: the adopter or a later answer finishes it.
-            Err(_elapsed) => (None, app.orders.appended_head()),
-        };
     if let Some(record) = &record
         && !matches!(
             record.status,
@@ -320,15 +276,36 @@ pub(crate) async fn place(
     // Decided: CONFIRMED, REJECTED or PENDING_VALIDATION. Else the saga is
     // still running: 202, and the order is finished in the background.
     let decided = row.as_ref().is_some_and(|row| row.status != "PLACED");
-    let mut body = match row {
-        Some(row) => serde_json::to_value(row).map_err(ApiError::internal)?,
-        None => serde_json::json!({ "order_id": order_id, "status": "PLACED" }),
+    let saga = match &record {
+        Some(record) => SagaOutcome {
+            status: format!("{:?}", record.status),
+            error: record.error.clone(),
+        },
+        None => SagaOutcome {
+            status: "Running".into(),
+            error: None,
+        },
     };
-    body["saga"] = match &record {
-        Some(record) => {
-            serde_json::json!({ "status": format!("{:?}", record.status), "error": record.error })
-        }
-        None => serde_json::json!({ "status": "Running", "error": null }),
+    let body = match row {
+        Some(row) => PlacedOrder {
+            order_id: row.order_id,
+            customer: row.customer,
+            status: row.status,
+            total_cents: row.total_cents,
+            items: row.items,
+            reason: row.reason,
+            saga,
+        },
+        // Not in the read model yet: only what the request knows.
+        None => PlacedOrder {
+            order_id,
+            customer,
+            status: "PLACED".into(),
+            total_cents,
+            items,
+            reason: None,
+            saga,
+        },
     };
     let status = if decided {
         StatusCode::CREATED

@@ -5,6 +5,8 @@
 
 pub(crate) mod admin;
 pub(crate) mod aggregate;
+pub(crate) mod client;
+pub(crate) mod command;
 pub(crate) mod http;
 pub(crate) mod policy;
 pub(crate) mod saga;
@@ -20,10 +22,9 @@ use trellis_cqrs::BoxError;
 use trellis_eventsourcing::Repository;
 use trellis_resilience::circuit_breaker::CircuitBreakerHandle;
 use trellis_resilience::fault::FaultHandle;
-use trellis_saga::Saga;
 
 use self::aggregate::Order;
-use self::saga::{POST_PIVOT_RETRY, PlaceOrder, place_order_saga};
+use self::saga::{POST_PIVOT_RETRY, PlaceOrder, SagaClients, place_order_saga};
 use self::summary::{OrderSummary, SummaryRow, SummaryTuple};
 use self::validator::validate_when_inventory_is_back;
 use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb, each};
@@ -40,11 +41,14 @@ pub(crate) type PaymentClient = BoxCloneSyncService<PaymentRequest, PaymentReply
 pub(crate) struct Orders {
     pub(crate) store: OrderStore,
     pub(crate) orchestrator: trellis_saga::Orchestrator<OrderSagaLog>,
-    pub(crate) saga: Arc<Saga<PlaceOrder>>,
+    /// The place-order saga, registered with its clients.
+    pub(crate) saga: trellis_saga::RegisteredSaga<OrderSagaLog, PlaceOrder, SagaClients>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
     pub(crate) projection: trellis_cqrs::ProjectionHandle,
     pub(crate) read_db: ReadDb,
+    /// The idempotency keys of `POST /orders` (command pipeline).
+    pub(crate) keys: self::command::OrderKeys,
 }
 
 fn to_box<E: Into<BoxError>>(e: E) -> BoxError {
@@ -202,27 +206,30 @@ async fn open(
             .map_err(to_box),
     );
 
-    let repository = Repository::<Order, OrderStore>::new(store.clone()).with_max_retries(3);
-    let saga = place_order_saga(
-        repository,
-        inventory_with_fallback,
+    let repository = Repository::<Order, OrderStore>::new(store.clone())
+        .with_codec(self::client::codec())
+        .with_max_retries(3);
+    let saga_clients = SagaClients {
+        orders: repository,
+        inventory: inventory_with_fallback,
         inventory_plain,
-        payment_client,
-        refund_client,
-        options.deadline,
-    );
+        payments: payment_client,
+        refunds: refund_client,
+    };
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
     let orchestrator = trellis_saga::Orchestrator::new(saga_log, options.owner.as_str())
         .with_lease_ttl(options.lease_ttl)
         .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
         .with_compensation_retry(POST_PIVOT_RETRY);
-    let saga = Arc::new(saga);
+    // The steps' clients are bound once: every run, recovered and adopted
+    // ones included, calls this process's clients.
+    let saga = orchestrator.register(place_order_saga(options.deadline), saga_clients);
     // Sagas a previous run left mid-flight whose leases have expired finish
     // (or compensate) before we serve: a step whose outcome is unknown
     // re-runs with its same idempotency key. The rest are adopted when
     // their leases expire (the adopter below).
-    for (id, outcome) in orchestrator.adopt_orphans(&saga).await? {
+    for (id, outcome) in saga.adopt_orphans().await? {
         match outcome {
             Ok(record) => tracing::info!(saga = id, status = ?record.status, "adopted saga"),
             Err(trellis_saga::Error::Leased { .. }) => {}
@@ -231,7 +238,7 @@ async fn open(
     }
     // Every orders instance, both run modes: sagas whose owner died, was
     // rescheduled or lost its lease are adopted every quarter lease TTL.
-    let adopter = orchestrator.spawn_adopter(saga.clone());
+    let adopter = saga.spawn_adopter();
     let projection = match &read_db {
         ReadDb::Sqlite(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
@@ -244,8 +251,10 @@ async fn open(
                 .await?
         }
     };
+    let keys = self::command::OrderKeys::open(&read_db).await?;
     let app = Arc::new(OrdersApp {
         orders: Orders {
+            keys,
             store,
             orchestrator,
             saga,

@@ -1,6 +1,7 @@
 //! The place-order saga: reserve inventory ▸ charge payment ▸ confirm the
 //! order ▸ confirm the reservation, compensations in reverse.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -76,48 +77,56 @@ fn traced() -> trellis_eventsourcing::Metadata {
     }
 }
 
+/// What the place-order saga's steps call, shared through its context.
+pub(crate) struct SagaClients {
+    /// The order aggregate's repository.
+    pub(crate) orders: Repository<Order, OrderStore>,
+    /// Inventory with the fallback that defers an order while its breaker
+    /// is open (the reserve step only).
+    pub(crate) inventory: InventoryClient,
+    /// Inventory without the fallback: releases and confirms must reach it.
+    pub(crate) inventory_plain: InventoryClient,
+    /// Payments behind the breaker and the provider's quota (charges).
+    pub(crate) payments: PaymentClient,
+    /// Payments for refunds: no breaker, no quota (see `open`).
+    pub(crate) refunds: PaymentClient,
+}
+
+impl std::fmt::Debug for SagaClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaClients").finish_non_exhaustive()
+    }
+}
+
 /// reserve inventory ▸ charge payment ▸ confirm reservation ▸ confirm order,
 /// after a first step that records the order (compensated by rejecting it).
 /// The reservation is confirmed before the order, so an order is never
 /// CONFIRMED without its stock held: a reservation that expired meanwhile
 /// fails its confirm and the saga refunds and rejects instead.
-pub(crate) fn place_order_saga(
-    orders: Repository<Order, OrderStore>,
-    inventory: InventoryClient,
-    inventory_plain: InventoryClient,
-    payments: PaymentClient,
-    refunds: PaymentClient,
-    deadline: Duration,
-) -> Saga<PlaceOrder> {
-    let (o1, o2, o3) = (orders.clone(), orders.clone(), orders);
-    let (inv_release, inv_confirm, inv_unconfirm, inv_settle) = (
-        inventory_plain.clone(),
-        inventory_plain.clone(),
-        inventory_plain.clone(),
-        inventory_plain,
-    );
-    let (pay_charge, pay_refund, pay_settle) = (payments, refunds.clone(), refunds);
+///
+/// The steps share the clients through the saga's context
+/// ([`SagaClients`], bound by `Orchestrator::register`): a saga recovered
+/// or adopted runs on the clients of the process that picks it up.
+pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClients> {
     Saga::new("place-order")
-        .step(Step::new(
+        .step(Step::with_context(
             "record-order",
-            move |s: PlaceOrder, _cx| {
-                let orders = o1.clone();
+            |s: PlaceOrder, clients: Arc<SagaClients>, _cx| {
                 async move {
                     let command = OrderCommand::Place {
                         customer: s.customer.clone(),
                         lines: s.lines.clone(),
                         total_cents: s.total_cents,
                     };
-                    orders
+                    clients
+                        .orders
                         .execute_with_metadata(&s.order_id, command, traced())
                         .await
                         .map_err(step_err)?;
                     Ok(s)
                 }
             },
-            move |s: PlaceOrder, cx| {
-                let orders = o2.clone();
-                let (inventory, payments) = (inv_settle.clone(), pay_settle.clone());
+            |s: PlaceOrder, clients: Arc<SagaClients>, cx| {
                 async move {
                     let reason = if s.payment.is_none() && s.reservation.is_some() {
                         "payment failed"
@@ -126,7 +135,8 @@ pub(crate) fn place_order_saga(
                     } else {
                         "order could not be completed (its reservation expired or was not confirmed)"
                     };
-                    orders
+                    clients
+                        .orders
                         .execute_with_metadata(
                             &s.order_id,
                             OrderCommand::Reject {
@@ -147,15 +157,16 @@ pub(crate) fn place_order_saga(
                     // does not wait out an outage of the service to settle
                     // with (the saga stays compensating until it answers;
                     // the audit counts it open meanwhile).
-                    settle_by_key(&s, &cx.saga_id, &inventory, &payments).await?;
+                    settle_by_key(&s, &cx.saga_id, &clients.inventory_plain, &clients.refunds)
+                        .await?;
                     Ok(())
                 }
             },
         ))
-        .step(Step::new(
+        .step(Step::with_context(
             "reserve-inventory",
-            move |mut s: PlaceOrder, cx| {
-                let client = inventory.clone();
+            |mut s: PlaceOrder, clients: Arc<SagaClients>, cx| {
+                let client = clients.inventory.clone();
                 async move {
                     let request = InventoryRequest::Reserve {
                         key: reservation_key(&s.order_id, cx.step),
@@ -184,8 +195,8 @@ pub(crate) fn place_order_saga(
                     Ok(s)
                 }
             },
-            move |s: PlaceOrder, cx| {
-                let client = inv_release.clone();
+            |s: PlaceOrder, clients: Arc<SagaClients>, cx| {
+                let client = clients.inventory_plain.clone();
                 async move {
                     // Release by the reservation's key even when the step's
                     // answer was never recorded (a timeout, a crash): the
@@ -202,10 +213,10 @@ pub(crate) fn place_order_saga(
                 }
             },
         ))
-        .step(Step::new(
+        .step(Step::with_context(
             "charge-payment",
-            move |mut s: PlaceOrder, cx| {
-                let client = pay_charge.clone();
+            |mut s: PlaceOrder, clients: Arc<SagaClients>, cx| {
+                let client = clients.payments.clone();
                 async move {
                     // Degraded mode: no stock check happened, so nothing is
                     // charged until the order is validated.
@@ -231,8 +242,8 @@ pub(crate) fn place_order_saga(
                     Ok(s)
                 }
             },
-            move |s: PlaceOrder, cx| {
-                let client = pay_refund.clone();
+            |s: PlaceOrder, clients: Arc<SagaClients>, cx| {
+                let client = clients.refunds.clone();
                 async move {
                     if let Some(payment) = s.payment {
                         client
@@ -249,10 +260,10 @@ pub(crate) fn place_order_saga(
                 }
             },
         ))
-        .step(Step::new(
+        .step(Step::with_context(
             "confirm-reservation",
-            move |s: PlaceOrder, _cx| {
-                let client = inv_confirm.clone();
+            |s: PlaceOrder, clients: Arc<SagaClients>, _cx| {
+                let client = clients.inventory_plain.clone();
                 async move {
                     if let Some(reservation) = s.reservation.clone() {
                         let reply = client
@@ -283,8 +294,8 @@ pub(crate) fn place_order_saga(
             },
             // The order was not confirmed (confirm-order is the last step):
             // give the confirmed stock back.
-            move |s: PlaceOrder, _cx| {
-                let client = inv_unconfirm.clone();
+            |s: PlaceOrder, clients: Arc<SagaClients>, _cx| {
+                let client = clients.inventory_plain.clone();
                 async move {
                     if let Some(reservation) = s.reservation {
                         client
@@ -296,10 +307,9 @@ pub(crate) fn place_order_saga(
                 }
             },
         ))
-        .step(Step::new(
+        .step(Step::with_context(
             "confirm-order",
-            move |s: PlaceOrder, _cx| {
-                let orders = o3.clone();
+            |s: PlaceOrder, clients: Arc<SagaClients>, _cx| {
                 async move {
                     let command = match (&s.payment, &s.reservation) {
                         (Some(payment), Some(reservation)) if !s.pending_validation => {
@@ -310,7 +320,8 @@ pub(crate) fn place_order_saga(
                         }
                         _ => OrderCommand::MarkPendingValidation,
                     };
-                    orders
+                    clients
+                        .orders
                         .execute_with_metadata(&s.order_id, command, traced())
                         .await
                         .map_err(step_err)?;
@@ -318,7 +329,7 @@ pub(crate) fn place_order_saga(
                 }
             },
             // Rejecting the order is the first step's compensation.
-            |_s: PlaceOrder, _cx| async { Ok(()) },
+            |_s: PlaceOrder, _clients: Arc<SagaClients>, _cx| async { Ok(()) },
         ))
         .with_deadline(deadline)
 }

@@ -112,12 +112,7 @@ async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>,
     state.pending_validation = false;
     state.reservation = None;
     state.payment = None;
-    let record = match app
-        .orders
-        .orchestrator
-        .start(&app.orders.saga, &saga_id, state)
-        .await
-    {
+    let record = match app.orders.saga.start(&saga_id, state).await {
         Ok(record) => record,
         // Another replica started this attempt first.
         Err(trellis_saga::Error::AlreadyExists { .. }) => return Ok(None),

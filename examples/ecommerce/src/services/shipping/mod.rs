@@ -19,7 +19,8 @@ use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
 use trellis_eventsourcing::{EventFilter, StoredEvent};
 
 use crate::api::{ApiError, Error};
-use crate::platform::readmodel::{Feed, ReadPool, Source, order_id, subject};
+use crate::platform::readmodel::{Feed, ReadPool, Source, subject};
+use crate::services::orders::client::{OrderEvent, decode, units};
 
 /// Scope of `GET /shipments/{order_id}` (a customer reads their own).
 pub(crate) const SCOPE: &str = "orders:read";
@@ -86,13 +87,6 @@ fn shipment((order_id, customer, items, status, ready_at): Row) -> Option<Shipme
     })
 }
 
-fn items(event: &StoredEvent) -> i64 {
-    event.payload["lines"]
-        .as_array()
-        .map(|lines| lines.iter().filter_map(|l| l["quantity"].as_i64()).sum())
-        .unwrap_or(0)
-}
-
 /// The projection and the query, for one sqlx database.
 macro_rules! for_database {
     ($module:ident, $db:ty) => {
@@ -115,22 +109,23 @@ macro_rules! for_database {
                 tx: &mut sqlx::Transaction<'static, $db>,
                 event: &StoredEvent,
             ) -> Result<(), BoxError> {
-                let Some(order) = order_id(event) else {
+                let Some((order, decoded)) = decode(event)? else {
                     return Ok(());
                 };
-                match event.event_type.as_str() {
-                    "Placed" => {
-                        let customer = event.payload["customer"].as_str().unwrap_or_default();
+                match decoded {
+                    OrderEvent::Placed {
+                        customer, lines, ..
+                    } => {
                         sqlx::query(ON_PLACED)
                             .bind(order)
                             .bind(customer)
-                            .bind(items(event))
+                            .bind(units(&lines))
                             .bind(AWAITING)
                             .execute(&mut **tx)
                             .await?;
                     }
-                    "Confirmed" | "Rejected" => {
-                        let changed = if event.event_type == "Confirmed" {
+                    OrderEvent::Confirmed { .. } | OrderEvent::Rejected { .. } => {
+                        let changed = if matches!(decoded, OrderEvent::Confirmed { .. }) {
                             sqlx::query(ON_CONFIRMED)
                                 .bind(order)
                                 .bind(crate::platform::readmodel::recorded_secs(event))
@@ -154,7 +149,7 @@ macro_rules! for_database {
                             }
                         }
                     }
-                    _ => {}
+                    OrderEvent::PendingValidation => {}
                 }
                 Ok(())
             }
