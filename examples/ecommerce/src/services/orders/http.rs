@@ -15,7 +15,6 @@ use super::saga::PlaceOrder;
 use super::summary::{SummaryRow, SummaryTuple};
 use super::{OrdersApp, OrdersState};
 use crate::api::{ApiError, ApiJson};
-use crate::platform::backend::{ReadDb, each};
 use crate::services::inventory::client::Line;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -376,7 +375,8 @@ pub(crate) async fn list(
     Extension(claims): Extension<Claims>,
 ) -> Result<Json<Vec<SummaryRow>>, ApiError> {
     let customer = customer_of(&claims)?;
-    let rows: Vec<SummaryTuple> = each!(&app.orders.read_db, ReadDb, pool => {
+    let rows: Vec<SummaryTuple> = {
+        let pool = &app.orders.read_db;
         sqlx::query_as(
             "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
              WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
@@ -384,7 +384,7 @@ pub(crate) async fn list(
         .bind(&customer)
         .fetch_all(pool)
         .await?
-    });
+    };
     Ok(Json(rows.into_iter().map(SummaryRow::from).collect()))
 }
 
