@@ -28,8 +28,11 @@ use crate::event::{EventFilter, StoredEvent};
 use crate::lease::{DEFAULT_LEASE_TTL, Leadership, LeaseStore, Role, default_owner};
 use crate::store::{CheckpointStore, EventStore};
 
+mod channel;
 #[cfg(feature = "nats")]
 pub mod nats;
+
+pub use channel::{ChannelPublisher, ChannelSubscription, Delivery};
 
 /// A destination for relayed events.
 pub trait Publisher: Send + Sync + 'static {

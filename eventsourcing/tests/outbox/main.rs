@@ -4,6 +4,7 @@
 #[path = "../support.rs"]
 mod support;
 
+mod channel;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "nats")]
@@ -63,7 +64,7 @@ impl FlakyPublisher {
     }
 }
 
-async fn append_n(store: &MemoryStore, from: u64, n: u64) -> Vec<uuid::Uuid> {
+pub(crate) async fn append_n(store: &MemoryStore, from: u64, n: u64) -> Vec<uuid::Uuid> {
     let mut ids = Vec::new();
     for i in from..from + n {
         let e = NewEvent::new("Placed", json!({ "i": i }));

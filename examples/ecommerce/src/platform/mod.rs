@@ -3,6 +3,7 @@
 //! and transport, TLS. Imports only `api`.
 
 pub(crate) mod backend;
+pub(crate) mod bus;
 pub mod config;
 pub(crate) mod db;
 pub(crate) mod readmodel;

@@ -1,48 +1,47 @@
-//! What the shipping and analytics read models share: the runner on the
-//! order event store (one process), catching up before a query, the
+//! What the shipping and analytics read models share: where they are fed
+//! from (the in-process bus in one process, NATS JetStream distributed,
+//! both behind orders' outbox relay), catching up before a query, the
 //! caller's identity, and the test harness that feeds a fixed list of
 //! events through SQLite and PostgreSQL alike.
 //!
-//! Their projections are written once for both databases: the SQL uses
-//! `$N` placeholders (sqlx-sqlite reads them as numbered parameters) and
-//! `INSERT … ON CONFLICT … DO UPDATE` (SQLite ≥ 3.24 and PostgreSQL), with
-//! `BIGINT`/`TEXT` columns only, and a macro instantiates the same body for
-//! `sqlx::Sqlite` and `sqlx::Postgres`. In distributed mode the runner is
-//! fed from NATS into PostgreSQL instead.
+//! Their projections are written once, as `Projection<sqlx::Any>`: the SQL
+//! uses `$N` placeholders and `INSERT … ON CONFLICT … DO UPDATE` (SQLite ≥
+//! 3.24 and PostgreSQL), with `BIGINT`/`TEXT` columns only.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::StatusCode;
-use sqlx::SqlitePool;
 use trellis_auth::Claims;
-use trellis_cqrs::{BoxError, Projection, ProjectionHandle, ProjectionRunner};
-use trellis_eventsourcing::{EventStore, SqliteEventStore, StoredEvent};
+use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
+use trellis_eventsourcing::outbox::ChannelSubscription;
+use trellis_eventsourcing::{EventStore, StoredEvent};
 
 use crate::api::{ApiError, Error};
+use crate::platform::backend::OrderStore;
 
-/// How long a read model lets appends accumulate before reading them.
+/// How long the bus relay lets appends accumulate before reading them.
 ///
-/// The runner wakes on every append; under load that is two wake-ups per
-/// order for each read model, each a head query, a read and a transaction
-/// on the event store's and the read model's SQLite connections, competing
-/// with the place-order saga. Neither model is on the order's request path
-/// (their queries wait for the head themselves), so they read in batches.
+/// Woken on every append, the relay would read and deliver every order's
+/// events one at a time, each delivery a transaction on every read model's
+/// SQLite connection, competing with the place-order saga. No read model
+/// is on the order's request path (their queries wait for the head
+/// themselves), so they are fed in batches.
 const SETTLE: Duration = Duration::from_millis(50);
 
-/// The order event store, as the read models see it: the same reads, but an
+/// The order event store, as the bus relay sees it: the same reads, but an
 /// append signal at most every [`SETTLE`].
 #[derive(Debug, Clone)]
 pub(crate) struct SettledStore {
-    inner: SqliteEventStore,
+    inner: OrderStore,
     head: tokio::sync::watch::Receiver<u64>,
 }
 
 impl SettledStore {
     /// Forwards `inner`'s head signal, coalesced; the forwarding task ends
     /// with the store or with the last reader.
-    pub(crate) fn new(inner: SqliteEventStore) -> Self {
+    pub(crate) fn new(inner: OrderStore) -> Self {
         let mut appended = inner.watch_head();
         let (tx, head) = tokio::sync::watch::channel(*appended.borrow_and_update());
         tokio::spawn(async move {
@@ -108,66 +107,44 @@ impl EventStore for SettledStore {
     }
 }
 
-/// Where a read model lives: SQLite in one process, the service's
-/// PostgreSQL schema in distributed mode.
-#[derive(Debug, Clone)]
-pub(crate) enum ReadPool {
-    Sqlite(SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
-/// A read model's database and, in one process, the runner that keeps it
-/// (so a query can wait for the events stored before it arrived).
+/// A read model's database and, in one process, the order event store
+/// and its runner (so a query can wait for the events stored before it
+/// arrived).
 #[derive(Debug)]
 pub(crate) struct Feed {
-    pub(crate) pool: ReadPool,
-    // None in distributed mode: the JetStream runner lives in `bus`, and
-    // the read model there is eventually consistent.
-    catch_up: Option<(SqliteEventStore, Arc<ProjectionHandle>)>,
+    /// The read model's database: SQLite in one process, the service's
+    /// PostgreSQL schema distributed, through sqlx's `Any` driver.
+    pub(crate) pool: sqlx::AnyPool,
+    // None in distributed mode: the read model there is eventually
+    // consistent with a store in another process.
+    catch_up: Option<(OrderStore, Arc<ProjectionHandle>)>,
 }
 
-/// Where a read model is kept and fed from, chosen by the run mode.
+/// Where a read model is kept and fed from, chosen by the run mode. Either
+/// way the events come through orders' outbox relay.
 #[derive(Debug)]
 pub(crate) enum Source<'a> {
-    /// One process: `dir/<name>.db`, fed from the SQLite order event store
-    /// (queries wait for the events stored before them).
-    Sqlite {
+    /// One process: `dir/<name>.db`, fed from the in-process bus (queries
+    /// wait for the events stored before them).
+    Bus {
         /// The data directory.
         dir: &'a Path,
-        /// The order event store.
-        store: SqliteEventStore,
+        /// This read model's subscription to the bus.
+        subscription: ChannelSubscription,
+        /// The order event store, whose head a query waits for.
+        store: OrderStore,
     },
     /// Distributed: the service's PostgreSQL schema, fed from orders'
     /// events on NATS JetStream (each applied once, with its checkpoint).
     JetStream {
         /// The service's pool.
-        pool: sqlx::PgPool,
+        pool: sqlx::AnyPool,
         /// The order event stream.
         stream: Box<async_nats::jetstream::stream::Stream>,
     },
 }
 
 impl Feed {
-    /// Opens `dir/name.db` and runs `projection` over the order events;
-    /// the pool is returned too, for the health checks.
-    pub(crate) async fn spawn<P: Projection<sqlx::Sqlite>>(
-        dir: &Path,
-        name: &str,
-        store: SqliteEventStore,
-        projection: P,
-    ) -> Result<(Arc<Feed>, SqlitePool), Error> {
-        let pool = crate::platform::db::open(dir, name).await?;
-        let settled = SettledStore::new(store.clone());
-        let projection = ProjectionRunner::new(settled, pool.clone(), projection)
-            .spawn()
-            .await?;
-        let feed = Arc::new(Feed {
-            pool: ReadPool::Sqlite(pool.clone()),
-            catch_up: Some((store, Arc::new(projection))),
-        });
-        Ok((feed, pool))
-    }
-
     /// Runs `projection` into the read model `name` from `source`, in
     /// either run mode: the feed the routes query, and the projection (for
     /// the health checks).
@@ -181,41 +158,29 @@ impl Feed {
         projection: P,
     ) -> Result<(Arc<Feed>, Arc<ProjectionHandle>), Error>
     where
-        P: Projection<sqlx::Sqlite> + Projection<sqlx::Postgres>,
+        P: Projection<sqlx::Any>,
     {
-        match source {
-            Source::Sqlite { dir, store } => {
-                let (feed, _) = Feed::spawn(dir, name, store, projection).await?;
-                let handle = feed
-                    .catch_up
-                    .as_ref()
-                    .map(|(_, handle)| handle.clone())
-                    .ok_or_else(|| Error::Startup(format!("{name}: no projection")))?;
-                Ok((feed, handle))
+        let (pool, handle, catch_up) = match source {
+            Source::Bus {
+                dir,
+                subscription,
+                store,
+            } => {
+                let pool = crate::platform::db::open_any(dir, name).await?;
+                let handle = Arc::new(
+                    crate::platform::bus::BusFeed::spawn(subscription, pool.clone(), projection)
+                        .await?,
+                );
+                (pool, handle.clone(), Some((store, handle)))
             }
             Source::JetStream { pool, stream } => {
                 let handle = trellis_cqrs::JetStreamRunner::new(*stream, pool.clone(), projection)
                     .spawn()
                     .await?;
-                Ok((Feed::postgres(pool), Arc::new(handle)))
+                (pool, Arc::new(handle), None)
             }
-        }
-    }
-
-    /// The SQLite pool of a read model kept in one process.
-    pub(crate) fn sqlite_pool(&self) -> Option<SqlitePool> {
-        match &self.pool {
-            ReadPool::Sqlite(pool) => Some(pool.clone()),
-            ReadPool::Postgres(_) => None,
-        }
-    }
-
-    /// A read model in PostgreSQL fed elsewhere (distributed mode).
-    pub(crate) fn postgres(pool: sqlx::PgPool) -> Arc<Feed> {
-        Arc::new(Feed {
-            pool: ReadPool::Postgres(pool),
-            catch_up: None,
-        })
+        };
+        Ok((Arc::new(Feed { pool, catch_up }), handle))
     }
 
     /// Waits (at most 2 s) until the read model holds every event stored
@@ -444,46 +409,39 @@ pub(crate) mod testing {
         }
     }
 
-    /// A fresh SQLite database in memory.
-    pub(crate) async fn sqlite() -> sqlx::SqlitePool {
-        sqlx::sqlite::SqlitePoolOptions::new()
+    /// A fresh SQLite database in memory, through the `Any` driver.
+    pub(crate) async fn sqlite() -> sqlx::AnyPool {
+        crate::platform::db::install_drivers();
+        sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
             .expect("sqlite in memory")
     }
 
-    /// A pool on a fresh schema of the test PostgreSQL, or `None` (with a
-    /// printed notice) when `TRELLIS_TEST_POSTGRES_URL` is not set. Set but
-    /// unreachable fails.
-    pub(crate) async fn postgres(tag: &str) -> Option<(sqlx::PgPool, String)> {
-        use std::str::FromStr;
+    /// A pool (through the `Any` driver) on a fresh schema of the test
+    /// PostgreSQL, or `None` (with a printed notice) when
+    /// `TRELLIS_TEST_POSTGRES_URL` is not set. Set but unreachable fails.
+    pub(crate) async fn postgres(tag: &str) -> Option<(sqlx::AnyPool, String)> {
         let Ok(url) = std::env::var("TRELLIS_TEST_POSTGRES_URL") else {
             println!("skipped: TRELLIS_TEST_POSTGRES_URL not set");
             return None;
         };
-        let schema = format!("ecommerce_{tag}_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&url)
-            .await
-            .expect("PostgreSQL reachable");
         // The schema name is ours: a fixed prefix and a UUID.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .expect("create schema");
-        let options = sqlx::postgres::PgConnectOptions::from_str(&url)
-            .expect("url")
-            .options([("search_path", schema.as_str())]);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
+        let schema = format!("ecommerce_{tag}_{}", uuid::Uuid::new_v4().simple());
+        let target = crate::platform::db::PgTarget {
+            url: &url,
+            schema: &schema,
+            synchronous_commit: true,
+        };
+        let pool = crate::platform::db::open_pg_any(target, 2)
             .await
             .expect("PostgreSQL reachable");
         Some((pool, schema))
     }
 
     /// Drops the schema `postgres` created.
-    pub(crate) async fn drop_schema(pool: sqlx::PgPool, schema: &str) {
+    pub(crate) async fn drop_schema(pool: sqlx::AnyPool, schema: &str) {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&pool)
             .await

@@ -37,10 +37,10 @@ use crate::api::ApiError;
 pub(crate) struct AuditState {
     pub(crate) inventory: AnyPool,
     pub(crate) payments: AnyPool,
-    pub(crate) read_db: SqlitePool,
+    pub(crate) read_db: AnyPool,
     pub(crate) sagas: SqlitePool,
-    pub(crate) shipping: SqlitePool,
-    pub(crate) analytics: SqlitePool,
+    pub(crate) shipping: AnyPool,
+    pub(crate) analytics: AnyPool,
     /// Stock accounted for at startup, the audit's reference.
     pub(crate) stock_baseline: BTreeMap<String, StockLine>,
 }

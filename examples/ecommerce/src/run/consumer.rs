@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use trellis_cqrs::{BoxError, ProjectionHandle, ProjectionState};
-use trellis_health::checks::{NatsCheck, PgCheck};
+use trellis_health::checks::{NatsCheck, SqlxCheck};
 use trellis_health::{Check, Group, HealthBuilder};
 
 use crate::api::Error;
@@ -32,10 +32,10 @@ pub(crate) async fn start_consumer(
     schema: &str,
     health: &mut HealthBuilder,
 ) -> Result<Consumer, Error> {
-    let pool = db::open_pg(distributed::pg_target(settings, schema), 5).await?;
+    let pool = db::open_pg_any(distributed::pg_target(settings, schema), 5).await?;
     let client = distributed::nats(settings).await?;
     for check in [
-        Check::new(format!("{service}-db"), PgCheck::new(pool.clone())),
+        Check::new(format!("{service}-db"), SqlxCheck::new(pool.clone())),
         Check::new("nats", NatsCheck::new(client.clone())),
     ] {
         health.check(

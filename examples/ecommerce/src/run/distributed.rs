@@ -39,7 +39,7 @@ use trellis_health::checks::{NatsCheck, PgCheck, SqlxCheck};
 use trellis_health::{Check, Group, Health, HealthBuilder};
 
 use crate::api::Error;
-use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
+use crate::platform::backend::{OrderSagaLog, OrderStore};
 use crate::platform::config::{ServiceName, Settings};
 use crate::platform::db;
 use crate::platform::serve::{Server, not_found, serve, serve_mtls, wrap};
@@ -400,7 +400,9 @@ async fn start_orders(
             .timeout(Duration::from_millis(800))
             .groups([Group::Readiness, Group::Startup]),
     );
-    let store = PgEventStore::with_pool(pool.clone()).await?;
+    let store = OrderStore::from(PgEventStore::with_pool(pool.clone()).await?);
+    // The order-summary read model, through the `Any` driver.
+    let read_db = db::open_pg_any(pg_target(settings, schema), 4).await?;
     let saga_log = trellis_saga::PgSagaLog::with_pool(pool.clone(), schema).await?;
 
     let tls = settings.tls.as_ref();
@@ -483,9 +485,9 @@ async fn start_orders(
     // rescheduled or restarted pod is a new owner that adopts its
     // predecessor's sagas once their leases expire, never while they live.
     let started = orders::start(orders::Deps {
-        store: OrderStore::Postgres(store),
+        store,
         saga_log: OrderSagaLog::Postgres(saga_log),
-        read_db: ReadDb::Postgres(pool),
+        read_db,
         options: orders::SagaOptions {
             owner: trellis_saga::process_owner("orders"),
             deadline: settings.saga_deadline,

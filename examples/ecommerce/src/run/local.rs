@@ -9,14 +9,16 @@ use axum::Router;
 use tower::util::BoxCloneSyncService;
 use trellis_cqrs::BoxError;
 use trellis_eventsourcing::SqliteEventStore;
-use trellis_health::checks::{SqliteCheck, SqlxCheck};
+use trellis_eventsourcing::outbox::RelayHandle;
+use trellis_health::checks::SqlxCheck;
 use trellis_health::{Check, Group, Health};
 
 use crate::api::Error;
 use crate::api::OPS_SCOPE;
-use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
+use crate::platform::backend::{OrderSagaLog, OrderStore};
+use crate::platform::bus::Bus;
 use crate::platform::db;
-use crate::platform::readmodel::{Feed, Source};
+use crate::platform::readmodel::Source;
 use crate::platform::serve::serve_with;
 use crate::platform::serve::{not_found, wrap};
 use crate::services::catalog::client::Prices;
@@ -88,6 +90,9 @@ pub struct Running {
     /// The services' background tasks (inventory's reservation sweeper),
     /// stopped with the system.
     _background: Vec<AbortOnDrop>,
+    /// The outbox relay feeding shipping and analytics (dropping it stops
+    /// it after the batch in flight).
+    _relay: RelayHandle,
 }
 
 /// Aborts a background task when dropped.
@@ -208,7 +213,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let catalog_db = db::open_any(dir, "catalog").await?;
     let inventory_db = db::open_any(dir, "inventory").await?;
     let payments_db = db::open_any(dir, "payments").await?;
-    let read_db = db::open(dir, "orders-read").await?;
+    let read_db = db::open_any(dir, "orders-read").await?;
 
     // Each service starts as it does in its own process (src/services);
     // only the stores (SQLite files) and the clients (in-process calls)
@@ -233,23 +238,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // now, before any order of this run.
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
 
-    let events =
-        SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
-    // Shipping and analytics: read models in their own databases, fed by
-    // the order events like the order summary.
-    let read_model = |store: &SqliteEventStore| Source::Sqlite {
-        dir,
-        store: store.clone(),
-    };
-    let shipping = shipping::start(read_model(&events), validator.clone()).await?;
-    let analytics = analytics::start(read_model(&events), validator.clone()).await?;
-    let sqlite_pool = |feed: &Feed, name: &str| {
-        feed.sqlite_pool()
-            .ok_or_else(|| Error::Startup(format!("{name}: not on SQLite")))
-    };
-    let shipping_db = sqlite_pool(&shipping.service.0, "shipping")?;
-    let analytics_db = sqlite_pool(&analytics.service.0, "analytics")?;
-    let store = OrderStore::Sqlite(events);
+    let store = open_order_store(dir).await?;
+    let fed = bus_read_models(dir, &store, &validator).await?;
+    let (shipping, analytics) = (fed.shipping, fed.analytics);
+    let shipping_db = shipping.service.0.pool.clone();
+    let analytics_db = analytics.service.0.pool.clone();
     let sagas_db = db::open(dir, "orders-sagas").await?;
     let saga_log =
         OrderSagaLog::Sqlite(trellis_saga::SqliteSagaLog::with_pool(sagas_db.clone()).await?);
@@ -269,7 +262,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let orders = orders::start(orders::Deps {
         store,
         saga_log,
-        read_db: ReadDb::Sqlite(read_db.clone()),
+        read_db: read_db.clone(),
         options: orders::SagaOptions {
             owner: trellis_saga::process_owner("ecommerce"),
             deadline: config.saga_deadline,
@@ -288,20 +281,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ("catalog-db", catalog_db),
         ("inventory-db", inventory_db.clone()),
         ("payments-db", payments_db.clone()),
-    ] {
-        health.check(
-            Check::new(name, SqlxCheck::new(pool))
-                .timeout(Duration::from_millis(800))
-                .groups([Group::Readiness, Group::Startup]),
-        );
-    }
-    for (name, pool) in [
         ("orders-read-db", read_db.clone()),
         ("shipping-db", shipping_db.clone()),
         ("analytics-db", analytics_db.clone()),
     ] {
         health.check(
-            Check::new(name, SqliteCheck::new(pool))
+            Check::new(name, SqlxCheck::new(pool))
                 .timeout(Duration::from_millis(800))
                 .groups([Group::Readiness, Group::Startup]),
         );
@@ -355,5 +340,166 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown: Some(shutdown),
         server,
         _background: background,
+        _relay: fed.relay,
     })
+}
+
+/// Orders' event store: `orders-events.db` in the data directory.
+async fn open_order_store(dir: &std::path::Path) -> Result<OrderStore, Error> {
+    let path = dir.join("orders-events.db").display().to_string();
+    Ok(OrderStore::from(SqliteEventStore::open(&path).await?))
+}
+
+/// A started read-model service: its feed and projection.
+type ReadModel = crate::services::Started<(
+    Arc<crate::platform::readmodel::Feed>,
+    Arc<trellis_cqrs::ProjectionHandle>,
+)>;
+
+/// Shipping and analytics, fed from `store` through the outbox relay and
+/// the in-process bus, and the relay itself.
+struct BusFed {
+    shipping: ReadModel,
+    analytics: ReadModel,
+    relay: RelayHandle,
+}
+
+/// Starts shipping and analytics on the in-process bus (each in its own
+/// database, the same `start` as distributed), then the relay that feeds
+/// them from `store`: subscribed before it runs, they miss nothing.
+async fn bus_read_models(
+    dir: &std::path::Path,
+    store: &OrderStore,
+    validator: &trellis_auth::Validator,
+) -> Result<BusFed, Error> {
+    let bus = Bus::new();
+    let source = || Source::Bus {
+        dir,
+        subscription: bus.subscribe(),
+        store: store.clone(),
+    };
+    let shipping = shipping::start(source(), validator.clone()).await?;
+    let analytics = analytics::start(source(), validator.clone()).await?;
+    let relay = bus.spawn_relay(store.clone());
+    Ok(BusFed {
+        shipping,
+        analytics,
+        relay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use trellis_eventsourcing::{CheckpointStore, EventStore, ExpectedVersion, NewEvent};
+
+    use super::*;
+    use crate::platform::bus::RELAY;
+
+    /// Order `order` of `customer`, placed and confirmed: 2 units, 25.00.
+    async fn place(store: &OrderStore, order: &str, customer: &str) {
+        let placed = json!({
+            "customer": customer,
+            "lines": [{ "sku": "TEA-001", "quantity": 2 }],
+            "total_cents": 2500,
+        });
+        let confirmed = json!({ "payment": "p", "reservation": "r" });
+        store
+            .append(
+                &format!("order-{order}"),
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::new("Placed", placed),
+                    NewEvent::new("Confirmed", confirmed),
+                ],
+            )
+            .await
+            .expect("append");
+    }
+
+    /// Waits until the relay's checkpoint reached the store's head: every
+    /// read model acknowledged every event.
+    async fn relayed(store: &OrderStore) -> u64 {
+        let head = store.head_position().await.expect("head");
+        for _ in 0..1000 {
+            if store.load_checkpoint(RELAY).await.expect("checkpoint") == head {
+                return head;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the relay's checkpoint never reached {head}");
+    }
+
+    /// `(order, status)` of every shipment row.
+    async fn shipments(fed: &BusFed) -> Vec<(String, String)> {
+        let feed = &fed.shipping.service.0;
+        feed.caught_up().await.expect("shipping caught up");
+        sqlx::query_as("SELECT order_id, status FROM shipments ORDER BY order_id")
+            .fetch_all(&feed.pool)
+            .await
+            .expect("shipments")
+    }
+
+    /// `(customer, orders, revenue)` rows, and the staged orders.
+    async fn analytics(fed: &BusFed) -> (Vec<(String, i64, i64)>, i64) {
+        let feed = &fed.analytics.service.0;
+        feed.caught_up().await.expect("analytics caught up");
+        let customers = sqlx::query_as(
+            "SELECT customer, orders, revenue_cents FROM analytics_customers ORDER BY customer",
+        )
+        .fetch_all(&feed.pool)
+        .await
+        .expect("customers");
+        let staged = sqlx::query_scalar("SELECT COUNT(*) FROM analytics_orders")
+            .fetch_one(&feed.pool)
+            .await
+            .expect("staged");
+        (customers, staged)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn order_events_reach_the_read_models_through_the_relay_and_a_crash_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("ecommerce-bus-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let identity_db = db::open_any(&dir, "identity").await.expect("identity db");
+        let identity = identity::start(identity_db, None, Vec::new(), false)
+            .await
+            .expect("identity");
+        let validator = identity.service.validator().expect("validator");
+        let ready = |order: &str| (order.to_owned(), "READY_TO_SHIP".to_owned());
+
+        let store = open_order_store(&dir).await.expect("store");
+        let fed = bus_read_models(&dir, &store, &validator)
+            .await
+            .expect("read models");
+        place(&store, "a", "ada").await;
+        assert_eq!(relayed(&store).await, 2, "the relay's checkpoint advances");
+        assert_eq!(shipments(&fed).await, vec![ready("a")]);
+        assert_eq!(analytics(&fed).await, (vec![("ada".into(), 1, 2500)], 1));
+
+        // A crash: the relay dies holding its lease, the runners with it.
+        fed.relay.abort();
+        drop((fed.shipping, fed.analytics));
+        // Order b was appended and never published; and order a, published
+        // and applied, was not checkpointed (the crash came between the
+        // acknowledgements and the relay's save): it is published again.
+        place(&store, "b", "ada").await;
+        store.save_checkpoint(RELAY, 0).await.expect("rewind");
+        drop(store);
+
+        let store = open_order_store(&dir).await.expect("store reopened");
+        let fed = bus_read_models(&dir, &store, &validator)
+            .await
+            .expect("read models restarted");
+        assert_eq!(relayed(&store).await, 4, "resumed from the checkpoint");
+        assert_eq!(shipments(&fed).await, vec![ready("a"), ready("b")]);
+        assert_eq!(
+            analytics(&fed).await,
+            (vec![("ada".into(), 2, 5000)], 2),
+            "order a counted once"
+        );
+        fed.relay.shutdown().await.expect("relay stops");
+        drop((fed.shipping, fed.analytics));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

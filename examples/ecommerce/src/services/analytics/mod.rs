@@ -7,7 +7,7 @@
 //! model once; `Rejected` after confirmation (a refund) subtracts exactly
 //! what was added, from the same hour. The runner applies each event once
 //! (checkpoint in the same transaction), so the counters never drift. One
-//! body serves SQLite and PostgreSQL (see `readmodel`).
+//! `Projection<sqlx::Any>` serves SQLite and PostgreSQL (see `readmodel`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
 use trellis_eventsourcing::{EventFilter, StoredEvent};
 
 use crate::api::{ApiError, Error};
-use crate::platform::readmodel::{Feed, ReadPool, Source, hour_of};
+use crate::platform::readmodel::{Feed, Source, hour_of};
 use crate::services::orders::client::{OrderEvent, decode};
 
 /// Scope of every analytics route (operators' tokens carry it).
@@ -137,210 +137,202 @@ fn units_per_sku(lines: &str) -> Result<BTreeMap<String, i64>, BoxError> {
     Ok(units)
 }
 
-/// The projection, its writes and the queries, for one sqlx database.
-macro_rules! for_database {
-    ($module:ident, $db:ty) => {
-        impl Projection<$db> for AnalyticsProjection {
-            fn name(&self) -> &str {
-                "analytics_v1"
-            }
+impl Projection<sqlx::Any> for AnalyticsProjection {
+    fn name(&self) -> &str {
+        "analytics_v1"
+    }
 
-            fn filter(&self) -> EventFilter {
-                EventFilter::category("order")
-            }
+    fn filter(&self) -> EventFilter {
+        EventFilter::category("order")
+    }
 
-            async fn setup(&self, pool: &sqlx::Pool<$db>) -> Result<(), BoxError> {
-                for statement in SETUP {
-                    sqlx::query(statement).execute(pool).await?;
-                }
-                Ok(())
-            }
-
-            async fn handle(
-                &self,
-                tx: &mut sqlx::Transaction<'static, $db>,
-                event: &StoredEvent,
-            ) -> Result<(), BoxError> {
-                let Some((order, decoded)) = decode(event)? else {
-                    return Ok(());
-                };
-                match decoded {
-                    OrderEvent::Placed {
-                        customer,
-                        lines,
-                        total_cents,
-                    } => {
-                        sqlx::query(STAGE)
-                            .bind(order)
-                            .bind(customer)
-                            .bind(total_cents)
-                            .bind(serde_json::to_string(&lines)?)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    // Counted once, in the hour of confirmation.
-                    OrderEvent::Confirmed { .. } => {
-                        $module::count(tx, order, 0, 1, Some(hour_of(event))).await?;
-                    }
-                    // A refund takes back exactly what was counted.
-                    OrderEvent::Rejected { .. } => {
-                        $module::count(tx, order, 1, -1, None).await?;
-                    }
-                    OrderEvent::PendingValidation => {}
-                }
-                Ok(())
-            }
+    async fn setup(&self, pool: &sqlx::Pool<sqlx::Any>) -> Result<(), BoxError> {
+        for statement in SETUP {
+            sqlx::query(statement).execute(pool).await?;
         }
+        Ok(())
+    }
 
-        /// Writes and queries of the analytics read models on this database.
-        pub(crate) mod $module {
-            use super::*;
-
-            type Staged = (String, i64, String, Option<i64>);
-
-            /// Adds (`delta` 1) or subtracts (-1) the staged order whose
-            /// `counted` flag is `from`, then flips the flag.
-            pub(super) async fn count(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                order: &str,
-                from: i64,
-                delta: i64,
-                hour: Option<i64>,
-            ) -> Result<(), BoxError> {
-                let staged: Option<Staged> = sqlx::query_as(STAGED)
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        let Some((order, decoded)) = decode(event)? else {
+            return Ok(());
+        };
+        match decoded {
+            OrderEvent::Placed {
+                customer,
+                lines,
+                total_cents,
+            } => {
+                sqlx::query(STAGE)
                     .bind(order)
-                    .bind(from)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                let Some((customer, total, lines, counted_hour)) = staged else {
-                    // Counted (or taken back) before: a repeat. Never
-                    // staged: an order this model did not see placed.
-                    let known: i64 = sqlx::query_scalar(KNOWN)
-                        .bind(order)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                    if known == 0 {
-                        return Err(format!("order {order} was never placed here").into());
-                    }
-                    return Ok(());
-                };
-                let hour = hour.or(counted_hour).unwrap_or(0);
-                sqlx::query(ADD_CUSTOMER)
-                    .bind(&customer)
-                    .bind(delta)
-                    .bind(delta * total)
+                    .bind(customer)
+                    .bind(total_cents)
+                    .bind(serde_json::to_string(&lines)?)
                     .execute(&mut **tx)
                     .await?;
-                sqlx::query(ADD_HOUR)
-                    .bind(hour)
-                    .bind(delta)
-                    .bind(delta * total)
-                    .execute(&mut **tx)
-                    .await?;
-                let units = units_per_sku(&lines)?;
-                for (sku, quantity) in &units {
-                    sqlx::query(ADD_PRODUCT)
-                        .bind(sku)
-                        .bind(delta * quantity)
-                        .bind(delta)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                // Each unordered pair once, smaller SKU first (the keys are sorted).
-                let skus: Vec<&String> = units.keys().collect();
-                for (i, a) in skus.iter().enumerate() {
-                    for b in &skus[i + 1..] {
-                        sqlx::query(ADD_PAIR)
-                            .bind(*a)
-                            .bind(*b)
-                            .bind(delta)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
-                sqlx::query(MARK)
-                    .bind(order)
-                    .bind(from + delta)
-                    .bind(hour)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
             }
-
-            /// Customers by confirmed orders.
-            pub(crate) async fn customers(
-                pool: &sqlx::Pool<$db>,
-            ) -> Result<Vec<CustomerOrders>, sqlx::Error> {
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(SELECT_CUSTOMERS)
-                    .bind(CUSTOMERS)
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(customer, orders, revenue_cents)| CustomerOrders {
-                        customer,
-                        orders,
-                        revenue_cents,
-                    })
-                    .collect())
+            // Counted once, in the hour of confirmation.
+            OrderEvent::Confirmed { .. } => {
+                queries::count(tx, order, 0, 1, Some(hour_of(event))).await?;
             }
-
-            /// Revenue of the latest hours with sales, newest first.
-            pub(crate) async fn revenue_per_hour(
-                pool: &sqlx::Pool<$db>,
-            ) -> Result<Vec<HourlyRevenue>, sqlx::Error> {
-                let rows: Vec<(i64, i64, i64)> = sqlx::query_as(SELECT_HOURS)
-                    .bind(HOURS)
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(hour, orders, revenue_cents)| HourlyRevenue {
-                        hour,
-                        orders,
-                        revenue_cents,
-                    })
-                    .collect())
+            // A refund takes back exactly what was counted.
+            OrderEvent::Rejected { .. } => {
+                queries::count(tx, order, 1, -1, None).await?;
             }
-
-            /// The best-selling products by units.
-            pub(crate) async fn top_products(
-                pool: &sqlx::Pool<$db>,
-            ) -> Result<Vec<ProductSales>, sqlx::Error> {
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(SELECT_PRODUCTS)
-                    .bind(TOP)
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(sku, units, orders)| ProductSales { sku, units, orders })
-                    .collect())
-            }
-
-            /// The products most often confirmed in the same order as `sku`.
-            pub(crate) async fn bought_together(
-                pool: &sqlx::Pool<$db>,
-                sku: &str,
-            ) -> Result<Vec<BoughtWith>, sqlx::Error> {
-                let rows: Vec<(String, i64)> = sqlx::query_as(SELECT_PAIRS)
-                    .bind(sku)
-                    .bind(TOP)
-                    .fetch_all(pool)
-                    .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(sku, orders)| BoughtWith { sku, orders })
-                    .collect())
-            }
+            OrderEvent::PendingValidation => {}
         }
-    };
+        Ok(())
+    }
 }
 
-for_database!(sqlite, sqlx::Sqlite);
-for_database!(postgres, sqlx::Postgres);
+/// Writes and queries of the analytics read models on this database.
+pub(crate) mod queries {
+    use super::*;
 
-/// Starts the analytics read model from `source` (SQLite in one process,
-/// PostgreSQL fed from JetStream distributed) and the `/analytics/...` routes behind
+    type Staged = (String, i64, String, Option<i64>);
+
+    /// Adds (`delta` 1) or subtracts (-1) the staged order whose
+    /// `counted` flag is `from`, then flips the flag.
+    pub(super) async fn count(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        order: &str,
+        from: i64,
+        delta: i64,
+        hour: Option<i64>,
+    ) -> Result<(), BoxError> {
+        let staged: Option<Staged> = sqlx::query_as(STAGED)
+            .bind(order)
+            .bind(from)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some((customer, total, lines, counted_hour)) = staged else {
+            // Counted (or taken back) before: a repeat. Never
+            // staged: an order this model did not see placed.
+            let known: i64 = sqlx::query_scalar(KNOWN)
+                .bind(order)
+                .fetch_one(&mut **tx)
+                .await?;
+            if known == 0 {
+                return Err(format!("order {order} was never placed here").into());
+            }
+            return Ok(());
+        };
+        let hour = hour.or(counted_hour).unwrap_or(0);
+        sqlx::query(ADD_CUSTOMER)
+            .bind(&customer)
+            .bind(delta)
+            .bind(delta * total)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(ADD_HOUR)
+            .bind(hour)
+            .bind(delta)
+            .bind(delta * total)
+            .execute(&mut **tx)
+            .await?;
+        let units = units_per_sku(&lines)?;
+        for (sku, quantity) in &units {
+            sqlx::query(ADD_PRODUCT)
+                .bind(sku)
+                .bind(delta * quantity)
+                .bind(delta)
+                .execute(&mut **tx)
+                .await?;
+        }
+        // Each unordered pair once, smaller SKU first (the keys are sorted).
+        let skus: Vec<&String> = units.keys().collect();
+        for (i, a) in skus.iter().enumerate() {
+            for b in &skus[i + 1..] {
+                sqlx::query(ADD_PAIR)
+                    .bind(*a)
+                    .bind(*b)
+                    .bind(delta)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        sqlx::query(MARK)
+            .bind(order)
+            .bind(from + delta)
+            .bind(hour)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Customers by confirmed orders.
+    pub(crate) async fn customers(
+        pool: &sqlx::Pool<sqlx::Any>,
+    ) -> Result<Vec<CustomerOrders>, sqlx::Error> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(SELECT_CUSTOMERS)
+            .bind(CUSTOMERS)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(customer, orders, revenue_cents)| CustomerOrders {
+                customer,
+                orders,
+                revenue_cents,
+            })
+            .collect())
+    }
+
+    /// Revenue of the latest hours with sales, newest first.
+    pub(crate) async fn revenue_per_hour(
+        pool: &sqlx::Pool<sqlx::Any>,
+    ) -> Result<Vec<HourlyRevenue>, sqlx::Error> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(SELECT_HOURS)
+            .bind(HOURS)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(hour, orders, revenue_cents)| HourlyRevenue {
+                hour,
+                orders,
+                revenue_cents,
+            })
+            .collect())
+    }
+
+    /// The best-selling products by units.
+    pub(crate) async fn top_products(
+        pool: &sqlx::Pool<sqlx::Any>,
+    ) -> Result<Vec<ProductSales>, sqlx::Error> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(SELECT_PRODUCTS)
+            .bind(TOP)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sku, units, orders)| ProductSales { sku, units, orders })
+            .collect())
+    }
+
+    /// The products most often confirmed in the same order as `sku`.
+    pub(crate) async fn bought_together(
+        pool: &sqlx::Pool<sqlx::Any>,
+        sku: &str,
+    ) -> Result<Vec<BoughtWith>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(SELECT_PAIRS)
+            .bind(sku)
+            .bind(TOP)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(sku, orders)| BoughtWith { sku, orders })
+            .collect())
+    }
+}
+
+/// Starts the analytics read model from `source` (SQLite fed from the
+/// in-process bus in one process, PostgreSQL fed from JetStream distributed) and the `/analytics/...` routes behind
 /// `validator`, in either run mode. The service is the read model's feed
 /// and its projection.
 ///
@@ -395,10 +387,7 @@ pub(crate) async fn customers(
     State(feed): State<Arc<Feed>>,
 ) -> Result<Json<Vec<CustomerOrders>>, ApiError> {
     feed.caught_up().await?;
-    Ok(Json(match &feed.pool {
-        ReadPool::Sqlite(pool) => sqlite::customers(pool).await?,
-        ReadPool::Postgres(pool) => postgres::customers(pool).await?,
-    }))
+    Ok(Json(queries::customers(&feed.pool).await?))
 }
 
 /// Revenue per hour of confirmation (the latest 48 hours with sales).
@@ -417,10 +406,7 @@ pub(crate) async fn revenue_per_hour(
     State(feed): State<Arc<Feed>>,
 ) -> Result<Json<Vec<HourlyRevenue>>, ApiError> {
     feed.caught_up().await?;
-    Ok(Json(match &feed.pool {
-        ReadPool::Sqlite(pool) => sqlite::revenue_per_hour(pool).await?,
-        ReadPool::Postgres(pool) => postgres::revenue_per_hour(pool).await?,
-    }))
+    Ok(Json(queries::revenue_per_hour(&feed.pool).await?))
 }
 
 /// The 10 best-selling products by units.
@@ -439,10 +425,7 @@ pub(crate) async fn top_products(
     State(feed): State<Arc<Feed>>,
 ) -> Result<Json<Vec<ProductSales>>, ApiError> {
     feed.caught_up().await?;
-    Ok(Json(match &feed.pool {
-        ReadPool::Sqlite(pool) => sqlite::top_products(pool).await?,
-        ReadPool::Postgres(pool) => postgres::top_products(pool).await?,
-    }))
+    Ok(Json(queries::top_products(&feed.pool).await?))
 }
 
 /// The 10 products most often bought in the same order as `sku`.
@@ -463,10 +446,7 @@ pub(crate) async fn bought_together(
     UrlPath(sku): UrlPath<String>,
 ) -> Result<Json<Vec<BoughtWith>>, ApiError> {
     feed.caught_up().await?;
-    Ok(Json(match &feed.pool {
-        ReadPool::Sqlite(pool) => sqlite::bought_together(pool, &sku).await?,
-        ReadPool::Postgres(pool) => postgres::bought_together(pool, &sku).await?,
-    }))
+    Ok(Json(queries::bought_together(&feed.pool, &sku).await?))
 }
 
 #[cfg(test)]
@@ -561,7 +541,7 @@ mod tests {
     async fn sqlite_read_models_count_confirmed_orders_once() {
         let pool = testing::sqlite().await;
         testing::apply(&pool, &AnalyticsProjection, &testing::scenario_events()).await;
-        assert_read_models!(sqlite, &pool);
+        assert_read_models!(queries, &pool);
     }
 
     #[tokio::test]
@@ -570,7 +550,7 @@ mod tests {
             return;
         };
         testing::apply(&pool, &AnalyticsProjection, &testing::scenario_events()).await;
-        assert_read_models!(postgres, &pool);
+        assert_read_models!(queries, &pool);
         testing::drop_schema(pool, &schema).await;
     }
 

@@ -10,7 +10,6 @@
 
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use serde::Serialize;
 use tower::{Layer, Service, ServiceExt};
@@ -18,8 +17,7 @@ use trellis_cqrs::command::{
     AuthorizeLayer, CommandFuture, CommandTraceLayer, IdempotencyLayer, ValidateLayer,
 };
 use trellis_cqrs::{
-    Claim, Command, CommandResult, Error, ErrorKind, IdempotencyStore, Identity, Validate,
-    ValidationErrors,
+    Command, CommandResult, Error, ErrorKind, Identity, Validate, ValidationErrors,
 };
 
 use super::OrdersState;
@@ -107,63 +105,17 @@ fn authorize(identity: Option<&Identity>, command: &PlaceOrderCommand) -> Result
 }
 
 /// The durable idempotency store of `POST /orders`, in orders' read-model
-/// database (shared by its replicas in distributed mode).
-#[derive(Debug, Clone)]
-pub(crate) enum OrderKeys {
-    Sqlite(trellis_cqrs::SqliteIdempotencyStore),
-    Postgres(trellis_cqrs::PgIdempotencyStore),
-}
+/// database (shared by its replicas in distributed mode), on whichever
+/// backend that database's URL names.
+pub(crate) type OrderKeys = trellis_cqrs::AnyIdempotencyStore;
 
-impl OrderKeys {
-    /// Opens the store (creating its table) in `db`.
-    ///
-    /// # Errors
-    ///
-    /// The database failed.
-    pub(crate) async fn open(db: &ReadDb) -> Result<Self, Error> {
-        Ok(match db {
-            ReadDb::Sqlite(pool) => {
-                OrderKeys::Sqlite(trellis_cqrs::SqliteIdempotencyStore::new(pool.clone()).await?)
-            }
-            ReadDb::Postgres(pool) => {
-                OrderKeys::Postgres(trellis_cqrs::PgIdempotencyStore::new(pool.clone()).await?)
-            }
-        })
-    }
-}
-
-impl IdempotencyStore for OrderKeys {
-    async fn claim(
-        &self,
-        key: uuid::Uuid,
-        fingerprint: &str,
-        token: uuid::Uuid,
-        ttl: Duration,
-    ) -> Result<Claim, Error> {
-        match self {
-            OrderKeys::Sqlite(s) => s.claim(key, fingerprint, token, ttl).await,
-            OrderKeys::Postgres(s) => s.claim(key, fingerprint, token, ttl).await,
-        }
-    }
-
-    async fn complete(
-        &self,
-        key: uuid::Uuid,
-        fingerprint: &str,
-        result: &CommandResult,
-    ) -> Result<CommandResult, Error> {
-        match self {
-            OrderKeys::Sqlite(s) => s.complete(key, fingerprint, result).await,
-            OrderKeys::Postgres(s) => s.complete(key, fingerprint, result).await,
-        }
-    }
-
-    async fn release(&self, key: uuid::Uuid, token: uuid::Uuid) -> Result<(), Error> {
-        match self {
-            OrderKeys::Sqlite(s) => s.release(key, token).await,
-            OrderKeys::Postgres(s) => s.release(key, token).await,
-        }
-    }
+/// Opens the store (creating its table) in `db`.
+///
+/// # Errors
+///
+/// The database failed.
+pub(crate) async fn open_keys(db: &ReadDb) -> Result<OrderKeys, Error> {
+    Ok(OrderKeys::new(db.clone()).await?)
 }
 
 /// What this request's own run of the saga saw.

@@ -15,7 +15,6 @@ use super::command::{Card, PlaceOrderCommand, api_error, identity};
 use super::summary::{SummaryRow, SummaryTuple};
 use super::{OrdersApp, OrdersState};
 use crate::api::{ApiError, ApiJson, PlacedOrder, SagaOutcome};
-use crate::platform::backend::{ReadDb, each};
 use crate::services::inventory::client::Line;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -362,7 +361,8 @@ pub(crate) async fn list(
     Extension(claims): Extension<Claims>,
 ) -> Result<Json<Vec<SummaryRow>>, ApiError> {
     let customer = customer_of(&claims)?;
-    let rows: Vec<SummaryTuple> = each!(&app.orders.read_db, ReadDb, pool => {
+    let rows: Vec<SummaryTuple> = {
+        let pool = &app.orders.read_db;
         sqlx::query_as(
             "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
              WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
@@ -370,7 +370,7 @@ pub(crate) async fn list(
         .bind(&customer)
         .fetch_all(pool)
         .await?
-    });
+    };
     Ok(Json(rows.into_iter().map(SummaryRow::from).collect()))
 }
 

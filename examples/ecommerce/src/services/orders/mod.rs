@@ -27,7 +27,7 @@ use self::aggregate::Order;
 use self::saga::{POST_PIVOT_RETRY, PlaceOrder, SagaClients, place_order_saga};
 use self::summary::{OrderSummary, SummaryRow, SummaryTuple};
 use self::validator::validate_when_inventory_is_back;
-use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb, each};
+use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
 use crate::services::catalog::client::Prices;
 use crate::services::inventory::client::{InventoryReply, InventoryRequest};
 use crate::services::payments::client::{PaymentReply, PaymentRequest};
@@ -239,19 +239,11 @@ async fn open(
     // Every orders instance, both run modes: sagas whose owner died, was
     // rescheduled or lost its lease are adopted every quarter lease TTL.
     let adopter = saga.spawn_adopter();
-    let projection = match &read_db {
-        ReadDb::Sqlite(pool) => {
-            trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
-                .spawn()
-                .await?
-        }
-        ReadDb::Postgres(pool) => {
-            trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
-                .spawn()
-                .await?
-        }
-    };
-    let keys = self::command::OrderKeys::open(&read_db).await?;
+    let projection =
+        trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
+            .spawn()
+            .await?;
+    let keys = self::command::open_keys(&read_db).await?;
     let app = Arc::new(OrdersApp {
         orders: Orders {
             keys,
@@ -312,7 +304,8 @@ impl Orders {
     }
 
     pub(crate) async fn summary(&self, order_id: &str) -> Result<Option<SummaryRow>, sqlx::Error> {
-        let row: Option<SummaryTuple> = each!(&self.read_db, ReadDb, pool => {
+        let row: Option<SummaryTuple> = {
+            let pool = &self.read_db;
             sqlx::query_as(
                 "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
                  WHERE order_id = $1",
@@ -320,7 +313,7 @@ impl Orders {
             .bind(order_id)
             .fetch_optional(pool)
             .await?
-        });
+        };
         Ok(row.map(SummaryRow::from))
     }
 }

@@ -1,14 +1,14 @@
 //! The order-summary read model, fed by a checkpointed projection.
 
 use serde::Serialize;
-use sqlx::{PgPool, SqlitePool};
 use trellis_cqrs::{BoxError, Projection};
 use trellis_eventsourcing::StoredEvent;
 
 use super::client::{OrderEvent, decode, units};
 
 /// The order-summary read model, fed by a checkpointed projection. The
-/// same SQL (`$N` placeholders, portable DDL) on SQLite and PostgreSQL.
+/// same SQL (`$N` placeholders, portable DDL) on SQLite and PostgreSQL,
+/// through sqlx's `Any` driver.
 #[derive(Debug)]
 pub(crate) struct OrderSummary;
 
@@ -67,35 +67,36 @@ fn summary_change(event: &StoredEvent) -> Result<Option<(&str, SummaryChange)>, 
     Ok(Some((order_id, change)))
 }
 
-macro_rules! order_summary_projection {
-    ($db:ty, $pool:ty) => {
-        impl Projection<$db> for OrderSummary {
-            fn name(&self) -> &str {
-                // v2: the `seq` column replaced SQLite's rowid for ordering.
-                "order_summary_v2"
-            }
+impl Projection<sqlx::Any> for OrderSummary {
+    fn name(&self) -> &str {
+        // v2: the `seq` column replaced SQLite's rowid for ordering.
+        "order_summary_v2"
+    }
 
-            async fn setup(&self, pool: &$pool) -> Result<(), BoxError> {
-                for ddl in SUMMARY_DDL {
-                    sqlx::query(ddl).execute(pool).await?;
-                }
-                Ok(())
-            }
+    async fn setup(&self, pool: &sqlx::AnyPool) -> Result<(), BoxError> {
+        for ddl in SUMMARY_DDL {
+            sqlx::query(ddl).execute(pool).await?;
+        }
+        Ok(())
+    }
 
-            async fn handle(
-                &self,
-                tx: &mut sqlx::Transaction<'static, $db>,
-                event: &StoredEvent,
-            ) -> Result<(), BoxError> {
-                match summary_change(event)? {
-                    None => {}
-                    Some((order_id, SummaryChange::Insert {
-                        customer,
-                        total,
-                        items,
-                        seq,
-                    })) => {
-                        sqlx::query(
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        match summary_change(event)? {
+            None => {}
+            Some((
+                order_id,
+                SummaryChange::Insert {
+                    customer,
+                    total,
+                    items,
+                    seq,
+                },
+            )) => {
+                sqlx::query(
                             "INSERT INTO order_summaries (order_id, customer, status, total_cents, items, seq) \
                              VALUES ($1, $2, 'PLACED', $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
                         )
@@ -106,31 +107,26 @@ macro_rules! order_summary_projection {
                         .bind(seq)
                         .execute(&mut **tx)
                         .await?;
-                    }
-                    Some((order_id, SummaryChange::Status { status, reason })) => {
-                        let updated = sqlx::query(
-                            "UPDATE order_summaries SET status = $1, reason = $2 WHERE order_id = $3",
-                        )
-                        .bind(status)
-                        .bind(reason)
-                        .bind(order_id)
-                        .execute(&mut **tx)
-                        .await?;
-                        // No row: this model never applied the order's
-                        // Placed. An error to retry, not a lost update.
-                        if updated.rows_affected() == 0 {
-                            return Err(crate::platform::readmodel::not_placed(order_id, event));
-                        }
-                    }
+            }
+            Some((order_id, SummaryChange::Status { status, reason })) => {
+                let updated = sqlx::query(
+                    "UPDATE order_summaries SET status = $1, reason = $2 WHERE order_id = $3",
+                )
+                .bind(status)
+                .bind(reason)
+                .bind(order_id)
+                .execute(&mut **tx)
+                .await?;
+                // No row: this model never applied the order's
+                // Placed. An error to retry, not a lost update.
+                if updated.rows_affected() == 0 {
+                    return Err(crate::platform::readmodel::not_placed(order_id, event));
                 }
-                Ok(())
             }
         }
-    };
+        Ok(())
+    }
 }
-
-order_summary_projection!(sqlx::Sqlite, SqlitePool);
-order_summary_projection!(sqlx::Postgres, PgPool);
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SummaryRow {
@@ -171,7 +167,7 @@ mod summary_tests {
     use super::OrderSummary;
     use crate::platform::readmodel::testing::{self, T0};
 
-    async fn status(pool: &sqlx::SqlitePool, order: &str) -> Option<(String, i64, i64)> {
+    async fn status(pool: &sqlx::AnyPool, order: &str) -> Option<(String, i64, i64)> {
         sqlx::query_as("SELECT status, total_cents, items FROM order_summaries WHERE order_id = $1")
             .bind(order)
             .fetch_optional(pool)

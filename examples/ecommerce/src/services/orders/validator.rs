@@ -10,7 +10,6 @@ use trellis_saga::SagaStatus;
 use super::saga::PlaceOrder;
 use super::{OrdersApp, OrdersState};
 use crate::api::ApiError;
-use crate::platform::backend::{ReadDb, each};
 
 /// Re-runs the place-order saga for every order accepted as
 /// PENDING_VALIDATION (at most 100 per call), now that inventory answers
@@ -38,13 +37,14 @@ const MAX_VALIDATIONS: u32 = 100;
 pub(super) async fn validate_pending_locked(
     app: &OrdersApp,
 ) -> Result<Vec<(String, String)>, ApiError> {
-    let pending: Vec<String> = each!(&app.orders.read_db, ReadDb, pool => {
+    let pending: Vec<String> = {
+        let pool = &app.orders.read_db;
         sqlx::query_scalar(
             "SELECT order_id FROM order_summaries WHERE status = 'PENDING_VALIDATION' ORDER BY seq LIMIT 100",
         )
         .fetch_all(pool)
         .await?
-    });
+    };
     let mut outcomes = Vec::with_capacity(pending.len());
     for order_id in pending {
         match validate_one(app, &order_id).await {

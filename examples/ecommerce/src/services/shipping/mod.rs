@@ -4,8 +4,8 @@
 //! `Placed` records who ordered what (not shippable yet), `Confirmed` makes
 //! the shipment `READY_TO_SHIP`, `Rejected` after that cancels it
 //! (`CANCELLED`); an order rejected before confirmation never ships. The
-//! projection is one body instantiated for SQLite and PostgreSQL (see
-//! `readmodel`).
+//! projection is one `Projection<sqlx::Any>` for SQLite and PostgreSQL
+//! (see `readmodel`).
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
 use trellis_eventsourcing::{EventFilter, StoredEvent};
 
 use crate::api::{ApiError, Error};
-use crate::platform::readmodel::{Feed, ReadPool, Source, subject};
+use crate::platform::readmodel::{Feed, Source, subject};
 use crate::services::orders::client::{OrderEvent, decode, units};
 
 /// Scope of `GET /shipments/{order_id}` (a customer reads their own).
@@ -87,98 +87,90 @@ fn shipment((order_id, customer, items, status, ready_at): Row) -> Option<Shipme
     })
 }
 
-/// The projection and the query, for one sqlx database.
-macro_rules! for_database {
-    ($module:ident, $db:ty) => {
-        impl Projection<$db> for ShipmentProjection {
-            fn name(&self) -> &str {
-                "shipping_shipments_v1"
-            }
+impl Projection<sqlx::Any> for ShipmentProjection {
+    fn name(&self) -> &str {
+        "shipping_shipments_v1"
+    }
 
-            fn filter(&self) -> EventFilter {
-                EventFilter::category("order")
-            }
+    fn filter(&self) -> EventFilter {
+        EventFilter::category("order")
+    }
 
-            async fn setup(&self, pool: &sqlx::Pool<$db>) -> Result<(), BoxError> {
-                sqlx::query(SETUP).execute(pool).await?;
-                Ok(())
-            }
+    async fn setup(&self, pool: &sqlx::Pool<sqlx::Any>) -> Result<(), BoxError> {
+        sqlx::query(SETUP).execute(pool).await?;
+        Ok(())
+    }
 
-            async fn handle(
-                &self,
-                tx: &mut sqlx::Transaction<'static, $db>,
-                event: &StoredEvent,
-            ) -> Result<(), BoxError> {
-                let Some((order, decoded)) = decode(event)? else {
-                    return Ok(());
-                };
-                match decoded {
-                    OrderEvent::Placed {
-                        customer, lines, ..
-                    } => {
-                        sqlx::query(ON_PLACED)
-                            .bind(order)
-                            .bind(customer)
-                            .bind(units(&lines))
-                            .bind(AWAITING)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                    OrderEvent::Confirmed { .. } | OrderEvent::Rejected { .. } => {
-                        let changed = if matches!(decoded, OrderEvent::Confirmed { .. }) {
-                            sqlx::query(ON_CONFIRMED)
-                                .bind(order)
-                                .bind(crate::platform::readmodel::recorded_secs(event))
-                                .execute(&mut **tx)
-                                .await?
-                        } else {
-                            sqlx::query(ON_REJECTED)
-                                .bind(order)
-                                .execute(&mut **tx)
-                                .await?
-                        };
-                        // Nothing moved: a repeat (fine) or an order this
-                        // model never saw placed (an error to retry).
-                        if changed.rows_affected() == 0 {
-                            let known: i64 = sqlx::query_scalar(KNOWN)
-                                .bind(order)
-                                .fetch_one(&mut **tx)
-                                .await?;
-                            if known == 0 {
-                                return Err(crate::platform::readmodel::not_placed(order, event));
-                            }
-                        }
-                    }
-                    OrderEvent::PendingValidation => {}
-                }
-                Ok(())
-            }
-        }
-
-        /// Queries of the shipments read model on this database.
-        pub(crate) mod $module {
-            use super::*;
-
-            /// The shipment of `order_id`, if the order was confirmed.
-            pub(crate) async fn shipment(
-                pool: &sqlx::Pool<$db>,
-                order_id: &str,
-            ) -> Result<Option<Shipment>, sqlx::Error> {
-                let row: Option<Row> = sqlx::query_as(SELECT)
-                    .bind(order_id)
-                    .fetch_optional(pool)
+    async fn handle(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        event: &StoredEvent,
+    ) -> Result<(), BoxError> {
+        let Some((order, decoded)) = decode(event)? else {
+            return Ok(());
+        };
+        match decoded {
+            OrderEvent::Placed {
+                customer, lines, ..
+            } => {
+                sqlx::query(ON_PLACED)
+                    .bind(order)
+                    .bind(customer)
+                    .bind(units(&lines))
+                    .bind(AWAITING)
+                    .execute(&mut **tx)
                     .await?;
-                Ok(row.and_then(super::shipment))
             }
+            OrderEvent::Confirmed { .. } | OrderEvent::Rejected { .. } => {
+                let changed = if matches!(decoded, OrderEvent::Confirmed { .. }) {
+                    sqlx::query(ON_CONFIRMED)
+                        .bind(order)
+                        .bind(crate::platform::readmodel::recorded_secs(event))
+                        .execute(&mut **tx)
+                        .await?
+                } else {
+                    sqlx::query(ON_REJECTED)
+                        .bind(order)
+                        .execute(&mut **tx)
+                        .await?
+                };
+                // Nothing moved: a repeat (fine) or an order this
+                // model never saw placed (an error to retry).
+                if changed.rows_affected() == 0 {
+                    let known: i64 = sqlx::query_scalar(KNOWN)
+                        .bind(order)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if known == 0 {
+                        return Err(crate::platform::readmodel::not_placed(order, event));
+                    }
+                }
+            }
+            OrderEvent::PendingValidation => {}
         }
-    };
+        Ok(())
+    }
 }
 
-for_database!(sqlite, sqlx::Sqlite);
-for_database!(postgres, sqlx::Postgres);
+/// Queries of the shipments read model on this database.
+pub(crate) mod queries {
+    use super::*;
 
-/// Starts the shipping read model from `source` (SQLite in one process,
-/// PostgreSQL fed from JetStream distributed) and `GET /shipments/{order_id}` behind
+    /// The shipment of `order_id`, if the order was confirmed.
+    pub(crate) async fn shipment(
+        pool: &sqlx::Pool<sqlx::Any>,
+        order_id: &str,
+    ) -> Result<Option<Shipment>, sqlx::Error> {
+        let row: Option<Row> = sqlx::query_as(SELECT)
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await?;
+        Ok(row.and_then(super::shipment))
+    }
+}
+
+/// Starts the shipping read model from `source` (SQLite fed from the
+/// in-process bus in one process, PostgreSQL fed from JetStream distributed) and `GET /shipments/{order_id}` behind
 /// `validator`, in either run mode. The service is the read model's feed
 /// and its projection.
 ///
@@ -228,10 +220,7 @@ pub(crate) async fn get_shipment(
 ) -> Result<Json<Shipment>, ApiError> {
     let customer = subject(&claims)?;
     feed.caught_up().await?;
-    let shipment = match &feed.pool {
-        ReadPool::Sqlite(pool) => sqlite::shipment(pool, &order).await?,
-        ReadPool::Postgres(pool) => postgres::shipment(pool, &order).await?,
-    };
+    let shipment = queries::shipment(&feed.pool, &order).await?;
     match shipment {
         Some(shipment) if shipment.customer == customer => Ok(Json(shipment)),
         _ => Err(ApiError::new(
@@ -279,7 +268,7 @@ mod tests {
         testing::apply(&pool, &ShipmentProjection, &testing::scenario_events()).await;
         for (order, shipment) in expected() {
             assert_eq!(
-                sqlite::shipment(&pool, order).await.unwrap(),
+                queries::shipment(&pool, order).await.unwrap(),
                 shipment,
                 "{order}"
             );
@@ -294,7 +283,7 @@ mod tests {
         testing::apply(&pool, &ShipmentProjection, &testing::scenario_events()).await;
         for (order, shipment) in expected() {
             assert_eq!(
-                postgres::shipment(&pool, order).await.unwrap(),
+                queries::shipment(&pool, order).await.unwrap(),
                 shipment,
                 "{order}"
             );
