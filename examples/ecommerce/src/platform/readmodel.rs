@@ -155,10 +155,12 @@ impl Feed {
         name: &str,
         store: SqliteEventStore,
         projection: P,
+        metrics: &trellis_cqrs::metrics::ProjectionMetrics,
     ) -> Result<(Arc<Feed>, SqlitePool), Error> {
         let pool = crate::platform::db::open(dir, name).await?;
         let settled = SettledStore::new(store.clone());
         let projection = ProjectionRunner::new(settled, pool.clone(), projection)
+            .with_metrics(metrics.clone())
             .spawn()
             .await?;
         let feed = Arc::new(Feed {
@@ -170,7 +172,7 @@ impl Feed {
 
     /// Runs `projection` into the read model `name` from `source`, in
     /// either run mode: the feed the routes query, and the projection (for
-    /// the health checks).
+    /// the health checks). The runner reports to `metrics`.
     ///
     /// # Errors
     ///
@@ -179,13 +181,14 @@ impl Feed {
         source: Source<'_>,
         name: &str,
         projection: P,
+        metrics: &trellis_cqrs::metrics::ProjectionMetrics,
     ) -> Result<(Arc<Feed>, Arc<ProjectionHandle>), Error>
     where
         P: Projection<sqlx::Sqlite> + Projection<sqlx::Postgres>,
     {
         match source {
             Source::Sqlite { dir, store } => {
-                let (feed, _) = Feed::spawn(dir, name, store, projection).await?;
+                let (feed, _) = Feed::spawn(dir, name, store, projection, metrics).await?;
                 let handle = feed
                     .catch_up
                     .as_ref()
@@ -195,6 +198,7 @@ impl Feed {
             }
             Source::JetStream { pool, stream } => {
                 let handle = trellis_cqrs::JetStreamRunner::new(*stream, pool.clone(), projection)
+                    .with_metrics(metrics.clone())
                     .spawn()
                     .await?;
                 Ok((Feed::postgres(pool), Arc::new(handle)))

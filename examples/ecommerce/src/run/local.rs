@@ -209,6 +209,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let inventory_db = db::open_any(dir, "inventory").await?;
     let payments_db = db::open_any(dir, "payments").await?;
     let read_db = db::open(dir, "orders-read").await?;
+    // The process's one registry: every service registers in it as it
+    // starts; `/metrics` serves it.
+    let mut metrics = crate::platform::metrics::ProcessMetrics::new();
 
     // Each service starts as it does in its own process (src/services);
     // only the stores (SQLite files) and the clients (in-process calls)
@@ -222,6 +225,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &catalog::seed_stock(),
         config.reservation_ttl,
         validator.clone(),
+        &mut metrics,
     )
     .await?;
     let background: Vec<AbortOnDrop> = inventory.background.into_iter().map(AbortOnDrop).collect();
@@ -241,8 +245,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         dir,
         store: store.clone(),
     };
-    let shipping = shipping::start(read_model(&events), validator.clone()).await?;
-    let analytics = analytics::start(read_model(&events), validator.clone()).await?;
+    let shipping = shipping::start(read_model(&events), validator.clone(), &mut metrics).await?;
+    let analytics = analytics::start(read_model(&events), validator.clone(), &mut metrics).await?;
     let sqlite_pool = |feed: &Feed, name: &str| {
         feed.sqlite_pool()
             .ok_or_else(|| Error::Startup(format!("{name}: not on SQLite")))
@@ -266,20 +270,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             let pay = pay.clone();
             async move { pay.call(request).await.map_err(to_box) }
         }));
-    let orders = orders::start(orders::Deps {
-        store,
-        saga_log,
-        read_db: ReadDb::Sqlite(read_db.clone()),
-        options: orders::SagaOptions {
-            owner: trellis_saga::process_owner("ecommerce"),
-            deadline: config.saga_deadline,
-            lease_ttl: config.saga_lease_ttl,
+    let orders = orders::start(
+        orders::Deps {
+            store,
+            saga_log,
+            read_db: ReadDb::Sqlite(read_db.clone()),
+            options: orders::SagaOptions {
+                owner: trellis_saga::process_owner("ecommerce"),
+                deadline: config.saga_deadline,
+                lease_ttl: config.saga_lease_ttl,
+            },
+            inventory: inventory_raw,
+            payments: payment_raw,
+            prices: Prices::Local(catalog.service.clone()),
+            validator: validator.clone(),
         },
-        inventory: inventory_raw,
-        payments: payment_raw,
-        prices: Prices::Local(catalog.service.clone()),
-        validator: validator.clone(),
-    })
+        &mut metrics,
+    )
     .await?;
 
     let mut health = Health::builder();
@@ -341,7 +348,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         // OpenAPI documents: public, like the JWKS.
         .merge(crate::run::openapi::router())
         .merge(crate::web::api(web.clone(), validator));
-    let app = wrap(not_found(api), &health)
+    let app = wrap(not_found(api), &health, metrics)
         .merge(crate::web::pages(web.clone()))
         .layer(axum::middleware::from_fn_with_state(
             web.traffic.clone(),

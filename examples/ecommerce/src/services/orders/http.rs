@@ -270,13 +270,32 @@ pub(crate) async fn place(
     // Subscribed before the start, so no event of this saga is missed.
     let events = app.orders.orchestrator.subscribe();
     let saga = {
+        use tracing::Instrument as _;
         let (app, order_id) = (app.clone(), order_id.clone());
-        tokio::spawn(async move {
-            app.orders
-                .orchestrator
-                .start(&app.orders.saga, &order_id, state)
-                .await
-        })
+        // The saga's spans belong to this request's trace.
+        let trace_id = trellis_observability::metrics::current_trace_id();
+        tokio::spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let result = app
+                    .orders
+                    .orchestrator
+                    .start(&app.orders.saga, &order_id, state)
+                    .await;
+                if let Ok(record) = &result {
+                    app.metrics
+                        .saga_ended(
+                            &app.orders.orchestrator,
+                            record,
+                            started.elapsed(),
+                            trace_id,
+                        )
+                        .await;
+                }
+                result
+            }
+            .instrument(tracing::Span::current()),
+        )
     };
     let (record, head) =
         match tokio::time::timeout(wait, decided(&app, &order_id, saga, events)).await {
@@ -308,6 +327,12 @@ pub(crate) async fn place(
         .await
         .map_err(ApiError::internal)?;
     let row = app.orders.summary(&order_id).await?;
+    if row
+        .as_ref()
+        .is_some_and(|row| row.status == "PENDING_VALIDATION")
+    {
+        app.metrics.refresh_pending(&app.orders.read_db).await;
+    }
     // Decided: CONFIRMED, REJECTED or PENDING_VALIDATION. Else the saga is
     // still running: 202, and the order is finished in the background.
     let decided = row.as_ref().is_some_and(|row| row.status != "PLACED");

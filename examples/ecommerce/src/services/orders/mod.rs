@@ -6,6 +6,7 @@
 pub(crate) mod admin;
 pub(crate) mod aggregate;
 pub(crate) mod http;
+pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod saga;
 pub(crate) mod summary;
@@ -99,6 +100,7 @@ pub(crate) struct Deps {
 /// projection cannot start.
 pub(crate) async fn start(
     deps: Deps,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<crate::services::Started<OrdersState>, crate::api::Error> {
     let app = open(
         deps.store,
@@ -108,6 +110,7 @@ pub(crate) async fn start(
         deps.inventory,
         deps.payments,
         deps.prices,
+        metrics,
     )
     .await?;
     Ok(crate::services::Started {
@@ -122,7 +125,9 @@ pub(crate) async fn start(
 /// the composed resilience policy (plus the fallback that accepts an order
 /// for later validation while inventory's breaker is open), finishes or
 /// compensates the sagas a previous run left mid-flight, and starts the
-/// order-summary projection.
+/// order-summary projection. Its policies, saga, projection and business
+/// metrics report to `metrics`.
+#[allow(clippy::too_many_arguments)]
 async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
@@ -131,6 +136,7 @@ async fn open(
     inventory_raw: InventoryClient,
     payment_raw: PaymentClient,
     prices: Prices,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -196,6 +202,10 @@ async fn open(
     refund_config.circuit_breaker = None;
     refund_config.rate_limit = None;
     let refund_policy = with_retry(ResiliencePolicy::from_config(refund_config)?)?;
+    for policy in [&inventory_policy, &payment_policy, &refund_policy] {
+        policy.register_metrics_in(&metrics.policies);
+    }
+    let business = self::metrics::OrderMetrics::new(metrics.registry());
     let refund_client: PaymentClient = BoxCloneSyncService::new(
         refund_policy
             .layer(payment_faults.layer().layer(payment_raw))
@@ -210,13 +220,15 @@ async fn open(
         payment_client,
         refund_client,
         options.deadline,
+        business.clone(),
     );
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
     let orchestrator = trellis_saga::Orchestrator::new(saga_log, options.owner.as_str())
         .with_lease_ttl(options.lease_ttl)
         .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
-        .with_compensation_retry(POST_PIVOT_RETRY);
+        .with_compensation_retry(POST_PIVOT_RETRY)
+        .with_metrics(trellis_saga::metrics::SagaMetrics::new(metrics.registry()));
     let saga = Arc::new(saga);
     // Sagas a previous run left mid-flight whose leases have expired finish
     // (or compensate) before we serve: a step whose outcome is unknown
@@ -235,11 +247,13 @@ async fn open(
     let projection = match &read_db {
         ReadDb::Sqlite(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
+                .with_metrics(metrics.projections.clone())
                 .spawn()
                 .await?
         }
         ReadDb::Postgres(pool) => {
             trellis_cqrs::ProjectionRunner::new(store.clone(), pool.clone(), OrderSummary)
+                .with_metrics(metrics.projections.clone())
                 .spawn()
                 .await?
         }
@@ -257,9 +271,13 @@ async fn open(
         inventory_breaker,
         payment_faults,
         clients,
+        metrics: business.clone(),
         validating: tokio::sync::Mutex::new(()),
         _adopter: adopter,
     });
+    business.refresh_pending(&app.orders.read_db).await;
+    // Other replicas' orders move the count too.
+    business.spawn_refresh(&app, |app| &app.orders.read_db, Duration::from_secs(15));
     validate_when_inventory_is_back(&app);
     Ok(app)
 }
@@ -274,6 +292,8 @@ pub(crate) struct OrdersApp {
     pub(crate) payment_faults: FaultHandle,
     /// Breakers, bulkheads, limiters and drills of the clients (src/web).
     pub(crate) clients: self::policy::ClientHandles,
+    /// The business metrics (orders by outcome, saga durations, ...).
+    pub(crate) metrics: self::metrics::OrderMetrics,
     /// Held by a validation pass (see [`validate_pending`]).
     pub(crate) validating: tokio::sync::Mutex<()>,
     /// Adopts orphaned sagas for as long as the service lives (aborted on

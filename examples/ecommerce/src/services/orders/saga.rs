@@ -10,6 +10,7 @@ use trellis_eventsourcing::Repository;
 use trellis_saga::{Saga, Step, StepError};
 
 use super::aggregate::{Order, OrderCommand};
+use super::metrics::{OrderMetrics, Outcome};
 use super::{InventoryClient, PaymentClient};
 use crate::platform::backend::OrderStore;
 use crate::services::inventory::client::{InventoryReply, InventoryRequest, Line};
@@ -76,7 +77,9 @@ pub(crate) fn place_order_saga(
     payments: PaymentClient,
     refunds: PaymentClient,
     deadline: Duration,
+    metrics: OrderMetrics,
 ) -> Saga<PlaceOrder> {
+    let (m_reject, m_confirm) = (metrics.clone(), metrics);
     let (o1, o2, o3) = (orders.clone(), orders.clone(), orders);
     let (inv_release, inv_confirm, inv_unconfirm, inv_settle) = (
         inventory_plain.clone(),
@@ -106,6 +109,7 @@ pub(crate) fn place_order_saga(
             move |s: PlaceOrder, cx| {
                 let orders = o2.clone();
                 let (inventory, payments) = (inv_settle.clone(), pay_settle.clone());
+                let metrics = m_reject.clone();
                 async move {
                     let reason = if s.payment.is_none() && s.reservation.is_some() {
                         "payment failed"
@@ -114,7 +118,7 @@ pub(crate) fn place_order_saga(
                     } else {
                         "order could not be completed (its reservation expired or was not confirmed)"
                     };
-                    orders
+                    let rejected = orders
                         .execute(
                             &s.order_id,
                             OrderCommand::Reject {
@@ -123,6 +127,15 @@ pub(crate) fn place_order_saga(
                         )
                         .await
                         .map_err(step_err)?;
+                    // Counted once: a re-run appends (and counts) nothing.
+                    if !rejected.events.is_empty() {
+                        let outcome = if s.reservation.is_some() || s.payment.is_some() {
+                            Outcome::Compensated
+                        } else {
+                            Outcome::Rejected
+                        };
+                        metrics.order(outcome, s.total_cents);
+                    }
                     // Then settle by key whatever the saga recorded: a step
                     // whose outcome is unknown (a crash or a timeout
                     // mid-call, a deadline that passed while orders was
@@ -287,6 +300,7 @@ pub(crate) fn place_order_saga(
             "confirm-order",
             move |s: PlaceOrder, _cx| {
                 let orders = o3.clone();
+                let metrics = m_confirm.clone();
                 async move {
                     let command = match (&s.payment, &s.reservation) {
                         (Some(payment), Some(reservation)) if !s.pending_validation => {
@@ -297,10 +311,14 @@ pub(crate) fn place_order_saga(
                         }
                         _ => OrderCommand::MarkPendingValidation,
                     };
-                    orders
+                    let confirming = matches!(command, OrderCommand::Confirm { .. });
+                    let done = orders
                         .execute(&s.order_id, command)
                         .await
                         .map_err(step_err)?;
+                    if confirming && !done.events.is_empty() {
+                        metrics.order(Outcome::Confirmed, s.total_cents);
+                    }
                     Ok(s)
                 }
             },
