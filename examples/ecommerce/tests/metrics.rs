@@ -242,9 +242,46 @@ async fn the_scenario_shows_in_the_business_and_library_metrics() {
     );
     m.value("process_resident_memory_bytes");
 
+    // The console's business view reads the same numbers.
+    let api = ecommerce::ApiClient::new(&base);
+    let r = api
+        .json(Method::GET, "/api/v1/admin/business", Some(&ops), None)
+        .await
+        .expect("business");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let b = &r.body["business"];
+    assert_eq!(
+        b["orders"],
+        json!({ "confirmed": 2, "rejected": 0, "compensated": 1 })
+    );
+    assert_eq!(b["value_cents"]["confirmed"].as_f64(), Some(2.0 * value));
+    assert_eq!(b["value_cents"]["compensated"].as_f64(), Some(value));
+    assert_eq!(b["pending_validation"], 0);
+    assert_eq!(b["step_failures"], json!({ "charge-payment": 1 }));
+    let recent: Vec<(&str, &str)> = b["recent_sagas"]
+        .as_array()
+        .expect("recent sagas")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or("?"),
+                s["outcome"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    let validation = format!("{}/validate", outcome.pending);
+    assert_eq!(
+        recent,
+        vec![
+            (validation.as_str(), "completed"),
+            (outcome.pending.as_str(), "completed"),
+            (outcome.declined.as_str(), "compensated"),
+            (outcome.confirmed.as_str(), "completed"),
+        ]
+    );
+
     // The pending-validation gauge follows the read model: an order taken
     // while the breaker is open counts until the breaker closes.
-    let api = ecommerce::ApiClient::new(&base);
     let breaker = |open: bool| {
         let api = api.clone();
         let ops = ops.clone();

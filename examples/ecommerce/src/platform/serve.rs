@@ -45,6 +45,10 @@ pub(crate) fn wrap_split(
     metrics: ProcessMetrics,
 ) -> (Router, Router) {
     let server_metrics = metrics.http.server_layer();
+    let slow = axum::middleware::from_fn_with_state(
+        metrics.slow.clone(),
+        crate::platform::metrics::record_slow,
+    );
     let metrics_route = metrics.into_route();
     let app = Router::new()
         .nest("/api/v1", api)
@@ -55,7 +59,8 @@ pub(crate) fn wrap_split(
             ServiceBuilder::new()
                 .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer::new())
-                .layer(server_metrics),
+                .layer(server_metrics)
+                .layer(slow),
         );
     (app, metrics_route)
 }

@@ -265,6 +265,7 @@ pub(crate) async fn place(
         reservation: None,
         payment: None,
         pending_validation: false,
+        trace_id: trellis_observability::metrics::current_trace_id(),
     };
     let wait = place_wait(&app);
     // Subscribed before the start, so no event of this saga is missed.

@@ -13,7 +13,8 @@
 //! re-run after a crash appends nothing and counts nothing), so the counts
 //! agree with the event store, whichever replica ran the step.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -85,6 +86,50 @@ type ValueFamily = Family<OutcomeLabel, Histogram, fn() -> Histogram>;
 type DurationHistogram = HistogramWithExemplars<TraceLabel>;
 type DurationFamily = Family<OutcomeLabel, DurationHistogram, fn() -> DurationHistogram>;
 
+/// Sagas the console lists.
+const RECENT_KEPT: usize = 20;
+
+/// A saga that ended here, as the console lists it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct RecentSaga {
+    /// The saga id (the order id; `{order_id}/validate[/n]`).
+    pub(crate) id: String,
+    /// `completed`, `compensated` or `needs_attention`.
+    #[schema(value_type = String)]
+    pub(crate) outcome: &'static str,
+    /// Start to end, seconds.
+    pub(crate) seconds: f64,
+    /// The trace it ran in, when sampled.
+    pub(crate) trace_id: Option<String>,
+    /// A link to that trace (`ECOMMERCE_TRACE_URL`), when both are known.
+    pub(crate) trace_url: Option<String>,
+}
+
+/// The business numbers as the console shows them (this process's, since
+/// it started; `/metrics` has the same as counters).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct BusinessSnapshot {
+    /// Orders by outcome (`confirmed`, `rejected`, `compensated`).
+    pub(crate) orders: BTreeMap<String, u64>,
+    /// Their value by outcome, in cents.
+    pub(crate) value_cents: BTreeMap<String, i64>,
+    /// Orders pending validation (read model).
+    pub(crate) pending_validation: i64,
+    /// Failed steps that made sagas compensate, by step.
+    pub(crate) step_failures: BTreeMap<String, u64>,
+    /// The latest sagas that ended here, newest first.
+    pub(crate) recent_sagas: Vec<RecentSaga>,
+}
+
+/// What the console reads besides the Prometheus families (which have no
+/// getters for histograms or label iteration).
+#[derive(Debug, Default)]
+struct Totals {
+    value_cents: BTreeMap<&'static str, i64>,
+    step_failures: BTreeMap<String, u64>,
+    recent: VecDeque<RecentSaga>,
+}
+
 /// The business metrics of the orders service; clones share them.
 #[derive(Debug, Clone)]
 pub(crate) struct OrderMetrics {
@@ -93,6 +138,7 @@ pub(crate) struct OrderMetrics {
     saga_duration: DurationFamily,
     step_failures: Family<StepLabel, Counter>,
     pending: Gauge,
+    totals: Arc<Mutex<Totals>>,
 }
 
 impl OrderMetrics {
@@ -107,6 +153,7 @@ impl OrderMetrics {
             }),
             step_failures: Family::default(),
             pending: Gauge::default(),
+            totals: Arc::default(),
         };
         for outcome in Outcome::ALL {
             let label = OutcomeLabel {
@@ -151,6 +198,45 @@ impl OrderMetrics {
         };
         self.orders.get_or_create(&label).inc();
         self.value.get_or_create(&label).observe(total_cents as f64);
+        *self
+            .totals()
+            .value_cents
+            .entry(outcome.as_str())
+            .or_default() += total_cents;
+    }
+
+    fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The numbers the console shows.
+    pub(crate) fn snapshot(&self) -> BusinessSnapshot {
+        let orders = Outcome::ALL
+            .iter()
+            .map(|o| {
+                let label = OutcomeLabel {
+                    outcome: o.as_str(),
+                };
+                let n = self.orders.get_or_create(&label).get();
+                (o.as_str().to_owned(), n)
+            })
+            .collect();
+        let totals = self.totals();
+        BusinessSnapshot {
+            orders,
+            value_cents: Outcome::ALL
+                .iter()
+                .map(|o| {
+                    let v = totals.value_cents.get(o.as_str()).copied().unwrap_or(0);
+                    (o.as_str().to_owned(), v)
+                })
+                .collect(),
+            pending_validation: self.pending.get(),
+            step_failures: totals.step_failures.clone(),
+            recent_sagas: totals.recent.iter().rev().cloned().collect(),
+        }
     }
 
     /// A saga this process started ended as `record` says, `elapsed`
@@ -175,9 +261,24 @@ impl OrderMetrics {
             .get_or_create(&OutcomeLabel { outcome })
             .observe(
                 elapsed.as_secs_f64(),
-                trace_id.map(|trace_id| TraceLabel { trace_id }),
+                trace_id.clone().map(|trace_id| TraceLabel { trace_id }),
                 None,
             );
+        {
+            let mut totals = self.totals();
+            if totals.recent.len() == RECENT_KEPT {
+                totals.recent.pop_front();
+            }
+            totals.recent.push_back(RecentSaga {
+                id: record.id.clone(),
+                outcome,
+                seconds: elapsed.as_secs_f64(),
+                trace_url: trace_id
+                    .as_deref()
+                    .and_then(crate::platform::metrics::trace_url),
+                trace_id,
+            });
+        }
         if record.status == SagaStatus::Completed {
             return;
         }
@@ -189,6 +290,11 @@ impl OrderMetrics {
                             step: entry.step_name.clone(),
                         })
                         .inc();
+                    *self
+                        .totals()
+                        .step_failures
+                        .entry(entry.step_name.clone())
+                        .or_default() += 1;
                 }
             }
             Err(error) => {

@@ -272,6 +272,7 @@ async fn open(
         payment_faults,
         clients,
         metrics: business.clone(),
+        slow_requests: metrics.slow.clone(),
         validating: tokio::sync::Mutex::new(()),
         _adopter: adopter,
     });
@@ -294,6 +295,8 @@ pub(crate) struct OrdersApp {
     pub(crate) clients: self::policy::ClientHandles,
     /// The business metrics (orders by outcome, saga durations, ...).
     pub(crate) metrics: self::metrics::OrderMetrics,
+    /// The process's latest slow requests (the console shows them).
+    pub(crate) slow_requests: crate::platform::metrics::SlowRequests,
     /// Held by a validation pass (see [`validate_pending`]).
     pub(crate) validating: tokio::sync::Mutex<()>,
     /// Adopts orphaned sagas for as long as the service lives (aborted on

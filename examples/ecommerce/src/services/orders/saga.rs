@@ -26,6 +26,10 @@ pub(crate) struct PlaceOrder {
     pub(super) reservation: Option<String>,
     pub(super) payment: Option<String>,
     pub(super) pending_validation: bool,
+    /// The trace of the request that placed the order (sampled only), so
+    /// the saga log and the console lead to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace_id: Option<String>,
 }
 
 /// The id (and idempotency key) of an order's reservation: the original
