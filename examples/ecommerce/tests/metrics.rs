@@ -81,6 +81,9 @@ impl Scrape {
     }
 }
 
+/// Every projection runner of the one-process system.
+const PROJECTIONS: [&str; 3] = ["order_summary_v2", "shipping_shipments_v1", "analytics_v1"];
+
 async fn total_cents(base_url: &str, token: &str, order: &str) -> f64 {
     let api = ecommerce::ApiClient::new(base_url);
     let r = api
@@ -105,7 +108,28 @@ async fn the_scenario_shows_in_the_business_and_library_metrics() {
         .await
         .expect("scenario runs");
     let value = total_cents(&base, &outcome.token, &outcome.confirmed).await;
-    let m = Scrape::new(&base).await;
+    // Shipping and analytics read the order events in batches (they are
+    // off the request path): wait until every runner has applied them all.
+    let events = running.event_count().await.expect("events");
+    let handled = |m: &Scrape, projection: &str| {
+        m.samples
+            .get(&format!(
+                r#"trellis_projection_events_handled_total{{projection="{projection}"}}"#
+            ))
+            .copied()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let m = loop {
+        let m = Scrape::new(&base).await;
+        if PROJECTIONS
+            .iter()
+            .all(|p| handled(&m, p) >= Some(events as f64))
+            || tokio::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
 
     // A family registered twice is an invalid exposition: one TYPE each.
     let mut types = BTreeMap::new();
@@ -184,9 +208,8 @@ async fn the_scenario_shows_in_the_business_and_library_metrics() {
 
     // trellis-cqrs: every projection runner, each having handled the 7
     // order events (Placed ×3, Confirmed ×2, Rejected, PendingValidation).
-    let events = running.event_count().await.expect("events");
     assert_eq!(events, 7);
-    for projection in ["order_summary_v2", "shipping_shipments_v1", "analytics_v1"] {
+    for projection in PROJECTIONS {
         m.expect(
             &format!(r#"trellis_projection_events_handled_total{{projection="{projection}"}}"#),
             events as f64,

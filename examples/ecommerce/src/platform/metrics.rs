@@ -186,14 +186,22 @@ mod tests {
 
     #[test]
     fn one_registry_holds_every_shared_family_once() {
+        use trellis_resilience::policy::{PolicyConfig, ResiliencePolicy};
         let metrics = ProcessMetrics::new();
+        for name in ["inventory", "payments"] {
+            let policy: ResiliencePolicy =
+                ResiliencePolicy::from_config(PolicyConfig::recommended(name)).unwrap();
+            policy.register_metrics_in(&metrics.policies);
+        }
+        metrics.projections.set_lag("a", 1);
+        metrics.projections.set_lag("b", 2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
         for family in [
             "trellis_projection_lag",
             "trellis_resilience_circuit_breaker_state",
             "trellis_resilience_bulkhead_in_flight",
-            "http_server_request_duration_seconds",
+            "trellis_resilience_retry_retries",
         ] {
             assert_eq!(
                 text.matches(&format!("# TYPE {family} ")).count(),

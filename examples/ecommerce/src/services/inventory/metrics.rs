@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sqlx::AnyPool;
 
+use super::Inventory;
+use super::client::{InventoryReply, InventoryRequest};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct SkuLabel {
     sku: String,
@@ -57,5 +60,26 @@ impl StockMetrics {
             }
             Err(error) => tracing::warn!(%error, "reading stock for its gauges failed"),
         }
+    }
+}
+
+impl Inventory {
+    /// Reports stock levels to `stock` from now on.
+    pub(crate) async fn with_stock_metrics(mut self, stock: StockMetrics) -> Self {
+        stock.refresh(&self.pool).await;
+        self.stock = Some(stock);
+        self
+    }
+
+    /// Answers `request`, then refreshes the stock gauges.
+    pub(crate) async fn call(
+        &self,
+        request: InventoryRequest,
+    ) -> Result<InventoryReply, sqlx::Error> {
+        let reply = self.apply(request).await?;
+        if let Some(stock) = &self.stock {
+            stock.refresh(&self.pool).await;
+        }
+        Ok(reply)
     }
 }

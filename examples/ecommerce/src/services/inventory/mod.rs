@@ -128,25 +128,7 @@ impl Inventory {
             .await
     }
 
-    /// Reports stock levels to `stock` from now on.
-    pub(crate) async fn with_stock_metrics(mut self, stock: self::metrics::StockMetrics) -> Self {
-        stock.refresh(&self.pool).await;
-        self.stock = Some(stock);
-        self
-    }
-
-    /// Answers `request`, then refreshes the stock gauges.
-    pub(crate) async fn call(
-        &self,
-        request: InventoryRequest,
-    ) -> Result<InventoryReply, sqlx::Error> {
-        let reply = self.apply(request).await?;
-        if let Some(stock) = &self.stock {
-            stock.refresh(&self.pool).await;
-        }
-        Ok(reply)
-    }
-
+    /// [`Inventory::call`] without the stock gauges' refresh.
     async fn apply(&self, request: InventoryRequest) -> Result<InventoryReply, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let reply = match request {
