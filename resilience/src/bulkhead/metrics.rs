@@ -145,6 +145,9 @@ impl BulkheadMetricFamilies {
     }
 }
 
+/// A gauge read at scrape time: name, help, how to read it.
+type Gauge = (&'static str, &'static str, fn(&Shared) -> usize);
+
 /// [`Occupancy`] of every bulkhead in a [`BulkheadMetricFamilies`], one
 /// descriptor per gauge and one sample per bulkhead.
 #[derive(Debug)]
@@ -159,7 +162,7 @@ impl Collector for AllOccupancy {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        let gauges: [(&str, &str, fn(&Shared) -> usize); 3] = [
+        let gauges: [Gauge; 3] = [
             (
                 "trellis_resilience_bulkhead_in_flight",
                 "Calls running inside the bulkhead",
