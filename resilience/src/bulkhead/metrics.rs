@@ -98,12 +98,15 @@ type NameLabel = [(&'static str, String); 1];
 ///
 /// let mut registry = Registry::default();
 /// let families = BulkheadMetricFamilies::new(&mut registry);
+/// let mut layers = Vec::new();
 /// for name in ["users", "payments"] {
 ///     let layer = BulkheadLayer::from_config(trellis_resilience::bulkhead::BulkheadConfig {
 ///         name: name.into(),
 ///         ..Default::default()
 ///     }).unwrap();
 ///     layer.register_metrics_in(&families);
+///     // A bulkhead reports for as long as it lives.
+///     layers.push(layer);
 /// }
 /// let mut text = String::new();
 /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

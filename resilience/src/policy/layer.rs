@@ -236,9 +236,12 @@ impl<P, C> ResiliencePolicy<P, C> {
 ///
 /// let mut registry = Registry::default();
 /// let families = PolicyMetricFamilies::new(&mut registry);
+/// let mut policies = Vec::new();
 /// for name in ["inventory", "payments"] {
 ///     let policy: ResiliencePolicy = ResiliencePolicy::from_config(PolicyConfig::recommended(name)).unwrap();
 ///     policy.register_metrics_in(&families);
+///     // Its bulkhead's gauges report for as long as it lives.
+///     policies.push(policy);
 /// }
 /// let mut text = String::new();
 /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
