@@ -490,7 +490,13 @@ async fn start_orders(
                 poll_interval: Duration::from_millis(50),
                 ..RelayOptions::default()
             };
-            Some(OutboxRelay::new(store.clone(), store.clone(), publisher, options).spawn())
+            Some(
+                OutboxRelay::new(store.clone(), store.clone(), publisher, options)
+                    .with_metrics(trellis_eventsourcing::outbox::metrics::OutboxMetrics::new(
+                        metrics.registry(),
+                    ))
+                    .spawn(),
+            )
         }
     };
 
