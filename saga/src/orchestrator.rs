@@ -523,6 +523,14 @@ impl<L: SagaLog> Orchestrator<L> {
         let mut entries = Vec::new();
         Self::settle(saga, &mut record, &mut entries);
         self.log.create(&record, self.lease(), &entries).await?;
+        tracing::info!(
+            event = "saga.transition",
+            saga.id = %record.id,
+            saga.name = %record.name,
+            from = "none",
+            to = record.status.as_str(),
+            "saga started"
+        );
         self.publish(&record, &entries);
         let Some(driving) = self.claim(id) else {
             return Err(Error::Leased { id: id.to_owned() });
@@ -1205,9 +1213,11 @@ impl<L: SagaLog> Orchestrator<L> {
         // A waiting saga writes only when its wait ends.
         if before.is_in_flight() && !fresh && before != SagaStatus::Waiting {
             self.write(&mut record, &entries).await?;
+            log_transition(&record, before);
         }
         while record.status.is_in_flight() {
             entries.clear();
+            let from = record.status;
             if record.status != SagaStatus::Compensating
                 && let Some(wait) = &saga.steps[record.cursor as usize].wait
             {
@@ -1290,6 +1300,15 @@ impl<L: SagaLog> Orchestrator<L> {
                     .instrument(span)
                     .await?;
                 if done {
+                    tracing::info!(
+                        event = "saga.compensation",
+                        saga.id = %record.id,
+                        saga.name = %record.name,
+                        step = index,
+                        step.name = %step.name,
+                        outcome = "compensated",
+                        "saga step compensated"
+                    );
                     entries.push(entry(saga, index, StepEvent::Compensated, 1, None));
                     record.cursor = index;
                     self.count_step("compensated");
@@ -1301,6 +1320,7 @@ impl<L: SagaLog> Orchestrator<L> {
             }
             Self::settle(saga, &mut record, &mut entries);
             self.write(&mut record, &entries).await?;
+            log_transition(&record, from);
         }
         Ok(record)
     }
@@ -1661,12 +1681,22 @@ impl<L: SagaLog> Orchestrator<L> {
             };
             match delay {
                 Some(delay) => {
-                    tracing::warn!(%error, ?delay, attempt, "compensation failed, retrying");
+                    tracing::warn!(
+                        event = "saga.compensation",
+                        saga.id = %record.id,
+                        saga.name = %record.name,
+                        step = index,
+                        step.name = %step.name,
+                        outcome = "retrying",
+                        %error,
+                        ?delay,
+                        attempt,
+                        "compensation failed, retrying"
+                    );
                     self.write(record, &failed).await?;
                     self.leased(&record.id, tokio::time::sleep(delay)).await?;
                 }
                 None => {
-                    tracing::error!(%error, attempt, "compensation failed, saga needs attention");
                     record.status = SagaStatus::NeedsAttention;
                     record.error = Some(format!(
                         "compensation of step {} failed: {error}",
@@ -1674,6 +1704,18 @@ impl<L: SagaLog> Orchestrator<L> {
                     ));
                     record.failed_step = Some(step.name.clone());
                     self.write(record, &failed).await?;
+                    tracing::error!(
+                        event = "saga.compensation",
+                        saga.id = %record.id,
+                        saga.name = %record.name,
+                        step = index,
+                        step.name = %step.name,
+                        outcome = "failed",
+                        %error,
+                        attempt,
+                        "compensation failed for good"
+                    );
+                    log_transition(record, SagaStatus::Compensating);
                     return Ok(false);
                 }
             }
@@ -1685,6 +1727,23 @@ impl<L: SagaLog> Orchestrator<L> {
         if let Some(metrics) = &self.metrics {
             metrics.step(_outcome);
         }
+    }
+}
+
+/// Logs the stable `saga.transition` event when `record`'s (just written)
+/// status differs from `from`: one per status change, with the saga's id
+/// and name, the two statuses and, once it fails, why.
+fn log_transition(record: &SagaRecord, from: SagaStatus) {
+    if record.status != from {
+        tracing::info!(
+            event = "saga.transition",
+            saga.id = %record.id,
+            saga.name = %record.name,
+            from = from.as_str(),
+            to = record.status.as_str(),
+            error = record.error.as_deref(),
+            "saga status changed"
+        );
     }
 }
 

@@ -112,6 +112,8 @@ pub struct JetStreamRunner<DB: ReadModelDb, P> {
     projection: P,
     filter_subject: String,
     options: RunnerOptions,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::ProjectionMetrics>,
 }
 
 impl<DB: ReadModelDb, P> std::fmt::Debug for JetStreamRunner<DB, P> {
@@ -138,7 +140,18 @@ where
             projection,
             filter_subject: String::new(),
             options: RunnerOptions::default(),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
+    }
+
+    /// Counts the messages it applies in `metrics`
+    /// (`trellis_projection_events_handled_total`; the stream's head is not
+    /// known here, so no lag gauges).
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: crate::metrics::ProjectionMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Only messages on `subject` (wildcards allowed).
@@ -221,6 +234,8 @@ where
             position_tx,
             shutdown: shutdown_rx,
             status: status.clone(),
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         };
         let task = tokio::spawn(worker.run());
         Ok(ProjectionHandle {
@@ -250,6 +265,8 @@ struct Worker<DB: ReadModelDb, P> {
     /// That sequence, as of the last commit of this term.
     sequence: u64,
     batch: usize,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::ProjectionMetrics>,
     name: String,
     position: u64,
     position_tx: watch::Sender<u64>,
@@ -328,6 +345,10 @@ where
                     self.ordered = None;
                 }
                 Ok(Some((target, sequence))) => {
+                    #[cfg(feature = "metrics")]
+                    if let Some(m) = &self.metrics {
+                        m.handled(&self.name, pending.len() as u64);
+                    }
                     pending.clear();
                     self.sequence = sequence;
                     self.position = target;
@@ -338,7 +359,7 @@ where
                 }
                 Err(error) => {
                     if attempts >= self.options.max_retries {
-                        tracing::error!(projection = %self.name, position = self.position, %error, "projection parked");
+                        tracing::error!(event = "projection.parked", projection = %self.name, position = self.position, %error, "projection parked");
                         lock(&self.status).state = ProjectionState::Parked {
                             position: self.position + 1,
                             error,

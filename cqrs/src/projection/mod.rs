@@ -1161,6 +1161,7 @@ where
                     let failing = batch.first().map_or(target, |e| e.global_position);
                     if attempts >= self.runner.options.max_retries {
                         tracing::error!(
+                            event = "projection.parked",
                             projection = %self.name,
                             position = failing,
                             error = %failure.error,

@@ -29,6 +29,8 @@ use crate::lease::{DEFAULT_LEASE_TTL, Leadership, LeaseStore, Role, default_owne
 use crate::store::{CheckpointStore, EventStore};
 
 mod channel;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "nats")]
 pub mod nats;
 
@@ -234,6 +236,8 @@ pub struct OutboxRelay<S, C, P> {
     publisher: P,
     options: RelayOptions,
     state: Mutex<RelayState>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<metrics::OutboxMetrics>,
 }
 
 #[derive(Debug)]
@@ -315,6 +319,31 @@ where
                 leadership,
                 careful_until: 0,
             }),
+            #[cfg(feature = "metrics")]
+            metrics: None,
+        }
+    }
+
+    /// Reports published events and the lag behind the store's head (one
+    /// head query after each batch) to `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: metrics::OutboxMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records `published` events and the lag from `at` (the checkpoint).
+    async fn report(&self, _published: usize, _at: u64) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            let name = &self.options.name;
+            m.published(name, _published as u64);
+            match self.store.head_position().await {
+                Ok(head) => m.set_lag(name, head.saturating_sub(_at)),
+                Err(err) => {
+                    tracing::debug!(%err, relay = %name, "reading the head for the lag failed")
+                }
+            }
         }
     }
 
@@ -343,6 +372,7 @@ where
             .read_all(after, &EventFilter::all(), self.options.batch_size.max(1))
             .await?;
         let Some(last) = batch.last().map(|e| e.global_position) else {
+            self.report(0, after).await;
             return Ok(0);
         };
         if state.careful_until > after {
@@ -369,6 +399,7 @@ where
                     break;
                 }
             }
+            self.report(published, at).await;
             return Ok(published);
         }
         if let Err(err) = self.publisher.publish(&batch).await {
@@ -384,6 +415,7 @@ where
             tracing::warn!(relay = %name, "relay checkpoint fenced: lease lost; standing by");
             return Ok(0);
         }
+        self.report(batch.len(), last).await;
         Ok(batch.len())
     }
 

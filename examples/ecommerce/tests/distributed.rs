@@ -236,6 +236,47 @@ async fn the_scenario_runs_through_the_gateway() {
         .unwrap();
     assert_eq!(row["revenue_cents"], 2 * (2 * 1250 + 1800));
 
+    // Every process registers its metrics in its own registry: orders'
+    // business, saga, HTTP client and outbox series, inventory's stock,
+    // shipping's projection (fed from JetStream).
+    let orders = scrape(&system.url(ServiceName::Orders)).await;
+    for series in [
+        r#"ecommerce_orders_total{outcome="confirmed"} 2"#,
+        r#"ecommerce_orders_total{outcome="compensated"} 1"#,
+        r#"trellis_saga_finished_total{status="completed"} 3"#,
+        r#"trellis_saga_finished_total{status="compensated"} 1"#,
+        r#"trellis_resilience_circuit_breaker_state{name="inventory"} 0"#,
+    ] {
+        assert!(
+            orders.lines().any(|l| l == series),
+            "{series} not in orders' /metrics:\n{orders}"
+        );
+    }
+    for family in [
+        "http_client_request_duration_seconds_count{",
+        r#"trellis_outbox_published_total{relay="nats-outbox"}"#,
+        r#"trellis_projection_events_handled_total{projection="order_summary_v2"}"#,
+    ] {
+        assert!(
+            orders.lines().any(|l| l.starts_with(family)),
+            "{family} not in orders' /metrics:\n{orders}"
+        );
+    }
+    let inventory = scrape(&system.url(ServiceName::Inventory)).await;
+    assert!(
+        inventory
+            .lines()
+            .any(|l| l.starts_with(r#"ecommerce_stock_available{sku="TEA-001"}"#)),
+        "{inventory}"
+    );
+    let shipping = scrape(&system.url(ServiceName::Shipping)).await;
+    assert!(
+        shipping.lines().any(|l| l.starts_with(
+            r#"trellis_projection_events_handled_total{projection="shipping_shipments_v1"}"#
+        )),
+        "{shipping}"
+    );
+
     // Internal routes are not reachable through the gateway.
     let r = api
         .json(
@@ -1217,4 +1258,23 @@ async fn nats_restart_drill_reports_zeros() {
     let _one = ONE_AT_A_TIME.lock().await;
     // run_distributed starts its own nats-server: the URL is not used.
     short_drill(ecommerce::drill::Drill::NatsRestart, "", &pg).await;
+}
+
+/// `GET {base}/metrics`, the body.
+async fn scrape(base: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.contains(" 200 "), "{head}");
+    body.to_owned()
 }

@@ -97,6 +97,21 @@ impl TraceExemplar {
     }
 }
 
+/// The trace id of the current tracing span, as 32 lowercase hex digits,
+/// when OpenTelemetry samples it (`None` outside a span or when it is not
+/// sampled): what an application's own exemplars, logs or trace links
+/// carry, the same id the HTTP histograms' exemplars hold.
+///
+/// # Examples
+///
+/// ```
+/// // Outside any span there is no trace to point at.
+/// assert_eq!(trellis_observability::metrics::current_trace_id(), None);
+/// ```
+pub fn current_trace_id() -> Option<String> {
+    TraceExemplar::current().map(|e| e.trace_id.to_string())
+}
+
 impl EncodeLabelSet for TraceExemplar {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         ("trace_id", self.trace_id.to_string()).encode(encoder.encode_label())

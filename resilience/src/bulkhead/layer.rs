@@ -109,6 +109,24 @@ impl BulkheadLayer {
             .get_or_init(|| super::metrics::BulkheadMetrics::new(&self.shared.name));
         metrics.register(registry, Arc::clone(&self.shared));
     }
+
+    /// Reports this bulkhead in families shared with other bulkheads,
+    /// labelled with its name. A bulkhead reports to the first families it
+    /// is registered in (here or by [`register_metrics`](Self::register_metrics)).
+    #[cfg(feature = "metrics")]
+    pub fn register_metrics_in(&self, families: &super::BulkheadMetricFamilies) {
+        if self
+            .shared
+            .metrics
+            .set(super::metrics::BulkheadMetrics::in_families(
+                &self.shared.name,
+                families,
+            ))
+            .is_ok()
+        {
+            families.add(&self.shared);
+        }
+    }
 }
 
 impl<S> Layer<S> for BulkheadLayer {

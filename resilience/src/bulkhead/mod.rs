@@ -51,4 +51,6 @@ mod service;
 
 pub use config::BulkheadConfig;
 pub use layer::BulkheadLayer;
+#[cfg(feature = "metrics")]
+pub use metrics::BulkheadMetricFamilies;
 pub use service::Bulkhead;

@@ -622,6 +622,7 @@ impl Shared {
         }
         self.watch.send_replace(to);
         tracing::info!(
+            event = "circuit_breaker.transition",
             breaker = %control.name,
             from = from.as_str(),
             to = to.as_str(),

@@ -207,6 +207,73 @@ impl<P, C> ResiliencePolicy<P, C> {
             bulkhead.register_metrics(registry);
         }
     }
+
+    /// Reports every layer in families shared with other policies (each
+    /// series labelled with its layer's name): unlike
+    /// [`register_metrics`](Self::register_metrics), any number of
+    /// policies can report to one registry this way.
+    #[cfg(feature = "metrics")]
+    pub fn register_metrics_in(&self, families: &PolicyMetricFamilies) {
+        if let Some(retry) = &self.retry {
+            retry.attach_metrics(&families.retry);
+        }
+        if let Some(breaker) = &self.circuit_breaker {
+            breaker.register_metrics_in(&families.circuit_breaker);
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.limiter().register_metrics_in(&families.rate_limit);
+        }
+        if let Some(bulkhead) = &self.bulkhead {
+            bulkhead.register_metrics_in(&families.bulkhead);
+        }
+    }
+}
+
+/// The metric families of every layer of [`ResiliencePolicy`], registered
+/// once per registry and shared by any number of policies
+/// ([`ResiliencePolicy::register_metrics_in`]).
+///
+/// # Examples
+///
+/// ```
+/// use prometheus_client::registry::Registry;
+/// use trellis_resilience::policy::{PolicyConfig, PolicyMetricFamilies, ResiliencePolicy};
+///
+/// let mut registry = Registry::default();
+/// let families = PolicyMetricFamilies::new(&mut registry);
+/// let mut policies = Vec::new();
+/// for name in ["inventory", "payments"] {
+///     let policy: ResiliencePolicy = ResiliencePolicy::from_config(PolicyConfig::recommended(name)).unwrap();
+///     policy.register_metrics_in(&families);
+///     // Its bulkhead's gauges report for as long as it lives.
+///     policies.push(policy);
+/// }
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert!(text.contains(r#"trellis_resilience_circuit_breaker_state{name="inventory"} 0"#));
+/// assert!(text.contains(r#"trellis_resilience_bulkhead_in_flight{name="payments"} 0"#));
+/// assert_eq!(text.matches("# TYPE trellis_resilience_circuit_breaker_state ").count(), 1);
+/// ```
+#[cfg(feature = "metrics")]
+#[derive(Debug, Clone)]
+pub struct PolicyMetricFamilies {
+    retry: crate::retry::RetryMetrics,
+    circuit_breaker: crate::circuit_breaker::CircuitBreakerMetricFamilies,
+    rate_limit: crate::rate_limit::RateLimitMetricFamilies,
+    bulkhead: crate::bulkhead::BulkheadMetricFamilies,
+}
+
+#[cfg(feature = "metrics")]
+impl PolicyMetricFamilies {
+    /// Registers the families of every layer in `registry`.
+    pub fn new(registry: &mut prometheus_client::registry::Registry) -> Self {
+        PolicyMetricFamilies {
+            retry: crate::retry::RetryMetrics::new(registry),
+            circuit_breaker: crate::circuit_breaker::CircuitBreakerMetricFamilies::new(registry),
+            rate_limit: crate::rate_limit::RateLimitMetricFamilies::new(registry),
+            bulkhead: crate::bulkhead::BulkheadMetricFamilies::new(registry),
+        }
+    }
 }
 
 fn maybe<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Maybe<L::Service, S> {

@@ -89,6 +89,8 @@ mod maybe;
 mod service;
 
 pub use config::PolicyConfig;
+#[cfg(feature = "metrics")]
+pub use layer::PolicyMetricFamilies;
 pub use layer::{BreakerStack, BulkheadStack, LimitStack, ResiliencePolicy, Stack, TimeoutStack};
 pub use maybe::{Maybe, MaybeFuture};
 pub use service::{Resilient, ResponseFuture};

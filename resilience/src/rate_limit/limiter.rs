@@ -277,6 +277,16 @@ impl RateLimiter {
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         super::metrics::Metrics::register(&self.inner.core, registry);
     }
+
+    /// Reports this limiter in families shared with other limiters,
+    /// labelled with its name. A limiter reports to the first metrics it
+    /// is registered in.
+    #[cfg(feature = "metrics")]
+    pub fn register_metrics_in(&self, families: &super::RateLimitMetricFamilies) {
+        let core = &self.inner.core;
+        core.metrics
+            .get_or_init(|| super::metrics::Metrics::in_families(&core.name, families));
+    }
 }
 
 #[cfg(test)]

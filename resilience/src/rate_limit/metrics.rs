@@ -53,6 +53,25 @@ impl Metrics {
         }
     }
 
+    /// This limiter's counters as children of shared `families`.
+    pub(crate) fn in_families(name: &str, families: &RateLimitMetricFamilies) -> Metrics {
+        let families = families.0.clone();
+        let labels = vec![("name".to_owned(), name.to_owned())];
+        let admitted = families.admitted.get_or_create(&labels).clone();
+        let rejected = families.rejected.get_or_create(&labels).clone();
+        let waited = families.waited.get_or_create(&labels).clone();
+        let wait_seconds = families.wait_seconds.get_or_create(&labels).clone();
+        let backend_errors = families.backend_errors.get_or_create(&labels).clone();
+        Metrics {
+            families,
+            admitted,
+            rejected,
+            waited,
+            wait_seconds,
+            backend_errors,
+        }
+    }
+
     pub(crate) fn register(core: &Core, registry: &mut Registry) {
         let m = core.metrics.get_or_init(|| Metrics::new(&core.name));
         m.register_in(registry, false);
@@ -97,5 +116,48 @@ impl Metrics {
             self.waited.inc();
             self.wait_seconds.inc_by(wait_nanos as f64 * 1e-9);
         }
+    }
+}
+
+/// The metric families of rate limiters, registered once per registry and
+/// shared by every limiter reported in it (each with its own `name`
+/// label), so that several limiters never register the same family twice.
+/// The Redis limiter's `backend_errors` family is not among them.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use prometheus_client::registry::Registry;
+/// use trellis_resilience::rate_limit::{RateLimitConfig, RateLimitMetricFamilies, RateLimiter};
+///
+/// let mut registry = Registry::default();
+/// let families = RateLimitMetricFamilies::new(&mut registry);
+/// for name in ["users", "payments"] {
+///     let config = RateLimitConfig::new(10, Duration::from_secs(1)).with_name(name);
+///     RateLimiter::from_config(config).unwrap().register_metrics_in(&families);
+/// }
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert!(text.contains(r#"trellis_resilience_rate_limit_admitted_total{name="users"} 0"#));
+/// assert!(text.contains(r#"trellis_resilience_rate_limit_admitted_total{name="payments"} 0"#));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimitMetricFamilies(Families);
+
+impl RateLimitMetricFamilies {
+    /// Registers the families in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let families = Families::default();
+        let metrics = Metrics {
+            admitted: Counter::default(),
+            rejected: Counter::default(),
+            waited: Counter::default(),
+            wait_seconds: Counter::default(),
+            backend_errors: Counter::default(),
+            families: families.clone(),
+        };
+        metrics.register_in(registry, false);
+        RateLimitMetricFamilies(families)
     }
 }

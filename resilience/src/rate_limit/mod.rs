@@ -103,4 +103,6 @@ pub use key::{GlobalKey, KeyExtractor};
 pub use keyed::KeyedRateLimiter;
 pub use layer::{KeyedRateLimitLayer, RateLimitLayer};
 pub use limiter::RateLimiter;
+#[cfg(feature = "metrics")]
+pub use metrics::RateLimitMetricFamilies;
 pub use service::{KeyedRateLimit, RateLimit};

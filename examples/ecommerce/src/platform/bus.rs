@@ -58,7 +58,11 @@ impl Bus {
     /// Relays `store`'s events to the subscribers, from the relay's
     /// checkpoint in `store`. Appends are read in batches (at most one
     /// read per [`SettledStore`] interval), not one wake-up per append.
-    pub(crate) fn spawn_relay(&self, store: OrderStore) -> RelayHandle {
+    pub(crate) fn spawn_relay(
+        &self,
+        store: OrderStore,
+        metrics: trellis_eventsourcing::outbox::metrics::OutboxMetrics,
+    ) -> RelayHandle {
         let options = RelayOptions::default()
             .name(RELAY)
             .poll_interval(Duration::from_millis(50))
@@ -71,6 +75,7 @@ impl Bus {
             self.publisher.clone(),
             options,
         )
+        .with_metrics(metrics)
         .spawn()
     }
 }
@@ -94,12 +99,14 @@ impl BusFeed {
         subscription: ChannelSubscription,
         pool: sqlx::AnyPool,
         projection: P,
+        metrics: &trellis_cqrs::metrics::ProjectionMetrics,
     ) -> Result<ProjectionHandle, Error> {
         let feed = BusFeed {
             pending: Arc::default(),
             head: Arc::new(watch::channel(0).0),
         };
         let handle = ProjectionRunner::new(feed.clone(), pool, projection)
+            .with_metrics(metrics.clone())
             .spawn()
             .await?;
         tokio::spawn(feed.deliver(subscription, handle.watch()));

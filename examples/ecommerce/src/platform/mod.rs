@@ -6,6 +6,7 @@ pub(crate) mod backend;
 pub(crate) mod bus;
 pub mod config;
 pub(crate) mod db;
+pub(crate) mod metrics;
 pub(crate) mod readmodel;
 pub mod secrets;
 pub(crate) mod serve;

@@ -147,7 +147,7 @@ pub(crate) enum Source<'a> {
 impl Feed {
     /// Runs `projection` into the read model `name` from `source`, in
     /// either run mode: the feed the routes query, and the projection (for
-    /// the health checks).
+    /// the health checks). The runner reports to `metrics`.
     ///
     /// # Errors
     ///
@@ -156,6 +156,7 @@ impl Feed {
         source: Source<'_>,
         name: &str,
         projection: P,
+        metrics: &trellis_cqrs::metrics::ProjectionMetrics,
     ) -> Result<(Arc<Feed>, Arc<ProjectionHandle>), Error>
     where
         P: Projection<sqlx::Any>,
@@ -168,13 +169,19 @@ impl Feed {
             } => {
                 let pool = crate::platform::db::open_any(dir, name).await?;
                 let handle = Arc::new(
-                    crate::platform::bus::BusFeed::spawn(subscription, pool.clone(), projection)
-                        .await?,
+                    crate::platform::bus::BusFeed::spawn(
+                        subscription,
+                        pool.clone(),
+                        projection,
+                        metrics,
+                    )
+                    .await?,
                 );
                 (pool, handle.clone(), Some((store, handle)))
             }
             Source::JetStream { pool, stream } => {
                 let handle = trellis_cqrs::JetStreamRunner::new(*stream, pool.clone(), projection)
+                    .with_metrics(metrics.clone())
                     .spawn()
                     .await?;
                 (pool, Arc::new(handle), None)

@@ -3,20 +3,17 @@
 //! limits of [`super::server`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use http::StatusCode;
-use prometheus_client::registry::Registry;
 use tower::ServiceBuilder;
 use trellis_health::Health;
-use trellis_observability::{
-    HttpMetrics, MetricsService, ProcessCollector, RequestIdLayer, ServerTraceLayer,
-};
+use trellis_observability::{RequestIdLayer, ServerTraceLayer};
 
 use crate::api::{ApiError, BODY_LIMIT, Error};
+use crate::platform::metrics::ProcessMetrics;
 use crate::platform::server::ServerLimits;
 
 /// `api` answering unknown routes with a JSON 404 (unless it has its own
@@ -31,22 +28,28 @@ pub(crate) fn not_found(api: Router) -> Router {
     }
 }
 
-/// `/api/v1` + health probes + `/metrics`, the body limit, JSON auth errors,
-/// request ids, server traces and HTTP metrics: the same around every
-/// service, in one process or alone.
-pub(crate) fn wrap(api: Router, health: &Health) -> Router {
-    let (app, metrics) = wrap_split(api, health);
+/// `/api/v1` + health probes + `/metrics` (serving `metrics`, the
+/// process's registry), the body limit, JSON auth errors, request ids,
+/// server traces and HTTP metrics: the same around every service, in one
+/// process or alone.
+pub(crate) fn wrap(api: Router, health: &Health, metrics: ProcessMetrics) -> Router {
+    let (app, metrics) = wrap_split(api, health, metrics);
     app.merge(metrics)
 }
 
 /// [`wrap`] with `/metrics` apart, for a listener of its own (the
 /// gateway's: its public port must not show the system's internals).
-pub(crate) fn wrap_split(api: Router, health: &Health) -> (Router, Router) {
-    let mut registry = Registry::default();
-    let metrics = HttpMetrics::new(&mut registry);
-    registry.register_collector(Box::new(ProcessCollector::new()));
-    let registry = Arc::new(registry);
-    let metrics_route = Router::new().route_service("/metrics", MetricsService::new(registry));
+pub(crate) fn wrap_split(
+    api: Router,
+    health: &Health,
+    metrics: ProcessMetrics,
+) -> (Router, Router) {
+    let server_metrics = metrics.http.server_layer();
+    let slow = axum::middleware::from_fn_with_state(
+        metrics.slow.clone(),
+        crate::platform::metrics::record_slow,
+    );
+    let metrics_route = metrics.into_route();
     let app = Router::new()
         .nest("/api/v1", api)
         .merge(health.router())
@@ -56,7 +59,8 @@ pub(crate) fn wrap_split(api: Router, health: &Health) -> (Router, Router) {
             ServiceBuilder::new()
                 .layer(RequestIdLayer::new())
                 .layer(ServerTraceLayer::new())
-                .layer(metrics.server_layer()),
+                .layer(server_metrics)
+                .layer(slow),
         );
     (app, metrics_route)
 }

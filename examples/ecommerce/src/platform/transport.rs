@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use trellis_cqrs::BoxError;
-use trellis_observability::{ClientTraceLayer, PropagateRequestIdLayer};
+use trellis_observability::{ClientTraceLayer, HttpMetrics, PropagateRequestIdLayer};
 
 use crate::api::IDEMPOTENCY_KEY;
 use crate::platform::config::{ServiceName, TlsSettings};
@@ -44,6 +44,7 @@ pub(crate) fn streaming_transport() -> StreamingTransport {
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build_http::<Full<Bytes>>(),
+        None,
     )
 }
 
@@ -57,19 +58,51 @@ pub(crate) fn transport_to(
     Ok(buffered(streaming_transport_to(tls, peer)?))
 }
 
+/// [`transport_to`] recording the HTTP client metrics
+/// (`http_client_request_duration_seconds`, `http_client_active_requests`)
+/// in `metrics`, inside the client span, so a duration bucket's exemplar is
+/// a call's trace.
+pub(crate) fn measured_transport_to(
+    tls: Option<&TlsSettings>,
+    peer: ServiceName,
+    metrics: &HttpMetrics,
+) -> Result<Transport, crate::api::Error> {
+    Ok(buffered(measured_streaming_transport_to(
+        tls,
+        peer,
+        Some(metrics),
+    )?))
+}
+
 /// [`transport_to`] with the response body streamed (the gateway's proxy).
 pub(crate) fn streaming_transport_to(
     tls: Option<&TlsSettings>,
     peer: ServiceName,
 ) -> Result<StreamingTransport, crate::api::Error> {
+    measured_streaming_transport_to(tls, peer, None)
+}
+
+/// [`streaming_transport_to`], recording client metrics in `metrics` if
+/// any (see [`measured_transport_to`]).
+pub(crate) fn measured_streaming_transport_to(
+    tls: Option<&TlsSettings>,
+    peer: ServiceName,
+    metrics: Option<&HttpMetrics>,
+) -> Result<StreamingTransport, crate::api::Error> {
     let Some(tls) = tls else {
-        return Ok(streaming_transport());
+        return Ok(with_layers(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http::<Full<Bytes>>(),
+            metrics,
+        ));
     };
     let connector = crate::platform::tls::MtlsConnector::new(tls, peer)?;
     Ok(with_layers(
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build::<_, Full<Bytes>>(connector),
+        metrics,
     ))
 }
 
@@ -93,7 +126,10 @@ fn buffered(streaming: StreamingTransport) -> Transport {
     ))
 }
 
-fn with_layers<C>(client: Client<C, Full<Bytes>>) -> StreamingTransport
+fn with_layers<C>(
+    client: Client<C, Full<Bytes>>,
+    metrics: Option<&HttpMetrics>,
+) -> StreamingTransport
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -107,6 +143,7 @@ where
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .layer(ClientTraceLayer::new())
+            .option_layer(metrics.map(HttpMetrics::client_layer))
             .layer(PropagateRequestIdLayer::new())
             .service(send),
     )

@@ -31,6 +31,7 @@ pub(crate) async fn start_consumer(
     service: ServiceName,
     schema: &str,
     health: &mut HealthBuilder,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<Consumer, Error> {
     let pool = db::open_pg_any(distributed::pg_target(settings, schema), 5).await?;
     let client = distributed::nats(settings).await?;
@@ -53,8 +54,10 @@ pub(crate) async fn start_consumer(
         stream: Box::new(stream),
     };
     let started = match service {
-        ServiceName::Shipping => crate::services::shipping::start(source, validator).await?,
-        _ => crate::services::analytics::start(source, validator).await?,
+        ServiceName::Shipping => {
+            crate::services::shipping::start(source, validator, metrics).await?
+        }
+        _ => crate::services::analytics::start(source, validator, metrics).await?,
     };
     let router = started.router;
     let (_, projection) = started.service;

@@ -118,6 +118,9 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     // Serve mode: no missing, short or sample secret gets this far.
     crate::platform::secrets::check_for_serve(settings, service)?;
     let mut health = Health::builder();
+    // The process's one registry: the service registers in it as it
+    // starts; `/metrics` serves it.
+    let mut metrics = crate::platform::metrics::ProcessMetrics::new();
     let mut relay = None;
     let mut projection = None;
     let mut background = Vec::new();
@@ -136,7 +139,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     let mut pages = None;
     let api: Router = match service {
         ServiceName::Gateway => {
-            let (api, page_routes) = gateway::start(settings, &mut health)?;
+            let (api, page_routes) = gateway::start(settings, &mut health, &mut metrics)?;
             pages = Some(page_routes);
             api
         }
@@ -179,8 +182,14 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 Some(n) => catalog::SEED.iter().map(|(sku, ..)| (*sku, n)).collect(),
                 None => catalog::seed_stock(),
             };
-            let started =
-                inventory::start(pool, &seed, settings.reservation_ttl, validator).await?;
+            let started = inventory::start(
+                pool,
+                &seed,
+                settings.reservation_ttl,
+                validator,
+                &mut metrics,
+            )
+            .await?;
             background.extend(started.background);
             started.router
         }
@@ -195,16 +204,21 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             payments::start(pool, validator).await?.router
         }
         ServiceName::Orders => {
-            let parts = start_orders(settings, &schema, &mut health).await?;
+            let parts = start_orders(settings, &schema, &mut health, &mut metrics).await?;
             relay = parts.relay;
             background.push(parts.refresh);
             orders_parts = Some((parts.app, parts.router, parts.validator, parts.catalog));
             Router::new()
         }
         ServiceName::Shipping | ServiceName::Analytics => {
-            let consumer =
-                crate::run::consumer::start_consumer(settings, service, &schema, &mut health)
-                    .await?;
+            let consumer = crate::run::consumer::start_consumer(
+                settings,
+                service,
+                &schema,
+                &mut health,
+                &mut metrics,
+            )
+            .await?;
             background.push(consumer.refresh);
             projection = Some(consumer.projection);
             consumer.router
@@ -233,10 +247,11 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     // listen address), not on the public one.
     let (mut app, metrics) = match service {
         ServiceName::Gateway => {
-            let (app, metrics) = crate::platform::serve::wrap_split(not_found(api), &health);
+            let (app, metrics) =
+                crate::platform::serve::wrap_split(not_found(api), &health, metrics);
             (app, Some(metrics))
         }
-        _ => (wrap(not_found(api), &health), None),
+        _ => (wrap(not_found(api), &health, metrics), None),
     };
     let mut internal_addr = None;
     if let Some(metrics) = metrics {
@@ -393,6 +408,7 @@ async fn start_orders(
     settings: &Settings,
     schema: &str,
     health: &mut HealthBuilder,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<OrdersParts, Error> {
     let pool = db::open_pg(pg_target(settings, schema), 16).await?;
     health.check(
@@ -435,19 +451,19 @@ async fn start_orders(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let inventory = crate::services::inventory::client::inventory_client(
-        transport::transport_to(tls, ServiceName::Inventory)?,
+        transport::measured_transport_to(tls, ServiceName::Inventory, &metrics.http)?,
         settings.peers.url(ServiceName::Inventory),
         token.clone(),
     );
     let payments = crate::services::payments::client::payment_client(
-        transport::transport_to(tls, ServiceName::Payments)?,
+        transport::measured_transport_to(tls, ServiceName::Payments, &metrics.http)?,
         settings.peers.url(ServiceName::Payments),
         token.clone(),
     );
     let catalog_client = || -> Result<Prices, Error> {
         Ok(Prices::Remote(
             crate::services::catalog::client::CatalogClient::new(
-                transport::transport_to(tls, ServiceName::Catalog)?,
+                transport::measured_transport_to(tls, ServiceName::Catalog, &metrics.http)?,
                 settings.peers.url(ServiceName::Catalog),
                 token.clone(),
             ),
@@ -476,7 +492,13 @@ async fn start_orders(
                 poll_interval: Duration::from_millis(50),
                 ..RelayOptions::default()
             };
-            Some(OutboxRelay::new(store.clone(), store.clone(), publisher, options).spawn())
+            Some(
+                OutboxRelay::new(store.clone(), store.clone(), publisher, options)
+                    .with_metrics(trellis_eventsourcing::outbox::metrics::OutboxMetrics::new(
+                        metrics.registry(),
+                    ))
+                    .spawn(),
+            )
         }
     };
 
@@ -484,20 +506,23 @@ async fn start_orders(
     // An owner unique to this process (host name and a per-start id): a
     // rescheduled or restarted pod is a new owner that adopts its
     // predecessor's sagas once their leases expire, never while they live.
-    let started = orders::start(orders::Deps {
-        store,
-        saga_log: OrderSagaLog::Postgres(saga_log),
-        read_db,
-        options: orders::SagaOptions {
-            owner: trellis_saga::process_owner("orders"),
-            deadline: settings.saga_deadline,
-            lease_ttl: settings.saga_lease_ttl,
+    let started = orders::start(
+        orders::Deps {
+            store,
+            saga_log: OrderSagaLog::Postgres(saga_log),
+            read_db,
+            options: orders::SagaOptions {
+                owner: trellis_saga::process_owner("orders"),
+                deadline: settings.saga_deadline,
+                lease_ttl: settings.saga_lease_ttl,
+            },
+            inventory,
+            payments,
+            prices,
+            validator: validator.clone(),
         },
-        inventory,
-        payments,
-        prices,
-        validator: validator.clone(),
-    })
+        metrics,
+    )
     .await?;
     Ok(OrdersParts {
         app: started.service,

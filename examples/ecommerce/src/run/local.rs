@@ -214,6 +214,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let inventory_db = db::open_any(dir, "inventory").await?;
     let payments_db = db::open_any(dir, "payments").await?;
     let read_db = db::open_any(dir, "orders-read").await?;
+    // The process's one registry: every service registers in it as it
+    // starts; `/metrics` serves it.
+    let mut metrics = crate::platform::metrics::ProcessMetrics::new();
 
     // Each service starts as it does in its own process (src/services);
     // only the stores (SQLite files) and the clients (in-process calls)
@@ -227,6 +230,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         &catalog::seed_stock(),
         config.reservation_ttl,
         validator.clone(),
+        &mut metrics,
     )
     .await?;
     let background: Vec<AbortOnDrop> = inventory.background.into_iter().map(AbortOnDrop).collect();
@@ -239,7 +243,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
 
     let store = open_order_store(dir).await?;
-    let fed = bus_read_models(dir, &store, &validator).await?;
+    let fed = bus_read_models(dir, &store, &validator, &mut metrics).await?;
     let (shipping, analytics) = (fed.shipping, fed.analytics);
     let shipping_db = shipping.service.0.pool.clone();
     let analytics_db = analytics.service.0.pool.clone();
@@ -259,20 +263,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             let pay = pay.clone();
             async move { pay.call(request).await.map_err(to_box) }
         }));
-    let orders = orders::start(orders::Deps {
-        store,
-        saga_log,
-        read_db: read_db.clone(),
-        options: orders::SagaOptions {
-            owner: trellis_saga::process_owner("ecommerce"),
-            deadline: config.saga_deadline,
-            lease_ttl: config.saga_lease_ttl,
+    let orders = orders::start(
+        orders::Deps {
+            store,
+            saga_log,
+            read_db: read_db.clone(),
+            options: orders::SagaOptions {
+                owner: trellis_saga::process_owner("ecommerce"),
+                deadline: config.saga_deadline,
+                lease_ttl: config.saga_lease_ttl,
+            },
+            inventory: inventory_raw,
+            payments: payment_raw,
+            prices: Prices::Local(catalog.service.clone()),
+            validator: validator.clone(),
         },
-        inventory: inventory_raw,
-        payments: payment_raw,
-        prices: Prices::Local(catalog.service.clone()),
-        validator: validator.clone(),
-    })
+        &mut metrics,
+    )
     .await?;
 
     let mut health = Health::builder();
@@ -326,7 +333,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         // OpenAPI documents: public, like the JWKS.
         .merge(crate::run::openapi::router())
         .merge(crate::web::api(web.clone(), validator));
-    let app = wrap(not_found(api), &health)
+    let app = wrap(not_found(api), &health, metrics)
         .merge(crate::web::pages(web.clone()))
         .layer(axum::middleware::from_fn_with_state(
             web.traffic.clone(),
@@ -371,6 +378,7 @@ async fn bus_read_models(
     dir: &std::path::Path,
     store: &OrderStore,
     validator: &trellis_auth::Validator,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<BusFed, Error> {
     let bus = Bus::new();
     let source = || Source::Bus {
@@ -378,9 +386,10 @@ async fn bus_read_models(
         subscription: bus.subscribe(),
         store: store.clone(),
     };
-    let shipping = shipping::start(source(), validator.clone()).await?;
-    let analytics = analytics::start(source(), validator.clone()).await?;
-    let relay = bus.spawn_relay(store.clone());
+    let shipping = shipping::start(source(), validator.clone(), metrics).await?;
+    let analytics = analytics::start(source(), validator.clone(), metrics).await?;
+    let outbox = trellis_eventsourcing::outbox::metrics::OutboxMetrics::new(metrics.registry());
+    let relay = bus.spawn_relay(store.clone(), outbox);
     Ok(BusFed {
         shipping,
         analytics,
@@ -469,9 +478,14 @@ mod tests {
         let ready = |order: &str| (order.to_owned(), "READY_TO_SHIP".to_owned());
 
         let store = open_order_store(&dir).await.expect("store");
-        let fed = bus_read_models(&dir, &store, &validator)
-            .await
-            .expect("read models");
+        let fed = bus_read_models(
+            &dir,
+            &store,
+            &validator,
+            &mut crate::platform::metrics::ProcessMetrics::new(),
+        )
+        .await
+        .expect("read models");
         place(&store, "a", "ada").await;
         assert_eq!(relayed(&store).await, 2, "the relay's checkpoint advances");
         assert_eq!(shipments(&fed).await, vec![ready("a")]);
@@ -488,9 +502,14 @@ mod tests {
         drop(store);
 
         let store = open_order_store(&dir).await.expect("store reopened");
-        let fed = bus_read_models(&dir, &store, &validator)
-            .await
-            .expect("read models restarted");
+        let fed = bus_read_models(
+            &dir,
+            &store,
+            &validator,
+            &mut crate::platform::metrics::ProcessMetrics::new(),
+        )
+        .await
+        .expect("read models restarted");
         assert_eq!(relayed(&store).await, 4, "resumed from the checkpoint");
         assert_eq!(shipments(&fed).await, vec![ready("a"), ready("b")]);
         assert_eq!(

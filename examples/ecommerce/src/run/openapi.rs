@@ -118,6 +118,7 @@ struct PaymentsApi;
         crate::web::live::order_events,
         crate::web::console::status,
         crate::web::console::traffic,
+        crate::web::insight::business,
         crate::web::console::sagas,
         crate::web::console::retry_saga,
         crate::web::console::compensate_saga,

@@ -77,6 +77,7 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
         &crate::services::catalog::seed_stock(),
         crate::platform::config::DEFAULT_RESERVATION_TTL,
         validator.clone(),
+        &mut crate::platform::metrics::ProcessMetrics::new(),
     )
     .await?;
     let payments = crate::services::payments::start(
@@ -98,7 +99,11 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
         // Each serves its own document, as a service process should.
         let api = api.merge(crate::run::openapi::service_router(service));
         let health = Health::builder().build()?;
-        let app = wrap(not_found(api), &health);
+        let app = wrap(
+            not_found(api),
+            &health,
+            crate::platform::metrics::ProcessMetrics::new(),
+        );
         let (addr, stop, server) = serve(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             app,

@@ -332,6 +332,10 @@ pub(crate) struct SagaRow {
     error: Option<String>,
     /// The step that failed, if any.
     failed_step: Option<String>,
+    /// The trace of the request that placed the order, when sampled.
+    trace_id: Option<String>,
+    /// A link to it (`ECOMMERCE_TRACE_URL`), when both are known.
+    trace_url: Option<String>,
 }
 
 /// GET /api/v1/admin/sagas: counts by status, and the sagas that are in
@@ -369,13 +373,20 @@ pub(crate) async fn sagas(
             let rows: Vec<SagaRow> = records
                 .into_iter()
                 .take(SAGAS_LISTED)
-                .map(|r| SagaRow {
-                    id: r.id,
-                    name: r.name,
-                    status: r.status.as_str(),
-                    cursor: r.cursor,
-                    error: r.error,
-                    failed_step: r.failed_step,
+                .map(|r| {
+                    let trace_id = r.state["trace_id"].as_str().map(str::to_owned);
+                    SagaRow {
+                        trace_url: trace_id
+                            .as_deref()
+                            .and_then(crate::platform::metrics::trace_url),
+                        trace_id,
+                        id: r.id,
+                        name: r.name,
+                        status: r.status.as_str(),
+                        cursor: r.cursor,
+                        error: r.error,
+                        failed_step: r.failed_step,
+                    }
                 })
                 .collect();
             listed.insert(

@@ -23,6 +23,7 @@
 //! | `GET /api/v1/admin/events` | `ops:admin` | SSE: ticks, breaker transitions, saga steps |
 
 pub(crate) mod console;
+pub(crate) mod insight;
 pub(crate) mod live;
 mod pages;
 pub(crate) mod schemas;
@@ -63,6 +64,10 @@ pub(crate) fn api(app: WebState, validator: Validator) -> Router {
         .route(
             "/admin/traffic",
             get(console::traffic).route_layer(scope(OPS_SCOPE)),
+        )
+        .route(
+            "/admin/business",
+            get(insight::business).route_layer(scope(OPS_SCOPE)),
         )
         .route(
             "/admin/sagas",

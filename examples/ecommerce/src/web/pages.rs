@@ -244,6 +244,14 @@ pub(crate) async fn ops() -> Markup {
                     canvas #chart role="img" aria-label="Requests per second and p50/p99 latency over the last five minutes" {}
                 }
                 div.grid {
+                    section.panel aria-labelledby="business-h" {
+                        h2 #business-h { "Business" }
+                        div #business {}
+                    }
+                    section.panel aria-labelledby="traces-h" {
+                        h2 #traces-h { "Latest sagas and slow requests" }
+                        div #traces {}
+                    }
                     section.panel aria-labelledby="drills-h" {
                         h2 #drills-h { "Fault drills" }
                         fieldset {

@@ -342,8 +342,15 @@ pub(crate) mod queries {
 pub(crate) async fn start(
     source: Source<'_>,
     validator: trellis_auth::Validator,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<crate::services::Started<(Arc<Feed>, Arc<ProjectionHandle>)>, Error> {
-    let (feed, projection) = Feed::start(source, "analytics", AnalyticsProjection).await?;
+    let (feed, projection) = Feed::start(
+        source,
+        "analytics",
+        AnalyticsProjection,
+        &metrics.projections,
+    )
+    .await?;
     Ok(crate::services::Started {
         router: routes(feed.clone()).layer(trellis_auth::JwtAuthLayer::new(validator)),
         service: (feed, projection),

@@ -38,6 +38,7 @@ use crate::platform::transport;
 pub(crate) fn start(
     settings: &Settings,
     health: &mut HealthBuilder,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<(Router, Router), Error> {
     for peer in ServiceName::ALL {
         if matches!(peer, ServiceName::Gateway) {
@@ -74,7 +75,7 @@ pub(crate) fn start(
             health.check(check.timeout(Duration::from_millis(800)).groups([group]));
         }
     }
-    gateway_router(settings)
+    gateway_router(settings, metrics)
 }
 
 /// A buffered request to an upstream service (`Clone`, unlike
@@ -244,7 +245,10 @@ fn upstream_headers(client: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
 /// The gateway's `/api/v1` proxy, and its routes of the storefront and
 /// console pages, which orders renders (it holds the catalog client and
 /// the console's state).
-fn gateway_router(settings: &Settings) -> Result<(Router, Router), Error> {
+fn gateway_router(
+    settings: &Settings,
+    metrics: &crate::platform::metrics::ProcessMetrics,
+) -> Result<(Router, Router), Error> {
     let mut upstreams = HashMap::new();
     for service in [
         ServiceName::Identity,
@@ -254,7 +258,11 @@ fn gateway_router(settings: &Settings) -> Result<(Router, Router), Error> {
         ServiceName::Analytics,
     ] {
         let policy = ResiliencePolicy::from_config(replica_config(service, 0))?;
-        let transport = transport::streaming_transport_to(settings.tls.as_ref(), service)?;
+        let transport = transport::measured_streaming_transport_to(
+            settings.tls.as_ref(),
+            service,
+            Some(&metrics.http),
+        )?;
         let send = tower::service_fn(move |forward: Forward| {
             let transport = transport.clone();
             async move {
@@ -281,6 +289,7 @@ fn gateway_router(settings: &Settings) -> Result<(Router, Router), Error> {
             } else {
                 ResiliencePolicy::from_config(replica_config(service, n))?
             };
+            policy.register_metrics_in(&metrics.policies);
             let upstream: Upstream = BoxCloneSyncService::new(policy.layer(send.clone()));
             each.push((base, upstream));
         }
@@ -459,7 +468,8 @@ mod tests {
         settings.peers.orders = Some(format!(
             "http://127.0.0.1:{dead}, http://127.0.0.1:{live_port}"
         ));
-        let (api, _pages) = gateway_router(&settings).unwrap();
+        let (api, _pages) =
+            gateway_router(&settings, &crate::platform::metrics::ProcessMetrics::new()).unwrap();
         for n in 0..6 {
             let method = if n % 2 == 0 {
                 Method::GET
@@ -539,8 +549,16 @@ mod tests {
     async fn the_gateway_answers_unknown_routes_with_a_json_404() {
         let health = Health::builder().build().unwrap();
         let app = wrap(
-            not_found(gateway_router(&Settings::default()).unwrap().0),
+            not_found(
+                gateway_router(
+                    &Settings::default(),
+                    &crate::platform::metrics::ProcessMetrics::new(),
+                )
+                .unwrap()
+                .0,
+            ),
             &health,
+            crate::platform::metrics::ProcessMetrics::new(),
         );
         let response = app
             .oneshot(

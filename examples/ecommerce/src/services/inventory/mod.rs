@@ -9,6 +9,7 @@
 //! instead of confirming an order whose stock was given back.
 
 pub(crate) mod client;
+pub(crate) mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,8 @@ pub(crate) struct Inventory {
     pool: AnyPool,
     ttl_ms: i64,
     clock: Clock,
+    /// The stock gauges, refreshed after every change (none in unit tests).
+    stock: Option<self::metrics::StockMetrics>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -106,6 +109,7 @@ impl Inventory {
             pool,
             ttl_ms,
             clock,
+            stock: None,
         })
     }
 
@@ -124,10 +128,8 @@ impl Inventory {
             .await
     }
 
-    pub(crate) async fn call(
-        &self,
-        request: InventoryRequest,
-    ) -> Result<InventoryReply, sqlx::Error> {
+    /// [`Inventory::call`] without the stock gauges' refresh.
+    async fn apply(&self, request: InventoryRequest) -> Result<InventoryReply, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let reply = match request {
             InventoryRequest::Reserve {
@@ -293,6 +295,11 @@ impl Inventory {
                 expired += 1;
             }
             tx.commit().await?;
+        }
+        if expired > 0
+            && let Some(stock) = &self.stock
+        {
+            stock.refresh(&self.pool).await;
         }
         Ok(expired)
     }
@@ -572,8 +579,12 @@ pub(crate) async fn start(
     seed: &[(&str, i64)],
     reservation_ttl: Duration,
     validator: trellis_auth::Validator,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<crate::services::Started<Inventory>, Error> {
-    let inventory = Inventory::open(pool, seed, reservation_ttl).await?;
+    let inventory = Inventory::open(pool, seed, reservation_ttl)
+        .await?
+        .with_stock_metrics(self::metrics::StockMetrics::new(metrics.registry()))
+        .await;
     let sweeper = inventory.spawn_sweeper(inventory.sweep_interval());
     Ok(crate::services::Started {
         router: router(inventory.clone(), validator),

@@ -193,6 +193,7 @@ impl Service<Command<PlaceOrderCommand>> for PlaceService {
                 reservation: None,
                 payment: None,
                 pending_validation: false,
+                trace_id: trellis_observability::metrics::current_trace_id(),
             };
             let wait = super::http::place_wait(&app);
             // Subscribed before the start, so no event of this saga is missed.
@@ -205,8 +206,23 @@ impl Service<Command<PlaceOrderCommand>> for PlaceService {
                 let run = trellis_observability::trace::continue_current_trace(
                     tracing::info_span!(parent: None, "place-order saga"),
                 );
+                let trace_id = trellis_observability::metrics::current_trace_id();
                 tokio::spawn(tracing::Instrument::instrument(
-                    async move { app.orders.saga.start(&order_id, state).await },
+                    async move {
+                        let started = std::time::Instant::now();
+                        let result = app.orders.saga.start(&order_id, state).await;
+                        if let Ok(record) = &result {
+                            app.metrics
+                                .saga_ended(
+                                    &app.orders.orchestrator,
+                                    record,
+                                    started.elapsed(),
+                                    trace_id,
+                                )
+                                .await;
+                        }
+                        result
+                    },
                     run,
                 ))
             };

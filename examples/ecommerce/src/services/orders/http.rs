@@ -272,6 +272,12 @@ pub(crate) async fn place(
         .await
         .map_err(ApiError::internal)?;
     let row = app.orders.summary(&order_id).await?;
+    if row
+        .as_ref()
+        .is_some_and(|row| row.status == "PENDING_VALIDATION")
+    {
+        app.metrics.refresh_pending(&app.orders.read_db).await;
+    }
     // Decided: CONFIRMED, REJECTED or PENDING_VALIDATION. Else the saga is
     // still running: 202, and the order is finished in the background.
     let decided = row.as_ref().is_some_and(|row| row.status != "PLACED");

@@ -8,6 +8,7 @@ pub(crate) mod aggregate;
 pub(crate) mod client;
 pub(crate) mod command;
 pub(crate) mod http;
+pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod saga;
 pub(crate) mod summary;
@@ -103,6 +104,7 @@ pub(crate) struct Deps {
 /// projection cannot start.
 pub(crate) async fn start(
     deps: Deps,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<crate::services::Started<OrdersState>, crate::api::Error> {
     let app = open(
         deps.store,
@@ -112,6 +114,7 @@ pub(crate) async fn start(
         deps.inventory,
         deps.payments,
         deps.prices,
+        metrics,
     )
     .await?;
     Ok(crate::services::Started {
@@ -126,7 +129,9 @@ pub(crate) async fn start(
 /// the composed resilience policy (plus the fallback that accepts an order
 /// for later validation while inventory's breaker is open), finishes or
 /// compensates the sagas a previous run left mid-flight, and starts the
-/// order-summary projection.
+/// order-summary projection. Its policies, saga, projection and business
+/// metrics report to `metrics`.
+#[allow(clippy::too_many_arguments)]
 async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
@@ -135,6 +140,7 @@ async fn open(
     inventory_raw: InventoryClient,
     payment_raw: PaymentClient,
     prices: Prices,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -200,6 +206,10 @@ async fn open(
     refund_config.circuit_breaker = None;
     refund_config.rate_limit = None;
     let refund_policy = with_retry(ResiliencePolicy::from_config(refund_config)?)?;
+    for policy in [&inventory_policy, &payment_policy, &refund_policy] {
+        policy.register_metrics_in(&metrics.policies);
+    }
+    let business = self::metrics::OrderMetrics::new(metrics.registry());
     let refund_client: PaymentClient = BoxCloneSyncService::new(
         refund_policy
             .layer(payment_faults.layer().layer(payment_raw))
@@ -215,13 +225,15 @@ async fn open(
         inventory_plain,
         payments: payment_client,
         refunds: refund_client,
+        metrics: business.clone(),
     };
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
     let orchestrator = trellis_saga::Orchestrator::new(saga_log, options.owner.as_str())
         .with_lease_ttl(options.lease_ttl)
         .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
-        .with_compensation_retry(POST_PIVOT_RETRY);
+        .with_compensation_retry(POST_PIVOT_RETRY)
+        .with_metrics(trellis_saga::metrics::SagaMetrics::new(metrics.registry()));
     // The steps' clients are bound once: every run, recovered and adopted
     // ones included, calls this process's clients.
     let saga = orchestrator.register(place_order_saga(options.deadline), saga_clients);
@@ -241,6 +253,7 @@ async fn open(
     let adopter = saga.spawn_adopter();
     let projection =
         trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
+            .with_metrics(metrics.projections.clone())
             .spawn()
             .await?;
     let keys = self::command::open_keys(&read_db).await?;
@@ -258,9 +271,14 @@ async fn open(
         inventory_breaker,
         payment_faults,
         clients,
+        metrics: business.clone(),
+        slow_requests: metrics.slow.clone(),
         validating: tokio::sync::Mutex::new(()),
         _adopter: adopter,
     });
+    business.refresh_pending(&app.orders.read_db).await;
+    // Other replicas' orders move the count too.
+    business.spawn_refresh(&app, |app| &app.orders.read_db, Duration::from_secs(15));
     validate_when_inventory_is_back(&app);
     Ok(app)
 }
@@ -275,6 +293,10 @@ pub(crate) struct OrdersApp {
     pub(crate) payment_faults: FaultHandle,
     /// Breakers, bulkheads, limiters and drills of the clients (src/web).
     pub(crate) clients: self::policy::ClientHandles,
+    /// The business metrics (orders by outcome, saga durations, ...).
+    pub(crate) metrics: self::metrics::OrderMetrics,
+    /// The process's latest slow requests (the console shows them).
+    pub(crate) slow_requests: crate::platform::metrics::SlowRequests,
     /// Held by a validation pass (see [`validate_pending`]).
     pub(crate) validating: tokio::sync::Mutex<()>,
     /// Adopts orphaned sagas for as long as the service lives (aborted on

@@ -11,6 +11,7 @@ use trellis_eventsourcing::Repository;
 use trellis_saga::{Saga, Step, StepError};
 
 use super::aggregate::{Order, OrderCommand};
+use super::metrics::{OrderMetrics, Outcome};
 use super::{InventoryClient, PaymentClient};
 use crate::platform::backend::OrderStore;
 use crate::services::inventory::client::{InventoryReply, InventoryRequest, Line};
@@ -26,6 +27,10 @@ pub(crate) struct PlaceOrder {
     pub(super) reservation: Option<String>,
     pub(super) payment: Option<String>,
     pub(super) pending_validation: bool,
+    /// The trace of the request that placed the order (sampled only), so
+    /// the saga log and the console lead to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace_id: Option<String>,
 }
 
 /// The id (and idempotency key) of an order's reservation: the original
@@ -90,6 +95,8 @@ pub(crate) struct SagaClients {
     pub(crate) payments: PaymentClient,
     /// Payments for refunds: no breaker, no quota (see `open`).
     pub(crate) refunds: PaymentClient,
+    /// The business metrics the steps count (orders by outcome, value).
+    pub(crate) metrics: OrderMetrics,
 }
 
 impl std::fmt::Debug for SagaClients {
@@ -135,7 +142,7 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                     } else {
                         "order could not be completed (its reservation expired or was not confirmed)"
                     };
-                    clients
+                    let rejected = clients
                         .orders
                         .execute_with_metadata(
                             &s.order_id,
@@ -146,6 +153,15 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                         )
                         .await
                         .map_err(step_err)?;
+                    // Counted once: a re-run appends (and counts) nothing.
+                    if !rejected.events.is_empty() {
+                        let outcome = if s.reservation.is_some() || s.payment.is_some() {
+                            Outcome::Compensated
+                        } else {
+                            Outcome::Rejected
+                        };
+                        clients.metrics.order(outcome, s.total_cents);
+                    }
                     // Then settle by key whatever the saga recorded: a step
                     // whose outcome is unknown (a crash or a timeout
                     // mid-call, a deadline that passed while orders was
@@ -320,11 +336,15 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                         }
                         _ => OrderCommand::MarkPendingValidation,
                     };
-                    clients
+                    let confirming = matches!(command, OrderCommand::Confirm { .. });
+                    let done = clients
                         .orders
                         .execute_with_metadata(&s.order_id, command, traced())
                         .await
                         .map_err(step_err)?;
+                    if confirming && !done.events.is_empty() {
+                        clients.metrics.order(Outcome::Confirmed, s.total_cents);
+                    }
                     Ok(s)
                 }
             },

@@ -59,6 +59,7 @@ pub(super) async fn validate_pending_locked(
             }
         }
     }
+    app.metrics.refresh_pending(&app.orders.read_db).await;
     Ok(outcomes)
 }
 
@@ -112,8 +113,20 @@ async fn validate_one(app: &OrdersApp, order_id: &str) -> Result<Option<String>,
     state.pending_validation = false;
     state.reservation = None;
     state.payment = None;
+    let started = std::time::Instant::now();
+    let trace_id = trellis_observability::metrics::current_trace_id();
     let record = match app.orders.saga.start(&saga_id, state).await {
-        Ok(record) => record,
+        Ok(record) => {
+            app.metrics
+                .saga_ended(
+                    &app.orders.orchestrator,
+                    &record,
+                    started.elapsed(),
+                    trace_id,
+                )
+                .await;
+            record
+        }
         // Another replica started this attempt first.
         Err(trellis_saga::Error::AlreadyExists { .. }) => return Ok(None),
         Err(e) => return Err(ApiError::internal(e)),

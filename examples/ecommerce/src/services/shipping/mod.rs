@@ -180,8 +180,10 @@ pub(crate) mod queries {
 pub(crate) async fn start(
     source: Source<'_>,
     validator: trellis_auth::Validator,
+    metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<crate::services::Started<(Arc<Feed>, Arc<ProjectionHandle>)>, Error> {
-    let (feed, projection) = Feed::start(source, "shipping", ShipmentProjection).await?;
+    let (feed, projection) =
+        Feed::start(source, "shipping", ShipmentProjection, &metrics.projections).await?;
     Ok(crate::services::Started {
         router: routes(feed.clone()).layer(trellis_auth::JwtAuthLayer::new(validator)),
         service: (feed, projection),

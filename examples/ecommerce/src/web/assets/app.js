@@ -591,6 +591,7 @@ function initOps() {
           el('h3', {}, el('span', { class: 'mono' }, s.id), el('span', { class: 'badge ' + status }, human(status))),
           s.error ? el('p', { class: 'err' }, s.error) : null,
           s.failed_step ? el('p', {}, 'failed step: ' + s.failed_step) : null,
+          traceLink(s),
           el('div', { class: 'row' },
             status === 'needs_attention' ? el('button', { type: 'button', onclick: () => sagaAction('retry', s.id) }, 'Retry compensation') : null,
             status === 'running' ? el('button', { type: 'button', class: 'secondary', onclick: () => sagaAction('compensate', s.id) }, 'Compensate') : null,
@@ -599,6 +600,35 @@ function initOps() {
       }
     }
     $('#saga-list').replaceChildren(...(rows.length ? rows : [el('p', { class: 'note' }, 'No saga is in flight or needs attention.')]));
+    refreshBusiness();
+  }
+
+  function traceLink(row) {
+    if (row.trace_url) return el('a', { href: row.trace_url, target: '_blank', rel: 'noopener' }, 'trace ' + row.trace_id.slice(0, 8));
+    return row.trace_id ? el('span', { class: 'mono' }, 'trace ' + row.trace_id.slice(0, 8)) : null;
+  }
+
+  async function refreshBusiness() {
+    let data;
+    try { data = await api('/admin/business', { token: token() }); } catch (error) { return; }
+    const b = data.business;
+    $('#business').replaceChildren(
+      el('p', {}, ...Object.entries(b.orders).flatMap(([outcome, n]) => [
+        el('span', { class: 'badge ' + outcome, dataset: { outcome } }, human(outcome) + ' ' + n + ' (' + money(b.value_cents[outcome] || 0) + ')'), ' '])),
+      el('p', { dataset: { pending: String(b.pending_validation) } }, 'Pending validation: ' + b.pending_validation),
+      el('p', {}, 'Step failures: ' + (Object.entries(b.step_failures).map(([s, n]) => s + ' ' + n).join(', ') || 'none')),
+    );
+    const rows = [];
+    for (const s of b.recent_sagas) {
+      rows.push(el('div', { class: 'card saga', dataset: { saga: s.id } },
+        el('span', { class: 'mono' }, s.id), ' ', el('span', { class: 'badge ' + s.outcome }, human(s.outcome)),
+        ' ' + (s.seconds * 1000).toFixed(0) + ' ms ', traceLink(s)));
+    }
+    for (const r of data.slow_requests) {
+      rows.push(el('div', { class: 'card slow' },
+        el('span', { class: 'mono' }, r.method + ' ' + r.path), ' ' + r.status + ' in ' + r.ms + ' ms ', traceLink(r)));
+    }
+    $('#traces').replaceChildren(...(rows.length ? rows : [el('p', { class: 'note' }, 'No saga has ended here yet.')]));
   }
 
   async function sagaAction(action, id) {
