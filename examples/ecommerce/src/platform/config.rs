@@ -111,13 +111,10 @@ impl FromStr for ServiceName {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        ServiceName::ALL
-            .into_iter()
-            .find(|service| service.as_str() == s)
-            .ok_or_else(|| ConfigError::Invalid {
-                key: "service".into(),
-                message: unknown_service(s),
-            })
+        ServiceName::try_from(s.to_owned()).map_err(|message| ConfigError::Invalid {
+            key: "service".into(),
+            message,
+        })
     }
 }
 
