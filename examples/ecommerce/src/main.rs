@@ -22,22 +22,56 @@
 //! `cargo run -p ecommerce -- drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL
 //! [--nats-url URL] [load flags]`: a distributed drill on child processes of
 //! this executable (`serve --service X`), audited from their schemas.
+//!
+//! The command line is clap's (`cli.rs`): `ecommerce --help` and
+//! `ecommerce COMMAND --help` list every flag.
 
 use std::net::SocketAddr;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+use clap::Parser;
+
+mod cli;
+
+use cli::{Cli, Command, DrillArgs, LoadArgs, ServeArgs, ServeLocalArgs, TokenArgs};
+
+fn main() -> std::process::ExitCode {
+    // `--help`, `--version` and usage errors (with their suggestions) exit
+    // here (status 0 and 2), before any logging or runtime is set up.
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Display, not Debug: the message names the setting or flag.
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let command = cli.command.unwrap_or(Command::Run);
     // A drill provokes failures on purpose: their warnings would bury its
     // table, so it logs errors only unless RUST_LOG says otherwise.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str);
-    let quiet = command == Some("drill");
-    let default_filter = if quiet { "error" } else { "warn" };
+    let default_filter = if matches!(command, Command::Drill(_)) {
+        "error"
+    } else {
+        "warn"
+    };
     // Serve mode runs under an orchestrator that collects logs: JSON lines
     // with trace_id/span_id and the service's name. The interactive modes
     // keep text for a person at a terminal. ECOMMERCE_LOG_FORMAT=json|text
     // overrides either default.
-    let serving = matches!(command, Some("serve" | "serve-local"));
+    let serving = matches!(command, Command::Serve(_) | Command::ServeLocal(_));
     let json = match std::env::var("ECOMMERCE_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
@@ -46,11 +80,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The OTLP exporter is built only when OTEL_EXPORTER_OTLP_ENDPOINT is
     // set; `service.name` is the service this process runs (OTEL_SERVICE_NAME
     // overrides it).
-    let service = match command {
-        Some("serve") => args
-            .windows(2)
-            .find(|w| w[0] == "--service")
-            .map(|w| w[1].clone())
+    let service = match &command {
+        Command::Serve(args) => args
+            .service
+            .clone()
             .or_else(|| std::env::var("ECOMMERCE_SERVICE").ok())
             .map_or_else(|| "ecommerce".to_owned(), |s| format!("ecommerce-{s}")),
         _ => "ecommerce".to_owned(),
@@ -59,20 +92,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.into()))
         .json(json)
         .init()?;
-    match args.first().map(String::as_str) {
-        None => {}
-        Some("load") => return load(&args[1..]).await,
-        Some("serve") => return serve(&args[1..]).await,
-        Some("drill") => return drill(&args[1..]).await,
-        Some("serve-local") => return serve_local(&args[1..]).await,
-        Some("token") => return token(&args[1..]),
-        Some(other) => {
-            return Err(format!(
-                "unknown command {other:?}; try `ecommerce`, `ecommerce serve`, `ecommerce load` or `ecommerce drill NAME`"
-            )
-            .into());
-        }
+    match command {
+        Command::Run => run().await,
+        Command::Load(args) => load(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Drill(args) => drill(args).await,
+        Command::ServeLocal(args) => serve_local(args).await,
+        Command::Token(args) => token(args),
     }
+}
+
+/// `ecommerce [run]`: every service in one process, the scenario, then
+/// serving until Ctrl-C.
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = one_process_config()?;
     let data_dir = config.data_dir.clone();
     let running = ecommerce::start(config).await?;
@@ -119,38 +151,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The one-process mode's configuration: defaults, then `ECOMMERCE_ADDR`
-/// and the few `Settings` variables it also reads.
+/// and the few `Settings` variables it also reads (durations through the
+/// settings' one parser).
 fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::var("ECOMMERCE_ADDR")
-        .unwrap_or_else(|_| "127.0.0.1:8080".into())
-        .parse()?;
+    use ecommerce::config::duration::from_env;
+    let addr: SocketAddr = match std::env::var("ECOMMERCE_ADDR") {
+        Ok(addr) if !addr.is_empty() => addr
+            .parse()
+            .map_err(|e| format!("ECOMMERCE_ADDR: {addr:?}: {e}"))?,
+        _ => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
     let mut config = ecommerce::Config {
         addr,
         ..ecommerce::Config::default()
     };
-    // The settings of `Settings` the one-process mode also reads.
-    if let Ok(ttl) = std::env::var("ECOMMERCE_RESERVATION_TTL")
-        && !ttl.is_empty()
-    {
-        config.reservation_ttl = trellis_resilience::config::duration::parse(&ttl)
-            .ok()
-            .filter(|ttl| !ttl.is_zero())
-            .ok_or_else(|| {
-                format!("ECOMMERCE_RESERVATION_TTL: {ttl:?} is not a positive duration (e.g. 15m)")
-            })?;
+    if let Some(ttl) = from_env("ECOMMERCE_RESERVATION_TTL")? {
+        config.reservation_ttl = ttl;
     }
-    for (var, setting) in [
-        ("ECOMMERCE_SAGA_DEADLINE", &mut config.saga_deadline),
-        ("ECOMMERCE_SAGA_LEASE_TTL", &mut config.saga_lease_ttl),
-    ] {
-        if let Ok(value) = std::env::var(var)
-            && !value.is_empty()
-        {
-            *setting = trellis_resilience::config::duration::parse(&value)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("{var}: {value:?} is not a positive duration (e.g. 30s)"))?;
-        }
+    if let Some(deadline) = from_env("ECOMMERCE_SAGA_DEADLINE")? {
+        config.saga_deadline = deadline;
+    }
+    if let Some(ttl) = from_env("ECOMMERCE_SAGA_LEASE_TTL")? {
+        config.saga_lease_ttl = ttl;
     }
     Ok(config)
 }
@@ -158,12 +180,9 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
 /// `ecommerce serve-local --data-dir DIR`: the one-process system on
 /// `DIR` without the scenario, printing `URL ...` and `OPS <token>`, until
 /// killed (the `late-restart` drill's child).
-async fn serve_local(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve_local(args: ServeLocalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = one_process_config()?;
-    match args {
-        [flag, dir] if flag == "--data-dir" => config.data_dir = dir.into(),
-        _ => return Err("usage: ecommerce serve-local --data-dir DIR".into()),
-    }
+    config.data_dir = args.data_dir;
     let running = ecommerce::start(config).await?;
     println!("URL {}", running.base_url());
     println!("OPS {}", running.ops_token()?);
@@ -171,61 +190,40 @@ async fn serve_local(args: &[String]) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
-const TOKEN_USAGE: &str = "usage: ecommerce token --signing-key-file FILE [--scope \"ops:admin analytics:read\"] [--subject NAME]";
-
 /// `ecommerce token`: an operator's token signed with identity's key file
 /// (distributed mode grants `ops:admin` over no HTTP route). Prints the
 /// token on stdout only, for a pipe or a variable, never to the logs.
-fn token(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let mut key_file = std::env::var_os("ECOMMERCE_SIGNING_KEY_FILE").map(std::path::PathBuf::from);
-    let mut scope = format!("{} analytics:read", ecommerce::OPS_SCOPE);
-    let mut subject = "operator".to_owned();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{TOKEN_USAGE}"))?;
-        match flag.as_str() {
-            "--signing-key-file" => key_file = Some(value.into()),
-            "--scope" => scope.clone_from(value),
-            "--subject" => subject.clone_from(value),
-            _ => return Err(format!("unknown flag {flag:?}\n{TOKEN_USAGE}").into()),
-        }
-    }
-    let key_file = key_file.ok_or_else(|| format!("which key?\n{TOKEN_USAGE}"))?;
-    let scopes: Vec<&str> = scope.split_whitespace().collect();
+fn token(args: TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let key_file = args
+        .signing_key_file
+        .or_else(|| std::env::var_os("ECOMMERCE_SIGNING_KEY_FILE").map(std::path::PathBuf::from))
+        .ok_or("which key? --signing-key-file FILE (or ECOMMERCE_SIGNING_KEY_FILE)")?;
+    let scopes: Vec<&str> = args.scope.split_whitespace().collect();
     println!(
         "{}",
-        ecommerce::operator_token(&key_file, &subject, &scopes)?
+        ecommerce::operator_token(&key_file, &args.subject, &scopes)?
     );
     Ok(())
 }
 
-const SERVE_USAGE: &str = "usage: ecommerce serve --service NAME [--config FILE]";
-
-async fn serve(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+/// `ecommerce serve`: one service of the distributed mode.
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     use ecommerce::config::Settings;
-    let mut service = None;
-    let mut file = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{SERVE_USAGE}"))?;
-        match flag.as_str() {
-            "--service" => service = Some(value.parse::<ecommerce::config::ServiceName>()?),
-            "--config" => file = Some(std::path::PathBuf::from(value)),
-            _ => return Err(format!("unknown flag {flag:?}\n{SERVE_USAGE}").into()),
-        }
-    }
+    let service = args
+        .service
+        .map(|name| name.parse::<ecommerce::config::ServiceName>())
+        .transpose()?;
     // The flag wins over the file and the environment: one file can serve
     // every process.
-    let mut settings = Settings::load(file.as_deref())?;
+    let mut settings = Settings::load(args.config.as_deref())?;
     if service.is_some() {
         settings.service = service;
     }
     let Some(name) = settings.service else {
-        return Err(format!("which service?\n{SERVE_USAGE}").into());
+        return Err(
+            "which service? --service NAME (or ECOMMERCE_SERVICE, or service in --config FILE)"
+                .into(),
+        );
     };
     if !matches!(name, ecommerce::config::ServiceName::Gateway) && settings.database_url.is_none() {
         return Err(format!("{name} needs database_url (ECOMMERCE_DATABASE_URL)").into());
@@ -259,83 +257,28 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-const LOAD_USAGE: &str =
-    "usage: ecommerce load [--concurrency C | --rps N] [--duration D] [--users U] [--url URL]";
-
-/// `--concurrency`, `--rps`, `--duration`, `--users`, `--url` and (drills)
-/// `--ops-token`.
-fn load_flags(
-    args: &[String],
-    usage: &str,
-) -> Result<(ecommerce::load::LoadOptions, Option<String>, Option<String>), String> {
-    use ecommerce::load::{LoadOptions, Pacing, parse_duration};
-    let mut options = LoadOptions::default();
-    let (mut url, mut ops) = (None, None);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{usage}"))?;
-        let bad = || format!("bad value {value:?} for {flag}\n{usage}");
-        match flag.as_str() {
-            "--concurrency" => {
-                options.pacing = Pacing::Concurrency(value.parse().map_err(|_| bad())?)
-            }
-            "--rps" => options.pacing = Pacing::Rate(value.parse().map_err(|_| bad())?),
-            "--duration" => options.duration = parse_duration(value).ok_or_else(bad)?,
-            "--users" => options.users = value.parse().map_err(|_| bad())?,
-            "--url" => url = Some(value.clone()),
-            "--ops-token" => ops = Some(value.clone()),
-            _ => return Err(format!("unknown flag {flag:?}\n{usage}")),
-        }
-    }
-    Ok((options, url, ops))
-}
-
-const DRILL_USAGE: &str = "usage: ecommerce drill payment-outage|inventory-latency|inventory-down \
-     [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]\n\
-     \x20      ecommerce drill late-restart [--concurrency C | --rps N] [--duration D] [--users U]\n\
-     \x20      ecommerce drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL [--nats-url URL] \
-     [--concurrency C | --rps N] [--duration D] [--users U]";
-
-async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let name = args.first().ok_or(DRILL_USAGE)?;
+/// `ecommerce drill NAME [load flags]`: a fault drill, in one process, as
+/// a child process or on the distributed system (see `cli::Command::Drill`).
+async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let name = args.name.as_str();
     let drill: ecommerce::drill::Drill = name.parse()?;
-    // The distributed drills' own flags; the rest are the load's.
-    let (mut database_url, mut nats_url, mut rest) = (None, None, Vec::new());
-    let mut it = args[1..].iter();
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--database-url" | "--nats-url" => {
-                let value = it
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value\n{DRILL_USAGE}"))?
-                    .clone();
-                if flag == "--database-url" {
-                    database_url = Some(value);
-                } else {
-                    nats_url = Some(value);
-                }
-            }
-            _ => rest.push(flag.clone()),
-        }
-    }
-    let (load, url, ops) = load_flags(&rest, DRILL_USAGE)?;
+    let (url, ops) = (args.load.url.clone(), args.load.ops_token.clone());
     let options = ecommerce::drill::DrillOptions {
-        load,
+        load: args.load.options(),
         ..ecommerce::drill::DrillOptions::default()
     };
     if drill.is_distributed() {
         if url.is_some() {
-            return Err(
-                format!("drill {name} starts its own system: no --url\n{DRILL_USAGE}").into(),
-            );
+            return Err(format!("drill {name} starts its own system: no --url").into());
         }
         let cluster = ecommerce::drill::Cluster {
             binary: std::env::current_exe()?,
-            database_url: database_url
-                .ok_or_else(|| format!("drill {name} needs --database-url\n{DRILL_USAGE}"))?,
-            nats_url: nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            database_url: args
+                .database_url
+                .ok_or_else(|| format!("drill {name} needs --database-url URL (PostgreSQL)"))?,
+            nats_url: args
+                .nats_url
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
         };
         println!(
             "Drill {}: the distributed system as child processes, fault from {:.0}% to {:.0}% of {:?} under load through the gateway",
@@ -346,21 +289,17 @@ async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         );
         return finish(ecommerce::drill::run_distributed(&cluster, drill, &options).await?);
     }
-    if database_url.is_some() || nats_url.is_some() {
+    if args.database_url.is_some() || args.nats_url.is_some() {
         return Err(
             format!("drill {name} runs in one process: no --database-url/--nats-url").into(),
         );
     }
     if ecommerce::drill::Drill::CHILD.contains(&drill) {
         if url.is_some() {
-            return Err(
-                format!("drill {name} starts its own system: no --url\n{DRILL_USAGE}").into(),
-            );
+            return Err(format!("drill {name} starts its own system: no --url").into());
         }
         let mut late = ecommerce::drill::LateRestart::new(std::env::current_exe()?);
-        if let Ok(deadline) = std::env::var("ECOMMERCE_SAGA_DEADLINE")
-            && let Ok(deadline) = trellis_resilience::config::duration::parse(&deadline)
-        {
+        if let Some(deadline) = ecommerce::config::duration::from_env("ECOMMERCE_SAGA_DEADLINE")? {
             late.saga_deadline = deadline;
         }
         println!(
@@ -410,8 +349,9 @@ fn finish(report: ecommerce::drill::DrillReport) -> Result<(), Box<dyn std::erro
     Ok(())
 }
 
-async fn load(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    let (options, url, _) = load_flags(args, LOAD_USAGE)?;
+/// `ecommerce load [load flags]`: a load run and its summary.
+async fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (options, url) = (args.load.options(), args.load.url);
     let local = match &url {
         Some(_) => None,
         None => Some(ecommerce::load::start_local().await?),

@@ -62,5 +62,7 @@ fn durations_parse() {
     assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
     assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
     assert_eq!(parse_duration("ten"), None);
-    assert_eq!(parse_duration("5h"), None);
+    assert_eq!(parse_duration("5h"), Some(Duration::from_secs(5 * 3600)));
+    assert_eq!(parse_duration("1m 30s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("5 fortnights"), None);
 }

@@ -29,9 +29,14 @@ use serde::Deserialize;
 
 use crate::platform::secrets::Secret;
 
+pub mod duration;
+#[cfg(test)]
+mod layering_tests;
+mod layers;
+
 /// One bounded context; each runs as its own process in distributed mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum ServiceName {
     /// The public entry point: routes `/api/v1/...` to the owning service
     /// (and serves the web pages).
@@ -106,17 +111,30 @@ impl FromStr for ServiceName {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
+        ServiceName::try_from(s.to_owned()).map_err(|message| ConfigError::Invalid {
+            key: "service".into(),
+            message,
+        })
+    }
+}
+
+/// Read from TOML and the environment as on the command line.
+impl TryFrom<String> for ServiceName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
         ServiceName::ALL
             .into_iter()
             .find(|service| service.as_str() == s)
-            .ok_or_else(|| ConfigError::Invalid {
-                key: "service".into(),
-                message: format!(
-                    "unknown service {s:?}; one of {}",
-                    ServiceName::ALL.map(ServiceName::as_str).join(", ")
-                ),
-            })
+            .ok_or_else(|| unknown_service(&s))
     }
+}
+
+fn unknown_service(s: &str) -> String {
+    format!(
+        "unknown service {s:?}; one of {}",
+        ServiceName::ALL.map(ServiceName::as_str).join(", ")
+    )
 }
 
 /// Where each peer service answers (distributed mode). A missing entry
@@ -234,25 +252,25 @@ pub struct Settings {
     /// Default: the listen address with the port plus 1000.
     pub health_listen: Option<SocketAddr>,
     /// How long readiness reports "down" before the server stops.
-    #[serde(with = "trellis_resilience::config::duration")]
+    #[serde(deserialize_with = "duration::deserialize")]
     pub drain: Duration,
     /// How long an inventory reservation holds its stock unconfirmed before
     /// the sweeper gives it back (status `EXPIRED`); a confirm after that is
     /// refused and the order's saga compensates. Far longer than a saga's
     /// 30 s deadline. Default [`DEFAULT_RESERVATION_TTL`].
-    #[serde(with = "trellis_resilience::config::duration")]
+    #[serde(deserialize_with = "duration::deserialize")]
     pub reservation_ttl: Duration,
     /// How long a place-order saga may run before it stops going forward
     /// and compensates (also how long `POST /orders` waits for it). A
     /// deadline that passed while orders was down compensates on restart.
     /// Default [`DEFAULT_SAGA_DEADLINE`].
-    #[serde(with = "trellis_resilience::config::duration")]
+    #[serde(deserialize_with = "duration::deserialize")]
     pub saga_deadline: Duration,
     /// How long an orders process's saga lease lasts without renewal: the
     /// sagas of a process that died are adopted by another (or its
     /// restart, a new owner) within about 1.25 times this. Default
     /// [`DEFAULT_SAGA_LEASE_TTL`].
-    #[serde(with = "trellis_resilience::config::duration")]
+    #[serde(deserialize_with = "duration::deserialize")]
     pub saga_lease_ttl: Duration,
 }
 
@@ -321,13 +339,6 @@ impl ClientSecrets {
             _ => None,
         }
     }
-
-    fn slot(&mut self, client: ServiceName) -> Option<&mut Option<Secret>> {
-        match client {
-            ServiceName::Orders => Some(&mut self.orders),
-            _ => None,
-        }
-    }
 }
 
 /// The default [`Settings::reservation_ttl`] (and
@@ -389,6 +400,13 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_SAGA_LEASE_TTL",
 ];
 
+/// The settings key the variable `var` of [`ENV_VARS`] sets: `drain` for
+/// `ECOMMERCE_DRAIN`, `peers.orders` for `ECOMMERCE_ORDERS_URL`,
+/// `client_secrets.orders`, `tls.cert`; `None` for any other variable.
+pub fn key_of_var(var: &str) -> Option<String> {
+    layers::key_of(var).map(|path| path.join("."))
+}
+
 impl Settings {
     /// Defaults, overridden by `file` (TOML) when given, overridden by the
     /// process environment ([`ENV_VARS`]).
@@ -397,24 +415,50 @@ impl Settings {
     }
 
     /// [`Settings::load`] with the environment given as a function (tests).
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when `file` cannot be read,
+    /// [`ConfigError::Parse`] naming the file and the key when the file is
+    /// no valid TOML or a value in it is wrong (an unknown key included),
+    /// [`ConfigError::Invalid`] naming the variable when an environment
+    /// value is wrong, or naming the key (and the file or variable that set
+    /// it) when the settings break a rule.
     pub fn load_from(
         file: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let mut settings = match file {
-            None => Settings::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?
-            }
-        };
-        settings.apply_env(env)?;
+        use figment::Figment;
+        use figment::providers::{Format, Toml};
+        let env = layers::EnvLayer::read(env);
+        // Half a TLS setting from the environment is a mistake even when a
+        // file has the rest: the three travel together (one secret mount).
+        let tls_vars = [
+            "ECOMMERCE_TLS_CERT",
+            "ECOMMERCE_TLS_KEY",
+            "ECOMMERCE_TLS_CA",
+        ];
+        let tls_set = tls_vars.iter().filter(|var| env.is_set(var)).count();
+        if tls_set != 0 && tls_set != tls_vars.len() {
+            return Err(ConfigError::Invalid {
+                key: "ECOMMERCE_TLS_CERT".into(),
+                message: "set ECOMMERCE_TLS_CERT, ECOMMERCE_TLS_KEY and ECOMMERCE_TLS_CA together"
+                    .into(),
+            });
+        }
+        // Defaults are the struct's own (`#[serde(default)]`).
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            // A file named on purpose must exist (figment would skip it).
+            std::fs::File::open(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment.merge(env);
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| layers::to_config_error(e, file))?;
         if settings.tls.is_some() {
             // With mTLS the default peers are the same ports over https.
             for service in ServiceName::ALL {
@@ -423,113 +467,17 @@ impl Settings {
                 }
             }
         }
-        settings.validate()?;
+        settings.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message } => {
+                let origin = layers::origin(&figment, &key);
+                ConfigError::Invalid {
+                    key,
+                    message: format!("{message}{origin}"),
+                }
+            }
+            other => other,
+        })?;
         Ok(settings)
-    }
-
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let env = |key: &str| env(key).filter(|v| !v.is_empty());
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: key.into(),
-            message,
-        };
-        if let Some(v) = env("ECOMMERCE_SERVICE") {
-            self.service = Some(v.parse()?);
-        }
-        if let Some(v) = env("ECOMMERCE_LISTEN") {
-            self.listen = Some(
-                v.parse()
-                    .map_err(|e| invalid("ECOMMERCE_LISTEN", format!("{v:?}: {e}")))?,
-            );
-        }
-        if let Some(v) = env("ECOMMERCE_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = env("ECOMMERCE_DATABASE_URL") {
-            self.database_url = Some(v);
-        }
-        if let Some(v) = env("ECOMMERCE_SCHEMA_PREFIX") {
-            self.schema_prefix = v;
-        }
-        if let Some(v) = env("ECOMMERCE_SEED_STOCK") {
-            self.seed_stock = Some(
-                v.parse()
-                    .map_err(|e| invalid("ECOMMERCE_SEED_STOCK", format!("{v:?}: {e}")))?,
-            );
-        }
-        if let Some(v) = env("ECOMMERCE_SYNCHRONOUS_COMMIT") {
-            self.synchronous_commit = v.parse().map_err(|_| {
-                invalid(
-                    "ECOMMERCE_SYNCHRONOUS_COMMIT",
-                    format!("{v:?}: expected true or false"),
-                )
-            })?;
-        }
-        if let Some(v) = env("ECOMMERCE_NATS_URL") {
-            self.nats_url = Some(v);
-        }
-        for service in ServiceName::ALL {
-            let key = format!("ECOMMERCE_{}_URL", service.as_str().to_uppercase());
-            if let (Some(v), Some(slot)) = (env(&key), self.peers.slot(service)) {
-                *slot = Some(v);
-            }
-        }
-        for (client, _) in crate::platform::secrets::CLIENT_GRANTS {
-            if let (Some(v), Some(slot)) = (
-                env(&crate::platform::secrets::client_secret_var(*client)),
-                self.client_secrets.slot(*client),
-            ) {
-                *slot = Some(Secret::new(v));
-            }
-        }
-        if let Some(v) = env("ECOMMERCE_SIGNING_KEY_FILE") {
-            self.signing_key_file = Some(PathBuf::from(v));
-        }
-        let tls = (
-            env("ECOMMERCE_TLS_CERT"),
-            env("ECOMMERCE_TLS_KEY"),
-            env("ECOMMERCE_TLS_CA"),
-        );
-        match tls {
-            (None, None, None) => {}
-            (Some(cert), Some(key), Some(ca)) => {
-                self.tls = Some(TlsSettings {
-                    cert: cert.into(),
-                    key: key.into(),
-                    ca: ca.into(),
-                })
-            }
-            _ => {
-                return Err(invalid(
-                    "ECOMMERCE_TLS_CERT",
-                    "set ECOMMERCE_TLS_CERT, ECOMMERCE_TLS_KEY and ECOMMERCE_TLS_CA together"
-                        .into(),
-                ));
-            }
-        }
-        if let Some(v) = env("ECOMMERCE_HEALTH_LISTEN") {
-            self.health_listen = Some(
-                v.parse()
-                    .map_err(|e| invalid("ECOMMERCE_HEALTH_LISTEN", format!("{v:?}: {e}")))?,
-            );
-        }
-        if let Some(v) = env("ECOMMERCE_DRAIN") {
-            self.drain = trellis_resilience::config::duration::parse(&v)
-                .map_err(|e| invalid("ECOMMERCE_DRAIN", format!("{v:?}: {e}")))?;
-        }
-        if let Some(v) = env("ECOMMERCE_RESERVATION_TTL") {
-            self.reservation_ttl = trellis_resilience::config::duration::parse(&v)
-                .map_err(|e| invalid("ECOMMERCE_RESERVATION_TTL", format!("{v:?}: {e}")))?;
-        }
-        if let Some(v) = env("ECOMMERCE_SAGA_DEADLINE") {
-            self.saga_deadline = trellis_resilience::config::duration::parse(&v)
-                .map_err(|e| invalid("ECOMMERCE_SAGA_DEADLINE", format!("{v:?}: {e}")))?;
-        }
-        if let Some(v) = env("ECOMMERCE_SAGA_LEASE_TTL") {
-            self.saga_lease_ttl = trellis_resilience::config::duration::parse(&v)
-                .map_err(|e| invalid("ECOMMERCE_SAGA_LEASE_TTL", format!("{v:?}: {e}")))?;
-        }
-        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

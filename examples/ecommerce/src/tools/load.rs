@@ -510,18 +510,8 @@ async fn count_lost(
     lost + (checked - finished)
 }
 
-/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds: the one
+/// duration parser of the settings ([`crate::platform::config::duration::parse`]).
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number.parse().ok()?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    crate::platform::config::duration::parse(text).ok()
 }
