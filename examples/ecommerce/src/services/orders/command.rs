@@ -115,7 +115,7 @@ pub(crate) type OrderKeys = trellis_cqrs::AnyIdempotencyStore;
 ///
 /// The database failed.
 pub(crate) async fn open_keys(db: &ReadDb) -> Result<OrderKeys, Error> {
-    Ok(OrderKeys::new(db.clone()).await?)
+    OrderKeys::new(db.clone()).await
 }
 
 /// What this request's own run of the saga saw.

@@ -305,15 +305,10 @@ impl OrderMetrics {
 
     /// Sets the pending-validation gauge from the read model.
     pub(crate) async fn refresh_pending(&self, read_db: &ReadDb) {
-        let counted = async {
-            Ok::<i64, sqlx::Error>(
-                sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM order_summaries WHERE status = 'PENDING_VALIDATION'",
-                )
-                .fetch_one(read_db)
-                .await?,
-            )
-        }
+        let counted: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM order_summaries WHERE status = 'PENDING_VALIDATION'",
+        )
+        .fetch_one(read_db)
         .await;
         match counted {
             Ok(n) => {
