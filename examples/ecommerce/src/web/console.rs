@@ -279,7 +279,7 @@ fn projection_json(app: &Console) -> serde_json::Value {
 /// Rate limiters show their headroom (permits free now out of the burst).
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/status",
+    path = "/admin/status",
     tag = "orders",
     operation_id = "admin_status",
     security(("bearer" = ["ops:admin"])),
@@ -303,7 +303,7 @@ pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Valu
 /// GET /api/v1/admin/traffic: the chart's last five minutes.
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/traffic",
+    path = "/admin/traffic",
     tag = "orders",
     operation_id = "admin_traffic",
     security(("bearer" = ["ops:admin"])),
@@ -338,7 +338,7 @@ pub(crate) struct SagaRow {
 /// flight or need attention (with their errors).
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/sagas",
+    path = "/admin/sagas",
     tag = "orders",
     operation_id = "admin_sagas",
     security(("bearer" = ["ops:admin"])),
@@ -428,7 +428,7 @@ fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
 /// a saga that needs attention.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/sagas/retry",
+    path = "/admin/sagas/retry",
     tag = "orders",
     operation_id = "admin_retry_saga",
     request_body = SagaAction,
@@ -458,7 +458,7 @@ pub(crate) async fn retry_saga(
 /// stuck running and compensates it.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/sagas/compensate",
+    path = "/admin/sagas/compensate",
     tag = "orders",
     operation_id = "admin_compensate_saga",
     request_body = SagaAction,
@@ -496,7 +496,7 @@ pub(crate) async fn compensate_saga(
 /// errors), the same body as payments'.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/inventory/faults",
+    path = "/admin/inventory/faults",
     tag = "orders",
     operation_id = "admin_inventory_faults",
     request_body = crate::api::FaultSettings,
@@ -576,7 +576,7 @@ struct Feed {
 /// fell behind and the page should reload its lists.
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/events",
+    path = "/admin/events",
     tag = "orders",
     operation_id = "admin_events",
     security(("bearer" = ["ops:admin"])),

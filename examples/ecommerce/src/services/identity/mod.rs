@@ -254,7 +254,7 @@ fn busy(error: PasswordError) -> ApiError {
 /// unchanged, so registration cannot be used to find who has an account.
 #[utoipa::path(
     post,
-    path = "/api/v1/identity/register",
+    path = "/identity/register",
     tag = "identity",
     request_body = Credentials,
     responses(
@@ -306,7 +306,7 @@ pub(crate) async fn register(
 /// Logs a customer in: an EdDSA JWT with the customer scopes.
 #[utoipa::path(
     post,
-    path = "/api/v1/identity/login",
+    path = "/identity/login",
     tag = "identity",
     request_body = Credentials,
     responses(
@@ -386,20 +386,45 @@ pub(crate) type IdentityState = Arc<Identity>;
 
 /// Identity's routes (relative to `/api/v1`); none needs a token. The
 /// gateway forwards only register, login and the JWKS: the
-/// client-credentials grant answers on identity's own (internal) listener.
-pub(crate) fn router(identity: IdentityState) -> axum::Router {
-    use axum::routing::post;
-    let ring = identity.ring.clone();
+/// client-credentials grant answers on identity's own (internal) listener,
+/// and only where a client secret is configured (`service_tokens`).
+pub(crate) fn routes(service_tokens: bool) -> crate::services::ApiRouter<IdentityState> {
+    use utoipa_axum::routes;
+    let router = crate::services::ApiRouter::default()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(jwks));
+    if service_tokens {
+        router.routes(routes!(service_token))
+    } else {
+        router
+    }
+}
+
+/// The public keys that verify every token identity issues (trellis-auth's
+/// `JwksService`, with its caching headers).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "identity",
+    responses((status = 200, description = "The public signing keys", body = crate::api::Jwks))
+)]
+pub(crate) async fn jwks(
+    State(identity): State<IdentityState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use tower::ServiceExt;
+    let service = trellis_auth::issue::JwksService::new(identity.ring.clone());
+    match service.oneshot(request).await {
+        Ok(response) => response.into_response(),
+        Err(never) => match never {},
+    }
+}
+
+/// [`routes`] on `identity`.
+pub(crate) fn router(identity: IdentityState) -> crate::services::ApiRouter {
     let trust = identity.trust_forwarded;
-    axum::Router::new()
-        .route("/identity/register", post(register))
-        .route("/identity/login", post(login))
-        .route("/identity/token", post(service_token))
-        // GET only (JwksService answers any method): POST here is a 405, as documented.
-        .route(
-            "/.well-known/jwks.json",
-            axum::routing::get_service(trellis_auth::issue::JwksService::new(ring)),
-        )
+    routes(!identity.clients.is_empty())
         .with_state(identity)
         .layer(axum::middleware::map_request(
             move |mut request: axum::extract::Request| async move {
@@ -437,17 +462,17 @@ fn same_secret(expected: &str, presented: &str) -> bool {
 /// Client-credentials grant: a calling service trades its own secret for a
 /// token with scopes from its grant ([`crate::platform::secrets::CLIENT_GRANTS`]);
 /// `ops:admin` is in no grant. Served on identity's own listener only (the
-/// gateway does not route it).
+/// gateway does not route it), and only where a client secret is
+/// configured (see [`routes`]).
 #[utoipa::path(
     post,
-    path = "/api/v1/identity/token",
+    path = "/identity/token",
     tag = "identity",
     operation_id = "service_token",
     request_body = ClientCredentials,
     responses(
         (status = 200, description = "A bearer token with the asked scopes", body = crate::api::TokenResponse),
         (status = 401, description = "`invalid_client`: unknown client or wrong secret", body = crate::api::ErrorBody),
-        (status = 404, description = "`not_found`: service tokens are disabled (no client secret configured)", body = crate::api::ErrorBody),
         (status = 422, description = "`invalid_scope`: a scope not granted to this client", body = crate::api::ErrorBody),
         (status = 500, description = "`internal`: the token could not be signed", body = crate::api::ErrorBody),
         crate::api::BodyErrors,
@@ -457,13 +482,6 @@ pub(crate) async fn service_token(
     State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<ClientCredentials>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if identity.clients.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "service tokens are disabled (no client secret configured)",
-        ));
-    }
     // Every known client's secret is compared (no early exit on the id).
     let mut client = None;
     for (service, secret) in &identity.clients {

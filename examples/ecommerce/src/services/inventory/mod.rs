@@ -415,14 +415,22 @@ pub(crate) struct ReserveBody {
 
 /// Inventory's internal routes (relative to `/api/v1`), for orders' service
 /// token (scope `inventory:write`).
-pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::post;
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    axum::Router::new()
-        .route("/inventory/reservations", post(reserve))
-        .route("/inventory/reservations/{action}", post(finish))
+pub(crate) fn routes() -> crate::services::ApiRouter<Inventory> {
+    use trellis_auth::RequireScopesLayer;
+    use utoipa_axum::routes;
+    crate::services::ApiRouter::default()
+        .routes(routes!(reserve))
+        .routes(routes!(finish))
         .route_layer(RequireScopesLayer::all(["inventory:write"]))
-        .layer(JwtAuthLayer::new(validator))
+}
+
+/// [`routes`] behind `validator`.
+pub(crate) fn router(
+    inventory: Inventory,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
+        .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(inventory)
 }
 
@@ -430,7 +438,7 @@ pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -
 /// `Idempotency-Key` is the reservation id: a repeated call answers the same.
 #[utoipa::path(
     post,
-    path = "/api/v1/inventory/reservations",
+    path = "/inventory/reservations",
     tag = "inventory",
     operation_id = "reserve_stock",
     params(crate::api::IdempotencyKey),
@@ -495,7 +503,7 @@ pub(crate) struct ReservationBody {
 /// target state (the key is still required, for the caller's logs).
 #[utoipa::path(
     post,
-    path = "/api/v1/inventory/reservations/{action}",
+    path = "/inventory/reservations/{action}",
     tag = "inventory",
     operation_id = "finish_reservation",
     params(

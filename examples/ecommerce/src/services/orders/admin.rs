@@ -21,7 +21,7 @@ pub(crate) struct BreakerBody {
 /// as PENDING_VALIDATION meanwhile.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/inventory/breaker",
+    path = "/admin/inventory/breaker",
     tag = "orders",
     request_body = BreakerBody,
     security(("bearer" = ["ops:admin"])),
@@ -58,7 +58,7 @@ pub(crate) async fn set_breaker(
 /// Sets the faults injected in front of the payment provider.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/payments/faults",
+    path = "/admin/payments/faults",
     tag = "payments",
     request_body = crate::api::FaultSettings,
     security(("bearer" = ["ops:admin"])),

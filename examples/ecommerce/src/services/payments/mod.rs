@@ -204,14 +204,22 @@ pub(crate) struct RefundBody {
 
 /// Payments' internal routes (relative to `/api/v1`), for orders' service
 /// token (scope `payments:write`).
-pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::post;
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    axum::Router::new()
-        .route("/payments/charges", post(charge))
-        .route("/payments/refunds", post(refund))
+pub(crate) fn routes() -> crate::services::ApiRouter<Payments> {
+    use trellis_auth::RequireScopesLayer;
+    use utoipa_axum::routes;
+    crate::services::ApiRouter::default()
+        .routes(routes!(charge))
+        .routes(routes!(refund))
         .route_layer(RequireScopesLayer::all(["payments:write"]))
-        .layer(JwtAuthLayer::new(validator))
+}
+
+/// [`routes`] behind `validator`.
+pub(crate) fn router(
+    payments: Payments,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
+        .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(payments)
 }
 
@@ -219,7 +227,7 @@ pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> 
 /// `Idempotency-Key`: a repeated call answers what the first one did.
 #[utoipa::path(
     post,
-    path = "/api/v1/payments/charges",
+    path = "/payments/charges",
     tag = "payments",
     operation_id = "charge",
     params(crate::api::IdempotencyKey),
@@ -273,7 +281,7 @@ pub(crate) async fn charge(
 /// cancelled: a later charge with it is declined).
 #[utoipa::path(
     post,
-    path = "/api/v1/payments/refunds",
+    path = "/payments/refunds",
     tag = "payments",
     operation_id = "refund",
     params(crate::api::IdempotencyKey),
