@@ -84,7 +84,9 @@ pub(crate) enum InternalWriteErrors {
 #[into_params(names("Idempotency-Key"), parameter_in = Header)]
 #[allow(dead_code)] // documentation only: handlers read the header map
 pub(crate) struct IdempotencyKey(
-    /// 1 to 200 characters, unique per saga step (e.g. `{order}/{step}/action`).
+    /// 1 to 200 visible ASCII characters, unique per saga step (e.g.
+    /// `{order}/{step}/action`).
+    #[param(min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")]
     String,
 );
 
@@ -258,19 +260,24 @@ pub(crate) struct BreakerOutcome {
 }
 
 /// The payment provider's fault injection (trellis-resilience `FaultConfig`;
-/// every field optional on input, all present in the answer).
+/// every field optional on input, all present in the answer; no other).
 #[derive(Debug, Default, Serialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct FaultSettings {
     /// Master switch.
     enabled: bool,
     /// Probability (0–1) that a call is delayed by `latency`.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     latency_probability: f64,
-    /// The delay, e.g. `"250ms"` (a number of seconds is accepted on input).
+    /// The delay: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`),
+    /// e.g. `"250ms"` (a number of seconds is accepted on input too).
+    #[schema(pattern = "^[0-9]{1,9}(\\.[0-9]{1,9})?(ns|us|ms|s|m|h)$")]
     latency: String,
     /// Probability (0–1) that a call fails before reaching the provider.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     error_probability: f64,
     /// Probability (0–1) that a call reaches the provider and its answer is lost.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     abort_probability: f64,
 }
 
@@ -294,4 +301,49 @@ pub(crate) struct Jwk {
 pub(crate) struct Jwks {
     /// The current and the previous signing keys.
     keys: Vec<Jwk>,
+}
+
+/// Deserializes an `i64` the way JSON Schema counts integers: `38` and
+/// `38.0` alike (a number with no fractional part is an `integer` to the
+/// documents' validators, so the server takes it too); `38.5` and numbers
+/// beyond `i64` are refused.
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    // 2^63 as f64: the first value past `i64::MAX`.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    match Number::deserialize(deserializer)? {
+        Number::Int(n) => Ok(n),
+        #[allow(clippy::cast_possible_truncation)] // integral and in range: exact
+        Number::Float(x) if x.fract() == 0.0 && (-LIMIT..LIMIT).contains(&x) => Ok(x as i64),
+        Number::Float(x) => Err(D::Error::custom(format!(
+            "invalid type: {x} is not an integer"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Quantity {
+        #[serde(deserialize_with = "super::integer")]
+        n: i64,
+    }
+
+    #[test]
+    fn integers_are_taken_as_json_schema_counts_them() {
+        let n = |json: &str| serde_json::from_str::<Quantity>(json).map(|q| q.n);
+        assert_eq!(n(r#"{"n": 38}"#).unwrap(), 38);
+        assert_eq!(n(r#"{"n": 38.0}"#).unwrap(), 38);
+        assert_eq!(n(r#"{"n": -2.0}"#).unwrap(), -2);
+        assert!(n(r#"{"n": 38.5}"#).is_err());
+        assert!(n(r#"{"n": 1e19}"#).is_err());
+        assert!(n(r#"{"n": "38"}"#).is_err());
+    }
 }

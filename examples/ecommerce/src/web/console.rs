@@ -397,6 +397,7 @@ pub(crate) struct SagaAction {
     id: String,
     /// Why (compensate only; at most 200 characters, default `by operator`).
     #[serde(default)]
+    #[schema(max_length = 200)]
     reason: Option<String>,
 }
 
@@ -476,7 +477,7 @@ pub(crate) async fn compensate_saga(
     ApiJson(body): ApiJson<SagaAction>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let reason = body.reason.unwrap_or_else(|| "by operator".into());
-    if reason.len() > 200 {
+    if reason.chars().count() > 200 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_reason",

@@ -177,7 +177,11 @@ pub(crate) fn validator_with(keys: impl trellis_auth::IntoKeyProvider) -> Result
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
+    /// An email address, at most 254 characters; trimmed and lowercased.
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     email: String,
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     password: String,
 }
 
@@ -270,14 +274,16 @@ pub(crate) async fn register(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let email = normalize_email(&body.email);
-    if !email.contains('@') || email.len() > 254 {
+    // Characters, as the document's maxLength counts them.
+    if !email.contains('@') || email.chars().count() > 254 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_email",
             "email must look like name@host",
         ));
     }
-    if body.password.len() < 8 || body.password.len() > 256 {
+    let characters = body.password.chars().count();
+    if !(8..=256).contains(&characters) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "weak_password",

@@ -17,6 +17,7 @@ use crate::services::identity::client::ServiceToken;
 pub(crate) struct Line {
     pub(crate) sku: String,
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::api::integer")]
     pub(crate) quantity: i64,
 }
 

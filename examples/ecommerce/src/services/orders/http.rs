@@ -20,14 +20,25 @@ use crate::services::inventory::client::Line;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineInput {
+    /// One of the catalog's SKUs (`GET /products`); another is refused
+    /// with 422 `unknown_product`.
+    #[schema(schema_with = crate::services::catalog::client::sku_schema)]
     sku: String,
+    /// 1 to 100 units.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::api::integer")]
     quantity: i64,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrderBody {
+    /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
     lines: Vec<LineInput>,
+    /// The card number: 12 to 19 digits (`4000000000000002` is always
+    /// declined).
+    #[schema(pattern = "^[0-9]{12,19}$", min_length = 12, max_length = 19)]
     card: String,
 }
 
@@ -56,6 +67,7 @@ pub(crate) struct OrderIdempotencyKey(
     /// id, same status) and never places or charges a second one, also
     /// when both requests arrive at once or on different replicas. The
     /// first request's body wins.
+    #[param(min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")]
     Option<String>,
 );
 

@@ -178,6 +178,7 @@ pub(crate) struct ChargeBody {
     order_id: String,
     /// Positive.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::api::integer")]
     amount_cents: i64,
     /// The card: a token from placing the order (`tok_...`; the number
     /// itself is accepted too, `4000000000000002` is always declined).
@@ -276,6 +277,31 @@ pub(crate) async fn charge(
     })
 }
 
+/// [`RefundBody`] as the server takes it: `payment` or `charge_key` (a
+/// string) is required, which a derived schema cannot say.
+pub(crate) struct RefundRequest;
+
+impl utoipa::PartialSchema for RefundRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
+        let named = |field: &str| {
+            ObjectBuilder::new()
+                .property(field, ObjectBuilder::new().schema_type(Type::String))
+                .required(field)
+        };
+        AllOfBuilder::new()
+            .item(<RefundBody as utoipa::PartialSchema>::schema())
+            .item(
+                AnyOfBuilder::new()
+                    .item(named("payment"))
+                    .item(named("charge_key")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RefundRequest {}
+
 /// Refunds a payment, once per payment whatever the key, named by its
 /// payment id or by the charge's idempotency key (a key never charged is
 /// cancelled: a later charge with it is declined).
@@ -285,7 +311,7 @@ pub(crate) async fn charge(
     tag = "payments",
     operation_id = "refund",
     params(crate::api::IdempotencyKey),
-    request_body = RefundBody,
+    request_body = RefundRequest,
     security(("bearer" = ["payments:write"])),
     responses(
         (status = 200, description = "Refunded (also when it was before)", body = crate::api::Refunded),
