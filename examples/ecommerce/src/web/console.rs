@@ -394,10 +394,11 @@ pub(crate) async fn sagas(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SagaAction {
     /// The saga id.
+    #[schema(pattern = "^[^\\x00]*$")]
     id: String,
     /// Why (compensate only; at most 200 characters, default `by operator`).
     #[serde(default)]
-    #[schema(max_length = 200)]
+    #[schema(max_length = 200, pattern = "^[^\\x00]*$")]
     reason: Option<String>,
 }
 

@@ -181,7 +181,7 @@ pub(crate) struct Credentials {
     #[schema(format = "email", min_length = 3, max_length = 254)]
     email: String,
     /// 8 to 256 characters.
-    #[schema(min_length = 8, max_length = 256)]
+    #[schema(min_length = 8, max_length = 256, pattern = "^[^\\x00]*$")]
     password: String,
 }
 
@@ -447,11 +447,13 @@ pub(crate) fn router(identity: IdentityState) -> crate::services::ApiRouter {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientCredentials {
     /// The calling service's name (`orders`).
+    #[schema(pattern = "^[^\\x00]*$")]
     client_id: String,
     /// That service's own client secret.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[^\\x00]*$")]
     client_secret: Secret,
     /// Space-separated, as in OAuth 2; each must be granted to the client.
+    #[schema(pattern = "^[^\\x00]*$")]
     scope: String,
 }
 

@@ -407,6 +407,7 @@ async fn add_expiry_column(pool: &AnyPool, expires_at: i64) -> Result<(), sqlx::
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReserveBody {
     /// The order the stock is held for.
+    #[schema(pattern = "^[^\\x00]*$")]
     order_id: String,
     /// 1 or more lines, each of quantity 1 to 100.
     #[schema(min_items = 1)]
@@ -496,6 +497,7 @@ pub(crate) async fn reserve(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReservationBody {
     /// The reservation id (the reserve call's idempotency key).
+    #[schema(pattern = "^[^\\x00]*$")]
     reservation: String,
 }
 

@@ -175,6 +175,7 @@ const CANCELLED: &str = "CANCELLED";
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChargeBody {
     /// The order paid for.
+    #[schema(pattern = "^[^\\x00]*$")]
     order_id: String,
     /// Positive.
     #[schema(minimum = 1)]
@@ -182,6 +183,7 @@ pub(crate) struct ChargeBody {
     amount_cents: i64,
     /// The card: a token from placing the order (`tok_...`; the number
     /// itself is accepted too, `4000000000000002` is always declined).
+    #[schema(pattern = "^[^\\x00]*$")]
     card: String,
 }
 
@@ -191,15 +193,18 @@ pub(crate) struct ChargeBody {
 pub(crate) struct RefundBody {
     /// The payment id a charge answered with. Either this or `charge_key`.
     #[serde(default)]
+    #[schema(pattern = "^[^\\x00]*$")]
     payment: Option<String>,
     /// The `Idempotency-Key` the charge was (or would have been) made
     /// with: refunds that charge whatever the caller knows of it; when no
     /// charge was made under it, the key is cancelled and a later charge
     /// with it is declined.
     #[serde(default)]
+    #[schema(pattern = "^[^\\x00]*$")]
     charge_key: Option<String>,
     /// The order, recorded with a cancelled charge key.
     #[serde(default)]
+    #[schema(pattern = "^[^\\x00]*$")]
     order_id: Option<String>,
 }
 
