@@ -94,23 +94,22 @@ pub(crate) struct IdempotencyKey(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Reservation {
     /// The reservation id: the call's idempotency key.
-    reservation: String,
+    pub(crate) reservation: String,
 }
 
 /// `POST /inventory/reservations`'s answer when a line cannot be served.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct InsufficientStock {
     /// Always `insufficient_stock`: orders tells the outcome by it.
-    error: InsufficientStockCode,
+    pub(crate) error: InsufficientStockCode,
     /// What went wrong, for people.
-    message: String,
+    pub(crate) message: String,
     /// The first SKU short of stock.
-    sku: String,
+    pub(crate) sku: String,
 }
 
 /// The one code of [`InsufficientStock`].
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler writes the text
 #[serde(rename_all = "snake_case")]
 pub(crate) enum InsufficientStockCode {
     /// Not enough stock for a line.
@@ -121,14 +120,13 @@ pub(crate) enum InsufficientStockCode {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Declined {
     /// Always `payment_declined`: orders tells the outcome by it.
-    error: DeclinedCode,
+    pub(crate) error: DeclinedCode,
     /// The provider's reason.
-    message: String,
+    pub(crate) message: String,
 }
 
 /// The one code of [`Declined`].
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler writes the text
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DeclinedCode {
     /// The provider declined the card.
@@ -137,7 +135,6 @@ pub(crate) enum DeclinedCode {
 
 /// What to do with a reservation.
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler matches the path text
 #[serde(rename_all = "lowercase")]
 pub(crate) enum FinishAction {
     /// Give the stock back (compensation).
@@ -150,26 +147,25 @@ pub(crate) enum FinishAction {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Finished {
     /// The action done.
-    status: FinishAction,
+    pub(crate) status: FinishAction,
 }
 
 /// `POST /payments/charges`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Charged {
     /// The payment id (what a refund names).
-    payment: String,
+    pub(crate) payment: String,
 }
 
 /// `POST /payments/refunds`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Refunded {
     /// Always `refunded`.
-    status: RefundStatus,
+    pub(crate) status: RefundStatus,
 }
 
 /// The one state of [`Refunded`].
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler writes the text
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RefundStatus {
     /// The payment is refunded (now or before).
@@ -180,22 +176,22 @@ pub(crate) enum RefundStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Registered {
     /// The user id (the `sub` of their tokens).
-    id: String,
+    pub(crate) id: String,
     /// The email, trimmed and lowercased.
-    email: String,
+    pub(crate) email: String,
 }
 
 /// `POST /identity/login`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TokenResponse {
     /// An EdDSA-signed JWT.
-    access_token: String,
+    pub(crate) access_token: String,
     /// Always `Bearer`.
-    token_type: String,
+    pub(crate) token_type: String,
     /// Seconds until it expires.
-    expires_in: i64,
+    pub(crate) expires_in: u64,
     /// The granted scopes, space separated.
-    scope: String,
+    pub(crate) scope: String,
 }
 
 /// An order's state in the read model.

@@ -305,7 +305,7 @@ pub(crate) async fn register(
     // Inserted or not (the email was taken), the same answer.
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "id": id, "email": email })),
+        Json(crate::api::Registered { id, email }),
     ))
 }
 
@@ -369,16 +369,16 @@ pub(crate) async fn login(
     let token = identity
         .token(&id, CUSTOMER_SCOPES)
         .map_err(ApiError::internal)?;
-    Ok(no_store(Json(serde_json::json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_TTL.as_secs(),
-        "scope": CUSTOMER_SCOPES.join(" "),
-    }))))
+    Ok(no_store(Json(crate::api::TokenResponse {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: TOKEN_TTL.as_secs(),
+        scope: CUSTOMER_SCOPES.join(" "),
+    })))
 }
 
 /// A token response: never cached by a browser or a proxy (RFC 6749 5.1).
-fn no_store(body: Json<serde_json::Value>) -> impl IntoResponse {
+fn no_store(body: Json<crate::api::TokenResponse>) -> impl IntoResponse {
     (
         [
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
@@ -521,12 +521,12 @@ pub(crate) async fn service_token(
     let token = identity
         .token(&format!("service:{client}"), &scopes)
         .map_err(ApiError::internal)?;
-    Ok(no_store(Json(serde_json::json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_TTL.as_secs(),
-        "scope": scopes.join(" "),
-    }))))
+    Ok(no_store(Json(crate::api::TokenResponse {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: TOKEN_TTL.as_secs(),
+        scope: scopes.join(" "),
+    })))
 }
 
 /// A token signed with identity's key file: how an operator gets `ops:admin`

@@ -475,16 +475,16 @@ pub(crate) async fn reserve(
     Ok(match reply {
         InventoryReply::Reserved { reservation } => (
             StatusCode::CREATED,
-            Json(serde_json::json!({ "reservation": reservation })),
+            Json(crate::api::Reservation { reservation }),
         )
             .into_response(),
         InventoryReply::Insufficient { sku } => (
             StatusCode::CONFLICT,
-            Json(serde_json::json!({
-                "error": "insufficient_stock",
-                "message": format!("not enough {sku} in stock"),
-                "sku": sku,
-            })),
+            Json(crate::api::InsufficientStock {
+                error: crate::api::InsufficientStockCode::InsufficientStock,
+                message: format!("not enough {sku} in stock"),
+                sku,
+            }),
         )
             .into_response(),
         InventoryReply::NotHeld { status } => return Err(not_held(&status)),
@@ -527,11 +527,17 @@ pub(crate) async fn finish(
     headers: http::HeaderMap,
     Path(action): Path<String>,
     ApiJson(ReservationBody { reservation: id }): ApiJson<ReservationBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::api::Finished>, ApiError> {
     idempotency_key(&headers)?;
-    let request = match action.as_str() {
-        "release" => InventoryRequest::Release { reservation: id },
-        "confirm" => InventoryRequest::Confirm { reservation: id },
+    let (request, done) = match action.as_str() {
+        "release" => (
+            InventoryRequest::Release { reservation: id },
+            crate::api::FinishAction::Release,
+        ),
+        "confirm" => (
+            InventoryRequest::Confirm { reservation: id },
+            crate::api::FinishAction::Confirm,
+        ),
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -541,7 +547,7 @@ pub(crate) async fn finish(
         }
     };
     match inventory.call(request).await? {
-        InventoryReply::Done => Ok(Json(serde_json::json!({ "status": action }))),
+        InventoryReply::Done => Ok(Json(crate::api::Finished { status: done })),
         InventoryReply::NotHeld { status } => Err(not_held(&status)),
         other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }

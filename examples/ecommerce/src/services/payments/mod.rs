@@ -268,14 +268,15 @@ pub(crate) async fn charge(
         })
         .await?;
     Ok(match reply {
-        PaymentReply::Charged { payment } => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({ "payment": payment })),
-        )
-            .into_response(),
+        PaymentReply::Charged { payment } => {
+            (StatusCode::CREATED, Json(crate::api::Charged { payment })).into_response()
+        }
         PaymentReply::Declined { reason } => (
             StatusCode::PAYMENT_REQUIRED,
-            Json(serde_json::json!({ "error": "payment_declined", "message": reason })),
+            Json(crate::api::Declined {
+                error: crate::api::DeclinedCode::PaymentDeclined,
+                message: reason,
+            }),
         )
             .into_response(),
         PaymentReply::Refunded => return Err(ApiError::internal("unexpected refund reply")),
@@ -328,7 +329,7 @@ pub(crate) async fn refund(
     State(payments): State<Payments>,
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<RefundBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::api::Refunded>, ApiError> {
     let key = crate::api::idempotency_key(&headers)?;
     if body.payment.is_none() && body.charge_key.is_none() {
         return Err(ApiError::new(
@@ -345,7 +346,9 @@ pub(crate) async fn refund(
             order_id: body.order_id,
         })
         .await?;
-    Ok(Json(serde_json::json!({ "status": "refunded" })))
+    Ok(Json(crate::api::Refunded {
+        status: crate::api::RefundStatus::Refunded,
+    }))
 }
 
 /// Starts payments (the fake provider) on `pool`, its routes behind
