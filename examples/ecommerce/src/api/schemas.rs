@@ -195,8 +195,7 @@ pub(crate) struct TokenResponse {
 }
 
 /// An order's state in the read model.
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the read model stores these as text
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum OrderState {
     /// Recorded, the saga under way.
@@ -207,6 +206,19 @@ pub(crate) enum OrderState {
     PendingValidation,
     /// Compensated: nothing reserved or charged stands.
     Rejected,
+}
+
+impl OrderState {
+    /// The state the read model's text names, if any.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "PLACED" => OrderState::Placed,
+            "CONFIRMED" => OrderState::Confirmed,
+            "PENDING_VALIDATION" => OrderState::PendingValidation,
+            "REJECTED" => OrderState::Rejected,
+            _ => return None,
+        })
+    }
 }
 
 /// How the place-order saga ended.
@@ -241,18 +253,18 @@ pub(crate) struct PlacedOrder {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ValidatedOrder {
     /// The order.
-    order_id: String,
+    pub(crate) order_id: String,
     /// Its state after validation.
-    status: OrderState,
+    pub(crate) status: OrderState,
 }
 
 /// `POST /admin/inventory/breaker`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BreakerOutcome {
     /// The breaker's state (`Closed`, `Open`, `HalfOpen`, `ForcedOpen`).
-    state: String,
+    pub(crate) state: String,
     /// Orders validated by closing it.
-    validated: Vec<ValidatedOrder>,
+    pub(crate) validated: Vec<ValidatedOrder>,
 }
 
 /// The payment provider's fault injection (trellis-resilience `FaultConfig`;

@@ -9,7 +9,7 @@ use trellis_resilience::fault::FaultConfig;
 
 use super::OrdersState;
 use super::validator::validate_pending_locked;
-use crate::api::{ApiError, ApiJson};
+use crate::api::{ApiError, ApiJson, BreakerOutcome, OrderState, ValidatedOrder};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -34,7 +34,7 @@ pub(crate) struct BreakerBody {
 pub(crate) async fn set_breaker(
     State(app): State<OrdersState>,
     ApiJson(body): ApiJson<BreakerBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BreakerOutcome>, ApiError> {
     let mut validated = Vec::new();
     if body.open {
         app.inventory_breaker.force_open();
@@ -45,14 +45,18 @@ pub(crate) async fn set_breaker(
         app.inventory_breaker.reset();
         validated = validate_pending_locked(&app).await?;
     }
-    let validated: Vec<_> = validated
+    let validated = validated
         .into_iter()
-        .map(|(order_id, status)| serde_json::json!({ "order_id": order_id, "status": status }))
-        .collect();
-    Ok(Json(serde_json::json!({
-        "state": format!("{:?}", app.inventory_breaker.state()),
-        "validated": validated,
-    })))
+        .map(|(order_id, status)| {
+            let status = OrderState::parse(&status)
+                .ok_or_else(|| ApiError::internal(format!("order state {status:?}")))?;
+            Ok(ValidatedOrder { order_id, status })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(BreakerOutcome {
+        state: format!("{:?}", app.inventory_breaker.state()),
+        validated,
+    }))
 }
 
 /// Sets the faults injected in front of the payment provider.
