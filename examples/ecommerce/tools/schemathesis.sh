@@ -37,10 +37,16 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/ecommerce-schemathesis.XXXXXX")"
 pids=()
+pg_prefix=""
 stop() {
   if ((${#pids[@]})); then
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
+  fi
+  # Leave no schemas behind (the services have stopped: no locks held).
+  if [[ -n "$pg_prefix" ]] && command -v psql >/dev/null; then
+    psql "$ECOMMERCE_DATABASE_URL" -qAt -c "SELECT nspname FROM pg_namespace WHERE nspname LIKE '${pg_prefix}%'" |
+      while read -r schema; do PGOPTIONS=--client-min-messages=warning psql "$ECOMMERCE_DATABASE_URL" -q -c "DROP SCHEMA \"$schema\" CASCADE"; done || true
   fi
   rm -rf "$work"
 }
@@ -119,6 +125,7 @@ run_distributed() {
   export ECOMMERCE_DATABASE_URL="${ECOMMERCE_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/test}"
   export ECOMMERCE_NATS_URL="${ECOMMERCE_NATS_URL:-nats://127.0.0.1:4222}"
   export ECOMMERCE_SCHEMA_PREFIX="$prefix" ECOMMERCE_SIGNING_KEY_FILE="$work/identity-key.pem"
+  pg_prefix="$prefix"
   export ECOMMERCE_DRAIN=10ms
   for service in "${services[@]}"; do
     if [[ "$service" != gateway ]]; then
@@ -152,11 +159,6 @@ run_distributed() {
   done
   local identity="http://127.0.0.1:${ports[identity]}"
   fuzz "$identity" "$identity/api/v1/openapi.json" "$token" --include-path /api/v1/identity/token
-  # Leave no schemas behind.
-  if command -v psql >/dev/null; then
-    psql "$ECOMMERCE_DATABASE_URL" -qAt -c "SELECT nspname FROM pg_namespace WHERE nspname LIKE '${prefix}%'" |
-      while read -r schema; do psql "$ECOMMERCE_DATABASE_URL" -q -c "DROP SCHEMA \"$schema\" CASCADE"; done || true
-  fi
 }
 
 [[ "$mode" == distributed ]] || run_local
