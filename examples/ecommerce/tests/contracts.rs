@@ -244,7 +244,10 @@ impl Stubs {
 }
 
 /// Each provider's own document (served by the provider at
-/// `/api/v1/openapi.json`), checked equal to its part of the system's.
+/// `/api/v1/openapi.json`); an operation the one process serves too is
+/// documented the same in both (the one process serves no internal route,
+/// so inventory has no part there, and payments' part is the fault
+/// injection orders serves).
 async fn provider_documents(providers: &Providers, tag: &str) -> BTreeMap<&'static str, Value> {
     let (system, _dir) = support::start(&format!("{tag}-system")).await;
     let gateway = ApiClient::new(system.base_url());
@@ -264,7 +267,19 @@ async fn provider_documents(providers: &Providers, tag: &str) -> BTreeMap<&'stat
             )
             .await
             .unwrap();
-        assert_eq!(own.body, part.body, "{service}'s own document");
+        let mut shared = 0;
+        for (path, item) in part.body["paths"].as_object().into_iter().flatten() {
+            if let Some(own_item) = own.body["paths"].get(path) {
+                assert_eq!(own_item, item, "{service}: {path}");
+                shared += 1;
+            }
+        }
+        if matches!(service, "identity" | "catalog") {
+            assert!(
+                shared > 0,
+                "{service}: nothing in common with the one process"
+            );
+        }
         docs.insert(service, own.body);
     }
     system.shutdown().await.unwrap();
@@ -506,17 +521,17 @@ async fn the_request_check_refuses_what_the_document_does_not_allow() {
     r.body = json!({ "order_id": "o-1", "lines": [] })
         .to_string()
         .into_bytes();
-    cases.push((r, "fewer than 1"));
+    cases.push((r, "has less than 1 item"));
     let mut r = good();
     r.body = json!({ "order_id": "o-1", "lines": [{ "sku": "T", "quantity": 101 }] })
         .to_string()
         .into_bytes();
-    cases.push((r, "above the maximum"));
+    cases.push((r, "greater than the maximum of 100"));
     let mut r = good();
     r.body = json!({ "order": "o-1", "lines": [] })
         .to_string()
         .into_bytes();
-    cases.push((r, "required field"));
+    cases.push((r, "is a required property"));
     let mut r = good();
     r.path = "/api/v1/inventory/reservations/cancel".into();
     r.body = json!({ "reservation": "x" }).to_string().into_bytes();

@@ -132,7 +132,9 @@ impl IntoResponse for ApiError {
 }
 
 /// `Json<T>` whose rejections are JSON errors too: 400 malformed, 422 wrong
-/// shape (unknown field, negative number), 413 over the body limit, 415 not JSON.
+/// shape (unknown field, negative number) or a string with U+0000 (which
+/// PostgreSQL cannot store: refused alike in both run modes, and every
+/// free-text field's schema says so), 413 over the body limit, 415 not JSON.
 #[derive(Debug)]
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
@@ -144,7 +146,48 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        let is_json = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|essence| essence.trim().to_ascii_lowercase())
+            .is_some_and(|essence| {
+                essence == "application/json"
+                    || (essence.starts_with("application/") && essence.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    rejection.body_text(),
+                ));
+            }
+            Err(rejection) => {
+                return Err(ApiError::new(
+                    rejection.status(),
+                    "bad_request",
+                    rejection.body_text(),
+                ));
+            }
+        };
+        if has_nul_escape(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "strings may not contain U+0000",
+            ));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(match &rejection {
                 JsonRejection::JsonSyntaxError(_) => ApiError::new(
@@ -171,6 +214,23 @@ where
             }),
         }
     }
+}
+
+/// Whether a JSON text holds a `\u0000` escape (a raw NUL is no valid
+/// JSON); `\\u0000` is a backslash and text, not one.
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(b"0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// The auth layers answer 401/403 with an empty body (by design, see
@@ -228,4 +288,17 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_nul_escape;
+
+    #[test]
+    fn a_nul_escape_is_found_and_an_escaped_backslash_is_not_one() {
+        assert!(has_nul_escape(br#"{"a": "x\u0000y"}"#));
+        assert!(!has_nul_escape(br#"{"a": "x\\u0000y"}"#));
+        assert!(has_nul_escape(br#"{"a": "x\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"a": "x\u0001"}"#));
+    }
 }

@@ -98,7 +98,9 @@ pub(crate) enum InternalWriteErrors {
 #[into_params(names("Idempotency-Key"), parameter_in = Header)]
 #[allow(dead_code)] // documentation only: handlers read the header map
 pub(crate) struct IdempotencyKey(
-    /// 1 to 200 characters, unique per saga step (e.g. `{order}/{step}/action`).
+    /// 1 to 200 visible ASCII characters, unique per saga step (e.g.
+    /// `{order}/{step}/action`).
+    #[param(min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")]
     String,
 );
 
@@ -106,23 +108,22 @@ pub(crate) struct IdempotencyKey(
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Reservation {
     /// The reservation id: the call's idempotency key.
-    reservation: String,
+    pub(crate) reservation: String,
 }
 
 /// `POST /inventory/reservations`'s answer when a line cannot be served.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct InsufficientStock {
     /// Always `insufficient_stock`: orders tells the outcome by it.
-    error: InsufficientStockCode,
+    pub(crate) error: InsufficientStockCode,
     /// What went wrong, for people.
-    message: String,
+    pub(crate) message: String,
     /// The first SKU short of stock.
-    sku: String,
+    pub(crate) sku: String,
 }
 
 /// The one code of [`InsufficientStock`].
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler writes the text
 #[serde(rename_all = "snake_case")]
 pub(crate) enum InsufficientStockCode {
     /// Not enough stock for a line.
@@ -133,14 +134,13 @@ pub(crate) enum InsufficientStockCode {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Declined {
     /// Always `payment_declined`: orders tells the outcome by it.
-    error: DeclinedCode,
+    pub(crate) error: DeclinedCode,
     /// The provider's reason.
-    message: String,
+    pub(crate) message: String,
 }
 
 /// The one code of [`Declined`].
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler writes the text
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DeclinedCode {
     /// The provider declined the card.
@@ -149,7 +149,6 @@ pub(crate) enum DeclinedCode {
 
 /// What to do with a reservation.
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler matches the path text
 #[serde(rename_all = "lowercase")]
 pub(crate) enum FinishAction {
     /// Give the stock back (compensation).
@@ -162,26 +161,25 @@ pub(crate) enum FinishAction {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Finished {
     /// The action done.
-    status: FinishAction,
+    pub(crate) status: FinishAction,
 }
 
 /// `POST /payments/charges`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Charged {
     /// The payment id (what a refund names).
-    payment: String,
+    pub(crate) payment: String,
 }
 
 /// `POST /payments/refunds`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Refunded {
     /// Always `refunded`.
-    status: RefundStatus,
+    pub(crate) status: RefundStatus,
 }
 
 /// The one state of [`Refunded`].
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the handler writes the text
 #[serde(rename_all = "lowercase")]
 pub(crate) enum RefundStatus {
     /// The payment is refunded (now or before).
@@ -192,27 +190,26 @@ pub(crate) enum RefundStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Registered {
     /// The user id (the `sub` of their tokens).
-    id: String,
+    pub(crate) id: String,
     /// The email, trimmed and lowercased.
-    email: String,
+    pub(crate) email: String,
 }
 
 /// `POST /identity/login`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TokenResponse {
     /// An EdDSA-signed JWT.
-    access_token: String,
+    pub(crate) access_token: String,
     /// Always `Bearer`.
-    token_type: String,
+    pub(crate) token_type: String,
     /// Seconds until it expires.
-    expires_in: i64,
+    pub(crate) expires_in: u64,
     /// The granted scopes, space separated.
-    scope: String,
+    pub(crate) scope: String,
 }
 
 /// An order's state in the read model.
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)] // documentation only: the read model stores these as text
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub(crate) enum OrderState {
     /// Recorded, the saga under way.
@@ -223,6 +220,19 @@ pub(crate) enum OrderState {
     PendingValidation,
     /// Compensated: nothing reserved or charged stands.
     Rejected,
+}
+
+impl OrderState {
+    /// The state the read model's text names, if any.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "PLACED" => OrderState::Placed,
+            "CONFIRMED" => OrderState::Confirmed,
+            "PENDING_VALIDATION" => OrderState::PendingValidation,
+            "REJECTED" => OrderState::Rejected,
+            _ => return None,
+        })
+    }
 }
 
 /// How the place-order saga ended.
@@ -260,8 +270,7 @@ pub(crate) struct ValidatedOrder {
     /// The order.
     pub(crate) order_id: String,
     /// Its state after validation.
-    #[schema(value_type = OrderState)]
-    pub(crate) status: String,
+    pub(crate) status: OrderState,
 }
 
 /// `POST /admin/inventory/breaker`'s answer.
@@ -274,19 +283,24 @@ pub(crate) struct BreakerOutcome {
 }
 
 /// The payment provider's fault injection (trellis-resilience `FaultConfig`;
-/// every field optional on input, all present in the answer).
+/// every field optional on input, all present in the answer; no other).
 #[derive(Debug, Default, Serialize, ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct FaultSettings {
     /// Master switch.
     enabled: bool,
     /// Probability (0–1) that a call is delayed by `latency`.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     latency_probability: f64,
-    /// The delay, e.g. `"250ms"` (a number of seconds is accepted on input).
+    /// The delay: a number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`),
+    /// e.g. `"250ms"` (a number of seconds is accepted on input too).
+    #[schema(pattern = "^[0-9]{1,9}(\\.[0-9]{1,9})?(ns|us|ms|s|m|h)$")]
     latency: String,
     /// Probability (0–1) that a call fails before reaching the provider.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     error_probability: f64,
     /// Probability (0–1) that a call reaches the provider and its answer is lost.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     abort_probability: f64,
 }
 
@@ -310,4 +324,49 @@ pub(crate) struct Jwk {
 pub(crate) struct Jwks {
     /// The current and the previous signing keys.
     keys: Vec<Jwk>,
+}
+
+/// Deserializes an `i64` the way JSON Schema counts integers: `38` and
+/// `38.0` alike (a number with no fractional part is an `integer` to the
+/// documents' validators, so the server takes it too); `38.5` and numbers
+/// beyond `i64` are refused.
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::Deserialize;
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    // 2^63 as f64: the first value past `i64::MAX`.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    match Number::deserialize(deserializer)? {
+        Number::Int(n) => Ok(n),
+        #[allow(clippy::cast_possible_truncation)] // integral and in range: exact
+        Number::Float(x) if x.fract() == 0.0 && (-LIMIT..LIMIT).contains(&x) => Ok(x as i64),
+        Number::Float(x) => Err(D::Error::custom(format!(
+            "invalid type: {x} is not an integer"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Quantity {
+        #[serde(deserialize_with = "super::integer")]
+        n: i64,
+    }
+
+    #[test]
+    fn integers_are_taken_as_json_schema_counts_them() {
+        let n = |json: &str| serde_json::from_str::<Quantity>(json).map(|q| q.n);
+        assert_eq!(n(r#"{"n": 38}"#).unwrap(), 38);
+        assert_eq!(n(r#"{"n": 38.0}"#).unwrap(), 38);
+        assert_eq!(n(r#"{"n": -2.0}"#).unwrap(), -2);
+        assert!(n(r#"{"n": 38.5}"#).is_err());
+        assert!(n(r#"{"n": 1e19}"#).is_err());
+        assert!(n(r#"{"n": "38"}"#).is_err());
+    }
 }

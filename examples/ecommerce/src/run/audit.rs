@@ -47,16 +47,23 @@ pub(crate) struct AuditState {
 
 /// `GET /admin/audit` (relative to `/api/v1`), scope `ops:admin`, behind
 /// `validator`.
-pub(crate) fn router(state: Arc<AuditState>, validator: trellis_auth::Validator) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/admin/audit",
-            axum::routing::get(audit).route_layer(trellis_auth::RequireScopesLayer::all([
-                crate::api::OPS_SCOPE,
-            ])),
-        )
+pub(crate) fn router(
+    state: Arc<AuditState>,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
         .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(state)
+}
+
+/// `GET /admin/audit`, scope `ops:admin` (one process only: the
+/// distributed system audits through `tools::cluster::audit`).
+pub(crate) fn routes() -> crate::services::ApiRouter<Arc<AuditState>> {
+    crate::services::ApiRouter::default()
+        .routes(utoipa_axum::routes!(audit))
+        .route_layer(trellis_auth::RequireScopesLayer::all([
+            crate::api::OPS_SCOPE,
+        ]))
 }
 
 /// Order ids listed per violation at most (the counts are complete).
@@ -303,7 +310,7 @@ pub(crate) fn check_orders(input: &AuditInput) -> OrderChecks {
 /// since the process started.
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/audit",
+    path = "/admin/audit",
     tag = "orders",
     security(("bearer" = ["ops:admin"])),
     responses(

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use trellis_cqrs::{BoxError, ProjectionHandle, ProjectionState};
 use trellis_health::checks::{NatsCheck, SqlxCheck};
 use trellis_health::{Check, Group, HealthBuilder};
@@ -20,7 +19,7 @@ use crate::run::distributed;
 
 /// A running consumer: its routes, its projection and its JWKS refresh.
 pub(crate) struct Consumer {
-    pub(crate) router: Router,
+    pub(crate) router: crate::services::ApiRouter,
     pub(crate) projection: Arc<ProjectionHandle>,
     pub(crate) refresh: tokio::task::JoinHandle<()>,
 }

@@ -30,7 +30,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use trellis_auth::Validator;
 use trellis_auth::jwks::{HttpJwksFetcher, JwksConfig, JwksKeys};
 use trellis_eventsourcing::PgEventStore;
@@ -137,11 +136,12 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     // the gateway's page routes proxy to orders.
     let mut orders_parts = None;
     let mut pages = None;
-    let api: Router = match service {
+    let api: crate::services::ApiRouter = match service {
         ServiceName::Gateway => {
             let (api, page_routes) = gateway::start(settings, &mut health, &mut metrics)?;
             pages = Some(page_routes);
-            api
+            // Its proxy, a fallback: no route of its own to document.
+            api.into()
         }
         ServiceName::Identity => {
             let pool = db::open_pg_any(target, 5).await?;
@@ -208,7 +208,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             relay = parts.relay;
             background.push(parts.refresh);
             orders_parts = Some((parts.app, parts.router, parts.validator, parts.catalog));
-            Router::new()
+            crate::services::ApiRouter::default()
         }
         ServiceName::Shipping | ServiceName::Analytics => {
             let consumer = crate::run::consumer::start_consumer(
@@ -237,18 +237,23 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         }
         None => api,
     };
-    // Each service serves its own OpenAPI document. Not the gateway: a
-    // route there would replace its proxying fallback (see `not_found`).
+    // Each service serves the OpenAPI document of its own routes; the
+    // gateway, of the routes it forwards (added after `not_found` below: a
+    // route before would replace its proxying fallback).
     let api = match service {
-        ServiceName::Gateway => api,
-        own => api.merge(crate::run::openapi::service_router(own)),
+        ServiceName::Gateway => api.split_for_parts().0,
+        own => crate::run::openapi::with_document(own, api),
     };
     // The gateway's `/metrics` answers on its internal port (the health
     // listen address), not on the public one.
     let (mut app, metrics) = match service {
         ServiceName::Gateway => {
-            let (app, metrics) =
-                crate::platform::serve::wrap_split(not_found(api), &health, metrics);
+            let documented = crate::run::openapi::service_router(
+                ServiceName::Gateway,
+                crate::run::openapi::gateway_api(),
+            );
+            let api = not_found(api).merge(documented);
+            let (app, metrics) = crate::platform::serve::wrap_split(api, &health, metrics);
             (app, Some(metrics))
         }
         _ => (wrap(not_found(api), &health, metrics), None),
@@ -396,7 +401,7 @@ pub(crate) async fn order_stream(
 struct OrdersParts {
     app: orders::OrdersState,
     /// Its routes, from [`orders::start`].
-    router: Router,
+    router: crate::services::ApiRouter,
     validator: Validator,
     /// The storefront's products: the catalog service through a client.
     catalog: Prices,

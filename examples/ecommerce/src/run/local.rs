@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tower::util::BoxCloneSyncService;
 use trellis_cqrs::BoxError;
 use trellis_eventsourcing::SqliteEventStore;
@@ -312,7 +311,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         payments,
         orders: orders.service,
     });
-    let api = Router::new()
+    let api = crate::services::ApiRouter::default()
         .merge(identity.router)
         .merge(catalog.router)
         .merge(orders.router)
@@ -330,9 +329,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }),
             validator.clone(),
         ))
-        // OpenAPI documents: public, like the JWKS.
-        .merge(crate::run::openapi::router())
         .merge(crate::web::api(web.clone(), validator));
+    // The OpenAPI documents of exactly these routes: public, like the JWKS.
+    let (api, documented) = api.split_for_parts();
+    let api = api.merge(crate::run::openapi::router(documented));
     let app = wrap(not_found(api), &health, metrics)
         .merge(crate::web::pages(web.clone()))
         .layer(axum::middleware::from_fn_with_state(

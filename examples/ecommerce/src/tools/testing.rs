@@ -97,7 +97,7 @@ pub async fn start_providers(data_dir: &Path) -> Result<Providers, Error> {
     for (service, api) in routers {
         let name = service.as_str();
         // Each serves its own document, as a service process should.
-        let api = api.merge(crate::run::openapi::service_router(service));
+        let api = crate::run::openapi::with_document(service, api);
         let health = Health::builder().build()?;
         let app = wrap(
             not_found(api),

@@ -279,7 +279,7 @@ fn projection_json(app: &Console) -> serde_json::Value {
 /// Rate limiters show their headroom (permits free now out of the burst).
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/status",
+    path = "/admin/status",
     tag = "orders",
     operation_id = "admin_status",
     security(("bearer" = ["ops:admin"])),
@@ -303,7 +303,7 @@ pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Valu
 /// GET /api/v1/admin/traffic: the chart's last five minutes.
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/traffic",
+    path = "/admin/traffic",
     tag = "orders",
     operation_id = "admin_traffic",
     security(("bearer" = ["ops:admin"])),
@@ -342,7 +342,7 @@ pub(crate) struct SagaRow {
 /// flight or need attention (with their errors).
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/sagas",
+    path = "/admin/sagas",
     tag = "orders",
     operation_id = "admin_sagas",
     security(("bearer" = ["ops:admin"])),
@@ -405,9 +405,11 @@ pub(crate) async fn sagas(
 #[serde(deny_unknown_fields)]
 pub(crate) struct SagaAction {
     /// The saga id.
+    #[schema(pattern = "^[^\\x00]*$")]
     id: String,
     /// Why (compensate only; at most 200 characters, default `by operator`).
     #[serde(default)]
+    #[schema(max_length = 200, pattern = "^[^\\x00]*$")]
     reason: Option<String>,
 }
 
@@ -439,7 +441,7 @@ fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
 /// a saga that needs attention.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/sagas/retry",
+    path = "/admin/sagas/retry",
     tag = "orders",
     operation_id = "admin_retry_saga",
     request_body = SagaAction,
@@ -469,7 +471,7 @@ pub(crate) async fn retry_saga(
 /// stuck running and compensates it.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/sagas/compensate",
+    path = "/admin/sagas/compensate",
     tag = "orders",
     operation_id = "admin_compensate_saga",
     request_body = SagaAction,
@@ -487,7 +489,7 @@ pub(crate) async fn compensate_saga(
     ApiJson(body): ApiJson<SagaAction>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let reason = body.reason.unwrap_or_else(|| "by operator".into());
-    if reason.len() > 200 {
+    if reason.chars().count() > 200 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_reason",
@@ -507,7 +509,7 @@ pub(crate) async fn compensate_saga(
 /// errors), the same body as payments'.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/inventory/faults",
+    path = "/admin/inventory/faults",
     tag = "orders",
     operation_id = "admin_inventory_faults",
     request_body = crate::api::FaultSettings,
@@ -587,7 +589,7 @@ struct Feed {
 /// fell behind and the page should reload its lists.
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/events",
+    path = "/admin/events",
     tag = "orders",
     operation_id = "admin_events",
     security(("bearer" = ["ops:admin"])),

@@ -127,7 +127,7 @@ async fn next_saga_event(
 /// saga of this order finishes. 404 for someone else's order.
 #[utoipa::path(
     get,
-    path = "/api/v1/orders/{id}/events",
+    path = "/orders/{id}/events",
     tag = "orders",
     operation_id = "order_events",
     params(("id" = String, Path, description = "The order id")),
@@ -257,7 +257,7 @@ struct CustomerFeed {
 /// order's saga move while the placing request runs.
 #[utoipa::path(
     get,
-    path = "/api/v1/orders/events",
+    path = "/orders/events",
     tag = "orders",
     operation_id = "customer_order_events",
     security(("bearer" = ["orders:read"])),

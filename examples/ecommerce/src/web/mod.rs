@@ -33,7 +33,7 @@ mod traffic;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use trellis_auth::{JwtAuthLayer, RequireScopesLayer, Validator};
 
 pub(crate) use console::Console;
@@ -44,51 +44,28 @@ use crate::api::OPS_SCOPE;
 /// The pages' state: what the console watches (the orders service among it).
 pub(crate) type WebState = Arc<Console>;
 
-/// The API routes of the pages (relative to `/api/v1`), behind `validator`,
-/// each with its scope.
-pub(crate) fn api(app: WebState, validator: Validator) -> Router {
+/// The API routes of the pages (relative to `/api/v1`), each with its
+/// scope.
+pub(crate) fn api_routes() -> crate::services::ApiRouter<WebState> {
+    use utoipa_axum::router::UtoipaMethodRouterExt;
+    use utoipa_axum::routes;
     let scope = |s: &'static str| RequireScopesLayer::all([s]);
-    Router::new()
-        .route(
-            "/orders/events",
-            get(live::customer_events).route_layer(scope("orders:read")),
-        )
-        .route(
-            "/orders/{id}/events",
-            get(live::order_events).route_layer(scope("orders:read")),
-        )
-        .route(
-            "/admin/status",
-            get(console::status).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/traffic",
-            get(console::traffic).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/business",
-            get(insight::business).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/sagas",
-            get(console::sagas).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/sagas/retry",
-            post(console::retry_saga).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/sagas/compensate",
-            post(console::compensate_saga).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/inventory/faults",
-            post(console::set_inventory_faults).route_layer(scope(OPS_SCOPE)),
-        )
-        .route(
-            "/admin/events",
-            get(console::events).route_layer(scope(OPS_SCOPE)),
-        )
+    crate::services::ApiRouter::default()
+        .routes(routes!(live::customer_events).map(|m| m.route_layer(scope("orders:read"))))
+        .routes(routes!(live::order_events).map(|m| m.route_layer(scope("orders:read"))))
+        .routes(routes!(console::status).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::traffic).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(insight::business).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::sagas).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::retry_saga).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::compensate_saga).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::set_inventory_faults).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::events).map(|m| m.route_layer(scope(OPS_SCOPE))))
+}
+
+/// [`api_routes`] behind `validator`.
+pub(crate) fn api(app: WebState, validator: Validator) -> crate::services::ApiRouter {
+    api_routes()
         .layer(JwtAuthLayer::new(validator))
         .with_state(app)
 }

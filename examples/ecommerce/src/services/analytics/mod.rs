@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
-use axum::routing::get;
-use axum::{Json, Router};
+
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use trellis_auth::RequireScopesLayer;
 use trellis_cqrs::{BoxError, Projection, ProjectionHandle};
@@ -352,36 +352,29 @@ pub(crate) async fn start(
     )
     .await?;
     Ok(crate::services::Started {
-        router: routes(feed.clone()).layer(trellis_auth::JwtAuthLayer::new(validator)),
+        router: routes()
+            .layer(trellis_auth::JwtAuthLayer::new(validator))
+            .with_state(feed.clone()),
         service: (feed, projection),
         background: Vec::new(),
     })
 }
 
-/// The `/analytics/...` routes on `feed` (either database).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(feed: Arc<Feed>) -> Router<S> {
-    let scope = || RequireScopesLayer::all([SCOPE]);
-    Router::new()
-        .route("/analytics/customers", get(customers).route_layer(scope()))
-        .route(
-            "/analytics/revenue/hourly",
-            get(revenue_per_hour).route_layer(scope()),
-        )
-        .route(
-            "/analytics/products/top",
-            get(top_products).route_layer(scope()),
-        )
-        .route(
-            "/analytics/products/{sku}/bought-together",
-            get(bought_together).route_layer(scope()),
-        )
-        .with_state(feed)
+/// The `/analytics/...` routes on a feed (either database).
+pub(crate) fn routes() -> crate::services::ApiRouter<Arc<Feed>> {
+    use utoipa_axum::routes;
+    crate::services::ApiRouter::default()
+        .routes(routes!(customers))
+        .routes(routes!(revenue_per_hour))
+        .routes(routes!(top_products))
+        .routes(routes!(bought_together))
+        .route_layer(RequireScopesLayer::all([SCOPE]))
 }
 
 /// Customers by confirmed orders (at most 100).
 #[utoipa::path(
     get,
-    path = "/api/v1/analytics/customers",
+    path = "/analytics/customers",
     tag = "analytics",
     security(("bearer" = ["analytics:read"])),
     responses(
@@ -400,7 +393,7 @@ pub(crate) async fn customers(
 /// Revenue per hour of confirmation (the latest 48 hours with sales).
 #[utoipa::path(
     get,
-    path = "/api/v1/analytics/revenue/hourly",
+    path = "/analytics/revenue/hourly",
     tag = "analytics",
     security(("bearer" = ["analytics:read"])),
     responses(
@@ -419,7 +412,7 @@ pub(crate) async fn revenue_per_hour(
 /// The 10 best-selling products by units.
 #[utoipa::path(
     get,
-    path = "/api/v1/analytics/products/top",
+    path = "/analytics/products/top",
     tag = "analytics",
     security(("bearer" = ["analytics:read"])),
     responses(
@@ -438,7 +431,7 @@ pub(crate) async fn top_products(
 /// The 10 products most often bought in the same order as `sku`.
 #[utoipa::path(
     get,
-    path = "/api/v1/analytics/products/{sku}/bought-together",
+    path = "/analytics/products/{sku}/bought-together",
     tag = "analytics",
     params(("sku" = String, Path, description = "The product")),
     security(("bearer" = ["analytics:read"])),

@@ -12,6 +12,16 @@ use crate::api::ApiError;
 use crate::platform::transport::{Transport, send, unexpected};
 use crate::services::identity::client::ServiceToken;
 
+/// The schema of a SKU a request names: one of the catalog's (its seed,
+/// the only products there are), so a document states which are accepted.
+pub(crate) fn sku_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(super::SEED.iter().map(|(sku, ..)| *sku)))
+        .description(Some("One of the catalog's SKUs (`GET /products`)"))
+        .build()
+}
+
 /// Where orders looks prices up: the catalog in this process, or the
 /// catalog service over HTTP (distributed mode).
 #[derive(Debug)]

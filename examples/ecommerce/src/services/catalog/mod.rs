@@ -73,22 +73,30 @@ impl Catalog {
     }
 }
 
-/// The catalog routes (relative to `/api/v1`), behind `validator`.
-pub(crate) fn router(catalog: Catalog, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::get;
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    axum::Router::new()
-        .route("/products", get(list))
-        .route("/products/{sku}", get(one))
+/// The catalog routes (relative to `/api/v1`), each behind its scope.
+pub(crate) fn routes() -> crate::services::ApiRouter<Catalog> {
+    use trellis_auth::RequireScopesLayer;
+    use utoipa_axum::routes;
+    crate::services::ApiRouter::default()
+        .routes(routes!(list))
+        .routes(routes!(one))
         .route_layer(RequireScopesLayer::all(["catalog:read"]))
-        .layer(JwtAuthLayer::new(validator))
+}
+
+/// [`routes`] behind `validator`.
+pub(crate) fn router(
+    catalog: Catalog,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
+        .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(catalog)
 }
 
 /// The catalog, ordered by SKU.
 #[utoipa::path(
     get,
-    path = "/api/v1/products",
+    path = "/products",
     tag = "catalog",
     operation_id = "list_products",
     security(("bearer" = ["catalog:read"])),
@@ -108,7 +116,7 @@ pub(crate) async fn list(State(catalog): State<Catalog>) -> Result<Json<Vec<Prod
 /// One product by SKU (orders looks prices up here in distributed mode).
 #[utoipa::path(
     get,
-    path = "/api/v1/products/{sku}",
+    path = "/products/{sku}",
     tag = "catalog",
     operation_id = "get_product",
     params(("sku" = String, Path, description = "The product's SKU")),

@@ -155,7 +155,7 @@ const IDENTITY_PUBLIC: [&str; 3] = [
 /// token grant. A path with an empty, `.` or `..` segment, a backslash or
 /// a percent-escape is no route: the upstream's router must not see a
 /// different path from the one checked here.
-fn owner(path: &str) -> Option<ServiceName> {
+pub(crate) fn owner(path: &str) -> Option<ServiceName> {
     let rest = path.strip_prefix('/')?;
     if rest
         .split('/')

@@ -177,7 +177,11 @@ pub(crate) fn validator_with(keys: impl trellis_auth::IntoKeyProvider) -> Result
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
+    /// An email address, at most 254 characters; trimmed and lowercased.
+    #[schema(format = "email", min_length = 3, max_length = 254)]
     email: String,
+    /// 8 to 256 characters.
+    #[schema(min_length = 8, max_length = 256, pattern = "^[^\\x00]*$")]
     password: String,
 }
 
@@ -254,7 +258,7 @@ fn busy(error: PasswordError) -> ApiError {
 /// unchanged, so registration cannot be used to find who has an account.
 #[utoipa::path(
     post,
-    path = "/api/v1/identity/register",
+    path = "/identity/register",
     tag = "identity",
     request_body = Credentials,
     responses(
@@ -270,14 +274,16 @@ pub(crate) async fn register(
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let email = normalize_email(&body.email);
-    if !email.contains('@') || email.len() > 254 {
+    // Characters, as the document's maxLength counts them.
+    if !email.contains('@') || email.chars().count() > 254 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_email",
             "email must look like name@host",
         ));
     }
-    if body.password.len() < 8 || body.password.len() > 256 {
+    let characters = body.password.chars().count();
+    if !(8..=256).contains(&characters) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "weak_password",
@@ -299,14 +305,14 @@ pub(crate) async fn register(
     // Inserted or not (the email was taken), the same answer.
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "id": id, "email": email })),
+        Json(crate::api::Registered { id, email }),
     ))
 }
 
 /// Logs a customer in: an EdDSA JWT with the customer scopes.
 #[utoipa::path(
     post,
-    path = "/api/v1/identity/login",
+    path = "/identity/login",
     tag = "identity",
     request_body = Credentials,
     responses(
@@ -363,16 +369,16 @@ pub(crate) async fn login(
     let token = identity
         .token(&id, CUSTOMER_SCOPES)
         .map_err(ApiError::internal)?;
-    Ok(no_store(Json(serde_json::json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_TTL.as_secs(),
-        "scope": CUSTOMER_SCOPES.join(" "),
-    }))))
+    Ok(no_store(Json(crate::api::TokenResponse {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: TOKEN_TTL.as_secs(),
+        scope: CUSTOMER_SCOPES.join(" "),
+    })))
 }
 
 /// A token response: never cached by a browser or a proxy (RFC 6749 5.1).
-fn no_store(body: Json<serde_json::Value>) -> impl IntoResponse {
+fn no_store(body: Json<crate::api::TokenResponse>) -> impl IntoResponse {
     (
         [
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
@@ -386,20 +392,45 @@ pub(crate) type IdentityState = Arc<Identity>;
 
 /// Identity's routes (relative to `/api/v1`); none needs a token. The
 /// gateway forwards only register, login and the JWKS: the
-/// client-credentials grant answers on identity's own (internal) listener.
-pub(crate) fn router(identity: IdentityState) -> axum::Router {
-    use axum::routing::post;
-    let ring = identity.ring.clone();
+/// client-credentials grant answers on identity's own (internal) listener,
+/// and only where a client secret is configured (`service_tokens`).
+pub(crate) fn routes(service_tokens: bool) -> crate::services::ApiRouter<IdentityState> {
+    use utoipa_axum::routes;
+    let router = crate::services::ApiRouter::default()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(jwks));
+    if service_tokens {
+        router.routes(routes!(service_token))
+    } else {
+        router
+    }
+}
+
+/// The public keys that verify every token identity issues (trellis-auth's
+/// `JwksService`, with its caching headers).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "identity",
+    responses((status = 200, description = "The public signing keys", body = crate::api::Jwks))
+)]
+pub(crate) async fn jwks(
+    State(identity): State<IdentityState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use tower::ServiceExt;
+    let service = trellis_auth::issue::JwksService::new(identity.ring.clone());
+    match service.oneshot(request).await {
+        Ok(response) => response.into_response(),
+        Err(never) => match never {},
+    }
+}
+
+/// [`routes`] on `identity`.
+pub(crate) fn router(identity: IdentityState) -> crate::services::ApiRouter {
     let trust = identity.trust_forwarded;
-    axum::Router::new()
-        .route("/identity/register", post(register))
-        .route("/identity/login", post(login))
-        .route("/identity/token", post(service_token))
-        // GET only (JwksService answers any method): POST here is a 405, as documented.
-        .route(
-            "/.well-known/jwks.json",
-            axum::routing::get_service(trellis_auth::issue::JwksService::new(ring)),
-        )
+    routes(!identity.clients.is_empty())
         .with_state(identity)
         .layer(axum::middleware::map_request(
             move |mut request: axum::extract::Request| async move {
@@ -416,11 +447,13 @@ pub(crate) fn router(identity: IdentityState) -> axum::Router {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientCredentials {
     /// The calling service's name (`orders`).
+    #[schema(pattern = "^[^\\x00]*$")]
     client_id: String,
     /// That service's own client secret.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[^\\x00]*$")]
     client_secret: Secret,
     /// Space-separated, as in OAuth 2; each must be granted to the client.
+    #[schema(pattern = "^[^\\x00]*$")]
     scope: String,
 }
 
@@ -437,17 +470,17 @@ fn same_secret(expected: &str, presented: &str) -> bool {
 /// Client-credentials grant: a calling service trades its own secret for a
 /// token with scopes from its grant ([`crate::platform::secrets::CLIENT_GRANTS`]);
 /// `ops:admin` is in no grant. Served on identity's own listener only (the
-/// gateway does not route it).
+/// gateway does not route it), and only where a client secret is
+/// configured (see [`routes`]).
 #[utoipa::path(
     post,
-    path = "/api/v1/identity/token",
+    path = "/identity/token",
     tag = "identity",
     operation_id = "service_token",
     request_body = ClientCredentials,
     responses(
         (status = 200, description = "A bearer token with the asked scopes", body = crate::api::TokenResponse),
         (status = 401, description = "`invalid_client`: unknown client or wrong secret", body = crate::api::ErrorBody),
-        (status = 404, description = "`not_found`: service tokens are disabled (no client secret configured)", body = crate::api::ErrorBody),
         (status = 422, description = "`invalid_scope`: a scope not granted to this client", body = crate::api::ErrorBody),
         (status = 500, description = "`internal`: the token could not be signed", body = crate::api::ErrorBody),
         crate::api::BodyErrors,
@@ -457,13 +490,6 @@ pub(crate) async fn service_token(
     State(identity): State<IdentityState>,
     ApiJson(body): ApiJson<ClientCredentials>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if identity.clients.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "service tokens are disabled (no client secret configured)",
-        ));
-    }
     // Every known client's secret is compared (no early exit on the id).
     let mut client = None;
     for (service, secret) in &identity.clients {
@@ -495,12 +521,12 @@ pub(crate) async fn service_token(
     let token = identity
         .token(&format!("service:{client}"), &scopes)
         .map_err(ApiError::internal)?;
-    Ok(no_store(Json(serde_json::json!({
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": TOKEN_TTL.as_secs(),
-        "scope": scopes.join(" "),
-    }))))
+    Ok(no_store(Json(crate::api::TokenResponse {
+        access_token: token,
+        token_type: "Bearer".into(),
+        expires_in: TOKEN_TTL.as_secs(),
+        scope: scopes.join(" "),
+    })))
 }
 
 /// A token signed with identity's key file: how an operator gets `ops:admin`

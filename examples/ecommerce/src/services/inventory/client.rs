@@ -15,8 +15,10 @@ use crate::services::identity::client::ServiceToken;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = ReservationLine)]
 pub(crate) struct Line {
+    #[schema(pattern = "^[^\\x00]*$")]
     pub(crate) sku: String,
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::api::integer")]
     pub(crate) quantity: i64,
 }
 

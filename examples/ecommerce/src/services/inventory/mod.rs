@@ -414,6 +414,7 @@ async fn add_expiry_column(pool: &AnyPool, expires_at: i64) -> Result<(), sqlx::
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReserveBody {
     /// The order the stock is held for.
+    #[schema(pattern = "^[^\\x00]*$")]
     order_id: String,
     /// 1 or more lines, each of quantity 1 to 100.
     #[schema(min_items = 1)]
@@ -422,14 +423,22 @@ pub(crate) struct ReserveBody {
 
 /// Inventory's internal routes (relative to `/api/v1`), for orders' service
 /// token (scope `inventory:write`).
-pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::post;
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    axum::Router::new()
-        .route("/inventory/reservations", post(reserve))
-        .route("/inventory/reservations/{action}", post(finish))
+pub(crate) fn routes() -> crate::services::ApiRouter<Inventory> {
+    use trellis_auth::RequireScopesLayer;
+    use utoipa_axum::routes;
+    crate::services::ApiRouter::default()
+        .routes(routes!(reserve))
+        .routes(routes!(finish))
         .route_layer(RequireScopesLayer::all(["inventory:write"]))
-        .layer(JwtAuthLayer::new(validator))
+}
+
+/// [`routes`] behind `validator`.
+pub(crate) fn router(
+    inventory: Inventory,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
+        .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(inventory)
 }
 
@@ -437,7 +446,7 @@ pub(crate) fn router(inventory: Inventory, validator: trellis_auth::Validator) -
 /// `Idempotency-Key` is the reservation id: a repeated call answers the same.
 #[utoipa::path(
     post,
-    path = "/api/v1/inventory/reservations",
+    path = "/inventory/reservations",
     tag = "inventory",
     operation_id = "reserve_stock",
     params(crate::api::IdempotencyKey),
@@ -473,16 +482,16 @@ pub(crate) async fn reserve(
     Ok(match reply {
         InventoryReply::Reserved { reservation } => (
             StatusCode::CREATED,
-            Json(serde_json::json!({ "reservation": reservation })),
+            Json(crate::api::Reservation { reservation }),
         )
             .into_response(),
         InventoryReply::Insufficient { sku } => (
             StatusCode::CONFLICT,
-            Json(serde_json::json!({
-                "error": "insufficient_stock",
-                "message": format!("not enough {sku} in stock"),
-                "sku": sku,
-            })),
+            Json(crate::api::InsufficientStock {
+                error: crate::api::InsufficientStockCode::InsufficientStock,
+                message: format!("not enough {sku} in stock"),
+                sku,
+            }),
         )
             .into_response(),
         InventoryReply::NotHeld { status } => return Err(not_held(&status)),
@@ -495,6 +504,7 @@ pub(crate) async fn reserve(
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReservationBody {
     /// The reservation id (the reserve call's idempotency key).
+    #[schema(pattern = "^[^\\x00]*$")]
     reservation: String,
 }
 
@@ -502,7 +512,7 @@ pub(crate) struct ReservationBody {
 /// target state (the key is still required, for the caller's logs).
 #[utoipa::path(
     post,
-    path = "/api/v1/inventory/reservations/{action}",
+    path = "/inventory/reservations/{action}",
     tag = "inventory",
     operation_id = "finish_reservation",
     params(
@@ -524,11 +534,17 @@ pub(crate) async fn finish(
     headers: http::HeaderMap,
     Path(action): Path<String>,
     ApiJson(ReservationBody { reservation: id }): ApiJson<ReservationBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::api::Finished>, ApiError> {
     idempotency_key(&headers)?;
-    let request = match action.as_str() {
-        "release" => InventoryRequest::Release { reservation: id },
-        "confirm" => InventoryRequest::Confirm { reservation: id },
+    let (request, done) = match action.as_str() {
+        "release" => (
+            InventoryRequest::Release { reservation: id },
+            crate::api::FinishAction::Release,
+        ),
+        "confirm" => (
+            InventoryRequest::Confirm { reservation: id },
+            crate::api::FinishAction::Confirm,
+        ),
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -538,7 +554,7 @@ pub(crate) async fn finish(
         }
     };
     match inventory.call(request).await? {
-        InventoryReply::Done => Ok(Json(serde_json::json!({ "status": action }))),
+        InventoryReply::Done => Ok(Json(crate::api::Finished { status: done })),
         InventoryReply::NotHeld { status } => Err(not_held(&status)),
         other => Err(ApiError::internal(format!("unexpected reply {other:?}"))),
     }

@@ -9,7 +9,7 @@ use trellis_resilience::fault::FaultConfig;
 
 use super::OrdersState;
 use super::validator::validate_pending_locked;
-use crate::api::{ApiError, ApiJson};
+use crate::api::{ApiError, ApiJson, BreakerOutcome, OrderState, ValidatedOrder};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -21,7 +21,7 @@ pub(crate) struct BreakerBody {
 /// as PENDING_VALIDATION meanwhile.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/inventory/breaker",
+    path = "/admin/inventory/breaker",
     tag = "orders",
     request_body = BreakerBody,
     security(("bearer" = ["ops:admin"])),
@@ -34,7 +34,7 @@ pub(crate) struct BreakerBody {
 pub(crate) async fn set_breaker(
     State(app): State<OrdersState>,
     ApiJson(body): ApiJson<BreakerBody>,
-) -> Result<Json<crate::api::BreakerOutcome>, ApiError> {
+) -> Result<Json<BreakerOutcome>, ApiError> {
     let mut validated = Vec::new();
     if body.open {
         app.inventory_breaker.force_open();
@@ -47,9 +47,13 @@ pub(crate) async fn set_breaker(
     }
     let validated = validated
         .into_iter()
-        .map(|(order_id, status)| crate::api::ValidatedOrder { order_id, status })
-        .collect();
-    Ok(Json(crate::api::BreakerOutcome {
+        .map(|(order_id, status)| {
+            let status = OrderState::parse(&status)
+                .ok_or_else(|| ApiError::internal(format!("order state {status:?}")))?;
+            Ok(ValidatedOrder { order_id, status })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(BreakerOutcome {
         state: format!("{:?}", app.inventory_breaker.state()),
         validated,
     }))
@@ -58,7 +62,7 @@ pub(crate) async fn set_breaker(
 /// Sets the faults injected in front of the payment provider.
 #[utoipa::path(
     post,
-    path = "/api/v1/admin/payments/faults",
+    path = "/admin/payments/faults",
     tag = "payments",
     request_body = crate::api::FaultSettings,
     security(("bearer" = ["ops:admin"])),

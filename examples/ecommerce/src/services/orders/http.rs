@@ -10,7 +10,6 @@ use serde::Deserialize;
 use trellis_auth::Claims;
 use trellis_saga::SagaStatus;
 
-use super::admin::{set_breaker, set_payment_faults};
 use super::command::{Card, PlaceOrderCommand, api_error, identity};
 use super::summary::{SummaryRow, SummaryTuple};
 use super::{OrdersApp, OrdersState};
@@ -20,14 +19,25 @@ use crate::services::inventory::client::Line;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LineInput {
+    /// One of the catalog's SKUs (`GET /products`); another is refused
+    /// with 422 `unknown_product`.
+    #[schema(schema_with = crate::services::catalog::client::sku_schema)]
     sku: String,
+    /// 1 to 100 units.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "crate::api::integer")]
     quantity: i64,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlaceOrderBody {
+    /// 1 to 50 lines.
+    #[schema(min_items = 1, max_items = 50)]
     lines: Vec<LineInput>,
+    /// The card number: 12 to 19 digits (`4000000000000002` is always
+    /// declined).
+    #[schema(pattern = "^[0-9]{12,19}$", min_length = 12, max_length = 19)]
     card: String,
 }
 
@@ -57,6 +67,7 @@ pub(crate) struct OrderIdempotencyKey(
     /// when both requests arrive at once or on different replicas (the
     /// repeat waits for the first). The same key with another body (other
     /// lines or card) is refused: 422 `idempotency_key_reused`.
+    #[param(min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")]
     Option<String>,
 );
 
@@ -193,7 +204,7 @@ pub(super) async fn decided(
 /// that gives up, drops only its wait, never the saga.
 #[utoipa::path(
     post,
-    path = "/api/v1/orders",
+    path = "/orders",
     tag = "orders",
     operation_id = "place_order",
     params(OrderIdempotencyKey),
@@ -323,7 +334,7 @@ pub(crate) async fn place(
 /// One of the caller's orders, from the read model.
 #[utoipa::path(
     get,
-    path = "/api/v1/orders/{id}",
+    path = "/orders/{id}",
     tag = "orders",
     operation_id = "get_order",
     params(("id" = String, Path, description = "The order id")),
@@ -353,7 +364,7 @@ pub(crate) async fn get_one(
 /// The caller's latest 100 orders, newest first, from the read model.
 #[utoipa::path(
     get,
-    path = "/api/v1/orders",
+    path = "/orders",
     tag = "orders",
     operation_id = "list_orders",
     security(("bearer" = ["orders:read"])),
@@ -380,26 +391,31 @@ pub(crate) async fn list(
     Ok(Json(rows.into_iter().map(SummaryRow::from).collect()))
 }
 
-/// The orders routes (relative to `/api/v1`), behind `validator`.
-pub(crate) fn router(app: OrdersState, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::{get, post};
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
+/// The orders routes (relative to `/api/v1`), each behind its scope.
+pub(crate) fn routes() -> crate::services::ApiRouter<OrdersState> {
+    use trellis_auth::RequireScopesLayer;
+    use utoipa_axum::router::UtoipaMethodRouterExt;
+    use utoipa_axum::routes;
     let scope = |s: &'static str| RequireScopesLayer::all([s]);
-    axum::Router::new()
-        .route("/orders", post(place).route_layer(scope("orders:write")))
-        .route("/orders", get(list).route_layer(scope("orders:read")))
-        .route(
-            "/orders/{id}",
-            get(get_one).route_layer(scope("orders:read")),
+    crate::services::ApiRouter::default()
+        .routes(routes!(place).map(|m| m.route_layer(scope("orders:write"))))
+        .routes(routes!(list).map(|m| m.route_layer(scope("orders:read"))))
+        .routes(routes!(get_one).map(|m| m.route_layer(scope("orders:read"))))
+        .routes(
+            routes!(super::admin::set_breaker).map(|m| m.route_layer(scope(crate::api::OPS_SCOPE))),
         )
-        .route(
-            "/admin/inventory/breaker",
-            post(set_breaker).route_layer(scope(crate::api::OPS_SCOPE)),
+        .routes(
+            routes!(super::admin::set_payment_faults)
+                .map(|m| m.route_layer(scope(crate::api::OPS_SCOPE))),
         )
-        .route(
-            "/admin/payments/faults",
-            post(set_payment_faults).route_layer(scope(crate::api::OPS_SCOPE)),
-        )
-        .layer(JwtAuthLayer::new(validator))
+}
+
+/// [`routes`] behind `validator`.
+pub(crate) fn router(
+    app: OrdersState,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
+        .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(app)
 }

@@ -175,12 +175,15 @@ const CANCELLED: &str = "CANCELLED";
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChargeBody {
     /// The order paid for.
+    #[schema(pattern = "^[^\\x00]*$")]
     order_id: String,
     /// Positive.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::api::integer")]
     amount_cents: i64,
     /// The card: a token from placing the order (`tok_...`; the number
     /// itself is accepted too, `4000000000000002` is always declined).
+    #[schema(pattern = "^[^\\x00]*$")]
     card: String,
 }
 
@@ -190,28 +193,39 @@ pub(crate) struct ChargeBody {
 pub(crate) struct RefundBody {
     /// The payment id a charge answered with. Either this or `charge_key`.
     #[serde(default)]
+    #[schema(pattern = "^[^\\x00]*$")]
     payment: Option<String>,
     /// The `Idempotency-Key` the charge was (or would have been) made
     /// with: refunds that charge whatever the caller knows of it; when no
     /// charge was made under it, the key is cancelled and a later charge
     /// with it is declined.
     #[serde(default)]
+    #[schema(pattern = "^[^\\x00]*$")]
     charge_key: Option<String>,
     /// The order, recorded with a cancelled charge key.
     #[serde(default)]
+    #[schema(pattern = "^[^\\x00]*$")]
     order_id: Option<String>,
 }
 
 /// Payments' internal routes (relative to `/api/v1`), for orders' service
 /// token (scope `payments:write`).
-pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> axum::Router {
-    use axum::routing::post;
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    axum::Router::new()
-        .route("/payments/charges", post(charge))
-        .route("/payments/refunds", post(refund))
+pub(crate) fn routes() -> crate::services::ApiRouter<Payments> {
+    use trellis_auth::RequireScopesLayer;
+    use utoipa_axum::routes;
+    crate::services::ApiRouter::default()
+        .routes(routes!(charge))
+        .routes(routes!(refund))
         .route_layer(RequireScopesLayer::all(["payments:write"]))
-        .layer(JwtAuthLayer::new(validator))
+}
+
+/// [`routes`] behind `validator`.
+pub(crate) fn router(
+    payments: Payments,
+    validator: trellis_auth::Validator,
+) -> crate::services::ApiRouter {
+    routes()
+        .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(payments)
 }
 
@@ -219,7 +233,7 @@ pub(crate) fn router(payments: Payments, validator: trellis_auth::Validator) -> 
 /// `Idempotency-Key`: a repeated call answers what the first one did.
 #[utoipa::path(
     post,
-    path = "/api/v1/payments/charges",
+    path = "/payments/charges",
     tag = "payments",
     operation_id = "charge",
     params(crate::api::IdempotencyKey),
@@ -254,30 +268,56 @@ pub(crate) async fn charge(
         })
         .await?;
     Ok(match reply {
-        PaymentReply::Charged { payment } => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({ "payment": payment })),
-        )
-            .into_response(),
+        PaymentReply::Charged { payment } => {
+            (StatusCode::CREATED, Json(crate::api::Charged { payment })).into_response()
+        }
         PaymentReply::Declined { reason } => (
             StatusCode::PAYMENT_REQUIRED,
-            Json(serde_json::json!({ "error": "payment_declined", "message": reason })),
+            Json(crate::api::Declined {
+                error: crate::api::DeclinedCode::PaymentDeclined,
+                message: reason,
+            }),
         )
             .into_response(),
         PaymentReply::Refunded => return Err(ApiError::internal("unexpected refund reply")),
     })
 }
 
+/// [`RefundBody`] as the server takes it: `payment` or `charge_key` (a
+/// string) is required, which a derived schema cannot say.
+pub(crate) struct RefundRequest;
+
+impl utoipa::PartialSchema for RefundRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Type};
+        let named = |field: &str| {
+            ObjectBuilder::new()
+                .property(field, ObjectBuilder::new().schema_type(Type::String))
+                .required(field)
+        };
+        AllOfBuilder::new()
+            .item(<RefundBody as utoipa::PartialSchema>::schema())
+            .item(
+                AnyOfBuilder::new()
+                    .item(named("payment"))
+                    .item(named("charge_key")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RefundRequest {}
+
 /// Refunds a payment, once per payment whatever the key, named by its
 /// payment id or by the charge's idempotency key (a key never charged is
 /// cancelled: a later charge with it is declined).
 #[utoipa::path(
     post,
-    path = "/api/v1/payments/refunds",
+    path = "/payments/refunds",
     tag = "payments",
     operation_id = "refund",
     params(crate::api::IdempotencyKey),
-    request_body = RefundBody,
+    request_body = RefundRequest,
     security(("bearer" = ["payments:write"])),
     responses(
         (status = 200, description = "Refunded (also when it was before)", body = crate::api::Refunded),
@@ -289,7 +329,7 @@ pub(crate) async fn refund(
     State(payments): State<Payments>,
     headers: http::HeaderMap,
     ApiJson(body): ApiJson<RefundBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::api::Refunded>, ApiError> {
     let key = crate::api::idempotency_key(&headers)?;
     if body.payment.is_none() && body.charge_key.is_none() {
         return Err(ApiError::new(
@@ -306,7 +346,9 @@ pub(crate) async fn refund(
             order_id: body.order_id,
         })
         .await?;
-    Ok(Json(serde_json::json!({ "status": "refunded" })))
+    Ok(Json(crate::api::Refunded {
+        status: crate::api::RefundStatus::Refunded,
+    }))
 }
 
 /// Starts payments (the fake provider) on `pool`, its routes behind

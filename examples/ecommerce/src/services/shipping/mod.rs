@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+
+use axum::{Extension, Json};
 use http::StatusCode;
 use serde::Serialize;
 use trellis_auth::{Claims, RequireScopesLayer};
@@ -185,26 +185,25 @@ pub(crate) async fn start(
     let (feed, projection) =
         Feed::start(source, "shipping", ShipmentProjection, &metrics.projections).await?;
     Ok(crate::services::Started {
-        router: routes(feed.clone()).layer(trellis_auth::JwtAuthLayer::new(validator)),
+        router: routes()
+            .layer(trellis_auth::JwtAuthLayer::new(validator))
+            .with_state(feed.clone()),
         service: (feed, projection),
         background: Vec::new(),
     })
 }
 
-/// `GET /shipments/{order_id}` on `feed` (either database).
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>(feed: Arc<Feed>) -> Router<S> {
-    Router::new()
-        .route(
-            "/shipments/{order_id}",
-            get(get_shipment).route_layer(RequireScopesLayer::all([SCOPE])),
-        )
-        .with_state(feed)
+/// `GET /shipments/{order_id}` on a feed (either database).
+pub(crate) fn routes() -> crate::services::ApiRouter<Arc<Feed>> {
+    crate::services::ApiRouter::default()
+        .routes(utoipa_axum::routes!(get_shipment))
+        .route_layer(RequireScopesLayer::all([SCOPE]))
 }
 
 /// The shipment of one of the caller's confirmed orders.
 #[utoipa::path(
     get,
-    path = "/api/v1/shipments/{order_id}",
+    path = "/shipments/{order_id}",
     tag = "shipping",
     params(("order_id" = String, Path, description = "The order id")),
     security(("bearer" = ["orders:read"])),
