@@ -59,7 +59,7 @@ mod tools;
 mod web;
 
 pub use api::{BODY_LIMIT, Error, OPS_SCOPE};
-pub use platform::{config, secrets, server, tls};
+pub use platform::{config, delivery, flags, secrets, server, tls};
 pub use run::distributed;
 pub use run::local::{Config, Running, start};
 pub use services::identity::operator_token;

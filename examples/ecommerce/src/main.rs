@@ -126,6 +126,7 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
         .parse()?;
     let mut config = ecommerce::Config {
         addr,
+        delivery: ecommerce::delivery::DeliverySettings::from_env()?,
         ..ecommerce::Config::default()
     };
     // The settings of `Settings` the one-process mode also reads.

@@ -254,6 +254,9 @@ pub struct Settings {
     /// [`DEFAULT_SAGA_LEASE_TTL`].
     #[serde(with = "trellis_resilience::config::duration")]
     pub saga_lease_ttl: Duration,
+    /// Feature flags, version label and canary (`[delivery]`, see
+    /// [`crate::platform::delivery`]).
+    pub delivery: crate::platform::delivery::DeliverySettings,
 }
 
 /// The default [`Settings::saga_lease_ttl`]: 10 seconds.
@@ -285,6 +288,7 @@ impl fmt::Debug for Settings {
             .field("reservation_ttl", &self.reservation_ttl)
             .field("saga_deadline", &self.saga_deadline)
             .field("saga_lease_ttl", &self.saga_lease_ttl)
+            .field("delivery", &self.delivery)
             .finish()
     }
 }
@@ -354,6 +358,7 @@ impl Default for Settings {
             reservation_ttl: DEFAULT_RESERVATION_TTL,
             saga_deadline: DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
+            delivery: crate::platform::delivery::DeliverySettings::default(),
         }
     }
 }
@@ -387,6 +392,14 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_RESERVATION_TTL",
     "ECOMMERCE_SAGA_DEADLINE",
     "ECOMMERCE_SAGA_LEASE_TTL",
+    // crate::platform::delivery::ENV_VARS:
+    "ECOMMERCE_FLAGS_FILE",
+    "ECOMMERCE_VERSION",
+    "ECOMMERCE_CANARY_URL",
+    "ECOMMERCE_CANARY_STEPS",
+    "ECOMMERCE_CANARY_INTERVAL",
+    "ECOMMERCE_CANARY_MIN_SUCCESS_RATE",
+    "ECOMMERCE_CANARY_MAX_P99",
 ];
 
 impl Settings {
@@ -513,6 +526,7 @@ impl Settings {
                     .map_err(|e| invalid("ECOMMERCE_HEALTH_LISTEN", format!("{v:?}: {e}")))?,
             );
         }
+        self.delivery.apply_env(env)?;
         if let Some(v) = env("ECOMMERCE_DRAIN") {
             self.drain = trellis_resilience::config::duration::parse(&v)
                 .map_err(|e| invalid("ECOMMERCE_DRAIN", format!("{v:?}: {e}")))?;
@@ -537,6 +551,7 @@ impl Settings {
             key: key.into(),
             message: message.into(),
         };
+        self.delivery.validate()?;
         if let Some(url) = &self.database_url
             && !url.starts_with("postgres://")
             && !url.starts_with("postgresql://")
@@ -755,6 +770,10 @@ mod tests {
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
+                "ECOMMERCE_CANARY_STEPS" => "10,50,100",
+                "ECOMMERCE_CANARY_INTERVAL" => "30s",
+                "ECOMMERCE_CANARY_MIN_SUCCESS_RATE" => "0.95",
+                "ECOMMERCE_CANARY_MAX_P99" => "1s",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",

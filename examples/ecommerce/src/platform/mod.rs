@@ -5,6 +5,8 @@
 pub(crate) mod backend;
 pub mod config;
 pub(crate) mod db;
+pub mod delivery;
+pub mod flags;
 pub(crate) mod readmodel;
 pub mod secrets;
 pub(crate) mod serve;

@@ -479,6 +479,7 @@ async fn start_orders(
     };
 
     let (validator, refresh) = jwks_validator(settings)?;
+    let flags = crate::platform::flags::Flags::open(&settings.delivery).await?;
     // An owner unique to this process (host name and a per-start id): a
     // rescheduled or restarted pod is a new owner that adopts its
     // predecessor's sagas once their leases expire, never while they live.
@@ -495,11 +496,14 @@ async fn start_orders(
         payments,
         prices,
         validator: validator.clone(),
+        flags: flags.clone(),
     })
     .await?;
     Ok(OrdersParts {
         app: started.service,
-        router: started.router,
+        router: started
+            .router
+            .merge(crate::platform::flags::router(flags, validator.clone())),
         validator,
         catalog,
         relay,

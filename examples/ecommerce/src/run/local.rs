@@ -34,6 +34,7 @@ pub(crate) struct Services {
     pub(crate) inventory: Inventory,
     pub(crate) payments: Payments,
     pub(crate) orders: OrdersState,
+    pub(crate) flags: crate::platform::flags::Flags,
 }
 
 impl std::fmt::Debug for Services {
@@ -62,6 +63,10 @@ pub struct Config {
     pub saga_lease_ttl: Duration,
     /// Timeouts and the connection bound of the listener.
     pub server: crate::platform::server::ServerLimits,
+    /// The flag file and version label (see
+    /// [`DeliverySettings`](crate::platform::delivery::DeliverySettings);
+    /// the canary settings are the gateway's, unused here).
+    pub delivery: crate::platform::delivery::DeliverySettings,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             saga_deadline: crate::platform::config::DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: crate::platform::config::DEFAULT_SAGA_LEASE_TTL,
             server: crate::platform::server::ServerLimits::default(),
+            delivery: crate::platform::delivery::DeliverySettings::default(),
         }
     }
 }
@@ -122,6 +128,11 @@ impl Running {
     /// A token for `subject` with exactly `scopes` (tests of authorization).
     pub fn token_with_scopes(&self, subject: &str, scopes: &[&str]) -> Result<String, Error> {
         self.services.identity.token(subject, scopes)
+    }
+
+    /// The process's feature flags (tests change them directly too).
+    pub fn flags(&self) -> &crate::platform::flags::Flags {
+        &self.services.flags
     }
 
     /// Units of `sku` available in inventory.
@@ -232,6 +243,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The drills' audit compares stock with what inventory accounted for
     // now, before any order of this run.
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
+    let flags = crate::platform::flags::Flags::open(&config.delivery).await?;
 
     let events =
         SqliteEventStore::open(&dir.join("orders-events.db").display().to_string()).await?;
@@ -279,6 +291,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         payments: payment_raw,
         prices: Prices::Local(catalog.service.clone()),
         validator: validator.clone(),
+        flags: flags.clone(),
     })
     .await?;
 
@@ -319,6 +332,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         inventory,
         payments,
         orders: orders.service,
+        flags: flags.clone(),
     });
     let api = Router::new()
         .merge(identity.router)
@@ -339,6 +353,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             validator.clone(),
         ))
         // OpenAPI documents: public, like the JWKS.
+        .merge(crate::platform::flags::router(flags, validator.clone()))
         .merge(crate::run::openapi::router())
         .merge(crate::web::api(web.clone(), validator));
     let app = wrap(not_found(api), &health)

@@ -122,7 +122,11 @@ struct PaymentsApi;
         crate::web::console::retry_saga,
         crate::web::console::compensate_saga,
         crate::web::console::set_inventory_faults,
-        crate::web::console::events
+        crate::web::console::events,
+        crate::platform::flags::list,
+        crate::platform::flags::put,
+        crate::platform::flags::set_variant,
+        crate::platform::flags::set_state
     ),
     // The events' `data` shapes: streams have no JSON body to refer to them.
     components(schemas(
@@ -134,7 +138,7 @@ struct PaymentsApi;
         crate::web::console::Transition,
         crate::services::orders::summary::SummaryRow
     )),
-    tags((name = "orders", description = "Orders, the place-order saga, inventory's breaker as orders sees it")),
+    tags((name = "orders", description = "Orders, the place-order saga, inventory's breaker as orders sees it, the process's feature flags")),
     modifiers(&BearerJwt)
 )]
 struct OrdersApi;

@@ -5,6 +5,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod aggregate;
+pub(crate) mod flagged;
 pub(crate) mod http;
 pub(crate) mod policy;
 pub(crate) mod saga;
@@ -86,6 +87,9 @@ pub(crate) struct Deps {
     pub(crate) prices: Prices,
     /// Validates the bearer tokens of the orders routes.
     pub(crate) validator: trellis_auth::Validator,
+    /// The process's feature flags: the fault drills on the clients and
+    /// the checkout's flag-gated steps.
+    pub(crate) flags: crate::platform::flags::Flags,
 }
 
 /// Starts the orders service, the same way in both run modes: see
@@ -105,9 +109,10 @@ pub(crate) async fn start(
         deps.saga_log,
         deps.read_db,
         deps.options,
-        deps.inventory,
-        deps.payments,
+        flagged::inventory(deps.flags.clone(), deps.inventory),
+        flagged::payments(deps.flags.clone(), deps.payments),
         deps.prices,
+        deps.flags,
     )
     .await?;
     Ok(crate::services::Started {
@@ -123,6 +128,9 @@ pub(crate) async fn start(
 /// for later validation while inventory's breaker is open), finishes or
 /// compensates the sagas a previous run left mid-flight, and starts the
 /// order-summary projection.
+// One argument per dependency `Deps` carries; a struct of them again would
+// only rename `Deps`.
+#[allow(clippy::too_many_arguments)]
 async fn open(
     store: OrderStore,
     saga_log: OrderSagaLog,
@@ -131,6 +139,7 @@ async fn open(
     inventory_raw: InventoryClient,
     payment_raw: PaymentClient,
     prices: Prices,
+    flags: crate::platform::flags::Flags,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -254,6 +263,7 @@ async fn open(
             read_db,
         },
         prices,
+        flags,
         inventory_breaker,
         payment_faults,
         clients,
@@ -270,6 +280,8 @@ async fn open(
 pub(crate) struct OrdersApp {
     pub(crate) orders: Orders,
     pub(crate) prices: Prices,
+    /// Feature flags (the checkout's flag-gated steps).
+    pub(crate) flags: crate::platform::flags::Flags,
     pub(crate) inventory_breaker: CircuitBreakerHandle,
     pub(crate) payment_faults: FaultHandle,
     /// Breakers, bulkheads, limiters and drills of the clients (src/web).
