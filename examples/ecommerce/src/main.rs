@@ -297,10 +297,16 @@ const DRILL_USAGE: &str = "usage: ecommerce drill payment-outage|inventory-laten
      [--concurrency C | --rps N] [--duration D] [--users U] [--url URL --ops-token TOKEN]\n\
      \x20      ecommerce drill late-restart [--concurrency C | --rps N] [--duration D] [--users U]\n\
      \x20      ecommerce drill kill-orders|nats-restart|reschedule|replica-kill --database-url URL [--nats-url URL] \
-     [--concurrency C | --rps N] [--duration D] [--users U]";
+     [--concurrency C | --rps N] [--duration D] [--users U]\n\
+     \x20      ecommerce drill canary-rollback|canary-promote --database-url URL [--nats-url URL] \
+     [--interval D] [--customers N]";
 
 async fn drill(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let name = args.first().ok_or(DRILL_USAGE)?;
+    // canary-rollback, canary-promote: their own flags (src/tools/canary.rs).
+    if ecommerce::canary::CanaryDrill::from_name(name).is_some() {
+        return ecommerce::canary::command(args).await;
+    }
     let drill: ecommerce::drill::Drill = name.parse()?;
     // The distributed drills' own flags; the rest are the load's.
     let (mut database_url, mut nats_url, mut rest) = (None, None, Vec::new());
