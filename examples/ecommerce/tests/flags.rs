@@ -262,3 +262,24 @@ async fn without_ops_admin_the_flag_api_refuses_and_nothing_changes() {
     assert_eq!(s.flags().await, before);
     s.stop().await;
 }
+
+/// The console's flags and rollout pages are served, with their script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_the_flags_and_rollout_pages() {
+    let s = system("pages").await;
+    for (path, content_type) in [
+        ("/ops/flags", "text/html"),
+        ("/ops/rollout", "text/html"),
+        ("/assets/delivery.js", "text/javascript"),
+    ] {
+        let r = s
+            .api
+            .raw(Method::GET, path, None, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        let got = r.headers[http::header::CONTENT_TYPE].to_str().unwrap();
+        assert!(got.starts_with(content_type), "{path}: {got}");
+    }
+    s.stop().await;
+}

@@ -412,8 +412,11 @@ async fn every_route_in_the_source_is_documented() {
             "/",
             "/assets/app.css",
             "/assets/app.js",
+            "/assets/delivery.js",
             "/assets/{*file}",
             "/ops",
+            "/ops/flags",
+            "/ops/rollout",
             "/orders",
             "/orders/{id}"
         ]

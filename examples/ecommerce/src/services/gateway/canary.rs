@@ -295,3 +295,40 @@ pub(crate) fn admin_router(
         .layer(axum::middleware::map_response(crate::api::json_auth_errors))
         .with_state(canary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// platform can not import rollout: its defaults are copies, kept equal here.
+    #[test]
+    fn the_delivery_defaults_are_rollouts_defaults() {
+        let ours = analysis_config(&DeliverySettings::default());
+        let theirs = AnalysisConfig::default();
+        assert_eq!(ours.steps, theirs.steps);
+        assert_eq!(ours.interval, theirs.interval);
+        assert!((ours.min_success_rate - theirs.min_success_rate).abs() < 1e-9);
+        assert_eq!(ours.max_p99, theirs.max_p99);
+    }
+
+    #[test]
+    fn only_orders_paths_are_canary_traffic_and_the_subject_is_read_from_the_token() {
+        assert!(is_canary_traffic("/orders"));
+        assert!(is_canary_traffic("/orders/abc"));
+        assert!(!is_canary_traffic("/ordersx"));
+        assert!(!is_canary_traffic("/admin/flags"));
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"u-1"}"#);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer x.{payload}.y").parse().unwrap(),
+        );
+        assert_eq!(unverified_subject(&headers).as_deref(), Some("u-1"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Bearer nonsense".parse().unwrap(),
+        );
+        assert_eq!(unverified_subject(&headers), None);
+    }
+}

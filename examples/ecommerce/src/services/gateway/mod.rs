@@ -388,6 +388,8 @@ fn page_proxy(gateway: Arc<Gateway>) -> Router {
         .route("/orders", axum::routing::get(proxy))
         .route("/orders/{id}", axum::routing::get(proxy))
         .route("/ops", axum::routing::get(proxy))
+        .route("/ops/flags", axum::routing::get(proxy))
+        .route("/ops/rollout", axum::routing::get(proxy))
         .route("/assets/{*file}", axum::routing::get(proxy))
         .with_state(gateway)
 }
