@@ -194,7 +194,11 @@ async fn drive(
     let taken: Vec<u16> = system.ports.values().copied().collect();
     let port = free_ports(taken.len() + 1)?
         .into_iter()
-        .find(|p| !taken.contains(p) && !system.spare_ports.contains(p))
+        .find(|p| {
+            !taken.contains(p)
+                && !system.spare_ports.contains(p)
+                && *p != system.gateway_internal_port
+        })
         .ok_or_else(|| Error::Scenario("no free port for the canary".into()))?;
     let flags = system.dir.join("flags.json");
     std::fs::write(&flags, flag_file(drill))?;
@@ -342,8 +346,10 @@ async fn drive(
             .await?;
         if r.status != StatusCode::OK {
             return Err(Error::Scenario(format!(
-                "rollout state: {} {}",
-                r.status, r.body
+                "rollout state: {} {}; gateway log:\n{}",
+                r.status,
+                r.body,
+                system.log(ServiceName::Gateway)
             )));
         }
         let s = r.body;
