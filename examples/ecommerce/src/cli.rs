@@ -157,6 +157,15 @@ pub(crate) struct DrillArgs {
     /// NATS of a distributed drill [default: nats://127.0.0.1:4222].
     #[arg(long, value_name = "URL")]
     pub(crate) nats_url: Option<String>,
+    /// canary drills: the analysis interval (e.g. `8s`).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) interval: Option<String>,
+    /// canary drills: how many customers place orders.
+    #[arg(long, value_name = "N")]
+    pub(crate) customers: Option<usize>,
+    /// canary drills: how many of them are pinned to the canary.
+    #[arg(long, value_name = "N")]
+    pub(crate) canary_customers: Option<usize>,
 }
 
 /// `ecommerce token`.
@@ -181,6 +190,7 @@ fn drill_names() -> Vec<&'static str> {
         .chain(Drill::CHILD)
         .chain(Drill::DISTRIBUTED)
         .map(Drill::name)
+        .chain(["canary-rollback", "canary-promote"])
         .collect()
 }
 

@@ -59,12 +59,12 @@ mod tools;
 mod web;
 
 pub use api::{BODY_LIMIT, Error, OPS_SCOPE};
-pub use platform::{config, secrets, server, tls};
+pub use platform::{config, delivery, flags, secrets, server, tls};
 pub use run::distributed;
 pub use run::local::{Config, Running, start};
 pub use services::identity::operator_token;
 pub use services::payments::DECLINED_CARD;
 pub use tools::client::{ApiClient, ApiResponse};
+pub use tools::{canary, drill, load, scenario};
 #[doc(hidden)]
 pub use tools::{cluster, testing};
-pub use tools::{drill, load, scenario};

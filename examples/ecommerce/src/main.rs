@@ -163,6 +163,7 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
     };
     let mut config = ecommerce::Config {
         addr,
+        delivery: ecommerce::delivery::DeliverySettings::from_env()?,
         ..ecommerce::Config::default()
     };
     if let Some(ttl) = from_env("ECOMMERCE_RESERVATION_TTL")? {
@@ -261,6 +262,24 @@ async fn stop_signal() {
 /// a child process or on the distributed system (see `cli::Command::Drill`).
 async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
     let name = args.name.as_str();
+    // canary-rollback, canary-promote: their own options (src/tools/canary).
+    if ecommerce::canary::CanaryDrill::from_name(name).is_some() {
+        let mut argv = vec![name.to_owned()];
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                argv.extend([flag.to_owned(), value]);
+            }
+        };
+        push("--database-url", args.database_url.clone());
+        push("--nats-url", args.nats_url.clone());
+        push("--interval", args.interval.clone());
+        push("--customers", args.customers.map(|n| n.to_string()));
+        push(
+            "--canary-customers",
+            args.canary_customers.map(|n| n.to_string()),
+        );
+        return ecommerce::canary::command(&argv).await;
+    }
     let drill: ecommerce::drill::Drill = name.parse()?;
     let (url, ops) = (args.load.url.clone(), args.load.ops_token.clone());
     let options = ecommerce::drill::DrillOptions {

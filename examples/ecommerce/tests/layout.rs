@@ -32,8 +32,10 @@ const ALLOWED: [(&str, &[&str]); 7] = [
     ("api", &[]),
     ("platform", &["api"]),
     ("rollout", &["api", "platform"]),
-    ("services", &["api", "platform", "services"]),
-    ("web", &["api", "platform", "services"]),
+    // The gateway routes orders traffic through rollout's CanaryRouter;
+    // the console shows its state.
+    ("services", &["api", "platform", "services", "rollout"]),
+    ("web", &["api", "platform", "services", "rollout"]),
     ("run", &["api", "platform", "services", "web", "rollout"]),
     (
         "tools",

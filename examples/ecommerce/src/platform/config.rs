@@ -272,6 +272,9 @@ pub struct Settings {
     /// [`DEFAULT_SAGA_LEASE_TTL`].
     #[serde(deserialize_with = "duration::deserialize")]
     pub saga_lease_ttl: Duration,
+    /// Feature flags, version label and canary (`[delivery]`, see
+    /// [`crate::platform::delivery`]).
+    pub delivery: crate::platform::delivery::DeliverySettings,
 }
 
 /// The default [`Settings::saga_lease_ttl`]: 10 seconds.
@@ -303,6 +306,7 @@ impl fmt::Debug for Settings {
             .field("reservation_ttl", &self.reservation_ttl)
             .field("saga_deadline", &self.saga_deadline)
             .field("saga_lease_ttl", &self.saga_lease_ttl)
+            .field("delivery", &self.delivery)
             .finish()
     }
 }
@@ -365,6 +369,7 @@ impl Default for Settings {
             reservation_ttl: DEFAULT_RESERVATION_TTL,
             saga_deadline: DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
+            delivery: crate::platform::delivery::DeliverySettings::default(),
         }
     }
 }
@@ -398,6 +403,14 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_RESERVATION_TTL",
     "ECOMMERCE_SAGA_DEADLINE",
     "ECOMMERCE_SAGA_LEASE_TTL",
+    // crate::platform::delivery::ENV_VARS:
+    "ECOMMERCE_FLAGS_FILE",
+    "ECOMMERCE_VERSION",
+    "ECOMMERCE_CANARY_URL",
+    "ECOMMERCE_CANARY_STEPS",
+    "ECOMMERCE_CANARY_INTERVAL",
+    "ECOMMERCE_CANARY_MIN_SUCCESS_RATE",
+    "ECOMMERCE_CANARY_MAX_P99",
 ];
 
 /// The settings key the variable `var` of [`ENV_VARS`] sets: `drain` for
@@ -429,6 +442,12 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         use figment::Figment;
         use figment::providers::{Format, Toml};
+        // `[delivery]` (flags, version, canary) reads its variables itself,
+        // over the file's section.
+        let delivery_env: Vec<(&str, String)> = crate::platform::delivery::ENV_VARS
+            .iter()
+            .filter_map(|var| env(var).filter(|v| !v.is_empty()).map(|v| (*var, v)))
+            .collect();
         let env = layers::EnvLayer::read(env);
         // Half a TLS setting from the environment is a mistake even when a
         // file has the rest: the three travel together (one secret mount).
@@ -459,6 +478,12 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| layers::to_config_error(e, file))?;
+        settings.delivery.apply_env(|key| {
+            delivery_env
+                .iter()
+                .find(|(var, _)| *var == key)
+                .map(|(_, value)| value.clone())
+        })?;
         if settings.tls.is_some() {
             // With mTLS the default peers are the same ports over https.
             for service in ServiceName::ALL {
@@ -485,6 +510,7 @@ impl Settings {
             key: key.into(),
             message: message.into(),
         };
+        self.delivery.validate()?;
         if let Some(url) = &self.database_url
             && !url.starts_with("postgres://")
             && !url.starts_with("postgresql://")
@@ -703,6 +729,10 @@ mod tests {
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
+                "ECOMMERCE_CANARY_STEPS" => "10,50,100",
+                "ECOMMERCE_CANARY_INTERVAL" => "30s",
+                "ECOMMERCE_CANARY_MIN_SUCCESS_RATE" => "0.95",
+                "ECOMMERCE_CANARY_MAX_P99" => "1s",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",

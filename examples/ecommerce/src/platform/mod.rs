@@ -6,6 +6,8 @@ pub(crate) mod backend;
 pub(crate) mod bus;
 pub mod config;
 pub(crate) mod db;
+pub mod delivery;
+pub mod flags;
 pub(crate) mod metrics;
 pub(crate) mod readmodel;
 pub mod secrets;

@@ -43,8 +43,10 @@ pub fn bucket_of(key: &str) -> u8 {
 /// gets a random bucket. Since the bucket of a key never changes, a user
 /// sent to the canary at weight `w` stays on it at every weight ≥ `w`.
 ///
-/// Every request is recorded: version, outcome (a 5xx or an inner error is
-/// an error) and latency.
+/// Every request is recorded: version, outcome (a 5xx, an inner error or
+/// an answer marked `x-rollout-outcome: error` — a service's failure that
+/// is not a 5xx, see [`OUTCOME_HEADER`](crate::platform::delivery::OUTCOME_HEADER) —
+/// is an error) and latency.
 ///
 /// `poll_ready` waits for both inner services, as tower's `Steer` does: the
 /// version is only known once the request is seen.
@@ -187,7 +189,15 @@ fn observe<RB, E>(
     start: Instant,
 ) -> Result<Response<RB>, E> {
     let outcome = match &result {
-        Ok(response) if !response.status().is_server_error() => Outcome::Success,
+        Ok(response)
+            if !response.status().is_server_error()
+                && response
+                    .headers()
+                    .get(crate::platform::delivery::OUTCOME_HEADER)
+                    .is_none_or(|v| v != "error") =>
+        {
+            Outcome::Success
+        }
         _ => Outcome::Error,
     };
     rollout.record(version, outcome, start.elapsed());
@@ -230,6 +240,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gateway_rollout_canary_weight 20"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_marked_as_a_failure_counts_as_an_error() {
+        use tower::ServiceExt;
+        let answer = |marked: bool| {
+            tower::service_fn(move |_req: Request<()>| async move {
+                let mut response = Response::new(());
+                if marked {
+                    response.headers_mut().insert(
+                        crate::platform::delivery::OUTCOME_HEADER,
+                        http::HeaderValue::from_static("error"),
+                    );
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            })
+        };
+        let rollout = Rollout::new();
+        let router = CanaryRouter::new(answer(false), answer(true), rollout.clone());
+        for pin in ["never", "always"] {
+            let req = Request::builder().header(PIN_HEADER, pin).body(()).unwrap();
+            router.clone().oneshot(req).await.unwrap();
+        }
+        let over = std::time::Duration::from_secs(60);
+        assert_eq!(rollout.stats(Version::Stable, over).errors, 0);
+        assert_eq!(rollout.stats(Version::Canary, over).errors, 1);
+        assert_eq!(rollout.stats(Version::Canary, over).requests, 1);
     }
 
     #[test]

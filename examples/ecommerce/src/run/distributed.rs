@@ -136,10 +136,20 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     // the gateway's page routes proxy to orders.
     let mut orders_parts = None;
     let mut pages = None;
+    // The orders canary's admin routes and metrics (gateway with a canary).
+    let mut rollout = None;
     let api: crate::services::ApiRouter = match service {
         ServiceName::Gateway => {
-            let (api, page_routes) = gateway::start(settings, &mut health, &mut metrics)?;
+            let (api, page_routes, canary) = gateway::start(settings, &mut health, &mut metrics)?;
             pages = Some(page_routes);
+            if let Some(canary) = canary {
+                let (validator, refresh) = jwks_validator(settings)?;
+                background.push(refresh);
+                rollout = Some((
+                    gateway::canary::admin_router(canary.clone(), validator),
+                    canary,
+                ));
+            }
             // Its proxy, a fallback: no route of its own to document.
             api.into()
         }
@@ -262,7 +272,16 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     if let Some(metrics) = metrics {
         let listener = tokio::net::TcpListener::bind(settings.health_listen_addr()).await?;
         internal_addr = Some(listener.local_addr()?);
-        let internal = health.router().merge(metrics);
+        let mut internal = health.router().merge(metrics);
+        if let Some((_, canary)) = &rollout {
+            // gateway_rollout_* beside the gateway's HTTP metrics.
+            let mut registry = prometheus_client::registry::Registry::default();
+            canary.rollout.register(&mut registry);
+            internal = internal.route_service(
+                "/metrics/rollout",
+                trellis_observability::MetricsService::new(Arc::new(registry)),
+            );
+        }
         background.push(tokio::spawn(async move {
             let limits = crate::platform::server::ServerLimits::default();
             let forever = std::future::pending::<()>();
@@ -275,6 +294,9 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
     }
     if let Some(pages) = pages {
         app = app.merge(pages);
+    }
+    if let Some((routes, _)) = rollout {
+        app = app.merge(routes);
     }
     if let Some(traffic) = traffic {
         app = app.layer(axum::middleware::from_fn_with_state(
@@ -508,6 +530,7 @@ async fn start_orders(
     };
 
     let (validator, refresh) = jwks_validator(settings)?;
+    let flags = crate::platform::flags::Flags::open(&settings.delivery).await?;
     // An owner unique to this process (host name and a per-start id): a
     // rescheduled or restarted pod is a new owner that adopts its
     // predecessor's sagas once their leases expire, never while they live.
@@ -525,13 +548,16 @@ async fn start_orders(
             payments,
             prices,
             validator: validator.clone(),
+            flags: flags.clone(),
         },
         metrics,
     )
     .await?;
     Ok(OrdersParts {
         app: started.service,
-        router: started.router,
+        router: started
+            .router
+            .merge(crate::platform::flags::router(flags, validator.clone())),
         validator,
         catalog,
         relay,

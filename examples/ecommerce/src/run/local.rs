@@ -35,6 +35,7 @@ pub(crate) struct Services {
     pub(crate) inventory: Inventory,
     pub(crate) payments: Payments,
     pub(crate) orders: OrdersState,
+    pub(crate) flags: crate::platform::flags::Flags,
 }
 
 impl std::fmt::Debug for Services {
@@ -63,6 +64,10 @@ pub struct Config {
     pub saga_lease_ttl: Duration,
     /// Timeouts and the connection bound of the listener.
     pub server: crate::platform::server::ServerLimits,
+    /// The flag file and version label (see
+    /// [`DeliverySettings`](crate::platform::delivery::DeliverySettings);
+    /// the canary settings are the gateway's, unused here).
+    pub delivery: crate::platform::delivery::DeliverySettings,
 }
 
 impl Default for Config {
@@ -75,6 +80,7 @@ impl Default for Config {
             saga_deadline: crate::platform::config::DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: crate::platform::config::DEFAULT_SAGA_LEASE_TTL,
             server: crate::platform::server::ServerLimits::default(),
+            delivery: crate::platform::delivery::DeliverySettings::default(),
         }
     }
 }
@@ -126,6 +132,11 @@ impl Running {
     /// A token for `subject` with exactly `scopes` (tests of authorization).
     pub fn token_with_scopes(&self, subject: &str, scopes: &[&str]) -> Result<String, Error> {
         self.services.identity.token(subject, scopes)
+    }
+
+    /// The process's feature flags (tests change them directly too).
+    pub fn flags(&self) -> &crate::platform::flags::Flags {
+        &self.services.flags
     }
 
     /// Units of `sku` available in inventory.
@@ -240,6 +251,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The drills' audit compares stock with what inventory accounted for
     // now, before any order of this run.
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
+    let flags = crate::platform::flags::Flags::open(&config.delivery).await?;
 
     let store = open_order_store(dir).await?;
     let fed = bus_read_models(dir, &store, &validator, &mut metrics).await?;
@@ -276,6 +288,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             payments: payment_raw,
             prices: Prices::Local(catalog.service.clone()),
             validator: validator.clone(),
+            flags: flags.clone(),
         },
         &mut metrics,
     )
@@ -310,6 +323,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         inventory,
         payments,
         orders: orders.service,
+        flags: flags.clone(),
     });
     let api = crate::services::ApiRouter::default()
         .merge(identity.router)
@@ -329,6 +343,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }),
             validator.clone(),
         ))
+        .merge(crate::platform::flags::router(flags, validator.clone()))
         .merge(crate::web::api(web.clone(), validator));
     // The OpenAPI documents of exactly these routes: public, like the JWKS.
     let (api, documented) = api.split_for_parts();

@@ -3,6 +3,7 @@
 //! of child processes they run, and test support. Services never import
 //! tools.
 
+pub mod canary;
 pub(crate) mod client;
 pub mod cluster;
 pub mod drill;

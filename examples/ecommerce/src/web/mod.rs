@@ -23,6 +23,7 @@
 //! | `GET /api/v1/admin/events` | `ops:admin` | SSE: ticks, breaker transitions, saga steps |
 
 pub(crate) mod console;
+mod delivery;
 pub(crate) mod insight;
 pub(crate) mod live;
 mod pages;
@@ -100,6 +101,9 @@ pub(crate) fn pages(app: WebState) -> Router {
         .route("/orders", get(pages::orders))
         .route("/orders/{id}", get(pages::order))
         .route("/ops", get(pages::ops))
+        .route("/ops/flags", get(delivery::flags))
+        .route("/ops/rollout", get(delivery::rollout))
+        .route("/assets/delivery.js", get(delivery::script))
         .route("/assets/app.js", get(pages::script))
         .route("/assets/app.css", get(pages::style))
         .layer(axum::middleware::map_response(page_headers))

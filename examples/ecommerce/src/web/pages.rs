@@ -17,7 +17,7 @@ pub(crate) fn money(cents: i64) -> String {
     format!("${}.{:02}", cents / 100, (cents % 100).abs())
 }
 
-fn layout(title: &str, page: &str, main: Markup) -> Markup {
+pub(super) fn layout(title: &str, page: &str, main: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" class="no-js" {
@@ -221,6 +221,7 @@ pub(crate) async fn ops() -> Markup {
         "ops",
         html! {
             h1 { "Operations console" }
+            p { a href="/ops/flags" { "Feature flags" } " · " a href="/ops/rollout" { "Canary rollout" } }
             form #ops-login .panel {
                 div #ops-ask {
                     label for="ops-token" { "Operator token (scope ops:admin, printed by " code { "cargo run -p ecommerce" } ")" }

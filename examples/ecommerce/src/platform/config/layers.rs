@@ -31,7 +31,9 @@ const PARSED: &[&str] = &["ECOMMERCE_SEED_STOCK", "ECOMMERCE_SYNCHRONOUS_COMMIT"
 /// `peers.<service>`, `ECOMMERCE_<SERVICE>_CLIENT_SECRET` is
 /// `client_secrets.<service>` and `ECOMMERCE_TLS_<PART>` is `tls.<part>`.
 pub(super) fn key_of(var: &str) -> Option<Vec<String>> {
-    if !ENV_VARS.contains(&var) {
+    // `[delivery]`'s variables are applied by its own parser after the
+    // layers (see `Settings::load_from`).
+    if !ENV_VARS.contains(&var) || crate::platform::delivery::ENV_VARS.contains(&var) {
         return None;
     }
     let rest = var.strip_prefix("ECOMMERCE_")?.to_ascii_lowercase();

@@ -2,7 +2,10 @@
 //! public path to the service that owns it ([`owner`]), through a
 //! resilience policy per replica (failing over between replicas), forwards
 //! the storefront's and console's pages to orders, and answers what no
-//! service owns with a JSON 404. It owns no data.
+//! service owns with a JSON 404. It owns no data. With an orders canary
+//! configured it splits orders traffic by weight ([`canary`]).
+
+pub(crate) mod canary;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,12 +42,18 @@ pub(crate) fn start(
     settings: &Settings,
     health: &mut HealthBuilder,
     metrics: &mut crate::platform::metrics::ProcessMetrics,
-) -> Result<(Router, Router), Error> {
+) -> Result<(Router, Router, Option<Arc<canary::Canary>>), Error> {
     for peer in ServiceName::ALL {
         if matches!(peer, ServiceName::Gateway) {
             continue;
         }
-        let replicas = replica_urls(&settings.peers.url(peer));
+        let mut replicas = replica_urls(&settings.peers.url(peer));
+        if peer == ServiceName::Orders
+            && let Some(canary) = &settings.delivery.canary_url
+        {
+            // The canary's replicas are checked like more orders replicas.
+            replicas.extend(replica_urls(canary));
+        }
         for (n, base) in replicas.iter().enumerate() {
             let url = format!("{base}/ready");
             let name = if replicas.len() == 1 {
@@ -96,6 +105,21 @@ type Upstream = BoxCloneSyncService<Forward, http::Response<Body>, trellis_resil
 #[derive(Debug)]
 struct Gateway {
     upstreams: HashMap<ServiceName, Replicas>,
+    /// The orders canary, when one is configured.
+    canary: Option<Arc<canary::Canary>>,
+}
+
+/// One request to forward, buffered: to any replica of a service.
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    /// The path and query, as the client sent them.
+    path_and_query: String,
+    /// The upstream headers ([`upstream_headers`]).
+    headers: HeaderMap,
+    body: Bytes,
+    /// Whether the call may go to a second replica after reaching a first.
+    repeatable: bool,
 }
 
 /// A service's replicas behind the gateway, each with its own policy (its
@@ -248,8 +272,9 @@ fn upstream_headers(client: &HeaderMap, peer: Option<SocketAddr>) -> HeaderMap {
 fn gateway_router(
     settings: &Settings,
     metrics: &crate::platform::metrics::ProcessMetrics,
-) -> Result<(Router, Router), Error> {
+) -> Result<(Router, Router, Option<Arc<canary::Canary>>), Error> {
     let mut upstreams = HashMap::new();
+    let mut canary_replicas = None;
     for service in [
         ServiceName::Identity,
         ServiceName::Catalog,
@@ -293,6 +318,21 @@ fn gateway_router(
             let upstream: Upstream = BoxCloneSyncService::new(policy.layer(send.clone()));
             each.push((base, upstream));
         }
+        if service == ServiceName::Orders
+            && let Some(urls) = &settings.delivery.canary_url
+        {
+            let mut canary = Vec::new();
+            for (n, base) in replica_urls(urls).into_iter().enumerate() {
+                let mut config = replica_config(service, n);
+                config.name = format!("orders-canary-{}", n + 1);
+                let policy = ResiliencePolicy::from_config(config)?;
+                canary.push((base, BoxCloneSyncService::new(policy.layer(send.clone()))));
+            }
+            canary_replicas = Some(Replicas {
+                next: std::sync::atomic::AtomicUsize::new(0),
+                each: canary,
+            });
+        }
         upstreams.insert(
             service,
             Replicas {
@@ -301,9 +341,23 @@ fn gateway_router(
             },
         );
     }
-    let gateway = Arc::new(Gateway { upstreams });
+    let canary = match canary_replicas {
+        Some(replicas) => Some(Arc::new(canary::Canary::start(
+            replicas,
+            &settings.delivery,
+        )?)),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway {
+        upstreams,
+        canary: canary.clone(),
+    });
     let pages = page_proxy(gateway.clone());
-    Ok((Router::new().fallback(proxy).with_state(gateway), pages))
+    Ok((
+        Router::new().fallback(proxy).with_state(gateway),
+        pages,
+        canary,
+    ))
 }
 
 /// The gateway's policy for replica `n` of `service`.
@@ -341,6 +395,8 @@ fn page_proxy(gateway: Arc<Gateway>) -> Router {
         .route("/orders", axum::routing::get(proxy))
         .route("/orders/{id}", axum::routing::get(proxy))
         .route("/ops", axum::routing::get(proxy))
+        .route("/ops/flags", axum::routing::get(proxy))
+        .route("/ops/rollout", axum::routing::get(proxy))
         .route("/assets/{*file}", axum::routing::get(proxy))
         .with_state(gateway)
 }
@@ -381,6 +437,33 @@ async fn proxy(
     // Idempotency-Key (the same key answers the first outcome).
     let repeatable = matches!(parts.method, Method::GET | Method::HEAD)
         || headers.contains_key(crate::api::IDEMPOTENCY_KEY);
+    let call = Call {
+        method: parts.method.clone(),
+        path_and_query: match original.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        },
+        headers,
+        body,
+        repeatable,
+    };
+    if service == Some(ServiceName::Orders)
+        && let Some(canary) = &gateway.canary
+        && path
+            .strip_prefix("/api/v1")
+            .is_some_and(canary::is_canary_traffic)
+    {
+        let canary = canary.clone();
+        return Ok(canary::route(gateway.clone(), canary, &parts.headers, call).await);
+    }
+    Ok(send(replicas, call).await)
+}
+
+/// Sends `call` to one of `replicas`, round-robin, offering it to the next
+/// when the first could not take it (see [`never_sent`]) or repeating it
+/// is safe; a failure of every replica is answered as the policy's error
+/// response (503, 504…).
+async fn send(replicas: &Replicas, call: Call) -> Response {
     let count = replicas.each.len().max(1);
     let first = replicas
         .next
@@ -390,15 +473,15 @@ async fn proxy(
         let Some((base, upstream)) = replicas.each.get((first + attempt) % count) else {
             break;
         };
-        let target = match original.query() {
-            Some(query) => format!("{base}{path}?{query}"),
-            None => format!("{base}{path}"),
+        let uri = match format!("{base}{}", call.path_and_query).parse() {
+            Ok(uri) => uri,
+            Err(error) => return ApiError::internal(error).into_response(),
         };
         let forward = Forward {
-            method: parts.method.clone(),
-            uri: target.parse().map_err(ApiError::internal)?,
-            headers: headers.clone(),
-            body: body.clone(),
+            method: call.method.clone(),
+            uri,
+            headers: call.headers.clone(),
+            body: call.body.clone(),
         };
         match upstream.clone().oneshot(forward).await {
             Ok(response) => {
@@ -406,11 +489,11 @@ async fn proxy(
                 for name in HOP_BY_HOP {
                     parts.headers.remove(name);
                 }
-                return Ok(Response::from_parts(parts, body).into_response());
+                return Response::from_parts(parts, body).into_response();
             }
             Err(error) => {
                 tracing::warn!(%error, replica = base.as_str(), "upstream call failed");
-                let again = repeatable || never_sent(&error);
+                let again = call.repeatable || never_sent(&error);
                 last_error = Some(error);
                 if !again {
                     break;
@@ -419,9 +502,9 @@ async fn proxy(
         }
     }
     let error = last_error.unwrap_or(trellis_resilience::Error::BulkheadFull { max_concurrent: 0 });
-    Ok(trellis_resilience::http::error_response::<String>(&error)
+    trellis_resilience::http::error_response::<String>(&error)
         .map(Body::from)
-        .into_response())
+        .into_response()
 }
 
 #[cfg(test)]
@@ -468,7 +551,7 @@ mod tests {
         settings.peers.orders = Some(format!(
             "http://127.0.0.1:{dead}, http://127.0.0.1:{live_port}"
         ));
-        let (api, _pages) =
+        let (api, _pages, _canary) =
             gateway_router(&settings, &crate::platform::metrics::ProcessMetrics::new()).unwrap();
         for n in 0..6 {
             let method = if n % 2 == 0 {

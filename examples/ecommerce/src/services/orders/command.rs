@@ -183,6 +183,22 @@ impl Service<Command<PlaceOrderCommand>> for PlaceService {
                 });
             }
             unknown.into_result().map_err(Error::Validation)?;
+            // A checkout step behind a flag: an order-value limit (0: none).
+            let limit = app
+                .flags
+                .int(crate::platform::flags::CHECKOUT_ORDER_LIMIT, &customer, 0)
+                .await;
+            if limit > 0 && total_cents > limit {
+                let mut over = ValidationErrors::new();
+                over.add(
+                    "lines",
+                    "order_limit",
+                    format!(
+                        "orders are limited to {limit} cents for now, this one is {total_cents}"
+                    ),
+                );
+                over.into_result().map_err(Error::Validation)?;
+            }
             let state = PlaceOrder {
                 order_id: order_id.clone(),
                 customer,

@@ -7,6 +7,7 @@ pub(crate) mod admin;
 pub(crate) mod aggregate;
 pub(crate) mod client;
 pub(crate) mod command;
+pub(crate) mod flagged;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod policy;
@@ -91,6 +92,9 @@ pub(crate) struct Deps {
     pub(crate) prices: Prices,
     /// Validates the bearer tokens of the orders routes.
     pub(crate) validator: trellis_auth::Validator,
+    /// The process's feature flags: the fault drills on the clients and
+    /// the checkout's flag-gated steps.
+    pub(crate) flags: crate::platform::flags::Flags,
 }
 
 /// Starts the orders service, the same way in both run modes: see
@@ -111,10 +115,11 @@ pub(crate) async fn start(
         deps.saga_log,
         deps.read_db,
         deps.options,
-        deps.inventory,
-        deps.payments,
+        flagged::inventory(deps.flags.clone(), deps.inventory),
+        flagged::payments(deps.flags.clone(), deps.payments),
         deps.prices,
         metrics,
+        deps.flags,
     )
     .await?;
     Ok(crate::services::Started {
@@ -141,6 +146,7 @@ async fn open(
     payment_raw: PaymentClient,
     prices: Prices,
     metrics: &mut crate::platform::metrics::ProcessMetrics,
+    flags: crate::platform::flags::Flags,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -268,6 +274,7 @@ async fn open(
             read_db,
         },
         prices,
+        flags,
         inventory_breaker,
         payment_faults,
         clients,
@@ -289,6 +296,8 @@ async fn open(
 pub(crate) struct OrdersApp {
     pub(crate) orders: Orders,
     pub(crate) prices: Prices,
+    /// Feature flags (the checkout's flag-gated steps).
+    pub(crate) flags: crate::platform::flags::Flags,
     pub(crate) inventory_breaker: CircuitBreakerHandle,
     pub(crate) payment_faults: FaultHandle,
     /// Breakers, bulkheads, limiters and drills of the clients (src/web).
