@@ -31,12 +31,13 @@ const PARSED: &[&str] = &["ECOMMERCE_SEED_STOCK", "ECOMMERCE_SYNCHRONOUS_COMMIT"
 /// `peers.<service>`, `ECOMMERCE_<SERVICE>_CLIENT_SECRET` is
 /// `client_secrets.<service>` and `ECOMMERCE_TLS_<PART>` is `tls.<part>`.
 pub(super) fn key_of(var: &str) -> Option<Vec<String>> {
-    // `[delivery]`'s variables are applied by its own parser after the
-    // layers (see `Settings::load_from`).
-    if !ENV_VARS.contains(&var) || crate::platform::delivery::ENV_VARS.contains(&var) {
+    if !ENV_VARS.contains(&var) {
         return None;
     }
     let rest = var.strip_prefix("ECOMMERCE_")?.to_ascii_lowercase();
+    if crate::platform::delivery::ENV_VARS.contains(&var) {
+        return Some(vec!["delivery".into(), rest]);
+    }
     let service = |name: &str| ServiceName::ALL.into_iter().any(|s| s.as_str() == name);
     if let Some(part) = rest.strip_prefix("tls_") {
         return Some(vec!["tls".into(), part.into()]);
@@ -96,6 +97,11 @@ impl Provider for EnvLayer {
     fn data(&self) -> Result<Map<Profile, Dict>, Error> {
         let mut root = Dict::new();
         for (var, text) in &self.vars {
+            // `[delivery]`'s variables are applied by its own parser after
+            // the layers (see `Settings::load_from`).
+            if crate::platform::delivery::ENV_VARS.contains(var) {
+                continue;
+            }
             let Some(path) = key_of(var) else { continue };
             let value = if PARSED.contains(var) {
                 text.parse::<Value>().unwrap_or_else(|never| match never {})
