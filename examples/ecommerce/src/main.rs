@@ -34,6 +34,11 @@ mod cli;
 
 use cli::{Cli, Command, DrillArgs, LoadArgs, ServeArgs, ServeLocalArgs, TokenArgs};
 
+/// The log filter when `RUST_LOG` is not set (drills: `error`); README's
+/// "Logs" section documents it.
+const DEFAULT_FILTER: &str =
+    "warn,ecommerce=info,trellis_saga=info,trellis_resilience::circuit_breaker=info";
+
 fn main() -> std::process::ExitCode {
     // `--help`, `--version` and usage errors (with their suggestions) exit
     // here (status 0 and 2), before any logging or runtime is set up.
@@ -61,11 +66,16 @@ fn main() -> std::process::ExitCode {
 async fn run_command(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let command = cli.command.unwrap_or(Command::Run);
     // A drill provokes failures on purpose: their warnings would bury its
-    // table, so it logs errors only unless RUST_LOG says otherwise.
+    // table, so it logs errors only unless RUST_LOG says otherwise. Every
+    // other mode logs warnings, plus the stable events an operator follows
+    // (saga.transition / saga.compensation from trellis-saga,
+    // circuit_breaker.transition, this crate's own info lines: adoptions,
+    // validations, expired reservations, rollout decisions), which are
+    // info. Nothing per request is info there, so a busy system stays quiet.
     let default_filter = if matches!(command, Command::Drill(_)) {
         "error"
     } else {
-        "warn"
+        DEFAULT_FILTER
     };
     // Serve mode runs under an orchestrator that collects logs: JSON lines
     // with trace_id/span_id and the service's name. The interactive modes

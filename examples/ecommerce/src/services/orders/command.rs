@@ -356,7 +356,8 @@ pub(crate) fn api_error(error: Error) -> ApiError {
         }
         other => other.to_string(),
     };
-    tracing::info!(%error, status = status.as_u16(), "order command refused");
+    // Per request, and the client has the answer: debug, not info.
+    tracing::debug!(%error, status = status.as_u16(), "order command refused");
     ApiError::new(status, code, message)
 }
 
