@@ -210,6 +210,8 @@ impl Service<Command<PlaceOrderCommand>> for PlaceService {
                 payment: None,
                 pending_validation: false,
                 trace_id: trellis_observability::metrics::current_trace_id(),
+                traceparent: trellis_observability::trace::current_traceparent()
+                    .map(|(traceparent, _)| traceparent),
             };
             let wait = super::http::place_wait(&app);
             // Subscribed before the start, so no event of this saga is missed.
