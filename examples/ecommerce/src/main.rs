@@ -98,10 +98,28 @@ async fn run_command(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .map_or_else(|| "ecommerce".to_owned(), |s| format!("ecommerce-{s}")),
         _ => "ecommerce".to_owned(),
     };
-    let _telemetry = trellis_observability::Telemetry::builder(&service)
-        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.into()))
-        .json(json)
-        .init()?;
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let mut telemetry = trellis_observability::Telemetry::builder(&service);
+    telemetry
+        .filter(rust_log.clone().unwrap_or_else(|| default_filter.into()))
+        .json(json);
+    // With an OTLP endpoint and no RUST_LOG, traces get every info span on
+    // an order's path (HTTP, commands, event appends, saga steps, the
+    // broker) while the logs keep the quiet default: one filter for both
+    // would export only the saga's spans, cut off from their requests.
+    // OTEL_TRACES_SAMPLER decides how many traces are kept.
+    let otlp = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    if rust_log.is_none() && otlp {
+        telemetry.span_filter("info");
+    }
+    let _telemetry = telemetry.init()?;
     match command {
         Command::Run => run().await,
         Command::Load(args) => load(args).await,
