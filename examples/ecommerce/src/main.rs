@@ -34,9 +34,9 @@ mod cli;
 
 use cli::{Cli, Command, DrillArgs, LoadArgs, ServeArgs, ServeLocalArgs, TokenArgs};
 
-/// The log filter when `RUST_LOG` is not set (drills: `error`); README's
-/// "Logs" section documents it.
-const DEFAULT_FILTER: &str =
+/// Serve mode's log filter when `RUST_LOG` is not set; README's "Logs"
+/// section documents it.
+const SERVE_FILTER: &str =
     "warn,ecommerce=info,trellis_saga=info,trellis_resilience::circuit_breaker=info";
 
 fn main() -> std::process::ExitCode {
@@ -65,23 +65,25 @@ fn main() -> std::process::ExitCode {
 
 async fn run_command(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let command = cli.command.unwrap_or(Command::Run);
-    // A drill provokes failures on purpose: their warnings would bury its
-    // table, so it logs errors only unless RUST_LOG says otherwise. Every
-    // other mode logs warnings, plus the stable events an operator follows
-    // (saga.transition / saga.compensation from trellis-saga,
-    // circuit_breaker.transition, this crate's own info lines: adoptions,
-    // validations, expired reservations, rollout decisions), which are
-    // info. Nothing per request is info there, so a busy system stays quiet.
-    let default_filter = if matches!(command, Command::Drill(_)) {
-        "error"
-    } else {
-        DEFAULT_FILTER
-    };
     // Serve mode runs under an orchestrator that collects logs: JSON lines
     // with trace_id/span_id and the service's name. The interactive modes
     // keep text for a person at a terminal. ECOMMERCE_LOG_FORMAT=json|text
     // overrides either default.
     let serving = matches!(command, Command::Serve(_) | Command::ServeLocal(_));
+    // Without RUST_LOG: serve mode logs warnings plus the stable events an
+    // operator follows (saga.transition / saga.compensation from
+    // trellis-saga, circuit_breaker.transition, this crate's own rare info
+    // lines: adoptions, validations, expired reservations, rollout
+    // decisions), which are info; nothing per request is info there, so a
+    // busy system stays quiet. The interactive run and load keep warnings
+    // only, so their narration and tables are not interleaved with events.
+    // A drill provokes failures on purpose: their warnings would bury its
+    // table, so it logs errors only.
+    let default_filter = match command {
+        Command::Drill(_) => "error",
+        _ if serving => SERVE_FILTER,
+        _ => "warn",
+    };
     let json = match std::env::var("ECOMMERCE_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
