@@ -364,5 +364,7 @@ async fn prometheus_scrapes_every_service_and_finds_every_referenced_metric() {
             .await;
     }
 
+    // Prometheus first: its TSDB lives in the system's directory.
+    drop(prometheus);
     system.cleanup().await;
 }
