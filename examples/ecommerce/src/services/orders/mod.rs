@@ -239,6 +239,8 @@ async fn open(
         .with_lease_ttl(options.lease_ttl)
         .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
         .with_compensation_retry(POST_PIVOT_RETRY)
+        // An adopted saga's remaining steps continue its order's trace.
+        .with_resume_span(self::saga::resumed_span)
         .with_metrics(trellis_saga::metrics::SagaMetrics::new(metrics.registry()));
     // The steps' clients are bound once: every run, recovered and adopted
     // ones included, calls this process's clients.
