@@ -164,6 +164,7 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
     let mut config = ecommerce::Config {
         addr,
         delivery: ecommerce::delivery::DeliverySettings::from_env()?,
+        orders: ecommerce::config::OrdersSettings::from_env()?,
         ..ecommerce::Config::default()
     };
     if let Some(ttl) = from_env("ECOMMERCE_RESERVATION_TTL")? {

@@ -549,6 +549,7 @@ async fn start_orders(
             prices,
             validator: validator.clone(),
             flags: flags.clone(),
+            adaptive: settings.orders.adaptive_config()?,
         },
         metrics,
     )
