@@ -5,6 +5,7 @@
 
 pub(crate) mod adaptive;
 pub(crate) mod admin;
+pub(crate) mod balance;
 pub(crate) mod aggregate;
 pub(crate) mod client;
 pub(crate) mod command;
