@@ -68,7 +68,10 @@ async fn start(name: &str, orders: OrdersSettings) -> System {
     let api = ApiClient::new(running.base_url());
     let ops = running.ops_token().unwrap();
     let customer = running
-        .token_with_scopes(&format!("{name}-customer"), &["orders:read", "orders:write"])
+        .token_with_scopes(
+            &format!("{name}-customer"),
+            &["orders:read", "orders:write"],
+        )
         .unwrap();
     System {
         running,
@@ -142,16 +145,6 @@ impl System {
         r.body
     }
 
-    /// Orders in the read model, all statuses.
-    async fn orders(&self) -> u64 {
-        self.audit().await["orders"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|n| n.as_u64().unwrap())
-            .sum()
-    }
-
     /// Waits (≤ 30 s) until the read model holds `n` orders and the audit
     /// is clean (no saga open, nothing lost, charged twice or leaked).
     async fn settled(&self, n: u64) -> Value {
@@ -198,7 +191,10 @@ impl System {
             .unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).await.unwrap();
-        metric(&text, "trellis_resilience_adaptive_limit{name=\"orders-place\"}")
+        metric(
+            &text,
+            "trellis_resilience_adaptive_limit{name=\"orders-place\"}",
+        )
     }
 
     async fn stop(self) {

@@ -113,12 +113,19 @@ impl fmt::Display for SlowReplicaReport {
             "Drill {NAME}: payments replica {} made slow ({SLOW:?} per charge) under load",
             self.slow
         )?;
-        writeln!(f, "| payments replica | calls before | calls during the fault |")?;
+        writeln!(
+            f,
+            "| payments replica | calls before | calls during the fault |"
+        )?;
         writeln!(f, "|---|---|---|")?;
         let endpoints: std::collections::BTreeSet<&String> =
             self.before.keys().chain(self.during.keys()).collect();
         for endpoint in endpoints {
-            let mark = if *endpoint == self.slow { " (slow)" } else { "" };
+            let mark = if *endpoint == self.slow {
+                " (slow)"
+            } else {
+                ""
+            };
             writeln!(
                 f,
                 "| {endpoint}{mark} | {} | {} |",

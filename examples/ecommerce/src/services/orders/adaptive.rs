@@ -25,9 +25,8 @@ use trellis_resilience::error::Overloaded;
 use crate::api::ApiError;
 
 /// The layer a route takes: the limit, and its refusal as the API's error.
-pub(crate) type Shedding = ServiceBuilder<
-    Stack<AdaptiveLimitLayer, Stack<HandleErrorLayer<ShedFn, ()>, Identity>>,
->;
+pub(crate) type Shedding =
+    ServiceBuilder<Stack<AdaptiveLimitLayer, Stack<HandleErrorLayer<ShedFn, ()>, Identity>>>;
 
 /// Turns the limit's errors into responses.
 pub(crate) type ShedFn = fn(BoxError) -> std::future::Ready<ApiError>;

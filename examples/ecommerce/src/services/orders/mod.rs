@@ -5,8 +5,8 @@
 
 pub(crate) mod adaptive;
 pub(crate) mod admin;
-pub(crate) mod balance;
 pub(crate) mod aggregate;
+pub(crate) mod balance;
 pub(crate) mod client;
 pub(crate) mod command;
 pub(crate) mod flagged;
