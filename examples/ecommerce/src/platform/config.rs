@@ -829,6 +829,64 @@ mod tests {
     }
 
     #[test]
+    fn orders_adaptive_settings_come_from_the_file_and_the_environment() {
+        use trellis_resilience::adaptive::Algorithm;
+        let defaults = Settings::load_from(None, env(&[])).unwrap();
+        let config = defaults.orders.adaptive_config().unwrap().unwrap();
+        assert_eq!((config.initial_limit, config.min_limit), (64, 8));
+        assert!(
+            matches!(config.algorithm, Algorithm::Gradient(g) if g.probe_limit == 16 && g.tolerance == 2.0)
+        );
+
+        let dir =
+            std::env::temp_dir().join(format!("ecommerce-config-orders-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("orders.toml");
+        std::fs::write(
+            &file,
+            "[orders]\nadaptive_algorithm = \"aimd\"\nadaptive_max_limit = 300\n\
+             adaptive_latency_threshold = \"750ms\"\nadaptive_tolerance = 3.5\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(
+            Some(&file),
+            env(&[("ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT", "100")]),
+        )
+        .unwrap();
+        assert_eq!(settings.orders.adaptive_tolerance_pct, 350);
+        let config = settings.orders.adaptive_config().unwrap().unwrap();
+        assert_eq!(config.max_limit, 100, "the environment wins");
+        assert!(
+            matches!(config.algorithm, Algorithm::Aimd(a) if a.latency_threshold == Duration::from_millis(750))
+        );
+        let off =
+            Settings::load_from(None, env(&[("ECOMMERCE_ORDERS_ADAPTIVE", "false")])).unwrap();
+        assert_eq!(off.orders.adaptive_config().unwrap(), None);
+        // A limit below the minimum is refused at load, naming the section.
+        std::fs::write(&file, "[orders]\nadaptive_max_limit = 4\n").unwrap();
+        let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().starts_with("orders"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn peer_urls_split_into_replicas() {
+        let settings = Settings::load_from(
+            None,
+            env(&[("ECOMMERCE_PAYMENTS_URL", "http://a:1/, http://b:2")]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.peers.urls(ServiceName::Payments),
+            ["http://a:1", "http://b:2"]
+        );
+        assert_eq!(
+            settings.peers.urls(ServiceName::Inventory),
+            ["http://127.0.0.1:8083"]
+        );
+    }
+
+    #[test]
     fn health_probes_default_to_the_listen_port_plus_1000() {
         let settings =
             Settings::load_from(None, env(&[("ECOMMERCE_LISTEN", "0.0.0.0:8083")])).unwrap();

@@ -198,3 +198,149 @@ where
         });
     Ok(BoxCloneSyncService::new(balancer))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tower::ServiceExt;
+    use tower::util::BoxCloneSyncService;
+    use trellis_cqrs::BoxError;
+
+    use super::*;
+
+    type Client = BoxCloneSyncService<u32, u32, BoxError>;
+
+    /// A replica answering after `delay`, or failing at once with `fail()`.
+    fn replica(delay: Duration, fail: Option<fn() -> BoxError>) -> Client {
+        BoxCloneSyncService::new(tower::service_fn(move |n: u32| async move {
+            match fail {
+                Some(fail) => Err(fail()),
+                None => {
+                    tokio::time::sleep(delay).await;
+                    Ok(n)
+                }
+            }
+        }))
+    }
+
+    fn scrape(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// Places 40 calls one after another; returns how many failed.
+    async fn forty(client: &Client) -> usize {
+        let mut failed = 0;
+        for n in 0..40 {
+            if client.clone().oneshot(n).await.is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    /// The failing replica answers fastest, so power of two choices
+    /// prefers it until its 5th failure in a row ejects it; then every
+    /// call goes to the other. Both show in the per-replica metrics.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_replica_is_ejected_and_counted_per_replica() {
+        let mut registry = Registry::default();
+        let metrics = UpstreamMetrics::new(&mut registry);
+        let client = balanced(
+            "payments",
+            vec![
+                ("http://a".into(), replica(Duration::from_millis(50), None)),
+                (
+                    "http://b".into(),
+                    replica(Duration::ZERO, Some(|| "connection refused".into())),
+                ),
+            ],
+            &metrics,
+        )
+        .unwrap();
+        assert_eq!(forty(&client).await, 5);
+        let text = scrape(&registry);
+        for line in [
+            r#"orders_upstream_requests_total{service="payments",endpoint="http://b",outcome="failure"} 5"#,
+            r#"orders_upstream_requests_total{service="payments",endpoint="http://a",outcome="success"} 35"#,
+            r#"orders_upstream_ejected{service="payments",endpoint="http://b"} 1"#,
+            r#"orders_upstream_ejected{service="payments",endpoint="http://a"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    /// A replica that answers 503 with `Retry-After` (its adaptive limit
+    /// shed the call) is ejected at its first such answer; a 4xx refusal
+    /// is an answer like any other (the same request fails everywhere).
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_answer_ejects_at_once_a_refusal_does_not() {
+        fn answer(status: u16, retry_after: bool) -> BoxError {
+            let mut response = http::Response::new(Bytes::new());
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            if retry_after {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+            }
+            crate::platform::transport::unexpected("payments", &response)
+        }
+        let mut registry = Registry::default();
+        let metrics = UpstreamMetrics::new(&mut registry);
+        let client = balanced(
+            "payments",
+            vec![
+                ("http://a".into(), replica(Duration::from_millis(50), None)),
+                (
+                    "http://b".into(),
+                    replica(Duration::ZERO, Some(|| answer(503, true))),
+                ),
+            ],
+            &metrics,
+        )
+        .unwrap();
+        assert_eq!(forty(&client).await, 1, "ejected at the first 503");
+        assert!(scrape(&registry).contains(
+            r#"orders_upstream_requests_total{service="payments",endpoint="http://b",outcome="rejected"} 1"#
+        ));
+
+        let metrics = UpstreamMetrics::new(&mut Registry::default());
+        let client = balanced(
+            "payments",
+            vec![
+                ("http://a".into(), replica(Duration::from_millis(50), None)),
+                (
+                    "http://b".into(),
+                    replica(Duration::ZERO, Some(|| answer(403, false))),
+                ),
+            ],
+            &metrics,
+        )
+        .unwrap();
+        assert!(forty(&client).await > 5, "a refusal never ejects");
+    }
+
+    /// A replica that hangs is cut at the per-replica timeout and counted
+    /// as a failure (the policy's own 1 s timeout would cancel it unseen).
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_replica_times_out_inside_the_balancer() {
+        let mut registry = Registry::default();
+        let metrics = UpstreamMetrics::new(&mut registry);
+        let client = balanced(
+            "inventory",
+            vec![
+                ("http://a".into(), replica(Duration::from_secs(60), None)),
+                ("http://b".into(), replica(Duration::from_secs(60), None)),
+            ],
+            &metrics,
+        )
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(client.oneshot(1).await.is_err());
+        assert_eq!(started.elapsed(), REPLICA_TIMEOUT);
+        assert!(scrape(&registry).contains(r#"outcome="failure"} 1"#));
+    }
+}
