@@ -447,31 +447,6 @@ pub fn key_of_var(var: &str) -> Option<String> {
     layers::key_of(var).map(|path| path.join("."))
 }
 
-impl OrdersSettings {
-    /// `[orders]` from the `ECOMMERCE_ORDERS_ADAPTIVE*` variables over the
-    /// defaults: the one-process mode reads no settings file.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::Invalid`] naming the variable whose value is wrong.
-    pub fn from_env() -> Result<OrdersSettings, ConfigError> {
-        use figment::Figment;
-        let figment = Figment::new().merge(layers::EnvLayer::read(|key| {
-            std::env::var(key)
-                .ok()
-                .filter(|_| key.starts_with("ECOMMERCE_ORDERS_ADAPTIVE"))
-        }));
-        let orders: OrdersSettings = match figment.find_value("orders") {
-            Ok(_) => figment
-                .extract_inner("orders")
-                .map_err(|e| layers::to_config_error(e, None))?,
-            Err(_) => OrdersSettings::default(),
-        };
-        orders.adaptive_config()?;
-        Ok(orders)
-    }
-}
-
 impl Settings {
     /// Defaults, overridden by `file` (TOML) when given, overridden by the
     /// process environment ([`ENV_VARS`]).

@@ -491,44 +491,20 @@ async fn start_orders(
     // Every replica of inventory and of payments (comma-separated peer
     // URLs), balanced with outlier ejection (services/orders/balance.rs).
     let upstream = orders::balance::UpstreamMetrics::new(metrics.registry());
-    let inventory_transport =
-        transport::measured_transport_to(tls, ServiceName::Inventory, &metrics.http)?;
-    let inventory = orders::balance::balanced(
-        "inventory",
-        settings
-            .peers
-            .urls(ServiceName::Inventory)
-            .into_iter()
-            .map(|url| {
-                let client = crate::services::inventory::client::inventory_client(
-                    inventory_transport.clone(),
-                    url.clone(),
-                    token.clone(),
-                );
-                (url, client)
-            })
-            .collect(),
-        &upstream,
-    )?;
-    let payments_transport =
-        transport::measured_transport_to(tls, ServiceName::Payments, &metrics.http)?;
-    let payments = orders::balance::balanced(
-        "payments",
-        settings
-            .peers
-            .urls(ServiceName::Payments)
-            .into_iter()
-            .map(|url| {
-                let client = crate::services::payments::client::payment_client(
-                    payments_transport.clone(),
-                    url.clone(),
-                    token.clone(),
-                );
-                (url, client)
-            })
-            .collect(),
-        &upstream,
-    )?;
+    let transport = transport::measured_transport_to(tls, ServiceName::Inventory, &metrics.http)?;
+    let inventory =
+        orders::balance::over(&settings.peers, ServiceName::Inventory, &upstream, |url| {
+            crate::services::inventory::client::inventory_client(
+                transport.clone(),
+                url,
+                token.clone(),
+            )
+        })?;
+    let transport = transport::measured_transport_to(tls, ServiceName::Payments, &metrics.http)?;
+    let payments =
+        orders::balance::over(&settings.peers, ServiceName::Payments, &upstream, |url| {
+            crate::services::payments::client::payment_client(transport.clone(), url, token.clone())
+        })?;
     let catalog_client = || -> Result<Prices, Error> {
         Ok(Prices::Remote(
             crate::services::catalog::client::CatalogClient::new(

@@ -199,6 +199,30 @@ where
     Ok(BoxCloneSyncService::new(balancer))
 }
 
+/// [`balanced`] over every replica of `service` in `peers`, each a client
+/// made by `client(base_url)`.
+///
+/// # Errors
+///
+/// No replica URL.
+pub(crate) fn over<Req, Rep>(
+    peers: &crate::platform::config::Peers,
+    service: crate::platform::config::ServiceName,
+    metrics: &UpstreamMetrics,
+    client: impl Fn(String) -> BoxCloneSyncService<Req, Rep, BoxError>,
+) -> Result<BoxCloneSyncService<Req, Rep, BoxError>, crate::api::Error>
+where
+    Req: Send + 'static,
+    Rep: Send + 'static,
+{
+    let replicas = peers
+        .urls(service)
+        .into_iter()
+        .map(|url| (url.clone(), client(url)))
+        .collect();
+    balanced(service.as_str(), replicas, metrics)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
