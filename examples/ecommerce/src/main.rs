@@ -194,6 +194,7 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
     let mut config = ecommerce::Config {
         addr,
         delivery: ecommerce::delivery::DeliverySettings::from_env()?,
+        orders: ecommerce::config::OrdersSettings::from_env()?,
         ..ecommerce::Config::default()
     };
     if let Some(ttl) = from_env("ECOMMERCE_RESERVATION_TTL")? {
@@ -310,6 +311,9 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         return ecommerce::canary::command(&argv).await;
     }
+    if name == ecommerce::slow_replica::NAME {
+        return slow_replica(args).await;
+    }
     let drill: ecommerce::drill::Drill = name.parse()?;
     let (url, ops) = (args.load.url.clone(), args.load.ops_token.clone());
     let options = ecommerce::drill::DrillOptions {
@@ -387,6 +391,25 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
         local.shutdown().await?;
     }
     finish(report?)
+}
+
+/// `ecommerce drill slow-replica`: see `ecommerce::slow_replica`.
+async fn slow_replica(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let database_url = args
+        .database_url
+        .ok_or("drill slow-replica needs --database-url URL (PostgreSQL)")?;
+    let nats_url = args
+        .nats_url
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+    let load = args.load.options();
+    let report =
+        ecommerce::slow_replica::run(&std::env::current_exe()?, &database_url, &nats_url, &load)
+            .await?;
+    println!("{report}");
+    if !report.passed() {
+        return Err("drill slow-replica failed".into());
+    }
+    Ok(())
 }
 
 /// Prints the drill's table; an error (non-zero exit) if it failed.
