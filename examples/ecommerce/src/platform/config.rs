@@ -411,6 +411,9 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_CANARY_INTERVAL",
     "ECOMMERCE_CANARY_MIN_SUCCESS_RATE",
     "ECOMMERCE_CANARY_MAX_P99",
+    "ECOMMERCE_DELIVERY_STRATEGY",
+    "ECOMMERCE_SMOKE_TOKEN",
+    "ECOMMERCE_CANARY_VERSION",
 ];
 
 /// The settings key the variable `var` of [`ENV_VARS`] sets: `drain` for
@@ -733,6 +736,7 @@ mod tests {
                 "ECOMMERCE_CANARY_INTERVAL" => "30s",
                 "ECOMMERCE_CANARY_MIN_SUCCESS_RATE" => "0.95",
                 "ECOMMERCE_CANARY_MAX_P99" => "1s",
+                "ECOMMERCE_DELIVERY_STRATEGY" => "blue-green",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",

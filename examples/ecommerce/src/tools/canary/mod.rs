@@ -325,7 +325,7 @@ async fn drive(
                 };
                 let version = r
                     .headers
-                    .get(crate::services::gateway::canary::VERSION_HEADER)
+                    .get(crate::rollout::admin::VERSION_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("none")
                     .to_owned();
