@@ -190,7 +190,7 @@ fn drill_names() -> Vec<&'static str> {
         .chain(Drill::CHILD)
         .chain(Drill::DISTRIBUTED)
         .map(Drill::name)
-        .chain(["canary-rollback", "canary-promote"])
+        .chain(ecommerce::canary::CanaryDrill::ALL.map(ecommerce::canary::CanaryDrill::name))
         .collect()
 }
 
