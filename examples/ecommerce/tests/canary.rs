@@ -150,7 +150,10 @@ async fn blue_green_stays_on_blue_when_the_greens_smoke_orders_fail() {
         "the green never got traffic: {report}"
     );
     assert_eq!(report.placed.get("canary"), None, "{report}");
-    assert!(report.placed.get("stable").copied().unwrap_or(0) > 0, "{report}");
+    assert!(
+        report.placed.get("stable").copied().unwrap_or(0) > 0,
+        "{report}"
+    );
     assert_eq!(report.audit.lost, 0, "{report}");
     assert_eq!(report.audit.charged_twice, 0, "{report}");
     assert!(report.passed(), "{report}");

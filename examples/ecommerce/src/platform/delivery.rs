@@ -265,7 +265,10 @@ impl DeliverySettings {
             // versions must be told apart.
             return Err(ConfigError::Invalid {
                 key: "delivery.canary_version".into(),
-                message: format!("1 to 64 characters, not the stable version {:?}", self.version),
+                message: format!(
+                    "1 to 64 characters, not the stable version {:?}",
+                    self.version
+                ),
             });
         }
         let steps = &self.canary_steps;

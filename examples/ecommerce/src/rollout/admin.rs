@@ -17,8 +17,8 @@ use axum::extract::{Path, State};
 use http::StatusCode;
 use serde::Serialize;
 
-use super::analysis::{Analysis, AnalysisConfig, AnalysisHandle, Decision, DecisionKind, Phase};
 use super::analysis::SmokeCheck;
+use super::analysis::{Analysis, AnalysisConfig, AnalysisHandle, Decision, DecisionKind, Phase};
 use super::metrics::{Rollout, Version, VersionStats};
 use crate::api::ApiError;
 use crate::platform::delivery::{DeliverySettings, Strategy};

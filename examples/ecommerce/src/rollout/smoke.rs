@@ -20,8 +20,9 @@ use http::{Method, Request, Response, StatusCode};
 
 /// Sends one request (its path after `/api/v1`) to the green version and
 /// buffers the answer; `Err` is a transport failure, in words.
-pub(crate) type SmokeSend =
-    Arc<dyn Fn(Request<Bytes>) -> BoxFuture<'static, Result<Response<Bytes>, String>> + Send + Sync>;
+pub(crate) type SmokeSend = Arc<
+    dyn Fn(Request<Bytes>) -> BoxFuture<'static, Result<Response<Bytes>, String>> + Send + Sync,
+>;
 
 /// Smoke orders per green instance: enough that a version failing every
 /// charge or reservation is caught, few enough to leave no mark on stock.
@@ -79,7 +80,11 @@ pub(crate) async fn smoke_orders(
             return Err(format!(
                 "smoke order {n}: {}{} {}",
                 placed.status(),
-                if marked { " (a failure of the system)" } else { "" },
+                if marked {
+                    " (a failure of the system)"
+                } else {
+                    ""
+                },
                 text(placed.body())
             ));
         }

@@ -90,7 +90,9 @@ async fn green_ready(
     upstream: &super::Upstream,
     patience: Duration,
 ) -> Result<(), String> {
-    let uri: http::Uri = format!("{base}/ready").parse().map_err(|e| format!("{e}"))?;
+    let uri: http::Uri = format!("{base}/ready")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let forward = Forward {
