@@ -1,7 +1,7 @@
 //! Canary and blue-green in the one-process mode (issue #16 §2): with
 //! `delivery.canary_version`, `ecommerce::start` runs a second orders
 //! version beside the stable one, sharing its stores, behind the same
-//! canary router and analysis as the gateway's. Short real runs (2.5 s
+//! canary router and analysis as the gateway's. Short real runs (3 s
 //! analysis intervals) on SQLite, under load from customers who each stay
 //! on their version:
 //!
@@ -23,7 +23,7 @@ use ecommerce::delivery::{DeliverySettings, Strategy};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const INTERVAL: Duration = Duration::from_millis(2500);
+const INTERVAL: Duration = Duration::from_secs(3);
 
 /// A flag file failing `share` of the canary version's charges.
 fn flag_file(dir: &std::path::Path, share: f64) -> std::path::PathBuf {
@@ -194,7 +194,7 @@ async fn run_until_decided(
     let api = ApiClient::new(running.base_url());
     let ops = running.ops_token().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let workers = load(running, 6, 3, stop.clone());
+    let workers = load(running, 8, 4, stop.clone());
     let state = finished(&api, &ops).await;
     stop.store(true, Ordering::Relaxed);
     let mut by_version = std::collections::BTreeMap::new();

@@ -549,6 +549,7 @@ async fn start_orders(
             prices,
             validator: validator.clone(),
             flags: flags.clone(),
+            summary: None,
         },
         metrics,
     )

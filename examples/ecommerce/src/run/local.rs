@@ -300,6 +300,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             prices: Prices::Local(catalog.service.clone()),
             validator: validator.clone(),
             flags: flags.clone(),
+            summary: None,
         },
         &mut metrics,
     )
@@ -330,6 +331,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 prices: Prices::Local(catalog.service.clone()),
                 validator: validator.clone(),
                 flags,
+                // One process, one read model: the stable instance's runner.
+                summary: Some(orders.service.orders.projection.clone()),
             };
             let sku = catalog::SEED
                 .first()

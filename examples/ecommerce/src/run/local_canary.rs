@@ -15,8 +15,10 @@
 //!   retried request answers the first outcome whichever version takes it.
 //! - Each instance has its own saga owner (`ecommerce-<version>/…`), so
 //!   each holds the leases of the sagas it runs and adopts the other's
-//!   only once they expired; its own projection runner on the summaries
-//!   (one holds the lease, the other follows the checkpoint).
+//!   only once they expired. One projection runner feeds the summaries
+//!   for both (the stable's): a second would stand by behind the first's
+//!   lease and see its checkpoint only every second, which every
+//!   read-your-writes answer of the canary would wait for.
 //! - Each has its own feature flags, opened with its version label, so a
 //!   flag file targeting `version = <canary_version>` gives the canary its
 //!   faults; its own client policies (breakers, fault drills); and its own

@@ -47,7 +47,9 @@ pub(crate) struct Orders {
     pub(crate) saga: trellis_saga::RegisteredSaga<OrderSagaLog, PlaceOrder, SagaClients>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
-    pub(crate) projection: trellis_cqrs::ProjectionHandle,
+    /// The order-summary projection (shared by two instances in one
+    /// process, see [`Deps::summary`]).
+    pub(crate) projection: Arc<trellis_cqrs::ProjectionHandle>,
     pub(crate) read_db: ReadDb,
     /// The idempotency keys of `POST /orders` (command pipeline).
     pub(crate) keys: self::command::OrderKeys,
@@ -95,6 +97,13 @@ pub(crate) struct Deps {
     /// The process's feature flags: the fault drills on the clients and
     /// the checkout's flag-gated steps.
     pub(crate) flags: crate::platform::flags::Flags,
+    /// The order-summary projection of another orders instance in this
+    /// process on the same store and read model (the one-process canary),
+    /// used instead of a runner of its own: a second runner would stand
+    /// by behind the first's lease and follow its checkpoint only every
+    /// second, slowing every read-your-writes answer of this instance by
+    /// up to that. `None`: this instance runs its own.
+    pub(crate) summary: Option<Arc<trellis_cqrs::ProjectionHandle>>,
 }
 
 /// Starts the orders service, the same way in both run modes: see
@@ -120,6 +129,7 @@ pub(crate) async fn start(
         deps.prices,
         metrics,
         deps.flags,
+        deps.summary,
     )
     .await?;
     Ok(crate::services::Started {
@@ -147,6 +157,7 @@ async fn open(
     prices: Prices,
     metrics: &mut crate::platform::metrics::ProcessMetrics,
     flags: crate::platform::flags::Flags,
+    summary: Option<Arc<trellis_cqrs::ProjectionHandle>>,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -257,11 +268,15 @@ async fn open(
     // Every orders instance, both run modes: sagas whose owner died, was
     // rescheduled or lost its lease are adopted every quarter lease TTL.
     let adopter = saga.spawn_adopter();
-    let projection =
-        trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
-            .with_metrics(metrics.projections.clone())
-            .spawn()
-            .await?;
+    let projection = match summary {
+        Some(shared) => shared,
+        None => Arc::new(
+            trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
+                .with_metrics(metrics.projections.clone())
+                .spawn()
+                .await?,
+        ),
+    };
     let keys = self::command::open_keys(&read_db).await?;
     let app = Arc::new(OrdersApp {
         orders: Orders {
