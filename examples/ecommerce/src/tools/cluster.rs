@@ -370,6 +370,9 @@ impl System {
             .options([("search_path", format!("{}{}", self.prefix, service))]);
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
+            // Generous: a loaded machine (or a server near its connection
+            // limit) connects slowly; the audits that use it wait anyway.
+            .acquire_timeout(Duration::from_secs(60))
             .connect_with(options)
             .await?)
     }

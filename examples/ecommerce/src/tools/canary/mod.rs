@@ -455,9 +455,13 @@ async fn drive(
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     let audit = loop {
-        let audit = crate::tools::cluster::audit(system).await?;
-        if audit.settled() || Instant::now() >= deadline {
-            break audit;
+        // A read that fails (a pool that timed out on a machine out of
+        // breath) is tried again until the deadline, like an unsettled one.
+        match crate::tools::cluster::audit(system).await {
+            Ok(audit) if audit.settled() || Instant::now() >= deadline => break audit,
+            Ok(_) => {}
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(error) => tracing::warn!(%error, "audit read failed; again"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
