@@ -260,3 +260,114 @@ pub(super) async fn route(
         Err(never) => match never {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::platform::config::Settings;
+    use crate::platform::delivery::Strategy;
+    use crate::rollout::{DecisionKind, Phase};
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A green orders replica whose smoke orders are (or are not) failed
+    /// by the system, recording each order's token and body.
+    async fn green(failing: bool, seen: Arc<Mutex<Vec<(String, String)>>>) -> String {
+        use axum::routing::{get, post};
+        let place = move |headers: http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let token = headers[http::header::AUTHORIZATION].to_str().unwrap();
+                seen.lock().unwrap().push((token.to_owned(), body));
+                let outcome = if failing { "error" } else { "success" };
+                (
+                    StatusCode::CREATED,
+                    [(crate::platform::delivery::OUTCOME_HEADER, outcome)],
+                    r#"{"order_id":"o-1","status":"CONFIRMED"}"#,
+                )
+            }
+        };
+        serve(
+            axum::Router::new()
+                .route("/ready", get(|| async { "ok" }))
+                .route("/api/v1/orders", post(place))
+                .route("/api/v1/orders/o-1", get(|| async { "{}" })),
+        )
+        .await
+    }
+
+    async fn smoke_outcome(failing: bool) -> (crate::rollout::RolloutState, Vec<(String, String)>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let catalog = serve(axum::Router::new().route(
+            "/api/v1/products",
+            axum::routing::get(|| async { r#"[{"sku":"KET-003","name":"k","price_cents":1}]"# }),
+        ))
+        .await;
+        let mut settings = Settings::default();
+        settings.peers.catalog = Some(catalog);
+        settings.delivery.canary_url = Some(green(failing, seen.clone()).await);
+        settings.delivery.strategy = Strategy::BlueGreen;
+        settings.delivery.smoke_token = Some(Secret::new("smoke-token"));
+        let (_api, _pages, canary) = super::super::gateway_router(
+            &settings,
+            &crate::platform::metrics::ProcessMetrics::new(),
+        )
+        .unwrap();
+        let canary = canary.unwrap();
+        let mut state = canary.controller.analysis.watch();
+        let state = tokio::time::timeout(
+            Duration::from_secs(30),
+            state.wait_for(|s| s.phase != Phase::SmokeCheck),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        let seen = seen.lock().unwrap().clone();
+        (state, seen)
+    }
+
+    #[tokio::test]
+    async fn the_smoke_orders_pass_on_a_healthy_green_and_the_switch_is_one_step() {
+        let (state, seen) = smoke_outcome(false).await;
+        assert_eq!(state.phase, Phase::Progressing);
+        assert_eq!(state.weight, 100);
+        assert_eq!(state.last.unwrap().kind, DecisionKind::SmokePassed);
+        // Three orders of catalog's first product, with the smoke token.
+        assert_eq!(seen.len(), SMOKE_ORDERS);
+        for (token, body) in &seen {
+            assert_eq!(token, "Bearer smoke-token");
+            assert!(body.contains(r#""sku":"KET-003""#), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_order_the_green_fails_aborts_the_switch_at_zero_with_why() {
+        let (state, seen) = smoke_outcome(true).await;
+        assert_eq!(state.phase, Phase::Aborted);
+        assert_eq!(state.weight, 0);
+        let last = state.last.unwrap();
+        assert_eq!(last.kind, DecisionKind::Aborted);
+        assert!(
+            last.reason
+                .starts_with("smoke check failed: http://127.0.0.1:"),
+            "{}",
+            last.reason
+        );
+        assert!(
+            last.reason
+                .contains("smoke order 1: 201 Created (a failure of the system)"),
+            "{}",
+            last.reason
+        );
+        // It stopped at the first failed order.
+        assert_eq!(seen.len(), 1);
+    }
+}
