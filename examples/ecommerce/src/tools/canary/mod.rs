@@ -186,7 +186,20 @@ pub async fn run(
 ) -> Result<CanaryReport, Error> {
     let mut system = System::new(&cluster.binary, &cluster.database_url, &cluster.nats_url)?;
     let mut canary = None;
-    let report = drive(&mut system, &mut canary, drill, options).await;
+    let mut report = drive(&mut system, &mut canary, drill, options).await;
+    if let Ok(report) = &mut report
+        && !report.passed()
+    {
+        // What the orders processes said last, before cleanup removes it.
+        let canary_log =
+            std::fs::read_to_string(system.dir.join("orders-canary.log")).unwrap_or_default();
+        let tail: Vec<&str> = canary_log.lines().collect();
+        report.logs = format!(
+            "orders (stable):\n{}\norders (canary):\n{}",
+            system.log(ServiceName::Orders),
+            tail[tail.len().saturating_sub(30)..].join("\n")
+        );
+    }
     drop(canary);
     system.cleanup().await;
     report
@@ -477,6 +490,7 @@ async fn drive(
         placed,
         canary_not_final,
         audit,
+        logs: String::new(),
     })
 }
 

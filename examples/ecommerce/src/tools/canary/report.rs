@@ -51,6 +51,8 @@ pub struct CanaryReport {
     pub canary_not_final: u64,
     /// The schema audit after the load.
     pub audit: SchemaAudit,
+    /// The orders processes' last log lines, when the drill failed.
+    pub logs: String,
 }
 
 impl CanaryReport {
@@ -199,7 +201,11 @@ impl fmt::Display for CanaryReport {
         if violations.is_empty() {
             write!(f, "PASSED")
         } else {
-            write!(f, "FAILED: {}", violations.join("; "))
+            write!(f, "FAILED: {}", violations.join("; "))?;
+            if !self.logs.is_empty() {
+                write!(f, "\n{}", self.logs)?;
+            }
+            Ok(())
         }
     }
 }
