@@ -182,7 +182,8 @@ async fn open(
     // Inventory's fault drill sits inside its policy, as payments' does, so
     // the console's drills exercise timeout, breaker and fallback.
     let inventory_faults = FaultHandle::new();
-    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
+    let inventory_resilient =
+        inventory_policy.layer(inventory_faults.layer().layer(inventory_raw.clone()));
     let inventory_plain: InventoryClient =
         BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
     let deferred = tower::service_fn(|_request: InventoryRequest| async {
@@ -207,7 +208,7 @@ async fn open(
         ],
         [
             ("payments", payment_faults.clone()),
-            ("inventory", inventory_faults),
+            ("inventory", inventory_faults.clone()),
         ],
     );
     let payment_client: PaymentClient = BoxCloneSyncService::new(
@@ -223,7 +224,25 @@ async fn open(
     refund_config.circuit_breaker = None;
     refund_config.rate_limit = None;
     let refund_policy = with_retry(ResiliencePolicy::from_config(refund_config)?)?;
-    for policy in [&inventory_policy, &payment_policy, &refund_policy] {
+    // Releases (compensations) skip inventory's breaker for the same
+    // reason: under load the breaker re-opened for its minute-long wait
+    // again and again, the releases' ~55 s of retries all hit it, and the
+    // sagas were parked for an operator with their orders rejected.
+    let mut release_config = PolicyConfig::recommended("inventory-releases");
+    release_config.circuit_breaker = None;
+    release_config.rate_limit = None;
+    let release_policy = with_retry(ResiliencePolicy::from_config(release_config)?)?;
+    let releases: InventoryClient = BoxCloneSyncService::new(
+        release_policy
+            .layer(inventory_faults.layer().layer(inventory_raw))
+            .map_err(to_box),
+    );
+    for policy in [
+        &inventory_policy,
+        &payment_policy,
+        &refund_policy,
+        &release_policy,
+    ] {
         policy.register_metrics_in(&metrics.policies);
     }
     let business = self::metrics::OrderMetrics::new(metrics.registry());
@@ -240,6 +259,7 @@ async fn open(
         orders: repository,
         inventory: inventory_with_fallback,
         inventory_plain,
+        releases,
         payments: payment_client,
         refunds: refund_client,
         metrics: business.clone(),
