@@ -25,7 +25,10 @@ use ecommerce::load::{LoadOptions, Pacing};
     after_help = "Environment: ECOMMERCE_ADDR (listen address of the one-process \
                   mode, default 127.0.0.1:8080), ECOMMERCE_RESERVATION_TTL, \
                   ECOMMERCE_SAGA_DEADLINE, ECOMMERCE_SAGA_LEASE_TTL (durations: \
-                  250ms, 10s, 2m), ECOMMERCE_LOG_FORMAT=json|text, RUST_LOG, \
+                  250ms, 10s, 2m), the [delivery] variables of `serve --help` \
+                  (ECOMMERCE_CANARY_VERSION=canary: a second orders version \
+                  behind the canary router, ECOMMERCE_DELIVERY_STRATEGY=blue-green), \
+                  ECOMMERCE_LOG_FORMAT=json|text, RUST_LOG, \
                   OTEL_EXPORTER_OTLP_ENDPOINT. `ecommerce serve --help` lists the \
                   distributed mode's settings."
 )]
@@ -190,11 +193,8 @@ fn drill_names() -> Vec<&'static str> {
         .chain(Drill::CHILD)
         .chain(Drill::DISTRIBUTED)
         .map(Drill::name)
-        .chain([
-            "canary-rollback",
-            "canary-promote",
-            ecommerce::slow_replica::NAME,
-        ])
+        .chain(ecommerce::canary::CanaryDrill::ALL.map(ecommerce::canary::CanaryDrill::name))
+        .chain([ecommerce::slow_replica::NAME])
         .collect()
 }
 

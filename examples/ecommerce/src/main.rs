@@ -293,7 +293,8 @@ async fn stop_signal() {
 /// a child process or on the distributed system (see `cli::Command::Drill`).
 async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
     let name = args.name.as_str();
-    // canary-rollback, canary-promote: their own options (src/tools/canary).
+    // canary-rollback, canary-promote, blue-green, blue-green-failed-smoke:
+    // their own options (src/tools/canary).
     if ecommerce::canary::CanaryDrill::from_name(name).is_some() {
         let mut argv = vec![name.to_owned()];
         let mut push = |flag: &str, value: Option<String>| {

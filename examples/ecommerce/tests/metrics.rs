@@ -239,6 +239,7 @@ async fn the_scenario_shows_in_the_business_and_library_metrics() {
         ));
     }
     m.value(r#"trellis_resilience_retry_retries_total{name="payments-refunds"}"#);
+    m.value(r#"trellis_resilience_retry_retries_total{name="inventory-releases"}"#);
     m.expect(
         r#"trellis_resilience_circuit_breaker_transitions_total{name="inventory",from="closed",to="forced_open"}"#,
         1.0,

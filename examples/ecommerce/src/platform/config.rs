@@ -438,6 +438,9 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_CANARY_INTERVAL",
     "ECOMMERCE_CANARY_MIN_SUCCESS_RATE",
     "ECOMMERCE_CANARY_MAX_P99",
+    "ECOMMERCE_DELIVERY_STRATEGY",
+    "ECOMMERCE_SMOKE_TOKEN",
+    "ECOMMERCE_CANARY_VERSION",
 ];
 
 /// The settings key the variable `var` of [`ENV_VARS`] sets: `drain` for
@@ -764,6 +767,7 @@ mod tests {
                 "ECOMMERCE_ORDERS_ADAPTIVE" => "false",
                 "ECOMMERCE_ORDERS_ADAPTIVE_ALGORITHM" => "aimd",
                 "ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT" => "100",
+                "ECOMMERCE_DELIVERY_STRATEGY" => "blue-green",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",

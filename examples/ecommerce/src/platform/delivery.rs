@@ -11,6 +11,9 @@
 //! canary_interval = "1m"
 //! canary_min_success_rate = 0.99
 //! canary_max_p99 = "500ms"
+//! strategy = "canary"                # or "blue-green": one step 0 → 100 after a smoke check
+//! smoke_token = "eyJ…"               # gateway, blue-green: a bearer token (orders:write orders:read) for the smoke orders
+//! canary_version = "canary"          # one process: host a second orders version with this label
 //! ```
 
 use std::path::PathBuf;
@@ -19,6 +22,43 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::api::ConfigError;
+use crate::platform::secrets::Secret;
+
+/// How a new orders version takes traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Weight steps (`canary_steps`), each judged for `canary_interval`.
+    #[default]
+    Canary,
+    /// A smoke check against the new (green) version, then one step 0 →
+    /// 100, still judged on the same thresholds (rolled back to 0 on
+    /// failure).
+    BlueGreen,
+}
+
+impl Strategy {
+    /// The setting's value: `canary` or `blue-green`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Canary => "canary",
+            Self::BlueGreen => "blue-green",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "canary" => Ok(Self::Canary),
+            "blue-green" => Ok(Self::BlueGreen),
+            other => Err(format!("canary or blue-green, got {other:?}")),
+        }
+    }
+}
 
 /// The response header by which a service marks a request that failed by
 /// its own fault although its status is not a 5xx (an order the system
@@ -59,6 +99,20 @@ pub struct DeliverySettings {
     /// Maximum canary p99 per check.
     #[serde(with = "trellis_resilience::config::duration")]
     pub canary_max_p99: Duration,
+    /// How the new version takes traffic (`ECOMMERCE_DELIVERY_STRATEGY`):
+    /// weight steps, or blue-green (smoke check, then 0 → 100).
+    pub strategy: Strategy,
+    /// Gateway, blue-green: the bearer token (scopes `orders:write
+    /// orders:read`, e.g. from `ecommerce token`) the smoke check places
+    /// and reads its smoke orders with on the green replicas. Without it
+    /// the smoke check is the green's readiness only. The check runs when
+    /// the gateway starts, so a short-lived token does.
+    pub smoke_token: Option<Secret>,
+    /// One process only: the version label of a second orders instance
+    /// started beside the stable one (sharing its stores, with its own
+    /// flags and saga owner), which the canary router and its analysis
+    /// put in front of the orders routes. `None`: one orders version.
+    pub canary_version: Option<String>,
 }
 
 /// How often the flag file is re-read.
@@ -77,6 +131,9 @@ impl Default for DeliverySettings {
             canary_interval: Duration::from_secs(60),
             canary_min_success_ppm: 990_000,
             canary_max_p99: Duration::from_millis(500),
+            strategy: Strategy::Canary,
+            smoke_token: None,
+            canary_version: None,
         }
     }
 }
@@ -98,7 +155,7 @@ fn rate_ppm<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error>
 }
 
 /// The environment variables read here (listed in `config::ENV_VARS`).
-pub const ENV_VARS: [&str; 7] = [
+pub const ENV_VARS: [&str; 10] = [
     "ECOMMERCE_FLAGS_FILE",
     "ECOMMERCE_VERSION",
     "ECOMMERCE_CANARY_URL",
@@ -106,6 +163,9 @@ pub const ENV_VARS: [&str; 7] = [
     "ECOMMERCE_CANARY_INTERVAL",
     "ECOMMERCE_CANARY_MIN_SUCCESS_RATE",
     "ECOMMERCE_CANARY_MAX_P99",
+    "ECOMMERCE_DELIVERY_STRATEGY",
+    "ECOMMERCE_SMOKE_TOKEN",
+    "ECOMMERCE_CANARY_VERSION",
 ];
 
 impl DeliverySettings {
@@ -171,6 +231,17 @@ impl DeliverySettings {
         if let Some(v) = env("ECOMMERCE_CANARY_MAX_P99") {
             self.canary_max_p99 = duration("ECOMMERCE_CANARY_MAX_P99", &v)?;
         }
+        if let Some(v) = env("ECOMMERCE_DELIVERY_STRATEGY") {
+            self.strategy = v
+                .parse()
+                .map_err(|e| invalid("ECOMMERCE_DELIVERY_STRATEGY", e))?;
+        }
+        if let Some(v) = env("ECOMMERCE_SMOKE_TOKEN") {
+            self.smoke_token = Some(Secret::new(v));
+        }
+        if let Some(v) = env("ECOMMERCE_CANARY_VERSION") {
+            self.canary_version = Some(v);
+        }
         Ok(())
     }
 
@@ -178,13 +249,26 @@ impl DeliverySettings {
     ///
     /// # Errors
     ///
-    /// An empty or long version label, or canary steps or interval the
-    /// analysis cannot run.
+    /// An empty or long version label (or a canary version equal to the
+    /// stable one), or canary steps or interval the analysis cannot run.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.version.is_empty() || self.version.len() > 64 {
             return Err(ConfigError::Invalid {
                 key: "delivery.version".into(),
                 message: "1 to 64 characters".into(),
+            });
+        }
+        if let Some(canary) = &self.canary_version
+            && (canary.is_empty() || canary.len() > 64 || *canary == self.version)
+        {
+            // The version label is what the flag file targets: the two
+            // versions must be told apart.
+            return Err(ConfigError::Invalid {
+                key: "delivery.canary_version".into(),
+                message: format!(
+                    "1 to 64 characters, not the stable version {:?}",
+                    self.version
+                ),
             });
         }
         let steps = &self.canary_steps;

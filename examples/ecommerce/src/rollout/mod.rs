@@ -21,6 +21,10 @@
 //!   rolls back to weight 0 after [`FAILURE_LIMIT`] consecutive failed checks.
 //!   Blue-green is the same engine with one step, 0 → 100, after a smoke
 //!   check ([`AnalysisConfig::blue_green`]).
+//! - `admin` (crate-internal) holds one running rollout (router state,
+//!   analysis, strategy) and its `/api/v1/admin/rollout` routes, the same
+//!   in the gateway and in the one-process mode; `smoke` is the blue-green
+//!   smoke check's acceptance test (real orders placed on the green).
 //!
 //! # Why these defaults
 //!
@@ -52,9 +56,11 @@
 //! # }
 //! ```
 
+pub(crate) mod admin;
 mod analysis;
 mod metrics;
 mod router;
+pub(crate) mod smoke;
 
 use std::time::Duration;
 

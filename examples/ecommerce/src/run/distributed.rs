@@ -146,7 +146,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
                 let (validator, refresh) = jwks_validator(settings)?;
                 background.push(refresh);
                 rollout = Some((
-                    gateway::canary::admin_router(canary.clone(), validator),
+                    crate::rollout::admin::admin_router(canary.controller.clone(), validator),
                     canary,
                 ));
             }
@@ -287,7 +287,7 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
         if let Some((_, canary)) = &rollout {
             // gateway_rollout_* beside the gateway's HTTP metrics.
             let mut registry = prometheus_client::registry::Registry::default();
-            canary.rollout.register(&mut registry);
+            canary.controller.rollout.register(&mut registry);
             internal = internal.route_service(
                 "/metrics/rollout",
                 trellis_observability::MetricsService::new(Arc::new(registry)),
@@ -568,6 +568,7 @@ async fn start_orders(
             validator: validator.clone(),
             flags: flags.clone(),
             adaptive: settings.orders.adaptive_config()?,
+            summary: None,
         },
         metrics,
     )

@@ -36,6 +36,8 @@ pub(crate) struct Services {
     pub(crate) payments: Payments,
     pub(crate) orders: OrdersState,
     pub(crate) flags: crate::platform::flags::Flags,
+    /// The second orders version, with `delivery.canary_version`.
+    pub(crate) canary: Option<Arc<crate::run::local_canary::LocalCanary>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -64,9 +66,10 @@ pub struct Config {
     pub saga_lease_ttl: Duration,
     /// Timeouts and the connection bound of the listener.
     pub server: crate::platform::server::ServerLimits,
-    /// The flag file and version label (see
+    /// The flag file, version label and, with `canary_version`, a second
+    /// orders version behind the canary router (see
     /// [`DeliverySettings`](crate::platform::delivery::DeliverySettings);
-    /// the canary settings are the gateway's, unused here).
+    /// `canary_url` and `smoke_token` are the gateway's, unused here).
     pub delivery: crate::platform::delivery::DeliverySettings,
     /// The adaptive limit on `POST /orders` (see
     /// [`OrdersSettings`](crate::platform::config::OrdersSettings)).
@@ -141,6 +144,11 @@ impl Running {
     /// The process's feature flags (tests change them directly too).
     pub fn flags(&self) -> &crate::platform::flags::Flags {
         &self.services.flags
+    }
+
+    /// The canary orders version's flags, with `delivery.canary_version`.
+    pub fn canary_flags(&self) -> Option<&crate::platform::flags::Flags> {
+        self.services.canary.as_ref().map(|c| &c.flags)
     }
 
     /// Units of `sku` available in inventory.
@@ -278,6 +286,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             let pay = pay.clone();
             async move { pay.call(request).await.map_err(to_box) }
         }));
+    // The canary version, when there is one, shares what the stable one
+    // is given (see run/local_canary.rs).
+    let canary_parts = (store.clone(), inventory_raw.clone(), payment_raw.clone());
     let orders = orders::start(
         orders::Deps {
             store,
@@ -294,10 +305,57 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             validator: validator.clone(),
             flags: flags.clone(),
             adaptive: config.orders.adaptive_config()?,
+            summary: None,
         },
         &mut metrics,
     )
     .await?;
+
+    let canary = match &config.delivery.canary_version {
+        Some(version) => {
+            let (store, inventory, payments) = canary_parts;
+            let flags =
+                crate::platform::flags::Flags::open(&crate::platform::delivery::DeliverySettings {
+                    version: version.clone(),
+                    ..config.delivery.clone()
+                })
+                .await?;
+            let deps = orders::Deps {
+                store,
+                saga_log: OrderSagaLog::Sqlite(
+                    trellis_saga::SqliteSagaLog::with_pool(sagas_db.clone()).await?,
+                ),
+                read_db: read_db.clone(),
+                options: orders::SagaOptions {
+                    owner: trellis_saga::process_owner(&format!("ecommerce-{version}")),
+                    deadline: config.saga_deadline,
+                    lease_ttl: config.saga_lease_ttl,
+                },
+                inventory,
+                payments,
+                prices: Prices::Local(catalog.service.clone()),
+                validator: validator.clone(),
+                flags,
+                adaptive: config.orders.adaptive_config()?,
+                // One process, one read model: the stable instance's runner.
+                summary: Some(orders.service.orders.projection.clone()),
+            };
+            let sku = catalog::SEED
+                .first()
+                .map(|(sku, ..)| (*sku).to_owned())
+                .unwrap_or_default();
+            let canary = crate::run::local_canary::start(
+                deps,
+                &config.delivery,
+                identity.service.clone(),
+                sku,
+            )
+            .await?;
+            canary.controller.rollout.register(metrics.registry());
+            Some(Arc::new(canary))
+        }
+        None => None,
+    };
 
     let mut health = Health::builder();
     for (name, pool) in [
@@ -329,6 +387,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         payments,
         orders: orders.service,
         flags: flags.clone(),
+        canary: canary.clone(),
     });
     let api = crate::services::ApiRouter::default()
         .merge(identity.router)
@@ -349,16 +408,30 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             validator.clone(),
         ))
         .merge(crate::platform::flags::router(flags, validator.clone()))
-        .merge(crate::web::api(web.clone(), validator));
+        .merge(crate::web::api(web.clone(), validator.clone()));
     // The OpenAPI documents of exactly these routes: public, like the JWKS.
     let (api, documented) = api.split_for_parts();
     let api = api.merge(crate::run::openapi::router(documented));
-    let app = wrap(not_found(api), &health, metrics)
-        .merge(crate::web::pages(web.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            web.traffic.clone(),
-            crate::web::record_traffic,
+    let mut api = not_found(api);
+    if let Some(canary) = &canary {
+        api = api.layer(axum::middleware::from_fn_with_state(
+            canary.clone(),
+            crate::run::local_canary::split,
         ));
+    }
+    let mut app = wrap(api, &health, metrics);
+    if let Some(canary) = &canary {
+        app = app.merge(crate::rollout::admin::admin_router(
+            canary.controller.clone(),
+            validator,
+        ));
+    }
+    let app =
+        app.merge(crate::web::pages(web.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                web.traffic.clone(),
+                crate::web::record_traffic,
+            ));
     let (addr, shutdown, server) =
         serve_with(config.addr, app, health, config.drain, config.server).await?;
     Ok(Running {

@@ -200,7 +200,9 @@ impl System {
     pub async fn wait_replica_ready(&mut self, service: ServiceName) -> Result<(), Error> {
         let port = self.replica_ports[&service];
         let api = ApiClient::new(format!("http://127.0.0.1:{port}"));
-        let deadline = Instant::now() + Duration::from_secs(40);
+        // Generous: on a loaded machine (CI beside other builds) a process
+        // migrates its schema and connects slowly.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
                 && r.status == StatusCode::OK
@@ -293,7 +295,9 @@ impl System {
             Some(port) => ApiClient::new(format!("http://127.0.0.1:{port}")),
             None => ApiClient::new(self.url(service)),
         };
-        let deadline = Instant::now() + Duration::from_secs(40);
+        // Generous: on a loaded machine (CI beside other builds) a process
+        // migrates its schema and connects slowly.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
                 && r.status == StatusCode::OK
@@ -310,7 +314,7 @@ impl System {
             }
             if Instant::now() >= deadline {
                 return Err(fail(format!(
-                    "{service} not ready after 40 s:\n{}",
+                    "{service} not ready after 90 s:\n{}",
                     self.log(service)
                 )));
             }
@@ -366,6 +370,9 @@ impl System {
             .options([("search_path", format!("{}{}", self.prefix, service))]);
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
+            // Generous: a loaded machine (or a server near its connection
+            // limit) connects slowly; the audits that use it wait anyway.
+            .acquire_timeout(Duration::from_secs(60))
             .connect_with(options)
             .await?)
     }

@@ -1,10 +1,12 @@
 //! The console's progressive-delivery pages (issue #16): `/ops/flags`
 //! lists this process's feature flags and switches their default variant
-//! or state; `/ops/rollout` shows the orders canary's weight, both
+//! or state; `/ops/rollout` shows the orders rollout's strategy (canary
+//! or blue-green), phase and weight, both
 //! versions' numbers over the analysis interval and the decision log, with
 //! pause, resume, promote and abort. Public HTML like `/ops`; the data
-//! comes from the admin API (`/api/v1/admin/flags`, the gateway's
-//! `/api/v1/admin/rollout`) with the operator's token, through
+//! comes from the admin API (`/api/v1/admin/flags`, and
+//! `/api/v1/admin/rollout` of the gateway or of a one-process run with a
+//! second orders version) with the operator's token, through
 //! `assets/delivery.js`.
 
 use maud::{Markup, html};
@@ -34,10 +36,10 @@ pub(crate) async fn flags() -> Markup {
 /// `/ops/rollout`.
 pub(crate) async fn rollout() -> Markup {
     layout(
-        "Canary rollout",
+        "Rollout",
         "ops-rollout",
         html! {
-            h1 { "Canary rollout (orders)" }
+            h1 { "Rollout (orders): " span #ro-strategy { "–" } }
             p { a href="/ops" { "Operations console" } " · " a href="/ops/flags" { "Feature flags" } }
             p #delivery-msg .msg role="status" aria-live="polite" {}
             section.panel aria-labelledby="ro-h" {

@@ -41,7 +41,9 @@ pub(super) fn key_of(var: &str) -> Option<Vec<String>> {
     }
     let rest = var.strip_prefix("ECOMMERCE_")?.to_ascii_lowercase();
     if crate::platform::delivery::ENV_VARS.contains(&var) {
-        return Some(vec!["delivery".into(), rest]);
+        // ECOMMERCE_DELIVERY_STRATEGY is delivery.strategy.
+        let key = rest.strip_prefix("delivery_").unwrap_or(&rest).to_owned();
+        return Some(vec!["delivery".into(), key]);
     }
     let service = |name: &str| ServiceName::ALL.into_iter().any(|s| s.as_str() == name);
     if let Some(part) = rest.strip_prefix("tls_") {

@@ -5,103 +5,197 @@
 //! bucket picked (the token's subject, else the `trellis_rollout` cookie,
 //! else the client address and agent), or pinned by `x-canary:
 //! always|never`. Each answer carries `x-rollout-version`. The
-//! [`Analysis`] loop steps the weight and judges the canary on these
-//! requests (a 5xx, a transport error or an answer marked
-//! `x-rollout-outcome: error` is an error).
+//! [`Analysis`](crate::rollout::Analysis) loop steps the weight and judges
+//! the canary on these requests (a 5xx, a transport error or an answer
+//! marked `x-rollout-outcome: error` is an error).
 //!
-//! | route (gateway only) | scope | what |
-//! |---|---|---|
-//! | `GET /api/v1/admin/rollout` | `ops:admin` | phase, weight, steps, per-version numbers over the interval, the decision log |
-//! | `POST /api/v1/admin/rollout/{action}` | `ops:admin` | `pause`, `resume`, `promote`, `abort` |
+//! With `delivery.strategy = "blue-green"` the canary replicas are the
+//! green version: the weight stays 0 until the smoke check passed
+//! ([`smoke_check`]: every green replica ready, then real smoke orders
+//! placed and read back on each with `delivery.smoke_token`), then goes
+//! to 100 in one step, still judged every interval: the thresholds
+//! crossed twice in a row switch back to blue (weight 0). A failed smoke
+//! check aborts at weight 0, its reason in the decision log.
 //!
-//! The page and the console read them; they exist in distributed mode
-//! only (one process has no second version), so they are not in the
-//! services' OpenAPI documents.
+//! The admin routes (`/api/v1/admin/rollout…`) and the page are
+//! [`crate::rollout::admin`]'s, the same as in the one-process mode.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
-use serde::Serialize;
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use tower::ServiceExt;
 
-use super::{Call, Gateway, Replicas, send};
-use crate::api::ApiError;
+use super::{Call, Forward, Gateway, Replicas, send};
+use crate::api::{ApiError, BODY_LIMIT};
 use crate::platform::delivery::DeliverySettings;
-use crate::rollout::{
-    Analysis, AnalysisConfig, AnalysisHandle, CanaryRouter, Decision, Rollout, RoutingKey, Version,
-    VersionStats,
-};
+use crate::platform::secrets::Secret;
+use crate::rollout::admin::{Controller, VERSION_HEADER, unverified_subject};
+use crate::rollout::smoke::{SMOKE_ORDERS, SmokeSend, smoke_orders};
+use crate::rollout::{CanaryRouter, RoutingKey, SmokeCheck, Version};
 
-/// The response header naming the version that answered.
-pub(crate) const VERSION_HEADER: &str = "x-rollout-version";
-
-/// The canary's replicas, the shared rollout state and the running analysis.
+/// The canary's replicas and its running rollout.
 #[derive(Debug)]
 pub(crate) struct Canary {
-    pub(super) replicas: Replicas,
-    pub(crate) rollout: Rollout,
-    pub(crate) analysis: AnalysisHandle,
-    pub(crate) config: AnalysisConfig,
-}
-
-/// The analysis of `settings`.
-pub(crate) fn analysis_config(settings: &DeliverySettings) -> AnalysisConfig {
-    AnalysisConfig {
-        steps: settings.canary_steps.clone(),
-        interval: settings.canary_interval,
-        min_success_rate: settings.canary_min_success_rate(),
-        max_p99: settings.canary_max_p99,
-        ..AnalysisConfig::default()
-    }
+    pub(super) replicas: Arc<Replicas>,
+    pub(crate) controller: Arc<Controller>,
 }
 
 impl Canary {
-    /// Starts the analysis (on the current runtime) over `replicas`.
+    /// Starts the analysis (on the current runtime) over `replicas`; a
+    /// blue-green smoke check reads a product from `catalog`.
     pub(super) fn start(
-        replicas: Replicas,
+        replicas: Arc<Replicas>,
+        catalog: Option<Arc<Replicas>>,
         settings: &DeliverySettings,
     ) -> Result<Self, crate::api::Error> {
-        let config = analysis_config(settings);
-        // Samples are kept two intervals: the page shows the last one, the
-        // analysis judges the last one.
-        let rollout = Rollout::with_window(config.interval * 2);
-        let analysis = Analysis::new(rollout.clone(), config.clone())
-            .map_err(|e| crate::api::Error::Startup(e.to_string()))?
-            .spawn();
+        let smoke = smoke_check(
+            replicas.clone(),
+            catalog,
+            settings.smoke_token.clone(),
+            settings.canary_interval,
+        );
+        let controller = Arc::new(Controller::start(settings, smoke)?);
         Ok(Canary {
             replicas,
-            rollout,
-            analysis,
-            config,
+            controller,
         })
     }
 }
 
-/// Whether `path` (after `/api/v1`) is orders traffic the canary shares.
-pub(super) fn is_canary_traffic(path: &str) -> bool {
-    path == "/orders" || path.starts_with("/orders/")
+/// Sends `forward` through `upstream` and buffers the answer.
+async fn call_buffered(
+    upstream: &super::Upstream,
+    forward: Forward,
+) -> Result<http::Response<Bytes>, String> {
+    let response = upstream
+        .clone()
+        .oneshot(forward)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(http::Response::from_parts(parts, body))
 }
 
-/// The subject of a bearer token, read without checking its signature:
-/// it only picks a version (which the pin header lets anyone pick anyway);
-/// orders checks the token itself.
-fn unverified_subject(headers: &http::HeaderMap) -> Option<String> {
-    use base64::Engine;
-    let token = headers
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims["sub"].as_str().map(str::to_owned)
+/// Waits up to `patience` for `base`'s readiness (a green process may
+/// still be starting when the gateway does).
+async fn green_ready(
+    base: &str,
+    upstream: &super::Upstream,
+    patience: Duration,
+) -> Result<(), String> {
+    let uri: http::Uri = format!("{base}/ready")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let forward = Forward {
+            method: Method::GET,
+            uri: uri.clone(),
+            headers: http::HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        let why = match call_buffered(upstream, forward).await {
+            Ok(r) if r.status() == StatusCode::OK => return Ok(()),
+            Ok(r) => format!("{} {}", r.status(), String::from_utf8_lossy(r.body())),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{base} not ready after {patience:?}: {why}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The first product's SKU, read from catalog with `token`: what the
+/// smoke orders buy.
+async fn smoke_sku(catalog: Option<&Replicas>, token: &str) -> Result<String, String> {
+    let catalog = catalog.ok_or("no catalog upstream to pick a smoke product from")?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the smoke token is no header value")?,
+    );
+    let call = Call {
+        method: Method::GET,
+        path_and_query: "/api/v1/products".into(),
+        headers,
+        body: Bytes::new(),
+        repeatable: true,
+    };
+    let response = send(catalog, call).await;
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if status != StatusCode::OK {
+        return Err(format!(
+            "catalog's products: {status} {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let products: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    products[0]["sku"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "catalog has no product".into())
+}
+
+/// The blue-green smoke check against `green`: each replica ready within
+/// `patience`, then (with `token`) [`SMOKE_ORDERS`] real orders placed and
+/// read back on each replica.
+pub(super) fn smoke_check(
+    green: Arc<Replicas>,
+    catalog: Option<Arc<Replicas>>,
+    token: Option<Secret>,
+    patience: Duration,
+) -> SmokeCheck {
+    Arc::new(move || {
+        let (green, catalog, token) = (green.clone(), catalog.clone(), token.clone());
+        Box::pin(async move {
+            for (base, upstream) in &green.each {
+                green_ready(base, upstream, patience).await?;
+            }
+            let Some(token) = token else {
+                tracing::warn!(
+                    "blue-green without delivery.smoke_token: the smoke check is the green's readiness only"
+                );
+                return Ok(());
+            };
+            let sku = smoke_sku(catalog.as_deref(), token.expose()).await?;
+            for (base, upstream) in &green.each {
+                let (base_url, upstream) = (base.clone(), upstream.clone());
+                let send: SmokeSend = Arc::new(move |request: http::Request<Bytes>| {
+                    let (base, upstream) = (base_url.clone(), upstream.clone());
+                    Box::pin(async move {
+                        let (parts, body) = request.into_parts();
+                        let uri = format!("{base}/api/v1{}", parts.uri)
+                            .parse()
+                            .map_err(|e| format!("{e}"))?;
+                        let forward = Forward {
+                            method: parts.method,
+                            uri,
+                            headers: parts.headers,
+                            body,
+                        };
+                        call_buffered(&upstream, forward).await
+                    })
+                });
+                smoke_orders(&send, token.expose(), &sku, SMOKE_ORDERS)
+                    .await
+                    .map_err(|e| format!("{base}: {e}"))?;
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Sends `call` to the stable or the canary replicas through the
@@ -137,11 +231,12 @@ pub(super) async fn route(
                 let replicas = match which {
                     Version::Stable => gateway
                         .upstreams
-                        .get(&crate::platform::config::ServiceName::Orders),
-                    Version::Canary => Some(&canary.replicas),
+                        .get(&crate::platform::config::ServiceName::Orders)
+                        .cloned(),
+                    Version::Canary => Some(canary.replicas.clone()),
                 };
                 let mut response = match replicas {
-                    Some(replicas) => send(replicas, request.into_body()).await,
+                    Some(replicas) => send(&replicas, request.into_body()).await,
                     None => {
                         ApiError::new(StatusCode::BAD_GATEWAY, "no_upstream", "no orders replica")
                             .into_response()
@@ -158,7 +253,7 @@ pub(super) async fn route(
     let router = CanaryRouter::new(
         version(Version::Stable),
         version(Version::Canary),
-        canary.rollout.clone(),
+        canary.controller.rollout.clone(),
     );
     match router.oneshot(request).await {
         Ok(response) => response,
@@ -166,169 +261,113 @@ pub(super) async fn route(
     }
 }
 
-/// One version's numbers as the API shows them.
-#[derive(Debug, Serialize)]
-pub(crate) struct Numbers {
-    requests: u64,
-    errors: u64,
-    success_rate: f64,
-    p99_ms: Option<f64>,
-}
-
-impl From<VersionStats> for Numbers {
-    fn from(s: VersionStats) -> Self {
-        Numbers {
-            requests: s.requests,
-            errors: s.errors,
-            success_rate: s.success_rate(),
-            p99_ms: s.p99.map(|d| d.as_secs_f64() * 1000.0),
-        }
-    }
-}
-
-/// One decision as the API shows it.
-#[derive(Debug, Serialize)]
-pub(crate) struct DecisionView {
-    after_ms: u128,
-    kind: crate::rollout::DecisionKind,
-    from: u8,
-    to: u8,
-    reason: String,
-    canary: Numbers,
-    stable: Numbers,
-}
-
-impl From<Decision> for DecisionView {
-    fn from(d: Decision) -> Self {
-        DecisionView {
-            after_ms: d.after.as_millis(),
-            kind: d.kind,
-            from: d.from,
-            to: d.to,
-            reason: d.reason,
-            canary: d.canary.into(),
-            stable: d.stable.into(),
-        }
-    }
-}
-
-/// `GET /admin/rollout`'s answer.
-#[derive(Debug, Serialize)]
-pub(crate) struct RolloutView {
-    phase: crate::rollout::Phase,
-    weight: u8,
-    steps: Vec<u8>,
-    interval_ms: u128,
-    min_success_rate: f64,
-    max_p99_ms: u128,
-    consecutive_failures: u32,
-    stable: Numbers,
-    canary: Numbers,
-    decisions: Vec<DecisionView>,
-}
-
-fn view(canary: &Canary) -> RolloutView {
-    let state = canary.analysis.state();
-    let over = canary.config.interval;
-    RolloutView {
-        phase: state.phase,
-        weight: canary.rollout.weight(),
-        steps: canary.config.steps.clone(),
-        interval_ms: over.as_millis(),
-        min_success_rate: canary.config.min_success_rate,
-        max_p99_ms: canary.config.max_p99.as_millis(),
-        consecutive_failures: state.consecutive_failures,
-        stable: canary.rollout.stats(Version::Stable, over).into(),
-        canary: canary.rollout.stats(Version::Canary, over).into(),
-        decisions: canary
-            .analysis
-            .decisions()
-            .into_iter()
-            .map(DecisionView::from)
-            .collect(),
-    }
-}
-
-async fn get_rollout(State(canary): State<Arc<Canary>>) -> Json<RolloutView> {
-    Json(view(&canary))
-}
-
-async fn act(
-    State(canary): State<Arc<Canary>>,
-    Path(action): Path<String>,
-) -> Result<Json<RolloutView>, ApiError> {
-    let handle = &canary.analysis;
-    let done = match action.as_str() {
-        "pause" => handle.pause().await,
-        "resume" => handle.resume().await,
-        "promote" => handle.promote().await,
-        "abort" => handle.abort().await,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_action",
-                "the actions are pause, resume, promote and abort",
-            ));
-        }
-    };
-    done.map_err(|e| ApiError::new(StatusCode::CONFLICT, "rollout_ended", e.to_string()))?;
-    tracing::info!(action, "rollout action by an operator");
-    Ok(Json(view(&canary)))
-}
-
-/// The rollout's admin routes at their full paths (`/api/v1/admin/rollout…`),
-/// scope `ops:admin` behind `validator`; merged beside the gateway's proxy.
-pub(crate) fn admin_router(
-    canary: Arc<Canary>,
-    validator: trellis_auth::Validator,
-) -> axum::Router {
-    use axum::routing::{get, post};
-    use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
-    let ops = || RequireScopesLayer::all([crate::api::OPS_SCOPE]);
-    axum::Router::new()
-        .route("/api/v1/admin/rollout", get(get_rollout).route_layer(ops()))
-        .route(
-            "/api/v1/admin/rollout/{action}",
-            post(act).route_layer(ops()),
-        )
-        .layer(JwtAuthLayer::new(validator))
-        .layer(axum::middleware::map_response(crate::api::json_auth_errors))
-        .with_state(canary)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Mutex;
 
-    /// platform can not import rollout: its defaults are copies, kept equal here.
-    #[test]
-    fn the_delivery_defaults_are_rollouts_defaults() {
-        let ours = analysis_config(&DeliverySettings::default());
-        let theirs = AnalysisConfig::default();
-        assert_eq!(ours.steps, theirs.steps);
-        assert_eq!(ours.interval, theirs.interval);
-        assert!((ours.min_success_rate - theirs.min_success_rate).abs() < 1e-9);
-        assert_eq!(ours.max_p99, theirs.max_p99);
+    use super::*;
+    use crate::platform::config::Settings;
+    use crate::platform::delivery::Strategy;
+    use crate::rollout::{DecisionKind, Phase};
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://127.0.0.1:{port}")
     }
 
-    #[test]
-    fn only_orders_paths_are_canary_traffic_and_the_subject_is_read_from_the_token() {
-        assert!(is_canary_traffic("/orders"));
-        assert!(is_canary_traffic("/orders/abc"));
-        assert!(!is_canary_traffic("/ordersx"));
-        assert!(!is_canary_traffic("/admin/flags"));
-        use base64::Engine;
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"u-1"}"#);
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::AUTHORIZATION,
-            format!("Bearer x.{payload}.y").parse().unwrap(),
+    /// A green orders replica whose smoke orders are (or are not) failed
+    /// by the system, recording each order's token and body.
+    async fn green(failing: bool, seen: Arc<Mutex<Vec<(String, String)>>>) -> String {
+        use axum::routing::{get, post};
+        let place = move |headers: http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let token = headers[http::header::AUTHORIZATION].to_str().unwrap();
+                seen.lock().unwrap().push((token.to_owned(), body));
+                let outcome = if failing { "error" } else { "success" };
+                (
+                    StatusCode::CREATED,
+                    [(crate::platform::delivery::OUTCOME_HEADER, outcome)],
+                    r#"{"order_id":"o-1","status":"CONFIRMED"}"#,
+                )
+            }
+        };
+        serve(
+            axum::Router::new()
+                .route("/ready", get(|| async { "ok" }))
+                .route("/api/v1/orders", post(place))
+                .route("/api/v1/orders/o-1", get(|| async { "{}" })),
+        )
+        .await
+    }
+
+    async fn smoke_outcome(failing: bool) -> (crate::rollout::RolloutState, Vec<(String, String)>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let catalog = serve(axum::Router::new().route(
+            "/api/v1/products",
+            axum::routing::get(|| async { r#"[{"sku":"KET-003","name":"k","price_cents":1}]"# }),
+        ))
+        .await;
+        let mut settings = Settings::default();
+        settings.peers.catalog = Some(catalog);
+        settings.delivery.canary_url = Some(green(failing, seen.clone()).await);
+        settings.delivery.strategy = Strategy::BlueGreen;
+        settings.delivery.smoke_token = Some(Secret::new("smoke-token"));
+        let (_api, _pages, canary) = super::super::gateway_router(
+            &settings,
+            &crate::platform::metrics::ProcessMetrics::new(),
+        )
+        .unwrap();
+        let canary = canary.unwrap();
+        let mut state = canary.controller.analysis.watch();
+        let state = tokio::time::timeout(
+            Duration::from_secs(30),
+            state.wait_for(|s| s.phase != Phase::SmokeCheck),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+        let seen = seen.lock().unwrap().clone();
+        (state, seen)
+    }
+
+    #[tokio::test]
+    async fn the_smoke_orders_pass_on_a_healthy_green_and_the_switch_is_one_step() {
+        let (state, seen) = smoke_outcome(false).await;
+        assert_eq!(state.phase, Phase::Progressing);
+        assert_eq!(state.weight, 100);
+        assert_eq!(state.last.unwrap().kind, DecisionKind::SmokePassed);
+        // Three orders of catalog's first product, with the smoke token.
+        assert_eq!(seen.len(), SMOKE_ORDERS);
+        for (token, body) in &seen {
+            assert_eq!(token, "Bearer smoke-token");
+            assert!(body.contains(r#""sku":"KET-003""#), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_order_the_green_fails_aborts_the_switch_at_zero_with_why() {
+        let (state, seen) = smoke_outcome(true).await;
+        assert_eq!(state.phase, Phase::Aborted);
+        assert_eq!(state.weight, 0);
+        let last = state.last.unwrap();
+        assert_eq!(last.kind, DecisionKind::Aborted);
+        assert!(
+            last.reason
+                .starts_with("smoke check failed: http://127.0.0.1:"),
+            "{}",
+            last.reason
         );
-        assert_eq!(unverified_subject(&headers).as_deref(), Some("u-1"));
-        headers.insert(
-            http::header::AUTHORIZATION,
-            "Bearer nonsense".parse().unwrap(),
+        assert!(
+            last.reason
+                .contains("smoke order 1: 201 Created (a failure of the system)"),
+            "{}",
+            last.reason
         );
-        assert_eq!(unverified_subject(&headers), None);
+        // It stopped at the first failed order.
+        assert_eq!(seen.len(), 1);
     }
 }

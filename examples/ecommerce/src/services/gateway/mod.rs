@@ -104,7 +104,7 @@ type Upstream = BoxCloneSyncService<Forward, http::Response<Body>, trellis_resil
 
 #[derive(Debug)]
 struct Gateway {
-    upstreams: HashMap<ServiceName, Replicas>,
+    upstreams: HashMap<ServiceName, Arc<Replicas>>,
     /// The orders canary, when one is configured.
     canary: Option<Arc<canary::Canary>>,
 }
@@ -328,22 +328,23 @@ fn gateway_router(
                 let policy = ResiliencePolicy::from_config(config)?;
                 canary.push((base, BoxCloneSyncService::new(policy.layer(send.clone()))));
             }
-            canary_replicas = Some(Replicas {
+            canary_replicas = Some(Arc::new(Replicas {
                 next: std::sync::atomic::AtomicUsize::new(0),
                 each: canary,
-            });
+            }));
         }
         upstreams.insert(
             service,
-            Replicas {
+            Arc::new(Replicas {
                 next: std::sync::atomic::AtomicUsize::new(0),
                 each,
-            },
+            }),
         );
     }
     let canary = match canary_replicas {
         Some(replicas) => Some(Arc::new(canary::Canary::start(
             replicas,
+            upstreams.get(&ServiceName::Catalog).cloned(),
             &settings.delivery,
         )?)),
         None => None,
@@ -451,7 +452,7 @@ async fn proxy(
         && let Some(canary) = &gateway.canary
         && path
             .strip_prefix("/api/v1")
-            .is_some_and(canary::is_canary_traffic)
+            .is_some_and(crate::rollout::admin::is_orders_traffic)
     {
         let canary = canary.clone();
         return Ok(canary::route(gateway.clone(), canary, &parts.headers, call).await);

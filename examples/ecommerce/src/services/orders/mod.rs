@@ -49,7 +49,9 @@ pub(crate) struct Orders {
     pub(crate) saga: trellis_saga::RegisteredSaga<OrderSagaLog, PlaceOrder, SagaClients>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
-    pub(crate) projection: trellis_cqrs::ProjectionHandle,
+    /// The order-summary projection (shared by two instances in one
+    /// process, see [`Deps::summary`]).
+    pub(crate) projection: Arc<trellis_cqrs::ProjectionHandle>,
     pub(crate) read_db: ReadDb,
     /// The idempotency keys of `POST /orders` (command pipeline).
     pub(crate) keys: self::command::OrderKeys,
@@ -100,6 +102,13 @@ pub(crate) struct Deps {
     /// The adaptive limit on `POST /orders` (`None`: no limit), see
     /// [`adaptive`].
     pub(crate) adaptive: Option<trellis_resilience::adaptive::AdaptiveConfig>,
+    /// The order-summary projection of another orders instance in this
+    /// process on the same store and read model (the one-process canary),
+    /// used instead of a runner of its own: a second runner would stand
+    /// by behind the first's lease and follow its checkpoint only every
+    /// second, slowing every read-your-writes answer of this instance by
+    /// up to that. `None`: this instance runs its own.
+    pub(crate) summary: Option<Arc<trellis_cqrs::ProjectionHandle>>,
 }
 
 /// Starts the orders service, the same way in both run modes: see
@@ -129,6 +138,7 @@ pub(crate) async fn start(
         deps.prices,
         metrics,
         deps.flags,
+        deps.summary,
     )
     .await?;
     Ok(crate::services::Started {
@@ -156,6 +166,7 @@ async fn open(
     prices: Prices,
     metrics: &mut crate::platform::metrics::ProcessMetrics,
     flags: crate::platform::flags::Flags,
+    summary: Option<Arc<trellis_cqrs::ProjectionHandle>>,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -180,7 +191,8 @@ async fn open(
     // Inventory's fault drill sits inside its policy, as payments' does, so
     // the console's drills exercise timeout, breaker and fallback.
     let inventory_faults = FaultHandle::new();
-    let inventory_resilient = inventory_policy.layer(inventory_faults.layer().layer(inventory_raw));
+    let inventory_resilient =
+        inventory_policy.layer(inventory_faults.layer().layer(inventory_raw.clone()));
     let inventory_plain: InventoryClient =
         BoxCloneSyncService::new(inventory_resilient.clone().map_err(to_box));
     let deferred = tower::service_fn(|_request: InventoryRequest| async {
@@ -205,7 +217,7 @@ async fn open(
         ],
         [
             ("payments", payment_faults.clone()),
-            ("inventory", inventory_faults),
+            ("inventory", inventory_faults.clone()),
         ],
     );
     let payment_client: PaymentClient = BoxCloneSyncService::new(
@@ -221,7 +233,25 @@ async fn open(
     refund_config.circuit_breaker = None;
     refund_config.rate_limit = None;
     let refund_policy = with_retry(ResiliencePolicy::from_config(refund_config)?)?;
-    for policy in [&inventory_policy, &payment_policy, &refund_policy] {
+    // Releases (compensations) skip inventory's breaker for the same
+    // reason: under load the breaker re-opened for its minute-long wait
+    // again and again, the releases' ~55 s of retries all hit it, and the
+    // sagas were parked for an operator with their orders rejected.
+    let mut release_config = PolicyConfig::recommended("inventory-releases");
+    release_config.circuit_breaker = None;
+    release_config.rate_limit = None;
+    let release_policy = with_retry(ResiliencePolicy::from_config(release_config)?)?;
+    let releases: InventoryClient = BoxCloneSyncService::new(
+        release_policy
+            .layer(inventory_faults.layer().layer(inventory_raw))
+            .map_err(to_box),
+    );
+    for policy in [
+        &inventory_policy,
+        &payment_policy,
+        &refund_policy,
+        &release_policy,
+    ] {
         policy.register_metrics_in(&metrics.policies);
     }
     let business = self::metrics::OrderMetrics::new(metrics.registry());
@@ -238,6 +268,7 @@ async fn open(
         orders: repository,
         inventory: inventory_with_fallback,
         inventory_plain,
+        releases,
         payments: payment_client,
         refunds: refund_client,
         metrics: business.clone(),
@@ -268,11 +299,15 @@ async fn open(
     // Every orders instance, both run modes: sagas whose owner died, was
     // rescheduled or lost its lease are adopted every quarter lease TTL.
     let adopter = saga.spawn_adopter();
-    let projection =
-        trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
-            .with_metrics(metrics.projections.clone())
-            .spawn()
-            .await?;
+    let projection = match summary {
+        Some(shared) => shared,
+        None => Arc::new(
+            trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
+                .with_metrics(metrics.projections.clone())
+                .spawn()
+                .await?,
+        ),
+    };
     let keys = self::command::open_keys(&read_db).await?;
     let app = Arc::new(OrdersApp {
         orders: Orders {

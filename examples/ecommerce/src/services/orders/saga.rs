@@ -113,8 +113,11 @@ pub(crate) struct SagaClients {
     /// Inventory with the fallback that defers an order while its breaker
     /// is open (the reserve step only).
     pub(crate) inventory: InventoryClient,
-    /// Inventory without the fallback: releases and confirms must reach it.
+    /// Inventory without the fallback: confirms must reach it.
     pub(crate) inventory_plain: InventoryClient,
+    /// Inventory for releases (compensations): no fallback, no breaker,
+    /// no limiter (see `open`), like `refunds`.
+    pub(crate) releases: InventoryClient,
     /// Payments behind the breaker and the provider's quota (charges).
     pub(crate) payments: PaymentClient,
     /// Payments for refunds: no breaker, no quota (see `open`).
@@ -197,7 +200,7 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                     // does not wait out an outage of the service to settle
                     // with (the saga stays compensating until it answers;
                     // the audit counts it open meanwhile).
-                    settle_by_key(&s, &cx.saga_id, &clients.inventory_plain, &clients.refunds)
+                    settle_by_key(&s, &cx.saga_id, &clients.releases, &clients.refunds)
                         .await?;
                     Ok(())
                 }
@@ -236,7 +239,7 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                 }
             },
             |s: PlaceOrder, clients: Arc<SagaClients>, cx| {
-                let client = clients.inventory_plain.clone();
+                let client = clients.releases.clone();
                 async move {
                     // Release by the reservation's key even when the step's
                     // answer was never recorded (a timeout, a crash): the
@@ -335,7 +338,7 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
             // The order was not confirmed (confirm-order is the last step):
             // give the confirmed stock back.
             |s: PlaceOrder, clients: Arc<SagaClients>, _cx| {
-                let client = clients.inventory_plain.clone();
+                let client = clients.releases.clone();
                 async move {
                     if let Some(reservation) = s.reservation {
                         client

@@ -1,5 +1,6 @@
-//! `ecommerce drill canary-rollback` and `drill canary-promote` (issue #16
-//! §3): the distributed system as child processes (see
+//! `ecommerce drill canary-rollback`, `drill canary-promote`, `drill
+//! blue-green` and `drill blue-green-failed-smoke` (issue #16 §2–3): the
+//! distributed system as child processes (see
 //! [`crate::tools::cluster`]) with a second orders process started as the
 //! canary (`ECOMMERCE_VERSION=canary`) behind the gateway's canary router,
 //! under load from customers who each stay on their version.
@@ -8,6 +9,8 @@
 //! |---|---|---|
 //! | `canary-rollback` | 20 % of its charges fail (flag `payment-failure-rate`, targeted at `version = canary` in the shared flag file) | rolled back to weight 0 within two analysis intervals of its first judged check |
 //! | `canary-promote` | healthy | every step passes, weight 100 |
+//! | `blue-green` | healthy green (`delivery.strategy = "blue-green"`) | the smoke orders pass, one step 0 → 100, the check after it passes: promoted |
+//! | `blue-green-failed-smoke` | a green failing every charge (the same flag at 100 %) | its smoke orders fail: aborted at weight 0, no customer order on the green |
 //!
 //! Each prints the weight and both versions' numbers every interval, then
 //! audits the system from its schemas: nothing lost, nothing charged twice,
@@ -45,6 +48,11 @@ pub enum CanaryDrill {
     Rollback,
     /// A healthy canary: promoted.
     Promote,
+    /// Blue-green to a healthy green: smoke check, 0 → 100, promoted.
+    BlueGreen,
+    /// Blue-green to a green whose charges all fail: the smoke check fails,
+    /// traffic stays on blue.
+    BlueGreenFailedSmoke,
 }
 
 impl CanaryDrill {
@@ -54,17 +62,29 @@ impl CanaryDrill {
         match self {
             Self::Rollback => "canary-rollback",
             Self::Promote => "canary-promote",
+            Self::BlueGreen => "blue-green",
+            Self::BlueGreenFailedSmoke => "blue-green-failed-smoke",
         }
+    }
+
+    /// Every drill, in the order the help lists them.
+    pub const ALL: [Self; 4] = [
+        Self::Rollback,
+        Self::Promote,
+        Self::BlueGreen,
+        Self::BlueGreenFailedSmoke,
+    ];
+
+    /// Whether the gateway runs the blue-green strategy.
+    #[must_use]
+    pub const fn is_blue_green(self) -> bool {
+        matches!(self, Self::BlueGreen | Self::BlueGreenFailedSmoke)
     }
 
     /// The drill named `name`, if any.
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "canary-rollback" => Some(Self::Rollback),
-            "canary-promote" => Some(Self::Promote),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|d| d.name() == name)
     }
 }
 
@@ -101,7 +121,8 @@ impl Default for CanaryOptions {
 }
 
 /// The flag file both orders processes read: a 20 % charge failure on the
-/// canary only (the rollback drill), nothing for the promote drill.
+/// canary only (the rollback drill), every charge of the green failing
+/// (the failed smoke check), nothing for the healthy ones.
 fn flag_file(drill: CanaryDrill) -> String {
     match drill {
         CanaryDrill::Rollback => r#"{ "flags": { "payment-failure-rate": {
@@ -109,7 +130,12 @@ fn flag_file(drill: CanaryDrill) -> String {
   "targeting": [{ "if": [{ "attribute": "version", "op": "equals", "value": "canary" }], "variant": "20%" }]
 } } }"#
             .into(),
-        CanaryDrill::Promote => r#"{ "flags": {} }"#.into(),
+        CanaryDrill::BlueGreenFailedSmoke => r#"{ "flags": { "payment-failure-rate": {
+  "variants": { "off": 0.0, "all": 1.0 }, "defaultVariant": "off",
+  "targeting": [{ "if": [{ "attribute": "version", "op": "equals", "value": "canary" }], "variant": "all" }]
+} } }"#
+            .into(),
+        CanaryDrill::Promote | CanaryDrill::BlueGreen => r#"{ "flags": {} }"#.into(),
     }
 }
 
@@ -165,7 +191,20 @@ pub async fn run(
 ) -> Result<CanaryReport, Error> {
     let mut system = System::new(&cluster.binary, &cluster.database_url, &cluster.nats_url)?;
     let mut canary = None;
-    let report = drive(&mut system, &mut canary, drill, options).await;
+    let mut report = drive(&mut system, &mut canary, drill, options).await;
+    if let Ok(report) = &mut report
+        && !report.passed()
+    {
+        // What the orders processes said last, before cleanup removes it.
+        let canary_log =
+            std::fs::read_to_string(system.dir.join("orders-canary.log")).unwrap_or_default();
+        let tail: Vec<&str> = canary_log.lines().collect();
+        report.logs = format!(
+            "orders (stable):\n{}\norders (canary):\n{}",
+            system.log(ServiceName::Orders),
+            tail[tail.len().saturating_sub(30)..].join("\n")
+        );
+    }
     drop(canary);
     system.cleanup().await;
     report
@@ -173,7 +212,8 @@ pub async fn run(
 
 async fn wait_ready(url: &str, what: &str, proc: &mut Proc) -> Result<(), Error> {
     let api = ApiClient::new(url);
-    let deadline = Instant::now() + Duration::from_secs(40);
+    // Generous: a loaded machine starts processes slowly.
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Ok(r) = api.json(Method::GET, "/ready", None, None).await
             && r.status == StatusCode::OK
@@ -184,7 +224,7 @@ async fn wait_ready(url: &str, what: &str, proc: &mut Proc) -> Result<(), Error>
             return Err(Error::Scenario(format!("{what} exited ({status})")));
         }
         if Instant::now() >= deadline {
-            return Err(Error::Scenario(format!("{what} not ready after 40 s")));
+            return Err(Error::Scenario(format!("{what} not ready after 90 s")));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -223,6 +263,15 @@ async fn drive(
             "ECOMMERCE_CANARY_MAX_P99".into(),
             format!("{}ms", options.max_p99.as_millis()),
         ),
+        (
+            "ECOMMERCE_DELIVERY_STRATEGY".into(),
+            if drill.is_blue_green() {
+                "blue-green"
+            } else {
+                "canary"
+            }
+            .into(),
+        ),
     ]);
     // Everything but the gateway, then the canary (after stable orders
     // has created its tables), then the gateway, whose startup checks
@@ -249,6 +298,14 @@ async fn drive(
         .spawn()?;
     let proc = canary_proc.insert(Proc { child });
     wait_ready(&format!("http://127.0.0.1:{port}"), "orders canary", proc).await?;
+    if drill.is_blue_green() {
+        // The gateway's smoke orders: a customer's scopes, signed with
+        // the system's key like an operator's token.
+        let token = system
+            .service_token("catalog:read orders:read orders:write")
+            .await?;
+        system.env.push(("ECOMMERCE_SMOKE_TOKEN".into(), token));
+    }
     system.spawn(ServiceName::Gateway)?;
     system.wait_ready(ServiceName::Gateway).await?;
 
@@ -258,7 +315,11 @@ async fn drive(
     // canary's buckets on the subject, so each stays on one version. At
     // least `canary_customers` of them in the first step's buckets, so the canary gets
     // traffic from the start.
-    let first_step = options.steps.first().copied().unwrap_or(0);
+    let first_step = if drill.is_blue_green() {
+        100
+    } else {
+        options.steps.first().copied().unwrap_or(0)
+    };
     let mut tokens = Vec::new();
     let mut on_canary = 0;
     let mut n = 0;
@@ -332,7 +393,7 @@ async fn drive(
                 };
                 let version = r
                     .headers
-                    .get(crate::services::gateway::canary::VERSION_HEADER)
+                    .get(crate::rollout::admin::VERSION_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("none")
                     .to_owned();
@@ -385,8 +446,9 @@ async fn drive(
     for (_, version, _) in &placed_orders {
         *placed.entry(version.clone()).or_insert(0) += 1;
     }
-    // Every order the canary took must end CONFIRMED or REJECTED.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Every order the canary took must end CONFIRMED or REJECTED (waits
+    // are generous: sagas finish slowly on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut canary_not_final;
     loop {
         canary_not_final = 0;
@@ -411,11 +473,15 @@ async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let audit = loop {
-        let audit = crate::tools::cluster::audit(system).await?;
-        if audit.settled() || Instant::now() >= deadline {
-            break audit;
+        // A read that fails (a pool that timed out on a machine out of
+        // breath) is tried again until the deadline, like an unsettled one.
+        match crate::tools::cluster::audit(system).await {
+            Ok(audit) if audit.settled() || Instant::now() >= deadline => break audit,
+            Ok(_) => {}
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(error) => tracing::warn!(%error, "audit read failed; again"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -431,6 +497,7 @@ async fn drive(
         placed,
         canary_not_final,
         audit,
+        logs: String::new(),
     })
 }
 
@@ -443,7 +510,7 @@ async fn drive(
 ///
 /// A bad flag, a drill that could not run, or a violation.
 pub async fn command(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: ecommerce drill canary-rollback|canary-promote --database-url URL \
+    const USAGE: &str = "usage: ecommerce drill canary-rollback|canary-promote|blue-green|blue-green-failed-smoke --database-url URL \
         [--nats-url URL] [--interval D] [--customers N] [--canary-customers N]";
     let drill = args
         .first()
@@ -470,13 +537,22 @@ pub async fn command(args: &[String]) -> Result<(), Box<dyn std::error::Error>> 
         database_url: database_url.ok_or_else(|| format!("--database-url is required\n{USAGE}"))?,
         nats_url,
     };
-    println!(
-        "Drill {}: stable and canary orders behind the gateway, steps {:?} every {:?}, {} customers",
-        drill.name(),
-        options.steps,
-        options.interval,
-        options.customers
-    );
+    if drill.is_blue_green() {
+        println!(
+            "Drill {}: blue (stable) and green orders behind the gateway, smoke check then 0 → 100, judged every {:?}, {} customers",
+            drill.name(),
+            options.interval,
+            options.customers
+        );
+    } else {
+        println!(
+            "Drill {}: stable and canary orders behind the gateway, steps {:?} every {:?}, {} customers",
+            drill.name(),
+            options.steps,
+            options.interval,
+            options.customers
+        );
+    }
     let report = run(&cluster, drill, &options).await?;
     println!("{report}");
     if report.passed() {

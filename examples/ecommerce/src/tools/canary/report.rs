@@ -51,6 +51,8 @@ pub struct CanaryReport {
     pub canary_not_final: u64,
     /// The schema audit after the load.
     pub audit: SchemaAudit,
+    /// The orders processes' last log lines, when the drill failed.
+    pub logs: String,
 }
 
 impl CanaryReport {
@@ -60,10 +62,33 @@ impl CanaryReport {
         let mut v = Vec::new();
         let want = match self.drill {
             CanaryDrill::Rollback => "rolled-back",
-            CanaryDrill::Promote => "promoted",
+            CanaryDrill::Promote | CanaryDrill::BlueGreen => "promoted",
+            CanaryDrill::BlueGreenFailedSmoke => "aborted",
         };
         if self.phase != want {
             v.push(format!("the rollout ended {}, not {want}", self.phase));
+        }
+        let decided = |kind: &str| {
+            self.decisions
+                .iter()
+                .any(|d| d["kind"].as_str() == Some(kind))
+        };
+        if self.drill == CanaryDrill::BlueGreen && !decided("smoke-passed") {
+            v.push("no smoke-passed decision before the switch".into());
+        }
+        if self.drill == CanaryDrill::BlueGreenFailedSmoke {
+            // Stays blue: the weight never left 0 and the abort says why.
+            if self.decisions.iter().any(|d| d["to"].as_u64() != Some(0)) {
+                v.push("the green got weight after a failed smoke check".into());
+            }
+            if !self.decisions.iter().any(|d| {
+                d["kind"].as_str() == Some("aborted")
+                    && d["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("smoke check failed"))
+            }) {
+                v.push("no abort for a failed smoke check in the decision log".into());
+            }
         }
         if self.drill == CanaryDrill::Rollback && self.checks_to_rollback.is_none_or(|n| n > 2) {
             v.push(format!(
@@ -71,7 +96,15 @@ impl CanaryReport {
                 self.checks_to_rollback
             ));
         }
-        if self.placed.get("canary").copied().unwrap_or(0) == 0 {
+        let on_canary = self.placed.get("canary").copied().unwrap_or(0);
+        if self.drill == CanaryDrill::BlueGreenFailedSmoke {
+            if on_canary > 0 {
+                v.push(format!("the failed green took {on_canary} customer orders"));
+            }
+            if self.placed.get("stable").copied().unwrap_or(0) == 0 {
+                v.push("blue took no order".into());
+            }
+        } else if on_canary == 0 {
             v.push("the canary took no order".into());
         }
         if self.audit.lost > 0 {
@@ -168,7 +201,11 @@ impl fmt::Display for CanaryReport {
         if violations.is_empty() {
             write!(f, "PASSED")
         } else {
-            write!(f, "FAILED: {}", violations.join("; "))
+            write!(f, "FAILED: {}", violations.join("; "))?;
+            if !self.logs.is_empty() {
+                write!(f, "\n{}", self.logs)?;
+            }
+            Ok(())
         }
     }
 }

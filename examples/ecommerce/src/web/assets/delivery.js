@@ -71,9 +71,10 @@
   async function rollout() {
     let s;
     try { s = await api('/admin/rollout'); } catch (e) {
-      msg(e.message === 'no such route' ? 'No canary: the gateway has no delivery.canary_url (one process has none).' : e.message);
+      msg(e.message === 'no such route' ? 'No second version: set delivery.canary_url (gateway) or delivery.canary_version (one process).' : e.message);
       return;
     }
+    $('#ro-strategy').textContent = s.strategy;
     $('#ro-phase').textContent = s.phase;
     $('#ro-weight').textContent = s.weight + '%';
     $('#ro-bar').value = s.weight;
