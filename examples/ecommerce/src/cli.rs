@@ -25,7 +25,8 @@ use ecommerce::load::{LoadOptions, Pacing};
     after_help = "Environment: ECOMMERCE_ADDR (listen address of the one-process \
                   mode, default 127.0.0.1:8080), ECOMMERCE_RESERVATION_TTL, \
                   ECOMMERCE_SAGA_DEADLINE, ECOMMERCE_SAGA_LEASE_TTL (durations: \
-                  250ms, 10s, 2m), ECOMMERCE_LOG_FORMAT=json|text, RUST_LOG, \
+                  250ms, 10s, 2m), ECOMMERCE_MAX_UNPAID_ORDERS (default 3, 0: no \
+                  limit), ECOMMERCE_LOG_FORMAT=json|text, RUST_LOG, \
                   OTEL_EXPORTER_OTLP_ENDPOINT. `ecommerce serve --help` lists the \
                   distributed mode's settings."
 )]

@@ -272,10 +272,19 @@ pub struct Settings {
     /// [`DEFAULT_SAGA_LEASE_TTL`].
     #[serde(deserialize_with = "duration::deserialize")]
     pub saga_lease_ttl: Duration,
+    /// Most unpaid orders (placed, neither confirmed nor rejected) a
+    /// customer may hold; placing one more is refused with 409
+    /// `too_many_unpaid_orders` (0: no limit). Default
+    /// [`DEFAULT_MAX_UNPAID_ORDERS`]. See `services/orders/unpaid.rs`.
+    pub max_unpaid_orders: u32,
     /// Feature flags, version label and canary (`[delivery]`, see
     /// [`crate::platform::delivery`]).
     pub delivery: crate::platform::delivery::DeliverySettings,
 }
+
+/// The default [`Settings::max_unpaid_orders`] (and
+/// [`Config::max_unpaid_orders`](crate::Config::max_unpaid_orders)): 3.
+pub const DEFAULT_MAX_UNPAID_ORDERS: u32 = 3;
 
 /// The default [`Settings::saga_lease_ttl`]: 10 seconds.
 pub const DEFAULT_SAGA_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -306,6 +315,7 @@ impl fmt::Debug for Settings {
             .field("reservation_ttl", &self.reservation_ttl)
             .field("saga_deadline", &self.saga_deadline)
             .field("saga_lease_ttl", &self.saga_lease_ttl)
+            .field("max_unpaid_orders", &self.max_unpaid_orders)
             .field("delivery", &self.delivery)
             .finish()
     }
@@ -369,6 +379,7 @@ impl Default for Settings {
             reservation_ttl: DEFAULT_RESERVATION_TTL,
             saga_deadline: DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
+            max_unpaid_orders: DEFAULT_MAX_UNPAID_ORDERS,
             delivery: crate::platform::delivery::DeliverySettings::default(),
         }
     }
@@ -403,6 +414,7 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_RESERVATION_TTL",
     "ECOMMERCE_SAGA_DEADLINE",
     "ECOMMERCE_SAGA_LEASE_TTL",
+    "ECOMMERCE_MAX_UNPAID_ORDERS",
     // crate::platform::delivery::ENV_VARS:
     "ECOMMERCE_FLAGS_FILE",
     "ECOMMERCE_VERSION",

@@ -62,6 +62,9 @@ pub struct Config {
     /// How long a saga lease lasts without renewal (see
     /// [`Settings::saga_lease_ttl`](crate::platform::config::Settings::saga_lease_ttl)).
     pub saga_lease_ttl: Duration,
+    /// Most unpaid orders a customer may hold, 0 for no limit (see
+    /// [`Settings::max_unpaid_orders`](crate::platform::config::Settings::max_unpaid_orders)).
+    pub max_unpaid_orders: u32,
     /// Timeouts and the connection bound of the listener.
     pub server: crate::platform::server::ServerLimits,
     /// The flag file and version label (see
@@ -79,6 +82,7 @@ impl Default for Config {
             reservation_ttl: crate::platform::config::DEFAULT_RESERVATION_TTL,
             saga_deadline: crate::platform::config::DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: crate::platform::config::DEFAULT_SAGA_LEASE_TTL,
+            max_unpaid_orders: crate::platform::config::DEFAULT_MAX_UNPAID_ORDERS,
             server: crate::platform::server::ServerLimits::default(),
             delivery: crate::platform::delivery::DeliverySettings::default(),
         }
@@ -283,6 +287,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 owner: trellis_saga::process_owner("ecommerce"),
                 deadline: config.saga_deadline,
                 lease_ttl: config.saga_lease_ttl,
+                max_unpaid_orders: config.max_unpaid_orders,
             },
             inventory: inventory_raw,
             payments: payment_raw,

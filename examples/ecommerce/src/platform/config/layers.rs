@@ -24,7 +24,11 @@ const ENV_LAYER: &str = "environment";
 /// The variables whose value is parsed the way figment reads an
 /// environment value (TOML-like: `true`, `1000`), for keys that are no
 /// strings. Every other variable is taken as text.
-const PARSED: &[&str] = &["ECOMMERCE_SEED_STOCK", "ECOMMERCE_SYNCHRONOUS_COMMIT"];
+const PARSED: &[&str] = &[
+    "ECOMMERCE_SEED_STOCK",
+    "ECOMMERCE_SYNCHRONOUS_COMMIT",
+    "ECOMMERCE_MAX_UNPAID_ORDERS",
+];
 
 /// The settings key (path) a variable of [`ENV_VARS`] sets:
 /// `ECOMMERCE_<KEY>` is `<key>`, but `ECOMMERCE_<SERVICE>_URL` is

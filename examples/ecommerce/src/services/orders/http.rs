@@ -213,6 +213,7 @@ pub(super) async fn decided(
     responses(
         (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION; with an `Idempotency-Key` used before, the first order as it stands now", body = crate::api::PlacedOrder),
         (status = 202, description = "The saga is still running after its deadline's wait (status PLACED): poll `GET /orders/{id}`", body = crate::api::PlacedOrder),
+        (status = 409, description = "`too_many_unpaid_orders`: the customer already holds `max_unpaid_orders` (default 3) unpaid orders (placed, neither confirmed nor rejected); nothing was placed or charged, retry with a new `Idempotency-Key` once one is paid. Or `idempotency_key_in_flight`: the first request with this key is still being placed", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
@@ -268,6 +269,14 @@ pub(crate) async fn place(
             (record, head, 0)
         }
     };
+    // Refused by the unpaid-orders rule: its saga wrote nothing.
+    if let Some(message) = record.as_ref().and_then(refused_by_rule) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            super::unpaid::REFUSED,
+            message,
+        ));
+    }
     if let Some(record) = &record
         && !matches!(
             record.status,
@@ -338,6 +347,19 @@ pub(crate) async fn place(
         [(crate::platform::delivery::OUTCOME_HEADER, outcome)],
         Json(body),
     ))
+}
+
+/// The rule's message when `record` is a place-order saga that the
+/// unpaid-orders rule refused at its first step (see
+/// [`super::unpaid::REFUSED`]).
+fn refused_by_rule(record: &trellis_saga::SagaRecord) -> Option<String> {
+    if record.status != SagaStatus::Compensated {
+        return None;
+    }
+    let error = record.error.as_deref()?;
+    let at = error.find(super::unpaid::REFUSED)?;
+    let message = error[at + super::unpaid::REFUSED.len()..].trim_start_matches([':', ' ']);
+    Some(message.to_owned())
 }
 
 /// Whether a placed order was rejected by the system's fault (a dependency

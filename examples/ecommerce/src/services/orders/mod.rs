@@ -13,6 +13,7 @@ pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod saga;
 pub(crate) mod summary;
+pub(crate) mod unpaid;
 pub(crate) mod validator;
 
 use std::sync::Arc;
@@ -68,6 +69,9 @@ pub(crate) struct SagaOptions {
     /// How long a saga lease lasts without renewal; an orphaned saga is
     /// adopted within about 1.25 times it (the adopter looks every quarter).
     pub(crate) lease_ttl: Duration,
+    /// Most unpaid orders a customer may hold (0: no limit); see
+    /// [`unpaid`].
+    pub(crate) max_unpaid_orders: u32,
 }
 
 /// What the orders service is started on, chosen by the run mode: its
@@ -232,6 +236,7 @@ async fn open(
         payments: payment_client,
         refunds: refund_client,
         metrics: business.clone(),
+        max_unpaid: options.max_unpaid_orders,
     };
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
