@@ -67,8 +67,11 @@ pub(crate) fn tags(customer: &str, order_id: &str) -> [String; 2] {
 /// order.
 fn unpaid_query(customer: &str) -> Query {
     Query::item(
-        QueryItem::tags([format!("customer:{customer}")])
-            .with_types(["Placed", "Confirmed", "Rejected"]),
+        QueryItem::tags([format!("customer:{customer}")]).with_types([
+            "Placed",
+            "Confirmed",
+            "Rejected",
+        ]),
     )
 }
 
@@ -254,9 +257,16 @@ mod tests {
         order: &str,
         customer: &str,
     ) -> Placement {
-        place_within_limit(orders, order, place(customer), customer, 3, Metadata::default())
-            .await
-            .unwrap()
+        place_within_limit(
+            orders,
+            order,
+            place(customer),
+            customer,
+            3,
+            Metadata::default(),
+        )
+        .await
+        .unwrap()
     }
 
     async fn settle(orders: &Repository<Order, OrderStore>, order: &str, customer: &str) {
@@ -280,7 +290,11 @@ mod tests {
             .await
             .unwrap()
         {
-            assert!(event.tags.contains(&format!("order:{}", &event.stream_id[6..])));
+            assert!(
+                event
+                    .tags
+                    .contains(&format!("order:{}", &event.stream_id[6..]))
+            );
             if event.event_type == "Placed" {
                 unpaid.insert(event.stream_id);
             } else {
@@ -309,7 +323,11 @@ mod tests {
             try_place(&orders, "s3", "ada").await,
             Placement::Refused { unpaid: 3, max: 3 }
         );
-        assert_eq!(store.head_position().await.unwrap(), head, "nothing written");
+        assert_eq!(
+            store.head_position().await.unwrap(),
+            head,
+            "nothing written"
+        );
         assert_eq!(
             try_place(&orders, "s0", "ada").await,
             Placement::AlreadyPlaced
@@ -384,7 +402,9 @@ mod tests {
         // Two replicas: each its own pool, as two orders processes.
         for _ in 0..2 {
             let pool = crate::platform::db::open_pg(target(), 4).await.unwrap();
-            stores.push(OrderStore::from(PgEventStore::with_pool(pool).await.unwrap()));
+            stores.push(OrderStore::from(
+                PgEventStore::with_pool(pool).await.unwrap(),
+            ));
         }
         sequential(stores[0].clone()).await;
         racing(&stores).await;
