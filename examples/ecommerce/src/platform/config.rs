@@ -272,18 +272,15 @@ pub struct Settings {
     /// [`DEFAULT_SAGA_LEASE_TTL`].
     #[serde(deserialize_with = "duration::deserialize")]
     pub saga_lease_ttl: Duration,
-    /// Most unpaid orders (placed, neither confirmed nor rejected) a
-    /// customer may hold; placing one more is refused with 409
-    /// `too_many_unpaid_orders` (0: no limit). Default
-    /// [`DEFAULT_MAX_UNPAID_ORDERS`]. See `services/orders/unpaid.rs`.
+    /// Most unpaid orders a customer may hold (0: no limit); one more is
+    /// refused (409). Default [`DEFAULT_MAX_UNPAID_ORDERS`].
     pub max_unpaid_orders: u32,
     /// Feature flags, version label and canary (`[delivery]`, see
     /// [`crate::platform::delivery`]).
     pub delivery: crate::platform::delivery::DeliverySettings,
 }
 
-/// The default [`Settings::max_unpaid_orders`] (and
-/// [`Config::max_unpaid_orders`](crate::Config::max_unpaid_orders)): 3.
+/// The default [`Settings::max_unpaid_orders`]: 3.
 pub const DEFAULT_MAX_UNPAID_ORDERS: u32 = 3;
 
 /// The default [`Settings::saga_lease_ttl`]: 10 seconds.
@@ -300,12 +297,15 @@ impl fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",
-                &self.database_url.as_deref().map(redact_url),
+                &self.database_url.as_deref().map(layers::redact_url),
             )
             .field("schema_prefix", &self.schema_prefix)
             .field("seed_stock", &self.seed_stock)
             .field("synchronous_commit", &self.synchronous_commit)
-            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field(
+                "nats_url",
+                &self.nats_url.as_deref().map(layers::redact_url),
+            )
             .field("peers", &self.peers)
             .field("client_secrets", &self.client_secrets)
             .field("signing_key_file", &self.signing_key_file)
@@ -318,21 +318,6 @@ impl fmt::Debug for Settings {
             .field("max_unpaid_orders", &self.max_unpaid_orders)
             .field("delivery", &self.delivery)
             .finish()
-    }
-}
-
-/// `scheme://user:password@host/...` with the password replaced.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -741,6 +726,7 @@ mod tests {
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
+                "ECOMMERCE_MAX_UNPAID_ORDERS" => "5",
                 "ECOMMERCE_CANARY_STEPS" => "10,50,100",
                 "ECOMMERCE_CANARY_INTERVAL" => "30s",
                 "ECOMMERCE_CANARY_MIN_SUCCESS_RATE" => "0.95",
@@ -778,7 +764,7 @@ mod tests {
             "{shown}"
         );
         assert_eq!(
-            redact_url("nats://n:4222"),
+            layers::redact_url("nats://n:4222"),
             "nats://n:4222",
             "nothing to hide"
         );

@@ -198,3 +198,18 @@ pub(super) fn to_config_error(error: Error, file: Option<&Path>) -> ConfigError 
         }
     }
 }
+
+/// `scheme://user:password@host/...` with the password replaced.
+pub(super) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
