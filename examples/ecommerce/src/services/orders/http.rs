@@ -423,10 +423,10 @@ pub(crate) async fn list(
     let customer = customer_of(&claims)?;
     let rows: Vec<SummaryTuple> = {
         let pool = &app.orders.read_db;
-        sqlx::query_as(
-            "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
-             WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
-        )
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM order_summaries WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
+            super::summary::SUMMARY_COLUMNS
+        )))
         .bind(&customer)
         .fetch_all(pool)
         .await?

@@ -28,7 +28,7 @@ use trellis_resilience::fault::FaultHandle;
 
 use self::aggregate::Order;
 use self::saga::{POST_PIVOT_RETRY, PlaceOrder, SagaClients, place_order_saga};
-use self::summary::{OrderSummary, SummaryRow, SummaryTuple};
+use self::summary::{OrderSummary, SUMMARY_COLUMNS, SummaryProjection, SummaryRow, SummaryTuple};
 use self::validator::validate_when_inventory_is_back;
 use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
 use crate::services::catalog::client::Prices;
@@ -48,7 +48,8 @@ pub(crate) struct Orders {
     pub(crate) saga: trellis_saga::RegisteredSaga<OrderSagaLog, PlaceOrder, SagaClients>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
-    pub(crate) projection: trellis_cqrs::ProjectionHandle,
+    /// The order summary's runners (waits go to the live version's).
+    pub(crate) projection: SummaryProjection,
     pub(crate) read_db: ReadDb,
     /// The idempotency keys of `POST /orders` (command pipeline).
     pub(crate) keys: self::command::OrderKeys,
@@ -262,11 +263,19 @@ async fn open(
     // Every orders instance, both run modes: sagas whose owner died, was
     // rescheduled or lost its lease are adopted every quarter lease TTL.
     let adopter = saga.spawn_adopter();
-    let projection =
-        trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
-            .with_metrics(metrics.projections.clone())
-            .spawn()
-            .await?;
+    // Every version of the summary, oldest first: a new one builds beside
+    // the live one and takes over once caught up (see summary.rs).
+    let mut projections = Vec::new();
+    for version in self::summary::VERSIONS {
+        let summary = OrderSummary::new(version);
+        projections.push(
+            trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), summary)
+                .with_metrics(metrics.projections.clone())
+                .spawn()
+                .await?,
+        );
+    }
+    let projection = SummaryProjection(projections);
     let keys = self::command::open_keys(&read_db).await?;
     let app = Arc::new(OrdersApp {
         orders: Orders {
@@ -342,10 +351,9 @@ impl Orders {
     pub(crate) async fn summary(&self, order_id: &str) -> Result<Option<SummaryRow>, sqlx::Error> {
         let row: Option<SummaryTuple> = {
             let pool = &self.read_db;
-            sqlx::query_as(
-                "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
-                 WHERE order_id = $1",
-            )
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM order_summaries WHERE order_id = $1"
+            )))
             .bind(order_id)
             .fetch_optional(pool)
             .await?
