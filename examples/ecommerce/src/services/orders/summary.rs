@@ -109,21 +109,19 @@ fn summary_change(event: &StoredEvent) -> Result<Option<(&str, SummaryChange)>, 
     Ok(Some((order_id, change)))
 }
 
-/// Whether `pool` holds the read model of a release before versions: a
-/// table (not the view) named `order_summaries`.
-async fn unversioned_table(pool: &sqlx::AnyPool) -> Result<bool, BoxError> {
-    let postgres = pool
-        .connect_options()
-        .database_url
-        .scheme()
-        .starts_with("postgres");
+/// Whether the database holds the read model of a release before
+/// versions: a table (not the view) named `order_summaries`.
+async fn unversioned_table(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    postgres: bool,
+) -> Result<bool, BoxError> {
     let sql = if postgres {
         "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() \
          AND table_name = 'order_summaries' AND table_type = 'BASE TABLE'"
     } else {
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'order_summaries'"
     };
-    let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await?;
+    let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut **tx).await?;
     Ok(n > 0)
 }
 
@@ -145,14 +143,28 @@ impl Projection<sqlx::Any> for OrderSummary {
 
     async fn setup(&self, pool: &sqlx::AnyPool) -> Result<(), BoxError> {
         let table = self.table();
+        let postgres = pool
+            .connect_options()
+            .database_url
+            .scheme()
+            .starts_with("postgres");
+        // One transaction; on PostgreSQL under trellis-cqrs's DDL lock, as
+        // replicas starting at once could collide in `CREATE ... IF NOT
+        // EXISTS` (SQLite's writer lock serializes them already).
+        let mut tx = pool.begin().await?;
+        if postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7241, hashtext(current_schema()))")
+                .execute(&mut *tx)
+                .await?;
+        }
         // v2's table under its unversioned name, from before versions: it
         // becomes v2's (the new checkpoint replays into it: inserts skip,
         // statuses end the same).
-        if self.version == 2 && unversioned_table(pool).await? {
+        if self.version == 2 && unversioned_table(&mut tx, postgres).await? {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "ALTER TABLE {VIEW} RENAME TO {table}"
             )))
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
         }
         let extra = if self.version >= 3 {
@@ -172,11 +184,12 @@ impl Projection<sqlx::Any> for OrderSummary {
                  version BIGINT NOT NULL)"
             ),
         ] {
-            sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(ddl))
+                .execute(&mut *tx)
+                .await?;
         }
         // The first version set up creates the view (over its own table,
         // empty or complete), so readers never miss it; later ones find it.
-        let mut tx = pool.begin().await?;
         let first = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {VIEW_VERSION} (id, version) VALUES (1, $1) ON CONFLICT (id) DO NOTHING"
         )))
@@ -392,6 +405,7 @@ mod summary_tests {
     use std::time::Duration;
 
     use serde_json::json;
+    use trellis_cqrs::Projection;
     use trellis_eventsourcing::{
         AppendRequest, EventStore, ExpectedVersion, MemoryStore, NewEvent,
     };
@@ -491,6 +505,42 @@ mod summary_tests {
             testing::unseen_orders_are_errors(&pool, &OrderSummary::new(3)).await;
             testing::drop_schema(pool, &schema).await;
         }
+    }
+
+    /// A database from before versions: its `order_summaries` table
+    /// becomes v2's, read through the view; v3's setup leaves the view on
+    /// v2 until v3 goes live.
+    #[tokio::test]
+    async fn a_table_from_before_versions_becomes_v2s() {
+        let pool = testing::sqlite().await;
+        sqlx::query(
+            "CREATE TABLE order_summaries (order_id TEXT PRIMARY KEY, customer TEXT NOT NULL, \
+             status TEXT NOT NULL, total_cents BIGINT NOT NULL, items BIGINT NOT NULL, \
+             reason TEXT, seq BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO order_summaries VALUES ('old', 'ada', 'CONFIRMED', 900, 1, NULL, 1)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        OrderSummary::new(2).setup(&pool).await.unwrap();
+        OrderSummary::new(3).setup(&pool).await.unwrap();
+        let row: (String, i64, Option<i64>) = sqlx::query_as(
+            "SELECT status, total_cents, last_event_at FROM order_summaries WHERE order_id = 'old'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(row, ("CONFIRMED".to_owned(), 900, None));
+        let v2: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM order_summaries_v2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(v2, 1);
     }
 
     /// Blue/green: v2 is live over many orders; v3 is deployed beside it
