@@ -28,7 +28,8 @@ use ecommerce::load::{LoadOptions, Pacing};
                   250ms, 10s, 2m), the [delivery] variables of `serve --help` \
                   (ECOMMERCE_CANARY_VERSION=canary: a second orders version \
                   behind the canary router, ECOMMERCE_DELIVERY_STRATEGY=blue-green), \
-                  ECOMMERCE_LOG_FORMAT=json|text, RUST_LOG, \
+                  ECOMMERCE_MAX_UNPAID_ORDERS (default 3, 0: no \
+                  limit), ECOMMERCE_LOG_FORMAT=json|text, RUST_LOG, \
                   OTEL_EXPORTER_OTLP_ENDPOINT. `ecommerce serve --help` lists the \
                   distributed mode's settings."
 )]

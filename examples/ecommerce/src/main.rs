@@ -206,6 +206,13 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
     if let Some(ttl) = from_env("ECOMMERCE_SAGA_LEASE_TTL")? {
         config.saga_lease_ttl = ttl;
     }
+    if let Ok(max) = std::env::var("ECOMMERCE_MAX_UNPAID_ORDERS")
+        && !max.is_empty()
+    {
+        config.max_unpaid_orders = max
+            .parse()
+            .map_err(|e| format!("ECOMMERCE_MAX_UNPAID_ORDERS: {max:?}: {e}"))?;
+    }
     Ok(config)
 }
 

@@ -96,9 +96,27 @@ async fn pending_orders_are_validated_when_the_breaker_closes_by_itself() {
         "opened by the failures"
     );
 
+    // The customer now holds 3 unpaid orders, the most allowed: a 4th is
+    // refused before it reaches inventory.
+    let r = place().await.unwrap();
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(r.body["error"], "too_many_unpaid_orders", "{:?}", r.body);
+
     assert_eq!(set_faults(false).await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let r = place().await.unwrap();
+    // The trial order is another customer's.
+    let other = running
+        .token_with_scopes("trial-customer", &["orders:read", "orders:write"])
+        .unwrap();
+    let r = api
+        .json(
+            Method::POST,
+            "/api/v1/orders",
+            Some(&other),
+            Some(order.clone()),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         r.body["status"], "CONFIRMED",
         "the trial call passed: {:?}",

@@ -255,7 +255,7 @@ async fn the_scenario_runs_through_the_gateway() {
     for family in [
         "http_client_request_duration_seconds_count{",
         r#"trellis_outbox_published_total{relay="nats-outbox"}"#,
-        r#"trellis_projection_events_handled_total{projection="order_summary_v2"}"#,
+        r#"trellis_projection_events_handled_total{projection="order_summary@v3"}"#,
     ] {
         assert!(
             orders.lines().any(|l| l.starts_with(family)),

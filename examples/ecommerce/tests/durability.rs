@@ -34,13 +34,16 @@ async fn login(api: &ecommerce::ApiClient, email: &str, register: bool) -> Strin
 async fn concurrent_orders_never_oversell() {
     let (running, _dir) = support::start("oversell").await;
     let api = ecommerce::ApiClient::new(running.base_url());
-    let token = login(&api, "kim@example.com", true).await;
     let kettles = running.stock("KET-003").await.unwrap();
     let attempts = kettles + 5;
     let tasks: Vec<_> = (0..attempts)
-        .map(|_| {
+        .map(|i| {
             let api = api.clone();
-            let token = token.clone();
+            // A customer per order: one customer may hold only 3 unpaid
+            // orders at once (tests/unpaid.rs), and this race is the stock's.
+            let token = running
+                .token_with_scopes(&format!("kim-{i}"), &["orders:read", "orders:write"])
+                .unwrap();
             tokio::spawn(async move {
                 let order = json!({ "lines": [ { "sku": "KET-003", "quantity": 1 } ], "card": ecommerce::scenario::GOOD_CARD });
                 api.json(Method::POST, "/api/v1/orders", Some(&token), Some(order)).await.unwrap()

@@ -137,7 +137,7 @@ async fn sagas_compensations_breakers_and_parked_projections_log_stable_events()
         .expect("append");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let parked = collect.find("projection.parked", &[("projection", "order_summary_v2")]);
+        let parked = collect.find("projection.parked", &[("projection", "order_summary@v3")]);
         if let Some(event) = parked.first() {
             assert!(event.contains_key("position"), "{event:?}");
             assert!(event.contains_key("error"), "{event:?}");

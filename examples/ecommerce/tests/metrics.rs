@@ -82,7 +82,7 @@ impl Scrape {
 }
 
 /// Every projection runner of the one-process system.
-const PROJECTIONS: [&str; 3] = ["order_summary_v2", "shipping_shipments_v1", "analytics_v1"];
+const PROJECTIONS: [&str; 3] = ["order_summary@v3", "shipping_shipments_v1", "analytics_v1"];
 
 async fn total_cents(base_url: &str, token: &str, order: &str) -> f64 {
     let api = ecommerce::ApiClient::new(base_url);

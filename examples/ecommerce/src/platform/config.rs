@@ -290,6 +290,9 @@ pub struct Settings {
     /// [`DEFAULT_SAGA_LEASE_TTL`].
     #[serde(deserialize_with = "duration::deserialize")]
     pub saga_lease_ttl: Duration,
+    /// Most unpaid orders a customer may hold (0: no limit); one more is
+    /// refused (409). Default [`DEFAULT_MAX_UNPAID_ORDERS`].
+    pub max_unpaid_orders: u32,
     /// Feature flags, version label and canary (`[delivery]`, see
     /// [`crate::platform::delivery`]).
     pub delivery: crate::platform::delivery::DeliverySettings,
@@ -297,6 +300,9 @@ pub struct Settings {
     /// [`OrdersSettings`]).
     pub orders: OrdersSettings,
 }
+
+/// The default [`Settings::max_unpaid_orders`]: 3.
+pub const DEFAULT_MAX_UNPAID_ORDERS: u32 = 3;
 
 /// The default [`Settings::saga_lease_ttl`]: 10 seconds.
 pub const DEFAULT_SAGA_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -312,12 +318,15 @@ impl fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",
-                &self.database_url.as_deref().map(redact_url),
+                &self.database_url.as_deref().map(layers::redact_url),
             )
             .field("schema_prefix", &self.schema_prefix)
             .field("seed_stock", &self.seed_stock)
             .field("synchronous_commit", &self.synchronous_commit)
-            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field(
+                "nats_url",
+                &self.nats_url.as_deref().map(layers::redact_url),
+            )
             .field("peers", &self.peers)
             .field("client_secrets", &self.client_secrets)
             .field("signing_key_file", &self.signing_key_file)
@@ -327,24 +336,10 @@ impl fmt::Debug for Settings {
             .field("reservation_ttl", &self.reservation_ttl)
             .field("saga_deadline", &self.saga_deadline)
             .field("saga_lease_ttl", &self.saga_lease_ttl)
+            .field("max_unpaid_orders", &self.max_unpaid_orders)
             .field("delivery", &self.delivery)
             .field("orders", &self.orders)
             .finish()
-    }
-}
-
-/// `scheme://user:password@host/...` with the password replaced.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -391,6 +386,7 @@ impl Default for Settings {
             reservation_ttl: DEFAULT_RESERVATION_TTL,
             saga_deadline: DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
+            max_unpaid_orders: DEFAULT_MAX_UNPAID_ORDERS,
             delivery: crate::platform::delivery::DeliverySettings::default(),
             orders: OrdersSettings::default(),
         }
@@ -430,6 +426,7 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_ORDERS_ADAPTIVE",
     "ECOMMERCE_ORDERS_ADAPTIVE_ALGORITHM",
     "ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT",
+    "ECOMMERCE_MAX_UNPAID_ORDERS",
     // crate::platform::delivery::ENV_VARS:
     "ECOMMERCE_FLAGS_FILE",
     "ECOMMERCE_VERSION",
@@ -760,6 +757,7 @@ mod tests {
                 "ECOMMERCE_SCHEMA_PREFIX" => "t1_",
                 "ECOMMERCE_SEED_STOCK" => "1000",
                 "ECOMMERCE_SYNCHRONOUS_COMMIT" => "true",
+                "ECOMMERCE_MAX_UNPAID_ORDERS" => "5",
                 "ECOMMERCE_CANARY_STEPS" => "10,50,100",
                 "ECOMMERCE_CANARY_INTERVAL" => "30s",
                 "ECOMMERCE_CANARY_MIN_SUCCESS_RATE" => "0.95",
@@ -801,7 +799,7 @@ mod tests {
             "{shown}"
         );
         assert_eq!(
-            redact_url("nats://n:4222"),
+            layers::redact_url("nats://n:4222"),
             "nats://n:4222",
             "nothing to hide"
         );

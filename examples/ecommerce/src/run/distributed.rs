@@ -561,6 +561,7 @@ async fn start_orders(
                 owner: trellis_saga::process_owner("orders"),
                 deadline: settings.saga_deadline,
                 lease_ttl: settings.saga_lease_ttl,
+                max_unpaid_orders: settings.max_unpaid_orders,
             },
             inventory,
             payments,

@@ -64,6 +64,9 @@ pub struct Config {
     /// How long a saga lease lasts without renewal (see
     /// [`Settings::saga_lease_ttl`](crate::platform::config::Settings::saga_lease_ttl)).
     pub saga_lease_ttl: Duration,
+    /// Most unpaid orders a customer may hold, 0 for no limit (see
+    /// [`Settings::max_unpaid_orders`](crate::platform::config::Settings::max_unpaid_orders)).
+    pub max_unpaid_orders: u32,
     /// Timeouts and the connection bound of the listener.
     pub server: crate::platform::server::ServerLimits,
     /// The flag file, version label and, with `canary_version`, a second
@@ -85,6 +88,7 @@ impl Default for Config {
             reservation_ttl: crate::platform::config::DEFAULT_RESERVATION_TTL,
             saga_deadline: crate::platform::config::DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: crate::platform::config::DEFAULT_SAGA_LEASE_TTL,
+            max_unpaid_orders: crate::platform::config::DEFAULT_MAX_UNPAID_ORDERS,
             server: crate::platform::server::ServerLimits::default(),
             delivery: crate::platform::delivery::DeliverySettings::default(),
             orders: crate::platform::config::OrdersSettings::default(),
@@ -298,6 +302,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 owner: trellis_saga::process_owner("ecommerce"),
                 deadline: config.saga_deadline,
                 lease_ttl: config.saga_lease_ttl,
+                max_unpaid_orders: config.max_unpaid_orders,
             },
             inventory: inventory_raw,
             payments: payment_raw,
@@ -330,6 +335,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     owner: trellis_saga::process_owner(&format!("ecommerce-{version}")),
                     deadline: config.saga_deadline,
                     lease_ttl: config.saga_lease_ttl,
+                    max_unpaid_orders: config.max_unpaid_orders,
                 },
                 inventory,
                 payments,

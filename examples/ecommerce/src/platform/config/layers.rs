@@ -29,6 +29,7 @@ const PARSED: &[&str] = &[
     "ECOMMERCE_SYNCHRONOUS_COMMIT",
     "ECOMMERCE_ORDERS_ADAPTIVE",
     "ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT",
+    "ECOMMERCE_MAX_UNPAID_ORDERS",
 ];
 
 /// The settings key (path) a variable of [`ENV_VARS`] sets:
@@ -202,5 +203,20 @@ pub(super) fn to_config_error(error: Error, file: Option<&Path>) -> ConfigError 
                 },
             }
         }
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced.
+pub(super) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>{}", &rest[at..])
+        }
+        None => url.to_owned(),
     }
 }

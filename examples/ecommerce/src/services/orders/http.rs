@@ -215,6 +215,7 @@ pub(super) async fn decided(
         (status = 202, description = "The saga is still running after its deadline's wait (status PLACED): poll `GET /orders/{id}`", body = crate::api::PlacedOrder),
         (status = 503, description = "`overloaded`: shed by the adaptive concurrency limit before anything was done (no order, no idempotency key kept); retry after `Retry-After` seconds", body = crate::api::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait: about the recent latency of an order"))),
+        (status = 409, description = "`too_many_unpaid_orders`: the customer already holds `max_unpaid_orders` (default 3) unpaid orders (placed, neither confirmed nor rejected); nothing was placed or charged, retry with a new `Idempotency-Key` once one is paid. Or `idempotency_key_in_flight`: the first request with this key is still being placed", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
@@ -270,6 +271,14 @@ pub(crate) async fn place(
             (record, head, 0)
         }
     };
+    // Refused by the unpaid-orders rule: its saga wrote nothing.
+    if let Some(message) = record.as_ref().and_then(refused_by_rule) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            super::unpaid::REFUSED,
+            message,
+        ));
+    }
     if let Some(record) = &record
         && !matches!(
             record.status,
@@ -342,6 +351,19 @@ pub(crate) async fn place(
     ))
 }
 
+/// The rule's message when `record` is a place-order saga that the
+/// unpaid-orders rule refused at its first step (see
+/// [`super::unpaid::REFUSED`]).
+fn refused_by_rule(record: &trellis_saga::SagaRecord) -> Option<String> {
+    if record.status != SagaStatus::Compensated {
+        return None;
+    }
+    let error = record.error.as_deref()?;
+    let at = error.find(super::unpaid::REFUSED)?;
+    let message = error[at + super::unpaid::REFUSED.len()..].trim_start_matches([':', ' ']);
+    Some(message.to_owned())
+}
+
 /// Whether a placed order was rejected by the system's fault (a dependency
 /// failed, a charge failed on the provider's side) rather than the
 /// customer's (a declined card, items out of stock): the canary analysis
@@ -403,10 +425,10 @@ pub(crate) async fn list(
     let customer = customer_of(&claims)?;
     let rows: Vec<SummaryTuple> = {
         let pool = &app.orders.read_db;
-        sqlx::query_as(
-            "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
-             WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
-        )
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM order_summaries WHERE customer = $1 ORDER BY seq DESC LIMIT 100",
+            super::summary::SUMMARY_COLUMNS
+        )))
         .bind(&customer)
         .fetch_all(pool)
         .await?

@@ -15,6 +15,7 @@ pub(crate) mod metrics;
 pub(crate) mod policy;
 pub(crate) mod saga;
 pub(crate) mod summary;
+pub(crate) mod unpaid;
 pub(crate) mod validator;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use trellis_resilience::fault::FaultHandle;
 
 use self::aggregate::Order;
 use self::saga::{POST_PIVOT_RETRY, PlaceOrder, SagaClients, place_order_saga};
-use self::summary::{OrderSummary, SummaryRow, SummaryTuple};
+use self::summary::{OrderSummary, SUMMARY_COLUMNS, SummaryProjection, SummaryRow, SummaryTuple};
 use self::validator::validate_when_inventory_is_back;
 use crate::platform::backend::{OrderSagaLog, OrderStore, ReadDb};
 use crate::services::catalog::client::Prices;
@@ -49,9 +50,9 @@ pub(crate) struct Orders {
     pub(crate) saga: trellis_saga::RegisteredSaga<OrderSagaLog, PlaceOrder, SagaClients>,
     /// The place-order saga's deadline.
     pub(crate) deadline: Duration,
-    /// The order-summary projection (shared by two instances in one
-    /// process, see [`Deps::summary`]).
-    pub(crate) projection: Arc<trellis_cqrs::ProjectionHandle>,
+    /// The order summary's runners (waits go to the live version's; shared
+    /// by two instances in one process, see [`Deps::summary`]).
+    pub(crate) projection: Arc<SummaryProjection>,
     pub(crate) read_db: ReadDb,
     /// The idempotency keys of `POST /orders` (command pipeline).
     pub(crate) keys: self::command::OrderKeys,
@@ -72,6 +73,9 @@ pub(crate) struct SagaOptions {
     /// How long a saga lease lasts without renewal; an orphaned saga is
     /// adopted within about 1.25 times it (the adopter looks every quarter).
     pub(crate) lease_ttl: Duration,
+    /// Most unpaid orders a customer may hold (0: no limit); see
+    /// [`unpaid`].
+    pub(crate) max_unpaid_orders: u32,
 }
 
 /// What the orders service is started on, chosen by the run mode: its
@@ -108,7 +112,7 @@ pub(crate) struct Deps {
     /// by behind the first's lease and follow its checkpoint only every
     /// second, slowing every read-your-writes answer of this instance by
     /// up to that. `None`: this instance runs its own.
-    pub(crate) summary: Option<Arc<trellis_cqrs::ProjectionHandle>>,
+    pub(crate) summary: Option<Arc<SummaryProjection>>,
 }
 
 /// Starts the orders service, the same way in both run modes: see
@@ -166,7 +170,7 @@ async fn open(
     prices: Prices,
     metrics: &mut crate::platform::metrics::ProcessMetrics,
     flags: crate::platform::flags::Flags,
-    summary: Option<Arc<trellis_cqrs::ProjectionHandle>>,
+    summary: Option<Arc<SummaryProjection>>,
 ) -> Result<OrdersState, crate::api::Error> {
     use tower::Layer;
     use trellis_resilience::fallback::FallbackLayer;
@@ -272,6 +276,7 @@ async fn open(
         payments: payment_client,
         refunds: refund_client,
         metrics: business.clone(),
+        max_unpaid: options.max_unpaid_orders,
     };
     // Compensations outlast a short outage of the service they call
     // instead of leaving the saga for an operator (NeedsAttention).
@@ -301,12 +306,22 @@ async fn open(
     let adopter = saga.spawn_adopter();
     let projection = match summary {
         Some(shared) => shared,
-        None => Arc::new(
-            trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), OrderSummary)
-                .with_metrics(metrics.projections.clone())
-                .spawn()
-                .await?,
-        ),
+        None => {
+            // Every version of the summary, oldest first: a new one builds
+            // beside the live one and takes over once caught up (see
+            // summary.rs).
+            let mut projections = Vec::new();
+            for version in self::summary::VERSIONS {
+                let summary = OrderSummary::new(version);
+                projections.push(
+                    trellis_cqrs::ProjectionRunner::new(store.clone(), read_db.clone(), summary)
+                        .with_metrics(metrics.projections.clone())
+                        .spawn()
+                        .await?,
+                );
+            }
+            Arc::new(SummaryProjection(projections))
+        }
     };
     let keys = self::command::open_keys(&read_db).await?;
     let app = Arc::new(OrdersApp {
@@ -383,10 +398,9 @@ impl Orders {
     pub(crate) async fn summary(&self, order_id: &str) -> Result<Option<SummaryRow>, sqlx::Error> {
         let row: Option<SummaryTuple> = {
             let pool = &self.read_db;
-            sqlx::query_as(
-                "SELECT order_id, customer, status, total_cents, items, reason FROM order_summaries \
-                 WHERE order_id = $1",
-            )
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM order_summaries WHERE order_id = $1"
+            )))
             .bind(order_id)
             .fetch_optional(pool)
             .await?

@@ -12,6 +12,7 @@ use trellis_saga::{Saga, Step, StepError};
 
 use super::aggregate::{Order, OrderCommand};
 use super::metrics::{OrderMetrics, Outcome};
+use super::unpaid::{Placement, REFUSED, execute_tagged, place_within_limit};
 use super::{InventoryClient, PaymentClient};
 use crate::platform::backend::OrderStore;
 use crate::services::inventory::client::{InventoryReply, InventoryRequest, Line};
@@ -124,6 +125,9 @@ pub(crate) struct SagaClients {
     pub(crate) refunds: PaymentClient,
     /// The business metrics the steps count (orders by outcome, value).
     pub(crate) metrics: OrderMetrics,
+    /// Most unpaid orders a customer may hold (0: no limit), checked by
+    /// the first step (see [`super::unpaid`]).
+    pub(crate) max_unpaid: u32,
 }
 
 impl std::fmt::Debug for SagaClients {
@@ -152,11 +156,23 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                         lines: s.lines.clone(),
                         total_cents: s.total_cents,
                     };
-                    clients
-                        .orders
-                        .execute_with_metadata(&s.order_id, command, traced())
-                        .await
-                        .map_err(step_err)?;
+                    // Counted and appended atomically: a refusal writes
+                    // nothing, so there is nothing to compensate.
+                    let placed = place_within_limit(
+                        &clients.orders,
+                        &s.order_id,
+                        command,
+                        &s.customer,
+                        clients.max_unpaid,
+                        traced(),
+                    )
+                    .await
+                    .map_err(step_err)?;
+                    if let Placement::Refused { unpaid, max } = placed {
+                        return Err(StepError::permanent(format!(
+                            "{REFUSED}: the customer holds {unpaid} unpaid orders, at most {max} are allowed"
+                        )));
+                    }
                     Ok(s)
                 }
             },
@@ -169,19 +185,19 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                     } else {
                         "order could not be completed (its reservation expired or was not confirmed)"
                     };
-                    let rejected = clients
-                        .orders
-                        .execute_with_metadata(
-                            &s.order_id,
-                            OrderCommand::Reject {
-                                reason: reason.into(),
-                            },
-                            traced(),
-                        )
-                        .await
-                        .map_err(step_err)?;
+                    let rejected = execute_tagged(
+                        &clients.orders,
+                        &s.order_id,
+                        &s.customer,
+                        OrderCommand::Reject {
+                            reason: reason.into(),
+                        },
+                        traced(),
+                    )
+                    .await
+                    .map_err(step_err)?;
                     // Counted once: a re-run appends (and counts) nothing.
-                    if !rejected.events.is_empty() {
+                    if !rejected.is_empty() {
                         let outcome = if s.reservation.is_some() || s.payment.is_some() {
                             Outcome::Compensated
                         } else {
@@ -364,12 +380,11 @@ pub(crate) fn place_order_saga(deadline: Duration) -> Saga<PlaceOrder, SagaClien
                         _ => OrderCommand::MarkPendingValidation,
                     };
                     let confirming = matches!(command, OrderCommand::Confirm { .. });
-                    let done = clients
-                        .orders
-                        .execute_with_metadata(&s.order_id, command, traced())
-                        .await
-                        .map_err(step_err)?;
-                    if confirming && !done.events.is_empty() {
+                    let done =
+                        execute_tagged(&clients.orders, &s.order_id, &s.customer, command, traced())
+                            .await
+                            .map_err(step_err)?;
+                    if confirming && !done.is_empty() {
                         clients.metrics.order(Outcome::Confirmed, s.total_cents);
                     }
                     Ok(s)
