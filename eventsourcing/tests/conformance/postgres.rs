@@ -414,3 +414,117 @@ async fn postgres_schema_from_before_tags_migrates() {
     );
     drop_store_schema(store).await;
 }
+
+/// The case the writer lock used to prevent and the transaction-id order
+/// must handle: a transaction appends (a lower position) and stays open
+/// while a later one commits (a higher position). A reader that read the
+/// later event and moved its checkpoint past it would skip the earlier one
+/// forever. Here the reader (a `read_all` loop from its last position, a
+/// subscription and `head_position`) must not see the later event while the
+/// earlier transaction is open, and must see both, in order, once it commits.
+///
+/// Checked to fail without the bound: with `AND global_position <
+/// es_visible_below()` removed from `read_all`, the first read returned
+/// the later event (a reader reading on from it skips the earlier one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reader_never_skips_an_event_committed_late_with_a_lower_position() {
+    use std::time::Duration;
+    use trellis_eventsourcing::{
+        EventFilter, EventStore, ExpectedVersion, NewEvent, Subscription, SubscriptionOptions,
+    };
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let store = store_in(&url, &schema)
+        .await
+        .with_read_wait(Duration::from_millis(100));
+    let ev = |n: u64| NewEvent::new("X", serde_json::json!({ "n": n }));
+    let before = store
+        .append("before-1", ExpectedVersion::Any, vec![ev(0)])
+        .await
+        .expect("append before");
+    let mut sub = Subscription::start(
+        store.clone(),
+        SubscriptionOptions::default().poll_interval(Duration::from_millis(10)),
+    );
+    let first = tokio::time::timeout(Duration::from_secs(30), sub.recv())
+        .await
+        .expect("subscription delivers")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(first.stream_id, "before-1");
+
+    // The slow transaction: appends through es_append and stays open.
+    let mut slow = store.pool().begin().await.expect("begin");
+    let (status, slow_positions): (i32, Vec<i64>) = sqlx::query_as(
+        "SELECT status, positions FROM es_append('slow-1', 'slow', 0, 0, \
+         ARRAY[$1::uuid], ARRAY['X'], ARRAY[1], ARRAY['{}']::jsonb[], ARRAY['{}']::jsonb[], \
+         ARRAY['[]'], 0, 'ch')",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .fetch_one(&mut *slow)
+    .await
+    .expect("slow append");
+    assert_eq!(status, 0);
+    // A later transaction commits meanwhile, at a higher position.
+    let fast = store
+        .append("fast-1", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .expect("fast append");
+    assert!(
+        fast.positions[0] > slow_positions[0] as u64,
+        "the scenario: the open transaction holds the lower position"
+    );
+
+    let after = before.positions[0];
+    let read = store
+        .read_all(after, &EventFilter::all(), 100)
+        .await
+        .expect("read while the slow transaction is open");
+    assert!(
+        read.is_empty(),
+        "nothing after {after} is final while a lower position is open: {read:?}"
+    );
+    let head = store.head_position().await.expect("head");
+    assert!(
+        head < fast.positions[0],
+        "the head stays below the open transaction"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.recv())
+            .await
+            .is_err(),
+        "the subscription waits for the open transaction"
+    );
+
+    slow.commit().await.expect("commit the slow transaction");
+    // Patient reads from here on, so other tests' transactions on the same
+    // server (which hold readers back too) cannot shorten them.
+    let patient = store.clone().with_read_wait(Duration::from_secs(20));
+    let read = patient
+        .read_all(after, &EventFilter::all(), 100)
+        .await
+        .expect("read after the commit");
+    assert_eq!(
+        read.iter()
+            .map(|e| e.stream_id.as_str())
+            .collect::<Vec<_>>(),
+        ["slow-1", "fast-1"],
+        "both, in order: nothing skipped"
+    );
+    assert_eq!(
+        patient.head_position().await.expect("head"),
+        fast.positions[0]
+    );
+    for stream in ["slow-1", "fast-1"] {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.recv())
+            .await
+            .expect("subscription delivers")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(e.stream_id, stream);
+    }
+    drop(sub);
+    drop_store_schema(store).await;
+}
