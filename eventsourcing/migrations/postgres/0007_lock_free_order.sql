@@ -21,7 +21,8 @@ $$;
 -- What an event of these types and tags could match in an append condition
 -- (src/dcb.rs): '*' (a query item with neither tags nor types matches every
 -- event), 'y:' || type, 't:' || tag. NOTE: `event_lock_keys` and
--- `condition_lock_keys` in src/store/postgres.rs build the same texts.
+-- `condition_lock_keys` in src/store/postgres.rs and the lock loop of
+-- es_append below build the same texts.
 CREATE OR REPLACE FUNCTION es_event_keys(p_types TEXT[], p_tags TEXT[]) RETURNS TEXT[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT array_agg(k) FROM (
@@ -77,13 +78,25 @@ DECLARE
     v_deleted BOOLEAN;
     v_positions BIGINT[];
     v_count INTEGER := COALESCE(array_length(p_ids, 1), 0);
-    v_keys TEXT[];
+    v_hash BIGINT;
     v_ordinal INTEGER;
     v_base BIGINT;
 BEGIN
     PERFORM set_config('synchronous_commit', 'on', true);
-    v_keys := es_event_keys(p_types, p_tags);
-    PERFORM es_lock(v_keys, array_fill(FALSE, ARRAY[cardinality(v_keys)]), ARRAY[]::TEXT[]);
+    -- Shared locks on what the events could match: es_event_keys and the
+    -- first half of es_lock, inlined (a SQL function called from PL/pgSQL
+    -- is planned on every call; this loop's plan is cached).
+    FOR v_hash IN
+        SELECT DISTINCT hashtextextended(current_schema() || chr(31) || k.k, 7239)
+        FROM (SELECT '*' AS k
+              UNION ALL SELECT 'y:' || t FROM unnest(p_types) AS t
+              UNION ALL SELECT 't:' || j
+                  FROM unnest(p_tags) AS g(tags), jsonb_array_elements_text(g.tags::jsonb) AS j
+                  WHERE g.tags <> '[]') AS k
+        ORDER BY 1
+    LOOP
+        PERFORM pg_advisory_xact_lock_shared(v_hash);
+    END LOOP;
     -- The stream's row lock, held until commit: appends to one stream take
     -- turns, appends to different streams run in parallel.
     SELECT s.version, s.deleted INTO v_version, v_deleted

@@ -4,35 +4,55 @@
 //! `search_path`), created by embedded migrations when the store connects.
 //!
 //! **One round trip**: a single-stream append is one autocommit call of the
-//! `es_append` PL/pgSQL function (migration 2), which takes the lock, checks
-//! the expected version, inserts, updates the stream row and notifies; a
-//! multi-stream append calls it once per stream inside one transaction.
+//! `es_append` PL/pgSQL function (migration 7), which takes its locks,
+//! checks the expected version, assigns positions, inserts and updates the
+//! stream row; a multi-stream append calls it once per stream inside one
+//! transaction.
 //!
-//! **Group commit**: appends from one store (and its clones) go through one
-//! writer task. When several are waiting, it runs them in one transaction,
-//! each multi-stream append inside a savepoint, so they share one lock
-//! acquisition and one commit. A check failure (conflict, tombstone) only
-//! fails its own append; an error that aborts the transaction makes the
-//! writer rerun each append of the group alone (safe: event ids make a
+//! **Group commit**: appends from one store (and its clones) go through a
+//! few writer tasks ([`PgEventStore::with_writers`], default 4), each with
+//! one transaction in flight. A writer runs the appends waiting when it is
+//! free as one group: single-stream unconditional ones in one statement
+//! (`es_append_batch`), others in one transaction, each multi-stream or
+//! conditional append inside a savepoint. A check failure (conflict,
+//! tombstone) only fails its own append; an error that aborts the group
+//! makes the writer rerun each append of it alone (safe: event ids make a
 //! repeated append idempotent).
 //!
-//! **Global order**: every append takes `pg_advisory_xact_lock(7239,
-//! hashtext(current_schema()))` before it reads stream versions and assigns
-//! positions, and holds it until commit. PostgreSQL makes a committed
-//! transaction visible before releasing its locks, so when the next writer
-//! gets the lock every lower position is already visible: a reader of "all
-//! after P" can never see P+2 while P+1 is still in flight. The price is one
-//! writer at a time per schema (appends are short; batches amortise it).
+//! **Global order without a writer lock**: a position is the writing
+//! transaction's id (`pg_current_xact_id()`) × 65536 + the event's ordinal
+//! in that transaction, so the order is the order of transaction ids,
+//! which is not the order of commits: a transaction may commit after a
+//! younger one. Readers of the global order ([`EventStore::read_all`],
+//! [`EventStore::head_position`], [`DcbStore::read_query`], and so
+//! subscriptions, projections and the outbox relay) therefore read only
+//! below `es_visible_below()` = `pg_snapshot_xmin(pg_current_snapshot())`
+//! × 65536: every transaction with a lower id has ended, so no event can
+//! still appear there, and a reader reading on from its last position
+//! never skips one (the bug behind Marten's and Eventuous's skipped
+//! events). Before reading, a reader waits (up to
+//! [`PgEventStore::with_read_wait`], default 1 s) for the transactions
+//! older than the newest committed event, so a read right after an append
+//! includes it. What a reader waits for is *any* transaction of the server
+//! that has written something (read-only ones have no id): a long-running
+//! writer, even on another table or database, holds the final prefix back
+//! and with it every subscription, for as long as it runs. Positions are
+//! sparse (gaps of about 65536 per transaction) but one number, as
+//! checkpoints need. Appends wait for each other only on the same stream's
+//! row lock, or when an append condition covers what another writes.
 //!
-//! **Conditional appends** ([`DcbStore::append_if`]): checked after the
-//! same writer lock, so race-free across processes (see
-//! `check_condition_locked` for why this lock rather than per-tag locks or
-//! SERIALIZABLE). A single-stream one is one round trip through
-//! `es_append_if` (migration 6); grouped or multi-stream ones take the lock
-//! and check inside their transaction.
+//! **Conditional appends** ([`DcbStore::append_if`]): race-free across
+//! processes through advisory locks: every append holds shared locks on
+//! what its events could match (`*`, their types, their tags), a condition
+//! takes its keys exclusively (see `lock_upfront`). A single-stream one is
+//! one round trip through `es_append_if`; grouped or multi-stream ones take
+//! the locks and check inside their transaction. Every transaction takes
+//! its locks in one order (keys by hash, then stream rows by id), so
+//! appends never deadlock on each other.
 //!
-//! **Live notifications**: each append sends `pg_notify('trellis_es_' ||
-//! current_schema(), last_position)` on commit. [`EventStore::watch_head`]
+//! **Live notifications**: after an append commits, a notifier task sends
+//! `pg_notify('trellis_es_' || current_schema(), last_position)` (outside
+//! the append's transaction: see `notifier`). [`EventStore::watch_head`]
 //! starts one `LISTEN` task that feeds the watch; subscriptions keep polling
 //! as the fallback for a lost listener connection.
 
@@ -244,9 +264,10 @@ impl PgEventStore {
 /// Appends one request through `es_append` on `conn` (inside the caller's
 /// transaction, or as its own autocommit statement).
 ///
-/// With a `condition`, calls `es_append_if` instead (migration 6), which
-/// takes the writer lock and checks the condition before `es_append`: one
-/// round trip for a conditional append too.
+/// With a `condition`, calls `es_append_if` instead (migration 7), which
+/// takes the condition's keys exclusively (see `lock_upfront`) and checks
+/// the condition before `es_append`: one round trip for a conditional
+/// append too.
 async fn append_one(
     conn: &mut sqlx::PgConnection,
     r: &AppendRequest,

@@ -215,9 +215,12 @@ async fn postgres_appends_commit_synchronously_even_when_the_session_says_off() 
 /// already seen (a reader checkpointing at the highest seen position would
 /// skip it forever).
 ///
-/// Checked to fail without the writer lock: with the
-/// `pg_advisory_xact_lock` line removed from `es_append` (migration 4), this
-/// test reported positions appearing late; restored, it passes.
+/// Checked to fail without the read bound of the lock-free order (migration
+/// 7): with `AND global_position < es_visible_below()` removed from
+/// `read_all`, this test reported positions appearing below ones already
+/// read (and the conformance case `gap_free_global_order` stalled: its
+/// tailing reader had skipped events); restored, it passes. (Before
+/// migration 7 it was likewise checked against the writer lock.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
     use std::collections::BTreeSet;
@@ -317,12 +320,11 @@ async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
 /// store the group writer already serialises appends; the conformance
 /// case `dcb_racing_appends_exactly_one_wins` covers that.)
 ///
-/// Checked to fail without the writer lock: with the `pg_advisory_xact_lock`
-/// removed from `es_append_if` (migration 6, the one-round-trip path these
-/// single appends take), both appends of most rounds won; likewise, before
-/// that function existed, with it removed from `check_condition_locked`
-/// (the path of grouped and multi-stream conditional appends). Restored,
-/// it passes.
+/// Checked to fail without the condition's locks: with the exclusive keys
+/// of the condition left out of the `es_append_if` call (migration 7, the
+/// one-round-trip path these single appends take), both appends of most
+/// rounds won, here and in the conformance case (a store now has several
+/// writer tasks, so its own appends race too). Restored, it passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_dcb_condition_is_race_free_across_stores_on_separate_pools() {
     let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
