@@ -530,3 +530,69 @@ async fn postgres_reader_never_skips_an_event_committed_late_with_a_lower_positi
     drop(sub);
     drop_store_schema(store).await;
 }
+
+/// Without the schema lock, appends lock stream rows and advisory keys;
+/// taken in different orders they could deadlock (PostgreSQL would then
+/// abort one with an error). Two stores on separate pools append to the
+/// same two streams from 2 × 4 tasks, half of them naming the streams in
+/// the opposite order, some with a condition on a shared tag: every
+/// append succeeds, and the streams hold every event.
+///
+/// Checked to fail without the ordered locking: with no streams passed to
+/// `es_lock` in `lock_upfront` (so each `es_append` locks its stream when
+/// it gets to it), appends failed with "deadlock detected" (40P01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_appends_in_opposite_stream_orders_never_deadlock() {
+    use trellis_eventsourcing::dcb::{AppendCondition, DcbStore, Query, QueryItem};
+    use trellis_eventsourcing::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let stores = [store_in(&url, &schema).await, store_in(&url, &schema).await];
+    const TASKS: u64 = 4;
+    const ROUNDS: u64 = 25;
+    let mut tasks = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..ROUNDS {
+                    let e = |k: u64| {
+                        NewEvent::new("X", serde_json::json!({ "s": s, "t": t, "i": i, "k": k }))
+                            .with_tags(["pair"])
+                    };
+                    let (first, second) = if (t + i) % 2 == 0 {
+                        ("pair-a", "pair-b")
+                    } else {
+                        ("pair-b", "pair-a")
+                    };
+                    let requests = vec![
+                        AppendRequest::new(first, ExpectedVersion::Any, vec![e(0)]),
+                        AppendRequest::new(second, ExpectedVersion::Any, vec![e(1)]),
+                    ];
+                    let result = if i % 5 == 0 {
+                        // A condition that never fails (nothing is tagged
+                        // "never"), but takes its key exclusively.
+                        let never = Query::item(QueryItem::tags(["never"]));
+                        store.append_if(requests, AppendCondition::new(never)).await
+                    } else {
+                        store.append_many(requests).await
+                    };
+                    result.unwrap_or_else(|e| panic!("store {s} task {t} round {i}: {e:?}"));
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let total = 2 * TASKS * ROUNDS;
+    for stream in ["pair-a", "pair-b"] {
+        assert_eq!(
+            stores[0].stream_version(stream).await.expect("version"),
+            total
+        );
+    }
+    drop_schemas(&url, &[schema]).await;
+}
