@@ -12,12 +12,13 @@
 //!   of exactly one connection (single statements in autocommit, multi-statement
 //!   appends in `BEGIN IMMEDIATE`). Positions come from an `INTEGER PRIMARY KEY`, assigned and
 //!   committed by that writer in order.
-//! * **PostgreSQL**: every append takes one transaction-scoped advisory lock
-//!   (`pg_advisory_xact_lock`, keyed by the schema) before it assigns positions
-//!   and holds it until commit. PostgreSQL makes a transaction visible before it
-//!   releases its locks, so the next writer can only assign a higher position
-//!   after every lower one is visible. Rolled-back appends leave holes in the
-//!   numbering, never an event that appears behind a reader.
+//! * **PostgreSQL**: no writer lock. A position is the writing transaction's
+//!   id × 65536 + the event's ordinal in it, and readers read only below
+//!   the oldest transaction still running (`pg_snapshot_xmin`), where no
+//!   event can appear any more; a read first waits (bounded) for the
+//!   transactions older than the newest committed event. Positions are
+//!   sparse; rolled-back appends leave holes, never an event that appears
+//!   behind a reader. See `store::postgres`.
 
 use std::collections::HashSet;
 use std::future::Future;
