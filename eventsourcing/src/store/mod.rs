@@ -286,6 +286,24 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`Error::Database`] from a SQL backend.
     fn head_position(&self) -> impl Future<Output = Result<u64>> + Send;
 
+    /// How many events have a global position in `after..=head`: how far a
+    /// reader whose checkpoint is `after` is behind `head` (usually
+    /// [`head_position`](EventStore::head_position)), in events. 0 when
+    /// `after >= head`.
+    ///
+    /// Not `head - after`: positions need not be contiguous (PostgreSQL's
+    /// are sparse, see the module docs). The default returns `head - after`,
+    /// which is exact for stores whose positions are contiguous (memory,
+    /// SQLite); the PostgreSQL store counts the rows, up to a cap it
+    /// documents.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend.
+    fn events_behind(&self, after: u64, head: u64) -> impl Future<Output = Result<u64>> + Send {
+        async move { Ok(head.saturating_sub(after)) }
+    }
+
     /// A watch of the highest global position this process knows of. It is a
     /// hint to wake subscriptions early; they poll as well, because another
     /// process may write without telling this one.

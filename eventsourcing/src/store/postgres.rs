@@ -147,6 +147,10 @@ const MAX_TX_EVENTS: usize = 65_536;
 /// Writer tasks of a store unless [`PgEventStore::with_writers`] says otherwise.
 const DEFAULT_WRITERS: usize = 4;
 
+/// Most events [`EventStore::events_behind`] counts: the lag gauges of a
+/// projection or relay with a longer backlog read this.
+pub const EVENTS_BEHIND_CAP: u64 = 100_000;
+
 /// Default of [`PgEventStore::with_read_wait`].
 const DEFAULT_READ_WAIT: Duration = Duration::from_secs(1);
 
@@ -1036,6 +1040,28 @@ impl EventStore for PgEventStore {
         self.settle().await?;
         let head: i64 = sqlx::query_scalar(SAFE_HEAD).fetch_one(&self.pool).await?;
         Ok(to_u64(head))
+    }
+
+    /// Counts the events in `after..=head` (positions are sparse, so
+    /// `head - after` would count about 65536 per transaction), at most
+    /// [`EVENTS_BEHIND_CAP`]: a larger backlog reads as the cap, because
+    /// lag is read after every batch and counting a long backlog each time
+    /// would cost more than the batch (use the age of the last applied
+    /// event for "how far behind" beyond it).
+    async fn events_behind(&self, after: u64, head: u64) -> Result<u64> {
+        if head <= after {
+            return Ok(0);
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM es_events \
+             WHERE global_position > $1 AND global_position <= $2 LIMIT $3) behind",
+        )
+        .bind(to_i64(after))
+        .bind(to_i64(head))
+        .bind(to_i64(EVENTS_BEHIND_CAP))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(to_u64(n))
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
