@@ -624,3 +624,98 @@ async fn postgres_appends_in_opposite_stream_orders_never_deadlock() {
     }
     drop_schemas(&url, &[schema]).await;
 }
+
+/// A writing transaction elsewhere on the server (another connection, not
+/// the event store's tables) that stays open holds the final prefix back:
+/// every read returns within the store's read wait (the documented cap on
+/// how long one read waits), without the events committed after that
+/// transaction started, and never moves a reader past them; once it ends,
+/// the next read returns them all, in order.
+///
+/// Checked to fail without the bound: with `AND global_position <
+/// es_visible_below()` removed from `read_all`, the read during the open
+/// transaction returned the two later events (a reader moving its
+/// checkpoint on would skip any event an older transaction then commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_open_transaction_elsewhere_delays_reads_by_at_most_the_read_wait() {
+    use std::time::{Duration, Instant};
+    use trellis_eventsourcing::{EventFilter, EventStore, ExpectedVersion, NewEvent};
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    const READ_WAIT: Duration = Duration::from_millis(300);
+    let schema = create_schema(&url).await;
+    let store = store_in(&url, &schema).await.with_read_wait(READ_WAIT);
+    let ev = |n: u64| NewEvent::new("L", serde_json::json!({ "n": n }));
+    let first = store
+        .append("long-0", ExpectedVersion::Any, vec![ev(0)])
+        .await
+        .expect("append");
+    let after = first.positions[0];
+
+    // Elsewhere: a connection of its own that takes a transaction id (as
+    // any write does) and stays open.
+    let other = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let mut long = other.begin().await.expect("begin");
+    let _xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *long)
+        .await
+        .expect("take a transaction id");
+    let mut later = Vec::new();
+    for i in 1..=2 {
+        later.extend(
+            store
+                .append(&format!("long-{i}"), ExpectedVersion::Any, vec![ev(i)])
+                .await
+                .expect("append")
+                .positions,
+        );
+    }
+
+    for _ in 0..3 {
+        let started = Instant::now();
+        let read = store
+            .read_all(after, &EventFilter::all(), 100)
+            .await
+            .expect("read while the other transaction is open");
+        let took = started.elapsed();
+        assert!(
+            read.is_empty(),
+            "events after the open transaction's start are not final: {read:?}"
+        );
+        assert!(
+            took >= READ_WAIT,
+            "the read waited for the transaction: {took:?}"
+        );
+        assert!(
+            took < READ_WAIT + Duration::from_secs(2),
+            "but no longer than the read wait: {took:?}"
+        );
+        let head = store.head_position().await.expect("head");
+        assert!(
+            head < later[0],
+            "the head stays below: {head} < {}",
+            later[0]
+        );
+    }
+
+    long.rollback().await.expect("end the other transaction");
+    other.close().await;
+    // Patient from here on: other tests' transactions on the same server
+    // hold readers back too.
+    let patient = store.clone().with_read_wait(Duration::from_secs(20));
+    let read = patient
+        .read_all(after, &EventFilter::all(), 100)
+        .await
+        .expect("read after it ended");
+    assert_eq!(
+        read.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        later,
+        "every event held back, in order: nothing skipped"
+    );
+    drop_store_schema(store).await;
+}
