@@ -97,6 +97,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/postgres/0007_lock_free_order.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_batch_without_relock.sql"),
+    ),
 ];
 
 /// An event, snapshot and checkpoint store in PostgreSQL.
