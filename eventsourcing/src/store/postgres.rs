@@ -489,8 +489,9 @@ async fn lock_upfront(conn: &mut sqlx::PgConnection, jobs: &[Job]) -> Result<()>
 
 /// Several callers' single-stream, unconditional appends (the common case)
 /// in one statement, so one round trip and one commit for all:
-/// `es_append_batch` (migration 7) takes every lock in the one order, then
-/// runs `es_append` per request. A check failure (conflict, tombstone,
+/// `es_append_batch` (migrations 7 and 8) takes every lock in the one
+/// order, then runs `es_append_locked` (`es_append` without relocking) per
+/// request. A check failure (conflict, tombstone,
 /// repeat) writes nothing for its own request only; `Err` means the
 /// statement failed as a whole (nothing of it is committed).
 async fn append_batch(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Result<Vec<AppendResult>>>> {
