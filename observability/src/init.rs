@@ -46,6 +46,7 @@ impl Telemetry {
         TelemetryBuilder {
             service_name: service_name.into(),
             filter: None,
+            span_filter: None,
             json: true,
             writer: None,
             provider: Some(SdkTracerProvider::builder()),
@@ -60,7 +61,10 @@ impl Telemetry {
 ///
 /// What it sets up:
 /// - a tracing-subscriber [`Registry`](tracing_subscriber::Registry) with an
-///   [`EnvFilter`] (builder filter, else `RUST_LOG`, else `info`);
+///   [`EnvFilter`] (builder filter, else `RUST_LOG`, else `info`), for
+///   spans and logs alike unless a
+///   [`span_filter`](TelemetryBuilder::span_filter) gives the spans their
+///   own;
 /// - the `tracing-opentelemetry` layer over an [`SdkTracerProvider`] whose
 ///   resource carries `service.name` (plus `OTEL_RESOURCE_ATTRIBUTES`), whose
 ///   sampler honours `OTEL_TRACES_SAMPLER`, and which exports to the exporters
@@ -74,6 +78,9 @@ impl Telemetry {
 pub struct TelemetryBuilder {
     service_name: String,
     filter: Option<String>,
+    /// [`span_filter`](TelemetryBuilder::span_filter); `None`: `filter`
+    /// decides for both layers.
+    span_filter: Option<String>,
     json: bool,
     writer: Option<BoxMakeWriter>,
     // Taken by `build`; `None` afterwards.
@@ -87,6 +94,7 @@ impl fmt::Debug for TelemetryBuilder {
         f.debug_struct("TelemetryBuilder")
             .field("service_name", &self.service_name)
             .field("filter", &self.filter)
+            .field("span_filter", &self.span_filter)
             .field("json", &self.json)
             .finish_non_exhaustive()
     }
@@ -97,6 +105,41 @@ impl TelemetryBuilder {
     /// Overrides `RUST_LOG`.
     pub fn filter(&mut self, directives: impl Into<String>) -> &mut Self {
         self.filter = Some(directives.into());
+        self
+    }
+
+    /// Which spans the OpenTelemetry layer records and exports, in
+    /// `EnvFilter` syntax, apart from the logs, which keep
+    /// [`filter`](Self::filter). Without it one filter decides for both.
+    ///
+    /// Why: a trace wants every `info` span on a request's path (HTTP,
+    /// commands, event appends, saga steps) while the logs of a busy
+    /// service want warnings only; with one filter, quiet logs mean empty
+    /// traces. Events inside a span the logs see still carry its
+    /// `trace_id`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use opentelemetry_sdk::trace::InMemorySpanExporter;
+    /// use trellis_observability::Telemetry;
+    ///
+    /// let exporter = InMemorySpanExporter::default();
+    /// let (dispatch, guard) = Telemetry::builder("orders")
+    ///     .filter("warn")
+    ///     .span_filter("info")
+    ///     .writer(std::io::sink)
+    ///     .simple_span_exporter(exporter.clone())
+    ///     .build()?;
+    /// tracing::dispatcher::with_default(&dispatch, || {
+    ///     tracing::info_span!("place order").in_scope(|| tracing::info!("not logged"));
+    /// });
+    /// assert_eq!(exporter.get_finished_spans().unwrap().len(), 1);
+    /// guard.shutdown()?;
+    /// # Ok::<(), trellis_observability::Error>(())
+    /// ```
+    pub fn span_filter(&mut self, directives: impl Into<String>) -> &mut Self {
+        self.span_filter = Some(directives.into());
         self
     }
 
@@ -217,18 +260,38 @@ impl TelemetryBuilder {
             .writer
             .take()
             .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
-        let logs = if self.json {
-            JsonLogLayer::new(writer)
-                .with_service_name(self.service_name.clone())
-                .boxed()
-        } else {
-            tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+        let logs = LogLayer {
+            json: self.json,
+            service_name: self.service_name.clone(),
+            writer,
         };
-        let subscriber = tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer))
-            .with(logs);
-        Ok((Dispatch::new(subscriber), TelemetryGuard::new(provider)))
+        let dispatch = match &self.span_filter {
+            // One filter: spans and events the filter rejects cost nothing
+            // in any layer.
+            None => Dispatch::new(
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(tracing_opentelemetry::layer().with_tracer(tracer))
+                    .with(logs.boxed()),
+            ),
+            Some(directives) => {
+                let span_filter =
+                    EnvFilter::try_new(directives).map_err(|source| Error::InvalidFilter {
+                        directives: directives.clone(),
+                        source,
+                    })?;
+                Dispatch::new(
+                    tracing_subscriber::registry()
+                        .with(
+                            tracing_opentelemetry::layer()
+                                .with_tracer(tracer)
+                                .with_filter(span_filter),
+                        )
+                        .with(logs.boxed().with_filter(filter)),
+                )
+            }
+        };
+        Ok((dispatch, TelemetryGuard::new(provider)))
     }
 
     /// Builds and installs globally: the tracing subscriber, the global
@@ -254,6 +317,31 @@ impl TelemetryBuilder {
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
         Ok(guard)
+    }
+}
+
+/// The log layer's settings, boxed for whichever subscriber stack it
+/// ends up in (one filter for all layers, or a filter per layer).
+struct LogLayer {
+    json: bool,
+    service_name: String,
+    writer: BoxMakeWriter,
+}
+
+impl LogLayer {
+    fn boxed<S>(self) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        if self.json {
+            JsonLogLayer::new(self.writer)
+                .with_service_name(self.service_name)
+                .boxed()
+        } else {
+            tracing_subscriber::fmt::layer()
+                .with_writer(self.writer)
+                .boxed()
+        }
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Orchestrator<L> {
     timers: Arc<Mutex<BTreeSet<(String, i64)>>>,
     /// Bumped when `timers` gains a time, so adopters recompute their sleep.
     timer_changes: Arc<watch::Sender<u64>>,
+    /// [`with_resume_span`](Self::with_resume_span): the parent of a
+    /// resumed run's `saga` span.
+    resume_span: Option<Arc<ResumeSpan>>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::SagaMetrics>,
 }
@@ -204,6 +207,16 @@ impl std::fmt::Debug for ScheduleDebug {
     }
 }
 
+/// Wraps the function of [`Orchestrator::with_resume_span`] so the
+/// orchestrator can derive `Debug`.
+struct ResumeSpan(Box<dyn Fn(&SagaRecord) -> tracing::Span + Send + Sync>);
+
+impl std::fmt::Debug for ResumeSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeSpan")
+    }
+}
+
 /// Unix milliseconds (leases and deadlines outlive a process, so they are
 /// stored as wall-clock times).
 ///
@@ -312,6 +325,7 @@ impl<L: SagaLog> Orchestrator<L> {
             wakeups: Arc::new(watch::channel(0).0),
             timers: Arc::default(),
             timer_changes: Arc::new(watch::channel(0).0),
+            resume_span: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -411,6 +425,43 @@ impl<L: SagaLog> Orchestrator<L> {
     /// attention at once.
     pub fn with_compensation_retry(mut self, schedule: impl RetrySchedule) -> Self {
         self.compensation_retry = Arc::new(ScheduleDebug(Box::new(schedule)));
+        self
+    }
+
+    /// The span under which a run that resumes a saga outside any span
+    /// starts its `saga` span: a run of the adopter
+    /// ([`spawn_adopter`](Self::spawn_adopter)), of
+    /// [`adopt_orphans`](Self::adopt_orphans) at start-up, a woken saga.
+    ///
+    /// Why: such a run has no caller, so by default its `saga` span is a
+    /// root, and the remaining steps of a saga adopted after its owner died
+    /// start a new trace, cut off from the request that started it. Keep
+    /// that request's W3C `traceparent` in the saga's state, and return
+    /// here a span whose OpenTelemetry parent it is (e.g. with
+    /// `tracing-opentelemetry`'s `OpenTelemetrySpanExt::set_parent`): the
+    /// adopter's spans then continue the saga's trace. `f` gets the record
+    /// as loaded (`record.state` is the state's JSON). A resume inside a
+    /// span (an operator's request) stays in that span's trace, and a
+    /// fresh [`start`](Self::start) in its caller's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use trellis_saga::{MemorySagaLog, Orchestrator};
+    ///
+    /// let orchestrator = Orchestrator::new(MemorySagaLog::new(), "node-1")
+    ///     .with_resume_span(|record| {
+    ///         let traceparent = record.state["traceparent"].as_str().unwrap_or_default();
+    ///         // With tracing-opentelemetry: span.set_parent(<traceparent extracted>).
+    ///         tracing::info_span!(parent: None, "resumed saga", traceparent)
+    ///     });
+    /// # let _ = orchestrator;
+    /// ```
+    pub fn with_resume_span(
+        mut self,
+        f: impl Fn(&SagaRecord) -> tracing::Span + Send + Sync + 'static,
+    ) -> Self {
+        self.resume_span = Some(Arc::new(ResumeSpan(Box::new(f))));
         self
     }
 
@@ -1067,7 +1118,15 @@ impl<L: SagaLog> Orchestrator<L> {
         first_entries: Vec<NewEntry>,
         driving: Driving,
     ) -> Result<SagaRecord> {
-        let span = tracing::info_span!("saga", saga.id = %record.id, saga.name = %saga.name);
+        let span = match &self.resume_span {
+            // A resumed run without a caller: under the span the user
+            // builds from the record (the saga's own trace).
+            Some(resume) if !fresh && tracing::Span::current().is_none() => {
+                let parent = (resume.0)(&record);
+                tracing::info_span!(parent: &parent, "saga", saga.id = %record.id, saga.name = %saga.name)
+            }
+            _ => tracing::info_span!("saga", saga.id = %record.id, saga.name = %saga.name),
+        };
         let id = record.id.clone();
         let result = self
             .drive(saga, record, fresh, first_entries)

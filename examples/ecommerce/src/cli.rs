@@ -190,7 +190,11 @@ fn drill_names() -> Vec<&'static str> {
         .chain(Drill::CHILD)
         .chain(Drill::DISTRIBUTED)
         .map(Drill::name)
-        .chain(["canary-rollback", "canary-promote"])
+        .chain([
+            "canary-rollback",
+            "canary-promote",
+            ecommerce::slow_replica::NAME,
+        ])
         .collect()
 }
 

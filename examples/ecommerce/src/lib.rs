@@ -65,6 +65,6 @@ pub use run::local::{Config, Running, start};
 pub use services::identity::operator_token;
 pub use services::payments::DECLINED_CARD;
 pub use tools::client::{ApiClient, ApiResponse};
-pub use tools::{canary, drill, load, scenario};
+pub use tools::{canary, drill, load, scenario, slow_replica};
 #[doc(hidden)]
 pub use tools::{cluster, testing};

@@ -34,6 +34,11 @@ mod cli;
 
 use cli::{Cli, Command, DrillArgs, LoadArgs, ServeArgs, ServeLocalArgs, TokenArgs};
 
+/// Serve mode's log filter when `RUST_LOG` is not set; README's "Logs"
+/// section documents it.
+const SERVE_FILTER: &str =
+    "warn,ecommerce=info,trellis_saga=info,trellis_resilience::circuit_breaker=info";
+
 fn main() -> std::process::ExitCode {
     // `--help`, `--version` and usage errors (with their suggestions) exit
     // here (status 0 and 2), before any logging or runtime is set up.
@@ -60,18 +65,25 @@ fn main() -> std::process::ExitCode {
 
 async fn run_command(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let command = cli.command.unwrap_or(Command::Run);
-    // A drill provokes failures on purpose: their warnings would bury its
-    // table, so it logs errors only unless RUST_LOG says otherwise.
-    let default_filter = if matches!(command, Command::Drill(_)) {
-        "error"
-    } else {
-        "warn"
-    };
     // Serve mode runs under an orchestrator that collects logs: JSON lines
     // with trace_id/span_id and the service's name. The interactive modes
     // keep text for a person at a terminal. ECOMMERCE_LOG_FORMAT=json|text
     // overrides either default.
     let serving = matches!(command, Command::Serve(_) | Command::ServeLocal(_));
+    // Without RUST_LOG: serve mode logs warnings plus the stable events an
+    // operator follows (saga.transition / saga.compensation from
+    // trellis-saga, circuit_breaker.transition, this crate's own rare info
+    // lines: adoptions, validations, expired reservations, rollout
+    // decisions), which are info; nothing per request is info there, so a
+    // busy system stays quiet. The interactive run and load keep warnings
+    // only, so their narration and tables are not interleaved with events.
+    // A drill provokes failures on purpose: their warnings would bury its
+    // table, so it logs errors only.
+    let default_filter = match command {
+        Command::Drill(_) => "error",
+        _ if serving => SERVE_FILTER,
+        _ => "warn",
+    };
     let json = match std::env::var("ECOMMERCE_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
@@ -88,10 +100,28 @@ async fn run_command(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .map_or_else(|| "ecommerce".to_owned(), |s| format!("ecommerce-{s}")),
         _ => "ecommerce".to_owned(),
     };
-    let _telemetry = trellis_observability::Telemetry::builder(&service)
-        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.into()))
-        .json(json)
-        .init()?;
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let mut telemetry = trellis_observability::Telemetry::builder(&service);
+    telemetry
+        .filter(rust_log.clone().unwrap_or_else(|| default_filter.into()))
+        .json(json);
+    // With an OTLP endpoint and no RUST_LOG, traces get every info span on
+    // an order's path (HTTP, commands, event appends, saga steps, the
+    // broker) while the logs keep the quiet default: one filter for both
+    // would export only the saga's spans, cut off from their requests.
+    // OTEL_TRACES_SAMPLER decides how many traces are kept.
+    let otlp = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    if rust_log.is_none() && otlp {
+        telemetry.span_filter("info");
+    }
+    let _telemetry = telemetry.init()?;
     match command {
         Command::Run => run().await,
         Command::Load(args) => load(args).await,
@@ -164,6 +194,7 @@ fn one_process_config() -> Result<ecommerce::Config, Box<dyn std::error::Error>>
     let mut config = ecommerce::Config {
         addr,
         delivery: ecommerce::delivery::DeliverySettings::from_env()?,
+        orders: ecommerce::config::OrdersSettings::from_env()?,
         ..ecommerce::Config::default()
     };
     if let Some(ttl) = from_env("ECOMMERCE_RESERVATION_TTL")? {
@@ -280,6 +311,9 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         return ecommerce::canary::command(&argv).await;
     }
+    if name == ecommerce::slow_replica::NAME {
+        return slow_replica(args).await;
+    }
     let drill: ecommerce::drill::Drill = name.parse()?;
     let (url, ops) = (args.load.url.clone(), args.load.ops_token.clone());
     let options = ecommerce::drill::DrillOptions {
@@ -357,6 +391,25 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
         local.shutdown().await?;
     }
     finish(report?)
+}
+
+/// `ecommerce drill slow-replica`: see `ecommerce::slow_replica`.
+async fn slow_replica(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let database_url = args
+        .database_url
+        .ok_or("drill slow-replica needs --database-url URL (PostgreSQL)")?;
+    let nats_url = args
+        .nats_url
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+    let load = args.load.options();
+    let report =
+        ecommerce::slow_replica::run(&std::env::current_exe()?, &database_url, &nats_url, &load)
+            .await?;
+    println!("{report}");
+    if !report.passed() {
+        return Err("drill slow-replica failed".into());
+    }
+    Ok(())
 }
 
 /// Prints the drill's table; an error (non-zero exit) if it failed.

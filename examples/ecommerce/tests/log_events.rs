@@ -151,3 +151,112 @@ async fn sagas_compensations_breakers_and_parked_projections_log_stable_events()
     }
     running.shutdown().await.expect("shutdown");
 }
+
+/// The binary as an operator starts it, without `RUST_LOG`: serve mode's
+/// default filter lets the stable events through as JSON lines, while the
+/// per-request info of the HTTP and command layers stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_mode_logs_the_events_without_rust_log() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = support::TempDir::new("log-events-default");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecommerce"))
+        .arg("serve-local")
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("ECOMMERCE_ADDR", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .env_remove("ECOMMERCE_LOG_FORMAT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ecommerce serve-local starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Killed and reaped however the test ends.
+    let _child = ecommerce::cluster::Proc { child };
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("URL ") || line.starts_with("OPS ") {
+                    let _ = tx.send(line);
+                } else {
+                    lines.lock().expect("lock").push(line);
+                }
+            }
+        });
+    }
+    let (mut url, mut ops) = (String::new(), String::new());
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while url.is_empty() || ops.is_empty() {
+            let Some(line) = rx.recv().await else { break };
+            if let Some(u) = line.strip_prefix("URL ") {
+                url = u.to_owned();
+            } else if let Some(o) = line.strip_prefix("OPS ") {
+                ops = o.to_owned();
+            }
+        }
+    })
+    .await
+    .expect("serve-local prints its URL and token within 60 s");
+    assert!(!url.is_empty() && !ops.is_empty(), "no URL or OPS line");
+
+    let outcome = ecommerce::scenario::run(&url, &ops, |_| {})
+        .await
+        .expect("scenario runs");
+
+    let events = |kind: &str| -> Vec<serde_json::Value> {
+        lines
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["fields"]["event"] == kind)
+            .collect()
+    };
+    // The declined order's saga ends compensated: its last transition.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let compensated = events("saga.transition").into_iter().any(|l| {
+            l["fields"]["saga.id"] == outcome.declined.as_str()
+                && l["fields"]["to"] == "compensated"
+        });
+        if compensated {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no saga.transition to compensated for {} in the default JSON logs:\n{}",
+            outcome.declined,
+            lines.lock().expect("lock").join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !events("circuit_breaker.transition").is_empty(),
+        "the scenario forces inventory's breaker open: no circuit_breaker.transition"
+    );
+    // Every line is JSON, and none at info comes from a per-request layer.
+    let all = lines.lock().expect("lock").clone();
+    for line in &all {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if value["level"] == "INFO" {
+            let target = value["target"].as_str().unwrap_or_default();
+            assert!(
+                [
+                    "ecommerce",
+                    "trellis_saga",
+                    "trellis_resilience::circuit_breaker"
+                ]
+                .iter()
+                .any(|t| target.starts_with(t)),
+                "info from {target} with the default filter: {line}"
+            );
+        }
+    }
+}

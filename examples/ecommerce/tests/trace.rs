@@ -8,6 +8,14 @@
 //! analytics fed through NATS, and every span of that trace but its root
 //! (the gateway's server span) has its parent in the trace.
 //!
+//! A second test adopts a place-order saga left mid-flight by a dead
+//! orders process: its remaining steps, and the calls they make to
+//! inventory and payments, continue the trace whose `traceparent` the
+//! saga's state kept.
+//!
+//! Both run the binary as an operator would: the `OTEL_` variables set, no
+//! `RUST_LOG`.
+//!
 //! Needs `TRELLIS_TEST_POSTGRES_URL` and `TRELLIS_TEST_NATS_URL`: without
 //! them the test prints "skipped" and passes, unless `CI` is set, where it
 //! fails.
@@ -229,21 +237,16 @@ fn check(all: &[Received]) -> Result<Vec<Received>, String> {
     Ok(trace)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_order_is_one_trace_across_processes_and_through_nats() {
-    let Some((pg, nats)) = servers() else { return };
-    let (addr, sink) = receiver().await;
-    let mut system = System::new(Path::new(env!("CARGO_BIN_EXE_ecommerce")), &pg, &nats).unwrap();
-    // The spans of the crates on the order's path are info; the rest stays quiet.
+/// The distributed system exporting its spans to the receiver at `addr`.
+fn traced_system(pg: &str, nats: &str, addr: std::net::SocketAddr) -> System {
+    let mut system = System::new(Path::new(env!("CARGO_BIN_EXE_ecommerce")), pg, nats).unwrap();
+    // As an operator sets it up: the OTEL_ variables and no RUST_LOG (the
+    // binary then exports every info span while its logs stay quiet).
     system
         .env
         .retain(|(k, _)| k != "RUST_LOG" && !k.starts_with("OTEL_"));
     system.env.extend(
         [
-            (
-                "RUST_LOG",
-                "warn,ecommerce::services::orders=info,trellis_observability=info,trellis_saga=info,trellis_eventsourcing=info,trellis_cqrs=info".to_owned(),
-            ),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
             ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
@@ -252,6 +255,14 @@ async fn one_order_is_one_trace_across_processes_and_through_nats() {
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
+    system
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_is_one_trace_across_processes_and_through_nats() {
+    let Some((pg, nats)) = servers() else { return };
+    let (addr, sink) = receiver().await;
+    let mut system = traced_system(&pg, &nats, addr);
     system.start_all().await.unwrap();
     let gateway = system.url(ServiceName::Gateway);
     let api = ApiClient::new(&gateway);
@@ -330,13 +341,23 @@ async fn one_order_is_one_trace_across_processes_and_through_nats() {
         .filter(|r| r.service == service(ServiceName::Orders) && r.span.name == "saga.step")
         .collect();
     assert!(steps.len() >= 4, "a span per step action: {trace:?}");
-    // The saga runs in a span of its own, the OpenTelemetry child of the
-    // order's request in orders.
+    // The saga runs in a span of its own, an OpenTelemetry descendant of
+    // the order's request in orders (through the command pipeline's spans).
     let run = trace
         .iter()
         .find(|r| r.service == service(ServiceName::Orders) && r.span.name == "place-order saga")
         .unwrap_or_else(|| panic!("no saga run span: {trace:?}"));
-    assert_eq!(parent_of(run).span.kind, SpanKind::Server as i32, "{run:?}");
+    let mut chain = vec![parent_of(run)];
+    while chain[chain.len() - 1].span.kind != SpanKind::Server as i32 {
+        let up = parent_of(chain[chain.len() - 1]);
+        chain.push(up);
+    }
+    assert_eq!(
+        chain[chain.len() - 1].service,
+        service(ServiceName::Orders),
+        "{run:?} under {chain:?}"
+    );
+    println!("saga run under {chain:?}");
     // Every publish span of the order's events hangs under a saga step.
     for publish in trace.iter().filter(|r| r.span.name.starts_with("publish ")) {
         assert_eq!(
@@ -348,5 +369,150 @@ async fn one_order_is_one_trace_across_processes_and_through_nats() {
     let processes: BTreeSet<&str> = trace.iter().map(|r| r.service.as_str()).collect();
     assert!(processes.len() >= 5, "{processes:?}");
     println!("one trace across {processes:?}: {} spans", trace.len());
+    system.cleanup().await;
+}
+
+/// A place-order saga whose orders process died mid-saga is adopted by the
+/// next orders process, and its remaining steps — in orders and, over
+/// HTTP, in inventory and payments — continue the trace of the request
+/// that placed the order (the `traceparent` its state kept).
+///
+/// The dead owner is simulated where it leaves its traces: before orders
+/// starts, its saga log (PostgreSQL) holds a running place-order saga at
+/// its first step, its lease long expired. Orders adopts it at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_saga_continues_its_orders_trace_across_processes() {
+    use trellis_saga::{Lease, SagaLog as _, SagaRecord, SagaStatus};
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const REQUEST_SPAN: &str = "00f067aa0ba902b7";
+
+    let Some((pg, nats)) = servers() else { return };
+    let (addr, sink) = receiver().await;
+    let mut system = traced_system(&pg, &nats, addr);
+    let others: Vec<ServiceName> = ServiceName::ALL
+        .into_iter()
+        .filter(|s| *s != ServiceName::Orders && *s != ServiceName::Gateway)
+        .collect();
+    for service in &others {
+        system.spawn(*service).unwrap();
+    }
+    for service in &others {
+        system.wait_ready(*service).await.unwrap();
+    }
+
+    // The orphan, in orders' schema.
+    let schema = format!("{}{}", system.prefix, ServiceName::Orders);
+    let pool = sqlx::PgPool::connect(&pg).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let log = trellis_saga::PgSagaLog::with_pool(pool.clone(), &schema)
+        .await
+        .unwrap();
+    let order_id = uuid::Uuid::new_v4().to_string();
+    let orphan = SagaRecord {
+        id: order_id.clone(),
+        name: "place-order".into(),
+        status: SagaStatus::Running,
+        cursor: 0,
+        state: json!({
+            "order_id": order_id,
+            "customer": "c-adopted",
+            "lines": [ { "sku": "TEA-001", "quantity": 2 } ],
+            "total_cents": 2500,
+            "card": "tok_ok_4242_adopted",
+            "reservation": null,
+            "payment": null,
+            "pending_validation": false,
+            "trace_id": TRACE,
+            "traceparent": format!("00-{TRACE}-{REQUEST_SPAN}-01"),
+        }),
+        error: None,
+        failed_step: None,
+        deadline_ms: None,
+        version: 1,
+        wake_at_ms: None,
+        awaiting: None,
+    };
+    log.create(
+        &orphan,
+        Lease {
+            owner: "orders@gone/1",
+            now_ms: 0,
+            until_ms: 1,
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+
+    system.spawn(ServiceName::Orders).unwrap();
+    system.wait_ready(ServiceName::Orders).await.unwrap();
+
+    let trace_id: Vec<u8> = (0..TRACE.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&TRACE[i..i + 2], 16).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let trace = loop {
+        let trace: Vec<Received> = sink
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.span.trace_id == trace_id)
+            .cloned()
+            .collect();
+        let has = |service: ServiceName, kind: SpanKind| {
+            trace
+                .iter()
+                .any(|r| r.service == self::service(service) && r.span.kind == kind as i32)
+        };
+        let steps = trace
+            .iter()
+            .filter(|r| r.span.name == "saga.step")
+            .filter_map(|r| string_attr(&r.span.attributes, "step.name"))
+            .collect::<BTreeSet<_>>();
+        if steps.contains("confirm-order")
+            && has(ServiceName::Inventory, SpanKind::Server)
+            && has(ServiceName::Payments, SpanKind::Server)
+        {
+            break trace;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 30 s, the kept trace has steps {steps:?} and {trace:?}\norders log:\n{}",
+            system.log(ServiceName::Orders)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        log.load(&order_id).await.unwrap().unwrap().status,
+        SagaStatus::Completed
+    );
+    // The adopted run's span is the child of the request's span.
+    let run = trace
+        .iter()
+        .find(|r| r.span.name == "place-order saga")
+        .unwrap_or_else(|| panic!("no resumed run span: {trace:?}"));
+    assert_eq!(hex(&run.span.parent_span_id), REQUEST_SPAN, "{run:?}");
+    // Inventory and payments were called from the adopted steps: their
+    // server spans are children of orders' client spans in this trace.
+    for callee in [ServiceName::Inventory, ServiceName::Payments] {
+        for server in trace
+            .iter()
+            .filter(|r| r.service == service(callee) && r.span.kind == SpanKind::Server as i32)
+        {
+            let parent = trace
+                .iter()
+                .find(|r| r.span.span_id == server.span.parent_span_id)
+                .unwrap_or_else(|| panic!("{server:?} has no parent in the trace"));
+            assert_eq!(parent.service, service(ServiceName::Orders), "{server:?}");
+            assert_eq!(parent.span.kind, SpanKind::Client as i32, "{server:?}");
+        }
+    }
+    pool.close().await;
     system.cleanup().await;
 }

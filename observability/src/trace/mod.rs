@@ -136,6 +136,60 @@ pub fn continue_current_trace(span: tracing::Span) -> tracing::Span {
     span
 }
 
+/// Makes `span` continue the trace of a W3C `traceparent` (and
+/// `tracestate`) kept from earlier: its OpenTelemetry parent becomes that
+/// remote context, and returns it.
+///
+/// For work resumed later or elsewhere from a stored context: a saga
+/// adopted by another process after its owner died (its state kept the
+/// `traceparent` of the request that started it), a queued job. Create
+/// the span with `parent: None`. A `traceparent` that does not parse, a
+/// disabled `span` or a subscriber without an OpenTelemetry layer leave
+/// `span` as it is (a root).
+///
+/// # Examples
+///
+/// ```
+/// use trellis_observability::Telemetry;
+/// use trellis_observability::trace::{continue_remote_trace, current_traceparent};
+///
+/// let (dispatch, guard) = Telemetry::builder("orders").filter("info").build()?;
+/// tracing::dispatcher::with_default(&dispatch, || {
+///     let kept = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+///     let span = continue_remote_trace(tracing::info_span!(parent: None, "resumed"), kept, None);
+///     span.in_scope(|| {
+///         let (traceparent, _) = current_traceparent().expect("a live span");
+///         assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+///     });
+/// });
+/// guard.shutdown()?;
+/// # Ok::<(), trellis_observability::Error>(())
+/// ```
+pub fn continue_remote_trace(
+    span: tracing::Span,
+    traceparent: &str,
+    tracestate: Option<&str>,
+) -> tracing::Span {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    if span.is_disabled() {
+        return span;
+    }
+    let mut fields = std::collections::HashMap::new();
+    fields.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(state) = tracestate {
+        fields.insert("tracestate".to_owned(), state.to_owned());
+    }
+    let context = TraceContextPropagator::new().extract(&fields);
+    if context.span().span_context().is_valid() {
+        // Fails only without an OpenTelemetry layer or once `span` started.
+        let _ = span.set_parent(context);
+    }
+    span
+}
+
 /// Reads propagation fields from request headers.
 pub(crate) struct HeaderExtractor<'a>(pub(crate) &'a HeaderMap);
 

@@ -16,7 +16,10 @@
 //! [peers]                            # where the other services answer
 //! identity = "http://127.0.0.1:8081"
 //! inventory = "http://127.0.0.1:8083"
-//! payments = "http://127.0.0.1:8084"
+//! payments = "http://127.0.0.1:8084,http://127.0.0.1:9084"   # replicas, comma-separated
+//!
+//! [orders]                           # see OrdersSettings: the adaptive limit on POST /orders
+//! adaptive_max_limit = 256
 //! ```
 
 use std::fmt;
@@ -33,6 +36,9 @@ pub mod duration;
 #[cfg(test)]
 mod layering_tests;
 mod layers;
+mod orders;
+
+pub use orders::{AdaptiveAlgorithm, OrdersSettings};
 
 /// One bounded context; each runs as its own process in distributed mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -177,6 +183,18 @@ impl Peers {
         }
     }
 
+    /// The base URLs of `service`'s replicas: its setting split at commas
+    /// (`"http://a:8084,http://b:8084"`), each without a trailing slash.
+    /// Orders balances over inventory's and payments' replicas; the
+    /// gateway over every service's.
+    pub fn urls(&self, service: ServiceName) -> Vec<String> {
+        self.url(service)
+            .split(',')
+            .map(|url| url.trim().trim_end_matches('/').to_owned())
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     fn slot(&mut self, service: ServiceName) -> Option<&mut Option<String>> {
         Some(match service {
             ServiceName::Identity => &mut self.identity,
@@ -275,6 +293,9 @@ pub struct Settings {
     /// Feature flags, version label and canary (`[delivery]`, see
     /// [`crate::platform::delivery`]).
     pub delivery: crate::platform::delivery::DeliverySettings,
+    /// The orders service's adaptive concurrency limit (`[orders]`, see
+    /// [`OrdersSettings`]).
+    pub orders: OrdersSettings,
 }
 
 /// The default [`Settings::saga_lease_ttl`]: 10 seconds.
@@ -307,6 +328,7 @@ impl fmt::Debug for Settings {
             .field("saga_deadline", &self.saga_deadline)
             .field("saga_lease_ttl", &self.saga_lease_ttl)
             .field("delivery", &self.delivery)
+            .field("orders", &self.orders)
             .finish()
     }
 }
@@ -370,6 +392,7 @@ impl Default for Settings {
             saga_deadline: DEFAULT_SAGA_DEADLINE,
             saga_lease_ttl: DEFAULT_SAGA_LEASE_TTL,
             delivery: crate::platform::delivery::DeliverySettings::default(),
+            orders: OrdersSettings::default(),
         }
     }
 }
@@ -403,6 +426,10 @@ pub const ENV_VARS: &[&str] = &[
     "ECOMMERCE_RESERVATION_TTL",
     "ECOMMERCE_SAGA_DEADLINE",
     "ECOMMERCE_SAGA_LEASE_TTL",
+    // [orders]: the adaptive limit on POST /orders (OrdersSettings).
+    "ECOMMERCE_ORDERS_ADAPTIVE",
+    "ECOMMERCE_ORDERS_ADAPTIVE_ALGORITHM",
+    "ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT",
     // crate::platform::delivery::ENV_VARS:
     "ECOMMERCE_FLAGS_FILE",
     "ECOMMERCE_VERSION",
@@ -511,6 +538,7 @@ impl Settings {
             message: message.into(),
         };
         self.delivery.validate()?;
+        self.orders.adaptive_config()?;
         if let Some(url) = &self.database_url
             && !url.starts_with("postgres://")
             && !url.starts_with("postgresql://")
@@ -733,6 +761,9 @@ mod tests {
                 "ECOMMERCE_CANARY_INTERVAL" => "30s",
                 "ECOMMERCE_CANARY_MIN_SUCCESS_RATE" => "0.95",
                 "ECOMMERCE_CANARY_MAX_P99" => "1s",
+                "ECOMMERCE_ORDERS_ADAPTIVE" => "false",
+                "ECOMMERCE_ORDERS_ADAPTIVE_ALGORITHM" => "aimd",
+                "ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT" => "100",
                 k if k.starts_with("ECOMMERCE_TLS_") => continue,
                 k if k.ends_with("_URL") => "http://peer:1",
                 _ => "/some/value",
@@ -769,6 +800,64 @@ mod tests {
             redact_url("nats://n:4222"),
             "nats://n:4222",
             "nothing to hide"
+        );
+    }
+
+    #[test]
+    fn orders_adaptive_settings_come_from_the_file_and_the_environment() {
+        use trellis_resilience::adaptive::Algorithm;
+        let defaults = Settings::load_from(None, env(&[])).unwrap();
+        let config = defaults.orders.adaptive_config().unwrap().unwrap();
+        assert_eq!((config.initial_limit, config.min_limit), (64, 8));
+        assert!(
+            matches!(config.algorithm, Algorithm::Gradient(g) if g.probe_limit == 16 && g.tolerance == 2.0)
+        );
+
+        let dir =
+            std::env::temp_dir().join(format!("ecommerce-config-orders-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("orders.toml");
+        std::fs::write(
+            &file,
+            "[orders]\nadaptive_algorithm = \"aimd\"\nadaptive_max_limit = 300\n\
+             adaptive_latency_threshold = \"750ms\"\nadaptive_tolerance = 3.5\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(
+            Some(&file),
+            env(&[("ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT", "100")]),
+        )
+        .unwrap();
+        assert_eq!(settings.orders.adaptive_tolerance_pct, 350);
+        let config = settings.orders.adaptive_config().unwrap().unwrap();
+        assert_eq!(config.max_limit, 100, "the environment wins");
+        assert!(
+            matches!(config.algorithm, Algorithm::Aimd(a) if a.latency_threshold == Duration::from_millis(750))
+        );
+        let off =
+            Settings::load_from(None, env(&[("ECOMMERCE_ORDERS_ADAPTIVE", "false")])).unwrap();
+        assert_eq!(off.orders.adaptive_config().unwrap(), None);
+        // A limit below the minimum is refused at load, naming the section.
+        std::fs::write(&file, "[orders]\nadaptive_max_limit = 4\n").unwrap();
+        let err = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(err.to_string().starts_with("orders"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn peer_urls_split_into_replicas() {
+        let settings = Settings::load_from(
+            None,
+            env(&[("ECOMMERCE_PAYMENTS_URL", "http://a:1/, http://b:2")]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.peers.urls(ServiceName::Payments),
+            ["http://a:1", "http://b:2"]
+        );
+        assert_eq!(
+            settings.peers.urls(ServiceName::Inventory),
+            ["http://127.0.0.1:8083"]
         );
     }
 

@@ -223,6 +223,18 @@ pub(crate) struct Failed {
     body: String,
 }
 
+/// A 429, or a 503 with `Retry-After`: the callee is overloaded and says
+/// so (its adaptive limit shed the call, or its rate limit refused it).
+/// Retried (another replica may take it); a balancer ejects the replica
+/// that answered it at once.
+#[derive(Debug, thiserror::Error)]
+#[error("{service} is busy: {status}, retry after {retry_after:?}")]
+pub(crate) struct Busy {
+    service: &'static str,
+    status: StatusCode,
+    retry_after: Option<String>,
+}
+
 /// The retry policy of orders' clients: the default, except that a
 /// [`Rejected`] call (4xx) is returned at once: the same request would be
 /// refused again.
@@ -253,6 +265,20 @@ pub(crate) fn unexpected(service: &'static str, response: &Response<Bytes>) -> B
         .chars()
         .take(200)
         .collect();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        || (response.status() == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
+    {
+        return Box::new(Busy {
+            service,
+            status: response.status(),
+            retry_after,
+        });
+    }
     if response.status().is_server_error() {
         Box::new(Failed {
             service,

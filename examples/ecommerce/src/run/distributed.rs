@@ -211,7 +211,18 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             );
             let (validator, refresh) = jwks_validator(settings)?;
             background.push(refresh);
-            payments::start(pool, validator).await?.router
+            // Its own fault switch (drill `slow-replica`): this instance,
+            // as the orchestrator names it (the pod's host name).
+            let fault = payments::ReplicaFault {
+                flags: crate::platform::flags::Flags::open(&settings.delivery).await?,
+                instance: std::env::var("HOSTNAME")
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| settings.listen_addr().to_string()),
+            };
+            payments::start_with_fault(pool, validator, Some(fault))
+                .await?
+                .router
         }
         ServiceName::Orders => {
             let parts = start_orders(settings, &schema, &mut health, &mut metrics).await?;
@@ -477,16 +488,23 @@ async fn start_orders(
         tracing::info!(%error, "waiting for identity");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let inventory = crate::services::inventory::client::inventory_client(
-        transport::measured_transport_to(tls, ServiceName::Inventory, &metrics.http)?,
-        settings.peers.url(ServiceName::Inventory),
-        token.clone(),
-    );
-    let payments = crate::services::payments::client::payment_client(
-        transport::measured_transport_to(tls, ServiceName::Payments, &metrics.http)?,
-        settings.peers.url(ServiceName::Payments),
-        token.clone(),
-    );
+    // Every replica of inventory and of payments (comma-separated peer
+    // URLs), balanced with outlier ejection (services/orders/balance.rs).
+    let upstream = orders::balance::UpstreamMetrics::new(metrics.registry());
+    let transport = transport::measured_transport_to(tls, ServiceName::Inventory, &metrics.http)?;
+    let inventory =
+        orders::balance::over(&settings.peers, ServiceName::Inventory, &upstream, |url| {
+            crate::services::inventory::client::inventory_client(
+                transport.clone(),
+                url,
+                token.clone(),
+            )
+        })?;
+    let transport = transport::measured_transport_to(tls, ServiceName::Payments, &metrics.http)?;
+    let payments =
+        orders::balance::over(&settings.peers, ServiceName::Payments, &upstream, |url| {
+            crate::services::payments::client::payment_client(transport.clone(), url, token.clone())
+        })?;
     let catalog_client = || -> Result<Prices, Error> {
         Ok(Prices::Remote(
             crate::services::catalog::client::CatalogClient::new(
@@ -549,6 +567,7 @@ async fn start_orders(
             prices,
             validator: validator.clone(),
             flags: flags.clone(),
+            adaptive: settings.orders.adaptive_config()?,
         },
         metrics,
     )

@@ -68,6 +68,9 @@ pub struct Config {
     /// [`DeliverySettings`](crate::platform::delivery::DeliverySettings);
     /// the canary settings are the gateway's, unused here).
     pub delivery: crate::platform::delivery::DeliverySettings,
+    /// The adaptive limit on `POST /orders` (see
+    /// [`OrdersSettings`](crate::platform::config::OrdersSettings)).
+    pub orders: crate::platform::config::OrdersSettings,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             saga_lease_ttl: crate::platform::config::DEFAULT_SAGA_LEASE_TTL,
             server: crate::platform::server::ServerLimits::default(),
             delivery: crate::platform::delivery::DeliverySettings::default(),
+            orders: crate::platform::config::OrdersSettings::default(),
         }
     }
 }
@@ -289,6 +293,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             prices: Prices::Local(catalog.service.clone()),
             validator: validator.clone(),
             flags: flags.clone(),
+            adaptive: config.orders.adaptive_config()?,
         },
         &mut metrics,
     )

@@ -52,6 +52,41 @@ impl ApiClient {
         self.raw(method, path, token, bytes).await
     }
 
+    /// Like [`ApiClient::json`], but a `429 Too Many Requests` is waited out
+    /// (its `Retry-After` seconds, 1 s when absent) and the request sent
+    /// again, for at most `patience` in all: a tool that signs up many
+    /// customers from one address meets identity's per-address limit, which
+    /// is doing its job. The last answer is returned whatever its status.
+    pub async fn json_waiting_out_rate_limits(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+        patience: std::time::Duration,
+    ) -> Result<ApiResponse, Error> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let response = self.json(method.clone(), path, token, body.clone()).await?;
+            if response.status != StatusCode::TOO_MANY_REQUESTS {
+                return Ok(response);
+            }
+            let wait = response
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs,
+                );
+            if tokio::time::Instant::now() + wait > deadline {
+                return Ok(response);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Sends raw bytes as `application/json` (for malformed or huge bodies).
     pub async fn raw(
         &self,

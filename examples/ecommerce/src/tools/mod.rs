@@ -9,4 +9,5 @@ pub mod cluster;
 pub mod drill;
 pub mod load;
 pub mod scenario;
+pub mod slow_replica;
 pub mod testing;

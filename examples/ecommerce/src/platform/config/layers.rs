@@ -24,11 +24,16 @@ const ENV_LAYER: &str = "environment";
 /// The variables whose value is parsed the way figment reads an
 /// environment value (TOML-like: `true`, `1000`), for keys that are no
 /// strings. Every other variable is taken as text.
-const PARSED: &[&str] = &["ECOMMERCE_SEED_STOCK", "ECOMMERCE_SYNCHRONOUS_COMMIT"];
+const PARSED: &[&str] = &[
+    "ECOMMERCE_SEED_STOCK",
+    "ECOMMERCE_SYNCHRONOUS_COMMIT",
+    "ECOMMERCE_ORDERS_ADAPTIVE",
+    "ECOMMERCE_ORDERS_ADAPTIVE_MAX_LIMIT",
+];
 
 /// The settings key (path) a variable of [`ENV_VARS`] sets:
 /// `ECOMMERCE_<KEY>` is `<key>`, but `ECOMMERCE_<SERVICE>_URL` is
-/// `peers.<service>`, `ECOMMERCE_<SERVICE>_CLIENT_SECRET` is
+/// `peers.<service>`, `ECOMMERCE_ORDERS_<KEY>` is `orders.<key>`, `ECOMMERCE_<SERVICE>_CLIENT_SECRET` is
 /// `client_secrets.<service>` and `ECOMMERCE_TLS_<PART>` is `tls.<part>`.
 pub(super) fn key_of(var: &str) -> Option<Vec<String>> {
     if !ENV_VARS.contains(&var) {
@@ -49,6 +54,9 @@ pub(super) fn key_of(var: &str) -> Option<Vec<String>> {
         && service(peer)
     {
         return Some(vec!["peers".into(), peer.into()]);
+    }
+    if let Some(key) = rest.strip_prefix("orders_") {
+        return Some(vec!["orders".into(), key.into()]);
     }
     Some(vec![rest])
 }

@@ -210,6 +210,8 @@ impl Service<Command<PlaceOrderCommand>> for PlaceService {
                 payment: None,
                 pending_validation: false,
                 trace_id: trellis_observability::metrics::current_trace_id(),
+                traceparent: trellis_observability::trace::current_traceparent()
+                    .map(|(traceparent, _)| traceparent),
             };
             let wait = super::http::place_wait(&app);
             // Subscribed before the start, so no event of this saga is missed.
@@ -356,7 +358,8 @@ pub(crate) fn api_error(error: Error) -> ApiError {
         }
         other => other.to_string(),
     };
-    tracing::info!(%error, status = status.as_u16(), "order command refused");
+    // Per request, and the client has the answer: debug, not info.
+    tracing::debug!(%error, status = status.as_u16(), "order command refused");
     ApiError::new(status, code, message)
 }
 

@@ -213,6 +213,8 @@ pub(super) async fn decided(
     responses(
         (status = 201, description = "Placed: CONFIRMED, REJECTED (compensated) or PENDING_VALIDATION; with an `Idempotency-Key` used before, the first order as it stands now", body = crate::api::PlacedOrder),
         (status = 202, description = "The saga is still running after its deadline's wait (status PLACED): poll `GET /orders/{id}`", body = crate::api::PlacedOrder),
+        (status = 503, description = "`overloaded`: shed by the adaptive concurrency limit before anything was done (no order, no idempotency key kept); retry after `Retry-After` seconds", body = crate::api::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: about the recent latency of an order"))),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
@@ -414,12 +416,27 @@ pub(crate) async fn list(
 
 /// The orders routes (relative to `/api/v1`), each behind its scope.
 pub(crate) fn routes() -> crate::services::ApiRouter<OrdersState> {
+    routes_limited(None)
+}
+
+/// [`routes`], `POST /orders` behind `limit` when given: inside its scope
+/// check, so only authorized requests count toward (and are measured by)
+/// the limit.
+fn routes_limited(
+    limit: Option<trellis_resilience::adaptive::AdaptiveLimitLayer>,
+) -> crate::services::ApiRouter<OrdersState> {
     use trellis_auth::RequireScopesLayer;
     use utoipa_axum::router::UtoipaMethodRouterExt;
     use utoipa_axum::routes;
     let scope = |s: &'static str| RequireScopesLayer::all([s]);
     crate::services::ApiRouter::default()
-        .routes(routes!(place).map(|m| m.route_layer(scope("orders:write"))))
+        .routes(routes!(place).map(|m| {
+            let m = match limit {
+                Some(limit) => m.route_layer(super::adaptive::shedding(limit)),
+                None => m,
+            };
+            m.route_layer(scope("orders:write"))
+        }))
         .routes(routes!(list).map(|m| m.route_layer(scope("orders:read"))))
         .routes(routes!(get_one).map(|m| m.route_layer(scope("orders:read"))))
         .routes(
@@ -431,12 +448,13 @@ pub(crate) fn routes() -> crate::services::ApiRouter<OrdersState> {
         )
 }
 
-/// [`routes`] behind `validator`.
+/// [`routes`] behind `validator`, `POST /orders` behind `limit`.
 pub(crate) fn router(
     app: OrdersState,
     validator: trellis_auth::Validator,
+    limit: Option<trellis_resilience::adaptive::AdaptiveLimitLayer>,
 ) -> crate::services::ApiRouter {
-    routes()
+    routes_limited(limit)
         .layer(trellis_auth::JwtAuthLayer::new(validator))
         .with_state(app)
 }

@@ -3,8 +3,10 @@
 //! the HTTP handlers ([`http`], [`admin`]), the resilience wiring of its
 //! clients ([`policy`]) and the background validator ([`validator`]).
 
+pub(crate) mod adaptive;
 pub(crate) mod admin;
 pub(crate) mod aggregate;
+pub(crate) mod balance;
 pub(crate) mod client;
 pub(crate) mod command;
 pub(crate) mod flagged;
@@ -95,6 +97,9 @@ pub(crate) struct Deps {
     /// The process's feature flags: the fault drills on the clients and
     /// the checkout's flag-gated steps.
     pub(crate) flags: crate::platform::flags::Flags,
+    /// The adaptive limit on `POST /orders` (`None`: no limit), see
+    /// [`adaptive`].
+    pub(crate) adaptive: Option<trellis_resilience::adaptive::AdaptiveConfig>,
 }
 
 /// Starts the orders service, the same way in both run modes: see
@@ -110,6 +115,10 @@ pub(crate) async fn start(
     deps: Deps,
     metrics: &mut crate::platform::metrics::ProcessMetrics,
 ) -> Result<crate::services::Started<OrdersState>, crate::api::Error> {
+    let limit = deps
+        .adaptive
+        .map(|config| adaptive::limit(config, metrics.registry()))
+        .transpose()?;
     let app = open(
         deps.store,
         deps.saga_log,
@@ -123,7 +132,7 @@ pub(crate) async fn start(
     )
     .await?;
     Ok(crate::services::Started {
-        router: http::router(app.clone(), deps.validator),
+        router: http::router(app.clone(), deps.validator, limit),
         service: app,
         background: Vec::new(),
     })
@@ -239,6 +248,8 @@ async fn open(
         .with_lease_ttl(options.lease_ttl)
         .with_adopt_interval((options.lease_ttl / 4).max(Duration::from_millis(50)))
         .with_compensation_retry(POST_PIVOT_RETRY)
+        // An adopted saga's remaining steps continue its order's trace.
+        .with_resume_span(self::saga::resumed_span)
         .with_metrics(trellis_saga::metrics::SagaMetrics::new(metrics.registry()));
     // The steps' clients are bound once: every run, recovered and adopted
     // ones included, calls this process's clients.

@@ -31,6 +31,30 @@ pub(crate) struct PlaceOrder {
     /// the saga log and the console lead to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) trace_id: Option<String>,
+    /// That request's W3C `traceparent`, so a run that resumes the saga
+    /// elsewhere (adopted after its owner died) continues its trace:
+    /// [`resumed_span`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) traceparent: Option<String>,
+}
+
+/// The span an adopted or recovered run of a saga starts under
+/// (`Orchestrator::with_resume_span`): a place-order saga's continues the
+/// trace of the request that placed the order, whose `traceparent` its
+/// state kept; any other saga (a validation) starts a trace of its own.
+pub(crate) fn resumed_span(record: &trellis_saga::SagaRecord) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "place-order saga",
+        saga.id = %record.id,
+        saga.resumed = true
+    );
+    match record.state.get("traceparent").and_then(|v| v.as_str()) {
+        Some(traceparent) => {
+            trellis_observability::trace::continue_remote_trace(span, traceparent, None)
+        }
+        None => span,
+    }
 }
 
 /// The id (and idempotency key) of an order's reservation: the original

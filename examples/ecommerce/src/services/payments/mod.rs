@@ -21,9 +21,43 @@ fn declined(card: &str) -> bool {
     card == DECLINED_CARD || card.starts_with("tok_decline_")
 }
 
+/// Int, milliseconds: a delay this payments process adds before it
+/// answers a charge (drill `slow-replica`). Evaluated with the process's
+/// instance name as the targeting key (`HOSTNAME`, else its listen
+/// address), so a flag file shared by every replica can slow one:
+///
+/// ```json
+/// { "flags": { "payments-replica-latency-ms": {
+///     "variants": { "off": 0, "slow": 400 }, "defaultVariant": "off",
+///     "targeting": [{ "if": [{ "attribute": "targetingKey", "op": "equals", "value": "payments-2" }], "variant": "slow" }]
+/// } } }
+/// ```
+pub(crate) const REPLICA_LATENCY_MS: &str = "payments-replica-latency-ms";
+
+/// The per-replica fault switch of one payments process (distributed
+/// mode): its flags and the instance name they are evaluated for.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaFault {
+    pub(crate) flags: crate::platform::flags::Flags,
+    pub(crate) instance: String,
+}
+
+impl ReplicaFault {
+    /// Waits [`REPLICA_LATENCY_MS`] for this instance, if set (at most a
+    /// minute).
+    async fn delay(&self) {
+        let ms = self.flags.int(REPLICA_LATENCY_MS, &self.instance, 0).await;
+        if let Ok(ms @ 1..) = u64::try_from(ms) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Payments {
     pool: AnyPool,
+    /// Distributed mode: this replica's own fault switch.
+    fault: Option<ReplicaFault>,
 }
 
 impl Payments {
@@ -37,7 +71,7 @@ impl Payments {
         sqlx::query("CREATE TABLE IF NOT EXISTS refunds (idempotency_key TEXT PRIMARY KEY, payment_id TEXT NOT NULL UNIQUE)")
             .execute(&pool)
             .await?;
-        Ok(Payments { pool })
+        Ok(Payments { pool, fault: None })
     }
 
     /// Charges recorded as `CHARGED` (and not refunded) for `order_id`.
@@ -252,6 +286,9 @@ pub(crate) async fn charge(
     ApiJson(body): ApiJson<ChargeBody>,
 ) -> Result<axum::response::Response, ApiError> {
     let key = crate::api::idempotency_key(&headers)?;
+    if let Some(fault) = &payments.fault {
+        fault.delay().await;
+    }
     if body.amount_cents <= 0 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -361,7 +398,21 @@ pub(crate) async fn start(
     pool: AnyPool,
     validator: trellis_auth::Validator,
 ) -> Result<crate::services::Started<Payments>, Error> {
-    let payments = Payments::open(pool).await?;
+    start_with_fault(pool, validator, None).await
+}
+
+/// [`start`] with this replica's fault switch (distributed mode).
+///
+/// # Errors
+///
+/// The tables cannot be created.
+pub(crate) async fn start_with_fault(
+    pool: AnyPool,
+    validator: trellis_auth::Validator,
+    fault: Option<ReplicaFault>,
+) -> Result<crate::services::Started<Payments>, Error> {
+    let mut payments = Payments::open(pool).await?;
+    payments.fault = fault;
     Ok(crate::services::Started {
         router: router(payments.clone(), validator),
         service: payments,

@@ -33,6 +33,11 @@ use crate::tools::drill::Cluster;
 
 pub use report::{CanaryReport, Row};
 
+/// How long signing up the drill's customers waits out identity's
+/// per-address limit (a burst of 100, then 10/s): a sign-up loop that needs
+/// more than the burst would otherwise fail on a 429.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Which canary drill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanaryDrill {
@@ -267,11 +272,12 @@ async fn drive(
             "password": "a long password",
         });
         let r = api
-            .json(
+            .json_waiting_out_rate_limits(
                 Method::POST,
                 "/api/v1/identity/register",
                 None,
                 Some(credentials.clone()),
+                RATE_LIMIT_PATIENCE,
             )
             .await?;
         if r.status != StatusCode::CREATED {
@@ -281,11 +287,12 @@ async fn drive(
             )));
         }
         let r = api
-            .json(
+            .json_waiting_out_rate_limits(
                 Method::POST,
                 "/api/v1/identity/login",
                 None,
                 Some(credentials),
+                RATE_LIMIT_PATIENCE,
             )
             .await?;
         let token = r.body["access_token"]
