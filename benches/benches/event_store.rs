@@ -2,13 +2,20 @@
 //!
 //! * `append_one`: one event per append on one stream (expected version
 //!   `Exact(v)`), vs one raw `INSERT` per transaction.
-//! * `append_batch10_8tasks`: 8 tasks append batches of 10 events over 100
-//!   streams, vs 8 tasks inserting 10 rows per transaction.
+//! * `append_batch10_8tasks` (SQLite): 8 tasks append batches of 10 events
+//!   over 100 streams, vs 8 tasks inserting 10 rows per transaction.
+//! * `append_batch10` (PostgreSQL), `trellis/N` beside `raw_sqlx/N` for N =
+//!   1, 4 and 16 concurrent writers (tasks sharing one store, as request
+//!   handlers of one service do): the same batches of 10 over 100 streams.
 //! * `load_10k`: loading an aggregate of 10,000 events with and without a
 //!   snapshot.
 //!
-//! SQLite always runs; PostgreSQL runs when `TRELLIS_BENCH_POSTGRES_URL` is set
-//! (each run in a fresh schema, dropped afterwards).
+//! SQLite always runs; PostgreSQL runs when `TRELLIS_BENCH_POSTGRES_URL` (or
+//! else `TRELLIS_TEST_POSTGRES_URL`) is set (each run in a fresh schema,
+//! dropped afterwards). With 2 shared cores, run short:
+//! `cargo bench -p trellis-benches --bench event_store -- postgres/append_batch10 --warm-up-time 1 --measurement-time 3`.
+//! `TRELLIS_BENCH_PG_WRITERS=n` sets the store's writer tasks
+//! (`PgEventStore::with_writers`) to compare settings.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -165,16 +172,21 @@ async fn raw_one<R: Raw>(raw: &R, stream: &str, version: &mut u64, iters: u64) -
     start.elapsed()
 }
 
-/// `iters` rounds; each round 8 tasks append one batch of 10 to their own streams.
-async fn store_batches<S: EventStore + Clone>(store: &S, round: &mut u64, iters: u64) -> Duration {
+/// `iters` rounds; each round `tasks` tasks append one batch of 10 to their own streams.
+async fn store_batches<S: EventStore + Clone>(
+    store: &S,
+    tasks: usize,
+    round: &mut u64,
+    iters: u64,
+) -> Duration {
     let start = Instant::now();
     let base = *round;
-    let tasks: Vec<_> = (0..TASKS)
+    let tasks: Vec<_> = (0..tasks)
         .map(|t| {
             let store = store.clone();
             tokio::spawn(async move {
                 for i in 0..iters {
-                    let stream = format!("order-{}", (t + TASKS * ((base + i) as usize)) % STREAMS);
+                    let stream = format!("order-{}", (t + tasks * ((base + i) as usize)) % STREAMS);
                     store
                         .append(&stream, ExpectedVersion::Any, events(BATCH))
                         .await
@@ -194,18 +206,20 @@ async fn store_batches<S: EventStore + Clone>(store: &S, round: &mut u64, iters:
 async fn raw_batches<R: Raw>(
     raw: &R,
     versions: &Arc<Vec<std::sync::Mutex<u64>>>,
+    tasks: usize,
     round: &mut u64,
     iters: u64,
 ) -> Duration {
     let start = Instant::now();
     let base = *round;
-    let tasks: Vec<_> = (0..TASKS)
+    let tasks: Vec<_> = (0..tasks)
         .map(|t| {
             let (raw, versions) = (raw.clone(), versions.clone());
             tokio::spawn(async move {
                 for i in 0..iters {
-                    let s = (t + TASKS * ((base + i) as usize)) % STREAMS;
-                    // Stream s is only ever written by task s % TASKS, so this is race-free.
+                    let s = (t + tasks * ((base + i) as usize)) % STREAMS;
+                    // Versions are taken under the slot's mutex, so tasks
+                    // sharing a stream never reuse a (stream, version) key.
                     let first = {
                         let mut v = versions[s].lock().unwrap_or_else(|p| p.into_inner());
                         let first = *v + 1;
@@ -287,6 +301,43 @@ async fn seed_cart<S: EventStore + trellis_eventsourcing::SnapshotStore + Clone>
         .expect("snapshot");
 }
 
+/// `trellis/{writers}` and `raw_sqlx/{writers}`: `writers` tasks appending
+/// batches of 10 at once.
+#[allow(clippy::too_many_arguments)]
+fn batch_pair<S: EventStore + Clone, R: Raw>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+    store: &S,
+    raw: &R,
+    writers: usize,
+    round: &Arc<AtomicU64>,
+    raw_round: &Arc<AtomicU64>,
+    versions: &Arc<Vec<std::sync::Mutex<u64>>>,
+) {
+    g.bench_function(BenchmarkId::new("trellis", writers), |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (store, round) = (store.clone(), round.clone());
+            async move {
+                let mut r = round.load(Ordering::SeqCst);
+                let d = store_batches(&store, writers, &mut r, iters).await;
+                round.store(r, Ordering::SeqCst);
+                d
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::new("raw_sqlx", writers), |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (raw, versions, raw_round) = (raw.clone(), versions.clone(), raw_round.clone());
+            async move {
+                let mut r = raw_round.load(Ordering::SeqCst);
+                let d = raw_batches(&raw, &versions, writers, &mut r, iters).await;
+                raw_round.store(r, Ordering::SeqCst);
+                d
+            }
+        })
+    });
+}
+
 fn bench_backend<S, R>(c: &mut Criterion, rt: &Runtime, name: &str, store: S, raw: R)
 where
     S: EventStore + trellis_eventsourcing::SnapshotStore + Clone,
@@ -317,35 +368,31 @@ where
     });
     g.finish();
 
-    let mut g = c.benchmark_group(format!("event_store/{name}/append_batch10_8tasks"));
-    g.throughput(Throughput::Elements((TASKS * BATCH) as u64));
-    let round = Arc::new(AtomicU64::new(0));
-    g.bench_function("trellis", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let (store, round) = (store.clone(), round.clone());
-            async move {
-                let mut r = round.load(Ordering::SeqCst);
-                let d = store_batches(&store, &mut r, iters).await;
-                round.store(r, Ordering::SeqCst);
-                d
-            }
-        })
-    });
-    let versions: Arc<Vec<std::sync::Mutex<u64>>> =
-        Arc::new((0..STREAMS).map(|_| std::sync::Mutex::new(0)).collect());
-    let raw_round = Arc::new(AtomicU64::new(0));
-    g.bench_function("raw_sqlx", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let (raw, versions, raw_round) = (raw.clone(), versions.clone(), raw_round.clone());
-            async move {
-                let mut r = raw_round.load(Ordering::SeqCst);
-                let d = raw_batches(&raw, &versions, &mut r, iters).await;
-                raw_round.store(r, Ordering::SeqCst);
-                d
-            }
-        })
-    });
-    g.finish();
+    if name == "postgres" {
+        // Concurrent writers beside the raw insert, in one group so the
+        // ratios come from the same run.
+        let mut g = c.benchmark_group(format!("event_store/{name}/append_batch10"));
+        let versions: Arc<Vec<std::sync::Mutex<u64>>> =
+            Arc::new((0..STREAMS).map(|_| std::sync::Mutex::new(0)).collect());
+        let (round, raw_round) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        for writers in [1, 4, 16] {
+            g.throughput(Throughput::Elements((writers * BATCH) as u64));
+            batch_pair(
+                &mut g, rt, &store, &raw, writers, &round, &raw_round, &versions,
+            );
+        }
+        g.finish();
+    } else {
+        let mut g = c.benchmark_group(format!("event_store/{name}/append_batch10_8tasks"));
+        g.throughput(Throughput::Elements((TASKS * BATCH) as u64));
+        let versions: Arc<Vec<std::sync::Mutex<u64>>> =
+            Arc::new((0..STREAMS).map(|_| std::sync::Mutex::new(0)).collect());
+        let (round, raw_round) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        batch_pair(
+            &mut g, rt, &store, &raw, TASKS, &round, &raw_round, &versions,
+        );
+        g.finish();
+    }
 
     rt.block_on(seed_cart(&store));
     let mut g = c.benchmark_group(format!("event_store/{name}/load_10k"));
@@ -378,8 +425,13 @@ fn all(c: &mut Criterion) {
     let raw = rt.block_on(RawSqlite::open());
     bench_backend(c, &rt, "sqlite", store, raw);
 
-    let Ok(url) = std::env::var("TRELLIS_BENCH_POSTGRES_URL") else {
-        println!("skipped PostgreSQL: TRELLIS_BENCH_POSTGRES_URL not set");
+    let Some(url) = ["TRELLIS_BENCH_POSTGRES_URL", "TRELLIS_TEST_POSTGRES_URL"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    else {
+        println!(
+            "skipped PostgreSQL: TRELLIS_BENCH_POSTGRES_URL / TRELLIS_TEST_POSTGRES_URL not set"
+        );
         return;
     };
     let schema = format!("es_bench_{}", uuid::Uuid::now_v7().simple());
@@ -396,7 +448,10 @@ fn all(c: &mut Criterion) {
         .execute(&pool)
         .await
         .expect("raw table");
-        let store = PgEventStore::with_pool(pool.clone()).await.expect("store");
+        let mut store = PgEventStore::with_pool(pool.clone()).await.expect("store");
+        if let Some(n) = std::env::var("TRELLIS_BENCH_PG_WRITERS").ok().and_then(|n| n.parse().ok()) {
+            store = store.with_writers(n);
+        }
         (store, RawPg(pool), admin)
     });
     bench_backend(c, &rt, "postgres", store, raw);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 type Labels = Vec<(String, String)>;
 
-/// `trellis_projection_lag` (positions behind head),
+/// `trellis_projection_lag` (events behind the head),
 /// `trellis_projection_seconds_behind` (age of the last applied event while
 /// lagging, 0 when caught up) and `trellis_projection_events_handled_total`,
 /// labelled by `projection`.
@@ -38,7 +38,7 @@ impl ProjectionMetrics {
         let m = Self::default();
         registry.register(
             "trellis_projection_lag",
-            "Global positions the projection is behind the store's head",
+            "Events the projection is behind the store's head (EventStore::events_behind; 0 when caught up)",
             m.lag.clone(),
         );
         registry.register(
@@ -54,7 +54,7 @@ impl ProjectionMetrics {
         m
     }
 
-    /// Sets the lag of `projection`.
+    /// Sets the lag of `projection`, in events.
     pub fn set_lag(&self, projection: &str, lag: u64) {
         self.lag
             .get_or_create(&labels(projection))

@@ -215,6 +215,7 @@ where
             role: Role::Standby,
             position,
             head: position,
+            behind: 0,
             last_recorded_at: None,
         }));
         let worker = Worker {

@@ -470,14 +470,24 @@ pub struct ProjectionStatus {
     pub position: u64,
     /// The store's head when last read.
     pub head: u64,
+    /// Events between `position` and `head` as of the last committed batch
+    /// ([`EventStore::events_behind`]: counted, because positions need not
+    /// be contiguous; PostgreSQL's are sparse).
+    pub behind: u64,
     /// When the last applied event was recorded (for "seconds behind").
     pub last_recorded_at: Option<SystemTime>,
 }
 
 impl ProjectionStatus {
-    /// Positions behind the head.
+    /// Events behind the head: 0 when the checkpoint is at the head, else
+    /// [`behind`](Self::behind) (at least 1: a head newer than the last
+    /// count is counted after the next batch).
     pub fn lag(&self) -> u64 {
-        self.head.saturating_sub(self.position)
+        if self.position >= self.head {
+            0
+        } else {
+            self.behind.max(1)
+        }
     }
 
     /// Seconds behind, approximately: zero when caught up, else the age of
@@ -493,6 +503,7 @@ impl ProjectionStatus {
     ///     role: trellis_cqrs::Role::Active,
     ///     position: 10,
     ///     head: 10,
+    ///     behind: 0,
     ///     last_recorded_at: None,
     /// };
     /// assert_eq!((status.lag(), status.time_behind()), (0, Some(std::time::Duration::ZERO)));
@@ -661,6 +672,7 @@ where
             role: Role::Standby,
             position,
             head: position,
+            behind: 0,
             last_recorded_at: None,
         }));
         let worker = Worker {
@@ -1130,7 +1142,8 @@ where
             let caught_up = batch.len() < n && from_store;
             match self.apply(&batch, target, epoch, caught_up).await {
                 Ok(()) => {
-                    self.committed(target, &batch, head);
+                    let behind = self.events_behind(target, head).await;
+                    self.committed(target, &batch, head, behind);
                     limit = None;
                     attempts = 0;
                     previous_delay = None;
@@ -1220,22 +1233,43 @@ where
         }
     }
 
+    /// Records the head. Caught up, the lag is 0; behind, it is counted
+    /// after the batch that follows (`events_behind`), not here: one count
+    /// per batch.
     fn observe_head(&self, head: u64) {
-        let lag = head.saturating_sub(self.position);
-        tracing::trace!(projection = %self.name, head, position = self.position, lag, "projection lag");
-        lock(&self.status).head = head;
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &self.runner.metrics {
-            m.set_lag(&self.name, lag);
+        tracing::trace!(projection = %self.name, head, position = self.position, "projection head");
+        let mut status = lock(&self.status);
+        status.head = head;
+        if head <= self.position {
+            status.behind = 0;
+            #[cfg(feature = "metrics")]
+            if let Some(m) = &self.runner.metrics {
+                m.set_lag(&self.name, 0);
+            }
         }
     }
 
-    fn committed(&mut self, target: u64, batch: &[StoredEvent], head: u64) {
+    /// Events between `target` and `head`, asked of the store only when
+    /// the checkpoint is below the head; on an error, the last count.
+    async fn events_behind(&self, target: u64, head: u64) -> u64 {
+        if target >= head {
+            return 0;
+        }
+        match self.runner.store.events_behind(target, head).await {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::debug!(projection = %self.name, %err, "counting the lag failed");
+                lock(&self.status).behind.max(1)
+            }
+        }
+    }
+
+    fn committed(&mut self, target: u64, batch: &[StoredEvent], head: u64, lag: u64) {
         self.position = target;
-        let lag = head.saturating_sub(target);
         {
             let mut status = lock(&self.status);
             status.position = target;
+            status.behind = lag;
             status.head = status.head.max(head);
             if let Some(e) = batch.last() {
                 status.last_recorded_at = Some(e.recorded_at);

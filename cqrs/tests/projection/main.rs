@@ -306,6 +306,81 @@ mod metrics {
         );
         crate::support::sqlite_cleanup(&pool).await;
     }
+
+    /// On PostgreSQL positions are sparse (about 65536 apart per
+    /// transaction): the lag, in the status and the gauge, counts the
+    /// events between the checkpoint and the head, not the positions.
+    ///
+    /// Checked to fail with `lag()` as `head - position`: it read about
+    /// 3 × 65536.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lag_counts_events_on_postgres_sparse_positions() {
+        use trellis_eventsourcing::{EventStore, ExpectedVersion, NewEvent, PgEventStore};
+        crate::counting_projection!(sqlx::Postgres);
+        let Some(pool) = crate::support::postgres_pool().await else {
+            return;
+        };
+        let store = PgEventStore::with_pool(pool.clone()).await.unwrap();
+        let mut positions = Vec::new();
+        for i in 0..12_u64 {
+            let appended = store
+                .append(
+                    &format!("account-{}", i % 3),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new(
+                        "Deposited",
+                        serde_json::json!({ "amount": i + 1 }),
+                    )],
+                )
+                .await
+                .unwrap();
+            positions.extend(appended.positions);
+        }
+        let mut registry = Registry::default();
+        let plan = crate::support::Plan::new();
+        plan.poison_at
+            .store(positions[9], std::sync::atomic::Ordering::SeqCst);
+        let handle = ProjectionRunner::new(
+            store.clone(),
+            pool.clone(),
+            CountingProjection::new("pg_metered", "pg_metered_rm", plan),
+        )
+        .with_batch_size(5)
+        .with_retry(fast_retry(), 0)
+        .with_metrics(ProjectionMetrics::new(&mut registry))
+        .spawn()
+        .await
+        .unwrap();
+        assert!(
+            handle.wait_for(positions[11], LONG).await.is_err(),
+            "parked at the 10th event"
+        );
+        let status = handle.status();
+        assert_eq!(
+            (status.position, status.head),
+            (positions[8], positions[11])
+        );
+        assert!(
+            status.head - status.position > 3 * 65_535,
+            "the scenario: sparse positions {positions:?}"
+        );
+        assert_eq!(
+            status.lag(),
+            3,
+            "three events left: the poison one and two after it"
+        );
+        let text = render(&registry);
+        // The whole line: "… 3" would be a prefix of a larger number too.
+        assert!(
+            text.lines()
+                .any(|l| l == "trellis_projection_lag{projection=\"pg_metered\"} 3"),
+            "{text}"
+        );
+        handle.stop().await;
+        // The store shares the pool, which the cleanup closes.
+        crate::support::postgres_cleanup(&pool).await;
+    }
 }
 
 mod prop {

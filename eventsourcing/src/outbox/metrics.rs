@@ -47,7 +47,7 @@ impl OutboxMetrics {
         );
         registry.register(
             "trellis_outbox_lag",
-            "Global positions between the store's head and the relay's checkpoint",
+            "Events between the relay's checkpoint and the store's head (EventStore::events_behind)",
             metrics.lag.clone(),
         );
         metrics
@@ -60,7 +60,7 @@ impl OutboxMetrics {
             .inc_by(n);
     }
 
-    /// Sets how far `relay` is behind the store's head.
+    /// Sets how far `relay` is behind the store's head, in events.
     pub fn set_lag(&self, relay: &str, lag: u64) {
         self.lag
             .get_or_create(&[("relay", relay.to_owned())])

@@ -324,8 +324,9 @@ where
         }
     }
 
-    /// Reports published events and the lag behind the store's head (one
-    /// head query after each batch) to `metrics`.
+    /// Reports published events and the lag behind the store's head, in
+    /// events ([`EventStore::events_behind`]; a head query and, on
+    /// PostgreSQL, a count after each batch) to `metrics`.
     #[cfg(feature = "metrics")]
     pub fn with_metrics(mut self, metrics: metrics::OutboxMetrics) -> Self {
         self.metrics = Some(metrics);
@@ -338,10 +339,15 @@ where
         if let Some(m) = &self.metrics {
             let name = &self.options.name;
             m.published(name, _published as u64);
-            match self.store.head_position().await {
-                Ok(head) => m.set_lag(name, head.saturating_sub(_at)),
+            // Events, not positions: positions may be sparse (PostgreSQL).
+            let lag = async {
+                let head = self.store.head_position().await?;
+                self.store.events_behind(_at, head).await
+            };
+            match lag.await {
+                Ok(lag) => m.set_lag(name, lag),
                 Err(err) => {
-                    tracing::debug!(%err, relay = %name, "reading the head for the lag failed")
+                    tracing::debug!(%err, relay = %name, "reading the lag failed")
                 }
             }
         }

@@ -173,6 +173,10 @@ impl EventStore for AnyEventStore {
         each!(self, s => s.head_position().await)
     }
 
+    async fn events_behind(&self, after: u64, head: u64) -> Result<u64> {
+        each!(self, s => s.events_behind(after, head).await)
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         each!(self, s => s.watch_head())
     }

@@ -12,12 +12,13 @@
 //!   of exactly one connection (single statements in autocommit, multi-statement
 //!   appends in `BEGIN IMMEDIATE`). Positions come from an `INTEGER PRIMARY KEY`, assigned and
 //!   committed by that writer in order.
-//! * **PostgreSQL**: every append takes one transaction-scoped advisory lock
-//!   (`pg_advisory_xact_lock`, keyed by the schema) before it assigns positions
-//!   and holds it until commit. PostgreSQL makes a transaction visible before it
-//!   releases its locks, so the next writer can only assign a higher position
-//!   after every lower one is visible. Rolled-back appends leave holes in the
-//!   numbering, never an event that appears behind a reader.
+//! * **PostgreSQL**: no writer lock. A position is the writing transaction's
+//!   id × 65536 + the event's ordinal in it, and readers read only below
+//!   the oldest transaction still running (`pg_snapshot_xmin`), where no
+//!   event can appear any more; a read first waits (bounded) for the
+//!   transactions older than the newest committed event. Positions are
+//!   sparse; rolled-back appends leave holes, never an event that appears
+//!   behind a reader. See `store::postgres`.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -284,6 +285,24 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// [`Error::Database`] from a SQL backend.
     fn head_position(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// How many events have a global position in `after..=head`: how far a
+    /// reader whose checkpoint is `after` is behind `head` (usually
+    /// [`head_position`](EventStore::head_position)), in events. 0 when
+    /// `after >= head`.
+    ///
+    /// Not `head - after`: positions need not be contiguous (PostgreSQL's
+    /// are sparse, see the module docs). The default returns `head - after`,
+    /// which is exact for stores whose positions are contiguous (memory,
+    /// SQLite); the PostgreSQL store counts the rows, up to a cap it
+    /// documents.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] from a SQL backend.
+    fn events_behind(&self, after: u64, head: u64) -> impl Future<Output = Result<u64>> + Send {
+        async move { Ok(head.saturating_sub(after)) }
+    }
 
     /// A watch of the highest global position this process knows of. It is a
     /// hint to wake subscriptions early; they poll as well, because another

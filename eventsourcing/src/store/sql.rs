@@ -5,8 +5,9 @@
 //! [`LeaseStore`](crate::LeaseStore) implementation.
 //!
 //! What stays in each backend really differs: DDL types, position
-//! assignment and locking (SQLite's single writer, PostgreSQL's advisory
-//! lock and `es_append` function), `NOTIFY`, array binding (`ANY($1)` on
+//! assignment and locking (SQLite's single writer, PostgreSQL's
+//! transaction-id positions, row and advisory locks and `es_append`
+//! function), `NOTIFY`, array binding (`ANY($1)` on
 //! PostgreSQL, `json_each` on SQLite), and writes to `JSONB` columns, which
 //! need a `::jsonb` cast that SQLite does not parse.
 
@@ -22,7 +23,8 @@ pub(crate) const EVENT_COLUMNS: &str = "global_position, CAST(event_id AS TEXT) 
      stream_id, stream_version, event_type, schema_version, recorded_at, \
      CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata, tags";
 
-/// The highest global position (0 = empty store).
+/// The highest global position (0 = empty store). PostgreSQL reads its own,
+/// bounded one.
 pub(crate) const HEAD: &str = "SELECT COALESCE(MAX(global_position), 0) FROM es_events";
 
 /// `$1` stream → `version, deleted`.
@@ -335,9 +337,15 @@ pub(crate) fn union_sql<'a>(
 }
 
 /// The SQL of a [`Query`](crate::dcb::Query) read: `SELECT {columns}` of
-/// the matching events with a global position above `$1`, in global order,
-/// at most `$2`; `$3`, `$4`, ... are the returned texts, in order.
-pub(crate) fn query_sql(query: &crate::dcb::Query, columns: &str) -> Option<(String, Vec<String>)> {
+/// the matching events with a global position above `$1` (and passing
+/// `bound`, SQL appended to the `WHERE` clause: PostgreSQL's readers read
+/// only the final prefix of the order), in global order, at most `$2`;
+/// `$3`, `$4`, ... are the returned texts, in order.
+pub(crate) fn query_sql(
+    query: &crate::dcb::Query,
+    columns: &str,
+    bound: &str,
+) -> Option<(String, Vec<String>)> {
     let mut binds: Vec<String> = Vec::new();
     let union = union_sql(query, |b| match b {
         Bind::After => "$1".to_owned(),
@@ -348,7 +356,7 @@ pub(crate) fn query_sql(query: &crate::dcb::Query, columns: &str) -> Option<(Str
     })?;
     Some((
         format!(
-            "SELECT {columns} FROM es_events WHERE global_position IN ({union}) \
+            "SELECT {columns} FROM es_events WHERE global_position IN ({union}){bound} \
              ORDER BY global_position LIMIT $2"
         ),
         binds,
@@ -365,7 +373,8 @@ macro_rules! check_condition {
             use $crate::store::sql::{CONDITION_COLUMNS, limit, query_sql, to_i64, to_u64};
             let condition: &$crate::dcb::AppendCondition = $condition;
             let requests: &[$crate::event::AppendRequest] = $requests;
-            let Some((text, binds)) = query_sql(&condition.fail_if_events_match, CONDITION_COLUMNS)
+            let Some((text, binds)) =
+                query_sql(&condition.fail_if_events_match, CONDITION_COLUMNS, "")
             else {
                 return Ok::<(), $crate::error::Error>(());
             };
@@ -391,12 +400,16 @@ macro_rules! check_condition {
 }
 pub(crate) use check_condition;
 
-/// Reads a [`Query`](crate::dcb::Query) on `$pool`, whichever driver.
+/// Reads a [`Query`](crate::dcb::Query) on `$pool`, whichever driver,
+/// optionally with a `$bound` (see [`query_sql`]).
 macro_rules! read_query {
     ($pool:expr, $query:expr, $after:expr, $max_count:expr) => {
+        $crate::store::sql::read_query!($pool, $query, "", $after, $max_count)
+    };
+    ($pool:expr, $query:expr, $bound:expr, $after:expr, $max_count:expr) => {
         async {
             use $crate::store::sql::{EVENT_COLUMNS, decode_event, limit, query_sql, to_i64};
-            let Some((text, binds)) = query_sql($query, EVENT_COLUMNS) else {
+            let Some((text, binds)) = query_sql($query, EVENT_COLUMNS, $bound) else {
                 return Ok::<_, $crate::error::Error>(Vec::new());
             };
             let mut q = sqlx::query(sqlx::AssertSqlSafe(text))

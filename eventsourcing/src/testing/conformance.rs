@@ -109,6 +109,7 @@ macro_rules! event_store_conformance {
                 repository_retries_conflicts,
                 subscription_exactly_once_across_switch,
                 checkpoints,
+                events_behind_counts_events,
                 leases_fence_stale_holders,
                 dcb_tags_round_trip_and_condition_passes,
                 dcb_condition_fails_on_a_later_match,
@@ -197,6 +198,7 @@ where
     repository_retries_conflicts(new_store().await).await;
     subscription_exactly_once_across_switch(new_store().await).await;
     checkpoints(new_store().await).await;
+    events_behind_counts_events(new_store().await).await;
     leases_fence_stale_holders(new_store().await).await;
     dcb_tags_round_trip_and_condition_passes(new_store().await).await;
     dcb_condition_fails_on_a_later_match(new_store().await).await;
@@ -574,6 +576,56 @@ pub async fn gap_free_global_order<S: ConformanceStore>(store: S) {
     assert_eq!(
         again.iter().map(|e| e.event_id).collect::<Vec<_>>(),
         seen.iter().map(|e| e.event_id).collect::<Vec<_>>()
+    );
+}
+
+/// `events_behind` counts the events after a checkpoint, whatever the
+/// positions look like (PostgreSQL's are sparse): single and multi-event
+/// appends, a failed append in between, 0 at and past the head.
+pub async fn events_behind_counts_events<S: ConformanceStore>(store: S) {
+    let mut positions = Vec::new();
+    for i in 0..4 {
+        let events = if i == 2 {
+            vec![ev("B", i), ev("B", i)]
+        } else {
+            vec![ev("B", i)]
+        };
+        let r = store
+            .append(&format!("behind-{i}"), ExpectedVersion::Any, events)
+            .await
+            .expect("append");
+        positions.extend(r.positions);
+        if i == 1 {
+            // A rejected append writes nothing, and counts for nothing.
+            let conflict = store
+                .append("behind-0", ExpectedVersion::NoStream, vec![ev("B", 9)])
+                .await;
+            assert!(matches!(conflict, Err(Error::Conflict { .. })));
+        }
+    }
+    let head = store.head_position().await.expect("head");
+    assert_eq!(head, *positions.last().expect("positions"));
+    for (i, after) in std::iter::once(0)
+        .chain(positions.iter().copied())
+        .enumerate()
+    {
+        assert_eq!(
+            store.events_behind(after, head).await.expect("behind"),
+            (positions.len() - i) as u64,
+            "events after position {after}"
+        );
+    }
+    assert_eq!(
+        store.events_behind(head + 1, head).await.expect("behind"),
+        0
+    );
+    // Behind an older head: only the events up to it.
+    assert_eq!(
+        store
+            .events_behind(positions[0], positions[2])
+            .await
+            .expect("behind"),
+        2
     );
 }
 

@@ -215,9 +215,12 @@ async fn postgres_appends_commit_synchronously_even_when_the_session_says_off() 
 /// already seen (a reader checkpointing at the highest seen position would
 /// skip it forever).
 ///
-/// Checked to fail without the writer lock: with the
-/// `pg_advisory_xact_lock` line removed from `es_append` (migration 4), this
-/// test reported positions appearing late; restored, it passes.
+/// Checked to fail without the read bound of the lock-free order (migration
+/// 7): with `AND global_position < es_visible_below()` removed from
+/// `read_all`, this test reported positions appearing below ones already
+/// read (and the conformance case `gap_free_global_order` stalled: its
+/// tailing reader had skipped events); restored, it passes. (Before
+/// migration 7 it was likewise checked against the writer lock.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
     use std::collections::BTreeSet;
@@ -231,7 +234,12 @@ async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
     };
     let schema = create_schema(&url).await;
     let stores = [store_in(&url, &schema).await, store_in(&url, &schema).await];
-    let reader = store_in(&url, &schema).await;
+    // No read wait: the reader reads the final prefix as it is, again and
+    // again, while the writers write (waiting for the appends in flight
+    // would only make it read less often).
+    let reader = store_in(&url, &schema)
+        .await
+        .with_read_wait(std::time::Duration::ZERO);
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let done = done.clone();
@@ -239,9 +247,15 @@ async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
             let mut seen = BTreeSet::new();
             let mut violations = Vec::new();
             let mut reads = 0u64;
+            // The last read, after the writers finished, waits for the
+            // transactions still open: any writing transaction of the
+            // server (another test's) holds the final prefix back.
+            let patient = reader
+                .clone()
+                .with_read_wait(std::time::Duration::from_secs(20));
             loop {
                 let finished = done.load(Ordering::SeqCst);
-                let all = reader
+                let all = if finished { &patient } else { &reader }
                     .read_all(0, &EventFilter::all(), 100_000)
                     .await
                     .expect("read_all");
@@ -317,12 +331,11 @@ async fn postgres_global_order_is_gap_free_across_stores_on_separate_pools() {
 /// store the group writer already serialises appends; the conformance
 /// case `dcb_racing_appends_exactly_one_wins` covers that.)
 ///
-/// Checked to fail without the writer lock: with the `pg_advisory_xact_lock`
-/// removed from `es_append_if` (migration 6, the one-round-trip path these
-/// single appends take), both appends of most rounds won; likewise, before
-/// that function existed, with it removed from `check_condition_locked`
-/// (the path of grouped and multi-stream conditional appends). Restored,
-/// it passes.
+/// Checked to fail without the condition's locks: with the exclusive keys
+/// of the condition left out of the `es_append_if` call (migration 7, the
+/// one-round-trip path these single appends take), both appends of most
+/// rounds won, here and in the conformance case (a store now has several
+/// writer tasks, so its own appends race too). Restored, it passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_dcb_condition_is_race_free_across_stores_on_separate_pools() {
     let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
@@ -411,6 +424,307 @@ async fn postgres_schema_from_before_tags_migrates() {
     assert_eq!(
         store.read_query(&query, 0, 10).await.expect("query").len(),
         1
+    );
+    // The positions of migration 7 (transaction id × 65536 + ordinal) lie
+    // above the old identity positions: the global order reads the old
+    // events first, then the new one, in increasing positions.
+    let all = store
+        .read_all(0, &trellis_eventsourcing::EventFilter::all(), 10)
+        .await
+        .expect("read all");
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.stream_id.as_str(), e.event_type.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("order-1", "OrderPlaced"),
+            ("order-old", "OrderPlaced"),
+            ("order-1", "OrderPaid")
+        ]
+    );
+    assert_eq!(all[0].global_position, 1, "old rows keep their positions");
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].global_position < w[1].global_position)
+    );
+    assert!(all[2].global_position >= 1 << 16);
+    drop_store_schema(store).await;
+}
+
+/// The case the writer lock used to prevent and the transaction-id order
+/// must handle: a transaction appends (a lower position) and stays open
+/// while a later one commits (a higher position). A reader that read the
+/// later event and moved its checkpoint past it would skip the earlier one
+/// forever. Here the reader (a `read_all` loop from its last position, a
+/// subscription and `head_position`) must not see the later event while the
+/// earlier transaction is open, and must see both, in order, once it commits.
+///
+/// Checked to fail without the bound: with `AND global_position <
+/// es_visible_below()` removed from `read_all`, the first read returned
+/// the later event (a reader reading on from it skips the earlier one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reader_never_skips_an_event_committed_late_with_a_lower_position() {
+    use std::time::Duration;
+    use trellis_eventsourcing::{
+        EventFilter, EventStore, ExpectedVersion, NewEvent, Subscription, SubscriptionOptions,
+    };
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let store = store_in(&url, &schema)
+        .await
+        .with_read_wait(Duration::from_millis(100));
+    let ev = |n: u64| NewEvent::new("X", serde_json::json!({ "n": n }));
+    let before = store
+        .append("before-1", ExpectedVersion::Any, vec![ev(0)])
+        .await
+        .expect("append before");
+    let mut sub = Subscription::start(
+        store.clone(),
+        SubscriptionOptions::default().poll_interval(Duration::from_millis(10)),
+    );
+    let first = tokio::time::timeout(Duration::from_secs(30), sub.recv())
+        .await
+        .expect("subscription delivers")
+        .expect("open")
+        .expect("ok");
+    assert_eq!(first.stream_id, "before-1");
+
+    // The slow transaction: appends through es_append and stays open.
+    let mut slow = store.pool().begin().await.expect("begin");
+    let (status, slow_positions): (i32, Vec<i64>) = sqlx::query_as(
+        "SELECT status, positions FROM es_append('slow-1', 'slow', 0, 0, \
+         ARRAY[$1::uuid], ARRAY['X'], ARRAY[1], ARRAY['{}']::jsonb[], ARRAY['{}']::jsonb[], \
+         ARRAY['[]'], 0, 'ch')",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .fetch_one(&mut *slow)
+    .await
+    .expect("slow append");
+    assert_eq!(status, 0);
+    // A later transaction commits meanwhile, at a higher position.
+    let fast = store
+        .append("fast-1", ExpectedVersion::Any, vec![ev(1)])
+        .await
+        .expect("fast append");
+    assert!(
+        fast.positions[0] > slow_positions[0] as u64,
+        "the scenario: the open transaction holds the lower position"
+    );
+
+    let after = before.positions[0];
+    let read = store
+        .read_all(after, &EventFilter::all(), 100)
+        .await
+        .expect("read while the slow transaction is open");
+    assert!(
+        read.is_empty(),
+        "nothing after {after} is final while a lower position is open: {read:?}"
+    );
+    let head = store.head_position().await.expect("head");
+    assert!(
+        head < fast.positions[0],
+        "the head stays below the open transaction"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.recv())
+            .await
+            .is_err(),
+        "the subscription waits for the open transaction"
+    );
+
+    slow.commit().await.expect("commit the slow transaction");
+    // Patient reads from here on, so other tests' transactions on the same
+    // server (which hold readers back too) cannot shorten them.
+    let patient = store.clone().with_read_wait(Duration::from_secs(20));
+    let read = patient
+        .read_all(after, &EventFilter::all(), 100)
+        .await
+        .expect("read after the commit");
+    assert_eq!(
+        read.iter()
+            .map(|e| e.stream_id.as_str())
+            .collect::<Vec<_>>(),
+        ["slow-1", "fast-1"],
+        "both, in order: nothing skipped"
+    );
+    assert_eq!(
+        patient.head_position().await.expect("head"),
+        fast.positions[0]
+    );
+    for stream in ["slow-1", "fast-1"] {
+        let e = tokio::time::timeout(Duration::from_secs(30), sub.recv())
+            .await
+            .expect("subscription delivers")
+            .expect("open")
+            .expect("ok");
+        assert_eq!(e.stream_id, stream);
+    }
+    drop(sub);
+    drop_store_schema(store).await;
+}
+
+/// Without the schema lock, appends lock stream rows and advisory keys;
+/// taken in different orders they could deadlock (PostgreSQL would then
+/// abort one with an error). Two stores on separate pools append to the
+/// same two streams from 2 × 4 tasks, half of them naming the streams in
+/// the opposite order, some with a condition on a shared tag: every
+/// append succeeds, and the streams hold every event.
+///
+/// Checked to fail without the ordered locking: with no streams passed to
+/// `es_lock` in `lock_upfront` (so each `es_append` locks its stream when
+/// it gets to it), appends failed with "deadlock detected" (40P01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_appends_in_opposite_stream_orders_never_deadlock() {
+    use trellis_eventsourcing::dcb::{AppendCondition, DcbStore, Query, QueryItem};
+    use trellis_eventsourcing::{AppendRequest, EventStore, ExpectedVersion, NewEvent};
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = create_schema(&url).await;
+    let stores = [store_in(&url, &schema).await, store_in(&url, &schema).await];
+    const TASKS: u64 = 4;
+    const ROUNDS: u64 = 25;
+    let mut tasks = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..ROUNDS {
+                    let e = |k: u64| {
+                        NewEvent::new("X", serde_json::json!({ "s": s, "t": t, "i": i, "k": k }))
+                            .with_tags(["pair"])
+                    };
+                    let (first, second) = if (t + i) % 2 == 0 {
+                        ("pair-a", "pair-b")
+                    } else {
+                        ("pair-b", "pair-a")
+                    };
+                    let requests = vec![
+                        AppendRequest::new(first, ExpectedVersion::Any, vec![e(0)]),
+                        AppendRequest::new(second, ExpectedVersion::Any, vec![e(1)]),
+                    ];
+                    let result = if i % 5 == 0 {
+                        // A condition that never fails (nothing is tagged
+                        // "never"), but takes its key exclusively.
+                        let never = Query::item(QueryItem::tags(["never"]));
+                        store.append_if(requests, AppendCondition::new(never)).await
+                    } else {
+                        store.append_many(requests).await
+                    };
+                    result.unwrap_or_else(|e| panic!("store {s} task {t} round {i}: {e:?}"));
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let total = 2 * TASKS * ROUNDS;
+    for stream in ["pair-a", "pair-b"] {
+        assert_eq!(
+            stores[0].stream_version(stream).await.expect("version"),
+            total
+        );
+    }
+    drop_schemas(&url, &[schema]).await;
+}
+
+/// A writing transaction elsewhere on the server (another connection, not
+/// the event store's tables) that stays open holds the final prefix back:
+/// every read returns within the store's read wait (the documented cap on
+/// how long one read waits), without the events committed after that
+/// transaction started, and never moves a reader past them; once it ends,
+/// the next read returns them all, in order.
+///
+/// Checked to fail without the bound: with `AND global_position <
+/// es_visible_below()` removed from `read_all`, the read during the open
+/// transaction returned the two later events (a reader moving its
+/// checkpoint on would skip any event an older transaction then commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_open_transaction_elsewhere_delays_reads_by_at_most_the_read_wait() {
+    use std::time::{Duration, Instant};
+    use trellis_eventsourcing::{EventFilter, EventStore, ExpectedVersion, NewEvent};
+    let Some(url) = env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    // Short, and only two rounds: while the transaction is open it holds
+    // back every reader of the server, the other tests' too (their reads
+    // wait up to the default 1 s).
+    const READ_WAIT: Duration = Duration::from_millis(150);
+    let schema = create_schema(&url).await;
+    let store = store_in(&url, &schema).await.with_read_wait(READ_WAIT);
+    let ev = |n: u64| NewEvent::new("L", serde_json::json!({ "n": n }));
+    let first = store
+        .append("long-0", ExpectedVersion::Any, vec![ev(0)])
+        .await
+        .expect("append");
+    let after = first.positions[0];
+
+    // Elsewhere: a connection of its own that takes a transaction id (as
+    // any write does) and stays open.
+    let other = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("connect");
+    let mut long = other.begin().await.expect("begin");
+    let _xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *long)
+        .await
+        .expect("take a transaction id");
+    let mut later = Vec::new();
+    for i in 1..=2 {
+        later.extend(
+            store
+                .append(&format!("long-{i}"), ExpectedVersion::Any, vec![ev(i)])
+                .await
+                .expect("append")
+                .positions,
+        );
+    }
+
+    for _ in 0..2 {
+        let started = Instant::now();
+        let read = store
+            .read_all(after, &EventFilter::all(), 100)
+            .await
+            .expect("read while the other transaction is open");
+        let took = started.elapsed();
+        assert!(
+            read.is_empty(),
+            "events after the open transaction's start are not final: {read:?}"
+        );
+        assert!(
+            took >= READ_WAIT,
+            "the read waited for the transaction: {took:?}"
+        );
+        assert!(
+            took < READ_WAIT + Duration::from_secs(2),
+            "but no longer than the read wait: {took:?}"
+        );
+        let head = store.head_position().await.expect("head");
+        assert!(
+            head < later[0],
+            "the head stays below: {head} < {}",
+            later[0]
+        );
+    }
+
+    long.rollback().await.expect("end the other transaction");
+    other.close().await;
+    // Patient from here on: other tests' transactions on the same server
+    // hold readers back too.
+    let patient = store.clone().with_read_wait(Duration::from_secs(20));
+    let read = patient
+        .read_all(after, &EventFilter::all(), 100)
+        .await
+        .expect("read after it ended");
+    assert_eq!(
+        read.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        later,
+        "every event held back, in order: nothing skipped"
     );
     drop_store_schema(store).await;
 }

@@ -547,3 +547,84 @@ async fn a_dropped_relay_handle_stops_the_relay_and_frees_its_lease() {
     assert_eq!(first.calls().len(), calls, "the dropped relay stopped");
     relay.shutdown().await.expect("shutdown");
 }
+
+/// On PostgreSQL positions are sparse (about 65536 apart per transaction),
+/// so `trellis_outbox_lag` counts the events between the checkpoint and
+/// the head: 1 with one event left, not the distance between positions.
+///
+/// Checked to fail with the lag computed as `head - checkpoint`: the gauge
+/// read 65536 or more after the first batch.
+#[cfg(all(feature = "postgres", feature = "metrics"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_lag_counts_events_on_postgres() {
+    use std::str::FromStr;
+    use trellis_eventsourcing::outbox::metrics::OutboxMetrics;
+    let Some(url) = support::env_url("TRELLIS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = format!("es_relay_lag_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("TRELLIS_TEST_POSTGRES_URL reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("schema");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(
+            sqlx::postgres::PgConnectOptions::from_str(&url)
+                .expect("url")
+                .options([("search_path", schema.as_str())]),
+        )
+        .await
+        .expect("connect");
+    let store = trellis_eventsourcing::PgEventStore::with_pool(pool)
+        .await
+        .expect("migrate");
+    let mut positions = Vec::new();
+    for i in 0..3 {
+        positions.extend(
+            store
+                .append(
+                    &format!("order-{i}"),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::new("Placed", json!({}))],
+                )
+                .await
+                .expect("append")
+                .positions,
+        );
+    }
+    assert!(
+        positions[2] - positions[1] > 1,
+        "the scenario: sparse positions {positions:?}"
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    let relay = OutboxRelay::new(
+        store.clone(),
+        store.clone(),
+        BroadcastPublisher::new(64),
+        RelayOptions::default().name("pg").batch_size(2),
+    )
+    .with_metrics(OutboxMetrics::new(&mut registry));
+    // The gauge's whole line: "… 1" is a prefix of "… 131072".
+    let lag = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        text.lines()
+            .find_map(|l| l.strip_prefix(r#"trellis_outbox_lag{relay="pg"} "#))
+            .map(str::to_owned)
+    };
+    assert_eq!(relay.run_once().await.expect("batch"), 2);
+    assert_eq!(lag().as_deref(), Some("1"), "one event left");
+    assert_eq!(relay.run_once().await.expect("batch"), 1);
+    assert_eq!(lag().as_deref(), Some("0"), "caught up");
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .expect("drop schema");
+}

@@ -240,6 +240,17 @@ impl EventStore for BusFeed {
         Ok(*self.head.borrow())
     }
 
+    /// The delivered events not yet applied in `after..=head`: the
+    /// positions are the order store's, sparse on PostgreSQL.
+    async fn events_behind(&self, after: u64, head: u64) -> trellis_eventsourcing::Result<u64> {
+        let pending = self.pending();
+        let behind = pending
+            .iter()
+            .filter(|e| e.global_position > after && e.global_position <= head)
+            .count();
+        Ok(u64::try_from(behind).unwrap_or(u64::MAX))
+    }
+
     fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
     }

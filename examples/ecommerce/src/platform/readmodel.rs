@@ -102,6 +102,10 @@ impl EventStore for SettledStore {
         self.inner.head_position().await
     }
 
+    async fn events_behind(&self, after: u64, head: u64) -> trellis_eventsourcing::Result<u64> {
+        self.inner.events_behind(after, head).await
+    }
+
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head.clone()
     }
