@@ -327,6 +327,7 @@ impl SummaryProjection {
                 role: trellis_cqrs::Role::Standby,
                 position: 0,
                 head: 0,
+                behind: 0,
                 last_recorded_at: None,
             },
         }
