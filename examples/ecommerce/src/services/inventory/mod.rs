@@ -879,4 +879,3 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
-

@@ -82,7 +82,10 @@ async fn close_breaker(api: &ApiClient, ops: &str) -> Result<usize, Error> {
 }
 
 /// Every accepted order's current status (`None`: not found).
-pub(super) async fn statuses(api: &Arc<ApiClient>, orders: &[AcceptedOrder]) -> Vec<Option<String>> {
+pub(super) async fn statuses(
+    api: &Arc<ApiClient>,
+    orders: &[AcceptedOrder],
+) -> Vec<Option<String>> {
     let workers = 16;
     let chunk = orders.len().div_ceil(workers).max(1);
     let mut tasks = tokio::task::JoinSet::new();

@@ -321,7 +321,6 @@ pub(crate) async fn traffic(State(app): State<WebState>) -> Json<Vec<Point>> {
     Json(app.traffic.points(CHART_SECONDS))
 }
 
-
 /// POST /api/v1/admin/inventory/faults: the inventory drill (latency,
 /// errors), the same body as payments'.
 #[utoipa::path(
