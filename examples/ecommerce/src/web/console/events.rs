@@ -11,12 +11,17 @@ use futures_util::Stream;
 use tokio::sync::broadcast;
 use trellis_saga::SagaEvent;
 
-use super::{Transition, projection_json, saga_event_json};
+use super::{Transition, saga_step_events};
 use crate::api::ApiError;
 use crate::web::WebState;
+use crate::web::schemas::EmptyEvent;
 
-fn json_event(kind: &str, data: &serde_json::Value) -> Event {
-    Event::default().event(kind).data(data.to_string())
+/// An event whose `data` is `data` as JSON (a body that does not serialize
+/// sends `null`, never drops the stream).
+fn json_event(kind: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(kind)
+        .data(serde_json::to_string(data).unwrap_or_else(|_| "null".into()))
 }
 
 enum Source {
@@ -90,35 +95,24 @@ pub(crate) async fn events(
                 Source::Tick if feed.app.is_shutting_down() => return None,
                 Source::Tick => {
                     let c = &feed.app;
-                    let point = c.traffic.points(1).pop();
-                    let data = serde_json::json!({
-                        "point": point,
-                        "breakers": c.breakers_json(),
-                        "bulkheads": c.bulkheads_json(),
-                        "rate_limiters": c.rate_limiters_json(),
-                        "faults": c.faults_json(),
-                        "projections": [projection_json(&feed.app)],
-                    });
-                    feed.queue.push_back(json_event("tick", &data));
+                    feed.queue.push_back(json_event("tick", &c.tick()));
                     if feed.tick % 5 == 0 {
-                        let health = c.health_json().await;
+                        let health = c.health().await;
                         feed.queue.push_back(json_event("health", &health));
                     }
                     feed.tick += 1;
                 }
                 Source::Transition(Ok(t)) => {
-                    let data = serde_json::to_value(&t).unwrap_or_default();
-                    feed.queue.push_back(json_event("breaker", &data));
+                    feed.queue.push_back(json_event("breaker", &t));
                 }
                 Source::Saga(Ok(event)) => {
-                    for data in saga_event_json(&event) {
+                    for data in saga_step_events(&event) {
                         feed.queue.push_back(json_event("saga", &data));
                     }
                 }
                 Source::Transition(Err(broadcast::error::RecvError::Lagged(_)))
                 | Source::Saga(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    feed.queue
-                        .push_back(json_event("lagged", &serde_json::json!({})));
+                    feed.queue.push_back(json_event("lagged", &EmptyEvent {}));
                 }
                 // The senders live as long as the app state this holds.
                 Source::Transition(Err(_)) | Source::Saga(Err(_)) => return None,

@@ -12,7 +12,7 @@
 pub(crate) mod events;
 pub(crate) mod sagas;
 
-pub(crate) use sagas::{SagaRow, saga_event_json};
+pub(crate) use sagas::{SagaRow, saga_step_events};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,10 @@ use trellis_resilience::fault::{FaultConfig, FaultHandle};
 use utoipa::ToSchema;
 
 use super::WebState;
+use super::schemas::{
+    AdminStatus, BreakerStatus, BulkheadStatus, FaultCounts, FaultStatus, HealthReports,
+    ProjectionStatus, RateLimiterStatus, TickEvent,
+};
 use super::traffic::{Point, Traffic};
 use crate::api::{ApiError, ApiJson};
 use crate::services::catalog::client::Prices;
@@ -169,7 +173,7 @@ impl Console {
             .map(|(_, h)| h)
     }
 
-    fn breakers_json(&self) -> serde_json::Value {
+    fn breakers(&self) -> Vec<BreakerStatus> {
         self.breakers
             .iter()
             .map(|b| {
@@ -182,102 +186,107 @@ impl Console {
                     .rev()
                     .cloned()
                     .collect();
-                serde_json::json!({
-                    "name": b.handle.name().as_ref(),
-                    "state": b.handle.state().as_str(),
-                    "failure_rate": m.failure_rate,
-                    "slow_call_rate": m.slow_call_rate,
-                    "calls": m.calls,
-                    "failed_calls": m.failed_calls,
-                    "slow_calls": m.slow_calls,
-                    "rejected_calls": m.rejected_calls,
-                    "transitions": transitions,
-                })
+                BreakerStatus {
+                    name: b.handle.name().to_string(),
+                    state: b.handle.state().as_str(),
+                    failure_rate: m.failure_rate,
+                    slow_call_rate: m.slow_call_rate,
+                    calls: m.calls,
+                    failed_calls: m.failed_calls,
+                    slow_calls: m.slow_calls,
+                    rejected_calls: m.rejected_calls,
+                    transitions,
+                }
             })
             .collect()
     }
 
-    fn bulkheads_json(&self) -> serde_json::Value {
+    fn bulkheads(&self) -> Vec<BulkheadStatus> {
         self.orders
             .clients
             .bulkheads
             .iter()
-            .map(|(name, b)| {
-                serde_json::json!({
-                    "name": name,
-                    "in_flight": b.in_flight(),
-                    "max_concurrent": b.max_concurrent(),
-                    "waiting": b.waiting(),
-                })
+            .map(|(name, b)| BulkheadStatus {
+                name: name.clone(),
+                in_flight: b.in_flight(),
+                max_concurrent: b.max_concurrent(),
+                waiting: b.waiting(),
             })
             .collect()
     }
 
-    fn rate_limiters_json(&self) -> serde_json::Value {
+    fn rate_limiters(&self) -> Vec<RateLimiterStatus> {
         self.orders
             .clients
             .rate_limiters
             .iter()
-            .map(|(name, r)| {
-                serde_json::json!({
-                    "name": name,
-                    "available": r.available(),
-                    "burst": r.burst(),
-                })
+            .map(|(name, r)| RateLimiterStatus {
+                name: name.clone(),
+                available: r.available(),
+                burst: r.burst(),
             })
             .collect()
     }
 
-    fn faults_json(&self) -> serde_json::Value {
+    fn faults(&self) -> Vec<FaultStatus> {
         self.orders
             .clients
             .faults
             .iter()
             .map(|(name, h)| {
                 let counts = h.counts();
-                serde_json::json!({
-                    "service": name,
-                    "config": h.config(),
-                    "injected": { "latency": counts.latency, "errors": counts.errors, "aborts": counts.aborts },
-                })
+                FaultStatus {
+                    service: *name,
+                    config: h.config(),
+                    injected: FaultCounts {
+                        latency: counts.latency,
+                        errors: counts.errors,
+                        aborts: counts.aborts,
+                    },
+                }
             })
             .collect()
     }
 
-    async fn health_json(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for (name, group) in [
-            ("live", Group::Liveness),
-            ("ready", Group::Readiness),
-            ("startup", Group::Startup),
-        ] {
-            let report = self.health.check_group(group).await;
-            out.insert(
-                name.into(),
-                serde_json::to_value(&*report).unwrap_or_default(),
-            );
+    pub(super) async fn health(&self) -> HealthReports {
+        let check = |group| async move { (*self.health.check_group(group).await).clone() };
+        HealthReports {
+            live: check(Group::Liveness).await,
+            ready: check(Group::Readiness).await,
+            startup: check(Group::Startup).await,
         }
-        serde_json::Value::Object(out)
     }
-}
 
-fn projection_json(app: &Console) -> serde_json::Value {
-    let status = app.service().projection.status();
-    let (state, error) = match &status.state {
-        ProjectionState::Running => ("running", None),
-        ProjectionState::Parked { error, .. } => ("parked", Some(error.clone())),
-        ProjectionState::Stopped => ("stopped", None),
-        _ => ("unknown", None),
-    };
-    serde_json::json!({
-        "name": status.name,
-        "state": state,
-        "error": error,
-        "position": status.position,
-        "head": status.head,
-        "lag": status.lag(),
-        "seconds_behind": status.time_behind().map(|d| d.as_secs_f64()),
-    })
+    /// What `tick` events and `GET /admin/status` share.
+    pub(super) fn tick(&self) -> TickEvent {
+        TickEvent {
+            point: self.traffic.points(1).pop(),
+            breakers: self.breakers(),
+            bulkheads: self.bulkheads(),
+            rate_limiters: self.rate_limiters(),
+            faults: self.faults(),
+            projections: vec![self.projection()],
+        }
+    }
+
+    fn projection(&self) -> ProjectionStatus {
+        let status = self.service().projection.status();
+        let (state, error) = match &status.state {
+            ProjectionState::Running => ("running", None),
+            ProjectionState::Parked { error, .. } => ("parked", Some(error.clone())),
+            ProjectionState::Stopped => ("stopped", None),
+            _ => ("unknown", None),
+        };
+        ProjectionStatus {
+            lag: status.lag(),
+            seconds_behind: status.time_behind().map(|d| d.as_secs_f64()),
+            name: status.name,
+            state,
+            error,
+            position: status.position,
+            head: status.head,
+        }
+    }
 }
 
 /// GET /api/v1/admin/status: everything but the sagas and the traffic.
@@ -293,16 +302,15 @@ fn projection_json(app: &Console) -> serde_json::Value {
         crate::api::AuthErrors,
     )
 )]
-pub(crate) async fn status(State(app): State<WebState>) -> Json<serde_json::Value> {
-    let c = &app;
-    Json(serde_json::json!({
-        "health": c.health_json().await,
-        "breakers": c.breakers_json(),
-        "bulkheads": c.bulkheads_json(),
-        "rate_limiters": c.rate_limiters_json(),
-        "faults": c.faults_json(),
-        "projections": [projection_json(&app)],
-    }))
+pub(crate) async fn status(State(app): State<WebState>) -> Json<AdminStatus> {
+    Json(AdminStatus {
+        health: app.health().await,
+        breakers: app.breakers(),
+        bulkheads: app.bulkheads(),
+        rate_limiters: app.rate_limiters(),
+        faults: app.faults(),
+        projections: vec![app.projection()],
+    })
 }
 
 /// GET /api/v1/admin/traffic: the chart's last five minutes.

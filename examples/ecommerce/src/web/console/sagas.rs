@@ -2,6 +2,8 @@
 //! (retry a compensation, compensate a stuck saga), and a saga event as the
 //! browser reads it.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use http::StatusCode;
@@ -12,6 +14,7 @@ use utoipa::ToSchema;
 use super::SAGAS_LISTED;
 use crate::api::{ApiError, ApiJson};
 use crate::web::WebState;
+use crate::web::schemas::{SagaOverview, SagaReply, SagaStepEvent};
 
 /// A saga as the console lists it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -48,12 +51,10 @@ pub(crate) struct SagaRow {
         crate::api::AuthErrors,
     )
 )]
-pub(crate) async fn sagas(
-    State(app): State<WebState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn sagas(State(app): State<WebState>) -> Result<Json<SagaOverview>, ApiError> {
     let orchestrator = &app.service().orchestrator;
-    let mut counts = serde_json::Map::new();
-    let mut listed = serde_json::Map::new();
+    let mut counts = BTreeMap::new();
+    let mut listed = BTreeMap::new();
     for status in [
         SagaStatus::Running,
         SagaStatus::Compensating,
@@ -65,7 +66,7 @@ pub(crate) async fn sagas(
             .by_status(status)
             .await
             .map_err(ApiError::internal)?;
-        counts.insert(status.as_str().into(), records.len().into());
+        counts.insert(status.as_str().into(), records.len() as u64);
         if status.is_in_flight() || status == SagaStatus::NeedsAttention {
             let rows: Vec<SagaRow> = records
                 .into_iter()
@@ -86,15 +87,13 @@ pub(crate) async fn sagas(
                     }
                 })
                 .collect();
-            listed.insert(
-                status.as_str().into(),
-                serde_json::to_value(rows).map_err(ApiError::internal)?,
-            );
+            listed.insert(status.as_str().into(), rows);
         }
     }
-    Ok(Json(
-        serde_json::json!({ "counts": counts, "sagas": listed }),
-    ))
+    Ok(Json(SagaOverview {
+        counts,
+        sagas: listed,
+    }))
 }
 
 /// The body of the saga actions.
@@ -125,13 +124,13 @@ fn saga_error(e: trellis_saga::Error) -> ApiError {
     }
 }
 
-fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "id": record.id,
-        "status": record.status.as_str(),
-        "error": record.error,
-        "failed_step": record.failed_step,
-    }))
+fn saga_reply(record: trellis_saga::SagaRecord) -> Json<SagaReply> {
+    Json(SagaReply {
+        id: record.id,
+        status: record.status.as_str(),
+        error: record.error,
+        failed_step: record.failed_step,
+    })
 }
 
 /// POST /api/v1/admin/sagas/retry `{"id"}`: re-runs the compensations of
@@ -154,7 +153,7 @@ fn saga_reply(record: trellis_saga::SagaRecord) -> Json<serde_json::Value> {
 pub(crate) async fn retry_saga(
     State(app): State<WebState>,
     ApiJson(body): ApiJson<SagaAction>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SagaReply>, ApiError> {
     let record = app
         .service()
         .saga
@@ -184,7 +183,7 @@ pub(crate) async fn retry_saga(
 pub(crate) async fn compensate_saga(
     State(app): State<WebState>,
     ApiJson(body): ApiJson<SagaAction>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SagaReply>, ApiError> {
     let reason = body.reason.unwrap_or_else(|| "by operator".into());
     if reason.chars().count() > 200 {
         return Err(ApiError::new(
@@ -204,17 +203,17 @@ pub(crate) async fn compensate_saga(
 
 /// A saga event as the browser reads it: one per history entry, plus one
 /// for a status change that appended none.
-pub(crate) fn saga_event_json(event: &SagaEvent) -> Vec<serde_json::Value> {
-    let base = |step: Option<&trellis_saga::NewEntry>| {
-        serde_json::json!({
-            "saga": event.saga_id,
-            "status": event.status.as_str(),
-            "step": step.map(|s| s.step_name.as_str()),
-            "index": step.map(|s| s.step),
-            "event": step.map(|s| s.event.as_str()),
-            "attempt": step.map(|s| s.attempt),
-            "error": step.and_then(|s| s.error.clone()).or_else(|| event.error.clone()),
-        })
+pub(crate) fn saga_step_events(event: &SagaEvent) -> Vec<SagaStepEvent> {
+    let base = |step: Option<&trellis_saga::NewEntry>| SagaStepEvent {
+        saga: event.saga_id.clone(),
+        status: event.status.as_str(),
+        step: step.map(|s| s.step_name.clone()),
+        index: step.map(|s| s.step),
+        event: step.map(|s| s.event.as_str()),
+        attempt: step.map(|s| s.attempt),
+        error: step
+            .and_then(|s| s.error.clone())
+            .or_else(|| event.error.clone()),
     };
     if event.entries.is_empty() {
         vec![base(None)]
