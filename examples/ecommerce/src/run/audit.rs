@@ -320,7 +320,7 @@ pub(crate) fn check_orders(input: &AuditInput) -> OrderChecks {
 )]
 pub(crate) async fn audit(
     State(app): State<Arc<AuditState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Audit>, ApiError> {
     let standing: Vec<(String, i64)> = sqlx::query_as(STANDING_CHARGES)
         .fetch_all(&app.payments)
         .await?;
@@ -371,9 +371,7 @@ pub(crate) async fn audit(
         stock,
         stock_leaked,
     };
-    Ok(Json(
-        serde_json::to_value(audit).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(audit))
 }
 
 #[cfg(test)]
