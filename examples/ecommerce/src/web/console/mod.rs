@@ -236,7 +236,7 @@ impl Console {
             .map(|(name, h)| {
                 let counts = h.counts();
                 FaultStatus {
-                    service: *name,
+                    service: name,
                     config: h.config(),
                     injected: FaultCounts {
                         latency: counts.latency,
