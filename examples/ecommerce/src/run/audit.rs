@@ -318,9 +318,7 @@ pub(crate) fn check_orders(input: &AuditInput) -> OrderChecks {
         crate::api::AuthErrors,
     )
 )]
-pub(crate) async fn audit(
-    State(app): State<Arc<AuditState>>,
-) -> Result<Json<Audit>, ApiError> {
+pub(crate) async fn audit(State(app): State<Arc<AuditState>>) -> Result<Json<Audit>, ApiError> {
     let standing: Vec<(String, i64)> = sqlx::query_as(STANDING_CHARGES)
         .fetch_all(&app.payments)
         .await?;
