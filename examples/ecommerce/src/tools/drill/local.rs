@@ -7,34 +7,56 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use serde_json::json;
 use tokio::time::Instant;
+use trellis_resilience::fault::FaultConfig;
 
 use super::{Drill, DrillOptions, DrillReport, INJECTED_LATENCY};
 use crate::api::Error;
+use crate::services::orders::admin::BreakerBody;
 use crate::tools::client::ApiClient;
 use crate::tools::load::AcceptedOrder;
+
+/// A request body as the client sends it: the typed struct the server
+/// reads, as JSON.
+fn to_body(body: &impl serde::Serialize) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(body).map_err(|e| Error::Scenario(format!("request body: {e}")))
+}
 
 /// Switches the drill's fault on (`on`) or heals it, through the operator
 /// endpoints. Healing also closes inventory's breaker, which validates the
 /// orders accepted as PENDING_VALIDATION meanwhile.
 async fn set_fault(api: &ApiClient, ops: &str, drill: Drill, on: bool) -> Result<(), Error> {
+    // Healing sends the default settings: every fault off.
     let (path, body) = match (drill, on) {
         (Drill::PaymentOutage, true) => (
             "/api/v1/admin/payments/faults",
-            json!({ "enabled": true, "error_probability": 1.0 }),
+            to_body(&FaultConfig {
+                enabled: true,
+                error_probability: 1.0,
+                ..FaultConfig::default()
+            })?,
         ),
-        (Drill::PaymentOutage, false) => ("/api/v1/admin/payments/faults", json!({})),
+        (Drill::PaymentOutage, false) => (
+            "/api/v1/admin/payments/faults",
+            to_body(&FaultConfig::default())?,
+        ),
         (Drill::InventoryLatency, true) => (
             "/api/v1/admin/inventory/faults",
-            json!({
-                "enabled": true,
-                "latency_probability": 1.0,
-                "latency": format!("{}ms", INJECTED_LATENCY.as_millis()),
-            }),
+            to_body(&FaultConfig {
+                enabled: true,
+                latency_probability: 1.0,
+                latency: INJECTED_LATENCY,
+                ..FaultConfig::default()
+            })?,
         ),
-        (Drill::InventoryLatency, false) => ("/api/v1/admin/inventory/faults", json!({})),
-        (Drill::InventoryDown, on) => ("/api/v1/admin/inventory/breaker", json!({ "open": on })),
+        (Drill::InventoryLatency, false) => (
+            "/api/v1/admin/inventory/faults",
+            to_body(&FaultConfig::default())?,
+        ),
+        (Drill::InventoryDown, on) => (
+            "/api/v1/admin/inventory/breaker",
+            to_body(&BreakerBody { open: on })?,
+        ),
         (Drill::KillOrders | Drill::NatsRestart | Drill::Reschedule | Drill::ReplicaKill, _) => {
             return Err(Error::Scenario(format!(
                 "drill {} runs the distributed system: use --database-url",
@@ -69,7 +91,7 @@ async fn close_breaker(api: &ApiClient, ops: &str) -> Result<usize, Error> {
             Method::POST,
             "/api/v1/admin/inventory/breaker",
             Some(ops),
-            Some(json!({ "open": false })),
+            Some(to_body(&BreakerBody { open: false })?),
         )
         .await?;
     if r.status != StatusCode::OK {
