@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use serde_json::json;
 use tokio::time::Instant;
+use trellis_resilience::fault::FaultConfig;
 
-use super::local::{is_final, statuses};
+use super::local::{is_final, statuses, to_body};
 use super::{Drill, DrillOptions, DrillReport};
 use crate::api::Error;
 use crate::tools::client::ApiClient;
@@ -106,15 +106,19 @@ async fn distributed(
     let gateway = system.url(ServiceName::Gateway);
     let api = Arc::new(ApiClient::new(&gateway));
     let ops = system.service_token("ops:admin").await?;
-    let payment_latency = |latency: Option<&str>| {
-        let body = match latency {
-            Some(latency) => {
-                json!({ "enabled": true, "latency_probability": 1.0, "latency": latency })
-            }
-            None => json!({}),
-        };
+    let payment_latency = |latency: Option<Duration>| {
+        let body = to_body(&match latency {
+            Some(latency) => FaultConfig {
+                enabled: true,
+                latency_probability: 1.0,
+                latency,
+                ..FaultConfig::default()
+            },
+            None => FaultConfig::default(),
+        });
         let (api, ops) = (api.clone(), ops.clone());
         async move {
+            let body = body?;
             // Through the gateway, whose breaker for an orders replica that
             // was just killed or replaced may still be open: a 503 is
             // retried for a while (the switch is idempotent).
@@ -147,7 +151,7 @@ async fn distributed(
     ) {
         // Each charge waits 300 ms, so the kill finds sagas mid-flight with
         // stock reserved.
-        payment_latency(Some("300ms")).await?;
+        payment_latency(Some(Duration::from_millis(300))).await?;
     }
 
     let duration = options.load.duration;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use serde_json::json;
 use tokio::time::Instant;
+use trellis_resilience::fault::FaultConfig;
 
-use super::local::{audit_clean, fetch_audit, is_final};
+use super::local::{audit_clean, fetch_audit, is_final, to_body};
 use super::{Drill, DrillOptions, DrillReport};
 use crate::api::Error;
 use crate::tools::client::ApiClient;
@@ -182,13 +182,17 @@ async fn late_restart(
 
     let mut first = LocalChild::spawn(late, dir).await?;
     let api = ApiClient::new(&first.url);
-    let latency = format!("{}ms", late.payment_latency.as_millis());
     let r = api
         .json(
             Method::POST,
             "/api/v1/admin/payments/faults",
             Some(&first.ops),
-            Some(json!({ "enabled": true, "latency_probability": 1.0, "latency": latency })),
+            Some(to_body(&FaultConfig {
+                enabled: true,
+                latency_probability: 1.0,
+                latency: late.payment_latency,
+                ..FaultConfig::default()
+            })?),
         )
         .await?;
     if r.status != StatusCode::OK {

@@ -18,7 +18,7 @@ use crate::tools::load::AcceptedOrder;
 
 /// A request body as the client sends it: the typed struct the server
 /// reads, as JSON.
-fn to_body(body: &impl serde::Serialize) -> Result<serde_json::Value, Error> {
+pub(super) fn to_body(body: &impl serde::Serialize) -> Result<serde_json::Value, Error> {
     serde_json::to_value(body).map_err(|e| Error::Scenario(format!("request body: {e}")))
 }
 
