@@ -674,7 +674,7 @@ fn check_resources(resources: &[Resource], problems: &mut Vec<String>) {
 
 /// Who opens connections to whom, as the code does it: the gateway proxies
 /// the public routes and probes every peer's readiness
-/// (src/run/distributed.rs); every service but the gateway fetches identity's
+/// (src/run/distributed/); every service but the gateway fetches identity's
 /// JWKS and, where it calls a peer, its service token; orders calls
 /// catalog, inventory and payments; orders, shipping and analytics use NATS
 /// (the outbox relay and src/run/consumer.rs); every service but the gateway keeps

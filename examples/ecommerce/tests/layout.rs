@@ -5,8 +5,8 @@
 //! - each part imports only the parts below it ([`ALLOWED`]):
 //!   `tools → run → web → services → platform → api`;
 //! - a service imports another service only through its `client` module;
-//! - no file has more than [`MAX_LINES`] lines besides its unit tests, but the
-//!   [`LONG_FILES`] listed with their reason.
+//! - no file has more than [`MAX_LINES`] lines besides its unit tests: a
+//!   longer file is split into a module folder along its concepts.
 //!
 //! `services/mod.rs` (what every service shares) is the part `services`,
 //! which any service may import.
@@ -44,26 +44,7 @@ const ALLOWED: [(&str, &[&str]); 7] = [
 ];
 
 /// Most lines in one file, its `#[cfg(test)]` modules left out.
-const MAX_LINES: usize = 600;
-
-/// Files allowed past [`MAX_LINES`], and why.
-const LONG_FILES: [(&str, &str); 3] = [
-    (
-        "tools/cluster.rs",
-        "the distributed system as child processes (own PostgreSQL schemas, \
-         NATS, ports, signing key, kill/restart) is one lifecycle",
-    ),
-    (
-        "tools/drill.rs",
-        "a tool, not a service: the fault drills share one runner, one load \
-         loop and one report; splitting it per drill is follow-up work",
-    ),
-    (
-        "web/console.rs",
-        "the operations console's handlers and the state they read; its \
-         client handles moved to services/orders/policy.rs",
-    ),
-];
+const MAX_LINES: usize = 550;
 
 /// The part a file (relative to `src/`) belongs to; `None` for the crate
 /// root and the binary.
@@ -284,10 +265,9 @@ fn check(src: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(&file).unwrap();
         let (code, test_lines) = code_only(&text);
         let lines = text.lines().count() - test_lines;
-        let exception = LONG_FILES.iter().any(|(f, _)| *f == shown);
-        if lines > MAX_LINES && !exception {
+        if lines > MAX_LINES {
             problems.push(format!(
-                "{shown}: {lines} lines besides its tests (more than {MAX_LINES}; split it or list it in LONG_FILES with why)"
+                "{shown}: {lines} lines besides its tests (more than {MAX_LINES}; split it into a module folder)"
             ));
         }
         let Some(from) = part_of_file(&relative) else {
@@ -380,19 +360,6 @@ fn src() -> PathBuf {
 fn the_parts_import_downwards_only() {
     let problems = check(&src());
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
-}
-
-#[test]
-fn every_long_file_listed_is_still_long() {
-    for (file, why) in LONG_FILES {
-        assert!(!why.is_empty(), "{file}: say why it is long");
-        let text = std::fs::read_to_string(src().join(file)).unwrap();
-        let lines = text.lines().count() - code_only(&text).1;
-        assert!(
-            lines > MAX_LINES,
-            "{file} has {lines} lines now: drop it from LONG_FILES"
-        );
-    }
 }
 
 /// A copy of `src/` with `edit` applied, checked.

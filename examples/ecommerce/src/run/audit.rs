@@ -318,9 +318,7 @@ pub(crate) fn check_orders(input: &AuditInput) -> OrderChecks {
         crate::api::AuthErrors,
     )
 )]
-pub(crate) async fn audit(
-    State(app): State<Arc<AuditState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn audit(State(app): State<Arc<AuditState>>) -> Result<Json<Audit>, ApiError> {
     let standing: Vec<(String, i64)> = sqlx::query_as(STANDING_CHARGES)
         .fetch_all(&app.payments)
         .await?;
@@ -371,9 +369,7 @@ pub(crate) async fn audit(
         stock,
         stock_leaked,
     };
-    Ok(Json(
-        serde_json::to_value(audit).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(audit))
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ pub(crate) fn service_api(service: ServiceName) -> OpenApi {
         ServiceName::Catalog => services::catalog::routes().into_openapi(),
         ServiceName::Inventory => services::inventory::routes().into_openapi(),
         ServiceName::Payments => services::payments::routes().into_openapi(),
-        // Orders serves the pages' API too (run/distributed.rs).
+        // Orders serves the pages' API too (run/distributed/).
         ServiceName::Orders => services::orders::http::routes()
             .into_openapi()
             .merge_from(crate::web::api_routes().into_openapi()),

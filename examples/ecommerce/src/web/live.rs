@@ -19,7 +19,8 @@ use trellis_auth::Claims;
 use trellis_saga::{SagaEvent, SagaLog};
 
 use super::WebState;
-use super::console::saga_event_json;
+use super::console::saga_step_events;
+use super::schemas::{EmptyEvent, SagaStateEvent, SagaStepEvent};
 use super::streams::{StreamSlot, token_deadline};
 use crate::api::ApiError;
 
@@ -54,8 +55,12 @@ fn subject(claims: &Claims) -> Result<String, ApiError> {
     })
 }
 
-fn json_event(kind: &str, data: &serde_json::Value) -> Event {
-    Event::default().event(kind).data(data.to_string())
+/// An event whose `data` is `data` as JSON (a body that does not serialize
+/// sends `null`, never drops the stream).
+fn json_event(kind: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(kind)
+        .data(serde_json::to_string(data).unwrap_or_else(|_| "null".into()))
 }
 
 /// The order's row in the read model once it has caught up with the event
@@ -178,18 +183,22 @@ pub(crate) async fn order_events(
             .await
             .map_err(ApiError::internal)?
         {
-            let data = serde_json::json!({
-                "saga": saga_id,
-                "status": record.status.as_str(),
-                "step": h.step_name,
-                "index": h.step,
-                "event": h.event.as_str(),
-                "attempt": h.attempt,
-                "error": h.error,
-            });
+            let data = SagaStepEvent {
+                saga: saga_id.clone(),
+                status: record.status.as_str(),
+                step: Some(h.step_name),
+                index: Some(h.step),
+                event: Some(h.event.as_str()),
+                attempt: Some(h.attempt),
+                error: h.error,
+            };
             queue.push_back(json_event("step", &data));
         }
-        let data = serde_json::json!({ "saga": saga_id, "status": record.status.as_str(), "error": record.error });
+        let data = SagaStateEvent {
+            saga: saga_id.clone(),
+            status: record.status.as_str(),
+            error: record.error,
+        };
         queue.push_back(json_event("saga", &data));
     }
     queue.push_back(json_event("order", &order_row(&app, &order_id).await));
@@ -217,11 +226,15 @@ pub(crate) async fn order_events(
             .await?;
             match next {
                 Ok(event) if order_of(&event.saga_id) == feed.order_id => {
-                    for data in saga_event_json(&event) {
+                    for data in saga_step_events(&event) {
                         feed.queue.push_back(json_event("step", &data));
                     }
                     if !event.status.is_in_flight() {
-                        let data = serde_json::json!({ "saga": event.saga_id, "status": event.status.as_str(), "error": event.error });
+                        let data = SagaStateEvent {
+                            saga: event.saga_id.clone(),
+                            status: event.status.as_str(),
+                            error: event.error.clone(),
+                        };
                         feed.queue.push_back(json_event("saga", &data));
                         let row = order_row(&feed.app, &feed.order_id).await;
                         feed.queue.push_back(json_event("order", &row));
@@ -231,8 +244,7 @@ pub(crate) async fn order_events(
                 // Fell behind: the page reloads this stream (and so the
                 // history) when told.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    feed.queue
-                        .push_back(json_event("lagged", &serde_json::json!({})));
+                    feed.queue.push_back(json_event("lagged", &EmptyEvent {}));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -279,7 +291,7 @@ pub(crate) async fn customer_events(
         sagas: app.service().orchestrator.subscribe(),
         app,
         customer,
-        queue: VecDeque::from([json_event("ready", &serde_json::json!({}))]),
+        queue: VecDeque::from([json_event("ready", &EmptyEvent {})]),
         shutdown: Shutdown::new(),
         _slot: slot,
         deadline: token_deadline(&claims),
@@ -308,14 +320,13 @@ pub(crate) async fn customer_events(
                         .await
                         .is_some_and(|o| o == feed.customer);
                     if mine {
-                        for data in saga_event_json(&event) {
+                        for data in saga_step_events(&event) {
                             feed.queue.push_back(json_event("step", &data));
                         }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    feed.queue
-                        .push_back(json_event("lagged", &serde_json::json!({})));
+                    feed.queue.push_back(json_event("lagged", &EmptyEvent {}));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

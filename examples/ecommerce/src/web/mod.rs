@@ -57,11 +57,11 @@ pub(crate) fn api_routes() -> crate::services::ApiRouter<WebState> {
         .routes(routes!(console::status).map(|m| m.route_layer(scope(OPS_SCOPE))))
         .routes(routes!(console::traffic).map(|m| m.route_layer(scope(OPS_SCOPE))))
         .routes(routes!(insight::business).map(|m| m.route_layer(scope(OPS_SCOPE))))
-        .routes(routes!(console::sagas).map(|m| m.route_layer(scope(OPS_SCOPE))))
-        .routes(routes!(console::retry_saga).map(|m| m.route_layer(scope(OPS_SCOPE))))
-        .routes(routes!(console::compensate_saga).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::sagas::sagas).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::sagas::retry_saga).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::sagas::compensate_saga).map(|m| m.route_layer(scope(OPS_SCOPE))))
         .routes(routes!(console::set_inventory_faults).map(|m| m.route_layer(scope(OPS_SCOPE))))
-        .routes(routes!(console::events).map(|m| m.route_layer(scope(OPS_SCOPE))))
+        .routes(routes!(console::events::events).map(|m| m.route_layer(scope(OPS_SCOPE))))
 }
 
 /// [`api_routes`] behind `validator`.

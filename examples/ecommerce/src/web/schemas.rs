@@ -1,12 +1,11 @@
-//! The shapes of the console's JSON answers and of the server-sent events'
-//! `data`, for the OpenAPI document.
+//! The console's JSON answers and the server-sent events' `data`: the
+//! handlers build these structs (gathered from several crates' handles) and
+//! the OpenAPI document describes them; tests/openapi.rs validates real
+//! answers and real events against the document.
 //!
-//! The handlers build these bodies with `serde_json::json!` (they gather
-//! them from several crates' handles), so the types below only describe
-//! them; tests/openapi.rs validates real answers and real events against
-//! them, so a handler that changes a shape fails there.
-
-#![allow(dead_code)] // documentation only: the handlers build these with `json!`
+//! Fields whose value comes from a library as a `&'static str` (a breaker's
+//! state, a saga's status) keep it, and name the enum they document
+//! with `value_type`.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +19,7 @@ use crate::api::FaultSettings;
 /// A saga's status (trellis-saga `SagaStatus::as_str`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // documents the strings the libraries name it with
 pub(crate) enum SagaStatusName {
     /// Steps are running.
     Running,
@@ -36,6 +36,7 @@ pub(crate) enum SagaStatusName {
 /// What happened to a saga step (trellis-saga `StepEvent::as_str`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // documents the strings the libraries name it with
 pub(crate) enum StepEventName {
     /// The step began.
     Started,
@@ -54,6 +55,7 @@ pub(crate) enum StepEventName {
 /// A circuit breaker's state (trellis-resilience `CircuitState::as_str`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // documents the strings the libraries name it with
 pub(crate) enum BreakerState {
     /// Calls go through.
     Closed,
@@ -70,6 +72,7 @@ pub(crate) enum BreakerState {
 /// A health group's status.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // documents the strings trellis-health names it with
 pub(crate) enum HealthStatus {
     /// Every check passed.
     Up,
@@ -81,140 +84,151 @@ pub(crate) enum HealthStatus {
 
 /// One check's last result.
 #[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documents trellis-health's report
 pub(crate) struct CheckResult {
     /// `up` or `down`.
-    status: String,
+    pub(crate) status: String,
     /// How long the check took.
-    duration_ms: u64,
+    pub(crate) duration_ms: u64,
     /// Why it is down; absent when it is up.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Whether its failure takes the group down.
-    critical: bool,
+    pub(crate) critical: bool,
 }
 
 /// One health group (trellis-health's report).
 #[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)] // documents trellis-health's report
 pub(crate) struct HealthReport {
     /// The group's status.
-    status: HealthStatus,
+    pub(crate) status: HealthStatus,
     /// Each check's result, by name.
-    checks: BTreeMap<String, CheckResult>,
+    pub(crate) checks: BTreeMap<String, CheckResult>,
 }
 
 /// The three health groups, as the probes see them.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct HealthReports {
     /// Liveness.
-    live: HealthReport,
+    #[schema(value_type = HealthReport)]
+    pub(crate) live: trellis_health::HealthReport,
     /// Readiness.
-    ready: HealthReport,
+    #[schema(value_type = HealthReport)]
+    pub(crate) ready: trellis_health::HealthReport,
     /// Startup.
-    startup: HealthReport,
+    #[schema(value_type = HealthReport)]
+    pub(crate) startup: trellis_health::HealthReport,
 }
 
 /// A circuit breaker of the orders service's clients.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BreakerStatus {
     /// The breaker's name (`inventory`, `payments`).
-    name: String,
+    pub(crate) name: String,
     /// Its state.
-    state: BreakerState,
+    #[schema(value_type = BreakerState)]
+    pub(crate) state: &'static str,
     /// Failed calls / calls in the window; `null` until enough calls.
-    failure_rate: Option<f64>,
+    pub(crate) failure_rate: Option<f64>,
     /// Slow calls / calls in the window; `null` until enough calls.
-    slow_call_rate: Option<f64>,
+    pub(crate) slow_call_rate: Option<f64>,
     /// Calls in the window.
-    calls: u64,
+    pub(crate) calls: u64,
     /// Of which failed.
-    failed_calls: u64,
+    pub(crate) failed_calls: u64,
     /// Of which slow.
-    slow_calls: u64,
+    pub(crate) slow_calls: u64,
     /// Calls refused while open.
-    rejected_calls: u64,
+    pub(crate) rejected_calls: u64,
     /// The recent transitions, newest first.
-    transitions: Vec<Transition>,
+    pub(crate) transitions: Vec<Transition>,
 }
 
 /// A bulkhead of the orders service's clients.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct BulkheadStatus {
     /// The client it guards.
-    name: String,
+    pub(crate) name: String,
     /// Calls running now.
-    in_flight: u64,
+    #[schema(value_type = u64)]
+    pub(crate) in_flight: usize,
     /// Calls allowed at once.
-    max_concurrent: u64,
+    #[schema(value_type = u64)]
+    pub(crate) max_concurrent: usize,
     /// Calls queued for a permit.
-    waiting: u64,
+    #[schema(value_type = u64)]
+    pub(crate) waiting: usize,
 }
 
 /// A rate limiter of the orders service's clients.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RateLimiterStatus {
     /// The client it guards.
-    name: String,
+    pub(crate) name: String,
     /// Permits free now.
-    available: u64,
+    pub(crate) available: u64,
     /// Permits at most.
-    burst: u64,
+    pub(crate) burst: u64,
 }
 
 /// How many faults a drill injected so far.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FaultCounts {
     /// Calls delayed.
-    latency: u64,
+    pub(crate) latency: u64,
     /// Calls failed before reaching the service.
-    errors: u64,
+    pub(crate) errors: u64,
     /// Calls whose answer was lost.
-    aborts: u64,
+    pub(crate) aborts: u64,
 }
 
 /// A fault drill: its settings and what it injected.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FaultStatus {
     /// `payments` or `inventory`.
-    service: String,
+    pub(crate) service: &'static str,
     /// The settings in force.
-    config: FaultSettings,
+    #[schema(value_type = FaultSettings)]
+    pub(crate) config: trellis_resilience::fault::FaultConfig,
     /// What was injected.
-    injected: FaultCounts,
+    pub(crate) injected: FaultCounts,
 }
 
 /// The order-summary projection's progress.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ProjectionStatus {
     /// The projection.
-    name: String,
+    pub(crate) name: String,
     /// `running`, `parked` (see `error`), `stopped`.
-    state: String,
+    #[schema(value_type = String)]
+    pub(crate) state: &'static str,
     /// Why it is parked.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     /// The last event position it applied.
-    position: u64,
+    pub(crate) position: u64,
     /// The event store's head.
-    head: u64,
+    pub(crate) head: u64,
     /// `head - position`.
-    lag: u64,
+    pub(crate) lag: u64,
     /// How far behind the store it is, in seconds; `null` when unknown.
-    seconds_behind: Option<f64>,
+    pub(crate) seconds_behind: Option<f64>,
 }
 
 /// `GET /admin/status`'s answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct AdminStatus {
     /// The health groups.
-    health: HealthReports,
+    pub(crate) health: HealthReports,
     /// The clients' breakers.
-    breakers: Vec<BreakerStatus>,
+    pub(crate) breakers: Vec<BreakerStatus>,
     /// The clients' bulkheads.
-    bulkheads: Vec<BulkheadStatus>,
+    pub(crate) bulkheads: Vec<BulkheadStatus>,
     /// The clients' rate limiters.
-    rate_limiters: Vec<RateLimiterStatus>,
+    pub(crate) rate_limiters: Vec<RateLimiterStatus>,
     /// The fault drills.
-    faults: Vec<FaultStatus>,
+    pub(crate) faults: Vec<FaultStatus>,
     /// The read model's projections.
-    projections: Vec<ProjectionStatus>,
+    pub(crate) projections: Vec<ProjectionStatus>,
 }
 
 /// `GET /admin/sagas`'s answer.
@@ -222,23 +236,24 @@ pub(crate) struct AdminStatus {
 pub(crate) struct SagaOverview {
     /// Sagas by status (`running`, `compensating`, `needs_attention`,
     /// `completed`, `compensated`): exact counts.
-    counts: BTreeMap<String, u64>,
+    pub(crate) counts: BTreeMap<String, u64>,
     /// The sagas in flight or needing attention, by status (at most 50 each).
-    sagas: BTreeMap<String, Vec<SagaRow>>,
+    pub(crate) sagas: BTreeMap<String, Vec<SagaRow>>,
 }
 
 /// The saga after an operator's action.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SagaReply {
     /// The saga id.
-    id: String,
+    pub(crate) id: String,
     /// Its status now (`compensated`, or `needs_attention` if a
     /// compensation failed again).
-    status: SagaStatusName,
+    #[schema(value_type = SagaStatusName)]
+    pub(crate) status: &'static str,
     /// The error, if any.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     /// The step that failed, if any.
-    failed_step: Option<String>,
+    pub(crate) failed_step: Option<String>,
 }
 
 /// Event `step` (`saga` on `/admin/events`): one saga history entry, or a
@@ -247,19 +262,21 @@ pub(crate) struct SagaReply {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SagaStepEvent {
     /// The saga id.
-    saga: String,
+    pub(crate) saga: String,
     /// The saga's status after this entry.
-    status: SagaStatusName,
+    #[schema(value_type = SagaStatusName)]
+    pub(crate) status: &'static str,
     /// The step's name.
-    step: Option<String>,
+    pub(crate) step: Option<String>,
     /// The step's index.
-    index: Option<u32>,
+    pub(crate) index: Option<u32>,
     /// What happened.
-    event: Option<StepEventName>,
+    #[schema(value_type = Option<StepEventName>)]
+    pub(crate) event: Option<&'static str>,
     /// The attempt number.
-    attempt: Option<u32>,
+    pub(crate) attempt: Option<u32>,
     /// The step's error, or the saga's.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Event `saga` of an order's stream: one of its sagas as it stands (after
@@ -267,28 +284,29 @@ pub(crate) struct SagaStepEvent {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SagaStateEvent {
     /// The saga id.
-    saga: String,
+    pub(crate) saga: String,
     /// Its status.
-    status: SagaStatusName,
+    #[schema(value_type = SagaStatusName)]
+    pub(crate) status: &'static str,
     /// Its error, if any.
-    error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Event `tick` of `/admin/events`, every second.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct TickEvent {
     /// The last whole second's traffic (`null` before the first).
-    point: Option<Point>,
+    pub(crate) point: Option<Point>,
     /// As in `GET /admin/status`.
-    breakers: Vec<BreakerStatus>,
+    pub(crate) breakers: Vec<BreakerStatus>,
     /// As in `GET /admin/status`.
-    bulkheads: Vec<BulkheadStatus>,
+    pub(crate) bulkheads: Vec<BulkheadStatus>,
     /// As in `GET /admin/status`.
-    rate_limiters: Vec<RateLimiterStatus>,
+    pub(crate) rate_limiters: Vec<RateLimiterStatus>,
     /// As in `GET /admin/status`.
-    faults: Vec<FaultStatus>,
+    pub(crate) faults: Vec<FaultStatus>,
     /// As in `GET /admin/status`.
-    projections: Vec<ProjectionStatus>,
+    pub(crate) projections: Vec<ProjectionStatus>,
 }
 
 /// Events `ready` and `lagged`: no data but `{}`.

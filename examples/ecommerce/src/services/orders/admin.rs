@@ -11,10 +11,12 @@ use super::OrdersState;
 use super::validator::validate_pending_locked;
 use crate::api::{ApiError, ApiJson, BreakerOutcome, OrderState, ValidatedOrder};
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `POST /admin/inventory/breaker`'s body (the drills send it too).
+#[derive(Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BreakerBody {
-    open: bool,
+    /// Open (hold the breaker open) or close it.
+    pub(crate) open: bool,
 }
 
 /// Opens inventory's breaker, or closes it and validates the orders accepted
