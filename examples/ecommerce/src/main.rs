@@ -302,22 +302,27 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
     let name = args.name.as_str();
     // canary-rollback, canary-promote, blue-green, blue-green-failed-smoke:
     // their own options (src/tools/canary).
-    if ecommerce::canary::CanaryDrill::from_name(name).is_some() {
-        let mut argv = vec![name.to_owned()];
-        let mut push = |flag: &str, value: Option<String>| {
-            if let Some(value) = value {
-                argv.extend([flag.to_owned(), value]);
-            }
+    if let Some(canary) = ecommerce::canary::CanaryDrill::from_name(name) {
+        let mut options = ecommerce::canary::CanaryOptions::default();
+        if let Some(interval) = &args.interval {
+            options.interval = trellis_resilience::config::duration::parse(interval)?;
+        }
+        if let Some(customers) = args.customers {
+            options.customers = customers;
+        }
+        if let Some(customers) = args.canary_customers {
+            options.canary_customers = customers;
+        }
+        let cluster = ecommerce::drill::Cluster {
+            binary: std::env::current_exe()?,
+            database_url: args
+                .database_url
+                .ok_or_else(|| format!("drill {name} needs --database-url URL (PostgreSQL)"))?,
+            nats_url: args
+                .nats_url
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
         };
-        push("--database-url", args.database_url.clone());
-        push("--nats-url", args.nats_url.clone());
-        push("--interval", args.interval.clone());
-        push("--customers", args.customers.map(|n| n.to_string()));
-        push(
-            "--canary-customers",
-            args.canary_customers.map(|n| n.to_string()),
-        );
-        return ecommerce::canary::command(&argv).await;
+        return ecommerce::canary::command(&cluster, canary, &options).await;
     }
     if name == ecommerce::slow_replica::NAME {
         return slow_replica(args).await;

@@ -16,6 +16,7 @@
 //! audits the system from its schemas: nothing lost, nothing charged twice,
 //! every order the canary took final.
 
+mod command;
 mod report;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use crate::tools::client::ApiClient;
 use crate::tools::cluster::{Proc, System, free_ports};
 use crate::tools::drill::Cluster;
 
+pub use command::command;
 pub use report::{CanaryReport, Row};
 
 /// How long signing up the drill's customers waits out identity's
@@ -499,65 +501,4 @@ async fn drive(
         audit,
         logs: String::new(),
     })
-}
-
-/// The command line of the two drills: `ecommerce drill
-/// canary-rollback|canary-promote --database-url URL [--nats-url URL]
-/// [--interval D] [--customers N]`. Prints the table; fails (non-zero
-/// exit) on a violation.
-///
-/// # Errors
-///
-/// A bad flag, a drill that could not run, or a violation.
-pub async fn command(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: ecommerce drill canary-rollback|canary-promote|blue-green|blue-green-failed-smoke --database-url URL \
-        [--nats-url URL] [--interval D] [--customers N] [--canary-customers N]";
-    let drill = args
-        .first()
-        .and_then(|name| CanaryDrill::from_name(name))
-        .ok_or(USAGE)?;
-    let mut options = CanaryOptions::default();
-    let (mut database_url, mut nats_url) = (None, "nats://127.0.0.1:4222".to_owned());
-    let mut it = args[1..].iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--database-url" => database_url = Some(value.clone()),
-            "--nats-url" => nats_url.clone_from(value),
-            "--interval" => options.interval = trellis_resilience::config::duration::parse(value)?,
-            "--customers" => options.customers = value.parse()?,
-            "--canary-customers" => options.canary_customers = value.parse()?,
-            other => return Err(format!("unknown flag {other}\n{USAGE}").into()),
-        }
-    }
-    let cluster = Cluster {
-        binary: std::env::current_exe()?,
-        database_url: database_url.ok_or_else(|| format!("--database-url is required\n{USAGE}"))?,
-        nats_url,
-    };
-    if drill.is_blue_green() {
-        println!(
-            "Drill {}: blue (stable) and green orders behind the gateway, smoke check then 0 → 100, judged every {:?}, {} customers",
-            drill.name(),
-            options.interval,
-            options.customers
-        );
-    } else {
-        println!(
-            "Drill {}: stable and canary orders behind the gateway, steps {:?} every {:?}, {} customers",
-            drill.name(),
-            options.steps,
-            options.interval,
-            options.customers
-        );
-    }
-    let report = run(&cluster, drill, &options).await?;
-    println!("{report}");
-    if report.passed() {
-        Ok(())
-    } else {
-        Err(format!("drill {} failed", drill.name()).into())
-    }
 }
