@@ -48,6 +48,18 @@ pub trait FlagSource: Send + Sync + 'static {
     }
 }
 
+/// A shared source (one handle for the watcher and, say, an admin API).
+#[async_trait::async_trait]
+impl<S: FlagSource + ?Sized> FlagSource for std::sync::Arc<S> {
+    async fn fetch(&self) -> Result<FlagDefinitions> {
+        (**self).fetch().await
+    }
+
+    async fn changed(&self, interval: Duration) {
+        (**self).changed(interval).await;
+    }
+}
+
 /// A flag file: JSON, or YAML (feature `yaml`) when it ends in `.yaml`/`.yml`.
 #[derive(Clone, Debug)]
 pub struct FileSource {

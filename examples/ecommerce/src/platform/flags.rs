@@ -1,8 +1,14 @@
 //! The feature flags of one process (issue #16): a trellis-flags
-//! [`FlagStore`] with the built-in [`DEFAULT_FLAGS`], merged with the
-//! optional flag file of [`DeliverySettings::flags_file`] (hot-reloaded),
-//! evaluated through an OpenFeature client, and changed live through the
-//! admin API under `/api/v1/admin/flags` (scope `ops:admin`).
+//! [`FlagStore`] serving, per key, the built-in [`DEFAULT_FLAGS`] <
+//! the deployment's shared set in the database (`trellis_flags` row
+//! [`FLAG_SET`]: `flags.db` in one process, schema `<prefix>flags` in
+//! PostgreSQL when distributed) < the optional flag file of
+//! [`DeliverySettings::flags_file`] (this process's override). It is
+//! evaluated through an OpenFeature client (every evaluation counted in
+//! `trellis_flags_evaluations_total` and added to the current span as a
+//! `feature_flag.evaluation` event) and changed live through the admin
+//! API under `/api/v1/admin/flags` (scope `ops:admin`), which writes the
+//! shared set.
 //!
 //! As in the OpenTelemetry demo, the fault drills are flags evaluated on
 //! every call (see `services::orders::flagged`): [`PAYMENT_OUTAGE`],
@@ -26,9 +32,11 @@
 //! | `POST /api/v1/admin/flags/{key}/variant` | `{"variant": "on"}`: the variant served by default (the kill switch) |
 //! | `POST /api/v1/admin/flags/{key}/state` | `{"state": "DISABLED"}`: disable or enable a flag |
 //!
-//! NOTE: flags live in each process. An admin change reaches the process
-//! that answers it (through the gateway, one orders replica); a change for
-//! every replica goes in the flag file, which each re-reads.
+//! An admin change is a compare-and-set write of the shared set; the
+//! process that answered reloads at once, every other process (replicas,
+//! the canary) within [`FLAGS_RELOAD`], at once on PostgreSQL through
+//! `NOTIFY`. A flag the answering process's file sets is refused with 409
+//! `flag_set_by_file` (the file would mask the change there).
 
 use std::sync::Arc;
 
@@ -40,7 +48,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use trellis_flags::open_feature::{Client, EvaluationContext, OpenFeature};
 use trellis_flags::{
-    FileSource, FlagDefinition, FlagDefinitions, FlagSource, FlagState, FlagStore,
+    DbFlags, FileSource, FlagDefinition, FlagDefinitions, FlagSource, FlagState, FlagStore,
 };
 use utoipa::ToSchema;
 
@@ -95,30 +103,46 @@ fn defaults() -> Result<FlagDefinitions, trellis_flags::Error> {
     FlagDefinitions::from_json(DEFAULT_FLAGS)
 }
 
-/// The flag file merged over the built-in flags: a key the file defines
-/// replaces the built-in one.
+/// The name of the deployment's flag set (its row in `trellis_flags`).
+pub const FLAG_SET: &str = "ecommerce";
+
+/// What a process serves, per key: the built-in flag, replaced by the
+/// database's (the admin API's changes, shared by every process of the
+/// deployment), replaced by the flag file's (this process's override, e.g.
+/// the canary's faults).
 #[derive(Debug)]
-struct WithDefaults(FileSource);
+struct Layered {
+    db: DbFlags,
+    file: Option<FileSource>,
+}
 
 #[trellis_flags::async_trait]
-impl FlagSource for WithDefaults {
+impl FlagSource for Layered {
     async fn fetch(&self) -> trellis_flags::Result<FlagDefinitions> {
-        let file = self.0.fetch().await?;
         let mut merged = defaults()?;
-        merged.flags.extend(file.flags);
+        merged.flags.extend(self.db.fetch().await?.flags);
+        if let Some(file) = &self.file {
+            merged.flags.extend(file.fetch().await?.flags);
+        }
         Ok(merged)
+    }
+
+    /// The database's wake-up (PostgreSQL `NOTIFY`), else the poll.
+    async fn changed(&self, interval: std::time::Duration) {
+        self.db.changed(interval).await;
     }
 }
 
 /// A process's flags: the store, an OpenFeature client on it, the version
-/// label evaluations carry, and the file reload (stopped with the last
-/// clone).
+/// label evaluations carry, the deployment's shared flag set and the
+/// reload task (stopped with the last clone).
 #[derive(Clone)]
 pub struct Flags {
     store: FlagStore,
     client: Arc<Client>,
     version: Arc<str>,
-    _reload: Option<Arc<trellis_flags::ReloadTask>>,
+    source: Arc<Layered>,
+    _reload: Arc<trellis_flags::ReloadTask>,
 }
 
 impl std::fmt::Debug for Flags {
@@ -131,24 +155,32 @@ impl std::fmt::Debug for Flags {
 }
 
 impl Flags {
-    /// The built-in flags, and the flag file when `settings` names one
-    /// (re-read every [`FLAGS_RELOAD`]).
+    /// The built-in flags, the deployment's set in `db` and the flag file
+    /// when `settings` names one, watched every [`FLAGS_RELOAD`] (and at
+    /// once on a PostgreSQL notification); evaluations counted in
+    /// `metrics`.
     ///
     /// # Errors
     ///
-    /// The flag file cannot be read or holds an invalid set: a process does
-    /// not start on flags it cannot read.
-    pub async fn open(settings: &DeliverySettings) -> Result<Flags, Error> {
-        let store = FlagStore::new(defaults().map_err(startup)?).map_err(startup)?;
-        let reload = match &settings.flags_file {
-            Some(path) => Some(Arc::new(
-                store
-                    .watch(WithDefaults(FileSource::new(path)), FLAGS_RELOAD)
-                    .await
-                    .map_err(startup)?,
-            )),
-            None => None,
-        };
+    /// The database or the flag file cannot be read or holds an invalid
+    /// set: a process does not start on flags it cannot read.
+    pub(crate) async fn open(
+        settings: &DeliverySettings,
+        db: DbFlags,
+        metrics: trellis_flags::FlagMetrics,
+    ) -> Result<Flags, Error> {
+        let store = FlagStore::builder()
+            .metrics(metrics)
+            .build(defaults().map_err(startup)?)
+            .map_err(startup)?;
+        let source = Arc::new(Layered {
+            db,
+            file: settings.flags_file.as_ref().map(FileSource::new),
+        });
+        let reload = store
+            .watch(Arc::clone(&source), FLAGS_RELOAD)
+            .await
+            .map_err(startup)?;
         // A client of its own, not OpenFeature's global singleton: tests
         // run several systems, each with its own flags, in one process.
         let mut api = OpenFeature::default();
@@ -157,11 +189,27 @@ impl Flags {
             client: Arc::new(api.create_client()),
             store,
             version: Arc::from(settings.version.as_str()),
-            _reload: reload,
+            source,
+            _reload: Arc::new(reload),
         })
     }
 
-    /// The store (admin changes, status).
+    /// The set of one process alone (tests, tools): `flags.db` in `dir`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub async fn open_in(
+        dir: &std::path::Path,
+        settings: &DeliverySettings,
+    ) -> Result<Flags, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Startup(format!("feature flags: {e}")))?;
+        let db = open_sqlite(dir).await?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        Self::open(settings, db, trellis_flags::FlagMetrics::new(&mut registry)).await
+    }
+
+    /// The store (status, snapshot).
     #[must_use]
     pub fn store(&self) -> &FlagStore {
         &self.store
@@ -186,29 +234,140 @@ impl Flags {
     /// evaluated (unknown flag, wrong type).
     pub async fn bool(&self, key: &str, targeting_key: &str, default: bool) -> bool {
         let ctx = self.context(targeting_key);
-        self.client
-            .get_bool_value(key, Some(&ctx), None)
-            .await
-            .unwrap_or(default)
+        let details = self.client.get_bool_details(key, Some(&ctx), None).await;
+        traced(key, details, default)
     }
 
     /// An int flag through OpenFeature; `default` when it cannot be evaluated.
     pub async fn int(&self, key: &str, targeting_key: &str, default: i64) -> i64 {
         let ctx = self.context(targeting_key);
-        self.client
-            .get_int_value(key, Some(&ctx), None)
-            .await
-            .unwrap_or(default)
+        let details = self.client.get_int_details(key, Some(&ctx), None).await;
+        traced(key, details, default)
     }
 
     /// A float flag through OpenFeature; `default` when it cannot be evaluated.
     pub async fn float(&self, key: &str, targeting_key: &str, default: f64) -> f64 {
         let ctx = self.context(targeting_key);
-        self.client
-            .get_float_value(key, Some(&ctx), None)
-            .await
-            .unwrap_or(default)
+        let details = self.client.get_float_details(key, Some(&ctx), None).await;
+        traced(key, details, default)
     }
+
+    /// Applies `change` to the deployment's shared set (compare-and-set,
+    /// retried on a concurrent change), then reloads this process at once
+    /// so its answer shows the change; the other processes see it within
+    /// [`FLAGS_RELOAD`] (at once on PostgreSQL, through `NOTIFY`).
+    async fn change(
+        &self,
+        key: &str,
+        change: impl Fn(&mut FlagDefinitions) -> trellis_flags::Result<()> + Send + Sync,
+    ) -> Result<(), ApiError> {
+        if let Some(file) = &self.source.file
+            && file.fetch().await.is_ok_and(|f| f.flags.contains_key(key))
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "flag_set_by_file",
+                format!("{key} is set by this process's flag file, which overrides the admin API"),
+            ));
+        }
+        let builtin = defaults().map_err(flag_error)?;
+        self.source
+            .db
+            .modify(|set| {
+                // A built-in flag enters the shared set on its first change.
+                if !set.flags.contains_key(key)
+                    && let Some(flag) = builtin.flags.get(key)
+                {
+                    set.flags.insert(key.to_owned(), flag.clone());
+                }
+                change(set)
+            })
+            .await
+            .map_err(flag_error)?;
+        match self.source.fetch().await {
+            Ok(set) => {
+                let _ = self.store.load(set);
+            }
+            // The watcher reports it too, and keeps the last good set.
+            Err(e) => tracing::warn!(error = %e, "flags changed but not reloaded here"),
+        }
+        Ok(())
+    }
+}
+
+/// The value of an evaluation, and the OpenTelemetry `feature_flag.*`
+/// attributes on the current span as a `feature_flag.evaluation` event
+/// (semantic conventions), written straight to the span so they do not
+/// depend on the log filter that keeps trellis-flags' debug events out of
+/// the logs.
+fn traced<T>(
+    key: &str,
+    details: Result<
+        trellis_flags::open_feature::EvaluationDetails<T>,
+        trellis_flags::open_feature::EvaluationError,
+    >,
+    default: T,
+) -> T {
+    use opentelemetry::KeyValue;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut attributes = vec![
+        KeyValue::new("feature_flag.key", key.to_owned()),
+        KeyValue::new("feature_flag.provider_name", trellis_flags::PROVIDER_NAME),
+    ];
+    let value = match details {
+        Ok(d) => {
+            if let Some(variant) = d.variant {
+                attributes.push(KeyValue::new("feature_flag.variant", variant));
+            }
+            if let Some(reason) = d.reason {
+                attributes.push(KeyValue::new("feature_flag.reason", reason.to_string()));
+            }
+            d.value
+        }
+        Err(e) => {
+            attributes.push(KeyValue::new("error.type", format!("{:?}", e.code)));
+            default
+        }
+    };
+    tracing::Span::current().add_event("feature_flag.evaluation", attributes);
+    value
+}
+
+/// The deployment's flag set in a SQLite file, `flags.db` in `dir` (the
+/// one-process mode).
+///
+/// # Errors
+///
+/// The file cannot be opened or its table created.
+pub(crate) async fn open_sqlite(dir: &std::path::Path) -> Result<DbFlags, Error> {
+    let pool = crate::platform::db::open(dir, "flags").await?;
+    DbFlags::sqlite(pool, FLAG_SET).await.map_err(startup)
+}
+
+/// The deployment's flag set in PostgreSQL, schema `<prefix>flags`, shared
+/// by every process and replica (distributed mode).
+///
+/// # Errors
+///
+/// The schema or table cannot be created.
+pub(crate) async fn open_postgres(
+    target: crate::platform::db::PgTarget<'_>,
+) -> Result<DbFlags, Error> {
+    // Two connections: the watcher's reads and the admin API's writes
+    // (the LISTEN connection is separate).
+    let pool = crate::platform::db::open_pg(target, 2).await?;
+    DbFlags::postgres(pool, FLAG_SET).await.map_err(startup)
+}
+
+fn known<'a>(
+    set: &'a mut FlagDefinitions,
+    key: &str,
+) -> trellis_flags::Result<&'a mut FlagDefinition> {
+    set.flags
+        .get_mut(key)
+        .ok_or_else(|| trellis_flags::Error::UnknownFlag {
+            flag: key.to_owned(),
+        })
 }
 
 fn startup(e: trellis_flags::Error) -> Error {
@@ -220,6 +379,16 @@ fn flag_error(e: trellis_flags::Error) -> ApiError {
         trellis_flags::Error::UnknownFlag { .. } => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_flag", e.to_string())
         }
+        // Concurrent changes kept winning (the write re-read and retried),
+        // the database failed, or the stored set is malformed: nothing
+        // changed, and none of it is the caller's request's fault.
+        trellis_flags::Error::Conflict { .. }
+        | trellis_flags::Error::Storage(_)
+        | trellis_flags::Error::Parse { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "flags_unavailable",
+            e.to_string(),
+        ),
         other => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_flag",
@@ -275,9 +444,12 @@ impl FlagView {
 pub(crate) struct FlagList {
     /// The answering process's version label.
     version: String,
-    /// Incremented by every reload or admin change.
+    /// Incremented by every reload of this process's flags.
     generation: u64,
-    /// Whether the last read of the flag file succeeded.
+    /// The revision of the deployment's shared set (incremented by every
+    /// admin change through any process).
+    revision: u64,
+    /// Whether the last read of the shared set and the flag file succeeded.
     healthy: bool,
     /// Why it did not (the last good set is still served).
     last_error: Option<String>,
@@ -294,15 +466,18 @@ pub(crate) struct FlagList {
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "The flags this process serves", body = FlagList),
+        (status = 503, description = "`flags_unavailable`: the shared flag set could not be read", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
     )
 )]
-pub(crate) async fn list(State(flags): State<Flags>) -> Json<FlagList> {
+pub(crate) async fn list(State(flags): State<Flags>) -> Result<Json<FlagList>, ApiError> {
     let status = flags.store.status();
     let snapshot = flags.store.snapshot();
-    Json(FlagList {
+    let revision = flags.source.db.revision().await.map_err(flag_error)?;
+    Ok(Json(FlagList {
         version: flags.version().to_owned(),
         generation: status.generation,
+        revision,
         healthy: status.is_healthy(),
         last_error: status.last_error.map(|e| e.message),
         flags: snapshot
@@ -310,7 +485,7 @@ pub(crate) async fn list(State(flags): State<Flags>) -> Json<FlagList> {
             .iter()
             .map(|(key, flag)| FlagView::new(key, flag))
             .collect(),
-    })
+    }))
 }
 
 fn one(flags: &Flags, key: &str) -> Result<Json<FlagView>, ApiError> {
@@ -336,6 +511,8 @@ fn one(flags: &Flags, key: &str) -> Result<Json<FlagView>, ApiError> {
     responses(
         (status = 200, description = "The flag as now served", body = FlagView),
         (status = 422, description = "`invalid_flag`: the definition is inconsistent; nothing changed", body = crate::api::ErrorBody),
+        (status = 409, description = "`flag_set_by_file`: this process's flag file sets the flag and overrides the admin API; nothing changed", body = crate::api::ErrorBody),
+        (status = 503, description = "`flags_unavailable`: the shared flag set could not be read or written; nothing changed", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
@@ -353,9 +530,11 @@ pub(crate) async fn put(
         ));
     }
     flags
-        .store
-        .set_flag(key.clone(), flag)
-        .map_err(flag_error)?;
+        .change(&key, |set| {
+            set.flags.insert(key.clone(), flag.clone());
+            Ok(())
+        })
+        .await?;
     tracing::info!(flag = key, "flag set through the admin API");
     one(&flags, &key)
 }
@@ -381,6 +560,8 @@ pub(crate) struct VariantBody {
         (status = 200, description = "The flag as now served", body = FlagView),
         (status = 404, description = "`unknown_flag`: no such flag", body = crate::api::ErrorBody),
         (status = 422, description = "`invalid_flag`: no such variant; nothing changed", body = crate::api::ErrorBody),
+        (status = 409, description = "`flag_set_by_file`: this process's flag file sets the flag and overrides the admin API; nothing changed", body = crate::api::ErrorBody),
+        (status = 503, description = "`flags_unavailable`: the shared flag set could not be read or written; nothing changed", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
@@ -391,9 +572,11 @@ pub(crate) async fn set_variant(
     ApiJson(body): ApiJson<VariantBody>,
 ) -> Result<Json<FlagView>, ApiError> {
     flags
-        .store
-        .set_default_variant(&key, body.variant.clone())
-        .map_err(flag_error)?;
+        .change(&key, |set| {
+            known(set, &key)?.default_variant.clone_from(&body.variant);
+            Ok(())
+        })
+        .await?;
     tracing::info!(
         flag = key,
         variant = body.variant,
@@ -423,6 +606,8 @@ pub(crate) struct StateBody {
     responses(
         (status = 200, description = "The flag as now served", body = FlagView),
         (status = 404, description = "`unknown_flag`: no such flag", body = crate::api::ErrorBody),
+        (status = 409, description = "`flag_set_by_file`: this process's flag file sets the flag and overrides the admin API; nothing changed", body = crate::api::ErrorBody),
+        (status = 503, description = "`flags_unavailable`: the shared flag set could not be read or written; nothing changed", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
@@ -433,9 +618,11 @@ pub(crate) async fn set_state(
     ApiJson(body): ApiJson<StateBody>,
 ) -> Result<Json<FlagView>, ApiError> {
     flags
-        .store
-        .set_state(&key, body.state)
-        .map_err(flag_error)?;
+        .change(&key, |set| {
+            known(set, &key)?.state = body.state;
+            Ok(())
+        })
+        .await?;
     tracing::info!(flag = key, state = ?body.state, "flag state set through the admin API");
     one(&flags, &key)
 }
@@ -465,13 +652,15 @@ mod tests {
 
     #[tokio::test]
     async fn defaults_are_off_and_a_file_overrides_per_key_with_the_version_attribute() {
-        let off = Flags::open(&DeliverySettings::default()).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("ecommerce-flags-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let off = Flags::open_in(&dir.join("off"), &DeliverySettings::default())
+            .await
+            .unwrap();
         assert!(!off.bool(PAYMENT_OUTAGE, "o1", true).await);
         assert!(off.float(PAYMENT_FAILURE_RATE, "o1", 1.0).await.abs() < f64::EPSILON);
         assert_eq!(off.int(CHECKOUT_ORDER_LIMIT, "c", 7).await, 0);
 
-        let dir = std::env::temp_dir().join(format!("ecommerce-flags-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("flags.json");
         std::fs::write(
             &file,
@@ -486,8 +675,12 @@ mod tests {
             version: version.into(),
             ..DeliverySettings::default()
         };
-        let canary = Flags::open(&settings("canary")).await.unwrap();
-        let stable = Flags::open(&settings("stable")).await.unwrap();
+        let canary = Flags::open_in(&dir.join("canary"), &settings("canary"))
+            .await
+            .unwrap();
+        let stable = Flags::open_in(&dir.join("stable"), &settings("stable"))
+            .await
+            .unwrap();
         assert!((canary.float(PAYMENT_FAILURE_RATE, "o1", 0.0).await - 0.2).abs() < 1e-9);
         assert!(stable.float(PAYMENT_FAILURE_RATE, "o1", 1.0).await.abs() < f64::EPSILON);
         // The built-in flags the file leaves out are still there.

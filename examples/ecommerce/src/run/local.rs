@@ -251,7 +251,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The drills' audit compares stock with what inventory accounted for
     // now, before any order of this run.
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
-    let flags = crate::platform::flags::Flags::open(&config.delivery).await?;
+    // The deployment's shared flag set, here one process's SQLite file.
+    let flags = crate::platform::flags::Flags::open(
+        &config.delivery,
+        crate::platform::flags::open_sqlite(dir).await?,
+        metrics.flags.clone(),
+    )
+    .await?;
 
     let store = open_order_store(dir).await?;
     let fed = bus_read_models(dir, &store, &validator, &mut metrics).await?;
