@@ -271,12 +271,12 @@ pub(crate) async fn set_state(
 pub(crate) fn router(
     flags: Flags,
     validator: trellis_auth::Validator,
-) -> crate::services::ApiRouter {
+) -> utoipa_axum::router::OpenApiRouter {
     use trellis_auth::{JwtAuthLayer, RequireScopesLayer};
     use utoipa_axum::router::UtoipaMethodRouterExt as _;
     use utoipa_axum::routes;
     let ops = || RequireScopesLayer::all([crate::api::OPS_SCOPE]);
-    crate::services::ApiRouter::default()
+    utoipa_axum::router::OpenApiRouter::default()
         .routes(routes!(list).map(|m| m.route_layer(ops())))
         .routes(routes!(put).map(|m| m.route_layer(ops())))
         .routes(routes!(set_variant).map(|m| m.route_layer(ops())))
