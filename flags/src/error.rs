@@ -44,12 +44,29 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A compare-and-set write lost: the stored set's revision is no longer
+    /// the one the writer read. Nothing was written; re-read and retry.
+    #[error("flag set changed concurrently: expected revision {expected}, found {actual}")]
+    Conflict {
+        /// The revision the writer expected.
+        expected: u64,
+        /// The revision found.
+        actual: u64,
+    },
+    /// The database behind a flag source failed.
+    #[error("flag storage failed: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A custom [`FlagSource`](crate::FlagSource) failed.
     #[error("flag source failed: {0}")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Storage(e.into())
+    }
+
     pub(crate) fn invalid(flag: &str, reason: impl Into<String>) -> Self {
         Self::Invalid {
             flag: flag.to_owned(),

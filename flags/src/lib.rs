@@ -19,11 +19,15 @@
 //! - [`FlagDefinitions`], [`FlagDefinition`], [`Rule`], [`Condition`]: the
 //!   file format.
 //! - [`FlagSource`], [`FileSource`]: where sets come from.
+//! - `DbFlags` (features `sqlite`, `postgres`): a flag set in a database
+//!   table shared by every replica, written compare-and-set, watched by
+//!   polling and (PostgreSQL) `LISTEN`.
 //! - [`bucket`]: the sticky bucket of a user for a flag.
 //! - `FlagMetrics` (feature `metrics`): `trellis_flags_evaluations_total`.
 //!
 //! # Features
 //!
+//! - `sqlite` (default), `postgres`: `DbFlags`, flag sets in a database.
 //! - `metrics`: the prometheus-client counter.
 //! - `yaml`: YAML flag files.
 //!
@@ -66,6 +70,8 @@
 
 mod bucket;
 mod compiled;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod db;
 mod definition;
 mod error;
 #[cfg(feature = "metrics")]
@@ -79,6 +85,8 @@ pub use open_feature;
 
 pub use crate::bucket::bucket;
 pub use crate::compiled::{FlagType, Reason};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use crate::db::{DbFlags, FLAGS_CHANNEL, FLAGS_TABLE, Revisioned};
 pub use crate::definition::{
     Condition, FlagDefinition, FlagDefinitions, FlagState, Operator, Rule,
 };

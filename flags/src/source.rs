@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::store::FlagStore;
 
 /// Anything that can produce a whole flag set: a file ([`FileSource`]), a
-/// service's own database table, a config service. [`FlagStore::watch`] polls
+/// database table (`DbFlags`, features `sqlite`/`postgres`), a config service. [`FlagStore::watch`] polls
 /// it and loads what changed.
 ///
 /// # Examples
@@ -37,6 +37,27 @@ pub trait FlagSource: Send + Sync + 'static {
     /// Any [`Error`]; the store keeps serving the last good set and reports
     /// the error through [`FlagStore::status`].
     async fn fetch(&self) -> Result<FlagDefinitions>;
+
+    /// Waits until the next fetch is due. By default this sleeps
+    /// `interval`; a source that hears of changes (a PostgreSQL `LISTEN`,
+    /// see [`DbFlags`](crate::DbFlags)) may return earlier. Either way the
+    /// store fetches and compares, so an early or spurious return only
+    /// costs a fetch.
+    async fn changed(&self, interval: Duration) {
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// A shared source (one handle for the watcher and, say, an admin API).
+#[async_trait::async_trait]
+impl<S: FlagSource + ?Sized> FlagSource for std::sync::Arc<S> {
+    async fn fetch(&self) -> Result<FlagDefinitions> {
+        (**self).fetch().await
+    }
+
+    async fn changed(&self, interval: Duration) {
+        (**self).changed(interval).await;
+    }
 }
 
 /// A flag file: JSON, or YAML (feature `yaml`) when it ends in `.yaml`/`.yml`.
@@ -142,7 +163,7 @@ impl FlagStore {
             // stays broken is logged once, not on every poll.
             let mut failing: Option<String> = None;
             loop {
-                tokio::time::sleep(interval).await;
+                source.changed(interval).await;
                 match source.fetch().await {
                     Ok(defs) if last_fetched.as_ref() == Some(&defs) => {}
                     Ok(defs) => {

@@ -259,6 +259,19 @@ async fn the_scenario_shows_in_the_business_and_library_metrics() {
         3.0,
     );
 
+    // Feature flag evaluations, by flag, variant and reason: each order
+    // passes the order-limit checkout step once, each charge (the
+    // confirmed order's, the declined one's, the validation's) the
+    // failure-rate flag once; none has targeting, so the reason is STATIC.
+    m.expect(
+        r#"trellis_flags_evaluations_total{flag="checkout-order-limit",variant="off",reason="STATIC"}"#,
+        3.0,
+    );
+    m.expect(
+        r#"trellis_flags_evaluations_total{flag="payment-failure-rate",variant="off",reason="STATIC"}"#,
+        3.0,
+    );
+
     // HTTP server metrics, by route template, and the process collector.
     m.expect(
         r#"http_server_request_duration_seconds_count{http_request_method="POST",http_route="/api/v1/orders",http_response_status_code="201"}"#,

@@ -27,6 +27,9 @@ pub(crate) struct ProcessMetrics {
     pub(crate) projections: ProjectionMetrics,
     /// Every resilience policy of the process (`name` label).
     pub(crate) policies: PolicyMetricFamilies,
+    /// Feature flag evaluations (`trellis_flags_evaluations_total`), by
+    /// flag, variant and reason.
+    pub(crate) flags: trellis_flags::FlagMetrics,
     /// The process's latest slow requests, for the console.
     pub(crate) slow: SlowRequests,
 }
@@ -45,11 +48,13 @@ impl ProcessMetrics {
         registry.register_collector(Box::new(ProcessCollector::new()));
         let projections = ProjectionMetrics::new(&mut registry);
         let policies = PolicyMetricFamilies::new(&mut registry);
+        let flags = trellis_flags::FlagMetrics::new(&mut registry);
         ProcessMetrics {
             registry,
             http,
             projections,
             policies,
+            flags,
             slow: SlowRequests::default(),
         }
     }

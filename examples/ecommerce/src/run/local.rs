@@ -267,7 +267,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The drills' audit compares stock with what inventory accounted for
     // now, before any order of this run.
     let stock_baseline = crate::run::audit::stock_totals(&inventory_db).await?;
-    let flags = crate::platform::flags::Flags::open(&config.delivery).await?;
+    // The deployment's shared flag set, here one process's SQLite file.
+    let flags = crate::platform::flags::Flags::open(
+        &config.delivery,
+        crate::platform::flags::open_sqlite(dir).await?,
+        metrics.flags.clone(),
+    )
+    .await?;
 
     let store = open_order_store(dir).await?;
     let fed = bus_read_models(dir, &store, &validator, &mut metrics).await?;
@@ -319,12 +325,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let canary = match &config.delivery.canary_version {
         Some(version) => {
             let (store, inventory, payments) = canary_parts;
-            let flags =
-                crate::platform::flags::Flags::open(&crate::platform::delivery::DeliverySettings {
+            // The same shared set (one process: its SQLite file), evaluated
+            // under the canary's version label.
+            let flags = crate::platform::flags::Flags::open(
+                &crate::platform::delivery::DeliverySettings {
                     version: version.clone(),
                     ..config.delivery.clone()
-                })
-                .await?;
+                },
+                crate::platform::flags::open_sqlite(dir).await?,
+                metrics.flags.clone(),
+            )
+            .await?;
             let deps = orders::Deps {
                 store,
                 saga_log: OrderSagaLog::Sqlite(

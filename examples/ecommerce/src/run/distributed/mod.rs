@@ -212,7 +212,18 @@ pub async fn start(settings: &Settings) -> Result<RunningService, Error> {
             // Its own fault switch (drill `slow-replica`): this instance,
             // as the orchestrator names it (the pod's host name).
             let fault = payments::ReplicaFault {
-                flags: crate::platform::flags::Flags::open(&settings.delivery).await?,
+                // The deployment's shared set (as orders reads it) and the
+                // flag file, which targets one replica by host name.
+                flags: crate::platform::flags::Flags::open(
+                    &settings.delivery,
+                    crate::platform::flags::open_postgres(pg_target(
+                        settings,
+                        &format!("{}flags", settings.schema_prefix),
+                    ))
+                    .await?,
+                    metrics.flags.clone(),
+                )
+                .await?,
                 instance: std::env::var("HOSTNAME")
                     .ok()
                     .filter(|h| !h.is_empty())

@@ -138,7 +138,15 @@ pub(super) async fn start_orders(
     };
 
     let (validator, refresh) = jwks_validator(settings)?;
-    let flags = crate::platform::flags::Flags::open(&settings.delivery).await?;
+    // Every orders process of the deployment (replicas, the canary) shares
+    // one flag set in the schema `<prefix>flags`.
+    let flags_schema = format!("{}flags", settings.schema_prefix);
+    let flags = crate::platform::flags::Flags::open(
+        &settings.delivery,
+        crate::platform::flags::open_postgres(pg_target(settings, &flags_schema)).await?,
+        metrics.flags.clone(),
+    )
+    .await?;
     // An owner unique to this process (host name and a per-start id): a
     // rescheduled or restarted pod is a new owner that adopts its
     // predecessor's sagas once their leases expire, never while they live.

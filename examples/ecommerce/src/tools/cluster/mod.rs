@@ -408,10 +408,15 @@ impl System {
                 .await;
         }
         if let Ok(pool) = PgPool::connect(&self.database_url).await {
-            for service in ServiceName::ALL {
+            // Every service's schema and the shared flag set's.
+            let schemas = ServiceName::ALL
+                .iter()
+                .map(ToString::to_string)
+                .chain(["flags".to_owned()]);
+            for schema in schemas {
                 let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP SCHEMA IF EXISTS {}{} CASCADE",
-                    self.prefix, service
+                    self.prefix, schema
                 )))
                 .execute(&pool)
                 .await;
