@@ -455,7 +455,9 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
-    let process_cpu = cpu_before.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
+    let process_cpu = cpu_before
+        .zip(process_cpu())
+        .map(|(a, b)| b.saturating_sub(a));
     ticker.abort();
     bar.finish_and_clear();
 
