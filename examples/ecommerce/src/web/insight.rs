@@ -27,7 +27,7 @@ pub(crate) struct BusinessView {
 /// requests with their trace links.
 #[utoipa::path(
     get,
-    path = "/api/v1/admin/business",
+    path = "/admin/business",
     tag = "orders",
     operation_id = "admin_business",
     security(("bearer" = ["ops:admin"])),
