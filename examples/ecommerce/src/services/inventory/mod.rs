@@ -9,7 +9,9 @@
 //! instead of confirming an order whose stock was given back.
 
 pub(crate) mod client;
+mod common;
 pub(crate) mod metrics;
+mod sweeper;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -282,148 +284,12 @@ impl Inventory {
         tx.commit().await?;
         Ok(reply)
     }
-
-    /// The common reserve, of an id not seen before with stock for every
-    /// line: one transaction of the stock updates and the reservation's
-    /// INSERT, without reading the id first. `None`, with nothing written
-    /// (the transaction rolls back when dropped), when a line is short or
-    /// the id exists: the general path in [`apply`](Self::apply) reads the
-    /// id and answers those.
-    async fn reserve_new(
-        &self,
-        key: &str,
-        order_id: &str,
-        lines: &[Line],
-    ) -> Result<Option<InventoryReply>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        for line in lines {
-            let taken = sqlx::query(
-                "UPDATE stock SET available = available - $1 WHERE sku = $2 AND available >= $3",
-            )
-            .bind(line.quantity)
-            .bind(&line.sku)
-            .bind(line.quantity)
-            .execute(&mut *tx)
-            .await?;
-            if taken.rows_affected() == 0 {
-                return Ok(None);
-            }
-        }
-        let encoded = serde_json::to_string(lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        let expires_at = (self.clock)().saturating_add(self.ttl_ms);
-        let inserted = sqlx::query(
-            "INSERT INTO reservations (id, order_id, lines, status, expires_at) \
-             VALUES ($1, $2, $3, 'RESERVED', $4) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(key)
-        .bind(order_id)
-        .bind(encoded)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(None);
-        }
-        tx.commit().await?;
-        Ok(Some(InventoryReply::Reserved {
-            reservation: key.to_owned(),
-        }))
-    }
-
-    /// Confirms `reservation` if it is RESERVED and unexpired: the rows moved.
-    async fn confirm<'e, E>(&self, executor: E, reservation: &str) -> Result<u64, sqlx::Error>
-    where
-        E: sqlx::Executor<'e, Database = sqlx::Any>,
-    {
-        let confirmed = sqlx::query(
-            "UPDATE reservations SET status = 'CONFIRMED' WHERE id = $1 AND status = 'RESERVED' \
-             AND (expires_at IS NULL OR expires_at > $2)",
-        )
-        .bind(reservation)
-        .bind((self.clock)())
-        .execute(executor)
-        .await?;
-        Ok(confirmed.rows_affected())
-    }
-
-    /// Expires up to `batch` RESERVED reservations past their expiry: their
-    /// stock goes back, their status becomes EXPIRED. Returns how many.
-    pub(crate) async fn sweep_expired(&self, batch: i64) -> Result<u64, sqlx::Error> {
-        let now = (self.clock)();
-        let due: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, lines FROM reservations WHERE status = 'RESERVED' AND expires_at <= $1 \
-             ORDER BY expires_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(batch)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut expired = 0;
-        for (id, lines) in due {
-            let mut tx = self.pool.begin().await?;
-            // A confirm or release may have won the race since the query:
-            // give_back changes nothing then.
-            if give_back(&mut tx, &id, "RESERVED", "EXPIRED", &lines).await? {
-                expired += 1;
-            }
-            tx.commit().await?;
-        }
-        if expired > 0
-            && let Some(stock) = &self.stock
-        {
-            stock.refresh(&self.pool).await;
-        }
-        Ok(expired)
-    }
-
-    /// The sweeper: every `every`, expires due reservations in batches of
-    /// [`SWEEP_BATCH`] until none is left. Runs until aborted.
-    pub(crate) fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let inventory = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                loop {
-                    match inventory.sweep_expired(SWEEP_BATCH).await {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(expired = n, "reservations expired, stock returned");
-                            // A full batch may mean more are due; others
-                            // get the database between batches.
-                            if i64::try_from(n).unwrap_or(i64::MAX) < SWEEP_BATCH {
-                                break;
-                            }
-                            tokio::task::yield_now().await;
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reservation sweep failed; retrying on the next tick");
-                            break;
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// How often the sweeper looks: a quarter of the TTL, between 50 ms and
-    /// 5 s (an expired reservation is refused at confirm anyway; the sweep
-    /// only decides how soon its stock is back on the shelf).
-    pub(crate) fn sweep_interval(&self) -> Duration {
-        sweep_interval(self.ttl_ms)
-    }
-}
-
-fn sweep_interval(ttl_ms: i64) -> Duration {
-    let quarter = u64::try_from(ttl_ms / 4).unwrap_or(0);
-    Duration::from_millis(quarter.clamp(50, 5_000))
 }
 
 /// Moves reservation `id` from `from` to `to` and returns its `lines` to
 /// stock, if it still is `from` (a concurrent confirm, release or sweep may
 /// have moved it first: then nothing changes). Returns whether it moved.
-async fn give_back(
+pub(super) async fn give_back(
     tx: &mut Transaction<'static, Any>,
     id: &str,
     from: &str,
@@ -933,7 +799,7 @@ mod tests {
 
     #[test]
     fn the_sweep_interval_follows_the_ttl_within_bounds() {
-        let at = sweep_interval;
+        let at = super::sweeper::sweep_interval;
         assert_eq!(at(15 * 60 * 1000), Duration::from_secs(5));
         assert_eq!(at(2_000), Duration::from_millis(500));
         assert_eq!(at(40), Duration::from_millis(50));
