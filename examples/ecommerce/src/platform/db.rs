@@ -52,7 +52,10 @@ pub(crate) async fn open_any(dir: &Path, name: &str) -> Result<AnyPool, sqlx::Er
     install_drivers();
     // Creates the file and switches it to WAL (a persistent setting).
     open(dir, name).await?.close().await;
+    // No ping before each acquire, as in `open`: through the `Any` driver
+    // too it is one more hand-off to the connection's thread per query.
     AnyPoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(1)
         .after_connect(|conn, _meta| {
             Box::pin(async move {

@@ -196,6 +196,49 @@ impl Running {
             .map_err(|e| Error::Startup(format!("validation pass: {}", e.message)))
     }
 
+    /// Places an order in process, as `POST /api/v1/orders` does for
+    /// `customer` holding the write scope, without HTTP or a token: the
+    /// orders command pipeline (validate ▸ authorize ▸ idempotency by
+    /// `idempotency_key` ▸ price ▸ the place-order saga against in-process
+    /// inventory and payments), answered once the read model has the
+    /// order. Returns the order's status: `CONFIRMED`, `REJECTED`,
+    /// `PENDING_VALIDATION`, or `PLACED` while its saga still runs. The
+    /// place-order bench (`benches/benches/place_order.rs`) drives this.
+    ///
+    /// # Errors
+    ///
+    /// The command was refused (an invalid line or card, an unknown SKU, a
+    /// key reused with another body) or a store failed.
+    pub async fn place_order(
+        &self,
+        customer: &str,
+        idempotency_key: Option<&str>,
+        lines: &[(&str, i64)],
+        card: &str,
+    ) -> Result<String, Error> {
+        use crate::services::inventory::client::Line;
+        let lines = lines
+            .iter()
+            .map(|(sku, quantity)| Line {
+                sku: (*sku).to_owned(),
+                quantity: *quantity,
+            })
+            .collect();
+        let caller = trellis_cqrs::Identity::new(customer)
+            .with_role(crate::services::orders::command::WRITE);
+        let (_status, placed) = crate::services::orders::http::place_order(
+            &self.services.orders,
+            customer.to_owned(),
+            idempotency_key.map(str::to_owned),
+            lines,
+            card.to_owned(),
+            caller,
+        )
+        .await
+        .map_err(|e| Error::Scenario(format!("{} {}: {}", e.status, e.code, e.message)))?;
+        Ok(placed.status)
+    }
+
     /// Events in the order event store.
     pub async fn event_count(&self) -> Result<u64, Error> {
         Ok(self.services.orders.orders.store_head().await?)

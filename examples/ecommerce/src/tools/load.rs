@@ -84,6 +84,25 @@ pub struct LoadSummary {
     /// Every accepted order, in the order the answers came (a drill reads
     /// them back until they are final).
     pub accepted: Vec<AcceptedOrder>,
+    /// CPU time (user + system, every thread) this process spent while the
+    /// orders were placed (the read-back excluded); `None` where
+    /// `/proc/self/stat` cannot be read. Without `--url` that is the
+    /// server and the load generator together.
+    pub process_cpu: Option<Duration>,
+}
+
+/// User + system CPU time of this process so far, every thread, from
+/// `/proc/self/stat` (Linux; `None` elsewhere).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of these.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // In clock ticks: USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// An order the system accepted (201) during a load run.
@@ -147,7 +166,19 @@ impl fmt::Display for LoadSummary {
             self.ms(0.9),
             self.ms(0.99),
             self.latency_us.max() as f64 / 1000.0
-        )
+        )?;
+        let orders = self.completed + self.compensated + self.pending;
+        if let Some(cpu) = self.process_cpu
+            && orders > 0
+        {
+            writeln!(
+                f,
+                "| CPU of this process while placing | {:.2} s: {:.2} ms per order |",
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1000.0 / orders as f64
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -362,6 +393,7 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
     } else {
         ProgressBar::hidden()
     };
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let deadline = start + options.duration;
     let ticker = {
@@ -423,6 +455,9 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
+    let process_cpu = cpu_before
+        .zip(process_cpu())
+        .map(|(a, b)| b.saturating_sub(a));
     ticker.abort();
     bar.finish_and_clear();
 
@@ -456,6 +491,7 @@ pub async fn run(base_url: &str, options: &LoadOptions) -> Result<LoadSummary, E
         elapsed,
         latency_us: stats.latency_us,
         accepted,
+        process_cpu,
     })
 }
 

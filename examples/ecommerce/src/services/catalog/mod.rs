@@ -7,6 +7,9 @@ use axum::extract::{Path, State};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, Error};
 
@@ -36,10 +39,27 @@ pub(crate) const SEED: &[(&str, &str, i64, i64)] = &[
     ("BIS-004", "Oat biscuits", 450, 200),
 ];
 
+/// The catalog on its database, its products also held in memory: a
+/// price lookup (one per order line) reads no database. Nothing in the
+/// system changes products after the seed, which reloads the copy; an
+/// edit made to the table from outside (an operator's SQL, another
+/// replica) is seen within [`PRODUCTS_TTL`], as the remote client's cache
+/// sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
     pool: AnyPool,
+    products: Arc<RwLock<Products>>,
 }
+
+/// The products in memory and when they were read.
+#[derive(Debug)]
+struct Products {
+    by_sku: HashMap<String, Product>,
+    read_at: Instant,
+}
+
+/// How long the in-memory products answer before they are read again.
+const PRODUCTS_TTL: Duration = Duration::from_secs(5);
 
 impl Catalog {
     pub(crate) async fn open(pool: AnyPool) -> Result<Self, Error> {
@@ -56,21 +76,44 @@ impl Catalog {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Catalog { pool })
+        // Read after the seed: the copy holds what was just written.
+        let products = Arc::new(RwLock::new(read_products(&pool).await?));
+        Ok(Catalog { pool, products })
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
+    /// The product `sku`, from memory (read again once older than
+    /// [`PRODUCTS_TTL`]).
     pub(crate) async fn get(&self, sku: &str) -> Result<Option<Product>, sqlx::Error> {
-        let row: Option<(String, String, i64)> =
-            sqlx::query_as("SELECT sku, name, price_cents FROM products WHERE sku = $1")
-                .bind(sku)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(Product::from))
+        {
+            let products = self.products.read().unwrap_or_else(|e| e.into_inner());
+            if products.read_at.elapsed() < PRODUCTS_TTL {
+                return Ok(products.by_sku.get(sku).cloned());
+            }
+        }
+        let fresh = read_products(&self.pool).await?;
+        let product = fresh.by_sku.get(sku).cloned();
+        *self.products.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(product)
     }
+}
+
+/// Every product, read now.
+async fn read_products(pool: &AnyPool) -> Result<Products, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT sku, name, price_cents FROM products")
+            .fetch_all(pool)
+            .await?;
+    Ok(Products {
+        by_sku: rows
+            .into_iter()
+            .map(|row| (row.0.clone(), Product::from(row)))
+            .collect(),
+        read_at: Instant::now(),
+    })
 }
 
 /// The catalog routes (relative to `/api/v1`), each behind its scope.

@@ -9,8 +9,10 @@
 //! instead of confirming an order whose stock was given back.
 
 pub(crate) mod client;
+mod common;
 pub(crate) mod http;
 pub(crate) mod metrics;
+mod sweeper;
 
 pub(crate) use self::http::routes;
 
@@ -127,6 +129,24 @@ impl Inventory {
 
     /// [`Inventory::call`] without the stock gauges' refresh.
     async fn apply(&self, request: InventoryRequest) -> Result<InventoryReply, sqlx::Error> {
+        // The common confirm is one statement on its own (atomic without a
+        // transaction): BEGIN and COMMIT would be two more round trips to
+        // the connection. Only a confirm that finds nothing to move reads
+        // the reservation, in the transaction below.
+        if let InventoryRequest::Confirm { reservation } = &request
+            && self.confirm(&self.pool, reservation).await? == 1
+        {
+            return Ok(InventoryReply::Done);
+        }
+        if let InventoryRequest::Reserve {
+            key,
+            order_id,
+            lines,
+        } = &request
+            && let Some(reply) = self.reserve_new(key, order_id, lines).await?
+        {
+            return Ok(reply);
+        }
         let mut tx = self.pool.begin().await?;
         let reply = match request {
             InventoryRequest::Reserve {
@@ -232,16 +252,7 @@ impl Inventory {
                 InventoryReply::Done
             }
             InventoryRequest::Confirm { reservation } => {
-                let now = (self.clock)();
-                let confirmed = sqlx::query(
-                    "UPDATE reservations SET status = 'CONFIRMED' WHERE id = $1 AND status = 'RESERVED' \
-                     AND (expires_at IS NULL OR expires_at > $2)",
-                )
-                .bind(&reservation)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if confirmed.rows_affected() == 1 {
+                if self.confirm(&mut *tx, &reservation).await? == 1 {
                     InventoryReply::Done
                 } else {
                     let found: Option<(String, String)> =
@@ -270,85 +281,12 @@ impl Inventory {
         tx.commit().await?;
         Ok(reply)
     }
-
-    /// Expires up to `batch` RESERVED reservations past their expiry: their
-    /// stock goes back, their status becomes EXPIRED. Returns how many.
-    pub(crate) async fn sweep_expired(&self, batch: i64) -> Result<u64, sqlx::Error> {
-        let now = (self.clock)();
-        let due: Vec<(String, String)> = sqlx::query_as(
-            "SELECT id, lines FROM reservations WHERE status = 'RESERVED' AND expires_at <= $1 \
-             ORDER BY expires_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(batch)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut expired = 0;
-        for (id, lines) in due {
-            let mut tx = self.pool.begin().await?;
-            // A confirm or release may have won the race since the query:
-            // give_back changes nothing then.
-            if give_back(&mut tx, &id, "RESERVED", "EXPIRED", &lines).await? {
-                expired += 1;
-            }
-            tx.commit().await?;
-        }
-        if expired > 0
-            && let Some(stock) = &self.stock
-        {
-            stock.refresh(&self.pool).await;
-        }
-        Ok(expired)
-    }
-
-    /// The sweeper: every `every`, expires due reservations in batches of
-    /// [`SWEEP_BATCH`] until none is left. Runs until aborted.
-    pub(crate) fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let inventory = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                loop {
-                    match inventory.sweep_expired(SWEEP_BATCH).await {
-                        Ok(n) if n > 0 => {
-                            tracing::info!(expired = n, "reservations expired, stock returned");
-                            // A full batch may mean more are due; others
-                            // get the database between batches.
-                            if i64::try_from(n).unwrap_or(i64::MAX) < SWEEP_BATCH {
-                                break;
-                            }
-                            tokio::task::yield_now().await;
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reservation sweep failed; retrying on the next tick");
-                            break;
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// How often the sweeper looks: a quarter of the TTL, between 50 ms and
-    /// 5 s (an expired reservation is refused at confirm anyway; the sweep
-    /// only decides how soon its stock is back on the shelf).
-    pub(crate) fn sweep_interval(&self) -> Duration {
-        sweep_interval(self.ttl_ms)
-    }
-}
-
-fn sweep_interval(ttl_ms: i64) -> Duration {
-    let quarter = u64::try_from(ttl_ms / 4).unwrap_or(0);
-    Duration::from_millis(quarter.clamp(50, 5_000))
 }
 
 /// Moves reservation `id` from `from` to `to` and returns its `lines` to
 /// stock, if it still is `from` (a concurrent confirm, release or sweep may
 /// have moved it first: then nothing changes). Returns whether it moved.
-async fn give_back(
+pub(super) async fn give_back(
     tx: &mut Transaction<'static, Any>,
     id: &str,
     from: &str,
@@ -682,7 +620,7 @@ mod tests {
 
     #[test]
     fn the_sweep_interval_follows_the_ttl_within_bounds() {
-        let at = sweep_interval;
+        let at = super::sweeper::sweep_interval;
         assert_eq!(at(15 * 60 * 1000), Duration::from_secs(5));
         assert_eq!(at(2_000), Duration::from_millis(500));
         assert_eq!(at(40), Duration::from_millis(50));

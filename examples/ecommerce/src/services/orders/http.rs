@@ -228,10 +228,6 @@ pub(crate) async fn place(
 ) -> Result<impl IntoResponse, ApiError> {
     let customer = customer_of(&claims)?;
     let key = order_key(&headers)?;
-    let order_id = match &key {
-        Some(key) => order_id_for_key(&customer, key),
-        None => uuid::Uuid::new_v4().to_string(),
-    };
     let lines: Vec<Line> = body
         .lines
         .into_iter()
@@ -240,6 +236,40 @@ pub(crate) async fn place(
             quantity: line.quantity,
         })
         .collect();
+    let caller = identity(&claims, &customer);
+    let (status, body) = place_order(&app, customer, key, lines, body.card, caller).await?;
+    let outcome = if system_failure(&body) {
+        "error"
+    } else {
+        "success"
+    };
+    Ok((
+        status,
+        [(crate::platform::delivery::OUTCOME_HEADER, outcome)],
+        Json(body),
+    ))
+}
+
+/// The place-order path behind `POST /orders`, without HTTP: the command
+/// pipeline (validate ▸ authorize `caller` ▸ idempotency by `key` ▸ price
+/// ▸ saga), then the read model's answer once it has the order's events.
+/// 201 once decided, 202 while the saga still runs.
+///
+/// # Errors
+///
+/// The pipeline refused the command ([`api_error`]), or a store failed.
+pub(crate) async fn place_order(
+    app: &OrdersState,
+    customer: String,
+    key: Option<String>,
+    lines: Vec<Line>,
+    card: String,
+    caller: trellis_cqrs::Identity,
+) -> Result<(StatusCode, PlacedOrder), ApiError> {
+    let order_id = match &key {
+        Some(key) => order_id_for_key(&customer, key),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let items = super::client::units(&lines);
     // The command's id is the idempotency key: the order id, derived from
     // the customer and their key (so every replica derives the same one).
@@ -249,23 +279,23 @@ pub(crate) async fn place(
         PlaceOrderCommand {
             customer: customer.clone(),
             lines,
-            card: Card(body.card),
+            card: Card(card),
         },
     )
     .with_id(command_id)
-    .with_identity(identity(&claims, &customer));
+    .with_identity(caller);
     // Validation, authorization and the key are checked before anything
     // is written.
-    let (_result, ran) = super::command::place(&app, command)
+    let (_result, ran) = super::command::place(app, command)
         .await
         .map_err(api_error)?;
-    let wait = place_wait(&app);
+    let wait = place_wait(app);
     let (record, head, total_cents) = match ran {
         Some(ran) => (ran.record, app.orders.appended_head(), ran.total_cents),
         // The key was used before (or its saga was started by a run whose
         // claim expired): answer its order, once its saga has ended.
         None => {
-            let record = await_saga(&app, &order_id, wait).await?;
+            let record = await_saga(app, &order_id, wait).await?;
             let head = app.orders.store_head().await.map_err(ApiError::internal)?;
             // Its total is in the read model once its first step ran.
             (record, head, 0)
@@ -339,16 +369,7 @@ pub(crate) async fn place(
     } else {
         StatusCode::ACCEPTED
     };
-    let outcome = if system_failure(&body) {
-        "error"
-    } else {
-        "success"
-    };
-    Ok((
-        status,
-        [(crate::platform::delivery::OUTCOME_HEADER, outcome)],
-        Json(body),
-    ))
+    Ok((status, body))
 }
 
 /// The rule's message when `record` is a place-order saga that the

@@ -93,46 +93,30 @@ impl Payments {
                 amount_cents,
                 card,
             } => {
-                let seen: Option<(String, String)> = sqlx::query_as(
-                    "SELECT payment_id, status FROM charges WHERE idempotency_key = $1",
+                let status = if declined(&card) {
+                    "DECLINED"
+                } else {
+                    "CHARGED"
+                };
+                let payment = format!("pay_{}", uuid::Uuid::new_v4().simple());
+                // One statement: the charge is made under the key, or the
+                // row already there (a repeat, a retry racing the first
+                // attempt, or a refund's CANCELLED marker) is answered.
+                // The no-op update is what makes RETURNING yield the
+                // existing row on a conflict (DO NOTHING returns none).
+                let (payment, status): (String, String) = sqlx::query_as(
+                    "INSERT INTO charges (idempotency_key, payment_id, order_id, amount_cents, status) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = excluded.idempotency_key \
+                     RETURNING payment_id, status",
                 )
                 .bind(&key)
-                .fetch_optional(&self.pool)
+                .bind(&payment)
+                .bind(&order_id)
+                .bind(amount_cents)
+                .bind(status)
+                .fetch_one(&self.pool)
                 .await?;
-                let (payment, status) = match seen {
-                    Some(seen) => seen,
-                    None => {
-                        let status = if declined(&card) {
-                            "DECLINED"
-                        } else {
-                            "CHARGED"
-                        };
-                        let payment = format!("pay_{}", uuid::Uuid::new_v4().simple());
-                        // Two concurrent calls with one key (a retry racing
-                        // the first attempt): the loser reads the winner's row.
-                        let inserted = sqlx::query(
-                            "INSERT INTO charges (idempotency_key, payment_id, order_id, amount_cents, status) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING",
-                        )
-                        .bind(&key)
-                        .bind(&payment)
-                        .bind(&order_id)
-                        .bind(amount_cents)
-                        .bind(status)
-                        .execute(&self.pool)
-                        .await?;
-                        if inserted.rows_affected() == 1 {
-                            (payment, status.to_owned())
-                        } else {
-                            sqlx::query_as(
-                                "SELECT payment_id, status FROM charges WHERE idempotency_key = $1",
-                            )
-                            .bind(&key)
-                            .fetch_one(&self.pool)
-                            .await?
-                        }
-                    }
-                };
                 Ok(match status.as_str() {
                     "CHARGED" => PaymentReply::Charged { payment },
                     CANCELLED => PaymentReply::Declined {
