@@ -56,14 +56,32 @@ async fn start(
         canary_max_p99: Duration::from_secs(10),
         ..DeliverySettings::default()
     };
-    let running = ecommerce::start(ecommerce::Config {
+    let config = ecommerce::Config {
         data_dir: dir.join("data"),
         addr: "127.0.0.1:0".parse().unwrap(),
         delivery,
         ..ecommerce::Config::default()
-    })
-    .await
-    .unwrap();
+    };
+    // A first start creates the stores; the stock is then raised so the
+    // load never runs out: an out-of-stock rejection is the customer's
+    // outcome, not the canary's failure, and would hide the bad canary's
+    // charge failures from the analysis.
+    ecommerce::start(config.clone())
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    let inventory = dir.join("data").join("inventory.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", inventory.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE stock SET available = 1000000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let running = ecommerce::start(config).await.unwrap();
     (running, dir)
 }
 

@@ -368,17 +368,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let canary = match &config.delivery.canary_version {
         Some(version) => {
             let (store, inventory, payments) = canary_parts;
-            // The same shared set (one process: its SQLite file), evaluated
-            // under the canary's version label.
-            let flags = crate::platform::flags::Flags::open(
-                &crate::platform::delivery::DeliverySettings {
-                    version: version.clone(),
-                    ..config.delivery.clone()
-                },
-                crate::platform::flags::open_sqlite(dir).await?,
-                metrics.flags.clone(),
-            )
-            .await?;
+            let flags =
+                crate::run::local_canary::flags(dir, &config.delivery, version, &metrics).await?;
             let deps = orders::Deps {
                 store,
                 saga_log: OrderSagaLog::Sqlite(

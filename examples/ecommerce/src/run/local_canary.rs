@@ -67,6 +67,29 @@ impl std::fmt::Debug for LocalCanary {
 /// The scopes of the smoke orders' token: a customer's.
 const SMOKE_SCOPES: [&str; 3] = ["catalog:read", "orders:read", "orders:write"];
 
+/// The canary's flags: the deployment's shared set (one process: its
+/// SQLite file in `dir`) and the flag file, evaluated under `version`.
+///
+/// # Errors
+///
+/// As [`Flags::open`](crate::platform::flags::Flags::open).
+pub(crate) async fn flags(
+    dir: &std::path::Path,
+    delivery: &crate::platform::delivery::DeliverySettings,
+    version: &str,
+    metrics: &crate::platform::metrics::ProcessMetrics,
+) -> Result<crate::platform::flags::Flags, Error> {
+    crate::platform::flags::Flags::open(
+        &crate::platform::delivery::DeliverySettings {
+            version: version.to_owned(),
+            ..delivery.clone()
+        },
+        crate::platform::flags::open_sqlite(dir).await?,
+        metrics.flags.clone(),
+    )
+    .await
+}
+
 /// Starts the canary orders instance on `deps` (the stable one's stores
 /// and clients, with the canary's flags and saga owner) and the rollout of
 /// `settings`; a blue-green smoke check places orders of `sku` on it with

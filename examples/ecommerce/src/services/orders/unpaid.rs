@@ -135,8 +135,33 @@ pub(crate) async fn place_within_limit(
         if events.is_empty() {
             return Ok(Placement::AlreadyPlaced);
         }
+        if max == 0 {
+            // No limit: nothing to read and no condition on the customer's
+            // other orders, so one customer's concurrent placements do not
+            // race each other (only the order's own stream version counts).
+            match orders
+                .store()
+                .append(
+                    &Order::stream_id(order_id),
+                    ExpectedVersion::Exact(loaded.version),
+                    encode(&events, customer, order_id, &metadata)?,
+                )
+                .await
+            {
+                Ok(result) => {
+                    return Ok(Placement::Placed(
+                        result.positions.last().copied().unwrap_or_default(),
+                    ));
+                }
+                Err(e) if e.is_conflict() => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let (unpaid, after) = unpaid_orders(orders.store(), &query).await?;
-        if max > 0 && unpaid.len() >= max as usize {
+        if unpaid.len() >= max as usize {
             return Ok(Placement::Refused {
                 unpaid: unpaid.len(),
                 max,
