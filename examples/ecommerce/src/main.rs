@@ -313,15 +313,7 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
         if let Some(customers) = args.canary_customers {
             options.canary_customers = customers;
         }
-        let cluster = ecommerce::drill::Cluster {
-            binary: std::env::current_exe()?,
-            database_url: args
-                .database_url
-                .ok_or_else(|| format!("drill {name} needs --database-url URL (PostgreSQL)"))?,
-            nats_url: args
-                .nats_url
-                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-        };
+        let cluster = cluster(&args)?;
         return ecommerce::canary::command(&cluster, canary, &options).await;
     }
     if name == ecommerce::slow_replica::NAME {
@@ -337,15 +329,7 @@ async fn drill(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>> {
         if url.is_some() {
             return Err(format!("drill {name} starts its own system: no --url").into());
         }
-        let cluster = ecommerce::drill::Cluster {
-            binary: std::env::current_exe()?,
-            database_url: args
-                .database_url
-                .ok_or_else(|| format!("drill {name} needs --database-url URL (PostgreSQL)"))?,
-            nats_url: args
-                .nats_url
-                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-        };
+        let cluster = cluster(&args)?;
         println!(
             "Drill {}: the distributed system as child processes, fault from {:.0}% to {:.0}% of {:?} under load through the gateway",
             drill.name(),
@@ -423,6 +407,23 @@ async fn slow_replica(args: DrillArgs) -> Result<(), Box<dyn std::error::Error>>
         return Err("drill slow-replica failed".into());
     }
     Ok(())
+}
+
+/// The distributed system a drill starts as child processes: this binary,
+/// `--database-url` (required) and `--nats-url`.
+fn cluster(args: &DrillArgs) -> Result<ecommerce::drill::Cluster, Box<dyn std::error::Error>> {
+    let name = &args.name;
+    Ok(ecommerce::drill::Cluster {
+        binary: std::env::current_exe()?,
+        database_url: args
+            .database_url
+            .clone()
+            .ok_or_else(|| format!("drill {name} needs --database-url URL (PostgreSQL)"))?,
+        nats_url: args
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+    })
 }
 
 /// Prints the drill's table; an error (non-zero exit) if it failed.

@@ -302,7 +302,8 @@ async fn without_ops_admin_the_flag_api_refuses_and_nothing_changes() {
 
     // Invalid changes by the operator are refused whole too.
     let r = s.set_variant(&s.ops, "payment-outage", "maybe").await;
-    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert_eq!(r.body["error"], "unknown_variant", "{:?}", r.body);
     let r = s.set_variant(&s.ops, "no-such-flag", "on").await;
     assert_eq!(r.status, 404, "{:?}", r.body);
     assert_eq!(s.flags().await, before);

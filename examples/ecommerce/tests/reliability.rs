@@ -230,12 +230,7 @@ async fn the_same_idempotency_key_twice_at_once_places_one_order() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        reused.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        reused.body
-    );
+    assert_eq!(reused.status, StatusCode::CONFLICT, "{}", reused.body);
     assert_eq!(reused.body["error"], "idempotency_key_reused");
     assert_eq!(list(&api, &token).await.len(), 2);
     assert_eq!(running.stock("TEA-001").await.unwrap(), before - 3);

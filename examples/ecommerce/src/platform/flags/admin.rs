@@ -197,8 +197,8 @@ pub(crate) struct VariantBody {
     security(("bearer" = ["ops:admin"])),
     responses(
         (status = 200, description = "The flag as now served", body = FlagView),
-        (status = 404, description = "`unknown_flag`: no such flag", body = crate::api::ErrorBody),
-        (status = 422, description = "`invalid_flag`: no such variant; nothing changed", body = crate::api::ErrorBody),
+        (status = 404, description = "`unknown_flag`: no such flag; `unknown_variant`: the flag has no such variant; nothing changed", body = crate::api::ErrorBody),
+        (status = 422, description = "`invalid_flag`: the set would be invalid; nothing changed", body = crate::api::ErrorBody),
         (status = 409, description = "`flag_set_by_file`: this process's flag file sets the flag and overrides the admin API; nothing changed", body = crate::api::ErrorBody),
         (status = 503, description = "`flags_unavailable`: the shared flag set could not be read or written; nothing changed", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
@@ -210,6 +210,18 @@ pub(crate) async fn set_variant(
     Path(key): Path<String>,
     ApiJson(body): ApiJson<VariantBody>,
 ) -> Result<Json<FlagView>, ApiError> {
+    // A variant the flag does not have is a resource that is not there:
+    // 404, checked against the served set (the change below validates the
+    // whole set again).
+    if let Ok(view) = one(&flags, &key)
+        && !view.0.variants.contains_key(&body.variant)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_variant",
+            format!("flag `{key}` has no variant `{}`", body.variant),
+        ));
+    }
     flags
         .change(&key, |set| {
             known(set, &key)?.default_variant.clone_from(&body.variant);
@@ -229,7 +241,7 @@ pub(crate) async fn set_variant(
 #[serde(deny_unknown_fields)]
 pub(crate) struct StateBody {
     /// `ENABLED` or `DISABLED`.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^(ENABLED|DISABLED)$")]
     state: FlagState,
 }
 

@@ -14,6 +14,10 @@ use crate::services::identity::client::ServiceToken;
 /// One order line as inventory sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = ReservationLine)]
+// Unknown fields refused, and the document says so (additionalProperties
+// false): an ignored field could still carry a U+0000 the body check
+// refuses, a schema-valid request answered 422.
+#[serde(deny_unknown_fields)]
 pub(crate) struct Line {
     #[schema(pattern = "^[^\\x00]*$")]
     pub(crate) sku: String,

@@ -319,8 +319,16 @@ pub(crate) fn identity(claims: &trellis_auth::Claims, customer: &str) -> Identit
 /// the first field's), 403, 409, 503; the rest 500.
 pub(crate) fn api_error(error: Error) -> ApiError {
     let kind = error.kind();
-    let status = http::StatusCode::from_u16(kind.status_hint())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status = match kind {
+        // The library's hint is the IETF idempotency-key draft's 422. Here
+        // the body is valid; it conflicts with what the key already stands
+        // for (server state), which is 409's meaning, and a valid request is
+        // never answered 422 (the OpenAPI document's promise, which
+        // schemathesis checks).
+        ErrorKind::IdempotencyMismatch => http::StatusCode::CONFLICT,
+        _ => http::StatusCode::from_u16(kind.status_hint())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+    };
     let code = match kind {
         ErrorKind::Validation => {
             let fields = error.validation().map(|v| v.errors()).unwrap_or_default();

@@ -66,7 +66,7 @@ pub(crate) struct OrderIdempotencyKey(
     /// id, same status) and never places or charges a second one, also
     /// when both requests arrive at once or on different replicas (the
     /// repeat waits for the first). The same key with another body (other
-    /// lines or card) is refused: 422 `idempotency_key_reused`.
+    /// lines or card) is refused: 409 `idempotency_key_reused`.
     #[param(min_length = 1, max_length = 200, pattern = "^[!-~]{1,200}$")]
     Option<String>,
 );
@@ -215,7 +215,7 @@ pub(super) async fn decided(
         (status = 202, description = "The saga is still running after its deadline's wait (status PLACED): poll `GET /orders/{id}`", body = crate::api::PlacedOrder),
         (status = 503, description = "`overloaded`: shed by the adaptive concurrency limit before anything was done (no order, no idempotency key kept); retry after `Retry-After` seconds", body = crate::api::ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait: about the recent latency of an order"))),
-        (status = 409, description = "`too_many_unpaid_orders`: the customer already holds `max_unpaid_orders` (default 3) unpaid orders (placed, neither confirmed nor rejected); nothing was placed or charged, retry with a new `Idempotency-Key` once one is paid. Or `idempotency_key_in_flight`: the first request with this key is still being placed", body = crate::api::ErrorBody),
+        (status = 409, description = "`too_many_unpaid_orders`: the customer already holds `max_unpaid_orders` (default 3) unpaid orders (placed, neither confirmed nor rejected); nothing was placed or charged, retry with a new `Idempotency-Key` once one is paid. Or `idempotency_key_in_flight`: the first request with this key is still being placed. Or `idempotency_key_reused`: this key placed another order (other lines or card)", body = crate::api::ErrorBody),
         crate::api::AuthErrors,
         crate::api::BodyErrors,
     )
