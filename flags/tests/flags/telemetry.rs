@@ -42,7 +42,16 @@ fn every_evaluation_emits_the_opentelemetry_feature_flag_attributes() {
     let events = Events::default();
     let subscriber = tracing_subscriber::registry().with(Capture(events.clone()));
     let s = store(FLAGS);
+    // Other tests of this binary evaluate flags on other threads with no
+    // subscriber: a callsite they register while this one's dispatcher is
+    // being set up can cache "never interested" and drop an event here.
+    // Register every callsite first, then recompute their interest with
+    // this subscriber alive.
+    let _ = s.bool_value("checkout", &ctx(None, &[("tenant", "acme")]));
+    let _ = s.bool_value("checkout", &ctx(None, &[]));
+    let _ = s.bool_value("missing", &ctx(None, &[]));
     tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
         s.bool_value("checkout", &ctx(None, &[("tenant", "acme")]))
             .unwrap();
         s.bool_value("checkout", &ctx(None, &[])).unwrap();
