@@ -393,8 +393,15 @@ mod tracing_span {
 
     #[tokio::test(flavor = "current_thread")]
     async fn each_command_gets_a_span_and_an_outcome() {
+        // Register the pipeline's callsites first, then recompute their
+        // interest with the recorder alive: a callsite registered by another
+        // test's thread meanwhile could cache "never" and drop the span.
+        let mut warm =
+            CommandPipeline::new(Repository::<Account, _>::new(MemoryStore::new())).build();
+        let _ = warm.ready().await.unwrap().call(deposit(1)).await;
         let recorder = Recorder::default();
         let _guard = tracing::dispatcher::set_default(&tracing::Dispatch::new(recorder.clone()));
+        tracing::callsite::rebuild_interest_cache();
         let mut pipeline =
             CommandPipeline::new(Repository::<Account, _>::new(MemoryStore::new())).build();
         let command = deposit(5).with_identity(Identity::new("ada"));
